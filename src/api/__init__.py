@@ -1,0 +1,1 @@
+"""The read side: tenant, record and event-history reads over HTTP."""

@@ -1,0 +1,18 @@
+"""The read API's part of an aiohttp application: its routes."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from api import events, records, tenants
+
+_RECORDS = "/v1/tenants/{tenant}/collections/{collection}/records"
+
+
+def setup(app: web.Application) -> None:
+    """Register the read routes (the shared resources come from :mod:`eventfold.bootstrap`)."""
+    app.router.add_get("/v1/tenants/{tenant}", tenants.get_tenant)
+    app.router.add_get(_RECORDS, records.list_records)
+    app.router.add_get(_RECORDS + "/{id}", records.get_record)
+    app.router.add_get("/v1/tenants/{tenant}/events", events.list_events)
+    app.router.add_get("/v1/tenants/{tenant}/events/{id}", events.get_event)

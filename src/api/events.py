@@ -1,0 +1,75 @@
+"""The tenant's event history: the envelopes with their status (pending, applied, rejected)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from eventfold.dedup import pending_event
+from eventfold.errors import FieldError, NotFound, ValidationFailed
+from eventfold.ids import tenant_schema
+from eventfold.web import CURSORS, POOL, REDIS, authorize_tenant, json_response, query_int
+
+
+def _item(row: asyncpg.Record) -> dict[str, Any]:
+    item: dict[str, Any] = dict(row["envelope"])
+    item["status"] = row["status"]
+    if row["reason"] is not None:
+        item["reason"] = row["reason"]
+    return item
+
+
+async def list_events(request: web.Request) -> web.Response:
+    """``GET /v1/tenants/{t}/events?type=&subject=&after=&limit=``, oldest first."""
+    _, tenant = await authorize_tenant(request, "reader")
+    limit = query_int(request, "limit", 50, 1, 1000)
+    params: list[Any] = []
+    where: list[str] = []
+    for name in ("type", "subject"):
+        value = request.query.get(name)
+        if value is not None:
+            if not 0 < len(value) <= 512:
+                raise ValidationFailed(
+                    f"bad {name}", errors=[FieldError(f"/{name}", "1 to 512 characters")]
+                )
+            params.append(value)
+            where.append(f"{name} = ${len(params)}")
+    kind = "events"
+    after = request.query.get("after")
+    if after:
+        seq = request.app[CURSORS].decode(kind, after)
+        if not isinstance(seq, int):
+            raise ValidationFailed("bad cursor", errors=[FieldError("/after", "invalid cursor")])
+        params.append(seq)
+        where.append(f"seq > ${len(params)}")
+    params.append(limit + 1)
+    sql = (
+        f"SELECT seq, envelope, status, reason FROM {tenant_schema(tenant.id)}.events"
+        f"{' WHERE ' + ' AND '.join(where) if where else ''} ORDER BY seq LIMIT ${len(params)}"
+    )
+    async with request.app[POOL].acquire(timeout=5) as conn:
+        rows = await conn.fetch(sql, *params)
+    page = rows[:limit]
+    next_cursor = request.app[CURSORS].encode(kind, page[-1]["seq"]) if len(rows) > limit else None
+    return json_response({"items": [_item(r) for r in page], "next": next_cursor})
+
+
+async def get_event(request: web.Request) -> web.Response:
+    """``GET /v1/tenants/{t}/events/{id}``: one event with its status."""
+    _, tenant = await authorize_tenant(request, "reader")
+    event_id = request.match_info["id"]
+    if not 0 < len(event_id) <= 256:
+        raise NotFound("no such event")
+    async with request.app[POOL].acquire(timeout=5) as conn:
+        row = await conn.fetchrow(
+            f"SELECT envelope, status, reason FROM {tenant_schema(tenant.id)}.events WHERE id = $1",
+            event_id,
+        )
+    if row is not None:
+        return json_response(_item(row))
+    pending = await pending_event(request.app.get(REDIS), tenant.id, event_id)
+    if pending is None:
+        raise NotFound(f"no event {event_id}")
+    return json_response({**pending, "status": "pending"})

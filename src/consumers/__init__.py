@@ -1,0 +1,1 @@
+"""Stream processors: each folds the event log into one kind of derived state."""

@@ -1,0 +1,216 @@
+"""The projector's Kafka loop: read a batch, fold it, commit it with its checkpoints.
+
+Positions live in PostgreSQL beside the projection. On every assignment the
+consumer seeks to the stored checkpoint; Kafka's committed offsets are only
+written as a hint for lag tools.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Sequence
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.structs import OffsetAndMetadata
+
+from consumers.projector.batch import BatchResult, LogEvent, apply_batch
+from eventfold.db import fetch_checkpoints
+from eventfold.envelope import decode_event
+from eventfold.kafka import make_consumer
+from eventfold.metrics import Metrics
+from eventfold.settings import Settings
+
+log = logging.getLogger("eventfold.projector")
+
+#: PostgreSQL failures worth retrying the same batch for (the server went away).
+_RETRIABLE_DB = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.SerializationError,
+    asyncpg.DeadlockDetectedError,
+    ConnectionError,
+    OSError,
+    TimeoutError,
+)
+
+
+class _SeekToCheckpoints(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, projector: Projector, consumer: AIOKafkaConsumer) -> None:
+        self._projector = projector
+        self._consumer = consumer
+
+    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        """Nothing to flush: each batch committed its own checkpoints."""
+
+    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        """Resume every assigned partition from its PostgreSQL checkpoint."""
+        await self._projector.seek_to_checkpoints(self._consumer, assigned)
+
+
+class Projector:
+    """Folds the events topic into the tenant projections, exactly once per event."""
+
+    name = "projector"
+
+    def __init__(
+        self,
+        settings: Settings,
+        pool: asyncpg.Pool,
+        metrics: Metrics,
+        *,
+        topic: str | None = None,
+        group: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.metrics = metrics
+        self.topic = topic or settings.events_topic
+        self.group = group or f"{settings.consumer_group_prefix}.projector"
+        self.caught_up = asyncio.Event()
+
+    @property
+    def checkpoint_name(self) -> str:
+        """The ``consumer`` column of this projector's checkpoint rows."""
+        return self.group
+
+    async def seek_to_checkpoints(
+        self, consumer: AIOKafkaConsumer, partitions: Sequence[TopicPartition]
+    ) -> None:
+        """Position ``partitions`` at their stored checkpoints (the start when none)."""
+        async with self.pool.acquire() as conn:
+            stored = await fetch_checkpoints(conn, self.checkpoint_name, self.topic)
+        for tp in partitions:
+            if tp.partition in stored:
+                consumer.seek(tp, stored[tp.partition])
+            else:
+                await consumer.seek_to_beginning(tp)
+        log.info(
+            "partitions assigned",
+            extra={"partitions": sorted(tp.partition for tp in partitions)},
+        )
+
+    async def run(self, stop: asyncio.Event | None = None, *, burst: bool = False) -> None:
+        """Consume until ``stop`` is set (or, in ``burst`` mode, until caught up)."""
+        stop = stop or asyncio.Event()
+        consumer = make_consumer(
+            self.settings,
+            group=self.group,
+            client_id=f"eventfold-{self.name}",
+            max_poll_records=self.settings.projector_batch_size,
+        )
+        consumer.subscribe([self.topic], listener=_SeekToCheckpoints(self, consumer))
+        await _start_with_retry(consumer, stop)
+        try:
+            while not stop.is_set():
+                batch = await consumer.getmany(
+                    timeout_ms=250, max_records=self.settings.projector_batch_size
+                )
+                if not batch:
+                    if await self._is_caught_up(consumer):
+                        self.caught_up.set()
+                        if burst:
+                            return
+                    continue
+                self.caught_up.clear()
+                events = [
+                    _to_log_event(tp.partition, msg.offset, msg.timestamp, msg.value)
+                    for tp, msgs in batch.items()
+                    for msg in msgs
+                ]
+                result = await self._apply_until_done(events, stop)
+                if result is None:
+                    return
+                await self._after_batch(consumer, result)
+        finally:
+            await consumer.stop()
+
+    async def _apply_until_done(
+        self, events: list[LogEvent], stop: asyncio.Event
+    ) -> BatchResult | None:
+        """Apply a batch, retrying with backoff and jitter while PostgreSQL is away."""
+        delay = 0.2
+        while True:
+            started = time.perf_counter()
+            try:
+                async with self.pool.acquire(timeout=10) as conn:
+                    result = await apply_batch(
+                        conn, consumer=self.checkpoint_name, topic=self.topic, events=events
+                    )
+            except _RETRIABLE_DB as exc:
+                self.metrics.dependency_errors.labels("postgres").inc()
+                log.warning("batch not applied, retrying", extra={"error": repr(exc)})
+                try:
+                    await asyncio.wait_for(stop.wait(), delay * random.uniform(0.5, 1.5))  # noqa: S311
+                    return None
+                except TimeoutError:
+                    delay = min(delay * 2, 10.0)
+                    continue
+            self.metrics.projector_batch_seconds.observe(time.perf_counter() - started)
+            return result
+
+    async def _after_batch(self, consumer: AIOKafkaConsumer, result: BatchResult) -> None:
+        m = self.metrics
+        m.projector_events.labels("applied").inc(result.applied)
+        m.projector_events.labels("rejected").inc(result.rejected)
+        m.projector_events.labels("duplicate").inc(result.duplicates)
+        m.projector_events.labels("skipped").inc(result.skipped)
+        if result.skipped:
+            log.error("undecodable events skipped", extra={"count": result.skipped})
+        if result.newest_event_time is not None:
+            m.projection_lag_seconds.set(
+                max(0.0, time.time() - result.newest_event_time.timestamp())
+            )
+        offsets = {
+            TopicPartition(self.topic, p): OffsetAndMetadata(o, "")
+            for p, o in result.positions.items()
+        }
+        try:
+            # Only a hint for lag tools: the checkpoint in PostgreSQL is the truth.
+            await consumer.commit(offsets)
+        except KafkaError as exc:
+            log.info("offset hint not committed", extra={"error": repr(exc)})
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            if high is not None:
+                pos = result.positions.get(tp.partition)
+                if pos is not None:
+                    m.consumer_lag.labels(self.name, str(tp.partition)).set(max(0, high - pos))
+
+    async def _is_caught_up(self, consumer: AIOKafkaConsumer) -> bool:
+        assigned = consumer.assignment()
+        if not assigned:
+            return False
+        ends = await consumer.end_offsets(list(assigned))
+        for tp in assigned:
+            if await consumer.position(tp) < ends[tp]:
+                return False
+        return True
+
+
+def _to_log_event(partition: int, offset: int, timestamp: int, value: bytes | None) -> LogEvent:
+    try:
+        event = decode_event(value) if value else None
+    except ValueError:
+        event = None
+    return LogEvent(partition=partition, offset=offset, timestamp_ms=timestamp, event=event)
+
+
+async def _start_with_retry(consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
+    """Start ``consumer``, retrying with backoff while the broker is unreachable."""
+    delay = 0.5
+    while True:
+        try:
+            await consumer.start()
+            return
+        except KafkaError as exc:
+            if stop.is_set():
+                raise
+            log.warning("kafka not reachable, retrying", extra={"error": repr(exc)})
+            await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311
+            delay = min(delay * 2, 10.0)

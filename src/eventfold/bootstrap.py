@@ -1,0 +1,218 @@
+"""One bootstrap wiring settings, clients, routes and processors into an aiohttp app.
+
+``eventfold run`` asks for every part; ``serve api``, ``serve ingest`` and
+``process NAME`` ask for one each. Every client is opened and closed in a
+``cleanup_ctx``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import asyncpg
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.asyncio import Redis
+
+from eventfold import db
+from eventfold.auth import TokenVerifier
+from eventfold.checkpoints import CheckpointWatcher
+from eventfold.cursors import CursorCodec
+from eventfold.health import HEALTH, Health
+from eventfold.metrics import Metrics
+from eventfold.settings import Settings
+from eventfold.tenancy import TenantDirectory
+from eventfold.web import (
+    CURSORS,
+    METRICS,
+    POOL,
+    REDIS,
+    SETTINGS,
+    TENANTS,
+    VERIFIER,
+    WATCHER,
+    json_response,
+    request_middleware,
+)
+
+log = logging.getLogger("eventfold")
+PROCESSORS = ("projector",)
+
+
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """Which parts one process runs."""
+
+    api: bool = True
+    ingest: bool = True
+    processors: tuple[str, ...] = PROCESSORS
+
+
+def create_app(settings: Settings, parts: Parts | None = None) -> web.Application:
+    """The application for ``parts`` (default: everything, as ``eventfold run``)."""
+    parts = parts or Parts()
+    app = web.Application(
+        middlewares=[request_middleware], client_max_size=settings.max_body_bytes + 64 * 1024
+    )
+    app[SETTINGS] = settings
+    app[METRICS] = Metrics()
+    app[VERIFIER] = TokenVerifier(settings.jwt_secret, settings.jwt_issuer, settings.jwt_audience)
+    app[CURSORS] = CursorCodec(settings.jwt_secret)
+    app[HEALTH] = Health()
+    app.cleanup_ctx.append(_postgres_ctx)
+    app.cleanup_ctx.append(_redis_ctx)
+    app.cleanup_ctx.append(_watcher_ctx)
+    if parts.ingest:
+        from producers.app import setup as setup_ingest
+
+        setup_ingest(app)
+    if parts.api:
+        from api.app import setup as setup_api
+
+        setup_api(app)
+    for name in parts.processors:
+        app.cleanup_ctx.append(_processor_ctx(name))
+    app.router.add_get("/health/live", _live)
+    app.router.add_get("/health/ready", _ready)
+    app.router.add_get("/metrics", _metrics)
+    return app
+
+
+async def open_pool(settings: Settings, *, attempts: int = 30) -> asyncpg.Pool:
+    """Connect to PostgreSQL (retrying while it starts) and run the platform migration."""
+    delay = 0.5
+    for attempt in range(1, attempts + 1):
+        try:
+            pool = await db.create_pool(settings.database_url, max_size=20)
+            await db.migrate(pool)
+            return pool
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            if attempt == attempts:
+                raise
+            log.warning("postgres not reachable, retrying", extra={"error": repr(exc)})
+            await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311
+            delay = min(delay * 2, 5.0)
+    raise AssertionError("unreachable")
+
+
+def redis_client(settings: Settings) -> Redis:
+    """A Redis client whose calls fail fast (1 s) instead of hanging."""
+    client: Redis = Redis.from_url(
+        settings.redis_url,
+        socket_timeout=1.0,
+        socket_connect_timeout=1.0,
+        health_check_interval=15,
+    )
+    return client
+
+
+async def _postgres_ctx(app: web.Application) -> AsyncIterator[None]:
+    pool = await open_pool(app[SETTINGS])
+    app[POOL] = pool
+    app[TENANTS] = TenantDirectory(pool)
+    app[HEALTH].add("postgres", _check_postgres(pool), critical=True)
+    try:
+        yield
+    finally:
+        await pool.close()
+
+
+async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    client = redis_client(app[SETTINGS])
+    app[REDIS] = client
+    app[HEALTH].add("redis", client.ping, critical=False)
+    try:
+        yield
+    finally:
+        await client.aclose()
+
+
+async def _watcher_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    watcher = CheckpointWatcher(
+        settings.database_url,
+        app[POOL],
+        consumer=f"{settings.consumer_group_prefix}.projector",
+        topic=settings.events_topic,
+    )
+    await watcher.start()
+    app[WATCHER] = watcher
+    try:
+        yield
+    finally:
+        await watcher.stop()
+
+
+def _check_postgres(pool: asyncpg.Pool) -> Callable[[], object]:
+    async def check() -> None:
+        async with pool.acquire(timeout=1) as conn:
+            await conn.fetchval("SELECT 1", timeout=1)
+
+    return check
+
+
+def _processor_ctx(name: str) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+        task = asyncio.create_task(
+            supervise(name, app[SETTINGS], app[POOL], app[METRICS], stop), name=name
+        )
+        app[HEALTH].add(name, lambda: _alive(task), critical=True)
+        try:
+            yield
+        finally:
+            stop.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(task, 15)
+
+    return ctx
+
+
+async def _alive(task: asyncio.Task[None]) -> None:
+    if task.done():
+        raise RuntimeError("processor stopped")
+
+
+async def supervise(
+    name: str,
+    settings: Settings,
+    pool: asyncpg.Pool,
+    metrics: Metrics,
+    stop: asyncio.Event,
+    *,
+    burst: bool = False,
+) -> None:
+    """Run processor ``name`` until ``stop``, restarting it with backoff if it fails."""
+    from consumers.projector.processor import Projector
+
+    if name != "projector":
+        raise ValueError(f"unknown processor {name!r}; known: {', '.join(PROCESSORS)}")
+    delay = 1.0
+    while not stop.is_set():
+        try:
+            await Projector(settings, pool, metrics).run(stop, burst=burst)
+            return
+        except Exception:
+            log.exception("processor failed, restarting", extra={"processor": name})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, 30.0)
+
+
+async def _live(_request: web.Request) -> web.Response:
+    return json_response({"status": "ok", "checks": {}})
+
+
+async def _ready(request: web.Request) -> web.Response:
+    report = await request.app[HEALTH].report()
+    return json_response(report, status=503 if report["status"] == "down" else 200)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -1,0 +1,84 @@
+"""PostgreSQL access: the pool (JSON codecs set in ``init``) and platform migrations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import orjson
+
+PLATFORM_DDL = """
+CREATE SCHEMA IF NOT EXISTS eventfold;
+CREATE TABLE IF NOT EXISTS eventfold.tenants (
+    id          text PRIMARY KEY,
+    name        text NOT NULL,
+    status      text NOT NULL DEFAULT 'active',
+    limits      jsonb NOT NULL,
+    created_at  timestamptz NOT NULL,
+    event_id    text NOT NULL
+);
+-- The input position each processor's derived state reflects, written in the
+-- same transaction as that state (Kafka's committed offsets are only a hint).
+CREATE TABLE IF NOT EXISTS eventfold.checkpoints (
+    consumer     text NOT NULL,
+    topic        text NOT NULL,
+    partition    integer NOT NULL,
+    next_offset  bigint NOT NULL,
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (consumer, topic, partition)
+);
+"""
+#: Serialises concurrent migrations from processes starting at once.
+_MIGRATION_LOCK = 0x4576_466F  # "EvFo"
+#: Channel the projector notifies on commit; readers waiting on a token listen.
+CHECKPOINT_CHANNEL = "eventfold_checkpoints"
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # orjson for every json/jsonb value: text in and out, no per-call dumps.
+    for typ in ("json", "jsonb"):
+        await conn.set_type_codec(
+            typ,
+            schema="pg_catalog",
+            encoder=lambda v: orjson.dumps(v).decode(),
+            decoder=orjson.loads,
+            format="text",
+        )
+
+
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+    """A pool whose connections speak JSON through orjson; every call has a deadline."""
+    pool: asyncpg.Pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        timeout=10,
+        command_timeout=30,
+    )
+    return pool
+
+
+async def connect(dsn: str) -> asyncpg.Connection:
+    """One connection with the same codecs as the pool (for LISTEN and tools)."""
+    conn: asyncpg.Connection = await asyncpg.connect(dsn, timeout=10, command_timeout=30)
+    await _init_connection(conn)
+    return conn
+
+
+async def migrate(pool: asyncpg.Pool) -> None:
+    """Create the platform schema if missing; safe to run from many processes at once."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+        await conn.execute(PLATFORM_DDL)
+
+
+async def fetch_checkpoints(conn: Any, consumer: str, topic: str) -> dict[int, int]:
+    """``{partition: next_offset}`` stored for ``consumer`` on ``topic``."""
+    rows = await conn.fetch(
+        "SELECT partition, next_offset FROM eventfold.checkpoints"
+        " WHERE consumer = $1 AND topic = $2",
+        consumer,
+        topic,
+    )
+    return {r["partition"]: r["next_offset"] for r in rows}

@@ -1,0 +1,26 @@
+"""Data models of the generic record events (``subject`` = ``{collection}/{id}``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import RootModel, field_validator
+
+
+class RecordUpserted(RootModel[dict[str, Any]]):
+    """``record.upserted``: the whole document, a JSON object."""
+
+
+class RecordPatched(RootModel[dict[str, Any]]):
+    """``record.patched``: an RFC 7396 merge patch, a JSON object."""
+
+
+class RecordDeleted(RootModel[dict[str, Any] | None]):
+    """``record.deleted``: no data (absent, null or an empty object)."""
+
+    @field_validator("root")
+    @classmethod
+    def _empty(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value:
+            raise ValueError("record.deleted carries no data")
+        return value

@@ -1,0 +1,24 @@
+"""Data models of tenant events."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TenantLimits(BaseModel):
+    """Per-tenant request rate limits (a token bucket)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests_per_second: float = Field(default=100.0, gt=0, le=1_000_000)
+    burst: int = Field(default=200, gt=0, le=10_000_000)
+
+
+class TenantCreated(BaseModel):
+    """``tenant.created``: the tenant's id, display name and limits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=r"^[a-z][a-z0-9_]{2,39}$")
+    name: str = Field(min_length=1, max_length=200)
+    limits: TenantLimits = Field(default_factory=TenantLimits)

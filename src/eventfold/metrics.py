@@ -1,0 +1,73 @@
+"""Prometheus metrics, all in one object bound to the registry passed in.
+
+Labels never carry tenant ids (unbounded); routes are the route templates.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+
+class Metrics:
+    """Every metric an Eventfold process exports."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.http_requests = Histogram(
+            "eventfold_http_request_duration_seconds",
+            "HTTP request latency by route template, method and status.",
+            ["route", "method", "status"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.events_published = Counter(
+            "eventfold_events_published_total",
+            "Events acknowledged by Kafka (acks=all) from the ingest gateway.",
+            ["type"],
+            registry=r,
+        )
+        self.events_duplicate = Counter(
+            "eventfold_events_duplicate_total",
+            "Events the gateway recognised as already published and did not publish again.",
+            registry=r,
+        )
+        self.projector_events = Counter(
+            "eventfold_projector_events_total",
+            "Events folded by the projector, by outcome (applied, rejected, duplicate).",
+            ["outcome"],
+            registry=r,
+        )
+        self.projector_batch_seconds = Histogram(
+            "eventfold_projector_batch_seconds",
+            "Time to fold one batch and commit it with its checkpoints.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "eventfold_consumer_lag",
+            "Records between a processor's position and the partition's end.",
+            ["processor", "partition"],
+            registry=r,
+        )
+        self.projection_lag_seconds = Gauge(
+            "eventfold_projection_lag_seconds",
+            "Age of the newest event the projector has committed, at commit time.",
+            registry=r,
+        )
+        self.consistency_waits = Histogram(
+            "eventfold_consistency_wait_seconds",
+            "How long reads carrying a consistency token waited for the projection.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.dependency_errors = Counter(
+            "eventfold_dependency_errors_total",
+            "Failed calls to a dependency (postgres, kafka, redis).",
+            ["dependency"],
+            registry=r,
+        )

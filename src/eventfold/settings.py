@@ -1,0 +1,151 @@
+"""Settings built from the environment (12-factor), each with a local default.
+
+One frozen dataclass read once per process; every component receives the
+settings it needs instead of reading ``os.environ`` itself, so tests can build
+their own without touching the process environment.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import eventfold
+
+EVENTS_TOPIC = "eventfold.events"
+DLQ_TOPIC = "eventfold.events.dlq"
+
+
+def project_home() -> Path:
+    """Where the local stack keeps its files (``var/``) and finds ``infra/``.
+
+    A source checkout (the usual case: ``make run``) uses its own top folder;
+    an installed wheel falls back to ``~/.local/share/eventfold``.
+    """
+    override = os.environ.get("EVENTFOLD_HOME")
+    if override:
+        return Path(override).resolve()
+    checkout = Path(eventfold.__file__).resolve().parents[2]
+    if (checkout / "infra").is_dir() and (checkout / "pyproject.toml").is_file():
+        return checkout
+    return Path.home() / ".local" / "share" / "eventfold"
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _int_list(value: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in _split(value))
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every knob of an Eventfold process; see CONTRACT.md for the public ones."""
+
+    home: Path
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    database_url: str = "postgresql://eventfold:eventfold@127.0.0.1:5432/eventfold"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    s3_endpoint: str = "http://127.0.0.1:9000"
+    s3_bucket: str = "eventfold-archive"
+    s3_access_key: str = "eventfold"
+    s3_secret_key: str = "eventfold-secret"  # noqa: S105 - local dev default only
+    s3_region: str = "us-east-1"
+    jwt_secret: str = ""
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    webhook_allow_hosts: tuple[str, ...] = ()
+    webhook_retry_schedule: tuple[int, ...] = (5, 30, 120, 600, 3600)
+    events_topic: str = EVENTS_TOPIC
+    dlq_topic: str = DLQ_TOPIC
+    topic_partitions: int = 8
+    consumer_group_prefix: str = "eventfold"
+    max_body_bytes: int = 1024 * 1024
+    max_batch_events: int = 1000
+    projector_batch_size: int = 2000
+    consistency_wait_seconds: float = 5.0
+    log_level: str = "INFO"
+    #: Which services the user pointed at their own instance (infra skips those).
+    external: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def var_dir(self) -> Path:
+        """Data, logs and pid files of the local stack."""
+        return self.home / "var"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``env`` (default: the process environment)."""
+        env = os.environ if env is None else env
+        home = Path(env["EVENTFOLD_HOME"]).resolve() if "EVENTFOLD_HOME" in env else project_home()
+        d = cls(home=home)
+        external = frozenset(
+            name
+            for name, var in (
+                ("kafka", "EVENTFOLD_KAFKA_BOOTSTRAP"),
+                ("postgres", "EVENTFOLD_DATABASE_URL"),
+                ("redis", "EVENTFOLD_REDIS_URL"),
+                ("s3", "EVENTFOLD_S3_ENDPOINT"),
+            )
+            if env.get(var)
+        )
+        return cls(
+            home=home,
+            http_host=env.get("EVENTFOLD_HTTP_HOST", d.http_host),
+            http_port=int(env.get("EVENTFOLD_HTTP_PORT", d.http_port)),
+            kafka_bootstrap=env.get("EVENTFOLD_KAFKA_BOOTSTRAP") or d.kafka_bootstrap,
+            database_url=env.get("EVENTFOLD_DATABASE_URL") or d.database_url,
+            redis_url=env.get("EVENTFOLD_REDIS_URL") or d.redis_url,
+            s3_endpoint=env.get("EVENTFOLD_S3_ENDPOINT") or d.s3_endpoint,
+            s3_bucket=env.get("EVENTFOLD_S3_BUCKET") or d.s3_bucket,
+            s3_access_key=env.get("EVENTFOLD_S3_ACCESS_KEY") or d.s3_access_key,
+            s3_secret_key=env.get("EVENTFOLD_S3_SECRET_KEY") or d.s3_secret_key,
+            s3_region=env.get("EVENTFOLD_S3_REGION") or d.s3_region,
+            jwt_secret=env.get("EVENTFOLD_JWT_SECRET") or _dev_jwt_secret(home),
+            jwt_issuer=env.get("EVENTFOLD_JWT_ISSUER") or None,
+            jwt_audience=env.get("EVENTFOLD_JWT_AUDIENCE") or None,
+            webhook_allow_hosts=_split(env.get("EVENTFOLD_WEBHOOK_ALLOW_HOSTS", "")),
+            webhook_retry_schedule=_int_list(env["EVENTFOLD_WEBHOOK_RETRY_SCHEDULE"])
+            if env.get("EVENTFOLD_WEBHOOK_RETRY_SCHEDULE")
+            else d.webhook_retry_schedule,
+            events_topic=env.get("EVENTFOLD_EVENTS_TOPIC") or d.events_topic,
+            dlq_topic=env.get("EVENTFOLD_DLQ_TOPIC") or d.dlq_topic,
+            topic_partitions=int(env.get("EVENTFOLD_TOPIC_PARTITIONS", d.topic_partitions)),
+            consumer_group_prefix=env.get("EVENTFOLD_CONSUMER_GROUP_PREFIX")
+            or d.consumer_group_prefix,
+            projector_batch_size=int(
+                env.get("EVENTFOLD_PROJECTOR_BATCH_SIZE", d.projector_batch_size)
+            ),
+            log_level=env.get("EVENTFOLD_LOG_LEVEL", d.log_level).upper(),
+            external=external,
+        )
+
+
+def _dev_jwt_secret(home: Path) -> str:
+    """A per-checkout random secret, kept in ``var/`` so every local process agrees.
+
+    Production sets ``EVENTFOLD_JWT_SECRET``; this only spares a newcomer the step.
+    """
+    path = home / "var" / "jwt-secret"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".jwt-secret.{os.getpid()}")
+        tmp.write_text(secrets.token_urlsafe(48))
+        os.chmod(tmp, 0o600)
+        try:
+            # link() fails when the file exists: of two processes starting at
+            # once, the first one's secret wins and both read it back.
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+        return path.read_text().strip()

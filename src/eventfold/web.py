@@ -1,0 +1,204 @@
+"""HTTP plumbing shared by the read API and the ingest gateway.
+
+Typed app keys for shared resources, one middleware turning every error into
+problem+json, request ids, metrics, authentication and JSON body helpers.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import orjson
+from aiohttp import web
+from redis.asyncio import Redis
+
+from eventfold import ids
+from eventfold.auth import Principal, TokenVerifier
+from eventfold.checkpoints import CheckpointWatcher
+from eventfold.consistency import decode
+from eventfold.cursors import CursorCodec
+from eventfold.errors import (
+    BadRequest,
+    Forbidden,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    Problem,
+    Unauthorized,
+    Unavailable,
+    UnsupportedMediaType,
+)
+from eventfold.logs import correlation_id
+from eventfold.metrics import Metrics
+from eventfold.settings import Settings
+from eventfold.tenancy import Tenant, TenantDirectory
+
+log = logging.getLogger("eventfold.http")
+
+SETTINGS = web.AppKey("settings", Settings)
+METRICS = web.AppKey("metrics", Metrics)
+POOL = web.AppKey("pool", asyncpg.Pool)
+REDIS = web.AppKey("redis", Redis)
+VERIFIER = web.AppKey("verifier", TokenVerifier)
+TENANTS = web.AppKey("tenants", TenantDirectory)
+WATCHER = web.AppKey("watcher", CheckpointWatcher)
+CURSORS = web.AppKey("cursors", CursorCodec)
+
+PROBLEM_JSON = "application/problem+json"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_response(
+    data: Any, *, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    """A JSON response serialised with orjson."""
+    return web.Response(
+        body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
+    )
+
+
+def problem_response(problem: Problem, request: web.Request | None = None) -> web.Response:
+    """The RFC 9457 answer for ``problem``."""
+    return web.Response(
+        body=orjson.dumps(problem.body(request.path if request is not None else None)),
+        status=problem.status,
+        content_type=PROBLEM_JSON,
+        headers=problem.headers,
+    )
+
+
+def _from_http_exception(exc: web.HTTPException) -> Problem:
+    if isinstance(exc, web.HTTPNotFound):
+        return NotFound("no such route")
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return MethodNotAllowed(f"allowed: {allowed}", headers={"Allow": allowed})
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return PayloadTooLarge("the request body is over the limit")
+    problem = Problem(exc.reason or "error")
+    problem.status, problem.title, problem.slug = exc.status, exc.reason or "Error", "http"
+    return problem
+
+
+@web.middleware
+async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id, problem+json for every error, and the latency histogram."""
+    given = request.headers.get("X-Request-ID", "")
+    rid = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    token = correlation_id.set(rid)
+    started = time.perf_counter()
+    try:
+        response = await _answer(request, handler)
+        response.headers["X-Request-ID"] = rid
+        resource = request.match_info.route.resource
+        template = resource.canonical if resource is not None else "unmatched"
+        request.app[METRICS].http_requests.labels(
+            template, request.method, str(response.status)
+        ).observe(time.perf_counter() - started)
+        return response
+    finally:
+        correlation_id.reset(token)
+
+
+async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except Problem as problem:
+        return problem_response(problem, request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            return exc
+        return problem_response(_from_http_exception(exc), request)
+    except Exception:
+        log.exception("unhandled error", extra={"path": request.path})
+        return problem_response(Problem("an internal error occurred"), request)
+
+
+def authenticate(request: web.Request) -> Principal:
+    """The caller from ``Authorization: Bearer``; 401 when missing or invalid."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("a bearer token is required")
+    return request.app[VERIFIER].verify(token.strip())
+
+
+async def authorize_tenant(request: web.Request, role: str) -> tuple[Principal, Tenant]:
+    """Authenticate, check ``role`` for the path's tenant, and load that tenant.
+
+    Order matters: credentials (401), then role and tenant match (403), then the
+    identifier (422), then existence (404 for platform admins, 403 for others).
+    """
+    principal = authenticate(request)
+    tenant_id = request.match_info["tenant"]
+    principal.require(role, tenant_id)
+    ids.check("tenant", tenant_id)
+    await wait_for_consistency(request)
+    tenant = await request.app[TENANTS].get(tenant_id)
+    if tenant is None:
+        if principal.is_platform_admin:
+            raise NotFound(f"tenant {tenant_id} does not exist")
+        raise Forbidden(f"tenant {tenant_id} is not available to these credentials")
+    return principal, tenant
+
+
+async def wait_for_consistency(request: web.Request) -> None:
+    """Honour ``X-Consistency-Token``: wait (at most the configured time) for the projection."""
+    token = request.headers.get("X-Consistency-Token")
+    if not token:
+        return
+    required = decode(token)
+    app = request.app
+    started = time.perf_counter()
+    ok = await app[WATCHER].wait_for(required, app[SETTINGS].consistency_wait_seconds)
+    app[METRICS].consistency_waits.observe(time.perf_counter() - started)
+    if not ok:
+        raise Unavailable("the projection has not caught up with this token yet", retry_after=1)
+
+
+async def read_json(request: web.Request) -> Any:
+    """The request body parsed as JSON: 413 over the limit, 415 for forms, 400 malformed.
+
+    Any other Content-Type is read as JSON: ``curl -d`` sends a form type by
+    default, and a clear 400 on a non-JSON body serves that user better than a 415.
+    """
+    limit = request.app[SETTINGS].max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"the request body is over {limit} bytes")
+    if request.content_type.startswith("multipart/"):
+        raise UnsupportedMediaType("send JSON, not a multipart form")
+    body = await request.read()
+    if len(body) > limit:
+        raise PayloadTooLarge(f"the request body is over {limit} bytes")
+    if not body:
+        raise BadRequest("the request body is empty; send JSON")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from None
+
+
+def query_int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    """An integer query parameter within ``[lo, hi]``; 422 otherwise."""
+    from eventfold.errors import FieldError, ValidationFailed
+
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = lo - 1
+    if not lo <= value <= hi:
+        raise ValidationFailed(
+            f"{name} must be an integer from {lo} to {hi}",
+            errors=[FieldError(f"/{name}", f"must be an integer from {lo} to {hi}")],
+        )
+    return value

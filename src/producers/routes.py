@@ -1,0 +1,234 @@
+"""The ingest gateway's routes: tenants, raw events and record commands."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from eventfold import consistency, ids
+from eventfold.envelope import CloudEvent, EnvelopeInvalid, parse_event, pydantic_errors, stamp
+from eventfold.errors import (
+    BadRequest,
+    Conflict,
+    FieldError,
+    PayloadTooLarge,
+    ValidationFailed,
+)
+from eventfold.events import validate_data
+from eventfold.events.tenant import TenantCreated
+from eventfold.logs import correlation_id
+from eventfold.web import (
+    SETTINGS,
+    TENANTS,
+    authenticate,
+    authorize_tenant,
+    json_response,
+    read_json,
+)
+from producers import commands
+from producers.publisher import Published, Publisher
+
+PUBLISHER = web.AppKey("publisher", Publisher)
+_RECORD = "/v1/tenants/{tenant}/collections/{collection}/records"
+
+
+def setup_routes(app: web.Application) -> None:
+    """Register the write routes on ``app``."""
+    app.router.add_post("/v1/tenants", create_tenant)
+    app.router.add_post("/v1/tenants/{tenant}/events", publish_events)
+    app.router.add_post(_RECORD, create_record)
+    app.router.add_put(_RECORD + "/{id}", put_record)
+    app.router.add_patch(_RECORD + "/{id}", patch_record)
+    app.router.add_delete(_RECORD + "/{id}", delete_record)
+
+
+def _accepted(results: list[Published], extra: dict[str, Any]) -> web.Response:
+    positions = [
+        (r.partition, r.offset) for r in results if r.partition is not None and r.offset is not None
+    ]
+    return json_response(
+        {**extra, "consistency_token": consistency.from_offsets(positions)}, status=202
+    )
+
+
+async def create_tenant(request: web.Request) -> web.Response:
+    """``POST /v1/tenants`` (platform-admin): publish ``tenant.created``."""
+    authenticate(request).require("platform-admin")
+    body = await read_json(request)
+    try:
+        data = TenantCreated.model_validate(body)
+    except ValidationError as exc:
+        raise ValidationFailed("invalid tenant", errors=pydantic_errors(exc)) from None
+    if await request.app[TENANTS].get(data.id, fresh=True) is not None:
+        raise Conflict(f"tenant {data.id} exists already")
+    event = CloudEvent(
+        specversion="1.0",
+        id=commands.tenant_created_event_id(data.id),
+        source=commands.SOURCE,
+        type="tenant.created",
+        subject=data.id,
+        time=datetime.now(UTC),
+        datacontenttype="application/json",
+        data=data.model_dump(mode="json"),
+        tenant=data.id,
+        correlationid=correlation_id.get(),
+    )
+    [result] = await request.app[PUBLISHER].publish(data.id, [event])
+    if result.duplicate:
+        raise Conflict(f"tenant {data.id} exists already (or is being created)")
+    return _accepted([result], {"event_id": event.id})
+
+
+async def publish_events(request: web.Request) -> web.Response:
+    """``POST /v1/tenants/{t}/events`` (writer): one event or an all-or-nothing batch."""
+    _, tenant = await authorize_tenant(request, "writer")
+    body = await read_json(request)
+    settings = request.app[SETTINGS]
+    batch = isinstance(body, list)
+    raw_events = body if batch else [body]
+    if batch and not raw_events:
+        raise ValidationFailed(
+            "the batch is empty", errors=[FieldError("/", "send 1 to 1000 events")]
+        )
+    if len(raw_events) > settings.max_batch_events:
+        raise PayloadTooLarge(f"a batch holds at most {settings.max_batch_events} events")
+    now = datetime.now(UTC)
+    events: list[CloudEvent] = []
+    errors: list[FieldError] = []
+    for i, raw in enumerate(raw_events):
+        path = f"/{i}" if batch else ""
+        if not isinstance(raw, dict):
+            errors.append(FieldError(path or "/", "an event must be a JSON object"))
+            continue
+        try:
+            event = parse_event(raw, path=path)
+            if event.tenant is not None and event.tenant != tenant.id:
+                raise EnvelopeInvalid(
+                    [FieldError(f"{path}/tenant", "differs from the path's tenant")]
+                )
+            validate_data(event, path=path)
+        except EnvelopeInvalid as exc:
+            errors.extend(exc.errors)
+            continue
+        stamped = stamp(event, tenant=tenant.id, now=now)
+        if stamped.correlationid is None and correlation_id.get():
+            stamped = stamped.model_copy(update={"correlationid": correlation_id.get()})
+        events.append(stamped)
+    if errors:
+        which = "the event is invalid" if not batch else "invalid events; nothing was published"
+        raise ValidationFailed(which, errors=errors)
+    results = await request.app[PUBLISHER].publish(tenant.id, events)
+    return _accepted(results, {"events": [r.as_dict() for r in results]})
+
+
+def _document(body: Any, where: str) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise ValidationFailed(
+            "the record must be a JSON object", errors=[FieldError(where, "must be an object")]
+        )
+    return body
+
+
+async def _command(
+    request: web.Request,
+    *,
+    event_type: str,
+    record_id: str,
+    data: Any,
+    expected_version: int | None,
+) -> web.Response:
+    tenant = request.match_info["tenant"]
+    collection = request.match_info["collection"]
+    key = request.headers.get("Idempotency-Key")
+    event = commands.record_event(
+        tenant=tenant,
+        event_id=commands.command_event_id(tenant, key, f"{request.method} {request.path}"),
+        event_type=event_type,
+        collection=collection,
+        record_id=record_id,
+        data=data,
+        expected_version=expected_version,
+        correlation=correlation_id.get(),
+    )
+    [result] = await request.app[PUBLISHER].publish(tenant, [event])
+    return _accepted([result], {"id": record_id, "event_id": event.id})
+
+
+async def _authorize_command(request: web.Request) -> tuple[str, str | None]:
+    await authorize_tenant(request, "writer")
+    collection = ids.check("collection", request.match_info["collection"])
+    record_id = request.match_info.get("id")
+    if record_id is not None:
+        ids.check("id", record_id)
+    return collection, record_id
+
+
+async def create_record(request: web.Request) -> web.Response:
+    """``POST …/records`` ``{"id"?, "data"}``: create (a record that exists is rejected)."""
+    collection, _ = await _authorize_command(request)
+    body = _document(await read_json(request), "/")
+    unknown = sorted(set(body) - {"id", "data"})
+    if unknown:
+        raise ValidationFailed(
+            "unknown fields", errors=[FieldError(f"/{k}", "not allowed") for k in unknown]
+        )
+    data = _document(body.get("data"), "/data")
+    key = request.headers.get("Idempotency-Key")
+    record_id = body.get("id")
+    if record_id is None:
+        record_id = commands.new_record_id(request.match_info["tenant"], key, collection)
+    ids.check("id", record_id, path="/id")
+    expected = commands.parse_if_match(request.headers.get("If-Match"))
+    return await _command(
+        request,
+        event_type="record.upserted",
+        record_id=record_id,
+        data=data,
+        expected_version=0 if expected is None else expected,
+    )
+
+
+async def put_record(request: web.Request) -> web.Response:
+    """``PUT …/records/{id}`` (body = the document): create or replace."""
+    _, record_id = await _authorize_command(request)
+    data = _document(await read_json(request), "/")
+    assert record_id is not None
+    return await _command(
+        request,
+        event_type="record.upserted",
+        record_id=record_id,
+        data=data,
+        expected_version=commands.parse_if_match(request.headers.get("If-Match")),
+    )
+
+
+async def patch_record(request: web.Request) -> web.Response:
+    """``PATCH …/records/{id}`` (``application/merge-patch+json``): RFC 7396 merge."""
+    _, record_id = await _authorize_command(request)
+    patch = _document(await read_json(request), "/")
+    assert record_id is not None
+    return await _command(
+        request,
+        event_type="record.patched",
+        record_id=record_id,
+        data=patch,
+        expected_version=commands.parse_if_match(request.headers.get("If-Match")),
+    )
+
+
+async def delete_record(request: web.Request) -> web.Response:
+    """``DELETE …/records/{id}``: publish ``record.deleted``."""
+    _, record_id = await _authorize_command(request)
+    if request.can_read_body and await request.read():
+        raise BadRequest("DELETE takes no body")
+    assert record_id is not None
+    return await _command(
+        request,
+        event_type="record.deleted",
+        record_id=record_id,
+        data=None,
+        expected_version=commands.parse_if_match(request.headers.get("If-Match")),
+    )
