@@ -1,0 +1,122 @@
+"""Unit tests of the local stack's pure logic: no service is started here."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from eventfold.infra import InfraError
+from eventfold.infra.kafka import Kafka, random_cluster_id
+from eventfold.infra.postgres import Postgres
+from eventfold.infra.process import alive, is_ours, live_pid, read_pid, spawn, stop
+from eventfold.infra.redis import Redis
+from eventfold.infra.s3 import S3Proxy
+from eventfold.infra.stack import services
+from eventfold.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_cluster_id_is_a_kafka_uuid() -> None:
+    for _ in range(200):
+        cid = random_cluster_id()
+        assert len(cid) == 22
+        assert not cid.startswith("-")
+        assert len(base64.urlsafe_b64decode(cid + "==")) == 16
+
+
+def test_addresses_come_from_settings(tmp_path: Path) -> None:
+    settings = Settings(
+        home=tmp_path,
+        kafka_bootstrap="127.0.0.1:19092,127.0.0.1:29092",
+        database_url="postgresql://app:s%40cret@127.0.0.1:15432/appdb",
+        redis_url="redis://:pw@127.0.0.1:16379/2",
+        s3_endpoint="http://127.0.0.1:19000",
+    )
+    kafka, pg, redis, s3 = Kafka(settings), Postgres(settings), Redis(settings), S3Proxy(settings)
+    assert (kafka.host, kafka.port, kafka.ports) == ("127.0.0.1", 19092, (19092, 19093))
+    assert pg.address == "127.0.0.1:15432"
+    assert pg._url[2:] == ("app", "s@cret", "appdb")
+    assert (redis.port, redis._url[2]) == (16379, "pw")
+    assert s3.address == "127.0.0.1:19000"
+
+
+def test_bad_bootstrap_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(InfraError, match="host:port"):
+        _ = Kafka(Settings(home=tmp_path, kafka_bootstrap="nonsense")).port
+
+
+def test_start_order_and_external(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, external=frozenset({"redis"}))
+    stack = services(settings)
+    assert [s.name for s in stack] == ["postgres", "redis", "s3", "kafka"]
+    assert [s.external for s in stack] == [False, True, False, False]
+
+
+def test_kafka_properties_render(tmp_path: Path) -> None:
+    shutil.copytree(REPO / "infra" / "kafka", tmp_path / "infra" / "kafka")
+    kafka = Kafka(Settings(home=tmp_path, topic_partitions=5))
+    kafka.root.mkdir(parents=True)
+    kafka._write_properties()
+    props = dict(
+        line.split("=", 1)
+        for line in kafka.properties.read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    assert props["process.roles"] == "broker,controller"
+    assert props["listeners"] == "PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093"
+    assert props["advertised.listeners"] == "PLAINTEXT://127.0.0.1:9092"
+    assert props["controller.quorum.bootstrap.servers"] == "127.0.0.1:9093"
+    assert props["log.dirs"] == str(tmp_path / "var" / "kafka" / "data")
+    assert props["num.partitions"] == "5"
+    assert props["offsets.topic.replication.factor"] == "1"
+    assert props["group.initial.rebalance.delay.ms"] == "0"
+
+
+def test_pid_files(tmp_path: Path) -> None:
+    pid_file = tmp_path / "x.pid"
+    assert read_pid(pid_file) is None
+    pid_file.write_text("garbage")
+    assert read_pid(pid_file) is None
+    pid_file.write_text(f"{os.getpid()}\n")
+    assert is_ours(os.getpid(), ["python"])
+    assert live_pid(pid_file, ["python"]) == os.getpid()
+    # Our own pid, but not what the file claims to be: stale, so it goes.
+    assert live_pid(pid_file, ["no-such-marker-anywhere"]) is None
+    assert not pid_file.exists()
+
+
+async def test_spawn_detached_and_stop(tmp_path: Path) -> None:
+    pid_file, log = tmp_path / "run" / "sleep.pid", tmp_path / "log" / "sleep.log"
+    pid = spawn(["sleep", "30"], log_path=log, pid_path=pid_file, cwd=tmp_path)
+    try:
+        assert read_pid(pid_file) == pid
+        assert is_ours(pid, ["sleep", "30"])
+        # Detached: a session of its own, and not our child (the double fork).
+        assert os.getsid(pid) != os.getsid(0)
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        assert await stop(pid, sig=signal.SIGTERM, grace=5) == "stopped"
+        assert not alive(pid)
+    finally:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_spawn_reports_exec_failure(tmp_path: Path) -> None:
+    started = time.monotonic()
+    with pytest.raises(InfraError, match="could not start"):
+        spawn(
+            ["/nonexistent/binary"],
+            log_path=tmp_path / "x.log",
+            pid_path=tmp_path / "x.pid",
+            cwd=tmp_path,
+        )
+    assert time.monotonic() - started < 5
+    assert not (tmp_path / "x.pid").exists()
