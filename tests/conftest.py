@@ -1,0 +1,82 @@
+"""Shared fixtures: settings isolated per test session, and the real services.
+
+Each session publishes to its own topic and consumer group, so a test run sees
+only its own events; each test starts from a fresh tenant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+
+from eventfold.settings import Settings
+
+RUN_ID = uuid.uuid4().hex[:8]
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def session_settings(**overrides: object) -> Settings:
+    """Settings of this test session: own topics and group, local services."""
+    base = Settings.from_env()
+    fields: dict[str, object] = {
+        "events_topic": f"eventfold.test-{RUN_ID}.events",
+        "dlq_topic": f"eventfold.test-{RUN_ID}.dlq",
+        "consumer_group_prefix": f"eventfold-test-{RUN_ID}",
+        "topic_partitions": 4,
+    }
+    fields.update(overrides)
+    return dataclasses.replace(base, **fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    """This session's settings."""
+    return session_settings()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def stack(settings: Settings) -> AsyncIterator[Settings]:
+    """The local stack must answer; this session's topics exist for its duration."""
+    from eventfold.infra import ensure_topics, status_async
+
+    down = [s for s in await status_async(settings) if not s.running]
+    if down:
+        names = ", ".join(f"{s.name} ({s.address})" for s in down)
+        pytest.fail(
+            f"not running: {names}. Start the stack with `make infra` "
+            "(or `.venv/bin/eventfold infra up`); `make test` does it for you.",
+            pytrace=False,
+        )
+    await ensure_topics(settings)
+    yield settings
+    await _delete_topics(settings, [settings.events_topic, settings.dlq_topic])
+
+
+async def _delete_topics(settings: Settings, topics: list[str]) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics(topics)
+    except Exception:  # noqa: S110 - best-effort hygiene; the topic may be in use
+        pass
+    finally:
+        await admin.close()
+
+
+def new_tenant_id() -> str:
+    """A tenant id no other test uses."""
+    return f"t{uuid.uuid4().hex[:12]}"

@@ -1,0 +1,138 @@
+"""The ingest gateway: events published to Kafka as validated, stamped envelopes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from eventfold.settings import Settings
+from tests.integration.conftest import Api, TenantApi
+
+
+def event(event_id: str, subject: str = "items/i1", **kw: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": event_id,
+        "source": "test/ingest",
+        "type": "record.upserted",
+        "subject": subject,
+        "data": {"n": 1},
+    }
+    doc.update(kw)
+    return doc
+
+
+async def read_at(settings: Settings, partition: int, offset: int) -> tuple[bytes, dict[str, Any]]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tp = TopicPartition(settings.events_topic, partition)
+        consumer.assign([tp])
+        consumer.seek(tp, offset)
+        msg = await consumer.getone()
+        assert msg.key is not None and msg.value is not None
+        return msg.key, orjson.loads(msg.value)
+    finally:
+        await consumer.stop()
+
+
+async def test_single_event_lands_in_kafka_stamped_and_keyed(api: Api, tenant: TenantApi) -> None:
+    doc = await tenant.write("POST", "/events", json=event("ev-1"))
+    [res] = doc["events"]
+    assert res["id"] == "ev-1"
+    assert res["duplicate"] is False
+    key, envelope = await read_at(api.settings, res["partition"], res["offset"])
+    assert key == f"{tenant.id}/items/i1".encode()
+    assert envelope["tenant"] == tenant.id
+    assert envelope["time"].endswith("Z")
+    assert envelope["data"] == {"n": 1}
+    applied = await tenant.read_json("/events/ev-1", doc["consistency_token"])
+    assert applied["status"] == "applied"
+
+
+async def test_client_time_is_kept(api: Api, tenant: TenantApi) -> None:
+    doc = await tenant.write("POST", "/events", json=event("ev-t", time="2020-01-02T03:04:05Z"))
+    [res] = doc["events"]
+    _, envelope = await read_at(api.settings, res["partition"], res["offset"])
+    assert envelope["time"] == "2020-01-02T03:04:05Z"
+
+
+async def test_batch_is_published_and_duplicates_flagged(tenant: TenantApi) -> None:
+    batch = [event("b-1", "items/a"), event("b-2", "items/b"), event("b-1", "items/a")]
+    doc = await tenant.write("POST", "/events", json=batch)
+    assert [(e["id"], e["duplicate"]) for e in doc["events"]] == [
+        ("b-1", False),
+        ("b-2", False),
+        ("b-1", True),
+    ]
+    assert doc["events"][2]["offset"] == doc["events"][0]["offset"]
+    again = await tenant.write("POST", "/events", json=[event("b-2", "items/b")])
+    assert again["events"][0]["duplicate"] is True
+    assert again["events"][0]["offset"] == doc["events"][1]["offset"]
+    rec = await tenant.read_json("/collections/items/records/b", again["consistency_token"])
+    assert rec["version"] == 1
+
+
+async def test_invalid_batch_publishes_nothing(tenant: TenantApi) -> None:
+    batch = [
+        event("ok-1", "items/a"),
+        event("bad-1", "no-slash"),
+        event("bad-2", "items/c", type="no.such.type"),
+        event("bad-3", "items/d", data="not an object"),
+        {"specversion": "0.3"},
+    ]
+    resp = await tenant.call("POST", "/events", json=batch)
+    assert resp.status == 422
+    problem = await resp.json(content_type="application/problem+json")
+    paths = {e["path"] for e in problem["errors"]}
+    assert {"/1/subject", "/2/type", "/3/data", "/4/specversion", "/4/id"} <= paths
+    assert not any(p.startswith("/0") for p in paths)
+    missing = await tenant.read("/events/ok-1")
+    assert missing.status == 404
+
+
+async def test_envelope_tenant_must_match_the_path(tenant: TenantApi) -> None:
+    resp = await tenant.call("POST", "/events", json=event("x-1", tenant="someoneelse"))
+    assert resp.status == 422
+    problem = await resp.json(content_type="application/problem+json")
+    assert problem["errors"] == [{"path": "/tenant", "message": "differs from the path's tenant"}]
+
+
+async def test_limits(tenant: TenantApi) -> None:
+    too_many = [event(f"m-{i}", f"items/{i}") for i in range(1001)]
+    resp = await tenant.call("POST", "/events", json=too_many)
+    assert resp.status == 413
+    big = event("big", data={"blob": "x" * (1024 * 1024 + 10)})
+    resp = await tenant.call("POST", "/events", json=big)
+    assert resp.status == 413
+    assert resp.content_type == "application/problem+json"
+    resp = await tenant.call("POST", "/events", json=[])
+    assert resp.status == 422
+    resp = await tenant.call("POST", "/events", data=b"")
+    assert resp.status == 400
+    resp = await tenant.call("POST", "/events", data=b"[1,")
+    assert resp.status == 400
+
+
+async def test_tenant_creation_rules(api: Api, tenant: TenantApi) -> None:
+    resp = await api.request("POST", "/v1/tenants", json={"id": tenant.id, "name": "again"})
+    assert resp.status == 409
+    resp = await api.request("POST", "/v1/tenants", json={"id": "X!", "name": "bad"})
+    assert resp.status == 422
+    problem = await resp.json(content_type="application/problem+json")
+    assert problem["errors"][0]["path"] == "/id"
+    resp = await api.request(
+        "POST", "/v1/tenants", tenant=tenant.id, roles=("admin",), json={"id": "abcd", "name": "x"}
+    )
+    assert resp.status == 403
+
+
+async def test_tenant_with_limits(api: Api) -> None:
+    doc = await api.create_tenant(limits={"requests_per_second": 5, "burst": 10})
+    resp = await api.request("GET", f"/v1/tenants/{doc['id']}")
+    body = await resp.json()
+    assert body["limits"] == {"requests_per_second": 5.0, "burst": 10}
+    assert body["status"] == "active"
+    assert set(body) == {"id", "name", "status", "limits", "created_at"}
