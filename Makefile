@@ -1,0 +1,57 @@
+# Eventfold — two commands: `make run` (set up everything, run the system) and
+# `make test` (set up what the tests need, run the whole suite with the quality gates).
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: help venv infra infra-down status run lint typecheck unit test bench clean
+
+help:
+	@echo "make run        set up (venv, local Kafka/PostgreSQL/Redis/S3) and run Eventfold"
+	@echo "make test       set up and run lint, type checks and the whole test suite"
+	@echo "make infra      start the local stack only      make infra-down   stop it"
+	@echo "make unit       fast unit tests only (no services)"
+	@echo "make bench      ingest and projector throughput (benchmarks/)"
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+infra: venv
+	$(BIN)/eventfold infra up
+
+infra-down: venv
+	$(BIN)/eventfold infra down
+
+status: venv
+	$(BIN)/eventfold infra status
+
+run: infra
+	$(BIN)/eventfold run
+
+lint: venv
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/eventfold schemas check
+
+typecheck: venv
+	$(BIN)/mypy
+
+unit: venv
+	$(BIN)/pytest tests/unit -q $(PYTEST_ARGS)
+
+test: lint typecheck infra
+	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+bench: infra
+	$(BIN)/python -m benchmarks.throughput $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

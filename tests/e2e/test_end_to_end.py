@@ -1,0 +1,176 @@
+"""End to end: the real `eventfold` processes, driven over HTTP like a user would."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from eventfold.auth import issue_token
+from eventfold.consistency import decode, encode
+from eventfold.settings import Settings
+from tests.conftest import free_port, new_tenant_id
+
+EVENTFOLD = str(Path(sys.executable).with_name("eventfold"))
+
+
+def env_for(settings: Settings, port: int) -> dict[str, str]:
+    return {
+        **os.environ,
+        "EVENTFOLD_HTTP_PORT": str(port),
+        "EVENTFOLD_EVENTS_TOPIC": settings.events_topic,
+        "EVENTFOLD_DLQ_TOPIC": settings.dlq_topic,
+        "EVENTFOLD_CONSUMER_GROUP_PREFIX": settings.consumer_group_prefix + ".e2e",
+        "EVENTFOLD_JWT_SECRET": settings.jwt_secret,
+    }
+
+
+@contextmanager
+def process(*args: str, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(
+        [EVENTFOLD, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+
+
+async def ready(session: aiohttp.ClientSession, base: str, proc: subprocess.Popen[bytes]) -> None:
+    """Wait until the process answers /health/ready with ok (it exits → fail with its output)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            out = proc.stdout.read().decode() if proc.stdout else ""
+            pytest.fail(f"eventfold exited with {proc.returncode}:\n{out[-3000:]}")
+        try:
+            async with session.get(f"{base}/health/ready") as resp:
+                if resp.status == 200 and (await resp.json())["status"] == "ok":
+                    return
+        except aiohttp.ClientConnectionError:
+            pass
+        await asyncio.sleep(0.2)
+    pytest.fail(f"{base} not ready within 60 s")
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s:
+        yield s
+
+
+async def scenario(
+    session: aiohttp.ClientSession, settings: Settings, write: str, read: str
+) -> None:
+    """Create a tenant, write through commands and events, read everything back."""
+    secret = settings.jwt_secret
+    admin = {"Authorization": f"Bearer {issue_token(secret, tenant='*', roles=['platform-admin'])}"}
+    t = new_tenant_id()
+    async with session.post(f"{write}/v1/tenants", json={"id": t, "name": "E2E"}, headers=admin) as r:
+        assert r.status == 202, await r.text()
+        token = (await r.json())["consistency_token"]
+    writer = {"Authorization": f"Bearer {issue_token(secret, tenant=t, roles=['writer'])}"}
+    async with session.get(
+        f"{read}/v1/tenants/{t}", headers={**writer, "X-Consistency-Token": token}
+    ) as r:
+        assert r.status == 200, await r.text()
+        assert (await r.json())["name"] == "E2E"
+
+    base = f"/v1/tenants/{t}/collections/tasks/records"
+    async with session.post(
+        f"{write}{base}", json={"id": "t1", "data": {"title": "write docs", "done": False}},
+        headers=writer,
+    ) as r:
+        assert r.status == 202, await r.text()
+    async with session.patch(
+        f"{write}{base}/t1",
+        data=b'{"done": true}',
+        headers={**writer, "Content-Type": "application/merge-patch+json", "If-Match": '"1"'},
+    ) as r:
+        assert r.status == 202, await r.text()
+        patch_token = (await r.json())["consistency_token"]
+    events: list[dict[str, Any]] = [
+        {
+            "specversion": "1.0",
+            "id": f"imp-{i}",
+            "source": "e2e/import",
+            "type": "record.upserted",
+            "subject": f"tasks/imp{i}",
+            "data": {"title": f"imported {i}"},
+        }
+        for i in range(20)
+    ]
+    async with session.post(f"{write}/v1/tenants/{t}/events", json=events, headers=writer) as r:
+        assert r.status == 202, await r.text()
+        batch = await r.json()
+    assert all(not e["duplicate"] for e in batch["events"])
+
+    # One token covering both writes (they sit on different partitions).
+    covered = decode(patch_token)
+    for p, o in decode(batch["consistency_token"]).items():
+        covered[p] = max(o, covered.get(p, -1))
+    read_headers = {**writer, "X-Consistency-Token": encode(covered)}
+    async with session.get(f"{read}{base}/t1", headers=read_headers) as r:
+        doc = await r.json()
+        assert r.status == 200, doc
+    assert (doc["version"], doc["data"]) == (2, {"title": "write docs", "done": True})
+    assert r.headers["ETag"] == '"2"'
+    async with session.get(f"{read}/v1/tenants/{t}/events?subject=tasks/t1", headers=writer) as r:
+        history = await r.json()
+    assert [e["type"] for e in history["items"]] == ["record.upserted", "record.patched"]
+    async with session.get(f"{read}{base}?limit=1000", headers=read_headers) as r:
+        listing = await r.json()
+    assert len(listing["items"]) == 21
+    assert {e["status"] for e in history["items"]} <= {"applied"}
+
+
+@pytest.mark.usefixtures("stack")
+async def test_all_in_one_process(session: aiohttp.ClientSession, settings: Settings) -> None:
+    port = free_port()
+    with process("run", env=env_for(settings, port)) as proc:
+        base = f"http://127.0.0.1:{port}"
+        await ready(session, base, proc)
+        await scenario(session, settings, base, base)
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 20) == 0
+        out = proc.stdout.read().decode() if proc.stdout else ""
+    assert f"serving on {base}" in out
+    assert "dev platform-admin token" in out
+
+
+@pytest.mark.usefixtures("stack")
+async def test_each_part_in_its_own_process(
+    session: aiohttp.ClientSession, settings: Settings
+) -> None:
+    ingest_port, api_port = free_port(), free_port()
+    with (
+        process("serve", "ingest", env=env_for(settings, ingest_port)) as ingest,
+        process("serve", "api", env=env_for(settings, api_port)) as api,
+        process("process", "projector", env=env_for(settings, free_port())) as projector,
+    ):
+        await ready(session, f"http://127.0.0.1:{ingest_port}", ingest)
+        await ready(session, f"http://127.0.0.1:{api_port}", api)
+        await scenario(
+            session, settings, f"http://127.0.0.1:{ingest_port}", f"http://127.0.0.1:{api_port}"
+        )
+        assert projector.poll() is None
+        async with session.get(f"http://127.0.0.1:{api_port}/v1/tenants") as r:
+            assert r.status in (404, 405)  # the write route lives in the ingest process only
