@@ -41,7 +41,8 @@ class Principal:
 
     def require(self, role: str, tenant: str | None = None) -> None:
         """Raise 403 unless this principal holds ``role`` (for ``tenant``, if given)."""
-        if tenant is not None and self.tenant not in (tenant, ALL_TENANTS):
+        # Tenant "*" reaches every tenant only together with the platform-admin role.
+        if tenant is not None and self.tenant != tenant and not self.is_platform_admin:
             raise Forbidden("these credentials are for another tenant")
         if not self.has_role(role):
             raise Forbidden(f"this route needs the {role} role")

@@ -39,9 +39,10 @@ def decode(token: str) -> dict[int, int]:
     raw = token[len(_PREFIX) :]
     try:
         doc = orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
-        positions = {int(p): int(o) for p, o in doc.items()}
+        positions = {int(p): o for p, o in doc.items()}
     except (ValueError, TypeError, AttributeError, binascii.Error, orjson.JSONDecodeError):
         raise BadRequest("X-Consistency-Token is not a token this server issued") from None
-    if any(p < 0 or o < 0 for p, o in positions.items()):
+    # Offsets must be plain non-negative integers (JSON true or 1.5 are not).
+    if any(type(o) is not int or p < 0 or o < 0 for p, o in positions.items()):
         raise BadRequest("X-Consistency-Token is not a token this server issued")
     return positions

@@ -12,7 +12,7 @@ def merge_patch(target: Any, patch: Any) -> Any:
     through many patches and must never alias a patch into its state.
     """
     if not isinstance(patch, dict):
-        return patch
+        return _copy(patch)
     result: dict[str, Any] = dict(target) if isinstance(target, dict) else {}
     for key, value in patch.items():
         if value is None:
@@ -20,3 +20,12 @@ def merge_patch(target: Any, patch: Any) -> Any:
         else:
             result[key] = merge_patch(result.get(key), value)
     return result
+
+
+def _copy(value: Any) -> Any:
+    """A copy of a JSON value's containers (scalars are immutable and shared)."""
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    return value

@@ -49,7 +49,8 @@ def parse_if_match(value: str | None) -> int | None:
     if tag.startswith("W/"):
         raise BadRequest("If-Match needs a strong ETag")
     tag = tag.strip('"')
-    if not tag.isdigit():
+    # isascii: str.isdigit() also accepts "²" or "٣", which int() refuses or misreads.
+    if not (tag.isascii() and tag.isdigit()) or len(tag) > 18:
         raise BadRequest('If-Match must be a record version ETag such as "3"')
     return int(tag)
 

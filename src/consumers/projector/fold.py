@@ -62,6 +62,8 @@ def apply(
 
     A rejected event leaves the state as it was.
     """
+    if event_type not in RECORD_TYPES:
+        raise ValueError(f"not a record event type: {event_type}")
     current = live_version(record)
     if expected_version is not None and expected_version != current:
         return record, Outcome(
@@ -76,6 +78,4 @@ def apply(
     if event_type == "record.patched":
         patched = merge_patch(record.data, data or {})
         return replace(record, version=next_version, data=patched, updated_at=at), APPLIED
-    if event_type == "record.deleted":
-        return replace(record, version=next_version, data=None, updated_at=at), APPLIED
-    raise ValueError(f"not a record event type: {event_type}")
+    return replace(record, version=next_version, data=None, updated_at=at), APPLIED
