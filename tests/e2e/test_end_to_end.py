@@ -84,7 +84,9 @@ async def scenario(
     secret = settings.jwt_secret
     admin = {"Authorization": f"Bearer {issue_token(secret, tenant='*', roles=['platform-admin'])}"}
     t = new_tenant_id()
-    async with session.post(f"{write}/v1/tenants", json={"id": t, "name": "E2E"}, headers=admin) as r:
+    async with session.post(
+        f"{write}/v1/tenants", json={"id": t, "name": "E2E"}, headers=admin
+    ) as r:
         assert r.status == 202, await r.text()
         token = (await r.json())["consistency_token"]
     writer = {"Authorization": f"Bearer {issue_token(secret, tenant=t, roles=['writer'])}"}
@@ -96,7 +98,8 @@ async def scenario(
 
     base = f"/v1/tenants/{t}/collections/tasks/records"
     async with session.post(
-        f"{write}{base}", json={"id": "t1", "data": {"title": "write docs", "done": False}},
+        f"{write}{base}",
+        json={"id": "t1", "data": {"title": "write docs", "done": False}},
         headers=writer,
     ) as r:
         assert r.status == 202, await r.text()

@@ -25,14 +25,17 @@ def event(event_id: str, subject: str = "items/i1", **kw: Any) -> dict[str, Any]
 
 
 async def read_at(settings: Settings, partition: int, offset: int) -> tuple[bytes, dict[str, Any]]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False
+    )
     await consumer.start()
     try:
         tp = TopicPartition(settings.events_topic, partition)
         consumer.assign([tp])
         consumer.seek(tp, offset)
         msg = await consumer.getone()
-        assert msg.key is not None and msg.value is not None
+        assert msg.key is not None
+        assert msg.value is not None
         return msg.key, orjson.loads(msg.value)
     finally:
         await consumer.stop()

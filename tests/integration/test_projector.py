@@ -164,11 +164,17 @@ async def test_a_batch_applied_twice_has_one_effect(lane: Lane) -> None:
         for i, env in enumerate([created(t), upsert(t, 1, 1), upsert(t, 2, 1)])
     ]
     async with lane.pool.acquire() as conn:
-        r1 = await apply_batch(conn, consumer="twice", topic=lane.settings.events_topic, events=events)
-        r2 = await apply_batch(conn, consumer="twice", topic=lane.settings.events_topic, events=events)
+        r1 = await apply_batch(
+            conn, consumer="twice", topic=lane.settings.events_topic, events=events
+        )
+        r2 = await apply_batch(
+            conn, consumer="twice", topic=lane.settings.events_topic, events=events
+        )
         # Same events at new offsets (a producer retry that slipped through): deduped by id.
         moved = [dataclasses.replace(e, offset=e.offset + 10) for e in events]
-        r3 = await apply_batch(conn, consumer="twice", topic=lane.settings.events_topic, events=moved)
+        r3 = await apply_batch(
+            conn, consumer="twice", topic=lane.settings.events_topic, events=moved
+        )
     assert (r1.applied, r1.duplicates) == (3, 0)
     assert (r2.applied, r2.duplicates) == (0, 3)
     assert (r3.applied, r3.duplicates) == (0, 3)

@@ -1,0 +1,306 @@
+"""Throughput of the ingest gateway and the projector on this machine.
+
+Starts a real ``eventfold serve ingest`` process on a private topic, loads it
+with batches and with single-event requests from this process (aiohttp,
+closed loop with fixed concurrency), then lets the projector catch up on the
+whole topic from scratch and times it. Results go to stdout and to
+``benchmarks/results/<date>-throughput.json``.
+
+    make bench                           # defaults below
+    .venv/bin/python -m benchmarks.throughput --batch-events 200000 --single-requests 20000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import os
+import platform
+import resource
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+from consumers.projector.processor import Projector
+from eventfold.auth import issue_token
+from eventfold.bootstrap import open_pool
+from eventfold.infra import ensure_topics
+from eventfold.metrics import Metrics
+from eventfold.settings import Settings
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def make_event(tenant_no: int, i: int) -> dict[str, Any]:
+    """One ~700-byte event; keys skewed so a few records are hot."""
+    key = i % 50 if i % 5 == 0 else i % 5000
+    return {
+        "specversion": "1.0",
+        "id": f"bench-{tenant_no}-{i}",
+        "source": "bench/throughput",
+        "type": "record.upserted",
+        "subject": f"orders/o{key}",
+        "data": {
+            "customer": f"customer-{i % 997:04d}",
+            "status": ("new", "paid", "shipped", "delivered")[i % 4],
+            "total_cents": (i * 7919) % 100_000,
+            "currency": "EUR",
+            "lines": [
+                {"sku": f"SKU-{(i + n) % 10_000:05d}", "qty": 1 + n, "price_cents": 1999 + n}
+                for n in range(4)
+            ],
+            "note": "x" * 240,
+        },
+    }
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of ``values`` by nearest rank."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
+
+
+async def _wait_ready(session: aiohttp.ClientSession, base: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            async with session.get(f"{base}/health/ready") as r:
+                if r.status == 200:
+                    return
+        except aiohttp.ClientConnectionError:
+            pass
+        await asyncio.sleep(0.2)
+    raise SystemExit(f"ingest process at {base} did not become ready")
+
+
+async def _project(settings: Settings, label: str) -> dict[str, Any]:
+    pool = await open_pool(settings)
+    try:
+        metrics = Metrics()
+        cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+        t0 = time.perf_counter()
+        await Projector(settings, pool, metrics).run(burst=True)
+        elapsed = time.perf_counter() - t0
+        cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    finally:
+        await pool.close()
+    applied = sum(metrics.projector_events.labels(o)._value.get() for o in ("applied", "rejected"))
+    cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    print(f"  {label}: {applied:,.0f} events in {elapsed:.2f} s", flush=True)
+    return {
+        "events": int(applied),
+        "seconds": round(elapsed, 3),
+        "events_per_second": round(applied / elapsed, 1),
+        "projector_cpu_seconds_per_1000_events": round(1000 * cpu / max(applied, 1), 4),
+    }
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    run_id = uuid.uuid4().hex[:6]
+    base_settings = Settings.from_env()
+    settings = dataclasses.replace(
+        base_settings,
+        events_topic=f"eventfold.bench-{run_id}.events",
+        dlq_topic=f"eventfold.bench-{run_id}.dlq",
+        consumer_group_prefix=f"eventfold-bench-{run_id}",
+        topic_partitions=args.partitions,
+    )
+    await ensure_topics(settings)
+    port = _free_port()
+    env = {
+        **os.environ,
+        "EVENTFOLD_HTTP_PORT": str(port),
+        "EVENTFOLD_EVENTS_TOPIC": settings.events_topic,
+        "EVENTFOLD_DLQ_TOPIC": settings.dlq_topic,
+        "EVENTFOLD_CONSUMER_GROUP_PREFIX": settings.consumer_group_prefix,
+        "EVENTFOLD_LOG_LEVEL": "WARNING",
+    }
+    exe = str(Path(sys.executable).with_name("eventfold"))
+    # The gateway under test runs in its own process, as in production.
+    gateway = subprocess.Popen(  # noqa: ASYNC220 - started once, before any load
+        [exe, "serve", "ingest"], env=env, stdout=subprocess.DEVNULL
+    )
+    base = f"http://127.0.0.1:{port}"
+    result: dict[str, Any] = {}
+    try:
+        conn = aiohttp.TCPConnector(limit=256)
+        async with aiohttp.ClientSession(connector=conn) as session:
+            await _wait_ready(session, base)
+            admin = {"Authorization": "Bearer " + issue_token(
+                settings.jwt_secret, tenant="*", roles=["platform-admin"]
+            )}  # fmt: skip
+            tenants = [f"bench_{run_id}_{n}" for n in range(args.tenants)]
+            for t in tenants:
+                async with session.post(
+                    f"{base}/v1/tenants", json={"id": t, "name": t}, headers=admin
+                ) as r:
+                    assert r.status == 202, await r.text()
+            print("projecting the tenants…", flush=True)
+            await _project(settings, "tenant creation")
+            tokens = {
+                t: {
+                    "Authorization": "Bearer "
+                    + issue_token(settings.jwt_secret, tenant=t, roles=["writer"], ttl_seconds=3600)
+                }
+                for t in tenants
+            }
+            result["ingest_batches"] = await _batches(session, base, tenants, tokens, args)
+            result["ingest_single"] = await _singles(session, base, tenants, tokens, args)
+    finally:
+        gateway.send_signal(signal.SIGTERM)
+        gateway.wait(20)
+    print("projector catch-up from an empty projection…", flush=True)
+    result["projector_catch_up"] = await _project(settings, "catch-up")
+    return result
+
+
+async def _batches(
+    session: aiohttp.ClientSession,
+    base: str,
+    tenants: list[str],
+    tokens: dict[str, dict[str, str]],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    size = args.batch_size
+    n_batches = args.batch_events // size
+    bodies = [
+        (
+            tenants[b % len(tenants)],
+            orjson.dumps([make_event(b % len(tenants), b * size + i) for i in range(size)]),
+        )
+        for b in range(n_batches)
+    ]
+    payload_bytes = sum(len(body) for _, body in bodies) / (n_batches * size)
+    latencies: list[float] = []
+    queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+    for item in bodies:
+        queue.put_nowait(item)
+
+    async def worker() -> None:
+        while not queue.empty():
+            tenant, body = queue.get_nowait()
+            t0 = time.perf_counter()
+            async with session.post(
+                f"{base}/v1/tenants/{tenant}/events",
+                data=body,
+                headers={**tokens[tenant], "Content-Type": "application/json"},
+            ) as r:
+                await r.read()
+                assert r.status == 202, r.status
+            latencies.append(time.perf_counter() - t0)
+
+    print(
+        f"ingest: {n_batches} batches of {size} events, {args.concurrency} in flight…", flush=True
+    )
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+    elapsed = time.perf_counter() - t0
+    events = n_batches * size
+    print(f"  {events / elapsed:,.0f} events/s", flush=True)
+    return {
+        "events": events,
+        "batch_size": size,
+        "concurrency": args.concurrency,
+        "mean_event_bytes": round(payload_bytes),
+        "seconds": round(elapsed, 3),
+        "events_per_second": round(events / elapsed, 1),
+        "batch_latency_ms": _pcts(latencies),
+    }
+
+
+async def _singles(
+    session: aiohttp.ClientSession,
+    base: str,
+    tenants: list[str],
+    tokens: dict[str, dict[str, str]],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    total = args.single_requests
+    bodies = [
+        (tenants[i % len(tenants)], orjson.dumps(make_event(i % len(tenants), 10_000_000 + i)))
+        for i in range(total)
+    ]
+    latencies: list[float] = []
+    it = iter(bodies)
+
+    async def worker() -> None:
+        for tenant, body in it:
+            t0 = time.perf_counter()
+            async with session.post(
+                f"{base}/v1/tenants/{tenant}/events",
+                data=body,
+                headers={**tokens[tenant], "Content-Type": "application/json"},
+            ) as r:
+                await r.read()
+                assert r.status == 202, r.status
+            latencies.append(time.perf_counter() - t0)
+
+    print(
+        f"ingest: {total} single-event requests, {args.single_concurrency} in flight…", flush=True
+    )
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(args.single_concurrency)))
+    elapsed = time.perf_counter() - t0
+    print(f"  {total / elapsed:,.0f} requests/s", flush=True)
+    return {
+        "requests": total,
+        "concurrency": args.single_concurrency,
+        "seconds": round(elapsed, 3),
+        "requests_per_second": round(total / elapsed, 1),
+        "latency_ms": _pcts(latencies),
+    }
+
+
+def _pcts(values: list[float]) -> dict[str, float]:
+    return {
+        name: round(1000 * percentile(values, q), 2)
+        for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0))
+    }
+
+
+def main() -> None:
+    """Parse arguments, run, print and save the results."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--tenants", type=int, default=5)
+    p.add_argument("--partitions", type=int, default=8)
+    p.add_argument("--batch-events", type=int, default=100_000)
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--single-requests", type=int, default=10_000)
+    p.add_argument("--single-concurrency", type=int, default=64)
+    args = p.parse_args()
+    result = asyncio.run(run(args))
+    doc = {
+        "benchmark": "throughput",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "args": vars(args),
+        "results": result,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"{datetime.now(UTC):%Y-%m-%d}-throughput.json"
+    out.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
+    print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    print(f"saved {out}")
+
+
+if __name__ == "__main__":
+    main()
