@@ -30,6 +30,8 @@ class LogEvent:
     offset: int
     timestamp_ms: int
     event: CloudEvent | None
+    #: The envelope as it is in the log; stored as is (no re-serialisation per event).
+    raw: bytes | None = None
 
 
 @dataclass(slots=True)
@@ -114,19 +116,20 @@ async def _apply_tenant(
     result: BatchResult,
 ) -> None:
     seen = await store.known_event_ids(conn, tenant, [i.event.id for i in items if i.event])
-    keys: dict[tuple[str, str], None] = {}
-    for item in items:
-        ev = item.event
-        if ev is not None and ev.type in RECORD_TYPES and ev.subject:
-            key = _record_key(ev.subject)
-            if key is not None:
-                keys[key] = None
+    # Each record event's key, parsed once; None for other types or a bad subject.
+    keys = [
+        _record_key(i.event.subject or "")
+        if i.event is not None and i.event.type in RECORD_TYPES
+        else None
+        for i in items
+    ]
+    wanted = list(dict.fromkeys(k for k in keys if k is not None))
     state: dict[tuple[str, str], Record | None] = dict(
-        await store.load_records(conn, tenant, list(keys))
+        await store.load_records(conn, tenant, wanted)
     )
     changed: dict[tuple[str, str], tuple[Record, str]] = {}
     history: list[store.HistoryRow] = []
-    for item in items:
+    for item, key in zip(items, keys, strict=True):
         ev = item.event
         assert ev is not None  # filtered by apply_batch
         if ev.id in seen:
@@ -134,7 +137,7 @@ async def _apply_tenant(
             continue
         seen.add(ev.id)
         at = ev.time or datetime.fromtimestamp(item.timestamp_ms / 1000, UTC)
-        outcome = await _apply_one(conn, tenant, ev, at, registered, state, changed)
+        outcome = await _apply_one(conn, tenant, ev, key, at, registered, state, changed)
         if outcome.status == "applied":
             result.applied += 1
         else:
@@ -151,7 +154,9 @@ async def _apply_tenant(
                 reason=outcome.reason,
                 partition=item.partition,
                 offset=item.offset,
-                envelope=ev.to_dict(),
+                envelope=item.raw.decode()
+                if item.raw is not None and ev.time is not None
+                else orjson.dumps(ev.to_dict()).decode(),
             )
         )
     await store.save_records(conn, tenant, changed)
@@ -162,6 +167,7 @@ async def _apply_one(
     conn: asyncpg.Connection,
     tenant: str,
     ev: CloudEvent,
+    key: tuple[str, str] | None,
     at: datetime,
     registered: set[str],
     state: dict[tuple[str, str], Record | None],
@@ -184,7 +190,6 @@ async def _apply_one(
         registered.add(tenant)
         return Outcome("applied")
     if ev.type in RECORD_TYPES:
-        key = _record_key(ev.subject or "")
         if key is None:
             return Outcome("rejected", "subject must be {collection}/{id}")
         new, outcome = apply(

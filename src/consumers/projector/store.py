@@ -68,7 +68,8 @@ class HistoryRow:
     reason: str | None
     partition: int
     offset: int
-    envelope: dict[str, Any]
+    #: The envelope as JSON text.
+    envelope: str
 
 
 async def existing_tenants(conn: asyncpg.Connection, tenants: Iterable[str]) -> set[str]:
@@ -194,7 +195,7 @@ async def append_history(conn: asyncpg.Connection, tenant: str, rows: Sequence[H
         [r.reason for r in rows],
         [r.partition for r in rows],
         [r.offset for r in rows],
-        [orjson.dumps(r.envelope).decode() for r in rows],
+        [r.envelope for r in rows],
     )
 
 
