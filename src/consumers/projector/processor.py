@@ -138,16 +138,23 @@ class Projector:
         makes far fewer, fuller transactions.
         """
         limit = self.settings.projector_batch_size
-        first = await consumer.getmany(timeout_ms=250, max_records=limit)
-        batch = list(first.items())
-        count = sum(len(m) for m in first.values())
-        deadline = time.monotonic() + 0.02
+        batch: list[tuple[TopicPartition, list[ConsumerRecord[bytes, bytes]]]] = []
+        last: dict[TopicPartition, int] = {}
+        count = 0
+        timeout_ms, deadline = 250, time.monotonic() + 0.27
         while count < limit and time.monotonic() < deadline:
-            more = await consumer.getmany(timeout_ms=5, max_records=limit - count)
-            if not more:
+            got = await consumer.getmany(timeout_ms=timeout_ms, max_records=limit - count)
+            if not got:
                 break
-            batch.extend(more.items())
-            count += sum(len(m) for m in more.values())
+            for tp, msgs in got.items():
+                # A rebalance between two calls may seek a partition back to its
+                # checkpoint: records already in this batch must not come twice.
+                fresh = [m for m in msgs if m.offset > last.get(tp, -1)]
+                if fresh:
+                    batch.append((tp, fresh))
+                    last[tp] = fresh[-1].offset
+                    count += len(fresh)
+            timeout_ms, deadline = 5, min(deadline, time.monotonic() + 0.02)
         return batch
 
     async def _apply_until_done(
