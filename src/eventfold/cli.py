@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -74,6 +75,12 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
 
     url = f"http://{settings.http_host}:{settings.http_port}"
     lines = [f"eventfold: serving on {url} (API, ingest and processors in one process)"]
+    if not os.environ.get("EVENTFOLD_JWT_SECRET"):
+        # The contract's dev default: a generated secret, shown so other tools can sign tokens.
+        lines.append(
+            f"eventfold: dev JWT secret (EVENTFOLD_JWT_SECRET, kept in var/jwt-secret): "
+            f"{settings.jwt_secret}"
+        )
     if not args.no_token:
         dev = issue_token(
             settings.jwt_secret,

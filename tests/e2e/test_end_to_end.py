@@ -157,6 +157,8 @@ async def test_all_in_one_process(session: aiohttp.ClientSession, settings: Sett
         out = proc.stdout.read().decode() if proc.stdout else ""
     assert f"serving on {base}" in out
     assert "dev platform-admin token" in out
+    # The secret came from the environment, so it is not echoed.
+    assert settings.jwt_secret not in out
 
 
 @pytest.mark.usefixtures("stack")
