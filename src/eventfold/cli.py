@@ -45,6 +45,23 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--subject", default="eventfold-cli")
     token.add_argument("--json", action="store_true")
 
+    dlq = sub.add_parser("dlq", help="events the projector parked (dead letters)")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+    for name, text in (
+        ("list", "list parked events, oldest first per record"),
+        ("show", "one parked event with its envelope"),
+        ("redrive", "apply parked events again, in order (after a fix)"),
+    ):
+        action = dlq_sub.add_parser(name, help=text)
+        action.add_argument("--tenant", help="only this tenant")
+        action.add_argument("--json", action="store_true", help="machine-readable output")
+        if name == "show":
+            action.add_argument("event_id", help="the parked event's id")
+        else:
+            action.add_argument("--key", help="only this record (collection/id)")
+        if name == "redrive":
+            action.add_argument("--dry-run", action="store_true", help="report, change nothing")
+
     schemas = sub.add_parser("schemas", help="the JSON Schemas of the event types")
     schemas.add_argument("action", choices=["export", "check"])
     schemas.add_argument("--json", action="store_true")
@@ -62,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "infra": _infra,
         "token": _token,
         "schemas": _schemas,
+        "dlq": _dlq,
     }[args.command]
     try:
         return handler(settings, args)
@@ -206,6 +224,85 @@ def _token(settings: Settings, args: argparse.Namespace) -> int:
     else:
         print(token)
     return 0
+
+
+def _dlq(settings: Settings, args: argparse.Namespace) -> int:
+    from consumers.projector import parking
+    from consumers.projector.redrive import redrive
+    from eventfold.bootstrap import open_pool
+
+    consumer = f"{settings.consumer_group_prefix}.projector"
+
+    async def main() -> int:
+        pool = await open_pool(settings, attempts=3)
+        try:
+            if args.dlq_command == "redrive":
+                report = await redrive(
+                    pool, consumer, tenant=args.tenant, key=args.key, dry_run=args.dry_run
+                )
+                if args.json:
+                    _print_json(
+                        {
+                            "applied": report.applied,
+                            "rejected": report.rejected,
+                            "still_parked": report.still_parked,
+                            "keys": report.keys,
+                            "dry_run": args.dry_run,
+                        }
+                    )
+                else:
+                    prefix = "would apply" if args.dry_run else "applied"
+                    for k in report.keys:
+                        left = k["still_parked"]
+                        state = f", still parked: {left} ({k['error']})" if left else ""
+                        print(
+                            f"{k['tenant']} {k['key']}: {prefix} {k['applied']}, "
+                            f"rejected {k['rejected']}{state}"
+                        )
+                    print(
+                        f"{prefix} {report.applied} events, {report.rejected} rejected, "
+                        f"{report.still_parked} still parked"
+                    )
+                return 1 if report.still_parked else 0
+            async with pool.acquire() as conn:
+                rows = await parking.list_parked(
+                    conn,
+                    consumer,
+                    tenant=args.tenant,
+                    key=getattr(args, "key", None),
+                    event_id=getattr(args, "event_id", None),
+                )
+        finally:
+            await pool.close()
+        if args.dlq_command == "show":
+            if not rows:
+                print(f"eventfold dlq show: no parked event {args.event_id}", file=sys.stderr)
+                return 1
+            row = rows[0]
+            try:
+                envelope: Any = orjson.loads(row.envelope)
+            except orjson.JSONDecodeError:
+                envelope = row.envelope.decode(errors="replace")
+            doc = {**row.summary(), "envelope": envelope}
+            if args.json:
+                _print_json(doc)
+            else:
+                for name, value in doc.items():
+                    print(f"{name:<10} {value}")
+            return 0
+        if args.json:
+            _print_json([r.summary() for r in rows])
+        else:
+            if not rows:
+                print("no parked events")
+            for r in rows:
+                print(
+                    f"{r.tenant} {r.key} {r.event_id} {r.event_type} "
+                    f"p{r.partition}@{r.offset} {r.error}"
+                )
+        return 0
+
+    return asyncio.run(main())
 
 
 def _schemas(settings: Settings, args: argparse.Namespace) -> int:

@@ -27,6 +27,25 @@ CREATE TABLE IF NOT EXISTS eventfold.checkpoints (
     updated_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (consumer, topic, partition)
 );
+-- Events a processor could not apply, and every later event of the same key
+-- parked behind them (order kept). The envelope is kept as the raw bytes of
+-- the log: a poison event may not even be valid jsonb.
+CREATE TABLE IF NOT EXISTS eventfold.parked (
+    consumer    text NOT NULL,
+    partition   integer NOT NULL,
+    "offset"    bigint NOT NULL,
+    tenant      text NOT NULL,
+    park_key    text NOT NULL,
+    event_id    text,
+    event_type  text,
+    envelope    bytea NOT NULL,
+    error       text NOT NULL,
+    behind      text,
+    parked_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (consumer, partition, "offset")
+);
+CREATE INDEX IF NOT EXISTS parked_by_key
+    ON eventfold.parked (consumer, tenant, park_key, partition, "offset");
 """
 #: Serialises concurrent migrations from processes starting at once.
 _MIGRATION_LOCK = 0x4576_466F  # "EvFo"

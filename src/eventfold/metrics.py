@@ -38,8 +38,13 @@ class Metrics:
         )
         self.projector_events = Counter(
             "eventfold_projector_events_total",
-            "Events folded by the projector, by outcome (applied, rejected, duplicate).",
+            "Events seen by the projector, by outcome (applied, rejected, duplicate, parked).",
             ["outcome"],
+            registry=r,
+        )
+        self.projector_parked = Gauge(
+            "eventfold_projector_parked",
+            "Events parked by the projector (dead-lettered, or waiting behind one).",
             registry=r,
         )
         self.projector_batch_seconds = Histogram(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
@@ -45,6 +46,39 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_delete(_RECORD + "/{id}", delete_record)
 
 
+def _nul_path(value: Any, path: str = "") -> str | None:
+    """The JSON pointer of the first string holding U+0000, if any."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    items = (
+        value.items()
+        if isinstance(value, dict)
+        else enumerate(value)
+        if isinstance(value, list)
+        else ()
+    )
+    for key, child in items:
+        key_text = str(key)
+        if "\x00" in key_text:
+            return f"{path}/{key_text}"
+        found = _nul_path(child, f"{path}/{key_text.replace('~', '~0').replace('/', '~1')}")
+        if found is not None:
+            return found
+    return None
+
+
+async def _body(request: web.Request) -> Any:
+    """The JSON body; PostgreSQL cannot store U+0000, so it stops here with a 422."""
+    body = await read_json(request)
+    if b"\\u0000" in orjson.dumps(body):
+        where = _nul_path(body) or "/"
+        raise ValidationFailed(
+            "text may not contain the NUL character (U+0000)",
+            errors=[FieldError(where or "/", "contains U+0000")],
+        )
+    return body
+
+
 def _accepted(results: list[Published], extra: dict[str, Any]) -> web.Response:
     positions = [
         (r.partition, r.offset) for r in results if r.partition is not None and r.offset is not None
@@ -57,7 +91,7 @@ def _accepted(results: list[Published], extra: dict[str, Any]) -> web.Response:
 async def create_tenant(request: web.Request) -> web.Response:
     """``POST /v1/tenants`` (platform-admin): publish ``tenant.created``."""
     authenticate(request).require("platform-admin")
-    body = await read_json(request)
+    body = await _body(request)
     try:
         data = TenantCreated.model_validate(body)
     except ValidationError as exc:
@@ -85,7 +119,7 @@ async def create_tenant(request: web.Request) -> web.Response:
 async def publish_events(request: web.Request) -> web.Response:
     """``POST /v1/tenants/{t}/events`` (writer): one event or an all-or-nothing batch."""
     _, tenant = await authorize_tenant(request, "writer")
-    body = await read_json(request)
+    body = await _body(request)
     settings = request.app[SETTINGS]
     batch = isinstance(body, list)
     raw_events = body if batch else [body]
@@ -169,7 +203,7 @@ async def _authorize_command(request: web.Request) -> tuple[str, str | None]:
 async def create_record(request: web.Request) -> web.Response:
     """``POST …/records`` ``{"id"?, "data"}``: create (a record that exists is rejected)."""
     collection, _ = await _authorize_command(request)
-    body = _document(await read_json(request), "/")
+    body = _document(await _body(request), "/")
     unknown = sorted(set(body) - {"id", "data"})
     if unknown:
         raise ValidationFailed(
@@ -194,7 +228,7 @@ async def create_record(request: web.Request) -> web.Response:
 async def put_record(request: web.Request) -> web.Response:
     """``PUT …/records/{id}`` (body = the document): create or replace."""
     _, record_id = await _authorize_command(request)
-    data = _document(await read_json(request), "/")
+    data = _document(await _body(request), "/")
     assert record_id is not None
     return await _command(
         request,
@@ -208,7 +242,7 @@ async def put_record(request: web.Request) -> web.Response:
 async def patch_record(request: web.Request) -> web.Response:
     """``PATCH …/records/{id}`` (``application/merge-patch+json``): RFC 7396 merge."""
     _, record_id = await _authorize_command(request)
-    patch = _document(await read_json(request), "/")
+    patch = _document(await _body(request), "/")
     assert record_id is not None
     return await _command(
         request,

@@ -189,6 +189,13 @@ async def test_records_before_tenant_created_and_junk_on_the_topic(lane: Lane) -
     await lane.produce([created(t)])
     projector = lane.projector()
     await projector.run(burst=True)
-    assert projector.metrics.projector_events.labels("skipped")._value.get() == 2
+    assert projector.metrics.projector_events.labels("parked")._value.get() == 2
+    async with lane.pool.acquire() as conn:
+        parked = await conn.fetch(
+            "SELECT tenant, error FROM eventfold.parked WHERE consumer = $1", projector.group
+        )
+    assert [(r["tenant"], r["error"]) for r in parked] == [
+        ("", "undecodable envelope or no valid tenant")
+    ] * 2
     assert await lane.scalar(f'SELECT count(*) FROM "t_{t}".records') == 2
     assert await lane.scalar(f"SELECT name FROM eventfold.tenants WHERE id = '{t}'") == "lane"

@@ -2,12 +2,15 @@
 
 The batch's partition checkpoints are locked first and written last in the
 same transaction, so a batch is applied entirely or not at all, and never twice.
+When a batch fails on an event's data, it is applied again in *careful* mode:
+each event in its own savepoint, the failing one parked (with every later event
+of its record behind it) while the rest of the batch goes on.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -15,11 +18,15 @@ from typing import Any
 import asyncpg
 import orjson
 
-from consumers.projector import store
+from consumers.projector import parking, store
 from consumers.projector.fold import RECORD_TYPES, Outcome, Record, apply
+from consumers.projector.parking import ParkedEvent
 from eventfold.db import CHECKPOINT_CHANNEL
 from eventfold.envelope import CloudEvent
+from eventfold.faults import is_retriable
 from eventfold.ids import is_valid, tenant_schema
+
+OnParked = Callable[[Sequence[ParkedEvent]], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,15 +48,36 @@ class BatchResult:
     applied: int = 0
     rejected: int = 0
     duplicates: int = 0
-    skipped: int = 0
+    parked: list[ParkedEvent] = field(default_factory=list)
     positions: dict[int, int] = field(default_factory=dict)
     newest_event_time: datetime | None = None
 
+    def add(self, other: BatchResult) -> None:
+        """Fold the counts of ``other`` (one careful step) into this result."""
+        self.applied += other.applied
+        self.rejected += other.rejected
+        self.duplicates += other.duplicates
+        self.parked += other.parked
+        if other.newest_event_time is not None and (
+            self.newest_event_time is None or other.newest_event_time > self.newest_event_time
+        ):
+            self.newest_event_time = other.newest_event_time
+
 
 async def apply_batch(
-    conn: asyncpg.Connection, *, consumer: str, topic: str, events: Sequence[LogEvent]
+    conn: asyncpg.Connection,
+    *,
+    consumer: str,
+    topic: str,
+    events: Sequence[LogEvent],
+    careful: bool = False,
+    on_parked: OnParked | None = None,
 ) -> BatchResult:
-    """Fold ``events`` (in log order per partition) and checkpoint them atomically."""
+    """Fold ``events`` (in log order per partition) and checkpoint them atomically.
+
+    ``on_parked`` runs inside the transaction, before the commit, with the events
+    parked by this batch (the processor sends them to the dead-letter topic).
+    """
     result = BatchResult()
     if not events:
         return result
@@ -57,7 +85,7 @@ async def apply_batch(
         stored = await store.lock_checkpoints(
             conn, consumer, topic, sorted({e.partition for e in events})
         )
-        by_tenant: dict[str, list[LogEvent]] = defaultdict(list)
+        fresh: list[LogEvent] = []
         for item in events:
             stored_next = stored.get(item.partition, 0)
             result.positions[item.partition] = max(
@@ -65,16 +93,13 @@ async def apply_batch(
             )
             if item.offset < stored_next:
                 result.duplicates += 1  # applied by an earlier batch (a redelivery)
-                continue
-            ev = item.event
-            if ev is None or ev.tenant is None or not is_valid("tenant", ev.tenant):
-                result.skipped += 1
-                continue
-            by_tenant[ev.tenant].append(item)
-        await _ensure_schemas(conn, list(by_tenant))
-        registered = await store.existing_tenants(conn, list(by_tenant))
-        for tenant, items in by_tenant.items():
-            await _apply_tenant(conn, tenant, items, registered, result)
+            else:
+                fresh.append(item)
+        await apply_events(conn, consumer=consumer, items=fresh, result=result, careful=careful)
+        if result.parked:
+            await parking.park(conn, consumer, result.parked)
+            if on_parked is not None:
+                await on_parked(result.parked)
         await store.save_checkpoints(conn, consumer, topic, result.positions)
         await conn.execute(
             "SELECT pg_notify($1, $2)",
@@ -86,6 +111,81 @@ async def apply_batch(
     return result
 
 
+async def apply_events(
+    conn: asyncpg.Connection,
+    *,
+    consumer: str,
+    items: Sequence[LogEvent],
+    result: BatchResult,
+    careful: bool = False,
+    honour_parking: bool = True,
+) -> None:
+    """Fold ``items`` into the tenant projections (the caller owns the transaction).
+
+    Events whose record is parked are parked behind it. In ``careful`` mode each
+    event gets a savepoint, and an event that fails for any reason but a
+    retriable one is parked instead of failing the batch.
+    """
+    by_tenant: dict[str, list[LogEvent]] = defaultdict(list)
+    for item in items:
+        ev = item.event
+        if ev is None or ev.tenant is None or not is_valid("tenant", ev.tenant):
+            result.parked.append(_parked(item, "", "undecodable envelope or no valid tenant"))
+            continue
+        by_tenant[ev.tenant].append(item)
+    if not by_tenant:
+        return
+    await _ensure_schemas(conn, list(by_tenant))
+    registered = await store.existing_tenants(conn, list(by_tenant))
+    blocked: dict[tuple[str, str], str] = {}
+    if honour_parking:
+        blocked = await parking.parked_keys(
+            conn,
+            consumer,
+            [
+                (t, parking.park_key(i.event))
+                for t, its in by_tenant.items()
+                for i in its
+                if i.event
+            ],
+        )
+    for tenant, tenant_items in by_tenant.items():
+        if not careful:
+            await _apply_tenant(conn, tenant, tenant_items, registered, blocked, result)
+            continue
+        for item in tenant_items:
+            step = BatchResult()
+            known = set(registered)
+            try:
+                async with conn.transaction():  # a savepoint inside the batch
+                    await _apply_tenant(conn, tenant, [item], registered, blocked, step)
+            except Exception as exc:
+                if is_retriable(exc):
+                    raise
+                registered.clear()
+                registered.update(known)
+                assert item.event is not None
+                blocked[(tenant, parking.park_key(item.event))] = item.event.id
+                step = BatchResult(parked=[_parked(item, tenant, f"{type(exc).__name__}: {exc}")])
+            result.add(step)
+
+
+def _parked(item: LogEvent, tenant: str, error: str, behind: str | None = None) -> ParkedEvent:
+    ev = item.event
+    raw = item.raw if item.raw is not None else (ev.to_json() if ev is not None else b"")
+    return ParkedEvent(
+        partition=item.partition,
+        offset=item.offset,
+        tenant=tenant,
+        key=parking.park_key(ev) if ev is not None else f"offset:{item.partition}:{item.offset}",
+        raw=raw,
+        error=error[:2000],
+        event_id=ev.id if ev is not None else None,
+        event_type=ev.type if ev is not None else None,
+        behind=behind,
+    )
+
+
 async def _ensure_schemas(conn: asyncpg.Connection, tenants: list[str]) -> None:
     """Create missing tenant schemas.
 
@@ -94,8 +194,6 @@ async def _ensure_schemas(conn: asyncpg.Connection, tenants: list[str]) -> None:
     partitions at different speeds), so the schema comes with the first event
     of any type; the tenant becomes visible when ``tenant.created`` registers it.
     """
-    if not tenants:
-        return
     names = [f"t_{t}" for t in tenants]
     rows = await conn.fetch(
         "SELECT nspname FROM pg_namespace WHERE nspname = ANY($1::text[])", names
@@ -113,6 +211,7 @@ async def _apply_tenant(
     tenant: str,
     items: list[LogEvent],
     registered: set[str],
+    blocked: dict[tuple[str, str], str],
     result: BatchResult,
 ) -> None:
     seen = await store.known_event_ids(conn, tenant, [i.event.id for i in items if i.event])
@@ -131,9 +230,15 @@ async def _apply_tenant(
     history: list[store.HistoryRow] = []
     for item, key in zip(items, keys, strict=True):
         ev = item.event
-        assert ev is not None  # filtered by apply_batch
+        assert ev is not None  # filtered by apply_events
         if ev.id in seen:
             result.duplicates += 1
+            continue
+        behind = blocked.get((tenant, parking.park_key(ev)))
+        if behind is not None:
+            result.parked.append(
+                _parked(item, tenant, f"waiting behind parked event {behind}", behind)
+            )
             continue
         seen.add(ev.id)
         at = ev.time or datetime.fromtimestamp(item.timestamp_ms / 1000, UTC)

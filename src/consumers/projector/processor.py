@@ -14,30 +14,21 @@ import time
 from collections.abc import Sequence
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
+from consumers.projector import parking
 from consumers.projector.batch import BatchResult, LogEvent, apply_batch
+from consumers.projector.parking import ParkedEvent
 from eventfold.db import fetch_checkpoints
 from eventfold.envelope import decode_event
-from eventfold.kafka import make_consumer
+from eventfold.faults import is_retriable
+from eventfold.kafka import make_consumer, make_producer
 from eventfold.metrics import Metrics
 from eventfold.settings import Settings
 
 log = logging.getLogger("eventfold.projector")
-
-#: PostgreSQL failures worth retrying the same batch for (the server went away).
-_RETRIABLE_DB = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.SerializationError,
-    asyncpg.DeadlockDetectedError,
-    ConnectionError,
-    OSError,
-    TimeoutError,
-)
 
 
 class _SeekToCheckpoints(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -73,6 +64,7 @@ class Projector:
         self.topic = topic or settings.events_topic
         self.group = group or f"{settings.consumer_group_prefix}.projector"
         self.caught_up = asyncio.Event()
+        self._dlq: AIOKafkaProducer | None = None
 
     @property
     def checkpoint_name(self) -> str:
@@ -105,7 +97,10 @@ class Projector:
             max_poll_records=self.settings.projector_batch_size,
         )
         consumer.subscribe([self.topic], listener=_SeekToCheckpoints(self, consumer))
+        self._dlq = make_producer(self.settings, client_id=f"eventfold-{self.name}-dlq")
+        await _start_with_retry(self._dlq, stop)
         await _start_with_retry(consumer, stop)
+        await self._refresh_parked_count()
         try:
             while not stop.is_set():
                 batch = await self._next_batch(consumer)
@@ -127,6 +122,8 @@ class Projector:
                 await self._after_batch(consumer, result)
         finally:
             await consumer.stop()
+            if self._dlq is not None:
+                await self._dlq.stop()
 
     async def _next_batch(
         self, consumer: AIOKafkaConsumer
@@ -160,16 +157,36 @@ class Projector:
     async def _apply_until_done(
         self, events: list[LogEvent], stop: asyncio.Event
     ) -> BatchResult | None:
-        """Apply a batch, retrying with backoff and jitter while PostgreSQL is away."""
+        """Apply a batch; retry while a dependency is away, go careful on bad data.
+
+        A failure that is not retriable means some event in the batch cannot be
+        applied: the batch is applied again with one savepoint per event, and
+        the failing events are parked instead of stopping the partition.
+        """
         delay = 0.2
+        careful = False
         while True:
             started = time.perf_counter()
             try:
                 async with self.pool.acquire(timeout=10) as conn:
                     result = await apply_batch(
-                        conn, consumer=self.checkpoint_name, topic=self.topic, events=events
+                        conn,
+                        consumer=self.checkpoint_name,
+                        topic=self.topic,
+                        events=events,
+                        careful=careful,
+                        on_parked=self._dead_letter,
                     )
-            except _RETRIABLE_DB as exc:
+            except Exception as exc:
+                if not is_retriable(exc):
+                    if careful:
+                        raise  # the careful path itself failed: a bug, let the supervisor see it
+                    log.warning(
+                        "batch failed on its data, applying it event by event",
+                        extra={"error": repr(exc)},
+                    )
+                    careful = True
+                    continue
                 self.metrics.dependency_errors.labels("postgres").inc()
                 log.warning("batch not applied, retrying", extra={"error": repr(exc)})
                 try:
@@ -181,14 +198,50 @@ class Projector:
             self.metrics.projector_batch_seconds.observe(time.perf_counter() - started)
             return result
 
+    async def _dead_letter(self, parked: Sequence[ParkedEvent]) -> None:
+        """Send parked events to the dead-letter topic, with their error, before commit."""
+        assert self._dlq is not None
+        futures = []
+        for p in parked:
+            headers = [
+                ("eventfold-error", p.error.encode()),
+                ("eventfold-source", f"{self.topic}:{p.partition}:{p.offset}".encode()),
+                ("eventfold-consumer", self.checkpoint_name.encode()),
+            ]
+            if p.behind:
+                headers.append(("eventfold-parked-behind", p.behind.encode()))
+            futures.append(
+                await self._dlq.send(
+                    self.settings.dlq_topic,
+                    value=p.raw,
+                    key=f"{p.tenant}/{p.key}".encode(),
+                    headers=headers,
+                )
+            )
+        await asyncio.wait_for(asyncio.gather(*futures), 30)
+        for p in parked:
+            log.error(
+                "event parked",
+                extra={"tenant": p.tenant, "event_id": p.event_id, "key": p.key, "error": p.error},
+            )
+
+    async def _refresh_parked_count(self) -> None:
+        try:
+            async with self.pool.acquire(timeout=5) as conn:
+                self.metrics.projector_parked.set(await parking.count(conn, self.checkpoint_name))
+        except Exception as exc:
+            if not is_retriable(exc):
+                raise
+            log.info("parked count not refreshed", extra={"error": repr(exc)})
+
     async def _after_batch(self, consumer: AIOKafkaConsumer, result: BatchResult) -> None:
         m = self.metrics
         m.projector_events.labels("applied").inc(result.applied)
         m.projector_events.labels("rejected").inc(result.rejected)
         m.projector_events.labels("duplicate").inc(result.duplicates)
-        m.projector_events.labels("skipped").inc(result.skipped)
-        if result.skipped:
-            log.error("undecodable events skipped", extra={"count": result.skipped})
+        m.projector_events.labels("parked").inc(len(result.parked))
+        if result.parked:
+            await self._refresh_parked_count()
         if result.newest_event_time is not None:
             m.projection_lag_seconds.set(
                 max(0.0, time.time() - result.newest_event_time.timestamp())
@@ -230,12 +283,14 @@ def _to_log_event(partition: int, offset: int, timestamp: int, value: bytes | No
     )
 
 
-async def _start_with_retry(consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
-    """Start ``consumer``, retrying with backoff while the broker is unreachable."""
+async def _start_with_retry(
+    client: AIOKafkaConsumer | AIOKafkaProducer, stop: asyncio.Event
+) -> None:
+    """Start a Kafka client, retrying with backoff while the broker is unreachable."""
     delay = 0.5
     while True:
         try:
-            await consumer.start()
+            await client.start()
             return
         except KafkaError as exc:
             if stop.is_set():
