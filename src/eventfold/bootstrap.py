@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -18,15 +19,18 @@ import asyncpg
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
 from eventfold import db
 from eventfold.auth import TokenVerifier
 from eventfold.checkpoints import CheckpointWatcher
 from eventfold.cursors import CursorCodec
+from eventfold.faults import is_retriable
 from eventfold.health import HEALTH, Health
 from eventfold.metrics import Metrics
 from eventfold.settings import Settings
-from eventfold.tenancy import TenantDirectory
+from eventfold.tenancy import TenantDirectory, ensure_tenant_roles
 from eventfold.web import (
     CURSORS,
     METRICS,
@@ -42,6 +46,8 @@ from eventfold.web import (
 
 log = logging.getLogger("eventfold")
 PROCESSORS = ("projector",)
+#: A processor that ran this long before failing starts its backoff afresh.
+_HEALTHY_RUN_SECONDS = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +96,7 @@ async def open_pool(settings: Settings, *, attempts: int = 30) -> asyncpg.Pool:
         try:
             pool = await db.create_pool(settings.database_url, max_size=20)
             await db.migrate(pool)
+            await ensure_tenant_roles(pool)  # tenants created before they had roles
             return pool
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             if attempt == attempts:
@@ -101,12 +108,18 @@ async def open_pool(settings: Settings, *, attempts: int = 30) -> asyncpg.Pool:
 
 
 def redis_client(settings: Settings) -> Redis:
-    """A Redis client whose calls fail fast (1 s) instead of hanging."""
+    """A Redis client whose calls fail fast instead of hanging.
+
+    1 s per socket operation and one quick retry (a pooled connection may be
+    stale after a Redis restart), not redis-py's default of three with backoff:
+    a call ends within about 2 s, and callers fail open when it does not answer.
+    """
     client: Redis = Redis.from_url(
         settings.redis_url,
         socket_timeout=1.0,
         socket_connect_timeout=1.0,
         health_check_interval=15,
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
     )
     return client
 
@@ -119,7 +132,16 @@ async def _postgres_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await pool.close()
+        await _close_pool(pool)
+
+
+async def _close_pool(pool: asyncpg.Pool) -> None:
+    """Close gracefully within 10 s (connections in use get released), then terminate."""
+    try:
+        await asyncio.wait_for(pool.close(), 10)
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        log.warning("postgres pool not closed cleanly, terminating", extra={"error": repr(exc)})
+        pool.terminate()
 
 
 async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -129,7 +151,8 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await client.aclose()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.aclose(), 5)
 
 
 async def _watcher_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -194,13 +217,22 @@ async def supervise(
         raise ValueError(f"unknown processor {name!r}; known: {', '.join(PROCESSORS)}")
     delay = 1.0
     while not stop.is_set():
+        started = time.monotonic()
         try:
             await Projector(settings, pool, metrics).run(stop, burst=burst)
             return
-        except Exception:
-            log.exception("processor failed, restarting", extra={"processor": name})
+        except Exception as exc:
+            if time.monotonic() - started > _HEALTHY_RUN_SECONDS:
+                delay = 1.0  # it ran well for a while: this is a new incident
+            if is_retriable(exc):
+                log.warning(
+                    "processor lost a dependency, restarting",
+                    extra={"processor": name, "error": repr(exc), "delay": delay},
+                )
+            else:
+                log.exception("processor failed, restarting", extra={"processor": name})
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
+                await asyncio.wait_for(stop.wait(), delay * random.uniform(0.5, 1.5))  # noqa: S311
             delay = min(delay * 2, 30.0)
 
 

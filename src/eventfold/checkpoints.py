@@ -20,6 +20,14 @@ from eventfold.db import CHECKPOINT_CHANNEL, connect, fetch_checkpoints
 
 log = logging.getLogger("eventfold.checkpoints")
 
+#: Connecting, LISTEN and the first read, together.
+_CONNECT_TIMEOUT = 10.0
+#: A silent LISTEN connection is pinged this often; a stalled server is noticed then.
+_KEEPALIVE_SECONDS = 5.0
+_PING_TIMEOUT = 2.0
+#: Reading the checkpoints table (acquire included).
+_READ_TIMEOUT = 2.0
+
 
 class CheckpointWatcher:
     """Knows how far the projector has committed, and wakes readers waiting for it."""
@@ -46,8 +54,7 @@ class CheckpointWatcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self._conn is not None and not self._conn.is_closed():
-            await self._conn.close()
+        await _close(self._conn)
 
     def covers(self, required: Mapping[int, int]) -> bool:
         """Whether every ``partition: offset`` in ``required`` is committed."""
@@ -61,9 +68,11 @@ class CheckpointWatcher:
         entry = (dict(required), fut)
         self._waiters.append(entry)
         try:
-            # A notification may have been missed while reconnecting: read once.
-            await self._refresh()
-            await asyncio.wait_for(asyncio.shield(fut), within)
+            async with asyncio.timeout(within):
+                # A notification may have been missed while reconnecting: read once.
+                await self._refresh()
+                if not fut.done():
+                    await asyncio.shield(fut)
             return True
         except TimeoutError:
             return self.covers(required)
@@ -81,9 +90,9 @@ class CheckpointWatcher:
 
     async def _refresh(self) -> None:
         try:
-            async with self._pool.acquire(timeout=2) as conn:
+            async with asyncio.timeout(_READ_TIMEOUT), self._pool.acquire() as conn:
                 self._advance(await fetch_checkpoints(conn, self._consumer, self._topic))
-        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             log.warning("checkpoints not readable", extra={"error": repr(exc)})
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
@@ -94,15 +103,40 @@ class CheckpointWatcher:
     async def _listen_forever(self) -> None:
         delay = 0.2
         while not self._closing:
+            conn: asyncpg.Connection | None = None
             try:
-                self._conn = await connect(self._dsn)
                 lost = asyncio.Event()
-                self._conn.add_termination_listener(lambda _c, lost=lost: lost.set())
-                await self._conn.add_listener(CHECKPOINT_CHANNEL, self._on_notify)
-                await self._refresh()  # after LISTEN: nothing committed since is missed
+                async with asyncio.timeout(_CONNECT_TIMEOUT):
+                    conn = self._conn = await connect(self._dsn)
+                    conn.add_termination_listener(lambda _c, lost=lost: lost.set())
+                    await conn.add_listener(CHECKPOINT_CHANNEL, self._on_notify)
+                    await self._refresh()  # after LISTEN: nothing committed since is missed
                 delay = 0.2
-                await lost.wait()
-            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+                await self._watch(conn, lost)
+            except Exception as exc:  # the listener must outlive any failure: it reconnects
                 log.warning("checkpoint listener down, reconnecting", extra={"error": repr(exc)})
+            await _close(conn)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+    async def _watch(self, conn: asyncpg.Connection, lost: asyncio.Event) -> None:
+        """Return when the connection is lost, or stops answering a ping in time.
+
+        A server that stalls (a network partition) never closes the connection:
+        only a ping with a deadline tells.
+        """
+        while not lost.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(lost.wait(), _KEEPALIVE_SECONDS)
+                return
+            await conn.execute("SELECT 1", timeout=_PING_TIMEOUT)
+
+
+async def _close(conn: asyncpg.Connection | None) -> None:
+    """Close ``conn`` politely if the server answers within a second, else drop it."""
+    if conn is None or conn.is_closed():
+        return
+    try:
+        await conn.close(timeout=1)
+    except Exception:
+        conn.terminate()

@@ -1,13 +1,17 @@
 """Library exceptions sorted into Eventfold's retriable and permanent classes.
 
 Processors and routes decide retry, park or fail from :func:`is_retriable` and
-:func:`is_poison`, never from an error's text.
+:func:`is_poison`, never from an error's text. The ingest gateway asks
+:func:`send_outcome_unknown` whether a failed send may still have landed (then
+the producer is replaced and the same envelopes are sent again).
 """
 
 from __future__ import annotations
 
 import asyncpg
+from aiokafka import errors as kafka_errors
 from aiokafka.errors import KafkaError
+from redis import exceptions as redis_errors
 from redis.exceptions import RedisError
 
 from eventfold.errors import PermanentError, RetriableError
@@ -21,6 +25,7 @@ _PG_TRANSIENT: tuple[type[BaseException], ...] = (
     asyncpg.DeadlockDetectedError,
     asyncpg.QueryCanceledError,  # statement_timeout, or a cancel during a restart
     asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
     asyncpg.InterfaceError,  # the connection closed under us
 )
 
@@ -32,6 +37,46 @@ _PG_DATA: tuple[type[BaseException], ...] = (
     asyncpg.ProgramLimitExceededError,
 )
 
+#: Redis answering "not now" (loading, failing over, out of memory) rather than "never".
+_REDIS_TRANSIENT: tuple[type[BaseException], ...] = (
+    redis_errors.ConnectionError,  # includes BusyLoadingError, AuthenticationError
+    redis_errors.TimeoutError,
+    redis_errors.ReadOnlyError,
+    redis_errors.TryAgainError,
+    redis_errors.MasterDownError,
+    redis_errors.ClusterDownError,
+    redis_errors.OutOfMemoryError,
+    redis_errors.MaxConnectionsError,
+)
+
+#: Redis refusing the command itself (wrong type, bad arguments): a bug, not an outage.
+_REDIS_PERMANENT: tuple[type[BaseException], ...] = (
+    redis_errors.ResponseError,
+    redis_errors.DataError,
+)
+
+#: OSErrors about files, not networks: a bug or a deployment problem, never an outage.
+_LOCAL_OS: tuple[type[BaseException], ...] = (
+    FileNotFoundError,
+    FileExistsError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+)
+
+#: Kafka refusing the records themselves or our rights: sending again fails the same way.
+_KAFKA_DEFINITE: tuple[type[BaseException], ...] = (
+    kafka_errors.MessageSizeTooLargeError,
+    kafka_errors.RecordTooLargeError,
+    kafka_errors.InvalidTopicError,
+    kafka_errors.TopicAuthorizationFailedError,
+    kafka_errors.ClusterAuthorizationFailedError,
+    kafka_errors.CorruptRecordException,
+    kafka_errors.UnsupportedVersionError,
+    kafka_errors.IncompatibleBrokerVersion,
+    kafka_errors.InvalidRequiredAcksError,
+)
+
 
 def is_retriable(exc: BaseException) -> bool:
     """Whether trying the same operation again later may succeed."""
@@ -39,11 +84,26 @@ def is_retriable(exc: BaseException) -> bool:
         return True
     if isinstance(exc, PermanentError):
         return False
-    return isinstance(
-        exc, (*_PG_TRANSIENT, KafkaError, RedisError, ConnectionError, OSError, TimeoutError)
-    )
+    if isinstance(exc, RedisError):
+        return isinstance(exc, _REDIS_TRANSIENT) or not isinstance(exc, _REDIS_PERMANENT)
+    if isinstance(exc, _LOCAL_OS):
+        return False
+    return isinstance(exc, (*_PG_TRANSIENT, KafkaError, ConnectionError, OSError, TimeoutError))
 
 
 def is_poison(exc: BaseException) -> bool:
     """Whether ``exc`` says one event's data can never be applied as it is."""
     return isinstance(exc, (PermanentError, *_PG_DATA))
+
+
+def send_outcome_unknown(exc: BaseException) -> bool:
+    """Whether a failed Kafka send may have been written, or may succeed if sent again.
+
+    True for timeouts, lost connections and a producer that broke or closed
+    (an idempotent producer whose sequence numbers went astray included): the
+    caller replaces the producer and sends the same envelopes (same ids) again.
+    False when the broker refused the records themselves.
+    """
+    if isinstance(exc, _KAFKA_DEFINITE):
+        return False
+    return isinstance(exc, (KafkaError, TimeoutError, ConnectionError, OSError))

@@ -1,4 +1,10 @@
-"""Readiness checks: each dependency probed with a deadline, summarised as ok/degraded/down."""
+"""Readiness checks: each dependency probed with a deadline, summarised as ok/degraded/down.
+
+Every check runs at once and gets :data:`CHECK_TIMEOUT` seconds; one that has
+not finished by then is reported as timed out and cancelled *without* waiting
+for it, so a report answers within that time even when a client library is
+slow to honour a cancellation.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ from typing import Any
 from aiohttp import web
 
 Check = Callable[[], Awaitable[Any]]
-_TIMEOUT = 1.0
+CHECK_TIMEOUT = 1.0
 
 
 @dataclass(slots=True)
@@ -18,6 +24,7 @@ class Health:
     """The checks registered by each part of the process."""
 
     checks: dict[str, tuple[Check, bool]] = field(default_factory=dict)
+    timeout: float = CHECK_TIMEOUT
 
     def add(self, name: str, check: Callable[[], Any], *, critical: bool) -> None:
         """Register ``check``; a failing critical check makes the process ``down``."""
@@ -26,27 +33,36 @@ class Health:
     async def report(self) -> dict[str, Any]:
         """``{"status": "ok|degraded|down", "checks": {name: {"status", "error"?}}}``."""
         names = list(self.checks)
-        results = await asyncio.gather(*(self._run(self.checks[n][0]) for n in names))
+        tasks = {
+            name: asyncio.create_task(_run(self.checks[name][0]), name=f"health-{name}")
+            for name in names
+        }
+        if tasks:
+            _, pending = await asyncio.wait(tasks.values(), timeout=self.timeout)
+            for task in pending:
+                task.cancel()
         checks: dict[str, Any] = {}
         status = "ok"
-        for name, error in zip(names, results, strict=True):
-            critical = self.checks[name][1]
+        for name in names:
+            task = tasks[name]
+            error = task.result() if task.done() and not task.cancelled() else "timed out"
             if error is None:
                 checks[name] = {"status": "ok"}
                 continue
             checks[name] = {"status": "down", "error": error}
+            critical = self.checks[name][1]
             status = "down" if critical else ("degraded" if status == "ok" else status)
         return {"status": status, "checks": checks}
 
-    @staticmethod
-    async def _run(check: Check) -> str | None:
-        try:
-            await asyncio.wait_for(check(), _TIMEOUT)
-            return None
-        except TimeoutError:
-            return "timed out"
-        except Exception as exc:
-            return type(exc).__name__
+
+async def _run(check: Check) -> str | None:
+    try:
+        await check()
+        return None
+    except TimeoutError:
+        return "timed out"
+    except Exception as exc:
+        return type(exc).__name__
 
 
 HEALTH = web.AppKey("health", Health)

@@ -8,9 +8,18 @@ from eventfold.settings import Settings
 
 #: Every request to the broker has a deadline; nothing waits forever.
 REQUEST_TIMEOUT_MS = 15_000
+#: The ingest producer's delivery deadline: waiting for metadata, a batch waiting to
+#: be sent, and each produce request. The publisher bounds a whole attempt a little
+#: above it and replaces the producer when it runs out.
+INGEST_REQUEST_TIMEOUT_MS = 5_000
 
 
-def make_producer(settings: Settings, *, client_id: str = "eventfold-ingest") -> AIOKafkaProducer:
+def make_producer(
+    settings: Settings,
+    *,
+    client_id: str = "eventfold-ingest",
+    request_timeout_ms: int = REQUEST_TIMEOUT_MS,
+) -> AIOKafkaProducer:
     """An idempotent producer (``acks=all``): a retried send is never written twice."""
     return AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap,
@@ -20,7 +29,8 @@ def make_producer(settings: Settings, *, client_id: str = "eventfold-ingest") ->
         linger_ms=2,
         max_batch_size=256 * 1024,
         max_request_size=2 * 1024 * 1024,
-        request_timeout_ms=REQUEST_TIMEOUT_MS,
+        request_timeout_ms=request_timeout_ms,
+        retry_backoff_ms=100,
         compression_type=None,
     )
 

@@ -6,19 +6,20 @@ problem+json, request ids, metrics, authentication and JSON body helpers.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import orjson
 from aiohttp import web
 from redis.asyncio import Redis
 
-from eventfold import ids
+from eventfold import faults, ids
 from eventfold.auth import Principal, TokenVerifier
 from eventfold.checkpoints import CheckpointWatcher
 from eventfold.consistency import decode
@@ -50,9 +51,23 @@ TENANTS = web.AppKey("tenants", TenantDirectory)
 WATCHER = web.AppKey("watcher", CheckpointWatcher)
 CURSORS = web.AppKey("cursors", CursorCodec)
 
+#: Every request ends within this many seconds (503 past it), unless its handler is
+#: marked :func:`unbounded`. Above the longest wait a handler makes on purpose: a
+#: consistency wait (5 s) plus a read, or a publish's own deadline plus Redis.
+REQUEST_DEADLINE = web.AppKey("request_deadline", float)
+DEFAULT_REQUEST_DEADLINE = 20.0
+
 PROBLEM_JSON = "application/problem+json"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+H = TypeVar("H", bound=Handler)
+_UNBOUNDED = "__eventfold_unbounded__"
+
+
+def unbounded(handler: H) -> H:
+    """Exempt a long-lived handler (a stream) from the request deadline."""
+    setattr(handler, _UNBOUNDED, True)
+    return handler
 
 
 def json_response(
@@ -109,14 +124,24 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
-        return await handler(request)
+        if getattr(request.match_info.handler, _UNBOUNDED, False):
+            return await handler(request)
+        async with asyncio.timeout(request.app.get(REQUEST_DEADLINE, DEFAULT_REQUEST_DEADLINE)):
+            return await handler(request)
     except Problem as problem:
         return problem_response(problem, request)
     except web.HTTPException as exc:
         if exc.status < 400:
             return exc
         return problem_response(_from_http_exception(exc), request)
-    except Exception:
+    except Exception as exc:
+        if faults.is_retriable(exc):
+            # A dependency is down or slow: the client's retry is the remedy, not a bug hunt.
+            log.warning("dependency unavailable", extra={"path": request.path, "error": repr(exc)})
+            return problem_response(
+                Unavailable("a service this request needs is unavailable; retry shortly"),
+                request,
+            )
         log.exception("unhandled error", extra={"path": request.path})
         return problem_response(Problem("an internal error occurred"), request)
 

@@ -1,50 +1,59 @@
-"""The ingest gateway's part of an aiohttp application: the producer and write routes."""
+"""The ingest gateway's part of an aiohttp application: the publisher and write routes."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 from collections.abc import AsyncIterator
 
 from aiohttp import web
-from aiokafka.errors import KafkaError
 
+from eventfold.faults import is_retriable
 from eventfold.health import HEALTH
-from eventfold.kafka import make_producer
+from eventfold.kafka import INGEST_REQUEST_TIMEOUT_MS, make_producer
 from eventfold.web import METRICS, REDIS, SETTINGS
 from producers import routes
-from producers.publisher import Publisher
+from producers.publisher import Publisher, SendPolicy
 
 log = logging.getLogger("eventfold.ingest")
-PRODUCER_READY = web.AppKey("producer_ready", asyncio.Event)
+#: Overrides the publisher's deadlines and retries (tests set it before startup).
+SEND_POLICY = web.AppKey("send_policy", SendPolicy)
 
 
 def setup(app: web.Application) -> None:
-    """Register the write routes and the Kafka producer's lifetime."""
+    """Register the write routes and the publisher's lifetime."""
     routes.setup_routes(app)
-    app.cleanup_ctx.append(_producer_ctx)
+    app.cleanup_ctx.append(_publisher_ctx)
 
 
-async def _producer_ctx(app: web.Application) -> AsyncIterator[None]:
+async def _publisher_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    producer = make_producer(settings)
+    factory = functools.partial(
+        make_producer, settings, request_timeout_ms=INGEST_REQUEST_TIMEOUT_MS
+    )
+    publisher = Publisher(
+        factory,
+        app.get(REDIS),
+        app[METRICS],
+        topic=settings.events_topic,
+        policy=app.get(SEND_POLICY),
+    )
     delay = 0.5
     for attempt in range(1, 31):
         try:
-            await producer.start()
+            await publisher.start()
             break
-        except KafkaError as exc:
-            if attempt == 30:
+        except Exception as exc:
+            if attempt == 30 or not is_retriable(exc):
                 raise
             log.warning("kafka not reachable, retrying", extra={"error": repr(exc)})
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311
             delay = min(delay * 2, 5.0)
-    app[routes.PUBLISHER] = Publisher(
-        producer, app.get(REDIS), app[METRICS], topic=settings.events_topic
-    )
-    app[HEALTH].add("kafka", producer.client.fetch_all_metadata, critical=True)
+    app[routes.PUBLISHER] = publisher
+    app[HEALTH].add("kafka", publisher.check, critical=True)
     try:
         yield
     finally:
-        await producer.stop()
+        await publisher.stop()

@@ -1,38 +1,71 @@
 """Publishing events to the log: idempotent, acks=all, keyed by tenant + subject.
 
+Every publish has a deadline (:class:`SendPolicy`). A send that ends in an
+indefinite error (a timeout, a lost connection, a producer that broke) may or
+may not have been written: the producer is replaced (the old one closed in the
+background), and the same envelopes, same ids, are sent again with backoff and
+jitter, a bounded number of times, before the client gets a 503. A write sent
+twice lands twice in the log at worst; the projector's dedup by event id keeps
+its effect single.
+
 The gateway remembers every event id it published (in Redis, for a bounded
 time), so a retried publish answers ``duplicate: true`` with the original
-position instead of writing again. Redis is an optimisation here, not the
-guarantee: when it is down the event is published and the projector's
-dedup by event id keeps the effect single.
+position instead of writing again. Only a *confirmed* publish is remembered:
+an id is never answered as a duplicate on the strength of a publish still in
+flight (or one whose gateway died), since that publish may yet fail and the
+client would hold an acknowledgement for a write that is not in the log.
+Redis is an optimisation here, not the guarantee: when it is down or slow
+(a small circuit breaker skips it for a few seconds after a failure) the
+event is published and the projector's dedup by event id keeps the effect single.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+import random
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from eventfold.dedup import DEDUP_TTL_SECONDS, dedup_key
 from eventfold.envelope import CloudEvent
 from eventfold.errors import Unavailable
+from eventfold.faults import send_outcome_unknown
 from eventfold.kafka import message_key
 from eventfold.logs import correlation_id
 from eventfold.metrics import Metrics
 
 log = logging.getLogger("eventfold.publisher")
 
-#: A reservation not confirmed within this time belongs to a publisher that died.
-_RESERVATION_TTL_SECONDS = 60
-_PENDING = b"{}"
+ProducerFactory = Callable[[], AIOKafkaProducer]
+
+
+@dataclass(frozen=True, slots=True)
+class SendPolicy:
+    """Deadlines and retries of one publish (seconds)."""
+
+    #: One attempt: getting a started producer, sending, and every acknowledgement.
+    attempt_timeout: float = 6.0
+    #: The whole publish, retries and pauses included; past it the client gets a 503.
+    deadline: float = 12.0
+    max_attempts: int = 4
+    #: Starting a replacement producer (bootstrap round-trip included).
+    start_timeout: float = 5.0
+    #: Closing a retired producer in the background (it may try to flush first).
+    stop_timeout: float = 10.0
+    backoff: float = 0.2
+    backoff_cap: float = 2.0
+    #: Each Redis round-trip of the dedup (the client's own socket timeouts are shorter).
+    redis_timeout: float = 1.5
+    #: How long the dedup is skipped after Redis failed (the circuit is open).
+    redis_open_seconds: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,34 +88,104 @@ class Published:
 
 
 class Publisher:
-    """Sends stamped envelopes to the events topic and reports their positions."""
+    """Sends stamped envelopes to the events topic and reports their positions.
+
+    Owns its producer: :meth:`start` before the first publish, :meth:`stop` at
+    the end; in between it replaces a producer whose sends stopped ending well.
+    """
 
     def __init__(
         self,
-        producer: AIOKafkaProducer,
+        factory: ProducerFactory,
         redis: Redis | None,
         metrics: Metrics,
         *,
         topic: str,
-        send_timeout: float = 20.0,
+        policy: SendPolicy | None = None,
     ) -> None:
-        self._producer = producer
+        self._factory = factory
         self._redis = redis
         self._metrics = metrics
         self._topic = topic
-        self._send_timeout = send_timeout
+        self._policy = policy or SendPolicy()
+        self._producer: AIOKafkaProducer | None = None
+        self._generation = 0
+        self._lock = asyncio.Lock()
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._redis_open_until = 0.0
+        #: How many producers were replaced (for tests and logs).
+        self.renewals = 0
+
+    # -- producer life cycle -------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the first producer (one bounded attempt; the caller retries)."""
+        await self._ready_producer()
+
+    async def stop(self) -> None:
+        """Close the producer (flushing what it holds) and wait for retired ones, bounded."""
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            self._retire(producer)
+        if self._retiring:
+            await asyncio.wait(set(self._retiring), timeout=self._policy.stop_timeout + 1)
+
+    async def check(self) -> None:
+        """Readiness: the current producer gets cluster metadata (raises otherwise)."""
+        producer = self._producer
+        if producer is None or _broken(producer):
+            raise ConnectionError("no connected producer")
+        await producer.client.fetch_all_metadata()
+
+    async def _ready_producer(self) -> tuple[AIOKafkaProducer, int]:
+        async with self._lock:
+            producer = self._producer
+            if producer is not None and not _broken(producer):
+                return producer, self._generation
+            if producer is not None:
+                self._producer = None
+                self._retire(producer)
+            fresh = self._factory()
+            try:
+                await asyncio.wait_for(fresh.start(), self._policy.start_timeout)
+            except BaseException:
+                self._retire(fresh)
+                raise
+            self._producer = fresh
+            self._generation += 1
+            return fresh, self._generation
+
+    def _renew(self, generation: int) -> None:
+        """Retire the producer of ``generation`` if it is still the current one."""
+        if generation == self._generation and self._producer is not None:
+            producer, self._producer = self._producer, None
+            self.renewals += 1
+            self._retire(producer)
+
+    def _retire(self, producer: AIOKafkaProducer) -> None:
+        task = asyncio.create_task(self._close(producer), name="retire-producer")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _close(self, producer: AIOKafkaProducer) -> None:
+        try:
+            await asyncio.wait_for(producer.stop(), self._policy.stop_timeout)
+        except Exception as exc:  # a retired producer's trouble is nobody's business
+            log.info("retired producer did not close cleanly", extra={"error": repr(exc)})
+
+    # -- publishing ----------------------------------------------------------
 
     async def publish(self, tenant: str, events: Sequence[CloudEvent]) -> list[Published]:
         """Publish ``events`` of ``tenant`` (all stamped); return one result per event.
 
-        Raises :class:`Unavailable` when Kafka did not acknowledge; the caller
-        may retry with the same ids without any second effect.
+        Raises :class:`Unavailable` when Kafka did not acknowledge within the
+        deadline; the caller may retry with the same ids without any second effect.
         """
         first_of: dict[str, int] = {}
         for i, ev in enumerate(events):
             first_of.setdefault(ev.id, i)
         unique = [events[i] for i in sorted(first_of.values())]
-        known = await self._reserve(tenant, unique)
+        known = await self._lookup(tenant, unique)
         fresh = [ev for ev in unique if ev.id not in known]
         landed = await self._send(tenant, fresh)
         await self._remember(tenant, fresh, landed)
@@ -95,57 +198,53 @@ class Publisher:
             out.append(Published(ev.id, res.partition, res.offset, dup))
         return out
 
-    async def _reserve(self, tenant: str, events: Sequence[CloudEvent]) -> dict[str, Published]:
-        """Claim each id (SET NX); return those already published, with their positions."""
-        if self._redis is None or not events:
-            return {}
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for ev in events:
-                    pipe.set(
-                        dedup_key(tenant, ev.id), _PENDING, nx=True, ex=_RESERVATION_TTL_SECONDS
-                    )
-                claimed = await pipe.execute()
-            taken = [ev.id for ev, ok in zip(events, claimed, strict=True) if not ok]
-            if not taken:
-                return {}
-            values = await self._redis.mget([dedup_key(tenant, i) for i in taken])
-        except (RedisError, OSError, TimeoutError) as exc:
-            self._metrics.dependency_errors.labels("redis").inc()
-            log.warning("dedup unavailable, publishing without it", extra={"error": repr(exc)})
-            return {}
-        known: dict[str, Published] = {}
-        for event_id, raw in zip(taken, values, strict=True):
-            doc = orjson.loads(raw) if raw else {}
-            known[event_id] = Published(event_id, doc.get("p"), doc.get("o"), True)
-        return known
-
     async def _send(self, tenant: str, events: Sequence[CloudEvent]) -> dict[str, Published]:
         if not events:
             return {}
+        policy = self._policy
         cid = correlation_id.get()
         headers = [("content-type", b"application/cloudevents+json")]
         if cid:
             headers.append(("x-request-id", cid.encode()))
-        try:
-            futures = [
-                await self._producer.send(
-                    self._topic,
-                    value=ev.to_json(),
-                    key=message_key(tenant, ev.subject, ev.id),
-                    headers=headers,
-                )
-                for ev in events
-            ]
-            metas = await asyncio.wait_for(asyncio.gather(*futures), self._send_timeout)
-        except (KafkaError, TimeoutError) as exc:
-            self._metrics.dependency_errors.labels("kafka").inc()
-            await self._release(tenant, events)
-            log.warning("publish failed", extra={"error": repr(exc), "tenant": tenant})
-            raise Unavailable(
-                "the event log did not acknowledge the write; retry with the same event ids",
-                retry_after=1,
-            ) from None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + policy.deadline
+        delay = policy.backoff
+        attempt = 0
+        while True:
+            attempt += 1
+            generation: int | None = None
+            try:
+                async with asyncio.timeout(min(policy.attempt_timeout, deadline - loop.time())):
+                    producer, generation = await self._ready_producer()
+                    futures = [
+                        await producer.send(
+                            self._topic,
+                            value=ev.to_json(),
+                            key=message_key(tenant, ev.subject, ev.id),
+                            headers=headers,
+                        )
+                        for ev in events
+                    ]
+                    metas = await asyncio.gather(*futures)
+                break
+            except Exception as exc:
+                self._metrics.dependency_errors.labels("kafka").inc()
+                unknown = send_outcome_unknown(exc)
+                if unknown and generation is not None:
+                    self._renew(generation)
+                pause = min(delay, policy.backoff_cap) * random.uniform(0.5, 1.5)  # noqa: S311
+                left = deadline - loop.time()
+                extra = {"error": repr(exc), "tenant": tenant, "attempt": attempt}
+                if not unknown or attempt >= policy.max_attempts or left < pause + 0.5:
+                    log.warning("publish failed", extra=extra)
+                    raise Unavailable(
+                        "the event log did not acknowledge the write; "
+                        "retry with the same event ids",
+                        retry_after=1,
+                    ) from None
+                log.warning("send not acknowledged, retrying with a new producer", extra=extra)
+                await asyncio.sleep(pause)
+                delay *= 2
         for ev in events:
             self._metrics.events_published.labels(ev.type).inc()
         return {
@@ -153,28 +252,59 @@ class Publisher:
             for ev, meta in zip(events, metas, strict=True)
         }
 
+    # -- the dedup memory (Redis, failing open) -------------------------------
+
+    def _redis_usable(self) -> Redis | None:
+        if self._redis is None or time.monotonic() < self._redis_open_until:
+            return None
+        return self._redis
+
+    def _redis_failed(self, exc: BaseException, what: str) -> None:
+        self._metrics.dependency_errors.labels("redis").inc()
+        self._redis_open_until = time.monotonic() + self._policy.redis_open_seconds
+        log.warning(what, extra={"error": repr(exc)})
+
+    async def _lookup(self, tenant: str, events: Sequence[CloudEvent]) -> dict[str, Published]:
+        """The events published before (confirmed in Redis), with their positions."""
+        redis = self._redis_usable()
+        if redis is None or not events:
+            return {}
+        try:
+            async with asyncio.timeout(self._policy.redis_timeout):
+                values = await redis.mget([dedup_key(tenant, ev.id) for ev in events])
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._redis_failed(exc, "dedup unavailable, publishing without it")
+            return {}
+        known: dict[str, Published] = {}
+        for ev, raw in zip(events, values, strict=True):
+            doc = orjson.loads(raw) if raw else None
+            # Only a confirmed entry (with its position) counts; anything else is published.
+            if isinstance(doc, dict) and doc.get("o") is not None:
+                known[ev.id] = Published(ev.id, doc.get("p"), doc.get("o"), True)
+        return known
+
     async def _remember(
         self, tenant: str, events: Sequence[CloudEvent], landed: dict[str, Published]
     ) -> None:
-        if self._redis is None or not events:
+        redis = self._redis_usable()
+        if redis is None or not events:
             return
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for ev in events:
-                    res = landed[ev.id]
-                    doc = {"p": res.partition, "o": res.offset, "e": ev.to_dict()}
-                    pipe.set(dedup_key(tenant, ev.id), orjson.dumps(doc), ex=DEDUP_TTL_SECONDS)
-                await pipe.execute()
+            async with asyncio.timeout(self._policy.redis_timeout):
+                async with redis.pipeline(transaction=False) as pipe:
+                    for ev in events:
+                        res = landed[ev.id]
+                        doc = {"p": res.partition, "o": res.offset, "e": ev.to_dict()}
+                        pipe.set(dedup_key(tenant, ev.id), orjson.dumps(doc), ex=DEDUP_TTL_SECONDS)
+                    await pipe.execute()
         except (RedisError, OSError, TimeoutError) as exc:
-            self._metrics.dependency_errors.labels("redis").inc()
-            log.warning("dedup record not written", extra={"error": repr(exc)})
+            self._redis_failed(exc, "dedup record not written")
 
-    async def _release(self, tenant: str, events: Sequence[CloudEvent]) -> None:
-        # Whether Kafka kept them is unknown: dropping the claim lets a retry
-        # publish again, and the projector's dedup by id absorbs a double.
-        if self._redis is None:
-            return
-        try:
-            await self._redis.delete(*[dedup_key(tenant, ev.id) for ev in events])
-        except (RedisError, OSError, TimeoutError):
-            self._metrics.dependency_errors.labels("redis").inc()
+
+def _broken(producer: AIOKafkaProducer) -> bool:
+    """Whether the producer closed or its sender task died (sends would never complete)."""
+    if getattr(producer, "_closed", False):
+        return True
+    sender = getattr(producer, "_sender", None)
+    task = getattr(sender, "sender_task", None)
+    return task is not None and task.done()
