@@ -10,6 +10,7 @@ from aiohttp import web
 from eventfold.dedup import pending_event
 from eventfold.errors import FieldError, NotFound, ValidationFailed
 from eventfold.ids import tenant_schema
+from eventfold.tenancy import tenant_connection
 from eventfold.web import CURSORS, POOL, REDIS, authorize_tenant, json_response, query_int
 
 
@@ -30,9 +31,10 @@ async def list_events(request: web.Request) -> web.Response:
     for name in ("type", "subject"):
         value = request.query.get(name)
         if value is not None:
-            if not 0 < len(value) <= 512:
+            if not 0 < len(value) <= 512 or "\x00" in value:
                 raise ValidationFailed(
-                    f"bad {name}", errors=[FieldError(f"/{name}", "1 to 512 characters")]
+                    f"bad {name}",
+                    errors=[FieldError(f"/{name}", "1 to 512 characters, no U+0000")],
                 )
             params.append(value)
             where.append(f"{name} = ${len(params)}")
@@ -49,7 +51,7 @@ async def list_events(request: web.Request) -> web.Response:
         f"SELECT seq, envelope, status, reason FROM {tenant_schema(tenant.id)}.events"
         f"{' WHERE ' + ' AND '.join(where) if where else ''} ORDER BY seq LIMIT ${len(params)}"
     )
-    async with request.app[POOL].acquire(timeout=5) as conn:
+    async with tenant_connection(request.app[POOL], tenant.id) as conn:
         rows = await conn.fetch(sql, *params)
     page = rows[:limit]
     next_cursor = request.app[CURSORS].encode(kind, page[-1]["seq"]) if len(rows) > limit else None
@@ -60,9 +62,9 @@ async def get_event(request: web.Request) -> web.Response:
     """``GET /v1/tenants/{t}/events/{id}``: one event with its status."""
     _, tenant = await authorize_tenant(request, "reader")
     event_id = request.match_info["id"]
-    if not 0 < len(event_id) <= 256:
+    if not 0 < len(event_id) <= 256 or "\x00" in event_id:
         raise NotFound("no such event")
-    async with request.app[POOL].acquire(timeout=5) as conn:
+    async with tenant_connection(request.app[POOL], tenant.id) as conn:
         row = await conn.fetchrow(
             f"SELECT envelope, status, reason FROM {tenant_schema(tenant.id)}.events WHERE id = $1",
             event_id,

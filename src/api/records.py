@@ -13,6 +13,7 @@ from aiohttp import web
 from eventfold import ids
 from eventfold.errors import FieldError, NotFound, ValidationFailed
 from eventfold.ids import tenant_schema
+from eventfold.tenancy import tenant_connection
 from eventfold.web import CURSORS, POOL, authorize_tenant, json_response, query_int
 
 ORDERS = {
@@ -47,7 +48,7 @@ async def get_record(request: web.Request) -> web.Response:
     _, tenant = await authorize_tenant(request, "reader")
     collection = ids.check("collection", request.match_info["collection"])
     record_id = ids.check("id", request.match_info["id"])
-    async with request.app[POOL].acquire(timeout=5) as conn:
+    async with tenant_connection(request.app[POOL], tenant.id) as conn:
         row = await conn.fetchrow(
             f"SELECT {_COLUMNS} FROM {tenant_schema(tenant.id)}.records"
             " WHERE collection = $1 AND id = $2 AND NOT deleted",
@@ -68,6 +69,10 @@ def _filters(request: web.Request) -> list[tuple[str, str]]:
         if key.startswith("filter[") and key.endswith("]"):
             field = key[len("filter[") : -1]
             ids.check("field", field, path=f"/{key}")
+            if "\x00" in value:  # PostgreSQL text cannot hold it: a 422, not a 500
+                raise ValidationFailed(
+                    "bad filter", errors=[FieldError(f"/{key}", "may not contain U+0000")]
+                )
             out.append((field, value))
     return sorted(out)
 
@@ -110,7 +115,7 @@ async def list_records(request: web.Request) -> web.Response:
         f"SELECT {_COLUMNS} FROM {tenant_schema(tenant.id)}.records"
         f" WHERE {' AND '.join(where)} ORDER BY {order_sql} LIMIT ${len(params)}"
     )
-    async with request.app[POOL].acquire(timeout=5) as conn:
+    async with tenant_connection(request.app[POOL], tenant.id) as conn:
         rows = await conn.fetch(sql, *params)
     page = rows[:limit]
     next_cursor = None

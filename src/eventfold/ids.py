@@ -49,6 +49,17 @@ def tenant_schema(tenant: str) -> str:
     return f'"t_{tenant}"'
 
 
+def tenant_role(tenant: str) -> str:
+    """The tenant's NOLOGIN database role, already quoted: reads run ``SET LOCAL ROLE`` to it.
+
+    Built, like :func:`tenant_schema`, only from a validated tenant id, so
+    ``pg_catalog`` as a tenant id becomes ``"ef_t_pg_catalog"`` (45 characters
+    at most, under PostgreSQL's 63-byte identifier limit).
+    """
+    check("tenant", tenant)
+    return f'"ef_t_{tenant}"'
+
+
 def split_subject(subject: str) -> tuple[str, str]:
     """``collection/id`` of a record event's subject; raises 422 when malformed."""
     collection, sep, record_id = subject.partition("/")

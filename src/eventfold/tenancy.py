@@ -1,13 +1,39 @@
-"""The tenant directory: which tenants exist, with their name, status and limits."""
+"""Tenants: the directory (which exist, with name, status and limits) and their isolation.
+
+Isolation is enforced by PostgreSQL, not only by the code. Each tenant's
+projection lives in schema ``"t_<tenant>"`` and has a NOLOGIN role
+``"ef_t_<tenant>"`` holding USAGE on that schema and SELECT on its tables, and
+nothing else. Reads of a tenant's projection run in a READ ONLY transaction
+under that role (:func:`tenant_connection`), so a query built for tenant A can
+neither name tenant B's tables nor the platform schema ``eventfold`` nor write.
+
+The platform tables (``eventfold.tenants``, ``eventfold.checkpoints``, …) are
+read and written only as the login role; tenant roles have no privilege at all
+on schema ``eventfold``, which is why those shared tables need no row-level
+security: a tenant role cannot even resolve their names.
+
+What this does not stop: ``SET ROLE`` is checked against the *session* user, so
+SQL injected into a read could switch back (``RESET ROLE``/``set_config``).
+The defence against injection stays the one in :mod:`eventfold.ids` and bound
+parameters; the role guards against a query naming the wrong tenant's tables.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import asyncpg
+from asyncpg.transaction import Transaction
+
+from eventfold.ids import tenant_role, tenant_schema
+
+log = logging.getLogger("eventfold.tenancy")
 
 #: Tenants are never deleted in v1, so a positive answer may be reused briefly.
 _POSITIVE_TTL = 30.0
@@ -65,3 +91,128 @@ class TenantDirectory:
             self._cache.clear()  # bounded: a simple reset beats an LRU for this size
         self._cache[tenant_id] = (time.monotonic(), tenant)
         return tenant
+
+
+#: Seconds to wait for a pooled connection before a read gives up.
+ACQUIRE_TIMEOUT = 5.0
+
+
+def tenant_role_ddl(tenant: str) -> str:
+    """The role and grants of one tenant whose schema exists (idempotent).
+
+    Runs as the login role inside the caller's transaction. Concurrent runs for
+    one tenant are serialised by the caller's advisory lock (:func:`tenant_lock`);
+    the exception handler covers a process that does not take it.
+    """
+    schema, role = tenant_schema(tenant), tenant_role(tenant)
+    name = role.strip('"')  # a validated tenant id: [a-z0-9_] only, safe as a literal
+    return f"""
+    DO $$
+    BEGIN
+        IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = '{name}') THEN
+            CREATE ROLE {role} NOLOGIN NOINHERIT;
+        END IF;
+    EXCEPTION WHEN duplicate_object OR unique_violation THEN
+        NULL;  -- created by a concurrent transaction
+    END
+    $$;
+    -- Membership lets the login role SET ROLE to it when it is not a superuser.
+    GRANT {role} TO CURRENT_USER;
+    REVOKE ALL ON SCHEMA {schema} FROM PUBLIC;
+    REVOKE ALL ON ALL TABLES IN SCHEMA {schema} FROM PUBLIC;
+    REVOKE ALL ON ALL SEQUENCES IN SCHEMA {schema} FROM PUBLIC;
+    GRANT USAGE ON SCHEMA {schema} TO {role};
+    GRANT SELECT ON {schema}.records, {schema}.events TO {role};
+    """
+
+
+async def tenant_lock(conn: asyncpg.Connection, tenant: str) -> None:
+    """The transaction-level advisory lock the projector takes to create a tenant's schema."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", tenant_schema(tenant))
+
+
+async def repair_tenant_role(conn: asyncpg.Connection, tenant: str) -> None:
+    """Create or complete the role and grants of a tenant whose schema exists."""
+    async with conn.transaction():
+        await tenant_lock(conn, tenant)
+        await conn.execute(tenant_role_ddl(tenant))
+
+
+#: Registered tenants with a schema whose role is missing, not usable by the login
+#: role, or lacks its grants. One catalog query: cheap when nothing is to do.
+_NEEDS_REPAIR = """
+SELECT t.id
+FROM eventfold.tenants t
+JOIN pg_catalog.pg_namespace n ON n.nspname = 't_' || t.id
+LEFT JOIN pg_catalog.pg_roles r ON r.rolname = 'ef_t_' || t.id
+WHERE r.oid IS NULL
+   OR NOT pg_has_role(current_user, r.oid, 'MEMBER')
+   OR NOT has_schema_privilege(r.oid, n.oid, 'USAGE')
+   OR NOT coalesce(has_table_privilege(
+          r.oid, to_regclass(format('%I.records', n.nspname)), 'SELECT'), true)
+   OR NOT coalesce(has_table_privilege(
+          r.oid, to_regclass(format('%I.events', n.nspname)), 'SELECT'), true)
+ORDER BY t.id
+"""
+
+
+async def ensure_tenant_roles(pool: asyncpg.Pool) -> list[str]:
+    """Give tenants created before roles existed their role and grants; return their ids.
+
+    Idempotent and safe from many processes at once (each tenant is repaired
+    under the projector's per-tenant advisory lock). A tenant that cannot be
+    repaired is logged and stays unreadable: its reads fail, closed.
+    """
+    repaired: list[str] = []
+    async with pool.acquire(timeout=10) as conn:
+        rows = await conn.fetch(_NEEDS_REPAIR)
+        for row in rows:
+            tenant = row["id"]
+            try:
+                await repair_tenant_role(conn, tenant)
+            except asyncpg.PostgresError:
+                log.exception("cannot repair the tenant's role", extra={"tenant": tenant})
+            else:
+                repaired.append(tenant)
+    if repaired:
+        log.info("tenant roles repaired", extra={"tenants": len(repaired)})
+    return repaired
+
+
+async def _begin_as(conn: asyncpg.Connection, role: str) -> Transaction:
+    tx = conn.transaction(readonly=True)
+    await tx.start()
+    try:
+        await conn.execute(f"SET LOCAL ROLE {role}")
+    except BaseException:
+        await tx.rollback()
+        raise
+    return tx
+
+
+@asynccontextmanager
+async def tenant_connection(
+    pool: asyncpg.Pool, tenant: str, *, acquire_timeout: float = ACQUIRE_TIMEOUT
+) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection in a READ ONLY transaction running as the tenant's role.
+
+    ``SET LOCAL`` ends with the transaction, so the connection goes back to the
+    pool as the login role whatever happens inside. A role that is missing or
+    not granted to the login role (a tenant created by an older projector while
+    this process runs) is repaired once, then the read goes on.
+    """
+    role = tenant_role(tenant)
+    async with pool.acquire(timeout=acquire_timeout) as conn:
+        try:
+            tx = await _begin_as(conn, role)
+        except (asyncpg.InvalidParameterValueError, asyncpg.InsufficientPrivilegeError):
+            # SET ROLE: 22023 when the role does not exist, 42501 when not granted.
+            log.warning("tenant role missing, repairing", extra={"tenant": tenant})
+            await repair_tenant_role(conn, tenant)
+            tx = await _begin_as(conn, role)
+        try:
+            yield conn
+        except BaseException:
+            await tx.rollback()
+            raise
+        await tx.commit()

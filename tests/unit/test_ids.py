@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from eventfold.errors import ValidationFailed
-from eventfold.ids import check, is_valid, split_subject, tenant_schema
+from eventfold.ids import check, is_valid, split_subject, tenant_role, tenant_schema
 
 HOSTILE = [
     None,
@@ -129,6 +129,28 @@ def test_tenant_schema_is_prefixed_and_quoted(tenant: str, schema: str) -> None:
 def test_tenant_schema_refuses_invalid_tenants(tenant: Any) -> None:
     with pytest.raises(ValidationFailed):
         tenant_schema(tenant)
+
+
+@pytest.mark.parametrize(
+    ("tenant", "role"),
+    [
+        ("acme", '"ef_t_acme"'),
+        ("pg_catalog", '"ef_t_pg_catalog"'),
+        ("eventfold", '"ef_t_eventfold"'),
+    ],
+)
+def test_tenant_role_is_prefixed_and_quoted(tenant: str, role: str) -> None:
+    assert tenant_role(tenant) == role
+
+
+def test_tenant_role_fits_postgres_identifier_limit() -> None:
+    assert len(tenant_role("a" * 40).strip('"')) <= 63
+
+
+@pytest.mark.parametrize("tenant", [*HOSTILE, "ab", "A" * 3, 'acme"; drop', "*", "acme\\"])
+def test_tenant_role_refuses_invalid_tenants(tenant: Any) -> None:
+    with pytest.raises(ValidationFailed):
+        tenant_role(tenant)
 
 
 @pytest.mark.parametrize(

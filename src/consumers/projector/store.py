@@ -16,13 +16,19 @@ import orjson
 
 from consumers.projector.fold import Record
 from eventfold.ids import tenant_schema
+from eventfold.tenancy import tenant_role_ddl
 
 #: The projection's shape; bump it when the tables below change (replay rebuilds).
 PROJECTION_VERSION = 1
 
 
 def tenant_ddl(tenant: str) -> str:
-    """DDL creating one tenant's schema and tables (idempotent)."""
+    """DDL creating one tenant's schema, tables, role and grants (idempotent).
+
+    The role (:func:`eventfold.tenancy.tenant_role_ddl`) may read this schema
+    and nothing else. Run it under :func:`eventfold.tenancy.tenant_lock` when
+    another process may create the same tenant at once.
+    """
     s = tenant_schema(tenant)
     return f"""
     CREATE SCHEMA IF NOT EXISTS {s};
@@ -53,7 +59,7 @@ def tenant_ddl(tenant: str) -> str:
     );
     CREATE INDEX IF NOT EXISTS events_by_type ON {s}.events (type, seq);
     CREATE INDEX IF NOT EXISTS events_by_subject ON {s}.events (subject, seq);
-    """
+    """ + tenant_role_ddl(tenant)
 
 
 @dataclass(frozen=True, slots=True)
