@@ -16,12 +16,16 @@ from eventfold.errors import (
     Conflict,
     FieldError,
     PayloadTooLarge,
+    PreconditionFailed,
     ValidationFailed,
 )
 from eventfold.events import validate_data
 from eventfold.events.tenant import TenantCreated
+from eventfold.ids import tenant_schema
 from eventfold.logs import correlation_id
+from eventfold.tenancy import tenant_connection
 from eventfold.web import (
+    POOL,
     SETTINGS,
     TENANTS,
     authenticate,
@@ -187,8 +191,34 @@ async def _command(
         expected_version=expected_version,
         correlation=correlation_id.get(),
     )
+    if expected_version:
+        await _refuse_hopeless_condition(request, tenant, collection, record_id, expected_version)
     [result] = await request.app[PUBLISHER].publish(tenant, [event])
     return _accepted([result], {"id": record_id, "event_id": event.id})
+
+
+async def _refuse_hopeless_condition(
+    request: web.Request, tenant: str, collection: str, record_id: str, expected: int
+) -> None:
+    """412 when ``If-Match`` can never match again, judged from the projection.
+
+    Versions only grow, and a record's live version is either its version or 0
+    (deleted): an expected version from 1 up to below the projected one can
+    never come back. Anything else (higher, or 0) may still match once pending
+    events are applied, so it goes to the log and the projector decides.
+    """
+    async with tenant_connection(request.app[POOL], tenant) as conn:
+        current = await conn.fetchval(
+            f"SELECT version FROM {tenant_schema(tenant)}.records WHERE collection = $1 AND id = $2",
+            collection,
+            record_id,
+        )
+    if current is not None and expected < current:
+        raise PreconditionFailed(
+            f'If-Match "{expected}" cannot match: {collection}/{record_id} is at version '
+            f"{current} or later",
+            headers={"ETag": f'"{current}"'},
+        )
 
 
 async def _authorize_command(request: web.Request) -> tuple[str, str | None]:

@@ -79,6 +79,26 @@ async def test_if_match_mismatch_is_rejected_not_applied(tenant: TenantApi) -> N
     assert (doc["version"], doc["data"]) == (2, {"v": 3})
 
 
+async def test_if_match_that_can_never_match_is_412_at_the_edge(tenant: TenantApi) -> None:
+    await tenant.write("PUT", f"{R}/g1", json={"v": 1})
+    w = await tenant.write("PUT", f"{R}/g1", json={"v": 2})
+    await tenant.read_json(f"{R}/g1", w["consistency_token"])
+    stale = await tenant.call("PUT", f"{R}/g1", json={"v": 3}, headers={"If-Match": '"1"'})
+    assert stale.status == 412
+    assert stale.headers["ETag"] == '"2"'
+    problem = await stale.json(content_type="application/problem+json")
+    assert "cannot match" in problem["detail"]
+    # Ahead of the projection, or "absent" (0): the projector decides, nothing refused early.
+    ahead = await tenant.call("PATCH", f"{R}/g1", json={"v": 4}, headers={"If-Match": '"3"'})
+    assert ahead.status == 202
+    absent = await tenant.call("POST", R, json={"id": "g1", "data": {}})
+    assert absent.status == 202
+    history = await tenant.read_json(
+        f"/events/{(await absent.json())['event_id']}", (await absent.json())["consistency_token"]
+    )
+    assert history["status"] == "rejected"
+
+
 async def test_idempotency_key_makes_a_retry_one_effect(tenant: TenantApi) -> None:
     headers = {"Idempotency-Key": "order-42-create"}
     first = await tenant.write("POST", R, json={"data": {"n": 1}}, headers=headers)
@@ -101,7 +121,7 @@ async def test_concurrent_patches_to_one_record_all_apply(tenant: TenantApi) -> 
                 json={f"f{i}": i},
                 headers={"Content-Type": "application/merge-patch+json"},
             )
-            for i in range(30)
+            for i in range(100)
         )
     )
     from eventfold.consistency import decode, encode
@@ -111,8 +131,8 @@ async def test_concurrent_patches_to_one_record_all_apply(tenant: TenantApi) -> 
         for p, o in decode(r["consistency_token"]).items():
             merged[p] = max(o, merged.get(p, -1))
     doc = await tenant.read_json(f"{R}/hot", encode(merged))
-    assert doc["version"] == 31
-    assert doc["data"] == {f"f{i}": i for i in range(30)}
+    assert doc["version"] == 101
+    assert doc["data"] == {f"f{i}": i for i in range(100)}
 
 
 @pytest.mark.parametrize(
