@@ -209,7 +209,8 @@ async def _refuse_hopeless_condition(
     """
     async with tenant_connection(request.app[POOL], tenant) as conn:
         current = await conn.fetchval(
-            f"SELECT version FROM {tenant_schema(tenant)}.records WHERE collection = $1 AND id = $2",
+            f"SELECT version FROM {tenant_schema(tenant)}.records"
+            " WHERE collection = $1 AND id = $2",
             collection,
             record_id,
         )
