@@ -38,6 +38,7 @@ class CheckpointWatcher:
         self._consumer = consumer
         self._topic = topic
         self.positions: dict[int, int] = {}
+        self._redriven: dict[str, asyncio.Event] = {}
         self._waiters: list[tuple[dict[int, int], asyncio.Future[None]]] = []
         self._conn: asyncpg.Connection | None = None
         self._task: asyncio.Task[None] | None = None
@@ -80,6 +81,43 @@ class CheckpointWatcher:
             with contextlib.suppress(ValueError):
                 self._waiters.remove(entry)
 
+    async def wait_for_tenant(
+        self, tenant: str, required: Mapping[int, int], within: float
+    ) -> bool:
+        """Like :meth:`wait_for`, and also until ``tenant`` has no deferred event in ``required``.
+
+        A tenant that was too slow to write has its events deferred past the
+        checkpoints; a read of that tenant carrying the token waits for their
+        background retry too (woken by its notification, rechecked every second).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        if not await self.wait_for(required, within):
+            return False
+        while await self._deferred_within(tenant, required):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            woken = self._redriven.setdefault(tenant, asyncio.Event())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(woken.wait(), min(remaining, 1.0))
+        return True
+
+    async def _deferred_within(self, tenant: str, required: Mapping[int, int]) -> bool:
+        async with asyncio.timeout(_READ_TIMEOUT), self._pool.acquire() as conn:
+            found: bool = await conn.fetchval(
+                """SELECT EXISTS (
+                     SELECT 1 FROM eventfold.parked p
+                     JOIN unnest($3::integer[], $4::bigint[]) AS t(pa, o)
+                       ON p.partition = t.pa AND p."offset" <= t.o
+                     WHERE p.consumer = $1 AND p.tenant = $2 AND p.retry)""",
+                self._consumer,
+                tenant,
+                list(required),
+                list(required.values()),
+            )
+        return found
+
     def _advance(self, positions: Mapping[int, int]) -> None:
         for p, o in positions.items():
             if o > self.positions.get(p, 0):
@@ -97,6 +135,11 @@ class CheckpointWatcher:
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         doc = orjson.loads(payload)
+        if doc.get("redriven") and doc.get("c") == self._consumer:
+            woken = self._redriven.pop(str(doc.get("tenant")), None)
+            if woken is not None:
+                woken.set()
+            return
         if doc.get("t") == self._topic and doc.get("c") == self._consumer:
             self._advance({int(p): int(o) for p, o in doc["p"].items()})
 

@@ -264,7 +264,7 @@ def _dlq(settings: Settings, args: argparse.Namespace) -> int:
                         f"{report.still_parked} still parked"
                     )
                 return 1 if report.still_parked else 0
-            async with pool.acquire() as conn:
+            async with pool.acquire(timeout=10) as conn:
                 rows = await parking.list_parked(
                     conn,
                     consumer,

@@ -44,6 +44,9 @@ CREATE TABLE IF NOT EXISTS eventfold.parked (
     parked_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (consumer, partition, "offset")
 );
+-- Set on events deferred because their tenant was too slow to write (locks, a
+-- slow statement): those are retried automatically; NULL marks a dead letter.
+ALTER TABLE eventfold.parked ADD COLUMN IF NOT EXISTS retry boolean NOT NULL DEFAULT false;
 CREATE INDEX IF NOT EXISTS parked_by_key
     ON eventfold.parked (consumer, tenant, park_key, partition, "offset");
 """
@@ -73,21 +76,21 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asy
         max_size=max_size,
         init=_init_connection,
         timeout=10,
-        command_timeout=30,
+        command_timeout=15,
     )
     return pool
 
 
 async def connect(dsn: str) -> asyncpg.Connection:
     """One connection with the same codecs as the pool (for LISTEN and tools)."""
-    conn: asyncpg.Connection = await asyncpg.connect(dsn, timeout=10, command_timeout=30)
+    conn: asyncpg.Connection = await asyncpg.connect(dsn, timeout=10, command_timeout=15)
     await _init_connection(conn)
     return conn
 
 
 async def migrate(pool: asyncpg.Pool) -> None:
     """Create the platform schema if missing; safe to run from many processes at once."""
-    async with pool.acquire() as conn, conn.transaction():
+    async with pool.acquire(timeout=10) as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
         await conn.execute(PLATFORM_DDL)
 

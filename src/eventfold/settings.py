@@ -69,6 +69,9 @@ class Settings:
     max_body_bytes: int = 1024 * 1024
     max_batch_events: int = 1000
     projector_batch_size: int = 2000
+    #: Longest a tenant's statement or lock wait may take in a batch before the
+    #: tenant is deferred (retried in the background) so the others go on.
+    projector_tenant_budget_ms: int = 2000
     consistency_wait_seconds: float = 5.0
     log_level: str = "INFO"
     #: Which services the user pointed at their own instance (infra skips those).
@@ -121,6 +124,9 @@ class Settings:
             or d.consumer_group_prefix,
             projector_batch_size=int(
                 env.get("EVENTFOLD_PROJECTOR_BATCH_SIZE", d.projector_batch_size)
+            ),
+            projector_tenant_budget_ms=int(
+                env.get("EVENTFOLD_PROJECTOR_TENANT_BUDGET_MS", d.projector_tenant_budget_ms)
             ),
             log_level=env.get("EVENTFOLD_LOG_LEVEL", d.log_level).upper(),
             external=external,

@@ -165,7 +165,7 @@ async def authorize_tenant(request: web.Request, role: str) -> tuple[Principal, 
     tenant_id = request.match_info["tenant"]
     principal.require(role, tenant_id)
     ids.check("tenant", tenant_id)
-    await wait_for_consistency(request)
+    await wait_for_consistency(request, tenant_id)
     tenant = await request.app[TENANTS].get(tenant_id)
     if tenant is None:
         if principal.is_platform_admin:
@@ -174,15 +174,22 @@ async def authorize_tenant(request: web.Request, role: str) -> tuple[Principal, 
     return principal, tenant
 
 
-async def wait_for_consistency(request: web.Request) -> None:
-    """Honour ``X-Consistency-Token``: wait (at most the configured time) for the projection."""
+async def wait_for_consistency(request: web.Request, tenant: str | None = None) -> None:
+    """Honour ``X-Consistency-Token``: wait (at most the configured time) for the projection.
+
+    With ``tenant``, also for that tenant's events deferred past the checkpoints.
+    """
     token = request.headers.get("X-Consistency-Token")
     if not token:
         return
     required = decode(token)
     app = request.app
     started = time.perf_counter()
-    ok = await app[WATCHER].wait_for(required, app[SETTINGS].consistency_wait_seconds)
+    within = app[SETTINGS].consistency_wait_seconds
+    if tenant is None:
+        ok = await app[WATCHER].wait_for(required, within)
+    else:
+        ok = await app[WATCHER].wait_for_tenant(tenant, required, within)
     app[METRICS].consistency_waits.observe(time.perf_counter() - started)
     if not ok:
         raise Unavailable("the projection has not caught up with this token yet", retry_after=1)

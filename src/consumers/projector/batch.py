@@ -49,6 +49,8 @@ class BatchResult:
     rejected: int = 0
     duplicates: int = 0
     parked: list[ParkedEvent] = field(default_factory=list)
+    #: Tenants set aside by this batch because they were too slow to write.
+    deferred: set[str] = field(default_factory=set)
     positions: dict[int, int] = field(default_factory=dict)
     newest_event_time: datetime | None = None
 
@@ -58,6 +60,7 @@ class BatchResult:
         self.rejected += other.rejected
         self.duplicates += other.duplicates
         self.parked += other.parked
+        self.deferred |= other.deferred
         if other.newest_event_time is not None and (
             self.newest_event_time is None or other.newest_event_time > self.newest_event_time
         ):
@@ -71,17 +74,26 @@ async def apply_batch(
     topic: str,
     events: Sequence[LogEvent],
     careful: bool = False,
+    by_tenant: bool = False,
+    deferred: frozenset[str] = frozenset(),
+    budget_ms: int | None = None,
     on_parked: OnParked | None = None,
 ) -> BatchResult:
     """Fold ``events`` (in log order per partition) and checkpoint them atomically.
 
-    ``on_parked`` runs inside the transaction, before the commit, with the events
-    parked by this batch (the processor sends them to the dead-letter topic).
+    ``budget_ms`` bounds every statement and lock wait of the batch. With
+    ``by_tenant``, each tenant gets a savepoint, and one that runs out of that
+    budget is deferred (see :func:`apply_events`) instead of failing the batch.
+    ``on_parked`` runs inside the transaction, before the commit, with the
+    dead letters of this batch (the processor sends them to the DLQ topic).
     """
     result = BatchResult()
     if not events:
         return result
     async with conn.transaction():
+        if budget_ms is not None:
+            await conn.execute(f"SET LOCAL statement_timeout = {int(budget_ms)}")
+            await conn.execute(f"SET LOCAL lock_timeout = {int(budget_ms)}")
         stored = await store.lock_checkpoints(
             conn, consumer, topic, sorted({e.partition for e in events})
         )
@@ -95,11 +107,20 @@ async def apply_batch(
                 result.duplicates += 1  # applied by an earlier batch (a redelivery)
             else:
                 fresh.append(item)
-        await apply_events(conn, consumer=consumer, items=fresh, result=result, careful=careful)
+        await apply_events(
+            conn,
+            consumer=consumer,
+            items=fresh,
+            result=result,
+            careful=careful,
+            by_tenant=by_tenant,
+            deferred=deferred,
+        )
         if result.parked:
             await parking.park(conn, consumer, result.parked)
-            if on_parked is not None:
-                await on_parked(result.parked)
+            letters = [p for p in result.parked if not p.retry]
+            if letters and on_parked is not None:
+                await on_parked(letters)
         await store.save_checkpoints(conn, consumer, topic, result.positions)
         await conn.execute(
             "SELECT pg_notify($1, $2)",
@@ -118,59 +139,97 @@ async def apply_events(
     items: Sequence[LogEvent],
     result: BatchResult,
     careful: bool = False,
+    by_tenant: bool = False,
+    deferred: frozenset[str] = frozenset(),
     honour_parking: bool = True,
 ) -> None:
     """Fold ``items`` into the tenant projections (the caller owns the transaction).
 
     Events whose record is parked are parked behind it. In ``careful`` mode each
     event gets a savepoint, and an event that fails for any reason but a
-    retriable one is parked instead of failing the batch.
+    retriable one is parked instead of failing the batch. With ``by_tenant``,
+    each tenant gets a savepoint: a tenant too slow to write (a lock or
+    statement timeout) has its events deferred, and so has every tenant in
+    ``deferred``: they are retried in the background, in order, while the
+    other tenants go on.
     """
-    by_tenant: dict[str, list[LogEvent]] = defaultdict(list)
+    groups: dict[str, list[LogEvent]] = defaultdict(list)
     for item in items:
         ev = item.event
         if ev is None or ev.tenant is None or not is_valid("tenant", ev.tenant):
             result.parked.append(_parked(item, "", "undecodable envelope or no valid tenant"))
             continue
-        by_tenant[ev.tenant].append(item)
-    if not by_tenant:
+        groups[ev.tenant].append(item)
+    for tenant in deferred & groups.keys():
+        result.parked += [
+            _parked(i, tenant, f"deferred: tenant {tenant} is being retried", retry=True)
+            for i in groups.pop(tenant)
+        ]
+    if not groups:
         return
-    await _ensure_schemas(conn, list(by_tenant))
-    registered = await store.existing_tenants(conn, list(by_tenant))
-    blocked: dict[tuple[str, str], str] = {}
+    await _ensure_schemas(conn, list(groups))
+    registered = await store.existing_tenants(conn, list(groups))
+    blocked: dict[tuple[str, str], parking.Blocker] = {}
     if honour_parking:
         blocked = await parking.parked_keys(
             conn,
             consumer,
-            [
-                (t, parking.park_key(i.event))
-                for t, its in by_tenant.items()
-                for i in its
-                if i.event
-            ],
+            [(t, parking.park_key(i.event)) for t, its in groups.items() for i in its if i.event],
         )
-    for tenant, tenant_items in by_tenant.items():
-        if not careful:
-            await _apply_tenant(conn, tenant, tenant_items, registered, blocked, result)
+    for tenant, tenant_items in groups.items():
+        if not by_tenant:
+            await _apply_group(conn, tenant, tenant_items, registered, blocked, result, careful)
             continue
-        for item in tenant_items:
-            step = BatchResult()
-            known = set(registered)
-            try:
-                async with conn.transaction():  # a savepoint inside the batch
-                    await _apply_tenant(conn, tenant, [item], registered, blocked, step)
-            except Exception as exc:
-                if is_retriable(exc):
-                    raise
-                registered.clear()
-                registered.update(known)
-                assert item.event is not None
-                blocked[(tenant, parking.park_key(item.event))] = item.event.id
-                step = BatchResult(parked=[_parked(item, tenant, f"{type(exc).__name__}: {exc}")])
-            result.add(step)
+        step = BatchResult()
+        known = set(registered)
+        try:
+            async with conn.transaction():
+                await _apply_group(conn, tenant, tenant_items, registered, blocked, step, careful)
+        except (asyncpg.QueryCanceledError, asyncpg.LockNotAvailableError) as exc:
+            registered.clear()
+            registered.update(known)
+            step = BatchResult(deferred={tenant})
+            step.parked = [
+                _parked(i, tenant, f"deferred: {type(exc).__name__}: {exc}", retry=True)
+                for i in tenant_items
+            ]
+        result.add(step)
 
 
-def _parked(item: LogEvent, tenant: str, error: str, behind: str | None = None) -> ParkedEvent:
+async def _apply_group(
+    conn: asyncpg.Connection,
+    tenant: str,
+    items: list[LogEvent],
+    registered: set[str],
+    blocked: dict[tuple[str, str], parking.Blocker],
+    result: BatchResult,
+    careful: bool,
+) -> None:
+    if not careful:
+        await _apply_tenant(conn, tenant, items, registered, blocked, result)
+        return
+    for item in items:
+        step = BatchResult()
+        known = set(registered)
+        try:
+            async with conn.transaction():  # a savepoint inside the batch
+                await _apply_tenant(conn, tenant, [item], registered, blocked, step)
+        except Exception as exc:
+            if is_retriable(exc):
+                raise
+            registered.clear()
+            registered.update(known)
+            assert item.event is not None
+            blocked[(tenant, parking.park_key(item.event))] = parking.Blocker(
+                item.event.id, retry=False
+            )
+            step = BatchResult(parked=[_parked(item, tenant, f"{type(exc).__name__}: {exc}")])
+        result.add(step)
+
+
+def _parked(
+    item: LogEvent, tenant: str, error: str, behind: str | None = None, *, retry: bool = False
+) -> ParkedEvent:
     ev = item.event
     raw = item.raw if item.raw is not None else (ev.to_json() if ev is not None else b"")
     return ParkedEvent(
@@ -183,6 +242,7 @@ def _parked(item: LogEvent, tenant: str, error: str, behind: str | None = None) 
         event_id=ev.id if ev is not None else None,
         event_type=ev.type if ev is not None else None,
         behind=behind,
+        retry=retry,
     )
 
 
@@ -211,7 +271,7 @@ async def _apply_tenant(
     tenant: str,
     items: list[LogEvent],
     registered: set[str],
-    blocked: dict[tuple[str, str], str],
+    blocked: dict[tuple[str, str], parking.Blocker],
     result: BatchResult,
 ) -> None:
     seen = await store.known_event_ids(conn, tenant, [i.event.id for i in items if i.event])
@@ -234,10 +294,16 @@ async def _apply_tenant(
         if ev.id in seen:
             result.duplicates += 1
             continue
-        behind = blocked.get((tenant, parking.park_key(ev)))
-        if behind is not None:
+        blocker = blocked.get((tenant, parking.park_key(ev)))
+        if blocker is not None:
             result.parked.append(
-                _parked(item, tenant, f"waiting behind parked event {behind}", behind)
+                _parked(
+                    item,
+                    tenant,
+                    f"waiting behind parked event {blocker.event_id}",
+                    blocker.event_id,
+                    retry=blocker.retry,
+                )
             )
             continue
         seen.add(ev.id)

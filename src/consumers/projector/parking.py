@@ -31,6 +31,8 @@ class ParkedEvent:
     event_type: str | None = None
     #: The id of the event this one waits behind (None for the poison event itself).
     behind: str | None = None
+    #: Deferred (its tenant was too slow), retried automatically; not a dead letter.
+    retry: bool = False
 
 
 def park_key(event: CloudEvent) -> str:
@@ -38,10 +40,18 @@ def park_key(event: CloudEvent) -> str:
     return event.subject or event.id
 
 
+@dataclass(frozen=True, slots=True)
+class Blocker:
+    """Why a key is parked: the event it waits behind, and whether that one is retried."""
+
+    event_id: str
+    retry: bool
+
+
 async def parked_keys(
     conn: asyncpg.Connection, consumer: str, keys: Iterable[tuple[str, str]]
-) -> dict[tuple[str, str], str]:
-    """Which ``(tenant, key)`` pairs are parked now, with the event they wait behind.
+) -> dict[tuple[str, str], Blocker]:
+    """Which ``(tenant, key)`` pairs are parked now, and behind what.
 
     The rows are share-locked for the transaction: a concurrent redrive of one
     of these keys finishes first or waits for this batch.
@@ -50,7 +60,7 @@ async def parked_keys(
     if not keys:
         return {}
     rows = await conn.fetch(
-        """SELECT p.tenant, p.park_key, p.event_id, p.behind
+        """SELECT p.tenant, p.park_key, p.event_id, p.behind, p.retry
            FROM eventfold.parked p
            JOIN unnest($2::text[], $3::text[]) AS k(tenant, park_key)
              ON p.tenant = k.tenant AND p.park_key = k.park_key
@@ -61,9 +71,12 @@ async def parked_keys(
         [k[0] for k in keys],
         [k[1] for k in keys],
     )
-    out: dict[tuple[str, str], str] = {}
+    out: dict[tuple[str, str], Blocker] = {}
     for r in rows:
-        out.setdefault((r["tenant"], r["park_key"]), r["behind"] or r["event_id"] or "?")
+        out.setdefault(
+            (r["tenant"], r["park_key"]),
+            Blocker(r["behind"] or r["event_id"] or "?", r["retry"]),
+        )
     return out
 
 
@@ -74,8 +87,8 @@ async def park(conn: asyncpg.Connection, consumer: str, events: Sequence[ParkedE
     await conn.executemany(
         """INSERT INTO eventfold.parked
              (consumer, partition, "offset", tenant, park_key, event_id, event_type,
-              envelope, error, behind)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+              envelope, error, behind, retry)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
            ON CONFLICT (consumer, partition, "offset") DO NOTHING""",
         [
             (
@@ -89,6 +102,7 @@ async def park(conn: asyncpg.Connection, consumer: str, events: Sequence[ParkedE
                 e.raw,
                 e.error,
                 e.behind,
+                e.retry,
             )
             for e in events
         ],
@@ -174,3 +188,11 @@ async def list_parked(
         )
         for r in rows
     ]
+
+
+async def deferred_tenants(conn: asyncpg.Connection, consumer: str) -> set[str]:
+    """Tenants with deferred events waiting for an automatic retry."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT tenant FROM eventfold.parked WHERE consumer = $1 AND retry", consumer
+    )
+    return {r["tenant"] for r in rows}

@@ -8,6 +8,7 @@ written as a hint for lag tools.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -21,6 +22,7 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from consumers.projector import parking
 from consumers.projector.batch import BatchResult, LogEvent, apply_batch
 from consumers.projector.parking import ParkedEvent
+from consumers.projector.redrive import redrive
 from eventfold.db import fetch_checkpoints
 from eventfold.envelope import decode_event
 from eventfold.faults import is_retriable
@@ -65,6 +67,8 @@ class Projector:
         self.group = group or f"{settings.consumer_group_prefix}.projector"
         self.caught_up = asyncio.Event()
         self._dlq: AIOKafkaProducer | None = None
+        #: Tenants set aside as too slow; their events are deferred until a retry works.
+        self.deferred: set[str] = set()
 
     @property
     def checkpoint_name(self) -> str:
@@ -75,7 +79,7 @@ class Projector:
         self, consumer: AIOKafkaConsumer, partitions: Sequence[TopicPartition]
     ) -> None:
         """Position ``partitions`` at their stored checkpoints (the start when none)."""
-        async with self.pool.acquire() as conn:
+        async with self.pool.acquire(timeout=10) as conn:
             stored = await fetch_checkpoints(conn, self.checkpoint_name, self.topic)
         for tp in partitions:
             if tp.partition in stored:
@@ -101,6 +105,7 @@ class Projector:
         await _start_with_retry(self._dlq, stop)
         await _start_with_retry(consumer, stop)
         await self._refresh_parked_count()
+        retrier = asyncio.create_task(self._retry_deferred(stop), name="projector-deferred")
         try:
             while not stop.is_set():
                 batch = await self._next_batch(consumer)
@@ -121,6 +126,9 @@ class Projector:
                     return
                 await self._after_batch(consumer, result)
         finally:
+            retrier.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await retrier
             await consumer.stop()
             if self._dlq is not None:
                 await self._dlq.stop()
@@ -164,7 +172,8 @@ class Projector:
         the failing events are parked instead of stopping the partition.
         """
         delay = 0.2
-        careful = False
+        careful = by_tenant = False
+        budget = self.settings.projector_tenant_budget_ms
         while True:
             started = time.perf_counter()
             try:
@@ -175,8 +184,20 @@ class Projector:
                         topic=self.topic,
                         events=events,
                         careful=careful,
+                        by_tenant=by_tenant,
+                        deferred=frozenset(self.deferred),
+                        budget_ms=budget,
                         on_parked=self._dead_letter,
                     )
+            except (asyncpg.QueryCanceledError, asyncpg.LockNotAvailableError) as exc:
+                if by_tenant:
+                    raise  # outside any tenant's work: a checkpoint lock held elsewhere
+                # Some tenant ran out of its time budget: isolate tenants, defer the slow one.
+                log.warning(
+                    "batch over its time budget, isolating tenants", extra={"error": repr(exc)}
+                )
+                by_tenant = True
+                continue
             except Exception as exc:
                 if not is_retriable(exc):
                     if careful:
@@ -196,7 +217,40 @@ class Projector:
                     delay = min(delay * 2, 10.0)
                     continue
             self.metrics.projector_batch_seconds.observe(time.perf_counter() - started)
+            if result.deferred:
+                log.warning(
+                    "tenants deferred as too slow", extra={"tenants": sorted(result.deferred)}
+                )
+                self.deferred |= result.deferred
             return result
+
+    async def _retry_deferred(self, stop: asyncio.Event) -> None:
+        """Retry deferred tenants in the background, with backoff, in record order."""
+        delay = 1.0
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+                return
+            try:
+                async with self.pool.acquire(timeout=5) as conn:
+                    waiting = await parking.deferred_tenants(conn, self.checkpoint_name)
+                for tenant in sorted(waiting):
+                    await redrive(
+                        self.pool,
+                        self.checkpoint_name,
+                        tenant=tenant,
+                        deferred_only=True,
+                        budget_ms=self.settings.projector_tenant_budget_ms,
+                    )
+                    self.deferred.discard(tenant)
+                    log.info("deferred tenant caught up", extra={"tenant": tenant})
+                delay = 1.0
+                if waiting:
+                    await self._refresh_parked_count()
+            except Exception as exc:
+                if not is_retriable(exc):
+                    log.exception("retrying deferred tenants failed")
+                delay = min(delay * 2, 30.0)
 
     async def _dead_letter(self, parked: Sequence[ParkedEvent]) -> None:
         """Send parked events to the dead-letter topic, with their error, before commit."""
@@ -252,8 +306,8 @@ class Projector:
         }
         try:
             # Only a hint for lag tools: the checkpoint in PostgreSQL is the truth.
-            await consumer.commit(offsets)
-        except KafkaError as exc:
+            await asyncio.wait_for(consumer.commit(offsets), 10)
+        except (KafkaError, TimeoutError) as exc:
             log.info("offset hint not committed", extra={"error": repr(exc)})
         for tp in consumer.assignment():
             high = consumer.highwater(tp)

@@ -11,9 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import asyncpg
+import orjson
 
 from consumers.projector import parking
 from consumers.projector.batch import BatchResult, LogEvent, apply_events
+from eventfold.db import CHECKPOINT_CHANNEL
 from eventfold.envelope import decode_event
 
 
@@ -34,23 +36,38 @@ async def redrive(
     tenant: str | None = None,
     key: str | None = None,
     dry_run: bool = False,
+    deferred_only: bool = False,
+    budget_ms: int | None = None,
 ) -> RedriveReport:
-    """Apply the parked events of ``consumer`` (narrowed by tenant/key) in order."""
+    """Apply the parked events of ``consumer`` (narrowed by tenant/key) in order.
+
+    ``deferred_only`` takes only records holding deferred events (the automatic
+    retry); ``budget_ms`` bounds each statement and lock wait, and a timeout
+    leaves that record parked (the error is raised for the caller to retry).
+    """
     report = RedriveReport()
     async with pool.acquire(timeout=10) as conn:
         groups = await conn.fetch(
-            """SELECT DISTINCT tenant, park_key FROM eventfold.parked
+            """SELECT tenant, park_key FROM eventfold.parked
                WHERE consumer = $1 AND ($2::text IS NULL OR tenant = $2)
                  AND ($3::text IS NULL OR park_key = $3)
+               GROUP BY tenant, park_key
+               HAVING NOT $4::boolean OR bool_or(retry)
                ORDER BY tenant, park_key""",
             consumer,
             tenant,
             key,
+            deferred_only,
         )
     for group in groups:
         async with pool.acquire(timeout=10) as conn:
             outcome = await _redrive_key(
-                conn, consumer, group["tenant"], group["park_key"], dry_run=dry_run
+                conn,
+                consumer,
+                group["tenant"],
+                group["park_key"],
+                dry_run=dry_run,
+                budget_ms=budget_ms,
             )
         report.applied += outcome.applied
         report.rejected += outcome.rejected
@@ -69,11 +86,20 @@ async def redrive(
 
 
 async def _redrive_key(
-    conn: asyncpg.Connection, consumer: str, tenant: str, key: str, *, dry_run: bool
+    conn: asyncpg.Connection,
+    consumer: str,
+    tenant: str,
+    key: str,
+    *,
+    dry_run: bool,
+    budget_ms: int | None,
 ) -> BatchResult:
     result = BatchResult()
     try:
         async with conn.transaction():
+            if budget_ms is not None:
+                await conn.execute(f"SET LOCAL statement_timeout = {int(budget_ms)}")
+                await conn.execute(f"SET LOCAL lock_timeout = {int(budget_ms)}")
             rows = await conn.fetch(
                 """SELECT partition, "offset", envelope FROM eventfold.parked
                    WHERE consumer = $1 AND tenant = $2 AND park_key = $3
@@ -110,6 +136,12 @@ async def _redrive_key(
             await parking.park(conn, consumer, result.parked)
             if dry_run:
                 raise _DryRun
+            # Readers waiting on a consistency token for this tenant look again.
+            await conn.execute(
+                "SELECT pg_notify($1, $2)",
+                CHECKPOINT_CHANNEL,
+                orjson.dumps({"c": consumer, "tenant": tenant, "redriven": True}).decode(),
+            )
     except _DryRun:
         pass
     return result
