@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
+from consumers.registry import PROCESSORS
 from eventfold import db
 from eventfold.auth import TokenVerifier
 from eventfold.checkpoints import CheckpointWatcher
@@ -45,7 +46,6 @@ from eventfold.web import (
 )
 
 log = logging.getLogger("eventfold")
-PROCESSORS = ("projector",)
 #: A processor that ran this long before failing starts its backoff afresh.
 _HEALTHY_RUN_SECONDS = 60.0
 
@@ -56,7 +56,7 @@ class Parts:
 
     api: bool = True
     ingest: bool = True
-    processors: tuple[str, ...] = PROCESSORS
+    processors: tuple[str, ...] = tuple(PROCESSORS)
 
 
 def create_app(settings: Settings, parts: Parts | None = None) -> web.Application:
@@ -211,15 +211,14 @@ async def supervise(
     burst: bool = False,
 ) -> None:
     """Run processor ``name`` until ``stop``, restarting it with backoff if it fails."""
-    from consumers.projector.processor import Projector
-
-    if name != "projector":
+    factory = PROCESSORS.get(name)
+    if factory is None:
         raise ValueError(f"unknown processor {name!r}; known: {', '.join(PROCESSORS)}")
     delay = 1.0
     while not stop.is_set():
         started = time.monotonic()
         try:
-            await Projector(settings, pool, metrics).run(stop, burst=burst)
+            await factory(settings, pool, metrics).run(stop, burst=burst)
             return
         except Exception as exc:
             if time.monotonic() - started > _HEALTHY_RUN_SECONDS:

@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from consumers.registry import PROCESSORS
 from eventfold.settings import Settings
 
 
@@ -31,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("part", choices=["api", "ingest"])
 
     process = sub.add_parser("process", help="run one stream processor alone")
-    process.add_argument("name", choices=["projector"])
+    process.add_argument("name", choices=sorted(PROCESSORS))
     process.add_argument("--burst", action="store_true", help="stop once caught up with the log")
 
     infra = sub.add_parser("infra", help="the local stack: Kafka, PostgreSQL, Redis, S3")

@@ -159,13 +159,16 @@ class FoldMachine(RuleBasedStateMachine):
         assert history == len(self.seen)
 
 
-def test_fold_state_machine(stack: Settings) -> None:
+async def test_fold_state_machine(stack: Settings) -> None:
     FoldMachine.dsn = stack.database_url
     FoldMachine.TestCase.settings = settings(
         max_examples=150,
         stateful_step_count=25,
         deadline=None,
         database=None,
+        print_blob=True,
         suppress_health_check=[HealthCheck.too_slow],
     )
-    FoldMachine.TestCase().runTest()
+    # The machine drives its own event loop: run it in a thread of its own so
+    # that, whatever happens in it, the session's loop is never touched.
+    await asyncio.to_thread(FoldMachine.TestCase().runTest)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import shutil
@@ -97,6 +98,12 @@ async def test_spawn_detached_and_stop(tmp_path: Path) -> None:
     pid = spawn(["sleep", "30"], log_path=log, pid_path=pid_file, cwd=tmp_path)
     try:
         assert read_pid(pid_file) == pid
+        # The pipe reports the exec a moment before the kernel shows the new
+        # command line (close-on-exec runs before the arguments are mapped).
+        for _ in range(200):
+            if is_ours(pid, ["sleep", "30"]):
+                break
+            await asyncio.sleep(0.005)
         assert is_ours(pid, ["sleep", "30"])
         # Detached: a session of its own, and not our child (the double fork).
         assert os.getsid(pid) != os.getsid(0)

@@ -20,6 +20,7 @@ import orjson
 
 from consumers.projector import parking, store
 from consumers.projector.fold import RECORD_TYPES, Outcome, Record, apply
+from consumers.projector.handlers import HANDLERS
 from consumers.projector.parking import ParkedEvent
 from eventfold.db import CHECKPOINT_CHANNEL
 from eventfold.envelope import CloudEvent
@@ -370,7 +371,10 @@ async def _apply_one(
             state[key] = new
             changed[key] = (new, ev.id)
         return outcome
-    # Other registered types have no projection yet: they are kept in the history.
+    handler = HANDLERS.get(ev.type)
+    if handler is not None:
+        return await handler(conn, tenant, ev, at)
+    # Types with no projection of their own are kept in the history only.
     return Outcome("applied")
 
 

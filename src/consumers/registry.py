@@ -1,0 +1,38 @@
+"""Every stream processor by name: what ``eventfold process NAME`` and ``eventfold run`` start.
+
+A processor is built from the settings, the PostgreSQL pool and the metrics
+object, and runs until its stop event is set (or, in burst mode, until it has
+caught up). To add one: a package under ``src/consumers/`` and an entry here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Protocol
+
+import asyncpg
+
+from eventfold.metrics import Metrics
+from eventfold.settings import Settings
+
+
+class Processor(Protocol):
+    """What the supervisor needs of a processor."""
+
+    async def run(self, stop: asyncio.Event | None = None, *, burst: bool = False) -> None:
+        """Consume until ``stop`` is set, or until caught up in ``burst`` mode."""
+
+
+ProcessorFactory = Callable[[Settings, asyncpg.Pool, Metrics], Processor]
+
+
+def _projector(settings: Settings, pool: asyncpg.Pool, metrics: Metrics) -> Processor:
+    from consumers.projector.processor import Projector
+
+    return Projector(settings, pool, metrics)
+
+
+PROCESSORS: dict[str, ProcessorFactory] = {
+    "projector": _projector,
+}
