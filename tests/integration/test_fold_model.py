@@ -22,7 +22,10 @@ from eventfold.mergepatch import merge_patch
 from eventfold.settings import Settings
 
 KEYS = st.sampled_from(["a", "b"])
-VALUES = st.one_of(st.integers(-5, 5), st.text(max_size=3), st.booleans())
+# No U+0000: the gateway refuses it at the edge (PostgreSQL cannot store it) and
+# the projector parks it; both are tested on their own.
+TEXT = st.text(alphabet=st.characters(blacklist_characters="\x00"), max_size=3)
+VALUES = st.one_of(st.integers(-5, 5), TEXT, st.booleans())
 DOCS = st.dictionaries(st.sampled_from(["x", "y", "z"]), VALUES, max_size=3)
 PATCHES = st.dictionaries(
     st.sampled_from(["x", "y", "z"]), st.one_of(st.none(), VALUES), max_size=3
