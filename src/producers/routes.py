@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from eventfold import consistency, ids
 from eventfold.envelope import CloudEvent, EnvelopeInvalid, parse_event, pydantic_errors, stamp
@@ -38,6 +38,19 @@ from producers.publisher import Published, Publisher
 
 PUBLISHER = web.AppKey("publisher", Publisher)
 _RECORD = "/v1/tenants/{tenant}/collections/{collection}/records"
+
+
+class CreateRecordBody(BaseModel):
+    """The body of ``POST …/records``: an optional record id and the document."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(
+        default=None,
+        pattern=f"^{ids.RECORD_ID.pattern}$",
+        description="generated when absent (stable under the same Idempotency-Key)",
+    )
+    data: dict[str, Any] = Field(description="the whole document")
 
 
 def setup_routes(app: web.Application) -> None:
@@ -234,13 +247,10 @@ async def _authorize_command(request: web.Request) -> tuple[str, str | None]:
 async def create_record(request: web.Request) -> web.Response:
     """``POST …/records`` ``{"id"?, "data"}``: create (a record that exists is rejected)."""
     collection, _ = await _authorize_command(request)
-    body = _document(await _body(request), "/")
-    unknown = sorted(set(body) - {"id", "data"})
-    if unknown:
-        raise ValidationFailed(
-            "unknown fields", errors=[FieldError(f"/{k}", "not allowed") for k in unknown]
-        )
-    data = _document(body.get("data"), "/data")
+    try:
+        body = CreateRecordBody.model_validate(await _body(request))
+    except ValidationError as exc:
+        raise ValidationFailed("invalid record", errors=pydantic_errors(exc)) from None
     key = request.headers.get("Idempotency-Key")
     record_id = body.get("id")
     if record_id is None:

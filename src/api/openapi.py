@@ -1,0 +1,536 @@
+"""``GET /openapi.json``: the OpenAPI 3.1 document of the routes this process serves.
+
+The document is built from a registry of :class:`Operation` entries, one per
+method and route template, whose bodies and answers are pydantic models: the
+request models are the ones the handlers validate with, so the document cannot
+drift from the code. Only routes the running app has are described, so
+``eventfold run``, ``serve api`` and ``serve ingest`` each document what they
+serve. ``HEAD`` (implied by ``GET``) and CORS preflights are not listed.
+
+Adding a route? Register its operation, from the module that adds the route
+(at import time) or in :func:`_builtin` below::
+
+    from api.openapi import Operation, Param, Reply, register
+
+    register(Operation(
+        "POST", "/v1/tenants/{tenant}/webhooks", "Subscribe a webhook", tag="webhooks",
+        body=WebhookBody,                       # the model the handler validates with
+        replies=(Reply(202, "accepted", WebhookAccepted),),
+        errors=BODY_ERRORS + (409,),            # problem+json answers it can give
+        params=(TENANT,),
+    ))
+
+``tests/integration/test_openapi.py`` fails while a route of the app has no
+entry, and ``tests/integration/test_schemathesis.py`` checks every answer of
+the live server against the document.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, TypeAdapter
+
+from api import models
+from eventfold import ids
+from eventfold.envelope import CloudEvent
+from eventfold.events.tenant import TenantCreated
+
+PROBLEM_JSON = "application/problem+json"
+_REF = "#/components/schemas/{model}"
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    """One path, query or header parameter."""
+
+    name: str
+    where: str  # "path", "query" or "header"
+    schema: dict[str, Any]
+    description: str = ""
+    required: bool = False
+    style: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The OpenAPI parameter object."""
+        doc: dict[str, Any] = {
+            "name": self.name,
+            "in": self.where,
+            "required": self.required or self.where == "path",
+            "schema": self.schema,
+        }
+        if self.description:
+            doc["description"] = self.description
+        if self.style:
+            doc["style"] = self.style
+            doc["explode"] = True
+        return doc
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One answer: its status, and the model (or raw schema) of its body."""
+
+    status: int
+    description: str
+    model: Any = None
+    content_type: str = "application/json"
+    schema: dict[str, Any] | None = None
+    headers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """One method on one route template, as the OpenAPI document describes it."""
+
+    method: str
+    path: str
+    summary: str
+    tag: str
+    replies: tuple[Reply, ...]
+    errors: tuple[int, ...] = ()
+    params: tuple[Param, ...] = ()
+    #: The type the handler validates the body with (a model, or a union of them).
+    body: Any = None
+    body_types: tuple[str, ...] = ("application/json",)
+    body_required: bool = True
+    #: False for the public routes (health, metrics, this document).
+    secured: bool = True
+    description: str = ""
+
+
+#: (METHOD, route template) → its operation.
+OPERATIONS: dict[tuple[str, str], Operation] = {}
+
+
+def register(*operations: Operation) -> None:
+    """Add operations to the document (a second entry for one route replaces the first)."""
+    for op in operations:
+        OPERATIONS[(op.method.upper(), op.path)] = op
+
+
+# Parameters and error sets the operations share.
+def _pattern(regex: str) -> dict[str, Any]:
+    return {"type": "string", "pattern": f"^{regex}$"}
+
+
+TENANT = Param("tenant", "path", _pattern(ids.TENANT_ID.pattern), "tenant id")
+COLLECTION = Param("collection", "path", _pattern(ids.COLLECTION.pattern), "collection name")
+RECORD_ID = Param("id", "path", _pattern(ids.RECORD_ID.pattern), "record id")
+CONSISTENCY = Param(
+    "X-Consistency-Token",
+    "header",
+    {"type": "string"},
+    "a write's consistency_token: the read waits (at most 5 s) until it reflects that write",
+)
+IF_MATCH = Param(
+    "If-Match",
+    "header",
+    {"type": "string", "pattern": '^"[0-9]{1,18}"$'},
+    "the record version the write expects (its ETag); becomes `expectedversion`",
+)
+IDEMPOTENCY_KEY = Param(
+    "Idempotency-Key",
+    "header",
+    {"type": "string", "minLength": 1, "maxLength": 255},
+    "makes a retry of this command the same event",
+)
+LIMIT = Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50})
+AFTER = Param("after", "query", {"type": "string"}, "the previous page's `next` cursor")
+
+#: Problems any authenticated route may answer.
+AUTH_ERRORS = (401, 403, 429, 503)
+#: …and a tenant route (bad or unknown tenant, malformed consistency token).
+TENANT_ERRORS = (*AUTH_ERRORS, 400, 404, 422)
+#: …and a route with a JSON body.
+BODY_ERRORS = (*TENANT_ERRORS, 413, 415)
+
+_ERROR_TEXT = {
+    400: "malformed JSON or header",
+    401: "missing, invalid or expired credentials",
+    403: "credentials without the role, or for another tenant",
+    404: "no such tenant or resource",
+    409: "it exists already",
+    412: "If-Match can never match",
+    413: "the body or batch is over its limit",
+    415: "a body type the route does not take",
+    422: "schema or identifier violation (`errors` says where)",
+    429: "rate limited",
+    503: "a dependency is unavailable, or the projection did not catch up in time",
+}
+_ERROR_HEADERS = {
+    401: ("WWW-Authenticate",),
+    429: ("Retry-After",),
+    503: ("Retry-After",),
+}
+HEADERS: dict[str, dict[str, Any]] = {
+    "X-Request-ID": {
+        "description": "the request's id (the client's when valid): in logs and events",
+        "required": True,
+        "schema": {"type": "string"},
+    },
+    "ETag": {
+        "description": 'the record version, e.g. `"3"`',
+        "required": True,
+        "schema": {"type": "string"},
+    },
+    "Retry-After": {
+        "description": "seconds to wait before retrying",
+        "required": True,
+        "schema": {"type": "string"},
+    },
+    "WWW-Authenticate": {
+        "description": "the bearer challenge",
+        "required": True,
+        "schema": {"type": "string"},
+    },
+}
+
+
+def build_document(app: web.Application) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the routes ``app`` serves (and have an entry)."""
+    schemas: dict[str, Any] = {}
+    paths: dict[str, dict[str, Any]] = {}
+    for method, template in served_routes(app):
+        op = OPERATIONS.get((method, template))
+        if op is not None:
+            paths.setdefault(template, {})[method.lower()] = _operation(op, schemas)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Eventfold",
+            "version": "1",
+            "description": "Event-driven multi-tenant backend: every write is a CloudEvent on "
+            "Kafka, every read is folded from that log. Errors are RFC 9457 problem documents.",
+        },
+        "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
+        "paths": dict(sorted(paths.items())),
+        "components": {
+            "schemas": dict(sorted(schemas.items())),
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            },
+            "headers": HEADERS,
+        },
+    }
+
+
+def served_routes(app: web.Application) -> list[tuple[str, str]]:
+    """(METHOD, template) of every route of ``app`` the document must describe."""
+    out: list[tuple[str, str]] = []
+    for route in app.router.routes():
+        resource = route.resource
+        if resource is None or route.method in ("HEAD", "OPTIONS", "*"):
+            continue
+        out.append((route.method, resource.canonical))
+    return sorted(set(out))
+
+
+def undocumented(app: web.Application) -> list[tuple[str, str]]:
+    """Routes of ``app`` without an :class:`Operation` (the test wants none)."""
+    return [key for key in served_routes(app) if key not in OPERATIONS]
+
+
+_DOCUMENT = web.AppKey("openapi_document", dict[str, bytes])
+
+
+def install(app: web.Application) -> None:
+    """Serve ``GET /openapi.json`` from ``app`` (call it after every other route is added)."""
+    app[_DOCUMENT] = {}
+    app.router.add_get("/openapi.json", serve_document)
+
+
+async def serve_document(request: web.Request) -> web.Response:
+    """``GET /openapi.json``: built once per app (its routes are frozen once it runs)."""
+    cache = request.app[_DOCUMENT]
+    if "body" not in cache:
+        cache["body"] = orjson.dumps(build_document(request.app))
+    return web.Response(body=cache["body"], content_type="application/json")
+
+
+def _operation(op: Operation, schemas: dict[str, Any]) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "operationId": _operation_id(op),
+        "summary": op.summary,
+        "tags": [op.tag],
+    }
+    if op.description:
+        doc["description"] = op.description
+    if op.params:
+        doc["parameters"] = [p.as_dict() for p in op.params]
+    if op.body is not None:
+        schema = (
+            op.body.schema(schemas)
+            if isinstance(op.body, Raw)
+            else _schema(op.body, "validation", schemas)
+        )
+        doc["requestBody"] = {
+            "required": op.body_required,
+            "content": {t: {"schema": schema} for t in op.body_types},
+        }
+    responses: dict[str, Any] = {}
+    for reply in op.replies:
+        responses[str(reply.status)] = _reply(reply, schemas)
+    for status in sorted(set(op.errors)):
+        problem = Reply(
+            status, _ERROR_TEXT.get(status, "error"), models.ProblemOut, PROBLEM_JSON,
+            headers=_ERROR_HEADERS.get(status, ()),
+        )  # fmt: skip
+        responses.setdefault(str(status), _reply(problem, schemas))
+    doc["responses"] = responses
+    doc["security"] = [{"bearer": []}, {"apiKey": []}] if op.secured else []
+    return doc
+
+
+def _reply(reply: Reply, schemas: dict[str, Any]) -> dict[str, Any]:
+    doc: dict[str, Any] = {"description": reply.description}
+    headers = {"X-Request-ID": {"$ref": "#/components/headers/X-Request-ID"}}
+    for name in reply.headers:
+        headers[name] = {"$ref": f"#/components/headers/{name}"}
+    doc["headers"] = headers
+    if reply.model is not None:
+        doc["content"] = {
+            reply.content_type: {"schema": _schema(reply.model, "serialization", schemas)}
+        }
+    elif reply.schema is not None:
+        doc["content"] = {reply.content_type: {"schema": reply.schema}}
+    return doc
+
+
+def _schema(kind: Any, mode: str, schemas: dict[str, Any]) -> dict[str, Any]:
+    """The JSON Schema of ``kind``; models go to components and are referenced."""
+    schema = TypeAdapter(kind).json_schema(mode=mode, ref_template=_REF)  # type: ignore[arg-type]
+    schemas.update(schema.pop("$defs", {}))
+    if isinstance(kind, type) and issubclass(kind, BaseModel):
+        schemas[kind.__name__] = schema
+        return {"$ref": _REF.format(model=kind.__name__)}
+    return schema
+
+
+def _operation_id(op: Operation) -> str:
+    words = [
+        part.strip("{}").replace("-", "_") for part in op.path.strip("/").split("/") if part
+    ] or ["root"]
+    return f"{op.method.lower()}_{'_'.join(words)}".replace(".", "_")
+
+
+@dataclass(frozen=True, slots=True)
+class Raw:
+    """A body described by a function of the components (when one model cannot say it)."""
+
+    build: Any  # Callable[[dict[str, Any]], dict[str, Any]]
+
+    def schema(self, schemas: dict[str, Any]) -> dict[str, Any]:
+        """The body's schema; it may add to ``schemas``."""
+        result: dict[str, Any] = self.build(schemas)
+        return result
+
+
+def _events_body(schemas: dict[str, Any]) -> dict[str, Any]:
+    """One event or a batch: a CloudEvent whose ``data`` fits its registered type.
+
+    The code validates the envelope with :class:`CloudEvent` and ``data`` with
+    the type's model from :data:`eventfold.events.REGISTRY`; this says both.
+    """
+    from eventfold.events import REGISTRY
+
+    envelope = _schema(CloudEvent, "validation", schemas)
+    variants = []
+    for etype in REGISTRY.values():
+        if not etype.publishable:
+            continue
+        props: dict[str, Any] = {
+            "type": {"const": etype.name},
+            "data": _schema(etype.model, "validation", schemas),
+        }
+        required = ["type"]
+        if etype.subject == "record":
+            record = f"{ids.COLLECTION.pattern}/{ids.RECORD_ID.pattern}"
+            props["subject"] = {"type": "string", "pattern": f"^{record}$"}
+            required.append("subject")
+        variants.append(
+            {
+                "title": etype.name,
+                "allOf": [envelope, {"type": "object", "properties": props, "required": required}],
+                # CloudEvents extension attributes: lower-case names, scalar values.
+                "propertyNames": {"pattern": "^[a-z0-9]{1,20}$"},
+            }
+        )
+    one = {"oneOf": variants}
+    schemas["EventIn"] = one
+    ref = {"$ref": _REF.format(model="EventIn")}
+    return {"anyOf": [ref, {"type": "array", "items": ref, "minItems": 1, "maxItems": 1000}]}
+
+
+# The operations of the routes in src/producers, src/api and eventfold.bootstrap.
+_RECORDS = "/v1/tenants/{tenant}/collections/{collection}/records"
+_ANY_OBJECT: dict[str, Any] = {"type": "object", "additionalProperties": True}
+
+
+def _builtin() -> Iterable[Operation]:
+    yield Operation(
+        "POST", "/v1/tenants", "Create a tenant (platform-admin)", "tenants",
+        body=TenantCreated,
+        replies=(Reply(202, "accepted: `tenant.created` is published", models.TenantAccepted),),
+        errors=(*AUTH_ERRORS, 400, 409, 413, 415, 422),
+    )  # fmt: skip
+    yield Operation(
+        "GET", "/v1/tenants/{tenant}", "A tenant", "tenants",
+        params=(TENANT, CONSISTENCY),
+        replies=(Reply(200, "the tenant", models.TenantOut),),
+        errors=TENANT_ERRORS,
+    )  # fmt: skip
+    yield Operation(
+        "POST", "/v1/tenants/{tenant}/events", "Publish CloudEvents (writer)", "events",
+        description="One event object, or an array of 1 to 1000 (at most 1 MiB): all or "
+        "nothing. `data` must validate against the registered schema of its `type`.",
+        params=(TENANT,),
+        body=Raw(_events_body),
+        body_types=("application/json", "application/cloudevents+json"),
+        replies=(Reply(202, "accepted: every event is in the log", models.EventsAccepted),),
+        errors=BODY_ERRORS,
+    )  # fmt: skip
+    yield Operation(
+        "GET", "/v1/tenants/{tenant}/events", "The tenant's event history", "events",
+        params=(
+            TENANT,
+            Param("type", "query", {"type": "string", "minLength": 1, "maxLength": 512}),
+            Param("subject", "query", {"type": "string", "minLength": 1, "maxLength": 512}),
+            AFTER, LIMIT, CONSISTENCY,
+        ),
+        replies=(Reply(200, "a page of events, oldest first", models.EventPage),),
+        errors=TENANT_ERRORS,
+    )  # fmt: skip
+    yield Operation(
+        "GET", "/v1/tenants/{tenant}/events/{id}", "One event with its status", "events",
+        params=(
+            TENANT,
+            Param("id", "path", {"type": "string", "minLength": 1, "maxLength": 256}),
+            CONSISTENCY,
+        ),
+        replies=(Reply(200, "the event", models.EventOut),),
+        errors=TENANT_ERRORS,
+    )  # fmt: skip
+    order = {"type": "string", "enum": ["id", "-id", "updated_at", "-updated_at"], "default": "id"}
+    yield Operation(
+        "GET", _RECORDS, "List records (keyset pagination, filters)", "records",
+        params=(
+            TENANT, COLLECTION, LIMIT, AFTER,
+            Param("order", "query", order),
+            Param(
+                "filter", "query",
+                {
+                    "type": "object",
+                    "propertyNames": {"pattern": f"^{ids.FIELD_NAME.pattern}$"},
+                    "additionalProperties": {"type": "string"},
+                },
+                "`filter[FIELD]=VALUE`: records whose top-level `FIELD` equals VALUE "
+                "(as a string, a number or a boolean)",
+                style="deepObject",
+            ),
+            CONSISTENCY,
+        ),
+        replies=(Reply(200, "a page of records", models.RecordPage),),
+        errors=TENANT_ERRORS,
+    )  # fmt: skip
+    yield Operation(
+        "POST", _RECORDS, "Create a record (writer)", "records",
+        params=(TENANT, COLLECTION, IF_MATCH, IDEMPOTENCY_KEY),
+        body=_create_record_body(),
+        replies=(Reply(202, "accepted: `record.upserted` is published", models.CommandAccepted),),
+        errors=(*BODY_ERRORS, 412),
+    )  # fmt: skip
+    one = (TENANT, COLLECTION, RECORD_ID)
+    yield Operation(
+        "GET", _RECORDS + "/{id}", "A record", "records",
+        params=(*one, CONSISTENCY,
+                Param("If-None-Match", "header", {"type": "string"}, "a version ETag")),
+        replies=(
+            Reply(200, "the record", models.RecordOut, headers=("ETag",)),
+            Reply(304, "not modified: If-None-Match matches", headers=("ETag",)),
+        ),
+        errors=TENANT_ERRORS,
+    )  # fmt: skip
+    yield Operation(
+        "PUT", _RECORDS + "/{id}", "Create or replace a record (writer)", "records",
+        params=(*one, IF_MATCH, IDEMPOTENCY_KEY),
+        body=dict[str, Any],
+        replies=(Reply(202, "accepted: `record.upserted` is published", models.CommandAccepted),),
+        errors=(*BODY_ERRORS, 412),
+    )  # fmt: skip
+    yield Operation(
+        "PATCH", _RECORDS + "/{id}", "Merge-patch a record, RFC 7396 (writer)", "records",
+        params=(*one, IF_MATCH, IDEMPOTENCY_KEY),
+        body=dict[str, Any],
+        body_types=("application/merge-patch+json", "application/json"),
+        replies=(Reply(202, "accepted: `record.patched` is published", models.CommandAccepted),),
+        errors=(*BODY_ERRORS, 412),
+    )  # fmt: skip
+    yield Operation(
+        "DELETE", _RECORDS + "/{id}", "Delete a record (writer)", "records",
+        params=(*one, IF_MATCH, IDEMPOTENCY_KEY),
+        replies=(Reply(202, "accepted: `record.deleted` is published", models.CommandAccepted),),
+        errors=(*TENANT_ERRORS, 412),
+    )  # fmt: skip
+    keys = "/v1/tenants/{tenant}/api-keys"
+    yield Operation(
+        "POST", keys, "Create an API key (admin); the key is shown once", "api-keys",
+        params=(TENANT,),
+        body=dict[str, Any],
+        replies=(Reply(202, "created", schema=_ANY_OBJECT), Reply(201, "created",
+                 schema=_ANY_OBJECT)),
+        errors=BODY_ERRORS,
+    )  # fmt: skip
+    yield Operation(
+        "GET", keys, "List API keys (admin), without the keys", "api-keys",
+        params=(TENANT, LIMIT, AFTER, CONSISTENCY),
+        replies=(Reply(200, "a page of API keys", schema=_ANY_OBJECT),),
+        errors=TENANT_ERRORS,
+    )  # fmt: skip
+    yield Operation(
+        "DELETE", keys + "/{id}", "Revoke an API key (admin)", "api-keys",
+        params=(TENANT, Param("id", "path", {"type": "string", "minLength": 1})),
+        replies=(Reply(202, "revoked", schema=_ANY_OBJECT),),
+        errors=TENANT_ERRORS,
+    )  # fmt: skip
+    yield Operation(
+        "GET", "/v1/tenants/{tenant}/hot-keys", "The tenant's most read keys", "records",
+        params=(TENANT, LIMIT),
+        replies=(Reply(200, "the hot keys", schema=_ANY_OBJECT),),
+        errors=TENANT_ERRORS,
+    )  # fmt: skip
+    health = "the state of each dependency"
+    yield Operation(
+        "GET", "/health/live", "Liveness", "operations", secured=False,
+        replies=(Reply(200, "the process is up", models.HealthOut),),
+    )  # fmt: skip
+    yield Operation(
+        "GET", "/health/ready", "Readiness", "operations", secured=False,
+        replies=(
+            Reply(200, health + ": ok or degraded", models.HealthOut),
+            Reply(503, health + ": down", models.HealthOut),
+        ),
+    )  # fmt: skip
+    yield Operation(
+        "GET", "/metrics", "Prometheus metrics", "operations", secured=False,
+        replies=(Reply(200, "text format 0.0.4", content_type="text/plain",
+                       schema={"type": "string"}),),
+    )  # fmt: skip
+    yield Operation(
+        "GET", "/openapi.json", "This document", "operations", secured=False,
+        replies=(Reply(200, "OpenAPI 3.1", schema=_ANY_OBJECT),),
+    )  # fmt: skip
+
+
+def _create_record_body() -> Any:
+    from producers.routes import CreateRecordBody
+
+    return CreateRecordBody
+
+
+register(*_builtin())
