@@ -342,7 +342,7 @@ def _events_body(schemas: dict[str, Any]) -> dict[str, Any]:
     envelope = _schema(CloudEvent, "validation", schemas)
     variants = []
     for etype in REGISTRY.values():
-        if not etype.publishable:
+        if not getattr(etype, "publishable", True):  # types only the gateway writes
             continue
         props: dict[str, Any] = {
             "type": {"const": etype.name},

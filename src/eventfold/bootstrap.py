@@ -86,11 +86,11 @@ def create_app(settings: Settings, parts: Parts | None = None) -> web.Applicatio
     app.router.add_get("/health/live", _live)
     app.router.add_get("/health/ready", _ready)
     app.router.add_get("/metrics", _metrics)
-    return app
     # Each shape documents the routes it has (built from the app's router on first call).
     from api.openapi import install as install_openapi
 
     install_openapi(app)
+    return app
 
 
 async def open_pool(settings: Settings, *, attempts: int = 30) -> asyncpg.Pool:

@@ -252,10 +252,10 @@ async def create_record(request: web.Request) -> web.Response:
     except ValidationError as exc:
         raise ValidationFailed("invalid record", errors=pydantic_errors(exc)) from None
     key = request.headers.get("Idempotency-Key")
-    record_id = body.get("id")
+    record_id = body.id
     if record_id is None:
         record_id = commands.new_record_id(request.match_info["tenant"], key, collection)
-    ids.check("id", record_id, path="/id")
+    data = body.data
     expected = commands.parse_if_match(request.headers.get("If-Match"))
     return await _command(
         request,
