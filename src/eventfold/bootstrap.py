@@ -41,6 +41,8 @@ from eventfold.web import (
     TENANTS,
     VERIFIER,
     WATCHER,
+    compression_middleware,
+    cors_middleware,
     json_response,
     request_middleware,
 )
@@ -62,8 +64,12 @@ class Parts:
 def create_app(settings: Settings, parts: Parts | None = None) -> web.Application:
     """The application for ``parts`` (default: everything, as ``eventfold run``)."""
     parts = parts or Parts()
+    # Outermost first: CORS and compression also apply to the problem answers.
+    middlewares = [compression_middleware(settings.compress_min_bytes), request_middleware]
+    if settings.cors_origins:
+        middlewares.insert(0, cors_middleware(settings.cors_origins))
     app = web.Application(
-        middlewares=[request_middleware], client_max_size=settings.max_body_bytes + 64 * 1024
+        middlewares=middlewares, client_max_size=settings.max_body_bytes + 64 * 1024
     )
     app[SETTINGS] = settings
     app[METRICS] = Metrics()

@@ -68,6 +68,10 @@ class Settings:
     consumer_group_prefix: str = "eventfold"
     max_body_bytes: int = 1024 * 1024
     max_batch_events: int = 1000
+    #: Origins allowed by CORS (``*`` for any); empty turns CORS off.
+    cors_origins: tuple[str, ...] = ()
+    #: Responses at least this large are gzip-compressed for clients that accept it.
+    compress_min_bytes: int = 1024
     projector_batch_size: int = 2000
     #: Longest a tenant's statement or lock wait may take in a batch before the
     #: tenant is deferred (retried in the background) so the others go on.
@@ -114,6 +118,8 @@ class Settings:
             jwt_issuer=env.get("EVENTFOLD_JWT_ISSUER") or None,
             jwt_audience=env.get("EVENTFOLD_JWT_AUDIENCE") or None,
             webhook_allow_hosts=_split(env.get("EVENTFOLD_WEBHOOK_ALLOW_HOSTS", "")),
+            cors_origins=_split(env.get("EVENTFOLD_CORS_ORIGINS", "")),
+            compress_min_bytes=int(env.get("EVENTFOLD_COMPRESS_MIN_BYTES", d.compress_min_bytes)),
             webhook_retry_schedule=_int_list(env["EVENTFOLD_WEBHOOK_RETRY_SCHEDULE"])
             if env.get("EVENTFOLD_WEBHOOK_RETRY_SCHEDULE")
             else d.webhook_retry_schedule,

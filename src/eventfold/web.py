@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import asyncpg
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from redis.asyncio import Redis
 
 from eventfold import faults, ids
@@ -120,6 +121,63 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
         return response
     finally:
         correlation_id.reset(token)
+
+
+#: Response headers a browser script may read across origins.
+CORS_EXPOSED = "ETag, X-Request-ID, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, " \
+    "RateLimit-Policy, Retry-After, Location"  # fmt: skip
+_CORS_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE"
+
+
+def cors_middleware(origins: tuple[str, ...]) -> Middleware:
+    """CORS for ``origins`` (``*``: any): preflights answered here, headers on every answer.
+
+    Outermost, so error answers carry the headers too and a browser shows the
+    problem document instead of an opaque CORS failure.
+    """
+    allowed = frozenset(origins)
+
+    @web.middleware
+    async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        if origin is None or not ("*" in allowed or origin in allowed):
+            return await handler(request)
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            response: web.StreamResponse = web.Response(status=204)
+            response.headers["Access-Control-Allow-Methods"] = _CORS_METHODS
+            requested = request.headers.get("Access-Control-Request-Headers")
+            if requested:
+                # Any request header may be sent: credentials are bearer tokens, not cookies.
+                response.headers["Access-Control-Allow-Headers"] = requested
+            response.headers["Access-Control-Max-Age"] = "600"
+        else:
+            response = await handler(request)
+            response.headers["Access-Control-Expose-Headers"] = CORS_EXPOSED
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers.add("Vary", "Origin")
+        return response
+
+    return cors
+
+
+def compression_middleware(min_bytes: int) -> Middleware:
+    """gzip answers of at least ``min_bytes`` when the client sends ``Accept-Encoding: gzip``."""
+
+    @web.middleware
+    async def compress(request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await handler(request)
+        if (
+            type(response) is web.Response  # not streams (SSE), not already prepared
+            and isinstance(response.body, bytes)
+            and len(response.body) >= min_bytes
+            and "gzip" in request.headers.get("Accept-Encoding", "").lower()
+            and "Content-Encoding" not in response.headers
+        ):
+            response.enable_compression(web.ContentCoding.gzip)
+            response.headers.add("Vary", "Accept-Encoding")
+        return response
+
+    return compress
 
 
 async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
