@@ -33,6 +33,13 @@ def _projector(settings: Settings, pool: asyncpg.Pool, metrics: Metrics) -> Proc
     return Projector(settings, pool, metrics)
 
 
+def _cache(settings: Settings, pool: asyncpg.Pool, metrics: Metrics) -> Processor:
+    from consumers.cache.processor import CacheProcessor
+
+    return CacheProcessor(settings, pool, metrics)
+
+
 PROCESSORS: dict[str, ProcessorFactory] = {
     "projector": _projector,
+    "cache": _cache,
 }

@@ -25,6 +25,7 @@ from redis.backoff import ExponentialBackoff
 from consumers.registry import PROCESSORS
 from eventfold import db
 from eventfold.auth import TokenVerifier
+from eventfold.cache import CACHE, RecordCache
 from eventfold.checkpoints import CheckpointWatcher
 from eventfold.cursors import CursorCodec
 from eventfold.faults import is_retriable
@@ -158,9 +159,16 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     client = redis_client(app[SETTINGS])
     app[REDIS] = client
     app[HEALTH].add("redis", client.ping, critical=False)
+    # The record cache has its own client (short deadlines, no retries) behind a
+    # breaker; while the breaker is open the process reports ``degraded``.
+    cache = RecordCache.from_settings(app[SETTINGS], app[METRICS])
+    app[CACHE] = cache
+    app[HEALTH].add("cache_breaker", cache.check, critical=False)
+    cache.start()
     try:
         yield
     finally:
+        await cache.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(client.aclose(), 5)
 

@@ -70,9 +70,43 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.ratelimit_fail_open = Counter(
+            "eventfold_ratelimit_fail_open_total",
+            "Requests served without a rate limit check because Redis did not answer.",
+            registry=r,
+        )
+        self.ratelimit_refused = Counter(
+            "eventfold_ratelimit_refused_total",
+            "Requests refused with 429 because their tenant's token bucket was empty.",
+            registry=r,
+        )
         self.dependency_errors = Counter(
             "eventfold_dependency_errors_total",
             "Failed calls to a dependency (postgres, kafka, redis).",
             ["dependency"],
+            registry=r,
+        )
+        self.cache_hits = Counter(
+            "eventfold_cache_hits_total",
+            "Record cache lookups answered by Redis, by operation.",
+            ["operation"],
+            registry=r,
+        )
+        self.cache_misses = Counter(
+            "eventfold_cache_misses_total",
+            "Record cache lookups that went to PostgreSQL (absent, bypassed or breaker open).",
+            ["operation"],
+            registry=r,
+        )
+        self.cache_latency = Histogram(
+            "eventfold_cache_latency_seconds",
+            "Latency of record cache calls to Redis (get, fill, refresh, hot-keys), by operation.",
+            ["operation"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.cache_breaker_state = Gauge(
+            "eventfold_cache_breaker_state",
+            "The record cache's circuit breaker: 0 closed, 1 half-open, 2 open.",
             registry=r,
         )

@@ -77,6 +77,15 @@ class Settings:
     #: tenant is deferred (retried in the background) so the others go on.
     projector_tenant_budget_ms: int = 2000
     consistency_wait_seconds: float = 5.0
+    #: The Redis record cache (reads Redis first); off makes every read go to PostgreSQL.
+    cache_enabled: bool = True
+    #: How long a cached record lives without a refresh: bounds staleness if one was missed.
+    cache_ttl_seconds: int = 3600
+    #: Deadline of each cache call to Redis; past it the call counts as a breaker failure.
+    cache_timeout_ms: int = 250
+    #: Consecutive failures that open the cache's circuit breaker, and its cooldown.
+    cache_breaker_failures: int = 3
+    cache_breaker_cooldown_seconds: float = 2.0
     log_level: str = "INFO"
     #: Which services the user pointed at their own instance (infra skips those).
     external: frozenset[str] = field(default_factory=frozenset)
@@ -133,6 +142,15 @@ class Settings:
             ),
             projector_tenant_budget_ms=int(
                 env.get("EVENTFOLD_PROJECTOR_TENANT_BUDGET_MS", d.projector_tenant_budget_ms)
+            ),
+            cache_enabled=env.get("EVENTFOLD_CACHE_ENABLED", "true").lower()
+            not in ("0", "false", "no", "off"),
+            cache_ttl_seconds=int(env.get("EVENTFOLD_CACHE_TTL_SECONDS", d.cache_ttl_seconds)),
+            cache_timeout_ms=int(env.get("EVENTFOLD_CACHE_TIMEOUT_MS", d.cache_timeout_ms)),
+            cache_breaker_cooldown_seconds=float(
+                env.get(
+                    "EVENTFOLD_CACHE_BREAKER_COOLDOWN_SECONDS", d.cache_breaker_cooldown_seconds
+                )
             ),
             log_level=env.get("EVENTFOLD_LOG_LEVEL", d.log_level).upper(),
             external=external,

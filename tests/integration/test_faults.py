@@ -161,9 +161,14 @@ async def test_postgres_stall_ends_every_call_and_heals(faulty: Faulty, ft: Tena
     assert body["checks"]["postgres"]["status"] == "down"
     assert elapsed < READY_BOUND
 
-    # Reads need PostgreSQL: they end (503), they do not hang. Writes only need
-    # Kafka (the tenant is known): accepted or 503, never a hang.
-    read, write = await asyncio.gather(get(ft, "before"), put(ft, "during", {"n": 2}))
+    # A cached record is still served (from Redis); other reads need PostgreSQL: they
+    # end (503), they do not hang. Writes only need Kafka (the tenant is known):
+    # accepted or 503, never a hang.
+    cached, read, write = await asyncio.gather(
+        get(ft, "before"), get(ft, "never-read"), put(ft, "during", {"n": 2})
+    )
+    assert cached.status == 200, await cached.text()
+    assert (await cached.json())["version"] == 1
     assert read.status == 503, await read.text()
     assert read.headers.get("Retry-After")
     assert read.content_type == "application/problem+json"

@@ -1,0 +1,1 @@
+"""The cache processor: refreshes each record's Redis entry once PostgreSQL has committed it."""
