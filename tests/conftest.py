@@ -35,6 +35,10 @@ def session_settings(**overrides: object) -> Settings:
         "dlq_topic": f"eventfold.test-{RUN_ID}.dlq",
         "consumer_group_prefix": f"eventfold-test-{RUN_ID}",
         "topic_partitions": 4,
+        # Tests send bursts far past a real tenant's limits; the rate limit tests
+        # create tenants with small explicit limits instead.
+        "rate_limit_default_rps": 1_000_000.0,
+        "rate_limit_default_burst": 1_000_000,
     }
     fields.update(overrides)
     return dataclasses.replace(base, **fields)  # type: ignore[arg-type]

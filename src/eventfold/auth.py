@@ -1,18 +1,41 @@
-"""Bearer tokens (JWT, HS256) and the roles they grant.
+"""Bearer tokens (JWT: HS256, and RS256 with configured public keys) and the roles they grant.
 
 A :class:`Principal` is what every route sees of the caller: who, which tenant
-(``*`` for platform admins) and which roles.
+(``*`` for platform admins) and which roles. API keys (:mod:`eventfold.apikeys`)
+end in the same :class:`Principal`.
+
+The algorithm a token names picks the key, and each key is used with its own
+algorithm only: HS256 with ``EVENTFOLD_JWT_SECRET``; RS256 with the PEM public
+key of ``EVENTFOLD_JWT_PUBLIC_KEY_FILE`` or the JWKS of ``EVENTFOLD_JWT_JWKS_FILE``
+(the key whose ``kid`` the token names; otherwise the PEM key, or the JWKS's
+only key). So an RS256 public key can never serve as an HMAC secret
+(algorithm confusion), and ``none`` or any other algorithm is a 401. The JWKS
+file is read again when a token names a ``kid`` it lacks and the file changed
+since (key rotation without a restart).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import jwt
+import orjson
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from jwt.algorithms import RSAAlgorithm
 
 from eventfold.errors import Forbidden, Unauthorized
+
+if TYPE_CHECKING:
+    from eventfold.settings import Settings
+
+log = logging.getLogger("eventfold.auth")
 
 ROLES = ("reader", "writer", "admin", "platform-admin")
 ALL_TENANTS = "*"
@@ -48,24 +71,66 @@ class Principal:
             raise Forbidden(f"this route needs the {role} role")
 
 
-@dataclass(frozen=True, slots=True)
 class TokenVerifier:
-    """Checks bearer tokens against the configured key, issuer and audience."""
+    """Checks bearer tokens against the configured keys, issuer and audience."""
 
-    secret: str
-    issuer: str | None = None
-    audience: str | None = None
+    def __init__(
+        self,
+        secret: str,
+        issuer: str | None = None,
+        audience: str | None = None,
+        *,
+        public_key: Any = None,
+        jwks_file: Path | None = None,
+        leeway: int = LEEWAY_SECONDS,
+    ) -> None:
+        self.secret = secret
+        self.issuer = issuer
+        self.audience = audience
+        self.leeway = leeway
+        #: The RS256 key of a PEM file (used for tokens without a ``kid`` it lacks).
+        self._public_key = public_key
+        self._jwks_file = jwks_file
+        self._jwks: dict[str, Any] = {}
+        self._jwks_mtime: float | None = None
+        if jwks_file is not None:
+            self._load_jwks()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TokenVerifier:
+        """The verifier the settings describe (reads the key files; a bad file stops startup)."""
+        public_key = None
+        if settings.jwt_public_key_file is not None:
+            public_key = load_pem_public_key(settings.jwt_public_key_file.read_bytes())
+            if not isinstance(public_key, RSAPublicKey):
+                raise ValueError(f"{settings.jwt_public_key_file} does not hold an RSA public key")
+        return cls(
+            settings.jwt_secret,
+            settings.jwt_issuer,
+            settings.jwt_audience,
+            public_key=public_key,
+            jwks_file=settings.jwt_jwks_file,
+            leeway=settings.jwt_leeway_seconds,
+        )
 
     def verify(self, token: str) -> Principal:
         """Decode ``token``; raise 401 :class:`Unauthorized` on any defect."""
         try:
+            header = jwt.get_unverified_header(token)
+            alg = header.get("alg")
+            if alg == "HS256" and self.secret:
+                key: Any = self.secret
+            elif alg == "RS256":
+                key = self._rsa_key(header.get("kid"))
+            else:
+                raise jwt.InvalidAlgorithmError(f"the algorithm {alg!r} is not accepted")
             claims = jwt.decode(
                 token,
-                self.secret,
-                algorithms=["HS256"],
+                key,
+                algorithms=[alg],
                 issuer=self.issuer,
                 audience=self.audience,
-                leeway=LEEWAY_SECONDS,
+                leeway=self.leeway,
                 options={"require": ["exp", "sub", "tenant"], "verify_aud": bool(self.audience)},
             )
         except jwt.ExpiredSignatureError:
@@ -73,6 +138,51 @@ class TokenVerifier:
         except jwt.InvalidTokenError as exc:
             raise Unauthorized(f"invalid token: {exc}") from None
         return principal_from_claims(claims)
+
+    def _rsa_key(self, kid: object) -> Any:
+        """The key for an RS256 token: the JWKS key it names, else the PEM key, else
+        the JWKS's only key (for a token without ``kid``)."""
+        if kid is not None and not isinstance(kid, str):
+            raise jwt.InvalidTokenError("kid must be a string")
+        if kid is not None:
+            if kid not in self._jwks and self._jwks_file is not None:
+                self._reload_jwks()  # rotated since startup?
+            if kid in self._jwks:
+                return self._jwks[kid]
+        if self._public_key is not None:
+            return self._public_key
+        if kid is not None:
+            raise jwt.InvalidTokenError(f"no RS256 key with kid {kid!r}")
+        if len(self._jwks) != 1:
+            raise jwt.InvalidTokenError(
+                "no RS256 key is configured"
+                if not self._jwks
+                else "the token names no kid and the JWKS holds several keys"
+            )
+        return next(iter(self._jwks.values()))
+
+    def _reload_jwks(self) -> None:
+        try:
+            self._load_jwks()
+        except (OSError, ValueError, jwt.InvalidKeyError) as exc:
+            # A file being rewritten or removed: keep the keys known so far.
+            log.warning("JWKS file not readable, keeping its keys", extra={"error": repr(exc)})
+
+    def _load_jwks(self) -> None:
+        """(Re)read the JWKS file when it changed; its RSA signing keys by ``kid``."""
+        assert self._jwks_file is not None
+        mtime = os.stat(self._jwks_file).st_mtime
+        if mtime == self._jwks_mtime:
+            return
+        doc = orjson.loads(self._jwks_file.read_bytes())
+        keys: dict[str, Any] = {}
+        for jwk in doc.get("keys", []) if isinstance(doc, dict) else []:
+            if not isinstance(jwk, dict) or jwk.get("kty") != "RSA":
+                continue
+            if jwk.get("use", "sig") != "sig" or jwk.get("alg", "RS256") != "RS256":
+                continue
+            keys[str(jwk.get("kid", ""))] = RSAAlgorithm.from_jwk(jwk)
+        self._jwks, self._jwks_mtime = keys, mtime
 
 
 def principal_from_claims(claims: dict[str, object]) -> Principal:

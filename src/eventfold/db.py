@@ -49,6 +49,18 @@ CREATE TABLE IF NOT EXISTS eventfold.parked (
 ALTER TABLE eventfold.parked ADD COLUMN IF NOT EXISTS retry boolean NOT NULL DEFAULT false;
 CREATE INDEX IF NOT EXISTS parked_by_key
     ON eventfold.parked (consumer, tenant, park_key, partition, "offset");
+-- API keys (projected from apikey.* events): only the hash of each secret.
+CREATE TABLE IF NOT EXISTS eventfold.api_keys (
+    id           text PRIMARY KEY,
+    tenant       text NOT NULL,
+    name         text NOT NULL,
+    roles        text[] NOT NULL,
+    secret_hash  text NOT NULL,
+    created_at   timestamptz NOT NULL,
+    revoked_at   timestamptz,
+    event_id     text NOT NULL
+);
+CREATE INDEX IF NOT EXISTS api_keys_by_tenant ON eventfold.api_keys (tenant, id);
 """
 #: Serialises concurrent migrations from processes starting at once.
 _MIGRATION_LOCK = 0x4576_466F  # "EvFo"

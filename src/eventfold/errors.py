@@ -139,6 +139,12 @@ class ValidationFailed(Problem, PermanentError):
     status, title, slug = 422, "Unprocessable Content", "validation"
 
 
+class TooManyRequests(Problem, RetriableError):
+    """The tenant is over its rate limit; ``Retry-After`` says when to try again."""
+
+    status, title, slug = 429, "Too Many Requests", "rate-limited"
+
+
 class Unavailable(Problem, RetriableError):
     """A dependency is down or a wait ran out; the client should retry later."""
 

@@ -38,6 +38,10 @@ def _split(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
+def _path(value: str | None) -> Path | None:
+    return Path(value).expanduser() if value else None
+
+
 def _int_list(value: str) -> tuple[int, ...]:
     return tuple(int(part) for part in _split(value))
 
@@ -60,6 +64,14 @@ class Settings:
     jwt_secret: str = ""
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
+    #: RS256: a PEM public key, and/or a JWKS file (keys picked by ``kid``).
+    jwt_public_key_file: Path | None = None
+    jwt_jwks_file: Path | None = None
+    #: Clock skew tolerated on ``exp``/``iat``/``nbf``.
+    jwt_leeway_seconds: int = 30
+    #: A tenant's token bucket when its ``limits`` do not say.
+    rate_limit_default_rps: float = 100.0
+    rate_limit_default_burst: int = 200
     webhook_allow_hosts: tuple[str, ...] = ()
     webhook_retry_schedule: tuple[int, ...] = (5, 30, 120, 600, 3600)
     events_topic: str = EVENTS_TOPIC
@@ -126,6 +138,15 @@ class Settings:
             jwt_secret=env.get("EVENTFOLD_JWT_SECRET") or _dev_jwt_secret(home),
             jwt_issuer=env.get("EVENTFOLD_JWT_ISSUER") or None,
             jwt_audience=env.get("EVENTFOLD_JWT_AUDIENCE") or None,
+            jwt_public_key_file=_path(env.get("EVENTFOLD_JWT_PUBLIC_KEY_FILE")),
+            jwt_jwks_file=_path(env.get("EVENTFOLD_JWT_JWKS_FILE")),
+            jwt_leeway_seconds=int(env.get("EVENTFOLD_JWT_LEEWAY_SECONDS", d.jwt_leeway_seconds)),
+            rate_limit_default_rps=float(
+                env.get("EVENTFOLD_RATE_LIMIT_DEFAULT_RPS", d.rate_limit_default_rps)
+            ),
+            rate_limit_default_burst=int(
+                env.get("EVENTFOLD_RATE_LIMIT_DEFAULT_BURST", d.rate_limit_default_burst)
+            ),
             webhook_allow_hosts=_split(env.get("EVENTFOLD_WEBHOOK_ALLOW_HOSTS", "")),
             cors_origins=_split(env.get("EVENTFOLD_CORS_ORIGINS", "")),
             compress_min_bytes=int(env.get("EVENTFOLD_COMPRESS_MIN_BYTES", d.compress_min_bytes)),

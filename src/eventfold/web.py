@@ -21,6 +21,7 @@ from aiohttp.typedefs import Middleware
 from redis.asyncio import Redis
 
 from eventfold import faults, ids
+from eventfold.apikeys import API_KEYS
 from eventfold.auth import Principal, TokenVerifier
 from eventfold.checkpoints import CheckpointWatcher
 from eventfold.consistency import decode
@@ -32,12 +33,14 @@ from eventfold.errors import (
     NotFound,
     PayloadTooLarge,
     Problem,
+    TooManyRequests,
     Unauthorized,
     Unavailable,
     UnsupportedMediaType,
 )
 from eventfold.logs import correlation_id
 from eventfold.metrics import Metrics
+from eventfold.ratelimit import DECISION_KEY, RATE_LIMITER
 from eventfold.settings import Settings
 from eventfold.tenancy import Tenant, TenantDirectory
 
@@ -204,12 +207,26 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         return problem_response(Problem("an internal error occurred"), request)
 
 
-def authenticate(request: web.Request) -> Principal:
-    """The caller from ``Authorization: Bearer``; 401 when missing or invalid."""
+async def authenticate(request: web.Request) -> Principal:
+    """The caller from ``Authorization: Bearer`` or ``X-API-Key``; 401 when missing or invalid.
+
+    A bearer token wins when both are sent. With ``X-Consistency-Token``, an
+    API key is checked after the projection reflects that token (fresh, not
+    cached): a key just created works, a key just revoked is refused.
+    """
     header = request.headers.get("Authorization", "")
+    api_key = request.headers.get("X-API-Key")
+    if api_key is not None and not header:
+        directory = request.app.get(API_KEYS)
+        if directory is None:
+            raise Unauthorized("API keys are not accepted by this server")
+        if request.headers.get("X-Consistency-Token"):
+            await wait_for_consistency(request)
+            return await directory.authenticate(api_key, fresh=True)
+        return await directory.authenticate(api_key)
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("a bearer token is required")
+        raise Unauthorized("a bearer token or an API key is required")
     return request.app[VERIFIER].verify(token.strip())
 
 
@@ -217,19 +234,42 @@ async def authorize_tenant(request: web.Request, role: str) -> tuple[Principal, 
     """Authenticate, check ``role`` for the path's tenant, and load that tenant.
 
     Order matters: credentials (401), then role and tenant match (403), then the
-    identifier (422), then existence (404 for platform admins, 403 for others).
+    identifier (422), then the tenant's rate limit (429, before any wait), then
+    existence (404 for platform admins, 403 for others).
     """
-    principal = authenticate(request)
+    principal = await authenticate(request)
     tenant_id = request.match_info["tenant"]
     principal.require(role, tenant_id)
     ids.check("tenant", tenant_id)
-    await wait_for_consistency(request, tenant_id)
     tenant = await request.app[TENANTS].get(tenant_id)
+    if tenant is not None and principal.tenant == tenant.id:
+        await _rate_limit(request, tenant)
+    await wait_for_consistency(request, tenant_id)
+    if tenant is None:
+        tenant = await request.app[TENANTS].get(tenant_id)
     if tenant is None:
         if principal.is_platform_admin:
             raise NotFound(f"tenant {tenant_id} does not exist")
         raise Forbidden(f"tenant {tenant_id} is not available to these credentials")
     return principal, tenant
+
+
+async def _rate_limit(request: web.Request, tenant: Tenant) -> None:
+    """Take a token of the tenant's bucket (its own credentials only; platform admins
+    are not the tenant's traffic); 429 when empty. Redis down: served, counted."""
+    limiter = request.app.get(RATE_LIMITER)
+    if limiter is None:
+        return
+    decision = await limiter.check(tenant.id, tenant.limits)
+    if decision is None:
+        return
+    request[DECISION_KEY] = decision
+    if not decision.allowed:
+        raise TooManyRequests(
+            f"tenant {tenant.id} is over its rate limit "
+            f"({decision.limits.requests_per_second:g}/s, burst {decision.limits.burst})",
+            headers=decision.headers(),
+        )
 
 
 async def wait_for_consistency(request: web.Request, tenant: str | None = None) -> None:

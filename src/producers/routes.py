@@ -107,7 +107,7 @@ def _accepted(results: list[Published], extra: dict[str, Any]) -> web.Response:
 
 async def create_tenant(request: web.Request) -> web.Response:
     """``POST /v1/tenants`` (platform-admin): publish ``tenant.created``."""
-    authenticate(request).require("platform-admin")
+    (await authenticate(request)).require("platform-admin")
     body = await _body(request)
     try:
         data = TenantCreated.model_validate(body)

@@ -45,6 +45,8 @@ class Api:
     async def create_tenant(self, tenant_id: str | None = None, **body: Any) -> dict[str, Any]:
         """Create a tenant and wait until it is projected; return the 202 body."""
         tenant_id = tenant_id or new_tenant_id()
+        # Room for the bursts tests send; rate limit tests pass small limits.
+        body.setdefault("limits", {"requests_per_second": 1_000_000, "burst": 1_000_000})
         resp = await self.request(
             "POST", "/v1/tenants", json={"id": tenant_id, "name": f"Tenant {tenant_id}", **body}
         )

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import hmac
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import jwt
+import orjson
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import RSAAlgorithm
 
 from eventfold.auth import (
     ROLES,
@@ -16,6 +25,7 @@ from eventfold.auth import (
     principal_from_claims,
 )
 from eventfold.errors import Forbidden, Unauthorized
+from eventfold.settings import Settings
 
 SECRET = "unit-test-secret-" + "x" * 64
 
@@ -226,3 +236,153 @@ def test_issue_token_refuses_unknown_roles(roles: list[str]) -> None:
 def test_issue_token_refuses_a_non_positive_ttl(ttl: int) -> None:
     with pytest.raises(ValueError, match="ttl"):
         issue_token(SECRET, tenant="acme", roles=["reader"], ttl_seconds=ttl)
+
+
+# RS256: a PEM public key, a JWKS file picked by kid, and no algorithm confusion.
+
+
+def rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def public_pem(key: rsa.RSAPrivateKey) -> bytes:
+    return key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def jwk(key: rsa.RSAPrivateKey, kid: str, **extra: str) -> dict[str, Any]:
+    doc: dict[str, Any] = RSAAlgorithm.to_jwk(key.public_key(), as_dict=True)
+    return {**doc, "kid": kid, **extra}
+
+
+def rs256(key: rsa.RSAPrivateKey, kid: str | None = None, **claims: Any) -> str:
+    headers = {"kid": kid} if kid else None
+    return jwt.encode(good_claims(**claims), key, algorithm="RS256", headers=headers)
+
+
+@pytest.fixture(scope="module")
+def keys() -> tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey, rsa.RSAPrivateKey]:
+    return rsa_key(), rsa_key(), rsa_key()
+
+
+def settings_with(tmp_path: Path, **kw: Any) -> Settings:
+    return dataclasses.replace(Settings(home=tmp_path, jwt_secret=SECRET), **kw)
+
+
+def test_rs256_with_a_pem_public_key(tmp_path: Path, keys: Any) -> None:
+    good, other, _ = keys
+    pem = tmp_path / "key.pem"
+    pem.write_bytes(public_pem(good))
+    verifier = TokenVerifier.from_settings(settings_with(tmp_path, jwt_public_key_file=pem))
+    assert verifier.verify(rs256(good)).tenant == "acme"
+    assert verifier.verify(rs256(good, kid="any")).tenant == "acme"
+    assert_unauthorized(verifier, rs256(other))
+    # HS256 still works beside it.
+    assert verifier.verify(raw_token(good_claims())).tenant == "acme"
+
+
+def test_a_pem_file_without_an_rsa_key_stops_startup(tmp_path: Path) -> None:
+    pem = tmp_path / "key.pem"
+    pem.write_bytes(
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    with pytest.raises(ValueError, match="RSA"):
+        TokenVerifier.from_settings(settings_with(tmp_path, jwt_public_key_file=pem))
+
+
+def test_rs256_keys_of_a_jwks_are_picked_by_kid(tmp_path: Path, keys: Any) -> None:
+    one, two, stranger = keys
+    jwks = tmp_path / "jwks.json"
+    jwks.write_bytes(orjson.dumps({"keys": [jwk(one, "k1"), jwk(two, "k2")]}))
+    verifier = TokenVerifier.from_settings(settings_with(tmp_path, jwt_jwks_file=jwks))
+    assert verifier.verify(rs256(one, "k1")).tenant == "acme"
+    assert verifier.verify(rs256(two, "k2")).tenant == "acme"
+    assert_unauthorized(verifier, rs256(one, "k2"))  # signed by another key than named
+    assert_unauthorized(verifier, rs256(stranger, "k3"))  # unknown kid
+    err = assert_unauthorized(verifier, rs256(one))  # no kid, two candidates
+    assert "kid" in err.detail
+
+
+def test_a_jwks_with_one_key_accepts_tokens_without_kid(tmp_path: Path, keys: Any) -> None:
+    one, _, _ = keys
+    jwks = tmp_path / "jwks.json"
+    jwks.write_bytes(orjson.dumps({"keys": [jwk(one, "only")]}))
+    verifier = TokenVerifier.from_settings(settings_with(tmp_path, jwt_jwks_file=jwks))
+    assert verifier.verify(rs256(one)).tenant == "acme"
+
+
+def test_jwks_keys_for_other_uses_are_ignored(tmp_path: Path, keys: Any) -> None:
+    one, two, _ = keys
+    jwks = tmp_path / "jwks.json"
+    jwks.write_bytes(
+        orjson.dumps({"keys": [jwk(one, "enc", use="enc"), jwk(two, "ps", alg="PS256")]})
+    )
+    verifier = TokenVerifier.from_settings(settings_with(tmp_path, jwt_jwks_file=jwks))
+    assert_unauthorized(verifier, rs256(one, "enc"))
+    assert_unauthorized(verifier, rs256(two, "ps"))
+
+
+def test_a_rotated_jwks_is_read_again_for_an_unknown_kid(tmp_path: Path, keys: Any) -> None:
+    one, two, _ = keys
+    jwks = tmp_path / "jwks.json"
+    jwks.write_bytes(orjson.dumps({"keys": [jwk(one, "old")]}))
+    verifier = TokenVerifier.from_settings(settings_with(tmp_path, jwt_jwks_file=jwks))
+    assert_unauthorized(verifier, rs256(two, "new"))
+    jwks.write_bytes(orjson.dumps({"keys": [jwk(one, "old"), jwk(two, "new")]}))
+    os.utime(jwks, (time.time() + 5, time.time() + 5))  # a visibly newer file
+    assert verifier.verify(rs256(two, "new")).tenant == "acme"
+    jwks.unlink()  # a broken rotation keeps the keys known so far
+    assert verifier.verify(rs256(one, "old")).tenant == "acme"
+    assert_unauthorized(verifier, rs256(two, "gone"))
+
+
+def test_rs256_without_a_configured_key_is_401(keys: Any) -> None:
+    assert_unauthorized(TokenVerifier(SECRET), rs256(keys[0]))
+
+
+def test_the_public_key_is_no_hmac_secret(tmp_path: Path, keys: Any) -> None:
+    """Algorithm confusion: an HS256 token 'signed' with the public key must fail."""
+    good, _, _ = keys
+    pem = tmp_path / "key.pem"
+    pem.write_bytes(public_pem(good))
+    verifier = TokenVerifier.from_settings(settings_with(tmp_path, jwt_public_key_file=pem))
+    header = jwt.utils.base64url_encode(orjson.dumps({"alg": "HS256", "typ": "JWT"}))
+    payload = jwt.utils.base64url_encode(orjson.dumps(good_claims()))
+    signing_input = header + b"." + payload
+    sig = jwt.utils.base64url_encode(
+        hmac.new(public_pem(good), signing_input, hashlib.sha256).digest()
+    )
+    assert_unauthorized(verifier, (signing_input + b"." + sig).decode())
+
+
+@pytest.mark.parametrize("alg", ["RS512", "PS256", "ES256", "none"])
+def test_other_algorithms_are_401(alg: str) -> None:
+    header = jwt.utils.base64url_encode(orjson.dumps({"alg": alg, "typ": "JWT"})).decode()
+    payload = jwt.utils.base64url_encode(orjson.dumps(good_claims())).decode()
+    assert_unauthorized(TokenVerifier(SECRET), f"{header}.{payload}.c2ln")
+
+
+def test_expired_rs256_token_and_issuer_audience(tmp_path: Path, keys: Any) -> None:
+    good, _, _ = keys
+    pem = tmp_path / "key.pem"
+    pem.write_bytes(public_pem(good))
+    settings = settings_with(
+        tmp_path, jwt_public_key_file=pem, jwt_issuer="https://idp", jwt_audience="eventfold"
+    )
+    verifier = TokenVerifier.from_settings(settings)
+    ok = {"iss": "https://idp", "aud": "eventfold"}
+    assert verifier.verify(rs256(good, **ok)).tenant == "acme"
+    err = assert_unauthorized(verifier, rs256(good, exp=int(time.time()) - 3600, **ok))
+    assert "expired" in err.detail
+    assert_unauthorized(verifier, rs256(good, iss="https://evil", aud="eventfold"))
+    assert_unauthorized(verifier, rs256(good))
+
+
+def test_leeway_comes_from_the_settings(tmp_path: Path) -> None:
+    token = raw_token(good_claims(exp=int(time.time()) - 20))
+    strict = TokenVerifier.from_settings(settings_with(tmp_path, jwt_leeway_seconds=5))
+    assert_unauthorized(strict, token)
+    assert TokenVerifier.from_settings(settings_with(tmp_path)).verify(token).tenant == "acme"

@@ -45,6 +45,8 @@ def tenant_ddl(tenant: str) -> str:
     );
     CREATE INDEX IF NOT EXISTS records_by_updated
         ON {s}.records (collection, updated_at, id) WHERE NOT deleted;
+    CREATE INDEX IF NOT EXISTS records_data
+        ON {s}.records USING gin (data jsonb_path_ops) WHERE NOT deleted;
     CREATE TABLE IF NOT EXISTS {s}.events (
         seq         bigserial PRIMARY KEY,
         id          text NOT NULL UNIQUE,

@@ -14,10 +14,11 @@ from pydantic import BaseModel, ValidationError
 
 from eventfold.envelope import CloudEvent, EnvelopeInvalid, pydantic_errors
 from eventfold.errors import FieldError
+from eventfold.events.apikey import ApiKeyCreated, ApiKeyRevoked
 from eventfold.events.record import RecordDeleted, RecordPatched, RecordUpserted
 from eventfold.events.tenant import TenantCreated
 
-SubjectRule = Literal["record", "tenant"]
+SubjectRule = Literal["record", "tenant", "apikey"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +30,9 @@ class EventType:
     model: type[BaseModel]
     subject: SubjectRule
     description: str
+    #: False for types only the gateway itself may write (they grant credentials):
+    #: the raw events route refuses them.
+    publishable: bool = True
 
     def json_schema(self) -> dict[str, Any]:
         """The JSON Schema (2020-12) of this type's ``data``."""
@@ -59,6 +63,16 @@ REGISTRY: dict[str, EventType] = {
             "record.deleted", 1, RecordDeleted, "record",
             "A record was deleted; data is absent or an empty object.",
         ),
+        EventType(
+            "apikey.created", 1, ApiKeyCreated, "apikey",
+            "An API key was created; data carries the hash of its secret, never the key.",
+            publishable=False,
+        ),
+        EventType(
+            "apikey.revoked", 1, ApiKeyRevoked, "apikey",
+            "An API key was revoked; requests with it are refused from now on.",
+            publishable=False,
+        ),
     )
 }  # fmt: skip
 
@@ -80,6 +94,10 @@ def validate_data(event: CloudEvent, *, path: str = "") -> None:
     if etype is None:
         known = ", ".join(sorted(REGISTRY))
         raise EnvelopeInvalid([FieldError(f"{path}/type", f"unknown event type; known: {known}")])
+    if not etype.publishable:
+        raise EnvelopeInvalid(
+            [FieldError(f"{path}/type", "this type is written by its own API routes only")]
+        )
     errors: list[FieldError] = []
     if etype.subject == "record":
         collection, sep, record_id = (event.subject or "").partition("/")

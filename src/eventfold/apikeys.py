@@ -1,0 +1,263 @@
+"""API keys: their format, their hash, and the per-process directory that checks them.
+
+A key reads ``efk_<id>_<secret>``: ``id`` is 16 hex digits (64 random bits,
+also the key's public name in ``GET …/api-keys``), ``secret`` 43 base64url
+characters (256 random bits). The id makes the lookup one primary-key read;
+only ``sha256(secret)`` is ever stored (in the ``apikey.created`` event and
+the ``eventfold.api_keys`` projection), and it is compared in constant time.
+A fast hash is enough because the secret is random and long: there is no
+dictionary to try, so a slow KDF would only cost every request CPU.
+
+Each process keeps the keys it has checked in memory. Revocation reaches every
+process within a second: the projector NOTIFYs ``eventfold_apikeys`` with the
+key id in the transaction that revokes it, and each process's
+:class:`ApiKeyDirectory` listens and drops the entry. While that listener is
+disconnected (a notification may be missed), entries live at most
+:data:`UNWATCHED_TTL` seconds, and reconnecting drops them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from eventfold.auth import Principal
+from eventfold.db import connect
+from eventfold.errors import Unauthorized
+
+log = logging.getLogger("eventfold.apikeys")
+
+PREFIX = "efk_"
+#: The channel the projector notifies with a key id when that key changes.
+APIKEY_CHANNEL = "eventfold_apikeys"
+_KEY = re.compile(r"efk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
+#: How long a checked key is trusted while revocations are being heard.
+WATCHED_TTL = 60.0
+#: ... and while they may be missed (listener reconnecting): the revocation bound.
+UNWATCHED_TTL = 1.0
+#: An unknown key id is looked up again after this long (a key being projected).
+_NEGATIVE_TTL = 1.0
+_MAX_CACHED = 10_000
+#: One lookup (acquire included); a listener ping.
+_LOOKUP_TIMEOUT = 5.0
+_PING_INTERVAL = 5.0
+_PING_TIMEOUT = 2.0
+#: ``WWW-Authenticate`` of a refused key (RFC 9110 allows any scheme name).
+_CHALLENGE = 'ApiKey realm="eventfold", header="X-API-Key"'
+
+
+def hash_secret(secret: str) -> str:
+    """The stored form of a key's secret part: ``sha256:<hex>``."""
+    return "sha256:" + hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_key() -> tuple[str, str, str]:
+    """A fresh key: ``(id, key, secret_hash)``; ``key`` is shown once and then forgotten."""
+    key_id = secrets.token_hex(8)
+    secret = secrets.token_urlsafe(32)
+    return key_id, f"{PREFIX}{key_id}_{secret}", hash_secret(secret)
+
+
+def parse_key(key: str) -> tuple[str, str] | None:
+    """``(id, secret)`` of a well-formed key, else None."""
+    match = _KEY.fullmatch(key.strip())
+    return (match[1], match[2]) if match else None
+
+
+def refused(detail: str) -> Unauthorized:
+    """The 401 of a key that is missing, malformed, unknown or revoked."""
+    return Unauthorized(detail, headers={"WWW-Authenticate": _CHALLENGE})
+
+
+@dataclass(frozen=True, slots=True)
+class StoredKey:
+    """A key as the projection holds it."""
+
+    id: str
+    tenant: str
+    name: str
+    roles: tuple[str, ...]
+    secret_hash: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The item of ``GET …/api-keys``: everything but the hash."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "roles": list(self.roles),
+            "created_at": self.created_at,
+            "revoked_at": self.revoked_at,
+        }
+
+
+def stored_key(row: asyncpg.Record) -> StoredKey:
+    """A :class:`StoredKey` from an ``eventfold.api_keys`` row."""
+    return StoredKey(
+        id=row["id"],
+        tenant=row["tenant"],
+        name=row["name"],
+        roles=tuple(row["roles"]),
+        secret_hash=row["secret_hash"],
+        created_at=row["created_at"],
+        revoked_at=row["revoked_at"],
+    )
+
+
+_COLUMNS = "id, tenant, name, roles, secret_hash, created_at, revoked_at"
+
+
+class ApiKeyDirectory:
+    """Checks ``X-API-Key`` values against the projection, caching what it learnt."""
+
+    def __init__(self, dsn: str, pool: asyncpg.Pool, *, watched_ttl: float = WATCHED_TTL) -> None:
+        self._dsn = dsn
+        self._pool = pool
+        self._watched_ttl = watched_ttl
+        self._cache: dict[str, tuple[float, StoredKey | None]] = {}
+        self._listening = False
+        self._task: asyncio.Task[None] | None = None
+        self._conn: asyncpg.Connection | None = None
+
+    async def start(self) -> None:
+        """Begin listening for key changes (in the background, reconnecting)."""
+        self._task = asyncio.create_task(self._listen_forever(), name="apikey-listener")
+
+    async def stop(self) -> None:
+        """Stop listening and release the connection."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def authenticate(self, key: str, *, fresh: bool = False) -> Principal:
+        """The principal of a valid, unrevoked ``key``; 401 otherwise.
+
+        ``fresh`` skips the cache (after a consistency wait: the key may have
+        just been created or revoked).
+        """
+        parsed = parse_key(key)
+        if parsed is None:
+            raise refused("malformed API key")
+        key_id, secret = parsed
+        found = await self.lookup(key_id, fresh=fresh)
+        # Compared even for an unknown id, so timing does not tell ids apart.
+        expected = found.secret_hash if found is not None else hash_secret("")
+        if not hmac.compare_digest(expected, hash_secret(secret)) or found is None:
+            raise refused("unknown API key")
+        if found.revoked_at is not None:
+            raise refused("the API key was revoked")
+        return Principal(
+            subject=f"apikey:{found.id}", tenant=found.tenant, roles=frozenset(found.roles)
+        )
+
+    async def lookup(self, key_id: str, *, fresh: bool = False) -> StoredKey | None:
+        """The key ``key_id`` (revoked or not), from the cache when recent enough."""
+        now = time.monotonic()
+        hit = self._cache.get(key_id)
+        if hit is not None and not fresh:
+            at, found = hit
+            ttl = _NEGATIVE_TTL if found is None else self.ttl
+            if now - at < ttl:
+                return found
+        async with asyncio.timeout(_LOOKUP_TIMEOUT), self._pool.acquire() as conn:
+            row = await conn.fetchrow(
+                f"SELECT {_COLUMNS} FROM eventfold.api_keys WHERE id = $1", key_id
+            )
+        found = stored_key(row) if row is not None else None
+        if len(self._cache) >= _MAX_CACHED:
+            self._cache.clear()  # bounded: a reset beats an LRU at this size
+        self._cache[key_id] = (now, found)
+        return found
+
+    @property
+    def ttl(self) -> float:
+        """How long a checked key is trusted right now."""
+        return self._watched_ttl if self._listening else UNWATCHED_TTL
+
+    def forget(self, key_id: str) -> None:
+        """Drop ``key_id`` from the cache (it changed)."""
+        self._cache.pop(key_id, None)
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        self.forget(payload)
+
+    async def _listen_forever(self) -> None:
+        delay = 0.2
+        while True:
+            conn: asyncpg.Connection | None = None
+            try:
+                lost = asyncio.Event()
+                async with asyncio.timeout(10):
+                    conn = await connect(self._dsn)
+                    conn.add_termination_listener(lambda _c, lost=lost: lost.set())
+                    await conn.add_listener(APIKEY_CHANNEL, self._on_notify)
+                # Anything revoked while not listening is forgotten now.
+                self._cache.clear()
+                self._listening = True
+                delay = 0.2
+                while not lost.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(lost.wait(), _PING_INTERVAL)
+                        break
+                    await conn.execute("SELECT 1", timeout=_PING_TIMEOUT)
+            except Exception as exc:  # the listener must outlive any failure: it reconnects
+                log.warning("api key listener down, reconnecting", extra={"error": repr(exc)})
+            finally:
+                self._listening = False
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(conn.close(), 1)
+                    if not conn.is_closed():
+                        conn.terminate()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+#: This process's key directory (set when the app starts).
+API_KEYS = web.AppKey("api_keys", ApiKeyDirectory)
+_INSTALLED = web.AppKey("api_keys_installed", bool)
+
+
+def install(app: web.Application) -> None:
+    """Accept API keys, RS256 tokens and rate limits on ``app`` (once, whichever part asks).
+
+    Called by the read and the write routes' setup; both run in ``eventfold run``.
+    """
+    if app.get(_INSTALLED):
+        return
+    app[_INSTALLED] = True
+    from eventfold import ratelimit
+    from eventfold.auth import TokenVerifier
+    from eventfold.web import SETTINGS, VERIFIER
+
+    # bootstrap builds an HS256-only verifier; this one also knows the RS256 keys.
+    app[VERIFIER] = TokenVerifier.from_settings(app[SETTINGS])
+    app.cleanup_ctx.append(_directory_ctx)
+    ratelimit.install(app)
+
+
+async def _directory_ctx(app: web.Application) -> AsyncIterator[None]:
+    from eventfold.web import POOL, SETTINGS
+
+    directory = ApiKeyDirectory(app[SETTINGS].database_url, app[POOL])
+    await directory.start()
+    app[API_KEYS] = directory
+    try:
+        yield
+    finally:
+        await directory.stop()

@@ -1,0 +1,160 @@
+"""API key commands (admin): create one (shown once) and revoke one.
+
+``POST /v1/tenants/{t}/api-keys`` ``{"name", "roles"}`` → 201 ``{"id", "key",
+"consistency_token"}``: the key is made here, published as ``apikey.created``
+carrying only the hash of its secret, answered once and then forgotten.
+``DELETE …/api-keys/{id}`` → 202 ``{"id", "event_id", "consistency_token"}``
+publishes ``apikey.revoked``; its event id is fixed per key, so revoking twice
+is one effect. A request sending either write's token as
+``X-Consistency-Token`` sees the key created (or refused) on any instance.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from api.openapi import BODY_ERRORS, TENANT, TENANT_ERRORS, Operation, Param, Reply, register
+from eventfold import apikeys, consistency
+from eventfold.envelope import CloudEvent, pydantic_errors
+from eventfold.errors import NotFound, ValidationFailed
+from eventfold.events.apikey import KEY_ID_PATTERN, ApiKeyCreated, ApiKeyRevoked, KeyRole
+from eventfold.logs import correlation_id
+from eventfold.web import POOL, authorize_tenant, json_response, read_json
+from producers import commands
+from producers.routes import PUBLISHER
+
+_KEYS = "/v1/tenants/{tenant}/api-keys"
+_KEY_ID = re.compile(KEY_ID_PATTERN)
+
+
+class CreateApiKeyBody(BaseModel):
+    """The body of ``POST …/api-keys``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        min_length=1,
+        max_length=200,
+        pattern=r"^[^\x00-\x1f\x7f]+$",
+        description="what the key is for (shown in the listing)",
+    )
+    roles: list[KeyRole] = Field(
+        min_length=1, max_length=3, description="roles the key grants: reader, writer, admin"
+    )
+
+
+class ApiKeyCreatedOut(BaseModel):
+    """``POST …/api-keys`` created: the key, in this answer only."""
+
+    id: str = Field(pattern=KEY_ID_PATTERN, description="the key's public id")
+    key: str = Field(
+        pattern=r"^efk_[0-9a-f]{16}_[A-Za-z0-9_-]{43}$",
+        description="send it as `X-API-Key`; it is never shown again",
+    )
+    consistency_token: str = Field(description="send it back to use the key at once")
+
+
+class ApiKeyRevokedOut(BaseModel):
+    """``DELETE …/api-keys/{id}`` accepted: ``apikey.revoked`` is published."""
+
+    id: str
+    event_id: str
+    consistency_token: str = Field(description="after it, the key is refused everywhere")
+
+
+def setup(app: web.Application) -> None:
+    """Register the API key write routes (and API key, RS256 and rate limit support)."""
+    app.router.add_post(_KEYS, create_api_key)
+    app.router.add_delete(_KEYS + "/{id}", revoke_api_key)
+    apikeys.install(app)
+
+
+register(
+    Operation(
+        "POST", _KEYS, "Create an API key (admin); the key is shown once", "api-keys",
+        params=(TENANT,),
+        body=CreateApiKeyBody,
+        replies=(Reply(201, "created: `apikey.created` (with the hash only) is published",
+                       ApiKeyCreatedOut),),
+        errors=BODY_ERRORS,
+    ),
+    Operation(
+        "DELETE", _KEYS + "/{id}", "Revoke an API key (admin)", "api-keys",
+        params=(TENANT, Param("id", "path", {"type": "string", "pattern": KEY_ID_PATTERN})),
+        replies=(Reply(202, "accepted: `apikey.revoked` is published", ApiKeyRevokedOut),),
+        errors=TENANT_ERRORS,
+    ),
+)  # fmt: skip
+
+
+def _event(tenant: str, event_type: str, key_id: str, data: dict[str, Any]) -> CloudEvent:
+    return CloudEvent(
+        specversion="1.0",
+        id=f"{event_type}:{key_id}",
+        source=commands.SOURCE,
+        type=event_type,
+        subject=f"api_keys/{key_id}",
+        time=datetime.now(UTC),
+        datacontenttype="application/json",
+        data=data,
+        tenant=tenant,
+        correlationid=correlation_id.get(),
+    )
+
+
+async def create_api_key(request: web.Request) -> web.Response:
+    """``POST /v1/tenants/{t}/api-keys`` (admin): a new key, shown in this answer only."""
+    _, tenant = await authorize_tenant(request, "admin")
+    try:
+        body = CreateApiKeyBody.model_validate(await read_json(request))
+    except ValidationError as exc:
+        raise ValidationFailed("invalid API key", errors=pydantic_errors(exc)) from None
+    key_id, key, secret_hash = apikeys.new_key()
+    data = ApiKeyCreated(
+        id=key_id, name=body.name, roles=sorted(set(body.roles)), secret_hash=secret_hash
+    )
+    event = _event(tenant.id, "apikey.created", key_id, data.model_dump(mode="json"))
+    [result] = await request.app[PUBLISHER].publish(tenant.id, [event])
+    return json_response(
+        {"id": key_id, "key": key, "consistency_token": _token(result.partition, result.offset)},
+        status=201,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def revoke_api_key(request: web.Request) -> web.Response:
+    """``DELETE /v1/tenants/{t}/api-keys/{id}`` (admin): refuse the key from now on."""
+    _, tenant = await authorize_tenant(request, "admin")
+    key_id = request.match_info["id"]
+    if _KEY_ID.fullmatch(key_id) is None:
+        raise NotFound(f"no API key {key_id[:64]}")
+    async with request.app[POOL].acquire(timeout=5) as conn:
+        found = await conn.fetchval(
+            "SELECT true FROM eventfold.api_keys WHERE id = $1 AND tenant = $2",
+            key_id,
+            tenant.id,
+        )
+    if not found:
+        raise NotFound(f"no API key {key_id} in tenant {tenant.id}")
+    event = _event(
+        tenant.id, "apikey.revoked", key_id, ApiKeyRevoked(id=key_id).model_dump(mode="json")
+    )
+    [result] = await request.app[PUBLISHER].publish(tenant.id, [event])
+    return json_response(
+        {
+            "id": key_id,
+            "event_id": event.id,
+            "consistency_token": _token(result.partition, result.offset),
+        },
+        status=202,
+    )
+
+
+def _token(partition: int | None, offset: int | None) -> str:
+    positions = [(partition, offset)] if partition is not None and offset is not None else []
+    return consistency.from_offsets(positions)
