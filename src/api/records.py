@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from datetime import datetime
 from typing import Any
 
@@ -102,45 +103,86 @@ async def list_records(request: web.Request) -> web.Response:
         raise ValidationFailed(
             "unknown order", errors=[FieldError("/order", f"one of {', '.join(ORDERS)}")]
         )
-    column, direction = ORDERS[order]
+    column = ORDERS[order][0]
     filters = _filters(request)
     # The cursor is bound to this exact listing: another order or filter makes it invalid.
     shape = hashlib.sha256(orjson.dumps([collection, order, filters])).hexdigest()[:16]
     kind = f"records:{shape}"
-    params: list[Any] = [collection]
-    where = ["collection = $1", "NOT deleted"]
-    # data->>field compares the text form, which matches strings, numbers and booleans alike.
-    for field, value in filters:
-        params += [field, value]
-        where.append(f"data->>${len(params) - 1} = ${len(params)}")
     after = request.query.get("after")
-    cmp = ">" if direction == "ASC" else "<"
-    if after:
-        pos = request.app[CURSORS].decode(kind, after)
-        if column == "id":
-            params.append(_str(pos))
-            where.append(f"id {cmp} ${len(params)}")
-        else:
-            stamp, last_id = _pair(pos)
-            params += [stamp, last_id]
-            where.append(f"(updated_at, id) {cmp} (${len(params) - 1}, ${len(params)})")
-    order_sql = f"id {direction}" if column == "id" else f"updated_at {direction}, id {direction}"
-    params.append(limit + 1)
-    sql = (
-        f"SELECT {_COLUMNS} FROM {tenant_schema(tenant.id)}.records"
-        f" WHERE {' AND '.join(where)} ORDER BY {order_sql} LIMIT ${len(params)}"
-    )
+    position = request.app[CURSORS].decode(kind, after) if after else None
+    sql, params = list_query(tenant.id, collection, order, filters, position, limit)
     async with tenant_connection(request.app[POOL], tenant.id) as conn:
         rows = await conn.fetch(sql, *params)
     page = rows[:limit]
     next_cursor = None
     if len(rows) > limit:
         last = page[-1]
-        position: Any = (
-            last["id"] if column == "id" else [last["updated_at"].isoformat(), last["id"]]
-        )
-        next_cursor = request.app[CURSORS].encode(kind, position)
+        key: Any = last["id"] if column == "id" else [last["updated_at"].isoformat(), last["id"]]
+        next_cursor = request.app[CURSORS].encode(kind, key)
     return json_response({"items": [_record(r) for r in page], "next": next_cursor})
+
+
+def list_query(
+    tenant: str,
+    collection: str,
+    order: str,
+    filters: list[tuple[str, str]],
+    position: Any,
+    limit: int,
+) -> tuple[str, list[Any]]:
+    """The SQL and parameters of one page (``limit + 1`` rows: one more tells if there is a next).
+
+    ``position`` is the decoded cursor (None for the first page); ``order`` one of
+    :data:`ORDERS`, ``filters`` validated ``(field, text)`` pairs.
+    """
+    column, direction = ORDERS[order]
+    params: list[Any] = [collection]
+    where = ["collection = $1", "NOT deleted"]
+    for field, value in filters:
+        # Containment is what the GIN index (records_data) answers: one probe per JSON
+        # value the text may mean. The text comparison after it keeps the meaning exact
+        # (data->>field equals the text form: "3" matches 3, not 3.0; "true" matches true).
+        probes = []
+        for candidate in _filter_candidates(value):
+            # As text, cast in SQL: the pool's jsonb codec would encode a str once more.
+            params.append(json.dumps({field: candidate}))
+            probes.append(f"data @> ${len(params)}::text::jsonb")
+        params += [field, value]
+        where.append(f"({' OR '.join(probes)})")
+        where.append(f"data->>${len(params) - 1} = ${len(params)}")
+    cmp = ">" if direction == "ASC" else "<"
+    if position is not None:
+        if column == "id":
+            params.append(_str(position))
+            where.append(f"id {cmp} ${len(params)}")
+        else:
+            stamp, last_id = _pair(position)
+            params += [stamp, last_id]
+            where.append(f"(updated_at, id) {cmp} (${len(params) - 1}, ${len(params)})")
+    order_sql = f"id {direction}" if column == "id" else f"updated_at {direction}, id {direction}"
+    params.append(limit + 1)
+    sql = (
+        f"SELECT {_COLUMNS} FROM {tenant_schema(tenant)}.records"
+        f" WHERE {' AND '.join(where)} ORDER BY {order_sql} LIMIT ${len(params)}"
+    )
+    return sql, params
+
+
+def _filter_candidates(text: str) -> list[Any]:
+    """The JSON values whose text form may be ``text``: the string, and what it parses as."""
+    out: list[Any] = [text]
+    try:
+        # json (not orjson): integers of any size; NaN/Infinity are not JSON and stay strings.
+        parsed = json.loads(text, parse_constant=_no_constant)
+    except ValueError:
+        return out
+    if parsed is not None and not isinstance(parsed, str):
+        out.append(parsed)
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(name)
 
 
 def _str(value: Any) -> str:
