@@ -47,6 +47,12 @@ class Metrics:
             "Events parked by the projector (dead-lettered, or waiting behind one).",
             registry=r,
         )
+        self.dlq_size = Gauge(
+            "eventfold_dlq_size",
+            "Events a processor has parked: dead-lettered, or waiting behind one in order.",
+            ["processor"],
+            registry=r,
+        )
         self.projector_batch_seconds = Histogram(
             "eventfold_projector_batch_seconds",
             "Time to fold one batch and commit it with its checkpoints.",

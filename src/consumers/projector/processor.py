@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 
 import asyncpg
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
@@ -27,6 +28,7 @@ from eventfold.db import fetch_checkpoints
 from eventfold.envelope import decode_event
 from eventfold.faults import is_retriable
 from eventfold.kafka import make_consumer, make_producer
+from eventfold.logs import correlation_id
 from eventfold.metrics import Metrics
 from eventfold.settings import Settings
 
@@ -264,6 +266,9 @@ class Projector:
             ]
             if p.behind:
                 headers.append(("eventfold-parked-behind", p.behind.encode()))
+            cid = _correlation(p.raw)
+            if cid:
+                headers.append(("x-request-id", cid.encode()))
             futures.append(
                 await self._dlq.send(
                     self.settings.dlq_topic,
@@ -274,15 +279,27 @@ class Projector:
             )
         await asyncio.wait_for(asyncio.gather(*futures), 30)
         for p in parked:
-            log.error(
-                "event parked",
-                extra={"tenant": p.tenant, "event_id": p.event_id, "key": p.key, "error": p.error},
-            )
+            # The line carries the request that published the event (its correlationid).
+            token = correlation_id.set(_correlation(p.raw))
+            try:
+                log.error(
+                    "event parked",
+                    extra={
+                        "tenant": p.tenant,
+                        "event_id": p.event_id,
+                        "key": p.key,
+                        "error": p.error,
+                    },
+                )
+            finally:
+                correlation_id.reset(token)
 
     async def _refresh_parked_count(self) -> None:
         try:
             async with self.pool.acquire(timeout=5) as conn:
-                self.metrics.projector_parked.set(await parking.count(conn, self.checkpoint_name))
+                parked = await parking.count(conn, self.checkpoint_name)
+            self.metrics.projector_parked.set(parked)
+            self.metrics.dlq_size.labels(self.name).set(parked)
         except Exception as exc:
             if not is_retriable(exc):
                 raise
@@ -325,6 +342,18 @@ class Projector:
             if await consumer.position(tp) < ends[tp]:
                 return False
         return True
+
+
+def _correlation(raw: bytes | None) -> str | None:
+    """The ``correlationid`` of an envelope as it is in the log (None when absent or unreadable)."""
+    if not raw:
+        return None
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    value = doc.get("correlationid") if isinstance(doc, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def _to_log_event(partition: int, offset: int, timestamp: int, value: bytes | None) -> LogEvent:

@@ -1,0 +1,63 @@
+"""The X-Request-ID of a write reaches the projector's JSON log lines about its event."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import orjson
+from prometheus_client import generate_latest
+
+from eventfold.logs import JsonFormatter
+from eventfold.web import METRICS, POOL
+from tests.integration.conftest import TenantApi
+from tests.integration.test_parking import install_bug
+
+R = "/collections/orders/records"
+
+
+class _Lines(logging.Handler):
+    """Formats records as the process would (JSON) and wakes a waiter on each."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(JsonFormatter())
+        self.lines: list[dict[str, Any]] = []
+        self.changed = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(orjson.loads(self.format(record)))
+        self.changed.set()
+
+
+async def test_parked_event_log_line_carries_the_request_id(tenant: TenantApi) -> None:
+    app = tenant.api.client.server.app
+    await install_bug(app[POOL], tenant.id)
+    handler = _Lines()
+    logger = logging.getLogger("eventfold.projector")
+    logger.addHandler(handler)
+    try:
+        written = await tenant.write(
+            "PUT",
+            f"{R}/o1",
+            json={"poison": True},
+            headers={"X-Request-ID": f"req-{tenant.id}"},
+        )
+
+        async def parked_line() -> dict[str, Any]:
+            while True:
+                for line in handler.lines:
+                    if line.get("event_id") == written["event_id"]:
+                        return line
+                handler.changed.clear()
+                await handler.changed.wait()
+
+        line = await asyncio.wait_for(parked_line(), 30)
+    finally:
+        logger.removeHandler(handler)
+    assert line["msg"] == "event parked"
+    assert line["correlation_id"] == f"req-{tenant.id}"
+    assert line["tenant"] == tenant.id
+    metrics = generate_latest(app[METRICS].registry).decode()
+    assert 'eventfold_dlq_size{processor="projector"}' in metrics
