@@ -58,13 +58,21 @@ HOT_MAX_TENANTS = 10_000
 CLOSED, HALF_OPEN, OPEN = 0, 1, 2
 _STATE_NAMES = {CLOSED: "closed", HALF_OPEN: "half-open", OPEN: "open"}
 
-#: KEYS[1] the entry; ARGV: version, payload ("" = tombstone), ttl seconds.
-#: Stores ``version|payload`` only when no entry holds this version or a newer one.
-_PUT_SCRIPT = """
+#: The version of a *hold*: above every real version, so no fill can replace it, and
+#: read as a miss. The cache processor holds records with a parked event (a redrive
+#: applies it later, out of its sight) so their reads go to PostgreSQL meanwhile.
+HOLD_VERSION = 2**53 - 1
+
+#: KEYS[1] the entry; ARGV: version, payload ("" = tombstone), ttl seconds, and "1"
+#: when the cache processor writes (it may replace a hold, a fill may not). Stores
+#: ``version|payload`` only when no entry holds this version or a newer one.
+_PUT_SCRIPT = f"""
 local cur = redis.call('GET', KEYS[1])
 if cur then
   local v = tonumber(string.match(cur, '^(%d+)|'))
-  if v and v >= tonumber(ARGV[1]) then return 0 end
+  if v and v >= tonumber(ARGV[1]) and not (ARGV[4] == '1' and v == {HOLD_VERSION}) then
+    return 0
+  end
 end
 redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2], 'EX', tonumber(ARGV[3]))
 return 1
@@ -153,11 +161,15 @@ class Cached:
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One guarded write: ``body=None`` stores a tombstone."""
+    """One write of the cache processor: ``body=None`` stores a tombstone.
+
+    ``hold`` stores a hold instead (see :data:`HOLD_VERSION`), whatever the entry is.
+    """
 
     key: str
     version: int
     body: bytes | None
+    hold: bool = False
 
 
 def decode_entry(raw: bytes) -> Cached | None:
@@ -349,6 +361,8 @@ class RecordCache:
         self.breaker.success()
         self.metrics.cache_latency.labels("get").observe(time.perf_counter() - started)
         entry = decode_entry(raw) if raw else None
+        if entry is not None and entry.version == HOLD_VERSION:
+            entry = None  # held: PostgreSQL knows better until the redrive
         (self.metrics.cache_hits if entry else self.metrics.cache_misses).labels("get").inc()
         return entry
 
@@ -365,7 +379,7 @@ class RecordCache:
         try:
             async with asyncio.timeout(self.timeout):
                 stored = await self._store(
-                    Entry(record_key(tenant, collection, record_id), version, body)
+                    Entry(record_key(tenant, collection, record_id), version, body), fill=True
                 )
         except _FAILURES as exc:
             self._failed("fill", exc)
@@ -388,15 +402,20 @@ class RecordCache:
         async with asyncio.timeout(within):
             async with self.redis.pipeline(transaction=False) as pipe:
                 for e in entries:
-                    await self._store(e, client=pipe)
+                    if e.hold:
+                        pipe.set(e.key, f"{HOLD_VERSION}|", ex=self.ttl)
+                    else:
+                        await self._store(e, client=pipe)
                 results = await pipe.execute()
         self.metrics.cache_latency.labels("refresh").observe(time.perf_counter() - started)
         return sum(1 for r in results if r)
 
-    async def _store(self, entry: Entry, client: Any = None) -> Any:
+    async def _store(self, entry: Entry, client: Any = None, *, fill: bool = False) -> Any:
         ttl = self.ttl if entry.body is not None else TOMBSTONE_TTL_SECONDS
         return await self._put(
-            keys=[entry.key], args=[entry.version, entry.body or b"", ttl], client=client
+            keys=[entry.key],
+            args=[entry.version, entry.body or b"", ttl, "0" if fill else "1"],
+            client=client,
         )
 
     # -- hot keys -------------------------------------------------------------

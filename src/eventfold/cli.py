@@ -241,6 +241,10 @@ def _dlq(settings: Settings, args: argparse.Namespace) -> int:
                 report = await redrive(
                     pool, consumer, tenant=args.tenant, key=args.key, dry_run=args.dry_run
                 )
+                if report.applied and not args.dry_run:
+                    from consumers.cache.processor import refresh_after_redrive
+
+                    await refresh_after_redrive(settings, pool, report.keys)
                 if args.json:
                     _print_json(
                         {

@@ -12,7 +12,9 @@ async def test_health(api: Api) -> None:
     doc = await ready.json()
     assert ready.status == 200
     assert doc["status"] == "ok"
-    assert set(doc["checks"]) == {"postgres", "redis", "kafka", "projector"}
+    assert set(doc["checks"]) == {
+        "postgres", "redis", "kafka", "projector", "cache", "cache_breaker"
+    }  # fmt: skip
 
 
 async def test_metrics_are_prometheus_text(api: Api, tenant: TenantApi) -> None:

@@ -14,8 +14,9 @@ seen twice (a crash, a rebalance) is written again harmlessly, because every
 write is guarded by version.
 
 An event the projector parked (dead-lettered, or deferred with a slow tenant)
-is applied later, by a redrive this processor does not see in the log: such
-keys are remembered and refreshed again once they are no longer parked.
+is applied later, by a redrive this processor does not see in the log: such a
+record's entry becomes a *hold* (reads go to PostgreSQL, fills are refused),
+and is refreshed once its events are no longer parked.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from consumers.projector.fold import RECORD_TYPES
 from consumers.projector.processor import _start_with_retry
 from eventfold.cache import (
+    HOLD_VERSION,
     HOT_TENANTS_KEY,
     Entry,
     RecordCache,
@@ -171,8 +173,10 @@ class CacheProcessor:
             wanted = sorted(set(tenant_keys))
             if not wanted:
                 continue
-            entries += await self._entries(tenant, wanted)
             parked = await self._parked_keys(tenant, wanted)
+            held = {record_key(tenant, c, i) for c, i in parked}
+            entries += [e for e in await self._entries(tenant, wanted) if e.key not in held]
+            entries += [Entry(k, HOLD_VERSION, None, hold=True) for k in sorted(held)]
             if parked:
                 room = MAX_PARKED_KEYS - sum(len(v) for v in self._parked.values())
                 self._parked[tenant].update(sorted(parked)[: max(room, 0)])
@@ -329,3 +333,34 @@ async def _caught_up(consumer: AIOKafkaConsumer) -> bool:
         if await consumer.position(tp) < ends[tp]:
             return False
     return True
+
+
+async def refresh_after_redrive(
+    settings: Settings, pool: asyncpg.Pool, keys: Iterable[Mapping[str, object]]
+) -> int:
+    """Refresh the entries of records a redrive just applied (``eventfold dlq redrive``).
+
+    ``keys`` are the redrive report's ``{"tenant", "key": "collection/id"}``. The
+    cache processor would refresh them within seconds; doing it here makes a read
+    right after the redrive see it. Best effort: a failure only delays the refresh.
+    Returns the entries written.
+    """
+    wanted: dict[str, set[Key]] = defaultdict(set)
+    for k in keys:
+        parsed = _split_member(str(k.get("key", "")))
+        tenant = str(k.get("tenant", ""))
+        if parsed is not None and is_valid("tenant", tenant):
+            wanted[tenant].add(parsed)
+    if not wanted:
+        return 0
+    metrics = Metrics()
+    cache = RecordCache.from_settings(settings, metrics)
+    try:
+        return await CacheProcessor(settings, pool, metrics, cache=cache).refresh(cache, wanted)
+    except Exception as exc:
+        if not is_retriable(exc):
+            raise
+        log.warning("cache not refreshed after the redrive", extra={"error": repr(exc)})
+        return 0
+    finally:
+        await cache.close()
