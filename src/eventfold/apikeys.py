@@ -242,11 +242,7 @@ def install(app: web.Application) -> None:
         return
     app[_INSTALLED] = True
     from eventfold import ratelimit
-    from eventfold.auth import TokenVerifier
-    from eventfold.web import SETTINGS, VERIFIER
 
-    # bootstrap builds an HS256-only verifier; this one also knows the RS256 keys.
-    app[VERIFIER] = TokenVerifier.from_settings(app[SETTINGS])
     app.cleanup_ctx.append(_directory_ctx)
     ratelimit.install(app)
 

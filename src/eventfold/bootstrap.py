@@ -74,7 +74,7 @@ def create_app(settings: Settings, parts: Parts | None = None) -> web.Applicatio
     )
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
-    app[VERIFIER] = TokenVerifier(settings.jwt_secret, settings.jwt_issuer, settings.jwt_audience)
+    app[VERIFIER] = TokenVerifier.from_settings(settings)
     app[CURSORS] = CursorCodec(settings.jwt_secret)
     app[HEALTH] = Health()
     app.cleanup_ctx.append(_postgres_ctx)
