@@ -42,6 +42,7 @@ ALL_TENANTS = "*"
 #: A role implies every role before it: writer can read, admin can write.
 _RANK = {role: rank for rank, role in enumerate(ROLES)}
 LEEWAY_SECONDS = 30
+_VERIFIED_MAX = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +94,9 @@ class TokenVerifier:
         self._jwks_file = jwks_file
         self._jwks: dict[str, Any] = {}
         self._jwks_mtime: float | None = None
+        #: Tokens verified already, with their expiry: a signed token never
+        #: changes, so checking its signature once is enough (bounded, FIFO).
+        self._verified: dict[str, tuple[Principal, float]] = {}
         if jwks_file is not None:
             self._load_jwks()
 
@@ -114,7 +118,25 @@ class TokenVerifier:
         )
 
     def verify(self, token: str) -> Principal:
-        """Decode ``token``; raise 401 :class:`Unauthorized` on any defect."""
+        """Decode ``token``; raise 401 :class:`Unauthorized` on any defect.
+
+        A token seen before is answered from memory until it expires (a key
+        removed from the JWKS file stops new tokens, not ones already checked).
+        """
+        seen = self._verified.get(token)
+        if seen is not None:
+            principal, expires = seen
+            if time.time() <= expires + self.leeway:
+                return principal
+            del self._verified[token]
+            raise Unauthorized("the token has expired")
+        principal, expires = self._decode(token)
+        if len(self._verified) >= _VERIFIED_MAX:
+            del self._verified[next(iter(self._verified))]
+        self._verified[token] = (principal, expires)
+        return principal
+
+    def _decode(self, token: str) -> tuple[Principal, float]:
         try:
             header = jwt.get_unverified_header(token)
             alg = header.get("alg")
@@ -137,7 +159,7 @@ class TokenVerifier:
             raise Unauthorized("the token has expired") from None
         except jwt.InvalidTokenError as exc:
             raise Unauthorized(f"invalid token: {exc}") from None
-        return principal_from_claims(claims)
+        return principal_from_claims(claims), float(claims["exp"])
 
     def _rsa_key(self, kid: object) -> Any:
         """The key for an RS256 token: the JWKS key it names, else the PEM key, else

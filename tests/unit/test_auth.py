@@ -386,3 +386,18 @@ def test_leeway_comes_from_the_settings(tmp_path: Path) -> None:
     strict = TokenVerifier.from_settings(settings_with(tmp_path, jwt_leeway_seconds=5))
     assert_unauthorized(strict, token)
     assert TokenVerifier.from_settings(settings_with(tmp_path)).verify(token).tenant == "acme"
+
+
+def test_a_remembered_token_still_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    import eventfold.auth as auth_module
+
+    now = time.time()
+    verifier = TokenVerifier(SECRET, leeway=0)
+    token = issue_token(SECRET, tenant="acme", roles=["reader"], ttl_seconds=60, now=now)
+    first = verifier.verify(token)
+    assert verifier.verify(token) is first  # the second check is answered from memory
+    monkeypatch.setattr(auth_module.time, "time", lambda: now + 61)
+    with pytest.raises(Unauthorized, match="expired"):
+        verifier.verify(token)
+    with pytest.raises(Unauthorized):
+        verifier.verify(token)
