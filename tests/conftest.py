@@ -6,10 +6,14 @@ only its own events; each test starts from a fresh tenant.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import socket
+import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -84,3 +88,26 @@ async def _delete_topics(settings: Settings, topics: list[str]) -> None:
 def new_tenant_id() -> str:
     """A tenant id no other test uses."""
     return f"t{uuid.uuid4().hex[:12]}"
+
+
+async def wait_until_ready(http: Any, base: str, proc: subprocess.Popen[bytes]) -> None:
+    """Wait until a spawned ``eventfold`` process answers ``/health/ready`` with ok.
+
+    A process that exits first fails the test with the end of its output.
+    """
+    import aiohttp
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            stream = proc.stdout or proc.stderr
+            out = stream.read().decode(errors="replace") if stream else ""
+            pytest.fail(f"eventfold exited with {proc.returncode}:\n{out[-3000:]}")
+        try:
+            async with http.get(f"{base}/health/ready") as resp:
+                if resp.status == 200 and (await resp.json())["status"] == "ok":
+                    return
+        except aiohttp.ClientConnectionError:
+            pass
+        await asyncio.sleep(0.2)
+    pytest.fail(f"{base} not ready within 60 s")

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 from eventfold.auth import issue_token
 from eventfold.consistency import decode, encode
 from eventfold.settings import Settings
-from tests.conftest import free_port, new_tenant_id
+from tests.conftest import free_port, new_tenant_id, wait_until_ready
 
 EVENTFOLD = str(Path(sys.executable).with_name("eventfold"))
 
@@ -52,23 +51,6 @@ def process(*args: str, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]
                 proc.wait()
         if proc.stdout:
             proc.stdout.close()
-
-
-async def ready(session: aiohttp.ClientSession, base: str, proc: subprocess.Popen[bytes]) -> None:
-    """Wait until the process answers /health/ready with ok (it exits → fail with its output)."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            out = proc.stdout.read().decode() if proc.stdout else ""
-            pytest.fail(f"eventfold exited with {proc.returncode}:\n{out[-3000:]}")
-        try:
-            async with session.get(f"{base}/health/ready") as resp:
-                if resp.status == 200 and (await resp.json())["status"] == "ok":
-                    return
-        except aiohttp.ClientConnectionError:
-            pass
-        await asyncio.sleep(0.2)
-    pytest.fail(f"{base} not ready within 60 s")
 
 
 @pytest.fixture
@@ -150,7 +132,7 @@ async def test_all_in_one_process(session: aiohttp.ClientSession, settings: Sett
     port = free_port()
     with process("run", env=env_for(settings, port)) as proc:
         base = f"http://127.0.0.1:{port}"
-        await ready(session, base, proc)
+        await wait_until_ready(session, base, proc)
         await scenario(session, settings, base, base)
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(proc.wait, 20) == 0
@@ -171,8 +153,8 @@ async def test_each_part_in_its_own_process(
         process("serve", "api", env=env_for(settings, api_port)) as api,
         process("process", "projector", env=env_for(settings, free_port())) as projector,
     ):
-        await ready(session, f"http://127.0.0.1:{ingest_port}", ingest)
-        await ready(session, f"http://127.0.0.1:{api_port}", api)
+        await wait_until_ready(session, f"http://127.0.0.1:{ingest_port}", ingest)
+        await wait_until_ready(session, f"http://127.0.0.1:{api_port}", api)
         await scenario(
             session, settings, f"http://127.0.0.1:{ingest_port}", f"http://127.0.0.1:{api_port}"
         )

@@ -9,13 +9,11 @@ and body schema. Examples are bounded so the run stays under a minute.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,7 +29,7 @@ from schemathesis import checks
 from eventfold.auth import issue_token
 from eventfold.infra import ensure_topics
 from eventfold.settings import Settings
-from tests.conftest import _delete_topics, free_port, new_tenant_id
+from tests.conftest import _delete_topics, free_port, new_tenant_id, wait_until_ready
 
 EVENTFOLD = str(Path(sys.executable).with_name("eventfold"))
 CHECKS = [
@@ -78,7 +76,7 @@ async def live(stack: Settings) -> AsyncIterator[Live]:
     base = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
-            await _ready(http, base, proc)
+            await wait_until_ready(http, base, proc)
             tenant = new_tenant_id()
             admin = issue_token(own.jwt_secret, tenant="*", roles=["platform-admin"])
             headers = {"Authorization": f"Bearer {admin}"}
@@ -110,22 +108,6 @@ async def live(stack: Settings) -> AsyncIterator[Live]:
         await _delete_topics(own, [own.events_topic, own.dlq_topic])
         # Unhandled errors are logged at ERROR with "unhandled": none may have happened.
         assert '"unhandled error"' not in errors, errors[-5000:]
-
-
-async def _ready(http: aiohttp.ClientSession, base: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            err = proc.stderr.read().decode() if proc.stderr else ""
-            pytest.fail(f"eventfold exited with {proc.returncode}:\n{err[-3000:]}")
-        try:
-            async with http.get(f"{base}/health/ready") as resp:
-                if resp.status == 200 and (await resp.json())["status"] == "ok":
-                    return
-        except aiohttp.ClientConnectionError:
-            pass
-        await asyncio.sleep(0.2)
-    pytest.fail(f"{base} not ready within 60 s")
 
 
 @pytest.fixture(scope="module")
