@@ -111,6 +111,21 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.stream_clients = Gauge(
+            "eventfold_stream_clients",
+            "Server-Sent Events clients connected to this process.",
+            registry=r,
+        )
+        self.stream_events_sent = Counter(
+            "eventfold_stream_events_sent_total",
+            "Events written to Server-Sent Events clients (replayed from history or live).",
+            registry=r,
+        )
+        self.stream_slow_disconnects = Counter(
+            "eventfold_stream_slow_disconnects_total",
+            "SSE clients disconnected because they fell too far behind (queue full).",
+            registry=r,
+        )
         self.cache_breaker_state = Gauge(
             "eventfold_cache_breaker_state",
             "The record cache's circuit breaker: 0 closed, 1 half-open, 2 open.",

@@ -98,6 +98,10 @@ class Settings:
     #: Consecutive failures that open the cache's circuit breaker, and its cooldown.
     cache_breaker_failures: int = 3
     cache_breaker_cooldown_seconds: float = 2.0
+    #: SSE ``/stream``: a heartbeat comment this often, and the events a client may
+    #: have waiting before it is disconnected as too slow.
+    stream_heartbeat_seconds: float = 15.0
+    stream_queue_max: int = 1000
     log_level: str = "INFO"
     #: Which services the user pointed at their own instance (infra skips those).
     external: frozenset[str] = field(default_factory=frozenset)
@@ -173,6 +177,10 @@ class Settings:
                     "EVENTFOLD_CACHE_BREAKER_COOLDOWN_SECONDS", d.cache_breaker_cooldown_seconds
                 )
             ),
+            stream_heartbeat_seconds=float(
+                env.get("EVENTFOLD_STREAM_HEARTBEAT_SECONDS", d.stream_heartbeat_seconds)
+            ),
+            stream_queue_max=int(env.get("EVENTFOLD_STREAM_QUEUE_MAX", d.stream_queue_max)),
             log_level=env.get("EVENTFOLD_LOG_LEVEL", d.log_level).upper(),
             external=external,
         )

@@ -22,6 +22,7 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from consumers.projector import parking
 from consumers.projector.batch import BatchResult, LogEvent, apply_batch
+from consumers.projector.live import LivePublisher
 from consumers.projector.parking import ParkedEvent
 from consumers.projector.redrive import redrive
 from eventfold.db import fetch_checkpoints
@@ -71,6 +72,8 @@ class Projector:
         self._dlq: AIOKafkaProducer | None = None
         #: Tenants set aside as too slow; their events are deferred until a retry works.
         self.deferred: set[str] = set()
+        #: Pushes each committed batch's applied events to the SSE streams (best effort).
+        self.live = LivePublisher(settings, pool)
 
     @property
     def checkpoint_name(self) -> str:
@@ -127,11 +130,13 @@ class Projector:
                 if result is None:
                     return
                 await self._after_batch(consumer, result)
+                await self.live.publish(events)
         finally:
             retrier.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await retrier
             await consumer.stop()
+            await self.live.close()
             if self._dlq is not None:
                 await self._dlq.stop()
 
