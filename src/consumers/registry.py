@@ -39,7 +39,14 @@ def _cache(settings: Settings, pool: asyncpg.Pool, metrics: Metrics) -> Processo
     return CacheProcessor(settings, pool, metrics)
 
 
+def _archiver(settings: Settings, pool: asyncpg.Pool, metrics: Metrics) -> Processor:
+    from consumers.archiver.processor import Archiver
+
+    return Archiver(settings, pool, metrics)
+
+
 PROCESSORS: dict[str, ProcessorFactory] = {
     "projector": _projector,
     "cache": _cache,
+    "archiver": _archiver,
 }

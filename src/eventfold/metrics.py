@@ -65,6 +65,12 @@ class Metrics:
             ["processor", "partition"],
             registry=r,
         )
+        self.archive_lag = Gauge(
+            "eventfold_archive_lag",
+            "Records of a partition not yet durably archived in S3.",
+            ["partition"],
+            registry=r,
+        )
         self.projection_lag_seconds = Gauge(
             "eventfold_projection_lag_seconds",
             "Age of the newest event the projector has committed, at commit time.",

@@ -102,6 +102,10 @@ class Settings:
     #: have waiting before it is disconnected as too slow.
     stream_heartbeat_seconds: float = 15.0
     stream_queue_max: int = 1000
+    #: An archive segment closes before it would pass this many (uncompressed) bytes,
+    #: or once its records span this many seconds (see src/consumers/archiver).
+    archive_segment_bytes: int = 8 * 1024 * 1024
+    archive_segment_seconds: float = 300.0
     log_level: str = "INFO"
     #: Which services the user pointed at their own instance (infra skips those).
     external: frozenset[str] = field(default_factory=frozenset)
@@ -181,6 +185,12 @@ class Settings:
                 env.get("EVENTFOLD_STREAM_HEARTBEAT_SECONDS", d.stream_heartbeat_seconds)
             ),
             stream_queue_max=int(env.get("EVENTFOLD_STREAM_QUEUE_MAX", d.stream_queue_max)),
+            archive_segment_bytes=int(
+                env.get("EVENTFOLD_ARCHIVE_SEGMENT_BYTES", d.archive_segment_bytes)
+            ),
+            archive_segment_seconds=float(
+                env.get("EVENTFOLD_ARCHIVE_SEGMENT_SECONDS", d.archive_segment_seconds)
+            ),
             log_level=env.get("EVENTFOLD_LOG_LEVEL", d.log_level).upper(),
             external=external,
         )

@@ -13,7 +13,7 @@ async def test_health(api: Api) -> None:
     assert ready.status == 200
     assert doc["status"] == "ok"
     assert set(doc["checks"]) == {
-        "postgres", "redis", "kafka", "projector", "cache", "cache_breaker"
+        "postgres", "redis", "kafka", "projector", "cache", "archiver", "cache_breaker"
     }  # fmt: skip
 
 

@@ -1,0 +1,1 @@
+"""The event archiver: every event of the log in ordered, gzip-compressed S3 segments."""

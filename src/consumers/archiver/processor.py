@@ -1,0 +1,348 @@
+"""The archiver's Kafka loop: cut each partition into segments, PUT them, then checkpoint.
+
+Its position is a per-partition checkpoint in ``eventfold.checkpoints`` (its own
+consumer name), written only after a closed segment's objects and manifests are
+in S3; on every assignment the consumer seeks there and starts a fresh segment.
+Segment boundaries come from the log itself (:mod:`consumers.archiver.segments`),
+so a crash between the PUTs and the checkpoint makes the next run rewrite the
+same objects with the same bytes, never a second copy.
+
+A segment whose partition went quiet closes once the newest end of the log is
+``archive_segment_seconds`` past its first record, by the wall clock: the only
+clock-driven cut, and it happens only at the end of the log, where a re-run
+finds the same records (those written before the cut) unless new ones came in
+within the same window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.structs import ConsumerRecord
+from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
+
+from consumers.archiver.segments import (
+    Segment,
+    day_of,
+    manifest_key,
+    merge_manifest,
+    should_close,
+    tenant_objects,
+    to_line,
+)
+from consumers.projector.processor import _start_with_retry
+from eventfold.db import fetch_checkpoints
+from eventfold.faults import is_retriable
+from eventfold.infra import s3_client_config
+from eventfold.kafka import make_consumer
+from eventfold.metrics import Metrics
+from eventfold.settings import Settings
+
+log = logging.getLogger("eventfold.archiver")
+
+#: Records per Kafka fetch.
+BATCH_SIZE = 2000
+#: Deadline of each S3 call (connect and read timeouts are shorter, in the client config).
+S3_TIMEOUT = 30.0
+#: S3 error codes that say "not now" rather than "never".
+_S3_TRANSIENT_CODES = frozenset(
+    {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling"}
+)
+
+
+def s3_retriable(exc: BaseException) -> bool:
+    """Whether an S3 call that failed with ``exc`` may succeed when tried again."""
+    if isinstance(exc, ClientError):
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        return status >= 500 or status == 429 or code in _S3_TRANSIENT_CODES
+    if isinstance(exc, BotoCoreError):
+        return True  # connection, endpoint and read-timeout failures: the network, not us
+    return is_retriable(exc)
+
+
+class _SeekToCheckpoints(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, archiver: Archiver, consumer: AIOKafkaConsumer) -> None:
+        self._archiver = archiver
+        self._consumer = consumer
+
+    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        """Open segments of revoked partitions are dropped: their new owner cuts them again."""
+        self._archiver.forget([tp.partition for tp in revoked])
+
+    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        """Resume every assigned partition at its checkpoint, with no open segment."""
+        await self._archiver.seek_to_checkpoints(self._consumer, assigned)
+
+
+class Archiver:
+    """Writes the events topic to S3 as per-tenant, per-partition gzip-jsonl segments."""
+
+    name = "archiver"
+
+    def __init__(
+        self,
+        settings: Settings,
+        pool: asyncpg.Pool,
+        metrics: Metrics,
+        *,
+        topic: str | None = None,
+        group: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.metrics = metrics
+        self.topic = topic or settings.events_topic
+        self.group = group or f"{settings.consumer_group_prefix}.archiver"
+        self.caught_up = asyncio.Event()
+        self._open: dict[int, Segment] = {}
+        #: Partition → next offset already durable in S3 (the checkpoint).
+        self._durable: dict[int, int] = {}
+        #: Bumped on every rebalance: a batch fetched before one is abandoned.
+        self._epoch = 0
+        self._stop = asyncio.Event()
+        self._s3: Any = None
+
+    @property
+    def checkpoint_name(self) -> str:
+        """The ``consumer`` column of the archiver's checkpoint rows."""
+        return self.group
+
+    def forget(self, partitions: Sequence[int]) -> None:
+        """Drop the open segments of ``partitions`` (they are re-read from the checkpoint)."""
+        self._epoch += 1
+        for p in partitions:
+            self._open.pop(p, None)
+            self._durable.pop(p, None)
+
+    async def seek_to_checkpoints(
+        self, consumer: AIOKafkaConsumer, partitions: Sequence[TopicPartition]
+    ) -> None:
+        """Position ``partitions`` at their stored checkpoints (the start when none)."""
+        self.forget([tp.partition for tp in partitions])
+        async with self.pool.acquire(timeout=10) as conn:
+            stored = await fetch_checkpoints(conn, self.checkpoint_name, self.topic)
+        for tp in partitions:
+            if tp.partition in stored:
+                consumer.seek(tp, stored[tp.partition])
+                self._durable[tp.partition] = stored[tp.partition]
+            else:
+                await consumer.seek_to_beginning(tp)
+        log.info(
+            "partitions assigned", extra={"partitions": sorted(tp.partition for tp in partitions)}
+        )
+
+    async def run(self, stop: asyncio.Event | None = None, *, burst: bool = False) -> None:
+        """Archive until ``stop`` is set (or, in ``burst`` mode, until caught up).
+
+        In burst mode the open segments are left open (not archived yet): closing
+        them early would cut them where this run happened to stop.
+        """
+        from aiobotocore.session import get_session
+
+        self._stop = stop = stop or asyncio.Event()
+        consumer = make_consumer(
+            self.settings,
+            group=self.group,
+            client_id=f"eventfold-{self.name}",
+            max_poll_records=BATCH_SIZE,
+        )
+        consumer.subscribe([self.topic], listener=_SeekToCheckpoints(self, consumer))
+        s = self.settings
+        async with get_session().create_client(
+            "s3",
+            endpoint_url=s.s3_endpoint,
+            region_name=s.s3_region,
+            aws_access_key_id=s.s3_access_key,
+            aws_secret_access_key=s.s3_secret_key,
+            config=s3_client_config(),
+        ) as client:
+            self._s3 = client
+            await _start_with_retry(consumer, stop)
+            try:
+                while not stop.is_set():
+                    got = await consumer.getmany(timeout_ms=500, max_records=BATCH_SIZE)
+                    if got:
+                        self.caught_up.clear()
+                        await self._take(got)
+                    await self._close_idle(consumer, set(got))
+                    self._report_lag(consumer)
+                    if not got and await _caught_up(consumer):
+                        self.caught_up.set()
+                        if burst:
+                            return
+            finally:
+                self._s3 = None
+                await consumer.stop()
+
+    async def _take(self, got: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
+        """Add a fetch to the open segments, writing every segment it closes."""
+        epoch = self._epoch
+        s = self.settings
+        for tp, msgs in got.items():
+            for msg in msgs:
+                if self._epoch != epoch or self._stop.is_set():
+                    return  # a rebalance sought back to the checkpoints: this fetch is stale
+                line = to_line(msg.offset, msg.value)
+                seg = self._open.get(tp.partition)
+                if msg.offset < self._durable.get(tp.partition, 0) or (
+                    seg is not None and msg.offset <= seg.last_offset
+                ):
+                    continue  # archived already, or in the segment (a fetch overlapping a seek)
+                ts = max(msg.timestamp, 0)
+                size = len(line.text) if line else 0
+                if seg is not None and should_close(
+                    seg,
+                    size,
+                    ts,
+                    max_bytes=s.archive_segment_bytes,
+                    max_seconds=s.archive_segment_seconds,
+                ):
+                    await self._write(seg)
+                    seg = None
+                if seg is None:
+                    seg = Segment(tp.partition, msg.offset, ts, day_of(ts))
+                    self._open[tp.partition] = seg
+                if line is not None:
+                    seg.add(line)
+                else:
+                    seg.last_offset = msg.offset  # an empty record still moves the position
+
+    async def _close_idle(self, consumer: AIOKafkaConsumer, fetched: set[TopicPartition]) -> None:
+        """Close segments of partitions at the end of the log whose time is up."""
+        now_ms = time.time() * 1000
+        for tp in list(consumer.assignment()):
+            seg = self._open.get(tp.partition)
+            if seg is None or tp in fetched:
+                continue
+            high = consumer.highwater(tp)
+            at_end = high is not None and seg.last_offset + 1 >= high
+            age = now_ms - seg.first_timestamp_ms
+            if at_end and age >= self.settings.archive_segment_seconds * 1000:
+                await self._write(seg)
+
+    async def _write(self, seg: Segment) -> None:
+        """PUT a closed segment's objects, merge the manifests, then move the checkpoint."""
+        epoch = self._epoch
+        objects = tenant_objects(seg)
+        for obj in objects:
+            await self._s3_call(
+                "put_object",
+                Bucket=self.settings.s3_bucket,
+                Key=obj.key,
+                Body=obj.body,
+                ContentType="application/x-ndjson",
+                ContentEncoding="gzip",
+            )
+        for obj in objects:
+            key = manifest_key(obj.tenant, seg.partition)
+            current = await self._get_or_none(key)
+            body = merge_manifest(current, obj.tenant, seg.partition, [obj.manifest_entry(seg)])
+            if body != current:
+                await self._s3_call(
+                    "put_object",
+                    Bucket=self.settings.s3_bucket,
+                    Key=key,
+                    Body=body,
+                    ContentType="application/json",
+                )
+        await self._checkpoint(seg.partition, seg.last_offset + 1)
+        if self._epoch == epoch:
+            self._open.pop(seg.partition, None)
+            self._durable[seg.partition] = seg.last_offset + 1
+        log.debug(
+            "segment archived",
+            extra={
+                "partition": seg.partition,
+                "first_offset": seg.first_offset,
+                "last_offset": seg.last_offset,
+            },
+        )
+
+    async def _get_or_none(self, key: str) -> bytes | None:
+        async def get() -> bytes | None:
+            try:
+                resp = await self._s3.get_object(Bucket=self.settings.s3_bucket, Key=key)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                    return None
+                raise
+            async with resp["Body"] as body:
+                data: bytes = await body.read()
+            return data
+
+        result: bytes | None = await self._retrying(get)
+        return result
+
+    async def _s3_call(self, operation: str, **kwargs: Any) -> Any:
+        return await self._retrying(lambda: getattr(self._s3, operation)(**kwargs))
+
+    async def _retrying(self, call: Callable[[], Awaitable[Any]]) -> Any:
+        """``call()`` with a deadline, retried with backoff while S3 answers "not now"."""
+        delay = 0.2
+        while True:
+            try:
+                async with asyncio.timeout(S3_TIMEOUT):
+                    return await call()
+            except Exception as exc:
+                if not s3_retriable(exc) or self._stop.is_set():
+                    raise
+                self.metrics.dependency_errors.labels("s3").inc()
+                log.warning("s3 call failed, retrying", extra={"error": repr(exc)})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay * random.uniform(0.5, 1.5))  # noqa: S311
+            delay = min(delay * 2, 10.0)
+
+    async def _checkpoint(self, partition: int, next_offset: int) -> None:
+        """Store ``next_offset`` (never moving backwards: a former owner may finish late)."""
+        delay = 0.2
+        while True:
+            try:
+                async with self.pool.acquire(timeout=10) as conn:
+                    await conn.execute(
+                        "INSERT INTO eventfold.checkpoints"
+                        " (consumer, topic, partition, next_offset)"
+                        " VALUES ($1, $2, $3, $4)"
+                        " ON CONFLICT (consumer, topic, partition) DO UPDATE SET"
+                        " next_offset = GREATEST(eventfold.checkpoints.next_offset,"
+                        " EXCLUDED.next_offset), updated_at = now()",
+                        self.checkpoint_name,
+                        self.topic,
+                        partition,
+                        next_offset,
+                        timeout=10,
+                    )
+                return
+            except Exception as exc:
+                if not is_retriable(exc) or self._stop.is_set():
+                    raise
+                self.metrics.dependency_errors.labels("postgres").inc()
+                log.warning("archive checkpoint not written, retrying", extra={"error": repr(exc)})
+            await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311
+            delay = min(delay * 2, 10.0)
+
+    def _report_lag(self, consumer: AIOKafkaConsumer) -> None:
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            if high is not None:
+                behind = max(0, high - self._durable.get(tp.partition, 0))
+                self.metrics.archive_lag.labels(str(tp.partition)).set(behind)
+
+
+async def _caught_up(consumer: AIOKafkaConsumer) -> bool:
+    assigned = consumer.assignment()
+    if not assigned:
+        return False
+    ends = await consumer.end_offsets(list(assigned))
+    for tp in assigned:
+        if await consumer.position(tp) < ends[tp]:
+            return False
+    return True
