@@ -42,6 +42,10 @@ def _path(value: str | None) -> Path | None:
     return Path(value).expanduser() if value else None
 
 
+def _read_file(value: str | None) -> str:
+    return Path(value).expanduser().read_text().strip() if value else ""
+
+
 def _int_list(value: str) -> tuple[int, ...]:
     return tuple(int(part) for part in _split(value))
 
@@ -74,6 +78,9 @@ class Settings:
     rate_limit_default_burst: int = 200
     webhook_allow_hosts: tuple[str, ...] = ()
     webhook_retry_schedule: tuple[int, ...] = (5, 30, 120, 600, 3600)
+    #: Keys sealing secrets at rest (``id:base64key,...``, first seals; see
+    #: eventfold.sealing). Empty: a dev key file in ``var/``.
+    secret_keys: str = ""
     events_topic: str = EVENTS_TOPIC
     dlq_topic: str = DLQ_TOPIC
     topic_partitions: int = 8
@@ -156,6 +163,8 @@ class Settings:
                 env.get("EVENTFOLD_RATE_LIMIT_DEFAULT_BURST", d.rate_limit_default_burst)
             ),
             webhook_allow_hosts=_split(env.get("EVENTFOLD_WEBHOOK_ALLOW_HOSTS", "")),
+            secret_keys=env.get("EVENTFOLD_SECRET_KEYS")
+            or _read_file(env.get("EVENTFOLD_SECRET_KEYS_FILE")),
             cors_origins=_split(env.get("EVENTFOLD_CORS_ORIGINS", "")),
             compress_min_bytes=int(env.get("EVENTFOLD_COMPRESS_MIN_BYTES", d.compress_min_bytes)),
             webhook_retry_schedule=_int_list(env["EVENTFOLD_WEBHOOK_RETRY_SCHEDULE"])

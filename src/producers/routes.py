@@ -23,6 +23,7 @@ from eventfold.events import validate_data
 from eventfold.events.tenant import TenantCreated
 from eventfold.ids import tenant_schema
 from eventfold.logs import correlation_id
+from eventfold.replay import REPLAY_ATTRIBUTE, is_replay
 from eventfold.tenancy import tenant_connection
 from eventfold.web import (
     POOL,
@@ -159,6 +160,12 @@ async def publish_events(request: web.Request) -> web.Response:
             if event.tenant is not None and event.tenant != tenant.id:
                 raise EnvelopeInvalid(
                     [FieldError(f"{path}/tenant", "differs from the path's tenant")]
+                )
+            if is_replay(event):
+                # Only replay tooling may mark events: a client setting the marker
+                # would silence the tenant's webhooks and streams for its event.
+                raise EnvelopeInvalid(
+                    [FieldError(f"{path}/{REPLAY_ATTRIBUTE}", "is reserved for replay tooling")]
                 )
             validate_data(event, path=path)
         except EnvelopeInvalid as exc:
