@@ -1,0 +1,240 @@
+"""Live push: ``GET /v1/tenants/{t}/stream`` as Server-Sent Events.
+
+Events written after connecting arrive, filtered by type; ``Last-Event-ID``
+replays exactly the missed events, then the stream goes on live; other
+tenants' credentials are refused; a client that does not read is cut off;
+heartbeats arrive. A second, API-only app (no projector, its own small stream
+settings) serves some streams: any instance serves any tenant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+import pytest_asyncio
+from aiohttp import ClientResponse, ClientTimeout
+from aiohttp.test_utils import TestClient, TestServer
+
+from eventfold.bootstrap import Parts, create_app
+from eventfold.web import METRICS
+from tests.conftest import new_tenant_id
+from tests.integration.conftest import Api, TenantApi
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+#: Liveness bound of every wait for a frame (the speed itself is a benchmark's business).
+WAIT = 10.0
+SSE = "text/event-stream"
+
+
+@dataclasses.dataclass
+class Frame:
+    id: str | None
+    event: str | None
+    data: dict[str, Any] | None
+    comments: list[str]
+
+
+async def next_block(resp: ClientResponse) -> Frame:
+    """The next SSE block (up to a blank line): its fields and comments."""
+    fields: dict[str, str] = {}
+    comments: list[str] = []
+    async with asyncio.timeout(WAIT):
+        while True:
+            raw = await resp.content.readline()
+            assert raw, "the stream ended"
+            line = raw.decode().rstrip("\n")
+            if not line:
+                if fields or comments:
+                    break
+                continue
+            if line.startswith(":"):
+                comments.append(line[1:].strip())
+                continue
+            name, _, value = line.partition(": ")
+            fields[name] = value
+    data = orjson.loads(fields["data"]) if "data" in fields else None
+    return Frame(fields.get("id"), fields.get("event"), data, comments)
+
+
+async def next_event(resp: ClientResponse) -> Frame:
+    """The next event frame, skipping comment blocks (heartbeats, ``live``)."""
+    while True:
+        frame = await next_block(resp)
+        if frame.event is not None:
+            return frame
+
+
+async def open_stream(
+    client: TestClient[Any, Any], tenant: TenantApi, query: str = "", **headers: str
+) -> ClientResponse:
+    resp = await client.get(
+        tenant.path(f"/stream{query}"),
+        headers={**tenant.api.auth(tenant.id, "reader"), "Accept": SSE, **headers},
+        timeout=ClientTimeout(total=None, sock_read=None),
+    )
+    assert resp.status == 200, await resp.text()
+    assert resp.headers["Content-Type"].startswith("text/event-stream")
+    return resp
+
+
+async def upsert(tenant: TenantApi, record_id: str, **data: Any) -> str:
+    doc = await tenant.write("PUT", f"/collections/things/records/{record_id}", json=data)
+    return str(doc["event_id"])
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def small(api: Api) -> AsyncIterator[TestClient[Any, Any]]:
+    """A second API-only instance: heartbeat every 0.2 s, two events of queue per client."""
+    settings = dataclasses.replace(api.settings, stream_heartbeat_seconds=0.2, stream_queue_max=2)
+    app = create_app(settings, Parts(api=True, ingest=False, processors=()))
+    client: TestClient[Any, Any] = TestClient(TestServer(app))
+    await client.start_server()
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def test_event_written_after_connecting_arrives(api: Api, tenant: TenantApi) -> None:
+    # record.* only: the tenant's own tenant.created may be published after we connect.
+    resp = await open_stream(api.client, tenant, "?types=record.*")
+    try:
+        event_id = await upsert(tenant, "a", n=1)
+        frame = await next_event(resp)
+        assert frame.event == "record.upserted"
+        assert frame.data is not None
+        assert frame.data["id"] == event_id
+        assert frame.data["status"] == "applied"
+        assert frame.data["subject"] == "things/a"
+        assert frame.data["data"] == {"n": 1}
+        assert frame.id is not None
+        assert frame.id.isdigit()
+    finally:
+        resp.close()
+
+
+async def test_type_filter_with_wildcard(api: Api, tenant: TenantApi, small: Any) -> None:
+    # Served by the other instance: the events reach it through Redis.
+    resp = await open_stream(small, tenant, "?types=record.d*,tenant.*")
+    try:
+        await upsert(tenant, "b", n=1)
+        deleted = await tenant.write("DELETE", "/collections/things/records/b")
+        frame = await next_event(resp)
+        assert frame.event == "record.deleted"
+        assert frame.data is not None
+        assert frame.data["id"] == deleted["event_id"]
+    finally:
+        resp.close()
+
+
+async def test_resume_with_last_event_id(api: Api, tenant: TenantApi) -> None:
+    first = await open_stream(api.client, tenant, "?types=record.*")
+    try:
+        await upsert(tenant, "r", n=1)
+        seen = await next_event(first)
+    finally:
+        first.close()
+    missed = [await upsert(tenant, "r", n=n) for n in (2, 3, 4)]
+    assert seen.id is not None
+    resumed = await open_stream(api.client, tenant, "?types=record.*", **{"Last-Event-ID": seen.id})
+    try:
+        got = [await next_event(resumed) for _ in missed]
+        assert [f.data["id"] for f in got if f.data] == missed
+        assert [f.data["data"]["n"] for f in got if f.data] == [2, 3, 4]
+        ids = [int(seen.id)] + [int(f.id or 0) for f in got]
+        assert ids == sorted(set(ids))
+        # Live after the replay, and nothing the replay sent comes again.
+        later = await upsert(tenant, "r", n=5)
+        frame = await next_event(resumed)
+        assert frame.data is not None
+        assert frame.data["id"] == later
+        assert int(frame.id or 0) > ids[-1]
+    finally:
+        resumed.close()
+
+
+async def test_last_event_id_query_parameter(api: Api, tenant: TenantApi) -> None:
+    first = await upsert(tenant, "q", n=1)
+    second = await upsert(tenant, "q", n=2)
+    resp = await open_stream(api.client, tenant, "?types=record.*&last_event_id=0")
+    try:
+        got = [await next_event(resp) for _ in range(2)]
+        assert [f.data["id"] for f in got if f.data] == [first, second]
+    finally:
+        resp.close()
+
+
+async def test_credentials_and_parameters(api: Api, tenant: TenantApi) -> None:
+    path = tenant.path("/stream")
+    other = new_tenant_id()
+    resp = await api.client.get(path, headers={**api.auth(other, "reader"), "Accept": SSE})
+    assert resp.status == 403
+    resp = await api.client.get(path, headers={"Accept": SSE})
+    assert resp.status == 401
+    # A plain GET (Accept: */*) is told what to send instead of waiting forever.
+    resp = await api.client.get(path, headers=api.auth(tenant.id, "reader"))
+    assert resp.status == 400
+    for query in ("?types=Bad!", "?types=", "?last_event_id=x"):
+        resp = await api.client.get(
+            path + query, headers={**api.auth(tenant.id, "reader"), "Accept": SSE}
+        )
+        assert resp.status == 422, query
+        assert resp.content_type == "application/problem+json"
+
+
+async def test_heartbeats_arrive(tenant: TenantApi, small: TestClient[Any, Any]) -> None:
+    resp = await open_stream(small, tenant)
+    try:
+        beats = 0
+        while beats < 2:
+            block = await next_block(resp)
+            beats += block.comments.count("heartbeat")
+    finally:
+        resp.close()
+
+
+async def test_slow_client_is_disconnected(tenant: TenantApi, small: TestClient[Any, Any]) -> None:
+    metrics = small.server.app[METRICS]
+    before = metrics.stream_slow_disconnects._value.get()
+    # A client that never reads: a tiny receive window, so the server's buffers fill fast.
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (small.host, small.port))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=1024)
+    token = tenant.api.token(tenant.id, "reader")
+    writer.write(
+        f"GET {tenant.path('/stream')} HTTP/1.1\r\nHost: test\r\n"
+        f"Accept: {SSE}\r\nAuthorization: Bearer {token}\r\n\r\n".encode()
+    )
+    await writer.drain()
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        blob = {"blob": "x" * 60_000}
+        async with asyncio.timeout(60):
+            n = 0
+            while metrics.stream_slow_disconnects._value.get() == before:
+                doc = await tenant.write("PUT", f"/collections/things/records/s{n}", json=blob)
+                # One write at a time, each projected (and so published) before the next.
+                got = await tenant.read(
+                    f"/collections/things/records/s{n}", doc["consistency_token"]
+                )
+                assert got.status == 200
+                n += 1
+        # The connection is cut: reading ends (EOF or reset) instead of waiting forever.
+        async with asyncio.timeout(WAIT):
+            try:
+                while await reader.read(65536):
+                    pass
+            except ConnectionError:
+                pass
+    finally:
+        writer.close()
