@@ -14,7 +14,7 @@ help:
 	@echo "make test       set up and run lint, type checks and the whole test suite"
 	@echo "make infra      start the local stack only      make infra-down   stop it"
 	@echo "make unit       fast unit tests only (no services)"
-	@echo "make bench      ingest/projector throughput and read latency (benchmarks/)"
+	@echo "make bench      the benchmark suite with its peers (QUICK=1: under 10 minutes)"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,8 +52,8 @@ test: lint typecheck infra
 
 bench: infra
 	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
-	$(BIN)/python -m benchmarks.throughput $(BENCH_ARGS)
-	$(BIN)/python -m benchmarks.reads
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m benchmarks.suite $(if $(QUICK),--quick) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

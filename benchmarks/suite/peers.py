@@ -1,0 +1,115 @@
+"""Runs the peers on the benchmark's topic and PostgreSQL, each in its own process.
+
+Each peer's result carries its throughput, CPU per 1,000 events, peak memory
+and a correctness verdict against the same fold the Eventfold phases are held to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from benchmarks.suite import check
+from benchmarks.suite.phases import Bench
+from benchmarks.suite.procstat import ProcWatch, children_cpu
+from benchmarks.suite.workload import Workload
+
+ROOT = Path(__file__).resolve().parents[2]
+_JSON = re.compile(rb"\{\"(?:events|notifications)\".*?\}")
+
+
+async def _run_peer(name: str, argv: list[str], events: int) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    cpu0 = children_cpu()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", *argv, env=env, cwd=str(ROOT),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    watch = ProcWatch({name: proc.pid}, interval=0.5)
+    watch.start()
+    stdout, _ = await proc.communicate()
+    procs = await watch.stop(events, {name: children_cpu() - cpu0})
+    found = _JSON.findall(stdout)
+    if proc.returncode != 0 or not found:
+        tail = stdout[-2000:].decode(errors="replace")
+        return {"error": f"exit {proc.returncode}", "output": tail, "processes": procs}
+    result: dict[str, Any] = orjson.loads(found[-1])
+    result["processes"] = procs
+    result["memory"] = watch.samples
+    return result
+
+
+async def naive(bench: Bench, expected: check.State) -> dict[str, Any]:
+    """The day-one aiokafka + asyncpg consumer, one transaction per event."""
+    s = bench.settings
+    size = await bench.topic_size()
+    out = await _run_peer("naive", ["benchmarks.suite.peer_naive", "--bootstrap",
+                          s.kafka_bootstrap, "--topic", s.events_topic, "--dsn", s.database_url],
+                          size)  # fmt: skip
+    out["check"] = await _verdict(bench, "peer_naive", expected)
+    return out
+
+
+async def faust_agent(bench: Bench, expected: check.State) -> dict[str, Any]:
+    """A faust-streaming agent with the same sink."""
+    s = bench.settings
+    size = await bench.topic_size()
+    out = await _run_peer("faust", ["benchmarks.suite.peer_faust", "--bootstrap",
+                          s.kafka_bootstrap, "--topic", s.events_topic, "--dsn", s.database_url,
+                          "--expect", str(size), "--partitions", str(s.topic_partitions)],
+                          size)  # fmt: skip
+    out["check"] = await _verdict(bench, "peer_faust", expected)
+    return out
+
+
+async def eventsourcing(bench: Bench, events: int) -> dict[str, Any]:
+    """The eventsourcing library: append the workload's events, then project them."""
+    s = bench.settings
+    base = ["benchmarks.suite.peer_eventsourcing"]
+    tenants = ",".join(bench.tenants)
+    append = await _run_peer("eventsourcing-append", [*base, "append", "--dsn",
+                             s.database_url, "--events", str(events), "--tenants", tenants],
+                             events)  # fmt: skip
+    project = await _run_peer("eventsourcing-project", [*base, "project", "--dsn",
+                              s.database_url], events)  # fmt: skip
+    if "seconds" in project:
+        project["events_per_second"] = round(events / project["seconds"], 1)
+        project["events"] = events
+    # The library's input is the workload in generation order (one writer), so its
+    # expected state is that sequence folded in order.
+    expected = fold_sequence(Workload(bench.tenants), events)
+    pool = await bench.pool()
+    try:
+        verdict = check.compare(expected, await check.peer_state(pool, "peer_es_view"))
+    finally:
+        await pool.close()
+    return {"append": append, "project": project, "check": verdict.as_dict()}
+
+
+def fold_sequence(workload: Workload, events: int) -> check.State:
+    """The state ``events`` workload events leave when applied in order."""
+    from datetime import UTC, datetime
+
+    from consumers.projector.fold import Record, apply
+
+    epoch = datetime.fromtimestamp(0, UTC)
+    records: dict[tuple[str, str, str], Record | None] = {}
+    for tenant, ev in workload.events(events):
+        collection, _, rid = ev["subject"].partition("/")
+        key = (tenant, collection, rid)
+        records[key], _ = apply(records.get(key), ev["type"], ev.get("data"), at=epoch)
+    return {k: (r.version, r.data) for k, r in records.items() if r is not None and r.live}
+
+
+async def _verdict(bench: Bench, schema: str, expected: check.State) -> dict[str, Any]:
+    pool = await bench.pool()
+    try:
+        return check.compare(expected, await check.peer_state(pool, schema)).as_dict()
+    finally:
+        await pool.close()

@@ -1,0 +1,485 @@
+"""Eventfold's phases: ingest, projection, end-to-end, reads, replay.
+
+Every process under test runs as its own ``eventfold`` process (as in
+production), so :class:`~.procstat.ProcWatch` can charge CPU and memory to it;
+the load generator runs in this process. Latencies go into
+:class:`~.histogram.Histogram`s; open-loop phases measure from each request's
+*scheduled* start, so a server falling behind shows as latency (no
+coordinated omission).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import orjson
+
+from benchmarks.suite.histogram import Histogram
+from benchmarks.suite.procstat import ProcWatch, children_cpu
+from benchmarks.suite.progress import Progress
+from benchmarks.suite.workload import Workload
+from eventfold.auth import issue_token
+from eventfold.infra import ensure_topics
+from eventfold.settings import Settings
+
+EXE = str(Path(sys.executable).with_name("eventfold"))
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True, slots=True)
+class Sizes:
+    """How much load each phase sends."""
+
+    name: str
+    batch_events: int
+    single_saturation: int
+    single_pool: int
+    fixed_rates: tuple[int, ...]
+    fixed_seconds: float
+    e2e_seconds: float
+    eventsourcing_events: int
+    read_records: int
+    read_seconds: int
+
+
+#: ``make bench QUICK=1``: under 10 minutes on 2 cores.
+QUICK = Sizes("quick", 60_000, 8_000, 15_000, (500, 1000, 2000), 4, 4, 5_000, 5_000, 5)
+FULL = Sizes("full", 300_000, 30_000, 60_000, (1000, 2000, 5000), 15, 20, 20_000, 20_000, 15)
+#: A minute-long run that exercises every code path (for changing the suite itself).
+SMOKE = Sizes("smoke", 5_000, 500, 1_000, (200,), 1, 1, 300, 500, 1)
+
+
+@dataclass(slots=True)
+class Bench:
+    """One suite run: its private topic and group, tenants, processes and tokens."""
+
+    settings: Settings
+    tenants: list[str]
+    workload: Workload
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
+    tokens: dict[str, dict[str, str]] = field(default_factory=dict)
+    published: int = 0
+
+    @classmethod
+    async def create(cls, tenants: int, partitions: int) -> Bench:
+        """Private topic/group names for this run; the topic is created."""
+        run_id = uuid.uuid4().hex[:6]
+        settings = dataclasses.replace(
+            Settings.from_env(),
+            events_topic=f"eventfold.bench-{run_id}.events",
+            dlq_topic=f"eventfold.bench-{run_id}.dlq",
+            consumer_group_prefix=f"eventfold-bench-{run_id}",
+            topic_partitions=partitions,
+        )
+        await ensure_topics(settings)
+        names = [f"bench_{run_id}_{n:02d}" for n in range(tenants)]
+        return cls(settings, names, Workload(names))
+
+    def env(self, port: int | None = None, **extra: str) -> dict[str, str]:
+        """The environment of a process under test."""
+        env = {
+            **os.environ,
+            "EVENTFOLD_EVENTS_TOPIC": self.settings.events_topic,
+            "EVENTFOLD_DLQ_TOPIC": self.settings.dlq_topic,
+            "EVENTFOLD_CONSUMER_GROUP_PREFIX": self.settings.consumer_group_prefix,
+            "EVENTFOLD_TOPIC_PARTITIONS": str(self.settings.topic_partitions),
+            "EVENTFOLD_LOG_LEVEL": "WARNING",
+            **extra,
+        }
+        if port is not None:
+            env["EVENTFOLD_HTTP_PORT"] = str(port)
+        return env
+
+    async def start(self, name: str, *argv: str, http: bool = True) -> None:
+        """Start ``eventfold *argv`` as ``name`` and wait until it is ready."""
+        port = free_port() if http else None
+        self.procs[name] = subprocess.Popen(  # noqa: ASYNC220 - started between phases
+            [EXE, *argv], env=self.env(port), stdout=subprocess.DEVNULL
+        )
+        if port is not None:
+            self.ports[name] = port
+            await wait_ready(f"http://127.0.0.1:{port}", self.procs[name])
+
+    def stop(self, name: str) -> None:
+        """Stop one process (TERM, then KILL after 20 s)."""
+        proc = self.procs.pop(name, None)
+        if proc is None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+    def stop_all(self) -> None:
+        """Stop every process still running."""
+        for name in list(self.procs):
+            self.stop(name)
+
+    def url(self, name: str) -> str:
+        """Base URL of an HTTP process."""
+        return f"http://127.0.0.1:{self.ports[name]}"
+
+    async def pool(self) -> asyncpg.Pool:
+        """A small pool on the benchmark's PostgreSQL."""
+        pool: asyncpg.Pool = await asyncpg.create_pool(
+            self.settings.database_url, min_size=1, max_size=4
+        )
+        return pool
+
+    async def projected_offsets(self, pool: asyncpg.Pool) -> int:
+        """Sum of the projector's checkpoints on this run's topic (events consumed)."""
+        total = await pool.fetchval(
+            "SELECT coalesce(sum(next_offset), 0) FROM eventfold.checkpoints"
+            " WHERE topic = $1 AND consumer LIKE '%projector%'",
+            self.settings.events_topic,
+        )
+        return int(total)
+
+    async def topic_size(self) -> int:
+        """Messages in this run's topic (sum of end offsets)."""
+        from benchmarks.suite.check import end_offsets
+
+        return await end_offsets(self.settings.kafka_bootstrap, self.settings.events_topic)
+
+
+async def wait_ready(base: str, proc: subprocess.Popen[bytes]) -> None:
+    """Wait for ``/health/ready`` = ok; fail when the process exits."""
+    deadline = time.monotonic() + 90
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise SystemExit(f"{proc.args} exited with {proc.returncode}")
+            try:
+                async with session.get(f"{base}/health/ready") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.2)
+    raise SystemExit(f"{base} not ready within 90 s")
+
+
+async def project_burst(bench: Bench, label: str) -> dict[str, Any]:
+    """Run ``eventfold process projector --burst`` to the end of the log; time it.
+
+    Also samples the checkpoints every half second: throughput over time.
+    """
+    pool = await bench.pool()
+    try:
+        start_offsets = await bench.projected_offsets(pool)
+        target = await bench.topic_size()
+        cpu0 = children_cpu()
+        proc = subprocess.Popen(  # noqa: ASYNC220 - the phase's process under test
+            [EXE, "process", "projector", "--burst"], env=bench.env(), stdout=subprocess.DEVNULL
+        )
+        watch = ProcWatch({"projector": proc.pid}, interval=0.5)
+        watch.start()
+        t0 = time.perf_counter()
+        timeline: list[tuple[float, int]] = []
+        progress = Progress(label, target - start_offsets, unit="events")
+        while proc.poll() is None:
+            done = await bench.projected_offsets(pool) - start_offsets
+            timeline.append((time.perf_counter() - t0, done))
+            progress.update(done)
+            await asyncio.sleep(0.5)
+        elapsed = time.perf_counter() - t0
+        events = await bench.projected_offsets(pool) - start_offsets
+        progress.done(events)
+        procs = await watch.stop(events, {"projector": children_cpu() - cpu0})
+    finally:
+        await pool.close()
+    if proc.returncode != 0:
+        raise SystemExit(f"projector exited with {proc.returncode}")
+    return {
+        "events": events,
+        "seconds": round(elapsed, 2),
+        "events_per_second": round(events / elapsed, 1),
+        "processes": procs,
+        "timeline": timeline,
+        "memory": watch.samples,
+    }
+
+
+async def create_tenants(bench: Bench, session: aiohttp.ClientSession) -> None:
+    """Create the run's tenants through the gateway (limits far above the load)."""
+    admin = {"Authorization": "Bearer " + issue_token(
+        bench.settings.jwt_secret, tenant="*", roles=["platform-admin"])}  # fmt: skip
+    limits = {"requests_per_second": 1_000_000, "burst": 1_000_000}
+    for t in bench.tenants:
+        async with session.post(
+            f"{bench.url('ingest')}/v1/tenants",
+            json={"id": t, "name": t, "limits": limits},
+            headers=admin,
+        ) as r:
+            if r.status != 202:
+                raise SystemExit(f"tenant creation failed: {r.status} {await r.text()}")
+        bench.tokens[t] = {"Authorization": "Bearer " + issue_token(
+            bench.settings.jwt_secret, tenant=t, roles=["writer"], ttl_seconds=7200)}  # fmt: skip
+
+
+async def closed_loop(
+    count: int, concurrency: int, call: Callable[[int], Awaitable[None]], label: str
+) -> tuple[Histogram, float]:
+    """Run ``call(i)`` for i < count with ``concurrency`` in flight; (latencies, seconds)."""
+    hist = Histogram()
+    it = iter(range(count))
+    progress = Progress(label, count, unit="requests")
+
+    async def worker() -> None:
+        for i in it:
+            t0 = time.perf_counter()
+            await call(i)
+            hist.record(time.perf_counter() - t0)
+            progress.update(hist.total)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - t0
+    progress.done(count)
+    return hist, elapsed
+
+
+async def open_loop(
+    rate: float,
+    seconds: float,
+    call: Callable[[int], Awaitable[None]],
+    label: str,
+    max_in_flight: int = 2000,
+) -> dict[str, Any]:
+    """Start ``call(i)`` at a fixed ``rate`` for ``seconds``; latency from the scheduled time."""
+    hist = Histogram()
+    total = int(rate * seconds)
+    failures = 0
+    sem = asyncio.Semaphore(max_in_flight)
+    progress = Progress(f"{label} @ {rate:,.0f}/s", total, unit="requests")
+
+    async def one(i: int, scheduled: float) -> None:
+        nonlocal failures
+        try:
+            await call(i)
+            hist.record(time.perf_counter() - scheduled)
+        except Exception:
+            failures += 1
+        finally:
+            sem.release()
+            progress.update(hist.total + failures)
+
+    tasks: set[asyncio.Task[None]] = set()
+    t0 = time.perf_counter()
+    for i in range(total):
+        scheduled = t0 + i / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await sem.acquire()
+        task = asyncio.create_task(one(i, scheduled))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - t0
+    progress.done(total)
+    return {"target_rate": rate, "achieved_rate": round(hist.total / elapsed, 1),
+            "requests": total, "failures": failures, "latency_ms": hist.summary(),
+            "cdf": hist.cdf()}  # fmt: skip
+
+
+async def ingest(bench: Bench, session: aiohttp.ClientSession, sizes: Sizes) -> dict[str, Any]:
+    """Batches and single events at saturation, single events at fixed rates."""
+    out: dict[str, Any] = {}
+    base = bench.url("ingest")
+    headers = {"Content-Type": "application/json"}
+
+    batch_size = 500
+    n_batches = sizes.batch_events // batch_size
+    bodies = []
+    for _ in range(n_batches):
+        by_tenant: dict[str, list[dict[str, Any]]] = {}
+        for tenant, ev in bench.workload.events(batch_size):
+            by_tenant.setdefault(tenant, []).append(ev)
+        bodies.extend((t, orjson.dumps(evs)) for t, evs in by_tenant.items())
+
+    async def post_batch(i: int) -> None:
+        tenant, body = bodies[i]
+        async with session.post(
+            f"{base}/v1/tenants/{tenant}/events",
+            data=body,
+            headers={**headers, **bench.tokens[tenant]},
+        ) as r:
+            await r.read()
+            if r.status != 202:
+                raise RuntimeError(f"batch answered {r.status}")
+
+    watch = ProcWatch({"ingest": bench.procs["ingest"].pid, "load-generator": os.getpid()})
+    watch.start()
+    hist, secs = await closed_loop(len(bodies), 8, post_batch, "ingest batches")
+    events = n_batches * batch_size
+    out["batches"] = {"events": events, "batch_events": batch_size, "seconds": round(secs, 2),
+                      "events_per_second": round(events / secs, 1), "latency_ms": hist.summary(),
+                      "processes": await watch.stop(events)}  # fmt: skip
+
+    singles = [(t, orjson.dumps(ev)) for t, ev in
+               bench.workload.events(sizes.single_pool)]  # fmt: skip
+    cursor = {"next": 0}
+
+    async def post_single(_i: int) -> None:
+        n = cursor["next"]
+        cursor["next"] = n + 1
+        tenant, body = singles[n % len(singles)]
+        async with session.post(
+            f"{base}/v1/tenants/{tenant}/events",
+            data=body,
+            headers={**headers, **bench.tokens[tenant]},
+        ) as r:
+            await r.read()
+            if r.status != 202:
+                raise RuntimeError(f"event answered {r.status}")
+
+    count = sizes.single_saturation
+    watch = ProcWatch({"ingest": bench.procs["ingest"].pid, "load-generator": os.getpid()})
+    watch.start()
+    hist, secs = await closed_loop(count, 64, post_single, "ingest single events")
+    out["single_saturation"] = {"requests": count, "concurrency": 64, "seconds": round(secs, 2),
+                                "requests_per_second": round(count / secs, 1),
+                                "latency_ms": hist.summary(), "cdf": hist.cdf(),
+                                "processes": await watch.stop(count)}  # fmt: skip
+    out["single_fixed_rate"] = []
+    for rate in sizes.fixed_rates:
+        seconds = sizes.fixed_seconds
+        watch = ProcWatch({"ingest": bench.procs["ingest"].pid})
+        watch.start()
+        run = await open_loop(rate, seconds, post_single, "ingest single events")
+        run["processes"] = await watch.stop(run["requests"])
+        out["single_fixed_rate"].append(run)
+    bench.published = await bench.topic_size()
+    return out
+
+
+async def end_to_end(
+    bench: Bench, session: aiohttp.ClientSession, max_rate: float, sizes: Sizes
+) -> list[dict[str, Any]]:
+    """Write-to-visible latency (accepted → readable through the API) at 25/50/75 % load."""
+    ingest_base, api_base = bench.url("ingest"), bench.url("api")
+    tenant = bench.tenants[0]
+    read_token = {"Authorization": "Bearer " + issue_token(
+        bench.settings.jwt_secret, tenant=tenant, roles=["reader"], ttl_seconds=7200)}  # fmt: skip
+    runs = []
+    for share in (0.25, 0.5, 0.75):
+        prefix = uuid.uuid4().hex[:6]
+
+        async def write_then_read(i: int, prefix: str = prefix) -> None:
+            rid = f"e2e{prefix}{i}"
+            ev = {
+                "specversion": "1.0",
+                "id": f"e2e-{prefix}-{i}",
+                "source": "bench/e2e",
+                "type": "record.upserted",
+                "subject": f"visible/{rid}",
+                "data": {"n": i},
+            }
+            async with session.post(
+                f"{ingest_base}/v1/tenants/{tenant}/events", json=ev, headers=bench.tokens[tenant]
+            ) as r:
+                token = (await r.json())["consistency_token"]
+                if r.status != 202:
+                    raise RuntimeError(f"write answered {r.status}")
+            async with session.get(
+                f"{api_base}/v1/tenants/{tenant}/collections/visible/records/{rid}",
+                headers={**read_token, "X-Consistency-Token": token},
+            ) as r:
+                await r.read()
+                if r.status != 200:
+                    raise RuntimeError(f"read answered {r.status}")
+
+        watch = ProcWatch({name: p.pid for name, p in bench.procs.items()})
+        watch.start()
+        rate = max(10.0, max_rate * share)
+        run = await open_loop(
+            rate, sizes.e2e_seconds, write_then_read, f"write-to-visible {share:.0%}"
+        )
+        run["load_share"] = share
+        run["processes"] = await watch.stop(run["requests"])
+        run["memory"] = watch.samples
+        runs.append(run)
+    return runs
+
+
+async def _run(argv: list[str], env: dict[str, str]) -> int:
+    proc = await asyncio.create_subprocess_exec(
+        *argv, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
+    return await proc.wait()
+
+
+async def replay(bench: Bench) -> dict[str, Any]:
+    """Time ``eventfold replay`` for one tenant and for all (when the command exists)."""
+    if await _run([EXE, "replay", "--help"], bench.env()) != 0:
+        return {"available": False, "why": "eventfold replay is not built yet"}
+    out: dict[str, Any] = {"available": True}
+    for label, argv in (
+        ("one_tenant_kafka", ["--tenant", bench.tenants[1]]),
+        ("all_tenants_kafka", []),
+        ("one_tenant_archive", ["--tenant", bench.tenants[2], "--from-archive"]),
+    ):
+        if label == "one_tenant_archive":
+            await _run([EXE, "process", "archiver", "--burst"], bench.env())
+        t0 = time.perf_counter()
+        cpu0 = children_cpu()
+        proc = await asyncio.create_subprocess_exec(
+            EXE, "replay", *argv, "--json", env=bench.env(),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        watch = ProcWatch({"replay": proc.pid}, interval=0.5)
+        watch.start()
+        reader = asyncio.create_task(proc.communicate())
+        await watch_until(watch, reader)
+        stdout, _ = await reader
+        elapsed = time.perf_counter() - t0
+        report: dict[str, Any] = {}
+        for line in stdout.splitlines()[::-1]:
+            try:
+                report = orjson.loads(line)
+                break
+            except orjson.JSONDecodeError:
+                continue
+        events = int(report.get("events", 0) or 0) if isinstance(report, dict) else 0
+        procs = await watch.stop(max(events, 1), {"replay": children_cpu() - cpu0})
+        out[label] = {"exit": proc.returncode, "seconds": round(elapsed, 2), "events": events,
+                      "events_per_second": round(events / elapsed, 1) if events else None,
+                      "processes": procs, "report": report}  # fmt: skip
+    return out
+
+
+async def watch_until(watch: ProcWatch, task: asyncio.Task[Any]) -> None:
+    """Let ``watch`` sample until ``task`` is done (CPU is read before the process is reaped)."""
+    await asyncio.wait({task})
+
+
+def rss_peak(pid: int) -> float:
+    """Peak RSS (MiB) of a running process."""
+    from benchmarks.suite.procstat import rss_mb
+
+    return round(rss_mb(pid)[1], 1)

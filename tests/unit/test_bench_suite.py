@@ -1,0 +1,74 @@
+"""Pure parts of the benchmark suite: the histogram, the workload, the target verdicts."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime
+
+import pytest
+from benchmarks.suite.histogram import Histogram
+from benchmarks.suite.peers import fold_sequence
+from benchmarks.suite.report import lookup, verdicts
+from benchmarks.suite.workload import Workload
+
+from consumers.projector.fold import Record, apply
+
+
+def test_histogram_quantiles_are_within_one_percent() -> None:
+    rng = random.Random(1)
+    values = [rng.lognormvariate(-5, 1) for _ in range(20_000)]
+    hist = Histogram()
+    for v in values:
+        hist.record(v)
+    ordered = sorted(values)
+    for q in (0.5, 0.9, 0.99, 0.999):
+        exact = ordered[int(q * len(ordered)) - 1] * 1000
+        assert hist.quantile_ms(q) == pytest.approx(exact, rel=0.02)
+    assert hist.quantile_ms(1.0) == pytest.approx(max(values) * 1000)
+
+
+def test_merged_histograms_count_both() -> None:
+    a, b = Histogram(), Histogram()
+    a.record(0.001)
+    b.record(0.002)
+    a.merge(b)
+    assert a.total == 2
+    assert a.summary()["max"] == pytest.approx(2.0)
+
+
+def test_the_workload_is_reproducible_sized_and_skewed() -> None:
+    tenants = [f"t{n}" for n in range(50)]
+    first = list(Workload(tenants, seed=3).events(5000))
+    assert first == list(Workload(tenants, seed=3).events(5000))
+    sizes = [len(str(ev.get("data", ""))) for _, ev in first if ev["type"] == "record.upserted"]
+    assert 500 < sum(sizes) / len(sizes) < 900
+    kinds = {ev["type"] for _, ev in first}
+    assert kinds == {"record.upserted", "record.patched", "record.deleted"}
+    hot = sum(1 for _, ev in first if int(ev["subject"].split("/o")[1]) < 10)
+    assert hot / len(first) > 0.15
+
+
+def test_every_workload_event_applies_in_generation_order() -> None:
+    epoch = datetime.fromtimestamp(0, UTC)
+    records: dict[tuple[str, str], Record | None] = {}
+    for tenant, ev in Workload(["a", "b"]).events(3000):
+        key = (tenant, ev["subject"])
+        records[key], outcome = apply(records.get(key), ev["type"], ev.get("data"), at=epoch)
+        assert outcome.status == "applied", (ev, outcome)
+    assert len(fold_sequence(Workload(["a", "b"]), 3000)) == sum(
+        1 for r in records.values() if r is not None and r.live
+    )
+
+
+def test_target_verdicts_read_nested_results() -> None:
+    doc = {
+        "ingest": {"single_saturation": {"requests_per_second": 9000.0},
+                   "single_fixed_rate": [{"target_rate": 5000, "latency_ms": {"p99": 30.0}}]},
+        "memory": {"api": 60.0},
+    }  # fmt: skip
+    assert lookup(doc, "ingest.single_fixed_rate[5000].latency_ms.p99") == 30.0
+    rows = {r["target"]: r["met"] for r in verdicts(doc)}
+    assert rows["ingest single-event requests/s"] is True
+    assert rows["ingest p99 at 5,000 req/s"] is False
+    assert rows["API process peak memory"] is True
+    assert rows["rebuild events/s"] is None
