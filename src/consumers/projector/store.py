@@ -101,7 +101,9 @@ async def create_tenant(
     await conn.execute(tenant_ddl(tenant))
     await conn.execute(
         "INSERT INTO eventfold.tenants (id, name, status, limits, created_at, event_id)"
-        " VALUES ($1, $2, 'active', $3, $4, $5)",
+        " VALUES ($1, $2, 'active', $3, $4, $5)"
+        # A rebuild folds tenant.created again into a shadow schema: the platform row stays.
+        " ON CONFLICT (id) DO NOTHING",
         tenant,
         name,
         limits,
