@@ -386,3 +386,34 @@ async def test_a_rebuild_from_the_archive_equals_the_original_after_kafka_lost_i
     finally:
         await conn.close()
         await pool.close()
+
+
+async def test_replay_outdated_rebuilds_schemas_of_another_projection_version(
+    api: Api, tenant: TenantApi
+) -> None:
+    from consumers.projector.store import PROJECTION_VERSION
+
+    token = await seed(tenant, 5)
+    await tenant.read_json("/collections/items/records/r0", token)
+    conn = await connect(settings := api.settings)
+    try:
+        await conn.execute(
+            "UPDATE eventfold.projection_versions SET version = $2 WHERE tenant = $1",
+            tenant.id,
+            PROJECTION_VERSION - 1,
+        )
+        status, doc, err = await eventfold(settings, "replay", "--outdated")
+        assert status == 0, err
+        assert tenant.id in [r["tenant"] for r in doc["tenants"]]
+        assert all(r["swapped"] for r in doc["tenants"])
+        assert (
+            await conn.fetchval(
+                "SELECT version FROM eventfold.projection_versions WHERE tenant = $1", tenant.id
+            )
+            == PROJECTION_VERSION
+        )
+        status, doc, err = await eventfold(settings, "replay", "--outdated")
+        assert status == 0, err
+        assert tenant.id not in [r["tenant"] for r in doc["tenants"]]
+    finally:
+        await conn.close()

@@ -10,6 +10,7 @@ from typing import Any, TextIO
 
 import orjson
 
+from consumers.projector.store import outdated_tenants
 from consumers.rebuild.rebuild import Options, Report, all_tenants, rebuild
 from eventfold.ids import check, tenant_schema
 from eventfold.settings import Settings
@@ -26,6 +27,11 @@ def add_parsers(sub: Any) -> None:
     )
     replay.add_argument(
         "--dry-run", action="store_true", help="report what would change, swap nothing"
+    )
+    replay.add_argument(
+        "--outdated",
+        action="store_true",
+        help="only tenants whose schema another projection version built",
     )
     replay.add_argument("--rate", type=float, help="at most this many events per second")
     replay.add_argument("--json", action="store_true", help="machine-readable output")
@@ -109,6 +115,10 @@ def _run(settings: Settings, args: argparse.Namespace, *, compare_only: bool, ve
         reports: list[Report] = []
         try:
             tenants = [args.tenant] if args.tenant else await all_tenants(pool)
+            if getattr(args, "outdated", False):
+                async with pool.acquire(timeout=10) as conn:
+                    outdated = await outdated_tenants(conn)
+                tenants = [t for t in tenants if t in outdated]
             for tenant in tenants:
                 bar = ProgressLine(tenant)
                 opts = Options(
@@ -149,6 +159,8 @@ def _run(settings: Settings, args: argparse.Namespace, *, compare_only: bool, ve
                 f"added {d.added}, changed {d.changed}, removed {d.removed}, "
                 f"history rows differing {d.history_differs}"
             )
+            if r.error:
+                print(f"{r.tenant}: not swapped: {r.error}", file=sys.stderr)
             for rec in d.records:
                 print(
                     f"  {rec['change']} {rec['collection']}/{rec['id']} "

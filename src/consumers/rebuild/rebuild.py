@@ -63,6 +63,8 @@ class Report:
     swapped: bool = False
     resumed: bool = False
     diff: Diff = field(default_factory=Diff)
+    #: Why the rebuild was not swapped in (None when it was, or was not meant to be).
+    error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The report as JSON-ready data."""
@@ -74,6 +76,7 @@ class Report:
             "events_per_second": round(self.events / self.seconds) if self.seconds else None,
             "swapped": self.swapped,
             "resumed": self.resumed,
+            "error": self.error,
             "equal": d.equal,
             "added": d.added,
             "changed": d.changed,
@@ -143,8 +146,16 @@ async def rebuild(settings: Settings, pool: asyncpg.Pool, tenant: str, opts: Opt
             report.events += await _fold_in(conn, tenant, shadow, chunk, registered, replay_id)
             positions.update(reached)
         report.diff = await compare(conn, tenant, shadow)
-        if opts.compare_only:
+        if not registered and opts.from_time is None:
+            # The log read does not start at the tenant's creation (retention, or the
+            # wrong topic): swapping would drop what only the old schema still holds.
+            report.error = (
+                "the log read holds no tenant.created of this tenant (try --from-archive)"
+            )
+        if opts.compare_only or report.error:
             await conn.execute(f'DROP SCHEMA IF EXISTS "{shadow}" CASCADE')
+            if not opts.compare_only:
+                await conn.execute("DELETE FROM eventfold.rebuilds WHERE tenant = $1", tenant)
         else:
             old = shadow_schema_name(tenant, "old")
             live = tenant_schema(tenant)
