@@ -21,6 +21,8 @@ from eventfold.settings import Settings
 
 #: Records fetched per Kafka call while rebuilding (big batches keep the rate up).
 FETCH_RECORDS = 20_000
+#: Events folded per transaction while rebuilding.
+FOLD_EVENTS = 20_000
 
 
 async def offsets_at(settings: Settings, topic: str, at_ms: int | None) -> dict[int, int]:
@@ -81,11 +83,11 @@ async def read_range(
             consumer.seek(tps[p], o)
         positions = dict(start)
         open_parts = set(wanted)
+        chunk: list[LogEvent] = []
         while open_parts:
             got = await consumer.getmany(
                 *[tps[p] for p in open_parts], timeout_ms=1000, max_records=FETCH_RECORDS
             )
-            chunk: list[LogEvent] = []
             for tp, msgs in got.items():
                 limit = stop[tp.partition]
                 for m in msgs:
@@ -101,8 +103,10 @@ async def read_range(
                 if positions[p] >= stop[p] or (await consumer.position(tps[p])) >= stop[p]:
                     positions[p] = max(positions[p], stop[p])
                     open_parts.discard(p)
-            if got or not open_parts:
+            # Big chunks make few, full transactions (the fold's cost is per statement).
+            if len(chunk) >= FOLD_EVENTS or not open_parts:
                 yield chunk, dict(positions)
+                chunk = []
     finally:
         await consumer.stop()
 
