@@ -153,6 +153,8 @@ async def test_verify_finds_a_corrupted_row_and_replay_repairs_it_under_load(
         assert status == 0, err
         assert doc["tenants"][0]["swapped"] is True
         assert doc["tenants"][0]["changed"] == 1  # the corrupted row, folded afresh
+        assert f"{tenant.id}: " in err  # plain progress lines when stderr is no terminal
+        assert "events/s" in err
         assert reads > 0
         assert failed_reads == []
 

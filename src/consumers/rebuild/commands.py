@@ -69,16 +69,22 @@ class ProgressLine:
         self.tty = out.isatty()
         self.last = 0.0
 
-    def __call__(self, events: int, seconds: float) -> None:
-        """Show ``events`` folded in ``seconds``."""
+    def __call__(self, events: int, seconds: float, share: float | None) -> None:
+        """Show ``events`` folded in ``seconds``, ``share`` of the log covered (ETA from it)."""
         now = time.monotonic()
-        if now - self.last < (0.2 if self.tty else 5.0):
+        if share != 1.0 and now - self.last < (0.2 if self.tty else 5.0):
             return
         self.last = now
         rate = events / seconds if seconds else 0.0
         text = f"{self.tenant}: {events} events, {rate:,.0f} events/s, {seconds:.1f}s"
+        if share:
+            eta = seconds * (1 - share) / share
+            text += f", {share:.0%}, ETA {eta:.0f}s"
         if self.tty:
-            self.out.write(f"\r{text}\033[K")
+            width = 20
+            filled = int(width * (share or 0))
+            bar = "#" * filled + "-" * (width - filled)
+            self.out.write(f"\r[{bar}] {text}\033[K")
         else:
             self.out.write(text + "\n")
         self.out.flush()
@@ -126,7 +132,7 @@ def _run(settings: Settings, args: argparse.Namespace, *, compare_only: bool, ve
                     from_archive=args.from_archive,
                     compare_only=compare_only,
                     rate=args.rate,
-                    progress=None if args.json else bar,
+                    progress=bar,  # stderr: stdout stays the JSON document
                 )
                 report = await rebuild(settings, pool, tenant, opts)
                 bar.done()

@@ -32,7 +32,8 @@ from eventfold.ids import SCHEMA_REDIRECT, shadow_schema_name, tenant_schema
 from eventfold.replay import REPLAY_ATTRIBUTE
 from eventfold.settings import Settings
 
-Progress = Callable[[int, float], None]
+#: ``(events folded, seconds, share of the log's offsets covered or None)``.
+Progress = Callable[[int, float, float | None], None]
 #: Indexes of the tenant schema (store.tenant_ddl) not needed while folding.
 SECONDARY_INDEXES = ("records_by_updated", "records_data", "events_by_type", "events_by_subject")
 #: Records listed per kind of difference in a report.
@@ -135,13 +136,16 @@ async def rebuild(settings: Settings, pool: asyncpg.Pool, tenant: str, opts: Opt
     # Catch up without holding anything: up to where the projector is now.
     async with pool.acquire(timeout=10) as conn:
         target = await _checkpoints(conn, projector, topic, list(positions))
+    begin = dict(positions)
+    total = sum(max(0, target[p] - begin.get(p, 0)) for p in target) or 1
     catch_up = source.read_range(settings, topic, tenant, positions, target)
     async for chunk, reached in catch_up:
         report.events += await _fold(
             pool, tenant, shadow, chunk, registered, replay_id, save, reached
         )
         positions.update(reached)
-        await _throttle(report, started, opts)
+        covered = sum(max(0, positions[p] - begin.get(p, 0)) for p in target)
+        await _throttle(report, started, opts, min(1.0, covered / total))
     async with pool.acquire(timeout=30) as conn:
         await _shape(conn, tenant, shadow)  # the secondary indexes, before the swap
     # The tail and the swap, with the projector held at its checkpoints.
@@ -178,7 +182,7 @@ async def rebuild(settings: Settings, pool: asyncpg.Pool, tenant: str, opts: Opt
             report.swapped = True
     report.seconds = time.perf_counter() - started
     if opts.progress is not None:
-        opts.progress(report.events, report.seconds)
+        opts.progress(report.events, report.seconds, 1.0)
     return report
 
 
@@ -343,11 +347,13 @@ async def _fold_in(
     return len(items)
 
 
-async def _throttle(report: Report, started: float, opts: Options) -> None:
+async def _throttle(
+    report: Report, started: float, opts: Options, share: float | None = None
+) -> None:
     """Keep under ``opts.rate`` events/s and report progress."""
     elapsed = time.perf_counter() - started
     if opts.progress is not None:
-        opts.progress(report.events, elapsed)
+        opts.progress(report.events, elapsed, share)
     if opts.rate:
         ahead = report.events / opts.rate - elapsed
         if ahead > 0:
