@@ -189,24 +189,23 @@ async def rebuild(settings: Settings, pool: asyncpg.Pool, tenant: str, opts: Opt
 async def compare(conn: asyncpg.Connection, tenant: str, shadow: str) -> Diff:
     """Records and history rows of the rebuilt ``shadow`` that differ from the live schema."""
     live = tenant_schema(tenant)
-    rows = await conn.fetch(
-        f"""SELECT coalesce(n.collection, o.collection) AS collection, coalesce(n.id, o.id) AS id,
-                   CASE WHEN o.id IS NULL OR o.deleted AND NOT n.deleted THEN 'added'
-                        WHEN n.id IS NULL OR n.deleted AND NOT o.deleted THEN 'removed'
-                        ELSE 'changed' END AS change,
-                   o.version AS live_version, n.version AS rebuilt_version
-            FROM {live}.records o FULL JOIN "{shadow}".records n
-              ON n.collection = o.collection AND n.id = o.id
-            WHERE o.id IS NULL OR n.id IS NULL
-               OR (o.version, o.data, o.deleted, o.created_at, o.updated_at)
-                  IS DISTINCT FROM (n.version, n.data, n.deleted, n.created_at, n.updated_at)
-            ORDER BY 1, 2"""
-    )
+    differing = f"""
+        SELECT coalesce(n.collection, o.collection) AS collection, coalesce(n.id, o.id) AS id,
+               CASE WHEN o.id IS NULL OR o.deleted AND NOT n.deleted THEN 'added'
+                    WHEN n.id IS NULL OR n.deleted AND NOT o.deleted THEN 'removed'
+                    ELSE 'changed' END AS change,
+               o.version AS live_version, n.version AS rebuilt_version
+        FROM {live}.records o FULL JOIN "{shadow}".records n
+          ON n.collection = o.collection AND n.id = o.id
+        WHERE o.id IS NULL OR n.id IS NULL
+           OR (o.version, o.data, o.deleted, o.created_at, o.updated_at)
+              IS DISTINCT FROM (n.version, n.data, n.deleted, n.created_at, n.updated_at)"""
     diff = Diff()
-    for r in rows:
-        setattr(diff, r["change"], getattr(diff, r["change"]) + 1)
-        if len(diff.records) < LIST_LIMIT:
-            diff.records.append(dict(r))
+    # Counted in SQL, listed up to LIST_LIMIT: memory stays bounded whatever differs.
+    for r in await conn.fetch(f"SELECT change, count(*) AS n FROM ({differing}) d GROUP BY 1"):
+        setattr(diff, r["change"], r["n"])
+    rows = await conn.fetch(f"{differing} ORDER BY 1, 2 LIMIT {LIST_LIMIT}")
+    diff.records = [dict(r) for r in rows]
     diff.history_differs = await conn.fetchval(
         f"""SELECT count(*) FROM {live}.events o FULL JOIN "{shadow}".events n ON n.id = o.id
             WHERE o.id IS NULL OR n.id IS NULL
