@@ -1,4 +1,4 @@
-"""The ``eventfold`` command: run, serve, process, infra, token, schemas."""
+"""The ``eventfold`` command: run, serve, process, infra, token, dlq, replay, verify, events."""
 
 from __future__ import annotations
 
@@ -63,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
         if name == "redrive":
             action.add_argument("--dry-run", action="store_true", help="report, change nothing")
 
+    from consumers.rebuild.commands import add_parsers as add_rebuild_parsers
+
+    add_rebuild_parsers(sub)
+
     schemas = sub.add_parser("schemas", help="the JSON Schemas of the event types")
     schemas.add_argument("action", choices=["export", "check"])
     schemas.add_argument("--json", action="store_true")
@@ -81,11 +85,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         "token": _token,
         "schemas": _schemas,
         "dlq": _dlq,
+        "replay": _replay,
+        "verify": _verify,
+        "events": _events,
     }[args.command]
     try:
         return handler(settings, args)
     except KeyboardInterrupt:
         return 130
+
+
+def _replay(settings: Settings, args: argparse.Namespace) -> int:
+    from consumers.rebuild.commands import replay_command
+
+    return replay_command(settings, args)
+
+
+def _verify(settings: Settings, args: argparse.Namespace) -> int:
+    from consumers.rebuild.commands import verify_command
+
+    return verify_command(settings, args)
+
+
+def _events(settings: Settings, args: argparse.Namespace) -> int:
+    from consumers.rebuild.commands import events_command
+
+    return events_command(settings, args)
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:

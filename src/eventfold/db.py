@@ -61,6 +61,23 @@ CREATE TABLE IF NOT EXISTS eventfold.api_keys (
     event_id     text NOT NULL
 );
 CREATE INDEX IF NOT EXISTS api_keys_by_tenant ON eventfold.api_keys (tenant, id);
+-- A blue-green rebuild in progress: its shadow schema and the log positions
+-- folded into it (committed with the shadow's rows), so a re-run continues.
+CREATE TABLE IF NOT EXISTS eventfold.rebuilds (
+    tenant      text PRIMARY KEY,
+    shadow      text NOT NULL,
+    topic       text NOT NULL,
+    positions   jsonb NOT NULL,
+    version     integer NOT NULL,
+    started_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+-- The projection version each tenant schema was built with (see store.PROJECTION_VERSION).
+CREATE TABLE IF NOT EXISTS eventfold.projection_versions (
+    tenant      text PRIMARY KEY,
+    version     integer NOT NULL,
+    built_at    timestamptz NOT NULL DEFAULT now()
+);
 """
 #: Serialises concurrent migrations from processes starting at once.
 _MIGRATION_LOCK = 0x4576_466F  # "EvFo"

@@ -47,6 +47,11 @@ class Metrics:
             "Events parked by the projector (dead-lettered, or waiting behind one).",
             registry=r,
         )
+        self.projection_outdated = Gauge(
+            "eventfold_projection_outdated_tenants",
+            "Tenant schemas built by another projection version (eventfold replay --outdated).",
+            registry=r,
+        )
         self.dlq_size = Gauge(
             "eventfold_dlq_size",
             "Events a processor has parked: dead-lettered, or waiting behind one in order.",

@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
-from consumers.projector import parking
+from consumers.projector import parking, store
 from consumers.projector.batch import BatchResult, LogEvent, apply_batch
 from consumers.projector.live import LivePublisher
 from consumers.projector.parking import ParkedEvent
@@ -110,6 +110,7 @@ class Projector:
         await _start_with_retry(self._dlq, stop)
         await _start_with_retry(consumer, stop)
         await self._refresh_parked_count()
+        await self._check_versions()
         retrier = asyncio.create_task(self._retry_deferred(stop), name="projector-deferred")
         try:
             while not stop.is_set():
@@ -298,6 +299,33 @@ class Projector:
                 )
             finally:
                 correlation_id.reset(token)
+
+    async def _check_versions(self) -> None:
+        """Warn about tenant schemas built by another projection version.
+
+        New events keep being folded into them (refusing would stop every
+        tenant); ``eventfold replay --outdated`` rebuilds them blue-green so the
+        old and new shapes are never mixed for long.
+        """
+        try:
+            async with self.pool.acquire(timeout=10) as conn:
+                outdated = await store.outdated_tenants(conn)
+        except Exception as exc:
+            if not is_retriable(exc):
+                raise
+            log.info("projection versions not checked", extra={"error": repr(exc)})
+            return
+        self.metrics.projection_outdated.set(len(outdated))
+        if outdated:
+            log.warning(
+                "tenant projections built by another projection version: run"
+                " `eventfold replay --outdated`",
+                extra={
+                    "tenants": sorted(outdated)[:50],
+                    "count": len(outdated),
+                    "version": store.PROJECTION_VERSION,
+                },
+            )
 
     async def _refresh_parked_count(self) -> None:
         try:

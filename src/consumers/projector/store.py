@@ -61,7 +61,24 @@ def tenant_ddl(tenant: str) -> str:
     );
     CREATE INDEX IF NOT EXISTS events_by_type ON {s}.events (type, seq);
     CREATE INDEX IF NOT EXISTS events_by_subject ON {s}.events (subject, seq);
+    -- The shape this schema was built with (a rebuild sets it when it swaps in).
+    INSERT INTO eventfold.projection_versions (tenant, version)
+        VALUES ('{tenant}', {PROJECTION_VERSION}) ON CONFLICT (tenant) DO NOTHING;
     """ + tenant_role_ddl(tenant)
+
+
+async def outdated_tenants(conn: asyncpg.Connection) -> dict[str, int]:
+    """Tenants whose schema was built by another :data:`PROJECTION_VERSION`, with that version.
+
+    Schemas from before versions were recorded count as version 1.
+    """
+    rows = await conn.fetch(
+        """SELECT t.id, coalesce(v.version, 1) AS version
+           FROM eventfold.tenants t LEFT JOIN eventfold.projection_versions v ON v.tenant = t.id
+           WHERE coalesce(v.version, 1) <> $1 ORDER BY t.id""",
+        PROJECTION_VERSION,
+    )
+    return {r["id"]: r["version"] for r in rows}
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +118,9 @@ async def create_tenant(
     await conn.execute(tenant_ddl(tenant))
     await conn.execute(
         "INSERT INTO eventfold.tenants (id, name, status, limits, created_at, event_id)"
-        " VALUES ($1, $2, 'active', $3, $4, $5)",
+        " VALUES ($1, $2, 'active', $3, $4, $5)"
+        # A rebuild folds tenant.created again into a shadow schema: the platform row stays.
+        " ON CONFLICT (id) DO NOTHING",
         tenant,
         name,
         limits,

@@ -1,0 +1,1 @@
+"""Blue-green rebuilds of tenant projections from the log (``eventfold replay`` / ``verify``)."""

@@ -1,0 +1,165 @@
+"""Reading one tenant's events from the log: Kafka partitions in offset ranges, or the S3 archive.
+
+Kafka keys are ``{tenant}/{subject}`` (:func:`eventfold.kafka.message_key`), so a
+tenant's records are picked by key before any JSON is parsed.
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from consumers.archiver.segments import manifest_key
+from consumers.projector.batch import LogEvent
+from consumers.projector.processor import _to_log_event
+from eventfold.infra import s3_client_config
+from eventfold.settings import Settings
+
+#: Records fetched per Kafka call while rebuilding (big batches keep the rate up).
+FETCH_RECORDS = 20_000
+#: Events folded per transaction while rebuilding.
+FOLD_EVENTS = 20_000
+
+
+async def offsets_at(settings: Settings, topic: str, at_ms: int | None) -> dict[int, int]:
+    """Per partition: the first offset (``at_ms`` None) or the first at/after ``at_ms``."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        if not tps:
+            await consumer._client.force_metadata_update()
+            tps = [
+                TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
+            ]
+        begin = await consumer.beginning_offsets(tps)
+        if at_ms is None:
+            return {tp.partition: begin[tp] for tp in tps}
+        end = await consumer.end_offsets(tps)
+        found = await consumer.offsets_for_times(dict.fromkeys(tps, at_ms))
+        return {
+            tp.partition: (found[tp].offset if found.get(tp) is not None else end[tp]) for tp in tps
+        }
+    finally:
+        await consumer.stop()
+
+
+async def read_range(
+    settings: Settings,
+    topic: str,
+    tenant: str,
+    start: dict[int, int],
+    stop: dict[int, int],
+) -> AsyncIterator[tuple[list[LogEvent], dict[int, int]]]:
+    """Yield ``tenant``'s events in ``[start, stop)`` per partition, a chunk at a time.
+
+    Each chunk comes with the positions it reaches (next offset per partition),
+    also for chunks with no event of the tenant, so progress can be saved.
+    Offsets gone from Kafka (retention, deleted records) are skipped: read the
+    archive first for those.
+    """
+    wanted = {p: o for p, o in start.items() if o < stop.get(p, 0)}
+    if not wanted:
+        return
+    prefix = f"{tenant}/".encode()
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+        fetch_max_bytes=64 * 1024 * 1024,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        tps = {p: TopicPartition(topic, p) for p in wanted}
+        consumer.assign(list(tps.values()))
+        for p, o in wanted.items():
+            consumer.seek(tps[p], o)
+        positions = dict(start)
+        open_parts = set(wanted)
+        chunk: list[LogEvent] = []
+        while open_parts:
+            got = await consumer.getmany(
+                *[tps[p] for p in open_parts], timeout_ms=1000, max_records=FETCH_RECORDS
+            )
+            for tp, msgs in got.items():
+                limit = stop[tp.partition]
+                for m in msgs:
+                    if m.offset >= limit:
+                        break
+                    positions[tp.partition] = m.offset + 1
+                    if m.key is not None and not m.key.startswith(prefix):
+                        continue
+                    ev = _to_log_event(tp.partition, m.offset, m.timestamp, m.value)
+                    if ev.event is not None and ev.event.tenant == tenant:
+                        chunk.append(ev)
+            for p in list(open_parts):
+                if positions[p] >= stop[p] or (await consumer.position(tps[p])) >= stop[p]:
+                    positions[p] = max(positions[p], stop[p])
+                    open_parts.discard(p)
+            # Big chunks make few, full transactions (the fold's cost is per statement).
+            if len(chunk) >= FOLD_EVENTS or not open_parts:
+                yield chunk, dict(positions)
+                chunk = []
+    finally:
+        await consumer.stop()
+
+
+async def read_archive(
+    settings: Settings, tenant: str
+) -> AsyncIterator[tuple[list[LogEvent], dict[int, int]]]:
+    """Yield ``tenant``'s archived events segment by segment, per partition in offset order.
+
+    The positions yielded are the next offsets after each segment, so Kafka can
+    take over where the archive ends with no gap and no overlap.
+    """
+    from aiobotocore.session import get_session
+
+    session = get_session()
+    async with session.create_client(
+        "s3",
+        endpoint_url=settings.s3_endpoint,
+        aws_access_key_id=settings.s3_access_key,
+        aws_secret_access_key=settings.s3_secret_key,
+        region_name=settings.s3_region,
+        config=s3_client_config(),
+    ) as s3:
+        listing = await s3.list_objects_v2(
+            Bucket=settings.s3_bucket, Prefix=f"tenant={tenant}/manifest/"
+        )
+        positions: dict[int, int] = {}
+        for obj in sorted(listing.get("Contents", []), key=lambda o: str(o["Key"])):
+            key = str(obj["Key"])
+            partition = int(key.rsplit("partition=", 1)[1].split(".")[0])
+            if key != manifest_key(tenant, partition):
+                continue
+            doc = await _get_json(s3, settings.s3_bucket, key)
+            for seg in doc.get("segments", []):
+                body = await _get(s3, settings.s3_bucket, str(seg["key"]))
+                lines = [ln for ln in gzip.decompress(body).splitlines() if ln]
+                first = int(seg["first_offset"])
+                # Lines are the log's envelopes; their own offsets are not kept, only the
+                # object's first and last: history rows number them from the first.
+                chunk = [
+                    _to_log_event(partition, first + i, 0, line) for i, line in enumerate(lines)
+                ]
+                positions[partition] = int(seg["last_offset"]) + 1
+                yield [e for e in chunk if e.event is not None], dict(positions)
+
+
+async def _get(s3: Any, bucket: str, key: str) -> bytes:
+    resp = await s3.get_object(Bucket=bucket, Key=key)
+    async with resp["Body"] as body:
+        data: bytes = await body.read()
+    return data
+
+
+async def _get_json(s3: Any, bucket: str, key: str) -> dict[str, Any]:
+    doc: dict[str, Any] = orjson.loads(await _get(s3, bucket, key))
+    return doc
