@@ -439,9 +439,10 @@ async def replay(bench: Bench) -> dict[str, Any]:
     if await _run([EXE, "replay", "--help"], bench.env()) != 0:
         return {"available": False, "why": "eventfold replay is not built yet"}
     out: dict[str, Any] = {"available": True}
+    # Rebuilding "all tenants" would rebuild every tenant of the database the suite
+    # shares with development and tests; one tenant per source is measured instead.
     for label, argv in (
         ("one_tenant_kafka", ["--tenant", bench.tenants[1]]),
-        ("all_tenants_kafka", []),
         ("one_tenant_archive", ["--tenant", bench.tenants[2], "--from-archive"]),
     ):
         if label == "one_tenant_archive":
@@ -458,14 +459,11 @@ async def replay(bench: Bench) -> dict[str, Any]:
         await watch_until(watch, reader)
         stdout, _ = await reader
         elapsed = time.perf_counter() - t0
-        report: dict[str, Any] = {}
-        for line in stdout.splitlines()[::-1]:
-            try:
-                report = orjson.loads(line)
-                break
-            except orjson.JSONDecodeError:
-                continue
-        events = int(report.get("events", 0) or 0) if isinstance(report, dict) else 0
+        try:
+            report: dict[str, Any] = orjson.loads(stdout)
+        except orjson.JSONDecodeError:
+            report = {"output": stdout[-2000:].decode(errors="replace")}
+        events = sum(int(t.get("events") or 0) for t in report.get("tenants", []))
         procs = await watch.stop(max(events, 1), {"replay": children_cpu() - cpu0})
         out[label] = {"exit": proc.returncode, "seconds": round(elapsed, 2), "events": events,
                       "events_per_second": round(events / elapsed, 1) if events else None,
