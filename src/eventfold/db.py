@@ -61,6 +61,32 @@ CREATE TABLE IF NOT EXISTS eventfold.api_keys (
     event_id     text NOT NULL
 );
 CREATE INDEX IF NOT EXISTS api_keys_by_tenant ON eventfold.api_keys (tenant, id);
+-- Integrations (configuration projected from integration.* events; secrets
+-- sealed) and the sync runner's state (cursor, health, lease) beside it.
+CREATE TABLE IF NOT EXISTS eventfold.integrations (
+    id                     text PRIMARY KEY,
+    tenant                 text NOT NULL,
+    kind                   text NOT NULL,
+    config                 jsonb NOT NULL,
+    headers_sealed         text,
+    webhook_secret_sealed  text NOT NULL,
+    paused                 boolean NOT NULL DEFAULT false,
+    deleted_at             timestamptz,
+    created_at             timestamptz NOT NULL,
+    event_id               text NOT NULL,
+    state                  text NOT NULL DEFAULT 'ok',
+    cursor                 text,
+    items_synced           bigint NOT NULL DEFAULT 0,
+    last_run_at            timestamptz,
+    last_error             text,
+    failures               integer NOT NULL DEFAULT 0,
+    next_run_at            timestamptz,
+    sync_requested         boolean NOT NULL DEFAULT false,
+    reconcile_at           timestamptz,
+    lease_owner            text,
+    lease_until            timestamptz
+);
+CREATE INDEX IF NOT EXISTS integrations_by_tenant ON eventfold.integrations (tenant, id);
 """
 #: Serialises concurrent migrations from processes starting at once.
 _MIGRATION_LOCK = 0x4576_466F  # "EvFo"
