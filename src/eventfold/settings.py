@@ -96,6 +96,9 @@ class Settings:
     sync_max_pages_per_run: int = 500
     sync_max_run_seconds: float = 120.0
     sync_concurrency: int = 4
+    #: How long a claimed run holds its integration without progress (renewed per
+    #: page); a crashed worker's integration is free again after it.
+    sync_lease_seconds: float = 60.0
     events_topic: str = EVENTS_TOPIC
     dlq_topic: str = DLQ_TOPIC
     topic_partitions: int = 8
@@ -206,6 +209,7 @@ class Settings:
                 env.get("EVENTFOLD_SYNC_MAX_RUN_SECONDS", d.sync_max_run_seconds)
             ),
             sync_concurrency=int(env.get("EVENTFOLD_SYNC_CONCURRENCY", d.sync_concurrency)),
+            sync_lease_seconds=float(env.get("EVENTFOLD_SYNC_LEASE_SECONDS", d.sync_lease_seconds)),
             compress_min_bytes=int(env.get("EVENTFOLD_COMPRESS_MIN_BYTES", d.compress_min_bytes)),
             webhook_retry_schedule=_int_list(env["EVENTFOLD_WEBHOOK_RETRY_SCHEDULE"])
             if env.get("EVENTFOLD_WEBHOOK_RETRY_SCHEDULE")

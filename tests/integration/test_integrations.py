@@ -412,3 +412,25 @@ async def test_configuration_is_validated_and_secrets_are_never_returned(
     gone = await stenant.call("GET", f"/integrations/{iid}", roles=("admin",),
                               headers={"X-Consistency-Token": token})  # fmt: skip
     assert gone.status == 404
+
+
+async def test_reconciliation_deletes_what_disappeared_upstream(
+    stenant: TenantApi, source: Source
+) -> None:
+    # A snapshot source (no deletion markers): items vanish from its listing.
+    source.page_size = 4
+    source.entries = feed(20)
+    await create(stenant, source, interval_seconds=1, reconcile_seconds=1, reconcile_deletes=True)
+
+    async def synced() -> bool:
+        return await records(stenant) == source.snapshot()
+
+    await eventually(synced, 30)
+    source.entries = [e for e in source.entries if e["id"] not in ("item-0003", "item-0017")]
+    await eventually(synced, 30)
+    assert_no_duplicate_events_by_id(await history(stenant))
+
+
+def assert_no_duplicate_events_by_id(events: list[dict[str, Any]]) -> None:
+    ids = [e["id"] for e in events]
+    assert len(ids) == len(set(ids))

@@ -117,8 +117,10 @@ class SyncRunner:
         self.metrics = metrics
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         s = settings
-        #: A run never outlives its lease: bounded run time plus one request and a publish.
-        self.lease_seconds = s.sync_max_run_seconds + s.sync_request_timeout + 60.0
+        #: The lease covers one page (a request and a publish) and is renewed with
+        #: every stored cursor; a late store of a worker whose lease was taken over
+        #: is refused (fenced by ``lease_owner``), and its events are harmless.
+        self.lease_seconds = max(s.sync_lease_seconds, s.sync_request_timeout + 5.0)
         self._running: set[asyncio.Task[None]] = set()
 
     async def run(self, stop: asyncio.Event | None = None, *, burst: bool = False) -> None:
