@@ -87,6 +87,16 @@ CREATE TABLE IF NOT EXISTS eventfold.integrations (
     lease_until            timestamptz
 );
 CREATE INDEX IF NOT EXISTS integrations_by_tenant ON eventfold.integrations (tenant, id);
+-- What each integration last published per item: a change counter and the
+-- content hash (``deleted`` once deleted). Unchanged items publish nothing; a
+-- change gets the next counter, so A -> B -> A is three distinct events.
+CREATE TABLE IF NOT EXISTS eventfold.integration_items (
+    integration  text NOT NULL,
+    item_id      text NOT NULL,
+    seq          bigint NOT NULL,
+    hash         text NOT NULL,
+    PRIMARY KEY (integration, item_id)
+);
 """
 #: Serialises concurrent migrations from processes starting at once.
 _MIGRATION_LOCK = 0x4576_466F  # "EvFo"

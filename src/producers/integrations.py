@@ -32,7 +32,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.exceptions import RedisError
 
 from api.openapi import BODY_ERRORS, TENANT, TENANT_ERRORS, Operation, Param, Reply, register
-from consumers.sync.pages import BadPage, PageSpec, page_events, page_items
+from consumers.sync.pages import (
+    BadPage,
+    PageSpec,
+    item_ids,
+    load_states,
+    page_changes,
+    page_items,
+    store_states,
+)
 from eventfold import consistency, ids, signing
 from eventfold.egress import AllowList, EgressRefused, check_url
 from eventfold.envelope import CloudEvent, pydantic_errors
@@ -406,20 +414,26 @@ async def inbound_webhook(request: web.Request) -> web.Response:
     config = PollConfig.model_validate(row["config"])
     spec = PageSpec(row["id"], config.collection, "items", config.id_field, config.deleted_field)
     try:
-        events = page_events(tenant, spec, page_items(doc, "items"))
+        items = page_items(doc, "items")
+        ids_ = item_ids(spec, items)
     except BadPage as exc:
         raise ValidationFailed(
             "invalid webhook page", errors=[FieldError("/items", str(exc))]
         ) from None
-    if events:
-        await request.app[PUBLISHER].publish(tenant, events)
-        async with request.app[POOL].acquire(timeout=5) as conn:
+    pool = request.app[POOL]
+    async with pool.acquire(timeout=5) as conn:
+        known = await load_states(conn, row["id"], ids_)
+    changes = page_changes(tenant, spec, items, known)
+    if changes.events:
+        await request.app[PUBLISHER].publish(tenant, changes.events)
+        async with pool.acquire(timeout=5) as conn, conn.transaction():
+            await store_states(conn, row["id"], changes.states)
             await conn.execute(
                 "UPDATE eventfold.integrations SET items_synced = items_synced + $2 WHERE id = $1",
                 row["id"],
-                len(events),
+                len(changes.events),
             )
     if redis is not None:
         with contextlib.suppress(RedisError):
             await redis.set(dedup_key, b"1", ex=_WEBHOOK_DEDUP_SECONDS)
-    return json_response({"items": len(events), "duplicate": False})
+    return json_response({"items": len(changes.events), "duplicate": False})

@@ -52,22 +52,22 @@ from consumers.sync.connectors import (
     SourceRefusedCredentials,
 )
 from consumers.sync.pages import (
-    SOURCE_PREFIX,
+    DELETED,
     BadPage,
+    ItemStates,
     PageSpec,
-    event_id,
-    page_events,
-    seen_ids,
+    item_ids,
+    load_states,
+    page_changes,
+    record_event,
+    store_states,
 )
 from eventfold.egress import AllowList, guarded_session
-from eventfold.envelope import CloudEvent
 from eventfold.events.integration import PollConfig
-from eventfold.ids import tenant_schema
 from eventfold.kafka import make_producer
 from eventfold.metrics import Metrics
 from eventfold.sealing import SealError, keyring
 from eventfold.settings import Settings
-from eventfold.tenancy import tenant_connection
 from producers.publisher import Publisher
 
 log = logging.getLogger("eventfold.sync")
@@ -253,67 +253,69 @@ class SyncRunner:
         pages = 0
         finished = True
         async for page in connector.pages(ctx, None if full_pass else it.cursor):
-            events = page_events(it.tenant, spec, page.items)
-            if events:
-                await publisher.publish(it.tenant, events)
+            async with self.pool.acquire(timeout=5) as conn:
+                known = await load_states(conn, it.id, item_ids(spec, page.items))
+            changes = page_changes(it.tenant, spec, page.items, known)
+            if changes.events:
+                await publisher.publish(it.tenant, changes.events)
             if full_pass:
-                seen.update(seen_ids(events))
-            await self._store_cursor(it, page.resume_cursor, len(events))
+                seen.update(changes.seen)
+            await self._store_page(it, page.resume_cursor, changes.states)
             self.metrics.sync_pages.labels(it.kind).inc()
-            self.metrics.sync_items.labels(it.kind).inc(len(events))
+            self.metrics.sync_items.labels(it.kind).inc(len(changes.events))
             pages += 1
             if page.more and (pages >= s.sync_max_pages_per_run or time.monotonic() > deadline):
                 finished = False  # bounded: the next run resumes from the stored cursor
                 break
         if full_pass and finished and it.config.reconcile_deletes:
-            await self._delete_missing(it, publisher, seen)
+            await self._delete_missing(it, publisher, spec, seen)
         delay = 0.0 if not finished else float(it.config.interval_seconds)
         await self._finish(
             it, "ok", None, failures=0, delay=delay, reconciled=full_pass and finished
         )
 
-    async def _store_cursor(self, it: Claimed, cursor: str | None, items: int) -> None:
-        async with self.pool.acquire(timeout=5) as conn:
+    async def _store_page(
+        self, it: Claimed, cursor: str | None, states: ItemStates, *, set_cursor: bool = True
+    ) -> None:
+        """After the page's events are acknowledged: its cursor and item states, fenced."""
+        async with self.pool.acquire(timeout=5) as conn, conn.transaction():
             stored = await conn.fetchval(
-                "UPDATE eventfold.integrations SET cursor = $3,"
+                "UPDATE eventfold.integrations SET cursor = CASE WHEN $6 THEN $3 ELSE cursor END,"
                 " items_synced = items_synced + $4, lease_until = now() + make_interval(secs => $5)"
                 " WHERE id = $1 AND lease_owner = $2 RETURNING true",
                 it.id,
                 self.owner,
                 cursor,
-                items,
+                len(states),
                 self.lease_seconds,
+                set_cursor,
             )
-        if not stored:
-            raise LeaseLost(it.id)
+            if not stored:
+                raise LeaseLost(it.id)
+            await store_states(conn, it.id, states)
 
-    async def _delete_missing(self, it: Claimed, publisher: Publisher, seen: set[str]) -> None:
-        """Delete the collection's live records that the full pass did not see."""
-        schema = tenant_schema(it.tenant)
-        async with tenant_connection(self.pool, it.tenant) as conn:
+    async def _delete_missing(
+        self, it: Claimed, publisher: Publisher, spec: PageSpec, seen: set[str]
+    ) -> None:
+        """Delete the items this integration published that the full pass did not see."""
+        async with self.pool.acquire(timeout=5) as conn:
             rows = await conn.fetch(
-                f"SELECT id, last_event_id FROM {schema}.records"
-                " WHERE collection = $1 AND NOT deleted",
-                it.config.collection,
+                "SELECT item_id, seq FROM eventfold.integration_items"
+                " WHERE integration = $1 AND hash <> $2 AND NOT (item_id = ANY($3::text[]))",
+                it.id,
+                DELETED,
+                list(seen),
             )
-        missing = [r for r in rows if r["id"] not in seen]
-        events = [
-            CloudEvent(
-                specversion="1.0",
-                # Deterministic per record state: a repeated pass deletes once.
-                id=event_id(it.id, r["id"], "record.deleted", {"missing": r["last_event_id"]}),
-                source=SOURCE_PREFIX + it.id,
-                type="record.deleted",
-                subject=f"{it.config.collection}/{r['id']}",
-                datacontenttype="application/json",
-                data={},
-                tenant=it.tenant,
-            )
-            for r in missing
-        ]
-        for start in range(0, len(events), 500):
-            await publisher.publish(it.tenant, events[start : start + 500])
-        self.metrics.sync_items.labels(it.kind).inc(len(events))
+        for start in range(0, len(rows), 500):
+            chunk = rows[start : start + 500]
+            states: ItemStates = {r["item_id"]: (r["seq"] + 1, DELETED) for r in chunk}
+            events = [
+                record_event(it.tenant, spec, item_id, "record.deleted", {}, seq, DELETED)
+                for item_id, (seq, _) in states.items()
+            ]
+            await publisher.publish(it.tenant, events)
+            await self._store_page(it, None, states, set_cursor=False)
+            self.metrics.sync_items.labels(it.kind).inc(len(events))
 
     async def _finish(
         self,
