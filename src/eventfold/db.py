@@ -87,6 +87,9 @@ CREATE TABLE IF NOT EXISTS eventfold.integrations (
     lease_until            timestamptz
 );
 CREATE INDEX IF NOT EXISTS integrations_by_tenant ON eventfold.integrations (tenant, id);
+-- The events topic the integration was projected from: a sync runner serves
+-- only its own log's integrations (and publishes into that log).
+ALTER TABLE eventfold.integrations ADD COLUMN IF NOT EXISTS topic text NOT NULL DEFAULT '';
 -- What each integration last published per item: a change counter and the
 -- content hash (``deleted`` once deleted). Unchanged items publish nothing; a
 -- change gets the next counter, so A -> B -> A is three distinct events.

@@ -12,7 +12,7 @@ import asyncpg
 from pydantic import ValidationError
 
 from consumers.projector.fold import APPLIED, Outcome
-from consumers.projector.handlers import handles
+from consumers.projector.handlers import PROJECTED_TOPIC, handles
 from eventfold.envelope import CloudEvent
 from eventfold.events.integration import (
     IntegrationCreated,
@@ -32,8 +32,9 @@ async def integration_created(
         return Outcome("rejected", f"invalid integration.created data: {exc.error_count()} errors")
     inserted = await conn.fetchval(
         "INSERT INTO eventfold.integrations (id, tenant, kind, config, headers_sealed,"
-        " webhook_secret_sealed, paused, created_at, event_id, state)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, CASE WHEN $7 THEN 'paused' ELSE 'ok' END)"
+        " webhook_secret_sealed, paused, created_at, event_id, state, topic)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,"
+        " CASE WHEN $7 THEN 'paused' ELSE 'ok' END, $10)"
         " ON CONFLICT (id) DO NOTHING RETURNING true",
         data.id,
         tenant,
@@ -44,6 +45,7 @@ async def integration_created(
         data.paused,
         at,
         ev.id,
+        PROJECTED_TOPIC.get(),
     )
     if not inserted:
         return Outcome("rejected", f"integration {data.id} exists already")

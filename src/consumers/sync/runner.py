@@ -1,10 +1,11 @@
 """The sync runner: runs each due integration's connector, one run at a time.
 
-Every ``sync_tick_seconds`` the runner claims due integrations (never paused,
-never deleted; due by schedule, by backoff, or by ``POST …/sync``) with a
-lease in ``eventfold.integrations`` (``lease_owner``/``lease_until``, taken
-with ``FOR UPDATE SKIP LOCKED``): one run per integration at a time across
-all workers, and a crashed worker's lease expires. Every later write of the
+Every ``sync_tick_seconds`` the runner claims due integrations of its own
+events topic (never paused, never deleted; due by schedule, by backoff, or
+by ``POST …/sync``) with a lease in ``eventfold.integrations``
+(``lease_owner``/``lease_until``, taken with ``FOR UPDATE SKIP LOCKED``):
+one run per integration at a time across all workers, and a crashed
+worker's lease expires (it is renewed with every page). Every later write of the
 run is fenced by ``lease_owner``.
 
 A run follows the connector's pages. Each page's items become ``record.*``
@@ -79,7 +80,7 @@ UPDATE eventfold.integrations SET
     sync_requested = false
 WHERE id IN (
     SELECT id FROM eventfold.integrations
-    WHERE deleted_at IS NULL AND NOT paused
+    WHERE deleted_at IS NULL AND NOT paused AND topic = $4
       AND (lease_until IS NULL OR lease_until < now())
       AND (sync_requested OR next_run_at IS NULL OR next_run_at <= now())
     ORDER BY next_run_at NULLS FIRST
@@ -161,7 +162,9 @@ class SyncRunner:
     async def _claim(self, limit: int) -> list[Claimed]:
         try:
             async with self.pool.acquire(timeout=5) as conn:
-                rows = await conn.fetch(_CLAIM, self.owner, self.lease_seconds, limit)
+                rows = await conn.fetch(
+                    _CLAIM, self.owner, self.lease_seconds, limit, self.settings.events_topic
+                )
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             log.warning("could not claim integrations", extra={"error": repr(exc)})
             return []
