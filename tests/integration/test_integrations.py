@@ -81,6 +81,7 @@ class Source:
     token: str = SECRET
     delay: float = 0.0
     requests: int = 0
+    times: list[float] = field(default_factory=list)
     in_flight: int = 0
     max_in_flight: int = 0
     last_page: list[dict[str, Any]] = field(default_factory=list)
@@ -98,6 +99,7 @@ class Source:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
+        self.times.append(time.monotonic())
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
@@ -445,3 +447,26 @@ async def test_reconciliation_deletes_what_disappeared_upstream(
 def assert_no_duplicate_events_by_id(events: list[dict[str, Any]]) -> None:
     ids = [e["id"] for e in events]
     assert len(ids) == len(set(ids))
+
+
+async def test_429_honours_retry_after_and_metrics_count_per_kind(
+    stenant: TenantApi, source: Source, sapi: Api
+) -> None:
+    source.entries = feed(3)
+    source.faults = ["429"]  # Retry-After: 1
+    iid = (await create(stenant, source))["id"]
+
+    async def synced() -> bool:
+        return await records(stenant) == source.snapshot()
+
+    await eventually(synced, 30)
+    # A lower bound, not a performance figure: the retry may not come before Retry-After.
+    assert source.times[1] - source.times[0] >= 0.9
+    assert (await state(stenant, iid))["state"] == "ok"
+    listing = await stenant.call("GET", "/integrations?limit=1", roles=("admin",))
+    page = await listing.json()
+    assert len(page["items"]) == 1
+    assert set(page) == {"items", "next"}
+    metrics = await (await sapi.client.get("/metrics")).text()
+    assert 'eventfold_sync_pages_total{kind="http-poll"}' in metrics
+    assert 'eventfold_sync_errors_total{kind="http-poll",reason="rate_limited"}' in metrics
