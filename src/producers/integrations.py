@@ -60,7 +60,7 @@ from eventfold.events.integration import (
     PollConfig,
 )
 from eventfold.logs import correlation_id
-from eventfold.sealing import keyring
+from eventfold.sealing import SealError, keyring
 from eventfold.web import POOL, REDIS, SETTINGS, authorize_tenant, json_response, read_json
 from producers import commands
 from producers.publisher import Published
@@ -395,9 +395,14 @@ async def inbound_webhook(request: web.Request) -> web.Response:
     body = await request.read()
     if len(body) > limit:
         raise PayloadTooLarge(f"the request body is over {limit} bytes")
-    secret = keyring(request.app[SETTINGS]).open(
-        row["webhook_secret_sealed"], purpose=secret_purpose(row["id"])
-    )
+    try:
+        secret = keyring(request.app[SETTINGS]).open(
+            row["webhook_secret_sealed"], purpose=secret_purpose(row["id"])
+        )
+    except SealError:
+        # Its key was rotated away: nothing can be verified, so nothing is accepted.
+        log.error("webhook secret cannot be opened", extra={"integration": row["id"]})
+        raise signing.SignatureInvalid("the integration's webhook secret is unusable") from None
     msg_id = signing.verify(secret.decode(), request.headers, body)
     redis = request.app.get(REDIS)
     dedup_key = f"ef:{tenant}:integration-webhook:{row['id']}:{msg_id[:200]}"
