@@ -45,8 +45,15 @@ def _archiver(settings: Settings, pool: asyncpg.Pool, metrics: Metrics) -> Proce
     return Archiver(settings, pool, metrics)
 
 
+def _sync(settings: Settings, pool: asyncpg.Pool, metrics: Metrics) -> Processor:
+    from consumers.sync.runner import SyncRunner
+
+    return SyncRunner(settings, pool, metrics)
+
+
 PROCESSORS: dict[str, ProcessorFactory] = {
     "projector": _projector,
     "cache": _cache,
     "archiver": _archiver,
+    "sync": _sync,
 }

@@ -78,6 +78,45 @@ CREATE TABLE IF NOT EXISTS eventfold.projection_versions (
     version     integer NOT NULL,
     built_at    timestamptz NOT NULL DEFAULT now()
 );
+-- Integrations (configuration projected from integration.* events; secrets
+-- sealed) and the sync runner's state (cursor, health, lease) beside it.
+CREATE TABLE IF NOT EXISTS eventfold.integrations (
+    id                     text PRIMARY KEY,
+    tenant                 text NOT NULL,
+    kind                   text NOT NULL,
+    config                 jsonb NOT NULL,
+    headers_sealed         text,
+    webhook_secret_sealed  text NOT NULL,
+    paused                 boolean NOT NULL DEFAULT false,
+    deleted_at             timestamptz,
+    created_at             timestamptz NOT NULL,
+    event_id               text NOT NULL,
+    state                  text NOT NULL DEFAULT 'ok',
+    cursor                 text,
+    items_synced           bigint NOT NULL DEFAULT 0,
+    last_run_at            timestamptz,
+    last_error             text,
+    failures               integer NOT NULL DEFAULT 0,
+    next_run_at            timestamptz,
+    sync_requested         boolean NOT NULL DEFAULT false,
+    reconcile_at           timestamptz,
+    lease_owner            text,
+    lease_until            timestamptz
+);
+CREATE INDEX IF NOT EXISTS integrations_by_tenant ON eventfold.integrations (tenant, id);
+-- The events topic the integration was projected from: a sync runner serves
+-- only its own log's integrations (and publishes into that log).
+ALTER TABLE eventfold.integrations ADD COLUMN IF NOT EXISTS topic text NOT NULL DEFAULT '';
+-- What each integration last published per item: a change counter and the
+-- content hash (``deleted`` once deleted). Unchanged items publish nothing; a
+-- change gets the next counter, so A -> B -> A is three distinct events.
+CREATE TABLE IF NOT EXISTS eventfold.integration_items (
+    integration  text NOT NULL,
+    item_id      text NOT NULL,
+    seq          bigint NOT NULL,
+    hash         text NOT NULL,
+    PRIMARY KEY (integration, item_id)
+);
 """
 #: Serialises concurrent migrations from processes starting at once.
 _MIGRATION_LOCK = 0x4576_466F  # "EvFo"

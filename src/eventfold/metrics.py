@@ -31,6 +31,30 @@ class Metrics:
             ["type"],
             registry=r,
         )
+        self.sync_pages = Counter(
+            "eventfold_sync_pages_total",
+            "Third-party pages (polled or webhook) whose events Kafka acknowledged.",
+            ["kind"],
+            registry=r,
+        )
+        self.sync_items = Counter(
+            "eventfold_sync_items_total",
+            "Third-party items published as record events.",
+            ["kind"],
+            registry=r,
+        )
+        self.sync_errors = Counter(
+            "eventfold_sync_errors_total",
+            "Failed sync runs by connector kind and reason.",
+            ["kind", "reason"],
+            registry=r,
+        )
+        self.sync_state = Counter(
+            "eventfold_sync_state_transitions_total",
+            "Integrations entering a state (ok, backing_off, circuit_open, paused).",
+            ["kind", "state"],
+            registry=r,
+        )
         self.events_duplicate = Counter(
             "eventfold_events_duplicate_total",
             "Events the gateway recognised as already published and did not publish again.",

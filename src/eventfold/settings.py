@@ -81,6 +81,24 @@ class Settings:
     #: Keys sealing secrets at rest (``id:base64key,...``, first seals; see
     #: eventfold.sealing). Empty: a dev key file in ``var/``.
     secret_keys: str = ""
+    #: The sync runner (consumers/sync): how often it looks for due integrations,
+    #: backoff after a failure (base * 2^n, capped, with jitter), the failures in
+    #: a row that open the circuit and how long it stays open, and the bounds of
+    #: one request (seconds, bytes, items) and of one run (pages, seconds).
+    sync_tick_seconds: float = 1.0
+    sync_backoff_base: float = 2.0
+    sync_backoff_cap: float = 300.0
+    sync_circuit_failures: int = 5
+    sync_circuit_seconds: float = 120.0
+    sync_request_timeout: float = 15.0
+    sync_max_response_bytes: int = 8 * 1024 * 1024
+    sync_max_page_items: int = 1000
+    sync_max_pages_per_run: int = 500
+    sync_max_run_seconds: float = 120.0
+    sync_concurrency: int = 4
+    #: How long a claimed run holds its integration without progress (renewed per
+    #: page); a crashed worker's integration is free again after it.
+    sync_lease_seconds: float = 60.0
     events_topic: str = EVENTS_TOPIC
     dlq_topic: str = DLQ_TOPIC
     topic_partitions: int = 8
@@ -166,6 +184,32 @@ class Settings:
             secret_keys=env.get("EVENTFOLD_SECRET_KEYS")
             or _read_file(env.get("EVENTFOLD_SECRET_KEYS_FILE")),
             cors_origins=_split(env.get("EVENTFOLD_CORS_ORIGINS", "")),
+            sync_tick_seconds=float(env.get("EVENTFOLD_SYNC_TICK_SECONDS", d.sync_tick_seconds)),
+            sync_backoff_base=float(env.get("EVENTFOLD_SYNC_BACKOFF_BASE", d.sync_backoff_base)),
+            sync_backoff_cap=float(env.get("EVENTFOLD_SYNC_BACKOFF_CAP", d.sync_backoff_cap)),
+            sync_circuit_failures=int(
+                env.get("EVENTFOLD_SYNC_CIRCUIT_FAILURES", d.sync_circuit_failures)
+            ),
+            sync_circuit_seconds=float(
+                env.get("EVENTFOLD_SYNC_CIRCUIT_SECONDS", d.sync_circuit_seconds)
+            ),
+            sync_request_timeout=float(
+                env.get("EVENTFOLD_SYNC_REQUEST_TIMEOUT", d.sync_request_timeout)
+            ),
+            sync_max_response_bytes=int(
+                env.get("EVENTFOLD_SYNC_MAX_RESPONSE_BYTES", d.sync_max_response_bytes)
+            ),
+            sync_max_page_items=int(
+                env.get("EVENTFOLD_SYNC_MAX_PAGE_ITEMS", d.sync_max_page_items)
+            ),
+            sync_max_pages_per_run=int(
+                env.get("EVENTFOLD_SYNC_MAX_PAGES_PER_RUN", d.sync_max_pages_per_run)
+            ),
+            sync_max_run_seconds=float(
+                env.get("EVENTFOLD_SYNC_MAX_RUN_SECONDS", d.sync_max_run_seconds)
+            ),
+            sync_concurrency=int(env.get("EVENTFOLD_SYNC_CONCURRENCY", d.sync_concurrency)),
+            sync_lease_seconds=float(env.get("EVENTFOLD_SYNC_LEASE_SECONDS", d.sync_lease_seconds)),
             compress_min_bytes=int(env.get("EVENTFOLD_COMPRESS_MIN_BYTES", d.compress_min_bytes)),
             webhook_retry_schedule=_int_list(env["EVENTFOLD_WEBHOOK_RETRY_SCHEDULE"])
             if env.get("EVENTFOLD_WEBHOOK_RETRY_SCHEDULE")

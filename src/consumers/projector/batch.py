@@ -20,7 +20,7 @@ import orjson
 
 from consumers.projector import parking, store
 from consumers.projector.fold import RECORD_TYPES, Outcome, Record, apply
-from consumers.projector.handlers import HANDLERS
+from consumers.projector.handlers import HANDLERS, PROJECTED_TOPIC
 from consumers.projector.parking import ParkedEvent
 from eventfold.db import CHECKPOINT_CHANNEL
 from eventfold.envelope import CloudEvent
@@ -91,6 +91,7 @@ async def apply_batch(
     result = BatchResult()
     if not events:
         return result
+    PROJECTED_TOPIC.set(topic)
     async with conn.transaction():
         if budget_ms is not None:
             await conn.execute(f"SET LOCAL statement_timeout = {int(budget_ms)}")

@@ -10,6 +10,7 @@ the tenant's event history. Add the module's import at the bottom of this file.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from datetime import datetime
 
 import asyncpg
@@ -18,6 +19,10 @@ from consumers.projector.fold import Outcome
 from eventfold.envelope import CloudEvent
 
 EventHandler = Callable[[asyncpg.Connection, str, CloudEvent, datetime], Awaitable[Outcome]]
+
+#: The topic the batch being applied comes from (set by the batch): a handler
+#: may record it, e.g. so the sync runner serves only integrations of its log.
+PROJECTED_TOPIC: ContextVar[str] = ContextVar("projected_topic", default="")
 
 #: Event type → its projection handler.
 HANDLERS: dict[str, EventHandler] = {}
@@ -37,4 +42,4 @@ def handles(*event_types: str) -> Callable[[EventHandler], EventHandler]:
 
 
 # Handler modules (each registers itself on import):
-from consumers.projector import apikeys  # noqa: E402, F401
+from consumers.projector import apikeys, integrations  # noqa: E402, F401

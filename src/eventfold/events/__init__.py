@@ -15,10 +15,15 @@ from pydantic import BaseModel, ValidationError
 from eventfold.envelope import CloudEvent, EnvelopeInvalid, pydantic_errors
 from eventfold.errors import FieldError
 from eventfold.events.apikey import ApiKeyCreated, ApiKeyRevoked
+from eventfold.events.integration import (
+    IntegrationCreated,
+    IntegrationDeleted,
+    IntegrationUpdated,
+)
 from eventfold.events.record import RecordDeleted, RecordPatched, RecordUpserted
 from eventfold.events.tenant import TenantCreated
 
-SubjectRule = Literal["record", "tenant", "apikey"]
+SubjectRule = Literal["record", "tenant", "apikey", "integration"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +76,21 @@ REGISTRY: dict[str, EventType] = {
         EventType(
             "apikey.revoked", 1, ApiKeyRevoked, "apikey",
             "An API key was revoked; requests with it are refused from now on.",
+            publishable=False,
+        ),
+        EventType(
+            "integration.created", 1, IntegrationCreated, "integration",
+            "An integration was configured; its credentials are sealed (AES-GCM).",
+            publishable=False,
+        ),
+        EventType(
+            "integration.updated", 1, IntegrationUpdated, "integration",
+            "An integration's configuration or pause flag changed; credentials sealed.",
+            publishable=False,
+        ),
+        EventType(
+            "integration.deleted", 1, IntegrationDeleted, "integration",
+            "An integration was removed; it syncs no more.",
             publishable=False,
         ),
     )
