@@ -25,10 +25,11 @@ from aiohttp import web
 from redis.asyncio.client import PubSub
 
 from api.openapi import TENANT, TENANT_ERRORS, Operation, Param, Reply, register
-from consumers.projector.live import channel, history_item, is_replay
+from consumers.projector.live import channel, history_item
 from eventfold.errors import BadRequest, FieldError, ValidationFailed
 from eventfold.ids import tenant_schema
 from eventfold.logs import correlation_id
+from eventfold.replay import is_replay
 from eventfold.tenancy import tenant_connection
 from eventfold.web import METRICS, POOL, REDIS, SETTINGS, authorize_tenant, unbounded
 
