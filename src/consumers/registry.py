@@ -45,8 +45,15 @@ def _archiver(settings: Settings, pool: asyncpg.Pool, metrics: Metrics) -> Proce
     return Archiver(settings, pool, metrics)
 
 
+def _notifier(settings: Settings, pool: asyncpg.Pool, metrics: Metrics) -> Processor:
+    from consumers.notifier.processor import Notifier
+
+    return Notifier(settings, pool, metrics)
+
+
 PROCESSORS: dict[str, ProcessorFactory] = {
     "projector": _projector,
     "cache": _cache,
     "archiver": _archiver,
+    "notifier": _notifier,
 }

@@ -37,4 +37,4 @@ def handles(*event_types: str) -> Callable[[EventHandler], EventHandler]:
 
 
 # Handler modules (each registers itself on import):
-from consumers.projector import apikeys  # noqa: E402, F401
+from consumers.projector import apikeys, webhooks  # noqa: E402, F401

@@ -17,8 +17,9 @@ from eventfold.errors import FieldError
 from eventfold.events.apikey import ApiKeyCreated, ApiKeyRevoked
 from eventfold.events.record import RecordDeleted, RecordPatched, RecordUpserted
 from eventfold.events.tenant import TenantCreated
+from eventfold.events.webhook import WebhookCreated, WebhookDeleted
 
-SubjectRule = Literal["record", "tenant", "apikey"]
+SubjectRule = Literal["record", "tenant", "apikey", "webhook"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +72,16 @@ REGISTRY: dict[str, EventType] = {
         EventType(
             "apikey.revoked", 1, ApiKeyRevoked, "apikey",
             "An API key was revoked; requests with it are refused from now on.",
+            publishable=False,
+        ),
+        EventType(
+            "webhook.created", 1, WebhookCreated, "webhook",
+            "A webhook endpoint was subscribed; data carries its secret sealed, never plain.",
+            publishable=False,
+        ),
+        EventType(
+            "webhook.deleted", 1, WebhookDeleted, "webhook",
+            "A webhook endpoint was removed; nothing more is delivered to it.",
             publishable=False,
         ),
     )
