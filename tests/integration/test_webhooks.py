@@ -28,6 +28,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from aiokafka import AIOKafkaProducer
 from standardwebhooks import Webhook
 
 from consumers.notifier import delivery
@@ -35,6 +36,7 @@ from consumers.notifier.processor import Notifier
 from eventfold.bootstrap import Parts, create_app, open_pool
 from eventfold.egress import AllowList, guarded_session
 from eventfold.ids import tenant_schema
+from eventfold.kafka import message_key
 from eventfold.metrics import Metrics
 from eventfold.sealing import keyring
 from eventfold.settings import Settings
@@ -201,7 +203,9 @@ async def test_signed_delivery_retried_with_one_webhook_id(
     assert sorted(h.webhook_id for h in receiver.delivered()) == sorted(ids)
     assert len(receiver.hits) == 9  # three attempts each, no more
 
-    log = await attempts(tenant, hook["id"])
+    async with asyncio.timeout(30):  # the last attempts are recorded after their answers
+        while len(log := await attempts(tenant, hook["id"])) < 9:
+            await asyncio.sleep(0.05)
     first = sorted((a["attempt"], a["status_code"]) for a in log if a["event_id"] == ids[0])
     assert first == [(1, 500), (2, 500), (3, 200)]
     assert all(a["duration_ms"] >= 0 and a["at"] for a in log)
@@ -417,3 +421,70 @@ async def test_sigkilled_notifier_delivers_everything_after_restart(
             except subprocess.TimeoutExpired:
                 proc.kill()
     assert {h.webhook_id for h in receiver.hits} == set(ids)  # never another webhook-id
+
+
+async def test_replayed_events_never_notify(
+    tenant: TenantApi, receiver: Receiver, notifier: None, stack: Settings
+) -> None:
+    hook = await subscribe(tenant, receiver.url, ["record.upserted"])
+    replayed = {
+        "specversion": "1.0",
+        "id": f"replayed-{tenant.id}",
+        "source": "test-replay",
+        "type": "record.upserted",
+        "subject": "things/p",
+        "time": datetime.now(UTC).isoformat(),
+        "tenant": tenant.id,
+        "data": {"n": 0},
+        "eventfoldreplay": "replay-1",
+    }
+    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap, enable_idempotence=True)
+    await producer.start()
+    try:
+        # Same key as the record's writes: the same partition, so it is applied first.
+        await producer.send_and_wait(
+            stack.events_topic, orjson.dumps(replayed), key=message_key(tenant.id, "things/p", "")
+        )
+    finally:
+        await producer.stop()
+    after = await put(tenant, "p", 1)
+    await receiver.wait_for(lambda: len(receiver.delivered()) >= 1)
+    assert [h.webhook_id for h in receiver.hits] == [after]
+    history = await tenant.read_json("/events?limit=100")
+    statuses = {e["id"]: e["status"] for e in history["items"]}
+    assert statuses.get(replayed["id"]) == "applied"  # applied, only not notified
+    async with asyncio.timeout(30):  # the attempt is recorded once the answer is in
+        while not (log := await attempts(tenant, hook["id"])):
+            await asyncio.sleep(0.05)
+    assert {a["event_id"] for a in log} == {after}
+
+
+async def test_deleted_endpoint_gets_nothing_more(
+    tenant: TenantApi, receiver: Receiver, notifier: None
+) -> None:
+    hook = await subscribe(tenant, receiver.url, ["record.*"])
+    first = await put(tenant, "z", 1)
+    await receiver.wait_for(lambda: len(receiver.delivered()) >= 1)
+    resp = await tenant.call("DELETE", f"/webhooks/{hook['id']}", roles=("admin",))
+    assert resp.status == 202, await resp.text()
+    doc = await resp.json()
+    listed = await tenant.call(
+        "GET",
+        "/webhooks",
+        roles=("admin",),
+        headers={"X-Consistency-Token": doc["consistency_token"]},
+    )
+    assert hook["id"] not in [w["id"] for w in (await listed.json())["items"]]
+    # A second canary endpoint sees the next event: by then the deleted one would have too.
+    canary = Receiver()
+    await canary.start()
+    try:
+        await subscribe(tenant, canary.url, ["record.*"])
+        second = await put(tenant, "z", 2)
+        await canary.wait_for(lambda: len(canary.delivered()) >= 1)
+        assert [h.webhook_id for h in canary.hits] == [second]
+    finally:
+        await canary.stop()
+    assert [h.webhook_id for h in receiver.hits] == [first]
+    again = await tenant.call("DELETE", f"/webhooks/{hook['id']}", roles=("admin",))
+    assert again.status == 404
