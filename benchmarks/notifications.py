@@ -140,6 +140,8 @@ async def sse(
     tenant, auth = await _tenant(client, settings)
     arrivals: list[dict[str, float]] = [{} for _ in range(args.clients)]
     connected = 0
+    attempted: list[int] = []
+    ok: list[int] = []
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0),
         timeout=aiohttp.ClientTimeout(total=None, sock_read=None),
@@ -150,7 +152,13 @@ async def sse(
     async def listen(n: int) -> None:
         nonlocal connected
         async with session.get(base, headers={**auth, "Accept": "text/event-stream"}) as resp:
+            attempted.append(resp.status)
+            if len(attempted) == args.clients:
+                ready.set()
+            if resp.status != 200:
+                return
             connected += 1
+            ok.append(n)
             if connected == args.clients:
                 ready.set()
             async for raw in resp.content:
@@ -173,14 +181,14 @@ async def sse(
             sent[(await r.json())["event_id"]] = started
             await asyncio.sleep(0.1)
         deadline = time.perf_counter() + 60
-        while (
-            time.perf_counter() < deadline
-            and any(  # noqa: ASYNC110
-                len(a) < len(sent) for a in arrivals[:clients]
-            )
-        ):
+        live = [arrivals[n] for n in ok]
+
+        def missing() -> bool:
+            return any(len(a) < len(sent) for a in live)
+
+        while time.perf_counter() < deadline and missing():  # noqa: ASYNC110
             await asyncio.sleep(0.1)
-        latency = [a[e] - t for a in arrivals[:clients] for e, t in sent.items() if e in a]
+        latency = [a[e] - t for a in live for e, t in sent.items() if e in a]
         return {
             "what": "SSE write-to-frame latency",
             "clients_connected": clients,

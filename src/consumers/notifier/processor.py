@@ -31,7 +31,7 @@ log = logging.getLogger("eventfold.notifier")
 
 #: Attempts in flight at once in this process, per endpoint, per tenant.
 MAX_IN_FLIGHT = 200
-PER_ENDPOINT = 4
+PER_ENDPOINT = 16
 PER_TENANT = 32
 #: How often to look for new events and due retries when idle.
 POLL_SECONDS = 0.1
