@@ -35,6 +35,8 @@ PER_ENDPOINT = 16
 PER_TENANT = 32
 #: How often to look for new events and due retries when idle.
 POLL_SECONDS = 0.1
+#: A pause before each claim, so attempts finishing together free their slots in one claim.
+CLAIM_GATHER_SECONDS = 0.005
 #: How often the pending/dead gauges are refreshed.
 GAUGE_SECONDS = 5.0
 
@@ -59,11 +61,16 @@ class Notifier:
         """Schedule and deliver until ``stop`` is set (or, in burst mode, nothing is due)."""
         stop = stop or asyncio.Event()
         session = guarded_session(self._allow, limit=MAX_IN_FLIGHT, limit_per_host=PER_ENDPOINT * 4)
-        gauges_at = 0.0
+        gauges_at = scheduled_at = 0.0
         try:
             while not stop.is_set():
                 try:
-                    created = await self._scheduler.run_once()
+                    created = 0
+                    # Scheduling scans every subscribed tenant: once a poll interval,
+                    # not once per finished attempt.
+                    if time.monotonic() - scheduled_at >= POLL_SECONDS:
+                        scheduled_at = time.monotonic()
+                        created = await self._scheduler.run_once()
                     started = await self._deliver_due(session)
                     if time.monotonic() - gauges_at > GAUGE_SECONDS:
                         gauges_at = time.monotonic()
@@ -79,6 +86,8 @@ class Notifier:
                     self._wake.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
+                # Attempts finishing together are claimed for in one query.
+                await asyncio.sleep(CLAIM_GATHER_SECONDS)
         finally:
             # Attempts in flight end here; their leases expire and they run again.
             for task in list(self._tasks):
