@@ -79,10 +79,13 @@ CREATE TABLE IF NOT EXISTS eventfold.webhooks (
 CREATE INDEX IF NOT EXISTS webhooks_by_tenant ON eventfold.webhooks (tenant, id);
 -- The notifier's position in each tenant's history: deliveries are created in
 -- the same transaction that moves it, so each event is scheduled exactly once.
+-- anchor: the id of the event at seq, to find the place again when a rebuild
+-- swaps in a history whose seq numbers differ.
 CREATE TABLE IF NOT EXISTS eventfold.webhook_positions (
     tenant  text PRIMARY KEY,
     seq     bigint NOT NULL
 );
+ALTER TABLE eventfold.webhook_positions ADD COLUMN IF NOT EXISTS anchor text;
 -- One delivery per (endpoint, event); state pending → delivered | dead.
 CREATE TABLE IF NOT EXISTS eventfold.webhook_deliveries (
     id               bigserial PRIMARY KEY,

@@ -15,6 +15,7 @@ stays open that long), then steps over it.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,8 @@ import orjson
 from eventfold.events.webhook import type_matches
 from eventfold.ids import tenant_schema
 from eventfold.replay import is_replay
+
+log = logging.getLogger("eventfold.notifier")
 
 #: A hole in ``seq`` older than this is a rolled-back transaction, not a pending one.
 GAP_SETTLE_SECONDS = 5.0
@@ -67,13 +70,41 @@ class Scheduler:
             return True
         return False
 
+    async def _anchored(
+        self, conn: asyncpg.Connection, tenant: str, position: int, anchor: str | None
+    ) -> int:
+        """``position``, or where its anchor event sits now if a rebuild renumbered the history.
+
+        Deliveries are unique per (endpoint, event id), so landing a little early
+        never sends twice; the rebuilt rows carry the replay marker and are skipped.
+        """
+        if anchor is None:
+            return position
+        found = await conn.fetchval(
+            f"SELECT seq FROM {tenant_schema(tenant)}.events WHERE id = $1", anchor
+        )
+        if found is None:
+            # The anchor is gone from the history (not expected): go on from the end
+            # rather than re-walk a history whose numbering is unknown.
+            log.warning("webhook position anchor lost", extra={"tenant": tenant})
+            latest = await conn.fetchval(
+                f"SELECT coalesce(max(seq), 0) FROM {tenant_schema(tenant)}.events"
+            )
+            return int(latest)
+        return int(found)
+
     async def schedule_tenant(self, tenant: str) -> int:
         """Schedule the tenant's next page of history; returns deliveries created."""
         async with self._pool.acquire(timeout=5) as conn, conn.transaction():
-            position = await conn.fetchval(
-                "SELECT seq FROM eventfold.webhook_positions WHERE tenant = $1 FOR UPDATE", tenant
+            stored = await conn.fetchrow(
+                "SELECT seq, anchor FROM eventfold.webhook_positions WHERE tenant = $1 FOR UPDATE",
+                tenant,
             )
-            if position is None:
+            if stored is None:
+                return 0
+            try:
+                position = await self._anchored(conn, tenant, int(stored["seq"]), stored["anchor"])
+            except asyncpg.UndefinedTableError:
                 return 0
             endpoints = [
                 Endpoint(r["id"], list(r["types"]), r["start_seq"])
@@ -92,13 +123,13 @@ class Scheduler:
                 )
             except asyncpg.UndefinedTableError:
                 return 0
-            new_position = position
+            new_position, new_anchor = position, stored["anchor"]
             deliveries: list[tuple[Any, ...]] = []
             for row in rows:
                 seq = int(row["seq"])
                 if seq != new_position + 1 and not self._gap_settled(tenant, new_position + 1):
                     break  # a transaction may still commit the missing seq
-                new_position = seq
+                new_position, new_anchor = seq, row["id"]
                 envelope = row["envelope"]
                 if isinstance(envelope, str):
                     envelope = orjson.loads(envelope)
@@ -119,10 +150,12 @@ class Scheduler:
                     " ON CONFLICT (webhook_id, event_id) DO NOTHING",
                     deliveries,
                 )
-            if new_position != position:
+            if new_position != stored["seq"]:
                 await conn.execute(
-                    "UPDATE eventfold.webhook_positions SET seq = $2 WHERE tenant = $1",
+                    "UPDATE eventfold.webhook_positions SET seq = $2, anchor = $3"
+                    " WHERE tenant = $1",
                     tenant,
                     new_position,
+                    new_anchor,
                 )
             return len(deliveries)

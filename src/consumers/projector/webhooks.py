@@ -28,7 +28,10 @@ async def webhook_created(
         data = WebhookCreated.model_validate(ev.data)
     except ValidationError as exc:
         return Outcome("rejected", f"invalid webhook.created data: {exc.error_count()} errors")
-    start = await conn.fetchval(f"SELECT coalesce(max(seq), 0) FROM {tenant_schema(tenant)}.events")
+    last = await conn.fetchrow(
+        f"SELECT seq, id FROM {tenant_schema(tenant)}.events ORDER BY seq DESC LIMIT 1"
+    )
+    start, anchor = (int(last["seq"]), str(last["id"])) if last is not None else (0, None)
     inserted = await conn.fetchval(
         "INSERT INTO eventfold.webhooks (id, tenant, url, types, secret_sealed, start_seq,"
         " created_at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING"
@@ -45,10 +48,11 @@ async def webhook_created(
         return Outcome("rejected", f"webhook {data.id} exists already")
     # The notifier's position starts here for a tenant's first endpoint.
     await conn.execute(
-        "INSERT INTO eventfold.webhook_positions (tenant, seq) VALUES ($1, $2)"
+        "INSERT INTO eventfold.webhook_positions (tenant, seq, anchor) VALUES ($1, $2, $3)"
         " ON CONFLICT (tenant) DO NOTHING",
         tenant,
         start,
+        anchor,
     )
     return APPLIED
 
