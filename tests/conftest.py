@@ -43,6 +43,10 @@ def session_settings(**overrides: object) -> Settings:
         # create tenants with small explicit limits instead.
         "rate_limit_default_rps": 1_000_000.0,
         "rate_limit_default_burst": 1_000_000,
+        # Webhook tests deliver to receivers on 127.0.0.1, with quick retries.
+        "webhook_allow_hosts": ("127.0.0.1",),
+        "webhook_retry_schedule": (0, 1, 1),
+        "webhook_timeout_seconds": 2.0,
     }
     fields.update(overrides)
     return dataclasses.replace(base, **fields)  # type: ignore[arg-type]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from api import apikeys, events, hotkeys, integrations, records, stream, tenants
+from api import apikeys, events, hotkeys, integrations, records, stream, tenants, webhooks
 
 _RECORDS = "/v1/tenants/{tenant}/collections/{collection}/records"
 
@@ -20,3 +20,4 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/v1/tenants/{tenant}/hot-keys", hotkeys.list_hot_keys)
     stream.setup(app)
     integrations.setup(app)
+    webhooks.setup(app)

@@ -17,18 +17,19 @@ import asyncio
 import contextlib
 import logging
 import re
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 from aiohttp import web
-from redis.asyncio.client import PubSub
 
 from api.openapi import TENANT, TENANT_ERRORS, Operation, Param, Reply, register
-from consumers.projector.live import channel, history_item, is_replay
+from api.stream_hub import HUB, Frame, StreamHub, Subscriber
+from consumers.projector.live import history_item
 from eventfold.errors import BadRequest, FieldError, ValidationFailed
 from eventfold.ids import tenant_schema
 from eventfold.logs import correlation_id
+from eventfold.replay import is_replay
 from eventfold.tenancy import tenant_connection
 from eventfold.web import METRICS, POOL, REDIS, SETTINGS, authorize_tenant, unbounded
 
@@ -41,15 +42,6 @@ _TYPE_PATTERN = re.compile(r"[a-z*][a-z0-9_.*-]{0,127}")
 _REPLAY_PAGE = 500
 #: How long the goodbye comment to a slow client may take before the connection is cut.
 _GOODBYE_SECONDS = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class Frame:
-    """One event to send: its history ``seq`` (the SSE id), type and JSON data."""
-
-    seq: int
-    type: str
-    data: str
 
 
 def parse_types(raw: str | None) -> re.Pattern[str] | None:
@@ -88,18 +80,22 @@ class _SlowClient(Exception):
     """The client's queue overflowed."""
 
 
-async def _pump(pubsub: PubSub, queue: asyncio.Queue[Frame]) -> None:
-    """Move the channel's messages into ``queue``; raise :class:`_SlowClient` when it is full."""
-    while True:
-        msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-        if msg is None or msg.get("type") != "message":
-            continue
-        doc: dict[str, Any] = orjson.loads(msg["data"])
-        frame = Frame(int(doc["seq"]), str(doc["type"]), str(doc["data"]))
-        try:
-            queue.put_nowait(frame)
-        except asyncio.QueueFull:
-            raise _SlowClient from None
+class _FeedLost(ConnectionError):
+    """The process's live feed (Redis) failed: the client reconnects with Last-Event-ID."""
+
+
+async def _watch(sub: Subscriber) -> None:
+    """Raise when the feed ends: :class:`_SlowClient` or :class:`_FeedLost`."""
+    slow = asyncio.create_task(sub.slow.wait())
+    lost = asyncio.create_task(sub.lost.wait())
+    try:
+        await asyncio.wait({slow, lost}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        slow.cancel()
+        lost.cancel()
+    if sub.slow.is_set():
+        raise _SlowClient
+    raise _FeedLost("live feed lost")
 
 
 @unbounded
@@ -113,12 +109,21 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     wanted = parse_types(request.query.get("types"))
     last = _last_event_id(request)
     app = request.app
-    settings, metrics = app[SETTINGS], app[METRICS]
-    queue: asyncio.Queue[Frame] = asyncio.Queue(maxsize=max(1, settings.stream_queue_max))
-    pubsub = app[REDIS].pubsub()
+    settings = app[SETTINGS]
     # Subscribed before the replay reads the history: nothing falls between the two.
-    await asyncio.wait_for(pubsub.subscribe(channel(tenant.id)), 5)
-    pump = asyncio.create_task(_pump(pubsub, queue), name=f"stream-{tenant.id}")
+    async with app[HUB].subscribe(tenant.id, settings.stream_queue_max) as sub:
+        return await _serve(request, tenant.id, wanted, last, sub)
+
+
+async def _serve(
+    request: web.Request,
+    tenant: str,
+    wanted: re.Pattern[str] | None,
+    last: int | None,
+    sub: Subscriber,
+) -> web.StreamResponse:
+    metrics = request.app[METRICS]
+    watch = asyncio.create_task(_watch(sub), name=f"stream-{tenant}")
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",
@@ -129,27 +134,28 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
         }
     )
     metrics.stream_clients.inc()
-    tasks = [pump]
+    tasks = [watch]
     try:
         await response.prepare(request)
         writer = asyncio.create_task(
-            _write(request, response, tenant.id, wanted, last, queue), name="stream-writer"
+            _write(request, response, tenant, wanted, last, sub.queue), name="stream-writer"
         )
         tasks.append(writer)
-        done, _ = await asyncio.wait({pump, writer}, return_when=asyncio.FIRST_COMPLETED)
-        if pump in done and isinstance(pump.exception(), _SlowClient):
+        done, _ = await asyncio.wait({watch, writer}, return_when=asyncio.FIRST_COMPLETED)
+        if watch in done and isinstance(watch.exception(), _SlowClient):
             writer.cancel()
             with contextlib.suppress(BaseException):
                 await writer
             metrics.stream_slow_disconnects.inc()
-            log.info("slow stream client disconnected", extra={"tenant": tenant.id})
+            log.info("slow stream client disconnected", extra={"tenant": tenant})
             await _goodbye(request, response)
         elif writer in done:
             error = writer.exception()
             if error is not None and not isinstance(error, ConnectionError):
                 raise error  # a client going away is the normal end, anything else is not
-        else:
-            pump.result()  # Redis failed: the client reconnects with Last-Event-ID
+        elif request.transport is not None:
+            # Redis failed: the connection ends, the client reconnects with Last-Event-ID.
+            request.transport.close()
         return response
     finally:
         metrics.stream_clients.dec()
@@ -157,8 +163,6 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(pubsub.aclose(), 2)  # type: ignore[no-untyped-call]
 
 
 async def _goodbye(request: web.Request, response: web.StreamResponse) -> None:
@@ -231,8 +235,18 @@ _SSE_EVENT: dict[str, Any] = {
 
 
 def setup(app: web.Application) -> None:
-    """Register the route."""
+    """Register the route and the process's shared live feed."""
     app.router.add_get(_PATH, stream_events)
+    app.cleanup_ctx.append(_hub_ctx)
+
+
+async def _hub_ctx(app: web.Application) -> AsyncIterator[None]:
+    hub = StreamHub(app[REDIS])
+    app[HUB] = hub
+    try:
+        yield
+    finally:
+        await hub.close()
 
 
 register(

@@ -51,9 +51,16 @@ def _sync(settings: Settings, pool: asyncpg.Pool, metrics: Metrics) -> Processor
     return SyncRunner(settings, pool, metrics)
 
 
+def _notifier(settings: Settings, pool: asyncpg.Pool, metrics: Metrics) -> Processor:
+    from consumers.notifier.processor import Notifier
+
+    return Notifier(settings, pool, metrics)
+
+
 PROCESSORS: dict[str, ProcessorFactory] = {
     "projector": _projector,
     "cache": _cache,
     "archiver": _archiver,
     "sync": _sync,
+    "notifier": _notifier,
 }

@@ -117,6 +117,68 @@ CREATE TABLE IF NOT EXISTS eventfold.integration_items (
     hash         text NOT NULL,
     PRIMARY KEY (integration, item_id)
 );
+-- Webhook endpoints (projected from webhook.* events); the secret sealed only.
+-- start_seq: the tenant's history position at subscription (later events only).
+CREATE TABLE IF NOT EXISTS eventfold.webhooks (
+    id               text PRIMARY KEY,
+    tenant           text NOT NULL,
+    url              text NOT NULL,
+    types            text[] NOT NULL,
+    secret_sealed    text NOT NULL,
+    start_seq        bigint NOT NULL,
+    created_at       timestamptz NOT NULL,
+    deleted_at       timestamptz,
+    disabled_at      timestamptz,
+    disabled_reason  text,
+    failures_in_row  integer NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS webhooks_by_tenant ON eventfold.webhooks (tenant, id);
+-- The notifier's position in each tenant's history: deliveries are created in
+-- the same transaction that moves it, so each event is scheduled exactly once.
+-- anchor: the id of the event at seq, to find the place again when a rebuild
+-- swaps in a history whose seq numbers differ.
+CREATE TABLE IF NOT EXISTS eventfold.webhook_positions (
+    tenant  text PRIMARY KEY,
+    seq     bigint NOT NULL
+);
+ALTER TABLE eventfold.webhook_positions ADD COLUMN IF NOT EXISTS anchor text;
+-- One delivery per (endpoint, event); state pending → delivered | dead.
+CREATE TABLE IF NOT EXISTS eventfold.webhook_deliveries (
+    id               bigserial PRIMARY KEY,
+    webhook_id       text NOT NULL,
+    tenant           text NOT NULL,
+    event_id         text NOT NULL,
+    subject          text NOT NULL,  -- '' for events without one
+    seq              bigint NOT NULL,
+    body             bytea NOT NULL,
+    state            text NOT NULL DEFAULT 'pending',
+    attempts         integer NOT NULL DEFAULT 0,
+    next_attempt_at  timestamptz NOT NULL DEFAULT now(),
+    lease_until      timestamptz NOT NULL DEFAULT '-infinity',
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    done_at          timestamptz,
+    UNIQUE (webhook_id, event_id)
+);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_due
+    ON eventfold.webhook_deliveries (next_attempt_at) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS webhook_deliveries_order
+    ON eventfold.webhook_deliveries (webhook_id, subject, seq) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS webhook_deliveries_dead
+    ON eventfold.webhook_deliveries (webhook_id, done_at) WHERE state = 'dead';
+-- Every attempt, for GET …/webhooks/{id}/deliveries.
+CREATE TABLE IF NOT EXISTS eventfold.webhook_attempts (
+    id           bigserial PRIMARY KEY,
+    webhook_id   text NOT NULL,
+    delivery_id  bigint NOT NULL,
+    event_id     text NOT NULL,
+    attempt      integer NOT NULL,
+    status_code  integer,
+    error        text,
+    duration_ms  double precision NOT NULL,
+    at           timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS webhook_attempts_by_webhook
+    ON eventfold.webhook_attempts (webhook_id, id);
 """
 #: Serialises concurrent migrations from processes starting at once.
 _MIGRATION_LOCK = 0x4576_466F  # "EvFo"

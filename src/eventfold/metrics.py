@@ -161,6 +161,28 @@ class Metrics:
             "SSE clients disconnected because they fell too far behind (queue full).",
             registry=r,
         )
+        self.webhook_deliveries = Counter(
+            "eventfold_webhook_deliveries_total",
+            "Webhook delivery attempts by outcome: delivered, failed, dead, gone, refused.",
+            ["outcome"],
+            registry=r,
+        )
+        self.webhook_latency = Histogram(
+            "eventfold_webhook_delivery_latency_seconds",
+            "From the event's scheduling to its successful delivery (retries included).",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
+            registry=r,
+        )
+        self.webhook_pending = Gauge(
+            "eventfold_webhook_pending",
+            "Webhook deliveries waiting (first attempt or retry).",
+            registry=r,
+        )
+        self.webhook_dead = Gauge(
+            "eventfold_webhook_dead",
+            "Webhook deliveries dead-lettered (redrive puts them back).",
+            registry=r,
+        )
         self.cache_breaker_state = Gauge(
             "eventfold_cache_breaker_state",
             "The record cache's circuit breaker: 0 closed, 1 half-open, 2 open.",

@@ -78,6 +78,8 @@ class Settings:
     rate_limit_default_burst: int = 200
     webhook_allow_hosts: tuple[str, ...] = ()
     webhook_retry_schedule: tuple[int, ...] = (5, 30, 120, 600, 3600)
+    #: Deadline of one webhook delivery attempt (connect, send, read the answer).
+    webhook_timeout_seconds: float = 10.0
     #: Keys sealing secrets at rest (``id:base64key,...``, first seals; see
     #: eventfold.sealing). Empty: a dev key file in ``var/``.
     secret_keys: str = ""
@@ -214,6 +216,9 @@ class Settings:
             webhook_retry_schedule=_int_list(env["EVENTFOLD_WEBHOOK_RETRY_SCHEDULE"])
             if env.get("EVENTFOLD_WEBHOOK_RETRY_SCHEDULE")
             else d.webhook_retry_schedule,
+            webhook_timeout_seconds=float(
+                env.get("EVENTFOLD_WEBHOOK_TIMEOUT_SECONDS", d.webhook_timeout_seconds)
+            ),
             events_topic=env.get("EVENTFOLD_EVENTS_TOPIC") or d.events_topic,
             dlq_topic=env.get("EVENTFOLD_DLQ_TOPIC") or d.dlq_topic,
             topic_partitions=int(env.get("EVENTFOLD_TOPIC_PARTITIONS", d.topic_partitions)),

@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 
 from consumers.projector.batch import LogEvent
 from eventfold.ids import tenant_schema
+from eventfold.replay import is_replay
 from eventfold.settings import Settings
 
 log = logging.getLogger("eventfold.projector.live")
@@ -31,11 +32,6 @@ PUBLISH_DEADLINE = 2.0
 def channel(tenant: str) -> str:
     """The Redis pub/sub channel carrying ``tenant``'s applied events."""
     return f"ef:{tenant}:stream"
-
-
-def is_replay(envelope: dict[str, Any]) -> bool:
-    """True for an event a replay re-emitted (extension ``replay`` = true): never pushed live."""
-    return envelope.get("replay") is True
 
 
 def history_item(row: asyncpg.Record) -> dict[str, Any]:
@@ -73,7 +69,8 @@ class LivePublisher:
         by_tenant: dict[str, list[str]] = defaultdict(list)
         for item in events:
             ev = item.event
-            if ev is not None and ev.tenant and (ev.model_extra or {}).get("replay") is not True:
+            # A replay re-applies old facts: it rebuilds projections, it never pushes live.
+            if ev is not None and ev.tenant and not is_replay(ev):
                 by_tenant[ev.tenant].append(ev.id)
         if not by_tenant:
             return

@@ -22,8 +22,9 @@ from eventfold.events.integration import (
 )
 from eventfold.events.record import RecordDeleted, RecordPatched, RecordUpserted
 from eventfold.events.tenant import TenantCreated
+from eventfold.events.webhook import WebhookCreated, WebhookDeleted
 
-SubjectRule = Literal["record", "tenant", "apikey", "integration"]
+SubjectRule = Literal["record", "tenant", "apikey", "integration", "webhook"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +92,16 @@ REGISTRY: dict[str, EventType] = {
         EventType(
             "integration.deleted", 1, IntegrationDeleted, "integration",
             "An integration was removed; it syncs no more.",
+            publishable=False,
+        ),
+        EventType(
+            "webhook.created", 1, WebhookCreated, "webhook",
+            "A webhook endpoint was subscribed; data carries its secret sealed, never plain.",
+            publishable=False,
+        ),
+        EventType(
+            "webhook.deleted", 1, WebhookDeleted, "webhook",
+            "A webhook endpoint was removed; nothing more is delivered to it.",
             publishable=False,
         ),
     )

@@ -1,0 +1,1 @@
+"""The notifier: signed webhook deliveries of applied events, with retries and dead letters."""

@@ -1,0 +1,153 @@
+"""The notifier processor: schedule deliveries from the history, deliver them, forever.
+
+Every round it schedules (:mod:`consumers.notifier.schedule`) and then claims
+due deliveries (:mod:`consumers.notifier.delivery`), each attempt running as
+its own task within the per-endpoint and per-tenant caps. Everything it must
+remember (positions, deliveries, ``next_attempt_at``, leases) is in
+PostgreSQL, so a restart neither loses a delivery nor attempts one early; any
+number of notifiers may run side by side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+
+import aiohttp
+import asyncpg
+
+from consumers.notifier import delivery
+from consumers.notifier.delivery import Claimed
+from consumers.notifier.schedule import Scheduler
+from eventfold.egress import AllowList, guarded_session
+from eventfold.metrics import Metrics
+from eventfold.sealing import keyring
+from eventfold.settings import Settings
+
+log = logging.getLogger("eventfold.notifier")
+
+#: Attempts in flight at once in this process, per endpoint, per tenant.
+MAX_IN_FLIGHT = 200
+PER_ENDPOINT = 16
+PER_TENANT = 32
+#: How often to look for new events and due retries when idle.
+POLL_SECONDS = 0.1
+#: A pause before each claim, so attempts finishing together free their slots in one claim.
+CLAIM_GATHER_SECONDS = 0.005
+#: How often the pending/dead gauges are refreshed.
+GAUGE_SECONDS = 5.0
+
+
+class Notifier:
+    """Delivers every applied event to the tenant's matching webhook endpoints."""
+
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, metrics: Metrics) -> None:
+        self.settings = settings
+        self._pool = pool
+        self._metrics = metrics
+        self._allow = AllowList.parse(settings.webhook_allow_hosts)
+        self._keys = keyring(settings)
+        self._scheduler = Scheduler(pool)
+        self._timeout = settings.webhook_timeout_seconds
+        self._by_hook: Counter[str] = Counter()
+        self._by_tenant: Counter[str] = Counter()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event | None = None, *, burst: bool = False) -> None:
+        """Schedule and deliver until ``stop`` is set (or, in burst mode, nothing is due)."""
+        stop = stop or asyncio.Event()
+        session = guarded_session(self._allow, limit=MAX_IN_FLIGHT, limit_per_host=PER_ENDPOINT * 4)
+        gauges_at = scheduled_at = 0.0
+        try:
+            while not stop.is_set():
+                try:
+                    created = 0
+                    # Scheduling scans every subscribed tenant: once a poll interval,
+                    # not once per finished attempt.
+                    if time.monotonic() - scheduled_at >= POLL_SECONDS:
+                        scheduled_at = time.monotonic()
+                        created = await self._scheduler.run_once()
+                    started = await self._deliver_due(session)
+                    if time.monotonic() - gauges_at > GAUGE_SECONDS:
+                        gauges_at = time.monotonic()
+                        await self._refresh_gauges()
+                except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+                    log.warning("notifier round failed", extra={"error": repr(exc)})
+                    created = started = 0
+                    await _sleep_or_stop(stop, 1.0)
+                    continue
+                if burst and not created and not started and not self._tasks:
+                    return
+                if not created and not started:
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
+                # Attempts finishing together are claimed for in one query.
+                await asyncio.sleep(CLAIM_GATHER_SECONDS)
+        finally:
+            # Attempts in flight end here; their leases expire and they run again.
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await session.close()
+
+    async def _deliver_due(self, session: aiohttp.ClientSession) -> int:
+        room = MAX_IN_FLIGHT - len(self._tasks)
+        if room <= 0:
+            return 0
+        claimed = await delivery.claim(
+            self._pool,
+            busy_hooks=[h for h, n in self._by_hook.items() if n >= PER_ENDPOINT],
+            busy_tenants=[t for t, n in self._by_tenant.items() if n >= PER_TENANT],
+            per_hook=PER_ENDPOINT,
+            per_tenant=PER_TENANT,
+            limit=room,
+            lease_seconds=self._timeout + 30,
+        )
+        for item in claimed:
+            self._by_hook[item.webhook_id] += 1
+            self._by_tenant[item.tenant] += 1
+            task = asyncio.create_task(self._deliver(session, item), name=f"webhook-{item.id}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return len(claimed)
+
+    async def _deliver(self, session: aiohttp.ClientSession, item: Claimed) -> None:
+        try:
+            result = await delivery.attempt(session, self._keys, self._allow, item, self._timeout)
+            await delivery.record(
+                self._pool, self._metrics, item, result, self.settings.webhook_retry_schedule
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Not recorded: the lease expires and the attempt is made again.
+            log.warning("webhook attempt not recorded", extra={"error": repr(exc)})
+        finally:
+            self._by_hook[item.webhook_id] -= 1
+            self._by_tenant[item.tenant] -= 1
+            if self._by_hook[item.webhook_id] <= 0:
+                del self._by_hook[item.webhook_id]
+            if self._by_tenant[item.tenant] <= 0:
+                del self._by_tenant[item.tenant]
+            self._wake.set()  # a line's next delivery may be due now
+
+    async def _refresh_gauges(self) -> None:
+        async with self._pool.acquire(timeout=5) as conn:
+            row = await conn.fetchrow(
+                "SELECT count(*) FILTER (WHERE state = 'pending') AS pending,"
+                " count(*) FILTER (WHERE state = 'dead') AS dead"
+                " FROM eventfold.webhook_deliveries WHERE state IN ('pending', 'dead')"
+            )
+        if row is not None:
+            self._metrics.webhook_pending.set(row["pending"])
+            self._metrics.webhook_dead.set(row["dead"])
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
