@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import asyncpg
@@ -218,11 +219,46 @@ async def connect(dsn: str) -> asyncpg.Connection:
     return conn
 
 
+#: Identifies this version of :data:`PLATFORM_DDL` in ``eventfold.migrations``.
+DDL_VERSION = hashlib.sha256(PLATFORM_DDL.encode()).hexdigest()[:16]
+
+
 async def migrate(pool: asyncpg.Pool) -> None:
-    """Create the platform schema if missing; safe to run from many processes at once."""
-    async with pool.acquire(timeout=10) as conn, conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
-        await conn.execute(PLATFORM_DDL)
+    """Create the platform schema if missing; safe to run from many processes at once.
+
+    The DDL runs once per version: ``ALTER TABLE`` and ``CREATE INDEX`` take
+    table locks even when there is nothing to do, so running them on every
+    start would queue a starting process (a CLI command) behind the running
+    processors' open transactions.
+    """
+    async with pool.acquire(timeout=10) as conn:
+        if await _applied(conn):
+            return
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+            if await _applied(conn):
+                return
+            await conn.execute(PLATFORM_DDL)
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS eventfold.migrations ("
+                " ddl_version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            await conn.execute(
+                "INSERT INTO eventfold.migrations (ddl_version) VALUES ($1) ON CONFLICT DO NOTHING",
+                DDL_VERSION,
+            )
+
+
+async def _applied(conn: asyncpg.Connection) -> bool:
+    # to_regclass, not a caught UndefinedTableError: an error would abort the
+    # surrounding migration transaction.
+    if await conn.fetchval("SELECT to_regclass('eventfold.migrations')") is None:
+        return False
+    return bool(
+        await conn.fetchval(
+            "SELECT true FROM eventfold.migrations WHERE ddl_version = $1", DDL_VERSION
+        )
+    )
 
 
 async def fetch_checkpoints(conn: Any, consumer: str, topic: str) -> dict[int, int]:
