@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from api import apikeys, events, hotkeys, records, stream, tenants
+from api import analytics, apikeys, events, hotkeys, records, stream, tenants
 
 _RECORDS = "/v1/tenants/{tenant}/collections/{collection}/records"
 
@@ -19,3 +19,4 @@ def setup(app: web.Application) -> None:
     apikeys.setup(app)
     app.router.add_get("/v1/tenants/{tenant}/hot-keys", hotkeys.list_hot_keys)
     stream.setup(app)
+    analytics.setup(app)

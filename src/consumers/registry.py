@@ -45,8 +45,15 @@ def _archiver(settings: Settings, pool: asyncpg.Pool, metrics: Metrics) -> Proce
     return Archiver(settings, pool, metrics)
 
 
+def _analytics(settings: Settings, pool: asyncpg.Pool, metrics: Metrics) -> Processor:
+    from consumers.analytics.processor import Analytics
+
+    return Analytics(settings, pool, metrics)
+
+
 PROCESSORS: dict[str, ProcessorFactory] = {
     "projector": _projector,
     "cache": _cache,
     "archiver": _archiver,
+    "analytics": _analytics,
 }
