@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 import pytest_asyncio
 from aiokafka import AIOKafkaProducer
 
@@ -241,11 +240,6 @@ async def test_bad_parameters_are_422(lane: Lane) -> None:
         assert resp.content_type == "application/problem+json"
 
 
-@pytest.mark.xfail(
-    reason="open bug: after repeated SIGKILLs one event was counted twice once (faust "
-    "exactly_once with aiokafka 0.14; under investigation, see README Analytics)",
-    strict=False,
-)
 async def test_sigkilled_worker_resumes_with_the_same_counts(lane: Lane) -> None:
     tenants = [(await lane.api.create_tenant())["id"] for _ in range(3)]
     now = time.time()

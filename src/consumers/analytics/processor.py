@@ -9,9 +9,9 @@ State: two faust tables with changelog topics, written only from the agent
 (so every write goes to the changelog partition of the event being processed):
 
 - ``counts``: per tenant / window size / window start / type / collection /
-  source partition → events counted;
-- ``seen``: per tenant + event id → 1, so a duplicate (a producer retry, a
-  republished id) is not counted twice.
+  source partition → (events counted, last source offset counted);
+- ``seen``: per tenant + event id → offset of its first record, so a duplicate
+  (a producer retry, a republished id) is not counted twice.
 
 With ``processing_guarantee="exactly_once"`` faust commits the consumed offsets
 and the changelog writes in one Kafka transaction per partition: a worker
@@ -87,8 +87,8 @@ class Analytics:
             value_serializer="raw",
             partitions=settings.topic_partitions,
         )
-        self.counts = self.app.Table("counts", default=int, partitions=settings.topic_partitions)
-        self.seen = self.app.Table("seen", default=int, partitions=settings.topic_partitions)
+        self.counts = self.app.Table("counts", partitions=settings.topic_partitions)
+        self.seen = self.app.Table("seen", partitions=settings.topic_partitions)
         self._dirty: set[str] = set()
         #: partition → next offset to process, for burst mode ("caught up").
         self.positions: dict[int, int] = {}
@@ -98,15 +98,15 @@ class Analytics:
     async def _agent(self, stream: Any) -> None:
         async for event in stream.events():
             msg = event.message
-            self.count(msg.value, msg.partition, msg.timestamp)
+            self.count(msg.value, msg.partition, msg.offset, msg.timestamp)
             self.positions[msg.partition] = msg.offset + 1
 
-    def count(self, value: bytes | None, partition: int, log_ts: float) -> None:
+    def count(self, value: bytes | None, partition: int, offset: int, log_ts: float) -> None:
         """Fold one log record into the tables (called inside the agent)."""
-        outcome = self._count(value, partition, log_ts)
+        outcome = self._count(value, partition, offset, log_ts)
         self.metrics.analytics_events.labels(outcome).inc()
 
-    def _count(self, value: bytes | None, partition: int, log_ts: float) -> str:
+    def _count(self, value: bytes | None, partition: int, offset: int, log_ts: float) -> str:
         try:
             doc = orjson.loads(value or b"")
         except orjson.JSONDecodeError:
@@ -118,8 +118,12 @@ class Analytics:
             return "invalid"
         if doc.get(REPLAY_ATTRIBUTE):
             return "replay"
+        # ``seen`` holds the offset of an id's first record: a later record with the
+        # same id is a duplicate; the same record again is a re-delivery after a crash
+        # (its writes may be only partly in the committed changelog, see below).
         seen_key = f"{tenant}\x1f{event_id}"
-        if self.seen[seen_key]:
+        first = self.seen.get(seen_key)
+        if first is not None and first != offset:
             return "duplicate"
         log_ms = int(log_ts * 1000) if log_ts < 1e11 else int(log_ts)
         ts = event_time(doc, log_ms)
@@ -133,10 +137,19 @@ class Analytics:
             if start + size + self.settings.analytics_grace_seconds < now:
                 continue
             key = CountKey(tenant, window, start, type_, collection, partition).encode()
-            self.counts[key] += 1
+            # Each counter remembers the last offset it counted. faust's exactly_once
+            # commit does not wait for the changelog buffer, so one event's table writes
+            # can straddle a transaction boundary; after a crash the event is re-delivered
+            # and must not be counted again by the counters that already have it. Only one
+            # partition writes a key, and it does so in offset order.
+            current = self.counts.get(key)
+            if current is not None and current[1] >= offset:
+                continue
+            self.counts[key] = (current[0] if current else 0) + 1, offset
             self._dirty.add(key)
             counted = True
-        self.seen[seen_key] = 1
+        if first is None:
+            self.seen[seen_key] = offset
         self._newest_log_ms = max(self._newest_log_ms, log_ms)
         return "counted" if counted else "late"
 
@@ -153,7 +166,7 @@ class Analytics:
             for raw in keys:
                 key = CountKey.decode(raw)
                 hkey = window_key(key.tenant, key.window, key.start)
-                pipe.hset(hkey, key.field, int(self.counts.get(raw, 0)))
+                pipe.hset(hkey, key.field, int(self.counts.get(raw, (0, -1))[0]))
                 windows.add((key.tenant, key.window, key.start))
             for tenant, window, start in windows:
                 expire_at = start + WINDOWS[window] + retention[window]
