@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from api import apikeys, events, hotkeys, integrations, records, stream, tenants, webhooks
+from api import (
+    analytics,
+    apikeys,
+    events,
+    hotkeys,
+    integrations,
+    records,
+    stream,
+    tenants,
+    webhooks,
+)
 
 _RECORDS = "/v1/tenants/{tenant}/collections/{collection}/records"
 
@@ -21,3 +31,4 @@ def setup(app: web.Application) -> None:
     stream.setup(app)
     integrations.setup(app)
     webhooks.setup(app)
+    analytics.setup(app)

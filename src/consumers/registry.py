@@ -57,10 +57,17 @@ def _notifier(settings: Settings, pool: asyncpg.Pool, metrics: Metrics) -> Proce
     return Notifier(settings, pool, metrics)
 
 
+def _analytics(settings: Settings, pool: asyncpg.Pool, metrics: Metrics) -> Processor:
+    from consumers.analytics.processor import Analytics
+
+    return Analytics(settings, pool, metrics)
+
+
 PROCESSORS: dict[str, ProcessorFactory] = {
     "projector": _projector,
     "cache": _cache,
     "archiver": _archiver,
     "sync": _sync,
     "notifier": _notifier,
+    "analytics": _analytics,
 }

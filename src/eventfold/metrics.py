@@ -94,6 +94,24 @@ class Metrics:
             ["processor", "partition"],
             registry=r,
         )
+        self.analytics_events = Counter(
+            "eventfold_analytics_events_total",
+            "Events the analytics processor saw, by outcome "
+            "(counted, duplicate, replay, late, invalid).",
+            ["outcome"],
+            registry=r,
+        )
+        self.analytics_table_keys = Gauge(
+            "eventfold_analytics_table_keys",
+            "Keys in the analytics processor's faust tables on this worker.",
+            ["table"],
+            registry=r,
+        )
+        self.analytics_lag_seconds = Gauge(
+            "eventfold_analytics_lag_seconds",
+            "Seconds from the newest counted event's log timestamp to its count being readable.",
+            registry=r,
+        )
         self.archive_lag = Gauge(
             "eventfold_archive_lag",
             "Records of a partition not yet durably archived in S3.",

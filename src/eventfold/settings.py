@@ -133,6 +133,12 @@ class Settings:
     #: or once its records span this many seconds (see src/consumers/archiver).
     archive_segment_bytes: int = 8 * 1024 * 1024
     archive_segment_seconds: float = 300.0
+    #: Analytics (src/consumers/analytics): how long after a window closes a late event
+    #: still counts, how long window results are kept, how often they are materialised.
+    analytics_grace_seconds: int = 60
+    analytics_retention_1m_seconds: int = 2 * 86400
+    analytics_retention_1h_seconds: int = 35 * 86400
+    analytics_flush_ms: int = 200
     log_level: str = "INFO"
     #: Which services the user pointed at their own instance (infra skips those).
     external: frozenset[str] = field(default_factory=frozenset)
@@ -243,6 +249,20 @@ class Settings:
                 env.get("EVENTFOLD_STREAM_HEARTBEAT_SECONDS", d.stream_heartbeat_seconds)
             ),
             stream_queue_max=int(env.get("EVENTFOLD_STREAM_QUEUE_MAX", d.stream_queue_max)),
+            analytics_grace_seconds=int(
+                env.get("EVENTFOLD_ANALYTICS_GRACE_SECONDS", d.analytics_grace_seconds)
+            ),
+            analytics_retention_1m_seconds=int(
+                env.get(
+                    "EVENTFOLD_ANALYTICS_RETENTION_1M_SECONDS", d.analytics_retention_1m_seconds
+                )
+            ),
+            analytics_retention_1h_seconds=int(
+                env.get(
+                    "EVENTFOLD_ANALYTICS_RETENTION_1H_SECONDS", d.analytics_retention_1h_seconds
+                )
+            ),
+            analytics_flush_ms=int(env.get("EVENTFOLD_ANALYTICS_FLUSH_MS", d.analytics_flush_ms)),
             archive_segment_bytes=int(
                 env.get("EVENTFOLD_ARCHIVE_SEGMENT_BYTES", d.archive_segment_bytes)
             ),

@@ -1,0 +1,132 @@
+"""The analytics processor (faust-streaming) on this machine: events/s per worker and
+the delay from an event to its count being readable in Redis.
+
+Produces ``--events`` events of a few tenants into a private topic, runs one
+``Analytics`` worker in this process until it has processed them all (throughput),
+then publishes ``--probes`` single events one at a time and measures produce →
+count visible in the tenant's Redis hash (delay). ``--profile FILE`` writes a
+cProfile of the throughput phase.
+
+    .venv/bin/python -m benchmarks.analytics [--events 20000] [--probes 20] [--profile out.prof]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import dataclasses
+import statistics
+import time
+import uuid
+
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from consumers.analytics.processor import Analytics
+from consumers.analytics.windows import index_key, window_key, window_start
+from eventfold.bootstrap import redis_client
+from eventfold.infra import ensure_topics
+from eventfold.metrics import Metrics
+from eventfold.settings import Settings
+
+
+def _event(tenant: str, i: int) -> bytes:
+    return orjson.dumps(
+        {
+            "specversion": "1.0",
+            "id": f"{tenant}-{i}-{uuid.uuid4().hex[:6]}",
+            "source": "bench",
+            "type": ("record.upserted", "record.patched", "order.placed")[i % 3],
+            "subject": f"{('orders', 'users')[i % 2]}/{i % 500}",
+            "tenant": tenant,
+            "data": {"i": i},
+        }
+    )
+
+
+async def main(events: int, probes: int, profile: str | None) -> None:
+    """Run the benchmark and print its figures as JSON."""
+    base = Settings.from_env()
+    run = uuid.uuid4().hex[:8]
+    settings = dataclasses.replace(
+        base,
+        events_topic=f"eventfold.bench-{run}.events",
+        dlq_topic=f"eventfold.bench-{run}.dlq",
+        consumer_group_prefix=f"eventfold-bench-{run}",
+        topic_partitions=4,
+    )
+    await ensure_topics(settings)
+    tenants = [f"bench{run}t{n}" for n in range(4)]
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=5)
+    await producer.start()
+    for i in range(events):
+        t = tenants[i % len(tenants)]
+        await producer.send(settings.events_topic, _event(t, i), key=f"{t}/{i % 500}".encode())
+    await producer.flush()
+
+    worker = Analytics(settings, None, Metrics())
+    stop = asyncio.Event()
+    prof = cProfile.Profile() if profile else None
+    started = time.perf_counter()
+    if prof:
+        prof.enable()
+    task = asyncio.create_task(worker.run(stop))
+    first: float | None = None
+    while sum(worker.positions.values()) < events:
+        if first is None and worker.positions:
+            first = time.perf_counter()
+        await asyncio.sleep(0.01)
+    done = time.perf_counter()
+    if prof:
+        prof.disable()
+        prof.dump_stats(profile)
+    redis = redis_client(settings)
+    delays: list[float] = []
+    for n in range(probes):
+        t = tenants[0]
+        value = orjson.dumps(
+            {"specversion": "1.0", "id": f"probe-{n}-{run}", "source": "bench",
+             "type": "probe.sent", "subject": "probe/1", "tenant": t}
+        )  # fmt: skip
+        sent = time.perf_counter()
+        await producer.send_and_wait(settings.events_topic, value, key=f"{t}/probe/1".encode())
+        key = window_key(t, "1h", window_start(time.time(), 3600))
+        while True:
+            fields = await redis.hgetall(key)
+            total = sum(int(v) for f, v in fields.items() if f.startswith(b"probe.sent"))
+            if total >= n + 1:
+                break
+            await asyncio.sleep(0.002)
+        delays.append(time.perf_counter() - sent)
+    stop.set()
+    await task
+    await producer.stop()
+    for t in tenants:
+        for w in ("1m", "1h"):
+            await redis.delete(index_key(t, w))
+    await redis.aclose()
+    busy = done - (first or started)
+    print(
+        orjson.dumps(
+            {
+                "events": events,
+                "startup_s": round((first or started) - started, 2),
+                "events_per_s": round(events / busy),
+                "delay_ms": {
+                    "p50": round(statistics.median(delays) * 1000, 1),
+                    "max": round(max(delays) * 1000, 1),
+                },
+            },
+            option=orjson.OPT_INDENT_2,
+        ).decode()
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=20000)
+    parser.add_argument("--probes", type=int, default=20)
+    parser.add_argument("--profile")
+    args = parser.parse_args()
+    asyncio.run(main(args.events, args.probes, args.profile))

@@ -1,0 +1,1 @@
+"""Real-time per-tenant analytics: tumbling-window event counts on faust-streaming."""
