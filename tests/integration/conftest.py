@@ -10,8 +10,9 @@ import pytest_asyncio
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 
+from consumers.registry import PROCESSORS
 from eventfold.auth import issue_token
-from eventfold.bootstrap import create_app
+from eventfold.bootstrap import Parts, create_app
 from eventfold.settings import Settings
 from tests.conftest import new_tenant_id
 
@@ -94,10 +95,16 @@ class TenantApi:
         return await resp.json()
 
 
+#: What the session's app runs: every processor but analytics. The faust worker
+#: is tested in processes of its own (test_analytics), and one inside the shared
+#: app kept the session's event loop from closing at the end of the run.
+SESSION_PROCESSORS = tuple(name for name in PROCESSORS if name != "analytics")
+
+
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def api(stack: Settings) -> AsyncIterator[Api]:
-    """The full app (API, ingest and the projector) serving this session."""
-    server = TestServer(create_app(stack))
+    """The app (API, ingest and the processors but analytics) serving this session."""
+    server = TestServer(create_app(stack, Parts(processors=SESSION_PROCESSORS)))
     client: TestClient[Any, Any] = TestClient(server)
     await client.start_server()
     try:

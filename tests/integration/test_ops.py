@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from consumers.registry import PROCESSORS
-from tests.integration.conftest import Api, TenantApi
+from tests.integration.conftest import SESSION_PROCESSORS, Api, TenantApi
 
 
 async def test_health(api: Api) -> None:
@@ -13,8 +12,14 @@ async def test_health(api: Api) -> None:
     doc = await ready.json()
     assert ready.status == 200
     assert doc["status"] == "ok"
-    # Every processor `eventfold run` starts reports its own check.
-    assert set(doc["checks"]) == {"postgres", "redis", "kafka", "cache_breaker", *PROCESSORS}
+    # Every processor the app runs reports its own check.
+    assert set(doc["checks"]) == {
+        "postgres",
+        "redis",
+        "kafka",
+        "cache_breaker",
+        *SESSION_PROCESSORS,
+    }
 
 
 async def test_metrics_are_prometheus_text(api: Api, tenant: TenantApi) -> None:
