@@ -115,3 +115,33 @@ async def wait_until_ready(http: Any, base: str, proc: subprocess.Popen[bytes]) 
             pass
         await asyncio.sleep(0.2)
     pytest.fail(f"{base} not ready within 60 s")
+
+
+_EXIT_STATUS: dict[str, int] = {}
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Remember the run's status for :func:`pytest_unconfigure`."""
+    _EXIT_STATUS["status"] = int(exitstatus)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """End the process even if a third-party thread outlives the session.
+
+    faust/mode run their Kafka clients in non-daemon threads; one left running
+    (a test app stopped while its broker was gone) keeps the interpreter waiting
+    in ``threading._shutdown`` forever after the summary is printed. The report
+    is complete at this point, so exit with the session's status instead of
+    hanging CI.
+    """
+    import os
+    import sys
+    import threading
+
+    stuck = [t.name for t in threading.enumerate() if t is not threading.main_thread()
+             and not t.daemon and t.is_alive()]  # fmt: skip
+    if stuck and "status" in _EXIT_STATUS:
+        sys.stderr.write(f"non-daemon threads left running: {', '.join(stuck)}; exiting\n")
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(_EXIT_STATUS["status"])

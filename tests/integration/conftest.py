@@ -99,12 +99,14 @@ class TenantApi:
 #: is tested in processes of its own (test_analytics), and one inside the shared
 #: app kept the session's event loop from closing at the end of the run.
 SESSION_PROCESSORS = tuple(name for name in PROCESSORS if name != "analytics")
+#: The parts of every in-process test app that wants "everything".
+SESSION_PARTS = Parts(processors=SESSION_PROCESSORS)
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def api(stack: Settings) -> AsyncIterator[Api]:
     """The app (API, ingest and the processors but analytics) serving this session."""
-    server = TestServer(create_app(stack, Parts(processors=SESSION_PROCESSORS)))
+    server = TestServer(create_app(stack, SESSION_PARTS))
     client: TestClient[Any, Any] = TestClient(server)
     await client.start_server()
     try:

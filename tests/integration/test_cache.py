@@ -40,7 +40,7 @@ from eventfold.settings import Settings
 from eventfold.web import METRICS, POOL
 from tests.conftest import _delete_topics
 from tests.faultproxy import FaultProxy
-from tests.integration.conftest import Api, TenantApi
+from tests.integration.conftest import SESSION_PARTS, Api, TenantApi
 from tests.integration.test_faults import host_port, with_port
 
 pytestmark = pytest.mark.integration
@@ -341,7 +341,7 @@ async def proxied(stack: Settings) -> AsyncIterator[ProxiedRedis]:
         cache_timeout_ms=100,
         cache_breaker_cooldown_seconds=1.0,
     )
-    app = create_app(settings)
+    app = create_app(settings, SESSION_PARTS)
     client: TestClient[Any, Any] = TestClient(TestServer(app))
     await client.start_server()
     try:

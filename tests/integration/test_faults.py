@@ -31,7 +31,7 @@ from producers.publisher import SendPolicy
 from producers.routes import PUBLISHER
 from tests.conftest import _delete_topics
 from tests.faultproxy import FaultProxy
-from tests.integration.conftest import Api, TenantApi
+from tests.integration.conftest import SESSION_PARTS, Api, TenantApi
 
 pytestmark = pytest.mark.integration
 
@@ -123,7 +123,7 @@ async def faulty(stack: Settings) -> AsyncIterator[Faulty]:
         redis_url=with_port(stack.redis_url, redis.host, redis.port),
         kafka_bootstrap=kafka.address,
     )
-    app = create_app(settings)
+    app = create_app(settings, SESSION_PARTS)
     app[REQUEST_DEADLINE] = 6.0
     app[SEND_POLICY] = SendPolicy(
         attempt_timeout=2.0, deadline=5.0, start_timeout=2.0, stop_timeout=3.0

@@ -25,7 +25,7 @@ from eventfold import signing
 from eventfold.bootstrap import create_app, open_pool
 from eventfold.metrics import Metrics
 from eventfold.settings import Settings
-from tests.integration.conftest import Api, TenantApi
+from tests.integration.conftest import SESSION_PARTS, Api, TenantApi
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -50,7 +50,7 @@ def sync_settings(stack: Settings) -> Settings:
 async def sapi(stack: Settings) -> AsyncIterator[Api]:
     """The whole app, the sync runner included, allowed to reach 127.0.0.1."""
     settings = sync_settings(stack)
-    server = TestServer(create_app(settings))
+    server = TestServer(create_app(settings, SESSION_PARTS))
     client: TestClient[Any, Any] = TestClient(server)
     await client.start_server()
     try:

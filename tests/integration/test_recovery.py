@@ -33,7 +33,7 @@ from eventfold.infra.process import live_pid, port_free, stop
 from eventfold.infra.redis import Redis
 from eventfold.settings import Settings
 from tests.conftest import free_port, session_settings
-from tests.integration.conftest import Api, TenantApi
+from tests.integration.conftest import SESSION_PARTS, Api, TenantApi
 
 pytestmark = pytest.mark.integration
 BOUND = 30.0
@@ -197,7 +197,7 @@ async def test_broker_postgres_and_redis_restarts_lose_no_acknowledged_write(
     private_stack: Settings,
 ) -> None:
     settings = private_stack
-    client: TestClient[Any, Any] = TestClient(TestServer(create_app(settings)))
+    client: TestClient[Any, Any] = TestClient(TestServer(create_app(settings, SESSION_PARTS)))
     await client.start_server()
     try:
         api = Api(client, settings)
@@ -248,7 +248,7 @@ async def test_batches_resent_across_a_gateway_restart_have_one_effect_each(
             ev["id"] = f"{key}-{ev['id']}"
             ev["subject"] = f"things/{ev['id']}"
 
-    first: TestClient[Any, Any] = TestClient(TestServer(create_app(stack)))
+    first: TestClient[Any, Any] = TestClient(TestServer(create_app(stack, SESSION_PARTS)))
     await first.start_server()
     api = Api(first, stack)
     tenant_id = (await api.create_tenant())["id"]
@@ -277,7 +277,7 @@ async def test_batches_resent_across_a_gateway_restart_have_one_effect_each(
     assert 202 in statuses
     assert any(s != 202 for s in statuses), "the restart came too late to interrupt anything"
 
-    second: TestClient[Any, Any] = TestClient(TestServer(create_app(stack)))
+    second: TestClient[Any, Any] = TestClient(TestServer(create_app(stack, SESSION_PARTS)))
     await second.start_server()
     try:
         tenant = TenantApi(Api(second, stack), tenant_id)

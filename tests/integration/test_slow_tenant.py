@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from eventfold.bootstrap import create_app, open_pool
 from eventfold.infra import ensure_topics
 from eventfold.settings import Settings
-from tests.integration.conftest import Api, TenantApi
+from tests.integration.conftest import SESSION_PARTS, Api, TenantApi
 
 R = "/collections/orders/records"
 EVENTFOLD = str(Path(sys.executable).with_name("eventfold"))
@@ -37,7 +37,7 @@ async def quick(stack: Settings) -> AsyncIterator[Api]:
         projector_tenant_budget_ms=300,
     )
     await ensure_topics(settings)
-    client: TestClient[Any, Any] = TestClient(TestServer(create_app(settings)))
+    client: TestClient[Any, Any] = TestClient(TestServer(create_app(settings, SESSION_PARTS)))
     await client.start_server()
     try:
         yield Api(client, settings)
