@@ -53,11 +53,16 @@ class Api:
         )
         assert resp.status == 202, await resp.text()
         doc: dict[str, Any] = await resp.json()
-        seen = await self.request(
-            "GET",
-            f"/v1/tenants/{tenant_id}",
-            headers={"X-Consistency-Token": doc["consistency_token"]},
-        )
+        # Each read waits up to 5 s for the projection; a shared session projector
+        # may still be working off an earlier test's burst, so allow a few waits.
+        for _ in range(6):
+            seen = await self.request(
+                "GET",
+                f"/v1/tenants/{tenant_id}",
+                headers={"X-Consistency-Token": doc["consistency_token"]},
+            )
+            if seen.status != 503:
+                break
         assert seen.status == 200, await seen.text()
         doc["id"] = tenant_id
         return doc
