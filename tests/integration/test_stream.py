@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import socket
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,7 +24,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from aiokafka import AIOKafkaProducer
 
 from eventfold.bootstrap import Parts, create_app
+from eventfold.infra import ensure_topics
 from eventfold.kafka import message_key
+from eventfold.settings import Settings
 from eventfold.web import METRICS
 from tests.conftest import new_tenant_id
 from tests.integration.conftest import Api, TenantApi
@@ -89,6 +92,30 @@ async def open_stream(
 async def upsert(tenant: TenantApi, record_id: str, **data: Any) -> str:
     doc = await tenant.write("PUT", f"/collections/things/records/{record_id}", json=data)
     return str(doc["event_id"])
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def api(stack: Settings) -> AsyncIterator[Api]:
+    """This module's own app (API, ingest, projector) on its own topic and group.
+
+    The stream's timing assertions should not depend on how busy the session's
+    shared projector is after the tests before this module.
+    """
+    lane = uuid.uuid4().hex[:8]
+    settings = dataclasses.replace(
+        stack,
+        events_topic=f"{stack.events_topic}.stream-{lane}",
+        dlq_topic=f"{stack.dlq_topic}.stream-{lane}",
+        consumer_group_prefix=f"{stack.consumer_group_prefix}.stream-{lane}",
+    )
+    await ensure_topics(settings)
+    server = TestServer(create_app(settings, Parts(processors=("projector",))))
+    client: TestClient[Any, Any] = TestClient(server)
+    await client.start_server()
+    try:
+        yield Api(client, settings)
+    finally:
+        await client.close()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
