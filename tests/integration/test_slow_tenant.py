@@ -16,10 +16,10 @@ from typing import Any
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
-from eventfold.bootstrap import create_app, open_pool
+from eventfold.bootstrap import Parts, create_app, open_pool
 from eventfold.infra import ensure_topics
 from eventfold.settings import Settings
-from tests.integration.conftest import SESSION_PARTS, Api, TenantApi
+from tests.integration.conftest import Api, TenantApi
 
 R = "/collections/orders/records"
 EVENTFOLD = str(Path(sys.executable).with_name("eventfold"))
@@ -37,7 +37,9 @@ async def quick(stack: Settings) -> AsyncIterator[Api]:
         projector_tenant_budget_ms=300,
     )
     await ensure_topics(settings)
-    client: TestClient[Any, Any] = TestClient(TestServer(create_app(settings, SESSION_PARTS)))
+    # The projector alone: the behaviour under test is its deferral of a locked tenant.
+    app = create_app(settings, Parts(processors=("projector",)))
+    client: TestClient[Any, Any] = TestClient(TestServer(app))
     await client.start_server()
     try:
         yield Api(client, settings)
