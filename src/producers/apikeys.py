@@ -12,20 +12,19 @@ is one effect. A request sending either write's token as
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from api.openapi import BODY_ERRORS, TENANT, TENANT_ERRORS, Operation, Param, Reply, register
-from eventfold import apikeys, consistency
+from eventfold import apikeys
 from eventfold.envelope import CloudEvent, pydantic_errors
 from eventfold.errors import NotFound, ValidationFailed
 from eventfold.events.apikey import KEY_ID_PATTERN, ApiKeyCreated, ApiKeyRevoked, KeyRole
-from eventfold.logs import correlation_id
 from eventfold.web import POOL, authorize_tenant, json_response, read_json
 from producers import commands
+from producers.publisher import consistency_token
 from producers.routes import PUBLISHER
 
 _KEYS = "/v1/tenants/{tenant}/api-keys"
@@ -93,18 +92,10 @@ register(
 
 
 def _event(tenant: str, event_type: str, key_id: str, data: dict[str, Any]) -> CloudEvent:
-    return CloudEvent(
-        specversion="1.0",
-        id=f"{event_type}:{key_id}",
-        source=commands.SOURCE,
-        type=event_type,
-        subject=f"api_keys/{key_id}",
-        time=datetime.now(UTC),
-        datacontenttype="application/json",
-        data=data,
-        tenant=tenant,
-        correlationid=correlation_id.get(),
-    )
+    return commands.gateway_event(
+        tenant=tenant, event_id=f"{event_type}:{key_id}", event_type=event_type,
+        subject=f"api_keys/{key_id}", data=data,
+    )  # fmt: skip
 
 
 async def create_api_key(request: web.Request) -> web.Response:
@@ -121,7 +112,7 @@ async def create_api_key(request: web.Request) -> web.Response:
     event = _event(tenant.id, "apikey.created", key_id, data.model_dump(mode="json"))
     [result] = await request.app[PUBLISHER].publish(tenant.id, [event])
     return json_response(
-        {"id": key_id, "key": key, "consistency_token": _token(result.partition, result.offset)},
+        {"id": key_id, "key": key, "consistency_token": consistency_token([result])},
         status=201,
         headers={"Cache-Control": "no-store"},
     )
@@ -149,12 +140,7 @@ async def revoke_api_key(request: web.Request) -> web.Response:
         {
             "id": key_id,
             "event_id": event.id,
-            "consistency_token": _token(result.partition, result.offset),
+            "consistency_token": consistency_token([result]),
         },
         status=202,
     )
-
-
-def _token(partition: int | None, offset: int | None) -> str:
-    positions = [(partition, offset)] if partition is not None and offset is not None else []
-    return consistency.from_offsets(positions)

@@ -8,6 +8,7 @@ from typing import Any
 
 from eventfold.envelope import CloudEvent
 from eventfold.errors import BadRequest
+from eventfold.logs import correlation_id
 
 SOURCE = "eventfold/api"
 #: Namespace for ids derived from an Idempotency-Key (same key → same event).
@@ -53,6 +54,24 @@ def parse_if_match(value: str | None) -> int | None:
     if not (tag.isascii() and tag.isdigit()) or len(tag) > 18:
         raise BadRequest('If-Match must be a record version ETag such as "3"')
     return int(tag)
+
+
+def gateway_event(
+    *, tenant: str, event_id: str, event_type: str, subject: str, data: Any
+) -> CloudEvent:
+    """An envelope the gateway writes itself (tenants, API keys, webhooks, integrations)."""
+    return CloudEvent(
+        specversion="1.0",
+        id=event_id,
+        source=SOURCE,
+        type=event_type,
+        subject=subject,
+        time=datetime.now(UTC),
+        datacontenttype="application/json",
+        data=data,
+        tenant=tenant,
+        correlationid=correlation_id.get(),
+    )
 
 
 def record_event(

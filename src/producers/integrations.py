@@ -22,7 +22,6 @@ import logging
 import re
 import secrets
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -41,7 +40,7 @@ from consumers.sync.pages import (
     page_items,
     store_states,
 )
-from eventfold import consistency, ids, signing
+from eventfold import ids, signing
 from eventfold.egress import AllowList, EgressRefused, check_url
 from eventfold.envelope import CloudEvent, pydantic_errors
 from eventfold.errors import (
@@ -59,11 +58,10 @@ from eventfold.events.integration import (
     Kind,
     PollConfig,
 )
-from eventfold.logs import correlation_id
 from eventfold.sealing import SealError, keyring
 from eventfold.web import POOL, REDIS, SETTINGS, authorize_tenant, json_response, read_json
 from producers import commands
-from producers.publisher import Published
+from producers.publisher import consistency_token
 from producers.routes import PUBLISHER
 
 log = logging.getLogger("eventfold.integrations")
@@ -208,18 +206,10 @@ def setup(app: web.Application) -> None:
 def _event(
     tenant: str, event_type: str, integration_id: str, data: Any, event_id: str
 ) -> CloudEvent:
-    return CloudEvent(
-        specversion="1.0",
-        id=event_id,
-        source=commands.SOURCE,
-        type=event_type,
-        subject=f"integrations/{integration_id}",
-        time=datetime.now(UTC),
-        datacontenttype="application/json",
-        data=data,
-        tenant=tenant,
-        correlationid=correlation_id.get(),
-    )
+    return commands.gateway_event(
+        tenant=tenant, event_id=event_id, event_type=event_type,
+        subject=f"integrations/{integration_id}", data=data,
+    )  # fmt: skip
 
 
 def _check_target(request: web.Request, url: str) -> None:
@@ -243,15 +233,6 @@ def _seal_headers(request: web.Request, integration_id: str, headers: dict[str, 
     return keyring(request.app[SETTINGS]).seal(
         orjson.dumps(headers), purpose=headers_purpose(integration_id)
     )
-
-
-def _token(result: Published) -> str:
-    positions = (
-        [(result.partition, result.offset)]
-        if result.partition is not None and result.offset is not None
-        else []
-    )
-    return consistency.from_offsets(positions)
 
 
 async def create_integration(request: web.Request) -> web.Response:
@@ -290,7 +271,7 @@ async def create_integration(request: web.Request) -> web.Response:
         {
             "id": integration_id,
             "webhook_secret": webhook_secret,
-            "consistency_token": _token(result),
+            "consistency_token": consistency_token([result]),
         },
         status=202,
         headers={"Cache-Control": "no-store"},
@@ -347,7 +328,8 @@ async def patch_integration(request: web.Request) -> web.Response:
     )
     [result] = await request.app[PUBLISHER].publish(tenant.id, [event])
     return json_response(
-        {"id": row["id"], "event_id": event.id, "consistency_token": _token(result)}, status=202
+        {"id": row["id"], "event_id": event.id, "consistency_token": consistency_token([result])},
+        status=202,
     )
 
 
@@ -364,7 +346,8 @@ async def delete_integration(request: web.Request) -> web.Response:
     )
     [result] = await request.app[PUBLISHER].publish(tenant.id, [event])
     return json_response(
-        {"id": row["id"], "event_id": event.id, "consistency_token": _token(result)}, status=202
+        {"id": row["id"], "event_id": event.id, "consistency_token": consistency_token([result])},
+        status=202,
     )
 
 

@@ -34,6 +34,7 @@ from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from eventfold import consistency
 from eventfold.dedup import DEDUP_TTL_SECONDS, dedup_key
 from eventfold.envelope import CloudEvent
 from eventfold.errors import Unavailable
@@ -85,6 +86,17 @@ class Published:
             "offset": self.offset,
             "duplicate": self.duplicate,
         }
+
+
+def consistency_token(results: Sequence[Published]) -> str:
+    """The token a read sends back to see at least these published events."""
+    return consistency.from_offsets(
+        [
+            (r.partition, r.offset)
+            for r in results
+            if r.partition is not None and r.offset is not None
+        ]
+    )
 
 
 class Publisher:

@@ -9,7 +9,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from eventfold import consistency, ids
+from eventfold import ids
 from eventfold.envelope import CloudEvent, EnvelopeInvalid, parse_event, pydantic_errors, stamp
 from eventfold.errors import (
     BadRequest,
@@ -35,7 +35,7 @@ from eventfold.web import (
     read_json,
 )
 from producers import commands
-from producers.publisher import Published, Publisher
+from producers.publisher import Published, Publisher, consistency_token
 
 PUBLISHER = web.AppKey("publisher", Publisher)
 _RECORD = "/v1/tenants/{tenant}/collections/{collection}/records"
@@ -98,12 +98,7 @@ async def _body(request: web.Request) -> Any:
 
 
 def _accepted(results: list[Published], extra: dict[str, Any]) -> web.Response:
-    positions = [
-        (r.partition, r.offset) for r in results if r.partition is not None and r.offset is not None
-    ]
-    return json_response(
-        {**extra, "consistency_token": consistency.from_offsets(positions)}, status=202
-    )
+    return json_response({**extra, "consistency_token": consistency_token(results)}, status=202)
 
 
 async def create_tenant(request: web.Request) -> web.Response:
@@ -116,17 +111,12 @@ async def create_tenant(request: web.Request) -> web.Response:
         raise ValidationFailed("invalid tenant", errors=pydantic_errors(exc)) from None
     if await request.app[TENANTS].get(data.id, fresh=True) is not None:
         raise Conflict(f"tenant {data.id} exists already")
-    event = CloudEvent(
-        specversion="1.0",
-        id=commands.tenant_created_event_id(data.id),
-        source=commands.SOURCE,
-        type="tenant.created",
-        subject=data.id,
-        time=datetime.now(UTC),
-        datacontenttype="application/json",
-        data=data.model_dump(mode="json"),
+    event = commands.gateway_event(
         tenant=data.id,
-        correlationid=correlation_id.get(),
+        event_id=commands.tenant_created_event_id(data.id),
+        event_type="tenant.created",
+        subject=data.id,
+        data=data.model_dump(mode="json"),
     )
     [result] = await request.app[PUBLISHER].publish(data.id, [event])
     if result.duplicate:

@@ -23,7 +23,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from api.openapi import BODY_ERRORS, TENANT, TENANT_ERRORS, Operation, Param, Reply, register
-from eventfold import consistency, signing
+from eventfold import signing
 from eventfold.egress import AllowList, EgressRefused, check_url
 from eventfold.envelope import CloudEvent, pydantic_errors
 from eventfold.errors import FieldError, NotFound, ValidationFailed
@@ -34,10 +34,10 @@ from eventfold.events.webhook import (
     WebhookCreated,
     WebhookDeleted,
 )
-from eventfold.logs import correlation_id
 from eventfold.sealing import keyring
 from eventfold.web import POOL, SETTINGS, authorize_tenant, json_response, read_json
 from producers import commands
+from producers.publisher import consistency_token
 from producers.routes import PUBLISHER
 
 _HOOKS = "/v1/tenants/{tenant}/webhooks"
@@ -143,23 +143,10 @@ register(
 
 
 def _event(tenant: str, event_id: str, event_type: str, hook_id: str, data: Any) -> CloudEvent:
-    return CloudEvent(
-        specversion="1.0",
-        id=event_id,
-        source=commands.SOURCE,
-        type=event_type,
-        subject=f"webhooks/{hook_id}",
-        time=datetime.now(UTC),
-        datacontenttype="application/json",
-        data=data,
-        tenant=tenant,
-        correlationid=correlation_id.get(),
-    )
-
-
-def _token(partition: int | None, offset: int | None) -> str:
-    positions = [(partition, offset)] if partition is not None and offset is not None else []
-    return consistency.from_offsets(positions)
+    return commands.gateway_event(
+        tenant=tenant, event_id=event_id, event_type=event_type,
+        subject=f"webhooks/{hook_id}", data=data,
+    )  # fmt: skip
 
 
 async def create_webhook(request: web.Request) -> web.Response:
@@ -187,7 +174,7 @@ async def create_webhook(request: web.Request) -> web.Response:
         {
             "id": hook_id,
             "secret": secret,
-            "consistency_token": _token(result.partition, result.offset),
+            "consistency_token": consistency_token([result]),
         },
         status=202,
         headers={"Cache-Control": "no-store"},
@@ -230,7 +217,7 @@ async def delete_webhook(request: web.Request) -> web.Response:
         {
             "id": hook_id,
             "event_id": event.id,
-            "consistency_token": _token(result.partition, result.offset),
+            "consistency_token": consistency_token([result]),
         },
         status=202,
     )
