@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
 
@@ -38,7 +38,7 @@ from consumers.archiver.segments import (
     tenant_objects,
     to_line,
 )
-from consumers.projector.processor import _start_with_retry
+from consumers.kafka_loop import SeekToCheckpoints, start_with_retry
 from eventfold.db import fetch_checkpoints
 from eventfold.faults import is_retriable
 from eventfold.infra import s3_client_config
@@ -67,20 +67,6 @@ def s3_retriable(exc: BaseException) -> bool:
     if isinstance(exc, BotoCoreError):
         return True  # connection, endpoint and read-timeout failures: the network, not us
     return is_retriable(exc)
-
-
-class _SeekToCheckpoints(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, archiver: Archiver, consumer: AIOKafkaConsumer) -> None:
-        self._archiver = archiver
-        self._consumer = consumer
-
-    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
-        """Open segments of revoked partitions are dropped: their new owner cuts them again."""
-        self._archiver.forget([tp.partition for tp in revoked])
-
-    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
-        """Resume every assigned partition at its checkpoint, with no open segment."""
-        await self._archiver.seek_to_checkpoints(self._consumer, assigned)
 
 
 class Archiver:
@@ -155,7 +141,9 @@ class Archiver:
             client_id=f"eventfold-{self.name}",
             max_poll_records=BATCH_SIZE,
         )
-        consumer.subscribe([self.topic], listener=_SeekToCheckpoints(self, consumer))
+        consumer.subscribe(
+            [self.topic], listener=SeekToCheckpoints(self, consumer, on_revoked=self.forget)
+        )
         s = self.settings
         async with get_session().create_client(
             "s3",
@@ -166,7 +154,7 @@ class Archiver:
             config=s3_client_config(),
         ) as client:
             self._s3 = client
-            await _start_with_retry(consumer, stop)
+            await start_with_retry(consumer, stop)
             try:
                 while not stop.is_set():
                     got = await consumer.getmany(timeout_ms=500, max_records=BATCH_SIZE)

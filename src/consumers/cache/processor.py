@@ -35,8 +35,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
+from consumers.kafka_loop import start_with_retry
 from consumers.projector.fold import RECORD_TYPES
-from consumers.projector.processor import _start_with_retry
 from eventfold.cache import (
     HOLD_VERSION,
     HOT_TENANTS_KEY,
@@ -113,7 +113,7 @@ class CacheProcessor:
         rechecker: asyncio.Task[None] | None = None
         await watcher.start()
         try:
-            await _start_with_retry(consumer, stop)
+            await start_with_retry(consumer, stop)
             await self.warm(cache)
             rechecker = asyncio.create_task(self._recheck_parked(cache, stop), name="cache-parked")
             while not stop.is_set():

@@ -16,10 +16,11 @@ from collections.abc import Sequence
 
 import asyncpg
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
+from consumers.kafka_loop import SeekToCheckpoints, start_with_retry
 from consumers.projector import parking, store
 from consumers.projector.batch import BatchResult, LogEvent, apply_batch
 from consumers.projector.live import LivePublisher
@@ -34,19 +35,6 @@ from eventfold.metrics import Metrics
 from eventfold.settings import Settings
 
 log = logging.getLogger("eventfold.projector")
-
-
-class _SeekToCheckpoints(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, projector: Projector, consumer: AIOKafkaConsumer) -> None:
-        self._projector = projector
-        self._consumer = consumer
-
-    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
-        """Nothing to flush: each batch committed its own checkpoints."""
-
-    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
-        """Resume every assigned partition from its PostgreSQL checkpoint."""
-        await self._projector.seek_to_checkpoints(self._consumer, assigned)
 
 
 class Projector:
@@ -105,10 +93,10 @@ class Projector:
             client_id=f"eventfold-{self.name}",
             max_poll_records=self.settings.projector_batch_size,
         )
-        consumer.subscribe([self.topic], listener=_SeekToCheckpoints(self, consumer))
+        consumer.subscribe([self.topic], listener=SeekToCheckpoints(self, consumer))
         self._dlq = make_producer(self.settings, client_id=f"eventfold-{self.name}-dlq")
-        await _start_with_retry(self._dlq, stop)
-        await _start_with_retry(consumer, stop)
+        await start_with_retry(self._dlq, stop)
+        await start_with_retry(consumer, stop)
         await self._refresh_parked_count()
         await self._check_versions()
         retrier = asyncio.create_task(self._retry_deferred(stop), name="projector-deferred")
@@ -397,20 +385,3 @@ def _to_log_event(partition: int, offset: int, timestamp: int, value: bytes | No
     return LogEvent(
         partition=partition, offset=offset, timestamp_ms=timestamp, event=event, raw=value
     )
-
-
-async def _start_with_retry(
-    client: AIOKafkaConsumer | AIOKafkaProducer, stop: asyncio.Event
-) -> None:
-    """Start a Kafka client, retrying with backoff while the broker is unreachable."""
-    delay = 0.5
-    while True:
-        try:
-            await client.start()
-            return
-        except KafkaError as exc:
-            if stop.is_set():
-                raise
-            log.warning("kafka not reachable, retrying", extra={"error": repr(exc)})
-            await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311
-            delay = min(delay * 2, 10.0)
