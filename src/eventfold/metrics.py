@@ -107,6 +107,11 @@ class Metrics:
             ["table"],
             registry=r,
         )
+        self.analytics_pruned = Counter(
+            "eventfold_analytics_pruned_keys_total",
+            "Keys of settled windows (and expired seen ids) pruned from the analytics tables.",
+            registry=r,
+        )
         self.analytics_lag_seconds = Gauge(
             "eventfold_analytics_lag_seconds",
             "Seconds from the newest counted event's log timestamp to its count being readable.",

@@ -134,11 +134,13 @@ class Settings:
     archive_segment_bytes: int = 8 * 1024 * 1024
     archive_segment_seconds: float = 300.0
     #: Analytics (src/consumers/analytics): how long after a window closes a late event
-    #: still counts, how long window results are kept, how often they are materialised.
+    #: still counts, how long window results are kept, the least time between two
+    #: copies to Redis, how often settled windows are pruned from the faust tables.
     analytics_grace_seconds: int = 60
     analytics_retention_1m_seconds: int = 2 * 86400
     analytics_retention_1h_seconds: int = 35 * 86400
     analytics_flush_ms: int = 200
+    analytics_prune_seconds: float = 60.0
     log_level: str = "INFO"
     #: Which services the user pointed at their own instance (infra skips those).
     external: frozenset[str] = field(default_factory=frozenset)
@@ -263,6 +265,9 @@ class Settings:
                 )
             ),
             analytics_flush_ms=int(env.get("EVENTFOLD_ANALYTICS_FLUSH_MS", d.analytics_flush_ms)),
+            analytics_prune_seconds=float(
+                env.get("EVENTFOLD_ANALYTICS_PRUNE_SECONDS", d.analytics_prune_seconds)
+            ),
             archive_segment_bytes=int(
                 env.get("EVENTFOLD_ARCHIVE_SEGMENT_BYTES", d.archive_segment_bytes)
             ),

@@ -5,23 +5,33 @@ we do not use it: the processor builds a ``faust.App`` from the settings and
 starts its services with ``await app.start()`` on the running loop, next to the
 other processors of ``eventfold run``, and stops it with ``await app.stop()``.
 
-State: two faust tables with changelog topics, written only from the agent
-(so every write goes to the changelog partition of the event being processed):
+State: three faust tables with changelog topics, each key written only from
+the source partition of the events it counts (so it is restored with it):
 
 - ``counts``: per tenant / window size / window start / type / collection /
   source partition → (events counted, last source offset counted);
-- ``seen``: per tenant + event id → offset of its first record, so a duplicate
-  (a producer retry, a republished id) is not counted twice.
+- ``touched``: per tenant / window / start / collection / record subject → its
+  partition: the distinct records an event touched in the window;
+- ``seen``: per tenant + event id → (offset of its first record, partition,
+  event time), so a duplicate (a producer retry, a republished id) is not
+  counted twice.
 
 With ``processing_guarantee="exactly_once"`` faust commits the consumed offsets
-and the changelog writes in one Kafka transaction per partition: a worker
-killed mid-window restarts from the last committed transaction with the tables
-restored from their changelogs, so no count is lost or doubled.
+in one Kafka transaction per partition; the tables are written behind and sent
+to their changelogs inside that transaction before it commits (see
+``changelog.py``), so a worker killed mid-window restarts from the last
+committed transaction with the tables restored to exactly that point: no count
+lost or doubled.
 
 Served reads: a flush task copies the absolute value of every changed counter
-to a per-tenant Redis hash (``ef:{tenant}:analytics:{w}:{start}``) with an
-expiry = the window retention. Absolute values make the copy idempotent: a
-rewrite after a restart writes the same numbers.
+to a per-tenant Redis hash (``ef:{tenant}:analytics:{w}:{start}``) and every
+newly touched record to a Redis set per window and collection, with an expiry =
+the window retention. Absolute values and set members make the copy
+idempotent: a rewrite after a restart writes the same numbers.
+
+Pruning: once a window can no longer change (closed longer than the grace ago),
+its counters and touched records leave the tables (their Redis copies stay
+until their expiry), and so do the ``seen`` ids too old to be counted again.
 """
 
 from __future__ import annotations
@@ -39,7 +49,18 @@ import faust
 import orjson
 from redis.asyncio import Redis
 
-from consumers.analytics.windows import WINDOWS, CountKey, collection_of, index_key, window_key
+from consumers.analytics.changelog import WriteBehindTable, fence_commits, flush_tables
+from consumers.analytics.windows import (
+    WINDOWS,
+    CountKey,
+    collection_of,
+    decode_touched,
+    index_key,
+    records_key,
+    settled,
+    touched_key,
+    window_key,
+)
 from eventfold.bootstrap import redis_client
 from eventfold.metrics import Metrics
 from eventfold.replay import REPLAY_ATTRIBUTE
@@ -62,6 +83,14 @@ def event_time(doc: dict[str, Any], fallback_ms: int) -> float:
     return fallback_ms / 1000
 
 
+def first_offset(seen: Any) -> int | None:
+    """The offset in a ``seen`` value: ``[offset, partition, time]``, or an offset alone
+    (the first version of the table)."""
+    if isinstance(seen, list | tuple):
+        return int(seen[0])
+    return None if seen is None else int(seen)
+
+
 class Analytics:
     """Counts each tenant's events in 1-minute and 1-hour tumbling windows."""
 
@@ -78,7 +107,14 @@ class Analytics:
             datadir=str(settings.var_dir / "faust" / app_id(settings)),
             # Changelog topics are compacted; the table state is the compacted log.
             topic_replication_factor=1,
+            # As the other processors (eventfold.kafka): a crashed worker's partitions
+            # move on after 10 s, not faust's default minute.
+            broker_session_timeout=10.0,
+            broker_heartbeat_interval=3.0,
         )
+        # faust turns exactly_once (transactions) on only inside its own Worker, which
+        # we do not use (see the module docstring): this app is the worker's app.
+        self.app.in_worker = True
         # faust creates its data dir without parents (the memory store keeps nothing there).
         Path(self.app.conf.datadir).mkdir(parents=True, exist_ok=True)
         self.topic = self.app.topic(
@@ -87,9 +123,15 @@ class Analytics:
             value_serializer="raw",
             partitions=settings.topic_partitions,
         )
-        self.counts = self.app.Table("counts", partitions=settings.topic_partitions)
-        self.seen = self.app.Table("seen", partitions=settings.topic_partitions)
+        partitions = settings.topic_partitions
+        self.counts = WriteBehindTable(self.app.Table("counts", partitions=partitions))
+        self.touched = WriteBehindTable(self.app.Table("touched", partitions=partitions))
+        self.seen = WriteBehindTable(self.app.Table("seen", partitions=partitions))
+        #: counters and touched records changed since the last copy to Redis
         self._dirty: set[str] = set()
+        self._dirty_touched: set[str] = set()
+        #: set when a count changed: an idle flusher copies it at once
+        self._changed = asyncio.Event()
         #: partition → next offset to process, for burst mode ("caught up").
         self.positions: dict[int, int] = {}
         self._newest_log_ms = 0
@@ -119,17 +161,17 @@ class Analytics:
         if doc.get(REPLAY_ATTRIBUTE):
             return "replay"
         # ``seen`` holds the offset of an id's first record: a later record with the
-        # same id is a duplicate; the same record again is a re-delivery after a crash
-        # (its writes may be only partly in the committed changelog, see below).
+        # same id is a duplicate; the same record again is a re-delivery after a crash.
         seen_key = f"{tenant}\x1f{event_id}"
-        first = self.seen.get(seen_key)
+        first = first_offset(self.seen.get(seen_key))
         if first is not None and first != offset:
             return "duplicate"
         log_ms = int(log_ts * 1000) if log_ts < 1e11 else int(log_ts)
         ts = event_time(doc, log_ms)
         now = time.time()
         subject = doc.get("subject")
-        collection = collection_of(subject if isinstance(subject, str) else None)
+        subject = subject if isinstance(subject, str) else None
+        collection = collection_of(subject)
         counted = False
         for window, size in WINDOWS.items():
             start = int(ts // size) * size
@@ -137,25 +179,77 @@ class Analytics:
             if start + size + self.settings.analytics_grace_seconds < now:
                 continue
             key = CountKey(tenant, window, start, type_, collection, partition).encode()
-            # Each counter remembers the last offset it counted. faust's exactly_once
-            # commit does not wait for the changelog buffer, so one event's table writes
-            # can straddle a transaction boundary; after a crash the event is re-delivered
-            # and must not be counted again by the counters that already have it. Only one
-            # partition writes a key, and it does so in offset order.
+            # Each counter remembers the last offset it counted: a transaction may hold
+            # the writes of events past the offsets it commits, and those events are
+            # re-delivered after a crash. Only one partition writes a key, in offset order.
             current = self.counts.get(key)
             if current is not None and current[1] >= offset:
                 continue
-            self.counts[key] = (current[0] if current else 0) + 1, offset
+            self.counts.put(key, ((current[0] if current else 0) + 1, offset), partition)
             self._dirty.add(key)
             counted = True
+            if collection and subject is not None:
+                touched = touched_key(tenant, window, start, collection, subject)
+                if self.touched.get(touched) is None:
+                    self.touched.put(touched, partition, partition)
+                    self._dirty_touched.add(touched)
         if first is None:
-            self.seen[seen_key] = offset
+            self.seen.put(seen_key, (offset, partition, int(ts)), partition)
         self._newest_log_ms = max(self._newest_log_ms, log_ms)
+        if counted:
+            self._changed.set()
         return "counted" if counted else "late"
 
-    async def flush(self, redis: Redis, keys: set[str]) -> None:
-        """Copy the counters ``keys`` to Redis (absolute values: idempotent)."""
-        if not keys:
+    def tables(self) -> dict[str, WriteBehindTable]:
+        """The processor's tables by name."""
+        return {"counts": self.counts, "touched": self.touched, "seen": self.seen}
+
+    def assigned(self) -> set[int]:
+        """Partitions of the event topic this worker holds now."""
+        return {
+            tp.partition
+            for tp in self.app.consumer.assignment()
+            if tp.topic == self.settings.events_topic
+        }
+
+    async def before_commit(self) -> None:
+        """Send every table write to its changelog (and wait for it) ahead of a commit."""
+        await flush_tables(list(self.tables().values()), self.assigned())
+
+    def prune(self, now: float, assigned: set[int]) -> int:
+        """Drop the table state no event can change any more; the number of keys dropped.
+
+        Only keys of ``assigned`` partitions: a tombstone goes to the changelog
+        partition of the key, inside that partition's next transaction.
+        """
+        grace = self.settings.analytics_grace_seconds
+        dropped = 0
+        for raw, _ in self.counts.items():
+            key = CountKey.decode(raw)
+            if key.partition in assigned and settled(key.window, key.start, grace, now):
+                self.counts.delete(raw, key.partition)
+                dropped += 1
+        for raw, partition in self.touched.items():
+            _, window, start, _, _ = decode_touched(raw)
+            if partition in assigned and settled(window, start, grace, now):
+                self.touched.delete(raw, partition)
+                dropped += 1
+        # A duplicate carries its original's time: once every window of that time is
+        # settled, a duplicate would be late anyway and the id need not be kept.
+        longest = max(WINDOWS, key=WINDOWS.__getitem__)
+        size = WINDOWS[longest]
+        for raw, value in self.seen.items():
+            if not isinstance(value, list | tuple):
+                continue  # an entry of the first version (an offset alone): kept
+            _, partition, ts = value
+            if partition in assigned and settled(longest, int(ts // size) * size, grace, now):
+                self.seen.delete(raw, partition)
+                dropped += 1
+        return dropped
+
+    async def flush(self, redis: Redis, keys: set[str], touched: set[str]) -> None:
+        """Copy the counters ``keys`` and the ``touched`` records to Redis (idempotent)."""
+        if not keys and not touched:
             return
         retention = {
             "1m": self.settings.analytics_retention_1m_seconds,
@@ -164,10 +258,18 @@ class Analytics:
         async with redis.pipeline(transaction=False) as pipe:
             windows: set[tuple[str, str, int]] = set()
             for raw in keys:
+                current = self.counts.get(raw)
+                if current is None:
+                    continue  # pruned: a settled window, its copy in Redis is final
                 key = CountKey.decode(raw)
                 hkey = window_key(key.tenant, key.window, key.start)
-                pipe.hset(hkey, key.field, int(self.counts.get(raw, (0, -1))[0]))
+                pipe.hset(hkey, key.field, int(current[0]))
                 windows.add((key.tenant, key.window, key.start))
+            for raw in touched:
+                tenant, window, start, collection, subject = decode_touched(raw)
+                rkey = records_key(tenant, window, start, collection)
+                pipe.sadd(rkey, subject)
+                pipe.expireat(rkey, start + WINDOWS[window] + retention[window])
             for tenant, window, start in windows:
                 expire_at = start + WINDOWS[window] + retention[window]
                 pipe.expireat(window_key(tenant, window, start), expire_at)
@@ -180,29 +282,50 @@ class Analytics:
             self.metrics.analytics_lag_seconds.set(
                 max(0.0, time.time() - self._newest_log_ms / 1000)
             )
-        self.metrics.analytics_table_keys.labels("counts").set(len(self.counts))
-        self.metrics.analytics_table_keys.labels("seen").set(len(self.seen))
+        for name, table in self.tables().items():
+            self.metrics.analytics_table_keys.labels(name).set(len(table))
 
     async def _flusher(self, redis: Redis, stop: asyncio.Event) -> None:
+        # Copies start as soon as a count changes and are at least ``flush_ms`` apart:
+        # an idle worker's counts are readable within milliseconds, a busy worker's
+        # copies batch the changes of ``flush_ms``.
         interval = self.settings.analytics_flush_ms / 1000
         was_rebalancing = True
+        pruned_at = time.monotonic()
         while not stop.is_set():
             rebalancing = bool(self.app.rebalancing)
             if was_rebalancing and not rebalancing:
                 # Partitions (re)assigned and their tables restored from the
                 # changelogs: copy everything once, in case a crash came between a
                 # committed transaction and its flush.
-                self._dirty.update(str(k) for k in self.counts)
+                self._dirty.update(str(k) for k, _ in self.counts.items())
+                self._dirty_touched.update(str(k) for k, _ in self.touched.items())
             was_rebalancing = rebalancing
+            prune_due = time.monotonic() - pruned_at >= self.settings.analytics_prune_seconds
+            if not rebalancing and prune_due:
+                pruned_at = time.monotonic()
+                pruned = self.prune(time.time(), self.assigned())
+                if pruned:
+                    log.info("analytics: pruned %d keys of settled windows", pruned)
+                self.metrics.analytics_pruned.inc(pruned)
+            self._changed.clear()
+            copied_at = time.monotonic()
             keys, self._dirty = self._dirty, set()
+            touched, self._dirty_touched = self._dirty_touched, set()
             try:
-                await self.flush(redis, keys)
+                await self.flush(redis, keys, touched)
             except Exception:  # Redis away: keep the keys, try again
                 log.warning("analytics flush failed; retrying", exc_info=True)
                 self._dirty |= keys
+                self._dirty_touched |= touched
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval)
-        await self.flush(redis, self._dirty)
+                # Wake on the next change (or to check rebalances and pruning).
+                await asyncio.wait_for(self._changed.wait(), 1.0)
+            pause = interval - (time.monotonic() - copied_at)
+            if pause > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), pause)
+        await self.flush(redis, self._dirty, self._dirty_touched)
 
     async def _caught_up(self) -> bool:
         from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -224,6 +347,7 @@ class Analytics:
         stop = stop or asyncio.Event()
         redis = redis_client(self.settings)
         flush_stop = asyncio.Event()
+        fence_commits(self.app.consumer, self.before_commit)
         await self.app.start()
         flusher = asyncio.create_task(self._flusher(redis, flush_stop))
         try:
@@ -234,6 +358,7 @@ class Analytics:
                     await asyncio.wait_for(stop.wait(), 0.5)
         finally:
             flush_stop.set()
+            self._changed.set()  # wake an idle flusher for its last copy
             await flusher
             await self.app.stop()
             await redis.aclose()

@@ -64,9 +64,35 @@ class CountKey:
         return SEP.join((self.type, self.collection, str(self.partition)))
 
 
+def touched_key(tenant: str, window: str, start: int, collection: str, subject: str) -> str:
+    """The ``touched`` table key: this record had an event in this window."""
+    return SEP.join((tenant, window, str(start), collection, subject))
+
+
+def decode_touched(key: str) -> tuple[str, str, int, str, str]:
+    """``(tenant, window, start, collection, subject)`` of a ``touched`` key."""
+    tenant, window, start, collection, subject = key.split(SEP, 4)
+    return tenant, window, int(start), collection, subject
+
+
+#: Seconds past the grace before a window's state is pruned from the tables: a late
+#: check and a prune on two workers with slightly different clocks still agree.
+SETTLE_MARGIN = 30
+
+
+def settled(window: str, start: int, grace: float, now: float) -> bool:
+    """Whether no event can change this window any more (closed longer than the grace ago)."""
+    return start + WINDOWS[window] + grace + SETTLE_MARGIN < now
+
+
 def window_key(tenant: str, window: str, start: int) -> str:
     """Redis hash of one tenant's window: field ``type␟collection␟partition`` → count."""
     return f"ef:{tenant}:analytics:{window}:{start}"
+
+
+def records_key(tenant: str, window: str, start: int, collection: str) -> str:
+    """Redis set of the subjects of ``collection`` with an event in this window."""
+    return f"ef:{tenant}:analytics:{window}:{start}:records:{collection}"
 
 
 def index_key(tenant: str, window: str) -> str:
