@@ -84,6 +84,8 @@ async def main(events: int, probes: int, profile: str | None) -> None:
     redis = redis_client(settings)
     delays: list[float] = []
     for n in range(probes):
+        # Apart by more than the copy interval: each probe finds the worker idle.
+        await asyncio.sleep(settings.analytics_flush_ms / 1000 * 1.5)
         t = tenants[0]
         value = orjson.dumps(
             {"specversion": "1.0", "id": f"probe-{n}-{run}", "source": "bench",

@@ -1,28 +1,45 @@
-"""``GET /v1/tenants/{t}/analytics/events``: windowed event counts of one tenant.
+"""Windowed analytics of one tenant, read from Redis.
+
+- ``GET /v1/tenants/{t}/analytics/events``: event counts per window, type and
+  collection, paged in (window_start, type, collection) order;
+- ``GET /v1/tenants/{t}/analytics/activity``: per window and collection, the
+  events, the distinct records they touched and the write rate.
 
 The analytics processor (src/consumers/analytics) materialises each counter in
-a per-tenant Redis hash per window; this route reads the windows of the asked
-range from the tenant's index, sums the per-partition counters and pages
-through them in (window_start, type, collection) order.
+a per-tenant Redis hash per window (and the touched records in a set per window
+and collection); these routes read the windows of the asked range from the
+tenant's index and sum the per-partition counters.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from api.openapi import AFTER, LIMIT, TENANT, TENANT_ERRORS, Operation, Param, Reply, register
-from consumers.analytics.windows import SEP, WINDOWS, index_key, window_key, window_start
+from consumers.analytics.windows import (
+    SEP,
+    WINDOWS,
+    index_key,
+    records_key,
+    window_key,
+    window_start,
+)
 from eventfold.errors import FieldError, Unavailable, ValidationFailed
 from eventfold.web import CURSORS, REDIS, authorize_tenant, json_response, query_int
 
 _PATH = "/v1/tenants/{tenant}/analytics/events"
+_ACTIVITY_PATH = "/v1/tenants/{tenant}/analytics/activity"
 _KIND = "analytics"
+_ACTIVITY_KIND = "analytics-activity"
 #: Longest range one request may span, in windows (a day of minutes, 35 days of hours).
 MAX_WINDOWS = {"1m": 1440, "1h": 840}
 #: Windows read from Redis per round trip.
@@ -38,6 +55,25 @@ class WindowCount(BaseModel):
     collection: str | None
     count: int
     partial: bool
+
+
+class WindowActivity(BaseModel):
+    """What happened in one collection in one window."""
+
+    window_start: datetime
+    window_end: datetime
+    collection: str | None
+    events: int
+    records_touched: int
+    events_per_second: float
+    partial: bool
+
+
+class WindowActivityPage(BaseModel):
+    """One page of window activity, oldest window first."""
+
+    items: list[WindowActivity]
+    next: str | None
 
 
 class WindowCountPage(BaseModel):
@@ -75,9 +111,21 @@ def _iso(ts: int) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
-async def list_counts(request: web.Request) -> web.Response:
-    """Window counts of the tenant in ``[from, to)``, oldest window first."""
-    _, tenant = await authorize_tenant(request, "reader")
+@dataclass(frozen=True, slots=True)
+class _Query:
+    """The parsed common parameters of an analytics read."""
+
+    tenant: str
+    window: str
+    size: int
+    first: int  # start of the first window to read
+    to: float  # windows starting before this instant
+    limit: int
+    collection: str | None
+    now: float
+
+
+def _query(request: web.Request, tenant: str, cursor_start: int | None) -> _Query:
     window = request.query.get("window", "1m")
     if window not in WINDOWS:
         raise _bad("window", "one of 1m, 1h")
@@ -92,57 +140,138 @@ async def list_counts(request: web.Request) -> web.Response:
         raise _bad("from", "must not be after to")
     if (to - start_from) / size > MAX_WINDOWS[window]:
         raise _bad("from", f"the range spans more than {MAX_WINDOWS[window]} windows of {window}")
-    type_filter, coll_filter = _filter(request, "type"), _filter(request, "collection")
-    position: tuple[int, str, str] | None = None
+    first = window_start(start_from, size)
+    if cursor_start is not None:
+        first = max(first, cursor_start)
+    return _Query(tenant, window, size, first, to, limit, _filter(request, "collection"), now)
+
+
+def _cursor(request: web.Request, kind: str, length: int) -> list[Any] | None:
     after = request.query.get("after")
-    if after:
-        raw = request.app[CURSORS].decode(_KIND, after)
-        if not (isinstance(raw, list) and len(raw) == 3 and isinstance(raw[0], int)):
-            raise _bad("after", "invalid cursor")
-        position = (raw[0], str(raw[1]), str(raw[2]))
-    lo = window_start(start_from, size)
-    if position is not None:
-        lo = max(lo, position[0])
+    if not after:
+        return None
+    raw = request.app[CURSORS].decode(kind, after)
+    if not (isinstance(raw, list) and len(raw) == length and isinstance(raw[0], int)):
+        raise _bad("after", "invalid cursor")
+    return raw
+
+
+def _redis(request: web.Request) -> Redis:
     redis = request.app.get(REDIS)
     if redis is None:
         raise Unavailable("analytics need Redis")
+    return redis
+
+
+async def _windows(redis: Redis, q: _Query) -> AsyncIterator[list[tuple[int, dict[bytes, bytes]]]]:
+    """The counter hashes of the asked windows that have counts, a chunk at a time."""
+    members = await redis.zrangebyscore(index_key(q.tenant, q.window), q.first, f"({q.to}")
+    starts = [int(s) for s in members if isinstance(s, bytes | str)]
+    for i in range(0, len(starts), _CHUNK):
+        chunk = starts[i : i + _CHUNK]
+        async with redis.pipeline(transaction=False) as pipe:
+            for start in chunk:
+                pipe.hgetall(window_key(q.tenant, q.window, start))
+            hashes = await pipe.execute()
+        yield list(zip(chunk, hashes, strict=True))
+
+
+def _next(request: web.Request, kind: str, items: list[Any], limit: int, length: int) -> str | None:
+    if len(items) <= limit:
+        return None
+    return request.app[CURSORS].encode(kind, list(items[limit - 1][:length]))
+
+
+async def list_counts(request: web.Request) -> web.Response:
+    """Window counts of the tenant in ``[from, to)``, oldest window first."""
+    _, tenant = await authorize_tenant(request, "reader")
+    raw = _cursor(request, _KIND, 3)
+    position = None if raw is None else (raw[0], str(raw[1]), str(raw[2]))
+    q = _query(request, tenant.id, None if position is None else position[0])
+    type_filter = _filter(request, "type")
+    redis = _redis(request)
     items: list[tuple[int, str, str, int]] = []
     try:
-        members = await redis.zrangebyscore(index_key(tenant.id, window), lo, f"({to}")
-        starts = [int(s) for s in members if isinstance(s, bytes | str)]
-        for i in range(0, len(starts), _CHUNK):
-            chunk = starts[i : i + _CHUNK]
-            async with redis.pipeline(transaction=False) as pipe:
-                for start in chunk:
-                    pipe.hgetall(window_key(tenant.id, window, start))
-                hashes = await pipe.execute()
-            for start, fields in zip(chunk, hashes, strict=True):
-                items.extend(_window_items(start, fields, type_filter, coll_filter, position))
-            if len(items) > limit:
+        async for chunk in _windows(redis, q):
+            for start, fields in chunk:
+                items.extend(_window_items(start, fields, type_filter, q.collection, position))
+            if len(items) > q.limit:
                 break
     except RedisError as exc:
         raise Unavailable("analytics store unavailable") from exc
-    page = items[:limit]
-    next_cursor = None
-    if len(items) > limit:
-        last = page[-1]
-        next_cursor = request.app[CURSORS].encode(_KIND, [last[0], last[1], last[2]])
     return json_response(
         {
             "items": [
                 {
                     "window_start": _iso(start),
-                    "window_end": _iso(start + size),
+                    "window_end": _iso(start + q.size),
                     "type": type_,
                     "collection": collection or None,
                     "count": count,
-                    "partial": start + size > now,
+                    "partial": start + q.size > q.now,
                 }
-                for start, type_, collection, count in page
+                for start, type_, collection, count in items[: q.limit]
             ],
-            "next": next_cursor,
+            "next": _next(request, _KIND, items, q.limit, 3),
         }
     )
+
+
+async def list_activity(request: web.Request) -> web.Response:
+    """Per window and collection: events, distinct records touched, events per second."""
+    _, tenant = await authorize_tenant(request, "reader")
+    raw = _cursor(request, _ACTIVITY_KIND, 2)
+    position = None if raw is None else (raw[0], str(raw[1]))
+    q = _query(request, tenant.id, None if position is None else position[0])
+    redis = _redis(request)
+    items: list[tuple[int, str, int, int]] = []
+    try:
+        async for chunk in _windows(redis, q):
+            sums: dict[tuple[int, str], int] = {}
+            for start, fields in chunk:
+                for _, _type, collection, count in _window_items(
+                    start, fields, None, q.collection, None
+                ):
+                    sums[(start, collection)] = sums.get((start, collection), 0) + count
+            events = [(start, collection, n) for (start, collection), n in sums.items()]
+            events.sort()
+            if position is not None:
+                events = [e for e in events if e[:2] > position]
+            async with redis.pipeline(transaction=False) as pipe:
+                for start, collection, _ in events:
+                    pipe.scard(records_key(q.tenant, q.window, start, collection))
+                records = await pipe.execute()
+            items.extend(
+                (start, collection, count, int(n) if collection else 0)
+                for (start, collection, count), n in zip(events, records, strict=True)
+            )
+            if len(items) > q.limit:
+                break
+    except RedisError as exc:
+        raise Unavailable("analytics store unavailable") from exc
+    return json_response(
+        {
+            "items": [
+                {
+                    "window_start": _iso(start),
+                    "window_end": _iso(start + q.size),
+                    "collection": collection or None,
+                    "events": count,
+                    "records_touched": records,
+                    "events_per_second": events_per_second(count, start, q.size, q.now),
+                    "partial": start + q.size > q.now,
+                }
+                for start, collection, count, records in items[: q.limit]
+            ],
+            "next": _next(request, _ACTIVITY_KIND, items, q.limit, 2),
+        }
+    )
+
+
+def events_per_second(count: int, start: int, size: int, now: float) -> float:
+    """The rate of ``count`` events over the window, or over its elapsed part while open."""
+    elapsed = min(float(size), max(1.0, now - start))
+    return round(count / elapsed, 3)
 
 
 def _window_items(
@@ -168,8 +297,9 @@ def _window_items(
 
 
 def setup(app: web.Application) -> None:
-    """Register the analytics route."""
+    """Register the analytics routes."""
     app.router.add_get(_PATH, list_counts)
+    app.router.add_get(_ACTIVITY_PATH, list_activity)
 
 
 _INSTANT: dict[str, Any] = {"type": "string", "format": "date-time"}
@@ -191,6 +321,28 @@ register(
             AFTER, LIMIT,
         ),
         replies=(Reply(200, "a page of window counts, oldest window first", WindowCountPage),),
+        errors=TENANT_ERRORS,
+    )
+)  # fmt: skip
+register(
+    Operation(
+        "GET", _ACTIVITY_PATH, "Activity per window and collection (reader)", "analytics",
+        description="Per tumbling window and collection (the first part of a record "
+        "subject): the events counted, the distinct records they touched and the events per "
+        "second (over the elapsed part of the current, `partial`, window). Same counting "
+        "rules and range parameters as /analytics/events. Events without a record subject "
+        "are under collection null with 0 records.",
+        params=(
+            TENANT,
+            Param("window", "query", {"type": "string", "enum": list(WINDOWS), "default": "1m"}),
+            Param("from", "query", _INSTANT, "first window: the one holding this instant"),
+            Param("to", "query", _INSTANT, "windows starting before this instant (default now)"),
+            Param("collection", "query", {"type": "string", "minLength": 1, "maxLength": 128}),
+            AFTER, LIMIT,
+        ),
+        replies=(
+            Reply(200, "a page of window activity, oldest window first", WindowActivityPage),
+        ),
         errors=TENANT_ERRORS,
     )
 )  # fmt: skip
