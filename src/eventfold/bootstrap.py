@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import asyncpg
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
@@ -118,6 +118,11 @@ async def open_pool(settings: Settings, *, attempts: int = 30) -> asyncpg.Pool:
     raise AssertionError("unreachable")
 
 
+#: Connections per Redis client (per process and use): the gateway makes two calls
+#: per request, so this covers a few hundred requests in flight.
+REDIS_MAX_CONNECTIONS = 128
+
+
 def redis_client(settings: Settings) -> Redis:
     """A Redis client whose calls fail fast instead of hanging.
 
@@ -125,13 +130,20 @@ def redis_client(settings: Settings) -> Redis:
     stale after a Redis restart), not redis-py's default of three with backoff:
     a call ends within about 2 s, and callers fail open when it does not answer.
     """
-    client: Redis = Redis.from_url(
+    # A blocking pool: past its connections a call waits (up to 1 s) for one to come
+    # back instead of failing at once; under a burst of concurrent requests the
+    # default pool raised MaxConnectionsError and callers failed open (no rate limit,
+    # no dedup) although Redis was fine.
+    pool = BlockingConnectionPool.from_url(
         settings.redis_url,
+        max_connections=REDIS_MAX_CONNECTIONS,
+        timeout=1.0,
         socket_timeout=1.0,
         socket_connect_timeout=1.0,
         health_check_interval=15,
         retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
     )
+    client: Redis = Redis.from_pool(pool)
     return client
 
 
