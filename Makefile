@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: help venv infra infra-down status run lint typecheck unit test bench clean
+.PHONY: help venv infra infra-down status run lint typecheck unit test bench soak clean
 
 help:
 	@echo "make run        set up (venv, local Kafka/PostgreSQL/Redis/S3) and run Eventfold"
@@ -15,6 +15,7 @@ help:
 	@echo "make infra      start the local stack only      make infra-down   stop it"
 	@echo "make unit       fast unit tests only (no services)"
 	@echo "make bench      the benchmark suite with its peers (QUICK=1: under 10 minutes)"
+	@echo "make soak       30 minutes of writes and reads; memory of every process over time"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,6 +55,10 @@ bench: infra
 	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m benchmarks.suite $(if $(QUICK),--quick) $(BENCH_ARGS)
+
+soak: infra
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m benchmarks.suite.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,8 @@ TARGETS: list[tuple[str, str, str, float, str]] = [
 def lookup(doc: dict[str, Any], path: str) -> float | None:
     """Follow a dotted path; ``name[x]`` picks the list item whose rate/share/target is x."""
     node: Any = doc
-    for part in path.split("."):
+    # Split on the dots outside brackets: ``end_to_end[0.5]`` is one step.
+    for part in re.findall(r"[^.\[]+(?:\[[^\]]*\])?", path):
         key, _, pick = part.partition("[")
         node = node.get(key) if isinstance(node, dict) else None
         if node is None:

@@ -65,10 +65,32 @@ def test_target_verdicts_read_nested_results() -> None:
         "ingest": {"single_saturation": {"requests_per_second": 9000.0},
                    "single_fixed_rate": [{"target_rate": 5000, "latency_ms": {"p99": 30.0}}]},
         "memory": {"api": 60.0},
+        "end_to_end": [{"load_share": 0.25, "latency_ms": {"p50": 5.0}},
+                       {"load_share": 0.5, "latency_ms": {"p50": 12.0, "p99": 40.0}}],
     }  # fmt: skip
     assert lookup(doc, "ingest.single_fixed_rate[5000].latency_ms.p99") == 30.0
+    assert lookup(doc, "end_to_end[0.5].latency_ms.p50") == 12.0  # a dot inside the brackets
     rows = {r["target"]: r["met"] for r in verdicts(doc)}
     assert rows["ingest single-event requests/s"] is True
     assert rows["ingest p99 at 5,000 req/s"] is False
     assert rows["API process peak memory"] is True
+    assert rows["write-to-visible p50 at 50 %"] is False
+    assert rows["write-to-visible p99 at 50 %"] is True
     assert rows["rebuild events/s"] is None
+
+
+def test_soak_slope_is_flat_for_steady_memory_and_positive_for_a_leak() -> None:
+    from benchmarks.suite.soak import WARMUP_S, slope_per_10_min, summarise
+
+    steady = [(t, 80.0 + (0.5 if t % 20 else -0.5)) for t in range(0, 1800, 10)]
+    assert abs(slope_per_10_min(steady)) < 0.1
+    leak = [(float(t), 80.0 + t / 60) for t in range(0, 1800, 10)]  # 1 MiB a minute
+    assert round(slope_per_10_min(leak), 6) == 10.0
+    assert slope_per_10_min([(0.0, 1.0)]) == 0.0
+    summary = summarise({"api": [(0.0, 50.0), (WARMUP_S, 70.0), (WARMUP_S + 600, 71.0)]})
+    assert summary["api"] == {
+        "rss_after_warmup_mb": 70.0,
+        "rss_end_mb": 71.0,
+        "rss_peak_mb": 71.0,
+        "slope_mb_per_10_min": 1.0,
+    }
