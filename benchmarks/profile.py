@@ -9,7 +9,8 @@ own (self) and the Eventfold functions with the most samples under them
 
     .venv/bin/python -m benchmarks.profile [--rate 200] [-- throughput args...]
 
-Writes ``results/<date>-profile.md`` and the raw stacks ``results/<date>-profile.txt``.
+Writes ``results/<date>-profile.md`` and the raw stacks ``results/<date>-profile.txt``
+(not kept in git: fold it again with ``--raw FILE``).
 """
 
 from __future__ import annotations
@@ -50,8 +51,12 @@ def _label(frame: str) -> str:
     return f"{m['func']} ({path})"
 
 
+#: Top-level packages of Eventfold's code (py-spy prints paths relative to sys.path).
+OURS = ("eventfold/", "consumers/", "producers/", "api/")
+
+
 def fold(lines: list[str]) -> dict[str, ProcessProfile]:
-    """Per process (the stack's root frame), self and inclusive-Eventfold sample counts."""
+    """Per process (the innermost ``process …`` frame), self and inclusive-Eventfold counts."""
     out: dict[str, ProcessProfile] = {}
     for line in lines:
         stack, _, count_text = line.rstrip().rpartition(" ")
@@ -59,13 +64,20 @@ def fold(lines: list[str]) -> dict[str, ProcessProfile]:
             continue
         count = int(count_text)
         frames = stack.split(";")
-        process = frames[0]
+        # With --subprocesses a child's stack starts with its parents' "process" frames.
+        roots = [i for i, f in enumerate(frames) if f.startswith("process ")]
+        at = roots[-1] if roots else 0
+        process = frames[at].split(":", 1)[-1].strip('"') if roots else "main"
+        frames = frames[at + 1 :]
+        if not frames:
+            continue
         prof = out.setdefault(process, ProcessProfile(process))
         prof.samples += count
         prof.self_time[_label(frames[-1])] += count
         seen: set[str] = set()
-        for frame in frames[1:]:
-            if "/src/" in frame and "/site-packages/" not in frame:
+        for frame in frames:
+            m = _FRAME.match(frame)
+            if m and m["path"].startswith(OURS):
                 label = _label(frame)
                 if label not in seen:  # recursion counts once
                     seen.add(label)
@@ -94,16 +106,18 @@ def main() -> None:
     """Record, fold and write the report."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
+    p.add_argument("--raw", help="fold an earlier recording instead of recording")
     p.add_argument("throughput_args", nargs="*", help="arguments for benchmarks.throughput")
     args = p.parse_args()
     RESULTS.mkdir(exist_ok=True)
     stem = f"{datetime.now(UTC):%Y-%m-%d}-profile"
-    raw = RESULTS / f"{stem}.txt"
-    spy = Path(sys.executable).with_name("py-spy")
-    cmd = [str(spy), "record", "--subprocesses", "--format", "raw", "--rate", str(args.rate),
-           "--output", str(raw), "--", sys.executable, "-m", "benchmarks.throughput",
-           *args.throughput_args]  # fmt: skip
-    subprocess.run(cmd, check=True)
+    raw = Path(args.raw) if args.raw else RESULTS / f"{stem}.txt"
+    if not args.raw:
+        spy = Path(sys.executable).with_name("py-spy")
+        cmd = [str(spy), "record", "--subprocesses", "--format", "raw", "--rate", str(args.rate),
+               "--output", str(raw), "--", sys.executable, "-m", "benchmarks.throughput",
+               *args.throughput_args]  # fmt: skip
+        subprocess.run(cmd, check=True)
     md = markdown(fold(raw.read_text().splitlines()))
     (RESULTS / f"{stem}.md").write_text(md)
     print(md)

@@ -94,3 +94,26 @@ def test_soak_slope_is_flat_for_steady_memory_and_positive_for_a_leak() -> None:
         "rss_peak_mb": 71.0,
         "slope_mb_per_10_min": 1.0,
     }
+
+
+def test_profile_folds_stacks_per_innermost_process() -> None:
+    from benchmarks.profile import fold
+
+    lines = [
+        'process 1:"bench";main (eventfold/cli.py:9);decode_event (eventfold/envelope.py:3) 5',
+        'process 1:"bench";process 2:"eventfold serve ingest";publish (producers/publisher.py:7);'
+        "send (aiokafka/producer/producer.py:1) 3",
+        'process 1:"bench";process 2:"eventfold serve ingest";publish (producers/publisher.py:7) 2',
+        "garbage",
+    ]
+    profiles = fold(lines)
+    assert set(profiles) == {"bench", "eventfold serve ingest"}
+    gateway = profiles["eventfold serve ingest"]
+    assert gateway.samples == 5
+    assert gateway.self_time == {
+        "send (aiokafka/producer/producer.py)": 3,
+        "publish (producers/publisher.py)": 2,
+    }
+    assert gateway.ours == {"publish (producers/publisher.py)": 5}
+    bench = profiles["bench"]
+    assert bench.ours == {"main (eventfold/cli.py)": 5, "decode_event (eventfold/envelope.py)": 5}
