@@ -228,6 +228,39 @@ async def test_tenant_a_never_sees_tenant_bs_numbers(lane: Lane) -> None:
     assert resp.status == 403
 
 
+async def test_two_workers_share_the_partitions_and_the_counts_stay_exact(lane: Lane) -> None:
+    t = (await lane.api.create_tenant())["id"]
+    now = time.time()
+    expected: Expected = Counter()
+    for i in range(300):
+        subject = f"{('orders', 'users', 'items')[i % 3]}/{i % 40}"
+        await lane.publish(t, "record.upserted", subject, now - (i % 5) * 60, event_id=f"s-{i}")
+        expect(expected, "record.upserted", subject, now - (i % 5) * 60)
+    await lane.producer.flush()
+    lane.spawn()
+    lane.spawn()
+    await lane.wait_for(t, expected, now - 3600)
+    # Both are members of the one group: each holds part of the partitions.
+    admin = AIOKafkaAdminClient(bootstrap_servers=lane.settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        async with asyncio.timeout(60):
+            while True:
+                [response] = await admin.describe_consumer_groups([app_id(lane.settings)])
+                group = response.groups[0]  # (error, id, state, type, protocol, members)
+                if group[2] == "Stable" and len(group[5]) == 2:
+                    break
+                await asyncio.sleep(0.5)
+    finally:
+        await admin.close()
+    # More events after the rebalance: still every one counted once.
+    for i in range(300, 400):
+        await lane.publish(t, "record.patched", f"orders/{i % 40}", now, event_id=f"s-{i}")
+        expect(expected, "record.patched", f"orders/{i % 40}", now)
+    await lane.producer.flush()
+    await lane.wait_for(t, expected, now - 3600)
+
+
 async def test_bad_parameters_are_422(lane: Lane) -> None:
     t = (await lane.api.create_tenant())["id"]
     for query in (
