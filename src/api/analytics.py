@@ -203,12 +203,10 @@ async def list_counts(request: web.Request) -> web.Response:
         {
             "items": [
                 {
-                    "window_start": _iso(start),
-                    "window_end": _iso(start + q.size),
+                    **_window(start, q),
                     "type": type_,
                     "collection": collection or None,
                     "count": count,
-                    "partial": start + q.size > q.now,
                 }
                 for start, type_, collection, count in items[: q.limit]
             ],
@@ -239,11 +237,12 @@ async def list_activity(request: web.Request) -> web.Response:
                 events = [e for e in events if e[:2] > position]
             async with redis.pipeline(transaction=False) as pipe:
                 for start, collection, _ in events:
-                    pipe.scard(records_key(q.tenant, q.window, start, collection))
-                records = await pipe.execute()
+                    if collection:  # events without a record subject touch no record
+                        pipe.scard(records_key(q.tenant, q.window, start, collection))
+                records = iter(await pipe.execute())
             items.extend(
-                (start, collection, count, int(n) if collection else 0)
-                for (start, collection, count), n in zip(events, records, strict=True)
+                (start, collection, count, int(next(records)) if collection else 0)
+                for start, collection, count in events
             )
             if len(items) > q.limit:
                 break
@@ -253,19 +252,26 @@ async def list_activity(request: web.Request) -> web.Response:
         {
             "items": [
                 {
-                    "window_start": _iso(start),
-                    "window_end": _iso(start + q.size),
+                    **_window(start, q),
                     "collection": collection or None,
                     "events": count,
                     "records_touched": records,
                     "events_per_second": events_per_second(count, start, q.size, q.now),
-                    "partial": start + q.size > q.now,
                 }
                 for start, collection, count, records in items[: q.limit]
             ],
             "next": _next(request, _ACTIVITY_KIND, items, q.limit, 2),
         }
     )
+
+
+def _window(start: int, q: _Query) -> dict[str, Any]:
+    """The fields every analytics item has: its window and whether it is still open."""
+    return {
+        "window_start": _iso(start),
+        "window_end": _iso(start + q.size),
+        "partial": start + q.size > q.now,
+    }
 
 
 def events_per_second(count: int, start: int, size: int, now: float) -> float:
