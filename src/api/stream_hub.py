@@ -116,15 +116,18 @@ class StreamHub:
         subs = self._by_channel.get(name)
         if not subs:
             return
-        doc: dict[str, Any] = orjson.loads(msg["data"])
-        frame = Frame(int(doc["seq"]), str(doc["type"]), str(doc["data"]))
-        for sub in subs:
-            if sub.slow.is_set():
-                continue
-            try:
-                sub.queue.put_nowait(frame)
-            except asyncio.QueueFull:
-                sub.slow.set()
+        doc: Any = orjson.loads(msg["data"])
+        # The projector sends a list per tenant and batch; a single object is the older form.
+        items: list[dict[str, Any]] = doc if isinstance(doc, list) else [doc]
+        for item in items:
+            frame = Frame(int(item["seq"]), str(item["type"]), str(item["data"]))
+            for sub in subs:
+                if sub.slow.is_set():
+                    continue
+                try:
+                    sub.queue.put_nowait(frame)
+                except asyncio.QueueFull:
+                    sub.slow.set()
 
     async def _reset(self, pubsub: PubSub) -> None:
         async with self._lock:

@@ -105,7 +105,11 @@ async def open_pool(settings: Settings, *, attempts: int = 30) -> asyncpg.Pool:
     delay = 0.5
     for attempt in range(1, attempts + 1):
         try:
-            pool = await db.create_pool(settings.database_url, max_size=20)
+            pool = await db.create_pool(
+                settings.database_url,
+                max_size=20,
+                statement_cache_size=settings.pg_statement_cache_size,
+            )
             await db.migrate(pool)
             await ensure_tenant_roles(pool)  # tenants created before they had roles
             return pool

@@ -112,6 +112,10 @@ class Settings:
     #: Responses at least this large are gzip-compressed for clients that accept it.
     compress_min_bytes: int = 1024
     projector_batch_size: int = 2000
+    #: Prepared statements kept per PostgreSQL connection. Each tenant's schema
+    #: makes its own statement text, so this bounds how many tenants a batch can
+    #: touch before statements are prepared again on every use.
+    pg_statement_cache_size: int = 1024
     #: Longest a tenant's statement or lock wait may take in a batch before the
     #: tenant is deferred (retried in the background) so the others go on.
     projector_tenant_budget_ms: int = 2000
@@ -234,6 +238,9 @@ class Settings:
             or d.consumer_group_prefix,
             projector_batch_size=int(
                 env.get("EVENTFOLD_PROJECTOR_BATCH_SIZE", d.projector_batch_size)
+            ),
+            pg_statement_cache_size=int(
+                env.get("EVENTFOLD_PG_STATEMENT_CACHE_SIZE", d.pg_statement_cache_size)
             ),
             projector_tenant_budget_ms=int(
                 env.get("EVENTFOLD_PROJECTOR_TENANT_BUDGET_MS", d.projector_tenant_budget_ms)

@@ -23,8 +23,11 @@ from eventfold.settings import Settings
 
 KEYS = st.sampled_from(["a", "b"])
 # No U+0000: the gateway refuses it at the edge (PostgreSQL cannot store it) and
-# the projector parks it; both are tested on their own.
-TEXT = st.text(alphabet=st.characters(blacklist_characters="\x00"), max_size=3)
+# the projector parks it; both are tested on their own. No lone surrogates: they
+# are not UTF-8, so no JSON request or log record can carry one.
+TEXT = st.text(
+    alphabet=st.characters(exclude_characters="\x00", exclude_categories=("Cs",)), max_size=3
+)
 VALUES = st.one_of(st.integers(-5, 5), TEXT, st.booleans())
 DOCS = st.dictionaries(st.sampled_from(["x", "y", "z"]), VALUES, max_size=3)
 PATCHES = st.dictionaries(

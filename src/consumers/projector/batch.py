@@ -21,11 +21,12 @@ import orjson
 from consumers.projector import parking, store
 from consumers.projector.fold import RECORD_TYPES, Outcome, Record, apply
 from consumers.projector.handlers import HANDLERS, PROJECTED_TOPIC
+from consumers.projector.live import LiveEvent
 from consumers.projector.parking import ParkedEvent
-from eventfold.db import CHECKPOINT_CHANNEL
 from eventfold.envelope import CloudEvent
 from eventfold.faults import is_retriable
 from eventfold.ids import is_valid, tenant_schema
+from eventfold.replay import is_replay
 
 OnParked = Callable[[Sequence[ParkedEvent]], Awaitable[None]]
 
@@ -54,6 +55,8 @@ class BatchResult:
     deferred: set[str] = field(default_factory=set)
     positions: dict[int, int] = field(default_factory=dict)
     newest_event_time: datetime | None = None
+    #: Applied events to push to the live streams once the batch commits.
+    live: list[LiveEvent] = field(default_factory=list)
 
     def add(self, other: BatchResult) -> None:
         """Fold the counts of ``other`` (one careful step) into this result."""
@@ -62,6 +65,7 @@ class BatchResult:
         self.duplicates += other.duplicates
         self.parked += other.parked
         self.deferred |= other.deferred
+        self.live += other.live
         if other.newest_event_time is not None and (
             self.newest_event_time is None or other.newest_event_time > self.newest_event_time
         ):
@@ -94,8 +98,9 @@ async def apply_batch(
     PROJECTED_TOPIC.set(topic)
     async with conn.transaction():
         if budget_ms is not None:
-            await conn.execute(f"SET LOCAL statement_timeout = {int(budget_ms)}")
-            await conn.execute(f"SET LOCAL lock_timeout = {int(budget_ms)}")
+            ms = int(budget_ms)
+            # Both in one simple-protocol round trip.
+            await conn.execute(f"SET LOCAL statement_timeout = {ms}; SET LOCAL lock_timeout = {ms}")
         stored = await store.lock_checkpoints(
             conn, consumer, topic, sorted({e.partition for e in events})
         )
@@ -124,13 +129,6 @@ async def apply_batch(
             if letters and on_parked is not None:
                 await on_parked(letters)
         await store.save_checkpoints(conn, consumer, topic, result.positions)
-        await conn.execute(
-            "SELECT pg_notify($1, $2)",
-            CHECKPOINT_CHANNEL,
-            orjson.dumps(
-                {"t": topic, "c": consumer, "p": result.positions}, option=orjson.OPT_NON_STR_KEYS
-            ).decode(),
-        )
     return result
 
 
@@ -169,8 +167,7 @@ async def apply_events(
         ]
     if not groups:
         return
-    await _ensure_schemas(conn, list(groups))
-    registered = await store.existing_tenants(conn, list(groups))
+    registered = await _ensure_schemas(conn, list(groups))
     blocked: dict[tuple[str, str], parking.Blocker] = {}
     if honour_parking:
         blocked = await parking.parked_keys(
@@ -248,24 +245,24 @@ def _parked(
     )
 
 
-async def _ensure_schemas(conn: asyncpg.Connection, tenants: list[str]) -> None:
-    """Create missing tenant schemas.
+async def _ensure_schemas(conn: asyncpg.Connection, tenants: list[str]) -> set[str]:
+    """Create missing tenant schemas; return the tenants that are registered.
 
     Record events of a tenant can reach the projector before its
     ``tenant.created`` (they sit on other partitions, and a replay reads
     partitions at different speeds), so the schema comes with the first event
     of any type; the tenant becomes visible when ``tenant.created`` registers it.
     """
-    names = [f"t_{t}" for t in tenants]
-    rows = await conn.fetch(
-        "SELECT nspname FROM pg_namespace WHERE nspname = ANY($1::text[])", names
-    )
-    present = {r["nspname"] for r in rows}
-    for tenant in tenants:
-        if f"t_{tenant}" not in present:
-            # Two processors creating one schema at once would collide in pg_namespace.
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", tenant_schema(tenant))
-            await conn.execute(store.tenant_ddl(tenant))
+    status = await store.tenant_status(conn, tenants)
+    missing = [t for t in tenants if t not in status]
+    for tenant in missing:
+        # Two processors creating one schema at once would collide in pg_namespace.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", tenant_schema(tenant))
+        await conn.execute(store.tenant_ddl(tenant))
+    registered = {t for t, known in status.items() if known}
+    if missing:
+        registered |= await store.existing_tenants(conn, missing)
+    return registered
 
 
 async def _apply_tenant(
@@ -276,7 +273,6 @@ async def _apply_tenant(
     blocked: dict[tuple[str, str], parking.Blocker],
     result: BatchResult,
 ) -> None:
-    seen = await store.known_event_ids(conn, tenant, [i.event.id for i in items if i.event])
     # Each record event's key, parsed once; None for other types or a bad subject.
     keys = [
         _record_key(i.event.subject or "")
@@ -285,11 +281,14 @@ async def _apply_tenant(
         for i in items
     ]
     wanted = list(dict.fromkeys(k for k in keys if k is not None))
-    state: dict[tuple[str, str], Record | None] = dict(
-        await store.load_records(conn, tenant, wanted)
-    )
+    loaded = await store.load_state(conn, tenant, [i.event.id for i in items if i.event], wanted)
+    seen = loaded.seen
+    state: dict[tuple[str, str], Record | None] = dict(loaded.records)
     changed: dict[tuple[str, str], tuple[Record, str]] = {}
     history: list[store.HistoryRow] = []
+    #: Per history row: whether it goes to the live streams (applied, and not a
+    #: replay's re-application), and whether its envelope has a ``status`` extension.
+    pushed: list[tuple[bool, bool]] = []
     for item, key in zip(items, keys, strict=True):
         ev = item.event
         assert ev is not None  # filtered by apply_events
@@ -332,8 +331,14 @@ async def _apply_tenant(
                 else orjson.dumps(ev.to_dict()).decode(),
             )
         )
-    await store.save_records(conn, tenant, changed)
-    await store.append_history(conn, tenant, history)
+        extra = ev.model_extra or {}
+        pushed.append((outcome.status == "applied" and not is_replay(ev), "status" in extra))
+    seqs = await store.save(conn, tenant, changed, history)
+    result.live += [
+        LiveEvent(tenant, seqs[row.id], row.type, row.envelope, has_status)
+        for row, (live, has_status) in zip(history, pushed, strict=True)
+        if live and row.id in seqs
+    ]
 
 
 async def _apply_one(

@@ -61,7 +61,8 @@ class Projector:
         #: Tenants set aside as too slow; their events are deferred until a retry works.
         self.deferred: set[str] = set()
         #: Pushes each committed batch's applied events to the SSE streams (best effort).
-        self.live = LivePublisher(settings, pool)
+        self.live = LivePublisher(settings)
+        self._hint: asyncio.Task[None] | None = None
 
     @property
     def checkpoint_name(self) -> str:
@@ -119,11 +120,13 @@ class Projector:
                 if result is None:
                     return
                 await self._after_batch(consumer, result)
-                await self.live.publish(events)
+                await self.live.submit(result.live)
         finally:
             retrier.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await retrier
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._wait_hint()
             await consumer.stop()
             await self.live.close()
             if self._dlq is not None:
@@ -342,17 +345,29 @@ class Projector:
             TopicPartition(self.topic, p): OffsetAndMetadata(o, "")
             for p, o in result.positions.items()
         }
-        try:
-            # Only a hint for lag tools: the checkpoint in PostgreSQL is the truth.
-            await asyncio.wait_for(consumer.commit(offsets), 10)
-        except (KafkaError, TimeoutError) as exc:
-            log.info("offset hint not committed", extra={"error": repr(exc)})
+        # Only a hint for lag tools (the checkpoint in PostgreSQL is the truth), so it
+        # is sent while the next batch is folded; one at a time, in batch order.
+        await self._wait_hint()
+        self._hint = asyncio.create_task(self._commit_hint(consumer, offsets), name="offset-hint")
         for tp in consumer.assignment():
             high = consumer.highwater(tp)
             if high is not None:
                 pos = result.positions.get(tp.partition)
                 if pos is not None:
                     m.consumer_lag.labels(self.name, str(tp.partition)).set(max(0, high - pos))
+
+    async def _commit_hint(
+        self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, OffsetAndMetadata]
+    ) -> None:
+        try:
+            await asyncio.wait_for(consumer.commit(offsets), 10)
+        except (KafkaError, TimeoutError) as exc:
+            log.info("offset hint not committed", extra={"error": repr(exc)})
+
+    async def _wait_hint(self) -> None:
+        hint, self._hint = self._hint, None
+        if hint is not None:
+            await hint
 
     async def _is_caught_up(self, consumer: AIOKafkaConsumer) -> bool:
         assigned = consumer.assignment()

@@ -15,6 +15,7 @@ import asyncpg
 import orjson
 
 from consumers.projector.fold import Record
+from eventfold.db import CHECKPOINT_CHANNEL
 from eventfold.ids import tenant_schema
 from eventfold.tenancy import tenant_role_ddl
 
@@ -97,6 +98,23 @@ class HistoryRow:
     envelope: str
 
 
+async def tenant_status(conn: asyncpg.Connection, tenants: Sequence[str]) -> dict[str, bool]:
+    """Which of ``tenants`` have a schema, and whether each is registered.
+
+    Maps every tenant whose schema exists to whether it is registered (its
+    ``tenant.created`` applied); tenants missing from the answer have no schema.
+    One round trip for the whole batch.
+    """
+    rows = await conn.fetch(
+        """SELECT u.t AS tenant, (r.id IS NOT NULL) AS registered
+           FROM unnest($1::text[]) AS u(t)
+           JOIN pg_namespace n ON n.nspname = 't_' || u.t
+           LEFT JOIN eventfold.tenants r ON r.id = u.t""",
+        list(tenants),
+    )
+    return {r["tenant"]: r["registered"] for r in rows}
+
+
 async def existing_tenants(conn: asyncpg.Connection, tenants: Iterable[str]) -> set[str]:
     """Which of ``tenants`` have been created."""
     rows = await conn.fetch(
@@ -129,47 +147,69 @@ async def create_tenant(
     )
 
 
-async def known_event_ids(conn: asyncpg.Connection, tenant: str, ids: Sequence[str]) -> set[str]:
-    """Which of ``ids`` are in the tenant's history already (duplicates to skip)."""
-    rows = await conn.fetch(
-        f"SELECT id FROM {tenant_schema(tenant)}.events WHERE id = ANY($1::text[])", list(ids)
-    )
-    return {r["id"] for r in rows}
+@dataclass(slots=True)
+class TenantState:
+    """What a batch needs to know of one tenant before folding its events."""
+
+    #: Ids of the batch's events already in the tenant's history (duplicates to skip).
+    seen: set[str]
+    #: Current state of the batch's records, tombstones included.
+    records: dict[tuple[str, str], Record]
 
 
-async def load_records(
-    conn: asyncpg.Connection, tenant: str, keys: Sequence[tuple[str, str]]
-) -> dict[tuple[str, str], Record]:
-    """Current state of the given ``(collection, id)`` keys, tombstones included."""
-    if not keys:
-        return {}
+async def load_state(
+    conn: asyncpg.Connection,
+    tenant: str,
+    event_ids: Sequence[str],
+    keys: Sequence[tuple[str, str]],
+) -> TenantState:
+    """The known event ids and the current records of one tenant, in one statement.
+
+    A batch touches every tenant in it: one round trip a tenant instead of two
+    is a third of the projector's statements.
+    """
     rows = await conn.fetch(
-        f"""SELECT r.collection, r.id, r.version, r.data, r.created_at, r.updated_at, r.deleted
+        f"""SELECT NULL::text AS collection, e.id, NULL::bigint AS version, NULL::jsonb AS data,
+                   NULL::timestamptz AS created_at, NULL::timestamptz AS updated_at,
+                   NULL::boolean AS deleted
+            FROM {tenant_schema(tenant)}.events e WHERE e.id = ANY($1::text[])
+            UNION ALL
+            SELECT r.collection, r.id, r.version, r.data, r.created_at, r.updated_at, r.deleted
             FROM {tenant_schema(tenant)}.records r
-            JOIN unnest($1::text[], $2::text[]) AS k(collection, id)
+            JOIN unnest($2::text[], $3::text[]) AS k(collection, id)
               ON r.collection = k.collection AND r.id = k.id""",
+        list(event_ids),
         [k[0] for k in keys],
         [k[1] for k in keys],
     )
-    return {
-        (r["collection"], r["id"]): Record(
+    state = TenantState(seen=set(), records={})
+    for r in rows:
+        if r["collection"] is None:  # records.collection is NOT NULL: an event id row
+            state.seen.add(r["id"])
+            continue
+        state.records[(r["collection"], r["id"])] = Record(
             version=r["version"],
             data=None if r["deleted"] else r["data"],
             created_at=r["created_at"],
             updated_at=r["updated_at"],
         )
-        for r in rows
-    }
+    return state
 
 
-async def save_records(
+async def save(
     conn: asyncpg.Connection,
     tenant: str,
     changed: dict[tuple[str, str], tuple[Record, str]],
-) -> None:
-    """Write the changed records (state and last event id) in one statement."""
-    if not changed:
-        return
+    history: Sequence[HistoryRow],
+) -> dict[str, int]:
+    """Write the changed records and append ``history`` (in order) in one statement.
+
+    Returns each appended event's ``seq`` (its place in the tenant's history,
+    the SSE id) by event id. The records are upserted by a data-modifying CTE,
+    which PostgreSQL runs exactly once whether or not the outer insert reads it.
+    """
+    if not history:
+        return {}
     cols: list[list[Any]] = [[], [], [], [], [], [], [], []]
     for (collection, record_id), (rec, event_id) in changed.items():
         for col, value in zip(
@@ -187,43 +227,40 @@ async def save_records(
             strict=True,
         ):
             col.append(value)
-    await conn.execute(
-        f"""INSERT INTO {tenant_schema(tenant)}.records AS r
-              (collection, id, version, data, created_at, updated_at, deleted, last_event_id)
-            SELECT c, i, v, d::jsonb, ca, ua, del, e
-            FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[],
-                        $5::timestamptz[], $6::timestamptz[], $7::boolean[], $8::text[])
-                 AS u(c, i, v, d, ca, ua, del, e)
-            ON CONFLICT (collection, id) DO UPDATE SET
-              version = EXCLUDED.version, data = EXCLUDED.data,
-              created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at,
-              deleted = EXCLUDED.deleted, last_event_id = EXCLUDED.last_event_id""",
-        *cols,
-    )
-
-
-async def append_history(conn: asyncpg.Connection, tenant: str, rows: Sequence[HistoryRow]) -> None:
-    """Append events to the tenant's history, in the order given."""
-    if not rows:
-        return
-    await conn.execute(
-        f"""INSERT INTO {tenant_schema(tenant)}.events
+    s = tenant_schema(tenant)
+    rows = await conn.fetch(
+        f"""WITH saved AS (
+              INSERT INTO {s}.records AS r
+                (collection, id, version, data, created_at, updated_at, deleted, last_event_id)
+              SELECT c, i, v, d::jsonb, ca, ua, del, e
+              FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[],
+                          $5::timestamptz[], $6::timestamptz[], $7::boolean[], $8::text[])
+                   AS u(c, i, v, d, ca, ua, del, e)
+              ON CONFLICT (collection, id) DO UPDATE SET
+                version = EXCLUDED.version, data = EXCLUDED.data,
+                created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at,
+                deleted = EXCLUDED.deleted, last_event_id = EXCLUDED.last_event_id
+            )
+            INSERT INTO {s}.events
               (id, type, subject, time, status, reason, partition, "offset", envelope)
             SELECT i, t, s, tm, st, rs, p, o, env::jsonb
-            FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[],
-                        $6::text[], $7::integer[], $8::bigint[], $9::text[])
+            FROM unnest($9::text[], $10::text[], $11::text[], $12::timestamptz[], $13::text[],
+                        $14::text[], $15::integer[], $16::bigint[], $17::text[])
                  WITH ORDINALITY AS u(i, t, s, tm, st, rs, p, o, env, n)
-            ORDER BY n""",
-        [r.id for r in rows],
-        [r.type for r in rows],
-        [r.subject for r in rows],
-        [r.time for r in rows],
-        [r.status for r in rows],
-        [r.reason for r in rows],
-        [r.partition for r in rows],
-        [r.offset for r in rows],
-        [r.envelope for r in rows],
+            ORDER BY n
+            RETURNING seq, id""",
+        *cols,
+        [r.id for r in history],
+        [r.type for r in history],
+        [r.subject for r in history],
+        [r.time for r in history],
+        [r.status for r in history],
+        [r.reason for r in history],
+        [r.partition for r in history],
+        [r.offset for r in history],
+        [r.envelope for r in history],
     )
+    return {r["id"]: r["seq"] for r in rows}
 
 
 async def lock_checkpoints(
@@ -235,21 +272,18 @@ async def lock_checkpoints(
     is still committing a batch: whichever commits second sees the first's
     checkpoint and skips what is already applied.
     """
-    await conn.execute(
-        """INSERT INTO eventfold.checkpoints (consumer, topic, partition, next_offset)
-           SELECT $1, $2, p, 0 FROM unnest($3::integer[]) AS p
-           ON CONFLICT DO NOTHING""",
-        consumer,
-        topic,
-        list(partitions),
-    )
+    # One statement: the no-op DO UPDATE locks an existing row like FOR UPDATE
+    # would, and RETURNING gives its stored offset (0 for a row just created).
+    # Rows are taken in partition order, so two batches never lock crosswise.
     rows = await conn.fetch(
-        """SELECT partition, next_offset FROM eventfold.checkpoints
-           WHERE consumer = $1 AND topic = $2 AND partition = ANY($3::integer[])
-           ORDER BY partition FOR UPDATE""",
+        """INSERT INTO eventfold.checkpoints AS c (consumer, topic, partition, next_offset)
+           SELECT $1, $2, p, 0 FROM unnest($3::integer[]) AS p ORDER BY p
+           ON CONFLICT (consumer, topic, partition)
+             DO UPDATE SET next_offset = c.next_offset
+           RETURNING partition, next_offset""",
         consumer,
         topic,
-        list(partitions),
+        sorted(partitions),
     )
     return {r["partition"]: r["next_offset"] for r in rows}
 
@@ -257,13 +291,26 @@ async def lock_checkpoints(
 async def save_checkpoints(
     conn: asyncpg.Connection, consumer: str, topic: str, positions: dict[int, int]
 ) -> None:
-    """Store ``{partition: next_offset}`` (within the batch's transaction)."""
+    """Store ``{partition: next_offset}`` and tell waiting readers, in one statement.
+
+    Within the batch's transaction: the notification on
+    :data:`~eventfold.db.CHECKPOINT_CHANNEL` is delivered at commit, so a reader
+    woken by it sees the batch.
+    """
+    payload = orjson.dumps(
+        {"t": topic, "c": consumer, "p": positions}, option=orjson.OPT_NON_STR_KEYS
+    ).decode()
     await conn.execute(
-        """UPDATE eventfold.checkpoints c SET next_offset = u.o, updated_at = now()
-           FROM unnest($3::integer[], $4::bigint[]) AS u(p, o)
-           WHERE c.consumer = $1 AND c.topic = $2 AND c.partition = u.p""",
+        """WITH saved AS (
+             UPDATE eventfold.checkpoints c SET next_offset = u.o, updated_at = now()
+             FROM unnest($3::integer[], $4::bigint[]) AS u(p, o)
+             WHERE c.consumer = $1 AND c.topic = $2 AND c.partition = u.p
+           )
+           SELECT pg_notify($5, $6)""",
         consumer,
         topic,
         list(positions),
         list(positions.values()),
+        CHECKPOINT_CHANNEL,
+        payload,
     )
