@@ -5,7 +5,7 @@ models describe those dicts for the OpenAPI document, and the Schemathesis run
 (tests/integration/test_schemathesis.py) checks every answer against them.
 Request bodies are described by the models the code validates with
 (:class:`eventfold.envelope.CloudEvent`, :class:`eventfold.events.tenant.TenantCreated`,
-:class:`producers.routes.CreateRecordBody`).
+:class:`producers.bodies.CreateRecordBody`).
 """
 
 from __future__ import annotations

@@ -528,7 +528,7 @@ def _builtin() -> Iterable[Operation]:
 
 
 def _create_record_body() -> Any:
-    from producers.routes import CreateRecordBody
+    from producers.bodies import CreateRecordBody
 
     return CreateRecordBody
 

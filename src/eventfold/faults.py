@@ -8,9 +8,10 @@ the producer is replaced and the same envelopes are sent again).
 
 from __future__ import annotations
 
+import functools
+import sys
+
 import asyncpg
-from aiokafka import errors as kafka_errors
-from aiokafka.errors import KafkaError
 from redis import exceptions as redis_errors
 from redis.exceptions import RedisError
 
@@ -64,18 +65,36 @@ _LOCAL_OS: tuple[type[BaseException], ...] = (
     PermissionError,
 )
 
-#: Kafka refusing the records themselves or our rights: sending again fails the same way.
-_KAFKA_DEFINITE: tuple[type[BaseException], ...] = (
-    kafka_errors.MessageSizeTooLargeError,
-    kafka_errors.RecordTooLargeError,
-    kafka_errors.InvalidTopicError,
-    kafka_errors.TopicAuthorizationFailedError,
-    kafka_errors.ClusterAuthorizationFailedError,
-    kafka_errors.CorruptRecordException,
-    kafka_errors.UnsupportedVersionError,
-    kafka_errors.IncompatibleBrokerVersion,
-    kafka_errors.InvalidRequiredAcksError,
-)
+
+@functools.cache
+def _kafka_classes() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
+    """``(any Kafka error, Kafka refusing the records or our rights)``; empty before aiokafka loads.
+
+    aiokafka is imported here only once some module has imported it: a Kafka
+    error cannot exist before that, and the read API, which never talks to
+    Kafka, stays without it (a few MB of its memory budget).
+    """
+    kafka_errors = sys.modules.get("aiokafka.errors")
+    if kafka_errors is None:
+        return (), ()
+    definite = (
+        kafka_errors.MessageSizeTooLargeError,
+        kafka_errors.RecordTooLargeError,
+        kafka_errors.InvalidTopicError,
+        kafka_errors.TopicAuthorizationFailedError,
+        kafka_errors.ClusterAuthorizationFailedError,
+        kafka_errors.CorruptRecordException,
+        kafka_errors.UnsupportedVersionError,
+        kafka_errors.IncompatibleBrokerVersion,
+        kafka_errors.InvalidRequiredAcksError,
+    )
+    return (kafka_errors.KafkaError,), definite
+
+
+def _kafka() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
+    if "aiokafka.errors" not in sys.modules:
+        return (), ()
+    return _kafka_classes()
 
 
 def is_retriable(exc: BaseException) -> bool:
@@ -88,7 +107,8 @@ def is_retriable(exc: BaseException) -> bool:
         return isinstance(exc, _REDIS_TRANSIENT) or not isinstance(exc, _REDIS_PERMANENT)
     if isinstance(exc, _LOCAL_OS):
         return False
-    return isinstance(exc, (*_PG_TRANSIENT, KafkaError, ConnectionError, OSError, TimeoutError))
+    kafka_any, _ = _kafka()
+    return isinstance(exc, (*_PG_TRANSIENT, *kafka_any, ConnectionError, OSError, TimeoutError))
 
 
 def is_poison(exc: BaseException) -> bool:
@@ -104,6 +124,7 @@ def send_outcome_unknown(exc: BaseException) -> bool:
     caller replaces the producer and sends the same envelopes (same ids) again.
     False when the broker refused the records themselves.
     """
-    if isinstance(exc, _KAFKA_DEFINITE):
+    kafka_any, kafka_definite = _kafka()
+    if isinstance(exc, kafka_definite):
         return False
-    return isinstance(exc, (KafkaError, TimeoutError, ConnectionError, OSError))
+    return isinstance(exc, (*kafka_any, TimeoutError, ConnectionError, OSError))

@@ -11,7 +11,7 @@ from api.openapi import OPERATIONS, build_document, served_routes, undocumented
 from eventfold.bootstrap import Parts, create_app
 from eventfold.events.tenant import TenantCreated
 from eventfold.settings import Settings
-from producers.routes import CreateRecordBody
+from producers.bodies import CreateRecordBody
 from tests.integration.conftest import Api
 
 SHAPES = {
