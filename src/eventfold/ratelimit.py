@@ -24,7 +24,7 @@ burst does not open it: that would lift the limits exactly when they matter.
 
 from __future__ import annotations
 
-import asyncio
+import hashlib
 import logging
 import math
 import time
@@ -34,9 +34,10 @@ from typing import Any
 
 from aiohttp import web
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from eventfold.metrics import Metrics
+from eventfold.redispipe import AutoPipeline
 
 log = logging.getLogger("eventfold.ratelimit")
 
@@ -64,6 +65,7 @@ redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
 return {allowed, tostring(tokens)}
 """
+_BUCKET_SHA = hashlib.sha1(_BUCKET_SCRIPT.encode()).hexdigest()  # noqa: S324 - Redis's script id
 
 
 def bucket_key(tenant: str) -> str:
@@ -136,7 +138,6 @@ class RateLimiter:
         failures_to_open: int = 3,
         open_seconds: float = 2.0,
     ) -> None:
-        self._redis = redis
         self._metrics = metrics
         self.default = default
         #: Deadline of one check (a healthy Redis answers in well under a millisecond).
@@ -147,19 +148,35 @@ class RateLimiter:
         self._open_seconds = open_seconds
         self._failures = 0
         self._open_until = 0.0
-        self._script = redis.register_script(_BUCKET_SCRIPT) if redis is not None else None
+        #: Shared with the other Redis users of the process: concurrent requests' checks
+        #: (and their dedup commands) go to Redis as one pipeline per event-loop pass.
+        self._pipe = AutoPipeline.shared(redis) if redis is not None else None
+
+    async def _take(self, key: str, shape: Limits) -> tuple[int, bytes]:
+        """Run the bucket script (by its hash; sent whole once if Redis lacks it)."""
+        assert self._pipe is not None
+        args = (key, shape.requests_per_second, shape.burst)
+        started = time.monotonic()
+        try:
+            reply = await self._pipe.execute(
+                "EVALSHA", _BUCKET_SHA, 1, *args, timeout=self._timeout
+            )
+        except NoScriptError:  # a restarted or flushed Redis: EVAL loads it again
+            left = self._timeout - (time.monotonic() - started)
+            if left <= 0:
+                raise TimeoutError("rate limit check past its deadline") from None
+            reply = await self._pipe.execute("EVAL", _BUCKET_SCRIPT, 1, *args, timeout=left)
+        allowed, tokens = reply
+        return int(allowed), tokens
 
     async def check(self, tenant: str, limits: Mapping[str, Any]) -> Decision | None:
         """Take one token of ``tenant``'s bucket; None when Redis cannot say (fail open)."""
-        if self._script is None or time.monotonic() < self._open_until:
+        if self._pipe is None or time.monotonic() < self._open_until:
             self._metrics.ratelimit_fail_open.inc()
             return None
         shape = Limits.of(limits, self.default)
         try:
-            async with asyncio.timeout(self._timeout):
-                allowed, tokens = await self._script(
-                    keys=[bucket_key(tenant)], args=[shape.requests_per_second, shape.burst]
-                )
+            allowed, tokens = await self._take(bucket_key(tenant), shape)
         except (RedisError, OSError, TimeoutError) as exc:
             self._failures += 1
             if self._failures >= self._failures_to_open:
@@ -169,7 +186,7 @@ class RateLimiter:
             log.warning("rate limits unavailable, serving unlimited", extra={"error": repr(exc)})
             return None
         self._failures = 0
-        decision = Decision(bool(int(allowed)), shape, float(tokens))
+        decision = Decision(bool(allowed), shape, float(tokens))
         if not decision.allowed:
             self._metrics.ratelimit_refused.inc()
         return decision

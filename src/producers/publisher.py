@@ -42,6 +42,7 @@ from eventfold.faults import send_outcome_unknown
 from eventfold.kafka import message_key
 from eventfold.logs import correlation_id
 from eventfold.metrics import Metrics
+from eventfold.redispipe import AutoPipeline
 
 log = logging.getLogger("eventfold.publisher")
 
@@ -63,7 +64,8 @@ class SendPolicy:
     stop_timeout: float = 10.0
     backoff: float = 0.2
     backoff_cap: float = 2.0
-    #: Each Redis round-trip of the dedup (the client's own socket timeouts are shorter).
+    #: Each Redis round-trip of the dedup (sent in a batch with other requests' commands,
+    #: it ends by the earliest deadline of the batch).
     redis_timeout: float = 1.5
     #: How long the dedup is skipped after Redis failed (the circuit is open).
     redis_open_seconds: float = 5.0
@@ -116,7 +118,8 @@ class Publisher:
         policy: SendPolicy | None = None,
     ) -> None:
         self._factory = factory
-        self._redis = redis
+        #: Dedup commands share the process's pipeline with other requests' commands.
+        self._pipe = AutoPipeline.shared(redis) if redis is not None else None
         self._metrics = metrics
         self._topic = topic
         self._policy = policy or SendPolicy()
@@ -150,6 +153,9 @@ class Publisher:
         await producer.client.fetch_all_metadata()
 
     async def _ready_producer(self) -> tuple[AIOKafkaProducer, int]:
+        producer = self._producer
+        if producer is not None and not _broken(producer):
+            return producer, self._generation  # the usual case: no lock to take
         async with self._lock:
             producer = self._producer
             if producer is not None and not _broken(producer):
@@ -199,8 +205,10 @@ class Publisher:
         unique = [events[i] for i in sorted(first_of.values())]
         known = await self._lookup(tenant, unique)
         fresh = [ev for ev in unique if ev.id not in known]
-        landed = await self._send(tenant, fresh)
-        await self._remember(tenant, fresh, landed)
+        # Serialised once: the log's record and the dedup memory hold the same bytes.
+        payloads = [ev.to_json() for ev in fresh]
+        landed = await self._send(tenant, fresh, payloads)
+        await self._remember(tenant, fresh, payloads, landed)
         self._metrics.events_duplicate.inc(len(events) - len(fresh))
         results: dict[str, Published] = {**known, **landed}
         out: list[Published] = []
@@ -210,7 +218,9 @@ class Publisher:
             out.append(Published(ev.id, res.partition, res.offset, dup))
         return out
 
-    async def _send(self, tenant: str, events: Sequence[CloudEvent]) -> dict[str, Published]:
+    async def _send(
+        self, tenant: str, events: Sequence[CloudEvent], payloads: Sequence[bytes]
+    ) -> dict[str, Published]:
         if not events:
             return {}
         policy = self._policy
@@ -231,13 +241,15 @@ class Publisher:
                     futures = [
                         await producer.send(
                             self._topic,
-                            value=ev.to_json(),
+                            value=payload,
                             key=message_key(tenant, ev.subject, ev.id),
                             headers=headers,
                         )
-                        for ev in events
+                        for ev, payload in zip(events, payloads, strict=True)
                     ]
-                    metas = await asyncio.gather(*futures)
+                    metas = (
+                        [await futures[0]] if len(futures) == 1 else await asyncio.gather(*futures)
+                    )
                 break
             except Exception as exc:
                 self._metrics.dependency_errors.labels("kafka").inc()
@@ -266,10 +278,10 @@ class Publisher:
 
     # -- the dedup memory (Redis, failing open) -------------------------------
 
-    def _redis_usable(self) -> Redis | None:
-        if self._redis is None or time.monotonic() < self._redis_open_until:
+    def _redis_usable(self) -> AutoPipeline | None:
+        if self._pipe is None or time.monotonic() < self._redis_open_until:
             return None
-        return self._redis
+        return self._pipe
 
     def _redis_failed(self, exc: BaseException, what: str) -> None:
         self._metrics.dependency_errors.labels("redis").inc()
@@ -278,12 +290,18 @@ class Publisher:
 
     async def _lookup(self, tenant: str, events: Sequence[CloudEvent]) -> dict[str, Published]:
         """The events published before (confirmed in Redis), with their positions."""
-        redis = self._redis_usable()
-        if redis is None or not events:
+        pipe = self._redis_usable()
+        if pipe is None or not events:
             return {}
+        timeout = self._policy.redis_timeout
         try:
-            async with asyncio.timeout(self._policy.redis_timeout):
-                values = await redis.mget([dedup_key(tenant, ev.id) for ev in events])
+            if len(events) == 1:
+                values = [
+                    await pipe.execute("GET", dedup_key(tenant, events[0].id), timeout=timeout)
+                ]
+            else:
+                keys = [dedup_key(tenant, ev.id) for ev in events]
+                values = await pipe.execute("MGET", *keys, timeout=timeout)
         except (RedisError, OSError, TimeoutError) as exc:
             self._redis_failed(exc, "dedup unavailable, publishing without it")
             return {}
@@ -296,21 +314,39 @@ class Publisher:
         return known
 
     async def _remember(
-        self, tenant: str, events: Sequence[CloudEvent], landed: dict[str, Published]
+        self,
+        tenant: str,
+        events: Sequence[CloudEvent],
+        payloads: Sequence[bytes],
+        landed: dict[str, Published],
     ) -> None:
-        redis = self._redis_usable()
-        if redis is None or not events:
+        pipe = self._redis_usable()
+        if pipe is None or not events:
             return
+        timeout = self._policy.redis_timeout
+        # Queued together, the SETs go out in one pipeline (with other requests' commands).
+        replies: list[asyncio.Future[Any]] = []
+        for ev, payload in zip(events, payloads, strict=True):
+            res = landed[ev.id]
+            assert res.partition is not None  # a confirmed send has its position
+            assert res.offset is not None
+            record = dedup_record(res.partition, res.offset, payload)
+            key = dedup_key(tenant, ev.id)
+            replies.append(
+                pipe.execute("SET", key, record, "EX", DEDUP_TTL_SECONDS, timeout=timeout)
+            )
         try:
-            async with asyncio.timeout(self._policy.redis_timeout):
-                async with redis.pipeline(transaction=False) as pipe:
-                    for ev in events:
-                        res = landed[ev.id]
-                        doc = {"p": res.partition, "o": res.offset, "e": ev.to_dict()}
-                        pipe.set(dedup_key(tenant, ev.id), orjson.dumps(doc), ex=DEDUP_TTL_SECONDS)
-                    await pipe.execute()
+            await (replies[0] if len(replies) == 1 else asyncio.gather(*replies))
         except (RedisError, OSError, TimeoutError) as exc:
             self._redis_failed(exc, "dedup record not written")
+
+
+def dedup_record(partition: int, offset: int, envelope: bytes) -> bytes:
+    """The dedup memory's document ``{"p": partition, "o": offset, "e": envelope}``.
+
+    Built around the envelope's bytes as they went to the log, not serialised again.
+    """
+    return b'{"p":%d,"o":%d,"e":%b}' % (partition, offset, envelope)
 
 
 def _broken(producer: AIOKafkaProducer) -> bool:

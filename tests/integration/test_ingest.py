@@ -7,7 +7,9 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from eventfold.dedup import dedup_key, pending_event
 from eventfold.settings import Settings
+from eventfold.web import REDIS
 from tests.integration.conftest import Api, TenantApi
 
 
@@ -53,6 +55,35 @@ async def test_single_event_lands_in_kafka_stamped_and_keyed(api: Api, tenant: T
     assert envelope["data"] == {"n": 1}
     applied = await tenant.read_json("/events/ev-1", doc["consistency_token"])
     assert applied["status"] == "applied"
+
+
+async def test_a_retried_single_event_is_a_duplicate_at_its_first_position(
+    api: Api, tenant: TenantApi
+) -> None:
+    first = await tenant.write("POST", "/events", json=event("ev-r", "items/r"))
+    again = await tenant.write("POST", "/events", json=event("ev-r", "items/r"))
+    [a], [b] = first["events"], again["events"]
+    assert (a["duplicate"], b["duplicate"]) == (False, True)
+    assert (b["partition"], b["offset"]) == (a["partition"], a["offset"])
+    # The dedup memory holds the position and the envelope exactly as it is in the log.
+    redis = api.client.server.app[REDIS]
+    raw = await redis.get(dedup_key(tenant.id, "ev-r"))
+    assert raw is not None
+    doc = orjson.loads(raw)
+    _, logged = await read_at(api.settings, a["partition"], a["offset"])
+    assert doc == {"p": a["partition"], "o": a["offset"], "e": logged}
+    assert await pending_event(redis, tenant.id, "ev-r") == logged
+
+
+async def test_nul_characters_are_refused_and_other_escapes_are_not(tenant: TenantApi) -> None:
+    resp = await tenant.call(
+        "POST", "/events", data=orjson.dumps(event("nul-1", data={"s": "a\x00b"}))
+    )
+    assert resp.status == 422
+    problem = await resp.json(content_type="application/problem+json")
+    assert problem["errors"] == [{"path": "/data/s", "message": "contains U+0000"}]
+    ok = await tenant.write("POST", "/events", json=event("esc-1", data={"s": 'C:\\x "q" \u00e9'}))
+    assert ok["events"][0]["duplicate"] is False
 
 
 async def test_client_time_is_kept(api: Api, tenant: TenantApi) -> None:
