@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import random
+import struct
+from collections.abc import Sequence
+
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from eventfold.settings import Settings
@@ -32,6 +37,7 @@ def make_producer(
         request_timeout_ms=request_timeout_ms,
         retry_backoff_ms=100,
         compression_type=None,
+        partitioner=partition_for_key,
     )
 
 
@@ -58,3 +64,55 @@ def make_consumer(
 def message_key(tenant: str, subject: str | None, event_id: str) -> bytes:
     """The partition key: tenant + subject, so one record's events keep their order."""
     return f"{tenant}/{subject if subject is not None else event_id}".encode()
+
+
+_MASK = 0xFFFFFFFF
+_M = 0x5BD1E995
+_WORDS = struct.Struct("<I")
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 hash (``Utils.murmur2`` of the Java client) of ``data``.
+
+    The same arithmetic as aiokafka's version, reading whole 32-bit words at once.
+    """
+    length = len(data)
+    h = 0x9747B28C ^ length
+    body = length & ~3
+    for (k,) in _WORDS.iter_unpack(data[:body]):
+        k = (k * _M) & _MASK
+        k ^= k >> 24
+        k = (k * _M) & _MASK
+        h = ((h * _M) & _MASK) ^ k
+    tail = length & 3
+    if tail >= 3:
+        h ^= data[body + 2] << 16
+    if tail >= 2:
+        h ^= data[body + 1] << 8
+    if tail >= 1:
+        h ^= data[body]
+        h = (h * _M) & _MASK
+    h ^= h >> 13
+    h = (h * _M) & _MASK
+    h ^= h >> 15
+    return h
+
+
+@functools.lru_cache(maxsize=16_384)
+def _key_hash(key: bytes) -> int:
+    # Keys repeat (every event of one record has the same key): hash each once.
+    return murmur2(key) & 0x7FFFFFFF
+
+
+def partition_for_key(
+    key: bytes | None, all_partitions: Sequence[int], available: Sequence[int]
+) -> int:
+    """The partition Kafka's default partitioner picks for ``key``, hashing each key once.
+
+    The same choice as the Java client's and aiokafka's default (murmur2 of the
+    key, positive, modulo the partition count): other producers of the same keys
+    must land on the same partitions, or one record's events would lose their order.
+    """
+    if key is None:
+        return random.choice(available or all_partitions)  # noqa: S311 - not a secret
+    return all_partitions[_key_hash(key) % len(all_partitions)]
