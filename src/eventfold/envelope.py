@@ -88,11 +88,22 @@ def decode_event(value: bytes) -> CloudEvent:
     return CloudEvent.model_validate(orjson.loads(value))
 
 
-def stamp(event: CloudEvent, *, tenant: str, now: datetime | None = None) -> CloudEvent:
-    """Set the server-owned attributes: ``tenant`` from the path, ``time`` if absent."""
+def stamp(
+    event: CloudEvent,
+    *,
+    tenant: str,
+    now: datetime | None = None,
+    correlation: str | None = None,
+) -> CloudEvent:
+    """Set the server-owned attributes: ``tenant`` from the path, ``time`` if absent.
+
+    With ``correlation``, also ``correlationid`` if absent (in the same copy).
+    """
     updates: dict[str, Any] = {"tenant": tenant}
     if event.time is None:
         updates["time"] = now or datetime.now(UTC)
+    if correlation and event.correlationid is None:
+        updates["correlationid"] = correlation
     return event.model_copy(update=updates)
 
 

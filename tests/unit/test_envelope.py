@@ -203,6 +203,14 @@ def test_stamp_without_now_uses_an_aware_current_time() -> None:
     assert before <= ev.time <= datetime.now(UTC)
 
 
+def test_stamp_sets_a_correlation_id_only_when_absent() -> None:
+    ev = stamp(parse_event(minimal()), tenant="acme", now=NOW, correlation="req-1")
+    assert ev.correlationid == "req-1"
+    kept = stamp(parse_event(minimal(correlationid="c-0")), tenant="acme", correlation="req-1")
+    assert kept.correlationid == "c-0"
+    assert stamp(parse_event(minimal()), tenant="acme", correlation=None).correlationid is None
+
+
 def test_stamp_returns_a_new_event_and_leaves_the_original() -> None:
     original = parse_event(minimal())
     stamped = stamp(original, tenant="acme", now=NOW)
