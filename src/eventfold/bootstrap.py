@@ -23,7 +23,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from consumers.registry import PROCESSORS
-from eventfold import db
+from eventfold import db, gctune
 from eventfold.auth import TokenVerifier
 from eventfold.cache import CACHE, RecordCache
 from eventfold.checkpoints import CheckpointWatcher
@@ -93,11 +93,28 @@ def create_app(settings: Settings, parts: Parts | None = None) -> web.Applicatio
     app.router.add_get("/health/live", _live)
     app.router.add_get("/health/ready", _ready)
     app.router.add_get("/metrics", _metrics)
+    # After every startup context (on_startup runs once cleanup_ctx has started).
+    app.on_startup.append(_settle_gc)
+    app.on_cleanup.append(_restore_gc)
     # Each shape documents the routes it has (built from the app's router on first call).
     from api.openapi import install as install_openapi
 
     install_openapi(app)
     return app
+
+
+_GC_THRESHOLDS = web.AppKey("gc_thresholds", tuple)
+
+
+async def _settle_gc(app: web.Application) -> None:
+    """:func:`eventfold.gctune.settle` once the app's clients are up."""
+    app[_GC_THRESHOLDS] = gctune.settle()
+
+
+async def _restore_gc(app: web.Application) -> None:
+    thresholds = app.get(_GC_THRESHOLDS)
+    if thresholds is not None:
+        gctune.restore(thresholds)
 
 
 async def open_pool(settings: Settings, *, attempts: int = 30) -> asyncpg.Pool:

@@ -169,6 +169,7 @@ def _serve_app(settings: Settings, parts: Any, banner: list[str]) -> int:
 
 
 def _process(settings: Settings, args: argparse.Namespace) -> int:
+    from eventfold import gctune
     from eventfold.bootstrap import open_pool, supervise
     from eventfold.logs import setup_logging
     from eventfold.metrics import Metrics
@@ -181,6 +182,7 @@ def _process(settings: Settings, args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         pool = await open_pool(settings)
+        gctune.settle()  # the process's own: nothing to restore
         try:
             await supervise(args.name, settings, pool, Metrics(), stop, burst=args.burst)
         finally:
