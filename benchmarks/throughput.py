@@ -72,6 +72,13 @@ def make_event(tenant_no: int, i: int) -> dict[str, Any]:
     }
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, all threads) ``pid`` has used so far, from ``/proc``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # After the command name: state is field 3, utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], q: float) -> float:
     """The ``q`` quantile (0..1) of ``values`` by nearest rank."""
     ordered = sorted(values)
@@ -164,8 +171,24 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 }
                 for t in tenants
             }
+            cpu0 = process_cpu_seconds(gateway.pid)
             result["ingest_batches"] = await _batches(session, base, tenants, tokens, args)
+            cpu1 = process_cpu_seconds(gateway.pid)
             result["ingest_single"] = await _singles(session, base, tenants, tokens, args)
+            cpu2 = process_cpu_seconds(gateway.pid)
+            # The gateway's own CPU (the load generator shares the machine, not the process).
+            batches, singles = result["ingest_batches"], result["ingest_single"]
+            batches["gateway_cpu_ms_per_1000_events"] = round(
+                1e6 * (cpu1 - cpu0) / max(batches["events"], 1), 1
+            )
+            singles["gateway_cpu_ms_per_request"] = round(
+                1000 * (cpu2 - cpu1) / max(singles["requests"], 1), 3
+            )
+            print(
+                f"  gateway CPU: {batches['gateway_cpu_ms_per_1000_events']} ms per 1,000 "
+                f"batched events, {singles['gateway_cpu_ms_per_request']} ms per single request",
+                flush=True,
+            )
     finally:
         gateway.send_signal(signal.SIGTERM)
         gateway.wait(20)
