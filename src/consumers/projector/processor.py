@@ -36,6 +36,9 @@ from eventfold.settings import Settings
 
 log = logging.getLogger("eventfold.projector")
 
+#: A fetch answer at least this large means a backlog: worth waiting briefly for more.
+_BACKLOG_RECORDS = 100
+
 
 class Projector:
     """Folds the events topic into the tenant projections, exactly once per event."""
@@ -139,7 +142,9 @@ class Projector:
 
         ``getmany`` hands back whatever the prefetch buffer holds, often a
         hundred records; while catching up, waiting a few milliseconds for more
-        makes far fewer, fuller transactions.
+        makes far fewer, fuller transactions. A small answer means there is no
+        backlog (live traffic): waiting would only add latency to every write's
+        way to readable, so the batch goes as it is.
         """
         limit = self.settings.projector_batch_size
         batch: list[tuple[TopicPartition, list[ConsumerRecord[bytes, bytes]]]] = []
@@ -150,6 +155,7 @@ class Projector:
             got = await consumer.getmany(timeout_ms=timeout_ms, max_records=limit - count)
             if not got:
                 break
+            got_count = 0
             for tp, msgs in got.items():
                 # A rebalance between two calls may seek a partition back to its
                 # checkpoint: records already in this batch must not come twice.
@@ -158,6 +164,9 @@ class Projector:
                     batch.append((tp, fresh))
                     last[tp] = fresh[-1].offset
                     count += len(fresh)
+                    got_count += len(fresh)
+            if got_count < _BACKLOG_RECORDS:
+                break
             timeout_ms, deadline = 5, min(deadline, time.monotonic() + 0.02)
         return batch
 
