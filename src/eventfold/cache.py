@@ -38,6 +38,7 @@ from redis.exceptions import RedisError
 
 from eventfold.errors import RetriableError, Unavailable
 from eventfold.metrics import Metrics
+from eventfold.redispipe import AutoPipeline
 from eventfold.settings import Settings
 
 log = logging.getLogger("eventfold.cache")
@@ -320,6 +321,7 @@ class RecordCache:
         self.breaker.on_change = self._breaker_changed
         metrics.cache_breaker_state.set(self.breaker.state)
         self.hot = HotKeys()
+        self._gets = AutoPipeline.shared(redis)
         self._put = redis.register_script(_PUT_SCRIPT)
         self._hot = redis.register_script(_HOT_SCRIPT)
         self._flusher: asyncio.Task[None] | None = None
@@ -351,9 +353,9 @@ class RecordCache:
             return None
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(self.timeout):
-                key = record_key(tenant, collection, record_id)
-                raw = cast(bytes | None, await self.redis.get(key))
+            key = record_key(tenant, collection, record_id)
+            # Concurrent reads' GETs share one round trip (see eventfold.redispipe).
+            raw = cast(bytes | None, await self._gets.execute("GET", key, timeout=self.timeout))
         except _FAILURES as exc:
             self._failed("get", exc)
             self.metrics.cache_misses.labels("get").inc()
