@@ -70,8 +70,11 @@ class CheckpointWatcher:
         self._waiters.append(entry)
         try:
             async with asyncio.timeout(within):
-                # A notification may have been missed while reconnecting: read once.
-                await self._refresh()
+                if not self._listening():
+                    # Notifications are not arriving now: read the checkpoints once.
+                    # (A listener that reconnects reads them itself after LISTEN, so
+                    # while it is up, a read per waiting request would only load the pool.)
+                    await self._refresh()
                 if not fut.done():
                     await asyncio.shield(fut)
             return True
@@ -117,6 +120,10 @@ class CheckpointWatcher:
                 list(required.values()),
             )
         return found
+
+    def _listening(self) -> bool:
+        conn = self._conn
+        return conn is not None and not conn.is_closed()
 
     def _advance(self, positions: Mapping[int, int]) -> None:
         for p, o in positions.items():
