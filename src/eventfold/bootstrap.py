@@ -23,7 +23,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from consumers.registry import PROCESSORS
-from eventfold import db, gctune
+from eventfold import db, gctune, malloctrim
 from eventfold.auth import TokenVerifier
 from eventfold.cache import CACHE, RecordCache
 from eventfold.checkpoints import CheckpointWatcher
@@ -80,6 +80,7 @@ def create_app(settings: Settings, parts: Parts | None = None) -> web.Applicatio
     app.cleanup_ctx.append(_postgres_ctx)
     app.cleanup_ctx.append(_redis_ctx)
     app.cleanup_ctx.append(_watcher_ctx)
+    app.cleanup_ctx.append(_malloc_trim_ctx)
     if parts.ingest:
         from producers.app import setup as setup_ingest
 
@@ -204,6 +205,17 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
         await cache.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(client.aclose(), 5)
+
+
+async def _malloc_trim_ctx(_app: web.Application) -> AsyncIterator[None]:
+    """Trim the C heap periodically: socket reads fragment it (see :mod:`eventfold.malloctrim`)."""
+    task = asyncio.create_task(malloctrim.trim_forever(), name="malloc-trim")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def _watcher_ctx(app: web.Application) -> AsyncIterator[None]:
