@@ -309,6 +309,13 @@ def setup(app: web.Application) -> None:
 
 
 _INSTANT: dict[str, Any] = {"type": "string", "format": "date-time"}
+#: The window and range parameters both analytics routes take.
+_RANGE = (
+    Param("window", "query", {"type": "string", "enum": list(WINDOWS), "default": "1m"}),
+    Param("from", "query", _INSTANT, "first window: the one holding this instant"),
+    Param("to", "query", _INSTANT, "windows starting before this instant (default now)"),
+)
+_COLLECTION = Param("collection", "query", {"type": "string", "minLength": 1, "maxLength": 128})
 register(
     Operation(
         "GET", _PATH, "Event counts per tumbling window (reader)", "analytics",
@@ -318,12 +325,9 @@ register(
         "counted; an event arriving later than the grace period after its window closed is "
         "not counted in it. Default range: the last 60 windows.",
         params=(
-            TENANT,
-            Param("window", "query", {"type": "string", "enum": list(WINDOWS), "default": "1m"}),
-            Param("from", "query", _INSTANT, "first window: the one holding this instant"),
-            Param("to", "query", _INSTANT, "windows starting before this instant (default now)"),
+            TENANT, *_RANGE,
             Param("type", "query", {"type": "string", "minLength": 1, "maxLength": 128}),
-            Param("collection", "query", {"type": "string", "minLength": 1, "maxLength": 128}),
+            _COLLECTION,
             AFTER, LIMIT,
         ),
         replies=(Reply(200, "a page of window counts, oldest window first", WindowCountPage),),
@@ -339,11 +343,7 @@ register(
         "rules and range parameters as /analytics/events. Events without a record subject "
         "are under collection null with 0 records.",
         params=(
-            TENANT,
-            Param("window", "query", {"type": "string", "enum": list(WINDOWS), "default": "1m"}),
-            Param("from", "query", _INSTANT, "first window: the one holding this instant"),
-            Param("to", "query", _INSTANT, "windows starting before this instant (default now)"),
-            Param("collection", "query", {"type": "string", "minLength": 1, "maxLength": 128}),
+            TENANT, *_RANGE, _COLLECTION,
             AFTER, LIMIT,
         ),
         replies=(
