@@ -22,8 +22,11 @@ def is_replay(event: Mapping[str, Any] | Any) -> bool:
     """True when ``event`` (an envelope dict or a model with extras) carries the marker."""
     if isinstance(event, Mapping):
         return bool(event.get(REPLAY_ATTRIBUTE))
+    # The marker is an extension, so a model keeps it in ``model_extra``. No
+    # ``getattr`` fallback: on a pydantic model a missing attribute raises
+    # inside ``__getattr__``, which cost a third of a rebuild's fold.
     extra = getattr(event, "model_extra", None) or {}
-    return bool(extra.get(REPLAY_ATTRIBUTE) or getattr(event, REPLAY_ATTRIBUTE, None))
+    return bool(extra.get(REPLAY_ATTRIBUTE))
 
 
 def has_replay_header(headers: list[tuple[str, bytes]] | None) -> bool:
