@@ -108,3 +108,30 @@ async def test_published_but_unprojected_event_is_pending(api: Api, tenant: Tena
         assert (await applied.json())["status"] == "applied"
     finally:
         await client.close()
+
+
+async def test_history_keeps_the_envelope_as_written(tenant: TenantApi) -> None:
+    # Stored as json (the log's text), not jsonb: keys come back in the writer's order.
+    data = {"zeta": 1, "alpha": {"y": 2, "b": 3}}
+    w = await tenant.write("POST", "/events", json=ev(21, "docs/order", data=data))
+    one = await tenant.read("/events/h-21", w["consistency_token"])
+    body = await one.text()
+    assert body.index('"zeta"') < body.index('"alpha"') and body.index('"y"') < body.index('"b"')
+
+
+async def test_a_schema_built_with_a_jsonb_history_still_appends_and_reads(
+    api: Api, tenant: TenantApi
+) -> None:
+    # Schemas built before the history envelope became json keep their jsonb column.
+    pool = await open_pool(api.settings)
+    try:
+        await pool.execute(
+            f'ALTER TABLE "t_{tenant.id}".events ALTER envelope TYPE jsonb USING envelope::jsonb'
+        )
+    finally:
+        await pool.close()
+    w = await tenant.write("POST", "/events", json=ev(22, "docs/legacy", data={"k": "v"}))
+    one = await tenant.read_json("/events/h-22", w["consistency_token"])
+    assert one["data"] == {"k": "v"} and one["status"] == "applied"
+    record = await tenant.read_json("/collections/docs/records/legacy")
+    assert record["data"] == {"k": "v"}
