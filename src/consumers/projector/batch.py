@@ -13,6 +13,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import asyncpg
@@ -384,7 +385,9 @@ async def _apply_one(
     return Outcome("applied")
 
 
+@lru_cache(maxsize=16_384)
 def _record_key(subject: str) -> tuple[str, str] | None:
+    # Cached: writes cluster on hot records, and the identifier checks are regexes.
     collection, sep, record_id = subject.partition("/")
     if sep and is_valid("collection", collection) and is_valid("id", record_id):
         return collection, record_id
