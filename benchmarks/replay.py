@@ -27,6 +27,7 @@ from aiokafka import AIOKafkaProducer
 from consumers.archiver.processor import Archiver
 from consumers.projector import store
 from consumers.rebuild.rebuild import Options, rebuild
+from eventfold import gctune
 from eventfold.bootstrap import open_pool
 from eventfold.infra import ensure_bucket, ensure_topics
 from eventfold.kafka import message_key
@@ -186,6 +187,7 @@ async def main(events: int, rate: float | None) -> dict[str, Any]:
     await ensure_bucket(settings)
     tenant, reader = f"b{name}", f"r{name}"
     pool = await open_pool(settings)
+    gctune.settle()  # as `eventfold replay` does
     figures: dict[str, Any] = {"events": events, "rate_cap": rate}
     try:
         await produce(settings, tenant, events)

@@ -111,6 +111,7 @@ def verify_command(settings: Settings, args: argparse.Namespace) -> int:
 def _run(settings: Settings, args: argparse.Namespace, *, compare_only: bool, verify: bool) -> int:
     import asyncio
 
+    from eventfold import gctune
     from eventfold.bootstrap import open_pool
 
     if args.tenant:
@@ -118,6 +119,7 @@ def _run(settings: Settings, args: argparse.Namespace, *, compare_only: bool, ve
 
     async def main() -> list[Report]:
         pool = await open_pool(settings, attempts=3)
+        gctune.settle()  # the process's own: nothing to restore
         reports: list[Report] = []
         try:
             tenants = [args.tenant] if args.tenant else await all_tenants(pool)

@@ -122,7 +122,7 @@ async def rebuild(settings: Settings, pool: asyncpg.Pool, tenant: str, opts: Opt
     if positions is None:
         positions = {}
         if opts.from_archive:
-            async for chunk, reached in source.read_archive(settings, tenant):
+            async for chunk, reached in source.read_ahead(source.read_archive(settings, tenant)):
                 report.events += await _fold(
                     pool, tenant, shadow, chunk, registered, replay_id, None
                 )
@@ -138,7 +138,7 @@ async def rebuild(settings: Settings, pool: asyncpg.Pool, tenant: str, opts: Opt
         target = await _checkpoints(conn, projector, topic, list(positions))
     begin = dict(positions)
     total = sum(max(0, target[p] - begin.get(p, 0)) for p in target) or 1
-    catch_up = source.read_range(settings, topic, tenant, positions, target)
+    catch_up = source.read_ahead(source.read_range(settings, topic, tenant, positions, target))
     async for chunk, reached in catch_up:
         report.events += await _fold(
             pool, tenant, shadow, chunk, registered, replay_id, save, reached

@@ -6,9 +6,11 @@ tenant's records are picked by key before any JSON is parsed.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gzip
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any, TypeVar
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -23,6 +25,43 @@ from eventfold.settings import Settings
 FETCH_RECORDS = 20_000
 #: Events folded per transaction while rebuilding.
 FOLD_EVENTS = 20_000
+
+T = TypeVar("T")
+
+
+async def read_ahead(chunks: AsyncGenerator[T, None]) -> AsyncIterator[T]:
+    """Yield ``chunks`` while the next one is already being read and decoded.
+
+    A rebuild alternates between Python work (fetching, decoding, folding) and
+    waiting on PostgreSQL; reading the next chunk during that wait keeps both
+    cores busy. One chunk is held ahead, so memory stays bounded. The source is
+    closed (its Kafka consumer stopped) however the caller leaves the loop.
+    """
+    queue: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue(maxsize=1)
+
+    async def pump() -> None:
+        try:
+            async for item in chunks:
+                await queue.put((True, item))
+            await queue.put((False, None))
+        except Exception as exc:  # handed to the reader, which raises it
+            await queue.put((False, exc))
+        finally:
+            await chunks.aclose()
+
+    task = asyncio.create_task(pump(), name="rebuild-read-ahead")
+    try:
+        while True:
+            more, item = await queue.get()
+            if not more:
+                if item is not None:
+                    raise item
+                return
+            yield item
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def offsets_at(settings: Settings, topic: str, at_ms: int | None) -> dict[int, int]:
@@ -56,7 +95,7 @@ async def read_range(
     tenant: str,
     start: dict[int, int],
     stop: dict[int, int],
-) -> AsyncIterator[tuple[list[LogEvent], dict[int, int]]]:
+) -> AsyncGenerator[tuple[list[LogEvent], dict[int, int]], None]:
     """Yield ``tenant``'s events in ``[start, stop)`` per partition, a chunk at a time.
 
     Each chunk comes with the positions it reaches (next offset per partition),
@@ -113,7 +152,7 @@ async def read_range(
 
 async def read_archive(
     settings: Settings, tenant: str
-) -> AsyncIterator[tuple[list[LogEvent], dict[int, int]]]:
+) -> AsyncGenerator[tuple[list[LogEvent], dict[int, int]], None]:
     """Yield ``tenant``'s archived events segment by segment, per partition in offset order.
 
     The positions yielded are the next offsets after each segment, so Kafka can
