@@ -104,36 +104,47 @@ class Projector:
         await self._refresh_parked_count()
         await self._check_versions()
         retrier = asyncio.create_task(self._retry_deferred(stop), name="projector-deferred")
+        ahead: asyncio.Task[list[LogEvent]] | None = None
         try:
             while not stop.is_set():
-                batch = await self._next_batch(consumer)
-                if not batch:
+                events = await (ahead or self._read(consumer))
+                ahead = None
+                if not events:
                     if await self._is_caught_up(consumer):
                         self.caught_up.set()
                         if burst:
                             return
                     continue
                 self.caught_up.clear()
-                events = [
-                    _to_log_event(tp.partition, msg.offset, msg.timestamp, msg.value)
-                    for tp, msgs in batch
-                    for msg in msgs
-                ]
+                # The next batch is fetched and decoded while this one waits on
+                # PostgreSQL. Safe across a rebalance: a batch locks its checkpoint
+                # rows and skips what another batch (or processor) applied already.
+                ahead = asyncio.create_task(self._read(consumer), name="projector-read-ahead")
                 result = await self._apply_until_done(events, stop)
                 if result is None:
                     return
                 await self._after_batch(consumer, result)
                 await self.live.submit(result.live)
         finally:
-            retrier.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await retrier
+            for task in (retrier, ahead):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             with contextlib.suppress(asyncio.CancelledError):
                 await self._wait_hint()
             await consumer.stop()
             await self.live.close()
             if self._dlq is not None:
                 await self._dlq.stop()
+
+    async def _read(self, consumer: AIOKafkaConsumer) -> list[LogEvent]:
+        """The next batch, decoded (empty when nothing came within the fetch wait)."""
+        return [
+            _to_log_event(tp.partition, msg.offset, msg.timestamp, msg.value)
+            for tp, msgs in await self._next_batch(consumer)
+            for msg in msgs
+        ]
 
     async def _next_batch(
         self, consumer: AIOKafkaConsumer
