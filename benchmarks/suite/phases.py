@@ -314,13 +314,16 @@ async def ingest(bench: Bench, session: aiohttp.ClientSession, sizes: Sizes) -> 
     headers = {"Content-Type": "application/json"}
 
     batch_size = 500
-    n_batches = sizes.batch_events // batch_size
-    bodies = []
-    for _ in range(n_batches):
-        by_tenant: dict[str, list[dict[str, Any]]] = {}
-        for tenant, ev in bench.workload.events(batch_size):
-            by_tenant.setdefault(tenant, []).append(ev)
-        bodies.extend((t, orjson.dumps(evs)) for t, evs in by_tenant.items())
+    by_tenant: dict[str, list[dict[str, Any]]] = {}
+    for tenant, ev in bench.workload.events(sizes.batch_events):
+        by_tenant.setdefault(tenant, []).append(ev)
+    # The route takes one tenant's events, so a batch is up to 500 events of one tenant
+    # (splitting each 500 of the mix by tenant had sent ~10-event requests). Round-robin
+    # over tenants: a tenant's next batch is sent well after its previous one.
+    chunks = {t: [evs[i : i + batch_size] for i in range(0, len(evs), batch_size)]
+              for t, evs in by_tenant.items()}  # fmt: skip
+    bodies = [(t, orjson.dumps(c[k])) for k in range(max(map(len, chunks.values())))
+              for t, c in chunks.items() if k < len(c)]  # fmt: skip
 
     async def post_batch(i: int) -> None:
         tenant, body = bodies[i]
@@ -336,8 +339,9 @@ async def ingest(bench: Bench, session: aiohttp.ClientSession, sizes: Sizes) -> 
     watch = ProcWatch({"ingest": bench.procs["ingest"].pid, "load-generator": os.getpid()})
     watch.start()
     hist, secs = await closed_loop(len(bodies), 8, post_batch, "ingest batches")
-    events = n_batches * batch_size
-    out["batches"] = {"events": events, "batch_events": batch_size, "seconds": round(secs, 2),
+    events = sum(map(len, by_tenant.values()))
+    out["batches"] = {"events": events, "batch_events": round(events / len(bodies), 1),
+                      "requests": len(bodies), "seconds": round(secs, 2),
                       "events_per_second": round(events / secs, 1), "latency_ms": hist.summary(),
                       "processes": await watch.stop(events)}  # fmt: skip
 

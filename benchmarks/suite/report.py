@@ -86,7 +86,7 @@ def markdown(doc: dict[str, Any]) -> str:
               "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     if ing:
         b = ing["batches"]
-        lines.append(_lat_row(f"batches of {b['batch_events']}", f"{b['events_per_second']:,.0f} ev/s",
+        lines.append(_lat_row(f"batches (mean {b['batch_events']:.0f} events)", f"{b['events_per_second']:,.0f} ev/s",
                               b["latency_ms"], b["processes"]["ingest"]))  # fmt: skip
         s = ing["single_saturation"]
         lines.append(_lat_row("single, saturation", f"{s['requests_per_second']:,.0f} req/s",
