@@ -52,8 +52,11 @@ def make_consumer(
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_poll_records=max_poll_records,
-        fetch_max_bytes=16 * 1024 * 1024,
-        max_partition_fetch_bytes=4 * 1024 * 1024,
+        # Small fetches are plenty locally and bound what the prefetch buffers: with
+        # 16 MB / 4 MB the projector's catch-up peaked at 165-170 MB RSS and was
+        # slower (11.0 s vs 9.5 s for 136,000 events) than with these (121-124 MB).
+        fetch_max_bytes=4 * 1024 * 1024,
+        max_partition_fetch_bytes=1024 * 1024,
         request_timeout_ms=REQUEST_TIMEOUT_MS + 5_000,
         session_timeout_ms=10_000,
         heartbeat_interval_ms=1_000,
