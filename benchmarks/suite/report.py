@@ -147,8 +147,11 @@ def markdown(doc: dict[str, Any]) -> str:
     else:
         for label in ("one_tenant_kafka", "one_tenant_archive"):
             r = rep.get(label, {})
+            scan = (f"; {r['log_records_read']:,} log records read,"
+                    f" {_fmt(r['log_records_per_second'])} records/s"
+                    if r.get("log_records_read") else "")  # fmt: skip
             lines.append(f"- {label}: exit {r.get('exit')}, {r.get('events', 0):,} events in"
-                         f" {r.get('seconds')} s ({_fmt(r.get('events_per_second'))} events/s)")  # fmt: skip
+                         f" {r.get('seconds')} s ({_fmt(r.get('events_per_second'))} events/s{scan})")  # fmt: skip
     lines += ["", "Plots: " + ", ".join(f"![{p}]({p})" for p in doc.get("plots", [])), ""]
     return "\n".join(lines)
 
