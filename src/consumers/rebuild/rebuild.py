@@ -14,6 +14,7 @@ an interruption continues from there. The fold is the projector's own
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Callable
@@ -122,12 +123,15 @@ async def rebuild(settings: Settings, pool: asyncpg.Pool, tenant: str, opts: Opt
     if positions is None:
         positions = {}
         if opts.from_archive:
-            async for chunk, reached in source.read_ahead(source.read_archive(settings, tenant)):
-                report.events += await _fold(
-                    pool, tenant, shadow, chunk, registered, replay_id, None
-                )
-                positions.update(reached)
-                await _throttle(report, started, opts)
+            # Closed on the way out whatever happens: the read-ahead task stops with it.
+            archived = source.read_ahead(source.read_archive(settings, tenant))
+            async with contextlib.aclosing(archived):
+                async for chunk, reached in archived:
+                    report.events += await _fold(
+                        pool, tenant, shadow, chunk, registered, replay_id, None
+                    )
+                    positions.update(reached)
+                    await _throttle(report, started, opts)
         at_ms = int(opts.from_time.timestamp() * 1000) if opts.from_time else None
         start = await source.offsets_at(settings, topic, at_ms)
         for p, o in start.items():
@@ -139,13 +143,14 @@ async def rebuild(settings: Settings, pool: asyncpg.Pool, tenant: str, opts: Opt
     begin = dict(positions)
     total = sum(max(0, target[p] - begin.get(p, 0)) for p in target) or 1
     catch_up = source.read_ahead(source.read_range(settings, topic, tenant, positions, target))
-    async for chunk, reached in catch_up:
-        report.events += await _fold(
-            pool, tenant, shadow, chunk, registered, replay_id, save, reached
-        )
-        positions.update(reached)
-        covered = sum(max(0, positions[p] - begin.get(p, 0)) for p in target)
-        await _throttle(report, started, opts, min(1.0, covered / total))
+    async with contextlib.aclosing(catch_up):
+        async for chunk, reached in catch_up:
+            report.events += await _fold(
+                pool, tenant, shadow, chunk, registered, replay_id, save, reached
+            )
+            positions.update(reached)
+            covered = sum(max(0, positions[p] - begin.get(p, 0)) for p in target)
+            await _throttle(report, started, opts, min(1.0, covered / total))
     async with pool.acquire(timeout=30) as conn:
         await _shape(conn, tenant, shadow)  # the secondary indexes, before the swap
     # The tail and the swap, with the projector held at its checkpoints.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, TypeVar
 
 import orjson
@@ -29,7 +29,7 @@ FOLD_EVENTS = 20_000
 T = TypeVar("T")
 
 
-async def read_ahead(chunks: AsyncGenerator[T, None]) -> AsyncIterator[T]:
+async def read_ahead(chunks: AsyncGenerator[T, None]) -> AsyncGenerator[T, None]:
     """Yield ``chunks`` while the next one is already being read and decoded.
 
     A rebuild alternates between Python work (fetching, decoding, folding) and
