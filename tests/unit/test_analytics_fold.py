@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from api.analytics import events_per_second
-from consumers.analytics.processor import Analytics, first_offset
+from consumers.analytics.processor import Analytics, first_offset, is_first_record
 from consumers.analytics.windows import (
     SETTLE_MARGIN,
     CountKey,
@@ -100,6 +100,9 @@ def test_duplicates_redeliveries_replays_and_late_events(worker: Analytics) -> N
     assert count(worker, record("t1", "a", "orders/1", at), 0, 11, NOW) == "duplicate"
     # The same record again (re-delivered after a crash): its counters know the offset.
     assert count(worker, record("t1", "a", "orders/1", at), 0, 10, NOW) == "late"
+    # The same id under another key lands on another partition, where it may sit at the
+    # very offset of its original: still a duplicate, not a re-delivery.
+    assert count(worker, record("t1", "a", "orders/4", at), 1, 10, NOW) == "duplicate"
     assert count(worker, record("t1", "r", "orders/1", at, eventfoldreplay="x"), 0, 12, NOW) == (
         "replay"
     )
@@ -109,6 +112,7 @@ def test_duplicates_redeliveries_replays_and_late_events(worker: Analytics) -> N
     assert count(worker, b"not json", 0, 14, NOW) == "invalid"
     assert sum(counters(worker, "1m").values()) == 1
     assert sum(counters(worker, "1h").values()) == 1
+    assert sorted(decode_touched(k)[4] for k, _ in worker.touched.items()) == ["orders/1"] * 2
 
 
 def test_prune_drops_settled_windows_of_assigned_partitions_only(worker: Analytics) -> None:
@@ -142,6 +146,10 @@ def test_window_helpers() -> None:
     assert first_offset([5, 0, 1]) == 5
     assert first_offset(7) == 7  # the first version's value
     assert first_offset(None) is None
+    assert is_first_record([5, 0, 1], 0, 5)
+    assert not is_first_record([5, 0, 1], 1, 5)  # same offset, another partition
+    assert not is_first_record([5, 0, 1], 0, 6)
+    assert is_first_record(7, 3, 7)  # the first version's value: the offset alone
 
 
 def test_events_per_second_over_the_elapsed_part_of_an_open_window() -> None:

@@ -91,6 +91,19 @@ def first_offset(seen: Any) -> int | None:
     return None if seen is None else int(seen)
 
 
+def is_first_record(seen: Any, partition: int, offset: int) -> bool:
+    """Whether the record at ``partition``/``offset`` is the one ``seen`` remembers.
+
+    Offsets are per partition: a duplicate on another partition can sit at the
+    very offset of its original, so both are compared. An entry of the first
+    version of the table holds an offset alone (ids were only met again on
+    their own partition then): the offset decides.
+    """
+    if isinstance(seen, list | tuple):
+        return int(seen[0]) == offset and int(seen[1]) == partition
+    return first_offset(seen) == offset
+
+
 class Analytics:
     """Counts each tenant's events in 1-minute and 1-hour tumbling windows."""
 
@@ -160,11 +173,11 @@ class Analytics:
             return "invalid"
         if doc.get(REPLAY_ATTRIBUTE):
             return "replay"
-        # ``seen`` holds the offset of an id's first record: a later record with the
+        # ``seen`` holds the position of an id's first record: another record with the
         # same id is a duplicate; the same record again is a re-delivery after a crash.
         seen_key = f"{tenant}\x1f{event_id}"
-        first = first_offset(self.seen.get(seen_key))
-        if first is not None and first != offset:
+        first = self.seen.get(seen_key)
+        if first is not None and not is_first_record(first, partition, offset):
             return "duplicate"
         log_ms = int(log_ts * 1000) if log_ts < 1e11 else int(log_ts)
         ts = event_time(doc, log_ms)
