@@ -100,17 +100,20 @@ class TenantApi:
         return await resp.json()
 
 
-#: What the session's app runs: every processor but analytics. The faust worker
-#: is tested in processes of its own (test_analytics), and one inside the shared
-#: app kept the session's event loop from closing at the end of the run.
-SESSION_PROCESSORS = tuple(name for name in PROCESSORS if name != "analytics")
+#: What the session's app runs: every processor but analytics and sync. The faust
+#: worker is tested in processes of its own (test_analytics), and one inside the
+#: shared app kept the session's event loop from closing at the end of the run.
+#: The sync runner is tested in apps with fast backoff (test_integrations): one in
+#: the session app, with the default backoff and circuit (2 s … 120 s), claimed
+#: their integrations now and then and made them wait far longer than the tests do.
+SESSION_PROCESSORS = tuple(name for name in PROCESSORS if name not in ("analytics", "sync"))
 #: The parts of every in-process test app that wants "everything".
 SESSION_PARTS = Parts(processors=SESSION_PROCESSORS)
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def api(stack: Settings) -> AsyncIterator[Api]:
-    """The app (API, ingest and the processors but analytics) serving this session."""
+    """The app (API, ingest and the processors but analytics and sync) serving this session."""
     server = TestServer(create_app(stack, SESSION_PARTS))
     client: TestClient[Any, Any] = TestClient(server)
     await client.start_server()

@@ -22,10 +22,10 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from consumers.sync.runner import SyncRunner
 from eventfold import signing
-from eventfold.bootstrap import create_app, open_pool
+from eventfold.bootstrap import Parts, create_app, open_pool
 from eventfold.metrics import Metrics
 from eventfold.settings import Settings
-from tests.integration.conftest import SESSION_PARTS, Api, TenantApi
+from tests.integration.conftest import SESSION_PROCESSORS, Api, TenantApi
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -46,11 +46,15 @@ def sync_settings(stack: Settings) -> Settings:
     )
 
 
+#: The session's processors and the sync runner (the only one running in this module).
+SYNC_PARTS = Parts(processors=(*SESSION_PROCESSORS, "sync"))
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def sapi(stack: Settings) -> AsyncIterator[Api]:
     """The whole app, the sync runner included, allowed to reach 127.0.0.1."""
     settings = sync_settings(stack)
-    server = TestServer(create_app(settings, SESSION_PARTS))
+    server = TestServer(create_app(settings, SYNC_PARTS))
     client: TestClient[Any, Any] = TestClient(server)
     await client.start_server()
     try:
