@@ -223,6 +223,77 @@ async def test_an_interrupted_rebuild_resumes(api: Api, tenant: TenantApi) -> No
         await conn.close()
 
 
+async def test_several_tenants_rebuild_in_one_pass_while_one_of_them_resumes(
+    api: Api, tenant: TenantApi
+) -> None:
+    """Tenants given together share one read of the log; each keeps its own progress."""
+    settings = api.settings
+    other = TenantApi(api, (await api.create_tenant())["id"])
+    token = await seed(tenant, 60)
+    await tenant.read_json("/collections/items/records/r0", token)
+    # The first tenant's rebuild is interrupted once it saved progress.
+    proc = subprocess.Popen(
+        [EVENTFOLD, "replay", "--tenant", tenant.id, "--rate", "20", "--json"],
+        env=_env(settings),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    conn = await connect(settings)
+    try:
+        for _ in range(600):
+            saved = await conn.fetchval(
+                "SELECT positions FROM eventfold.rebuilds WHERE tenant = $1", tenant.id
+            )
+            if saved is not None and json.loads(saved):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the rebuild saved no progress")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        # Both tenants write after the interruption; the other one's projection is corrupt.
+        token = await seed(tenant, 3)
+        other_token = await seed(other, 20)
+        await tenant.read_json("/collections/items/records/r0", token)
+        await other.read_json("/collections/items/records/r0", other_token)
+        await conn.execute(
+            f"""UPDATE "t_{other.id}".records SET data = '{{"n": -1}}'
+                WHERE collection = 'items' AND id = 'r2'"""
+        )
+        logged = {
+            t.id: await conn.fetchval(f'SELECT count(*) FROM "t_{t.id}".events')
+            for t in (tenant, other)
+        }
+
+        status, doc, err = await eventfold(
+            settings, "replay", "--tenant", tenant.id, "--tenant", other.id
+        )
+        assert status == 0, err
+        reports = {r["tenant"]: r for r in doc["tenants"]}
+        assert set(reports) == {tenant.id, other.id}
+        assert "2 tenants: " in err  # one progress line for the shared pass
+        mine, theirs = reports[tenant.id], reports[other.id]
+        assert (mine["resumed"], mine["swapped"], mine["equal"]) == (True, True, True)
+        assert 0 < mine["events"] < logged[tenant.id]  # only what the first run had not folded
+        assert (theirs["resumed"], theirs["swapped"], theirs["changed"]) == (False, True, 1)
+        assert theirs["events"] == logged[other.id]  # every event of its own, no other's
+        record = await other.read_json("/collections/items/records/r2")
+        assert record["data"] == {"n": 2}
+        status, doc, err = await eventfold(
+            settings, "verify", "--tenant", tenant.id, "--tenant", other.id
+        )
+        assert status == 0, (doc, err)
+        assert [r["equal"] for r in doc["tenants"]] == [True, True]
+        left = await conn.fetchval(
+            "SELECT count(*) FROM eventfold.rebuilds WHERE tenant = ANY($1)", [tenant.id, other.id]
+        )
+        assert left == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        await conn.close()
+
+
 async def test_events_lists_a_tenants_history(api: Api, tenant: TenantApi) -> None:
     token = await seed(tenant, 3)
     await tenant.read_json("/collections/items/records/r0", token)

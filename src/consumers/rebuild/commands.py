@@ -11,7 +11,7 @@ from typing import Any, TextIO
 import orjson
 
 from consumers.projector.store import outdated_tenants
-from consumers.rebuild.rebuild import Options, Report, all_tenants, rebuild
+from consumers.rebuild.rebuild import Options, Report, all_tenants, rebuild_many
 from eventfold.ids import check, tenant_schema
 from eventfold.settings import Settings
 
@@ -19,7 +19,9 @@ from eventfold.settings import Settings
 def add_parsers(sub: Any) -> None:
     """Register the subcommands on the CLI's subparsers."""
     replay = sub.add_parser("replay", help="rebuild projections from the log (blue-green)")
-    replay.add_argument("--tenant", help="only this tenant (default: every tenant)")
+    replay.add_argument(
+        "--tenant", action="append", help="only this tenant; repeatable (default: every tenant)"
+    )
     start = replay.add_mutually_exclusive_group()
     start.add_argument("--from-time", type=_iso, help="fold the log from this ISO 8601 time")
     start.add_argument(
@@ -37,7 +39,9 @@ def add_parsers(sub: Any) -> None:
     replay.add_argument("--json", action="store_true", help="machine-readable output")
 
     verify = sub.add_parser("verify", help="compare projections with a fresh fold of the log")
-    verify.add_argument("--tenant", help="only this tenant (default: every tenant)")
+    verify.add_argument(
+        "--tenant", action="append", help="only this tenant; repeatable (default: every tenant)"
+    )
     verify.add_argument("--from-archive", action="store_true", help="fold the archive first")
     verify.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -114,21 +118,22 @@ def _run(settings: Settings, args: argparse.Namespace, *, compare_only: bool, ve
     from eventfold import gctune
     from eventfold.bootstrap import open_pool
 
-    if args.tenant:
-        check("tenant", args.tenant)
+    for tenant in args.tenant or ():
+        check("tenant", tenant)
 
     async def main() -> list[Report]:
         pool = await open_pool(settings, attempts=3)
         gctune.settle()  # the process's own: nothing to restore
         reports: list[Report] = []
         try:
-            tenants = [args.tenant] if args.tenant else await all_tenants(pool)
+            tenants = list(dict.fromkeys(args.tenant)) if args.tenant else await all_tenants(pool)
             if getattr(args, "outdated", False):
                 async with pool.acquire(timeout=10) as conn:
                     outdated = await outdated_tenants(conn)
                 tenants = [t for t in tenants if t in outdated]
-            for tenant in tenants:
-                bar = ProgressLine(tenant)
+            if tenants:
+                # Every tenant in one pass over the log (each has its own shadow and swap).
+                bar = ProgressLine(tenants[0] if len(tenants) == 1 else f"{len(tenants)} tenants")
                 opts = Options(
                     from_time=args.from_time,
                     from_archive=args.from_archive,
@@ -136,11 +141,11 @@ def _run(settings: Settings, args: argparse.Namespace, *, compare_only: bool, ve
                     rate=args.rate,
                     progress=bar,  # stderr: stdout stays the JSON document
                 )
-                report = await rebuild(settings, pool, tenant, opts)
+                reports = await rebuild_many(settings, pool, tenants, opts)
                 bar.done()
-                if report.swapped:
-                    await _forget_cached(settings, tenant)
-                reports.append(report)
+                for report in reports:
+                    if report.swapped:
+                        await _forget_cached(settings, report.tenant)
         finally:
             await pool.close()
         return reports

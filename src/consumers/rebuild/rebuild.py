@@ -1,4 +1,4 @@
-"""Blue-green rebuild of one tenant's projection: fold the log into a shadow schema, swap it in.
+"""Blue-green rebuild of tenants' projections: fold the log into shadow schemas, swap them in.
 
 The live schema keeps serving reads while the shadow catches up. The swap runs
 in one transaction holding the projector's checkpoint rows (``FOR UPDATE``, as
@@ -8,7 +8,8 @@ the schema, so the tenant's read role keeps reading). Progress (shadow schema +
 positions) is committed with each chunk in ``eventfold.rebuilds``: a re-run after
 an interruption continues from there. The fold is the projector's own
 (:mod:`consumers.projector.batch`), pointed at the shadow through
-:data:`eventfold.ids.SCHEMA_REDIRECT`.
+:data:`eventfold.ids.SCHEMA_REDIRECT`. Tenants rebuilt together share one read of
+the log (each has its own shadow, progress and swap).
 """
 
 from __future__ import annotations
@@ -103,64 +104,152 @@ class Options:
     progress: Progress | None = None
 
 
+@dataclass(slots=True)
+class _Job:
+    """One tenant's rebuild in progress: its shadow and how far its fold got."""
+
+    tenant: str
+    shadow: str
+    report: Report
+    registered: set[str] = field(default_factory=set)
+    #: Next offset to fold per partition (None until the start is known).
+    positions: dict[int, int] | None = None
+
+
 async def rebuild(settings: Settings, pool: asyncpg.Pool, tenant: str, opts: Options) -> Report:
     """Rebuild ``tenant``'s projection (or, with ``compare_only``, compare a fresh fold with it)."""
+    [report] = await rebuild_many(settings, pool, [tenant], opts)
+    return report
+
+
+async def rebuild_many(
+    settings: Settings, pool: asyncpg.Pool, tenants: list[str], opts: Options
+) -> list[Report]:
+    """Rebuild (or compare) the projections of ``tenants`` reading the log once for all.
+
+    Each tenant has its own shadow, saved progress and swap; the bulk of the log
+    is read in one pass whose events are handed to their tenant's shadow (a
+    rebuild of every tenant would otherwise read the whole log once per
+    tenant). Only each tenant's short tail is read again, under its swap.
+    ``opts.progress`` follows the shared pass; every report's ``seconds`` is
+    the time from the start to that tenant's swap.
+    """
     started = time.perf_counter()
-    report = Report(tenant)
     topic = settings.events_topic
-    projector = f"{settings.consumer_group_prefix}.projector"
     suffix = "verify" if opts.compare_only else "rebuild"
-    shadow = shadow_schema_name(tenant, suffix)
     replay_id = uuid.uuid4().hex
-    registered: set[str] = set()
+    jobs: list[_Job] = []
     async with pool.acquire(timeout=10) as conn:
-        positions = None if opts.compare_only else await _resume(conn, tenant, shadow, topic)
-        if positions is not None:
-            report.resumed = True
-            registered = await _registered(conn, tenant, shadow)
-        else:
-            await _fresh_shadow(conn, tenant, shadow, topic, persist=not opts.compare_only)
-    if positions is None:
-        positions = {}
-        if opts.from_archive:
-            # Closed on the way out whatever happens: the read-ahead task stops with it.
-            archived = source.read_ahead(source.read_archive(settings, tenant))
-            async with contextlib.aclosing(archived):
-                async for chunk, reached in archived:
-                    report.events += await _fold(
-                        pool, tenant, shadow, chunk, registered, replay_id, None
-                    )
-                    positions.update(reached)
-                    await _throttle(report, started, opts)
+        for tenant in tenants:
+            job = _Job(tenant, shadow_schema_name(tenant, suffix), Report(tenant))
+            if not opts.compare_only:
+                job.positions = await _resume(conn, tenant, job.shadow, topic)
+            if job.positions is not None:
+                job.report.resumed = True
+                job.registered = await _registered(conn, tenant, job.shadow)
+            else:
+                await _fresh_shadow(conn, tenant, job.shadow, topic, persist=not opts.compare_only)
+            jobs.append(job)
+    fresh = [j for j in jobs if j.positions is None]
+    if fresh:
         at_ms = int(opts.from_time.timestamp() * 1000) if opts.from_time else None
         start = await source.offsets_at(settings, topic, at_ms)
-        for p, o in start.items():
-            positions[p] = max(positions.get(p, 0), o) if opts.from_archive else o
-    save = None if opts.compare_only else (tenant, topic)
-    # Catch up without holding anything: up to where the projector is now.
-    async with pool.acquire(timeout=10) as conn:
-        target = await _checkpoints(conn, projector, topic, list(positions))
-    begin = dict(positions)
-    total = sum(max(0, target[p] - begin.get(p, 0)) for p in target) or 1
-    catch_up = source.read_ahead(source.read_range(settings, topic, tenant, positions, target))
-    async with contextlib.aclosing(catch_up):
+        folded = 0
+        for job in fresh:
+            job.positions = {}
+            if opts.from_archive:
+                # The archive is stored per tenant: each reads its own objects.
+                archived = source.read_ahead(source.read_archive(settings, job.tenant))
+                async with contextlib.aclosing(archived):  # stops the read-ahead task
+                    async for chunk, reached in archived:
+                        n = await _fold(pool, {job.tenant: chunk}, {job.tenant: job}, [], replay_id)
+                        job.report.events += n
+                        folded += n
+                        job.positions.update(reached)
+                        await _throttle(folded, started, opts)
+            for p, o in start.items():
+                job.positions[p] = max(job.positions.get(p, 0), o) if opts.from_archive else o
+    await _catch_up(settings, pool, jobs, replay_id, started, opts)
+    for job in jobs:
+        await _finish(settings, pool, job, replay_id, opts)
+        job.report.seconds = time.perf_counter() - started
+    if opts.progress is not None:
+        opts.progress(sum(j.report.events for j in jobs), time.perf_counter() - started, 1.0)
+    return [j.report for j in jobs]
+
+
+def _positions(job: _Job) -> dict[int, int]:
+    assert job.positions is not None, "positions are known once the rebuild started"
+    return job.positions
+
+
+async def _catch_up(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    jobs: list[_Job],
+    replay_id: str,
+    started: float,
+    opts: Options,
+) -> None:
+    """Fold the log up to where the projector is now, without holding anything, in one pass."""
+    topic = settings.events_topic
+    projector = f"{settings.consumer_group_prefix}.projector"
+    # Each partition is read from the earliest position any tenant still needs.
+    begin: dict[int, int] = {}
+    for job in jobs:
+        for p, o in _positions(job).items():
+            begin[p] = min(begin.get(p, o), o)
+    async with pool.acquire(timeout=30) as conn:
+        target = await _checkpoints(conn, projector, topic, list(begin))
+    total = sum(max(0, target[p] - begin[p]) for p in target) or 1
+    by_tenant = {j.tenant: j for j in jobs}
+    save = [] if opts.compare_only else jobs
+    folded = sum(j.report.events for j in jobs)
+    reader = source.read_range(settings, topic, set(by_tenant), begin, target)
+    catch_up = source.read_ahead(reader)
+    async with contextlib.aclosing(catch_up):  # stops the read-ahead task and its consumer
         async for chunk, reached in catch_up:
-            report.events += await _fold(
-                pool, tenant, shadow, chunk, registered, replay_id, save, reached
+            groups: dict[str, list[LogEvent]] = {}
+            for e in chunk:
+                # read_range yields decoded events of these tenants only.
+                job = by_tenant[e.event.tenant if e.event is not None and e.event.tenant else ""]
+                own = _positions(job).get(e.partition)
+                # A resumed tenant folded what lies before its own position already.
+                if own is not None and e.offset >= own:
+                    groups.setdefault(job.tenant, []).append(e)
+            # The positions after this chunk, saved in the transaction that folds it.
+            for job in jobs:
+                mine = _positions(job)
+                for p, o in reached.items():
+                    if p in mine:
+                        mine[p] = max(mine[p], o)
+            folded += await _fold(pool, groups, by_tenant, save, replay_id)
+            for tenant, events in groups.items():
+                by_tenant[tenant].report.events += len(events)
+            covered = sum(
+                max(0, min(reached.get(p, begin[p]), target[p]) - begin[p]) for p in target
             )
-            positions.update(reached)
-            covered = sum(max(0, positions[p] - begin.get(p, 0)) for p in target)
-            await _throttle(report, started, opts, min(1.0, covered / total))
+            await _throttle(folded, started, opts, min(1.0, covered / total))
+
+
+async def _finish(
+    settings: Settings, pool: asyncpg.Pool, job: _Job, replay_id: str, opts: Options
+) -> None:
+    """Fold ``job``'s tail with the projector held at its checkpoints, compare, and swap."""
+    topic = settings.events_topic
+    projector = f"{settings.consumer_group_prefix}.projector"
+    tenant, shadow, report = job.tenant, job.shadow, job.report
+    positions = _positions(job)
     async with pool.acquire(timeout=30) as conn:
         await _shape(conn, tenant, shadow)  # the secondary indexes, before the swap
-    # The tail and the swap, with the projector held at its checkpoints.
     async with pool.acquire(timeout=30) as conn, conn.transaction():
         target = await store.lock_checkpoints(conn, projector, topic, sorted(positions))
-        async for chunk, reached in source.read_range(settings, topic, tenant, positions, target):
-            report.events += await _fold_in(conn, tenant, shadow, chunk, registered, replay_id)
+        tail = source.read_range(settings, topic, {tenant}, positions, target)
+        async for chunk, reached in tail:
+            report.events += await _fold_in(conn, tenant, shadow, chunk, job.registered, replay_id)
             positions.update(reached)
         report.diff = await compare(conn, tenant, shadow)
-        if not registered and opts.from_time is None:
+        if not job.registered and opts.from_time is None:
             # The log read does not start at the tenant's creation (retention, or the
             # wrong topic): swapping would drop what only the old schema still holds.
             report.error = (
@@ -185,10 +274,6 @@ async def rebuild(settings: Settings, pool: asyncpg.Pool, tenant: str, opts: Opt
                 store.PROJECTION_VERSION,
             )
             report.swapped = True
-    report.seconds = time.perf_counter() - started
-    if opts.progress is not None:
-        opts.progress(report.events, report.seconds, 1.0)
-    return report
 
 
 async def compare(conn: asyncpg.Connection, tenant: str, shadow: str) -> Diff:
@@ -295,26 +380,28 @@ async def _checkpoints(
 
 async def _fold(
     pool: asyncpg.Pool,
-    tenant: str,
-    shadow: str,
-    chunk: list[LogEvent],
-    registered: set[str],
+    groups: dict[str, list[LogEvent]],
+    jobs: dict[str, _Job],
+    save: list[_Job],
     replay_id: str,
-    save: tuple[str, str] | None,
-    reached: dict[int, int] | None = None,
 ) -> int:
-    """Fold one chunk into the shadow in its own transaction, with the progress it reaches."""
+    """Fold each tenant's events of ``groups`` into its shadow, in one transaction with the
+    progress of the ``save`` jobs (their positions as they stand after these events)."""
+    if not groups and not save:
+        return 0
+    n = 0
     async with pool.acquire(timeout=30) as conn, conn.transaction():
         # Losing the last commits in a crash loses shadow rows and progress together.
         await conn.execute("SET LOCAL synchronous_commit = off")
-        n = await _fold_in(conn, tenant, shadow, chunk, registered, replay_id)
-        if save is not None and reached is not None:
-            await conn.execute(
+        for tenant, chunk in groups.items():
+            job = jobs[tenant]
+            n += await _fold_in(conn, tenant, job.shadow, chunk, job.registered, replay_id)
+        if save:
+            await conn.executemany(
                 "UPDATE eventfold.rebuilds SET positions = positions || $2::jsonb,"
                 " updated_at = now() WHERE tenant = $1",
-                save[0],
                 # The pool's jsonb codec encodes the parameter (string keys for JSON).
-                {str(p): o for p, o in reached.items()},
+                [(j.tenant, {str(p): o for p, o in _positions(j).items()}) for j in save],
             )
     return n
 
@@ -351,15 +438,13 @@ async def _fold_in(
     return len(items)
 
 
-async def _throttle(
-    report: Report, started: float, opts: Options, share: float | None = None
-) -> None:
-    """Keep under ``opts.rate`` events/s and report progress."""
+async def _throttle(events: int, started: float, opts: Options, share: float | None = None) -> None:
+    """Keep under ``opts.rate`` events/s (``events`` folded so far) and report progress."""
     elapsed = time.perf_counter() - started
     if opts.progress is not None:
-        opts.progress(report.events, elapsed, share)
+        opts.progress(events, elapsed, share)
     if opts.rate:
-        ahead = report.events / opts.rate - elapsed
+        ahead = events / opts.rate - elapsed
         if ahead > 0:
             await asyncio.sleep(ahead)
 

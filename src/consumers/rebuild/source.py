@@ -1,4 +1,4 @@
-"""Reading one tenant's events from the log: Kafka partitions in offset ranges, or the S3 archive.
+"""Reading tenants' events from the log: Kafka partitions in offset ranges, or the S3 archive.
 
 Kafka keys are ``{tenant}/{subject}`` (:func:`eventfold.kafka.message_key`), so a
 tenant's records are picked by key before any JSON is parsed.
@@ -92,21 +92,21 @@ async def offsets_at(settings: Settings, topic: str, at_ms: int | None) -> dict[
 async def read_range(
     settings: Settings,
     topic: str,
-    tenant: str,
+    tenants: set[str],
     start: dict[int, int],
     stop: dict[int, int],
 ) -> AsyncGenerator[tuple[list[LogEvent], dict[int, int]], None]:
-    """Yield ``tenant``'s events in ``[start, stop)`` per partition, a chunk at a time.
+    """Yield the events of ``tenants`` in ``[start, stop)`` per partition, a chunk at a time.
 
     Each chunk comes with the positions it reaches (next offset per partition),
-    also for chunks with no event of the tenant, so progress can be saved.
+    also for chunks with no event of these tenants, so progress can be saved.
     Offsets gone from Kafka (retention, deleted records) are skipped: read the
     archive first for those.
     """
     wanted = {p: o for p, o in start.items() if o < stop.get(p, 0)}
     if not wanted:
         return
-    prefix = f"{tenant}/".encode()
+    keyed = {t.encode() for t in tenants}
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap,
         enable_auto_commit=False,
@@ -133,10 +133,10 @@ async def read_range(
                     if m.offset >= limit:
                         break
                     positions[tp.partition] = m.offset + 1
-                    if m.key is not None and not m.key.startswith(prefix):
+                    if m.key is not None and m.key.partition(b"/")[0] not in keyed:
                         continue
                     ev = _to_log_event(tp.partition, m.offset, m.timestamp, m.value)
-                    if ev.event is not None and ev.event.tenant == tenant:
+                    if ev.event is not None and ev.event.tenant in tenants:
                         chunk.append(ev)
             for p in list(open_parts):
                 if positions[p] >= stop[p] or (await consumer.position(tps[p])) >= stop[p]:
