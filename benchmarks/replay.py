@@ -1,11 +1,13 @@
 """Replay benchmark: rebuild rate from Kafka and from the S3 archive, read latency during a rebuild.
 
-``python -m benchmarks.replay --events 100000``. On a private topic and bucket:
-produces ``--events`` record events for one tenant, marks them as projected (the
-projector's checkpoints at the end of the log, an empty live schema), then times
-``eventfold replay`` (the library call) from Kafka and, after the archiver has
-written the topic to S3, from the archive. Read latency: single-record SELECTs
-under the tenant's role on another tenant, without and then during a rebuild.
+``python -m benchmarks.replay --events 100000 [--tenants N]``. On a private topic
+and bucket: produces ``--events`` record events spread over ``--tenants`` tenants
+(interleaved in the log, as a shared topic holds them), marks them as projected
+(the projector's checkpoints at the end of the log, empty live schemas), then times
+``eventfold replay`` of all of them (the library call, one pass of the log) from
+Kafka and, after the archiver has written the topic to S3, from the archive. Read
+latency: single-record SELECTs under the role of another tenant, without and then
+during a rebuild.
 Figures are printed and written to ``benchmarks/results/<date>-replay.json``.
 """
 
@@ -26,7 +28,7 @@ from aiokafka import AIOKafkaProducer
 
 from consumers.archiver.processor import Archiver
 from consumers.projector import store
-from consumers.rebuild.rebuild import Options, rebuild
+from consumers.rebuild.rebuild import Options, rebuild, rebuild_many
 from eventfold import gctune
 from eventfold.bootstrap import open_pool
 from eventfold.infra import ensure_bucket, ensure_topics
@@ -36,8 +38,9 @@ from eventfold.settings import Settings
 from eventfold.tenancy import tenant_connection
 
 
-async def produce(settings: Settings, tenant: str, count: int) -> None:
-    """``count`` record events of ``tenant`` (after its ``tenant.created``)."""
+async def produce(settings: Settings, tenants: list[str], count: int) -> None:
+    """``count`` record events spread over ``tenants``, interleaved (after their
+    ``tenant.created``)."""
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap,
         enable_idempotence=True,
@@ -47,20 +50,22 @@ async def produce(settings: Settings, tenant: str, count: int) -> None:
     await producer.start()
     now = datetime.now(UTC)
     try:
-        created = {
-            "specversion": "1.0",
-            "id": f"{tenant}-created",
-            "source": "bench",
-            "type": "tenant.created",
-            "tenant": tenant,
-            "time": now.isoformat(),
-            "data": {"id": tenant, "name": tenant},
-        }
-        await producer.send_and_wait(
-            settings.events_topic, orjson.dumps(created), key=message_key(tenant, None, "c")
-        )
+        for tenant in tenants:
+            created = {
+                "specversion": "1.0",
+                "id": f"{tenant}-created",
+                "source": "bench",
+                "type": "tenant.created",
+                "tenant": tenant,
+                "time": now.isoformat(),
+                "data": {"id": tenant, "name": tenant},
+            }
+            await producer.send_and_wait(
+                settings.events_topic, orjson.dumps(created), key=message_key(tenant, None, "c")
+            )
         pending = []
         for i in range(count):
+            tenant = tenants[i % len(tenants)]
             ev = {
                 "specversion": "1.0",
                 "id": f"{tenant}-{i}",
@@ -171,7 +176,7 @@ def summary(ms: list[float]) -> dict[str, float]:
     }
 
 
-async def main(events: int, rate: float | None) -> dict[str, Any]:
+async def main(events: int, rate: float | None, n_tenants: int = 1) -> dict[str, Any]:
     """Run the benchmark; return its figures."""
     name = uuid.uuid4().hex[:8]
     base = Settings.from_env()
@@ -185,14 +190,15 @@ async def main(events: int, rate: float | None) -> dict[str, Any]:
     )
     await ensure_topics(settings)
     await ensure_bucket(settings)
-    tenant, reader = f"b{name}", f"r{name}"
+    tenants = [f"b{name}"] if n_tenants == 1 else [f"b{name}x{k}" for k in range(n_tenants)]
+    reader = f"r{name}"
     pool = await open_pool(settings)
     gctune.settle()  # as `eventfold replay` does
-    figures: dict[str, Any] = {"events": events, "rate_cap": rate}
+    figures: dict[str, Any] = {"events": events, "tenants": n_tenants, "rate_cap": rate}
     try:
-        await produce(settings, tenant, events)
-        await produce(settings, reader, 2000)
-        await mark_projected(settings, pool, [tenant, reader])
+        await produce(settings, tenants, events)
+        await produce(settings, [reader], 2000)
+        await mark_projected(settings, pool, [*tenants, reader])
         # The reader tenant's live projection, built once, read during the rebuilds.
         await rebuild(settings, pool, reader, Options())
 
@@ -202,24 +208,28 @@ async def main(events: int, rate: float | None) -> dict[str, Any]:
         during: list[float] = []
         sampler = asyncio.create_task(sample(pool, reader, during))
         started = time.perf_counter()
-        report = await rebuild(settings, pool, tenant, Options(rate=rate))
+        reports = await rebuild_many(settings, pool, tenants, Options(rate=rate))
         took = time.perf_counter() - started
         sampler.cancel()
+        folded = sum(r.events for r in reports)
         figures["kafka"] = {
-            "events": report.events,
+            "events": folded,
             "seconds": round(took, 2),
-            "events_per_second": round(report.events / took),
+            "events_per_second": round(folded / took),
+            "all_swapped": all(r.swapped for r in reports),
         }
         figures["reads_during_rebuild"] = summary(during)
 
-        await archive_all(settings, pool, events + 2002)
+        await archive_all(settings, pool, events + 2000 + len(tenants) + 1)  # + tenant.created
         started = time.perf_counter()
-        report = await rebuild(settings, pool, tenant, Options(from_archive=True, rate=rate))
+        reports = await rebuild_many(settings, pool, tenants, Options(from_archive=True, rate=rate))
         took = time.perf_counter() - started
+        folded = sum(r.events for r in reports)
         figures["archive"] = {
-            "events": report.events,
+            "events": folded,
             "seconds": round(took, 2),
-            "events_per_second": round(report.events / took),
+            "events_per_second": round(folded / took),
+            "all_swapped": all(r.swapped for r in reports),
         }
     finally:
         await pool.close()
@@ -231,8 +241,9 @@ def cli() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--events", type=int, default=100_000)
     p.add_argument("--rate", type=float, default=None, help="events/s cap for the rebuilds")
+    p.add_argument("--tenants", type=int, default=1, help="tenants the events are spread over")
     args = p.parse_args()
-    figures = asyncio.run(main(args.events, args.rate))
+    figures = asyncio.run(main(args.events, args.rate, args.tenants))
     text = orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode()
     print(text)
     out = Path(__file__).with_name("results") / f"{datetime.now(UTC):%Y-%m-%d}-replay.json"
