@@ -176,7 +176,9 @@ def summary(ms: list[float]) -> dict[str, float]:
     }
 
 
-async def main(events: int, rate: float | None, n_tenants: int = 1) -> dict[str, Any]:
+async def main(
+    events: int, rate: float | None, n_tenants: int = 1, per_tenant: bool = False
+) -> dict[str, Any]:
     """Run the benchmark; return its figures."""
     name = uuid.uuid4().hex[:8]
     base = Settings.from_env()
@@ -219,6 +221,18 @@ async def main(events: int, rate: float | None, n_tenants: int = 1) -> dict[str,
             "all_swapped": all(r.swapped for r in reports),
         }
         figures["reads_during_rebuild"] = summary(during)
+        if per_tenant and len(tenants) > 1:
+            # What one rebuild per tenant costs on the same log (each reads all of it).
+            started = time.perf_counter()
+            folded = 0
+            for tenant in tenants:
+                folded += (await rebuild(settings, pool, tenant, Options(rate=rate))).events
+            took = time.perf_counter() - started
+            figures["kafka_tenant_by_tenant"] = {
+                "events": folded,
+                "seconds": round(took, 2),
+                "events_per_second": round(folded / took),
+            }
 
         await archive_all(settings, pool, events + 2000 + len(tenants) + 1)  # + tenant.created
         started = time.perf_counter()
@@ -242,8 +256,13 @@ def cli() -> None:
     p.add_argument("--events", type=int, default=100_000)
     p.add_argument("--rate", type=float, default=None, help="events/s cap for the rebuilds")
     p.add_argument("--tenants", type=int, default=1, help="tenants the events are spread over")
+    p.add_argument(
+        "--per-tenant",
+        action="store_true",
+        help="also rebuild the tenants one by one (one log read each), for comparison",
+    )
     args = p.parse_args()
-    figures = asyncio.run(main(args.events, args.rate, args.tenants))
+    figures = asyncio.run(main(args.events, args.rate, args.tenants, args.per_tenant))
     text = orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode()
     print(text)
     out = Path(__file__).with_name("results") / f"{datetime.now(UTC):%Y-%m-%d}-replay.json"
