@@ -148,9 +148,14 @@ def markdown(doc: dict[str, Any]) -> str:
         for label in ("one_tenant_kafka", "one_tenant_archive", "all_tenants_kafka",
                       "all_tenants_archive"):  # fmt: skip
             r = rep.get(label, {})
-            scan = (f"; {r['log_records_read']:,} log records read,"
-                    f" {_fmt(r['log_records_per_second'])} records/s"
-                    if r.get("log_records_read") else "")  # fmt: skip
+            scan = (
+                f"; {r['log_records_read']:,} log records read,"
+                f" {_fmt(r['log_records_per_second'])} records/s"
+                if r.get("log_records_read")
+                else ""
+            )
+            if r.get("archive_events"):
+                scan += f"; {r['archive_events']:,} of the events from the archive"  # fmt: skip
             lines.append(f"- {label}: exit {r.get('exit')}, {r.get('events', 0):,} events in"
                          f" {r.get('seconds')} s ({_fmt(r.get('events_per_second'))} events/s{scan})")  # fmt: skip
     lines += ["", "Plots: " + ", ".join(f"![{p}]({p})" for p in doc.get("plots", [])), ""]

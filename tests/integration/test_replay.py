@@ -450,6 +450,8 @@ async def test_a_rebuild_from_the_archive_equals_the_original_after_kafka_lost_i
         report = doc["tenants"][0]
         assert report["swapped"] is True
         assert report["changed"] == 1  # r3, corrupted above
+        # tenant.created and 200 records from the archive, the 60 after them from Kafka.
+        assert (report["archive_events"], report["events"]) == (201, 261)
         rebuilt = await conn.fetch(f'SELECT * FROM "t_{tenant}".records ORDER BY collection, id')
         assert rebuilt == original
         status, doc, err = await eventfold(

@@ -64,6 +64,8 @@ class Report:
 
     tenant: str
     events: int = 0
+    #: Of ``events``, those read from the S3 archive.
+    archive_events: int = 0
     seconds: float = 0.0
     swapped: bool = False
     resumed: bool = False
@@ -77,6 +79,7 @@ class Report:
         return {
             "tenant": self.tenant,
             "events": self.events,
+            "archive_events": self.archive_events,
             "seconds": round(self.seconds, 3),
             "events_per_second": round(self.events / self.seconds) if self.seconds else None,
             "swapped": self.swapped,
@@ -164,6 +167,7 @@ async def rebuild_many(
                     async for chunk, reached in archived:
                         n = await _fold(pool, {job.tenant: chunk}, {job.tenant: job}, [], replay_id)
                         job.report.events += n
+                        job.report.archive_events += n
                         folded += n
                         job.positions.update(reached)
                         await _throttle(folded, started, opts)
