@@ -455,7 +455,7 @@ async def replay(bench: Bench) -> dict[str, Any]:
     # and with the default 8 MiB segments the suite's log would stay almost all open.
     await _run(
         [EXE, "process", "archiver", "--burst"],
-        bench.env(EVENTFOLD_ARCHIVE_SEGMENT_BYTES=str(256 * 1024)),
+        bench.env(EVENTFOLD_ARCHIVE_SEGMENT_BYTES=str(1024 * 1024)),
     )
     for label, argv in (
         ("one_tenant_kafka", ["--tenant", bench.tenants[1]]),

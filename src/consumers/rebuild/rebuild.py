@@ -158,21 +158,27 @@ async def rebuild_many(
         at_ms = int(opts.from_time.timestamp() * 1000) if opts.from_time else None
         start = await source.offsets_at(settings, topic, at_ms)
         folded = 0
-        for job in fresh:
-            job.positions = {}
+        async with contextlib.AsyncExitStack() as stack:
+            s3 = None
             if opts.from_archive:
-                # The archive is stored per tenant: each reads its own objects.
-                archived = source.read_ahead(source.read_archive(settings, job.tenant))
-                async with contextlib.aclosing(archived):  # stops the read-ahead task
-                    async for chunk, reached in archived:
-                        n = await _fold(pool, {job.tenant: chunk}, {job.tenant: job}, [], replay_id)
-                        job.report.events += n
-                        job.report.archive_events += n
-                        folded += n
-                        job.positions.update(reached)
-                        await _throttle(folded, started, opts)
-            for p, o in start.items():
-                job.positions[p] = max(job.positions.get(p, 0), o) if opts.from_archive else o
+                s3 = await stack.enter_async_context(source.archive_client(settings))
+            for job in fresh:
+                job.positions = {}
+                if s3 is not None:
+                    # The archive is stored per tenant: each reads its own objects.
+                    archived = source.read_ahead(source.read_archive(settings, job.tenant, s3))
+                    async with contextlib.aclosing(archived):  # stops the read-ahead task
+                        async for chunk, reached in archived:
+                            n = await _fold(
+                                pool, {job.tenant: chunk}, {job.tenant: job}, [], replay_id
+                            )
+                            job.report.events += n
+                            job.report.archive_events += n
+                            folded += n
+                            job.positions.update(reached)
+                            await _throttle(folded, started, opts)
+                for p, o in start.items():
+                    job.positions[p] = max(job.positions.get(p, 0), o) if s3 is not None else o
     await _catch_up(settings, pool, jobs, replay_id, started, opts)
     for job in jobs:
         await _finish(settings, pool, job, replay_id, opts)

@@ -7,9 +7,10 @@ tenant's records are picked by key before any JSON is parsed.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import gzip
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, TypeVar
 
 import orjson
@@ -25,6 +26,8 @@ from eventfold.settings import Settings
 FETCH_RECORDS = 20_000
 #: Events folded per transaction while rebuilding.
 FOLD_EVENTS = 20_000
+#: Archive segments downloaded at once while rebuilding from the archive.
+ARCHIVE_FETCHES = 8
 
 T = TypeVar("T")
 
@@ -150,18 +153,16 @@ async def read_range(
         await consumer.stop()
 
 
-async def read_archive(
-    settings: Settings, tenant: str
-) -> AsyncGenerator[tuple[list[LogEvent], dict[int, int]], None]:
-    """Yield ``tenant``'s archived events segment by segment, per partition in offset order.
+@contextlib.asynccontextmanager
+async def archive_client(settings: Settings) -> AsyncIterator[Any]:
+    """One S3 client for every archive read of a rebuild.
 
-    The positions yielded are the next offsets after each segment, so Kafka can
-    take over where the archive ends with no gap and no overlap.
+    Creating a client loads botocore's service descriptions (large JSON files):
+    per tenant, that cost more than reading the tenant's archive.
     """
     from aiobotocore.session import get_session
 
-    session = get_session()
-    async with session.create_client(
+    async with get_session().create_client(
         "s3",
         endpoint_url=settings.s3_endpoint,
         aws_access_key_id=settings.s3_access_key,
@@ -169,27 +170,58 @@ async def read_archive(
         region_name=settings.s3_region,
         config=s3_client_config(),
     ) as s3:
-        listing = await s3.list_objects_v2(
-            Bucket=settings.s3_bucket, Prefix=f"tenant={tenant}/manifest/"
-        )
-        positions: dict[int, int] = {}
-        for obj in sorted(listing.get("Contents", []), key=lambda o: str(o["Key"])):
-            key = str(obj["Key"])
-            partition = int(key.rsplit("partition=", 1)[1].split(".")[0])
-            if key != manifest_key(tenant, partition):
-                continue
-            doc = await _get_json(s3, settings.s3_bucket, key)
-            for seg in doc.get("segments", []):
-                body = await _get(s3, settings.s3_bucket, str(seg["key"]))
+        yield s3
+
+
+async def read_archive(
+    settings: Settings, tenant: str, s3: Any
+) -> AsyncGenerator[tuple[list[LogEvent], dict[int, int]], None]:
+    """Yield ``tenant``'s archived events segment by segment, per partition in offset order.
+
+    The positions yielded are the next offsets after each segment, so Kafka can
+    take over where the archive ends with no gap and no overlap. ``s3`` is a
+    client from :func:`archive_client`; up to ``ARCHIVE_FETCHES`` segments are
+    downloaded at once (a request's latency dominates a small segment's cost).
+    """
+    listing = await s3.list_objects_v2(
+        Bucket=settings.s3_bucket, Prefix=f"tenant={tenant}/manifest/"
+    )
+    positions: dict[int, int] = {}
+    chunk: list[LogEvent] = []
+    for obj in sorted(listing.get("Contents", []), key=lambda o: str(o["Key"])):
+        key = str(obj["Key"])
+        partition = int(key.rsplit("partition=", 1)[1].split(".")[0])
+        if key != manifest_key(tenant, partition):
+            continue
+        doc = await _get_json(s3, settings.s3_bucket, key)
+        segments = list(doc.get("segments", []))
+        fetches: collections.deque[asyncio.Task[bytes]] = collections.deque()
+        try:
+            for i, seg in enumerate(segments):
+                # Keep the next segments downloading while this one is decoded and folded.
+                for ahead in segments[i + len(fetches) : i + ARCHIVE_FETCHES]:
+                    fetches.append(
+                        asyncio.create_task(_get(s3, settings.s3_bucket, str(ahead["key"])))
+                    )
+                body = await fetches.popleft()
                 lines = [ln for ln in gzip.decompress(body).splitlines() if ln]
                 first = int(seg["first_offset"])
                 # Lines are the log's envelopes; their own offsets are not kept, only the
                 # object's first and last: history rows number them from the first.
-                chunk = [
-                    _to_log_event(partition, first + i, 0, line) for i, line in enumerate(lines)
-                ]
+                for n, line in enumerate(lines):
+                    event = _to_log_event(partition, first + n, 0, line)
+                    if event.event is not None:
+                        chunk.append(event)
                 positions[partition] = int(seg["last_offset"]) + 1
-                yield [e for e in chunk if e.event is not None], dict(positions)
+                # Segments are small: folding several per transaction keeps the rate up.
+                if len(chunk) >= FOLD_EVENTS:
+                    yield chunk, dict(positions)
+                    chunk = []
+        finally:
+            for task in fetches:
+                task.cancel()
+    if chunk or positions:
+        yield chunk, dict(positions)
 
 
 async def _get(s3: Any, bucket: str, key: str) -> bytes:
