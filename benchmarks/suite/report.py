@@ -218,30 +218,27 @@ def plots(doc: dict[str, Any], out_dir: Path, stem: str) -> list[str]:
         ax.grid(True, alpha=0.3)
         save(fig, "projection")
 
+    def lines(
+        series: dict[str, list[Any]], xlabel: str, ylabel: str, title: str, name: str
+    ) -> None:
+        """One line per series of ``(x, y, ...)`` points."""
+        fig, ax = plt.subplots(figsize=(8, 4))
+        for label, points in series.items():
+            if points:
+                ax.plot([p[0] for p in points], [p[1] for p in points], label=label)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+        save(fig, name)
+
     rep = doc.get("replay", {})
     runs = {k: v["progress"] for k, v in rep.items() if isinstance(v, dict) and v.get("progress")}
     if runs:
-        fig, ax = plt.subplots(figsize=(8, 4))
-        for label, samples in runs.items():
-            ax.plot([t for t, _, _ in samples], [n for _, n, _ in samples], label=label)
-        ax.set_xlabel("seconds")
-        ax.set_ylabel("events folded")
-        ax.set_title("Rebuild progress (eventfold replay)")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
-        save(fig, "rebuild")
-
-    fig, ax = plt.subplots(figsize=(8, 4))
-    for label, samples in doc.get("memory_samples", {}).items():
-        if samples:
-            xs, ys = zip(*samples, strict=True)
-            ax.plot(xs, ys, label=label)
-    ax.set_xlabel("seconds into the phase")
-    ax.set_ylabel("RSS (MiB)")
-    ax.set_title("Memory of the processes under test")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
-    save(fig, "memory")
+        lines(runs, "seconds", "events folded", "Rebuild progress (eventfold replay)", "rebuild")
+    lines(doc.get("memory_samples", {}), "seconds into the phase", "RSS (MiB)",
+          "Memory of the processes under test", "memory")  # fmt: skip
 
     rows = doc.get("peer_table", [])
     if rows:

@@ -181,29 +181,38 @@ async def test_verify_finds_a_corrupted_row_and_replay_repairs_it_under_load(
         await conn.close()
 
 
-async def test_an_interrupted_rebuild_resumes(api: Api, tenant: TenantApi) -> None:
-    settings = api.settings
-    token = await seed(tenant, 60)
-    await tenant.read_json("/collections/items/records/r0", token)
+async def kill_once_it_saved_progress(
+    settings: Settings, conn: asyncpg.Connection, tenant: str
+) -> None:
+    """Start a slow ``eventfold replay`` of ``tenant``; SIGKILL it once it saved progress."""
     proc = subprocess.Popen(
-        [EVENTFOLD, "replay", "--tenant", tenant.id, "--rate", "20", "--json"],
+        [EVENTFOLD, "replay", "--tenant", tenant, "--rate", "20", "--json"],
         env=_env(settings),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    conn = await connect(settings)
     try:
         for _ in range(600):
-            row = await conn.fetchrow(
-                "SELECT positions FROM eventfold.rebuilds WHERE tenant = $1", tenant.id
+            saved = await conn.fetchval(
+                "SELECT positions FROM eventfold.rebuilds WHERE tenant = $1", tenant
             )
-            if row is not None and json.loads(row["positions"]):
-                break
+            if saved is not None and json.loads(saved):
+                return
+            assert proc.poll() is None, "the rebuild ended before it was interrupted"
             await asyncio.sleep(0.1)
-        else:
-            raise AssertionError("the rebuild saved no progress")
+        raise AssertionError("the rebuild saved no progress")
+    finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
+
+
+async def test_an_interrupted_rebuild_resumes(api: Api, tenant: TenantApi) -> None:
+    settings = api.settings
+    token = await seed(tenant, 60)
+    await tenant.read_json("/collections/items/records/r0", token)
+    conn = await connect(settings)
+    try:
+        await kill_once_it_saved_progress(settings, conn, tenant.id)
         status, doc, err = await eventfold(settings, "replay", "--tenant", tenant.id)
         assert status == 0, err
         assert doc["tenants"][0]["resumed"] is True
@@ -218,8 +227,6 @@ async def test_an_interrupted_rebuild_resumes(api: Api, tenant: TenantApi) -> No
         status, doc, err = await eventfold(settings, "verify", "--tenant", tenant.id)
         assert status == 0, (doc, err)
     finally:
-        if proc.poll() is None:
-            proc.kill()
         await conn.close()
 
 
@@ -231,26 +238,10 @@ async def test_several_tenants_rebuild_in_one_pass_while_one_of_them_resumes(
     other = TenantApi(api, (await api.create_tenant())["id"])
     token = await seed(tenant, 60)
     await tenant.read_json("/collections/items/records/r0", token)
-    # The first tenant's rebuild is interrupted once it saved progress.
-    proc = subprocess.Popen(
-        [EVENTFOLD, "replay", "--tenant", tenant.id, "--rate", "20", "--json"],
-        env=_env(settings),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     conn = await connect(settings)
     try:
-        for _ in range(600):
-            saved = await conn.fetchval(
-                "SELECT positions FROM eventfold.rebuilds WHERE tenant = $1", tenant.id
-            )
-            if saved is not None and json.loads(saved):
-                break
-            await asyncio.sleep(0.1)
-        else:
-            raise AssertionError("the rebuild saved no progress")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
+        # The first tenant's rebuild is interrupted once it saved progress.
+        await kill_once_it_saved_progress(settings, conn, tenant.id)
         # Both tenants write after the interruption; the other one's projection is corrupt.
         token = await seed(tenant, 3)
         other_token = await seed(other, 20)
@@ -289,8 +280,6 @@ async def test_several_tenants_rebuild_in_one_pass_while_one_of_them_resumes(
         )
         assert left == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
         await conn.close()
 
 
