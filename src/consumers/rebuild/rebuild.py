@@ -172,7 +172,6 @@ async def rebuild_many(
                             n = await _fold(
                                 pool, {job.tenant: chunk}, {job.tenant: job}, [], replay_id
                             )
-                            job.report.events += n
                             job.report.archive_events += n
                             folded += n
                             job.positions.update(reached)
@@ -234,8 +233,6 @@ async def _catch_up(
                     if p in mine:
                         mine[p] = max(mine[p], o)
             folded += await _fold(pool, groups, by_tenant, save, replay_id)
-            for tenant, events in groups.items():
-                by_tenant[tenant].report.events += len(events)
             covered = sum(
                 max(0, min(reached.get(p, begin[p]), target[p]) - begin[p]) for p in target
             )
@@ -396,7 +393,9 @@ async def _fold(
     replay_id: str,
 ) -> int:
     """Fold each tenant's events of ``groups`` into its shadow, in one transaction with the
-    progress of the ``save`` jobs (their positions as they stand after these events)."""
+    progress of the ``save`` jobs (their positions as they stand after these events).
+
+    Each job's report counts its events; the total is returned."""
     if not groups and not save:
         return 0
     n = 0
@@ -405,7 +404,9 @@ async def _fold(
         await conn.execute("SET LOCAL synchronous_commit = off")
         for tenant, chunk in groups.items():
             job = jobs[tenant]
-            n += await _fold_in(conn, tenant, job.shadow, chunk, job.registered, replay_id)
+            folded = await _fold_in(conn, tenant, job.shadow, chunk, job.registered, replay_id)
+            job.report.events += folded
+            n += folded
         if save:
             await conn.executemany(
                 "UPDATE eventfold.rebuilds SET positions = positions || $2::jsonb,"
