@@ -1,4 +1,4 @@
-"""Write-behind faust tables whose changelog is complete before every offset commit.
+"""Write-behind faust tables, and transactions that commit what the processor applied.
 
 faust sends a table write to its changelog through a producer buffer that a
 background task drains one message at a time, and its ``exactly_once`` commit
@@ -8,19 +8,34 @@ whose offset that commit already covered (the lost count issue 9's SIGKILL test
 found). It also costs one Kafka message, one buffer round and one transaction
 lock per write: most of the processor's time at the old 500-800 events/s.
 
-So the processor owns its tables' writes:
+Nor are the offsets faust commits trustworthy: it derives them from its own
+bookkeeping of acknowledged offsets and "gaps", which the seek to the committed
+offsets at the end of a recovery can corrupt while records are already flowing.
+Seen in the SIGKILL test: a restarted worker that had applied a partition to
+its end committed that partition one offset per commit (every offset counted
+twice in faust's list), so it never caught up; offsets filled in as a "gap" are
+committed without their records ever reaching the processor.
+
+So the processor owns both its writes and its offsets:
 
 - a write updates the table's local store at once and marks the key dirty
   (several writes of a hot counter between two commits become one message);
-- :func:`fence_commits` makes every transaction commit first send the dirty
-  keys' current values to the changelog partition each was written from and
-  wait for the broker's acknowledgements: the transaction then holds every
-  write of every event whose offset it commits. Writes of events processed
-  after the offsets were taken ride along in the same transaction; those events
-  are re-delivered after a crash, which the counters detect by offset.
+- :class:`OwnedCommits` replaces faust's transaction commit: it takes the
+  positions the processor applied, sends the dirty keys' current values to the
+  changelog partition each was written from, waits for the broker's
+  acknowledgements, and commits exactly those positions in the transaction.
+  Each transaction holds every write of every event whose offset it commits;
+  writes of events applied after the positions were taken ride along, and
+  those events are re-delivered after a crash, which the counters detect by
+  offset.
 
-Restore on start or rebalance is faust's own: the changelog is read back into
-the same local store.
+Restore on start or rebalance is faust's own (the changelog is read back into
+the same local store) except for where it stops: with transactions faust takes
+a changelog's end from the consumer's cached "last stable offset", which is
+None until a fetch answer for that partition came in. A restarted worker then
+restored nothing, or stopped at whatever the first fetch had seen, and counted
+on from the committed offsets with its tables short: the lost counts of the
+SIGKILL test. :func:`restore_to_stable_end` asks the broker instead.
 """
 
 from __future__ import annotations
@@ -28,6 +43,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
+
+from aiokafka import TopicPartition
 
 #: ``(partition, value)``; value None is a deletion (a changelog tombstone).
 _Pending = tuple[int, Any]
@@ -61,57 +78,142 @@ class WriteBehindTable:
     def __len__(self) -> int:
         return len(self.table.data)
 
+    def forget(self, partitions: set[int]) -> None:
+        """Drop the unsent writes of ``partitions`` (revoked: the new owner redoes them)."""
+        self._dirty = {k: v for k, v in self._dirty.items() if v[0] not in partitions}
+
     @property
     def dirty(self) -> int:
         """Writes not yet sent to the changelog."""
         return len(self._dirty)
 
-    async def send_dirty(self, assigned: set[int]) -> list[Awaitable[Any]]:
-        """Send every dirty key to its changelog partition; the broker acks to await.
+    async def send_dirty(self, partitions: set[int]) -> list[tuple[int, Awaitable[Any]]]:
+        """Send the dirty keys of ``partitions`` to the changelog: ``(partition, ack to await)``.
 
-        Keys of partitions no longer ``assigned`` are dropped: their events are
-        processed again by the partition's new owner from its committed offset.
+        Keys of other partitions stay dirty for a later commit of theirs.
         """
-        dirty, self._dirty = self._dirty, {}
+        dirty: dict[Any, _Pending] = {}
+        for key, pending in list(self._dirty.items()):
+            if pending[0] in partitions:
+                dirty[key] = self._dirty.pop(key)
         topic = self.table.changelog_topic
-        acks: list[Awaitable[Any]] = []
+        acks: list[tuple[int, Awaitable[Any]]] = []
         for key, (partition, value) in dirty.items():
-            if partition not in assigned:
-                continue
             acks.append(
-                await topic.send(
-                    key=key,
-                    value=value,
-                    partition=partition,
-                    key_serializer=self.table.key_serializer,
-                    value_serializer="raw" if value is None else self.table.value_serializer,
-                    force=True,  # never attached to an event: sent now, in this transaction
+                (
+                    partition,
+                    await topic.send(
+                        key=key,
+                        value=value,
+                        partition=partition,
+                        key_serializer=self.table.key_serializer,
+                        value_serializer="raw" if value is None else self.table.value_serializer,
+                        force=True,  # never attached to an event: sent now, in this transaction
+                    ),
                 )
             )
         return acks
 
 
-async def flush_tables(tables: list[WriteBehindTable], assigned: set[int]) -> None:
-    """Send the dirty keys of ``tables`` and wait until the broker acknowledged them all."""
-    acks: list[Awaitable[Any]] = []
+async def flush_tables(tables: list[WriteBehindTable], partitions: set[int]) -> set[int]:
+    """Send the dirty keys of ``partitions``, wait for the broker's acks; the partitions written."""
+    acks: list[tuple[int, Awaitable[Any]]] = []
     for table in tables:
-        acks.extend(await table.send_dirty(assigned))
+        acks.extend(await table.send_dirty(partitions))
     if acks:
-        await asyncio.gather(*acks)
+        await asyncio.gather(*(ack for _, ack in acks))
+    return {partition for partition, _ in acks}
 
 
-def fence_commits(consumer: Any, before_commit: Callable[[], Awaitable[None]]) -> None:
-    """Make each transaction commit of the faust ``consumer`` await ``before_commit()`` first.
+class OwnedCommits:
+    """The transactions of a faust consumer, committing the positions the processor applied.
 
-    faust has no pre-commit hook; its consumer commits every transaction (the
-    periodic commit and the one ending a transaction at a rebalance) through
-    ``consumer.transactions.commit``, so that method is wrapped on this instance.
+    ``applied(partition, offset)`` is called for every record the processor
+    folded; :meth:`commit` replaces ``consumer.transactions.commit`` (faust's
+    periodic commit and its commit at shutdown call it; the offsets faust
+    passes are ignored) and is also called on the processor's own timer, since
+    faust calls it only when its bookkeeping finds something to commit.
     """
-    transactions = consumer.transactions
-    commit = transactions.commit
 
-    async def fenced(offsets: Any, start_new_transaction: bool = True) -> Any:
-        await before_commit()
-        return await commit(offsets, start_new_transaction=start_new_transaction)
+    def __init__(
+        self, topic: str, tables: list[WriteBehindTable], assigned: Callable[[], set[int]]
+    ) -> None:
+        self.topic = topic
+        self.tables = tables
+        self.assigned = assigned
+        #: partition -> next offset to apply: the offsets a commit may cover
+        self.positions: dict[int, int] = {}
+        #: partition -> the offset this worker last committed
+        self.committed: dict[int, int] = {}
+        self._lock = asyncio.Lock()
+        self._commit: Callable[..., Awaitable[Any]] | None = None
 
-    transactions.commit = fenced
+    def install(self, consumer: Any) -> None:
+        """Take over the transaction commits of the faust ``consumer`` (before it starts).
+
+        faust has no hook for what a commit covers; every transaction commit
+        (periodic, and at shutdown) goes through ``consumer.transactions.commit``,
+        so that method is replaced on this instance.
+        """
+        self._commit = consumer.transactions.commit
+        consumer.transactions.commit = self.commit
+
+    def applied(self, partition: int, offset: int) -> None:
+        """Record that the record at ``partition``/``offset`` is folded into the tables.
+
+        A seek can deliver records again that were applied already: positions
+        never move back.
+        """
+        if offset >= self.positions.get(partition, 0):
+            self.positions[partition] = offset + 1
+
+    def forget(self, partitions: set[int]) -> None:
+        """Drop the positions and unsent writes of ``partitions`` (revoked: a new owner
+        takes them on from their committed offsets)."""
+        for table in self.tables:
+            table.forget(partitions)
+        for partition in partitions:
+            self.positions.pop(partition, None)
+            self.committed.pop(partition, None)
+
+    async def commit(
+        self, offsets: Any = None, start_new_transaction: bool = True,
+        partitions: set[int] | None = None,
+    ) -> bool:  # fmt: skip
+        """Commit the applied positions of ``partitions`` (default: the assigned) with
+        every table write made so far; whether anything was committed."""
+        async with self._lock:
+            scope = self.assigned() if partitions is None else partitions
+            # Positions are taken before any dirty key is swapped out: every event they
+            # cover has its writes in this flush.
+            applied = {p: o for p, o in self.positions.items() if p in scope}
+            written = await flush_tables(self.tables, scope)
+            due = {
+                p: o for p, o in applied.items()
+                if o > self.committed.get(p, -1) or p in written
+            }  # fmt: skip
+            if not due:
+                return False
+            assert self._commit is not None, "install() comes before the consumer starts"
+            await self._commit(
+                {TopicPartition(self.topic, p): o for p, o in due.items()},
+                start_new_transaction=start_new_transaction,
+            )
+            self.committed.update(due)
+            return True
+
+
+def restore_to_stable_end(consumer: Any) -> None:
+    """Make the faust ``consumer`` restore changelogs up to the broker's last stable offsets.
+
+    faust reads the ends of the changelog partitions through its consumer
+    thread's ``_highwaters``; asked of a ``read_committed`` consumer,
+    ``end_offsets`` returns the last stable offset (the end of the committed
+    transactions), which is what a restore must reach.
+    """
+    thread = consumer._thread
+
+    async def stable_ends(partitions: list[Any]) -> Any:
+        return await thread._ensure_consumer().end_offsets(list(partitions))
+
+    thread._highwaters = stable_ends

@@ -16,12 +16,14 @@ the source partition of the events it counts (so it is restored with it):
   event time), so a duplicate (a producer retry, a republished id) is not
   counted twice.
 
-With ``processing_guarantee="exactly_once"`` faust commits the consumed offsets
-in one Kafka transaction per partition; the tables are written behind and sent
-to their changelogs inside that transaction before it commits (see
-``changelog.py``), so a worker killed mid-window restarts from the last
-committed transaction with the tables restored to exactly that point: no count
-lost or doubled.
+With ``processing_guarantee="exactly_once"`` each partition's offsets are
+committed in a Kafka transaction; the tables are written behind and sent to
+their changelogs inside that transaction, which commits the positions the
+worker applied (not faust's own offset bookkeeping: see ``changelog.py``), so a
+worker killed mid-window restarts from the last committed transaction with the
+tables restored to exactly that point: no count lost or doubled. Partitions
+revoked in a rebalance are committed before they go, so the local tables never
+hold more than their changelogs.
 
 Served reads: a flush task copies the absolute value of every changed counter
 to a per-tenant Redis hash (``ef:{tenant}:analytics:{w}:{start}``) and every
@@ -49,7 +51,7 @@ import faust
 import orjson
 from redis.asyncio import Redis
 
-from consumers.analytics.changelog import WriteBehindTable, fence_commits, flush_tables
+from consumers.analytics.changelog import OwnedCommits, WriteBehindTable, restore_to_stable_end
 from consumers.analytics.windows import (
     WINDOWS,
     CountKey,
@@ -145,16 +147,31 @@ class Analytics:
         self._dirty_touched: set[str] = set()
         #: set when a count changed: an idle flusher copies it at once
         self._changed = asyncio.Event()
-        #: partition → next offset to process, for burst mode ("caught up").
-        self.positions: dict[int, int] = {}
+        self.commits = OwnedCommits(
+            settings.events_topic, list(self.tables().values()), self.assigned
+        )
         self._newest_log_ms = 0
         self.app.agent(self.topic, name="analytics-count")(self._agent)
+        self.app.on_partitions_revoked.connect(self._on_revoked)
 
     async def _agent(self, stream: Any) -> None:
         async for event in stream.events():
             msg = event.message
             self.count(msg.value, msg.partition, msg.offset, msg.timestamp)
-            self.positions[msg.partition] = msg.offset + 1
+            self.commits.applied(msg.partition, msg.offset)
+
+    async def _on_revoked(self, app: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        revoked: set[Any] = args[0]
+        # faust stops the revoked partitions' transactional producers next, which
+        # aborts what their open transactions hold; the local tables (faust's memory
+        # store keeps them) must not keep writes their changelogs lose. So those
+        # partitions commit now, and a failure stops the worker (a new process
+        # restores from the changelogs) rather than let the two disagree.
+        partitions = {tp.partition for tp in revoked if tp.topic == self.settings.events_topic}
+        if not partitions:
+            return
+        await self.commits.commit(partitions=partitions, start_new_transaction=False)
+        self.commits.forget(partitions)
 
     def count(self, value: bytes | None, partition: int, offset: int, log_ts: float) -> None:
         """Fold one log record into the tables (called inside the agent)."""
@@ -224,10 +241,6 @@ class Analytics:
             for tp in self.app.consumer.assignment()
             if tp.topic == self.settings.events_topic
         }
-
-    async def before_commit(self) -> None:
-        """Send every table write to its changelog (and wait for it) ahead of a commit."""
-        await flush_tables(list(self.tables().values()), self.assigned())
 
     def prune(self, now: float, assigned: set[int]) -> int:
         """Drop the table state no event can change any more; the number of keys dropped.
@@ -317,7 +330,8 @@ class Analytics:
             prune_due = time.monotonic() - pruned_at >= self.settings.analytics_prune_seconds
             if not rebalancing and prune_due:
                 pruned_at = time.monotonic()
-                pruned = self.prune(time.time(), self.assigned())
+                # Only partitions with a position: their tombstones commit with it.
+                pruned = self.prune(time.time(), self.assigned() & set(self.commits.positions))
                 if pruned:
                     log.info("analytics: pruned %d keys of settled windows", pruned)
                 self.metrics.analytics_pruned.inc(pruned)
@@ -353,18 +367,25 @@ class Analytics:
             ends = await consumer.end_offsets(parts)
         finally:
             await consumer.stop()
-        return all(self.positions.get(tp.partition, 0) >= end for tp, end in ends.items() if end)
+        positions = self.commits.positions
+        return all(positions.get(tp.partition, 0) >= end for tp, end in ends.items() if end)
 
     async def run(self, stop: asyncio.Event | None = None, *, burst: bool = False) -> None:
         """Run the faust app on this loop until ``stop`` (or, in burst mode, caught up)."""
         stop = stop or asyncio.Event()
         redis = redis_client(self.settings)
         flush_stop = asyncio.Event()
-        fence_commits(self.app.consumer, self.before_commit)
+        self.commits.install(self.app.consumer)
+        restore_to_stable_end(self.app.consumer)
         await self.app.start()
         flusher = asyncio.create_task(self._flusher(redis, flush_stop))
+        interval = self.app.conf.broker_commit_interval
+        committed_at = time.monotonic()
         try:
             while not stop.is_set():
+                if not self.app.rebalancing and time.monotonic() - committed_at >= interval:
+                    committed_at = time.monotonic()
+                    await self.commits.commit()
                 if burst and not self.app.rebalancing and await self._caught_up():
                     break
                 with contextlib.suppress(TimeoutError):
