@@ -184,7 +184,7 @@ class OwnedCommits:
         every table write made so far; whether anything was committed."""
         async with self._lock:
             scope = self.assigned() if partitions is None else partitions
-            # Positions are taken before any dirty key is swapped out: every event they
+            # Positions are taken before any dirty key is sent: every event they
             # cover has its writes in this flush.
             applied = {p: o for p, o in self.positions.items() if p in scope}
             written = await flush_tables(self.tables, scope)
