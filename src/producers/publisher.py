@@ -25,6 +25,7 @@ import asyncio
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,7 @@ from eventfold.envelope import CloudEvent
 from eventfold.errors import Unavailable
 from eventfold.faults import send_outcome_unknown
 from eventfold.kafka import message_key
+from eventfold.kafkabatch import send_batched
 from eventfold.logs import correlation_id
 from eventfold.metrics import Metrics
 from eventfold.redispipe import AutoPipeline
@@ -47,6 +49,10 @@ from eventfold.redispipe import AutoPipeline
 log = logging.getLogger("eventfold.publisher")
 
 ProducerFactory = Callable[[], AIOKafkaProducer]
+
+#: Publishes of at least this many new events go out as one record batch per
+#: partition (:mod:`eventfold.kafkabatch`); fewer share the producer's open batches.
+BATCHED_SEND_MIN = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,18 +244,24 @@ class Publisher:
             try:
                 async with asyncio.timeout(min(policy.attempt_timeout, deadline - loop.time())):
                     producer, generation = await self._ready_producer()
-                    futures = [
-                        await producer.send(
+                    keys = [message_key(tenant, ev.subject, ev.id) for ev in events]
+                    if len(events) >= BATCHED_SEND_MIN:
+                        positions = await send_batched(
+                            producer,
                             self._topic,
-                            value=payload,
-                            key=message_key(tenant, ev.subject, ev.id),
-                            headers=headers,
+                            [(k, v, headers) for k, v in zip(keys, payloads, strict=True)],
                         )
-                        for ev, payload in zip(events, payloads, strict=True)
-                    ]
-                    metas = (
-                        [await futures[0]] if len(futures) == 1 else await asyncio.gather(*futures)
-                    )
+                    else:
+                        futures = [
+                            await producer.send(self._topic, value=v, key=k, headers=headers)
+                            for k, v in zip(keys, payloads, strict=True)
+                        ]
+                        metas = (
+                            [await futures[0]]
+                            if len(futures) == 1
+                            else await asyncio.gather(*futures)
+                        )
+                        positions = [(m.partition, m.offset) for m in metas]
                 break
             except Exception as exc:
                 self._metrics.dependency_errors.labels("kafka").inc()
@@ -269,11 +281,11 @@ class Publisher:
                 log.warning("send not acknowledged, retrying with a new producer", extra=extra)
                 await asyncio.sleep(pause)
                 delay *= 2
-        for ev in events:
-            self._metrics.events_published.labels(ev.type).inc()
+        for type_, n in Counter(ev.type for ev in events).items():
+            self._metrics.events_published.labels(type_).inc(n)
         return {
-            ev.id: Published(ev.id, meta.partition, meta.offset, False)
-            for ev, meta in zip(events, metas, strict=True)
+            ev.id: Published(ev.id, partition, offset, False)
+            for ev, (partition, offset) in zip(events, positions, strict=True)
         }
 
     # -- the dedup memory (Redis, failing open) -------------------------------

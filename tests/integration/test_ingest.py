@@ -109,6 +109,27 @@ async def test_batch_is_published_and_duplicates_flagged(tenant: TenantApi) -> N
     assert rec["version"] == 1
 
 
+async def test_a_large_batch_reports_each_events_own_position(api: Api, tenant: TenantApi) -> None:
+    # Past BATCHED_SEND_MIN the events go out as one record batch per partition.
+    batch = [event(f"lb-{i}", f"items/x{i % 7}", data={"n": i}) for i in range(40)]
+    doc = await tenant.write("POST", "/events", json=[*batch, event("lb-3", "items/x3")])
+    results = doc["events"]
+    assert [r["id"] for r in results] == [*(f"lb-{i}" for i in range(40)), "lb-3"]
+    assert results[40]["duplicate"] is True
+    assert (results[40]["partition"], results[40]["offset"]) == (
+        results[3]["partition"],
+        results[3]["offset"],
+    )
+    assert len({(r["partition"], r["offset"]) for r in results[:40]}) == 40
+    for i in (0, 3, 17, 39):
+        key, envelope = await read_at(api.settings, results[i]["partition"], results[i]["offset"])
+        assert key == f"{tenant.id}/items/x{i % 7}".encode()
+        assert (envelope["id"], envelope["data"]) == (f"lb-{i}", {"n": i})
+    rec = await tenant.read_json("/collections/items/records/x6", doc["consistency_token"])
+    assert rec["version"] == 5  # lb-6, 13, 20, 27 and 34, applied in order
+    assert rec["data"] == {"n": 34}
+
+
 async def test_invalid_batch_publishes_nothing(tenant: TenantApi) -> None:
     batch = [
         event("ok-1", "items/a"),
