@@ -1,0 +1,127 @@
+"""Producer CPU per record: ``AIOKafkaProducer.send`` per record vs one batch per partition.
+
+``python -m benchmarks.kafka_send [--rounds 3] [--records 500] [--concurrency 8]``.
+On a private topic (8 partitions) of the local broker, with the gateway's own
+producer settings (idempotent, ``acks=all``): ``--concurrency`` publishes of
+``--records`` keyed ~700-byte records at a time, as the gateway's batch route
+sends them, once record by record (``send`` + gather) and once through
+:func:`eventfold.kafkabatch.send_batched`, alternating, ``--rounds`` times.
+Prints and writes CPU-µs per record (this process: the producer's Python work)
+and records/s to ``benchmarks/results/<date>-kafka-send.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import resource
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+
+from eventfold.infra import ensure_topics
+from eventfold.kafka import make_producer, message_key
+from eventfold.kafkabatch import Record, send_batched
+from eventfold.settings import Settings
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+async def _per_record(producer: AIOKafkaProducer, topic: str, records: list[Record]) -> None:
+    futures = [await producer.send(topic, value=v, key=k, headers=h) for k, v, h in records]
+    await asyncio.gather(*futures)
+
+
+async def _batched(producer: AIOKafkaProducer, topic: str, records: list[Record]) -> None:
+    await send_batched(producer, topic, records)
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Alternate the two ways of sending; return CPU per record and rate of each round."""
+    name = uuid.uuid4().hex[:8]
+    settings = dataclasses.replace(
+        Settings.from_env(),
+        events_topic=f"eventfold.bench-send-{name}.events",
+        dlq_topic=f"eventfold.bench-send-{name}.dlq",
+        topic_partitions=8,
+    )
+    await ensure_topics(settings)
+    topic = settings.events_topic
+    headers = [("content-type", b"application/cloudevents+json")]
+    payload = orjson.dumps({"type": "record.upserted", "data": {"pad": "x" * 640}})
+    publishes = [
+        [
+            (message_key("bench", f"orders/o{j}-{i}", f"e{j}-{i}"), payload, headers)
+            for i in range(args.records)
+        ]
+        for j in range(args.concurrency)
+    ]
+    ways: dict[str, Callable[[AIOKafkaProducer, str, list[Record]], Awaitable[None]]] = {
+        "per_record_send": _per_record,
+        "send_batched": _batched,
+    }
+    out: dict[str, list[dict[str, float]]] = {w: [] for w in ways}
+    producer = make_producer(settings, client_id="bench-send")
+    await producer.start()
+    try:
+        for _ in range(args.rounds):
+            for way, send in ways.items():
+                await asyncio.gather(*(send(producer, topic, p) for p in publishes))  # warm-up
+                cpu0, t0 = _cpu(), time.perf_counter()
+                for _ in range(args.repeat):
+                    await asyncio.gather(*(send(producer, topic, p) for p in publishes))
+                cpu, seconds = _cpu() - cpu0, time.perf_counter() - t0
+                n = args.repeat * args.concurrency * args.records
+                row = {
+                    "cpu_us_per_record": round(cpu / n * 1e6, 2),
+                    "records_per_second": round(n / seconds),
+                }
+                out[way].append(row)
+                print(f"{way:>16}: {row}", flush=True)
+    finally:
+        await producer.stop()
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        await admin.start()
+        try:
+            await admin.delete_topics([topic, settings.dlq_topic])
+        finally:
+            await admin.close()
+    return out
+
+
+def main() -> None:
+    """Parse arguments, run, print and save the figures."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--records", type=int, default=500, help="records per publish")
+    p.add_argument("--concurrency", type=int, default=8, help="publishes at a time")
+    p.add_argument("--repeat", type=int, default=13, help="measured gathers per round")
+    args = p.parse_args()
+    result = asyncio.run(run(args))
+    doc = {
+        "benchmark": "kafka-send",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "args": vars(args),
+        "results": result,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{datetime.now(UTC):%Y-%m-%d}-kafka-send.json"
+    path.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
+    print(f"saved {path}")
+
+
+if __name__ == "__main__":
+    main()
