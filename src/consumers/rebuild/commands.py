@@ -6,14 +6,15 @@ import argparse
 import sys
 import time
 from datetime import datetime
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
 
-from consumers.projector.store import outdated_tenants
-from consumers.rebuild.rebuild import Options, Report, all_tenants, rebuild_many
 from eventfold.ids import check, tenant_schema
 from eventfold.settings import Settings
+
+if TYPE_CHECKING:
+    from consumers.rebuild.rebuild import Report
 
 
 def add_parsers(sub: Any) -> None:
@@ -120,6 +121,12 @@ def _run(settings: Settings, args: argparse.Namespace, *, compare_only: bool, ve
 
     for tenant in args.tenant or ():
         check("tenant", tenant)
+
+    # Imported here, not with the module: every CLI process builds the parser (which
+    # imports this module), and the API and the gateway need neither the fold nor
+    # aiokafka's consumer (~7 MB of RSS in a served process).
+    from consumers.projector.store import outdated_tenants
+    from consumers.rebuild.rebuild import Options, all_tenants, rebuild_many
 
     async def main() -> list[Report]:
         pool = await open_pool(settings, attempts=3)
