@@ -40,6 +40,8 @@ Progress = Callable[[int, float, float | None], None]
 SECONDARY_INDEXES = ("records_by_updated", "records_data", "events_by_type", "events_by_subject")
 #: Records listed per kind of difference in a report.
 LIST_LIMIT = 100
+#: Tenants folding a chunk at once, each on its own connection (the pool has 20).
+FOLD_CONNECTIONS = 2
 
 
 @dataclass(slots=True)
@@ -158,26 +160,32 @@ async def rebuild_many(
         at_ms = int(opts.from_time.timestamp() * 1000) if opts.from_time else None
         start = await source.offsets_at(settings, topic, at_ms)
         folded = 0
-        async with contextlib.AsyncExitStack() as stack:
-            s3 = None
-            if opts.from_archive:
-                s3 = await stack.enter_async_context(source.archive_client(settings))
-            for job in fresh:
-                job.positions = {}
-                if s3 is not None:
-                    # The archive is stored per tenant: each reads its own objects.
-                    archived = source.read_ahead(source.read_archive(settings, job.tenant, s3))
-                    async with contextlib.aclosing(archived):  # stops the read-ahead task
-                        async for chunk, reached in archived:
-                            n = await _fold(
-                                pool, {job.tenant: chunk}, {job.tenant: job}, [], replay_id
-                            )
-                            job.report.archive_events += n
-                            folded += n
-                            job.positions.update(reached)
-                            await _throttle(folded, started, opts)
-                for p, o in start.items():
-                    job.positions[p] = max(job.positions.get(p, 0), o) if s3 is not None else o
+        gate = asyncio.Semaphore(FOLD_CONNECTIONS)
+
+        async def from_archive(job: _Job, s3: Any) -> None:
+            """Fold ``job``'s archived events (the archive is stored per tenant)."""
+            nonlocal folded
+            positions = _positions(job)
+            async with gate:  # a few tenants at once, as in _fold
+                archived = source.read_ahead(source.read_archive(settings, job.tenant, s3))
+                async with contextlib.aclosing(archived):  # stops the read-ahead task
+                    async for chunk, reached in archived:
+                        n = await _fold(pool, {job.tenant: chunk}, {job.tenant: job}, [], replay_id)
+                        job.report.archive_events += n
+                        folded += n
+                        positions.update(reached)
+                        await _throttle(folded, started, opts)
+
+        for job in fresh:
+            job.positions = {}
+        if opts.from_archive:
+            async with source.archive_client(settings) as s3, asyncio.TaskGroup() as tasks:
+                for job in fresh:
+                    tasks.create_task(from_archive(job, s3))
+        for job in fresh:
+            mine = _positions(job)
+            for p, o in start.items():
+                mine[p] = max(mine.get(p, 0), o) if opts.from_archive else o
     await _catch_up(settings, pool, jobs, replay_id, started, opts)
     for job in jobs:
         await _finish(settings, pool, job, replay_id, opts)
@@ -392,29 +400,58 @@ async def _fold(
     save: list[_Job],
     replay_id: str,
 ) -> int:
-    """Fold each tenant's events of ``groups`` into its shadow, in one transaction with the
-    progress of the ``save`` jobs (their positions as they stand after these events).
+    """Fold each tenant's events of ``groups`` into its shadow, and save the progress of
+    the ``save`` jobs (their positions as they stand after these events).
 
-    Each job's report counts its events; the total is returned."""
+    Each tenant folds in a transaction of its own, which also saves its progress:
+    its shadow rows and its positions commit together, so a resumed rebuild
+    never folds an event twice or skips one. Up to :data:`FOLD_CONNECTIONS`
+    tenants fold at once: one tenant's statements run in PostgreSQL while the
+    next tenant's are built (a rebuild of many tenants is one statement pair per
+    tenant per chunk, each mostly a wait). Tenants of ``save`` without events
+    here share one transaction for their positions. A failure cancels the
+    tenants still folding; what committed stays, with its progress.
+
+    Each job's report counts its events; the total is returned.
+    """
     if not groups and not save:
         return 0
-    n = 0
-    async with pool.acquire(timeout=30) as conn, conn.transaction():
-        # Losing the last commits in a crash loses shadow rows and progress together.
-        await conn.execute("SET LOCAL synchronous_commit = off")
+    saving = {j.tenant for j in save}
+    idle = [j for j in save if j.tenant not in groups]
+    gate = asyncio.Semaphore(FOLD_CONNECTIONS)
+    folded: dict[str, int] = {}
+
+    async def fold_one(job: _Job, chunk: list[LogEvent]) -> None:
+        async with gate, pool.acquire(timeout=30) as conn, conn.transaction():
+            # Losing the last commits in a crash loses shadow rows and progress together.
+            await conn.execute("SET LOCAL synchronous_commit = off")
+            n = await _fold_in(conn, job.tenant, job.shadow, chunk, job.registered, replay_id)
+            if job.tenant in saving:
+                await _save_progress(conn, [job])
+        folded[job.tenant] = n
+        job.report.events += n
+
+    async def save_idle() -> None:
+        async with gate, pool.acquire(timeout=30) as conn, conn.transaction():
+            await conn.execute("SET LOCAL synchronous_commit = off")
+            await _save_progress(conn, idle)
+
+    async with asyncio.TaskGroup() as tasks:
         for tenant, chunk in groups.items():
-            job = jobs[tenant]
-            folded = await _fold_in(conn, tenant, job.shadow, chunk, job.registered, replay_id)
-            job.report.events += folded
-            n += folded
-        if save:
-            await conn.executemany(
-                "UPDATE eventfold.rebuilds SET positions = positions || $2::jsonb,"
-                " updated_at = now() WHERE tenant = $1",
-                # The pool's jsonb codec encodes the parameter (string keys for JSON).
-                [(j.tenant, {str(p): o for p, o in _positions(j).items()}) for j in save],
-            )
-    return n
+            tasks.create_task(fold_one(jobs[tenant], chunk))
+        if idle:
+            tasks.create_task(save_idle())
+    return sum(folded.values())
+
+
+async def _save_progress(conn: asyncpg.Connection, jobs: list[_Job]) -> None:
+    """Store each job's positions in ``eventfold.rebuilds`` (the caller's transaction)."""
+    await conn.executemany(
+        "UPDATE eventfold.rebuilds SET positions = positions || $2::jsonb,"
+        " updated_at = now() WHERE tenant = $1",
+        # The pool's jsonb codec encodes the parameter (string keys for JSON).
+        [(j.tenant, {str(p): o for p, o in _positions(j).items()}) for j in jobs],
+    )
 
 
 async def _fold_in(
