@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
-import dataclasses
 import statistics
 import time
 import uuid
@@ -23,12 +22,12 @@ import uuid
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from benchmarks.private import private_settings
 from consumers.analytics.processor import Analytics
 from consumers.analytics.windows import index_key, window_key, window_start
 from eventfold.bootstrap import redis_client
 from eventfold.infra import ensure_topics
 from eventfold.metrics import Metrics
-from eventfold.settings import Settings
 
 
 def _event(tenant: str, i: int) -> bytes:
@@ -47,15 +46,8 @@ def _event(tenant: str, i: int) -> bytes:
 
 async def main(events: int, probes: int, profile: str | None) -> None:
     """Run the benchmark and print its figures as JSON."""
-    base = Settings.from_env()
     run = uuid.uuid4().hex[:8]
-    settings = dataclasses.replace(
-        base,
-        events_topic=f"eventfold.bench-{run}.events",
-        dlq_topic=f"eventfold.bench-{run}.dlq",
-        consumer_group_prefix=f"eventfold-bench-{run}",
-        topic_partitions=4,
-    )
+    settings = private_settings(run, partitions=4)
     await ensure_topics(settings)
     tenants = [f"bench{run}t{n}" for n in range(4)]
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=5)

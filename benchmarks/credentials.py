@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import statistics
 import time
 import uuid
@@ -24,12 +23,12 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 
+from benchmarks.private import private_settings
 from eventfold.apikeys import API_KEYS
 from eventfold.auth import issue_token
 from eventfold.bootstrap import Parts, create_app
 from eventfold.infra import ensure_topics
 from eventfold.ratelimit import RATE_LIMITER
-from eventfold.settings import Settings
 from eventfold.web import VERIFIER
 
 
@@ -48,13 +47,7 @@ def _summary(samples: list[float], unit: float, name: str) -> dict[str, Any]:
 
 async def main(args: argparse.Namespace) -> None:
     run = uuid.uuid4().hex[:8]
-    settings = dataclasses.replace(
-        Settings.from_env(),
-        events_topic=f"eventfold.bench-{run}.events",
-        dlq_topic=f"eventfold.bench-{run}.dlq",
-        consumer_group_prefix=f"eventfold-bench-{run}",
-        topic_partitions=4,
-    )
+    settings = private_settings(run, partitions=4)
     await ensure_topics(settings)
     a: TestClient[Any, Any] = TestClient(TestServer(create_app(settings)))
     b: TestClient[Any, Any] = TestClient(

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import os
 import platform
 import socket
@@ -34,10 +33,10 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from benchmarks.private import private_settings
 from eventfold.auth import issue_token
 from eventfold.bootstrap import create_app
 from eventfold.infra import ensure_topics
-from eventfold.settings import Settings
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -78,12 +77,9 @@ async def _wait(check: Any, limit: float = 600.0, every: float = 0.01) -> None:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run both measurements; return their figures."""
     run_id = uuid.uuid4().hex[:6]
-    settings = dataclasses.replace(
-        Settings.from_env(),
-        events_topic=f"eventfold.bench-{run_id}.events",
-        dlq_topic=f"eventfold.bench-{run_id}.dlq",
-        consumer_group_prefix=f"eventfold-bench-{run_id}",
-        topic_partitions=args.partitions,
+    settings = private_settings(
+        run_id,
+        partitions=args.partitions,
         webhook_allow_hosts=("127.0.0.1",),
         sync_tick_seconds=0.02,
         sync_max_pages_per_run=100_000,

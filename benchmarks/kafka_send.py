@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import resource
 import time
 import uuid
@@ -27,10 +26,10 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
+from benchmarks.private import private_settings
 from eventfold.infra import ensure_topics
 from eventfold.kafka import make_producer, message_key
 from eventfold.kafkabatch import Record, send_batched
-from eventfold.settings import Settings
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -52,12 +51,7 @@ async def _batched(producer: AIOKafkaProducer, topic: str, records: list[Record]
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     """Alternate the two ways of sending; return CPU per record and rate of each round."""
     name = uuid.uuid4().hex[:8]
-    settings = dataclasses.replace(
-        Settings.from_env(),
-        events_topic=f"eventfold.bench-send-{name}.events",
-        dlq_topic=f"eventfold.bench-send-{name}.dlq",
-        topic_partitions=8,
-    )
+    settings = private_settings(name, partitions=8)
     await ensure_topics(settings)
     topic = settings.events_topic
     headers = [("content-type", b"application/cloudevents+json")]

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import json
 import time
 import uuid
@@ -33,6 +32,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from benchmarks.private import private_settings
 from eventfold.auth import issue_token
 from eventfold.bootstrap import Parts, create_app
 from eventfold.infra import ensure_topics
@@ -207,12 +207,9 @@ async def sse(
 
 async def main(args: argparse.Namespace) -> None:
     run = uuid.uuid4().hex[:8]
-    settings = dataclasses.replace(
-        Settings.from_env(),
-        events_topic=f"eventfold.bench-{run}.events",
-        dlq_topic=f"eventfold.bench-{run}.dlq",
-        consumer_group_prefix=f"eventfold-bench-{run}",
-        topic_partitions=4,
+    settings = private_settings(
+        run,
+        partitions=4,
         webhook_allow_hosts=("127.0.0.1",),
         webhook_retry_schedule=(1, 1, 1),
         stream_queue_max=10_000,

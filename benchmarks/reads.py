@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import os
 import platform
 import re
@@ -44,6 +43,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from benchmarks.private import private_settings
 from benchmarks.throughput import _free_port, _project, _wait_ready, make_event
 from eventfold.auth import issue_token
 from eventfold.infra import ensure_topics
@@ -224,13 +224,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install -y wrk")
     run_id = uuid.uuid4().hex[:6]
-    settings = dataclasses.replace(
-        Settings.from_env(),
-        events_topic=f"eventfold.bench-{run_id}.events",
-        dlq_topic=f"eventfold.bench-{run_id}.dlq",
-        consumer_group_prefix=f"eventfold-bench-{run_id}",
-        topic_partitions=8,
-    )
+    settings = private_settings(run_id, partitions=8)
     await ensure_topics(settings)
     tenant = f"bench_reads_{run_id}"
     print(f"seeding {args.records} records of ~700 bytes…", flush=True)

@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from benchmarks.private import private_settings
 from consumers.archiver.processor import Archiver
 from consumers.projector import store
 from consumers.rebuild.rebuild import Options, rebuild, rebuild_many
@@ -181,15 +182,7 @@ async def main(
 ) -> dict[str, Any]:
     """Run the benchmark; return its figures."""
     name = uuid.uuid4().hex[:8]
-    base = Settings.from_env()
-    settings = dataclasses.replace(
-        base,
-        events_topic=f"eventfold.bench-replay-{name}.events",
-        dlq_topic=f"eventfold.bench-replay-{name}.dlq",
-        consumer_group_prefix=f"eventfold-bench-replay-{name}",
-        s3_bucket=f"eventfold-bench-replay-{name}",
-        topic_partitions=4,
-    )
+    settings = private_settings(name, partitions=4, s3_bucket=f"eventfold-bench-replay-{name}")
     await ensure_topics(settings)
     await ensure_bucket(settings)
     tenants = [f"b{name}"] if n_tenants == 1 else [f"b{name}x{k}" for k in range(n_tenants)]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import os
 import platform
 import resource
@@ -30,6 +29,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from benchmarks.private import private_settings
 from consumers.projector.processor import Projector
 from eventfold.auth import issue_token
 from eventfold.bootstrap import open_pool
@@ -122,14 +122,7 @@ async def _project(settings: Settings, label: str) -> dict[str, Any]:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     run_id = uuid.uuid4().hex[:6]
-    base_settings = Settings.from_env()
-    settings = dataclasses.replace(
-        base_settings,
-        events_topic=f"eventfold.bench-{run_id}.events",
-        dlq_topic=f"eventfold.bench-{run_id}.dlq",
-        consumer_group_prefix=f"eventfold-bench-{run_id}",
-        topic_partitions=args.partitions,
-    )
+    settings = private_settings(run_id, partitions=args.partitions)
     await ensure_topics(settings)
     port = _free_port()
     env = {

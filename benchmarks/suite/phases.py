@@ -11,7 +11,6 @@ coordinated omission).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import pty
 import re
@@ -31,6 +30,7 @@ import aiohttp
 import asyncpg
 import orjson
 
+from benchmarks.private import private_settings
 from benchmarks.suite.histogram import Histogram
 from benchmarks.suite.procstat import ProcWatch, children_cpu
 from benchmarks.suite.progress import Progress
@@ -89,13 +89,7 @@ class Bench:
     async def create(cls, tenants: int, partitions: int) -> Bench:
         """Private topic/group names for this run; the topic is created."""
         run_id = uuid.uuid4().hex[:6]
-        settings = dataclasses.replace(
-            Settings.from_env(),
-            events_topic=f"eventfold.bench-{run_id}.events",
-            dlq_topic=f"eventfold.bench-{run_id}.dlq",
-            consumer_group_prefix=f"eventfold-bench-{run_id}",
-            topic_partitions=partitions,
-        )
+        settings = private_settings(run_id, partitions=partitions)
         await ensure_topics(settings)
         names = [f"bench_{run_id}_{n:02d}" for n in range(tenants)]
         return cls(settings, names, Workload(names))
