@@ -7,7 +7,9 @@ producer settings (idempotent, ``acks=all``): ``--concurrency`` publishes of
 sends them, once record by record (``send`` + gather) and once through
 :func:`eventfold.kafkabatch.send_batched`, alternating, ``--rounds`` times.
 Prints and writes CPU-µs per record (this process: the producer's Python work)
-and records/s to ``benchmarks/results/<date>-kafka-send.json``.
+and records/s to ``benchmarks/results/<date>-kafka-send.json``. Then, for
+``--mixed-seconds``, batched sends beside 64 tasks sending single records to the
+same partitions (the gateway's mixed load): how many fail, and their latency.
 """
 
 from __future__ import annotations
@@ -48,6 +50,66 @@ async def _batched(producer: AIOKafkaProducer, topic: str, records: list[Record]
     await send_batched(producer, topic, records)
 
 
+async def _mixed(
+    producer: AIOKafkaProducer, topic: str, payload: bytes, seconds: float
+) -> dict[str, Any]:
+    """Batched sends of 200 records (4 at a time) while 64 tasks send single records
+    to the same partitions: ``send_batch`` waits for a partition's open batch to
+    drain first, so this shows whether it is starved by a steady stream of ``send``s."""
+    headers = [("content-type", b"application/cloudevents+json")]
+    stop = asyncio.Event()
+    singles = 0
+
+    async def single(k: int) -> None:
+        nonlocal singles
+        i = 0
+        while not stop.is_set():
+            key = message_key("bench", f"singles/s{k}-{i % 50}", f"s{k}-{i}")
+            await (await producer.send(topic, value=payload, key=key, headers=headers))
+            singles += 1
+            i += 1
+
+    latencies: list[float] = []
+    failures: list[str] = []
+    deadline = time.monotonic() + seconds
+
+    async def batches(j: int) -> None:
+        n = 0
+        while time.monotonic() < deadline:
+            records = [
+                (message_key("bench", f"batches/b{j}-{n}-{i}", f"b{j}-{n}-{i}"), payload, headers)
+                for i in range(200)
+            ]
+            n += 1
+            started = time.perf_counter()
+            try:
+                async with asyncio.timeout(6):  # the gateway's attempt timeout
+                    await send_batched(producer, topic, records)
+            except Exception as exc:  # counted: the point is whether any fail
+                failures.append(type(exc).__name__)
+            else:
+                latencies.append((time.perf_counter() - started) * 1000)
+
+    senders = [asyncio.create_task(single(k)) for k in range(64)]
+    started = time.perf_counter()
+    try:
+        await asyncio.gather(*(batches(j) for j in range(4)))
+    finally:
+        stop.set()
+        await asyncio.gather(*senders)
+    took = time.perf_counter() - started
+    latencies.sort()
+    return {
+        "batched_sends": len(latencies),
+        "failed": len(failures),
+        "failures": sorted(set(failures)),
+        "p50_ms": round(latencies[len(latencies) // 2], 1) if latencies else None,
+        "p99_ms": round(latencies[int(len(latencies) * 0.99)], 1) if latencies else None,
+        "max_ms": round(latencies[-1], 1) if latencies else None,
+        "single_records_per_second": round(singles / took),
+    }
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     """Alternate the two ways of sending; return CPU per record and rate of each round."""
     name = uuid.uuid4().hex[:8]
@@ -67,7 +129,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "per_record_send": _per_record,
         "send_batched": _batched,
     }
-    out: dict[str, list[dict[str, float]]] = {w: [] for w in ways}
+    out: dict[str, Any] = {w: [] for w in ways}
     producer = make_producer(settings, client_id="bench-send")
     await producer.start()
     try:
@@ -85,6 +147,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 }
                 out[way].append(row)
                 print(f"{way:>16}: {row}", flush=True)
+        if args.mixed_seconds > 0:
+            out["mixed"] = await _mixed(producer, topic, payload, args.mixed_seconds)
+            print(f"           mixed: {out['mixed']}", flush=True)
     finally:
         await producer.stop()
         admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
@@ -103,6 +168,12 @@ def main() -> None:
     p.add_argument("--records", type=int, default=500, help="records per publish")
     p.add_argument("--concurrency", type=int, default=8, help="publishes at a time")
     p.add_argument("--repeat", type=int, default=13, help="measured gathers per round")
+    p.add_argument(
+        "--mixed-seconds",
+        type=float,
+        default=20,
+        help="batched sends beside 64 single-record senders this long (0: skip)",
+    )
     args = p.parse_args()
     result = asyncio.run(run(args))
     doc = {

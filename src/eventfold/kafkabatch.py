@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaTimeoutError
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from eventfold.kafka import partition_for_key
@@ -32,41 +33,63 @@ async def send_batched(
 ) -> list[tuple[int, int]]:
     """Send ``records`` in order; return each one's ``(partition, offset)`` once acknowledged.
 
-    A builder that fills up (the producer's ``max_batch_size``) is sent and a
-    new one started, so a partition's records keep their order across batches.
-    Raises what the first failed batch raised (the caller retries the whole,
-    as after a failed ``send``: the projector's dedup by event id absorbs a
-    record written twice).
+    A builder that fills up (the producer's ``max_batch_size``) is handed over
+    and a new one started, so a partition's records keep their order across
+    batches. ``send_batch`` waits until the partition has no batch pending in
+    the producer; under a steady stream of other requests' ``send``s there
+    nearly always is one, and aiokafka's wait then runs out early (it subtracts
+    the time waited so far again on every turn) with ``KafkaTimeoutError``,
+    before the batch was queued. That partition's records then go through
+    ``send`` (appended behind what is queued, so still in order): nothing is
+    lost or sent twice, and concurrent single-event requests are not held up.
+    Any other failure is raised (the caller retries the whole, as after a
+    failed ``send``: the projector's dedup by event id absorbs a record written
+    twice).
     """
     partitions = sorted(await producer.partitions_for(topic))
-    open_: dict[int, BatchBuilder] = {}
-    full: list[tuple[int, BatchBuilder]] = []
-    # Per record: its partition, which of that partition's builders, its place in it.
-    placed: list[tuple[int, int, int]] = []
-    built: dict[int, int] = {}  # builders started per partition
-    for key, value, headers in records:
+    #: Per partition, its builders in order, each with the indexes of its records.
+    builders: dict[int, list[tuple[BatchBuilder, list[int], list[int]]]] = {}
+    for i, (key, value, headers) in enumerate(records):
         partition = partition_for_key(key, partitions, partitions)
-        builder = open_.get(partition)
+        chain = builders.setdefault(partition, [])
         meta = None
-        if builder is not None:
-            meta = builder.append(key=key, value=value, timestamp=None, headers=headers)
-            if meta is None:  # full: send it as it is, start the next
-                full.append((partition, builder))
-        if meta is None:
-            builder = open_[partition] = producer.create_batch()
-            built[partition] = built.get(partition, 0) + 1
-            meta = builder.append(key=key, value=value, timestamp=None, headers=headers)
+        if chain:
+            meta = chain[-1][0].append(key=key, value=value, timestamp=None, headers=headers)
+        if meta is None:  # none yet, or the last one is full: start the next
+            chain.append((producer.create_batch(), [], []))
+            meta = chain[-1][0].append(key=key, value=value, timestamp=None, headers=headers)
             if meta is None:
                 raise ValueError(f"a record of {len(value)} bytes does not fit in a batch")
-        placed.append((partition, built[partition] - 1, meta.offset))
-    futures: dict[tuple[int, int], asyncio.Future[Any]] = {}
-    index: dict[int, int] = {}
-    for partition, builder in [*full, *open_.items()]:
-        builder.close()
-        n = index.get(partition, 0)
-        index[partition] = n + 1
-        futures[(partition, n)] = await producer.send_batch(builder, topic, partition=partition)
-    # Builders of one partition were sent in the order they were filled: ``full``
-    # holds each partition's earlier ones in order, ``open_`` its last.
-    metas = dict(zip(futures, await asyncio.gather(*futures.values()), strict=True))
-    return [(p, metas[(p, b)].offset + relative) for p, b, relative in placed]
+        chain[-1][1].append(i)
+        chain[-1][2].append(meta.offset)  # relative to the batch's base offset
+    positions: list[tuple[int, int] | None] = [None] * len(records)
+    batches: list[tuple[int, list[int], list[int], asyncio.Future[Any]]] = []
+    singles: list[tuple[int, asyncio.Future[Any]]] = []
+    for partition, chain in builders.items():
+        queued_alone = False
+        for builder, indexes, relative in chain:
+            if not queued_alone:
+                try:
+                    # Not closed: a builder handed over open is the partition's open batch
+                    # until the sender takes it, so other requests' sends join it instead
+                    # of each waiting for it to drain. Their records follow ours in it.
+                    future = await producer.send_batch(builder, topic, partition=partition)
+                except KafkaTimeoutError:
+                    queued_alone = True  # this and the partition's later builders: by send
+                else:
+                    batches.append((partition, indexes, relative, future))
+                    continue
+            for i in indexes:
+                key, value, headers = records[i]
+                sent = await producer.send(
+                    topic, value=value, key=key, headers=headers, partition=partition
+                )
+                singles.append((i, sent))
+    acked = await asyncio.gather(*(f for *_, f in batches), *(f for _, f in singles))
+    for (partition, indexes, relative, _), meta in zip(batches, acked, strict=False):
+        for i, r in zip(indexes, relative, strict=True):
+            positions[i] = (partition, meta.offset + r)
+    for (i, _), meta in zip(singles, acked[len(batches) :], strict=True):
+        positions[i] = (meta.partition, meta.offset)
+    assert all(p is not None for p in positions), "every record was queued one way or the other"
+    return [p for p in positions if p is not None]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from eventfold.kafka import partition_for_key
@@ -75,3 +77,42 @@ async def test_each_record_is_at_the_position_returned_on_its_keys_partition(
         by_key.setdefault(key, []).append(position)
     assert all(pos == sorted(pos) for pos in by_key.values())
     assert found[big[0]][1] == b"y" * 10_000
+
+
+async def test_a_partition_whose_batch_cannot_be_queued_goes_record_by_record(
+    stack: Settings,
+) -> None:
+    # A lingering batch of another send is pending on the partition: send_batch waits
+    # for it to drain and gives up (request timeout) before queuing anything.
+    producer = AIOKafkaProducer(
+        bootstrap_servers=stack.kafka_bootstrap,
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=3000,
+        request_timeout_ms=400,
+        partitioner=partition_for_key,
+    )
+    await producer.start()
+    sends = 0
+    send = producer.send
+
+    async def counted_send(*args: Any, **kwargs: Any) -> Any:
+        nonlocal sends
+        sends += 1
+        return await send(*args, **kwargs)
+
+    try:
+        headers = [("content-type", b"application/cloudevents+json")]
+        key = b"kb/items/lingering"
+        first = await producer.send(stack.events_topic, value=b"first", key=key)
+        producer.send = counted_send  # type: ignore[method-assign]
+        records = [(key, f"n{i}".encode(), headers) for i in range(20)]
+        positions = await send_batched(producer, stack.events_topic, records)
+        before = await first
+    finally:
+        await producer.stop()
+
+    assert sends == 20  # every record went by send, behind the pending batch
+    assert [o for _, o in positions] == list(range(before.offset + 1, before.offset + 21))
+    found = await _read(stack, set(positions))
+    assert [found[pos][1] for pos in positions] == [v for _, v, _ in records]
