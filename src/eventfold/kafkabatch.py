@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -47,49 +48,58 @@ async def send_batched(
     twice).
     """
     partitions = sorted(await producer.partitions_for(topic))
-    #: Per partition, its builders in order, each with the indexes of its records.
-    builders: dict[int, list[tuple[BatchBuilder, list[int], list[int]]]] = {}
+    chains: dict[int, list[_Batch]] = {}  # per partition, its batches in order
     for i, (key, value, headers) in enumerate(records):
         partition = partition_for_key(key, partitions, partitions)
-        chain = builders.setdefault(partition, [])
+        chain = chains.setdefault(partition, [])
         meta = None
         if chain:
-            meta = chain[-1][0].append(key=key, value=value, timestamp=None, headers=headers)
+            meta = chain[-1].builder.append(key=key, value=value, timestamp=None, headers=headers)
         if meta is None:  # none yet, or the last one is full: start the next
-            chain.append((producer.create_batch(), [], []))
-            meta = chain[-1][0].append(key=key, value=value, timestamp=None, headers=headers)
-            if meta is None:
-                raise ValueError(f"a record of {len(value)} bytes does not fit in a batch")
-        chain[-1][1].append(i)
-        chain[-1][2].append(meta.offset)  # relative to the batch's base offset
-    positions: list[tuple[int, int] | None] = [None] * len(records)
-    batches: list[tuple[int, list[int], list[int], asyncio.Future[Any]]] = []
+            chain.append(_Batch(partition, producer.create_batch()))
+            meta = chain[-1].builder.append(key=key, value=value, timestamp=None, headers=headers)
+            assert meta is not None, "an empty batch takes a record of any size"
+        chain[-1].records.append(i)
+        chain[-1].relative.append(meta.offset)
+    positions: list[tuple[int, int]] = [(-1, -1)] * len(records)
+    queued: list[tuple[_Batch, asyncio.Future[Any]]] = []
     singles: list[tuple[int, asyncio.Future[Any]]] = []
-    for partition, chain in builders.items():
-        queued_alone = False
-        for builder, indexes, relative in chain:
-            if not queued_alone:
+    for partition, chain in chains.items():
+        alone = False  # once a batch of the partition could not be queued, so is the rest
+        for batch in chain:
+            if not alone:
                 try:
                     # Not closed: a builder handed over open is the partition's open batch
                     # until the sender takes it, so other requests' sends join it instead
                     # of each waiting for it to drain. Their records follow ours in it.
-                    future = await producer.send_batch(builder, topic, partition=partition)
+                    future = await producer.send_batch(batch.builder, topic, partition=partition)
                 except KafkaTimeoutError:
-                    queued_alone = True  # this and the partition's later builders: by send
+                    alone = True
                 else:
-                    batches.append((partition, indexes, relative, future))
+                    queued.append((batch, future))
                     continue
-            for i in indexes:
+            for i in batch.records:
                 key, value, headers = records[i]
                 sent = await producer.send(
                     topic, value=value, key=key, headers=headers, partition=partition
                 )
                 singles.append((i, sent))
-    acked = await asyncio.gather(*(f for *_, f in batches), *(f for _, f in singles))
-    for (partition, indexes, relative, _), meta in zip(batches, acked, strict=False):
-        for i, r in zip(indexes, relative, strict=True):
-            positions[i] = (partition, meta.offset + r)
-    for (i, _), meta in zip(singles, acked[len(batches) :], strict=True):
+    acked = await asyncio.gather(*(f for _, f in queued), *(f for _, f in singles))
+    for (batch, _), meta in zip(queued, acked, strict=False):
+        for i, relative in zip(batch.records, batch.relative, strict=True):
+            positions[i] = (batch.partition, meta.offset + relative)
+    for (i, _), meta in zip(singles, acked[len(queued) :], strict=True):
         positions[i] = (meta.partition, meta.offset)
-    assert all(p is not None for p in positions), "every record was queued one way or the other"
-    return [p for p in positions if p is not None]
+    return positions
+
+
+@dataclass(slots=True)
+class _Batch:
+    """One record batch being built for a partition, and which records are in it."""
+
+    partition: int
+    builder: BatchBuilder
+    #: Indexes (in the caller's ``records``) of the records appended, in order.
+    records: list[int] = field(default_factory=list)
+    #: Their offsets relative to the batch's base offset.
+    relative: list[int] = field(default_factory=list)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -38,19 +40,28 @@ async def _read(settings: Settings, positions: set[tuple[int, int]]) -> Found:
     return found
 
 
+@contextlib.asynccontextmanager
+async def _producer(settings: Settings, **config: Any) -> AsyncIterator[AIOKafkaProducer]:
+    """A started idempotent producer (acks=all, Eventfold's partitioner) with ``config``."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        enable_idempotence=True,
+        acks="all",
+        partitioner=partition_for_key,
+        **config,
+    )
+    await producer.start()
+    try:
+        yield producer
+    finally:
+        await producer.stop()
+
+
 async def test_each_record_is_at_the_position_returned_on_its_keys_partition(
     stack: Settings,
 ) -> None:
     # Small batches: every partition fills several builders, sent one after another.
-    producer = AIOKafkaProducer(
-        bootstrap_servers=stack.kafka_bootstrap,
-        enable_idempotence=True,
-        acks="all",
-        max_batch_size=4096,
-        partitioner=partition_for_key,
-    )
-    await producer.start()
-    try:
+    async with _producer(stack, max_batch_size=4096) as producer:
         headers = [("content-type", b"application/cloudevents+json")]
         records = [
             (f"kb/items/i{i % 37}".encode(), f'{{"n":{i},"pad":"{"x" * 300}"}}'.encode(), headers)
@@ -61,8 +72,6 @@ async def test_each_record_is_at_the_position_returned_on_its_keys_partition(
         big = await send_batched(
             producer, stack.events_topic, [(b"kb/items/big", b"y" * 10_000, headers)]
         )
-    finally:
-        await producer.stop()
 
     assert len(positions) == len(records)
     assert len(set(positions)) == len(records)
@@ -84,24 +93,16 @@ async def test_a_partition_whose_batch_cannot_be_queued_goes_record_by_record(
 ) -> None:
     # A lingering batch of another send is pending on the partition: send_batch waits
     # for it to drain and gives up (request timeout) before queuing anything.
-    producer = AIOKafkaProducer(
-        bootstrap_servers=stack.kafka_bootstrap,
-        enable_idempotence=True,
-        acks="all",
-        linger_ms=3000,
-        request_timeout_ms=400,
-        partitioner=partition_for_key,
-    )
-    await producer.start()
     sends = 0
-    send = producer.send
 
-    async def counted_send(*args: Any, **kwargs: Any) -> Any:
-        nonlocal sends
-        sends += 1
-        return await send(*args, **kwargs)
+    async with _producer(stack, linger_ms=3000, request_timeout_ms=400) as producer:
+        send = producer.send
 
-    try:
+        async def counted_send(*args: Any, **kwargs: Any) -> Any:
+            nonlocal sends
+            sends += 1
+            return await send(*args, **kwargs)
+
         headers = [("content-type", b"application/cloudevents+json")]
         key = b"kb/items/lingering"
         first = await producer.send(stack.events_topic, value=b"first", key=key)
@@ -109,8 +110,6 @@ async def test_a_partition_whose_batch_cannot_be_queued_goes_record_by_record(
         records = [(key, f"n{i}".encode(), headers) for i in range(20)]
         positions = await send_batched(producer, stack.events_topic, records)
         before = await first
-    finally:
-        await producer.stop()
 
     assert sends == 20  # every record went by send, behind the pending batch
     assert [o for _, o in positions] == list(range(before.offset + 1, before.offset + 21))
