@@ -47,6 +47,8 @@ class FoldMachine(RuleBasedStateMachine):
         super().__init__()
         self.loop = asyncio.new_event_loop()
         self.conn: asyncpg.Connection = self.loop.run_until_complete(db.connect(self.dsn))
+        #: The projector's second connection, reading tenants' state ahead of the writes.
+        self.reader: asyncpg.Connection = self.loop.run_until_complete(db.connect(self.dsn))
         self.tenant = f"fm{uuid.uuid4().hex[:10]}"
         self.topic = f"model-{self.tenant}"
         self.log: list[LogEvent] = []
@@ -59,6 +61,7 @@ class FoldMachine(RuleBasedStateMachine):
         async def close() -> None:
             await self.conn.execute(f'DROP SCHEMA IF EXISTS "t_{self.tenant}" CASCADE')
             await self.conn.close()
+            await self.reader.close()
 
         self.loop.run_until_complete(close())
         self.loop.close()
@@ -143,9 +146,14 @@ class FoldMachine(RuleBasedStateMachine):
         bounds = [start, *cuts, end]
         for lo, hi in itertools.pairwise(bounds):
             if lo < hi:
+                reader = self.reader if data.draw(st.booleans()) else None
                 self.loop.run_until_complete(
                     apply_batch(
-                        self.conn, consumer=self.topic, topic=self.topic, events=self.log[lo:hi]
+                        self.conn,
+                        consumer=self.topic,
+                        topic=self.topic,
+                        events=self.log[lo:hi],
+                        reader=reader,
                     )
                 )
         self.applied_upto = max(self.applied_upto, end)

@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncpg
 import orjson
+import pytest
 import pytest_asyncio
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
@@ -180,6 +181,56 @@ async def test_a_batch_applied_twice_has_one_effect(lane: Lane) -> None:
     assert (r3.applied, r3.duplicates) == (0, 3)
     assert r3.positions == {0: 13}
     assert await lane.scalar(f'SELECT version FROM "t_{t}".records') == 2
+
+
+def _log(envelopes: list[dict[str, Any]], start: int = 0) -> list[LogEvent]:
+    return [
+        LogEvent(0, start + i, 0, CloudEvent.model_validate(env)) for i, env in enumerate(envelopes)
+    ]
+
+
+async def test_a_failed_state_read_fails_the_whole_batch(lane: Lane) -> None:
+    t = lane.tenant
+    topic = lane.settings.events_topic
+    async with lane.pool.acquire() as conn:
+        await apply_batch(conn, consumer="reads", topic=topic, events=_log([created(t)]))
+        batch = _log([upsert(t, 1, 1), upsert(t, 2, 2)], start=1)
+        broken = await asyncpg.connect(lane.settings.database_url)
+        await broken.close()
+        with pytest.raises(asyncpg.InterfaceError):
+            await apply_batch(conn, consumer="reads", topic=topic, events=batch, reader=broken)
+        # Nothing of the batch committed: no record, the checkpoint still after creation.
+        assert await lane.scalar(f'SELECT count(*) FROM "t_{t}".records') == 0
+        async with lane.pool.acquire() as reader:
+            again = await apply_batch(
+                conn, consumer="reads", topic=topic, events=batch, reader=reader
+            )
+    assert (again.applied, again.duplicates) == (2, 0)
+    assert again.positions == {0: 3}
+
+
+async def test_state_reads_are_bound_by_the_batch_budget(lane: Lane) -> None:
+    t = lane.tenant
+    topic = lane.settings.events_topic
+    async with lane.pool.acquire() as conn, lane.pool.acquire() as holder:
+        await apply_batch(conn, consumer="budget", topic=topic, events=_log([created(t)]))
+        async with holder.transaction():
+            # An operator's DDL (or a stuck migration) holding the tenant's table.
+            await holder.execute(f'LOCK TABLE "t_{t}".records IN ACCESS EXCLUSIVE MODE')
+            async with lane.pool.acquire() as reader:
+                # Either bound may fire first: both make the processor isolate tenants.
+                with pytest.raises((asyncpg.LockNotAvailableError, asyncpg.QueryCanceledError)):
+                    await asyncio.wait_for(
+                        apply_batch(
+                            conn,
+                            consumer="budget",
+                            topic=topic,
+                            events=_log([upsert(t, 1, 1)], start=1),
+                            budget_ms=300,
+                            reader=reader,
+                        ),
+                        20,
+                    )
 
 
 async def test_records_before_tenant_created_and_junk_on_the_topic(lane: Lane) -> None:

@@ -9,8 +9,10 @@ of its record behind it) while the rest of the batch goes on.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -84,6 +86,7 @@ async def apply_batch(
     deferred: frozenset[str] = frozenset(),
     budget_ms: int | None = None,
     on_parked: OnParked | None = None,
+    reader: asyncpg.Connection | None = None,
 ) -> BatchResult:
     """Fold ``events`` (in log order per partition) and checkpoint them atomically.
 
@@ -92,6 +95,8 @@ async def apply_batch(
     budget is deferred (see :func:`apply_events`) instead of failing the batch.
     ``on_parked`` runs inside the transaction, before the commit, with the
     dead letters of this batch (the processor sends them to the DLQ topic).
+    ``reader``, a second connection, reads the tenants' current state ahead
+    of the writes (see :func:`apply_events`).
     """
     result = BatchResult()
     if not events:
@@ -123,6 +128,8 @@ async def apply_batch(
             careful=careful,
             by_tenant=by_tenant,
             deferred=deferred,
+            reader=reader,
+            budget_ms=budget_ms,
         )
         if result.parked:
             await parking.park(conn, consumer, result.parked)
@@ -143,6 +150,8 @@ async def apply_events(
     by_tenant: bool = False,
     deferred: frozenset[str] = frozenset(),
     honour_parking: bool = True,
+    reader: asyncpg.Connection | None = None,
+    budget_ms: int | None = None,
 ) -> None:
     """Fold ``items`` into the tenant projections (the caller owns the transaction).
 
@@ -153,6 +162,17 @@ async def apply_events(
     statement timeout) has its events deferred, and so has every tenant in
     ``deferred``: they are retried in the background, in order, while the
     other tenants go on.
+
+    With a ``reader`` connection (and neither ``careful`` nor ``by_tenant``),
+    each tenant's records and known event ids are read on it ahead of the
+    writes, while ``conn`` writes the tenants before: PostgreSQL reads and
+    writes at once and the fold's Python runs during a read instead of after
+    it. The reader sees only committed rows, which is all the state there is:
+    the checkpoint rows, locked before this runs, fence every other writer of
+    these partitions, and the previous batch has committed. Tenants whose
+    schema this transaction creates are read on ``conn``. The reads are bound
+    by ``budget_ms`` as ``conn``'s statements are (a lock held too long fails
+    the batch with the same error, so the processor isolates tenants alike).
     """
     groups: dict[str, list[LogEvent]] = defaultdict(list)
     for item in items:
@@ -168,7 +188,7 @@ async def apply_events(
         ]
     if not groups:
         return
-    registered = await _ensure_schemas(conn, list(groups))
+    registered, created = await _ensure_schemas(conn, list(groups))
     blocked: dict[tuple[str, str], parking.Blocker] = {}
     if honour_parking:
         blocked = await parking.parked_keys(
@@ -176,6 +196,15 @@ async def apply_events(
             consumer,
             [(t, parking.park_key(i.event)) for t, its in groups.items() for i in its if i.event],
         )
+    if reader is not None and not careful and not by_tenant:
+        ahead = {t: its for t, its in groups.items() if t not in created}
+        async with _read_ahead(reader, ahead, budget_ms) as states:
+            for tenant, tenant_items in groups.items():
+                loaded = states.get(tenant)
+                await _apply_tenant(
+                    conn, tenant, tenant_items, registered, blocked, result, loaded=loaded
+                )
+        return
     for tenant, tenant_items in groups.items():
         if not by_tenant:
             await _apply_group(conn, tenant, tenant_items, registered, blocked, result, careful)
@@ -246,8 +275,10 @@ def _parked(
     )
 
 
-async def _ensure_schemas(conn: asyncpg.Connection, tenants: list[str]) -> set[str]:
-    """Create missing tenant schemas; return the tenants that are registered.
+async def _ensure_schemas(
+    conn: asyncpg.Connection, tenants: list[str]
+) -> tuple[set[str], set[str]]:
+    """Create missing tenant schemas; return the registered tenants and those created.
 
     Record events of a tenant can reach the projector before its
     ``tenant.created`` (they sit on other partitions, and a replay reads
@@ -263,7 +294,74 @@ async def _ensure_schemas(conn: asyncpg.Connection, tenants: list[str]) -> set[s
     registered = {t for t, known in status.items() if known}
     if missing:
         registered |= await store.existing_tenants(conn, missing)
-    return registered
+    return registered, set(missing)
+
+
+def _lookups(items: Sequence[LogEvent]) -> tuple[list[tuple[str, str] | None], list[str]]:
+    """Each item's record key (None for other types or a bad subject), and its event ids."""
+    keys = [
+        _record_key(i.event.subject or "")
+        if i.event is not None and i.event.type in RECORD_TYPES
+        else None
+        for i in items
+    ]
+    return keys, [i.event.id for i in items if i.event]
+
+
+async def _load(
+    conn: asyncpg.Connection,
+    tenant: str,
+    ids: list[str],
+    keys: list[tuple[str, str] | None],
+) -> store.TenantState:
+    wanted = list(dict.fromkeys(k for k in keys if k is not None))
+    return await store.load_state(conn, tenant, ids, wanted)
+
+
+@contextlib.asynccontextmanager
+async def _read_ahead(
+    reader: asyncpg.Connection, groups: dict[str, list[LogEvent]], budget_ms: int | None
+) -> AsyncIterator[dict[str, asyncio.Future[store.TenantState]]]:
+    """Load each tenant's state on ``reader``, one after another, as futures.
+
+    The reads run in a read-only transaction of their own, each statement and
+    lock wait bound by ``budget_ms``. A failed read fails its tenant's future
+    and every one after it (the caller's batch fails on the first it awaits,
+    as if it had read it itself); leaving the block stops the reads.
+    """
+    loop = asyncio.get_running_loop()
+    states = {t: loop.create_future() for t in groups}
+
+    async def read_all() -> None:
+        if not groups:
+            return
+        try:
+            async with reader.transaction(readonly=True):
+                if budget_ms is not None:
+                    ms = int(budget_ms)
+                    await reader.execute(
+                        f"SET LOCAL statement_timeout = {ms}; SET LOCAL lock_timeout = {ms}"
+                    )
+                for tenant, items in groups.items():
+                    keys, ids = _lookups(items)
+                    states[tenant].set_result(await _load(reader, tenant, ids, keys))
+        except Exception as exc:
+            for future in states.values():
+                if not future.done():
+                    future.set_exception(exc)
+
+    task = asyncio.create_task(read_all(), name="projector-read-state")
+    try:
+        yield states
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        for future in states.values():
+            if future.done() and not future.cancelled():
+                future.exception()  # retrieved: a read the batch never awaited is no error
+            else:
+                future.cancel()
 
 
 async def _apply_tenant(
@@ -273,18 +371,14 @@ async def _apply_tenant(
     registered: set[str],
     blocked: dict[tuple[str, str], parking.Blocker],
     result: BatchResult,
+    *,
+    loaded: Awaitable[store.TenantState] | None = None,
 ) -> None:
-    # Each record event's key, parsed once; None for other types or a bad subject.
-    keys = [
-        _record_key(i.event.subject or "")
-        if i.event is not None and i.event.type in RECORD_TYPES
-        else None
-        for i in items
-    ]
-    wanted = list(dict.fromkeys(k for k in keys if k is not None))
-    loaded = await store.load_state(conn, tenant, [i.event.id for i in items if i.event], wanted)
-    seen = loaded.seen
-    state: dict[tuple[str, str], Record | None] = dict(loaded.records)
+    # Each record event's key, parsed once (cached); None for other types or a bad subject.
+    keys, ids = _lookups(items)
+    state_now = await (loaded if loaded is not None else _load(conn, tenant, ids, keys))
+    seen = state_now.seen
+    state: dict[tuple[str, str], Record | None] = dict(state_now.records)
     changed: dict[tuple[str, str], tuple[Record, str]] = {}
     history: list[store.HistoryRow] = []
     #: Per history row: whether it goes to the live streams (applied, and not a

@@ -196,7 +196,14 @@ class Projector:
         while True:
             started = time.perf_counter()
             try:
-                async with self.pool.acquire(timeout=10) as conn:
+                async with contextlib.AsyncExitStack() as held:
+                    conn = await held.enter_async_context(self.pool.acquire(timeout=10))
+                    # A second connection reads tenants' state while the first writes.
+                    reader = (
+                        None
+                        if careful or by_tenant
+                        else await held.enter_async_context(self.pool.acquire(timeout=10))
+                    )
                     result = await apply_batch(
                         conn,
                         consumer=self.checkpoint_name,
@@ -207,6 +214,7 @@ class Projector:
                         deferred=frozenset(self.deferred),
                         budget_ms=budget,
                         on_parked=self._dead_letter,
+                        reader=reader,
                     )
             except (asyncpg.QueryCanceledError, asyncpg.LockNotAvailableError) as exc:
                 if by_tenant:
