@@ -182,7 +182,7 @@ def _process(settings: Settings, args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         pool = await open_pool(settings)
-        gctune.settle()  # the process's own: nothing to restore
+        gctune.settle(gctune.GC_THRESHOLD_0_BATCH)  # the process's own: nothing to restore
         try:
             await supervise(args.name, settings, pool, Metrics(), stop, burst=args.burst)
         finally:
