@@ -1,6 +1,10 @@
 """A Hypothesis state machine over the real projection: random upserts, patches,
 deletes, conditional writes and duplicates, applied through ``apply_batch`` in
-random batch splits and with redeliveries, always equal a simple model."""
+random batch splits and with redeliveries, always equal a simple model.
+
+Every event goes to two tenants, so a batch holding both reads their state
+ahead on a second connection (when the rule draws the reads pool) while one
+holding a single tenant reads it on the batch's own: both must fold alike."""
 
 from __future__ import annotations
 
@@ -47,9 +51,13 @@ class FoldMachine(RuleBasedStateMachine):
         super().__init__()
         self.loop = asyncio.new_event_loop()
         self.conn: asyncpg.Connection = self.loop.run_until_complete(db.connect(self.dsn))
-        #: The projector's second connection, reading tenants' state ahead of the writes.
-        self.reader: asyncpg.Connection = self.loop.run_until_complete(db.connect(self.dsn))
+        #: The projector's pool for reading tenants' state ahead of the writes.
+        self.reads: asyncpg.Pool = self.loop.run_until_complete(
+            db.create_pool(self.dsn, min_size=1, max_size=2)
+        )
         self.tenant = f"fm{uuid.uuid4().hex[:10]}"
+        #: Receives every event the first tenant does (same ids, its own schema).
+        self.twin = f"{self.tenant}b"
         self.topic = f"model-{self.tenant}"
         self.log: list[LogEvent] = []
         self.applied_upto = 0
@@ -59,27 +67,29 @@ class FoldMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         async def close() -> None:
-            await self.conn.execute(f'DROP SCHEMA IF EXISTS "t_{self.tenant}" CASCADE')
+            for tenant in (self.tenant, self.twin):
+                await self.conn.execute(f'DROP SCHEMA IF EXISTS "t_{tenant}" CASCADE')
             await self.conn.close()
-            await self.reader.close()
+            await self.reads.close()
 
         self.loop.run_until_complete(close())
         self.loop.close()
 
     def _append(self, type_: str, key: str, data: Any, expected: int | None) -> None:
         n = len(self.log)
-        event = CloudEvent(
-            specversion="1.0",
-            id=f"ev{n}",
-            source="model",
-            type=type_,
-            subject=f"docs/{key}",
-            tenant=self.tenant,
-            time=T0 + timedelta(seconds=n),
-            data=data,
-            expectedversion=expected,
-        )
-        self.log.append(LogEvent(0, n, 0, event, event.to_json()))
+        for tenant in (self.tenant, self.twin):
+            event = CloudEvent(
+                specversion="1.0",
+                id=f"ev{n}",
+                source="model",
+                type=type_,
+                subject=f"docs/{key}",
+                tenant=tenant,
+                time=T0 + timedelta(seconds=n),
+                data=data,
+                expectedversion=expected,
+            )
+            self.log.append(LogEvent(0, len(self.log), 0, event, event.to_json()))
         self._model(event)
 
     def _model(self, ev: CloudEvent) -> None:
@@ -102,18 +112,19 @@ class FoldMachine(RuleBasedStateMachine):
 
     @initialize()
     def create_tenant(self) -> None:
-        event = CloudEvent(
-            specversion="1.0",
-            id=f"tenant.created:{self.tenant}",
-            source="model",
-            type="tenant.created",
-            subject=self.tenant,
-            tenant=self.tenant,
-            time=T0,
-            data={"id": self.tenant, "name": "model"},
-        )
-        self.log.append(LogEvent(0, 0, 0, event, event.to_json()))
-        self.seen.add(event.id)
+        for tenant in (self.tenant, self.twin):
+            event = CloudEvent(
+                specversion="1.0",
+                id=f"tenant.created:{tenant}",
+                source="model",
+                type="tenant.created",
+                subject=tenant,
+                tenant=tenant,
+                time=T0,
+                data={"id": tenant, "name": "model"},
+            )
+            self.log.append(LogEvent(0, len(self.log), 0, event, event.to_json()))
+        self.seen.add("tenant.created")  # one per tenant's history
 
     @rule(key=KEYS, doc=DOCS, expected=EXPECT)
     def upsert(self, key: str, doc: dict[str, Any], expected: int | None) -> None:
@@ -146,14 +157,14 @@ class FoldMachine(RuleBasedStateMachine):
         bounds = [start, *cuts, end]
         for lo, hi in itertools.pairwise(bounds):
             if lo < hi:
-                reader = self.reader if data.draw(st.booleans()) else None
+                reads = self.reads if data.draw(st.booleans()) else None
                 self.loop.run_until_complete(
                     apply_batch(
                         self.conn,
                         consumer=self.topic,
                         topic=self.topic,
                         events=self.log[lo:hi],
-                        reader=reader,
+                        reads=reads,
                     )
                 )
         self.applied_upto = max(self.applied_upto, end)
@@ -162,15 +173,16 @@ class FoldMachine(RuleBasedStateMachine):
     def projection_equals_model(self) -> None:
         if self.applied_upto < len(self.log) or not self.log:
             return
-        rows = self.loop.run_until_complete(
-            self.conn.fetch(f'SELECT id, version, data, deleted FROM "t_{self.tenant}".records')
-        )
-        actual = {r["id"]: (r["version"], None if r["deleted"] else r["data"]) for r in rows}
-        assert actual == self.model
-        history = self.loop.run_until_complete(
-            self.conn.fetchval(f'SELECT count(*) FROM "t_{self.tenant}".events')
-        )
-        assert history == len(self.seen)
+        for tenant in (self.tenant, self.twin):
+            rows = self.loop.run_until_complete(
+                self.conn.fetch(f'SELECT id, version, data, deleted FROM "t_{tenant}".records')
+            )
+            actual = {r["id"]: (r["version"], None if r["deleted"] else r["data"]) for r in rows}
+            assert actual == self.model, tenant
+            history = self.loop.run_until_complete(
+                self.conn.fetchval(f'SELECT count(*) FROM "t_{tenant}".events')
+            )
+            assert history == len(self.seen), tenant
 
 
 async def test_fold_state_machine(stack: Settings) -> None:

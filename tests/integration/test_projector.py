@@ -158,6 +158,30 @@ async def test_cancelled_midway_then_restarted_applies_each_event_once(lane: Lan
     assert last == "1975"
 
 
+async def test_its_kept_connection_killed_between_batches_heals(lane: Lane) -> None:
+    t = lane.tenant
+    await lane.produce([created(t)] + [upsert(t, i, i % 10) for i in range(100)])
+    projector = lane.projector(batch_size=20)
+    task = asyncio.create_task(projector.run())
+    try:
+        await asyncio.wait_for(projector.caught_up.wait(), 60)
+        writer = projector._conn
+        assert writer is not None  # kept between batches, with the budget on its session
+        assert await writer.fetchval("SHOW lock_timeout") == "2s"
+        async with lane.pool.acquire() as conn:
+            await conn.execute("SELECT pg_terminate_backend($1)", writer.get_server_pid())
+        await lane.produce([upsert(t, i, i % 10) for i in range(100, 150)])
+        async with asyncio.timeout(60):
+            while await lane.scalar(f'SELECT count(*) FROM "t_{t}".events') < 151:
+                await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert projector._conn is None  # given back when the projector stopped
+    assert await lane.scalar(f'SELECT sum(version) FROM "t_{t}".records') == 150
+    assert await lane.scalar(f'SELECT count(DISTINCT id) FROM "t_{t}".events') == 151
+
+
 async def test_a_batch_applied_twice_has_one_effect(lane: Lane) -> None:
     t = lane.tenant
     events = [
@@ -190,47 +214,51 @@ def _log(envelopes: list[dict[str, Any]], start: int = 0) -> list[LogEvent]:
 
 
 async def test_a_failed_state_read_fails_the_whole_batch(lane: Lane) -> None:
-    t = lane.tenant
+    t, u = lane.tenant, new_tenant_id()  # two tenants: their state is read ahead
     topic = lane.settings.events_topic
     async with lane.pool.acquire() as conn:
-        await apply_batch(conn, consumer="reads", topic=topic, events=_log([created(t)]))
-        batch = _log([upsert(t, 1, 1), upsert(t, 2, 2)], start=1)
-        broken = await asyncpg.connect(lane.settings.database_url)
-        await broken.close()
+        await apply_batch(
+            conn, consumer="reads", topic=topic, events=_log([created(t), created(u)])
+        )
+        batch = _log([upsert(t, 1, 1), upsert(u, 2, 2)], start=2)
+        closed = await open_pool(lane.settings)
+        await closed.close()
         with pytest.raises(asyncpg.InterfaceError):
-            await apply_batch(conn, consumer="reads", topic=topic, events=batch, reader=broken)
+            await apply_batch(conn, consumer="reads", topic=topic, events=batch, reads=closed)
         # Nothing of the batch committed: no record, the checkpoint still after creation.
-        assert await lane.scalar(f'SELECT count(*) FROM "t_{t}".records') == 0
-        async with lane.pool.acquire() as reader:
-            again = await apply_batch(
-                conn, consumer="reads", topic=topic, events=batch, reader=reader
-            )
+        for tenant in (t, u):
+            assert await lane.scalar(f'SELECT count(*) FROM "t_{tenant}".records') == 0
+        again = await apply_batch(
+            conn, consumer="reads", topic=topic, events=batch, reads=lane.pool
+        )
     assert (again.applied, again.duplicates) == (2, 0)
-    assert again.positions == {0: 3}
+    assert again.positions == {0: 4}
+    assert await lane.scalar(f'SELECT version FROM "t_{u}".records') == 1
 
 
 async def test_state_reads_are_bound_by_the_batch_budget(lane: Lane) -> None:
-    t = lane.tenant
+    t, u = lane.tenant, new_tenant_id()
     topic = lane.settings.events_topic
     async with lane.pool.acquire() as conn, lane.pool.acquire() as holder:
-        await apply_batch(conn, consumer="budget", topic=topic, events=_log([created(t)]))
+        await apply_batch(
+            conn, consumer="budget", topic=topic, events=_log([created(t), created(u)])
+        )
         async with holder.transaction():
-            # An operator's DDL (or a stuck migration) holding the tenant's table.
-            await holder.execute(f'LOCK TABLE "t_{t}".records IN ACCESS EXCLUSIVE MODE')
-            async with lane.pool.acquire() as reader:
-                # Either bound may fire first: both make the processor isolate tenants.
-                with pytest.raises((asyncpg.LockNotAvailableError, asyncpg.QueryCanceledError)):
-                    await asyncio.wait_for(
-                        apply_batch(
-                            conn,
-                            consumer="budget",
-                            topic=topic,
-                            events=_log([upsert(t, 1, 1)], start=1),
-                            budget_ms=300,
-                            reader=reader,
-                        ),
-                        20,
-                    )
+            # An operator's DDL (or a stuck migration) holding a tenant's table.
+            await holder.execute(f'LOCK TABLE "t_{u}".records IN ACCESS EXCLUSIVE MODE')
+            # Either bound may fire first: both make the processor isolate tenants.
+            with pytest.raises((asyncpg.LockNotAvailableError, asyncpg.QueryCanceledError)):
+                await asyncio.wait_for(
+                    apply_batch(
+                        conn,
+                        consumer="budget",
+                        topic=topic,
+                        events=_log([upsert(t, 1, 1), upsert(u, 2, 1)], start=2),
+                        budget_ms=300,
+                        reads=lane.pool,
+                    ),
+                    20,
+                )
 
 
 async def test_records_before_tenant_created_and_junk_on_the_topic(lane: Lane) -> None:

@@ -75,6 +75,13 @@ class BatchResult:
             self.newest_event_time = other.newest_event_time
 
 
+def budget_sql(budget_ms: int, *, local: bool) -> str:
+    """SQL bounding each statement and lock wait by ``budget_ms``: for the transaction
+    (``local``) or the session; both settings in one simple-protocol round trip."""
+    ms, scope = int(budget_ms), "LOCAL " if local else ""
+    return f"SET {scope}statement_timeout = {ms}; SET {scope}lock_timeout = {ms}"
+
+
 async def apply_batch(
     conn: asyncpg.Connection,
     *,
@@ -86,27 +93,28 @@ async def apply_batch(
     deferred: frozenset[str] = frozenset(),
     budget_ms: int | None = None,
     on_parked: OnParked | None = None,
-    reader: asyncpg.Connection | None = None,
+    reads: asyncpg.Pool | None = None,
+    budget_in_session: bool = False,
 ) -> BatchResult:
     """Fold ``events`` (in log order per partition) and checkpoint them atomically.
 
-    ``budget_ms`` bounds every statement and lock wait of the batch. With
+    ``budget_ms`` bounds every statement and lock wait of the batch (set in the
+    transaction, or with ``budget_in_session``, already set on ``conn``'s session
+    by its owner: one round trip less per batch). With
     ``by_tenant``, each tenant gets a savepoint, and one that runs out of that
     budget is deferred (see :func:`apply_events`) instead of failing the batch.
     ``on_parked`` runs inside the transaction, before the commit, with the
     dead letters of this batch (the processor sends them to the DLQ topic).
-    ``reader``, a second connection, reads the tenants' current state ahead
-    of the writes (see :func:`apply_events`).
+    A connection of ``reads`` reads the tenants' current state ahead of the
+    writes (see :func:`apply_events`).
     """
     result = BatchResult()
     if not events:
         return result
     PROJECTED_TOPIC.set(topic)
     async with conn.transaction():
-        if budget_ms is not None:
-            ms = int(budget_ms)
-            # Both in one simple-protocol round trip.
-            await conn.execute(f"SET LOCAL statement_timeout = {ms}; SET LOCAL lock_timeout = {ms}")
+        if budget_ms is not None and not budget_in_session:
+            await conn.execute(budget_sql(budget_ms, local=True))
         stored = await store.lock_checkpoints(
             conn, consumer, topic, sorted({e.partition for e in events})
         )
@@ -128,7 +136,7 @@ async def apply_batch(
             careful=careful,
             by_tenant=by_tenant,
             deferred=deferred,
-            reader=reader,
+            reads=reads,
             budget_ms=budget_ms,
         )
         if result.parked:
@@ -150,7 +158,7 @@ async def apply_events(
     by_tenant: bool = False,
     deferred: frozenset[str] = frozenset(),
     honour_parking: bool = True,
-    reader: asyncpg.Connection | None = None,
+    reads: asyncpg.Pool | None = None,
     budget_ms: int | None = None,
 ) -> None:
     """Fold ``items`` into the tenant projections (the caller owns the transaction).
@@ -163,16 +171,18 @@ async def apply_events(
     ``deferred``: they are retried in the background, in order, while the
     other tenants go on.
 
-    With a ``reader`` connection (and neither ``careful`` nor ``by_tenant``),
-    each tenant's records and known event ids are read on it ahead of the
-    writes, while ``conn`` writes the tenants before: PostgreSQL reads and
-    writes at once and the fold's Python runs during a read instead of after
-    it. The reader sees only committed rows, which is all the state there is:
-    the checkpoint rows, locked before this runs, fence every other writer of
-    these partitions, and the previous batch has committed. Tenants whose
-    schema this transaction creates are read on ``conn``. The reads are bound
-    by ``budget_ms`` as ``conn``'s statements are (a lock held too long fails
-    the batch with the same error, so the processor isolates tenants alike).
+    With a ``reads`` pool (and neither ``careful`` nor ``by_tenant``), each
+    tenant's records and known event ids are read on a connection of its own,
+    ahead of the writes, while ``conn`` writes the tenants before: PostgreSQL
+    reads and writes at once and the fold's Python runs during a read instead
+    of after it. That connection sees only committed rows, which is all the
+    state there is: the checkpoint rows, locked before this runs, fence every
+    other writer of these partitions, and the previous batch has committed.
+    Tenants whose schema this transaction creates are read on ``conn``, and so
+    is a batch with one tenant to read (nothing to overlap: the small batches
+    of live traffic take no extra round trips). The reads are bound by
+    ``budget_ms`` as ``conn``'s statements are (a lock held too long fails the
+    batch with the same error, so the processor isolates tenants alike).
     """
     groups: dict[str, list[LogEvent]] = defaultdict(list)
     for item in items:
@@ -196,9 +206,11 @@ async def apply_events(
             consumer,
             [(t, parking.park_key(i.event)) for t, its in groups.items() for i in its if i.event],
         )
-    if reader is not None and not careful and not by_tenant:
-        ahead = {t: its for t, its in groups.items() if t not in created}
-        async with _read_ahead(reader, ahead, budget_ms) as states:
+    ahead = {t: its for t, its in groups.items() if t not in created}
+    # With one tenant there is nothing to overlap: its read on ``conn`` is one round
+    # trip, on the reader three more (its transaction) on the way to a write.
+    if reads is not None and not careful and not by_tenant and len(ahead) > 1:
+        async with _read_ahead(reads, ahead, budget_ms) as states:
             for tenant, tenant_items in groups.items():
                 loaded = states.get(tenant)
                 await _apply_tenant(
@@ -320,28 +332,24 @@ async def _load(
 
 @contextlib.asynccontextmanager
 async def _read_ahead(
-    reader: asyncpg.Connection, groups: dict[str, list[LogEvent]], budget_ms: int | None
+    reads: asyncpg.Pool, groups: dict[str, list[LogEvent]], budget_ms: int | None
 ) -> AsyncIterator[dict[str, asyncio.Future[store.TenantState]]]:
-    """Load each tenant's state on ``reader``, one after another, as futures.
+    """Load each tenant's state on a connection of ``reads``, one after another, as futures.
 
     The reads run in a read-only transaction of their own, each statement and
-    lock wait bound by ``budget_ms``. A failed read fails its tenant's future
-    and every one after it (the caller's batch fails on the first it awaits,
-    as if it had read it itself); leaving the block stops the reads.
+    lock wait bound by ``budget_ms``; the connection goes back to the pool as
+    soon as they are done, while the writes go on. A failed read fails its
+    tenant's future and every one after it (the caller's batch fails on the
+    first it awaits, as if it had read it itself); leaving the block stops the reads.
     """
     loop = asyncio.get_running_loop()
     states = {t: loop.create_future() for t in groups}
 
     async def read_all() -> None:
-        if not groups:
-            return
         try:
-            async with reader.transaction(readonly=True):
+            async with reads.acquire(timeout=10) as reader, reader.transaction(readonly=True):
                 if budget_ms is not None:
-                    ms = int(budget_ms)
-                    await reader.execute(
-                        f"SET LOCAL statement_timeout = {ms}; SET LOCAL lock_timeout = {ms}"
-                    )
+                    await reader.execute(budget_sql(budget_ms, local=True))
                 for tenant, items in groups.items():
                     keys, ids = _lookups(items)
                     states[tenant].set_result(await _load(reader, tenant, ids, keys))

@@ -22,7 +22,7 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from consumers.kafka_loop import SeekToCheckpoints, start_with_retry
 from consumers.projector import parking, store
-from consumers.projector.batch import BatchResult, LogEvent, apply_batch
+from consumers.projector.batch import BatchResult, LogEvent, apply_batch, budget_sql
 from consumers.projector.live import LivePublisher
 from consumers.projector.parking import ParkedEvent
 from consumers.projector.redrive import redrive
@@ -66,6 +66,8 @@ class Projector:
         #: Pushes each committed batch's applied events to the SSE streams (best effort).
         self.live = LivePublisher(settings)
         self._hint: asyncio.Task[None] | None = None
+        #: The connection batches are written on (see :meth:`_writer`).
+        self._conn: asyncpg.Connection | None = None
 
     @property
     def checkpoint_name(self) -> str:
@@ -133,6 +135,7 @@ class Projector:
                         await task
             with contextlib.suppress(asyncio.CancelledError):
                 await self._wait_hint()
+            await self._drop_writer()
             await consumer.stop()
             await self.live.close()
             if self._dlq is not None:
@@ -196,16 +199,9 @@ class Projector:
         while True:
             started = time.perf_counter()
             try:
-                async with contextlib.AsyncExitStack() as held:
-                    conn = await held.enter_async_context(self.pool.acquire(timeout=10))
-                    # A second connection reads tenants' state while the first writes.
-                    reader = (
-                        None
-                        if careful or by_tenant
-                        else await held.enter_async_context(self.pool.acquire(timeout=10))
-                    )
+                try:
                     result = await apply_batch(
-                        conn,
+                        await self._writer(budget),
                         consumer=self.checkpoint_name,
                         topic=self.topic,
                         events=events,
@@ -213,9 +209,14 @@ class Projector:
                         by_tenant=by_tenant,
                         deferred=frozenset(self.deferred),
                         budget_ms=budget,
+                        budget_in_session=True,
                         on_parked=self._dead_letter,
-                        reader=reader,
+                        # Tenants' state is read on a second connection while this one writes.
+                        reads=None if careful or by_tenant else self.pool,
                     )
+                except BaseException:
+                    await self._drop_writer()  # whatever failed, the next attempt starts afresh
+                    raise
             except (asyncpg.QueryCanceledError, asyncpg.LockNotAvailableError) as exc:
                 if by_tenant:
                     raise  # outside any tenant's work: a checkpoint lock held elsewhere
@@ -250,6 +251,30 @@ class Projector:
                 )
                 self.deferred |= result.deferred
             return result
+
+    async def _writer(self, budget_ms: int) -> asyncpg.Connection:
+        """The connection batches are written on, kept from one batch to the next.
+
+        A pooled connection is reset on release (a round trip) and would need the
+        budget set again in every batch (another): two of the ~10 round trips of
+        a small batch of live traffic. Kept, its session carries the budget once.
+        """
+        if self._conn is None:
+            conn: asyncpg.Connection = await self.pool.acquire(timeout=10)
+            try:
+                await conn.execute(budget_sql(budget_ms, local=False))
+            except BaseException:
+                await self.pool.release(conn)
+                raise
+            self._conn = conn
+        return self._conn
+
+    async def _drop_writer(self) -> None:
+        """Give the batch connection back to the pool (which resets it, or discards it)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):  # a broken one is terminated by the pool
+                await self.pool.release(conn)
 
     async def _retry_deferred(self, stop: asyncio.Event) -> None:
         """Retry deferred tenants in the background, with backoff, in record order."""

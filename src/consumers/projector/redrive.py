@@ -14,7 +14,7 @@ import asyncpg
 import orjson
 
 from consumers.projector import parking
-from consumers.projector.batch import BatchResult, LogEvent, apply_events
+from consumers.projector.batch import BatchResult, LogEvent, apply_events, budget_sql
 from eventfold.db import CHECKPOINT_CHANNEL
 from eventfold.envelope import decode_event
 
@@ -98,8 +98,7 @@ async def _redrive_key(
     try:
         async with conn.transaction():
             if budget_ms is not None:
-                await conn.execute(f"SET LOCAL statement_timeout = {int(budget_ms)}")
-                await conn.execute(f"SET LOCAL lock_timeout = {int(budget_ms)}")
+                await conn.execute(budget_sql(budget_ms, local=True))
             rows = await conn.fetch(
                 """SELECT partition, "offset", envelope FROM eventfold.parked
                    WHERE consumer = $1 AND tenant = $2 AND park_key = $3
