@@ -39,6 +39,7 @@ from api import models
 from eventfold import ids
 from eventfold.envelope import CloudEvent
 from eventfold.events.tenant import TenantCreated
+from eventfold.web import essential
 
 PROBLEM_JSON = "application/problem+json"
 _REF = "#/components/schemas/{model}"
@@ -160,7 +161,8 @@ _ERROR_TEXT = {
     415: "a body type the route does not take",
     422: "schema or identifier violation (`errors` says where)",
     429: "rate limited",
-    503: "a dependency is unavailable, or the projection did not catch up in time",
+    503: "a dependency is unavailable, the projection did not catch up in time, or the"
+    " process is answering its limit of requests (`EVENTFOLD_HTTP_MAX_IN_FLIGHT`)",
 }
 _ERROR_HEADERS = {
     401: ("WWW-Authenticate",),
@@ -245,6 +247,7 @@ def install(app: web.Application) -> None:
     app.router.add_get("/openapi.json", serve_document)
 
 
+@essential  # the document stays readable under any load
 async def serve_document(request: web.Request) -> web.Response:
     """``GET /openapi.json``: built once per app (its routes are frozen once it runs)."""
     cache = request.app[_DOCUMENT]

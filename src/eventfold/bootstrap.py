@@ -34,6 +34,7 @@ from eventfold.metrics import Metrics
 from eventfold.settings import Settings
 from eventfold.tenancy import TenantDirectory, ensure_tenant_roles
 from eventfold.web import (
+    ADMISSION,
     CURSORS,
     METRICS,
     POOL,
@@ -42,8 +43,10 @@ from eventfold.web import (
     TENANTS,
     VERIFIER,
     WATCHER,
+    Admission,
     compression_middleware,
     cors_middleware,
+    essential,
     json_response,
     request_middleware,
 )
@@ -77,6 +80,7 @@ def create_app(settings: Settings, parts: Parts | None = None) -> web.Applicatio
     app[VERIFIER] = TokenVerifier.from_settings(settings)
     app[CURSORS] = CursorCodec(settings.jwt_secret)
     app[HEALTH] = Health()
+    app[ADMISSION] = Admission(settings.http_max_in_flight)
     app.cleanup_ctx.append(_postgres_ctx)
     app.cleanup_ctx.append(_redis_ctx)
     app.cleanup_ctx.append(_watcher_ctx)
@@ -298,15 +302,18 @@ async def supervise(
             delay = min(delay * 2, 30.0)
 
 
+@essential
 async def _live(_request: web.Request) -> web.Response:
     return json_response({"status": "ok", "checks": {}})
 
 
+@essential
 async def _ready(request: web.Request) -> web.Response:
     report = await request.app[HEALTH].report()
     return json_response(report, status=503 if report["status"] == "down" else 200)
 
 
+@essential
 async def _metrics(request: web.Request) -> web.Response:
     body = generate_latest(request.app[METRICS].registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

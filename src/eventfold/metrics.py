@@ -25,6 +25,11 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.http_requests_shed = Counter(
+            "eventfold_http_requests_shed_total",
+            "Requests answered 503 at once: the process had its limit of requests in flight.",
+            registry=r,
+        )
         self.events_published = Counter(
             "eventfold_events_published_total",
             "Events acknowledged by Kafka (acks=all) from the ingest gateway.",

@@ -106,6 +106,9 @@ class Settings:
     topic_partitions: int = 8
     consumer_group_prefix: str = "eventfold"
     max_body_bytes: int = 1024 * 1024
+    #: Requests one HTTP process answers at once; past it, 503 with ``Retry-After``
+    #: at once (streams, health and metrics exempt). 0: no limit.
+    http_max_in_flight: int = 256
     max_batch_events: int = 1000
     #: Origins allowed by CORS (``*`` for any); empty turns CORS off.
     cors_origins: tuple[str, ...] = ()
@@ -258,6 +261,7 @@ class Settings:
                 env.get("EVENTFOLD_STREAM_HEARTBEAT_SECONDS", d.stream_heartbeat_seconds)
             ),
             stream_queue_max=int(env.get("EVENTFOLD_STREAM_QUEUE_MAX", d.stream_queue_max)),
+            http_max_in_flight=int(env.get("EVENTFOLD_HTTP_MAX_IN_FLIGHT", d.http_max_in_flight)),
             analytics_grace_seconds=int(
                 env.get("EVENTFOLD_ANALYTICS_GRACE_SECONDS", d.analytics_grace_seconds)
             ),

@@ -12,6 +12,7 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import asyncpg
@@ -66,12 +67,38 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 H = TypeVar("H", bound=Handler)
 _UNBOUNDED = "__eventfold_unbounded__"
+_ESSENTIAL = "__eventfold_essential__"
 
 
 def unbounded(handler: H) -> H:
-    """Exempt a long-lived handler (a stream) from the request deadline."""
+    """Exempt a long-lived handler (a stream) from the request deadline and the in-flight limit."""
     setattr(handler, _UNBOUNDED, True)
     return handler
+
+
+def essential(handler: H) -> H:
+    """Exempt a handler operators rely on under load (health, metrics) from the in-flight limit."""
+    setattr(handler, _ESSENTIAL, True)
+    return handler
+
+
+@dataclass(slots=True)
+class Admission:
+    """How many requests the process is answering, and how many it may (0: no limit).
+
+    Past the limit a request is answered 503 at once instead of queueing: under
+    an overload every queued request holds its buffers, tasks and waits, and its
+    answer comes too late to help anyone; the client's retry after
+    ``Retry-After`` does. Measured with 700 write+read pairs/s offered to a
+    machine that completes ~450: the API peaked at 117 MB without a limit,
+    87-91 MB at 512, 80-83 MB at 256 (the default), its read p50 1.9 s -> 0.6 s.
+    """
+
+    limit: int
+    in_flight: int = 0
+
+
+ADMISSION = web.AppKey("admission", Admission)
 
 
 def json_response(
@@ -114,7 +141,7 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     token = correlation_id.set(rid)
     started = time.perf_counter()
     try:
-        response = await _answer(request, handler)
+        response = await _admit(request, handler)
         response.headers["X-Request-ID"] = rid
         resource = request.match_info.route.resource
         template = resource.canonical if resource is not None else "unmatched"
@@ -181,6 +208,30 @@ def compression_middleware(min_bytes: int) -> Middleware:
         return response
 
     return compress
+
+
+async def _admit(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer within the process's limit of requests in flight (:class:`Admission`)."""
+    admission = request.app.get(ADMISSION)
+    route = request.match_info.handler
+    if (
+        admission is None
+        or not admission.limit
+        or getattr(route, _UNBOUNDED, False)
+        or getattr(route, _ESSENTIAL, False)
+    ):
+        return await _answer(request, handler)
+    if admission.in_flight >= admission.limit:
+        request.app[METRICS].http_requests_shed.inc()
+        return problem_response(
+            Unavailable("the server is answering as many requests as it can; retry shortly"),
+            request,
+        )
+    admission.in_flight += 1
+    try:
+        return await _answer(request, handler)
+    finally:
+        admission.in_flight -= 1
 
 
 async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:

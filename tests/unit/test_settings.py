@@ -34,6 +34,7 @@ def test_overrides(tmp_path: Path) -> None:
             tmp_path,
             EVENTFOLD_HTTP_HOST="0.0.0.0",
             EVENTFOLD_HTTP_PORT="9999",
+            EVENTFOLD_HTTP_MAX_IN_FLIGHT="64",
             EVENTFOLD_KAFKA_BOOTSTRAP="k1:9092,k2:9092",
             EVENTFOLD_DATABASE_URL="postgresql://u:p@db/x",
             EVENTFOLD_REDIS_URL="redis://cache:6379/2",
@@ -47,6 +48,7 @@ def test_overrides(tmp_path: Path) -> None:
         )
     )
     assert (s.http_host, s.http_port) == ("0.0.0.0", 9999)
+    assert s.http_max_in_flight == 64
     assert s.kafka_bootstrap == "k1:9092,k2:9092"
     assert s.database_url == "postgresql://u:p@db/x"
     assert s.redis_url == "redis://cache:6379/2"

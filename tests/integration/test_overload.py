@@ -1,0 +1,61 @@
+"""Load shedding: past its limit of requests in flight, a process answers 503 at once."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest_asyncio
+from aiohttp.test_utils import TestClient, TestServer
+
+from eventfold import consistency
+from eventfold.bootstrap import Parts, create_app
+from eventfold.settings import Settings
+from eventfold.web import ADMISSION, METRICS
+from tests.integration.conftest import TenantApi
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def small(stack: Settings) -> AsyncIterator[TestClient[Any, Any]]:
+    """The read API alone, answering at most two requests at once."""
+    settings = dataclasses.replace(stack, http_max_in_flight=2, consistency_wait_seconds=3.0)
+    client: TestClient[Any, Any] = TestClient(
+        TestServer(create_app(settings, Parts(api=True, ingest=False, processors=())))
+    )
+    await client.start_server()
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def test_requests_past_the_limit_are_shed_and_probes_still_answer(
+    small: TestClient[Any, Any], tenant: TenantApi
+) -> None:
+    app = small.server.app
+    reader = tenant.api.auth(tenant.id, "reader")
+    record = tenant.path("/collections/notes/records/n1")
+    # Two reads waiting for a write the projection will never reach hold both slots.
+    never = {**reader, "X-Consistency-Token": consistency.encode({0: 10**12})}
+    holders = [asyncio.create_task(small.get(record, headers=never)) for _ in range(2)]
+    async with asyncio.timeout(10):
+        while app[ADMISSION].in_flight < 2:
+            await asyncio.sleep(0.01)
+
+    shed = await small.get(record, headers=reader)
+    assert shed.status == 503
+    assert shed.headers["Retry-After"] == "1"
+    assert shed.content_type == "application/problem+json"
+    assert "as many requests as it can" in (await shed.json())["detail"]
+    assert app[METRICS].http_requests_shed._value.get() == 1
+    for probe in ("/health/live", "/metrics", "/openapi.json"):
+        assert (await small.get(probe)).status == 200, probe
+
+    # The holders end on their own wait (not shed), and the slots are free again.
+    for done in await asyncio.gather(*holders):
+        assert done.status == 503
+        assert "as many requests" not in (await done.json())["detail"]
+    assert app[ADMISSION].in_flight == 0
+    assert (await small.get(record, headers=reader)).status == 404
