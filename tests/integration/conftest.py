@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -109,6 +110,19 @@ class TenantApi:
 SESSION_PROCESSORS = tuple(name for name in PROCESSORS if name not in ("analytics", "sync"))
 #: The parts of every in-process test app that wants "everything".
 SESSION_PARTS = Parts(processors=SESSION_PROCESSORS)
+#: The read API alone: no ingest routes, no processors.
+READ_API = Parts(api=True, ingest=False, processors=())
+
+
+@contextlib.asynccontextmanager
+async def serving(settings: Settings, parts: Parts) -> AsyncIterator[TestClient[Any, Any]]:
+    """``create_app(settings, parts)`` on a real local server, with a client; closed after."""
+    client: TestClient[Any, Any] = TestClient(TestServer(create_app(settings, parts)))
+    await client.start_server()
+    try:
+        yield client
+    finally:
+        await client.close()
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

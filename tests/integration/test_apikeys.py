@@ -12,11 +12,10 @@ import asyncpg
 import orjson
 import pytest
 import pytest_asyncio
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from eventfold.bootstrap import Parts, create_app
 from eventfold.settings import Settings
-from tests.integration.conftest import Api, TenantApi
+from tests.integration.conftest import READ_API, Api, TenantApi, serving
 
 pytestmark = pytest.mark.integration
 
@@ -239,14 +238,8 @@ async def test_listing_pages_through_keys(tenant: TenantApi) -> None:
 @pytest_asyncio.fixture(loop_scope="session")
 async def second_instance(stack: Settings) -> AsyncIterator[TestClient[Any, Any]]:
     """Another API process (read routes only, no processors): its own key cache."""
-    client: TestClient[Any, Any] = TestClient(
-        TestServer(create_app(stack, Parts(api=True, ingest=False, processors=())))
-    )
-    await client.start_server()
-    try:
+    async with serving(stack, READ_API) as client:
         yield client
-    finally:
-        await client.close()
 
 
 async def test_revocation_reaches_another_instance_without_a_token(

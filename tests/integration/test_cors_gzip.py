@@ -7,11 +7,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest_asyncio
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from eventfold.bootstrap import Parts, create_app
 from eventfold.settings import Settings
-from tests.integration.conftest import Api
+from tests.integration.conftest import READ_API, Api, serving
 
 ORIGIN = "https://app.example"
 
@@ -20,14 +19,8 @@ ORIGIN = "https://app.example"
 async def cors_client(stack: Settings) -> AsyncIterator[TestClient[Any, Any]]:
     """The read API alone, with CORS on for one origin."""
     settings = dataclasses.replace(stack, cors_origins=(ORIGIN,))
-    client: TestClient[Any, Any] = TestClient(
-        TestServer(create_app(settings, Parts(api=True, ingest=False, processors=())))
-    )
-    await client.start_server()
-    try:
+    async with serving(settings, READ_API) as client:
         yield client
-    finally:
-        await client.close()
 
 
 async def test_preflight_of_an_allowed_origin(cors_client: TestClient[Any, Any]) -> None:

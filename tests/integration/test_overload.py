@@ -8,33 +8,27 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest_asyncio
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from eventfold import consistency
-from eventfold.bootstrap import Parts, create_app
 from eventfold.settings import Settings
 from eventfold.web import ADMISSION, METRICS
-from tests.integration.conftest import TenantApi
+from tests.integration.conftest import READ_API, TenantApi, serving
 
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def small(stack: Settings) -> AsyncIterator[TestClient[Any, Any]]:
     """The read API alone, answering at most two requests at once."""
     settings = dataclasses.replace(stack, http_max_in_flight=2, consistency_wait_seconds=3.0)
-    client: TestClient[Any, Any] = TestClient(
-        TestServer(create_app(settings, Parts(api=True, ingest=False, processors=())))
-    )
-    await client.start_server()
-    try:
+    async with serving(settings, READ_API) as client:
         yield client
-    finally:
-        await client.close()
 
 
 async def test_requests_past_the_limit_are_shed_and_probes_still_answer(
     small: TestClient[Any, Any], tenant: TenantApi
 ) -> None:
-    app = small.server.app
+    app = small.app
+    assert app is not None
     reader = tenant.api.auth(tenant.id, "reader")
     record = tenant.path("/collections/notes/records/n1")
     # Two reads waiting for a write the projection will never reach hold both slots.
