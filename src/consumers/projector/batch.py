@@ -340,7 +340,8 @@ async def _read_ahead(
     lock wait bound by ``budget_ms``; the connection goes back to the pool as
     soon as they are done, while the writes go on. A failed read fails its
     tenant's future and every one after it (the caller's batch fails on the
-    first it awaits, as if it had read it itself); leaving the block stops the reads.
+    first it awaits, as if it had read it itself); leaving the block on an
+    error stops the reads.
     """
     loop = asyncio.get_running_loop()
     states = {t: loop.create_future() for t in groups}
@@ -361,8 +362,12 @@ async def _read_ahead(
     task = asyncio.create_task(read_all(), name="projector-read-state")
     try:
         yield states
+    except BaseException:
+        task.cancel()  # the batch failed: stop reading
+        raise
     finally:
-        task.cancel()
+        # After a batch that went through, the reads are over: only their commit
+        # and the connection's release may be left, not worth interrupting.
         with contextlib.suppress(asyncio.CancelledError):
             await task
         for future in states.values():
