@@ -206,15 +206,23 @@ async def apply_events(
             consumer,
             [(t, parking.park_key(i.event)) for t, its in groups.items() for i in its if i.event],
         )
-    ahead = {t: its for t, its in groups.items() if t not in created}
+    ahead = [t for t in groups if t not in created]
     # With one tenant there is nothing to overlap: its read on ``conn`` is one round
     # trip, on the reader three more (its transaction) on the way to a write.
     if reads is not None and not careful and not by_tenant and len(ahead) > 1:
-        async with _read_ahead(reads, ahead, budget_ms) as states:
+        # Parsed once, for the read and for the fold.
+        looked = {t: _lookups(its) for t, its in groups.items()}
+        async with _read_ahead(reads, {t: looked[t] for t in ahead}, budget_ms) as states:
             for tenant, tenant_items in groups.items():
-                loaded = states.get(tenant)
                 await _apply_tenant(
-                    conn, tenant, tenant_items, registered, blocked, result, loaded=loaded
+                    conn,
+                    tenant,
+                    tenant_items,
+                    registered,
+                    blocked,
+                    result,
+                    lookups=looked[tenant],
+                    loaded=states.get(tenant),
                 )
         return
     for tenant, tenant_items in groups.items():
@@ -309,7 +317,11 @@ async def _ensure_schemas(
     return registered, set(missing)
 
 
-def _lookups(items: Sequence[LogEvent]) -> tuple[list[tuple[str, str] | None], list[str]]:
+#: Each item's record key (None for other types or a bad subject), and the event ids.
+Lookups = tuple[list[tuple[str, str] | None], list[str]]
+
+
+def _lookups(items: Sequence[LogEvent]) -> Lookups:
     """Each item's record key (None for other types or a bad subject), and its event ids."""
     keys = [
         _record_key(i.event.subject or "")
@@ -332,7 +344,7 @@ async def _load(
 
 @contextlib.asynccontextmanager
 async def _read_ahead(
-    reads: asyncpg.Pool, groups: dict[str, list[LogEvent]], budget_ms: int | None
+    reads: asyncpg.Pool, groups: dict[str, Lookups], budget_ms: int | None
 ) -> AsyncIterator[dict[str, asyncio.Future[store.TenantState]]]:
     """Load each tenant's state on a connection of ``reads``, one after another, as futures.
 
@@ -351,8 +363,7 @@ async def _read_ahead(
             async with reads.acquire(timeout=10) as reader, reader.transaction(readonly=True):
                 if budget_ms is not None:
                     await reader.execute(budget_sql(budget_ms, local=True))
-                for tenant, items in groups.items():
-                    keys, ids = _lookups(items)
+                for tenant, (keys, ids) in groups.items():
                     states[tenant].set_result(await _load(reader, tenant, ids, keys))
         except Exception as exc:
             for future in states.values():
@@ -385,10 +396,10 @@ async def _apply_tenant(
     blocked: dict[tuple[str, str], parking.Blocker],
     result: BatchResult,
     *,
+    lookups: Lookups | None = None,
     loaded: Awaitable[store.TenantState] | None = None,
 ) -> None:
-    # Each record event's key, parsed once (cached); None for other types or a bad subject.
-    keys, ids = _lookups(items)
+    keys, ids = lookups if lookups is not None else _lookups(items)
     state_now = await (loaded if loaded is not None else _load(conn, tenant, ids, keys))
     seen = state_now.seen
     state: dict[tuple[str, str], Record | None] = dict(state_now.records)
