@@ -16,7 +16,7 @@ import pytest_asyncio
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
-from consumers.projector.batch import LogEvent, apply_batch
+from consumers.projector.batch import BatchResult, LogEvent, apply_batch, apply_events
 from consumers.projector.processor import Projector
 from eventfold.bootstrap import open_pool
 from eventfold.envelope import CloudEvent
@@ -259,6 +259,49 @@ async def test_state_reads_are_bound_by_the_batch_budget(lane: Lane) -> None:
                     ),
                     20,
                 )
+
+
+async def _waiting_on_a_lock(pool: asyncpg.Pool, pid: int) -> None:
+    async with pool.acquire() as conn:
+        while not await conn.fetchval(
+            "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1", pid
+        ):
+            await asyncio.sleep(0.02)  # another backend's state: nothing to await on
+
+
+async def test_two_processors_meeting_new_tenants_in_other_orders_do_not_deadlock(
+    lane: Lane,
+) -> None:
+    first, second = sorted([new_tenant_id(), new_tenant_id()])
+    topic = lane.settings.events_topic
+    async with lane.pool.acquire() as one, lane.pool.acquire() as two:
+        async with one.transaction():
+            # Processor one, mid-batch: it has created ``first``'s schema, not yet committed.
+            await apply_events(
+                one, consumer="order", items=_log([upsert(first, 1, 1)]), result=BatchResult()
+            )
+            # Processor two's batch (another partition) meets ``second`` before ``first``.
+            other = asyncio.create_task(
+                apply_batch(
+                    two,
+                    consumer="order",
+                    topic=topic,
+                    events=[
+                        LogEvent(1, 0, 0, CloudEvent.model_validate(upsert(second, 2, 2))),
+                        LogEvent(1, 1, 0, CloudEvent.model_validate(upsert(first, 3, 3))),
+                    ],
+                )
+            )
+            await asyncio.wait_for(_waiting_on_a_lock(lane.pool, two.get_server_pid()), 10)
+            # Then one meets ``second`` too: with locks taken in batch order each would
+            # hold the lock the other waits for, and PostgreSQL would abort one of them.
+            await apply_events(
+                one, consumer="order", items=_log([upsert(second, 4, 4)]), result=BatchResult()
+            )
+        result = await asyncio.wait_for(other, 10)
+    assert result.applied == 2
+    for tenant in (first, second):
+        assert await lane.scalar(f'SELECT count(*) FROM "t_{tenant}".records') == 2
 
 
 async def test_records_before_tenant_created_and_junk_on_the_topic(lane: Lane) -> None:

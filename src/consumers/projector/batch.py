@@ -28,8 +28,9 @@ from consumers.projector.live import LiveEvent
 from consumers.projector.parking import ParkedEvent
 from eventfold.envelope import CloudEvent
 from eventfold.faults import is_retriable
-from eventfold.ids import is_valid, tenant_schema
+from eventfold.ids import is_valid
 from eventfold.replay import is_replay
+from eventfold.tenancy import tenant_lock
 
 OnParked = Callable[[Sequence[ParkedEvent]], Awaitable[None]]
 
@@ -307,9 +308,12 @@ async def _ensure_schemas(
     """
     status = await store.tenant_status(conn, tenants)
     missing = [t for t in tenants if t not in status]
-    for tenant in missing:
-        # Two processors creating one schema at once would collide in pg_namespace.
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", tenant_schema(tenant))
+    # Two processors creating one schema at once would collide in pg_namespace, so
+    # each takes the tenant's lock; in one order for all, or two processors whose
+    # batches meet the same new tenants in different orders deadlock (seen with two
+    # projector processes catching up on one topic).
+    for tenant in sorted(missing):
+        await tenant_lock(conn, tenant)
         await conn.execute(store.tenant_ddl(tenant))
     registered = {t for t, known in status.items() if known}
     if missing:
