@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -13,11 +14,11 @@ import asyncpg
 import orjson
 import pytest
 import pytest_asyncio
-from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
 from consumers.projector.batch import BatchResult, LogEvent, apply_batch, apply_events
-from consumers.projector.processor import Projector
+from consumers.projector.processor import HINT_INTERVAL, Projector
 from eventfold.bootstrap import open_pool
 from eventfold.envelope import CloudEvent
 from eventfold.infra import ensure_topics
@@ -128,6 +129,40 @@ async def test_restart_resumes_from_the_postgres_checkpoint(lane: Lane) -> None:
     assert await lane.scalar(f'SELECT count(*) FROM "t_{t}".events') == 481
     assert await lane.scalar(f'SELECT max(version) FROM "t_{t}".records') == 12
     assert await lane.scalar(f'SELECT count(DISTINCT id) FROM "t_{t}".events') == 481
+
+
+async def test_offset_hints_go_out_at_most_every_interval_and_once_at_the_end(
+    lane: Lane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    t = lane.tenant
+    await lane.produce([created(t)] + [upsert(t, i, i) for i in range(1, 60)])
+    hints: list[dict[TopicPartition, OffsetAndMetadata]] = []
+    commit = AIOKafkaConsumer.commit
+
+    async def counted(self: AIOKafkaConsumer, offsets: Any = None) -> None:
+        hints.append(dict(offsets))
+        await commit(self, offsets)
+
+    monkeypatch.setattr(AIOKafkaConsumer, "commit", counted)
+    projector = lane.projector(batch_size=5)  # 12 batches at least
+    started = time.monotonic()
+    await projector.run(burst=True)
+    elapsed = time.monotonic() - started
+    assert 2 <= len(hints) <= 2 + elapsed / HINT_INTERVAL
+    # What the group holds in Kafka at the end is where the projector stopped.
+    stored = await lane.scalar(
+        f"SELECT sum(next_offset) FROM eventfold.checkpoints WHERE consumer = '{projector.group}'"
+    )
+    consumer = make_consumer(
+        lane.settings, group=projector.group, client_id="t", max_poll_records=1
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(lane.settings.events_topic, p) for p in range(4)]
+        committed = [await consumer.committed(tp) for tp in tps]
+    finally:
+        await consumer.stop()
+    assert sum(c or 0 for c in committed) == stored == 60
 
 
 async def test_cancelled_midway_then_restarted_applies_each_event_once(lane: Lane) -> None:
