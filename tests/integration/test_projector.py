@@ -18,7 +18,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
 from consumers.projector.batch import BatchResult, LogEvent, apply_batch, apply_events
-from consumers.projector.processor import HINT_INTERVAL, Projector
+from consumers.projector.hints import HINT_INTERVAL
+from consumers.projector.processor import Projector
 from eventfold.bootstrap import open_pool
 from eventfold.envelope import CloudEvent
 from eventfold.infra import ensure_topics

@@ -2,7 +2,7 @@
 
 Positions live in PostgreSQL beside the projection. On every assignment the
 consumer seeks to the stored checkpoint; Kafka's committed offsets are only
-written as a hint for lag tools (at most once a second, and at the end).
+written as a hint for lag tools (:mod:`.hints`).
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from collections.abc import Sequence
 import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
-from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
+from aiokafka.structs import ConsumerRecord
 
 from consumers.kafka_loop import SeekToCheckpoints, start_with_retry
 from consumers.projector import parking, store
 from consumers.projector.batch import BatchResult, LogEvent, apply_batch, budget_sql
+from consumers.projector.hints import OffsetHints
 from consumers.projector.live import LivePublisher
 from consumers.projector.parking import ParkedEvent
 from consumers.projector.redrive import redrive
@@ -38,10 +38,6 @@ log = logging.getLogger("eventfold.projector")
 
 #: A fetch answer at least this large means a backlog: worth waiting briefly for more.
 _BACKLOG_RECORDS = 100
-#: Kafka's committed offsets are only a hint for lag tools: sent at most this often
-#: (seconds). Sent after every batch, live traffic's small batches each paid for an
-#: offset commit (the projector's and the broker's CPU, a write to __consumer_offsets).
-HINT_INTERVAL = 1.0
 
 
 class Projector:
@@ -69,10 +65,8 @@ class Projector:
         self.deferred: set[str] = set()
         #: Pushes each committed batch's applied events to the SSE streams (best effort).
         self.live = LivePublisher(settings)
-        self._hint: asyncio.Task[None] | None = None
-        #: Positions applied since the last hint went out, and when it went.
-        self._hint_due: dict[TopicPartition, OffsetAndMetadata] = {}
-        self._hint_sent_at = -HINT_INTERVAL
+        #: Kafka's committed offsets, written for lag tools (see :mod:`.hints`).
+        self._hints = OffsetHints(self.topic)
         #: The connection batches are written on (see :meth:`_writer`).
         self._conn: asyncpg.Connection | None = None
 
@@ -141,10 +135,7 @@ class Projector:
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
             with contextlib.suppress(asyncio.CancelledError):
-                await self._wait_hint()
-                if self._hint_due:  # the last positions, so lag tools see the end
-                    self._send_hint(consumer)
-                    await self._wait_hint()
+                await self._hints.finish(consumer)
             await self._drop_writer()
             await consumer.stop()
             await self.live.close()
@@ -404,39 +395,13 @@ class Projector:
             m.projection_lag_seconds.set(
                 max(0.0, time.time() - result.newest_event_time.timestamp())
             )
-        for p, o in result.positions.items():
-            self._hint_due[TopicPartition(self.topic, p)] = OffsetAndMetadata(o, "")
-        # Only a hint for lag tools (the checkpoint in PostgreSQL is the truth): sent
-        # while the next batches are folded, one at a time, at most every HINT_INTERVAL.
-        if (self._hint is None or self._hint.done()) and (
-            time.monotonic() - self._hint_sent_at >= HINT_INTERVAL
-        ):
-            await self._wait_hint()
-            self._send_hint(consumer)
+        self._hints.note(consumer, result.positions)
         for tp in consumer.assignment():
             high = consumer.highwater(tp)
             if high is not None:
                 pos = result.positions.get(tp.partition)
                 if pos is not None:
                     m.consumer_lag.labels(self.name, str(tp.partition)).set(max(0, high - pos))
-
-    def _send_hint(self, consumer: AIOKafkaConsumer) -> None:
-        offsets, self._hint_due = self._hint_due, {}
-        self._hint_sent_at = time.monotonic()
-        self._hint = asyncio.create_task(self._commit_hint(consumer, offsets), name="offset-hint")
-
-    async def _commit_hint(
-        self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, OffsetAndMetadata]
-    ) -> None:
-        try:
-            await asyncio.wait_for(consumer.commit(offsets), 10)
-        except (KafkaError, TimeoutError) as exc:
-            log.info("offset hint not committed", extra={"error": repr(exc)})
-
-    async def _wait_hint(self) -> None:
-        hint, self._hint = self._hint, None
-        if hint is not None:
-            await hint
 
     async def _is_caught_up(self, consumer: AIOKafkaConsumer) -> bool:
         assigned = consumer.assignment()
