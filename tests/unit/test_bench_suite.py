@@ -65,11 +65,11 @@ def test_target_verdicts_read_nested_results() -> None:
         "ingest": {"single_saturation": {"requests_per_second": 9000.0},
                    "single_fixed_rate": [{"target_rate": 5000, "latency_ms": {"p99": 30.0}}]},
         "memory": {"api": 60.0},
-        "end_to_end": [{"load_share": 0.25, "latency_ms": {"p50": 5.0}},
-                       {"load_share": 0.5, "latency_ms": {"p50": 12.0, "p99": 40.0}}],
+        "end_to_end": {"runs": [{"load_share": 0.25, "latency_ms": {"p50": 5.0}},
+                                {"load_share": 0.5, "latency_ms": {"p50": 12.0, "p99": 40.0}}]},
     }  # fmt: skip
     assert lookup(doc, "ingest.single_fixed_rate[5000].latency_ms.p99") == 30.0
-    assert lookup(doc, "end_to_end[0.5].latency_ms.p50") == 12.0  # a dot inside the brackets
+    assert lookup(doc, "end_to_end.runs[0.5].latency_ms.p50") == 12.0  # a dot inside brackets
     rows = {r["target"]: r["met"] for r in verdicts(doc)}
     assert rows["ingest single-event requests/s"] is True
     assert rows["ingest p99 at 5,000 req/s"] is False
