@@ -3,6 +3,16 @@
 One LISTEN connection per process learns of every committed batch (the
 projector NOTIFYs in the batch's transaction); waiting readers are futures
 resolved by those notifications, so a wait costs no polling.
+
+A tenant too slow to write has events *deferred* past the checkpoints, and a
+read of it with a token waits for their retry too. Deferrals are rare, so the
+watcher keeps the set of tenants that may have some: read once after LISTEN,
+then grown by the batches' notifications (each names the tenants it deferred).
+A tenant outside that set needs no query; one inside is looked up, and dropped
+from the set once a lookup finds nothing deferred and no notification came in
+meanwhile. Whenever the set cannot be trusted (listener down, a batch that
+could not list its tenants, a projector that does not list them), every read
+looks up as before.
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from eventfold.db import CHECKPOINT_CHANNEL, connect, fetch_checkpoints
+from eventfold.db import CHECKPOINT_CHANNEL, connect, deferred_tenants, fetch_checkpoints
 
 log = logging.getLogger("eventfold.checkpoints")
 
@@ -27,6 +37,8 @@ _KEEPALIVE_SECONDS = 5.0
 _PING_TIMEOUT = 2.0
 #: Reading the checkpoints table (acquire included).
 _READ_TIMEOUT = 2.0
+#: Between two loads of the deferred tenants that did not make the set trusted.
+_RELOAD_PAUSE = 1.0
 
 
 class CheckpointWatcher:
@@ -43,6 +55,16 @@ class CheckpointWatcher:
         self._conn: asyncpg.Connection | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        #: Tenants that may have deferred events; complete while ``_deferrals_known``.
+        self._maybe_deferred: set[str] = set()
+        self._deferrals_known = False
+        #: Moves whenever the set above grows or stops being trusted: a lookup that
+        #: saw nothing deferred drops its tenant only if this did not move meanwhile.
+        self._epoch = 0
+        #: Moves whenever the set stops being trusted: a load of it that this
+        #: outlasted may miss a tenant, so it does not make the set trusted.
+        self._distrusts = 0
+        self._reload: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Begin listening (in the background, reconnecting when the connection drops)."""
@@ -51,10 +73,11 @@ class CheckpointWatcher:
     async def stop(self) -> None:
         """Stop listening and release the connection."""
         self._closing = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._reload):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await _close(self._conn)
 
     def covers(self, required: Mapping[int, int]) -> bool:
@@ -97,7 +120,7 @@ class CheckpointWatcher:
         deadline = loop.time() + within
         if not await self.wait_for(required, within):
             return False
-        while await self._deferred_within(tenant, required):
+        while await self._has_deferred(tenant, required):
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return False
@@ -106,20 +129,63 @@ class CheckpointWatcher:
                 await asyncio.wait_for(woken.wait(), min(remaining, 1.0))
         return True
 
-    async def _deferred_within(self, tenant: str, required: Mapping[int, int]) -> bool:
+    def may_have_deferred(self, tenant: str) -> bool:
+        """False only when ``tenant`` is known to have no deferred events (no query needed)."""
+        known = self._deferrals_known and self._listening()
+        return not known or tenant in self._maybe_deferred
+
+    async def _has_deferred(self, tenant: str, required: Mapping[int, int]) -> bool:
+        """Whether ``tenant`` has events deferred at or before ``required``."""
+        if not self.may_have_deferred(tenant):
+            return False
+        epoch = self._epoch
         async with asyncio.timeout(_READ_TIMEOUT), self._pool.acquire() as conn:
-            found: bool = await conn.fetchval(
-                """SELECT EXISTS (
-                     SELECT 1 FROM eventfold.parked p
-                     JOIN unnest($3::integer[], $4::bigint[]) AS t(pa, o)
-                       ON p.partition = t.pa AND p."offset" <= t.o
-                     WHERE p.consumer = $1 AND p.tenant = $2 AND p.retry)""",
+            row = await conn.fetchrow(
+                """SELECT coalesce(bool_or(t.o IS NOT NULL), false) AS within,
+                          count(*) > 0 AS anything
+                   FROM eventfold.parked p
+                   LEFT JOIN unnest($3::integer[], $4::bigint[]) AS t(pa, o)
+                     ON p.partition = t.pa AND p."offset" <= t.o
+                   WHERE p.consumer = $1 AND p.tenant = $2 AND p.retry""",
                 self._consumer,
                 tenant,
                 list(required),
                 list(required.values()),
             )
-        return found
+        # A deferral committed after this query's snapshot is notified after it was
+        # sent, so it has moved the epoch (or comes after the discard and adds back).
+        if not row["anything"] and epoch == self._epoch:
+            self._maybe_deferred.discard(tenant)
+        within: bool = row["within"]
+        return within
+
+    async def _load_deferred(self) -> None:
+        """Add every tenant with deferred events to the set; trust it if nothing distrusted it."""
+        distrusts = self._distrusts
+        async with asyncio.timeout(_READ_TIMEOUT), self._pool.acquire() as conn:
+            found = await deferred_tenants(conn, self._consumer)
+        self._maybe_deferred.update(found)
+        # Deferrals committed after the read are notified: the listener adds them.
+        if distrusts == self._distrusts:
+            self._deferrals_known = True
+
+    def _distrust(self) -> None:
+        """The set may miss tenants: look up every read until a reload completes it."""
+        self._deferrals_known = False
+        self._epoch += 1
+        self._distrusts += 1
+        if self._listening() and (self._reload is None or self._reload.done()):
+            self._reload = asyncio.create_task(self._reload_deferred(), name="deferred-reload")
+
+    async def _reload_deferred(self) -> None:
+        """Load the set again until it is trusted (or the listener is down: it loads on LISTEN)."""
+        while self._listening() and not self._deferrals_known:
+            try:
+                await self._load_deferred()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                log.warning("deferred tenants not readable", extra={"error": repr(exc)})
+            if not self._deferrals_known:
+                await asyncio.sleep(_RELOAD_PAUSE)
 
     def _listening(self) -> bool:
         conn = self._conn
@@ -148,6 +214,12 @@ class CheckpointWatcher:
                 woken.set()
             return
         if doc.get("t") == self._topic and doc.get("c") == self._consumer:
+            deferred = doc.get("d")
+            if not isinstance(deferred, list):  # "*" (too many to list), or an older projector
+                self._distrust()
+            elif deferred:
+                self._maybe_deferred.update(map(str, deferred))
+                self._epoch += 1
             self._advance({int(p): int(o) for p, o in doc["p"].items()})
 
     async def _listen_forever(self) -> None:
@@ -161,10 +233,15 @@ class CheckpointWatcher:
                     conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                     await conn.add_listener(CHECKPOINT_CHANNEL, self._on_notify)
                     await self._refresh()  # after LISTEN: nothing committed since is missed
+                    await self._load_deferred()
                 delay = 0.2
                 await self._watch(conn, lost)
             except Exception as exc:  # the listener must outlive any failure: it reconnects
                 log.warning("checkpoint listener down, reconnecting", extra={"error": repr(exc)})
+            # Notifications may be missed from here until the next LISTEN.
+            self._deferrals_known = False
+            self._epoch += 1
+            self._distrusts += 1
             await _close(conn)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)

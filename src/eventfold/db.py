@@ -273,3 +273,11 @@ async def fetch_checkpoints(conn: Any, consumer: str, topic: str) -> dict[int, i
         topic,
     )
     return {r["partition"]: r["next_offset"] for r in rows}
+
+
+async def deferred_tenants(conn: Any, consumer: str) -> set[str]:
+    """Tenants with events of ``consumer`` deferred, waiting for an automatic retry."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT tenant FROM eventfold.parked WHERE consumer = $1 AND retry", consumer
+    )
+    return {r["tenant"] for r in rows}

@@ -145,7 +145,13 @@ async def apply_batch(
             letters = [p for p in result.parked if not p.retry]
             if letters and on_parked is not None:
                 await on_parked(letters)
-        await store.save_checkpoints(conn, consumer, topic, result.positions)
+        await store.save_checkpoints(
+            conn,
+            consumer,
+            topic,
+            result.positions,
+            deferred={p.tenant for p in result.parked if p.retry},
+        )
     return result
 
 

@@ -188,11 +188,3 @@ async def list_parked(
         )
         for r in rows
     ]
-
-
-async def deferred_tenants(conn: asyncpg.Connection, consumer: str) -> set[str]:
-    """Tenants with deferred events waiting for an automatic retry."""
-    rows = await conn.fetch(
-        "SELECT DISTINCT tenant FROM eventfold.parked WHERE consumer = $1 AND retry", consumer
-    )
-    return {r["tenant"] for r in rows}

@@ -26,7 +26,7 @@ from consumers.projector.hints import OffsetHints
 from consumers.projector.live import LivePublisher
 from consumers.projector.parking import ParkedEvent
 from consumers.projector.redrive import redrive
-from eventfold.db import fetch_checkpoints
+from eventfold.db import deferred_tenants, fetch_checkpoints
 from eventfold.envelope import decode_event
 from eventfold.faults import is_retriable
 from eventfold.kafka import make_consumer, make_producer
@@ -286,7 +286,7 @@ class Projector:
                 return
             try:
                 async with self.pool.acquire(timeout=5) as conn:
-                    waiting = await parking.deferred_tenants(conn, self.checkpoint_name)
+                    waiting = await deferred_tenants(conn, self.checkpoint_name)
                 for tenant in sorted(waiting):
                     await redrive(
                         self.pool,

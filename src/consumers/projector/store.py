@@ -6,7 +6,7 @@ which only ever returns a quoted name built from a validated tenant id.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -21,6 +21,9 @@ from eventfold.tenancy import tenant_role_ddl
 
 #: The projection's shape; bump it when the tables below change (replay rebuilds).
 PROJECTION_VERSION = 1
+#: A checkpoint notification longer than this names no deferred tenants ("*"):
+#: PostgreSQL refuses a NOTIFY payload of 8,000 bytes or more.
+NOTIFY_PAYLOAD_LIMIT = 7_000
 
 
 def tenant_ddl(tenant: str) -> str:
@@ -293,17 +296,24 @@ async def lock_checkpoints(
 
 
 async def save_checkpoints(
-    conn: asyncpg.Connection, consumer: str, topic: str, positions: dict[int, int]
+    conn: asyncpg.Connection,
+    consumer: str,
+    topic: str,
+    positions: dict[int, int],
+    deferred: Collection[str] = (),
 ) -> None:
     """Store ``{partition: next_offset}`` and tell waiting readers, in one statement.
 
     Within the batch's transaction: the notification on
     :data:`~eventfold.db.CHECKPOINT_CHANNEL` is delivered at commit, so a reader
-    woken by it sees the batch.
+    woken by it sees the batch. It also names the tenants whose events the batch
+    ``deferred`` (``"d"``; ``"*"`` when too many to list): readers then look for
+    deferred events only for those tenants (see :mod:`eventfold.checkpoints`).
     """
-    payload = orjson.dumps(
-        {"t": topic, "c": consumer, "p": positions}, option=orjson.OPT_NON_STR_KEYS
-    ).decode()
+    doc: dict[str, object] = {"t": topic, "c": consumer, "p": positions, "d": sorted(deferred)}
+    payload = orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS).decode()
+    if len(payload) > NOTIFY_PAYLOAD_LIMIT:
+        payload = orjson.dumps({**doc, "d": "*"}, option=orjson.OPT_NON_STR_KEYS).decode()
     await conn.execute(
         """WITH saved AS (
              UPDATE eventfold.checkpoints c SET next_offset = u.o, updated_at = now()
