@@ -17,6 +17,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from eventfold.cache import cache_client, record_key
 from eventfold.settings import Settings
 from tests.integration.conftest import Api, TenantApi
 
@@ -281,6 +282,28 @@ async def test_several_tenants_rebuild_in_one_pass_while_one_of_them_resumes(
         assert left == 0
     finally:
         await conn.close()
+
+
+async def test_a_rebuild_forgets_the_cached_records_of_its_tenants_only(api: Api) -> None:
+    """The rebuilt tenants' cache entries go (one pass over Redis); another tenant's stay."""
+    settings = api.settings
+    a, b, kept = [TenantApi(api, (await api.create_tenant())["id"]) for _ in range(3)]
+    keys = {}
+    for t in (a, b, kept):
+        token = await seed(t, 2)
+        await t.read_json("/collections/items/records/r0", token)  # the read fills the cache
+        keys[t.id] = record_key(t.id, "items", "r0")
+    cache = cache_client(settings)
+    try:
+        assert await cache.exists(*keys.values()) == 3
+        status, doc, err = await eventfold(settings, "replay", "--tenant", a.id, "--tenant", b.id)
+        assert status == 0, err
+        assert [r["swapped"] for r in doc["tenants"]] == [True, True]
+        assert await cache.exists(keys[a.id]) == 0
+        assert await cache.exists(keys[b.id]) == 0
+        assert await cache.exists(keys[kept.id]) == 1
+    finally:
+        await cache.aclose()
 
 
 async def test_events_lists_a_tenants_history(api: Api, tenant: TenantApi) -> None:

