@@ -169,12 +169,12 @@ class CheckpointWatcher:
         if distrusts == self._distrusts:
             self._deferrals_known = True
 
-    def _distrust(self) -> None:
-        """The set may miss tenants: look up every read until a reload completes it."""
+    def _distrust(self, *, reload: bool = True) -> None:
+        """The set may miss tenants: look up every read until a (re)load completes it."""
         self._deferrals_known = False
         self._epoch += 1
         self._distrusts += 1
-        if self._listening() and (self._reload is None or self._reload.done()):
+        if reload and self._listening() and (self._reload is None or self._reload.done()):
             self._reload = asyncio.create_task(self._reload_deferred(), name="deferred-reload")
 
     async def _reload_deferred(self) -> None:
@@ -238,10 +238,8 @@ class CheckpointWatcher:
                 await self._watch(conn, lost)
             except Exception as exc:  # the listener must outlive any failure: it reconnects
                 log.warning("checkpoint listener down, reconnecting", extra={"error": repr(exc)})
-            # Notifications may be missed from here until the next LISTEN.
-            self._deferrals_known = False
-            self._epoch += 1
-            self._distrusts += 1
+            # Notifications may be missed from here until the next LISTEN, which loads.
+            self._distrust(reload=False)
             await _close(conn)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)

@@ -7,13 +7,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import pytest_asyncio
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 
 from consumers.registry import PROCESSORS
 from eventfold.auth import issue_token
-from eventfold.bootstrap import Parts, create_app
+from eventfold.bootstrap import Parts, create_app, open_pool
 from eventfold.settings import Settings
 from tests.conftest import new_tenant_id
 
@@ -135,6 +136,16 @@ async def api(stack: Settings) -> AsyncIterator[Api]:
         yield Api(client, stack)
     finally:
         await client.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def pool(stack: Settings) -> AsyncIterator[asyncpg.Pool]:
+    """A pool opened as the app opens it (platform migration and role repair included)."""
+    p = await open_pool(stack)
+    try:
+        yield p
+    finally:
+        await p.close()
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -12,27 +12,16 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import asyncpg
 import orjson
-import pytest_asyncio
 
 from consumers.projector import parking, store
 from consumers.projector.parking import ParkedEvent
-from eventfold.bootstrap import open_pool
 from eventfold.checkpoints import CheckpointWatcher
 from eventfold.db import CHECKPOINT_CHANNEL
 from eventfold.settings import Settings
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def pool(stack: Settings) -> AsyncIterator[asyncpg.Pool]:
-    p = await open_pool(stack)
-    try:
-        yield p
-    finally:
-        await p.close()
 
 
 async def until(condition: Callable[[], bool], what: str, within: float = 10.0) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +19,6 @@ from yarl import URL
 
 from consumers.projector import store
 from eventfold import db
-from eventfold.bootstrap import open_pool
 from eventfold.ids import tenant_role, tenant_schema
 from eventfold.settings import Settings
 from eventfold.tenancy import (
@@ -43,16 +41,6 @@ class Pair:
     #: A string that appears only in B's data: no answer to A may contain it.
     marker: str
     b_event_id: str
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def pool(stack: Settings) -> AsyncIterator[asyncpg.Pool]:
-    """A pool opened as the app opens it (platform migration and role repair included)."""
-    p = await open_pool(stack)
-    try:
-        yield p
-    finally:
-        await p.close()
 
 
 @pytest_asyncio.fixture(loop_scope="session")

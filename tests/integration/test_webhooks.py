@@ -33,7 +33,7 @@ from standardwebhooks import Webhook
 
 from consumers.notifier import delivery
 from consumers.notifier.processor import Notifier
-from eventfold.bootstrap import Parts, create_app, open_pool
+from eventfold.bootstrap import Parts, create_app
 from eventfold.egress import AllowList, guarded_session
 from eventfold.ids import tenant_schema
 from eventfold.kafka import message_key
@@ -130,15 +130,6 @@ async def receiver() -> AsyncIterator[Receiver]:
         yield r
     finally:
         await r.stop()
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def pool(stack: Settings) -> AsyncIterator[asyncpg.Pool]:
-    p = await open_pool(stack)
-    try:
-        yield p
-    finally:
-        await p.close()
 
 
 @pytest_asyncio.fixture(loop_scope="session")
