@@ -213,13 +213,8 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _malloc_trim_ctx(_app: web.Application) -> AsyncIterator[None]:
     """Trim the C heap periodically: socket reads fragment it (see :mod:`eventfold.malloctrim`)."""
-    task = asyncio.create_task(malloctrim.trim_forever(), name="malloc-trim")
-    try:
+    async with malloctrim.trimming():
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def _watcher_ctx(app: web.Application) -> AsyncIterator[None]:

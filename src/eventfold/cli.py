@@ -169,7 +169,7 @@ def _serve_app(settings: Settings, parts: Any, banner: list[str]) -> int:
 
 
 def _process(settings: Settings, args: argparse.Namespace) -> int:
-    from eventfold import gctune
+    from eventfold import gctune, malloctrim
     from eventfold.bootstrap import open_pool, supervise
     from eventfold.logs import setup_logging
     from eventfold.metrics import Metrics
@@ -184,7 +184,9 @@ def _process(settings: Settings, args: argparse.Namespace) -> int:
         pool = await open_pool(settings)
         gctune.settle(gctune.GC_THRESHOLD_0_BATCH)  # the process's own: nothing to restore
         try:
-            await supervise(args.name, settings, pool, Metrics(), stop, burst=args.burst)
+            # Stream processors read sockets as served processes do: the same heap holes.
+            async with malloctrim.trimming():
+                await supervise(args.name, settings, pool, Metrics(), stop, burst=args.burst)
         finally:
             await pool.close()
 

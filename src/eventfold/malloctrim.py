@@ -20,9 +20,10 @@ mmap/munmap pair (about 15 µs more per read).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 log = logging.getLogger("eventfold.malloctrim")
 
@@ -68,3 +69,15 @@ async def trim_forever(interval: float = TRIM_INTERVAL_SECONDS) -> None:
             trim()
         except Exception:  # a hint to the allocator: never worth stopping the loop for
             log.exception("malloc_trim failed")
+
+
+@contextlib.asynccontextmanager
+async def trimming(interval: float = TRIM_INTERVAL_SECONDS) -> AsyncIterator[None]:
+    """:func:`trim_forever` in the background for the duration of the ``async with``."""
+    task = asyncio.create_task(trim_forever(interval), name="malloc-trim")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

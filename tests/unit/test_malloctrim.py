@@ -68,3 +68,21 @@ async def test_trim_forever_returns_without_malloc_trim(monkeypatch: pytest.Monk
     monkeypatch.setattr(malloctrim, "_MALLOC_TRIM", None)
     assert malloctrim.trim() is False
     await asyncio.wait_for(malloctrim.trim_forever(0.01), 1)
+
+
+async def test_trimming_trims_inside_its_block_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    trimmed = asyncio.Event()
+
+    def fake(pad: int) -> int:
+        calls.append(pad)
+        if len(calls) >= 2:
+            trimmed.set()
+        return 1
+
+    monkeypatch.setattr(malloctrim, "_MALLOC_TRIM", fake)
+    async with malloctrim.trimming(0.01):
+        await asyncio.wait_for(trimmed.wait(), 5)
+    after = len(calls)
+    await asyncio.sleep(0.05)  # five intervals: a task left running would trim again
+    assert len(calls) == after
