@@ -1,15 +1,19 @@
-"""Single-record GET latency and throughput of one API process, cached and uncached.
+"""Read latency and throughput of one API process: single records cached and uncached, lists.
 
 Seeds one tenant with records through a real ``eventfold serve ingest``
 process and the projector, then starts a real ``eventfold serve api`` process
-and loads ``GET …/records/{id}`` (uniformly random ids) with ``wrk`` (Debian's
-wrk 4.1; ``apt-get install -y wrk``) and a Lua script that sets the bearer token
-and picks the ids:
+and loads it with ``wrk`` (Debian's wrk 4.1; ``apt-get install -y wrk``) and a
+Lua script that sets the bearer token and picks each request's path:
 
-- **cached**: the cache is warmed first (every record read once), so reads are
-  answered by Redis;
-- **uncached**: the API process restarted with ``EVENTFOLD_CACHE_ENABLED=false``,
-  so every read goes to PostgreSQL under the tenant's role.
+- **cached**: ``GET …/records/{id}`` (uniformly random ids), the cache warmed
+  first (every record read once), so reads are answered by Redis;
+- **uncached**: the same with the API process restarted with
+  ``EVENTFOLD_CACHE_ENABLED=false``, so every read goes to PostgreSQL under the
+  tenant's role;
+- **lists**: ``GET …/records?…`` list queries (always PostgreSQL), a random
+  one of :data:`LIST_QUERIES` per request: the first page in id and in
+  ``-updated_at`` order, later pages (cursors taken from the API first), a
+  filter on a common value and one on a rare value.
 
 Each is run at fixed rates (each wrk connection paced with ``delay()``) and at
 saturation (no pacing). wrk is closed-loop: when the server falls behind a fixed
@@ -39,6 +43,7 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -51,14 +56,27 @@ from eventfold.settings import Settings
 
 RESULTS = Path(__file__).parent / "results"
 EXE = str(Path(sys.executable).with_name("eventfold"))
+#: The list queries of the "lists" kind (after the collection's ``records``); seeded
+#: records have ``status`` one of four values and ``customer`` one of 997.
+LIST_QUERIES = (
+    "?limit=50",
+    "?limit=50&order=-updated_at",
+    "?limit=50&filter[status]=paid",
+    "?limit=20&filter[customer]=customer-0042",
+)
+#: Later pages of the first query, by cursor, mixed in with the queries above.
+LIST_PAGES = 4
 
 #: wrk's script: the token, a random record id per request, an optional pacing delay,
 #: and a JSON summary (latencies in microseconds) on the last line.
 WRK_SCRIPT = """
 local token, prefix, records, pace = os.getenv("BENCH_TOKEN"), os.getenv("BENCH_PREFIX"),
   tonumber(os.getenv("BENCH_RECORDS")), tonumber(os.getenv("BENCH_DELAY_MS"))
+local paths = {}
+for path in string.gmatch(os.getenv("BENCH_PATHS") or "", "[^ ]+") do paths[#paths + 1] = path end
 wrk.headers["Authorization"] = "Bearer " .. token
 request = function()
+  if #paths > 0 then return wrk.format("GET", paths[math.random(1, #paths)]) end
   return wrk.format("GET", prefix .. "o" .. math.random(0, records - 1))
 end
 if pace > 0 then
@@ -156,13 +174,35 @@ async def _warm(session: aiohttp.ClientSession, base: str, prefix: str, token: s
     await asyncio.gather(*(one(i) for i in range(n)))
 
 
+async def _list_paths(
+    session: aiohttp.ClientSession, base: str, prefix: str, token: str
+) -> list[str]:
+    """:data:`LIST_QUERIES` and later pages of the first, each answered 200 once."""
+    headers = {"Authorization": f"Bearer {token}"}
+    paths = [prefix + query for query in LIST_QUERIES]
+    for path in list(paths):
+        async with session.get(base + path, headers=headers) as r:
+            assert r.status == 200, await r.text()
+            doc = await r.json()
+        assert doc["items"], f"{path} listed nothing"
+    cursor_path = paths[0]
+    for _ in range(LIST_PAGES):
+        async with session.get(base + cursor_path, headers=headers) as r:
+            assert r.status == 200, await r.text()
+            cursor = (await r.json())["next"]
+        cursor_path = f"{paths[0]}&after={quote(cursor, safe='')}"
+        paths.append(cursor_path)
+    return paths
+
+
 def _wrk(
     base: str, prefix: str, token: str, records: int, *, rate: int | None, seconds: int,
-    connections: int, script: Path,
+    connections: int, script: Path, paths: list[str] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     pace = 0 if rate is None else max(1, round(1000 * connections / rate))
     env = {**os.environ, "BENCH_TOKEN": token, "BENCH_PREFIX": prefix,
-           "BENCH_RECORDS": str(records), "BENCH_DELAY_MS": str(pace)}  # fmt: skip
+           "BENCH_RECORDS": str(records), "BENCH_DELAY_MS": str(pace),
+           "BENCH_PATHS": " ".join(paths or ())}  # fmt: skip
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s",
          "-s", str(script), base],
@@ -184,7 +224,13 @@ def _wrk(
 
 
 async def _phase(
-    settings: Settings, tenant: str, args: argparse.Namespace, *, cached: bool, script: Path
+    settings: Settings,
+    tenant: str,
+    args: argparse.Namespace,
+    *,
+    cached: bool,
+    script: Path,
+    lists: bool = False,
 ) -> dict[str, Any]:
     port = _free_port()
     env = _env(settings, port, EVENTFOLD_CACHE_ENABLED="true" if cached else "false")
@@ -194,33 +240,40 @@ async def _phase(
     base = f"http://127.0.0.1:{port}"
     prefix = f"/v1/tenants/{tenant}/collections/orders/records/"
     token = issue_token(settings.jwt_secret, tenant=tenant, roles=["reader"], ttl_seconds=7200)
-    label = "cached" if cached else "uncached"
+    label = "lists" if lists else "cached" if cached else "uncached"
     out: dict[str, Any] = {"runs": []}
+    paths: list[str] | None = None
     try:
         async with aiohttp.ClientSession() as session:
             await _wait_ready(session, base)
-            print(f"{label}: warming {args.records} records…", flush=True)
-            await _warm(session, base, prefix, token, args.records)
+            if lists:
+                paths = await _list_paths(session, base, prefix.removesuffix("/"), token)
+                out["queries"] = paths
+            else:
+                print(f"{label}: warming {args.records} records…", flush=True)
+                await _warm(session, base, prefix, token, args.records)
             hits0 = await _metric(session, base, "eventfold_cache_hits_total")
             miss0 = await _metric(session, base, "eventfold_cache_misses_total")
             for rate in [*args.rates, None]:
                 conns = args.connections if rate is None else min(args.connections, rate // 50)
                 run = await asyncio.to_thread(
                     _wrk, base, prefix, token, args.records, rate=rate, seconds=args.seconds,
-                    connections=max(conns, 4), script=script,
+                    connections=max(conns, 4), script=script, paths=paths,
                 )  # fmt: skip
                 print(f"  {label} @ {rate or 'saturation'}: {run}", flush=True)
                 out["runs"].append(run)
-            hits = await _metric(session, base, "eventfold_cache_hits_total") - hits0
-            misses = await _metric(session, base, "eventfold_cache_misses_total") - miss0
-            out["cache_hit_ratio"] = round(hits / (hits + misses), 4) if hits + misses else None
+            if not lists:
+                hits = await _metric(session, base, "eventfold_cache_hits_total") - hits0
+                misses = await _metric(session, base, "eventfold_cache_misses_total") - miss0
+                total = hits + misses
+                out["cache_hit_ratio"] = round(hits / total, 4) if total else None
     finally:
         _stop(api)
     return out
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Seed, then measure cached and uncached reads."""
+    """Seed, then measure cached and uncached single-record reads and list queries."""
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install -y wrk")
     run_id = uuid.uuid4().hex[:6]
@@ -234,7 +287,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         script.write_text(WRK_SCRIPT)
         cached = await _phase(settings, tenant, args, cached=True, script=script)
         uncached = await _phase(settings, tenant, args, cached=False, script=script)
-    return {"cached": cached, "uncached": uncached}
+        lists = await _phase(settings, tenant, args, cached=True, script=script, lists=True)
+    return {"cached": cached, "uncached": uncached, "lists": lists}
 
 
 def main() -> None:

@@ -175,11 +175,7 @@ def peer_table(doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 def main() -> None:
     """Run the suite; write results/<date>.json, .md and the plots."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="small sizes: under 10 minutes")
-    p.add_argument("--smoke", action="store_true", help="tiny sizes: checks the suite itself")
-    args = p.parse_args()
-    sizes = phases.SMOKE if args.smoke else phases.QUICK if args.quick else phases.FULL
+    sizes = phases.sizes_from_args(__doc__)
     started = time.monotonic()
     doc = asyncio.run(run(sizes))
     doc["date"] = datetime.now(UTC).isoformat(timespec="seconds")

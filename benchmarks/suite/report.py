@@ -88,6 +88,10 @@ def markdown(doc: dict[str, Any]) -> str:
         b = ing["batches"]
         lines.append(_lat_row(f"batches (mean {b['batch_events']:.0f} events)", f"{b['events_per_second']:,.0f} ev/s",
                               b["latency_ms"], b["processes"]["ingest"]))  # fmt: skip
+        for r in ing.get("batches_fixed_rate", []):
+            lines.append(_lat_row(f"batches @ {r['target_events_per_second']:,} ev/s (mean {r['batch_events']:.0f})",
+                                  f"{r['achieved_rate'] * r['batch_events']:,.0f} ev/s", r["latency_ms"],
+                                  r["processes"]["ingest"]))  # fmt: skip
         s = ing["single_saturation"]
         lines.append(_lat_row("single, saturation", f"{s['requests_per_second']:,.0f} req/s",
                               s["latency_ms"], s["processes"]["ingest"]))  # fmt: skip
@@ -109,7 +113,7 @@ def markdown(doc: dict[str, Any]) -> str:
         lines += ["", "## Reads (wrk, one API process)", "",
                   "| kind | target | achieved req/s | p50 ms | p90 | p99 | max |",
                   "|---|---|---|---|---|---|---|"]  # fmt: skip
-        for kind in ("cached", "uncached"):
+        for kind in ("cached", "uncached", "lists"):
             for r in reads.get(kind, {}).get("runs", []):
                 lat = r.get("latency_ms", {})
                 lines.append(f"| {kind} | {r.get('target_rps') or 'saturation'} |"
@@ -203,6 +207,10 @@ def plots(doc: dict[str, Any], out_dir: Path, stem: str) -> list[str]:
         series.append(("single, saturation", ing["single_saturation"]["cdf"]))
         series += [
             (f"single @ {r['target_rate']:,.0f}/s", r["cdf"]) for r in ing["single_fixed_rate"]
+        ]
+        series += [
+            (f"batches @ {r['target_events_per_second']:,} events/s", r["cdf"])
+            for r in ing.get("batches_fixed_rate", [])
         ]
     series += [
         (f"write-to-visible {r['load_share']:.0%}", r["cdf"])

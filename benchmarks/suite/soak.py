@@ -122,7 +122,8 @@ def markdown(doc: dict[str, Any]) -> str:
     lines = [
         f"# Soak {doc['date']}: {doc['minutes']:.0f} min at {doc['rate']:,.0f} write+read/s",
         "",
-        f"Achieved {load['achieved_rate']:,.1f}/s, {load['failures']} failures; write-to-visible "
+        f"Achieved {load['achieved_rate']:,.1f}/s, {load['failures']} failures"
+        f" {load.get('failure_reasons') or ''}; write-to-visible "
         f"p50 {load['latency_ms']['p50']:.1f} ms, p99 {load['latency_ms']['p99']:.1f} ms.",
         "",
         "| process | RSS after warm-up (MiB) | RSS at end | peak | slope (MiB / 10 min) |",

@@ -11,7 +11,6 @@ change to the write → projection → read path in pairs, without the whole sui
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
 from datetime import UTC, datetime
@@ -58,11 +57,7 @@ def cpu_lines(result: dict[str, Any]) -> list[str]:
 
 def main() -> None:
     """Run the phase; print its table and write ``results/<date>-visible.json``."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="the suite's quick sizes")
-    p.add_argument("--smoke", action="store_true", help="tiny sizes: checks the harness itself")
-    args = p.parse_args()
-    sizes = phases.SMOKE if args.smoke else phases.QUICK if args.quick else phases.FULL
+    sizes = phases.sizes_from_args(__doc__)
     result = asyncio.run(run(sizes))
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"{datetime.now(UTC):%Y-%m-%d}-visible.json"

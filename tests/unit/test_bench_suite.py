@@ -117,3 +117,23 @@ def test_profile_folds_stacks_per_innermost_process() -> None:
     assert gateway.ours == {"publish (producers/publisher.py)": 5}
     bench = profiles["bench"]
     assert bench.ours == {"main (eventfold/cli.py)": 5, "decode_event (eventfold/envelope.py)": 5}
+
+
+def test_batch_bodies_send_each_event_once_in_batches_of_one_tenant() -> None:
+    import itertools
+
+    import orjson
+    from benchmarks.suite.phases import batch_bodies
+
+    tenants = [f"t{n}" for n in range(5)]
+    owner = {ev["id"]: t for t, ev in Workload(tenants, seed=7).events(3_000)}
+    bodies = batch_bodies(Workload(tenants, seed=7), 3_000, size=200)
+    sent: list[str] = []
+    for tenant, body in bodies:
+        ids = [ev["id"] for ev in orjson.loads(body)]
+        assert 0 < len(ids) <= 200
+        assert {owner[i] for i in ids} == {tenant}
+        sent += ids
+    assert sorted(sent) == sorted(owner)  # every event once
+    # Round-robin: a tenant's next batch is not the very next request.
+    assert all(a[0] != b[0] for a, b in itertools.pairwise(bodies[:5]))
