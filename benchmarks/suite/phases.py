@@ -261,6 +261,18 @@ async def create_tenants(bench: Bench, session: aiohttp.ClientSession) -> None:
             bench.settings.jwt_secret, tenant=t, roles=["writer"], ttl_seconds=7200)}  # fmt: skip
 
 
+async def start_pipeline(bench: Bench, session: aiohttp.ClientSession) -> None:
+    """Gateway, tenants, projector and read API up, ready for write+read load.
+
+    The tenants are projected before the load: a write to a tenant the projector
+    has not created yet is refused with 403.
+    """
+    await create_tenants(bench, session)
+    await project_burst(bench, "tenant creation")
+    await bench.start("projector", "process", "projector", http=False)
+    await bench.start("api", "serve", "api")
+
+
 async def closed_loop(
     count: int, concurrency: int, call: Callable[[int], Awaitable[None]], label: str
 ) -> tuple[Histogram, float]:

@@ -69,12 +69,7 @@ async def run(minutes: float, rate: float) -> dict[str, Any]:
     try:
         await bench.start("ingest", "serve", "ingest")
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=512)) as session:
-            await phases.create_tenants(bench, session)
-            # A write to a tenant the projector has not created yet is refused (403):
-            # the load starts once the tenants exist, as in the suite.
-            await phases.project_burst(bench, "tenant creation")
-            await bench.start("projector", "process", "projector", http=False)
-            await bench.start("api", "serve", "api")
+            await phases.start_pipeline(bench, session)
             readers = {t: {"Authorization": "Bearer " + issue_token(
                 bench.settings.jwt_secret, tenant=t, roles=["reader"], ttl_seconds=86400)}
                 for t in bench.tenants}  # fmt: skip

@@ -30,10 +30,7 @@ async def run(sizes: phases.Sizes) -> dict[str, Any]:
     try:
         await bench.start("ingest", "serve", "ingest")
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=512)) as session:
-            await phases.create_tenants(bench, session)
-            await phases.project_burst(bench, "tenant creation")
-            await bench.start("projector", "process", "projector", http=False)
-            await bench.start("api", "serve", "api")
+            await phases.start_pipeline(bench, session)
             result = await phases.end_to_end(bench, session, sizes)
     finally:
         bench.stop_all()
