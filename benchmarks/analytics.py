@@ -1,5 +1,7 @@
 """The analytics processor (faust-streaming) on this machine: events/s per worker and
-the delay from an event to its count being readable in Redis.
+the delay from an event to its count being readable in Redis. Writes
+``benchmarks/results/<date>-analytics.json`` (with its commit); the suite runs
+:func:`measure` as its analytics phase.
 
 Produces ``--events`` events of a few tenants into a private topic, runs one
 ``Analytics`` worker in this process until it has processed them all (throughput),
@@ -18,10 +20,12 @@ import cProfile
 import statistics
 import time
 import uuid
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from benchmarks import provenance
 from benchmarks.private import private_settings
 from consumers.analytics.processor import Analytics
 from consumers.analytics.windows import index_key, window_key, window_start
@@ -44,8 +48,8 @@ def _event(tenant: str, i: int) -> bytes:
     )
 
 
-async def main(events: int, probes: int, profile: str | None) -> None:
-    """Run the benchmark and print its figures as JSON."""
+async def measure(events: int, probes: int = 20, profile: str | None = None) -> dict[str, Any]:
+    """Run the benchmark; its figures (throughput of one worker, event → count delay)."""
     run = uuid.uuid4().hex[:8]
     settings = private_settings(run, partitions=4)
     await ensure_topics(settings)
@@ -65,8 +69,8 @@ async def main(events: int, probes: int, profile: str | None) -> None:
         prof.enable()
     task = asyncio.create_task(worker.run(stop))
     first: float | None = None
-    while sum(worker.positions.values()) < events:
-        if first is None and worker.positions:
+    while sum(worker.commits.positions.values()) < events:
+        if first is None and worker.commits.positions:
             first = time.perf_counter()
         await asyncio.sleep(0.01)
     done = time.perf_counter()
@@ -101,26 +105,33 @@ async def main(events: int, probes: int, profile: str | None) -> None:
             await redis.delete(index_key(t, w))
     await redis.aclose()
     busy = done - (first or started)
-    print(
-        orjson.dumps(
-            {
-                "events": events,
-                "startup_s": round((first or started) - started, 2),
-                "events_per_s": round(events / busy),
-                "delay_ms": {
-                    "p50": round(statistics.median(delays) * 1000, 1),
-                    "max": round(max(delays) * 1000, 1),
-                },
-            },
-            option=orjson.OPT_INDENT_2,
-        ).decode()
-    )
+    return {
+        "events": events,
+        "partitions": 4,
+        "startup_s": round((first or started) - started, 2),
+        "events_per_second": round(events / busy),
+        "probes": probes,
+        "delay_ms": {
+            "p50": round(statistics.median(delays) * 1000, 1),
+            "max": round(max(delays) * 1000, 1),
+        },
+    }
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """Parse arguments, run, print the figures and write ``results/<date>-analytics.json``."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=20000)
     parser.add_argument("--probes", type=int, default=20)
     parser.add_argument("--profile")
     args = parser.parse_args()
-    asyncio.run(main(args.events, args.probes, args.profile))
+    prov = provenance.stamp()
+    result = asyncio.run(measure(args.events, args.probes, args.profile))
+    doc = {"benchmark": "analytics", "provenance": prov, "args": vars(args), "analytics": result}
+    path = provenance.save(doc, "analytics")
+    print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    print(f"saved {path}")
+
+
+if __name__ == "__main__":
+    main()

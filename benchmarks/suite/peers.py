@@ -19,6 +19,7 @@ from benchmarks.suite import check
 from benchmarks.suite.phases import Bench
 from benchmarks.suite.procstat import ProcWatch, children_cpu
 from benchmarks.suite.workload import Workload
+from eventfold.ids import tenant_schema
 
 ROOT = Path(__file__).resolve().parents[2]
 _JSON = re.compile(rb"\{\"(?:events|notifications)\".*?\}")
@@ -56,6 +57,39 @@ async def naive(bench: Bench, expected: check.State) -> dict[str, Any]:
     return out
 
 
+async def batched(bench: Bench, expected: check.State) -> dict[str, Any]:
+    """The day-one batched consumer (the headline peer): a transaction per 2,000 events.
+
+    Its result carries whether its tables have exactly the indexes of Eventfold's
+    projection (``same_indexes``); its schemas are dropped once checked.
+    """
+    from benchmarks.suite.peer_batched import CHECKPOINTS, schema_of
+
+    s = bench.settings
+    size = await bench.topic_size()
+    out = await _run_peer("batched", ["benchmarks.suite.peer_batched", "--bootstrap",
+                          s.kafka_bootstrap, "--topic", s.events_topic, "--dsn", s.database_url,
+                          "--tenants", ",".join(bench.tenants)], size)  # fmt: skip
+    pool = await bench.pool()
+    try:
+        if "error" not in out:
+            state = await check.eventfold_state(pool, bench.tenants, schema_of)
+            out["check"] = check.compare(expected, state).as_dict()
+            async with pool.acquire() as conn:
+                probe = bench.tenants[0]
+                ours = await check.index_definitions(conn, tenant_schema(probe))
+                theirs = await check.index_definitions(conn, schema_of(probe))
+            out["same_indexes"] = ours == theirs
+            out["indexes"] = theirs
+        async with pool.acquire() as conn:
+            for tenant in bench.tenants:
+                await conn.execute(f"DROP SCHEMA IF EXISTS {schema_of(tenant)} CASCADE")
+            await conn.execute(f"DROP SCHEMA IF EXISTS {CHECKPOINTS} CASCADE")
+    finally:
+        await pool.close()
+    return out
+
+
 async def faust_agent(bench: Bench, expected: check.State) -> dict[str, Any]:
     """A faust-streaming agent with the same sink."""
     s = bench.settings
@@ -68,14 +102,15 @@ async def faust_agent(bench: Bench, expected: check.State) -> dict[str, Any]:
     return out
 
 
-async def eventsourcing(bench: Bench, events: int) -> dict[str, Any]:
-    """The eventsourcing library: append the workload's events, then project them."""
+async def eventsourcing(bench: Bench, events: int, concurrency: int) -> dict[str, Any]:
+    """The eventsourcing library: append the workload's events (``concurrency`` writers at
+    once, as many as Eventfold's single-event ingest has in flight), then project them."""
     s = bench.settings
     base = ["benchmarks.suite.peer_eventsourcing"]
     tenants = ",".join(bench.tenants)
     append = await _run_peer("eventsourcing-append", [*base, "append", "--dsn",
-                             s.database_url, "--events", str(events), "--tenants", tenants],
-                             events)  # fmt: skip
+                             s.database_url, "--events", str(events), "--tenants", tenants,
+                             "--concurrency", str(concurrency)], events)  # fmt: skip
     project = await _run_peer("eventsourcing-project", [*base, "project", "--dsn",
                               s.database_url], events)  # fmt: skip
     if "seconds" in project:
