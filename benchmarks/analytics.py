@@ -48,6 +48,10 @@ def _event(tenant: str, i: int) -> bytes:
     )
 
 
+#: How long the worker may take to apply the events before the run gives up.
+DEADLINE_S = 600
+
+
 async def measure(events: int, probes: int = 20, profile: str | None = None) -> dict[str, Any]:
     """Run the benchmark; its figures (throughput of one worker, event → count delay)."""
     run = uuid.uuid4().hex[:8]
@@ -69,9 +73,13 @@ async def measure(events: int, probes: int = 20, profile: str | None = None) -> 
         prof.enable()
     task = asyncio.create_task(worker.run(stop))
     first: float | None = None
+    deadline = time.monotonic() + DEADLINE_S
     while sum(worker.commits.positions.values()) < events:
         if first is None and worker.commits.positions:
             first = time.perf_counter()
+        if time.monotonic() > deadline:
+            stop.set()
+            raise TimeoutError(f"the worker applied {dict(worker.commits.positions)} of {events}")
         await asyncio.sleep(0.01)
     done = time.perf_counter()
     if prof:
@@ -79,6 +87,7 @@ async def measure(events: int, probes: int = 20, profile: str | None = None) -> 
         prof.dump_stats(profile)
     redis = redis_client(settings)
     delays: list[float] = []
+    keys: set[str] = set()
     for n in range(probes):
         # Apart by more than the copy interval: each probe finds the worker idle.
         await asyncio.sleep(settings.analytics_flush_ms / 1000 * 1.5)
@@ -87,14 +96,22 @@ async def measure(events: int, probes: int = 20, profile: str | None = None) -> 
             {"specversion": "1.0", "id": f"probe-{n}-{run}", "source": "bench",
              "type": "probe.sent", "subject": "probe/1", "tenant": t}
         )  # fmt: skip
-        sent = time.perf_counter()
+        sent, wall = time.perf_counter(), time.time()
         await producer.send_and_wait(settings.events_topic, value, key=f"{t}/probe/1".encode())
-        key = window_key(t, "1h", window_start(time.time(), 3600))
+        # A probe counts in the hour of its log time: the hour at its send, or the next
+        # when one began meanwhile; the probes before it in the hours they fell in.
+        keys |= {window_key(t, "1h", window_start(x, 3600)) for x in (wall, time.time())}
+        deadline = time.monotonic() + 60
         while True:
-            fields = await redis.hgetall(key)
-            total = sum(int(v) for f, v in fields.items() if f.startswith(b"probe.sent"))
+            total = 0
+            for key in keys:
+                fields = await redis.hgetall(key)
+                total += sum(int(v) for f, v in fields.items() if f.startswith(b"probe.sent"))
             if total >= n + 1:
                 break
+            if time.monotonic() > deadline:
+                stop.set()
+                raise TimeoutError(f"probe {n} not counted in Redis within 60 s")
             await asyncio.sleep(0.002)
         delays.append(time.perf_counter() - sent)
     stop.set()

@@ -101,9 +101,9 @@ def suite_run(sources: list[Source], sizes: str) -> Source | None:
 def _section(part: dict[str, Any] | None, source: Source | None, title: str,
              lines: Callable[[Any], list[str]]) -> list[str]:  # fmt: skip
     if part is None or source is None:
-        return [f"## {title}", "", NOT_YET]
+        return [f"### {title}", "", NOT_YET]
     body = lines(part)
-    return [body[0], "", source.cite(), *body[1:]]
+    return ["#" + body[0], "", source.cite(), *body[1:]]
 
 
 def _part(sources: list[Source], key: str) -> tuple[dict[str, Any] | None, Source | None]:
@@ -172,7 +172,7 @@ def generate(sources: list[Source]) -> str:
     lines += ["", *per_run("Headline: the projector against the day-one batched peer", runs,
                            report.headline_lines)]  # fmt: skip
     lines += ["", *per_run("Peers", runs, report.peer_lines)]
-    lines += ["", "# Every phase of the newest suite run", ""]
+    lines += ["", "## Every phase of the newest suite run", ""]
     if detail is None:
         lines.append(NOT_YET)
     else:
@@ -183,7 +183,7 @@ def generate(sources: list[Source]) -> str:
             body = section(detail.doc)
             if body:
                 lines += ["", "#" + body[0], *body[1:]]
-    lines += ["", "# Beside the suite's core phases", ""]
+    lines += ["", "## Beside the suite's core phases", ""]
     for key, title, render in (
         ("webhooks", "Webhook delivery", report.webhook_lines),
         ("analytics", "Analytics (faust-streaming)", report.analytics_lines),

@@ -271,7 +271,7 @@ def test_tables_quote_only_files_that_name_their_commit(tmp_path: Path) -> None:
     p99 = next(x for x in lines if x.startswith("| ingest p99 at 5,000"))
     assert "| 30.00 | 12 | **no** |" in p99
     assert "**2.00\u00d7**" in block
-    assert "## Soak (memory over time)" in block
+    assert "### Soak (memory over time)" in block
     assert tables.NOT_YET in block
 
 
