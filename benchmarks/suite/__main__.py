@@ -214,10 +214,10 @@ def checks_different(doc: dict[str, Any]) -> int:
 def headline(doc: dict[str, Any]) -> dict[str, Any] | None:
     """Eventfold's projection against the day-one batched peer in the same run."""
     peer = doc.get("peers", {}).get(BATCHED)
-    if not peer or not peer.get("events_per_second"):
+    if not peer or not peer.get("process_events_per_second"):
         return None
     ours = doc["projection"]["events_per_second"]
-    theirs = peer["events_per_second"]
+    theirs = peer["process_events_per_second"]
     return {"eventfold_events_per_second": ours, "peer_events_per_second": theirs,
             "ratio": round(ours / theirs, 2), "same_indexes": peer.get("same_indexes"),
             "correct": bool(peer.get("check", {}).get("equal"))}  # fmt: skip
@@ -235,8 +235,8 @@ def peer_table(doc: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
 
     def row(peer: str, phase: str, res: dict[str, Any], ef_rate: float, ef_cpu: float,
-            proc: str) -> None:  # fmt: skip
-        rate = res.get("events_per_second")
+            proc: str, rate_key: str = "process_events_per_second") -> None:  # fmt: skip
+        rate = res.get(rate_key)
         p = res.get("processes", {}).get(proc, {})
         rows.append({
             "peer": peer, "phase": phase, "peer_rate": rate, "eventfold_rate": ef_rate,
@@ -258,7 +258,7 @@ def peer_table(doc: dict[str, Any]) -> list[dict[str, Any]]:
         f" (Eventfold: single-event requests, {ing['concurrency']} in flight)",
         {**es["append"], **es_check}, ing["requests_per_second"],
         ing["processes"]["ingest"]["cpu_seconds_per_1000_events"],
-        "eventsourcing-append")  # fmt: skip
+        "eventsourcing-append", "events_per_second")  # fmt: skip
     row("eventsourcing", "projection", {**es["project"], **es_check}, ef_proj_rate, ef_proj_cpu,
         "eventsourcing-project")  # fmt: skip
     return rows

@@ -20,7 +20,8 @@ type and by subject), with a sequence of its own for ``events.seq``; the
 caller checks the index definitions match. Eventfold's tenant schemas must
 exist (the suite runs this after the projection).
 
-Prints one JSON line: events consumed, seconds, batches.
+Prints one JSON line: events consumed, seconds, batches, and the seconds the
+tables took to create (``setup_seconds``: not consuming).
 """
 
 from __future__ import annotations
@@ -190,8 +191,10 @@ async def apply_batch(conn: asyncpg.Connection, topic: str, messages: list[Any])
 
 async def run(bootstrap: str, topic: str, dsn: str, tenants: list[str]) -> dict[str, Any]:
     """Consume ``topic`` to the end offsets seen at start, a batch per transaction."""
+    t_setup = time.perf_counter()
     conn = await asyncpg.connect(dsn)
     await conn.execute(CHECKPOINT_DDL + "".join(ddl(t) for t in tenants))
+    setup = time.perf_counter() - t_setup
     parts = await partitions(bootstrap, topic)
     # A group it never joins (offsets live in PostgreSQL): see ``check.reader``.
     consumer = AIOKafkaConsumer(
@@ -233,6 +236,7 @@ async def run(bootstrap: str, topic: str, dsn: str, tenants: list[str]) -> dict[
         await consumer.stop()
         await conn.close()
     return {"events": done, "seconds": round(elapsed, 3), "batches": batches,
+            "setup_seconds": round(setup, 3),
             "events_per_second": round(done / elapsed, 1)}  # fmt: skip
 
 

@@ -377,3 +377,12 @@ async def test_open_loop_times_each_request_from_its_scheduled_start() -> None:
     assert closed["failures"] == 0
     assert closed["ok"] == closed["requests"]
     assert closed["latency_ms"]["max"] < 550  # timed from each send
+
+
+def test_a_private_database_keeps_the_role_and_server_of_the_dsn() -> None:
+    from benchmarks.privatedb import with_database
+
+    dsn = "postgresql://eventfold:secret@127.0.0.1:5432/eventfold?sslmode=disable"
+    assert with_database(dsn, "eventfold_bench_ab12") == (
+        "postgresql://eventfold:secret@127.0.0.1:5432/eventfold_bench_ab12?sslmode=disable"
+    )
