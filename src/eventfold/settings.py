@@ -84,6 +84,10 @@ def _upper(value: object) -> object:
     return value.upper() if isinstance(value, str) else value
 
 
+def _lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
+
+
 def _expand(value: object) -> object:
     return Path(value).expanduser() if isinstance(value, str) else value
 
@@ -148,7 +152,9 @@ LogLevel = Annotated[
     BeforeValidator(_upper),
     Accepts("one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
 ]
-Mode = Annotated[Literal["dev", "production"], Accepts("dev or production")]
+Mode = Annotated[
+    Literal["dev", "production"], BeforeValidator(_lower), Accepts("dev or production")
+]
 PostgresUrl = Annotated[
     str, _url_with("postgresql", "postgres"), Accepts("a postgresql://user:password@host/db URL")
 ]
@@ -361,20 +367,25 @@ def _check_production(settings: Settings) -> None:
         raise SettingsError("EVENTFOLD_SECRET_KEYS", "unset in production mode", _KEYS_ACCEPTS)
 
 
-def _env_fields() -> list[dataclasses.Field[Any]]:
-    return [f for f in dataclasses.fields(Settings) if f.metadata.get("env", True)]
+@functools.cache
+def _env_variables() -> dict[str, str]:
+    """Field name -> the variable it is read from."""
+    return {
+        f.name: PREFIX + f.name.upper()
+        for f in dataclasses.fields(Settings)
+        if f.metadata.get("env", True)
+    }
 
 
 def _read_env(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
     """Raw values of the variables that are set (empty counts as unset), and their names."""
     values: dict[str, Any] = {}
     origin: dict[str, str] = {}
-    for f in _env_fields():
-        var = PREFIX + f.name.upper()
+    for name, var in _env_variables().items():
         raw = env.get(var, "").strip()
         if raw:
-            values[f.name] = raw
-            origin[f.name] = var
+            values[name] = raw
+            origin[name] = var
     keys_var = PREFIX + "SECRET_KEYS_FILE"
     keys_file = env.get(keys_var, "").strip()
     if keys_file and "secret_keys" not in values:
@@ -417,7 +428,7 @@ def _first_error(
 ) -> SettingsError:
     error = exc.errors(include_url=False)[0]
     name = str(error["loc"][0]) if error["loc"] else "home"
-    variable = origin.get(name, PREFIX + name.upper())
+    variable = origin.get(name) or _env_variables().get(name, PREFIX + name.upper())
     raw = values.get(name)
     if isinstance(raw, str) and not any(word in variable for word in _SENSITIVE):
         problem = f"{raw[:60]!r} is not valid"

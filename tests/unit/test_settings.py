@@ -203,6 +203,17 @@ def test_production_refuses_a_missing_short_or_known_secret(
     assert not (tmp_path / "var").exists()  # no dev secret or key made in its place
 
 
+def test_internal_knobs_are_not_read_from_the_environment(tmp_path: Path) -> None:
+    s = Settings.from_env(env(tmp_path, EVENTFOLD_MAX_BATCH_EVENTS="5", EVENTFOLD_EXTERNAL="x"))
+    assert (s.max_batch_events, s.external) == (1000, frozenset())
+
+
+def test_the_mode_ignores_case(tmp_path: Path) -> None:
+    assert Settings.from_env(production(tmp_path, EVENTFOLD_MODE="Production")).mode == (
+        "production"
+    )
+
+
 def test_dev_mode_accepts_any_explicit_secret(tmp_path: Path) -> None:
     s = Settings.from_env(env(tmp_path, EVENTFOLD_MODE="dev", EVENTFOLD_JWT_SECRET="short"))
     assert s.jwt_secret == "short"
