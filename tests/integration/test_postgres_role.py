@@ -39,12 +39,8 @@ def _quiet(_line: str) -> None:
 async def cluster() -> AsyncIterator[Postgres]:
     """A private cluster brought up by `infra up`'s code: initdb, start, role and database."""
     home = Path(tempfile.mkdtemp(prefix="eventfold-pgrole-"))
-    settings = Settings(
-        home=home,
-        mode="dev",
-        database_url=f"postgresql://{ROLE}:app-pw@127.0.0.1:{free_port()}/eventfold_app",
-    )
-    pg = Postgres(settings)
+    url = f"postgresql://{ROLE}:app-pw@127.0.0.1:{free_port()}/eventfold_app"
+    pg = Postgres(Settings(home=home, mode="dev", database_url=url))
     try:
         pid = await pg.start(_quiet)
         await pg.ready(pid, _quiet)
