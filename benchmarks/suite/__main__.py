@@ -171,7 +171,7 @@ async def _optional(
     try:
         doc[name] = await measure()
     except Exception as exc:
-        doc.setdefault("errors", {})[name] = phases.failure_reason(exc)
+        doc.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}"[:600]
         _say(f"{name} FAILED: {doc['errors'][name]}")
 
 

@@ -109,8 +109,9 @@ class Cli:
     skip: frozenset[str]
 
 
-def cli(description: str | None, argv: list[str] | None = None) -> Cli:
-    """``--quick`` / ``--smoke`` (else the full sizes), ``--results DIR``, ``--skip a,b``."""
+def cli(description: str | None, argv: list[str] | None = None, *, suite: bool = True) -> Cli:
+    """``--quick`` / ``--smoke`` (else the full sizes), ``--results DIR``, and for the
+    whole ``suite`` ``--skip a,b``."""
     from benchmarks.provenance import RESULTS
 
     p = argparse.ArgumentParser(
@@ -119,9 +120,11 @@ def cli(description: str | None, argv: list[str] | None = None) -> Cli:
     p.add_argument("--quick", action="store_true", help="small sizes: under 10 minutes")
     p.add_argument("--smoke", action="store_true", help="tiny sizes: checks the code itself")
     p.add_argument("--results", type=Path, default=RESULTS, help="where result files go")
-    p.add_argument("--skip", default="", help=f"phases to leave out: {','.join(OPTIONAL_PHASES)}")
+    if suite:
+        optional = ",".join(OPTIONAL_PHASES)
+        p.add_argument("--skip", default="", help=f"phases to leave out: {optional}")
     args = p.parse_args(argv)
-    skip = frozenset(x for x in args.skip.split(",") if x)
+    skip = frozenset(x for x in getattr(args, "skip", "").split(",") if x)
     unknown = skip - set(OPTIONAL_PHASES)
     if unknown:
         p.error(f"no such optional phase: {', '.join(sorted(unknown))}")
@@ -129,9 +132,25 @@ def cli(description: str | None, argv: list[str] | None = None) -> Cli:
     return Cli(sizes, args.results, skip)
 
 
+def run_alone(
+    name: str, key: str, description: str | None,
+    run: Callable[[Sizes], Awaitable[dict[str, Any]]],
+) -> tuple[dict[str, Any], Path]:  # fmt: skip
+    """One phase by itself (``python -m benchmarks.suite.<phase>``): its command line,
+    the run, and its result saved under ``key`` with its provenance as
+    ``<date>-<name>-<sizes>.json``; the result and the file."""
+    from benchmarks import provenance
+
+    args = cli(description, suite=False)
+    prov = provenance.stamp()
+    result = asyncio.run(run(args.sizes))
+    doc = {"benchmark": name, "sizes": args.sizes.name, "provenance": prov, key: result}
+    return result, provenance.save(doc, f"{name}-{args.sizes.name}", args.results)
+
+
 def sizes_from_args(description: str | None) -> Sizes:
     """The sizes a command line asks for: ``--quick``, ``--smoke``, or the full ones."""
-    return cli(description).sizes
+    return cli(description, suite=False).sizes
 
 
 @dataclass(slots=True)

@@ -12,13 +12,11 @@ without the whole suite.
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from typing import Any
 
 import aiohttp
 
-from benchmarks import provenance
 from benchmarks.suite import phases, report
 
 
@@ -52,12 +50,7 @@ def cpu_lines(result: dict[str, Any]) -> list[str]:
 
 def main() -> None:
     """Run the phase; print its table and write ``results/<date>-visible-<sizes>.json``."""
-    args = phases.cli(__doc__)
-    prov = provenance.stamp()
-    result = asyncio.run(run(args.sizes))
-    doc = {"benchmark": "visible", "sizes": args.sizes.name, "provenance": prov,
-           "end_to_end": result}  # fmt: skip
-    out = provenance.save(doc, f"visible-{args.sizes.name}", args.results)
+    result, out = phases.run_alone("visible", "end_to_end", __doc__, run)
     lines = [*report.end_to_end_lines(result), "", "CPU-seconds per 1,000 pairs:", "",
              *cpu_lines(result)]  # fmt: skip
     print("\n".join(lines))

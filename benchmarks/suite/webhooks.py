@@ -29,7 +29,6 @@ delivery on) and peak RSS (MiB) of the notifier are reported.
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import time
 import uuid
@@ -41,7 +40,6 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from benchmarks import provenance
 from benchmarks.privatedb import private_database
 from benchmarks.suite import phases
 from benchmarks.suite.procstat import ProcWatch
@@ -301,16 +299,10 @@ async def run(sizes: phases.Sizes) -> dict[str, Any]:
 
 def main() -> None:
     """Run the phase alone; print its figures and write ``results/<date>-webhooks.json``."""
-    args = phases.cli(__doc__)
-    prov = provenance.stamp()
-    result = asyncio.run(run(args.sizes))
-    doc = {"benchmark": "webhooks", "sizes": args.sizes.name, "provenance": prov,
-           "webhooks": result}  # fmt: skip
-    path = provenance.save(doc, f"webhooks-{args.sizes.name}", args.results)
+    result, path = phases.run_alone("webhooks", "webhooks", __doc__, run)
     print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
     print(f"saved {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     main()

@@ -386,3 +386,10 @@ def test_a_private_database_keeps_the_role_and_server_of_the_dsn() -> None:
     assert with_database(dsn, "eventfold_bench_ab12") == (
         "postgresql://eventfold:secret@127.0.0.1:5432/eventfold_bench_ab12?sslmode=disable"
     )
+
+
+def test_benchmarks_md_tables_are_what_the_result_files_give() -> None:
+    # Figures are never typed into BENCHMARKS.md: `python -m benchmarks.tables` writes them.
+    from benchmarks import tables
+
+    assert tables.main(["--check"]) == 0
