@@ -52,7 +52,8 @@ def lookup(doc: dict[str, Any], path: str) -> float | None:
             )), None)  # fmt: skip
             if node is None:
                 return None
-    return float(node) if isinstance(node, int | float) else None
+    # An int stays one (a count reads "3", not "3.00").
+    return node if isinstance(node, int | float) and not isinstance(node, bool) else None
 
 
 def verdicts(doc: dict[str, Any]) -> list[dict[str, Any]]:
