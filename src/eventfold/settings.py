@@ -76,6 +76,12 @@ class Settings:
     #: A tenant's token bucket when its ``limits`` do not say.
     rate_limit_default_rps: float = 100.0
     rate_limit_default_burst: int = 200
+    #: Failed authentications a client address may make at once, and per second after
+    #: that; past them its requests are 429 before any credential check (0: no limit).
+    auth_failure_burst: int = 20
+    auth_failure_per_second: float = 1.0
+    #: Proxies (addresses or CIDRs) whose ``X-Forwarded-For`` names the client address.
+    trusted_proxies: tuple[str, ...] = ()
     webhook_allow_hosts: tuple[str, ...] = ()
     webhook_retry_schedule: tuple[int, ...] = (5, 30, 120, 600, 3600)
     #: Deadline of one webhook delivery attempt (connect, send, read the answer).
@@ -123,6 +129,11 @@ class Settings:
     #: tenant is deferred (retried in the background) so the others go on.
     projector_tenant_budget_ms: int = 2000
     consistency_wait_seconds: float = 5.0
+    #: Reads of one tenant that may wait for a consistency token at once in one
+    #: process; past it, 429 at once (0: no limit).
+    consistency_waits_per_tenant: int = 64
+    #: How long ``/health/ready`` answers from its last probe (seconds; 0: probe each call).
+    health_cache_seconds: float = 1.0
     #: The Redis record cache (reads Redis first); off makes every read go to PostgreSQL.
     cache_enabled: bool = True
     #: How long a cached record lives without a refresh: bounds staleness if one was missed.
@@ -196,6 +207,17 @@ class Settings:
             ),
             rate_limit_default_burst=int(
                 env.get("EVENTFOLD_RATE_LIMIT_DEFAULT_BURST", d.rate_limit_default_burst)
+            ),
+            auth_failure_burst=int(env.get("EVENTFOLD_AUTH_FAILURE_BURST", d.auth_failure_burst)),
+            auth_failure_per_second=float(
+                env.get("EVENTFOLD_AUTH_FAILURE_PER_SECOND", d.auth_failure_per_second)
+            ),
+            trusted_proxies=_split(env.get("EVENTFOLD_TRUSTED_PROXIES", "")),
+            consistency_waits_per_tenant=int(
+                env.get("EVENTFOLD_CONSISTENCY_WAITS_PER_TENANT", d.consistency_waits_per_tenant)
+            ),
+            health_cache_seconds=float(
+                env.get("EVENTFOLD_HEALTH_CACHE_SECONDS", d.health_cache_seconds)
             ),
             webhook_allow_hosts=_split(env.get("EVENTFOLD_WEBHOOK_ALLOW_HOSTS", "")),
             secret_keys=env.get("EVENTFOLD_SECRET_KEYS")
