@@ -16,6 +16,7 @@ help:
 	@echo "make unit       fast unit tests only (no services)"
 	@echo "make bench      the benchmark suite with its peers (QUICK=1: under 10 minutes)"
 	@echo "make soak       30 minutes of writes and reads; memory of every process over time"
+	@echo "make .env       docker-compose.yml's secrets, freshly random (never overwrites one)"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -59,6 +60,11 @@ bench: infra
 soak: infra
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m benchmarks.suite.soak $(SOAK_ARGS)
+
+# Made only when missing: regenerating would lock the running stack out of its data.
+.env:
+	@umask 077 && sh infra/compose/new-env.sh .env.example > .env.tmp && mv .env.tmp .env
+	@echo "wrote .env (mode 0600): docker-compose.yml's secrets; keep it out of git"
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
