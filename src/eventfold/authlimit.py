@@ -102,6 +102,11 @@ class AuthFailures:
         """False when configured off (a burst of 0)."""
         return self.burst > 0
 
+    @property
+    def tracking(self) -> bool:
+        """Whether some address has failed lately (else nobody can be refused)."""
+        return bool(self._buckets)
+
     def _tokens(self, bucket: _Bucket, now: float) -> float:
         return min(self.burst, bucket.tokens + (now - bucket.at) * self.per_second)
 

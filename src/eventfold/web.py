@@ -261,7 +261,7 @@ async def _admit(request: web.Request, handler: Handler) -> web.StreamResponse:
     admission = request.app.get(ADMISSION)
     route = request.match_info.handler
     limit = request.app.get(AUTH_LIMIT)
-    if limit is not None and not getattr(route, _ESSENTIAL, False):
+    if limit is not None and limit.failures.tracking and not getattr(route, _ESSENTIAL, False):
         retry = limit.failures.retry_after(limit.address(request))
         if retry is not None:
             request.app[METRICS].auth_blocked.inc()

@@ -50,6 +50,7 @@ class Clock:
 def test_burst_then_refused_until_a_token_is_back() -> None:
     clock = Clock()
     failures = AuthFailures(3, 0.5, clock=clock)
+    assert not failures.tracking  # nobody failed: requests skip the address check
     for _ in range(3):
         assert failures.retry_after("a") is None
         failures.failed("a")
@@ -71,6 +72,10 @@ def test_full_buckets_are_forgotten_and_the_table_is_bounded() -> None:
     assert failures.retry_after("d") == 1
     clock.now += 10
     assert failures.retry_after("d") is None
+    assert failures.tracking  # b and c are forgotten once asked about, full again
+    assert failures.retry_after("b") is None
+    assert failures.retry_after("c") is None
+    assert not failures.tracking
 
 
 def test_a_burst_of_zero_turns_it_off() -> None:
