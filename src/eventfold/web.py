@@ -299,7 +299,7 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         async with asyncio.timeout(request.app.get(REQUEST_DEADLINE, DEFAULT_REQUEST_DEADLINE)):
             return await handler(request)
     except Problem as problem:
-        if problem.status == 401:
+        if isinstance(problem, Unauthorized):
             auth_failed(request)
         return problem_response(problem, request)
     except web.HTTPException as exc:
