@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import ipaddress
 import os
 import secrets
 import typing
@@ -110,6 +111,12 @@ def _bootstrap_servers(value: str) -> str:
     return value
 
 
+def _networks(value: tuple[str, ...]) -> tuple[str, ...]:
+    for spec in value:
+        ipaddress.ip_network(spec, strict=False)  # ValueError names the bad one
+    return value
+
+
 def _keyring_spec(value: str) -> str:
     if value:
         from eventfold.sealing import Keyring, SealError  # sealing reads Settings
@@ -162,6 +169,12 @@ RedisUrl = Annotated[
     str, _url_with("redis", "rediss", "unix"), Accepts("a redis://, rediss:// or unix:// URL")
 ]
 HttpUrl = Annotated[str, _url_with("http", "https"), Accepts("an http:// or https:// URL")]
+Networks = Annotated[
+    tuple[str, ...],
+    BeforeValidator(_comma_list),
+    AfterValidator(_networks),
+    Accepts("IP addresses or CIDRs, comma-separated"),
+]
 BootstrapServers = Annotated[
     str, AfterValidator(_bootstrap_servers), Accepts("host[:port] pairs, comma-separated")
 ]
@@ -221,6 +234,12 @@ class Settings:
     #: A tenant's token bucket when its ``limits`` do not say.
     rate_limit_default_rps: Rate = 100.0
     rate_limit_default_burst: Positive = 200
+    #: Failed authentications a client address may make at once, and per second after
+    #: that; past them its requests are 429 before any credential check (0: no limit).
+    auth_failure_burst: Count = 20
+    auth_failure_per_second: Rate = 1.0
+    #: Proxies (addresses or CIDRs) whose ``X-Forwarded-For`` names the client address.
+    trusted_proxies: Networks = ()
     webhook_allow_hosts: CommaList = ()
     webhook_retry_schedule: RetrySchedule = (5, 30, 120, 600, 3600)
     #: Deadline of one webhook delivery attempt (connect, send, read the answer).
@@ -269,6 +288,11 @@ class Settings:
     #: tenant is deferred (retried in the background) so the others go on.
     projector_tenant_budget_ms: Positive = 2000
     consistency_wait_seconds: float = field(default=5.0, metadata=INTERNAL)
+    #: Reads of one tenant that may wait for a consistency token at once in one
+    #: process; past it, 429 at once (0: no limit).
+    consistency_waits_per_tenant: Count = 64
+    #: How long ``/health/ready`` answers from its last probe (0: probe every call).
+    health_cache_seconds: Seconds = 1.0
     #: The Redis record cache (reads Redis first); off makes every read go to PostgreSQL.
     cache_enabled: Flag = True
     #: How long a cached record lives without a refresh: bounds staleness if one was missed.

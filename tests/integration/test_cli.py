@@ -34,6 +34,9 @@ def test_token_json_and_bad_roles() -> None:
     bad = run("token", "--tenant", "acme", "--roles", "superuser")
     assert bad.returncode == 2
     assert "unknown roles: superuser" in bad.stderr
+    bound = run("token", "--tenant", "acme", "--roles", "platform-admin")
+    assert bound.returncode == 2
+    assert "platform-admin is granted only with tenant '*'" in bound.stderr
 
 
 def test_infra_status_json(stack: Settings) -> None:
