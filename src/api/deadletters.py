@@ -76,7 +76,7 @@ class DeadLetterPage(BaseModel):
     next: str | None
 
 
-class RedriveBody(BaseModel):
+class DeadLetterRedriveBody(BaseModel):
     """The body of ``POST …/dead-letters/redrive``."""
 
     model_config = ConfigDict(extra="forbid")
@@ -87,7 +87,7 @@ class RedriveBody(BaseModel):
     )  # fmt: skip
 
 
-class RedrivenKey(BaseModel):
+class DeadLetterRedrivenKey(BaseModel):
     """What the redrive did for one record key."""
 
     key: str
@@ -97,13 +97,13 @@ class RedrivenKey(BaseModel):
     error: str | None = Field(description="why the first event still parked still fails")
 
 
-class RedriveOut(BaseModel):
+class DeadLetterRedriveOut(BaseModel):
     """What the redrive did, in all and per key."""
 
     applied: int
     rejected: int
     still_parked: int
-    keys: list[RedrivenKey]
+    keys: list[DeadLetterRedrivenKey]
 
 
 register(
@@ -123,8 +123,8 @@ register(
         "that still fails stays parked with everything behind it. Run it once the cause is "
         "fixed; running it again applies nothing twice.",
         params=(TENANT,),
-        body=RedriveBody,
-        replies=(Reply(200, "what was applied, rejected and is still parked", RedriveOut),),
+        body=DeadLetterRedriveBody,
+        replies=(Reply(200, "what was applied, rejected and is still parked", DeadLetterRedriveOut),),
         errors=BODY_ERRORS,
     ),
 )  # fmt: skip
@@ -200,7 +200,7 @@ async def redrive_dead_letters(request: web.Request) -> web.Response:
     """``{"applied", "rejected", "still_parked", "keys": [...]}`` of the tenant's redrive."""
     _, tenant = await authorize_tenant(request, "admin")
     try:
-        body = RedriveBody.model_validate(await read_json(request))
+        body = DeadLetterRedriveBody.model_validate(await read_json(request))
     except ValidationError as exc:
         raise ValidationFailed("invalid redrive", errors=pydantic_errors(exc)) from None
     # Imported here: the fold (and the cache processor's Kafka client) load on first use.

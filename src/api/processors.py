@@ -56,9 +56,9 @@ SOURCES = (
     Source("projector", "postgres", ".projector"),
     Source("cache", "kafka", ".cache"),
     Source("archiver", "postgres", ".archiver"),
-    Source("analytics", "kafka", "-analytics"),
-    Source("notifier", None),
     Source("sync", None),
+    Source("notifier", None),
+    Source("analytics", "kafka", "-analytics"),
 )
 
 
@@ -175,8 +175,8 @@ async def _read_log(kafka: _Kafka, settings: Settings, groups: list[str]) -> _Lo
             async with asyncio.timeout(_KAFKA_SECONDS):
                 await kafka.open(settings)
                 topic = settings.events_topic
-                await kafka.consumer.topics()  # refreshes the metadata
-                partitions = sorted(kafka.consumer.partitions_for_topic(topic) or ())
+                [described] = await kafka.admin.describe_topics([topic])
+                partitions = sorted(p["partition"] for p in described.get("partitions", ()))
                 tps = [TopicPartition(topic, p) for p in partitions]
                 start = await kafka.consumer.beginning_offsets(tps) if tps else {}
                 end = await kafka.consumer.end_offsets(tps) if tps else {}

@@ -136,9 +136,7 @@ class Console:
         self.opened.append((context, log))
         return page, log
 
-    async def signed_in(
-        self, token: str, route: str = "", **kw: Any
-    ) -> tuple[Page, BrowserLog]:
+    async def signed_in(self, token: str, route: str = "", **kw: Any) -> tuple[Page, BrowserLog]:
         """A page signed in with ``#token=`` (then at ``#route``, when given)."""
         page, log = await self.page(**kw)
         log.secret = token
@@ -214,7 +212,8 @@ async def test_console_is_served_with_a_same_origin_policy_and_revalidated(api: 
     assert page.headers["Cache-Control"] == "no-cache"
     html = await page.text()
     assert '<script type="module" src="/console/js/app.js">' in html
-    assert "http://" not in html and "https://" not in html  # nothing from elsewhere
+    assert "http://" not in html  # nothing from elsewhere
+    assert "https://" not in html
 
     script = await api.client.get("/console/js/app.js")
     assert script.status == 200
@@ -465,7 +464,9 @@ async def test_platform_admin_picks_a_tenant_and_sees_lag_health_and_no_workflow
 
 
 async def test_analytics_chart_in_both_windows(
-    console: Console, api: Api, lane: Lane  # noqa: F811 - the imported fixture
+    console: Console,
+    api: Api,
+    lane: Lane,  # noqa: F811 - the imported fixture
 ) -> None:
     tenant = (await api.create_tenant())["id"]
     now = time.time()
@@ -512,13 +513,16 @@ async def test_phone_width_dark_theme_and_every_control_labelled(
     # Nothing wider than the screen: tables scroll inside their own box.
     assert await phone.evaluate("document.documentElement.scrollWidth") <= 390
     nav = await phone.locator("#nav").bounding_box()
-    assert nav is not None and nav["width"] <= 390
+    assert nav is not None
+    assert nav["width"] <= 390
     await shot(phone, "overview-phone")
 
     dark, _ = await console.signed_in(token, scheme="dark")
     background = await dark.evaluate("getComputedStyle(document.body).backgroundColor")
     assert background == "rgb(15, 18, 22)"
-    await dark.evaluate("route => { window.location.hash = route; }", f"/t/{tenant.id}/records/orders")
+    await dark.evaluate(
+        "route => { window.location.hash = route; }", f"/t/{tenant.id}/records/orders"
+    )
     await expect(dark.locator(".paged tbody tr")).to_have_count(1)
     await dark.get_by_role("button", name="Add filter").click()
     await shot(dark, "records-dark")
