@@ -251,6 +251,8 @@ async def test_fragment_sign_in_opens_the_tenant_and_a_write_appears_live(
     await expect(page.locator("#context")).to_contain_text(tenant.id)
     await expect(page.locator(f'tr[data-event-id="{first["event_id"]}"]')).to_be_visible()
     await expect(page.locator("#live-state")).to_contain_text("live", timeout=WAIT_MS)
+    for text in ("null", "undefined", "[object"):
+        await expect(page.locator("body")).not_to_contain_text(text)
     await shot(page, "overview")
 
     history_reads = [u for u in log.requests if "/events?" in u]
@@ -458,6 +460,34 @@ async def test_platform_admin_picks_a_tenant_and_sees_lag_health_and_no_workflow
     await expect(page.locator('tr[data-processor="cache"]')).to_contain_text("kafka")
     await expect(page.locator("caption").filter(has_text="Readiness")).to_contain_text("ok")
     await shot(page, "processors")
+
+
+# --- integrations --------------------------------------------------------------------
+
+
+async def test_integrations_show_their_state_and_a_sync_is_requested(
+    console: Console, tenant: TenantApi
+) -> None:
+    body = {"kind": "http-poll", "url": "http://127.0.0.1:9/items", "collection": "contacts",
+            "interval_seconds": 3600}  # fmt: skip
+    created = await tenant.write("POST", "/integrations", roles=("admin",), json=body)
+    seen = await tenant.call(
+        "GET", f"/integrations/{created['id']}", roles=("admin",),
+        headers={"X-Consistency-Token": created["consistency_token"]},
+    )  # fmt: skip
+    assert seen.status == 200, await seen.text()
+
+    page, _ = await console.signed_in(admin_token(tenant), f"/t/{tenant.id}/integrations")
+    row = page.locator(".paged tbody tr").filter(has_text=created["id"])
+    await expect(row).to_contain_text("http-poll")
+    await expect(row).to_contain_text("contacts")
+    await expect(row.locator(".badge")).to_have_text("ok")
+    await row.get_by_role("button", name=f"Sync {created['id']} now").click()
+    await expect(page.get_by_role("status").filter(has_text="requested")).to_have_text(
+        f"Sync of {created['id']} requested."
+    )
+    for text in ("null", "undefined"):
+        await expect(page.locator("main")).not_to_contain_text(text)
 
 
 # --- analytics -----------------------------------------------------------------------

@@ -2,7 +2,7 @@
 // Routes live in the URL fragment (`#/t/<tenant>/records`), which never reaches the server.
 
 import { ApiError, Client, LiveStream, clearCredential, loadCredential, saveCredential, tenantPath } from "./api.js";
-import { badge, clear, h, problem, title } from "./dom.js";
+import { append, badge, clear, h, problem, title } from "./dom.js";
 import * as overview from "./views/overview.js";
 import * as records from "./views/records.js";
 import * as webhooks from "./views/webhooks.js";
@@ -152,14 +152,13 @@ function renderContext() {
     context.append("Platform");
     return;
   }
-  context.append(
+  append(context, [
     h("span", {}, "Tenant "), h("strong", {}, state.tenant.name),
     h("span", { class: "muted" }, ` (${state.tenant.id}) `),
-    state.tenant.status !== "active" ? badge(state.tenant.status) : null,
-    " ",
+    state.tenant.status !== "active" ? [badge(state.tenant.status), " "] : null,
     liveBadge(),
     state.me.platform_admin ? [" ", h("a", { href: "#/platform/tenants" }, "Change tenant")] : null,
-  );
+  ]);
 }
 
 function liveBadge() {

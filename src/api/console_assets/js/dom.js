@@ -32,17 +32,18 @@ export function clear(el) {
   return el;
 }
 
-const TIME = new Intl.DateTimeFormat(undefined, {
-  year: "numeric", month: "2-digit", day: "2-digit",
+const DAY = new Intl.DateTimeFormat(undefined, { year: "numeric", month: "2-digit", day: "2-digit" });
+const CLOCK = new Intl.DateTimeFormat(undefined, {
   hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false,
 });
 
-/** An ISO timestamp as a `<time>` in the reader's time zone ("—" when absent). */
+/** An ISO timestamp as a `<time>` in the reader's time zone (the date left out on phones). */
 export function time(iso) {
   if (!iso) return h("span", { class: "muted" }, "—");
   const date = new Date(iso);
   if (Number.isNaN(date.getTime())) return String(iso);
-  return h("time", { datetime: iso, title: iso }, TIME.format(date));
+  return h("time", { datetime: iso, title: iso },
+    h("span", { class: "hide-narrow" }, `${DAY.format(date)} `), CLOCK.format(date));
 }
 
 export function badge(text) {

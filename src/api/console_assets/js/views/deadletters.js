@@ -1,7 +1,7 @@
 // Dead letters: the events the projector parked, and their redrive once the cause is fixed.
 
 import { tenantPath } from "../api.js";
-import { badge, clear, h, json, notice, pagedTable, problem, title } from "../dom.js";
+import { append, badge, clear, h, json, notice, pagedTable, problem, title } from "../dom.js";
 
 export async function render(ctx, root) {
   const t = ctx.tenant.id;
@@ -45,7 +45,7 @@ export async function render(ctx, root) {
       } },
     ],
   });
-  root.append(
+  append(root, [
     title("Dead letters"),
     h("p", { class: "muted" },
       "Events the projection could not apply, with the later events of the same record waiting behind them. ",
@@ -53,5 +53,5 @@ export async function render(ctx, root) {
     ctx.hasRole("admin") ? null : notice("Dead letters need the admin role; these credentials may be refused."),
     h("div", { class: "row" }, all, h("button", { type: "button", onclick: () => table.reload() }, "Refresh")),
     result,
-    table);
+    table]);
 }

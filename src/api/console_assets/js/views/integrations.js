@@ -1,7 +1,7 @@
 // Integrations: each one's sync state, and a sync started now.
 
 import { tenantPath } from "../api.js";
-import { badge, clear, h, notice, pagedTable, problem, time, title } from "../dom.js";
+import { append, badge, clear, h, notice, pagedTable, problem, time, title } from "../dom.js";
 
 export async function render(ctx, root) {
   const t = ctx.tenant.id;
@@ -32,9 +32,9 @@ export async function render(ctx, root) {
       }, "Sync now") },
     ],
   });
-  root.append(
+  append(root, [
     title("Integrations"),
     ctx.hasRole("admin") ? null : notice("Integrations need the admin role; these credentials may be refused."),
     h("div", { class: "row" }, h("button", { type: "button", onclick: () => table.refresh() }, "Refresh")),
-    result, table);
+    result, table]);
 }
