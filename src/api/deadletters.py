@@ -124,7 +124,8 @@ register(
         "fixed; running it again applies nothing twice.",
         params=(TENANT,),
         body=DeadLetterRedriveBody,
-        replies=(Reply(200, "what was applied, rejected and is still parked", DeadLetterRedriveOut),),
+        replies=(Reply(200, "what was applied, rejected and is still parked",
+                       DeadLetterRedriveOut),),
         errors=BODY_ERRORS,
     ),
 )  # fmt: skip
