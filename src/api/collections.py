@@ -11,11 +11,9 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from api.openapi import AFTER, CONSISTENCY, LIMIT, TENANT, TENANT_ERRORS, Operation, Reply, register
-from eventfold import ids
-from eventfold.errors import FieldError, ValidationFailed
 from eventfold.ids import tenant_schema
 from eventfold.tenancy import tenant_connection
-from eventfold.web import CURSORS, POOL, authorize_tenant, json_response, query_int
+from eventfold.web import CURSORS, POOL, after_cursor, authorize_tenant, json_response, query_int
 
 _PATH = "/v1/tenants/{tenant}/collections"
 _KIND = "collections"
@@ -54,12 +52,7 @@ async def list_collections(request: web.Request) -> web.Response:
     """``{"items": [{"name"}], "next"}``."""
     _, tenant = await authorize_tenant(request, "reader")
     limit = query_int(request, "limit", 50, 1, 1000)
-    after = ""
-    if request.query.get("after"):
-        position = request.app[CURSORS].decode(_KIND, request.query["after"])
-        if not isinstance(position, str) or not ids.is_valid("collection", position):
-            raise ValidationFailed("bad cursor", errors=[FieldError("/after", "invalid cursor")])
-        after = position
+    after = after_cursor(request, _KIND, "")
     s = tenant_schema(tenant.id)
     # The recursive part walks the distinct names in index order; the outer query
     # pulls only as many as the page needs.

@@ -14,8 +14,15 @@ from pydantic import BaseModel, Field
 from api import models
 from api.openapi import AFTER, AUTH_ERRORS, LIMIT, Operation, Reply, register
 from eventfold.auth import ROLES
-from eventfold.errors import FieldError, ValidationFailed
-from eventfold.web import CURSORS, POOL, authenticate, authorize_tenant, json_response, query_int
+from eventfold.web import (
+    CURSORS,
+    POOL,
+    after_cursor,
+    authenticate,
+    authorize_tenant,
+    json_response,
+    query_int,
+)
 
 _KIND = "tenants"
 
@@ -70,12 +77,7 @@ async def list_tenants(request: web.Request) -> web.Response:
     """``{"items": [{"id", "name", "status", "limits", "created_at"}], "next"}``, by id."""
     (await authenticate(request)).require("platform-admin")
     limit = query_int(request, "limit", 50, 1, 1000)
-    after = ""
-    if request.query.get("after"):
-        position = request.app[CURSORS].decode(_KIND, request.query["after"])
-        if not isinstance(position, str):
-            raise ValidationFailed("bad cursor", errors=[FieldError("/after", "invalid cursor")])
-        after = position
+    after = after_cursor(request, _KIND, "")
     async with request.app[POOL].acquire(timeout=5) as conn:
         rows = await conn.fetch(
             "SELECT id, name, status, limits, created_at FROM eventfold.tenants"
