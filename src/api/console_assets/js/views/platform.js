@@ -39,9 +39,9 @@ export async function processors(ctx, root) {
         h("tbody", {}, doc.items.map((p) => h("tr", { "data-processor": p.name },
           h("td", { class: "mono" }, p.name),
           h("td", {}, p.store ?? "—", p.group ? h("div", { class: "small muted mono" }, p.group) : null),
-          h("td", {}, p.lag === null ? "—" : [badge(p.lag === 0 ? "ok" : "pending"), ` ${p.lag}`]),
+          h("td", {}, p.lag === null ? "—" : [badge(p.lag === 0 ? "ok" : "behind"), ` ${p.lag}`]),
           h("td", {}, p.backlog === null ? "—" : String(p.backlog)),
-          h("td", { class: "mono small wrap hide-narrow" }, p.partitions.map((q) => `${q.partition}: ${q.position ?? "—"} / ${q.end}`).join("  ") || "—")))))));
+          h("td", { class: "mono small wrap hide-narrow" }, p.partitions.map((q) => `${q.partition}: ${q.position ?? "—"} / ${q.end}`).join(" · ") || "—")))))));
     } catch (err) {
       clear(lag).append(problem(err));
     }
