@@ -7,13 +7,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: help venv infra infra-down status run lint typecheck unit test bench bench-tables soak clean
+.PHONY: help venv infra infra-down status run lint typecheck unit chromium test bench bench-tables soak clean screenshots
 
 help:
 	@echo "make run        set up (venv, local Kafka/PostgreSQL/Redis/S3) and run Eventfold"
 	@echo "make test       set up and run lint, type checks and the whole test suite"
 	@echo "make infra      start the local stack only      make infra-down   stop it"
 	@echo "make unit       fast unit tests only (no services)"
+	@echo "make screenshots  the console's screenshots in docs/screenshots/ (browser tests)"
 	@echo "make bench      the benchmark suite with its peers, then BENCHMARKS.md's tables"
 	@echo "                (QUICK=1: the quick sizes; SMOKE=1: tiny, checks the suite, not quoted)"
 	@echo "make bench-tables  rewrite BENCHMARKS.md's tables from the newest result files"
@@ -51,8 +52,17 @@ typecheck: venv
 unit: venv
 	$(BIN)/pytest tests/unit -q $(PYTEST_ARGS)
 
-test: lint typecheck infra
+# The console's browser tests drive Debian's chromium (Playwright's own download cannot
+# work here): installed when missing.
+chromium:
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
+test: lint typecheck infra chromium
 	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# The README's console screenshots (docs/screenshots/*.png), written by the browser tests.
+screenshots: infra chromium
+	EVENTFOLD_SCREENSHOTS=1 $(BIN)/pytest -q -p no:cacheprovider tests/integration/test_console.py
 
 bench: infra
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'

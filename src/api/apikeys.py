@@ -15,8 +15,7 @@ from pydantic import BaseModel, Field
 from api.openapi import AFTER, CONSISTENCY, LIMIT, TENANT, TENANT_ERRORS, Operation, Reply, register
 from eventfold import apikeys
 from eventfold.apikeys import stored_key
-from eventfold.errors import FieldError, ValidationFailed
-from eventfold.web import CURSORS, POOL, authorize_tenant, json_response, query_int
+from eventfold.web import CURSORS, POOL, after_cursor, authorize_tenant, json_response, query_int
 
 _KIND = "api-keys"
 
@@ -59,12 +58,7 @@ async def list_api_keys(request: web.Request) -> web.Response:
     """``{"items": [{"id", "name", "roles", "created_at", "revoked_at"}], "next"}``."""
     _, tenant = await authorize_tenant(request, "admin")
     limit = query_int(request, "limit", 50, 1, 1000)
-    after = ""
-    if request.query.get("after"):
-        position = request.app[CURSORS].decode(_KIND, request.query["after"])
-        if not isinstance(position, str):
-            raise ValidationFailed("bad cursor", errors=[FieldError("/after", "invalid cursor")])
-        after = position
+    after = after_cursor(request, _KIND, "")
     async with request.app[POOL].acquire(timeout=5) as conn:
         rows = await conn.fetch(
             "SELECT id, tenant, name, roles, secret_hash, created_at, revoked_at"

@@ -7,9 +7,13 @@ from aiohttp import web
 from api import (
     analytics,
     apikeys,
+    collections,
+    console,
+    deadletters,
     events,
     hotkeys,
     integrations,
+    processors,
     records,
     stream,
     tenants,
@@ -21,7 +25,8 @@ _RECORDS = "/v1/tenants/{tenant}/collections/{collection}/records"
 
 def setup(app: web.Application) -> None:
     """Register the read routes (the shared resources come from :mod:`eventfold.bootstrap`)."""
-    app.router.add_get("/v1/tenants/{tenant}", tenants.get_tenant)
+    tenants.setup(app)
+    collections.setup(app)
     app.router.add_get(_RECORDS, records.list_records)
     app.router.add_get(_RECORDS + "/{id}", records.get_record)
     app.router.add_get("/v1/tenants/{tenant}/events", events.list_events)
@@ -32,3 +37,6 @@ def setup(app: web.Application) -> None:
     integrations.setup(app)
     webhooks.setup(app)
     analytics.setup(app)
+    deadletters.setup(app)
+    processors.setup(app)
+    console.setup(app)

@@ -22,10 +22,28 @@ def _item(row: asyncpg.Record) -> dict[str, Any]:
     return item
 
 
+#: ``order`` → (cursor kind, comparison past the cursor, SQL order). Each order has
+#: its own cursor kind, so a cursor of one cannot be passed to the other.
+ORDERS = {
+    "seq": ("events", ">", "ASC"),
+    "-seq": ("events-newest", "<", "DESC"),
+}
+
+
 async def list_events(request: web.Request) -> web.Response:
-    """``GET /v1/tenants/{t}/events?type=&subject=&after=&limit=``, oldest first."""
+    """``GET /v1/tenants/{t}/events?type=&subject=&after=&limit=&order=``.
+
+    Oldest first by default; ``order=-seq`` lists newest first (the console's
+    overview, a record's latest changes).
+    """
     _, tenant = await authorize_tenant(request, "reader")
     limit = query_int(request, "limit", 50, 1, 1000)
+    order = request.query.get("order", "seq")
+    if order not in ORDERS:
+        raise ValidationFailed(
+            "bad order", errors=[FieldError("/order", "one of: " + ", ".join(ORDERS))]
+        )
+    kind, past, direction = ORDERS[order]
     params: list[Any] = []
     where: list[str] = []
     for name in ("type", "subject"):
@@ -38,18 +56,18 @@ async def list_events(request: web.Request) -> web.Response:
                 )
             params.append(value)
             where.append(f"{name} = ${len(params)}")
-    kind = "events"
     after = request.query.get("after")
     if after:
         seq = request.app[CURSORS].decode(kind, after)
         if not isinstance(seq, int):
             raise ValidationFailed("bad cursor", errors=[FieldError("/after", "invalid cursor")])
         params.append(seq)
-        where.append(f"seq > ${len(params)}")
+        where.append(f"seq {past} ${len(params)}")
     params.append(limit + 1)
     sql = (
         f"SELECT seq, envelope, status, reason FROM {tenant_schema(tenant.id)}.events"
-        f"{' WHERE ' + ' AND '.join(where) if where else ''} ORDER BY seq LIMIT ${len(params)}"
+        f"{' WHERE ' + ' AND '.join(where) if where else ''}"
+        f" ORDER BY seq {direction} LIMIT ${len(params)}"
     )
     async with tenant_connection(request.app[POOL], tenant.id) as conn:
         rows = await conn.fetch(sql, *params)

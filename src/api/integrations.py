@@ -26,9 +26,9 @@ from api.openapi import (
     Reply,
     register,
 )
-from eventfold.errors import FieldError, NotFound, ValidationFailed
+from eventfold.errors import NotFound
 from eventfold.events.integration import INTEGRATION_ID_PATTERN
-from eventfold.web import CURSORS, POOL, authorize_tenant, json_response, query_int
+from eventfold.web import CURSORS, POOL, after_cursor, authorize_tenant, json_response, query_int
 
 _KIND = "integrations"
 _BASE = "/v1/tenants/{tenant}/integrations"
@@ -118,12 +118,7 @@ async def list_integrations(request: web.Request) -> web.Response:
     """``{"items": [...], "next"}``, by id."""
     _, tenant = await authorize_tenant(request, "admin")
     limit = query_int(request, "limit", 50, 1, 1000)
-    after = ""
-    if request.query.get("after"):
-        position = request.app[CURSORS].decode(_KIND, request.query["after"])
-        if not isinstance(position, str):
-            raise ValidationFailed("bad cursor", errors=[FieldError("/after", "invalid cursor")])
-        after = position
+    after = after_cursor(request, _KIND, "")
     async with request.app[POOL].acquire(timeout=5) as conn:
         rows = await conn.fetch(
             f"SELECT {_COLUMNS} FROM eventfold.integrations"

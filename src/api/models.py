@@ -117,7 +117,7 @@ class EventOut(BaseModel):
 
 
 class EventPage(BaseModel):
-    """One page of the event history, oldest first."""
+    """One page of the event history, oldest first (newest first with ``order=-seq``)."""
 
     items: list[EventOut]
     next: str | None

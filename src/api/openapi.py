@@ -406,9 +406,12 @@ def _builtin() -> Iterable[Operation]:
             TENANT,
             Param("type", "query", {"type": "string", "minLength": 1, "maxLength": 512}),
             Param("subject", "query", {"type": "string", "minLength": 1, "maxLength": 512}),
+            Param("order", "query", {"type": "string", "enum": ["seq", "-seq"], "default": "seq"},
+                  "`seq`: oldest first; `-seq`: newest first"),
             AFTER, LIMIT, CONSISTENCY,
         ),
-        replies=(Reply(200, "a page of events, oldest first", models.EventPage),),
+        replies=(Reply(200, "a page of events, oldest first (newest first with "
+                       "`order=-seq`)", models.EventPage),),
         errors=TENANT_ERRORS,
     )  # fmt: skip
     yield Operation(

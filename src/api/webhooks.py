@@ -24,9 +24,9 @@ from api.openapi import (
     Reply,
     register,
 )
-from eventfold.errors import FieldError, NotFound, ValidationFailed
+from eventfold.errors import NotFound
 from eventfold.events.webhook import WEBHOOK_ID_PATTERN
-from eventfold.web import CURSORS, POOL, authorize_tenant, json_response, query_int
+from eventfold.web import CURSORS, POOL, after_cursor, authorize_tenant, json_response, query_int
 
 _HOOKS = "/v1/tenants/{tenant}/webhooks"
 
@@ -90,20 +90,11 @@ def setup(app: web.Application) -> None:
     app.router.add_get(_HOOKS + "/{id}/deliveries", list_deliveries)
 
 
-def _after(request: web.Request, kind: str, default: str | int) -> str | int:
-    if not request.query.get("after"):
-        return default
-    position = request.app[CURSORS].decode(kind, request.query["after"])
-    if not isinstance(position, type(default)):
-        raise ValidationFailed("bad cursor", errors=[FieldError("/after", "invalid cursor")])
-    return position
-
-
 async def list_webhooks(request: web.Request) -> web.Response:
     """``{"items": [{"id", "url", "types", "created_at", "disabled_at", ...}], "next"}``."""
     _, tenant = await authorize_tenant(request, "admin")
     limit = query_int(request, "limit", 50, 1, 1000)
-    after = _after(request, "webhooks", "")
+    after = after_cursor(request, "webhooks", "")
     async with request.app[POOL].acquire(timeout=5) as conn:
         rows = await conn.fetch(
             "SELECT id, url, types, created_at, disabled_at, disabled_reason"
@@ -123,7 +114,7 @@ async def list_deliveries(request: web.Request) -> web.Response:
     _, tenant = await authorize_tenant(request, "admin")
     hook_id = request.match_info["id"]
     limit = query_int(request, "limit", 50, 1, 1000)
-    after = _after(request, "webhook-attempts", 2**62)
+    after = after_cursor(request, "webhook-attempts", 2**62)
     async with request.app[POOL].acquire(timeout=5) as conn:
         found = await conn.fetchval(
             "SELECT true FROM eventfold.webhooks WHERE id = $1 AND tenant = $2",

@@ -31,6 +31,7 @@ from eventfold.consistency import decode
 from eventfold.cursors import CursorCodec
 from eventfold.errors import (
     BadRequest,
+    FieldError,
     Forbidden,
     MethodNotAllowed,
     NotFound,
@@ -40,6 +41,7 @@ from eventfold.errors import (
     Unauthorized,
     Unavailable,
     UnsupportedMediaType,
+    ValidationFailed,
 )
 from eventfold.logend import LogEnd
 from eventfold.logs import correlation_id
@@ -70,6 +72,7 @@ PROBLEM_JSON = "application/problem+json"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 H = TypeVar("H", bound=Handler)
+C = TypeVar("C", str, int)
 _UNBOUNDED = "__eventfold_unbounded__"
 _ESSENTIAL = "__eventfold_essential__"
 
@@ -493,10 +496,24 @@ async def read_json(request: web.Request) -> Any:
         raise BadRequest(f"malformed JSON: {exc}") from None
 
 
+def after_cursor(request: web.Request, kind: str, default: C) -> C:
+    """The position in the ``after`` cursor of listing ``kind``; ``default`` without one.
+
+    422 when the cursor is not one this listing issued, or holds a position of
+    another type than ``default``'s.
+    """
+    raw = request.query.get("after")
+    if not raw:
+        return default
+    position = request.app[CURSORS].decode(kind, raw)
+    if type(position) is not type(default):
+        raise ValidationFailed("bad cursor", errors=[FieldError("/after", "invalid cursor")])
+    result: C = position
+    return result
+
+
 def query_int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
     """An integer query parameter within ``[lo, hi]``; 422 otherwise."""
-    from eventfold.errors import FieldError, ValidationFailed
-
     raw = request.query.get(name)
     if raw is None:
         return default

@@ -131,6 +131,8 @@ class ParkedRow:
     behind: str | None
     parked_at: datetime
     envelope: bytes
+    #: Deferred (retried automatically), not a dead letter.
+    retry: bool = False
 
     def summary(self) -> dict[str, Any]:
         """Everything but the envelope."""
@@ -155,16 +157,23 @@ async def list_parked(
     key: str | None = None,
     event_id: str | None = None,
     limit: int = 1000,
+    after: tuple[str, int, int] | None = None,
 ) -> list[ParkedRow]:
-    """Parked events, oldest first per key, optionally narrowed."""
+    """Parked events, oldest first per key, optionally narrowed.
+
+    ``after`` (with ``tenant``): the (key, partition, offset) of the last row of
+    the previous page; the page starts past it.
+    """
+    after_key, after_partition, after_offset = after or (None, None, None)
     rows = await conn.fetch(
         """SELECT partition, "offset", tenant, park_key, event_id, event_type, error, behind,
-                  parked_at, envelope
+                  parked_at, envelope, retry
            FROM eventfold.parked
            WHERE consumer = $1
              AND ($2::text IS NULL OR tenant = $2)
              AND ($3::text IS NULL OR park_key = $3)
              AND ($4::text IS NULL OR event_id = $4)
+             AND ($6::text IS NULL OR (park_key, partition, "offset") > ($6, $7, $8))
            ORDER BY tenant, park_key, partition, "offset"
            LIMIT $5""",
         consumer,
@@ -172,6 +181,9 @@ async def list_parked(
         key,
         event_id,
         limit,
+        after_key,
+        after_partition,
+        after_offset,
     )
     return [
         ParkedRow(
@@ -185,6 +197,7 @@ async def list_parked(
             behind=r["behind"],
             parked_at=r["parked_at"],
             envelope=bytes(r["envelope"]),
+            retry=r["retry"],
         )
         for r in rows
     ]
