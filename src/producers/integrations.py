@@ -44,10 +44,8 @@ from eventfold import ids, signing
 from eventfold.egress import AllowList, EgressRefused, check_url
 from eventfold.envelope import CloudEvent, pydantic_errors
 from eventfold.errors import (
-    BadRequest,
     FieldError,
     NotFound,
-    PayloadTooLarge,
     ValidationFailed,
 )
 from eventfold.events.integration import (
@@ -59,7 +57,16 @@ from eventfold.events.integration import (
     PollConfig,
 )
 from eventfold.sealing import SealError, keyring
-from eventfold.web import POOL, REDIS, SETTINGS, authorize_tenant, json_response, read_json
+from eventfold.web import (
+    POOL,
+    REDIS,
+    SETTINGS,
+    authorize_tenant,
+    json_response,
+    parse_json,
+    read_body,
+    read_json,
+)
 from producers import commands
 from producers.publisher import consistency_token
 from producers.routes import PUBLISHER
@@ -372,12 +379,7 @@ async def inbound_webhook(request: web.Request) -> web.Response:
     if not ids.is_valid("tenant", tenant):
         raise NotFound("no such integration")
     row = await _stored(request, tenant)
-    limit = request.app[SETTINGS].max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"the request body is over {limit} bytes")
-    body = await request.read()
-    if len(body) > limit:
-        raise PayloadTooLarge(f"the request body is over {limit} bytes")
+    body = await read_body(request)  # the signature covers the raw bytes
     try:
         secret = keyring(request.app[SETTINGS]).open(
             row["webhook_secret_sealed"], purpose=secret_purpose(row["id"])
@@ -395,10 +397,7 @@ async def inbound_webhook(request: web.Request) -> web.Response:
                 return json_response({"items": 0, "duplicate": True})
         except RedisError:
             pass  # the deterministic event ids keep a second delivery harmless
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"malformed JSON: {exc}") from None
+    doc = parse_json(body)
     config = PollConfig.model_validate(row["config"])
     spec = PageSpec(row["id"], config.collection, "items", config.id_field, config.deleted_field)
     try:
