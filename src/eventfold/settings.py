@@ -132,10 +132,15 @@ class Settings:
     #: Consecutive failures that open the cache's circuit breaker, and its cooldown.
     cache_breaker_failures: int = 3
     cache_breaker_cooldown_seconds: float = 2.0
-    #: SSE ``/stream``: a heartbeat comment this often, and the events a client may
-    #: have waiting before it is disconnected as too slow.
+    #: SSE ``/stream``: a heartbeat comment this often, and the events (and bytes) a
+    #: client may have waiting before it is disconnected as too slow.
     stream_heartbeat_seconds: float = 15.0
     stream_queue_max: int = 1000
+    stream_queue_max_bytes: int = 4 * 1024 * 1024
+    #: Streams one tenant may have open across every API instance (429 past it); 0: no cap.
+    stream_max_per_tenant: int = 100
+    #: How often an open stream checks its credentials again (it ends once they are refused).
+    stream_recheck_seconds: float = 1.0
     #: An archive segment closes before it would pass this many (uncompressed) bytes,
     #: or once its records span this many seconds (see src/consumers/archiver).
     archive_segment_bytes: int = 8 * 1024 * 1024
@@ -261,6 +266,15 @@ class Settings:
                 env.get("EVENTFOLD_STREAM_HEARTBEAT_SECONDS", d.stream_heartbeat_seconds)
             ),
             stream_queue_max=int(env.get("EVENTFOLD_STREAM_QUEUE_MAX", d.stream_queue_max)),
+            stream_queue_max_bytes=int(
+                env.get("EVENTFOLD_STREAM_QUEUE_MAX_BYTES", d.stream_queue_max_bytes)
+            ),
+            stream_max_per_tenant=int(
+                env.get("EVENTFOLD_STREAM_MAX_PER_TENANT", d.stream_max_per_tenant)
+            ),
+            stream_recheck_seconds=float(
+                env.get("EVENTFOLD_STREAM_RECHECK_SECONDS", d.stream_recheck_seconds)
+            ),
             http_max_in_flight=int(env.get("EVENTFOLD_HTTP_MAX_IN_FLIGHT", d.http_max_in_flight)),
             analytics_grace_seconds=int(
                 env.get("EVENTFOLD_ANALYTICS_GRACE_SECONDS", d.analytics_grace_seconds)

@@ -260,12 +260,14 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         return problem_response(Problem("an internal error occurred"), request)
 
 
-async def authenticate(request: web.Request) -> Principal:
+async def authenticate(request: web.Request, *, consistent: bool = True) -> Principal:
     """The caller from ``Authorization: Bearer`` or ``X-API-Key``; 401 when missing or invalid.
 
     A bearer token wins when both are sent. With ``X-Consistency-Token``, an
     API key is checked after the projection reflects that token (fresh, not
     cached): a key just created works, a key just revoked is refused.
+    ``consistent=False`` skips that wait: a check again of credentials accepted
+    before (a stream's, every second), as current as any new request's.
     """
     header = request.headers.get("Authorization", "")
     api_key = request.headers.get("X-API-Key")
@@ -273,7 +275,7 @@ async def authenticate(request: web.Request) -> Principal:
         directory = request.app.get(API_KEYS)
         if directory is None:
             raise Unauthorized("API keys are not accepted by this server")
-        if request.headers.get("X-Consistency-Token"):
+        if consistent and request.headers.get("X-Consistency-Token"):
             await wait_for_consistency(request)
             return await directory.authenticate(api_key, fresh=True)
         return await directory.authenticate(api_key)
