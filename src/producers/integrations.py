@@ -77,6 +77,11 @@ _BASE = "/v1/tenants/{tenant}/integrations"
 _ONE = _BASE + "/{id}"
 _ID = re.compile(INTEGRATION_ID_PATTERN)
 _HEADER_NAME = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$"
+#: Characters no header value may hold (RFC 9110: controls other than HTAB).
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+#: An integration's headers, as JSON, at most: what HTTP servers take (8-16 KiB), and
+#: sealed they must fit ``IntegrationCreated.headers_sealed``.
+_MAX_HEADERS_BYTES = 16 * 1024
 #: How long a webhook-id is remembered (the Standard Webhooks tolerance is 5 minutes).
 _WEBHOOK_DEDUP_SECONDS = 24 * 3600
 
@@ -230,10 +235,15 @@ def _check_target(request: web.Request, url: str) -> None:
 
 def _check_headers(headers: dict[str, str] | None) -> None:
     for name, value in (headers or {}).items():
-        if re.fullmatch(_HEADER_NAME, name) is None or any(c in value for c in "\r\n\x00"):
+        if re.fullmatch(_HEADER_NAME, name) is None or _CONTROL.search(value):
             raise ValidationFailed(
                 "invalid header", errors=[FieldError(f"/headers/{name[:64]}", "invalid header")]
             )
+    if headers and len(orjson.dumps(headers)) > _MAX_HEADERS_BYTES:
+        raise ValidationFailed(
+            "the headers are too large",
+            errors=[FieldError("/headers", f"at most {_MAX_HEADERS_BYTES} bytes in all")],
+        )
 
 
 def _seal_headers(request: web.Request, integration_id: str, headers: dict[str, str]) -> str:
