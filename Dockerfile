@@ -1,13 +1,16 @@
 # Eventfold: one image for every process (api, ingest, stream processors, `eventfold run`).
 # docker-compose.yml builds it; the process is chosen by the command.
-FROM python:3.11-slim
+FROM python:3.11.13-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    # Where schemas/ are found and var/ (dev JWT secret, scratch files) lives.
+    # Where schemas/ are found and var/ (scratch files) lives.
     EVENTFOLD_HOME=/app \
+    # Containers refuse to start without real secrets: EVENTFOLD_JWT_SECRET (>= 32
+    # bytes, no published value) and EVENTFOLD_SECRET_KEYS (shared by every container).
+    EVENTFOLD_MODE=production \
     EVENTFOLD_HTTP_HOST=0.0.0.0 \
     EVENTFOLD_HTTP_PORT=8080
 

@@ -7,15 +7,18 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: help venv infra infra-down status run lint typecheck unit test bench soak clean
+.PHONY: help venv infra infra-down status run lint typecheck unit test bench bench-tables soak clean
 
 help:
 	@echo "make run        set up (venv, local Kafka/PostgreSQL/Redis/S3) and run Eventfold"
 	@echo "make test       set up and run lint, type checks and the whole test suite"
 	@echo "make infra      start the local stack only      make infra-down   stop it"
 	@echo "make unit       fast unit tests only (no services)"
-	@echo "make bench      the benchmark suite with its peers (QUICK=1: under 10 minutes)"
+	@echo "make bench      the benchmark suite with its peers, then BENCHMARKS.md's tables"
+	@echo "                (QUICK=1: the quick sizes; SMOKE=1: tiny, checks the suite, not quoted)"
+	@echo "make bench-tables  rewrite BENCHMARKS.md's tables from the newest result files"
 	@echo "make soak       30 minutes of writes and reads; memory of every process over time"
+	@echo "make .env       docker-compose.yml's secrets, freshly random (never overwrites one)"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,13 +55,21 @@ test: lint typecheck infra
 	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: infra
-	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
-	$(BIN)/python -m benchmarks.suite $(if $(QUICK),--quick) $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.suite $(if $(SMOKE),--smoke,$(if $(QUICK),--quick)) $(BENCH_ARGS)
+	$(BIN)/python -m benchmarks.tables
+
+bench-tables: venv
+	$(BIN)/python -m benchmarks.tables
 
 soak: infra
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m benchmarks.suite.soak $(SOAK_ARGS)
+
+# Made only when missing: regenerating would lock the running stack out of its data.
+.env:
+	@umask 077 && sh infra/compose/new-env.sh .env.example > .env.tmp && mv .env.tmp .env
+	@echo "wrote .env (mode 0600): docker-compose.yml's secrets; keep it out of git"
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

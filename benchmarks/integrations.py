@@ -10,7 +10,9 @@ pages of ``--page-size`` from memory. Measures:
 2. **change latency**: ``--changes`` times, one item changes upstream, then
    ``POST …/sync``; the time until ``GET …/records/{id}`` shows the change.
 
-Writes ``benchmarks/results/<date>-integrations.json``. Nothing here asserts a time.
+Runs on a database of its own (created and dropped). Writes
+``benchmarks/results/<date>-integrations.json`` with its commit; the suite runs
+:func:`measure` as its integrations phase. Nothing here asserts a time.
 
     .venv/bin/python -m benchmarks.integrations --items 20000 --page-size 500
 """
@@ -19,26 +21,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
 import socket
 import statistics
 import time
 import uuid
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
 from aiohttp import web
 
+from benchmarks import provenance
 from benchmarks.private import private_settings
+from benchmarks.privatedb import private_database
 from eventfold.auth import issue_token
 from eventfold.bootstrap import create_app
 from eventfold.infra import ensure_topics
-
-RESULTS = Path(__file__).parent / "results"
+from eventfold.settings import Settings
 
 
 def _free_port() -> int:
@@ -74,11 +73,25 @@ async def _wait(check: Any, limit: float = 600.0, every: float = 0.01) -> None:
     raise TimeoutError("the benchmark's condition was not met")
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Run both measurements; return their figures."""
+async def measure(
+    items: int, page_size: int = 500, partitions: int = 4, changes: int = 30
+) -> dict[str, Any]:
+    """Both measurements on a private database (see :mod:`benchmarks.privatedb`: the sync
+    runner polls every integration of its database, other people's tests' included)."""
+    args = argparse.Namespace(items=items, page_size=page_size, partitions=partitions,
+                              changes=changes)  # fmt: skip
     run_id = uuid.uuid4().hex[:6]
+    shared = Settings.from_env().database_url
+    async with private_database(shared, run_id, [f"bench{run_id}"]) as dsn:
+        result = await run(args, run_id, dsn)
+    return {"items": items, "page_size": page_size, "database": "private", **result}
+
+
+async def run(args: argparse.Namespace, run_id: str, database_url: str) -> dict[str, Any]:
+    """Run both measurements on ``database_url``; return their figures."""
     settings = private_settings(
         run_id,
+        database_url=database_url,
         partitions=args.partitions,
         webhook_allow_hosts=("127.0.0.1",),
         sync_tick_seconds=0.02,
@@ -192,18 +205,13 @@ def main() -> None:
     p.add_argument("--partitions", type=int, default=4)
     p.add_argument("--changes", type=int, default=30)
     args = p.parse_args()
-    result = asyncio.run(run(args))
-    doc = {
-        "benchmark": "integrations",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "args": vars(args),
-        "results": result,
-    }
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"{datetime.now(UTC):%Y-%m-%d}-integrations.json"
-    out.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
+    prov = provenance.stamp()
+    result = asyncio.run(measure(args.items, args.page_size, args.partitions, args.changes))
+    doc = {"benchmark": "integrations", "provenance": prov, "args": vars(args),
+           "integrations": result}  # fmt: skip
+    out = provenance.save(doc, "integrations")
     print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    print(f"saved {out}")
 
 
 if __name__ == "__main__":

@@ -20,20 +20,17 @@ import resource
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
+from benchmarks import provenance
 from benchmarks.private import private_settings
 from eventfold.infra import ensure_topics
 from eventfold.kafka import make_producer, message_key
 from eventfold.kafkabatch import Record, send_batched
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def _cpu() -> float:
@@ -175,16 +172,10 @@ def main() -> None:
         help="batched sends beside 64 single-record senders this long (0: skip)",
     )
     args = p.parse_args()
+    prov = provenance.stamp()
     result = asyncio.run(run(args))
-    doc = {
-        "benchmark": "kafka-send",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "args": vars(args),
-        "results": result,
-    }
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{datetime.now(UTC):%Y-%m-%d}-kafka-send.json"
-    path.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
+    doc = {"benchmark": "kafka-send", "provenance": prov, "args": vars(args), "results": result}
+    path = provenance.save(doc, "kafka-send")
     print(f"saved {path}")
 
 

@@ -24,14 +24,13 @@ import contextlib
 import json
 import time
 import uuid
-from datetime import date
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from benchmarks import provenance
 from benchmarks.private import private_settings
 from eventfold.auth import issue_token
 from eventfold.bootstrap import Parts, create_app
@@ -206,6 +205,8 @@ async def sse(
 
 
 async def main(args: argparse.Namespace) -> None:
+    """Run the measurements asked for; write them with the commit they ran on."""
+    prov = provenance.stamp()
     run = uuid.uuid4().hex[:8]
     settings = private_settings(
         run,
@@ -235,8 +236,9 @@ async def main(args: argparse.Namespace) -> None:
     finally:
         await b.close()
         await a.close()
-    out = Path("benchmarks/results") / f"{date.today()}-notifications.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    doc = {"benchmark": "notifications", "provenance": prov, "args": vars(args),
+           "results": results}  # fmt: skip
+    print(f"saved {provenance.save(doc, 'notifications')}")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from benchmarks import provenance
+
 RESULTS = Path(__file__).parent / "results"
 #: A py-spy frame: ``function (path:line)``.
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<path>[^:()]+)(?::\d+)?\)$")
@@ -109,6 +111,7 @@ def main() -> None:
     p.add_argument("--raw", help="fold an earlier recording instead of recording")
     p.add_argument("throughput_args", nargs="*", help="arguments for benchmarks.throughput")
     args = p.parse_args()
+    prov = provenance.stamp()
     RESULTS.mkdir(exist_ok=True)
     stem = f"{datetime.now(UTC):%Y-%m-%d}-profile"
     raw = Path(args.raw) if args.raw else RESULTS / f"{stem}.txt"
@@ -118,7 +121,7 @@ def main() -> None:
                "--output", str(raw), "--", sys.executable, "-m", "benchmarks.throughput",
                *args.throughput_args]  # fmt: skip
         subprocess.run(cmd, check=True)
-    md = markdown(fold(raw.read_text().splitlines()))
+    md = f"Commit {provenance.describe(prov)}.\n\n" + markdown(fold(raw.read_text().splitlines()))
     (RESULTS / f"{stem}.md").write_text(md)
     print(md)
 

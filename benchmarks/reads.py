@@ -2,8 +2,8 @@
 
 Seeds one tenant with records through a real ``eventfold serve ingest``
 process and the projector, then starts a real ``eventfold serve api`` process
-and loads it with ``wrk`` (Debian's wrk 4.1; ``apt-get install -y wrk``) and a
-Lua script that sets the bearer token and picks each request's path:
+and loads it with the suite's own HTTP/1.1 load generator
+(:mod:`benchmarks.suite.openloop`), every request with a bearer token:
 
 - **cached**: ``GET …/records/{id}`` (uniformly random ids), the cache warmed
   first (every record read once), so reads are answered by Redis;
@@ -15,14 +15,16 @@ Lua script that sets the bearer token and picks each request's path:
   ``-updated_at`` order, later pages (cursors taken from the API first), a
   filter on a common value and one on a rare value.
 
-Each is run at fixed rates (each wrk connection paced with ``delay()``) and at
-saturation (no pacing). wrk is closed-loop: when the server falls behind a fixed
-rate, the achieved rate drops instead of the latency growing (coordinated
-omission), so compare the achieved rate with the target. The cache hit ratio
-comes from the API process's own ``/metrics``. Results go to stdout and to
-``benchmarks/results/<date>-reads.json``.
+Each at fixed rates **open loop** (wrk2-style: request ``i`` is scheduled at
+``i / rate`` whatever the answers before it, and its latency counts from that
+scheduled start, so queueing shows; errors, non-2xx answers and timeouts are
+counted as failures, never dropped), then at saturation (a closed loop of
+``--connections`` connections: the throughput ceiling). Per run: the API
+process's CPU per request and peak RSS (MiB), and the generator's own dispatch
+lag. The cache hit ratio comes from the API process's own ``/metrics``.
+Results go to stdout and to ``benchmarks/results/<date>-reads.json``.
 
-    .venv/bin/python -m benchmarks.reads
+    .venv/bin/python -m benchmarks.reads --records 500 --seconds 1 --rates 200   # smoke
     .venv/bin/python -m benchmarks.reads --records 20000 --seconds 20 --rates 1000,5000
 """
 
@@ -31,16 +33,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
+import random
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
-from datetime import UTC, datetime
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -48,13 +48,15 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
+from benchmarks import provenance
 from benchmarks.private import private_settings
+from benchmarks.suite import openloop
+from benchmarks.suite.procstat import ProcWatch
 from benchmarks.throughput import _free_port, _project, _wait_ready, make_event
 from eventfold.auth import issue_token
 from eventfold.infra import ensure_topics
 from eventfold.settings import Settings
 
-RESULTS = Path(__file__).parent / "results"
 EXE = str(Path(sys.executable).with_name("eventfold"))
 #: The list queries of the "lists" kind (after the collection's ``records``); seeded
 #: records have ``status`` one of four values and ``customer`` one of 997.
@@ -66,32 +68,6 @@ LIST_QUERIES = (
 )
 #: Later pages of the first query, by cursor, mixed in with the queries above.
 LIST_PAGES = 4
-
-#: wrk's script: the token, a random record id per request, an optional pacing delay,
-#: and a JSON summary (latencies in microseconds) on the last line.
-WRK_SCRIPT = """
-local token, prefix, records, pace = os.getenv("BENCH_TOKEN"), os.getenv("BENCH_PREFIX"),
-  tonumber(os.getenv("BENCH_RECORDS")), tonumber(os.getenv("BENCH_DELAY_MS"))
-local paths = {}
-for path in string.gmatch(os.getenv("BENCH_PATHS") or "", "[^ ]+") do paths[#paths + 1] = path end
-wrk.headers["Authorization"] = "Bearer " .. token
-request = function()
-  if #paths > 0 then return wrk.format("GET", paths[math.random(1, #paths)]) end
-  return wrk.format("GET", prefix .. "o" .. math.random(0, records - 1))
-end
-if pace > 0 then
-  delay = function() return pace end
-end
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    '{"requests":%d,"duration_us":%d,"non_2xx":%d,"errors":%d,' ..
-    '"p50":%d,"p90":%d,"p99":%d,"p999":%d,"max":%d}\\n',
-    summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99),
-    latency:percentile(99.9), latency.max))
-end
-"""
 
 
 def _env(settings: Settings, port: int, **extra: str) -> dict[str, str]:
@@ -195,32 +171,27 @@ async def _list_paths(
     return paths
 
 
-def _wrk(
-    base: str, prefix: str, token: str, records: int, *, rate: int | None, seconds: int,
-    connections: int, script: Path, paths: list[str] | None = None,
+def _requests(host: str, token: str, paths: list[str], seed: int = 11) -> Callable[[int], bytes]:
+    """Request ``i``: a GET of one of ``paths`` picked at random (the bytes built once each)."""
+    built = [openloop.get_request(host, p, {"Authorization": f"Bearer {token}"}) for p in paths]
+    rng = random.Random(seed)
+    return lambda _i: built[rng.randrange(len(built))]
+
+
+async def _load(
+    port: int, requests: Callable[[int], bytes], api_pid: int, *, rate: int | None,
+    seconds: float, connections: int,
 ) -> dict[str, Any]:  # fmt: skip
-    pace = 0 if rate is None else max(1, round(1000 * connections / rate))
-    env = {**os.environ, "BENCH_TOKEN": token, "BENCH_PREFIX": prefix,
-           "BENCH_RECORDS": str(records), "BENCH_DELAY_MS": str(pace),
-           "BENCH_PATHS": " ".join(paths or ())}  # fmt: skip
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s",
-         "-s", str(script), base],
-        env=env, capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    summary = orjson.loads(out.strip().splitlines()[-1])
-    secs = summary["duration_us"] / 1e6
-    return {
-        "target_rps": rate,
-        "connections": connections,
-        "achieved_rps": round(summary["requests"] / secs, 1),
-        "requests": summary["requests"],
-        "non_2xx": summary["non_2xx"],
-        "socket_errors": summary["errors"],
-        "latency_ms": {
-            k: round(summary[k] / 1000, 3) for k in ("p50", "p90", "p99", "p999", "max")
-        },
-    }
+    """One run: open loop at ``rate`` (or closed loop at saturation), with the API's CPU and RSS."""
+    watch = ProcWatch({"api": api_pid, "load-generator": os.getpid()}, interval=0.5)
+    watch.start()
+    if rate is None:
+        run = await openloop.closed_loop("127.0.0.1", port, requests, connections, seconds)
+    else:
+        run = await openloop.open_loop("127.0.0.1", port, requests, rate, seconds)
+    run["processes"] = await watch.stop(max(run["ok"], 1))
+    run.pop("cdf", None)
+    return run
 
 
 async def _phase(
@@ -229,7 +200,6 @@ async def _phase(
     args: argparse.Namespace,
     *,
     cached: bool,
-    script: Path,
     lists: bool = False,
 ) -> dict[str, Any]:
     port = _free_port()
@@ -254,40 +224,42 @@ async def _phase(
                 await _warm(session, base, prefix, token, args.records)
             hits0 = await _metric(session, base, "eventfold_cache_hits_total")
             miss0 = await _metric(session, base, "eventfold_cache_misses_total")
+            requests = _requests(f"127.0.0.1:{port}", token, paths or [
+                f"{prefix}o{i}" for i in range(args.records)])  # fmt: skip
             for rate in [*args.rates, None]:
-                conns = args.connections if rate is None else min(args.connections, rate // 50)
-                run = await asyncio.to_thread(
-                    _wrk, base, prefix, token, args.records, rate=rate, seconds=args.seconds,
-                    connections=max(conns, 4), script=script, paths=paths,
-                )  # fmt: skip
-                print(f"  {label} @ {rate or 'saturation'}: {run}", flush=True)
+                run = await _load(port, requests, api.pid, rate=rate, seconds=args.seconds,
+                                  connections=args.connections)  # fmt: skip
+                print(f"  {label} @ {rate or 'saturation'}: {_brief(run)}", flush=True)
                 out["runs"].append(run)
             if not lists:
                 hits = await _metric(session, base, "eventfold_cache_hits_total") - hits0
                 misses = await _metric(session, base, "eventfold_cache_misses_total") - miss0
                 total = hits + misses
                 out["cache_hit_ratio"] = round(hits / total, 4) if total else None
+        out["api_peak_rss_mib"] = max(r["processes"]["api"]["peak_rss_mib"] for r in out["runs"])
     finally:
         _stop(api)
     return out
 
 
+def _brief(run: dict[str, Any]) -> str:
+    lat = run["latency_ms"]
+    lag = run["dispatch_lag_ms"]["p99"]
+    return (f"{run['achieved_rps']:,} req/s ok, {run['failures']} failed, p50 {lat['p50']} ms,"
+            f" p99 {lat['p99']} ms, generator lag p99 {lag} ms")  # fmt: skip
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     """Seed, then measure cached and uncached single-record reads and list queries."""
-    if shutil.which("wrk") is None:
-        raise SystemExit("wrk is not installed: apt-get install -y wrk")
     run_id = uuid.uuid4().hex[:6]
     settings = private_settings(run_id, partitions=8)
     await ensure_topics(settings)
     tenant = f"bench_reads_{run_id}"
     print(f"seeding {args.records} records of ~700 bytes…", flush=True)
     await _seed(settings, tenant, args.records)
-    with tempfile.TemporaryDirectory() as tmp:
-        script = Path(tmp) / "get.lua"
-        script.write_text(WRK_SCRIPT)
-        cached = await _phase(settings, tenant, args, cached=True, script=script)
-        uncached = await _phase(settings, tenant, args, cached=False, script=script)
-        lists = await _phase(settings, tenant, args, cached=True, script=script, lists=True)
+    cached = await _phase(settings, tenant, args, cached=True)
+    uncached = await _phase(settings, tenant, args, cached=False)
+    lists = await _phase(settings, tenant, args, cached=True, lists=True)
     return {"cached": cached, "uncached": uncached, "lists": lists}
 
 
@@ -295,31 +267,27 @@ def main() -> None:
     """Parse arguments, run, print and save the results."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--records", type=int, default=10_000)
-    p.add_argument("--seconds", type=int, default=10)
-    p.add_argument("--connections", type=int, default=64, help="wrk connections at saturation")
+    p.add_argument("--seconds", type=float, default=10)
+    p.add_argument("--connections", type=int, default=64, help="connections at saturation")
     p.add_argument(
         "--rates",
         type=lambda s: [int(x) for x in s.split(",") if x],
         default=[1000, 2500, 5000],
-        help="fixed target rates (requests/s), comma-separated",
+        help="fixed offered rates (requests/s, open loop), comma-separated",
     )
     args = p.parse_args()
+    prov = provenance.stamp()
     started = time.monotonic()
     result = asyncio.run(run(args))
     doc = {
         "benchmark": "reads",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "load_generator": subprocess.run(
-            ["wrk", "-v"], capture_output=True, text=True, check=False
-        ).stdout.splitlines()[0],
+        "provenance": prov,
+        "load_generator": "benchmarks.suite.openloop (open loop from scheduled starts)",
         "args": vars(args),
         "seconds": round(time.monotonic() - started, 1),
         "results": result,
     }
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"{datetime.now(UTC):%Y-%m-%d}-reads.json"
-    out.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
+    out = provenance.save(doc, "reads")
     print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
     print(f"saved {out}")
 

@@ -8,7 +8,7 @@ and bucket: produces ``--events`` record events spread over ``--tenants`` tenant
 Kafka and, after the archiver has written the topic to S3, from the archive. Read
 latency: single-record SELECTs under the role of another tenant, without and then
 during a rebuild.
-Figures are printed and written to ``benchmarks/results/<date>-replay.json``.
+Figures are printed and written to ``benchmarks/results/<date>-replay.json`` (with the commit).
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ import statistics
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from benchmarks import provenance
 from benchmarks.private import private_settings
 from consumers.archiver.processor import Archiver
 from consumers.projector import store
@@ -255,11 +255,11 @@ def cli() -> None:
         help="also rebuild the tenants one by one (one log read each), for comparison",
     )
     args = p.parse_args()
+    prov = provenance.stamp()
     figures = asyncio.run(main(args.events, args.rate, args.tenants, args.per_tenant))
-    text = orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode()
-    print(text)
-    out = Path(__file__).with_name("results") / f"{datetime.now(UTC):%Y-%m-%d}-replay.json"
-    out.write_text(text + "\n")
+    print(orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode())
+    doc = {"benchmark": "replay", "provenance": prov, "args": vars(args), "results": figures}
+    print(f"saved {provenance.save(doc, 'replay')}")
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
 Starts a real ``eventfold serve ingest`` process on a private topic, loads it
 with batches and with single-event requests from this process (aiohttp,
 closed loop with fixed concurrency), then lets the projector catch up on the
-whole topic from scratch and times it. Results go to stdout and to
-``benchmarks/results/<date>-throughput.json``.
+whole topic from scratch and times it. Requests not answered 202 are counted
+as failures (with their status), never in the latencies or rates. Results go to
+stdout and to ``benchmarks/results/<date>-throughput.json`` (with the commit).
 
     make bench                           # defaults below
     .venv/bin/python -m benchmarks.throughput --batch-events 200000 --single-requests 20000
@@ -15,20 +16,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import resource
 import signal
 import subprocess
 import sys
 import time
 import uuid
-from datetime import UTC, datetime
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
 
+from benchmarks import provenance
 from benchmarks.private import private_settings
 from consumers.projector.processor import Projector
 from eventfold.auth import issue_token
@@ -36,8 +37,6 @@ from eventfold.bootstrap import open_pool
 from eventfold.infra import ensure_topics
 from eventfold.metrics import Metrics
 from eventfold.settings import Settings
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def _free_port() -> int:
@@ -208,6 +207,7 @@ async def _batches(
     ]
     payload_bytes = sum(len(body) for _, body in bodies) / (n_batches * size)
     latencies: list[float] = []
+    failures: Counter[str] = Counter()
     queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
     for item in bodies:
         queue.put_nowait(item)
@@ -222,7 +222,9 @@ async def _batches(
                 headers={**tokens[tenant], "Content-Type": "application/json"},
             ) as r:
                 await r.read()
-                assert r.status == 202, r.status
+            if r.status != 202:
+                failures[f"HTTP {r.status}"] += 1
+                continue
             latencies.append(time.perf_counter() - t0)
 
     print(
@@ -231,10 +233,13 @@ async def _batches(
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(args.concurrency)))
     elapsed = time.perf_counter() - t0
-    events = n_batches * size
-    print(f"  {events / elapsed:,.0f} events/s", flush=True)
+    events = len(latencies) * size
+    print(f"  {events / elapsed:,.0f} events/s, {failures.total()} batches failed", flush=True)
     return {
         "events": events,
+        "batches": n_batches,
+        "failures": failures.total(),
+        "failure_reasons": dict(failures),
         "batch_size": size,
         "concurrency": args.concurrency,
         "mean_event_bytes": round(payload_bytes),
@@ -257,6 +262,7 @@ async def _singles(
         for i in range(total)
     ]
     latencies: list[float] = []
+    failures: Counter[str] = Counter()
     it = iter(bodies)
 
     async def worker() -> None:
@@ -268,7 +274,9 @@ async def _singles(
                 headers={**tokens[tenant], "Content-Type": "application/json"},
             ) as r:
                 await r.read()
-                assert r.status == 202, r.status
+            if r.status != 202:
+                failures[f"HTTP {r.status}"] += 1
+                continue
             latencies.append(time.perf_counter() - t0)
 
     print(
@@ -277,12 +285,16 @@ async def _singles(
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(args.single_concurrency)))
     elapsed = time.perf_counter() - t0
-    print(f"  {total / elapsed:,.0f} requests/s", flush=True)
+    ok = len(latencies)
+    print(f"  {ok / elapsed:,.0f} requests/s, {failures.total()} failed", flush=True)
     return {
         "requests": total,
+        "ok": ok,
+        "failures": failures.total(),
+        "failure_reasons": dict(failures),
         "concurrency": args.single_concurrency,
         "seconds": round(elapsed, 3),
-        "requests_per_second": round(total / elapsed, 1),
+        "requests_per_second": round(ok / elapsed, 1),
         "latency_ms": _pcts(latencies),
     }
 
@@ -305,17 +317,10 @@ def main() -> None:
     p.add_argument("--single-requests", type=int, default=10_000)
     p.add_argument("--single-concurrency", type=int, default=64)
     args = p.parse_args()
+    prov = provenance.stamp()
     result = asyncio.run(run(args))
-    doc = {
-        "benchmark": "throughput",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "args": vars(args),
-        "results": result,
-    }
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"{datetime.now(UTC):%Y-%m-%d}-throughput.json"
-    out.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
+    doc = {"benchmark": "throughput", "provenance": prov, "args": vars(args), "results": result}
+    out = provenance.save(doc, "throughput")
     print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
     print(f"saved {out}")
 

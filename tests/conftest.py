@@ -43,6 +43,12 @@ def session_settings(**overrides: object) -> Settings:
         # create tenants with small explicit limits instead.
         "rate_limit_default_rps": 1_000_000.0,
         "rate_limit_default_burst": 1_000_000,
+        # Every test's client is 127.0.0.1, and many tests send bad credentials on
+        # purpose: test_ratelimit limits failed authentication on apps of its own.
+        "auth_failure_burst": 1_000_000,
+        # Tests watch readiness change right after breaking a dependency;
+        # test_ops checks the cached probe on an app of its own.
+        "health_cache_seconds": 0.0,
         # Webhook tests deliver to receivers on 127.0.0.1, with quick retries.
         "webhook_allow_hosts": ("127.0.0.1",),
         "webhook_retry_schedule": (0, 1, 1),

@@ -1,11 +1,13 @@
-"""``python -m benchmarks.suite [--quick]``: every phase, the peers, the report.
+"""``python -m benchmarks.suite [--quick|--smoke] [--results DIR] [--skip a,b]``: every phase.
 
 Order: tenants → ingest (batches, single events at saturation and fixed rates)
-→ projection catch-up → check → peers on the same topic → end-to-end
-write-to-visible: its own maximum (write+read pairs, closed loop), then 25/50/75 %
-of it → check →
-reads (wrk) → replay (when built) → check → results/<date>.json, .md, plots.
-``make bench QUICK=1`` runs the quick sizes (under 10 minutes on 2 cores).
+→ projection catch-up → check → peers on the same topic (the day-one batched
+consumer first: the headline comparison) → end-to-end write-to-visible: its own
+maximum (write+read pairs, closed loop), then 25/50/75 % of it → check → reads
+(open loop) → replay → check → webhooks (private database) → analytics →
+integrations (private database) → ``results/<date>-<sizes>.json``, ``.md``,
+plots. Every result file names its commit and whether the tree was clean.
+``make bench QUICK=1`` runs the quick sizes; ``--smoke`` checks the suite itself.
 """
 
 from __future__ import annotations
@@ -17,16 +19,14 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from benchmarks import reads
-from benchmarks.suite import check, peers, phases, report
-
-RESULTS = Path(__file__).resolve().parents[1] / "results"
+from benchmarks import analytics, integrations, provenance, reads
+from benchmarks.suite import check, peers, phases, report, webhooks
 
 
 def _say(text: str) -> None:
@@ -74,9 +74,11 @@ async def _check(bench: phases.Bench, label: str, doc: dict[str, Any]) -> None:
     _say(f"check after {label}: {'equal' if verdict.equal else 'DIFFERENT'} {verdict.as_dict()}")
 
 
-async def run(sizes: phases.Sizes) -> dict[str, Any]:
-    """Every phase in order; the result document."""
-    doc: dict[str, Any] = {"sizes": sizes.name, "checks": {}, "memory_samples": {}}
+async def run(args: phases.Cli) -> dict[str, Any]:
+    """Every phase in order (but those skipped); the result document."""
+    sizes, skip = args.sizes, args.skip
+    doc: dict[str, Any] = {"sizes": sizes.name, "skipped": sorted(skip), "checks": {},
+                           "memory_samples": {}, "memory": {}}  # fmt: skip
     bench = await phases.Bench.create(tenants=50, partitions=8)
     try:
         _say("starting the ingest gateway, creating 50 tenants")
@@ -91,55 +93,141 @@ async def run(sizes: phases.Sizes) -> dict[str, Any]:
             doc["memory_samples"]["projector (catch-up)"] = doc["projection"].pop("memory")[
                 "projector"
             ]
+            doc["memory"]["projector (catch-up)"] = doc["projection"]["processes"]["projector"][
+                "peak_rss_mib"
+            ]
             await _check(bench, "projection", doc)
 
-            _say("peers on the same topic")
-            expected = await check.fold_log(
-                bench.settings.kafka_bootstrap, bench.settings.events_topic, set(bench.tenants)
-            )
-            doc["peers"] = {
-                "aiokafka+asyncpg (one tx per event)": await peers.naive(bench, expected),
-                "faust-streaming agent": await peers.faust_agent(bench, expected),
-                "eventsourcing (PostgreSQL)": await peers.eventsourcing(
-                    bench, sizes.eventsourcing_events
-                ),
-            }
+            if "peers" not in skip:
+                _say("peers on the same topic")
+                await _optional(doc, "peers", lambda: _peers(bench, sizes))
 
-            _say("end-to-end write-to-visible")
-            await bench.start("projector", "process", "projector", http=False)
-            await bench.start("api", "serve", "api")
-            doc["end_to_end"] = await phases.end_to_end(bench, session, sizes)
-            for name in ("api", "projector", "ingest"):
-                doc.setdefault("memory", {})[name] = phases.rss_peak(bench.procs[name].pid)
-            # The projector's target holds while it catches up too (its peak, not its idle).
-            catch_up = doc["projection"]["processes"]["projector"]["peak_rss_mb"]
-            doc["memory"]["projector"] = max(doc["memory"]["projector"], catch_up)
-            for name, samples in doc["end_to_end"]["runs"][-1].pop("memory", {}).items():
-                doc["memory_samples"][f"{name} (write-to-visible 75 %)"] = samples
-            for r in doc["end_to_end"]["runs"]:
-                r.pop("memory", None)
-            bench.stop("api")
-            bench.stop("projector")
-            await _check(bench, "end-to-end", doc)
+            if "visible" not in skip:
+                _say("end-to-end write-to-visible")
+                await bench.start("projector", "process", "projector", http=False)
+                await bench.start("api", "serve", "api")
+                doc["end_to_end"] = await phases.end_to_end(bench, session, sizes)
+                doc["memory"]["api (write-to-visible)"] = phases.rss_peak(bench.procs["api"].pid)
+                doc["memory"]["projector (write-to-visible)"] = phases.rss_peak(
+                    bench.procs["projector"].pid
+                )
+                for name, samples in doc["end_to_end"]["runs"][-1].pop("memory", {}).items():
+                    doc["memory_samples"][f"{name} (write-to-visible 75 %)"] = samples
+                for r in doc["end_to_end"]["runs"]:
+                    r.pop("memory", None)
+                bench.stop("api")
+                bench.stop("projector")
+                await _check(bench, "end-to-end", doc)
+        doc["memory"]["ingest (ingest and write-to-visible)"] = phases.rss_peak(
+            bench.procs["ingest"].pid
+        )
         bench.stop("ingest")
 
-        _say("reads (wrk)")
-        args = argparse.Namespace(records=sizes.read_records, seconds=sizes.read_seconds,
-                                  connections=64, rates=[1000, 2000, 5000])  # fmt: skip
-        doc["reads"] = await reads.run(args)
+        if "reads" not in skip:
+            _say("reads (open loop)")
+            read_args = argparse.Namespace(records=sizes.read_records, seconds=sizes.read_seconds,
+                                           connections=64, rates=[1000, 2000, 5000])  # fmt: skip
+            await _optional(doc, "reads", lambda: reads.run(read_args))
+            for kind in ("cached", "uncached", "lists"):
+                if "reads" in doc:
+                    doc["memory"][f"api (reads, {kind})"] = doc["reads"][kind]["api_peak_rss_mib"]
 
-        _say("replay")
-        doc["replay"] = await phases.replay(bench)
-        if doc["replay"].get("available"):
-            await _check(bench, "replay", doc)
+        if "replay" not in skip:
+            _say("replay")
+            await _optional(doc, "replay", lambda: phases.replay(bench))
+            if doc.get("replay", {}).get("available"):
+                await _check(bench, "replay", doc)
     finally:
         bench.stop_all()
+
+    if "webhooks" not in skip:
+        _say("webhooks (a private database)")
+        await _optional(doc, "webhooks", lambda: webhooks.run(sizes))
+        for name, peak in doc.get("webhooks", {}).pop("serving_peak_rss_mib", {}).items():
+            doc["memory"][f"{name} (webhooks)"] = peak
+        for key, r in doc.get("webhooks", {}).items():
+            if isinstance(r, dict) and "processes" in r:
+                doc["memory"][f"notifier (webhooks, {key})"] = r["processes"]["notifier"][
+                    "peak_rss_mib"
+                ]
+    if "analytics" not in skip:
+        _say("analytics (faust worker)")
+        await _optional(doc, "analytics", lambda: analytics.measure(sizes.analytics_events, 10))
+    if "integrations" not in skip:
+        _say("integrations (a private database)")
+        await _optional(doc, "integrations", lambda: integrations.measure(sizes.integration_items))
     doc["peer_table"] = peer_table(doc)
+    doc["headline"] = headline(doc)
+    doc["memory_peaks"] = memory_peaks(doc["memory"])
+    doc["checks_different"] = checks_different(doc)
     return doc
+
+
+async def _optional(
+    doc: dict[str, Any], name: str, measure: Callable[[], Awaitable[dict[str, Any]]]
+) -> None:
+    """Run an optional phase into ``doc[name]``; if it fails, record why under ``errors``
+    and go on (its figures are then "not measured", and the report says why)."""
+    try:
+        doc[name] = await measure()
+    except Exception as exc:
+        doc.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}"[:600]
+        _say(f"{name} FAILED: {doc['errors'][name]}")
+
+
+async def _peers(bench: phases.Bench, sizes: phases.Sizes) -> dict[str, Any]:
+    """Every peer on the run's topic, the day-one batched consumer first."""
+    expected = await check.fold_log(
+        bench.settings.kafka_bootstrap, bench.settings.events_topic, set(bench.tenants)
+    )
+    return {
+        BATCHED: await peers.batched(bench, expected),
+        "aiokafka+asyncpg (one tx per event)": await peers.naive(bench, expected),
+        "faust-streaming agent": await peers.faust_agent(bench, expected),
+        "eventsourcing (PostgreSQL)": await peers.eventsourcing(
+            bench, sizes.eventsourcing_events, phases.SINGLE_CONCURRENCY
+        ),
+    }
+
+
+#: The headline peer's name in the result document.
+BATCHED = "day-one batched (getmany, tx per 2,000 events, executemany, checkpoint)"
+
+
+def memory_peaks(memory: dict[str, float]) -> dict[str, float]:
+    """The highest peak RSS (MiB) per kind of process (``api``, ``projector``…) over the phases."""
+    peaks: dict[str, float] = {}
+    for name, value in memory.items():
+        kind = name.split(" ", 1)[0]
+        peaks[kind] = max(peaks.get(kind, 0.0), value)
+    return peaks
+
+
+def checks_different(doc: dict[str, Any]) -> int:
+    """Correctness checks that did not come out equal: Eventfold's after each phase, each peer's."""
+    verdicts = list(doc.get("checks", {}).values())
+    verdicts += [p["check"] for p in doc.get("peers", {}).values() if "check" in p]
+    missing = sum(1 for p in doc.get("peers", {}).values() if "check" not in p)
+    return sum(1 for v in verdicts if not v.get("equal")) + missing
+
+
+def headline(doc: dict[str, Any]) -> dict[str, Any] | None:
+    """Eventfold's projection against the day-one batched peer in the same run."""
+    peer = doc.get("peers", {}).get(BATCHED)
+    if not peer or not peer.get("process_events_per_second"):
+        return None
+    ours = doc["projection"]["events_per_second"]
+    theirs = peer["process_events_per_second"]
+    return {"eventfold_events_per_second": ours, "peer_events_per_second": theirs,
+            "ratio": round(ours / theirs, 2), "same_indexes": peer.get("same_indexes"),
+            "correct": bool(peer.get("check", {}).get("equal"))}  # fmt: skip
 
 
 def peer_table(doc: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per (peer, phase): its rate, Eventfold's, the ratio, CPU and memory."""
+    ps = doc.get("peers")
+    if not ps:
+        return []
     proj = doc["projection"]
     ef_proj_rate = proj["events_per_second"]
     ef_proj_cpu = proj["processes"]["projector"]["cpu_seconds_per_1000_events"]
@@ -147,50 +235,54 @@ def peer_table(doc: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
 
     def row(peer: str, phase: str, res: dict[str, Any], ef_rate: float, ef_cpu: float,
-            proc: str) -> None:  # fmt: skip
-        rate = res.get("events_per_second")
+            proc: str, rate_key: str = "process_events_per_second") -> None:  # fmt: skip
+        rate = res.get(rate_key)
         p = res.get("processes", {}).get(proc, {})
         rows.append({
             "peer": peer, "phase": phase, "peer_rate": rate, "eventfold_rate": ef_rate,
             "ratio": round(ef_rate / rate, 2) if rate else None,
             "peer_cpu": p.get("cpu_seconds_per_1000_events"), "eventfold_cpu": ef_cpu,
-            "peer_peak_mb": p.get("peak_rss_mb"),
+            "peer_peak_mib": p.get("peak_rss_mib"),
             "correct": "yes" if res.get("check", {}).get("equal") else res.get("error", "no"),
         })  # fmt: skip
 
-    ps = doc["peers"]
-    row("aiokafka+asyncpg", "projection", ps["aiokafka+asyncpg (one tx per event)"], ef_proj_rate,
-        ef_proj_cpu, "naive")  # fmt: skip
-    row("faust-streaming", "projection", ps["faust-streaming agent"], ef_proj_rate, ef_proj_cpu,
-        "faust")  # fmt: skip
+    row("day-one batched: getmany, one tx per 2,000 events, executemany, checkpoint row",
+        "projection", ps[BATCHED], ef_proj_rate, ef_proj_cpu, "batched")  # fmt: skip
+    row("aiokafka+asyncpg, one tx per event", "projection",
+        ps["aiokafka+asyncpg (one tx per event)"], ef_proj_rate, ef_proj_cpu, "naive")  # fmt: skip
+    row("faust-streaming agent, one tx per event", "projection", ps["faust-streaming agent"],
+        ef_proj_rate, ef_proj_cpu, "faust")  # fmt: skip
     es = ps["eventsourcing (PostgreSQL)"]
     es_check = {"check": es["check"]}
-    row("eventsourcing", "append (one event per save)", {**es["append"], **es_check},
-        ing["requests_per_second"], ing["processes"]["ingest"]["cpu_seconds_per_1000_events"],
-        "eventsourcing-append")  # fmt: skip
+    row("eventsourcing", f"append, one event per save, {ing['concurrency']} writers"
+        f" (Eventfold: single-event requests, {ing['concurrency']} in flight)",
+        {**es["append"], **es_check}, ing["requests_per_second"],
+        ing["processes"]["ingest"]["cpu_seconds_per_1000_events"],
+        "eventsourcing-append", "events_per_second")  # fmt: skip
     row("eventsourcing", "projection", {**es["project"], **es_check}, ef_proj_rate, ef_proj_cpu,
         "eventsourcing-project")  # fmt: skip
     return rows
 
 
 def main() -> None:
-    """Run the suite; write results/<date>.json, .md and the plots."""
-    sizes = phases.sizes_from_args(__doc__)
+    """Run the suite; write results/<date>-<sizes>.json, .md and the plots."""
+    args = phases.cli(__doc__)
+    prov = provenance.stamp()
     started = time.monotonic()
-    doc = asyncio.run(run(sizes))
+    doc = asyncio.run(run(args))
+    doc["provenance"] = prov
     doc["date"] = datetime.now(UTC).isoformat(timespec="seconds")
     doc["seconds"] = round(time.monotonic() - started, 1)
     doc["machine"] = _machine()
     doc["targets"] = report.verdicts(doc)
-    RESULTS.mkdir(exist_ok=True)
-    stem = f"{datetime.now(UTC):%Y-%m-%d}" + ("" if sizes is phases.FULL else f"-{sizes.name}")
-    doc["plots"] = report.plots(doc, RESULTS, stem)
-    report.write_json(doc, RESULTS / f"{stem}.json")
+    path = provenance.new_path(args.results, provenance.dated_stem(args.sizes.name))
+    stem = path.stem
+    doc["plots"] = report.plots(doc, args.results, stem)
+    report.write_json(doc, path)
     md = report.markdown(doc)
-    (RESULTS / f"{stem}.md").write_text(md)
+    path.with_suffix(".md").write_text(md)
     print(md)
-    print(f"\nsaved {RESULTS / stem}.json, .md and {len(doc['plots'])} plots "
-          f"({doc['seconds']:.0f} s)")  # fmt: skip
+    print(f"\nsaved {path}, .md and {len(doc['plots'])} plots ({doc['seconds']:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ wrong result therefore cannot pass.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -122,14 +123,17 @@ async def fold_log(bootstrap: str, topic: str, tenants: set[str]) -> State:
     return {k: (r.version, r.data) for k, r in records.items() if r is not None and r.live}
 
 
-async def eventfold_state(pool: asyncpg.Pool, tenants: list[str]) -> State:
-    """Live records of ``tenants`` in Eventfold's projection."""
+async def eventfold_state(
+    pool: asyncpg.Pool, tenants: list[str], schema: Callable[[str], str] = tenant_schema
+) -> State:
+    """Live records of ``tenants`` in Eventfold's projection (or in tables of its shape,
+    one schema per tenant named by ``schema``)."""
     state: State = {}
     async with pool.acquire() as conn:
         for tenant in tenants:
             rows = await conn.fetch(
                 f"SELECT collection, id, version, data::text AS data"
-                f" FROM {tenant_schema(tenant)}.records WHERE NOT deleted"
+                f" FROM {schema(tenant)}.records WHERE NOT deleted"
             )
             for r in rows:
                 state[(tenant, r["collection"], r["id"])] = (r["version"], orjson.loads(r["data"]))
@@ -152,6 +156,22 @@ def compare(expected: State, actual: State) -> Verdict:
     extra = sum(1 for k in actual if k not in expected)
     different = sum(1 for k, v in expected.items() if k in actual and actual[k] != v)
     return Verdict(len(expected), missing, extra, different)
+
+
+async def index_definitions(conn: asyncpg.Connection, schema: str) -> list[str]:
+    """The indexes of ``schema``'s tables as ``[UNIQUE] table USING …``, sorted.
+
+    Two schemas whose tables have the same indexes give the same list: index
+    and schema names are left out (``LIKE … INCLUDING ALL`` names its copies itself).
+    """
+    name = schema.strip('"')
+    rows = await conn.fetch("SELECT indexdef FROM pg_indexes WHERE schemaname = $1", name)
+    shapes = []
+    for r in rows:
+        head, _, table_on = r["indexdef"].partition(" ON ")
+        unique = "UNIQUE " if head.startswith("CREATE UNIQUE") else ""
+        shapes.append(unique + table_on.replace(f"{name}.", "", 1).replace(f'"{name}".', "", 1))
+    return sorted(shapes)
 
 
 def checksum(state: State) -> str:

@@ -2,11 +2,13 @@
 
 Run as its own process so its CPU and memory are measured alone:
 
-    python -m benchmarks.suite.peer_eventsourcing append  --events N --tenants a,b,… --dsn …
+    python -m benchmarks.suite.peer_eventsourcing append  --events N --tenants a,b,… --dsn … \
+        [--concurrency 64]
     python -m benchmarks.suite.peer_eventsourcing project --dsn …
 
 ``append`` records the workload's events on one aggregate per record, one
-``save`` per event (the library's unit of consistency); ``project`` runs a
+``save`` per event (the library's unit of consistency), ``--concurrency``
+writers at once (the suite uses Eventfold's single-event ingest concurrency); ``project`` runs a
 :class:`~eventsourcing.projection.ProjectionRunner` whose view folds them with
 Eventfold's own fold into ``peer_es_view.records`` (tracking in the same
 transaction) and stops when it has caught up. Each prints one JSON line.
@@ -19,6 +21,8 @@ import os
 import sys
 import time
 import uuid
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from functools import singledispatchmethod
 from typing import Any
@@ -38,6 +42,8 @@ from consumers.projector.fold import Record, apply
 SCHEMA = "peer_es"
 VIEW_SCHEMA = "peer_es_view"
 _EPOCH = datetime.fromtimestamp(0, UTC)
+#: Connections of the library's pool at most, whatever the writers.
+MAX_POOL = 32
 _NS = uuid.UUID("6f1d0c1e-7d1e-4c55-9a0a-2a54f1a0b0e1")
 
 
@@ -136,20 +142,39 @@ def reset(dsn: str) -> None:
         )
 
 
-def append(dsn: str, tenants: list[str], count: int, seed: int) -> dict[str, Any]:
-    """Record ``count`` workload events; one save per event."""
-    app = Records(env=_env(dsn, SCHEMA))
-    aggregates: dict[tuple[str, str], RecordAggregate] = {}
-    t0 = time.perf_counter()
+def append(
+    dsn: str, tenants: list[str], count: int, seed: int, concurrency: int = 1
+) -> dict[str, Any]:
+    """Record ``count`` workload events, one save per event, ``concurrency`` writers at once.
+
+    Each record's events go to one writer (picked by the record's key), in order,
+    so optimistic concurrency never conflicts and the result is the same fold. The
+    writers are threads sharing the library's connection pool (at most
+    :data:`MAX_POOL` connections: PostgreSQL's are shared with other work).
+    """
+    app = Records(env={**_env(dsn, SCHEMA), "POSTGRES_POOL_SIZE": str(min(concurrency, MAX_POOL)),
+                       "POSTGRES_MAX_OVERFLOW": "0"})  # fmt: skip
+    lanes: list[list[tuple[str, dict[str, Any]]]] = [[] for _ in range(concurrency)]
     for tenant, ev in Workload(tenants, seed=seed).events(count):
-        key = (tenant, ev["subject"])
-        agg = aggregates.get(key)
-        if agg is None:
-            agg = aggregates[key] = RecordAggregate(tenant, ev["subject"])
-        agg.change(tenant, ev["subject"], ev["type"], ev.get("data"))
-        app.save(agg)
+        lanes[zlib.crc32(f"{tenant}/{ev['subject']}".encode()) % concurrency].append((tenant, ev))
+
+    def write(lane: list[tuple[str, dict[str, Any]]]) -> None:
+        aggregates: dict[tuple[str, str], RecordAggregate] = {}
+        for tenant, ev in lane:
+            key = (tenant, ev["subject"])
+            agg = aggregates.get(key)
+            if agg is None:
+                agg = aggregates[key] = RecordAggregate(tenant, ev["subject"])
+            agg.change(tenant, ev["subject"], ev["type"], ev.get("data"))
+            app.save(agg)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        for done in [pool.submit(write, lane) for lane in lanes if lane]:
+            done.result()
     elapsed = time.perf_counter() - t0
-    return {"events": count, "seconds": round(elapsed, 3),
+    return {"events": count, "seconds": round(elapsed, 3), "concurrency": concurrency,
+            "pool_size": min(concurrency, MAX_POOL),
             "events_per_second": round(count / elapsed, 1)}  # fmt: skip
 
 
@@ -178,10 +203,11 @@ def main() -> None:
     p.add_argument("--events", type=int, default=0)
     p.add_argument("--tenants", default="")
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--concurrency", type=int, default=1, help="append: writers at once")
     args = p.parse_args()
     if args.phase == "append":
         reset(args.dsn)
-        out = append(args.dsn, args.tenants.split(","), args.events, args.seed)
+        out = append(args.dsn, args.tenants.split(","), args.events, args.seed, args.concurrency)
     else:
         out = project(args.dsn)
     sys.stdout.write(orjson.dumps(out).decode() + "\n")

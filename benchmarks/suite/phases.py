@@ -68,32 +68,89 @@ class Sizes:
     e2e_seconds: float
     eventsourcing_events: int
     read_records: int
-    read_seconds: int
+    read_seconds: float
+    #: Events written per webhook scenario (each delivered once per matching endpoint).
+    webhook_events: int
+    #: Events through the analytics worker; items of the integration's initial sync.
+    analytics_events: int
+    integration_items: int
 
+
+#: In flight at once for single-event ingest at saturation; the eventsourcing peer
+#: appends with as many writers, so the two are compared at the same concurrency.
+SINGLE_CONCURRENCY = 64
 
 #: ``make bench QUICK=1``: under 10 minutes on 2 cores. Every request sends new events
 #: (a re-sent one would take the gateway's cheaper duplicate path).
 QUICK = Sizes(
     "quick", 40_000, (5_000, 10_000), 2, 8_000, (500, 1000, 2000, 5000), 3, 3_000, 8, 5_000,
-    5_000, 5,
+    5_000, 5, 5_000, 20_000, 10_000,
 )  # fmt: skip
 FULL = Sizes(
     "full", 300_000, (10_000, 20_000), 10, 30_000, (1000, 2000, 5000), 15, 10_000, 20, 20_000,
-    20_000, 15,
+    20_000, 15, 20_000, 50_000, 20_000,
 )  # fmt: skip
-#: A minute-long run that exercises every code path (for changing the suite itself).
-SMOKE = Sizes("smoke", 5_000, (2_000,), 1, 500, (200,), 1, 200, 1, 300, 500, 1)
+#: A run of a few minutes that exercises every code path (for changing the suite itself).
+SMOKE = Sizes(
+    "smoke", 5_000, (2_000,), 1, 500, (200,), 1, 200, 1, 300, 500, 1, 200, 1_000, 500,
+)  # fmt: skip
+
+#: Phases a run may leave out (``--skip``); ingest and projection always run.
+OPTIONAL_PHASES = ("peers", "visible", "reads", "replay", "webhooks", "analytics",
+                   "integrations")  # fmt: skip
 
 
-def sizes_from_args(description: str | None) -> Sizes:
-    """The sizes a command line asks for: ``--quick``, ``--smoke``, or the full ones."""
+@dataclass(frozen=True, slots=True)
+class Cli:
+    """A suite command line: the sizes, where results go, the phases left out."""
+
+    sizes: Sizes
+    results: Path
+    skip: frozenset[str]
+
+
+def cli(description: str | None, argv: list[str] | None = None, *, suite: bool = True) -> Cli:
+    """``--quick`` / ``--smoke`` (else the full sizes), ``--results DIR``, and for the
+    whole ``suite`` ``--skip a,b``."""
+    from benchmarks.provenance import RESULTS
+
     p = argparse.ArgumentParser(
         description=description, formatter_class=argparse.RawTextHelpFormatter
     )
     p.add_argument("--quick", action="store_true", help="small sizes: under 10 minutes")
     p.add_argument("--smoke", action="store_true", help="tiny sizes: checks the code itself")
-    args = p.parse_args()
-    return SMOKE if args.smoke else QUICK if args.quick else FULL
+    p.add_argument("--results", type=Path, default=RESULTS, help="where result files go")
+    if suite:
+        optional = ",".join(OPTIONAL_PHASES)
+        p.add_argument("--skip", default="", help=f"phases to leave out: {optional}")
+    args = p.parse_args(argv)
+    skip = frozenset(x for x in getattr(args, "skip", "").split(",") if x)
+    unknown = skip - set(OPTIONAL_PHASES)
+    if unknown:
+        p.error(f"no such optional phase: {', '.join(sorted(unknown))}")
+    sizes = SMOKE if args.smoke else QUICK if args.quick else FULL
+    return Cli(sizes, args.results, skip)
+
+
+def run_alone(
+    name: str, key: str, description: str | None,
+    run: Callable[[Sizes], Awaitable[dict[str, Any]]],
+) -> tuple[dict[str, Any], Path]:  # fmt: skip
+    """One phase by itself (``python -m benchmarks.suite.<phase>``): its command line,
+    the run, and its result saved under ``key`` with its provenance as
+    ``<date>-<name>-<sizes>.json``; the result and the file."""
+    from benchmarks import provenance
+
+    args = cli(description, suite=False)
+    prov = provenance.stamp()
+    result = asyncio.run(run(args.sizes))
+    doc = {"benchmark": name, "sizes": args.sizes.name, "provenance": prov, key: result}
+    return result, provenance.save(doc, f"{name}-{args.sizes.name}", args.results)
+
+
+def sizes_from_args(description: str | None) -> Sizes:
+    """The sizes a command line asks for: ``--quick``, ``--smoke``, or the full ones."""
+    return cli(description, suite=False).sizes
 
 
 @dataclass(slots=True)
@@ -107,6 +164,10 @@ class Bench:
     ports: dict[str, int] = field(default_factory=dict)
     tokens: dict[str, dict[str, str]] = field(default_factory=dict)
     published: int = 0
+    #: Environment every process under test gets beside the run's topics (see :meth:`env`).
+    extra_env: dict[str, str] = field(default_factory=dict)
+    #: The random id naming the run's topics and groups.
+    run_id: str = ""
 
     @classmethod
     async def create(cls, tenants: int, partitions: int) -> Bench:
@@ -115,7 +176,7 @@ class Bench:
         settings = private_settings(run_id, partitions=partitions)
         await ensure_topics(settings)
         names = [f"bench_{run_id}_{n:02d}" for n in range(tenants)]
-        return cls(settings, names, Workload(names))
+        return cls(settings, names, Workload(names), run_id=run_id)
 
     def env(self, port: int | None = None, **extra: str) -> dict[str, str]:
         """The environment of a process under test."""
@@ -126,6 +187,7 @@ class Bench:
             "EVENTFOLD_CONSUMER_GROUP_PREFIX": self.settings.consumer_group_prefix,
             "EVENTFOLD_TOPIC_PARTITIONS": str(self.settings.topic_partitions),
             "EVENTFOLD_LOG_LEVEL": "WARNING",
+            **self.extra_env,
             **extra,
         }
         if port is not None:
@@ -273,26 +335,61 @@ async def start_pipeline(bench: Bench, session: aiohttp.ClientSession) -> None:
     await bench.start("api", "serve", "api")
 
 
+@dataclass(slots=True)
+class Loop:
+    """What a closed loop did: latencies of the answered calls, and the failed ones by reason."""
+
+    hist: Histogram
+    seconds: float
+    requests: int
+    failures: Counter[str]
+
+    @property
+    def ok(self) -> int:
+        """Calls that succeeded (their latencies are in :attr:`hist`)."""
+        return self.hist.total
+
+    def summary(self) -> dict[str, Any]:
+        """Counts (every call: ``ok`` + ``failures`` = ``requests``), seconds and latencies."""
+        return {"requests": self.requests, "ok": self.ok, "failures": self.failures.total(),
+                "failure_reasons": dict(self.failures.most_common(5)),
+                "seconds": round(self.seconds, 2), "latency_ms": self.hist.summary()}  # fmt: skip
+
+
+def failure_reason(exc: Exception) -> str:
+    """How a failed call is counted: its exception's type and message, short."""
+    return f"{type(exc).__name__}: {exc}"[:160]
+
+
 async def closed_loop(
     count: int, concurrency: int, call: Callable[[int], Awaitable[None]], label: str
-) -> tuple[Histogram, float]:
-    """Run ``call(i)`` for i < count with ``concurrency`` in flight; (latencies, seconds)."""
+) -> Loop:
+    """Run ``call(i)`` for i < count with ``concurrency`` in flight.
+
+    A call that raises is counted as a failure with its reason (its latency is
+    not recorded); the others' latencies are.
+    """
     hist = Histogram()
+    failures: Counter[str] = Counter()
     it = iter(range(count))
     progress = Progress(label, count, unit="requests")
 
     async def worker() -> None:
         for i in it:
             t0 = time.perf_counter()
-            await call(i)
-            hist.record(time.perf_counter() - t0)
-            progress.update(hist.total)
+            try:
+                await call(i)
+            except Exception as exc:
+                failures[failure_reason(exc)] += 1
+            else:
+                hist.record(time.perf_counter() - t0)
+            progress.update(hist.total + failures.total())
 
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.perf_counter() - t0
     progress.done(count)
-    return hist, elapsed
+    return Loop(hist, elapsed, count, failures)
 
 
 async def open_loop(
@@ -314,7 +411,7 @@ async def open_loop(
             await call(i)
             hist.record(time.perf_counter() - scheduled)
         except Exception as exc:
-            failures[f"{type(exc).__name__}: {exc}"[:160]] += 1
+            failures[failure_reason(exc)] += 1
         finally:
             sem.release()
             progress.update(hist.total + failures.total())
@@ -334,13 +431,14 @@ async def open_loop(
     elapsed = time.perf_counter() - t0
     progress.done(total)
     return {"target_rate": rate, "achieved_rate": round(hist.total / elapsed, 1),
-            "requests": total, "failures": failures.total(),
+            "seconds": round(elapsed, 2), "requests": total, "ok": hist.total,
+            "failures": failures.total(),
             "failure_reasons": dict(failures.most_common(5)), "latency_ms": hist.summary(),
             "cdf": hist.cdf()}  # fmt: skip
 
 
-def batch_bodies(workload: Workload, count: int, size: int = 500) -> list[tuple[str, bytes]]:
-    """The workload's next ``count`` events as ``(tenant, body)`` batches of one tenant each.
+def batch_bodies(workload: Workload, count: int, size: int = 500) -> list[tuple[str, bytes, int]]:
+    """The workload's next ``count`` events as ``(tenant, body, events)`` batches of one tenant.
 
     The route takes one tenant's events, so a batch is up to ``size`` events of one
     tenant (splitting each 500 of the mix by tenant had sent ~10-event requests).
@@ -351,26 +449,38 @@ def batch_bodies(workload: Workload, count: int, size: int = 500) -> list[tuple[
         by_tenant.setdefault(tenant, []).append(ev)
     chunks = {t: [evs[i : i + size] for i in range(0, len(evs), size)]
               for t, evs in by_tenant.items()}  # fmt: skip
-    return [(t, orjson.dumps(c[k])) for k in range(max(map(len, chunks.values())))
+    return [(t, orjson.dumps(c[k]), len(c[k])) for k in range(max(map(len, chunks.values())))
             for t, c in chunks.items() if k < len(c)]  # fmt: skip
 
 
-def poster(
-    bench: Bench, session: aiohttp.ClientSession, bodies: list[tuple[str, bytes]]
-) -> Callable[[int], Awaitable[None]]:
-    """A call that POSTs the next of ``bodies`` to the gateway (each body once) and wants 202."""
-    url = bench.url("ingest") + "/v1/tenants/{}/events"
-    pending = iter(bodies)
+@dataclass(slots=True)
+class Poster:
+    """POSTs the next of ``bodies`` to the gateway (each body once) and wants 202.
 
-    async def post(_i: int) -> None:
-        tenant, body = next(pending)
-        headers = {"Content-Type": "application/json", **bench.tokens[tenant]}
-        async with session.post(url.format(tenant), data=body, headers=headers) as r:
+    Counts the events of the requests answered 202 (``events_ok``): a rate in
+    events/s counts only those.
+    """
+
+    bench: Bench
+    session: aiohttp.ClientSession
+    #: ``(tenant, body, events in it)``
+    bodies: list[tuple[str, bytes, int]]
+    events_ok: int = 0
+    _pending: Any = None
+
+    def __post_init__(self) -> None:
+        self._pending = iter(self.bodies)
+
+    async def __call__(self, _i: int) -> None:
+        """One request; raises when it is not answered 202."""
+        tenant, body, events = next(self._pending)
+        headers = {"Content-Type": "application/json", **self.bench.tokens[tenant]}
+        url = f"{self.bench.url('ingest')}/v1/tenants/{tenant}/events"
+        async with self.session.post(url, data=body, headers=headers) as r:
             await r.read()
             if r.status != 202:
                 raise RuntimeError(f"ingest answered {r.status}")
-
-    return post
+        self.events_ok += events
 
 
 async def ingest(bench: Bench, session: aiohttp.ClientSession, sizes: Sizes) -> dict[str, Any]:
@@ -385,46 +495,48 @@ async def ingest(bench: Bench, session: aiohttp.ClientSession, sizes: Sizes) -> 
     bodies = batch_bodies(bench.workload, sizes.batch_events)
     watch = ProcWatch({**gateway, "load-generator": os.getpid()})
     watch.start()
-    hist, secs = await closed_loop(len(bodies), 8, poster(bench, session, bodies), "ingest batches")
-    events = sizes.batch_events
-    out["batches"] = {"events": events, "batch_events": round(events / len(bodies), 1),
-                      "requests": len(bodies), "seconds": round(secs, 2),
-                      "events_per_second": round(events / secs, 1), "latency_ms": hist.summary(),
-                      "processes": await watch.stop(events)}  # fmt: skip
+    post = Poster(bench, session, bodies)
+    loop = await closed_loop(len(bodies), 8, post, "ingest batches")
+    out["batches"] = {**loop.summary(), "events": sizes.batch_events, "events_ok": post.events_ok,
+                      "batch_events": round(sizes.batch_events / len(bodies), 1),
+                      "concurrency": 8,
+                      "events_per_second": round(post.events_ok / loop.seconds, 1),
+                      "processes": await watch.stop(post.events_ok)}  # fmt: skip
     out["batches_fixed_rate"] = []
     for rate in sizes.batch_rates:
         events = int(rate * sizes.batch_seconds)
         bodies = batch_bodies(bench.workload, events)
         watch = ProcWatch(gateway)
         watch.start()
+        post = Poster(bench, session, bodies)
         # The request rate that carries ``rate`` events/s with these batches.
         run = await open_loop(
-            len(bodies) / sizes.batch_seconds, sizes.batch_seconds,
-            poster(bench, session, bodies), f"ingest batches ({rate:,} events/s)",
+            len(bodies) / sizes.batch_seconds, sizes.batch_seconds, post,
+            f"ingest batches ({rate:,} events/s)",
         )  # fmt: skip
-        run.update(target_events_per_second=rate, events=events,
+        run.update(target_events_per_second=rate, events=events, events_ok=post.events_ok,
                    batch_events=round(events / len(bodies), 1),
-                   processes=await watch.stop(events))  # fmt: skip
+                   achieved_events_per_second=round(post.events_ok / run["seconds"], 1),
+                   processes=await watch.stop(post.events_ok))  # fmt: skip
         out["batches_fixed_rate"].append(run)
 
     needed = sizes.single_saturation + sum(int(r * sizes.fixed_seconds) for r in sizes.fixed_rates)
-    post_single = poster(
-        bench, session, [(t, orjson.dumps(ev)) for t, ev in bench.workload.events(needed)]
-    )
+    post_single = Poster(bench, session, [
+        (t, orjson.dumps(ev), 1) for t, ev in bench.workload.events(needed)])  # fmt: skip
     count = sizes.single_saturation
     watch = ProcWatch({**gateway, "load-generator": os.getpid()})
     watch.start()
-    hist, secs = await closed_loop(count, 64, post_single, "ingest single events")
-    out["single_saturation"] = {"requests": count, "concurrency": 64, "seconds": round(secs, 2),
-                                "requests_per_second": round(count / secs, 1),
-                                "latency_ms": hist.summary(), "cdf": hist.cdf(),
-                                "processes": await watch.stop(count)}  # fmt: skip
+    loop = await closed_loop(count, SINGLE_CONCURRENCY, post_single, "ingest single events")
+    out["single_saturation"] = {**loop.summary(), "concurrency": SINGLE_CONCURRENCY,
+                                "requests_per_second": round(loop.ok / loop.seconds, 1),
+                                "cdf": loop.hist.cdf(),
+                                "processes": await watch.stop(loop.ok)}  # fmt: skip
     out["single_fixed_rate"] = []
     for rate in sizes.fixed_rates:
         watch = ProcWatch(gateway)
         watch.start()
         run = await open_loop(rate, sizes.fixed_seconds, post_single, "ingest single events")
-        run["processes"] = await watch.stop(run["requests"])
+        run["processes"] = await watch.stop(run["ok"])
         out["single_fixed_rate"].append(run)
     bench.published = await bench.topic_size()
     return out
@@ -508,14 +620,11 @@ async def end_to_end(bench: Bench, session: aiohttp.ClientSession, sizes: Sizes)
     watched = {**{name: p.pid for name, p in bench.procs.items()}, "load-generator": os.getpid()}
     watch = ProcWatch(watched)
     watch.start()
-    hist, secs = await closed_loop(
-        sizes.e2e_saturation_pairs, 32, pairs, "write-to-visible, saturation"
-    )
-    max_rate = sizes.e2e_saturation_pairs / secs
-    saturation = {"pairs": sizes.e2e_saturation_pairs, "concurrency": 32,
-                  "seconds": round(secs, 2), "pairs_per_second": round(max_rate, 1),
-                  "latency_ms": hist.summary(), **pairs.legs(),
-                  "processes": await watch.stop(sizes.e2e_saturation_pairs)}  # fmt: skip
+    loop = await closed_loop(sizes.e2e_saturation_pairs, 32, pairs, "write-to-visible, saturation")
+    max_rate = loop.ok / loop.seconds
+    saturation = {**loop.summary(), "pairs": sizes.e2e_saturation_pairs, "concurrency": 32,
+                  "pairs_per_second": round(max_rate, 1), **pairs.legs(),
+                  "processes": await watch.stop(loop.ok)}  # fmt: skip
     runs = []
     for share in (0.25, 0.5, 0.75):
         pairs.reset()
@@ -525,7 +634,7 @@ async def end_to_end(bench: Bench, session: aiohttp.ClientSession, sizes: Sizes)
         run = await open_loop(rate, sizes.e2e_seconds, pairs, f"write-to-visible {share:.0%}")
         run["load_share"] = share
         run.update(pairs.legs())
-        run["processes"] = await watch.stop(run["requests"])
+        run["processes"] = await watch.stop(run["ok"])
         run["memory"] = watch.samples
         runs.append(run)
     return {"saturation": saturation, "runs": runs}
@@ -650,6 +759,6 @@ async def watch_until(watch: ProcWatch, task: asyncio.Task[Any]) -> None:
 
 def rss_peak(pid: int) -> float:
     """Peak RSS (MiB) of a running process."""
-    from benchmarks.suite.procstat import rss_mb
+    from benchmarks.suite.procstat import rss_mib
 
-    return round(rss_mb(pid)[1], 1)
+    return round(rss_mib(pid)[1], 1)

@@ -25,7 +25,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
-def rss_mb(pid: int) -> tuple[float, float]:
+def rss_mib(pid: int) -> tuple[float, float]:
     """(current RSS, peak RSS) of ``pid`` in MiB."""
     now = peak = 0.0
     try:
@@ -63,7 +63,7 @@ class ProcWatch:
     async def _sample(self) -> None:
         while True:
             for name, pid in self.pids.items():
-                now, peak = rss_mb(pid)
+                now, peak = rss_mib(pid)
                 cpu = cpu_seconds(pid)
                 if now:  # a zombie (exited, not yet reaped) has no memory lines
                     self.samples[name].append((time.monotonic() - self._t0, now))
@@ -84,7 +84,7 @@ class ProcWatch:
             self._task.cancel()
         out: dict[str, dict[str, float]] = {}
         for name, pid in self.pids.items():
-            now, peak = rss_mb(pid)
+            now, peak = rss_mib(pid)
             live_cpu = cpu_seconds(pid)
             last_cpu, last_peak = self._last.get(name, (0.0, 0.0))
             if exited_cpu and name in exited_cpu:
@@ -95,8 +95,8 @@ class ProcWatch:
             out[name] = {
                 "cpu_seconds": round(cpu, 2),
                 "cpu_seconds_per_1000_events": round(1000 * cpu / max(events, 1), 4),
-                "rss_mb": round(now, 1),
-                "peak_rss_mb": round(peak, 1),
+                "rss_mib": round(now, 1),
+                "peak_rss_mib": round(peak, 1),
             }
         return out
 

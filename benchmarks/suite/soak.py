@@ -9,7 +9,7 @@ the API both work all along). Every process's RSS is sampled every 10 s.
 Reported per process: RSS after the warm-up, at the end, the peak, and the slope
 of a least-squares line through the samples after the warm-up (MiB per 10
 minutes): a leak shows as a steady positive slope. Writes
-``results/<date>-soak.json``, ``.md`` and ``-soak-memory.png``; progress is shown
+``results/<date>-soak.json`` (with its commit), ``.md`` and ``-soak-memory.png``; progress is shown
 while it runs. ``make soak`` runs the 30-minute default.
 """
 
@@ -25,11 +25,11 @@ from typing import Any
 import aiohttp
 import orjson
 
+from benchmarks import provenance
 from benchmarks.suite import phases
 from benchmarks.suite.procstat import ProcWatch
 from eventfold.auth import issue_token
 
-RESULTS = Path(__file__).resolve().parents[1] / "results"
 WARMUP_S = 120.0
 
 
@@ -55,10 +55,10 @@ def summarise(samples: dict[str, list[tuple[float, float]]]) -> dict[str, dict[s
         if not steady:
             continue
         out[name] = {
-            "rss_after_warmup_mb": round(steady[0][1], 1),
-            "rss_end_mb": round(steady[-1][1], 1),
-            "rss_peak_mb": round(max(m for _, m in points), 1),
-            "slope_mb_per_10_min": round(slope_per_10_min(steady), 2),
+            "rss_after_warmup_mib": round(steady[0][1], 1),
+            "rss_end_mib": round(steady[-1][1], 1),
+            "rss_peak_mib": round(max(m for _, m in points), 1),
+            "slope_mib_per_10_min": round(slope_per_10_min(steady), 2),
         }
     return out
 
@@ -129,8 +129,8 @@ def markdown(doc: dict[str, Any]) -> str:
     ]
     for name, m in doc["memory"].items():
         lines.append(
-            f"| {name} | {m['rss_after_warmup_mb']} | {m['rss_end_mb']} | {m['rss_peak_mb']} "
-            f"| {m['slope_mb_per_10_min']:+.2f} |"
+            f"| {name} | {m['rss_after_warmup_mib']} | {m['rss_end_mib']} | {m['rss_peak_mib']} "
+            f"| {m['slope_mib_per_10_min']:+.2f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -163,16 +163,19 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--minutes", type=float, default=30.0)
     p.add_argument("--rate", type=float, default=200.0, help="write+read pairs per second")
+    p.add_argument("--results", type=Path, default=provenance.RESULTS, help="where results go")
     args = p.parse_args()
+    prov = provenance.stamp()
     doc = asyncio.run(run(args.minutes, args.rate))
+    doc["benchmark"] = "soak"
+    doc["provenance"] = prov
     doc["date"] = datetime.now(UTC).isoformat(timespec="seconds")
-    RESULTS.mkdir(exist_ok=True)
-    stem = f"{datetime.now(UTC):%Y-%m-%d}-soak"
-    plot(doc, RESULTS / f"{stem}-memory.png")
-    (RESULTS / f"{stem}.json").write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+    path = provenance.save(doc, "soak", args.results)
+    plot(doc, path.with_name(f"{path.stem}-memory.png"))
     md = markdown(doc)
-    (RESULTS / f"{stem}.md").write_text(md)
+    path.with_suffix(".md").write_text(md)
     print(md)
+    print(f"saved {path}")
 
 
 if __name__ == "__main__":

@@ -5,23 +5,19 @@ processes on a private topic, creates one tenant, then runs
 :func:`~benchmarks.suite.phases.end_to_end` exactly as the suite does: the
 pipeline's maximum (closed loop of write+read pairs), then 25/50/75 % of it.
 Prints the suite's write-to-visible table with the CPU-seconds per 1,000 pairs
-of every process, and writes ``results/<date>-visible.json``. For judging a
-change to the write → projection → read path in pairs, without the whole suite.
+of every process, and writes ``results/<date>-visible-<sizes>.json`` (with its
+commit). For judging a change to the write → projection → read path in pairs,
+without the whole suite.
 """
 
 from __future__ import annotations
 
-import asyncio
 import sys
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from benchmarks.suite import phases, report
-
-RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
 async def run(sizes: phases.Sizes) -> dict[str, Any]:
@@ -53,12 +49,8 @@ def cpu_lines(result: dict[str, Any]) -> list[str]:
 
 
 def main() -> None:
-    """Run the phase; print its table and write ``results/<date>-visible.json``."""
-    sizes = phases.sizes_from_args(__doc__)
-    result = asyncio.run(run(sizes))
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"{datetime.now(UTC):%Y-%m-%d}-visible.json"
-    report.write_json({"sizes": sizes.name, "end_to_end": result}, out)
+    """Run the phase; print its table and write ``results/<date>-visible-<sizes>.json``."""
+    result, out = phases.run_alone("visible", "end_to_end", __doc__, run)
     lines = [*report.end_to_end_lines(result), "", "CPU-seconds per 1,000 pairs:", "",
              *cpu_lines(result)]  # fmt: skip
     print("\n".join(lines))

@@ -135,7 +135,8 @@ CONSISTENCY = Param(
     "X-Consistency-Token",
     "header",
     {"type": "string"},
-    "a write's consistency_token: the read waits (at most 5 s) until it reflects that write",
+    "a write's consistency_token: the read waits (at most 5 s) until it reflects that write;"
+    " a token no write produced (malformed, or past the end of the log) is a 400",
 )
 IF_MATCH = Param(
     "If-Match",
@@ -160,7 +161,7 @@ TENANT_ERRORS = (*AUTH_ERRORS, 400, 404, 422)
 BODY_ERRORS = (*TENANT_ERRORS, 413, 415)
 
 _ERROR_TEXT = {
-    400: "malformed JSON or header",
+    400: "malformed JSON or header (a consistency token no write produced)",
     401: "missing, invalid or expired credentials",
     403: "credentials without the role, or for another tenant",
     404: "no such tenant or resource",
@@ -169,7 +170,8 @@ _ERROR_TEXT = {
     413: "the body or batch is over its limit",
     415: "a body type the route does not take",
     422: "schema or identifier violation (`errors` says where)",
-    429: "rate limited",
+    429: "rate limited: the tenant's bucket, its reads waiting for the projection, or too"
+    " many failed authentications from this address",
     503: "a dependency is unavailable, the projection did not catch up in time, or the"
     " process is answering its limit of requests (`EVENTFOLD_HTTP_MAX_IN_FLIGHT`)",
 }

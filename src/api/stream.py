@@ -151,7 +151,7 @@ async def _guard(request: web.Request, slot: StreamSlot) -> None:
     while True:
         await asyncio.sleep(every)
         try:
-            await authenticate(request, consistent=False)
+            await authenticate(request)
         except Unauthorized as exc:
             raise _StreamEnds(CREDENTIALS_ENDED, exc.detail) from None
         except Exception as exc:

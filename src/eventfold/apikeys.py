@@ -14,6 +14,11 @@ key id in the transaction that revokes it, and each process's
 :class:`ApiKeyDirectory` listens and drops the entry. While that listener is
 disconnected (a notification may be missed), entries live at most
 :data:`UNWATCHED_TTL` seconds, and reconnecting drops them all.
+
+Ids that name no key are remembered apart from the keys, in a bounded table
+of their own: a flood of made-up ids (each one a lookup, limited per client
+address by :mod:`eventfold.authlimit`) can push out only other made-up ids,
+never a key that works.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import logging
 import re
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -50,7 +56,9 @@ WATCHED_TTL = 60.0
 UNWATCHED_TTL = 1.0
 #: An unknown key id is looked up again after this long (a key being projected).
 _NEGATIVE_TTL = 1.0
-_MAX_CACHED = 10_000
+#: Keys (and ids that name none) remembered per process; past it the oldest goes.
+MAX_KNOWN = 10_000
+MAX_UNKNOWN = 10_000
 #: One lookup (acquire included); a listener ping.
 _LOOKUP_TIMEOUT = 5.0
 _PING_INTERVAL = 5.0
@@ -80,6 +88,13 @@ def parse_key(key: str) -> tuple[str, str] | None:
 def refused(detail: str) -> Unauthorized:
     """The 401 of a key that is missing, malformed, unknown or revoked."""
     return Unauthorized(detail, headers={"WWW-Authenticate": _CHALLENGE})
+
+
+class UnknownApiKey(Unauthorized):
+    """A well-formed key whose id the projection does not hold (yet: it may be projected soon)."""
+
+    def __init__(self) -> None:
+        super().__init__("unknown API key", headers={"WWW-Authenticate": _CHALLENGE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,11 +139,24 @@ _COLUMNS = "id, tenant, name, roles, secret_hash, created_at, revoked_at"
 class ApiKeyDirectory:
     """Checks ``X-API-Key`` values against the projection, caching what it learnt."""
 
-    def __init__(self, dsn: str, pool: asyncpg.Pool, *, watched_ttl: float = WATCHED_TTL) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        pool: asyncpg.Pool,
+        *,
+        watched_ttl: float = WATCHED_TTL,
+        max_known: int = MAX_KNOWN,
+        max_unknown: int = MAX_UNKNOWN,
+    ) -> None:
         self._dsn = dsn
         self._pool = pool
         self._watched_ttl = watched_ttl
-        self._cache: dict[str, tuple[float, StoredKey | None]] = {}
+        #: Looked-up keys (revoked ones too) and, apart, ids that named no key; each
+        #: by the time of its lookup, oldest first.
+        self._known: OrderedDict[str, tuple[float, StoredKey]] = OrderedDict()
+        self._unknown: OrderedDict[str, float] = OrderedDict()
+        self._max_known = max_known
+        self._max_unknown = max_unknown
         self._listening = False
         self._task: asyncio.Task[None] | None = None
         self._conn: asyncpg.Connection | None = None
@@ -148,7 +176,8 @@ class ApiKeyDirectory:
         """The principal of a valid, unrevoked ``key``; 401 otherwise.
 
         ``fresh`` skips the cache (after a consistency wait: the key may have
-        just been created or revoked).
+        just been created or revoked). A well-formed key whose id is unknown is
+        :class:`UnknownApiKey` (a 401 that a consistency wait may turn around).
         """
         parsed = parse_key(key)
         if parsed is None:
@@ -157,7 +186,10 @@ class ApiKeyDirectory:
         found = await self.lookup(key_id, fresh=fresh)
         # Compared even for an unknown id, so timing does not tell ids apart.
         expected = found.secret_hash if found is not None else hash_secret("")
-        if not hmac.compare_digest(expected, hash_secret(secret)) or found is None:
+        matches = hmac.compare_digest(expected, hash_secret(secret))
+        if found is None:
+            raise UnknownApiKey()
+        if not matches:
             raise refused("unknown API key")
         if found.revoked_at is not None:
             raise refused("the API key was revoked")
@@ -168,20 +200,24 @@ class ApiKeyDirectory:
     async def lookup(self, key_id: str, *, fresh: bool = False) -> StoredKey | None:
         """The key ``key_id`` (revoked or not), from the cache when recent enough."""
         now = time.monotonic()
-        hit = self._cache.get(key_id)
-        if hit is not None and not fresh:
-            at, found = hit
-            ttl = _NEGATIVE_TTL if found is None else self.ttl
-            if now - at < ttl:
-                return found
+        if not fresh:
+            hit = self._known.get(key_id)
+            if hit is not None and now - hit[0] < self.ttl:
+                return hit[1]
+            missed = self._unknown.get(key_id)
+            if missed is not None and now - missed < _NEGATIVE_TTL:
+                return None
         async with asyncio.timeout(_LOOKUP_TIMEOUT), self._pool.acquire() as conn:
             row = await conn.fetchrow(
                 f"SELECT {_COLUMNS} FROM eventfold.api_keys WHERE id = $1", key_id
             )
-        found = stored_key(row) if row is not None else None
-        if len(self._cache) >= _MAX_CACHED:
-            self._cache.clear()  # bounded: a reset beats an LRU at this size
-        self._cache[key_id] = (now, found)
+        if row is None:
+            self._known.pop(key_id, None)
+            _remember(self._unknown, key_id, now, self._max_unknown)
+            return None
+        found = stored_key(row)
+        self._unknown.pop(key_id, None)
+        _remember(self._known, key_id, (now, found), self._max_known)
         return found
 
     @property
@@ -191,7 +227,13 @@ class ApiKeyDirectory:
 
     def forget(self, key_id: str) -> None:
         """Drop ``key_id`` from the cache (it changed)."""
-        self._cache.pop(key_id, None)
+        self._known.pop(key_id, None)
+        self._unknown.pop(key_id, None)
+
+    def clear(self) -> None:
+        """Forget every key and unknown id (revocations may have been missed)."""
+        self._known.clear()
+        self._unknown.clear()
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         self.forget(payload)
@@ -207,7 +249,7 @@ class ApiKeyDirectory:
                     conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                     await conn.add_listener(APIKEY_CHANNEL, self._on_notify)
                 # Anything revoked while not listening is forgotten now.
-                self._cache.clear()
+                self.clear()
                 self._listening = True
                 delay = 0.2
                 while not lost.is_set():
@@ -226,6 +268,14 @@ class ApiKeyDirectory:
                         conn.terminate()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+def _remember(table: OrderedDict[str, Any], key: str, value: Any, limit: int) -> None:
+    """Put ``key`` last in ``table``, dropping the oldest entries past ``limit``."""
+    table[key] = value
+    table.move_to_end(key)
+    while len(table) > limit:
+        table.popitem(last=False)
 
 
 #: This process's key directory (set when the app starts).

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("eventfold.auth")
 
 ROLES = ("reader", "writer", "admin", "platform-admin")
+PLATFORM_ADMIN = "platform-admin"
 ALL_TENANTS = "*"
 #: A role implies every role before it: writer can read, admin can write.
 _RANK = {role: rank for rank, role in enumerate(ROLES)}
@@ -56,12 +57,19 @@ class Principal:
     @property
     def is_platform_admin(self) -> bool:
         """Platform admins (tenant ``*``) reach every tenant."""
-        return self.tenant == ALL_TENANTS and "platform-admin" in self.roles
+        return self.tenant == ALL_TENANTS and PLATFORM_ADMIN in self.roles
 
     def has_role(self, role: str) -> bool:
-        """Whether any granted role implies ``role``."""
+        """Whether any granted role implies ``role``.
+
+        ``platform-admin`` counts only with tenant ``*``: bound to one tenant it
+        grants nothing (not even that tenant's roles), wherever it is checked.
+        """
         need = _RANK[role]
-        return any(_RANK.get(r, -1) >= need for r in self.roles)
+        return any(_RANK.get(r, -1) >= need for r in self.roles if self._holds(r))
+
+    def _holds(self, role: str) -> bool:
+        return role != PLATFORM_ADMIN or self.tenant == ALL_TENANTS
 
     def require(self, role: str, tenant: str | None = None) -> None:
         """Raise 403 unless this principal holds ``role`` (for ``tenant``, if given)."""
@@ -237,6 +245,8 @@ def issue_token(
     unknown = sorted(set(roles) - set(ROLES))
     if unknown:
         raise ValueError(f"unknown roles: {', '.join(unknown)} (known: {', '.join(ROLES)})")
+    if PLATFORM_ADMIN in roles and tenant != ALL_TENANTS:
+        raise ValueError(f"{PLATFORM_ADMIN} is granted only with tenant '{ALL_TENANTS}'")
     if ttl_seconds <= 0:
         raise ValueError("ttl must be positive")
     issued = int(now if now is not None else time.time())

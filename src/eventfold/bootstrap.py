@@ -25,25 +25,30 @@ from redis.backoff import ExponentialBackoff
 from consumers.registry import PROCESSORS
 from eventfold import db, gctune, malloctrim
 from eventfold.auth import TokenVerifier
+from eventfold.authlimit import AUTH_LIMIT, AuthFailures, AuthLimit, trusted_networks
 from eventfold.cache import CACHE, RecordCache
 from eventfold.checkpoints import CheckpointWatcher
 from eventfold.cursors import CursorCodec
 from eventfold.faults import is_retriable
 from eventfold.health import HEALTH, Health
+from eventfold.logend import LogEnd
 from eventfold.metrics import Metrics
 from eventfold.settings import Settings
 from eventfold.tenancy import TenantDirectory, ensure_tenant_roles
 from eventfold.web import (
     ADMISSION,
     CURSORS,
+    LOG_END,
     METRICS,
     POOL,
     REDIS,
     SETTINGS,
     TENANTS,
     VERIFIER,
+    WAIT_SLOTS,
     WATCHER,
     Admission,
+    WaitSlots,
     compression_middleware,
     cors_middleware,
     essential,
@@ -79,8 +84,13 @@ def create_app(settings: Settings, parts: Parts | None = None) -> web.Applicatio
     app[METRICS] = Metrics()
     app[VERIFIER] = TokenVerifier.from_settings(settings)
     app[CURSORS] = CursorCodec(settings.jwt_secret)
-    app[HEALTH] = Health()
+    app[HEALTH] = Health(max_age=settings.health_cache_seconds)
     app[ADMISSION] = Admission(settings.http_max_in_flight)
+    app[WAIT_SLOTS] = WaitSlots(settings.consistency_waits_per_tenant)
+    app[AUTH_LIMIT] = AuthLimit(
+        AuthFailures(settings.auth_failure_burst, settings.auth_failure_per_second),
+        trusted_networks(settings.trusted_proxies),
+    )
     app.cleanup_ctx.append(_postgres_ctx)
     app.cleanup_ctx.append(_redis_ctx)
     app.cleanup_ctx.append(_watcher_ctx)
@@ -227,9 +237,12 @@ async def _watcher_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     await watcher.start()
     app[WATCHER] = watcher
+    # Connects to Kafka on the first token past the known end, not before.
+    log_end = app[LOG_END] = LogEnd(settings, app[METRICS])
     try:
         yield
     finally:
+        await log_end.close()
         await watcher.stop()
 
 

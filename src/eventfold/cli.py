@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from consumers.registry import PROCESSORS
-from eventfold.settings import Settings
+from eventfold.settings import Settings, SettingsError
 
 
 def _print_json(doc: Any) -> None:
@@ -76,7 +76,12 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     args = _parser().parse_args(argv)
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        # A usage error like argparse's: one line, exit status 2, no traceback.
+        print(f"eventfold: {exc}", file=sys.stderr)
+        return 2
     handler = {
         "run": _run,
         "serve": _serve,
@@ -119,13 +124,14 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
 
     url = f"http://{settings.http_host}:{settings.http_port}"
     lines = [f"eventfold: serving on {url} (API, ingest and processors in one process)"]
-    if not os.environ.get("EVENTFOLD_JWT_SECRET"):
+    if settings.mode == "dev" and not os.environ.get("EVENTFOLD_JWT_SECRET"):
         # The contract's dev default: a generated secret, shown so other tools can sign tokens.
         lines.append(
             f"eventfold: dev JWT secret (EVENTFOLD_JWT_SECRET, kept in var/jwt-secret): "
             f"{settings.jwt_secret}"
         )
-    if not args.no_token:
+    # A production log is read by more people than may hold a platform-admin token.
+    if settings.mode == "dev" and not args.no_token:
         dev = issue_token(
             settings.jwt_secret,
             tenant="*",

@@ -139,6 +139,31 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.consistency_waits_refused = Counter(
+            "eventfold_consistency_waits_refused_total",
+            "Reads answered 429 at once: their tenant had its limit of consistency waits.",
+            registry=r,
+        )
+        self.consistency_tokens_refused = Counter(
+            "eventfold_consistency_tokens_refused_total",
+            "Consistency tokens answered 400: they name positions past the end of the log.",
+            registry=r,
+        )
+        self.log_end_refreshes = Counter(
+            "eventfold_log_end_refreshes_total",
+            "Requests to Kafka for the end of the events topic (tokens past the known end).",
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "eventfold_auth_failures_total",
+            "Failed authentications (401, unknown webhook targets) counted per client address.",
+            registry=r,
+        )
+        self.auth_blocked = Counter(
+            "eventfold_auth_blocked_total",
+            "Requests answered 429 at once: their address failed authentication too often.",
+            registry=r,
+        )
         self.ratelimit_fail_open = Counter(
             "eventfold_ratelimit_fail_open_total",
             "Requests served without a rate limit check because Redis did not answer.",

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
 import re
 import secrets
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from eventfold.errors import PermanentError
+from eventfold.secretfiles import read_or_create
 from eventfold.settings import Settings
 
 _KEY_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
@@ -105,27 +105,17 @@ def dev_keyring(home: Path) -> Keyring:
 
     Production sets ``EVENTFOLD_SECRET_KEYS``; this spares a newcomer the step.
     """
-    path = home / "var" / "secret-keys"
-    try:
-        return Keyring.parse(path.read_text().strip())
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".secret-keys.{os.getpid()}")
-        tmp.write_text(new_key_spec("dev1"))
-        os.chmod(tmp, 0o600)
-        try:
-            # link() refuses to replace: of two processes starting at once, the
-            # first one's key wins and both read it back.
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
-        return Keyring.parse(path.read_text().strip())
+    return Keyring.parse(read_or_create(home / "var" / "secret-keys", lambda: new_key_spec("dev1")))
 
 
 def keyring(settings: Settings) -> Keyring:
-    """The process's keyring: ``EVENTFOLD_SECRET_KEYS`` (or its file), else the dev key."""
+    """The process's keyring: ``EVENTFOLD_SECRET_KEYS`` (or its file), else the dev key.
+
+    Production never makes a key of its own: each process (container) would seal
+    with a different one, and nothing sealed could be opened elsewhere or later.
+    """
     if settings.secret_keys:
         return Keyring.parse(settings.secret_keys)
+    if settings.mode != "dev":
+        raise SealError("EVENTFOLD_SECRET_KEYS is required in production mode")
     return dev_keyring(settings.home)

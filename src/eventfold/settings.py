@@ -3,20 +3,194 @@
 One frozen dataclass read once per process; every component receives the
 settings it needs instead of reading ``os.environ`` itself, so tests can build
 their own without touching the process environment.
+
+Every field is read from ``EVENTFOLD_<FIELD NAME>`` (fields marked
+:data:`INTERNAL` are not) and checked at start by pydantic against the field's
+type: a bad value raises :class:`SettingsError`, one line naming the variable
+and what it accepts, which the CLI prints before exiting with status 2. A new
+field needs nothing but its declaration; a constrained type (:data:`Port`,
+:data:`Seconds`, ...) also says what it accepts.
+
+Why not ``pydantic_settings.BaseSettings``: it would turn Settings into a
+pydantic model, while the components and tests build and copy it as a plain
+dataclass (``dataclasses.replace``), and it decodes list fields as JSON where
+ours are comma-separated. Its validation is pydantic's, which this uses on the
+dataclass itself (``TypeAdapter``); its reading of prefixed variables is
+:func:`_read_env`.
+
+The ``mode`` decides what a missing secret means. ``dev`` (the default in a
+source checkout: ``make run``) generates the JWT secret and the sealing key
+into ``var/``; ``production`` (the default of an installed package, set by the
+Docker image) refuses to start without ``EVENTFOLD_JWT_SECRET`` (at least 32
+bytes, no published or placeholder value) and ``EVENTFOLD_SECRET_KEYS``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import ipaddress
 import os
 import secrets
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BeforeValidator, Field, FilePath, TypeAdapter, ValidationError
 
 import eventfold
+from eventfold.errors import PermanentError
+from eventfold.secretfiles import read_or_create
 
 EVENTS_TOPIC = "eventfold.events"
 DLQ_TOPIC = "eventfold.events.dlq"
+PREFIX = "EVENTFOLD_"
+#: ``field(metadata=INTERNAL)``: a knob tests may set, not read from the environment.
+INTERNAL: Mapping[str, bool] = {"env": False}
+#: The JWT secret's least length in production (HS256 wants a key as long as its hash).
+MIN_SECRET_BYTES = 32
+#: Values once published as examples (docker-compose.yml before issue 21).
+KNOWN_SECRETS = frozenset({"dev-only-insecure-jwt-secret-change-me"})
+#: Words that mark a placeholder someone forgot to replace.
+PLACEHOLDER_WORDS = ("change-me", "changeme", "change_me", "replace-me", "insecure", "example")
+
+
+class SettingsError(PermanentError):
+    """A setting the process cannot start with; ``str()`` is the one line to show."""
+
+    def __init__(self, variable: str, problem: str, accepts: str) -> None:
+        super().__init__(f"{variable}: {problem}; it accepts {accepts}")
+        self.variable = variable
+        self.problem = problem
+        self.accepts = accepts
+
+
+@dataclass(frozen=True, slots=True)
+class Accepts:
+    """Annotation metadata: what a setting of this type accepts, in the error line."""
+
+    text: str
+
+
+def _comma_list(value: object) -> object:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+def _upper(value: object) -> object:
+    return value.upper() if isinstance(value, str) else value
+
+
+def _lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
+
+
+def _expand(value: object) -> object:
+    return Path(value).expanduser() if isinstance(value, str) else value
+
+
+def _url_with(*schemes: str) -> AfterValidator:
+    def check(value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in schemes or not (parts.netloc or parts.path):
+            raise ValueError(f"scheme must be one of {schemes}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _bootstrap_servers(value: str) -> str:
+    for server in value.split(","):
+        host, sep, port = server.strip().rpartition(":")
+        if not server.strip() or (sep and (not host or not port.isdigit())):
+            raise ValueError("host[:port],...")
+    return value
+
+
+def _networks(value: tuple[str, ...]) -> tuple[str, ...]:
+    for spec in value:
+        ipaddress.ip_network(spec, strict=False)  # ValueError names the bad one
+    return value
+
+
+def _keyring_spec(value: str) -> str:
+    if value:
+        from eventfold.sealing import Keyring, SealError  # sealing reads Settings
+
+        try:
+            Keyring.parse(value)
+        except SealError as exc:
+            raise ValueError(str(exc)) from None
+    return value
+
+
+# Setting types: the check and the words for what it accepts.
+Port = Annotated[int, Field(ge=0, le=65535), Accepts("a TCP port number (0-65535)")]
+Count = Annotated[int, Field(ge=0), Accepts("a whole number >= 0")]
+Positive = Annotated[int, Field(ge=1), Accepts("a whole number >= 1")]
+Seconds = Annotated[
+    float, Field(ge=0, allow_inf_nan=False), Accepts("seconds, a number >= 0 (fractions allowed)")
+]
+Rate = Annotated[float, Field(gt=0, allow_inf_nan=False), Accepts("a number > 0")]
+Flag = Annotated[bool, Accepts("true or false (also 1/0, yes/no, on/off)")]
+CommaList = Annotated[
+    tuple[str, ...], BeforeValidator(_comma_list), Accepts("a comma-separated list")
+]
+RetrySchedule = Annotated[
+    tuple[Annotated[float, Field(ge=0, allow_inf_nan=False)], ...],
+    BeforeValidator(_comma_list),
+    Field(min_length=1),
+    Accepts("seconds >= 0, comma-separated (fractions allowed, e.g. 0.2,0.5,1)"),
+]
+TopicName = Annotated[
+    str,
+    Field(pattern=r"^[A-Za-z0-9._-]{1,249}$"),
+    Accepts("a Kafka topic or group name: letters, digits, '.', '_', '-'"),
+]
+KeyFile = Annotated[
+    FilePath | None, BeforeValidator(_expand), Accepts("the path of an existing file")
+]
+LogLevel = Annotated[
+    Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+    BeforeValidator(_upper),
+    Accepts("one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
+]
+Mode = Annotated[
+    Literal["dev", "production"], BeforeValidator(_lower), Accepts("dev or production")
+]
+PostgresUrl = Annotated[
+    str, _url_with("postgresql", "postgres"), Accepts("a postgresql://user:password@host/db URL")
+]
+RedisUrl = Annotated[
+    str, _url_with("redis", "rediss", "unix"), Accepts("a redis://, rediss:// or unix:// URL")
+]
+HttpUrl = Annotated[str, _url_with("http", "https"), Accepts("an http:// or https:// URL")]
+Networks = Annotated[
+    tuple[str, ...],
+    BeforeValidator(_comma_list),
+    AfterValidator(_networks),
+    Accepts("IP addresses or CIDRs, comma-separated"),
+]
+BootstrapServers = Annotated[
+    str, AfterValidator(_bootstrap_servers), Accepts("host[:port] pairs, comma-separated")
+]
+KeyringSpec = Annotated[
+    str,
+    AfterValidator(_keyring_spec),
+    Accepts("id:base64key[,id:base64key...] with 32-byte keys, the first one sealing"),
+]
+
+
+def source_checkout() -> Path | None:
+    """The source checkout this package runs from (an editable install), else None."""
+    checkout = Path(eventfold.__file__).resolve().parents[2]
+    if (checkout / "infra").is_dir() and (checkout / "pyproject.toml").is_file():
+        return checkout
+    return None
 
 
 def project_home() -> Path:
@@ -28,26 +202,7 @@ def project_home() -> Path:
     override = os.environ.get("EVENTFOLD_HOME")
     if override:
         return Path(override).resolve()
-    checkout = Path(eventfold.__file__).resolve().parents[2]
-    if (checkout / "infra").is_dir() and (checkout / "pyproject.toml").is_file():
-        return checkout
-    return Path.home() / ".local" / "share" / "eventfold"
-
-
-def _split(value: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in value.split(",") if part.strip())
-
-
-def _path(value: str | None) -> Path | None:
-    return Path(value).expanduser() if value else None
-
-
-def _read_file(value: str | None) -> str:
-    return Path(value).expanduser().read_text().strip() if value else ""
-
-
-def _int_list(value: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in _split(value))
+    return source_checkout() or Path.home() / ".local" / "share" / "eventfold"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,12 +210,15 @@ class Settings:
     """Every knob of an Eventfold process; see CONTRACT.md for the public ones."""
 
     home: Path
+    #: ``dev`` generates missing secrets into ``var/``; ``production`` refuses to start
+    #: without them. Built directly (tests), settings are production: safe by default.
+    mode: Mode = "production"
     http_host: str = "127.0.0.1"
-    http_port: int = 8080
-    kafka_bootstrap: str = "127.0.0.1:9092"
-    database_url: str = "postgresql://eventfold:eventfold@127.0.0.1:5432/eventfold"
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    s3_endpoint: str = "http://127.0.0.1:9000"
+    http_port: Port = 8080
+    kafka_bootstrap: BootstrapServers = "127.0.0.1:9092"
+    database_url: PostgresUrl = "postgresql://eventfold:eventfold@127.0.0.1:5432/eventfold"
+    redis_url: RedisUrl = "redis://127.0.0.1:6379/0"
+    s3_endpoint: HttpUrl = "http://127.0.0.1:9000"
     s3_bucket: str = "eventfold-archive"
     s3_access_key: str = "eventfold"
     s3_secret_key: str = "eventfold-secret"  # noqa: S105 - local dev default only
@@ -69,93 +227,106 @@ class Settings:
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
     #: RS256: a PEM public key, and/or a JWKS file (keys picked by ``kid``).
-    jwt_public_key_file: Path | None = None
-    jwt_jwks_file: Path | None = None
+    jwt_public_key_file: KeyFile = None
+    jwt_jwks_file: KeyFile = None
     #: Clock skew tolerated on ``exp``/``iat``/``nbf``.
-    jwt_leeway_seconds: int = 30
+    jwt_leeway_seconds: Count = 30
     #: A tenant's token bucket when its ``limits`` do not say.
-    rate_limit_default_rps: float = 100.0
-    rate_limit_default_burst: int = 200
-    webhook_allow_hosts: tuple[str, ...] = ()
-    webhook_retry_schedule: tuple[int, ...] = (5, 30, 120, 600, 3600)
+    rate_limit_default_rps: Rate = 100.0
+    rate_limit_default_burst: Positive = 200
+    #: Failed authentications a client address may make at once, and per second after
+    #: that; past them its requests are 429 before any credential check (0: no limit).
+    auth_failure_burst: Count = 20
+    auth_failure_per_second: Rate = 1.0
+    #: Proxies (addresses or CIDRs) whose ``X-Forwarded-For`` names the client address.
+    trusted_proxies: Networks = ()
+    webhook_allow_hosts: CommaList = ()
+    webhook_retry_schedule: RetrySchedule = (5, 30, 120, 600, 3600)
     #: Deadline of one webhook delivery attempt (connect, send, read the answer).
-    webhook_timeout_seconds: float = 10.0
+    webhook_timeout_seconds: Seconds = 10.0
     #: Keys sealing secrets at rest (``id:base64key,...``, first seals; see
-    #: eventfold.sealing). Empty: a dev key file in ``var/``.
-    secret_keys: str = ""
+    #: eventfold.sealing), or ``EVENTFOLD_SECRET_KEYS_FILE``. Empty: a dev key
+    #: file in ``var/`` (dev mode only).
+    secret_keys: KeyringSpec = ""
     #: The sync runner (consumers/sync): how often it looks for due integrations,
     #: backoff after a failure (base * 2^n, capped, with jitter), the failures in
     #: a row that open the circuit and how long it stays open, and the bounds of
     #: one request (seconds, bytes, items) and of one run (pages, seconds).
-    sync_tick_seconds: float = 1.0
-    sync_backoff_base: float = 2.0
-    sync_backoff_cap: float = 300.0
-    sync_circuit_failures: int = 5
-    sync_circuit_seconds: float = 120.0
-    sync_request_timeout: float = 15.0
-    sync_max_response_bytes: int = 8 * 1024 * 1024
-    sync_max_page_items: int = 1000
-    sync_max_pages_per_run: int = 500
-    sync_max_run_seconds: float = 120.0
-    sync_concurrency: int = 4
+    sync_tick_seconds: Seconds = 1.0
+    sync_backoff_base: Seconds = 2.0
+    sync_backoff_cap: Seconds = 300.0
+    sync_circuit_failures: Positive = 5
+    sync_circuit_seconds: Seconds = 120.0
+    sync_request_timeout: Seconds = 15.0
+    sync_max_response_bytes: Positive = 8 * 1024 * 1024
+    sync_max_page_items: Positive = 1000
+    sync_max_pages_per_run: Positive = 500
+    sync_max_run_seconds: Seconds = 120.0
+    sync_concurrency: Positive = 4
     #: How long a claimed run holds its integration without progress (renewed per
     #: page); a crashed worker's integration is free again after it.
-    sync_lease_seconds: float = 60.0
-    events_topic: str = EVENTS_TOPIC
-    dlq_topic: str = DLQ_TOPIC
-    topic_partitions: int = 8
-    consumer_group_prefix: str = "eventfold"
-    max_body_bytes: int = 1024 * 1024
+    sync_lease_seconds: Seconds = 60.0
+    events_topic: TopicName = EVENTS_TOPIC
+    dlq_topic: TopicName = DLQ_TOPIC
+    topic_partitions: Positive = 8
+    consumer_group_prefix: TopicName = "eventfold"
+    max_body_bytes: int = field(default=1024 * 1024, metadata=INTERNAL)
     #: Requests one HTTP process answers at once; past it, 503 with ``Retry-After``
     #: at once (streams, health and metrics exempt). 0: no limit.
-    http_max_in_flight: int = 256
-    max_batch_events: int = 1000
+    http_max_in_flight: Count = 256
+    max_batch_events: int = field(default=1000, metadata=INTERNAL)
     #: Origins allowed by CORS (``*`` for any); empty turns CORS off.
-    cors_origins: tuple[str, ...] = ()
+    cors_origins: CommaList = ()
     #: Responses at least this large are gzip-compressed for clients that accept it.
-    compress_min_bytes: int = 1024
-    projector_batch_size: int = 2000
+    compress_min_bytes: Count = 1024
+    projector_batch_size: Positive = 2000
     #: Prepared statements kept per PostgreSQL connection. Each tenant's schema
     #: makes its own statement text, so this bounds how many tenants a batch can
     #: touch before statements are prepared again on every use.
-    pg_statement_cache_size: int = 1024
+    pg_statement_cache_size: Count = 1024
     #: Longest a tenant's statement or lock wait may take in a batch before the
     #: tenant is deferred (retried in the background) so the others go on.
-    projector_tenant_budget_ms: int = 2000
-    consistency_wait_seconds: float = 5.0
+    projector_tenant_budget_ms: Positive = 2000
+    consistency_wait_seconds: float = field(default=5.0, metadata=INTERNAL)
+    #: Reads of one tenant that may wait for a consistency token at once in one
+    #: process; past it, 429 at once (0: no limit).
+    consistency_waits_per_tenant: Count = 64
+    #: How long ``/health/ready`` answers from its last probe (0: probe every call).
+    health_cache_seconds: Seconds = 1.0
     #: The Redis record cache (reads Redis first); off makes every read go to PostgreSQL.
-    cache_enabled: bool = True
+    cache_enabled: Flag = True
     #: How long a cached record lives without a refresh: bounds staleness if one was missed.
-    cache_ttl_seconds: int = 3600
+    cache_ttl_seconds: Positive = 3600
     #: Deadline of each cache call to Redis; past it the call counts as a breaker failure.
-    cache_timeout_ms: int = 250
+    cache_timeout_ms: Positive = 250
     #: Consecutive failures that open the cache's circuit breaker, and its cooldown.
-    cache_breaker_failures: int = 3
-    cache_breaker_cooldown_seconds: float = 2.0
+    cache_breaker_failures: int = field(default=3, metadata=INTERNAL)
+    cache_breaker_cooldown_seconds: Seconds = 2.0
     #: SSE ``/stream``: a heartbeat comment this often, and the events (and bytes) a
     #: client may have waiting before it is disconnected as too slow.
-    stream_heartbeat_seconds: float = 15.0
-    stream_queue_max: int = 1000
-    stream_queue_max_bytes: int = 4 * 1024 * 1024
+    stream_heartbeat_seconds: Seconds = 15.0
+    stream_queue_max: Positive = 1000
+    stream_queue_max_bytes: Positive = 4 * 1024 * 1024
     #: Streams one tenant may have open across every API instance (429 past it); 0: no cap.
-    stream_max_per_tenant: int = 100
-    #: How often an open stream checks its credentials again (it ends once they are refused).
-    stream_recheck_seconds: float = 1.0
+    stream_max_per_tenant: Count = 100
+    #: How often an open stream checks its credentials again (it ends once they are
+    #: refused); a number > 0, as a rate's.
+    stream_recheck_seconds: Rate = 1.0
     #: An archive segment closes before it would pass this many (uncompressed) bytes,
     #: or once its records span this many seconds (see src/consumers/archiver).
-    archive_segment_bytes: int = 8 * 1024 * 1024
-    archive_segment_seconds: float = 300.0
+    archive_segment_bytes: Positive = 8 * 1024 * 1024
+    archive_segment_seconds: Seconds = 300.0
     #: Analytics (src/consumers/analytics): how long after a window closes a late event
     #: still counts, how long window results are kept, the least time between two
     #: copies to Redis, how often settled windows are pruned from the faust tables.
-    analytics_grace_seconds: int = 60
-    analytics_retention_1m_seconds: int = 2 * 86400
-    analytics_retention_1h_seconds: int = 35 * 86400
-    analytics_flush_ms: int = 200
-    analytics_prune_seconds: float = 60.0
-    log_level: str = "INFO"
+    analytics_grace_seconds: Count = 60
+    analytics_retention_1m_seconds: Positive = 2 * 86400
+    analytics_retention_1h_seconds: Positive = 35 * 86400
+    analytics_flush_ms: Count = 200
+    analytics_prune_seconds: Seconds = 60.0
+    log_level: LogLevel = "INFO"
     #: Which services the user pointed at their own instance (infra skips those).
-    external: frozenset[str] = field(default_factory=frozenset)
+    external: frozenset[str] = field(default_factory=frozenset, metadata=INTERNAL)
 
     @property
     def var_dir(self) -> Path:
@@ -164,11 +335,16 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Build settings from ``env`` (default: the process environment)."""
+        """Build and check settings from ``env`` (default: the process environment).
+
+        Raises :class:`SettingsError` for the first value that is not accepted,
+        and in production mode for a missing, short or published secret.
+        """
         env = os.environ if env is None else env
-        home = Path(env["EVENTFOLD_HOME"]).resolve() if "EVENTFOLD_HOME" in env else project_home()
-        d = cls(home=home)
-        external = frozenset(
+        values, origin = _read_env(env)
+        values.setdefault("home", str(project_home()))
+        values.setdefault("mode", "dev" if source_checkout() else "production")
+        values["external"] = frozenset(
             name
             for name, var in (
                 ("kafka", "EVENTFOLD_KAFKA_BOOTSTRAP"),
@@ -178,130 +354,117 @@ class Settings:
             )
             if env.get(var)
         )
-        return cls(
-            home=home,
-            http_host=env.get("EVENTFOLD_HTTP_HOST", d.http_host),
-            http_port=int(env.get("EVENTFOLD_HTTP_PORT", d.http_port)),
-            kafka_bootstrap=env.get("EVENTFOLD_KAFKA_BOOTSTRAP") or d.kafka_bootstrap,
-            database_url=env.get("EVENTFOLD_DATABASE_URL") or d.database_url,
-            redis_url=env.get("EVENTFOLD_REDIS_URL") or d.redis_url,
-            s3_endpoint=env.get("EVENTFOLD_S3_ENDPOINT") or d.s3_endpoint,
-            s3_bucket=env.get("EVENTFOLD_S3_BUCKET") or d.s3_bucket,
-            s3_access_key=env.get("EVENTFOLD_S3_ACCESS_KEY") or d.s3_access_key,
-            s3_secret_key=env.get("EVENTFOLD_S3_SECRET_KEY") or d.s3_secret_key,
-            s3_region=env.get("EVENTFOLD_S3_REGION") or d.s3_region,
-            jwt_secret=env.get("EVENTFOLD_JWT_SECRET") or _dev_jwt_secret(home),
-            jwt_issuer=env.get("EVENTFOLD_JWT_ISSUER") or None,
-            jwt_audience=env.get("EVENTFOLD_JWT_AUDIENCE") or None,
-            jwt_public_key_file=_path(env.get("EVENTFOLD_JWT_PUBLIC_KEY_FILE")),
-            jwt_jwks_file=_path(env.get("EVENTFOLD_JWT_JWKS_FILE")),
-            jwt_leeway_seconds=int(env.get("EVENTFOLD_JWT_LEEWAY_SECONDS", d.jwt_leeway_seconds)),
-            rate_limit_default_rps=float(
-                env.get("EVENTFOLD_RATE_LIMIT_DEFAULT_RPS", d.rate_limit_default_rps)
-            ),
-            rate_limit_default_burst=int(
-                env.get("EVENTFOLD_RATE_LIMIT_DEFAULT_BURST", d.rate_limit_default_burst)
-            ),
-            webhook_allow_hosts=_split(env.get("EVENTFOLD_WEBHOOK_ALLOW_HOSTS", "")),
-            secret_keys=env.get("EVENTFOLD_SECRET_KEYS")
-            or _read_file(env.get("EVENTFOLD_SECRET_KEYS_FILE")),
-            cors_origins=_split(env.get("EVENTFOLD_CORS_ORIGINS", "")),
-            sync_tick_seconds=float(env.get("EVENTFOLD_SYNC_TICK_SECONDS", d.sync_tick_seconds)),
-            sync_backoff_base=float(env.get("EVENTFOLD_SYNC_BACKOFF_BASE", d.sync_backoff_base)),
-            sync_backoff_cap=float(env.get("EVENTFOLD_SYNC_BACKOFF_CAP", d.sync_backoff_cap)),
-            sync_circuit_failures=int(
-                env.get("EVENTFOLD_SYNC_CIRCUIT_FAILURES", d.sync_circuit_failures)
-            ),
-            sync_circuit_seconds=float(
-                env.get("EVENTFOLD_SYNC_CIRCUIT_SECONDS", d.sync_circuit_seconds)
-            ),
-            sync_request_timeout=float(
-                env.get("EVENTFOLD_SYNC_REQUEST_TIMEOUT", d.sync_request_timeout)
-            ),
-            sync_max_response_bytes=int(
-                env.get("EVENTFOLD_SYNC_MAX_RESPONSE_BYTES", d.sync_max_response_bytes)
-            ),
-            sync_max_page_items=int(
-                env.get("EVENTFOLD_SYNC_MAX_PAGE_ITEMS", d.sync_max_page_items)
-            ),
-            sync_max_pages_per_run=int(
-                env.get("EVENTFOLD_SYNC_MAX_PAGES_PER_RUN", d.sync_max_pages_per_run)
-            ),
-            sync_max_run_seconds=float(
-                env.get("EVENTFOLD_SYNC_MAX_RUN_SECONDS", d.sync_max_run_seconds)
-            ),
-            sync_concurrency=int(env.get("EVENTFOLD_SYNC_CONCURRENCY", d.sync_concurrency)),
-            sync_lease_seconds=float(env.get("EVENTFOLD_SYNC_LEASE_SECONDS", d.sync_lease_seconds)),
-            compress_min_bytes=int(env.get("EVENTFOLD_COMPRESS_MIN_BYTES", d.compress_min_bytes)),
-            webhook_retry_schedule=_int_list(env["EVENTFOLD_WEBHOOK_RETRY_SCHEDULE"])
-            if env.get("EVENTFOLD_WEBHOOK_RETRY_SCHEDULE")
-            else d.webhook_retry_schedule,
-            webhook_timeout_seconds=float(
-                env.get("EVENTFOLD_WEBHOOK_TIMEOUT_SECONDS", d.webhook_timeout_seconds)
-            ),
-            events_topic=env.get("EVENTFOLD_EVENTS_TOPIC") or d.events_topic,
-            dlq_topic=env.get("EVENTFOLD_DLQ_TOPIC") or d.dlq_topic,
-            topic_partitions=int(env.get("EVENTFOLD_TOPIC_PARTITIONS", d.topic_partitions)),
-            consumer_group_prefix=env.get("EVENTFOLD_CONSUMER_GROUP_PREFIX")
-            or d.consumer_group_prefix,
-            projector_batch_size=int(
-                env.get("EVENTFOLD_PROJECTOR_BATCH_SIZE", d.projector_batch_size)
-            ),
-            pg_statement_cache_size=int(
-                env.get("EVENTFOLD_PG_STATEMENT_CACHE_SIZE", d.pg_statement_cache_size)
-            ),
-            projector_tenant_budget_ms=int(
-                env.get("EVENTFOLD_PROJECTOR_TENANT_BUDGET_MS", d.projector_tenant_budget_ms)
-            ),
-            cache_enabled=env.get("EVENTFOLD_CACHE_ENABLED", "true").lower()
-            not in ("0", "false", "no", "off"),
-            cache_ttl_seconds=int(env.get("EVENTFOLD_CACHE_TTL_SECONDS", d.cache_ttl_seconds)),
-            cache_timeout_ms=int(env.get("EVENTFOLD_CACHE_TIMEOUT_MS", d.cache_timeout_ms)),
-            cache_breaker_cooldown_seconds=float(
-                env.get(
-                    "EVENTFOLD_CACHE_BREAKER_COOLDOWN_SECONDS", d.cache_breaker_cooldown_seconds
+        try:
+            settings = _adapter().validate_python(values)
+        except ValidationError as exc:
+            raise _first_error(exc, values, origin) from None
+        settings = dataclasses.replace(settings, home=settings.home.resolve())
+        if not settings.jwt_secret:
+            if settings.mode != "dev":
+                raise SettingsError(
+                    "EVENTFOLD_JWT_SECRET", "unset in production mode", _SECRET_ACCEPTS
                 )
-            ),
-            stream_heartbeat_seconds=float(
-                env.get("EVENTFOLD_STREAM_HEARTBEAT_SECONDS", d.stream_heartbeat_seconds)
-            ),
-            stream_queue_max=int(env.get("EVENTFOLD_STREAM_QUEUE_MAX", d.stream_queue_max)),
-            stream_queue_max_bytes=int(
-                env.get("EVENTFOLD_STREAM_QUEUE_MAX_BYTES", d.stream_queue_max_bytes)
-            ),
-            stream_max_per_tenant=int(
-                env.get("EVENTFOLD_STREAM_MAX_PER_TENANT", d.stream_max_per_tenant)
-            ),
-            stream_recheck_seconds=float(
-                env.get("EVENTFOLD_STREAM_RECHECK_SECONDS", d.stream_recheck_seconds)
-            ),
-            http_max_in_flight=int(env.get("EVENTFOLD_HTTP_MAX_IN_FLIGHT", d.http_max_in_flight)),
-            analytics_grace_seconds=int(
-                env.get("EVENTFOLD_ANALYTICS_GRACE_SECONDS", d.analytics_grace_seconds)
-            ),
-            analytics_retention_1m_seconds=int(
-                env.get(
-                    "EVENTFOLD_ANALYTICS_RETENTION_1M_SECONDS", d.analytics_retention_1m_seconds
-                )
-            ),
-            analytics_retention_1h_seconds=int(
-                env.get(
-                    "EVENTFOLD_ANALYTICS_RETENTION_1H_SECONDS", d.analytics_retention_1h_seconds
-                )
-            ),
-            analytics_flush_ms=int(env.get("EVENTFOLD_ANALYTICS_FLUSH_MS", d.analytics_flush_ms)),
-            analytics_prune_seconds=float(
-                env.get("EVENTFOLD_ANALYTICS_PRUNE_SECONDS", d.analytics_prune_seconds)
-            ),
-            archive_segment_bytes=int(
-                env.get("EVENTFOLD_ARCHIVE_SEGMENT_BYTES", d.archive_segment_bytes)
-            ),
-            archive_segment_seconds=float(
-                env.get("EVENTFOLD_ARCHIVE_SEGMENT_SECONDS", d.archive_segment_seconds)
-            ),
-            log_level=env.get("EVENTFOLD_LOG_LEVEL", d.log_level).upper(),
-            external=external,
+            settings = dataclasses.replace(settings, jwt_secret=_dev_jwt_secret(settings.home))
+        if settings.mode == "production":
+            _check_production(settings)
+        return settings
+
+
+_SECRET_ACCEPTS = (
+    f"a random secret of at least {MIN_SECRET_BYTES} bytes in production "
+    "(make one with: openssl rand -hex 32)"
+)
+_KEYS_ACCEPTS = (
+    "id:base64key[,id:base64key...] in production "
+    '(make one with: echo "k1:$(openssl rand -base64 32)")'
+)
+
+
+def _check_production(settings: Settings) -> None:
+    """Production refuses secrets anyone could know and sealing keys of its own making."""
+    secret = settings.jwt_secret
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        raise SettingsError(
+            "EVENTFOLD_JWT_SECRET", f"only {len(secret.encode())} bytes long", _SECRET_ACCEPTS
         )
+    lowered = secret.lower()
+    if secret in KNOWN_SECRETS or any(word in lowered for word in PLACEHOLDER_WORDS):
+        raise SettingsError(
+            "EVENTFOLD_JWT_SECRET", "a published example or placeholder value", _SECRET_ACCEPTS
+        )
+    if not settings.secret_keys:
+        # Each process would seal with a key of its own: secrets unreadable elsewhere.
+        raise SettingsError("EVENTFOLD_SECRET_KEYS", "unset in production mode", _KEYS_ACCEPTS)
+
+
+@functools.cache
+def _env_variables() -> dict[str, str]:
+    """Field name -> the variable it is read from."""
+    return {
+        f.name: PREFIX + f.name.upper()
+        for f in dataclasses.fields(Settings)
+        if f.metadata.get("env", True)
+    }
+
+
+def _read_env(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Raw values of the variables that are set (empty counts as unset), and their names."""
+    values: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for name, var in _env_variables().items():
+        raw = env.get(var, "").strip()
+        if raw:
+            values[name] = raw
+            origin[name] = var
+    keys_var = PREFIX + "SECRET_KEYS_FILE"
+    keys_file = env.get(keys_var, "").strip()
+    if keys_file and "secret_keys" not in values:
+        origin["secret_keys"] = keys_var
+        try:
+            values["secret_keys"] = Path(keys_file).expanduser().read_text().strip()
+        except OSError as exc:
+            raise SettingsError(
+                keys_var,
+                f"cannot read {keys_file} ({exc.strerror})",
+                "the path of a readable file holding id:base64key[,id:base64key...]",
+            ) from None
+    return values, origin
+
+
+@functools.cache
+def _adapter() -> TypeAdapter[Settings]:
+    return TypeAdapter(Settings)
+
+
+@functools.cache
+def _accepts_by_field() -> dict[str, str]:
+    """What each field accepts: its type's :class:`Accepts`, else words for the plain type."""
+    plain = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}
+    hints = typing.get_type_hints(Settings, include_extras=True)
+    found: dict[str, str] = {}
+    for name, hint in hints.items():
+        marks = [m for m in getattr(hint, "__metadata__", ()) if isinstance(m, Accepts)]
+        base = typing.get_args(hint)[0] if marks or hasattr(hint, "__metadata__") else hint
+        found[name] = marks[0].text if marks else plain.get(base, "another value")
+    return found
+
+
+#: Variables whose value is never echoed in an error line (it may be a credential).
+_SENSITIVE = ("SECRET", "KEY", "PASSWORD", "TOKEN", "URL", "CREDENTIAL")
+
+
+def _first_error(
+    exc: ValidationError, values: Mapping[str, Any], origin: Mapping[str, str]
+) -> SettingsError:
+    error = exc.errors(include_url=False)[0]
+    name = str(error["loc"][0]) if error["loc"] else "home"
+    variable = origin.get(name) or _env_variables().get(name, PREFIX + name.upper())
+    raw = values.get(name)
+    if isinstance(raw, str) and not any(word in variable for word in _SENSITIVE):
+        problem = f"{raw[:60]!r} is not valid"
+    else:
+        problem = "the value is not valid"
+    return SettingsError(variable, problem, _accepts_by_field().get(name, "another value"))
 
 
 def _dev_jwt_secret(home: Path) -> str:
@@ -309,20 +472,4 @@ def _dev_jwt_secret(home: Path) -> str:
 
     Production sets ``EVENTFOLD_JWT_SECRET``; this only spares a newcomer the step.
     """
-    path = home / "var" / "jwt-secret"
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".jwt-secret.{os.getpid()}")
-        tmp.write_text(secrets.token_urlsafe(48))
-        os.chmod(tmp, 0o600)
-        try:
-            # link() fails when the file exists: of two processes starting at
-            # once, the first one's secret wins and both read it back.
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
-        return path.read_text().strip()
+    return read_or_create(home / "var" / "jwt-secret", lambda: secrets.token_urlsafe(48))

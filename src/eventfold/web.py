@@ -7,12 +7,13 @@ problem+json, request ids, metrics, authentication and JSON body helpers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import asyncpg
@@ -22,8 +23,9 @@ from aiohttp.typedefs import Middleware
 from redis.asyncio import Redis
 
 from eventfold import faults, ids
-from eventfold.apikeys import API_KEYS
+from eventfold.apikeys import API_KEYS, UnknownApiKey
 from eventfold.auth import Principal, TokenVerifier
+from eventfold.authlimit import AUTH_LIMIT
 from eventfold.checkpoints import CheckpointWatcher
 from eventfold.consistency import decode
 from eventfold.cursors import CursorCodec
@@ -41,6 +43,7 @@ from eventfold.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
+from eventfold.logend import LogEnd
 from eventfold.logs import correlation_id
 from eventfold.metrics import Metrics
 from eventfold.ratelimit import DECISION_KEY, RATE_LIMITER
@@ -56,6 +59,7 @@ REDIS = web.AppKey("redis", Redis)
 VERIFIER = web.AppKey("verifier", TokenVerifier)
 TENANTS = web.AppKey("tenants", TenantDirectory)
 WATCHER = web.AppKey("watcher", CheckpointWatcher)
+LOG_END = web.AppKey("log_end", LogEnd)
 CURSORS = web.AppKey("cursors", CursorCodec)
 
 #: Every request ends within this many seconds (503 past it), unless its handler is
@@ -101,6 +105,44 @@ class Admission:
 
 
 ADMISSION = web.AppKey("admission", Admission)
+
+
+@dataclass(slots=True)
+class WaitSlots:
+    """Consistency waits in flight per tenant, at most ``limit`` each (0: no limit).
+
+    A wait holds its request (and its in-flight slot) for up to
+    ``consistency_wait_seconds``: without a cap, one tenant's reads carrying
+    tokens the projection is slow to reach could hold every slot of the process.
+    Waits whose tenant is not known yet (an API key not projected yet) share the
+    entry ``""``.
+    """
+
+    limit: int
+    taken: dict[str, int] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def take(self, tenant: str) -> Iterator[None]:
+        """Hold one of ``tenant``'s slots; :class:`TooManyRequests` when none is free."""
+        held = self.taken.get(tenant, 0)
+        if self.limit and held >= self.limit:
+            raise TooManyRequests(
+                f"{self.limit} reads of this tenant are already waiting for the projection; "
+                "retry shortly",
+                headers={"Retry-After": "1"},
+            )
+        self.taken[tenant] = held + 1
+        try:
+            yield
+        finally:
+            left = self.taken[tenant] - 1
+            if left:
+                self.taken[tenant] = left
+            else:
+                del self.taken[tenant]
+
+
+WAIT_SLOTS = web.AppKey("wait_slots", WaitSlots)
 
 
 def json_response(
@@ -213,9 +255,25 @@ def compression_middleware(min_bytes: int) -> Middleware:
 
 
 async def _admit(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Answer within the process's limit of requests in flight (:class:`Admission`)."""
+    """Answer within the process's limit of requests in flight (:class:`Admission`).
+
+    An address that failed authentication too often is answered 429 first, before
+    it takes a slot (:mod:`eventfold.authlimit`).
+    """
     admission = request.app.get(ADMISSION)
     route = request.match_info.handler
+    limit = request.app.get(AUTH_LIMIT)
+    if limit is not None and limit.failures.tracking and not getattr(route, _ESSENTIAL, False):
+        retry = limit.failures.retry_after(limit.address(request))
+        if retry is not None:
+            request.app[METRICS].auth_blocked.inc()
+            return problem_response(
+                TooManyRequests(
+                    "too many failed authentications from this address; retry later",
+                    headers={"Retry-After": str(retry)},
+                ),
+                request,
+            )
     if (
         admission is None
         or not admission.limit
@@ -243,6 +301,8 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         async with asyncio.timeout(request.app.get(REQUEST_DEADLINE, DEFAULT_REQUEST_DEADLINE)):
             return await handler(request)
     except Problem as problem:
+        if isinstance(problem, Unauthorized):
+            auth_failed(request)
         return problem_response(problem, request)
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -260,14 +320,29 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         return problem_response(Problem("an internal error occurred"), request)
 
 
-async def authenticate(request: web.Request, *, consistent: bool = True) -> Principal:
+def auth_failed(request: web.Request) -> None:
+    """Count a failed authentication against the request's client address."""
+    limit = request.app.get(AUTH_LIMIT)
+    if limit is not None and limit.failures.enabled:
+        request.app[METRICS].auth_failures.inc()
+        limit.failures.failed(limit.address(request))
+
+
+#: An API key accepted from this process's cache while the request carries a
+#: consistency token: checked again (fresh) once the wait is over.
+_RECHECK_KEY = web.RequestKey("recheck_api_key", str)
+
+
+async def authenticate(request: web.Request) -> Principal:
     """The caller from ``Authorization: Bearer`` or ``X-API-Key``; 401 when missing or invalid.
 
-    A bearer token wins when both are sent. With ``X-Consistency-Token``, an
-    API key is checked after the projection reflects that token (fresh, not
-    cached): a key just created works, a key just revoked is refused.
-    ``consistent=False`` skips that wait: a check again of credentials accepted
-    before (a stream's, every second), as current as any new request's.
+    A bearer token wins when both are sent. Credentials are checked before any
+    wait: only a well-formed API key whose id is unknown (it may have been
+    created by the write whose ``X-Consistency-Token`` the request carries) waits
+    for the projection, in the shared slots of :class:`WaitSlots`, and is then
+    looked up again; a token that no write produced leaves it a 401. A key
+    accepted from the cache is checked again after the tenant's wait
+    (:func:`authorize_tenant`), so a key revoked by that write is refused.
     """
     header = request.headers.get("Authorization", "")
     api_key = request.headers.get("X-API-Key")
@@ -275,10 +350,18 @@ async def authenticate(request: web.Request, *, consistent: bool = True) -> Prin
         directory = request.app.get(API_KEYS)
         if directory is None:
             raise Unauthorized("API keys are not accepted by this server")
-        if consistent and request.headers.get("X-Consistency-Token"):
-            await wait_for_consistency(request)
+        if not request.headers.get("X-Consistency-Token"):
+            return await directory.authenticate(api_key)
+        try:
+            principal = await directory.authenticate(api_key)
+        except UnknownApiKey as unknown:
+            try:
+                await wait_for_consistency(request)
+            except BadRequest:
+                raise unknown from None
             return await directory.authenticate(api_key, fresh=True)
-        return await directory.authenticate(api_key)
+        request[_RECHECK_KEY] = api_key
+        return principal
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("a bearer token or an API key is required")
@@ -290,7 +373,8 @@ async def authorize_tenant(request: web.Request, role: str) -> tuple[Principal, 
 
     Order matters: credentials (401), then role and tenant match (403), then the
     identifier (422), then the tenant's rate limit (429, before any wait), then
-    existence (404 for platform admins, 403 for others).
+    the consistency token (400, 429 past the tenant's waits, 503 past the wait),
+    then existence (404 for platform admins, 403 for others).
     """
     principal = await authenticate(request)
     tenant_id = request.match_info["tenant"]
@@ -298,8 +382,12 @@ async def authorize_tenant(request: web.Request, role: str) -> tuple[Principal, 
     ids.check("tenant", tenant_id)
     tenant = await request.app[TENANTS].get(tenant_id)
     if tenant is not None and principal.tenant == tenant.id:
-        await _rate_limit(request, tenant)
+        await rate_limit(request, tenant)
     await wait_for_consistency(request, tenant_id)
+    recheck = request.get(_RECHECK_KEY)
+    if recheck is not None:
+        principal = await request.app[API_KEYS].authenticate(recheck, fresh=True)
+        principal.require(role, tenant_id)
     if tenant is None:
         tenant = await request.app[TENANTS].get(tenant_id)
     if tenant is None:
@@ -309,7 +397,7 @@ async def authorize_tenant(request: web.Request, role: str) -> tuple[Principal, 
     return principal, tenant
 
 
-async def _rate_limit(request: web.Request, tenant: Tenant) -> None:
+async def rate_limit(request: web.Request, tenant: Tenant) -> None:
     """Take a token of the tenant's bucket (its own credentials only; platform admins
     are not the tenant's traffic); 429 when empty. Redis down: served, counted."""
     limiter = request.app.get(RATE_LIMITER)
@@ -331,21 +419,58 @@ async def wait_for_consistency(request: web.Request, tenant: str | None = None) 
     """Honour ``X-Consistency-Token``: wait (at most the configured time) for the projection.
 
     With ``tenant``, also for that tenant's events deferred past the checkpoints.
+    A malformed token, or one naming positions past the end of the log, is a 400
+    (at once: the end is checked while the wait runs, see :mod:`eventfold.logend`);
+    past the tenant's limit of concurrent waits, a 429 at once.
     """
     token = request.headers.get("X-Consistency-Token")
     if not token:
         return
     required = decode(token)
     app = request.app
-    started = time.perf_counter()
+    watcher = app[WATCHER]
     within = app[SETTINGS].consistency_wait_seconds
-    if tenant is None:
-        ok = await app[WATCHER].wait_for(required, within)
-    else:
-        ok = await app[WATCHER].wait_for_tenant(tenant, required, within)
-    app[METRICS].consistency_waits.observe(time.perf_counter() - started)
+    slots = app.get(WAIT_SLOTS)
+    with slots.take(tenant or "") if slots is not None else contextlib.nullcontext():
+        started = time.perf_counter()
+        if tenant is None:
+            waiting = watcher.wait_for(required, within)
+        else:
+            waiting = watcher.wait_for_tenant(tenant, required, within)
+        ok = await _unless_past_the_end(app, waiting, required, watcher.positions)
+        app[METRICS].consistency_waits.observe(time.perf_counter() - started)
     if not ok:
         raise Unavailable("the projection has not caught up with this token yet", retry_after=1)
+
+
+async def _unless_past_the_end(
+    app: web.Application,
+    waiting: Awaitable[bool],
+    required: Mapping[int, int],
+    committed: Mapping[int, int],
+) -> bool:
+    """The wait's outcome, unless the log's end shows the token forged first (a 400).
+
+    The end is checked alongside the wait, not before it: a token just written
+    usually exceeds the cached end, and its read should not pay a Kafka round
+    trip on top of the projection's.
+    """
+    log_end = app.get(LOG_END)
+    if log_end is None or log_end.covers(required, committed):
+        return await waiting
+    wait = asyncio.ensure_future(waiting)
+    check = asyncio.ensure_future(log_end.verify(required, committed))
+    try:
+        await asyncio.wait((wait, check), return_when=asyncio.FIRST_COMPLETED)
+        if check.done():
+            check.result()  # raises BadRequest for a forged token
+        return await wait
+    finally:
+        for task in (wait, check):
+            if not task.done():
+                task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.gather(wait, check, return_exceptions=True)
 
 
 #: The deepest nesting of arrays and objects a request body may have (the outermost

@@ -13,7 +13,7 @@ from aiohttp import web
 from eventfold.faults import is_retriable
 from eventfold.health import HEALTH
 from eventfold.kafka import INGEST_REQUEST_TIMEOUT_MS, make_producer
-from eventfold.web import METRICS, REDIS, SETTINGS
+from eventfold.web import LOG_END, METRICS, REDIS, SETTINGS
 from producers import apikeys, integrations, routes, webhooks
 from producers.publisher import Publisher, SendPolicy
 
@@ -42,6 +42,7 @@ async def _publisher_ctx(app: web.Application) -> AsyncIterator[None]:
         app[METRICS],
         topic=settings.events_topic,
         policy=app.get(SEND_POLICY),
+        on_acked=app[LOG_END].saw if LOG_END in app else None,
     )
     delay = 0.5
     for attempt in range(1, 31):

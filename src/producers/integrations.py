@@ -12,7 +12,10 @@ asks the runner for a run now (202).
 the integration's ``webhook_secret``), not authenticated by a token: a bad or
 stale signature is 401; the body ``{"items": [...]}`` is handled as a page and
 answered 200 only after Kafka acknowledged its events. A ``webhook-id`` seen
-before (Redis, 24 h) is answered 200 again without publishing.
+before (Redis, 24 h) is answered 200 again without publishing. A bad signature
+and an integration that does not exist count as failed authentications of the
+client address (:mod:`eventfold.authlimit`); a verified webhook takes a token
+of its tenant's rate limit, as the tenant's own requests do.
 """
 
 from __future__ import annotations
@@ -61,9 +64,12 @@ from eventfold.web import (
     POOL,
     REDIS,
     SETTINGS,
+    TENANTS,
+    auth_failed,
     authorize_tenant,
     json_response,
     parse_json,
+    rate_limit,
     read_body,
     read_json,
 )
@@ -198,7 +204,7 @@ register(
         params=(TENANT, _ID_PARAM, *_WEBHOOK_HEADERS),
         body=dict[str, list[dict[str, Any]]],
         replies=(Reply(200, "the items are published and acknowledged", WebhookAcceptedOut),),
-        errors=(400, 401, 404, 413, 422, 503),
+        errors=(400, 401, 404, 413, 422, 429, 503),
         secured=False,
         description="Verified with the integration's `webhook_secret` (Standard Webhooks); "
         "body `{\"items\": [...]}` is handled as one page.",
@@ -386,9 +392,13 @@ async def request_sync(request: web.Request) -> web.Response:
 async def inbound_webhook(request: web.Request) -> web.Response:
     """``POST …/integrations/{id}/webhook``: a signed page of items from the third party."""
     tenant = request.match_info["tenant"]
-    if not ids.is_valid("tenant", tenant):
-        raise NotFound("no such integration")
-    row = await _stored(request, tenant)
+    try:
+        if not ids.is_valid("tenant", tenant):
+            raise NotFound("no such integration")
+        row = await _stored(request, tenant)
+    except NotFound:
+        auth_failed(request)  # an unauthenticated lookup that found nothing
+        raise
     body = await read_body(request)  # the signature covers the raw bytes
     try:
         secret = keyring(request.app[SETTINGS]).open(
@@ -399,6 +409,9 @@ async def inbound_webhook(request: web.Request) -> web.Response:
         log.error("webhook secret cannot be opened", extra={"integration": row["id"]})
         raise signing.SignatureInvalid("the integration's webhook secret is unusable") from None
     msg_id = signing.verify(secret.decode(), request.headers, body)
+    owner = await request.app[TENANTS].get(tenant)
+    if owner is not None:
+        await rate_limit(request, owner)
     redis = request.app.get(REDIS)
     dedup_key = f"ef:{tenant}:integration-webhook:{row['id']}:{msg_id[:200]}"
     if redis is not None:

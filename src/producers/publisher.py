@@ -26,7 +26,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +49,8 @@ from eventfold.redispipe import AutoPipeline
 log = logging.getLogger("eventfold.publisher")
 
 ProducerFactory = Callable[[], AIOKafkaProducer]
+#: Told the ``(partition, offset)`` of every event Kafka acknowledged.
+AckListener = Callable[[Iterable[tuple[int, int]]], None]
 
 #: Publishes of at least this many new events go out as one record batch per
 #: partition (:mod:`eventfold.kafkabatch`); fewer share the producer's open batches.
@@ -122,8 +124,11 @@ class Publisher:
         *,
         topic: str,
         policy: SendPolicy | None = None,
+        on_acked: AckListener | None = None,
     ) -> None:
         self._factory = factory
+        #: Learns where the log reaches (eventfold.logend), without asking Kafka.
+        self._on_acked = on_acked
         #: Dedup commands share the process's pipeline with other requests' commands.
         self._pipe = AutoPipeline.shared(redis) if redis is not None else None
         self._metrics = metrics
@@ -283,6 +288,8 @@ class Publisher:
                 delay *= 2
         for type_, n in Counter(ev.type for ev in events).items():
             self._metrics.events_published.labels(type_).inc(n)
+        if self._on_acked is not None:
+            self._on_acked(positions)
         return {
             ev.id: Published(ev.id, partition, offset, False)
             for ev, (partition, offset) in zip(events, positions, strict=True)

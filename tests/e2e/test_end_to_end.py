@@ -17,6 +17,7 @@ import pytest
 
 from eventfold.auth import issue_token
 from eventfold.consistency import decode, encode
+from eventfold.sealing import new_key_spec
 from eventfold.settings import Settings
 from tests.conftest import free_port, new_tenant_id, wait_until_ready
 
@@ -141,6 +142,32 @@ async def test_all_in_one_process(session: aiohttp.ClientSession, settings: Sett
     assert "dev platform-admin token" in out
     # The secret came from the environment, so it is not echoed.
     assert settings.jwt_secret not in out
+
+
+@pytest.mark.usefixtures("stack")
+async def test_production_run_prints_no_credential(
+    session: aiohttp.ClientSession, settings: Settings
+) -> None:
+    port = free_port()
+    keys = new_key_spec("k1")
+    production = {
+        **env_for(settings, port),
+        "EVENTFOLD_MODE": "production",
+        "EVENTFOLD_JWT_SECRET": "5e" * 32,
+        "EVENTFOLD_SECRET_KEYS": keys,
+    }
+    with process("run", env=production) as proc:
+        base = f"http://127.0.0.1:{port}"
+        await wait_until_ready(session, base, proc)
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 20) == 0
+        out = proc.stdout.read().decode() if proc.stdout else ""
+    assert f"serving on {base}" in out
+    # Logs are read by more people than may hold a platform-admin token.
+    assert "platform-admin token" not in out
+    assert "eyJ" not in out  # no JWT at all
+    assert "5e" * 32 not in out
+    assert keys.split(":")[1] not in out
 
 
 @pytest.mark.usefixtures("stack")

@@ -14,6 +14,9 @@ import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient
 
+from eventfold.apikeys import WATCHED_TTL, ApiKeyDirectory
+from eventfold.db import create_pool
+from eventfold.errors import Unauthorized
 from eventfold.settings import Settings
 from tests.integration.conftest import READ_API, Api, TenantApi, serving
 
@@ -274,3 +277,37 @@ async def test_projection_stores_no_secret(tenant: TenantApi, stack: Settings) -
     assert row is not None
     assert row["tenant"] == tenant.id
     assert created["key"].split("_", 2)[2] not in str(dict(row))
+
+
+async def test_known_keys_survive_a_flood_of_unknown_keys(
+    tenant: TenantApi, stack: Settings
+) -> None:
+    created = await create_key(tenant)
+    await tenant.read("", created["consistency_token"])  # projected
+    pool = await create_pool(stack.database_url, max_size=4)
+    directory = ApiKeyDirectory(stack.database_url, pool)
+    await directory.start()
+    try:
+        # Listening (connecting forgets every cached key): a checked key is kept a minute.
+        deadline = time.monotonic() + 30
+        while directory.ttl != WATCHED_TTL:
+            assert time.monotonic() < deadline, "the key listener did not connect"
+            await asyncio.sleep(0.05)
+        principal = await directory.authenticate(created["key"])
+        assert principal.tenant == tenant.id
+
+        # More made-up key ids than the directory remembers of anything (10,000) ...
+        limit = asyncio.Semaphore(4)
+
+        async def unknown(i: int) -> None:
+            async with limit:
+                with pytest.raises(Unauthorized):
+                    await directory.authenticate(f"efk_{i:016x}_{'A' * 43}")
+
+        await asyncio.gather(*(unknown(i) for i in range(10_050)))
+        # ... and the known key is still answered from memory: the database is gone.
+        await pool.close()
+        assert await directory.authenticate(created["key"]) == principal
+    finally:
+        await directory.stop()
+        pool.terminate()

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
+import jwt
 import pytest
 
 from eventfold.auth import issue_token
+from tests.conftest import new_tenant_id
 from tests.integration.conftest import Api, TenantApi
 
 R = "/collections/things/records"
@@ -76,3 +80,26 @@ async def test_platform_admin_reads_any_tenant(api: Api, tenant: TenantApi) -> N
 async def test_invalid_tenant_id_is_422_for_platform_admin(api: Api) -> None:
     resp = await api.request("GET", "/v1/tenants/Bad;Drop")
     assert resp.status == 422
+
+
+async def test_platform_admin_bound_to_a_tenant_is_no_platform_admin(
+    api: Api, tenant: TenantApi
+) -> None:
+    # `eventfold token` refuses to sign this, but any holder of the key could.
+    claims = {
+        "sub": "mallory",
+        "tenant": tenant.id,
+        "roles": ["platform-admin"],
+        "exp": int(time.time()) + 600,
+    }
+    headers = {"Authorization": f"Bearer {jwt.encode(claims, api.settings.jwt_secret)}"}
+    resp = await api.client.post(
+        "/v1/tenants", json={"id": new_tenant_id(), "name": "forged"}, headers=headers
+    )
+    assert resp.status == 403, await resp.text()
+    assert resp.content_type == "application/problem+json"
+    assert "platform-admin" in (await resp.json(content_type=None))["detail"]
+    # Nor does the role stand in for the tenant's own roles.
+    for method, rest in (("GET", R), ("PUT", f"{R}/x"), ("GET", "/api-keys")):
+        resp = await api.client.request(method, tenant.path(rest), json={}, headers=headers)
+        assert resp.status == 403, (method, rest, await resp.text())

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from tests.integration.conftest import SESSION_PROCESSORS, Api, TenantApi
+import asyncio
+import dataclasses
+
+from eventfold.health import HEALTH
+from eventfold.settings import Settings
+from tests.integration.conftest import READ_API, SESSION_PROCESSORS, Api, TenantApi, serving
 
 
 async def test_health(api: Api) -> None:
@@ -50,3 +55,25 @@ async def test_request_id_is_echoed_or_made(api: Api) -> None:
     resp = await api.client.get("/health/live", headers={"X-Request-ID": "bad id\u00e9"})
     assert resp.headers["X-Request-ID"] != "bad id"
     assert len(resp.headers["X-Request-ID"]) == 32
+
+
+async def test_readiness_is_served_from_a_cached_probe(stack: Settings) -> None:
+    settings = dataclasses.replace(stack, health_cache_seconds=3600.0)
+    async with serving(settings, READ_API) as client:
+        health = client.app[HEALTH]
+        calls = 0
+
+        async def counted() -> None:
+            nonlocal calls
+            calls += 1
+
+        health.add("counted", counted, critical=False)
+        answers = await asyncio.gather(*(client.get("/health/ready") for _ in range(20)))
+        answers += [await client.get("/health/ready") for _ in range(10)]
+        for resp in answers:
+            doc = await resp.json()
+            assert resp.status == 200
+            assert doc["checks"]["counted"] == {"status": "ok"}
+            assert doc["checks"]["postgres"] == {"status": "ok"}
+        # Thirty answers, one probe of each dependency (and one SELECT 1).
+        assert calls == 1

@@ -10,7 +10,6 @@ from typing import Any
 import pytest_asyncio
 from aiohttp.test_utils import TestClient
 
-from eventfold import consistency
 from eventfold.settings import Settings
 from eventfold.web import ADMISSION, METRICS
 from tests.integration.conftest import READ_API, TenantApi, serving
@@ -18,8 +17,14 @@ from tests.integration.conftest import READ_API, TenantApi, serving
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def small(stack: Settings) -> AsyncIterator[TestClient[Any, Any]]:
-    """The read API alone, answering at most two requests at once."""
-    settings = dataclasses.replace(stack, http_max_in_flight=2, consistency_wait_seconds=3.0)
+    """The read API alone, answering at most two requests at once, whose projection
+    never moves (it watches a projector that does not exist)."""
+    settings = dataclasses.replace(
+        stack,
+        http_max_in_flight=2,
+        consistency_wait_seconds=3.0,
+        consumer_group_prefix=f"{stack.consumer_group_prefix}-nobody",
+    )
     async with serving(settings, READ_API) as client:
         yield client
 
@@ -32,7 +37,8 @@ async def test_requests_past_the_limit_are_shed_and_probes_still_answer(
     reader = tenant.api.auth(tenant.id, "reader")
     record = tenant.path("/collections/notes/records/n1")
     # Two reads waiting for a write the projection will never reach hold both slots.
-    never = {**reader, "X-Consistency-Token": consistency.encode({0: 10**12})}
+    written = await tenant.write("PUT", "/collections/other/records/o1", json={})
+    never = {**reader, "X-Consistency-Token": written["consistency_token"]}
     holders = [asyncio.create_task(small.get(record, headers=never)) for _ in range(2)]
     async with asyncio.timeout(10):
         while app[ADMISSION].in_flight < 2:

@@ -8,10 +8,13 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 import pytest
 import pytest_asyncio
+from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 
+from eventfold import signing
 from eventfold.bootstrap import Parts, create_app
 from eventfold.settings import Settings
 from tests.faultproxy import FaultProxy
@@ -131,3 +134,121 @@ async def test_redis_down_fails_open_and_is_counted(
         x for x in metrics.splitlines() if x.startswith("eventfold_ratelimit_fail_open_total ")
     ]
     assert float(line.split()[1]) >= 5
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def guarded(stack: Settings) -> AsyncIterator[TestClient[Any, Any]]:
+    """Read and write routes that allow 3 failed authentications per client address
+    (no token comes back during a test), behind a trusted proxy at 127.0.0.1."""
+    settings = dataclasses.replace(
+        stack,
+        auth_failure_burst=3,
+        auth_failure_per_second=FROZEN,
+        trusted_proxies=("127.0.0.1",),
+    )
+    client: TestClient[Any, Any] = TestClient(
+        TestServer(create_app(settings, Parts(api=True, ingest=True, processors=())))
+    )
+    await client.start_server()
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+def client_at(address: str, headers: dict[str, str] | None = None) -> dict[str, str]:
+    """Headers of a request the trusted proxy forwards from ``address``."""
+    return {"X-Forwarded-For": f"198.51.100.250, {address}", **(headers or {})}
+
+
+async def assert_blocked(resp: ClientResponse) -> None:
+    assert resp.status == 429, await resp.text()
+    assert resp.content_type == "application/problem+json"
+    assert int(resp.headers["Retry-After"]) >= 1
+    assert "failed authentication" in (await resp.json(content_type=None))["detail"]
+
+
+async def test_failed_authentication_is_limited_per_client_address(
+    api: Api, tenant: TenantApi, guarded: TestClient[Any, Any]
+) -> None:
+    path = tenant.path(R)
+    good = api.auth(tenant.id, "reader")
+    bad_keys = [{"X-API-Key": f"efk_{i:016x}_{'B' * 43}"} for i in range(3)]
+    for headers in bad_keys:
+        resp = await guarded.get(path, headers=client_at("203.0.113.7", headers))
+        assert resp.status == 401, await resp.text()
+    # The address is out of failures: refused before any credential is looked at,
+    # working credentials included.
+    await assert_blocked(await guarded.get(path, headers=client_at("203.0.113.7", good)))
+    await assert_blocked(
+        await guarded.get(path, headers=client_at("203.0.113.7", {"Authorization": "Bearer x"}))
+    )
+    # Other addresses are not concerned; requests that authenticate cost nothing.
+    for _ in range(5):
+        assert (await guarded.get(path, headers=client_at("203.0.113.8", good))).status == 200
+    resp = await guarded.get(path, headers=client_at("203.0.113.8", {"Authorization": "Bearer x"}))
+    assert resp.status == 401
+    # Health stays reachable for the blocked address.
+    assert (await guarded.get("/health/live", headers=client_at("203.0.113.7"))).status == 200
+    # An IPv6 client is one /64: another address of it is blocked too.
+    for i in range(3):
+        resp = await guarded.get(path, headers=client_at(f"2001:db8:1:2::{i + 1}"))
+        assert resp.status == 401
+    await assert_blocked(await guarded.get(path, headers=client_at("2001:db8:1:2::ff", good)))
+    metrics = await (await guarded.get("/metrics")).text()
+    [line] = [x for x in metrics.splitlines() if x.startswith("eventfold_auth_blocked_total ")]
+    assert float(line.split()[1]) >= 3
+
+
+async def test_inbound_webhooks_are_limited(api: Api, guarded: TestClient[Any, Any]) -> None:
+    tenant = await limited(api, FROZEN, 2)
+    resp = await api.request(
+        "POST",
+        tenant.path("/integrations"),
+        json={
+            "kind": "http-poll",
+            "url": "http://127.0.0.1:9/items",
+            "collection": "things",
+            "interval_seconds": 3600,
+            "paused": True,
+        },
+    )
+    assert resp.status == 202, await resp.text()
+    created = await resp.json()
+    seen = await api.request(
+        "GET",
+        tenant.path(f"/integrations/{created['id']}"),
+        headers={"X-Consistency-Token": created["consistency_token"]},
+    )
+    assert seen.status == 200, await seen.text()
+    path = tenant.path(f"/integrations/{created['id']}/webhook")
+
+    # Verified webhooks are the tenant's traffic: they take from its bucket.
+    statuses = []
+    for i in range(3):
+        body = orjson.dumps({"items": [{"id": f"w{i}", "n": i}]})
+        signed = signing.signed_headers(created["webhook_secret"], f"msg_{i}", body)
+        resp = await guarded.post(path, data=body, headers=client_at("203.0.113.20", signed))
+        statuses.append(resp.status)
+        if resp.status == 429:
+            assert resp.headers["Retry-After"]
+            assert resp.content_type == "application/problem+json"
+    assert statuses == [200, 200, 429]
+
+    # Bad signatures are failed authentications of their address ...
+    body = orjson.dumps({"items": []})
+    forged = signing.signed_headers(signing.new_secret(), "msg_x", body)
+    for _ in range(3):
+        resp = await guarded.post(path, data=body, headers=client_at("203.0.113.21", forged))
+        assert resp.status == 401, await resp.text()
+    await assert_blocked(
+        await guarded.post(path, data=body, headers=client_at("203.0.113.21", forged))
+    )
+    # ... and so are webhooks to integrations that do not exist (each one a lookup).
+    nowhere = tenant.path("/integrations/0123456789abcdef/webhook")
+    for _ in range(3):
+        resp = await guarded.post(nowhere, data=body, headers=client_at("203.0.113.22", forged))
+        assert resp.status == 404, await resp.text()
+    await assert_blocked(
+        await guarded.post(nowhere, data=body, headers=client_at("203.0.113.22", forged))
+    )

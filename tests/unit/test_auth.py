@@ -156,7 +156,9 @@ IMPLIED = {
 @pytest.mark.parametrize("granted", ROLES)
 @pytest.mark.parametrize("needed", ROLES)
 def test_role_implication(granted: str, needed: str) -> None:
-    principal = Principal("u", "acme", frozenset({granted}))
+    # platform-admin is a role of tenant "*" only (a tenant-bound one grants nothing).
+    tenant = "*" if granted == "platform-admin" else "acme"
+    principal = Principal("u", tenant, frozenset({granted}))
     assert principal.has_role(needed) is (needed in IMPLIED[granted])
     if needed in IMPLIED[granted]:
         principal.require(needed, "acme")
@@ -164,6 +166,29 @@ def test_role_implication(granted: str, needed: str) -> None:
         with pytest.raises(Forbidden) as exc:
             principal.require(needed, "acme")
         assert exc.value.status == 403
+
+
+@pytest.mark.parametrize("needed", ROLES)
+def test_platform_admin_bound_to_a_tenant_grants_nothing(needed: str) -> None:
+    principal = Principal("u", "acme", frozenset({"platform-admin"}))
+    assert not principal.has_role(needed)
+    for tenant in ("acme", None):
+        with pytest.raises(Forbidden):
+            principal.require(needed, tenant)
+    # Beside real roles it adds nothing either.
+    both = Principal("u", "acme", frozenset({"platform-admin", "reader"}))
+    assert both.has_role("reader")
+    assert not both.has_role("writer")
+
+
+def test_tokens_bind_platform_admin_only_to_tenant_star() -> None:
+    with pytest.raises(ValueError, match="only with tenant"):
+        issue_token(SECRET, tenant="acme", roles=["platform-admin"])
+    assert (
+        TokenVerifier(SECRET)
+        .verify(issue_token(SECRET, tenant="*", roles=["platform-admin"]))
+        .is_platform_admin
+    )
 
 
 def test_unknown_role_in_a_token_grants_nothing() -> None:

@@ -7,11 +7,25 @@ from pathlib import Path
 
 import pytest
 
-from eventfold.settings import Settings
+from eventfold import settings as settings_module
+from eventfold.sealing import new_key_spec
+from eventfold.settings import Settings, SettingsError
+
+GOOD_SECRET = "3f9a1c0e6b7d48a2b5e4c1f0d9a8b7c6e5f4a3b2c1d0e9f8"
 
 
 def env(tmp_path: Path, **values: str) -> dict[str, str]:
     return {"EVENTFOLD_HOME": str(tmp_path), **values}
+
+
+def production(tmp_path: Path, **values: str) -> dict[str, str]:
+    """A production environment with acceptable secrets, ``values`` overriding."""
+    base = {
+        "EVENTFOLD_MODE": "production",
+        "EVENTFOLD_JWT_SECRET": GOOD_SECRET,
+        "EVENTFOLD_SECRET_KEYS": new_key_spec("k1"),
+    }
+    return env(tmp_path, **{**base, **values})
 
 
 def test_defaults_from_the_contract(tmp_path: Path) -> None:
@@ -26,6 +40,7 @@ def test_defaults_from_the_contract(tmp_path: Path) -> None:
     assert s.webhook_retry_schedule == (5, 30, 120, 600, 3600)
     assert s.external == frozenset()
     assert s.var_dir == tmp_path.resolve() / "var"
+    assert s.mode == "dev"  # a source checkout
 
 
 def test_overrides(tmp_path: Path) -> None:
@@ -63,18 +78,18 @@ def test_overrides(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("variable", "service"),
+    ("variable", "value", "service"),
     [
-        ("EVENTFOLD_KAFKA_BOOTSTRAP", "kafka"),
-        ("EVENTFOLD_DATABASE_URL", "postgres"),
-        ("EVENTFOLD_REDIS_URL", "redis"),
-        ("EVENTFOLD_S3_ENDPOINT", "s3"),
+        ("EVENTFOLD_KAFKA_BOOTSTRAP", "elsewhere", "kafka"),
+        ("EVENTFOLD_DATABASE_URL", "postgresql://u:p@elsewhere/db", "postgres"),
+        ("EVENTFOLD_REDIS_URL", "redis://elsewhere", "redis"),
+        ("EVENTFOLD_S3_ENDPOINT", "https://elsewhere", "s3"),
     ],
 )
 def test_external_is_set_only_for_the_variables_given(
-    tmp_path: Path, variable: str, service: str
+    tmp_path: Path, variable: str, value: str, service: str
 ) -> None:
-    assert Settings.from_env(env(tmp_path, **{variable: "elsewhere"})).external == {service}
+    assert Settings.from_env(env(tmp_path, **{variable: value})).external == {service}
 
 
 def test_empty_values_count_as_unset(tmp_path: Path) -> None:
@@ -93,17 +108,124 @@ def test_unrelated_variables_do_not_mark_services_external(tmp_path: Path) -> No
 
 @pytest.mark.parametrize(
     ("value", "schedule"),
-    [("5,30,120", (5, 30, 120)), (" 1 , 2 ,3 ", (1, 2, 3)), ("60", (60,)), ("1,,2,", (1, 2))],
+    [
+        ("5,30,120", (5, 30, 120)),
+        (" 1 , 2 ,3 ", (1, 2, 3)),
+        ("60", (60,)),
+        ("1,,2,", (1, 2)),
+        ("0.2,0.5,1", (0.2, 0.5, 1)),
+    ],
 )
-def test_retry_schedule_parsing(tmp_path: Path, value: str, schedule: tuple[int, ...]) -> None:
+def test_retry_schedule_parsing(tmp_path: Path, value: str, schedule: tuple[float, ...]) -> None:
     s = Settings.from_env(env(tmp_path, EVENTFOLD_WEBHOOK_RETRY_SCHEDULE=value))
     assert s.webhook_retry_schedule == schedule
 
 
-@pytest.mark.parametrize("value", ["5,x", "1.5"])
-def test_malformed_retry_schedule_is_an_error(tmp_path: Path, value: str) -> None:
-    with pytest.raises(ValueError, match="invalid literal"):
-        Settings.from_env(env(tmp_path, EVENTFOLD_WEBHOOK_RETRY_SCHEDULE=value))
+@pytest.mark.parametrize(
+    ("variable", "value", "accepts"),
+    [
+        ("EVENTFOLD_WEBHOOK_RETRY_SCHEDULE", "soon", "seconds >= 0, comma-separated"),
+        ("EVENTFOLD_WEBHOOK_RETRY_SCHEDULE", "5,x", "fractions allowed, e.g. 0.2,0.5,1"),
+        ("EVENTFOLD_WEBHOOK_RETRY_SCHEDULE", "1,-2", "seconds >= 0"),
+        ("EVENTFOLD_WEBHOOK_RETRY_SCHEDULE", ",", "comma-separated"),
+        ("EVENTFOLD_HTTP_PORT", "eighty", "a TCP port number (0-65535)"),
+        ("EVENTFOLD_HTTP_PORT", "70000", "a TCP port number (0-65535)"),
+        ("EVENTFOLD_HTTP_MAX_IN_FLIGHT", "-1", "a whole number >= 0"),
+        ("EVENTFOLD_PROJECTOR_BATCH_SIZE", "0", "a whole number >= 1"),
+        ("EVENTFOLD_SYNC_TICK_SECONDS", "1s", "seconds, a number >= 0"),
+        ("EVENTFOLD_WEBHOOK_TIMEOUT_SECONDS", "nan", "seconds, a number >= 0"),
+        ("EVENTFOLD_RATE_LIMIT_DEFAULT_RPS", "0", "a number > 0"),
+        ("EVENTFOLD_CACHE_ENABLED", "maybe", "true or false"),
+        ("EVENTFOLD_LOG_LEVEL", "loud", "one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
+        ("EVENTFOLD_MODE", "prod", "dev or production"),
+        ("EVENTFOLD_DATABASE_URL", "mysql://db/x", "a postgresql://"),
+        ("EVENTFOLD_REDIS_URL", "localhost:6379", "a redis://"),
+        ("EVENTFOLD_S3_ENDPOINT", "ftp://s3", "an http:// or https:// URL"),
+        ("EVENTFOLD_KAFKA_BOOTSTRAP", "k1:port", "host[:port] pairs"),
+        ("EVENTFOLD_EVENTS_TOPIC", "no spaces", "a Kafka topic or group name"),
+        ("EVENTFOLD_JWT_JWKS_FILE", "/no/such/jwks.json", "the path of an existing file"),
+        ("EVENTFOLD_SECRET_KEYS", "k1:not-base64", "id:base64key"),
+        ("EVENTFOLD_SECRET_KEYS_FILE", "/no/such/keys", "a readable file"),
+    ],
+)
+def test_a_bad_value_names_the_variable_and_what_it_accepts(
+    tmp_path: Path, variable: str, value: str, accepts: str
+) -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(env(tmp_path, **{variable: value}))
+    line = str(caught.value)
+    assert caught.value.variable == variable
+    assert line.startswith(f"{variable}: ")
+    assert accepts in line
+    assert "\n" not in line
+    assert not (tmp_path / "var").exists()  # nothing is made before every value is checked
+
+
+@pytest.mark.parametrize(
+    "variable", ["EVENTFOLD_DATABASE_URL", "EVENTFOLD_REDIS_URL", "EVENTFOLD_SECRET_KEYS"]
+)
+def test_a_bad_credential_is_not_echoed(tmp_path: Path, variable: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(env(tmp_path, **{variable: "hunter2-is-my-password"}))
+    assert "hunter2" not in str(caught.value)
+
+
+def test_the_secret_keys_file_is_read(tmp_path: Path) -> None:
+    spec = new_key_spec("k9")
+    (tmp_path / "keys").write_text(spec + "\n")
+    s = Settings.from_env(env(tmp_path, EVENTFOLD_SECRET_KEYS_FILE=str(tmp_path / "keys")))
+    assert s.secret_keys == spec
+
+
+def test_production_starts_with_good_secrets_and_writes_nothing(tmp_path: Path) -> None:
+    s = Settings.from_env(production(tmp_path))
+    assert (s.mode, s.jwt_secret) == ("production", GOOD_SECRET)
+    assert not (tmp_path / "var").exists()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "problem"),
+    [
+        ("EVENTFOLD_JWT_SECRET", "", "unset in production mode"),
+        ("EVENTFOLD_JWT_SECRET", "x" * 31, "only 31 bytes long"),
+        ("EVENTFOLD_JWT_SECRET", "dev-only-insecure-jwt-secret-change-me", "published example"),
+        ("EVENTFOLD_JWT_SECRET", "please-CHANGEME-before-going-live-2026", "placeholder"),
+        ("EVENTFOLD_SECRET_KEYS", "", "unset in production mode"),
+    ],
+)
+def test_production_refuses_a_missing_short_or_known_secret(
+    tmp_path: Path, variable: str, value: str, problem: str
+) -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(production(tmp_path, **{variable: value}))
+    assert caught.value.variable == variable
+    assert problem in caught.value.problem
+    assert not (tmp_path / "var").exists()  # no dev secret or key made in its place
+
+
+def test_internal_knobs_are_not_read_from_the_environment(tmp_path: Path) -> None:
+    s = Settings.from_env(env(tmp_path, EVENTFOLD_MAX_BATCH_EVENTS="5", EVENTFOLD_EXTERNAL="x"))
+    assert (s.max_batch_events, s.external) == (1000, frozenset())
+
+
+def test_the_mode_ignores_case(tmp_path: Path) -> None:
+    assert Settings.from_env(production(tmp_path, EVENTFOLD_MODE="Production")).mode == (
+        "production"
+    )
+
+
+def test_dev_mode_accepts_any_explicit_secret(tmp_path: Path) -> None:
+    s = Settings.from_env(env(tmp_path, EVENTFOLD_MODE="dev", EVENTFOLD_JWT_SECRET="short"))
+    assert s.jwt_secret == "short"
+
+
+def test_an_installed_package_defaults_to_production(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(settings_module, "source_checkout", lambda: None)
+    with pytest.raises(SettingsError, match="EVENTFOLD_JWT_SECRET: unset in production mode"):
+        Settings.from_env(env(tmp_path))
+    assert Settings.from_env(env(tmp_path, EVENTFOLD_MODE="dev")).mode == "dev"
 
 
 def test_dev_jwt_secret_is_written_under_home_and_stable(tmp_path: Path) -> None:
@@ -116,6 +238,7 @@ def test_dev_jwt_secret_is_written_under_home_and_stable(tmp_path: Path) -> None
     assert first.jwt_secret == second.jwt_secret == path.read_text().strip()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert sorted(p.name for p in path.parent.iterdir()) == ["jwt-secret"]
+    assert first.mode == "dev"
 
 
 def test_dev_jwt_secret_differs_between_homes(tmp_path: Path) -> None:

@@ -156,7 +156,7 @@ async def record(
     metrics: Metrics,
     item: Claimed,
     result: Result,
-    schedule: tuple[int, ...],
+    schedule: tuple[float, ...],
 ) -> str:
     """Store the attempt and the delivery's next state; returns the outcome."""
     number = item.attempts + 1

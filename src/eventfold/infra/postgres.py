@@ -4,6 +4,10 @@ PostgreSQL refuses to run as root, so when we are root the cluster belongs to
 the ``postgres`` account the package creates. Local socket connections use peer
 authentication (only that account, and root, reach the socket directory under
 var/), TCP connections need the password (scram-sha-256).
+
+The application connects as a role of its own that is no superuser
+(``postgres_bootstrap.sql`` says what it may do), so a flaw in Eventfold does
+not hand out the whole cluster.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import os
 import pwd
 import signal
 import stat
+from importlib import resources
 from pathlib import Path
 from typing import ClassVar
 from urllib.parse import unquote, urlsplit
@@ -56,14 +61,8 @@ host    all   all   0.0.0.0/0     scram-sha-256
 host    all   all   ::/0          scram-sha-256
 """
 
-# psql variables (:'name') are quoted by psql itself, so the password may hold anything.
-BOOTSTRAP_SQL = """\
-SELECT format('CREATE ROLE %I LOGIN SUPERUSER CREATEROLE', :'role')
- WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'role') \\gexec
-SELECT format('ALTER ROLE %I WITH LOGIN SUPERUSER CREATEROLE PASSWORD %L', :'role', :'pw') \\gexec
-SELECT format('CREATE DATABASE %I OWNER %I', :'db', :'role')
- WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = :'db') \\gexec
-"""
+#: The role and database of the application (a psql script; see its header).
+BOOTSTRAP_SQL = (resources.files("eventfold.infra") / "postgres_bootstrap.sql").read_text()
 
 
 class Postgres(Service):
@@ -122,6 +121,11 @@ class Postgres(Service):
         """The account the cluster runs as: ``postgres`` when we are root."""
         return OS_USER if as_root() else None
 
+    @property
+    def admin(self) -> str:
+        """The cluster's superuser (initdb's): the account it runs as."""
+        return self.os_user or pwd.getpwuid(os.geteuid()).pw_name
+
     def missing_packages(self) -> list[str]:
         """postgresql-15 unless its initdb is there."""
         return [] if (BIN / "initdb").exists() else ["postgresql-15"]
@@ -155,7 +159,7 @@ class Postgres(Service):
                 "-D",
                 str(self.data_dir),
                 "-U",
-                self.os_user or pwd.getpwuid(os.geteuid()).pw_name,
+                self.admin,
                 "--auth-local=peer",
                 "--auth-host=scram-sha-256",
                 "--encoding=UTF8",
@@ -242,6 +246,11 @@ class Postgres(Service):
             log_path=self.log_path,
         )
         _, _, role, password, db = self._url
+        if role == self.admin:
+            raise InfraError(
+                f"postgres: the application role {role!r} is the cluster's superuser; "
+                "name another user in EVENTFOLD_DATABASE_URL"
+            )
         await run(
             [
                 str(BIN / "psql"),
@@ -254,17 +263,18 @@ class Postgres(Service):
                 "-p",
                 str(self.port),
                 "-U",
-                self.os_user or pwd.getpwuid(os.geteuid()).pw_name,
+                self.admin,
                 "-d",
                 "postgres",
-                "-v",
-                f"role={role}",
-                "-v",
-                f"pw={password or role}",
-                "-v",
-                f"db={db}",
             ],
             what="postgres: creating role and database",
+            # The password goes through the environment, never on a command line.
+            env={
+                **os.environ,
+                "APP_ROLE": role,
+                "APP_PASSWORD": password or role,
+                "APP_DATABASE": db,
+            },
             user=self.os_user,
             stdin=BOOTSTRAP_SQL.encode(),
             cwd=self.root,

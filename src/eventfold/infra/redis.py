@@ -13,6 +13,7 @@ from urllib.parse import unquote, urlsplit
 
 from eventfold.infra.base import Progress, Service, oneline
 from eventfold.infra.process import spawn, wait_ready
+from eventfold.secretfiles import write_private
 
 CONFIG = """\
 # Written by `eventfold infra up` on every start; edit src/eventfold/infra/redis.py.
@@ -72,20 +73,25 @@ class Redis(Service):
         """redis-server unless it is on the PATH."""
         return [] if shutil.which("redis-server") else ["redis-server"]
 
-    async def start(self, progress: Progress) -> int:
-        """Write the config and launch redis-server."""
+    def write_config(self) -> Path:
+        """var/redis/redis.conf, private from its creation: it may hold the password."""
         self.root.mkdir(parents=True, exist_ok=True)
         password = self._url[2]
         config = self.root / "redis.conf"
-        config.write_text(
+        write_private(
+            config,
             CONFIG.format(
                 host=self.host,
                 port=self.port,
                 dir=self.root,
                 auth=f'requirepass "{password}"\n' if password else "",
-            )
+            ),
         )
-        config.chmod(0o600)
+        return config
+
+    async def start(self, progress: Progress) -> int:
+        """Write the config and launch redis-server."""
+        config = self.write_config()
         progress(f"redis: starting on {self.address}")
         return spawn(
             [shutil.which("redis-server") or "redis-server", str(config)],

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from eventfold.infra.base import InfraError, Progress, oneline
 from eventfold.infra.java import JavaService
 from eventfold.infra.process import spawn, wait_ready
+from eventfold.secretfiles import write_private
 from eventfold.settings import Settings
 
 PROPERTIES = """\
@@ -120,14 +122,13 @@ class S3Proxy(JavaService):
         """The main class and our generated properties file."""
         return (self.main_class, str(self.root / "s3proxy.properties"))
 
-    async def start(self, progress: Progress) -> int:
-        """Write the properties file and launch s3proxy."""
-        if urlsplit(self.settings.s3_endpoint).scheme != "http":
-            raise InfraError("s3: the local server speaks plain http; use an http:// endpoint")
+    def write_properties(self) -> Path:
+        """s3proxy.properties, private from its creation: it holds the secret key."""
         basedir = self.var / "s3"
         basedir.mkdir(parents=True, exist_ok=True)
         properties = self.root / "s3proxy.properties"
-        properties.write_text(
+        write_private(
+            properties,
             PROPERTIES.format(
                 host=self.host,
                 port=self.port,
@@ -135,9 +136,15 @@ class S3Proxy(JavaService):
                 credential=self.settings.s3_secret_key,
                 basedir=basedir,
                 region=self.settings.s3_region,
-            )
+            ),
         )
-        properties.chmod(0o600)
+        return properties
+
+    async def start(self, progress: Progress) -> int:
+        """Write the properties file and launch s3proxy."""
+        if urlsplit(self.settings.s3_endpoint).scheme != "http":
+            raise InfraError("s3: the local server speaks plain http; use an http:// endpoint")
+        properties = self.write_properties()
         progress(f"s3: starting s3proxy on {self.address}")
         return spawn(
             self.java_argv(

@@ -1,0 +1,134 @@
+"""docker-compose.yml is safe as shipped (checked without a Docker engine)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from eventfold.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+#: `${NAME}`, `${NAME:-default}`, `${NAME:?error}`: compose's interpolation.
+VARIABLE = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(:?[-?])?([^}]*)\}")
+#: Ports the Eventfold HTTP processes listen on; nothing else is published.
+HTTP = {"api": "8080", "ingest": "8081", "eventfold": "8090"}
+
+
+@pytest.fixture(scope="module")
+def text() -> str:
+    return (REPO / "docker-compose.yml").read_text()
+
+
+@pytest.fixture(scope="module")
+def compose(text: str) -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load(text)
+    return doc
+
+
+def test_every_image_is_pinned_to_a_version(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        image = service["image"]
+        if "build" in service:
+            assert image == "eventfold:local", name  # built here from the Dockerfile
+            continue
+        repo, _, tag = image.rpartition(":")
+        assert repo, f"{name}: {image} names no tag"
+        assert tag != "latest", f"{name}: {image} is not a version"
+        assert re.search(r"\d", tag), f"{name}: {image} is not a version"
+    base = re.search(r"^FROM (\S+)", (REPO / "Dockerfile").read_text(), re.MULTILINE)
+    assert base is not None
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+", base.group(1))
+
+
+def test_only_the_http_ports_are_published_on_loopback_by_default(
+    compose: dict[str, Any],
+) -> None:
+    published = {name: s["ports"] for name, s in compose["services"].items() if "ports" in s}
+    assert set(published) == set(HTTP)
+    for name, ports in published.items():
+        assert ports == [f"${{PUBLISH_HOST:-127.0.0.1}}:{HTTP[name]}:8080"]
+
+
+def test_no_secret_has_a_default(text: str, compose: dict[str, Any]) -> None:
+    env = compose["x-eventfold-env"]
+    assert env["EVENTFOLD_MODE"] == "production"
+    for var in ("EVENTFOLD_JWT_SECRET", "EVENTFOLD_SECRET_KEYS"):
+        assert env[var] == f"${{{var}:?set it in .env (make .env)}}"
+    required = {m[0] for m in VARIABLE.findall(text) if m[1] == ":?"}
+    assert required == {
+        "EVENTFOLD_JWT_SECRET",
+        "EVENTFOLD_SECRET_KEYS",
+        "POSTGRES_PASSWORD",
+        "POSTGRES_APP_PASSWORD",
+        "REDIS_PASSWORD",
+        "MINIO_ROOT_PASSWORD",
+    }
+    # Every password or key in the file is one of those variables, never a literal.
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition(": ")
+        if sep and re.search(r"PASSWORD|SECRET|_KEYS", key) and value:
+            assert VARIABLE.search(value), line
+    for name in ("EVENTFOLD_DATABASE_URL", "EVENTFOLD_REDIS_URL"):
+        assert VARIABLE.search(env[name]), name
+
+
+def test_eventfold_connects_as_its_own_role_made_by_the_bootstrap_script(
+    compose: dict[str, Any],
+) -> None:
+    init = compose["services"]["postgres-init"]
+    assert init["environment"]["APP_ROLE"] == "eventfold"
+    source = init["volumes"][0].split(":")[0]
+    assert (REPO / source).resolve() == REPO / "src/eventfold/infra/postgres_bootstrap.sql"
+    assert "POSTGRES_USER" not in compose["services"]["postgres"]["environment"]
+    assert compose["x-eventfold-env"]["EVENTFOLD_DATABASE_URL"].startswith(
+        "postgresql://eventfold:"
+    )
+    assert compose["x-eventfold-depends"]["postgres-init"] == {
+        "condition": "service_completed_successfully"
+    }
+
+
+def _generate() -> str:
+    """What `make .env` writes: .env.example with fresh values."""
+    return subprocess.run(
+        ["sh", str(REPO / "infra/compose/new-env.sh"), str(REPO / ".env.example")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+def test_the_generated_env_file_fills_every_variable_and_passes_production(
+    tmp_path: Path, text: str
+) -> None:
+    out = _generate()
+    values = dict(
+        line.split("=", 1) for line in out.splitlines() if line and not line.startswith("#")
+    )
+    required = {m[0] for m in VARIABLE.findall(text) if m[1] == ":?"}
+    assert required <= {k for k, v in values.items() if v}
+    optional = {m[0] for m in VARIABLE.findall(text) if m[1] != ":?"}
+    assert optional <= set(re.findall(r"^# ?([A-Z_]+)=", out, re.MULTILINE))
+    for name, value in values.items():
+        if name != "EVENTFOLD_SECRET_KEYS":
+            assert re.fullmatch(r"[0-9a-f]{64}", value), name  # safe inside a URL
+    settings = Settings.from_env(
+        {
+            "EVENTFOLD_HOME": str(tmp_path),
+            "EVENTFOLD_MODE": "production",
+            "EVENTFOLD_JWT_SECRET": values["EVENTFOLD_JWT_SECRET"],
+            "EVENTFOLD_SECRET_KEYS": values["EVENTFOLD_SECRET_KEYS"],
+        }
+    )
+    assert settings.mode == "production"
+    again = _generate()
+    assert again != out  # fresh values each time
+
+
+def test_the_image_runs_in_production_mode() -> None:
+    assert "EVENTFOLD_MODE=production" in (REPO / "Dockerfile").read_text()
