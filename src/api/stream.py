@@ -96,8 +96,8 @@ def _encode(frame: Frame) -> bytes:
 def end_frame(reason: str, detail: str) -> bytes:
     """The last frame of a stream the server ends: ``event: end`` and why.
 
-    ``end`` can never be an event type (those are dotted), and the frame has no
-    ``id:``, so ``Last-Event-ID`` still names the last event received.
+    No event has the type ``end`` (every registered type is dotted), and the
+    frame has no ``id:``, so ``Last-Event-ID`` still names the last event received.
     """
     data = orjson.dumps({"reason": reason, "detail": detail})
     return b"event: " + END_EVENT.encode() + b"\ndata: " + data + b"\n\n"
