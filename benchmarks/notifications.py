@@ -214,6 +214,7 @@ async def main(args: argparse.Namespace) -> None:
         webhook_allow_hosts=("127.0.0.1",),
         webhook_retry_schedule=(1, 1, 1),
         stream_queue_max=10_000,
+        stream_max_per_tenant=0,  # --clients streams of one tenant: no cap
     )
     await ensure_topics(settings)
     a: TestClient[Any, Any] = TestClient(

@@ -119,7 +119,16 @@ def _pattern(regex: str) -> dict[str, Any]:
     return {"type": "string", "pattern": f"^{regex}$"}
 
 
-TENANT = Param("tenant", "path", _pattern(ids.TENANT_ID.pattern), "tenant id")
+TENANT = Param(
+    "tenant",
+    "path",
+    {
+        **_pattern(ids.TENANT_ID.pattern),
+        "minLength": ids.TENANT_ID_LENGTH[0],
+        "maxLength": ids.TENANT_ID_LENGTH[1],
+    },
+    f"tenant id: {ids.TENANT_ID_RULE}",
+)
 COLLECTION = Param("collection", "path", _pattern(ids.COLLECTION.pattern), "collection name")
 RECORD_ID = Param("id", "path", _pattern(ids.RECORD_ID.pattern), "record id")
 CONSISTENCY = Param(

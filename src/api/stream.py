@@ -6,9 +6,16 @@ tenant. A client resuming with ``Last-Event-ID`` (or ``?last_event_id=``) first
 gets the events it missed from the tenant's event history, then the live ones;
 the SSE id is the history ``seq``, which also removes the duplicates where the
 replay and the live feed overlap. A client that falls more than
-``stream_queue_max`` events behind is disconnected (it resumes by id), never
-buffered without bound; a comment every ``stream_heartbeat_seconds`` keeps idle
-connections (and proxies) alive.
+``stream_queue_max`` events (or ``stream_queue_max_bytes``) behind is
+disconnected (it resumes by id), never buffered without bound; a comment every
+``stream_heartbeat_seconds`` keeps idle connections (and proxies) alive.
+
+A stream lives no longer than its credentials: they are checked again every
+``stream_recheck_seconds``, and once a new request with them would be refused
+(an API key revoked, a token expired) the stream ends. A tenant has at most
+``stream_max_per_tenant`` streams open across every instance
+(:mod:`api.stream_slots`; 429 past it). Whenever the server ends a stream, its
+last frame says why (:func:`end_frame`).
 """
 
 from __future__ import annotations
@@ -25,13 +32,23 @@ from aiohttp import web
 
 from api.openapi import TENANT, TENANT_ERRORS, Operation, Param, Reply, register
 from api.stream_hub import HUB, Frame, StreamHub, Subscriber
+from api.stream_slots import RENEW_SECONDS, StreamSlot, take_slot
 from consumers.projector.live import history_item
-from eventfold.errors import BadRequest, FieldError, ValidationFailed
+from eventfold import faults
+from eventfold.errors import BadRequest, FieldError, Unauthorized, ValidationFailed
 from eventfold.ids import tenant_schema
 from eventfold.logs import correlation_id
 from eventfold.replay import is_replay
 from eventfold.tenancy import tenant_connection
-from eventfold.web import METRICS, POOL, REDIS, SETTINGS, authorize_tenant, unbounded
+from eventfold.web import (
+    METRICS,
+    POOL,
+    REDIS,
+    SETTINGS,
+    authenticate,
+    authorize_tenant,
+    unbounded,
+)
 
 log = logging.getLogger("eventfold.stream")
 
@@ -40,7 +57,7 @@ _PATH = "/v1/tenants/{tenant}/stream"
 _TYPE_PATTERN = re.compile(r"[a-z*][a-z0-9_.*-]{0,127}")
 #: History rows read per query while replaying after a Last-Event-ID.
 _REPLAY_PAGE = 500
-#: How long the goodbye comment to a slow client may take before the connection is cut.
+#: How long the end frame may take to leave before the connection is cut.
 _GOODBYE_SECONDS = 1.0
 
 
@@ -73,19 +90,40 @@ def _last_event_id(request: web.Request) -> int | None:
 
 
 def _encode(frame: Frame) -> bytes:
-    return f"id: {frame.seq}\nevent: {frame.type}\ndata: {frame.data}\n\n".encode()
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (frame.seq, frame.type.encode(), frame.data)
 
 
-class _SlowClient(Exception):
-    """The client's queue overflowed."""
+def end_frame(reason: str, detail: str) -> bytes:
+    """The last frame of a stream the server ends: ``event: end`` and why.
+
+    No event has the type ``end`` (every registered type is dotted), and the
+    frame has no ``id:``, so ``Last-Event-ID`` still names the last event received.
+    """
+    data = orjson.dumps({"reason": reason, "detail": detail})
+    return b"event: " + END_EVENT.encode() + b"\ndata: " + data + b"\n\n"
 
 
-class _FeedLost(ConnectionError):
-    """The process's live feed (Redis) failed: the client reconnects with Last-Event-ID."""
+#: The SSE event name of the frame that ends a stream (see :func:`end_frame`).
+END_EVENT = "end"
+#: ``reason`` of :func:`end_frame`: the client fell behind (resume with Last-Event-ID) ...
+TOO_SLOW = "too_slow"
+#: ... the process lost its live feed (reconnect with Last-Event-ID) ...
+FEED_LOST = "feed_lost"
+#: ... or the stream's credentials are refused now (revoked, expired).
+CREDENTIALS_ENDED = "credentials_ended"
+
+
+class _StreamEnds(Exception):
+    """The server ends the stream: ``reason`` (one of the constants above) and ``detail``."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
 
 
 async def _watch(sub: Subscriber) -> None:
-    """Raise when the feed ends: :class:`_SlowClient` or :class:`_FeedLost`."""
+    """Raise :class:`_StreamEnds` when the feed ends (slow client or lost feed)."""
     slow = asyncio.create_task(sub.slow.wait())
     lost = asyncio.create_task(sub.lost.wait())
     try:
@@ -94,8 +132,35 @@ async def _watch(sub: Subscriber) -> None:
         slow.cancel()
         lost.cancel()
     if sub.slow.is_set():
-        raise _SlowClient
-    raise _FeedLost("live feed lost")
+        raise _StreamEnds(TOO_SLOW, "the client fell behind; resume with Last-Event-ID")
+    raise _StreamEnds(FEED_LOST, "the live feed was interrupted; resume with Last-Event-ID")
+
+
+async def _guard(request: web.Request, slot: StreamSlot) -> None:
+    """Check the credentials again every ``stream_recheck_seconds``; renew the stream's slot.
+
+    Raises :class:`_StreamEnds` once a new request with these credentials would
+    be refused (an API key revoked, a token past its expiry): the stream ends
+    within one period of it. A dependency failing meanwhile (the key lookup's
+    database) does not end the stream: a revocation is not projected without it
+    either, and the next check sees it.
+    """
+    every = request.app[SETTINGS].stream_recheck_seconds
+    loop = asyncio.get_running_loop()
+    renew_at = loop.time() + RENEW_SECONDS
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await authenticate(request)
+        except Unauthorized as exc:
+            raise _StreamEnds(CREDENTIALS_ENDED, exc.detail) from None
+        except Exception as exc:
+            if not faults.is_retriable(exc):
+                raise
+            log.info("stream credentials not checked", extra={"error": repr(exc)})
+        if loop.time() >= renew_at:
+            await slot.renew()
+            renew_at = loop.time() + RENEW_SECONDS
 
 
 @unbounded
@@ -110,9 +175,15 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     last = _last_event_id(request)
     app = request.app
     settings = app[SETTINGS]
-    # Subscribed before the replay reads the history: nothing falls between the two.
-    async with app[HUB].subscribe(tenant.id, settings.stream_queue_max) as sub:
-        return await _serve(request, tenant.id, wanted, last, sub)
+    slot = await take_slot(app[REDIS], tenant.id, settings.stream_max_per_tenant)
+    try:
+        # Subscribed before the replay reads the history: nothing falls between the two.
+        async with app[HUB].subscribe(
+            tenant.id, settings.stream_queue_max, settings.stream_queue_max_bytes
+        ) as sub:
+            return await _serve(request, tenant.id, wanted, last, sub, slot)
+    finally:
+        await slot.release()
 
 
 async def _serve(
@@ -121,9 +192,11 @@ async def _serve(
     wanted: re.Pattern[str] | None,
     last: int | None,
     sub: Subscriber,
+    slot: StreamSlot,
 ) -> web.StreamResponse:
     metrics = request.app[METRICS]
     watch = asyncio.create_task(_watch(sub), name=f"stream-{tenant}")
+    guard = asyncio.create_task(_guard(request, slot), name=f"stream-guard-{tenant}")
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",
@@ -134,28 +207,29 @@ async def _serve(
         }
     )
     metrics.stream_clients.inc()
-    tasks = [watch]
+    tasks = [watch, guard]
     try:
         await response.prepare(request)
         writer = asyncio.create_task(
-            _write(request, response, tenant, wanted, last, sub.queue), name="stream-writer"
+            _write(request, response, tenant, wanted, last, sub), name="stream-writer"
         )
         tasks.append(writer)
-        done, _ = await asyncio.wait({watch, writer}, return_when=asyncio.FIRST_COMPLETED)
-        if watch in done and isinstance(watch.exception(), _SlowClient):
-            writer.cancel()
-            with contextlib.suppress(BaseException):
-                await writer
-            metrics.stream_slow_disconnects.inc()
-            log.info("slow stream client disconnected", extra={"tenant": tenant})
-            await _goodbye(request, response)
-        elif writer in done:
+        done, _ = await asyncio.wait(set(tasks), return_when=asyncio.FIRST_COMPLETED)
+        if writer in done:
             error = writer.exception()
             if error is not None and not isinstance(error, ConnectionError):
                 raise error  # a client going away is the normal end, anything else is not
-        elif request.transport is not None:
-            # Redis failed: the connection ends, the client reconnects with Last-Event-ID.
-            request.transport.close()
+            return response
+        ended = next(t for t in (watch, guard) if t in done).exception()
+        if not isinstance(ended, _StreamEnds):
+            raise ended or RuntimeError("stream task ended without a reason")
+        writer.cancel()  # the goodbye is the last write, and the only one
+        with contextlib.suppress(BaseException):
+            await writer
+        if ended.reason == TOO_SLOW:
+            metrics.stream_slow_disconnects.inc()
+        log.info("stream ended", extra={"tenant": tenant, "reason": ended.reason})
+        await _goodbye(request, response, ended)
         return response
     finally:
         metrics.stream_clients.dec()
@@ -165,13 +239,18 @@ async def _serve(
                 await task
 
 
-async def _goodbye(request: web.Request, response: web.StreamResponse) -> None:
-    """A last comment telling why, if the client's socket takes it in time; then cut."""
+async def _goodbye(request: web.Request, response: web.StreamResponse, end: _StreamEnds) -> None:
+    """The end frame, if the client's socket takes it in time; then the end of the body.
+
+    A slow client's connection is cut after it (its buffers are full); the
+    others end cleanly. Either way the client's next request must be a new one.
+    """
     with contextlib.suppress(TimeoutError, ConnectionError):
-        await asyncio.wait_for(
-            response.write(b": too slow, disconnecting; resume with Last-Event-ID\n\n"),
-            _GOODBYE_SECONDS,
-        )
+        async with asyncio.timeout(_GOODBYE_SECONDS):
+            await response.write(end_frame(end.reason, end.detail))
+            if end.reason != TOO_SLOW:
+                await response.write_eof()
+                return
     if request.transport is not None:
         request.transport.abort()
 
@@ -182,7 +261,7 @@ async def _write(
     tenant: str,
     wanted: re.Pattern[str] | None,
     last: int | None,
-    queue: asyncio.Queue[Frame],
+    sub: Subscriber,
 ) -> None:
     """Replay the history after ``last`` (if given), then send live frames, heartbeats between."""
     app = request.app
@@ -207,13 +286,13 @@ async def _write(
                 item = history_item(row)
                 last = int(row["seq"])
                 if not is_replay(item):
-                    await send(Frame(last, str(item["type"]), orjson.dumps(item).decode()))
+                    await send(Frame(last, str(item["type"]), orjson.dumps(item)))
             if len(rows) < _REPLAY_PAGE:
                 break
     await response.write(b": live\n\n")
     while True:
         try:
-            frame = await asyncio.wait_for(queue.get(), heartbeat)
+            frame = await asyncio.wait_for(sub.take(), heartbeat)
         except TimeoutError:
             await response.write(b": heartbeat\n\n")
             continue
@@ -257,7 +336,11 @@ register(
         "event (`id:` its history sequence, `event:` its type, `data:` the CloudEvent JSON "
         "plus `status`), a comment "
         "as heartbeat. Reconnect with `Last-Event-ID` to get the missed events first. A "
-        "client too far behind is disconnected.",
+        "client too far behind is disconnected. A stream the server ends gets a last frame "
+        "`event: end` with `data: {\"reason\", \"detail\"}`: `too_slow` and `feed_lost` "
+        "(reconnect with `Last-Event-ID`), `credentials_ended` (the API key was revoked or "
+        "the token expired: reconnect with new credentials). A tenant may have "
+        "`EVENTFOLD_STREAM_MAX_PER_TENANT` streams open (429 past it).",
         params=(
             TENANT,
             Param("types", "query", {"type": "string"}, "event types, comma-separated, `*` "

@@ -2,9 +2,10 @@
 
 Each tenant's channel is subscribed once, while at least one of its streams is
 open here, and every message is copied into each of those streams' bounded
-queues: a thousand clients cost one Redis connection, not a thousand. A client
-whose queue is full is flagged ``slow`` (the stream cuts it; it resumes with
-``Last-Event-ID``), never buffered further; when the Redis connection fails
+queues: a thousand clients cost one Redis connection, not a thousand. A queue is
+bounded by frames and by bytes (a few large events pin as much memory as many
+small ones). A client whose queue is full is flagged ``slow`` (the stream cuts
+it; it resumes with ``Last-Event-ID``), never buffered further; when the Redis connection fails
 every client is flagged ``lost`` and reconnects, and the next stream opens a
 fresh subscription.
 """
@@ -33,20 +34,47 @@ _COMMAND_SECONDS = 5.0
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """One event to send: its history ``seq`` (the SSE id), type and JSON data."""
+    """One event to send: its history ``seq`` (the SSE id), type and JSON data (UTF-8)."""
 
     seq: int
     type: str
-    data: str
+    data: bytes
 
 
 @dataclass(eq=False)
 class Subscriber:
-    """One stream's live feed: a bounded queue and why it ended, if it did."""
+    """One stream's live feed: a queue bounded by frames and bytes, and why it ended, if it did."""
 
-    queue: asyncio.Queue[Frame]
+    max_frames: int
+    max_bytes: int
+    queue: asyncio.Queue[Frame] = field(default_factory=asyncio.Queue)
+    #: Bytes of the frames in :attr:`queue` (their data; one frame is shared by all streams).
+    queued_bytes: int = 0
     slow: asyncio.Event = field(default_factory=asyncio.Event)
     lost: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def offer(self, frame: Frame) -> None:
+        """Queue ``frame``, or flag the stream ``slow`` when that would pass a bound.
+
+        An empty queue takes any one frame: a single event larger than the byte
+        bound must still reach a client that keeps up.
+        """
+        if self.slow.is_set():
+            return
+        size = len(frame.data)
+        if self.queue.qsize() and (
+            self.queue.qsize() >= self.max_frames or self.queued_bytes + size > self.max_bytes
+        ):
+            self.slow.set()
+            return
+        self.queue.put_nowait(frame)
+        self.queued_bytes += size
+
+    async def take(self) -> Frame:
+        """The next frame (waits for one)."""
+        frame = await self.queue.get()
+        self.queued_bytes -= len(frame.data)
+        return frame
 
 
 class StreamHub:
@@ -60,9 +88,11 @@ class StreamHub:
         self._lock = asyncio.Lock()
 
     @contextlib.asynccontextmanager
-    async def subscribe(self, tenant: str, queue_max: int) -> AsyncIterator[Subscriber]:
+    async def subscribe(
+        self, tenant: str, max_frames: int, max_bytes: int
+    ) -> AsyncIterator[Subscriber]:
         """A feed of ``tenant``'s live events, subscribed before this returns."""
-        sub = Subscriber(asyncio.Queue(maxsize=max(1, queue_max)))
+        sub = Subscriber(max(1, max_frames), max(1, max_bytes))
         name = channel(tenant)
         async with self._lock:
             if self._pubsub is None:
@@ -120,14 +150,9 @@ class StreamHub:
         # The projector sends a list per tenant and batch; a single object is the older form.
         items: list[dict[str, Any]] = doc if isinstance(doc, list) else [doc]
         for item in items:
-            frame = Frame(int(item["seq"]), str(item["type"]), str(item["data"]))
+            frame = Frame(int(item["seq"]), str(item["type"]), str(item["data"]).encode())
             for sub in subs:
-                if sub.slow.is_set():
-                    continue
-                try:
-                    sub.queue.put_nowait(frame)
-                except asyncio.QueueFull:
-                    sub.slow.set()
+                sub.offer(frame)
 
     async def _reset(self, pubsub: PubSub) -> None:
         async with self._lock:

@@ -145,6 +145,10 @@ class TokenVerifier:
         return principal
 
     def _decode(self, token: str) -> tuple[Principal, float]:
+        # A JWT is base64url and dots; header bytes that are not UTF-8 reach here as
+        # surrogate escapes, which PyJWT fails to encode (a 500 instead of a 401).
+        if not token.isascii():
+            raise Unauthorized("malformed token")
         try:
             header = jwt.get_unverified_header(token)
             alg = header.get("alg")

@@ -11,11 +11,15 @@ metadata service, the database or anything on the private network. Rules:
   refused unless ``EVENTFOLD_WEBHOOK_ALLOW_HOSTS`` names the host or a CIDR
   holding the address;
 - redirects are never followed (a 3xx is an answer, not a new target);
-- response bodies are read up to a cap.
+- response bodies are read up to a cap;
+- what a tenant reads of a failed call (a delivery's error, an integration's
+  ``last_error``) is :func:`failure_text`: the kind of failure, never an address
+  (a DNS answer from inside the network is internal information).
 """
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
 from collections.abc import Iterable
@@ -45,6 +49,24 @@ class EgressRefused(OSError, PermanentError):
     An ``OSError`` so aiohttp carries it out of its resolver (as the
     ``os_error`` of a ``ClientConnectorError``); see :func:`refusal_of`.
     """
+
+    @property
+    def public(self) -> str:
+        """The reason as a tenant may read it."""
+        return str(self)
+
+
+class PrivateAddress(EgressRefused):
+    """The target is, or resolves to, an address outbound requests may not reach.
+
+    Tenants read only "private address" (:attr:`public`): the address a host name
+    resolved to is the network's, not theirs.
+    """
+
+    @property
+    def public(self) -> str:
+        """Always "private address", whatever the message says."""
+        return "private address"
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,9 +144,9 @@ def check_url(url: str, allow: AllowList) -> URL:
     address = _literal(parsed.host)
     if address is not None and not allow.allows_host(parsed.host):
         if not allow.allows_address(address):
-            raise EgressRefused(f"{address} is a private, loopback or link-local address")
+            raise PrivateAddress(f"{address} is a private, loopback or link-local address")
     elif parsed.host.lower().rstrip(".") == "localhost" and not allow.allows_host(parsed.host):
-        raise EgressRefused("localhost is not reachable")
+        raise PrivateAddress("localhost is not reachable")
     return parsed
 
 
@@ -146,7 +168,8 @@ class GuardedResolver(AbstractResolver):
             address = ipaddress.ip_address(result["host"])
             if not self._allow.allows_address(address):
                 # One bad answer refuses all: a name that resolves to a mix is an attack.
-                raise EgressRefused(f"{host} resolves to {address}, a non-public address")
+                # The address stays out of the message: it ends up where tenants read.
+                raise PrivateAddress(f"{host} resolves to a non-public address")
         return results
 
     async def close(self) -> None:
@@ -165,6 +188,29 @@ def refusal_of(exc: BaseException) -> EgressRefused | None:
             return inner
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+def failure_text(exc: BaseException) -> str:
+    """What a tenant may read of a failed outbound call: its kind, never an address.
+
+    aiohttp's own messages name the address it connected to ("Connect call failed
+    ('10.0.0.5', 443)"), and a refusal's may too: neither is passed on.
+    """
+    refusal = refusal_of(exc)
+    if refusal is not None:
+        return f"refused: {refusal.public}"
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "connection failed: the host name does not resolve"
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return "connection failed: TLS handshake or certificate refused"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        code = errno.errorcode.get(exc.os_error.errno or 0, "")
+        return f"connection failed{f': {code}' if code else ''}"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the server closed the connection without an answer"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "the answer was cut off or malformed"
+    return f"request failed: {type(exc).__name__}"
 
 
 def guarded_session(

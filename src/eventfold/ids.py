@@ -8,36 +8,49 @@ from contextvars import ContextVar
 
 from eventfold.errors import FieldError, ValidationFailed
 
-TENANT_ID = re.compile(r"[a-z][a-z0-9_]{2,39}")
+#: A tenant id: ``^[a-z][a-z0-9_]{2,39}$`` without two underscores in a row (``__`` is
+#: reserved for internal names). Written without a lookahead, which neither pydantic's
+#: regex engine nor every JSON Schema tool takes; the length is checked apart
+#: (:data:`TENANT_ID_LENGTH`).
+TENANT_ID = re.compile(r"[a-z](?:_?[a-z0-9])*_?")
+TENANT_ID_LENGTH = (3, 40)
+TENANT_ID_RULE = "^[a-z][a-z0-9_]{2,39}$ without two underscores in a row"
 COLLECTION = re.compile(r"[a-z][a-z0-9_]{0,62}")
 RECORD_ID = re.compile(r"[A-Za-z0-9._~:-]{1,128}")
 #: Top-level data fields usable in ``filter[FIELD]``.
 FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
+#: kind → (pattern, length bounds, the rule as a 422 states it).
 _RULES = {
-    "tenant": (TENANT_ID, "^[a-z][a-z0-9_]{2,39}$"),
-    "collection": (COLLECTION, "^[a-z][a-z0-9_]{0,62}$"),
-    "id": (RECORD_ID, "^[A-Za-z0-9._~:-]{1,128}$"),
-    "field": (FIELD_NAME, "^[A-Za-z_][A-Za-z0-9_]{0,62}$"),
+    "tenant": (TENANT_ID, TENANT_ID_LENGTH, f"must match {TENANT_ID_RULE}"),
+    "collection": (COLLECTION, (1, 63), "must match ^[a-z][a-z0-9_]{0,62}$"),
+    "id": (RECORD_ID, (1, 128), "must match ^[A-Za-z0-9._~:-]{1,128}$"),
+    "field": (FIELD_NAME, (1, 63), "must match ^[A-Za-z_][A-Za-z0-9_]{0,62}$"),
 }
+
+#: Every schema that is not a tenant's own starts with this (``ef__<purpose>__<tenant>``).
+#: Tenant schemas are ``t_<tenant>``, so no tenant id can name an internal schema, and
+#: none can hold ``__`` either: a rebuild's scratch schema is never a live one.
+INTERNAL_SCHEMA_PREFIX = "ef__"
 
 
 def is_valid(kind: str, value: object) -> bool:
     """Whether ``value`` is a well-formed identifier of ``kind``."""
-    pattern, _ = _RULES[kind]
-    return isinstance(value, str) and pattern.fullmatch(value) is not None
+    pattern, (shortest, longest), _ = _RULES[kind]
+    return (
+        isinstance(value, str)
+        and shortest <= len(value) <= longest
+        and pattern.fullmatch(value) is not None
+    )
 
 
 def check(kind: str, value: str, *, path: str | None = None) -> str:
     """Return ``value`` when it is a valid ``kind`` identifier, else raise a 422."""
     if is_valid(kind, value):
         return value
-    _, shown = _RULES[kind]
+    _, _, rule = _RULES[kind]
     where = path or f"/{kind}"
-    raise ValidationFailed(
-        f"invalid {kind} identifier",
-        errors=[FieldError(where, f"must match {shown}")],
-    )
+    raise ValidationFailed(f"invalid {kind} identifier", errors=[FieldError(where, rule)])
 
 
 def tenant_schema(tenant: str) -> str:
@@ -59,11 +72,17 @@ SCHEMA_REDIRECT: ContextVar[tuple[str, str] | None] = ContextVar("schema_redirec
 
 
 def shadow_schema_name(tenant: str, suffix: str) -> str:
-    """An unquoted side schema of ``tenant`` (``t_{tenant}__{suffix}``), for rebuilds."""
+    """An unquoted internal schema of ``tenant`` for ``suffix`` (a rebuild's shadow, ...).
+
+    ``ef__{suffix}__{tenant}``: under :data:`INTERNAL_SCHEMA_PREFIX`, out of every
+    tenant's reach (``t_{tenant}__verify`` used to be the live schema of a tenant
+    ``{tenant}__verify``, dropped by a verify of ``{tenant}``). The suffix holds no
+    ``_``, so two (suffix, tenant) pairs never make one name.
+    """
     check("tenant", tenant)
-    if not suffix.isalnum():
+    if not (suffix.isascii() and suffix.isalnum()):
         raise ValueError("schema suffix must be alphanumeric")
-    return f"t_{tenant}__{suffix}"
+    return f"{INTERNAL_SCHEMA_PREFIX}{suffix}__{tenant}"
 
 
 def tenant_role(tenant: str) -> str:

@@ -302,10 +302,16 @@ class Settings:
     #: Consecutive failures that open the cache's circuit breaker, and its cooldown.
     cache_breaker_failures: int = field(default=3, metadata=INTERNAL)
     cache_breaker_cooldown_seconds: Seconds = 2.0
-    #: SSE ``/stream``: a heartbeat comment this often, and the events a client may
-    #: have waiting before it is disconnected as too slow.
+    #: SSE ``/stream``: a heartbeat comment this often, and the events (and bytes) a
+    #: client may have waiting before it is disconnected as too slow.
     stream_heartbeat_seconds: Seconds = 15.0
     stream_queue_max: Positive = 1000
+    stream_queue_max_bytes: Positive = 4 * 1024 * 1024
+    #: Streams one tenant may have open across every API instance (429 past it); 0: no cap.
+    stream_max_per_tenant: Count = 100
+    #: How often an open stream checks its credentials again (it ends once they are
+    #: refused); a number > 0, as a rate's.
+    stream_recheck_seconds: Rate = 1.0
     #: An archive segment closes before it would pass this many (uncompressed) bytes,
     #: or once its records span this many seconds (see src/consumers/archiver).
     archive_segment_bytes: Positive = 8 * 1024 * 1024

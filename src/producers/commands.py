@@ -15,22 +15,37 @@ SOURCE = "eventfold/api"
 _IDEMPOTENCY_NS = uuid.UUID("6f0c9a52-52a4-4c35-9f76-4bb0cb1f7a1e")
 
 
+def check_idempotency_key(value: str | None) -> str | None:
+    """``Idempotency-Key`` as sent (None when absent); 400 unless 1 to 255 characters of text.
+
+    aiohttp hands header bytes that are not UTF-8 over as surrogate escapes, which
+    no id can be derived from (they cannot be encoded again): refused here.
+    """
+    if value is None:
+        return None
+    if not 1 <= len(value) <= 255:
+        raise BadRequest("Idempotency-Key must be 1 to 255 characters")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise BadRequest("Idempotency-Key must be UTF-8 text") from None
+    return value
+
+
 def command_event_id(tenant: str, idempotency_key: str | None, scope: str) -> str:
     """The event id of a command: derived from ``Idempotency-Key`` when given.
 
     ``scope`` (method and path) keeps one key reused on two different routes
     from colliding.
     """
-    if idempotency_key is None:
+    if check_idempotency_key(idempotency_key) is None:
         return str(uuid.uuid4())
-    if not 1 <= len(idempotency_key) <= 255:
-        raise BadRequest("Idempotency-Key must be 1 to 255 characters")
     return str(uuid.uuid5(_IDEMPOTENCY_NS, f"{tenant}\x00{scope}\x00{idempotency_key}"))
 
 
 def new_record_id(tenant: str, idempotency_key: str | None, collection: str) -> str:
     """A record id for ``POST …/records`` without one (stable under the same key)."""
-    if idempotency_key is None:
+    if check_idempotency_key(idempotency_key) is None:
         return str(uuid.uuid4())
     return str(
         uuid.uuid5(_IDEMPOTENCY_NS, f"{tenant}\x00record\x00{collection}\x00{idempotency_key}")

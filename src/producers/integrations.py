@@ -47,10 +47,8 @@ from eventfold import ids, signing
 from eventfold.egress import AllowList, EgressRefused, check_url
 from eventfold.envelope import CloudEvent, pydantic_errors
 from eventfold.errors import (
-    BadRequest,
     FieldError,
     NotFound,
-    PayloadTooLarge,
     ValidationFailed,
 )
 from eventfold.events.integration import (
@@ -70,7 +68,9 @@ from eventfold.web import (
     auth_failed,
     authorize_tenant,
     json_response,
+    parse_json,
     rate_limit,
+    read_body,
     read_json,
 )
 from producers import commands
@@ -83,6 +83,11 @@ _BASE = "/v1/tenants/{tenant}/integrations"
 _ONE = _BASE + "/{id}"
 _ID = re.compile(INTEGRATION_ID_PATTERN)
 _HEADER_NAME = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$"
+#: Characters no header value may hold (RFC 9110: controls other than HTAB).
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+#: An integration's headers, as JSON, at most: what HTTP servers take (8-16 KiB), and
+#: sealed they must fit ``IntegrationCreated.headers_sealed``.
+_MAX_HEADERS_BYTES = 16 * 1024
 #: How long a webhook-id is remembered (the Standard Webhooks tolerance is 5 minutes).
 _WEBHOOK_DEDUP_SECONDS = 24 * 3600
 
@@ -236,10 +241,15 @@ def _check_target(request: web.Request, url: str) -> None:
 
 def _check_headers(headers: dict[str, str] | None) -> None:
     for name, value in (headers or {}).items():
-        if re.fullmatch(_HEADER_NAME, name) is None or any(c in value for c in "\r\n\x00"):
+        if re.fullmatch(_HEADER_NAME, name) is None or _CONTROL.search(value):
             raise ValidationFailed(
                 "invalid header", errors=[FieldError(f"/headers/{name[:64]}", "invalid header")]
             )
+    if headers and len(orjson.dumps(headers)) > _MAX_HEADERS_BYTES:
+        raise ValidationFailed(
+            "the headers are too large",
+            errors=[FieldError("/headers", f"at most {_MAX_HEADERS_BYTES} bytes in all")],
+        )
 
 
 def _seal_headers(request: web.Request, integration_id: str, headers: dict[str, str]) -> str:
@@ -389,12 +399,7 @@ async def inbound_webhook(request: web.Request) -> web.Response:
     except NotFound:
         auth_failed(request)  # an unauthenticated lookup that found nothing
         raise
-    limit = request.app[SETTINGS].max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"the request body is over {limit} bytes")
-    body = await request.read()
-    if len(body) > limit:
-        raise PayloadTooLarge(f"the request body is over {limit} bytes")
+    body = await read_body(request)  # the signature covers the raw bytes
     try:
         secret = keyring(request.app[SETTINGS]).open(
             row["webhook_secret_sealed"], purpose=secret_purpose(row["id"])
@@ -415,10 +420,7 @@ async def inbound_webhook(request: web.Request) -> web.Response:
                 return json_response({"items": 0, "duplicate": True})
         except RedisError:
             pass  # the deterministic event ids keep a second delivery harmless
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"malformed JSON: {exc}") from None
+    doc = parse_json(body)
     config = PollConfig.model_validate(row["config"])
     spec = PageSpec(row["id"], config.collection, "items", config.id_field, config.deleted_field)
     try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
@@ -52,42 +51,6 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_delete(_RECORD + "/{id}", delete_record)
 
 
-def _nul_path(value: Any, path: str = "") -> str | None:
-    """The JSON pointer of the first string holding U+0000, if any."""
-    if isinstance(value, str):
-        return path if "\x00" in value else None
-    items = (
-        value.items()
-        if isinstance(value, dict)
-        else enumerate(value)
-        if isinstance(value, list)
-        else ()
-    )
-    for key, child in items:
-        key_text = str(key)
-        if "\x00" in key_text:
-            return f"{path}/{key_text}"
-        found = _nul_path(child, f"{path}/{key_text.replace('~', '~0').replace('/', '~1')}")
-        if found is not None:
-            return found
-    return None
-
-
-async def _body(request: web.Request) -> Any:
-    """The JSON body; PostgreSQL cannot store U+0000, so it stops here with a 422."""
-    body = await read_json(request)
-    # Without a backslash in the text (read_json keeps the bytes) no string can hold
-    # U+0000 or a literal "\\u0000" (both need an escape): the re-serialising check
-    # below could only say no, so it is skipped.
-    if b"\\" in await request.read() and b"\\u0000" in orjson.dumps(body):
-        where = _nul_path(body) or "/"
-        raise ValidationFailed(
-            "text may not contain the NUL character (U+0000)",
-            errors=[FieldError(where or "/", "contains U+0000")],
-        )
-    return body
-
-
 def _accepted(results: list[Published], extra: dict[str, Any]) -> web.Response:
     return json_response({**extra, "consistency_token": consistency_token(results)}, status=202)
 
@@ -95,7 +58,7 @@ def _accepted(results: list[Published], extra: dict[str, Any]) -> web.Response:
 async def create_tenant(request: web.Request) -> web.Response:
     """``POST /v1/tenants`` (platform-admin): publish ``tenant.created``."""
     (await authenticate(request)).require("platform-admin")
-    body = await _body(request)
+    body = await read_json(request)
     try:
         data = TenantCreated.model_validate(body)
     except ValidationError as exc:
@@ -118,7 +81,7 @@ async def create_tenant(request: web.Request) -> web.Response:
 async def publish_events(request: web.Request) -> web.Response:
     """``POST /v1/tenants/{t}/events`` (writer): one event or an all-or-nothing batch."""
     _, tenant = await authorize_tenant(request, "writer")
-    body = await _body(request)
+    body = await read_json(request)
     settings = request.app[SETTINGS]
     batch = isinstance(body, list)
     raw_events = body if batch else [body]
@@ -236,7 +199,7 @@ async def create_record(request: web.Request) -> web.Response:
     """``POST …/records`` ``{"id"?, "data"}``: create (a record that exists is rejected)."""
     collection, _ = await _authorize_command(request)
     try:
-        body = CreateRecordBody.model_validate(await _body(request))
+        body = CreateRecordBody.model_validate(await read_json(request))
     except ValidationError as exc:
         raise ValidationFailed("invalid record", errors=pydantic_errors(exc)) from None
     key = request.headers.get("Idempotency-Key")
@@ -257,7 +220,7 @@ async def create_record(request: web.Request) -> web.Response:
 async def put_record(request: web.Request) -> web.Response:
     """``PUT …/records/{id}`` (body = the document): create or replace."""
     _, record_id = await _authorize_command(request)
-    data = _document(await _body(request), "/")
+    data = _document(await read_json(request), "/")
     assert record_id is not None
     return await _command(
         request,
@@ -271,7 +234,7 @@ async def put_record(request: web.Request) -> web.Response:
 async def patch_record(request: web.Request) -> web.Response:
     """``PATCH …/records/{id}`` (``application/merge-patch+json``): RFC 7396 merge."""
     _, record_id = await _authorize_command(request)
-    patch = _document(await _body(request), "/")
+    patch = _document(await read_json(request), "/")
     assert record_id is not None
     return await _command(
         request,

@@ -9,7 +9,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from eventfold.dedup import dedup_key, pending_event
 from eventfold.settings import Settings
-from eventfold.web import REDIS
+from eventfold.web import MAX_JSON_DEPTH, REDIS
 from tests.integration.conftest import Api, TenantApi
 
 
@@ -191,3 +191,38 @@ async def test_tenant_with_limits(api: Api) -> None:
     assert body["limits"] == {"requests_per_second": 5.0, "burst": 10}
     assert body["status"] == "active"
     assert set(body) == {"id", "name", "status", "limits", "created_at"}
+
+
+async def test_events_nested_past_the_depth_limit_are_refused_and_not_published(
+    tenant: TenantApi,
+) -> None:
+    def data(depth: int) -> Any:
+        value: Any = {}
+        for _ in range(depth - 1):
+            value = {"a": value}
+        return value
+
+    # The envelope is level 1, its data level 2: data of MAX_JSON_DEPTH levels is one too
+    # many, and its first object past the limit MAX_JSON_DEPTH - 1 members "a" down.
+    for depth in (MAX_JSON_DEPTH, 299):
+        # (orjson, the server's parser, cannot write 300 levels: the stdlib json can.)
+        resp = await tenant.call("POST", "/events", json=event("deep-1", data=data(depth)))
+        assert resp.status == 400, (depth, await resp.text())
+        problem = await resp.json(content_type="application/problem+json")
+        assert problem["errors"] == [
+            {
+                "path": "/data" + "/a" * (MAX_JSON_DEPTH - 1),
+                "message": f"nested deeper than {MAX_JSON_DEPTH} levels",
+            }
+        ]
+        batch = [event("deep-0", "items/d0"), event("deep-2", data=data(depth))]
+        resp = await tenant.call("POST", "/events", json=batch)
+        assert resp.status == 400, await resp.text()
+        problem = await resp.json(content_type="application/problem+json")
+        assert problem["errors"][0]["path"] == "/1/data" + "/a" * (MAX_JSON_DEPTH - 2)
+    for event_id in ("deep-0", "deep-1", "deep-2"):
+        assert (await tenant.read(f"/events/{event_id}")).status == 404
+    ok = await tenant.write("POST", "/events", json=event("deep-3", data=data(MAX_JSON_DEPTH - 1)))
+    applied = await tenant.read_json("/events/deep-3", ok["consistency_token"])
+    assert applied["status"] == "applied"
+    assert applied["data"] == data(MAX_JSON_DEPTH - 1)

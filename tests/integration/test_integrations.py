@@ -419,6 +419,17 @@ async def test_configuration_is_validated_and_secrets_are_never_returned(
     assert resp.status == 403
     resp = await stenant.call("POST", "/integrations", roles=("admin",), json={"kind": "nope"})
     assert resp.status == 422
+    # Headers too large to seal into the event (a 500 once), or holding control characters.
+    base = {"kind": "http-poll", "url": source.url, "collection": "c", "interval_seconds": 60}
+    for headers, where in (
+        ({"X-A": "x" * 70_000}, "/headers"),
+        ({"X-A": "a\x7fb"}, "/headers/X-A"),
+    ):
+        body = {**base, "headers": headers}
+        resp = await stenant.call("POST", "/integrations", roles=("admin",), json=body)
+        assert resp.status == 422, await resp.text()
+        problem = await resp.json(content_type="application/problem+json")
+        assert [e["path"] for e in problem["errors"]] == [where]
     iid = (await create(stenant, source, paused=True))["id"]
     st = await state(stenant, iid)
     assert st["state"] == "paused"

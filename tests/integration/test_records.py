@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+import orjson
 import pytest
 
+from eventfold.web import MAX_JSON_DEPTH
 from tests.integration.conftest import TenantApi
 
 R = "/collections/orders/records"
@@ -169,3 +171,37 @@ async def test_hostile_collection_names_are_plain_data(tenant: TenantApi) -> Non
         w = await tenant.write("PUT", f"/collections/{name}/records/r1", json={"n": name})
         doc = await tenant.read_json(f"/collections/{name}/records/r1", w["consistency_token"])
         assert doc["data"] == {"n": name}
+
+
+def nested(depth: int) -> bytes:
+    """A JSON document of ``depth`` objects, each the only member ``a`` of the one before."""
+    return b'{"a":' * (depth - 1) + b"{}" + b"}" * (depth - 1)
+
+
+async def test_a_document_nested_past_the_depth_limit_is_refused_with_its_path(
+    tenant: TenantApi,
+) -> None:
+    # 300 levels parsed, then failed to serialise again: a 500 after the parse.
+    for depth in (MAX_JSON_DEPTH + 1, 300):
+        for method in ("PUT", "PATCH"):
+            resp = await tenant.call(method, f"{R}/deep", data=nested(depth))
+            assert resp.status == 400, (method, depth, await resp.text())
+            problem = await resp.json(content_type="application/problem+json")
+            # The first object past the limit: MAX_JSON_DEPTH members "a" down.
+            assert problem["errors"] == [
+                {
+                    "path": "/a" * MAX_JSON_DEPTH,
+                    "message": f"nested deeper than {MAX_JSON_DEPTH} levels",
+                }
+            ], problem
+        resp = await tenant.call("POST", R, data=b'{"data":' + nested(depth) + b"}")
+        assert resp.status == 400, await resp.text()
+        problem = await resp.json(content_type="application/problem+json")
+        assert problem["errors"][0]["path"] == "/data" + "/a" * (MAX_JSON_DEPTH - 1)
+    # Nothing was published: the record never existed.
+    resp = await tenant.read(f"{R}/deep")
+    assert resp.status == 404
+    # At the limit, the document is stored and read back whole.
+    w = await tenant.write("PUT", f"{R}/deep", data=nested(MAX_JSON_DEPTH))
+    doc = await tenant.read_json(f"{R}/deep", w["consistency_token"])
+    assert orjson.dumps(doc["data"]) == nested(MAX_JSON_DEPTH)

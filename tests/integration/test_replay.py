@@ -109,7 +109,7 @@ async def test_verify_finds_a_corrupted_row_and_replay_repairs_it_under_load(
         )
         assert json.loads(data) == {"n": -1}
         left = await conn.fetchval(
-            "SELECT count(*) FROM pg_namespace WHERE nspname LIKE $1", f"t_{tenant.id}__%"
+            "SELECT count(*) FROM pg_namespace WHERE nspname LIKE $1", f"ef\\_\\_%\\_\\_{tenant.id}"
         )
         assert left == 0
 
@@ -171,7 +171,7 @@ async def test_verify_finds_a_corrupted_row_and_replay_repairs_it_under_load(
             == other_before
         )
         left = await conn.fetchval(
-            "SELECT count(*) FROM pg_namespace WHERE nspname LIKE $1", f"t_{tenant.id}__%"
+            "SELECT count(*) FROM pg_namespace WHERE nspname LIKE $1", f"ef\\_\\_%\\_\\_{tenant.id}"
         )
         assert left == 0
         version = await conn.fetchval(

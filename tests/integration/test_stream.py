@@ -2,9 +2,11 @@
 
 Events written after connecting arrive, filtered by type; ``Last-Event-ID``
 replays exactly the missed events, then the stream goes on live; other
-tenants' credentials are refused; a client that does not read is cut off;
-heartbeats arrive. A second, API-only app (no projector, its own small stream
-settings) serves some streams: any instance serves any tenant.
+tenants' credentials are refused; a client that does not read is cut off (by
+frames or by bytes); heartbeats arrive; a stream ends, saying why, once its API
+key is revoked or its token expired; a tenant's open streams are capped across
+instances. Second, API-only apps (no projector, their own small stream
+settings) serve some streams: any instance serves any tenant.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from eventfold.kafka import message_key
 from eventfold.settings import Settings
 from eventfold.web import METRICS
 from tests.conftest import new_tenant_id
-from tests.integration.conftest import Api, TenantApi
+from tests.integration.conftest import READ_API, Api, TenantApi, serving
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -131,6 +133,34 @@ async def small(api: Api) -> AsyncIterator[TestClient[Any, Any]]:
         await client.close()
 
 
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def strict(api: Api) -> AsyncIterator[TestClient[Any, Any]]:
+    """An API-only instance: two streams per tenant, no token leeway, checks every 0.2 s."""
+    settings = dataclasses.replace(
+        api.settings,
+        stream_heartbeat_seconds=0.2,
+        stream_max_per_tenant=2,
+        stream_recheck_seconds=0.2,
+        jwt_leeway_seconds=0,
+    )
+    async with serving(settings, READ_API) as client:
+        yield client
+
+
+async def end_of(resp: ClientResponse) -> dict[str, Any]:
+    """The stream's ``end`` frame (skipping events and comments before it); the body ends."""
+    async with asyncio.timeout(WAIT):  # heartbeats alone would keep the loop going
+        while True:
+            frame = await next_block(resp)
+            if frame.event == "end":
+                break
+    assert frame.id is None  # Last-Event-ID keeps naming the last event
+    assert frame.data is not None
+    async with asyncio.timeout(WAIT):
+        assert await resp.content.read() == b"", "nothing may follow the end frame"
+    return frame.data
+
+
 async def test_event_written_after_connecting_arrives(api: Api, tenant: TenantApi) -> None:
     # record.* only: the tenant's own tenant.created may be published after we connect.
     resp = await open_stream(api.client, tenant, "?types=record.*")
@@ -229,14 +259,14 @@ async def test_heartbeats_arrive(tenant: TenantApi, small: TestClient[Any, Any])
         resp.close()
 
 
-async def test_slow_client_is_disconnected(tenant: TenantApi, small: TestClient[Any, Any]) -> None:
-    metrics = small.server.app[METRICS]
-    before = metrics.stream_slow_disconnects._value.get()
-    # A client that never reads: a tiny receive window, so the server's buffers fill fast.
+async def silent_client(
+    client: TestClient[Any, Any], tenant: TenantApi
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A stream whose client never reads: a tiny receive window, so the server's buffers fill."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, (small.host, small.port))
+    await asyncio.get_running_loop().sock_connect(sock, (client.host, client.port))
     reader, writer = await asyncio.open_connection(sock=sock, limit=1024)
     token = tenant.api.token(tenant.id, "reader")
     writer.write(
@@ -244,9 +274,16 @@ async def test_slow_client_is_disconnected(tenant: TenantApi, small: TestClient[
         f"Accept: {SSE}\r\nAuthorization: Bearer {token}\r\n\r\n".encode()
     )
     await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return reader, writer
+
+
+async def test_slow_client_is_disconnected(tenant: TenantApi, small: TestClient[Any, Any]) -> None:
+    metrics = small.server.app[METRICS]
+    before = metrics.stream_slow_disconnects._value.get()
+    reader, writer = await silent_client(small, tenant)
     try:
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
-        assert head.startswith(b"HTTP/1.1 200"), head
         blob = {"blob": "x" * 60_000}
         async with asyncio.timeout(60):
             n = 0
@@ -305,3 +342,121 @@ async def test_replayed_events_are_not_pushed_nor_resumed(api: Api, tenant: Tena
         assert frame.data["id"] == after
     finally:
         resumed.close()
+
+
+async def test_a_stream_ends_when_its_api_key_is_revoked(api: Api, tenant: TenantApi) -> None:
+    key = {"name": "stream", "roles": ["reader"]}
+    resp = await tenant.call("POST", "/api-keys", roles=("admin",), json=key)
+    assert resp.status == 201, await resp.text()
+    created = await resp.json()
+    headers = {
+        "X-API-Key": created["key"],
+        "Accept": SSE,
+        "X-Consistency-Token": created["consistency_token"],
+    }
+    stream = await api.client.get(
+        tenant.path("/stream?types=record.*"),
+        headers=headers,
+        timeout=ClientTimeout(total=None, sock_read=None),
+    )
+    try:
+        assert stream.status == 200, await stream.text()
+        await upsert(tenant, "k", n=1)
+        assert (await next_event(stream)).event == "record.upserted"  # it streams
+        revoked = await tenant.call("DELETE", f"/api-keys/{created['id']}", roles=("admin",))
+        assert revoked.status == 202, await revoked.text()
+        assert await end_of(stream) == {
+            "reason": "credentials_ended",
+            "detail": "the API key was revoked",
+        }
+    finally:
+        stream.close()
+
+
+async def test_a_stream_ends_when_its_token_expires(
+    tenant: TenantApi, strict: TestClient[Any, Any]
+) -> None:
+    token = tenant.api.token(tenant.id, "reader", ttl=2)
+    resp = await strict.get(
+        tenant.path("/stream"),
+        headers={"Authorization": f"Bearer {token}", "Accept": SSE},
+        timeout=ClientTimeout(total=None, sock_read=None),
+    )
+    try:
+        assert resp.status == 200, await resp.text()
+        assert await end_of(resp) == {
+            "reason": "credentials_ended",
+            "detail": "the token has expired",
+        }
+    finally:
+        resp.close()
+
+
+async def test_open_streams_per_tenant_are_capped_across_instances(
+    tenant: TenantApi, strict: TestClient[Any, Any], small: TestClient[Any, Any]
+) -> None:
+    # `strict` allows 2 per tenant; the stream on `small` counts too (one count in Redis).
+    first = await open_stream(strict, tenant)
+    second = await open_stream(small, tenant)
+    opened = [first, second]
+    try:
+        refused = await strict.get(
+            tenant.path("/stream"), headers={**tenant.api.auth(tenant.id, "reader"), "Accept": SSE}
+        )
+        assert refused.status == 429, await refused.text()
+        assert refused.headers["Retry-After"].isdigit()
+        problem = await refused.json(content_type="application/problem+json")
+        assert problem["status"] == 429
+        # Another tenant is not held back by this one's streams.
+        other = TenantApi(tenant.api, (await tenant.api.create_tenant())["id"])
+        opened.append(await open_stream(strict, other))
+        # A closed stream gives its slot back (once the server notices, at a heartbeat).
+        second.close()
+        async with asyncio.timeout(WAIT):
+            while True:
+                again = await strict.get(
+                    tenant.path("/stream"),
+                    headers={**tenant.api.auth(tenant.id, "reader"), "Accept": SSE},
+                    timeout=ClientTimeout(total=None, sock_read=None),
+                )
+                if again.status == 200:
+                    opened.append(again)
+                    break
+                assert again.status == 429, await again.text()
+                again.release()
+                await asyncio.sleep(0.1)
+    finally:
+        for resp in opened:
+            resp.close()
+
+
+async def test_a_slow_client_is_cut_by_the_bytes_it_holds_up(api: Api, tenant: TenantApi) -> None:
+    """A queue of 1000 frames but 200 kB: a few large events are enough to cut the client."""
+    settings = dataclasses.replace(
+        api.settings, stream_heartbeat_seconds=0.2, stream_queue_max=1000,
+        stream_queue_max_bytes=200_000,
+    )  # fmt: skip
+    async with serving(settings, READ_API) as bounded:
+        metrics = bounded.server.app[METRICS]
+        before = metrics.stream_slow_disconnects._value.get()
+        reader, writer = await silent_client(bounded, tenant)
+        try:
+            blob = {"blob": "x" * 60_000}
+            n = 0
+            # Counting frames alone, it takes 1000 of them queued (plus what the sockets hold).
+            while metrics.stream_slow_disconnects._value.get() == before and n < 500:
+                doc = await tenant.write("PUT", f"/collections/things/records/b{n}", json=blob)
+                got = await tenant.read(
+                    f"/collections/things/records/b{n}", doc["consistency_token"]
+                )
+                assert got.status == 200
+                n += 1
+            assert metrics.stream_slow_disconnects._value.get() > before, n
+            async with asyncio.timeout(WAIT):
+                try:
+                    while await reader.read(65536):
+                        pass
+                except ConnectionError:
+                    pass
+        finally:
+            writer.close()

@@ -40,6 +40,7 @@ from eventfold.kafka import message_key
 from eventfold.metrics import Metrics
 from eventfold.sealing import keyring
 from eventfold.settings import Settings
+from tests.conftest import free_port
 from tests.integration.conftest import Api, TenantApi
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -322,13 +323,35 @@ async def test_a_name_resolving_to_loopback_is_refused_at_delivery(
     async with guarded_session(none_allowed) as session:
         result = await delivery.attempt(session, keyring(stack), none_allowed, item, 2.0)
     assert result.status is None, result
-    assert (result.error or "").startswith("refused"), result
+    # What the tenant reads in GET …/deliveries: the refusal, not the DNS answer.
+    assert result.error == "refused: private address", result
     assert receiver.hits == []
     # The same name, allowed, is delivered to.
     allowed = AllowList.parse(["127.0.0.1"])
     async with guarded_session(allowed) as session:
         result = await delivery.attempt(session, keyring(stack), allowed, item, 2.0)
     assert result.status == 200, result
+
+
+async def test_a_failed_connection_names_no_address(stack: Settings) -> None:
+    # An allowed name whose port is closed: aiohttp's message holds the address the
+    # name resolved to ("Connect call failed ('127.0.0.1', …)"); the tenant's does not.
+    item = delivery.Claimed(
+        id=0,
+        webhook_id="0" * 16,
+        tenant="t",
+        event_id="e-1",
+        body=b"{}",
+        attempts=0,
+        created_at=datetime.now(UTC),
+        url=f"http://{_loopback_name()}:{free_port()}/hook",
+        secret_sealed=keyring(stack).seal(b"whsec_" + b"A" * 44, purpose="webhook.secret"),
+    )
+    allowed = AllowList.parse(["127.0.0.1"])
+    async with guarded_session(allowed) as session:
+        result = await delivery.attempt(session, keyring(stack), allowed, item, 2.0)
+    assert result.status is None, result
+    assert result.error == "connection failed: ECONNREFUSED", result
 
 
 def _loopback_name() -> str:

@@ -424,3 +424,9 @@ def test_a_remembered_token_still_expires(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(auth_module.time, "time", lambda: now + 61)
     with pytest.raises(Unauthorized, match="expired"):
         verifier.verify(token)
+
+
+@pytest.mark.parametrize("token", ["\udcff\udcfe", "\udced\udca0\udc80.e30.e30", "é.e30.e30"])
+def test_a_token_that_is_not_ascii_is_a_401(token: str) -> None:
+    # Header bytes that are not UTF-8 arrive as surrogate escapes; PyJWT cannot encode them.
+    assert str(assert_unauthorized(TokenVerifier(SECRET), token)) == "malformed token"

@@ -120,3 +120,13 @@ def test_record_event_builds_a_stamped_record_envelope() -> None:
     assert ev.time.tzinfo is not None
     assert ev.data == {"a": None}
     assert ev.source == "eventfold/api"
+
+
+@pytest.mark.parametrize("key", ["\udcff\udcfe", "a\ud800"])
+def test_keys_that_are_not_text_are_refused_not_crashed_on(key: str) -> None:
+    # aiohttp hands header bytes that are not UTF-8 over as surrogate escapes.
+    with pytest.raises(BadRequest, match="UTF-8"):
+        command_event_id("acme", key, "PUT /records/1")
+    with pytest.raises(BadRequest, match="UTF-8"):
+        new_record_id("acme", key, "orders")
+    assert command_event_id("acme", "é😀", "PUT /records/1")

@@ -38,7 +38,13 @@ TENANT_CASES = [
     ("a" * 40, True),
     ("a" * 41, False),
     ("acme_2", True),
-    ("a__", True),
+    ("a__", False),
+    ("acme__verify", False),
+    ("a_b_c", True),
+    ("abc_", True),
+    ("ab__", False),
+    ("a" * 39 + "_", True),
+    ("a" * 39 + "__", False),
     ("pg_catalog", True),
     ("Acme", False),
     ("acmE", False),
@@ -107,7 +113,10 @@ def test_check_error_is_422_with_the_pattern_at_the_default_path() -> None:
         check("tenant", "Bad")
     assert exc.value.status == 422
     assert [e.as_dict() for e in exc.value.errors] == [
-        {"path": "/tenant", "message": "must match ^[a-z][a-z0-9_]{2,39}$"}
+        {
+            "path": "/tenant",
+            "message": "must match ^[a-z][a-z0-9_]{2,39}$ without two underscores in a row",
+        }
     ]
 
 

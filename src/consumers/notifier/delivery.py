@@ -21,14 +21,7 @@ from datetime import datetime
 import aiohttp
 import asyncpg
 
-from eventfold.egress import (
-    AllowList,
-    EgressRefused,
-    ResponseTooLarge,
-    check_url,
-    read_capped,
-    refusal_of,
-)
+from eventfold.egress import AllowList, ResponseTooLarge, check_url, failure_text, read_capped
 from eventfold.events.webhook import SECRET_PURPOSE
 from eventfold.metrics import Metrics
 from eventfold.sealing import Keyring
@@ -153,11 +146,8 @@ async def attempt(
     except TimeoutError:
         error = f"timeout after {deadline:g}s"
     except Exception as exc:
-        refused = refusal_of(exc)
-        if refused is not None or isinstance(exc, EgressRefused):
-            error = f"refused: {refused or exc}"
-        else:
-            error = f"{type(exc).__name__}: {exc}"[:500]
+        # Tenants read it in GET …/deliveries: the kind of failure, no address.
+        error = failure_text(exc)
     return Result(status, error, (time.monotonic() - started) * 1000)
 
 

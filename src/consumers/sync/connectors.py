@@ -21,7 +21,14 @@ import aiohttp
 import orjson
 
 from consumers.sync.pages import BadPage, page_items
-from eventfold.egress import AllowList, EgressRefused, ResponseTooLarge, check_url, read_capped
+from eventfold.egress import (
+    AllowList,
+    EgressRefused,
+    ResponseTooLarge,
+    check_url,
+    failure_text,
+    read_capped,
+)
 from eventfold.errors import PermanentError, RetriableError
 from eventfold.events.integration import PollConfig
 
@@ -158,7 +165,7 @@ class HttpPoll:
         try:
             url = check_url(self.config.url, ctx.allow)
         except EgressRefused as exc:
-            raise SourceBroken(f"refused target: {exc}") from None
+            raise SourceBroken(f"refused target: {exc.public}") from None
         if cursor is not None:
             url = url.update_query({self.config.cursor_param: cursor})
         try:
@@ -191,9 +198,10 @@ class HttpPoll:
         except TimeoutError:
             raise SourceUnavailable(f"no answer within {ctx.timeout:g} s") from None
         except aiohttp.ClientError as exc:
-            raise SourceUnavailable(f"connection failed: {type(exc).__name__}") from None
+            # last_error is the tenant's to read: the kind of failure, no address.
+            raise SourceUnavailable(failure_text(exc)) from None
         except EgressRefused as exc:
-            raise SourceBroken(f"refused target: {exc}") from None
+            raise SourceBroken(f"refused target: {exc.public}") from None
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:

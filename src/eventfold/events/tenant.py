@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from eventfold import ids
+
 
 class TenantLimits(BaseModel):
     """Per-tenant request rate limits (a token bucket)."""
@@ -19,6 +21,11 @@ class TenantCreated(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(pattern=r"^[a-z][a-z0-9_]{2,39}$")
+    id: str = Field(
+        pattern=f"^{ids.TENANT_ID.pattern}$",
+        min_length=ids.TENANT_ID_LENGTH[0],
+        max_length=ids.TENANT_ID_LENGTH[1],
+        description=ids.TENANT_ID_RULE,
+    )
     name: str = Field(min_length=1, max_length=200)
     limits: TenantLimits = Field(default_factory=TenantLimits)
