@@ -33,8 +33,8 @@ async def integration_created(
     except ValidationError as exc:
         return Outcome("rejected", f"invalid integration.created data: {exc.error_count()} errors")
     inserted = await conn.fetchval(
-        f"INSERT INTO {platform.table(tenant, 'integrations')} (id, tenant, kind, config, headers_sealed,"
-        " webhook_secret_sealed, paused, created_at, event_id, state, topic)"
+        f"INSERT INTO {platform.table(tenant, 'integrations')} (id, tenant, kind, config,"
+        " headers_sealed, webhook_secret_sealed, paused, created_at, event_id, state, topic)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,"
         " CASE WHEN $7 THEN 'paused' ELSE 'ok' END, $10)"
         " ON CONFLICT (id) DO NOTHING RETURNING true",
