@@ -113,6 +113,15 @@ def copies_ddl(schema: str) -> str:
     )
 
 
+async def copies_present(conn: asyncpg.Connection, schema: str) -> bool:
+    """Whether the quoted ``schema`` holds a copy of every platform table (a shadow
+    started before the copies existed has none: its rebuild starts afresh)."""
+    for name in TABLES:
+        if await conn.fetchval("SELECT to_regclass($1)", _copy(schema, name)) is None:
+            return False
+    return True
+
+
 def drop_copies_ddl(schema: str) -> str:
     """DDL dropping the copies in the quoted ``schema`` (before it becomes a live schema)."""
     return "".join(f"DROP TABLE IF EXISTS {_copy(schema, name)};" for name in TABLES)

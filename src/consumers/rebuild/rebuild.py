@@ -410,7 +410,7 @@ async def _resume(
     if row is None or row["version"] != store.PROJECTION_VERSION or not row["positions"]:
         return None
     present = await conn.fetchval("SELECT count(*) FROM pg_namespace WHERE nspname = $1", shadow)
-    if not present:
+    if not present or not await platform.copies_present(conn, f'"{shadow}"'):
         return None
     raw = row["positions"]
     doc = orjson.loads(raw) if isinstance(raw, str | bytes) else raw
