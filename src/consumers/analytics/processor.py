@@ -51,6 +51,7 @@ import faust
 import orjson
 from redis.asyncio import Redis
 
+from consumers import membership
 from consumers.analytics.changelog import OwnedCommits, WriteBehindTable, restore_to_stable_end
 from consumers.analytics.windows import (
     WINDOWS,
@@ -63,6 +64,7 @@ from consumers.analytics.windows import (
     touched_key,
     window_key,
 )
+from consumers.membership import leave_on_stop
 from eventfold.bootstrap import redis_client
 from eventfold.metrics import Metrics
 from eventfold.replay import REPLAY_ATTRIBUTE
@@ -151,6 +153,7 @@ class Analytics:
             settings.events_topic, list(self.tables().values()), self.assigned
         )
         self._newest_log_ms = 0
+        self._started = False
         self.app.agent(self.topic, name="analytics-count")(self._agent)
         self.app.on_partitions_revoked.connect(self._on_revoked)
 
@@ -370,19 +373,43 @@ class Analytics:
         positions = self.commits.positions
         return all(positions.get(tp.partition, 0) >= end for tp, end in ends.items() if end)
 
+    def is_ready(self) -> bool:
+        """Whether the worker consumes: assigned, its tables restored, not rebalancing."""
+        return self._started and not self.app.rebalancing and self._recovered()
+
+    def _recovered(self) -> bool:
+        """Whether faust's first recovery (table restore) has completed."""
+        tables: Any = self.app.tables
+        return bool(tables.recovery.completed.is_set())
+
     async def run(self, stop: asyncio.Event | None = None, *, burst: bool = False) -> None:
         """Run the faust app on this loop until ``stop`` (or, in burst mode, caught up)."""
         stop = stop or asyncio.Event()
+        # A static member of the app's group (see consumers.membership): restarted after
+        # a SIGKILL, the worker gets its partitions back without waiting for the session.
+        async with membership.claim(self.settings.database_url, app_id(self.settings), stop) as m:
+            self.app.conf.consumer_group_instance_id = m.instance_id
+            try:
+                await self._run(stop, burst, m)
+            finally:
+                self._started = False
+
+    async def _run(self, stop: asyncio.Event, burst: bool, member: membership.Member) -> None:
         redis = redis_client(self.settings)
         flush_stop = asyncio.Event()
         self.commits.install(self.app.consumer)
         restore_to_stable_end(self.app.consumer)
         await self.app.start()
+        # faust's aiokafka consumer, started with the app: it leaves the group on stop.
+        consumer: Any = self.app.consumer
+        leave_on_stop(consumer._thread._ensure_consumer())
+        self._started = True
         flusher = asyncio.create_task(self._flusher(redis, flush_stop))
         interval = self.app.conf.broker_commit_interval
         committed_at = time.monotonic()
         try:
             while not stop.is_set():
+                member.check()
                 if not self.app.rebalancing and time.monotonic() - committed_at >= interval:
                     committed_at = time.monotonic()
                     await self.commits.commit()
