@@ -35,7 +35,9 @@ a changelog's end from the consumer's cached "last stable offset", which is
 None until a fetch answer for that partition came in. A restarted worker then
 restored nothing, or stopped at whatever the first fetch had seen, and counted
 on from the committed offsets with its tables short: the lost counts of the
-SIGKILL test. :func:`restore_to_stable_end` asks the broker instead.
+SIGKILL test. :func:`restore_to_last_record` asks the broker instead, and ends each
+restore at the changelog's last committed record (not at a transaction marker
+faust waits 10 s for).
 """
 
 from __future__ import annotations
@@ -203,17 +205,73 @@ class OwnedCommits:
             return True
 
 
-def restore_to_stable_end(consumer: Any) -> None:
-    """Make the faust ``consumer`` restore changelogs up to the broker's last stable offsets.
+#: How many offsets before the end a changelog's tail is first read for its last record.
+TAIL_WINDOW = 64
+#: A tail read gives up after this long (faust then ends the restore its own way).
+TAIL_SECONDS = 30.0
+
+
+async def last_record_ends(
+    bootstrap: str, partitions: list[TopicPartition]
+) -> dict[TopicPartition, int]:
+    """Per partition, the offset just after its last committed record (its start when it has none).
+
+    With transactions the offset before a partition's last stable offset is a
+    commit or abort marker, never a record: a restore waiting to apply "the record
+    before the end" waits for one that never comes. Each tail is read
+    (``read_committed``, from ``TAIL_WINDOW`` offsets before the end, further back
+    while it holds no committed record) on a consumer of its own.
+    """
+    from aiokafka import AIOKafkaConsumer
+
+    reader = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False
+    )
+    await reader.start()
+    try:
+        reader.assign(partitions)
+        stable = await reader.end_offsets(partitions)
+        starts = await reader.beginning_offsets(partitions)
+        ends = {tp: starts[tp] for tp in partitions}
+        async with asyncio.timeout(TAIL_SECONDS):
+            for tp in partitions:
+                end, window = stable[tp], TAIL_WINDOW
+                while end > starts[tp]:
+                    begin = max(starts[tp], end - window)
+                    reader.seek(tp, begin)
+                    last = -1
+                    while await reader.position(tp) < end:
+                        got = await reader.getmany(tp, timeout_ms=500)
+                        last = max([last, *(m.offset for m in got.get(tp, ()) if m.offset < end)])
+                    if last >= 0:
+                        ends[tp] = last + 1
+                        break
+                    if begin <= starts[tp]:
+                        break  # nothing committed at all: nothing to restore
+                    window *= 8
+    finally:
+        await reader.stop()
+    return ends
+
+
+def restore_to_last_record(consumer: Any, bootstrap: str) -> None:
+    """Make the faust ``consumer`` restore each changelog up to its last committed record.
 
     faust reads the ends of the changelog partitions through its consumer
-    thread's ``_highwaters``; asked of a ``read_committed`` consumer,
-    ``end_offsets`` returns the last stable offset (the end of the committed
-    transactions), which is what a restore must reach.
+    thread's ``_highwaters`` and restores until it has applied the record at
+    "end - 1". Its own answer (a cached last stable offset, None until a fetch
+    came in) made a restarted worker restore nothing, or stop early. The last
+    stable offset itself is one past a transaction marker: faust never sees a
+    record there, waits for two idle 5-second polls, then ends the restore from
+    the consumer's fetch position ("Aborted tx until highwater"), 10 s late and
+    without knowing that every fetched record was applied. The offset after
+    the last committed record (:func:`last_record_ends`) ends the restore the
+    moment that record is applied.
     """
     thread = consumer._thread
 
-    async def stable_ends(partitions: list[Any]) -> Any:
-        return await thread._ensure_consumer().end_offsets(list(partitions))
+    async def record_ends(partitions: list[Any]) -> Any:
+        tps = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
+        return await last_record_ends(bootstrap, tps)
 
-    thread._highwaters = stable_ends
+    thread._highwaters = record_ends

@@ -52,7 +52,7 @@ import orjson
 from redis.asyncio import Redis
 
 from consumers import membership
-from consumers.analytics.changelog import OwnedCommits, WriteBehindTable, restore_to_stable_end
+from consumers.analytics.changelog import OwnedCommits, WriteBehindTable, restore_to_last_record
 from consumers.analytics.windows import (
     WINDOWS,
     CountKey,
@@ -319,17 +319,19 @@ class Analytics:
         # an idle worker's counts are readable within milliseconds, a busy worker's
         # copies batch the changes of ``flush_ms``.
         interval = self.settings.analytics_flush_ms / 1000
-        was_rebalancing = True
+        copied_after: int | None = None  # the rebalance the last full copy followed
         pruned_at = time.monotonic()
         while not stop.is_set():
             rebalancing = bool(self.app.rebalancing)
-            if was_rebalancing and not rebalancing:
+            rebalances = int(self.app.rebalancing_count)
+            if not rebalancing and rebalances != copied_after:
                 # Partitions (re)assigned and their tables restored from the
                 # changelogs: copy everything once, in case a crash came between a
-                # committed transaction and its flush.
+                # committed transaction and its flush. Counted, not sampled: a
+                # rebalance and its restore may both fall between two looks.
+                copied_after = rebalances
                 self._dirty.update(str(k) for k, _ in self.counts.items())
                 self._dirty_touched.update(str(k) for k, _ in self.touched.items())
-            was_rebalancing = rebalancing
             prune_due = time.monotonic() - pruned_at >= self.settings.analytics_prune_seconds
             if not rebalancing and prune_due:
                 pruned_at = time.monotonic()
@@ -398,7 +400,7 @@ class Analytics:
         redis = redis_client(self.settings)
         flush_stop = asyncio.Event()
         self.commits.install(self.app.consumer)
-        restore_to_stable_end(self.app.consumer)
+        restore_to_last_record(self.app.consumer, self.settings.kafka_bootstrap)
         await self.app.start()
         # faust's aiokafka consumer, started with the app: it leaves the group on stop.
         consumer: Any = self.app.consumer
