@@ -23,13 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 import pytest_asyncio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from consumers.analytics.changelog import last_record_ends
 from consumers.analytics.processor import app_id
+from consumers.analytics.recovery import last_record_ends
 from consumers.analytics.windows import SETTLE_MARGIN, WINDOWS, collection_of, window_start
 from eventfold.infra import ensure_topics
 from eventfold.settings import Settings
@@ -308,14 +307,6 @@ async def committed_to_end(lane: Lane) -> None:
         await admin.close()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known, not fully fixed: in ~1 run of 8 on a busy 2-core machine a worker restarted "
-    "after a SIGKILL still loses one event's count. Fixed: faust restored changelogs up to a "
-    "cached, often missing, end offset (restored nothing) and committed offsets from its own "
-    "corrupted ack bookkeeping (never caught up). Left, cause not proven: the suspect is a "
-    "record handed to the agent before the restore finished; see issue 8's closing note",
-)
 async def test_sigkilled_worker_resumes_with_the_same_counts(lane: Lane) -> None:
     tenants = [(await lane.api.create_tenant())["id"] for _ in range(3)]
     now = time.time()

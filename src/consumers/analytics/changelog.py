@@ -35,9 +35,9 @@ a changelog's end from the consumer's cached "last stable offset", which is
 None until a fetch answer for that partition came in. A restarted worker then
 restored nothing, or stopped at whatever the first fetch had seen, and counted
 on from the committed offsets with its tables short: the lost counts of the
-SIGKILL test. :func:`restore_to_last_record` asks the broker instead, and ends each
-restore at the changelog's last committed record (not at a transaction marker
-faust waits 10 s for).
+SIGKILL test. :mod:`.recovery` asks the broker instead, and ends each restore at
+the changelog's last committed record (not at a transaction marker faust waits
+10 s for).
 """
 
 from __future__ import annotations
@@ -135,6 +135,13 @@ class OwnedCommits:
     periodic commit and its commit at shutdown call it; the offsets faust
     passes are ignored) and is also called on the processor's own timer, since
     faust calls it only when its bookkeeping finds something to commit.
+
+    A position is "the offset after the last applied", so a commit covers every
+    offset below it: the processor applies each partition's records in order
+    and checks :meth:`expected` first. A record arriving past the expected
+    offset means faust dropped one on the way (see :mod:`.recovery`); applying
+    it would let the next commit cover the dropped one, and its counters'
+    offsets would then refuse it when read again.
     """
 
     def __init__(
@@ -147,6 +154,8 @@ class OwnedCommits:
         self.positions: dict[int, int] = {}
         #: partition -> the offset this worker last committed
         self.committed: dict[int, int] = {}
+        #: partition -> the next offset to apply (from the assignment on)
+        self._next: dict[int, int] = {}
         self._lock = asyncio.Lock()
         self._commit: Callable[..., Awaitable[Any]] | None = None
 
@@ -160,6 +169,14 @@ class OwnedCommits:
         self._commit = consumer.transactions.commit
         consumer.transactions.commit = self.commit
 
+    def start(self, partition: int, offset: int) -> None:
+        """The first offset to apply on ``partition`` (assigned: its committed offset)."""
+        self._next[partition] = offset
+
+    def expected(self, partition: int) -> int | None:
+        """The next offset to apply on ``partition`` (None before :meth:`start`)."""
+        return self._next.get(partition)
+
     def applied(self, partition: int, offset: int) -> None:
         """Record that the record at ``partition``/``offset`` is folded into the tables.
 
@@ -168,6 +185,8 @@ class OwnedCommits:
         """
         if offset >= self.positions.get(partition, 0):
             self.positions[partition] = offset + 1
+        if offset >= self._next.get(partition, 0):
+            self._next[partition] = offset + 1
 
     def forget(self, partitions: set[int]) -> None:
         """Drop the positions and unsent writes of ``partitions`` (revoked: a new owner
@@ -177,6 +196,7 @@ class OwnedCommits:
         for partition in partitions:
             self.positions.pop(partition, None)
             self.committed.pop(partition, None)
+            self._next.pop(partition, None)
 
     async def commit(
         self, offsets: Any = None, start_new_transaction: bool = True,
@@ -203,75 +223,3 @@ class OwnedCommits:
             )
             self.committed.update(due)
             return True
-
-
-#: How many offsets before the end a changelog's tail is first read for its last record.
-TAIL_WINDOW = 64
-#: A tail read gives up after this long (faust then ends the restore its own way).
-TAIL_SECONDS = 30.0
-
-
-async def last_record_ends(
-    bootstrap: str, partitions: list[TopicPartition]
-) -> dict[TopicPartition, int]:
-    """Per partition, the offset just after its last committed record (its start when it has none).
-
-    With transactions the offset before a partition's last stable offset is a
-    commit or abort marker, never a record: a restore waiting to apply "the record
-    before the end" waits for one that never comes. Each tail is read
-    (``read_committed``, from ``TAIL_WINDOW`` offsets before the end, further back
-    while it holds no committed record) on a consumer of its own.
-    """
-    from aiokafka import AIOKafkaConsumer
-
-    reader = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False
-    )
-    await reader.start()
-    try:
-        reader.assign(partitions)
-        stable = await reader.end_offsets(partitions)
-        starts = await reader.beginning_offsets(partitions)
-        ends = {tp: starts[tp] for tp in partitions}
-        async with asyncio.timeout(TAIL_SECONDS):
-            for tp in partitions:
-                end, window = stable[tp], TAIL_WINDOW
-                while end > starts[tp]:
-                    begin = max(starts[tp], end - window)
-                    reader.seek(tp, begin)
-                    last = -1
-                    while await reader.position(tp) < end:
-                        got = await reader.getmany(tp, timeout_ms=500)
-                        last = max([last, *(m.offset for m in got.get(tp, ()) if m.offset < end)])
-                    if last >= 0:
-                        ends[tp] = last + 1
-                        break
-                    if begin <= starts[tp]:
-                        break  # nothing committed at all: nothing to restore
-                    window *= 8
-    finally:
-        await reader.stop()
-    return ends
-
-
-def restore_to_last_record(consumer: Any, bootstrap: str) -> None:
-    """Make the faust ``consumer`` restore each changelog up to its last committed record.
-
-    faust reads the ends of the changelog partitions through its consumer
-    thread's ``_highwaters`` and restores until it has applied the record at
-    "end - 1". Its own answer (a cached last stable offset, None until a fetch
-    came in) made a restarted worker restore nothing, or stop early. The last
-    stable offset itself is one past a transaction marker: faust never sees a
-    record there, waits for two idle 5-second polls, then ends the restore from
-    the consumer's fetch position ("Aborted tx until highwater"), 10 s late and
-    without knowing that every fetched record was applied. The offset after
-    the last committed record (:func:`last_record_ends`) ends the restore the
-    moment that record is applied.
-    """
-    thread = consumer._thread
-
-    async def record_ends(partitions: list[Any]) -> Any:
-        tps = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
-        return await last_record_ends(bootstrap, tps)
-
-    thread._highwaters = record_ends

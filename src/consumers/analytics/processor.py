@@ -49,10 +49,17 @@ from typing import Any
 import asyncpg
 import faust
 import orjson
+from aiokafka import TopicPartition
 from redis.asyncio import Redis
 
 from consumers import membership
-from consumers.analytics.changelog import OwnedCommits, WriteBehindTable, restore_to_last_record
+from consumers.analytics.changelog import OwnedCommits, WriteBehindTable
+from consumers.analytics.recovery import (
+    committed_positions,
+    records_between,
+    restore_to_last_record,
+    resume_streams_after_clear,
+)
 from consumers.analytics.windows import (
     WINDOWS,
     CountKey,
@@ -66,11 +73,16 @@ from consumers.analytics.windows import (
 )
 from consumers.membership import leave_on_stop
 from eventfold.bootstrap import redis_client
+from eventfold.errors import RetriableError
 from eventfold.metrics import Metrics
 from eventfold.replay import REPLAY_ATTRIBUTE
 from eventfold.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+class RecordsSkipped(RetriableError):
+    """Records of the source never reached the processor: it must read them again."""
 
 
 def app_id(settings: Settings) -> str:
@@ -154,12 +166,17 @@ class Analytics:
         )
         self._newest_log_ms = 0
         self._started = False
+        #: partition -> (first offset missing, offset delivered instead): stop and read again
+        self._halted: dict[int, tuple[int, int]] = {}
         self.app.agent(self.topic, name="analytics-count")(self._agent)
         self.app.on_partitions_revoked.connect(self._on_revoked)
+        self.app.on_partitions_assigned.connect(self._on_assigned)
 
     async def _agent(self, stream: Any) -> None:
         async for event in stream.events():
             msg = event.message
+            if not await self._in_order(msg.partition, msg.offset):
+                continue
             self.count(msg.value, msg.partition, msg.offset, msg.timestamp)
             self.commits.applied(msg.partition, msg.offset)
 
@@ -175,6 +192,44 @@ class Analytics:
             return
         await self.commits.commit(partitions=partitions, start_new_transaction=False)
         self.commits.forget(partitions)
+
+    async def _on_assigned(self, app: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        # Once restored, every assigned partition is read again from its committed
+        # offset: the first record to apply, so a record missing there is a gap too.
+        topic = self.settings.events_topic
+        assigned = [TopicPartition(topic, tp.partition) for tp in args[0] if tp.topic == topic]
+        if not assigned:
+            return
+        starts = await committed_positions(
+            self.settings.kafka_bootstrap, app_id(self.settings), assigned
+        )
+        for tp, offset in starts.items():
+            self.commits.start(tp.partition, offset)
+
+    async def _in_order(self, partition: int, offset: int) -> bool:
+        """Whether the record at ``partition``/``offset`` may be applied now.
+
+        Records are applied in offset order (see :class:`OwnedCommits`). One past
+        the expected offset is checked against the log: offsets holding no
+        committed record (transaction markers) are passed; a record there never
+        reached the processor, so this partition applies nothing more and the
+        processor starts again from the committed positions.
+        """
+        if partition in self._halted:
+            return False
+        expected = self.commits.expected(partition)
+        if expected is None or offset <= expected:
+            return True
+        tp = TopicPartition(self.settings.events_topic, partition)
+        if not await records_between(self.settings.kafka_bootstrap, tp, expected, offset):
+            return True
+        self._halted[partition] = (expected, offset)
+        self.metrics.analytics_events.labels("skipped").inc()
+        log.error(
+            "analytics: records never reached the processor; starting again",
+            extra={"partition": partition, "first": expected, "next_delivered": offset},
+        )
+        return False
 
     def count(self, value: bytes | None, partition: int, offset: int, log_ts: float) -> None:
         """Fold one log record into the tables (called inside the agent)."""
@@ -401,6 +456,7 @@ class Analytics:
         flush_stop = asyncio.Event()
         self.commits.install(self.app.consumer)
         restore_to_last_record(self.app.consumer, self.settings.kafka_bootstrap)
+        resume_streams_after_clear(self.app)
         await self.app.start()
         # faust's aiokafka consumer, started with the app: it leaves the group on stop.
         consumer: Any = self.app.consumer
@@ -412,6 +468,12 @@ class Analytics:
         try:
             while not stop.is_set():
                 member.check()
+                if self._halted:
+                    first, delivered = next(iter(self._halted.values()))
+                    raise RecordsSkipped(
+                        f"records from {first} to {delivered - 1} of a partition never reached"
+                        " the processor"
+                    )
                 if not self.app.rebalancing and time.monotonic() - committed_at >= interval:
                     committed_at = time.monotonic()
                     await self.commits.commit()
