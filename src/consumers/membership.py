@@ -53,6 +53,8 @@ log = logging.getLogger("eventfold.kafka")
 MAX_SLOTS = 256
 #: How often the lock's connection is checked (a lost lock is noticed this late).
 WATCH_SECONDS = 2.0
+#: A check this slow counts as a lost connection (the lock is then taken again).
+CHECK_TIMEOUT_SECONDS = 10.0
 
 
 class SlotLost(RetriableError):
@@ -90,7 +92,7 @@ class Member:
         while True:
             await asyncio.sleep(WATCH_SECONDS)
             try:
-                await self.conn.fetchval("SELECT 1", timeout=WATCH_SECONDS)
+                await self.conn.fetchval("SELECT 1", timeout=CHECK_TIMEOUT_SECONDS)
                 continue
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning(
@@ -107,21 +109,13 @@ class Member:
                 return
 
     async def _retake(self) -> bool:
-        """Lock this slot on a new connection (retrying while PostgreSQL is away)."""
-        delay = 0.5
-        while True:
-            try:
-                conn = await db.connect(self.dsn)
-            except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-                log.info("postgres not reachable for the slot lock", extra={"error": repr(exc)})
-                await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311
-                delay = min(delay * 2, 5.0)
-                continue
-            if await _try_lock(conn, self.group, self.slot):
-                self.conn = conn
-                return True
-            await conn.close()
-            return False
+        """Lock this slot on a new connection (waiting for PostgreSQL while it is away)."""
+        conn = await _connect(self.dsn, None)
+        if await _try_lock(conn, self.group, self.slot):
+            self.conn = conn
+            return True
+        await conn.close()
+        return False
 
 
 async def _try_lock(conn: asyncpg.Connection, group: str, slot: int) -> bool:
@@ -136,13 +130,17 @@ async def _connect(dsn: str, stop: asyncio.Event | None) -> asyncpg.Connection:
         try:
             return await db.connect(dsn)
         except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-            if stop is None or stop.is_set():
+            if stop is not None and stop.is_set():
                 raise
             log.warning(
                 "postgres not reachable for the slot lock, retrying", extra={"error": repr(exc)}
             )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay * random.uniform(0.5, 1.5))  # noqa: S311
+            pause = delay * random.uniform(0.5, 1.5)  # noqa: S311
+            if stop is None:
+                await asyncio.sleep(pause)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), pause)
             delay = min(delay * 2, 5.0)
 
 
@@ -150,8 +148,8 @@ async def _connect(dsn: str, stop: asyncio.Event | None) -> asyncpg.Connection:
 async def claim(dsn: str, group: str, stop: asyncio.Event | None = None) -> AsyncIterator[Member]:
     """Hold the lowest free slot of consumer ``group`` while the block runs.
 
-    Waits for PostgreSQL while it cannot be reached (until ``stop``); raises a
-    retriable error when every slot is taken.
+    Waits for PostgreSQL while it cannot be reached (until ``stop`` is set);
+    raises a retriable error when every slot is taken.
     """
     conn = await _connect(dsn, stop)
     try:

@@ -23,7 +23,11 @@ worker applied (not faust's own offset bookkeeping: see ``changelog.py``), so a
 worker killed mid-window restarts from the last committed transaction with the
 tables restored to exactly that point: no count lost or doubled. Partitions
 revoked in a rebalance are committed before they go, so the local tables never
-hold more than their changelogs.
+hold more than their changelogs. Each partition is applied in offset order from
+its committed offset (a record faust dropped would otherwise be committed past:
+see ``recovery.py``), and the worker is a static member of its group
+(``consumers.membership``): restarted after a SIGKILL, it restores its tables
+(ended at each changelog's last committed record) and counts on within seconds.
 
 Served reads: a flush task copies the absolute value of every changed counter
 to a per-tenant Redis hash (``ef:{tenant}:analytics:{w}:{start}``) and every
@@ -136,8 +140,8 @@ class Analytics:
             datadir=str(settings.var_dir / "faust" / app_id(settings)),
             # Changelog topics are compacted; the table state is the compacted log.
             topic_replication_factor=1,
-            # As the other processors (eventfold.kafka): a crashed worker's partitions
-            # move on after 10 s, not faust's default minute.
+            # As the other processors (eventfold.kafka): a crashed worker that does not
+            # come back has its partitions moved on after 10 s, not faust's default minute.
             broker_session_timeout=10.0,
             broker_heartbeat_interval=3.0,
         )
