@@ -48,6 +48,8 @@ async def last_record_ends(
     """
     from aiokafka import AIOKafkaConsumer
 
+    if not partitions:
+        return {}
     reader = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False
     )
@@ -78,15 +80,41 @@ async def last_record_ends(
     return ends
 
 
+async def beginning_offsets(
+    bootstrap: str, partitions: list[TopicPartition]
+) -> dict[TopicPartition, int]:
+    """The first offset of each partition, asked on a consumer of its own."""
+    from aiokafka import AIOKafkaConsumer
+
+    if not partitions:
+        return {}  # aiokafka waits for its timeout when asked about none
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await reader.start()
+    try:
+        return dict(await reader.beginning_offsets(partitions))
+    finally:
+        await reader.stop()
+
+
 def restore_to_last_record(consumer: Any, bootstrap: str) -> None:
-    """Make the faust ``consumer`` restore each changelog up to its last committed record."""
+    """Make the faust ``consumer`` restore each changelog up to its last committed record.
+
+    The changelogs' first offsets, which faust asks next, are asked on a
+    consumer of their own too: through faust's consumer thread the answer
+    waited for that thread's current poll (1.4 s of a restarted worker's 4).
+    """
     thread = consumer._thread
 
     async def record_ends(partitions: list[Any]) -> Any:
         tps = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
         return await last_record_ends(bootstrap, tps)
 
+    async def earliest(*partitions: Any) -> Any:
+        tps = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
+        return await beginning_offsets(bootstrap, tps)
+
     thread._highwaters = record_ends
+    thread.earliest_offsets = earliest
 
 
 def resume_streams_after_clear(app: Any) -> None:
