@@ -20,7 +20,9 @@ from typing import Protocol
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError
 
+from consumers import membership
 from consumers.membership import leave_on_stop
+from eventfold.settings import Settings
 
 log = logging.getLogger("eventfold.kafka")
 
@@ -94,6 +96,36 @@ class SeekToCheckpoints(TrackAssignment):
     async def assigned(self, assigned: Sequence[TopicPartition]) -> None:
         """Resume every assigned partition from its PostgreSQL checkpoint."""
         await self._owner.seek_to_checkpoints(self._consumer, assigned)
+
+
+class MemberLoop:
+    """The run loop of an aiokafka processor, as a static member of its consumer group.
+
+    :meth:`run` holds a slot of ``group`` (:mod:`consumers.membership`) while the
+    processor's :meth:`_run` consumes; ``ready`` is set by the processor's
+    rebalance listener (:class:`TrackAssignment`) and cleared once the loop ends.
+    """
+
+    settings: Settings
+    group: str
+    ready: asyncio.Event
+
+    def is_ready(self) -> bool:
+        """Whether the processor holds its partitions and consumes."""
+        return self.ready.is_set()
+
+    async def run(self, stop: asyncio.Event | None = None, *, burst: bool = False) -> None:
+        """Consume until ``stop`` is set (or, in ``burst`` mode, until caught up)."""
+        stop = stop or asyncio.Event()
+        async with membership.claim(self.settings.database_url, self.group, stop) as member:
+            try:
+                await self._run(stop, burst, member)
+            finally:
+                self.ready.clear()
+
+    async def _run(self, stop: asyncio.Event, burst: bool, member: membership.Member) -> None:
+        """The processor's loop; its consumer joins as ``member.instance_id``."""
+        raise NotImplementedError
 
 
 def seek_to_stored(

@@ -39,7 +39,13 @@ from consumers.archiver.segments import (
     tenant_objects,
     to_line,
 )
-from consumers.kafka_loop import SeekToCheckpoints, caught_up, seek_to_stored, start_with_retry
+from consumers.kafka_loop import (
+    MemberLoop,
+    SeekToCheckpoints,
+    caught_up,
+    seek_to_stored,
+    start_with_retry,
+)
 from eventfold.db import fetch_checkpoints
 from eventfold.faults import is_retriable
 from eventfold.infra import s3_client_config
@@ -70,7 +76,7 @@ def s3_retriable(exc: BaseException) -> bool:
     return is_retriable(exc)
 
 
-class Archiver:
+class Archiver(MemberLoop):
     """Writes the events topic to S3 as per-tenant, per-partition gzip-jsonl segments."""
 
     name = "archiver"
@@ -127,25 +133,15 @@ class Archiver:
             "partitions assigned", extra={"partitions": sorted(tp.partition for tp in partitions)}
         )
 
-    async def run(self, stop: asyncio.Event | None = None, *, burst: bool = False) -> None:
+    async def _run(self, stop: asyncio.Event, burst: bool, member: membership.Member) -> None:
         """Archive until ``stop`` is set (or, in ``burst`` mode, until caught up).
 
         In burst mode the open segments are left open (not archived yet): closing
         them early would cut them where this run happened to stop.
         """
-        self._stop = stop = stop or asyncio.Event()
-        async with membership.claim(self.settings.database_url, self.group, stop) as member:
-            try:
-                await self._run(stop, burst, member)
-            finally:
-                self.ready.clear()
-
-    def is_ready(self) -> bool:
-        """Whether the archiver holds its partitions (sought to the checkpoints) and consumes."""
-        return self.ready.is_set()
-
-    async def _run(self, stop: asyncio.Event, burst: bool, member: membership.Member) -> None:
         from aiobotocore.session import get_session
+
+        self._stop = stop
 
         consumer = make_consumer(
             self.settings,

@@ -36,7 +36,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from consumers import membership
-from consumers.kafka_loop import TrackAssignment, caught_up, start_with_retry
+from consumers.kafka_loop import MemberLoop, TrackAssignment, caught_up, start_with_retry
 from consumers.projector.fold import RECORD_TYPES
 from eventfold.cache import (
     HOLD_VERSION,
@@ -70,7 +70,7 @@ Key = tuple[str, str]
 Batch = Mapping[TopicPartition, Sequence[ConsumerRecord[bytes, bytes]]]
 
 
-class CacheProcessor:
+class CacheProcessor(MemberLoop):
     """Keeps Redis entries equal to what PostgreSQL committed, newest version winning."""
 
     name = "cache"
@@ -99,20 +99,8 @@ class CacheProcessor:
         #: Tenant → keys refreshed while one of their events was parked.
         self._parked: dict[str, set[Key]] = defaultdict(set)
 
-    def is_ready(self) -> bool:
-        """Whether the processor holds its partitions and consumes."""
-        return self.ready.is_set()
-
-    async def run(self, stop: asyncio.Event | None = None, *, burst: bool = False) -> None:
-        """Refresh entries until ``stop`` is set (or, in ``burst`` mode, until caught up)."""
-        stop = stop or asyncio.Event()
-        async with membership.claim(self.settings.database_url, self.group, stop) as member:
-            try:
-                await self._run(stop, burst, member)
-            finally:
-                self.ready.clear()
-
     async def _run(self, stop: asyncio.Event, burst: bool, member: membership.Member) -> None:
+        """Refresh entries until ``stop`` is set (or, in ``burst`` mode, until caught up)."""
         cache = self._cache or RecordCache.from_settings(self.settings, self.metrics)
         watcher = CheckpointWatcher(
             self.settings.database_url, self.pool, consumer=self.projector, topic=self.topic

@@ -20,7 +20,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from consumers import membership
-from consumers.kafka_loop import SeekToCheckpoints, caught_up, seek_to_stored, start_with_retry
+from consumers.kafka_loop import (
+    MemberLoop,
+    SeekToCheckpoints,
+    caught_up,
+    seek_to_stored,
+    start_with_retry,
+)
 from consumers.projector import parking, store
 from consumers.projector.batch import BatchResult, LogEvent, apply_batch, budget_sql
 from consumers.projector.hints import OffsetHints
@@ -41,7 +47,7 @@ log = logging.getLogger("eventfold.projector")
 _BACKLOG_RECORDS = 100
 
 
-class Projector:
+class Projector(MemberLoop):
     """Folds the events topic into the tenant projections, exactly once per event."""
 
     name = "projector"
@@ -89,19 +95,6 @@ class Projector:
             "partitions assigned",
             extra={"partitions": sorted(tp.partition for tp in partitions)},
         )
-
-    def is_ready(self) -> bool:
-        """Whether the projector holds its partitions (sought to the checkpoints) and consumes."""
-        return self.ready.is_set()
-
-    async def run(self, stop: asyncio.Event | None = None, *, burst: bool = False) -> None:
-        """Consume until ``stop`` is set (or, in ``burst`` mode, until caught up)."""
-        stop = stop or asyncio.Event()
-        async with membership.claim(self.settings.database_url, self.group, stop) as member:
-            try:
-                await self._run(stop, burst, member)
-            finally:
-                self.ready.clear()
 
     async def _run(self, stop: asyncio.Event, burst: bool, member: membership.Member) -> None:
         consumer = make_consumer(
