@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import os
 import secrets
+import shutil
 import signal
 import socket
 import statistics
@@ -172,6 +173,7 @@ async def main(rounds: int, partitions: int) -> dict[str, Any]:
                 print(f"round {i}: {row}", flush=True)
         finally:
             run.stop()
+    shutil.rmtree(home, ignore_errors=True)  # kept (with its run.log) when a round failed
     summary = {
         key: {
             "median": round(statistics.median(float(r[key]) for r in results), 2),
