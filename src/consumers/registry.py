@@ -23,6 +23,11 @@ class Processor(Protocol):
     async def run(self, stop: asyncio.Event | None = None, *, burst: bool = False) -> None:
         """Consume until ``stop`` is set, or until caught up in ``burst`` mode."""
 
+    def is_ready(self) -> bool:
+        """Whether it does its job now (``/health/ready``): a Kafka processor holds its
+        partitions and consumes; false before its first assignment, during a rebalance
+        and once stopped."""
+
 
 ProcessorFactory = Callable[[Settings, asyncpg.Pool, Metrics], Processor]
 

@@ -22,7 +22,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-from consumers.registry import PROCESSORS
+from consumers.registry import PROCESSORS, Processor
 from eventfold import db, gctune, malloctrim
 from eventfold.auth import TokenVerifier
 from eventfold.authlimit import AUTH_LIMIT, AuthFailures, AuthLimit, trusted_networks
@@ -257,10 +257,16 @@ def _check_postgres(pool: asyncpg.Pool) -> Callable[[], object]:
 def _processor_ctx(name: str) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         stop = asyncio.Event()
+        running: list[Processor] = []  # the supervisor's current instance
+
+        def started(processor: Processor) -> None:
+            running[:] = [processor]
+
         task = asyncio.create_task(
-            supervise(name, app[SETTINGS], app[POOL], app[METRICS], stop), name=name
+            supervise(name, app[SETTINGS], app[POOL], app[METRICS], stop, on_start=started),
+            name=name,
         )
-        app[HEALTH].add(name, lambda: _alive(task), critical=True)
+        app[HEALTH].add(name, lambda: _consuming(task, running), critical=True)
         try:
             yield
         finally:
@@ -271,9 +277,16 @@ def _processor_ctx(name: str) -> Callable[[web.Application], AsyncIterator[None]
     return ctx
 
 
-async def _alive(task: asyncio.Task[None]) -> None:
+class NotConsuming(RuntimeError):
+    """A processor that is not doing its job yet (or any more): no assignment, rebalancing."""
+
+
+async def _consuming(task: asyncio.Task[None], running: list[Processor]) -> None:
+    """The readiness check of a processor: running, and doing its job (see ``is_ready``)."""
     if task.done():
         raise RuntimeError("processor stopped")
+    if not running or not running[0].is_ready():
+        raise NotConsuming("processor not consuming")
 
 
 async def supervise(
@@ -284,8 +297,12 @@ async def supervise(
     stop: asyncio.Event,
     *,
     burst: bool = False,
+    on_start: Callable[[Processor], None] | None = None,
 ) -> None:
-    """Run processor ``name`` until ``stop``, restarting it with backoff if it fails."""
+    """Run processor ``name`` until ``stop``, restarting it with backoff if it fails.
+
+    ``on_start`` is handed each instance as it starts (a restart makes a new one).
+    """
     factory = PROCESSORS.get(name)
     if factory is None:
         raise ValueError(f"unknown processor {name!r}; known: {', '.join(PROCESSORS)}")
@@ -293,7 +310,10 @@ async def supervise(
     while not stop.is_set():
         started = time.monotonic()
         try:
-            await factory(settings, pool, metrics).run(stop, burst=burst)
+            processor = factory(settings, pool, metrics)
+            if on_start is not None:
+                on_start(processor)
+            await processor.run(stop, burst=burst)
             return
         except Exception as exc:
             if time.monotonic() - started > _HEALTHY_RUN_SECONDS:

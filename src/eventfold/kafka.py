@@ -45,12 +45,22 @@ def make_producer(
 
 
 def make_consumer(
-    settings: Settings, *, group: str, client_id: str, max_poll_records: int
+    settings: Settings,
+    *,
+    group: str,
+    client_id: str,
+    max_poll_records: int,
+    group_instance_id: str | None = None,
 ) -> AIOKafkaConsumer:
-    """A consumer whose positions the caller owns (no auto commit, starts at the beginning)."""
+    """A consumer whose positions the caller owns (no auto commit, starts at the beginning).
+
+    With ``group_instance_id`` it is a static member of ``group`` (see
+    :mod:`consumers.membership`: the id must be unique among running members).
+    """
     return AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap,
         group_id=group,
+        group_instance_id=group_instance_id,
         client_id=client_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",

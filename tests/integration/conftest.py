@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -133,6 +134,10 @@ async def api(stack: Settings) -> AsyncIterator[Api]:
     client: TestClient[Any, Any] = TestClient(server)
     await client.start_server()
     try:
+        # Ready once every processor holds its partitions (as a load balancer would wait).
+        async with asyncio.timeout(60):
+            while (await (await client.get("/health/ready")).json())["status"] != "ok":
+                await asyncio.sleep(0.1)
         yield Api(client, stack)
     finally:
         await client.close()

@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 import pytest_asyncio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from consumers.analytics.processor import app_id
+from consumers.analytics.recovery import last_record_ends
 from consumers.analytics.windows import SETTLE_MARGIN, WINDOWS, collection_of, window_start
 from eventfold.infra import ensure_topics
 from eventfold.settings import Settings
@@ -307,14 +307,6 @@ async def committed_to_end(lane: Lane) -> None:
         await admin.close()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known, not fully fixed: in ~1 run of 8 on a busy 2-core machine a worker restarted "
-    "after a SIGKILL still loses one event's count. Fixed: faust restored changelogs up to a "
-    "cached, often missing, end offset (restored nothing) and committed offsets from its own "
-    "corrupted ack bookkeeping (never caught up). Left, cause not proven: the suspect is a "
-    "record handed to the agent before the restore finished; see issue 8's closing note",
-)
 async def test_sigkilled_worker_resumes_with_the_same_counts(lane: Lane) -> None:
     tenants = [(await lane.api.create_tenant())["id"] for _ in range(3)]
     now = time.time()
@@ -523,3 +515,44 @@ async def test_settled_windows_are_pruned_with_tombstones_and_stay_served(lane: 
         (await lane.counts(t, "1m", now - 3600)).values()
     ) == 5  # fmt: skip
     await lane.wait_for(t, expected, now - 3600)
+
+
+async def test_a_restore_ends_at_the_last_committed_record_not_at_a_marker(lane: Lane) -> None:
+    """The end faust restores a changelog partition to: after its last committed record.
+
+    The offset before the last stable offset is a transaction marker: a restore
+    that waited for a record there ended only through faust's 10 s "aborted tx"
+    fallback, from the fetch position (issue 21, item 9).
+    """
+    topic = lane.settings.events_topic
+    tps = [TopicPartition(topic, p) for p in range(3)]
+    producer = AIOKafkaProducer(
+        bootstrap_servers=lane.settings.kafka_bootstrap, transactional_id=f"t-{uuid.uuid4().hex}"
+    )
+    await producer.start()
+    try:
+        async with producer.transaction():  # partition 0: offsets 0, 1 and a commit marker
+            for _ in range(2):
+                await producer.send(topic, b"committed", partition=0)
+        await producer.begin_transaction()  # 0: three aborted records and a marker; 1: one
+        for _ in range(3):
+            await producer.send(topic, b"aborted", partition=0)
+        await producer.send(topic, b"aborted", partition=1)
+        await producer.abort_transaction()
+    finally:
+        await producer.stop()
+    ends = await last_record_ends(lane.settings.kafka_bootstrap, tps)
+    stable = await _stable_ends(lane, tps)
+    assert stable == {tps[0]: 7, tps[1]: 2, tps[2]: 0}
+    assert ends == {tps[0]: 2, tps[1]: 0, tps[2]: 0}
+
+
+async def _stable_ends(lane: Lane, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+    reader = AIOKafkaConsumer(
+        bootstrap_servers=lane.settings.kafka_bootstrap, isolation_level="read_committed"
+    )
+    await reader.start()
+    try:
+        return dict(await reader.end_offsets(tps))
+    finally:
+        await reader.stop()

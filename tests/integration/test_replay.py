@@ -504,3 +504,224 @@ async def test_replay_outdated_rebuilds_schemas_of_another_projection_version(
         assert tenant.id not in [r["tenant"] for r in doc["tenants"]]
     finally:
         await conn.close()
+
+
+PLATFORM_ROWS = {
+    "api_keys": "id, name, roles, secret_hash, created_at, revoked_at, event_id",
+    "webhooks": "id, url, types, secret_sealed, created_at, deleted_at",
+    "integrations": "id, kind, config, headers_sealed, webhook_secret_sealed, created_at,"
+    " deleted_at, event_id, topic",
+}
+
+
+async def platform_rows(conn: asyncpg.Connection, tenant: str) -> dict[str, list[Any]]:
+    """The tenant's rows of the platform tables the gateway's events are folded into."""
+    return {
+        name: [
+            dict(r)
+            for r in await conn.fetch(
+                f"SELECT {cols} FROM eventfold.{name} WHERE tenant = $1 ORDER BY id", tenant
+            )
+        ]
+        for name, cols in PLATFORM_ROWS.items()
+    }
+
+
+async def history(tenant: TenantApi) -> dict[str, tuple[str, str, str | None]]:
+    """Every event of the tenant's history: id → (type, status, reason)."""
+    out: dict[str, tuple[str, str, str | None]] = {}
+    after = None
+    while True:
+        doc = await tenant.read_json("/events?limit=1000" + (f"&after={after}" if after else ""))
+        for e in doc["items"]:
+            out[e["id"]] = (e["type"], e["status"], e.get("reason"))
+        after = doc["next"]
+        if after is None:
+            return out
+
+
+async def admin_write(tenant: TenantApi, method: str, rest: str, **kw: Any) -> dict[str, Any]:
+    """An admin's write, accepted and projected (read back with its token) before it returns."""
+    resp = await tenant.call(method, rest, roles=("admin",), **kw)
+    assert resp.status in (201, 202), await resp.text()
+    doc: dict[str, Any] = await resp.json()
+    listing = "/" + rest.strip("/").split("/")[0]
+    seen = await tenant.call(
+        "GET", listing, roles=("admin",), headers={"X-Consistency-Token": doc["consistency_token"]}
+    )
+    assert seen.status == 200, await seen.text()
+    return doc
+
+
+async def republish(settings: Settings, envelope: dict[str, Any], **changes: Any) -> str:
+    """Publish a copy of ``envelope`` with a new id (and ``changes``) straight to the log."""
+    from eventfold.kafka import make_producer, message_key
+
+    event = {**envelope, **changes, "id": uuid.uuid4().hex}
+    for field in ("status", "reason"):
+        event.pop(field, None)
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            settings.events_topic,
+            orjson.dumps(event),
+            key=message_key(event["tenant"], event["subject"], event["id"]),
+        )
+    finally:
+        await producer.stop()
+    return str(event["id"])
+
+
+async def seed_gateway_events(tenant: TenantApi) -> dict[str, Any]:
+    """API keys, webhooks and an integration, created, changed and removed, then 20
+    records; and two events the projector rejects (an id taken, a key revoked twice)."""
+    settings = tenant.api.settings
+    keep = await admin_write(tenant, "POST", "/api-keys", json={"name": "k", "roles": ["reader"]})
+    gone = await admin_write(tenant, "POST", "/api-keys", json={"name": "g", "roles": ["writer"]})
+    await admin_write(tenant, "DELETE", f"/api-keys/{gone['id']}")
+    hook = await admin_write(
+        tenant, "POST", "/webhooks", json={"url": "http://127.0.0.1:9/h", "types": ["none.*"]}
+    )
+    dropped = await admin_write(
+        tenant, "POST", "/webhooks", json={"url": "http://127.0.0.1:9/d", "types": ["none.*"]}
+    )
+    await admin_write(tenant, "DELETE", f"/webhooks/{dropped['id']}")
+    integration = await admin_write(
+        tenant,
+        "POST",
+        "/integrations",
+        json={
+            "kind": "http-poll",
+            "url": "http://127.0.0.1:9/source",
+            "collection": "things",
+            "interval_seconds": 3600,
+            "headers": {"Authorization": "Bearer upstream"},
+        },
+    )
+    await admin_write(tenant, "PATCH", f"/integrations/{integration['id']}", json={"paused": True})
+    token = ""
+    for i in range(20):
+        token = (await tenant.write("PUT", f"/collections/items/records/r{i}", json={"n": i}))[
+            "consistency_token"
+        ]
+    await tenant.read_json("/collections/items/records/r0", token)
+    events = await history(tenant)
+    created = next(i for i, (t, _, _) in events.items() if t == "webhook.created")
+    envelope = await tenant.read_json(f"/events/{created}")
+    [revoked] = [i for i, (t, _, _) in events.items() if t == "apikey.revoked"]
+    revocation = await tenant.read_json(f"/events/{revoked}")
+    taken = await republish(settings, envelope)
+    twice = await republish(settings, revocation)
+    async with asyncio.timeout(30):
+        while not {taken, twice} <= (events := await history(tenant)).keys():
+            await asyncio.sleep(0.1)
+    assert events[taken][1:] == ("rejected", f"webhook {envelope['data']['id']} exists already")
+    assert events[twice][1] == "rejected"
+    return {"key": keep, "gone": gone, "hook": hook, "integration": integration}
+
+
+async def test_gateway_events_fold_alike_live_and_in_a_rebuild(api: Api, tenant: TenantApi) -> None:
+    """webhook.*, apikey.* and integration.* get the same outcome in a rebuild as live
+    (issue 21, item 6: verify said DIFFERS, and a replay turned them into ``rejected``)."""
+    settings = api.settings
+    made = await seed_gateway_events(tenant)
+    before = await history(tenant)
+    conn = await connect(settings)
+    try:
+        rows = await platform_rows(conn, tenant.id)
+        assert [len(rows[t]) for t in PLATFORM_ROWS] == [2, 2, 1]
+
+        status, doc, err = await eventfold(settings, "verify", "--tenant", tenant.id)
+        report = doc["tenants"][0]
+        assert (status, report["equal"], report["history_differs"]) == (0, True, 0), report
+        assert (report["history"], report["platform"]) == ([], [])
+
+        status, doc, err = await eventfold(settings, "replay", "--tenant", tenant.id)
+        assert status == 0, err
+        assert doc["tenants"][0]["swapped"] is True
+        assert await history(tenant) == before
+        assert await platform_rows(conn, tenant.id) == rows
+        # The keys still work as they did: one reads, the revoked one is refused.
+        path = tenant.path("/collections/items/records/r0")
+        resp = await api.client.get(path, headers={"X-API-Key": made["key"]["key"]})
+        assert resp.status == 200, await resp.text()
+        resp = await api.client.get(path, headers={"X-API-Key": made["gone"]["key"]})
+        assert resp.status == 401
+
+        status, doc, err = await eventfold(settings, "verify", "--tenant", tenant.id)
+        assert (status, doc["tenants"][0]["equal"]) == (0, True), (doc, err)
+    finally:
+        await conn.close()
+
+
+async def test_verify_lists_differing_history_and_platform_rows_and_replay_repairs_them(
+    api: Api, tenant: TenantApi
+) -> None:
+    settings = api.settings
+    made = await seed_gateway_events(tenant)
+    key_id, hook_id = made["key"]["id"], made["hook"]["id"]
+    conn = await connect(settings)
+    try:
+        rows = await platform_rows(conn, tenant.id)
+        event_id = await conn.fetchval(
+            f"""UPDATE "t_{tenant.id}".events SET status = 'rejected', reason = 'tampered'
+                WHERE type = 'apikey.created' AND envelope::jsonb -> 'data' ->> 'id' = $1
+                RETURNING id""",
+            key_id,
+        )
+        await conn.execute("DELETE FROM eventfold.api_keys WHERE id = $1", key_id)
+        await conn.execute(
+            "UPDATE eventfold.webhooks SET url = 'http://127.0.0.1:9/evil' WHERE id = $1", hook_id
+        )
+
+        status, doc, err = await eventfold(settings, "verify", "--tenant", tenant.id)
+        assert status == 1, err
+        report = doc["tenants"][0]
+        assert (report["equal"], report["history_differs"], report["platform_differs"]) == (
+            False,
+            1,
+            2,
+        )
+        assert report["history"] == [
+            {
+                "id": event_id,
+                "type": "apikey.created",
+                "live_status": "rejected",
+                "live_reason": "tampered",
+                "rebuilt_status": "applied",
+                "rebuilt_reason": None,
+            }
+        ]
+        assert report["platform"] == [
+            {"table": "api_keys", "id": key_id, "change": "added"},
+            {"table": "webhooks", "id": hook_id, "change": "changed"},
+        ]
+        # The text output names them too.
+        proc = await asyncio.create_subprocess_exec(
+            EVENTFOLD, "verify", "--tenant", tenant.id, env=_env(settings),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, _ = await asyncio.wait_for(proc.communicate(), 180)
+        text = out.decode()
+        assert proc.returncode == 1
+        assert f"history {event_id} apikey.created: live rejected (tampered), rebuilt applied" in (
+            text
+        )
+        assert f"added api_keys/{key_id}" in text
+        assert f"changed webhooks/{hook_id}" in text
+
+        status, doc, err = await eventfold(settings, "replay", "--tenant", tenant.id)
+        assert status == 0, err
+        assert await platform_rows(conn, tenant.id) == rows
+        status, doc, err = await eventfold(settings, "verify", "--tenant", tenant.id)
+        assert (status, doc["tenants"][0]["equal"]) == (0, True), (doc, err)
+        # The restored key authenticates again (the swap told the API's key cache).
+        path = tenant.path("/collections/items/records/r0")
+        async with asyncio.timeout(10):
+            while (
+                await api.client.get(path, headers={"X-API-Key": made["key"]["key"]})
+            ).status != 200:
+                await asyncio.sleep(0.1)
+    finally:
+        await conn.close()

@@ -138,3 +138,17 @@ async def test_a_revoked_partition_is_forgotten_until_it_is_applied_again() -> N
     await commits.commit()
     assert transactions.commits[-1] == offsets(p1=3)
     assert ("late", 1, 1) not in raw.changelog_topic.sent
+
+
+def test_the_next_offset_to_apply_starts_at_the_assignment_and_follows_the_records() -> None:
+    commits, _, _, _ = setup({0})
+    assert commits.expected(0) is None
+    commits.start(0, 40)  # assigned, committed at 40
+    assert commits.expected(0) == 40
+    commits.applied(0, 40)
+    commits.applied(0, 41)
+    assert (commits.expected(0), commits.positions[0]) == (42, 42)
+    commits.applied(0, 12)  # a record read again after a seek
+    assert (commits.expected(0), commits.positions[0]) == (42, 42)
+    commits.forget({0})
+    assert commits.expected(0) is None

@@ -35,7 +35,9 @@ a changelog's end from the consumer's cached "last stable offset", which is
 None until a fetch answer for that partition came in. A restarted worker then
 restored nothing, or stopped at whatever the first fetch had seen, and counted
 on from the committed offsets with its tables short: the lost counts of the
-SIGKILL test. :func:`restore_to_stable_end` asks the broker instead.
+SIGKILL test. :mod:`.recovery` asks the broker instead, and ends each restore at
+the changelog's last committed record (not at a transaction marker faust waits
+10 s for).
 """
 
 from __future__ import annotations
@@ -133,6 +135,13 @@ class OwnedCommits:
     periodic commit and its commit at shutdown call it; the offsets faust
     passes are ignored) and is also called on the processor's own timer, since
     faust calls it only when its bookkeeping finds something to commit.
+
+    A position is "the offset after the last applied", so a commit covers every
+    offset below it: the processor applies each partition's records in order
+    and checks :meth:`expected` first. A record arriving past the expected
+    offset means faust dropped one on the way (see :mod:`.recovery`); applying
+    it would let the next commit cover the dropped one, and its counters'
+    offsets would then refuse it when read again.
     """
 
     def __init__(
@@ -145,6 +154,8 @@ class OwnedCommits:
         self.positions: dict[int, int] = {}
         #: partition -> the offset this worker last committed
         self.committed: dict[int, int] = {}
+        #: partition -> the next offset to apply (from the assignment on)
+        self._next: dict[int, int] = {}
         self._lock = asyncio.Lock()
         self._commit: Callable[..., Awaitable[Any]] | None = None
 
@@ -158,6 +169,14 @@ class OwnedCommits:
         self._commit = consumer.transactions.commit
         consumer.transactions.commit = self.commit
 
+    def start(self, partition: int, offset: int) -> None:
+        """The first offset to apply on ``partition`` (assigned: its committed offset)."""
+        self._next[partition] = offset
+
+    def expected(self, partition: int) -> int | None:
+        """The next offset to apply on ``partition`` (None before :meth:`start`)."""
+        return self._next.get(partition)
+
     def applied(self, partition: int, offset: int) -> None:
         """Record that the record at ``partition``/``offset`` is folded into the tables.
 
@@ -166,6 +185,8 @@ class OwnedCommits:
         """
         if offset >= self.positions.get(partition, 0):
             self.positions[partition] = offset + 1
+        if offset >= self._next.get(partition, 0):
+            self._next[partition] = offset + 1
 
     def forget(self, partitions: set[int]) -> None:
         """Drop the positions and unsent writes of ``partitions`` (revoked: a new owner
@@ -175,6 +196,7 @@ class OwnedCommits:
         for partition in partitions:
             self.positions.pop(partition, None)
             self.committed.pop(partition, None)
+            self._next.pop(partition, None)
 
     async def commit(
         self, offsets: Any = None, start_new_transaction: bool = True,
@@ -201,19 +223,3 @@ class OwnedCommits:
             )
             self.committed.update(due)
             return True
-
-
-def restore_to_stable_end(consumer: Any) -> None:
-    """Make the faust ``consumer`` restore changelogs up to the broker's last stable offsets.
-
-    faust reads the ends of the changelog partitions through its consumer
-    thread's ``_highwaters``; asked of a ``read_committed`` consumer,
-    ``end_offsets`` returns the last stable offset (the end of the committed
-    transactions), which is what a restore must reach.
-    """
-    thread = consumer._thread
-
-    async def stable_ends(partitions: list[Any]) -> Any:
-        return await thread._ensure_consumer().end_offsets(list(partitions))
-
-    thread._highwaters = stable_ends

@@ -23,7 +23,11 @@ worker applied (not faust's own offset bookkeeping: see ``changelog.py``), so a
 worker killed mid-window restarts from the last committed transaction with the
 tables restored to exactly that point: no count lost or doubled. Partitions
 revoked in a rebalance are committed before they go, so the local tables never
-hold more than their changelogs.
+hold more than their changelogs. Each partition is applied in offset order from
+its committed offset (a record faust dropped would otherwise be committed past:
+see ``recovery.py``), and the worker is a static member of its group
+(``consumers.membership``): restarted after a SIGKILL, it restores its tables
+(ended at each changelog's last committed record) and counts on within seconds.
 
 Served reads: a flush task copies the absolute value of every changed counter
 to a per-tenant Redis hash (``ef:{tenant}:analytics:{w}:{start}``) and every
@@ -49,9 +53,17 @@ from typing import Any
 import asyncpg
 import faust
 import orjson
+from aiokafka import TopicPartition
 from redis.asyncio import Redis
 
-from consumers.analytics.changelog import OwnedCommits, WriteBehindTable, restore_to_stable_end
+from consumers import membership
+from consumers.analytics.changelog import OwnedCommits, WriteBehindTable
+from consumers.analytics.recovery import (
+    committed_positions,
+    records_between,
+    restore_to_last_record,
+    resume_streams_after_clear,
+)
 from consumers.analytics.windows import (
     WINDOWS,
     CountKey,
@@ -63,12 +75,18 @@ from consumers.analytics.windows import (
     touched_key,
     window_key,
 )
+from consumers.membership import leave_on_stop
 from eventfold.bootstrap import redis_client
+from eventfold.errors import RetriableError
 from eventfold.metrics import Metrics
 from eventfold.replay import REPLAY_ATTRIBUTE
 from eventfold.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+class RecordsSkipped(RetriableError):
+    """Records of the source never reached the processor: it must read them again."""
 
 
 def app_id(settings: Settings) -> str:
@@ -122,8 +140,8 @@ class Analytics:
             datadir=str(settings.var_dir / "faust" / app_id(settings)),
             # Changelog topics are compacted; the table state is the compacted log.
             topic_replication_factor=1,
-            # As the other processors (eventfold.kafka): a crashed worker's partitions
-            # move on after 10 s, not faust's default minute.
+            # As the other processors (eventfold.kafka): a crashed worker that does not
+            # come back has its partitions moved on after 10 s, not faust's default minute.
             broker_session_timeout=10.0,
             broker_heartbeat_interval=3.0,
         )
@@ -151,12 +169,18 @@ class Analytics:
             settings.events_topic, list(self.tables().values()), self.assigned
         )
         self._newest_log_ms = 0
+        self._started = False
+        #: partition -> (first offset missing, offset delivered instead): stop and read again
+        self._halted: dict[int, tuple[int, int]] = {}
         self.app.agent(self.topic, name="analytics-count")(self._agent)
         self.app.on_partitions_revoked.connect(self._on_revoked)
+        self.app.on_partitions_assigned.connect(self._on_assigned)
 
     async def _agent(self, stream: Any) -> None:
         async for event in stream.events():
             msg = event.message
+            if not await self._in_order(msg.partition, msg.offset):
+                continue
             self.count(msg.value, msg.partition, msg.offset, msg.timestamp)
             self.commits.applied(msg.partition, msg.offset)
 
@@ -172,6 +196,48 @@ class Analytics:
             return
         await self.commits.commit(partitions=partitions, start_new_transaction=False)
         self.commits.forget(partitions)
+
+    async def _on_assigned(self, app: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        # Once restored, every assigned partition is read again from its committed
+        # offset: the first record to apply, so a record missing there is a gap too.
+        topic = self.settings.events_topic
+        assigned = [TopicPartition(topic, tp.partition) for tp in args[0] if tp.topic == topic]
+        if not assigned:
+            return
+        try:
+            starts = await committed_positions(
+                self.settings.kafka_bootstrap, app_id(self.settings), assigned
+            )
+        except Exception:  # faust would crash the app: the order check waits for the next one
+            log.warning("analytics: committed offsets not read; order not checked", exc_info=True)
+            return
+        for tp, offset in starts.items():
+            self.commits.start(tp.partition, offset)
+
+    async def _in_order(self, partition: int, offset: int) -> bool:
+        """Whether the record at ``partition``/``offset`` may be applied now.
+
+        Records are applied in offset order (see :class:`OwnedCommits`). One past
+        the expected offset is checked against the log: offsets holding no
+        committed record (transaction markers) are passed; a record there never
+        reached the processor, so this partition applies nothing more and the
+        processor starts again from the committed positions.
+        """
+        if partition in self._halted:
+            return False
+        expected = self.commits.expected(partition)
+        if expected is None or offset <= expected:
+            return True
+        tp = TopicPartition(self.settings.events_topic, partition)
+        if not await records_between(self.settings.kafka_bootstrap, tp, expected, offset):
+            return True
+        self._halted[partition] = (expected, offset)
+        self.metrics.analytics_events.labels("skipped").inc()
+        log.error(
+            "analytics: records never reached the processor; starting again",
+            extra={"partition": partition, "first": expected, "next_delivered": offset},
+        )
+        return False
 
     def count(self, value: bytes | None, partition: int, offset: int, log_ts: float) -> None:
         """Fold one log record into the tables (called inside the agent)."""
@@ -316,17 +382,19 @@ class Analytics:
         # an idle worker's counts are readable within milliseconds, a busy worker's
         # copies batch the changes of ``flush_ms``.
         interval = self.settings.analytics_flush_ms / 1000
-        was_rebalancing = True
+        copied_after: int | None = None  # the rebalance the last full copy followed
         pruned_at = time.monotonic()
         while not stop.is_set():
             rebalancing = bool(self.app.rebalancing)
-            if was_rebalancing and not rebalancing:
+            rebalances = int(self.app.rebalancing_count)
+            if not rebalancing and rebalances != copied_after:
                 # Partitions (re)assigned and their tables restored from the
                 # changelogs: copy everything once, in case a crash came between a
-                # committed transaction and its flush.
+                # committed transaction and its flush. Counted, not sampled: a
+                # rebalance and its restore may both fall between two looks.
+                copied_after = rebalances
                 self._dirty.update(str(k) for k, _ in self.counts.items())
                 self._dirty_touched.update(str(k) for k, _ in self.touched.items())
-            was_rebalancing = rebalancing
             prune_due = time.monotonic() - pruned_at >= self.settings.analytics_prune_seconds
             if not rebalancing and prune_due:
                 pruned_at = time.monotonic()
@@ -370,19 +438,50 @@ class Analytics:
         positions = self.commits.positions
         return all(positions.get(tp.partition, 0) >= end for tp, end in ends.items() if end)
 
+    def is_ready(self) -> bool:
+        """Whether the worker consumes: assigned, its tables restored, not rebalancing."""
+        return self._started and not self.app.rebalancing and self._recovered()
+
+    def _recovered(self) -> bool:
+        """Whether faust's first recovery (table restore) has completed."""
+        tables: Any = self.app.tables
+        return bool(tables.recovery.completed.is_set())
+
     async def run(self, stop: asyncio.Event | None = None, *, burst: bool = False) -> None:
         """Run the faust app on this loop until ``stop`` (or, in burst mode, caught up)."""
         stop = stop or asyncio.Event()
+        # A static member of the app's group (see consumers.membership): restarted after
+        # a SIGKILL, the worker gets its partitions back without waiting for the session.
+        async with membership.claim(self.settings.database_url, app_id(self.settings), stop) as m:
+            self.app.conf.consumer_group_instance_id = m.instance_id
+            try:
+                await self._run(stop, burst, m)
+            finally:
+                self._started = False
+
+    async def _run(self, stop: asyncio.Event, burst: bool, member: membership.Member) -> None:
         redis = redis_client(self.settings)
         flush_stop = asyncio.Event()
         self.commits.install(self.app.consumer)
-        restore_to_stable_end(self.app.consumer)
+        restore_to_last_record(self.app.consumer, self.settings.kafka_bootstrap)
+        resume_streams_after_clear(self.app)
         await self.app.start()
+        # faust's aiokafka consumer, started with the app: it leaves the group on stop.
+        consumer: Any = self.app.consumer
+        leave_on_stop(consumer._thread._ensure_consumer())
+        self._started = True
         flusher = asyncio.create_task(self._flusher(redis, flush_stop))
         interval = self.app.conf.broker_commit_interval
         committed_at = time.monotonic()
         try:
             while not stop.is_set():
+                member.check()
+                if self._halted:
+                    first, delivered = next(iter(self._halted.values()))
+                    raise RecordsSkipped(
+                        f"records from {first} to {delivered - 1} of a partition never reached"
+                        " the processor"
+                    )
                 if not self.app.rebalancing and time.monotonic() - committed_at >= interval:
                     committed_at = time.monotonic()
                     await self.commits.commit()

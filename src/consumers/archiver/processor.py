@@ -29,6 +29,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
 
+from consumers import membership
 from consumers.archiver.segments import (
     Segment,
     day_of,
@@ -38,7 +39,13 @@ from consumers.archiver.segments import (
     tenant_objects,
     to_line,
 )
-from consumers.kafka_loop import SeekToCheckpoints, start_with_retry
+from consumers.kafka_loop import (
+    MemberLoop,
+    SeekToCheckpoints,
+    caught_up,
+    seek_to_stored,
+    start_with_retry,
+)
 from eventfold.db import fetch_checkpoints
 from eventfold.faults import is_retriable
 from eventfold.infra import s3_client_config
@@ -69,7 +76,7 @@ def s3_retriable(exc: BaseException) -> bool:
     return is_retriable(exc)
 
 
-class Archiver:
+class Archiver(MemberLoop):
     """Writes the events topic to S3 as per-tenant, per-partition gzip-jsonl segments."""
 
     name = "archiver"
@@ -89,6 +96,8 @@ class Archiver:
         self.topic = topic or settings.events_topic
         self.group = group or f"{settings.consumer_group_prefix}.archiver"
         self.caught_up = asyncio.Event()
+        #: Set while the archiver holds its assignment and consumes (readiness).
+        self.ready = asyncio.Event()
         self._open: dict[int, Segment] = {}
         #: Partition → next offset already durable in S3 (the checkpoint).
         self._durable: dict[int, int] = {}
@@ -116,17 +125,15 @@ class Archiver:
         self.forget([tp.partition for tp in partitions])
         async with self.pool.acquire(timeout=10) as conn:
             stored = await fetch_checkpoints(conn, self.checkpoint_name, self.topic)
+        seek_to_stored(consumer, partitions, stored)
         for tp in partitions:
             if tp.partition in stored:
-                consumer.seek(tp, stored[tp.partition])
                 self._durable[tp.partition] = stored[tp.partition]
-            else:
-                await consumer.seek_to_beginning(tp)
         log.info(
             "partitions assigned", extra={"partitions": sorted(tp.partition for tp in partitions)}
         )
 
-    async def run(self, stop: asyncio.Event | None = None, *, burst: bool = False) -> None:
+    async def _run(self, stop: asyncio.Event, burst: bool, member: membership.Member) -> None:
         """Archive until ``stop`` is set (or, in ``burst`` mode, until caught up).
 
         In burst mode the open segments are left open (not archived yet): closing
@@ -134,15 +141,18 @@ class Archiver:
         """
         from aiobotocore.session import get_session
 
-        self._stop = stop = stop or asyncio.Event()
+        self._stop = stop
+
         consumer = make_consumer(
             self.settings,
             group=self.group,
             client_id=f"eventfold-{self.name}",
             max_poll_records=BATCH_SIZE,
+            group_instance_id=member.instance_id,
         )
         consumer.subscribe(
-            [self.topic], listener=SeekToCheckpoints(self, consumer, on_revoked=self.forget)
+            [self.topic],
+            listener=SeekToCheckpoints(self, consumer, self.ready, on_revoked=self.forget),
         )
         s = self.settings
         async with get_session().create_client(
@@ -157,13 +167,14 @@ class Archiver:
             await start_with_retry(consumer, stop)
             try:
                 while not stop.is_set():
+                    member.check()
                     got = await consumer.getmany(timeout_ms=500, max_records=BATCH_SIZE)
                     if got:
                         self.caught_up.clear()
                         await self._take(got)
                     await self._close_idle(consumer, set(got))
                     self._report_lag(consumer)
-                    if not got and await _caught_up(consumer):
+                    if not got and await caught_up(consumer):
                         self.caught_up.set()
                         if burst:
                             return
@@ -323,14 +334,3 @@ class Archiver:
             if high is not None:
                 behind = max(0, high - self._durable.get(tp.partition, 0))
                 self.metrics.archive_lag.labels(str(tp.partition)).set(behind)
-
-
-async def _caught_up(consumer: AIOKafkaConsumer) -> bool:
-    assigned = consumer.assignment()
-    if not assigned:
-        return False
-    ends = await consumer.end_offsets(list(assigned))
-    for tp in assigned:
-        if await consumer.position(tp) < ends[tp]:
-            return False
-    return True

@@ -35,7 +35,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
-from consumers.kafka_loop import start_with_retry
+from consumers import membership
+from consumers.kafka_loop import MemberLoop, TrackAssignment, caught_up, start_with_retry
 from consumers.projector.fold import RECORD_TYPES
 from eventfold.cache import (
     HOLD_VERSION,
@@ -69,7 +70,7 @@ Key = tuple[str, str]
 Batch = Mapping[TopicPartition, Sequence[ConsumerRecord[bytes, bytes]]]
 
 
-class CacheProcessor:
+class CacheProcessor(MemberLoop):
     """Keeps Redis entries equal to what PostgreSQL committed, newest version winning."""
 
     name = "cache"
@@ -92,13 +93,14 @@ class CacheProcessor:
         #: The projector whose checkpoints say what PostgreSQL has committed.
         self.projector = f"{settings.consumer_group_prefix}.projector"
         self.caught_up = asyncio.Event()
+        #: Set while the processor holds its assignment and consumes (readiness).
+        self.ready = asyncio.Event()
         self._cache = cache
         #: Tenant → keys refreshed while one of their events was parked.
         self._parked: dict[str, set[Key]] = defaultdict(set)
 
-    async def run(self, stop: asyncio.Event | None = None, *, burst: bool = False) -> None:
+    async def _run(self, stop: asyncio.Event, burst: bool, member: membership.Member) -> None:
         """Refresh entries until ``stop`` is set (or, in ``burst`` mode, until caught up)."""
-        stop = stop or asyncio.Event()
         cache = self._cache or RecordCache.from_settings(self.settings, self.metrics)
         watcher = CheckpointWatcher(
             self.settings.database_url, self.pool, consumer=self.projector, topic=self.topic
@@ -108,8 +110,9 @@ class CacheProcessor:
             group=self.group,
             client_id=f"eventfold-{self.name}",
             max_poll_records=BATCH_SIZE,
+            group_instance_id=member.instance_id,
         )
-        consumer.subscribe([self.topic])
+        consumer.subscribe([self.topic], listener=TrackAssignment(self.ready))
         rechecker: asyncio.Task[None] | None = None
         await watcher.start()
         try:
@@ -117,9 +120,10 @@ class CacheProcessor:
             await self.warm(cache)
             rechecker = asyncio.create_task(self._recheck_parked(cache, stop), name="cache-parked")
             while not stop.is_set():
+                member.check()
                 got = await consumer.getmany(timeout_ms=500, max_records=BATCH_SIZE)
                 if not got:
-                    if await _caught_up(consumer):
+                    if await caught_up(consumer):
                         self.caught_up.set()
                         if burst:
                             return
@@ -322,17 +326,6 @@ def _split_member(member: bytes | str) -> Key | None:
     if sep and is_valid("collection", collection) and is_valid("id", record_id):
         return collection, record_id
     return None
-
-
-async def _caught_up(consumer: AIOKafkaConsumer) -> bool:
-    assigned = consumer.assignment()
-    if not assigned:
-        return False
-    ends = await consumer.end_offsets(list(assigned))
-    for tp in assigned:
-        if await consumer.position(tp) < ends[tp]:
-            return False
-    return True
 
 
 async def refresh_after_redrive(

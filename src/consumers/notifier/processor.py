@@ -56,12 +56,18 @@ class Notifier:
         self._by_tenant: Counter[str] = Counter()
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
+        self._ready = False
+
+    def is_ready(self) -> bool:
+        """Whether the notifier is scheduling and delivering (it reads PostgreSQL, not Kafka)."""
+        return self._ready
 
     async def run(self, stop: asyncio.Event | None = None, *, burst: bool = False) -> None:
         """Schedule and deliver until ``stop`` is set (or, in burst mode, nothing is due)."""
         stop = stop or asyncio.Event()
         session = guarded_session(self._allow, limit=MAX_IN_FLIGHT, limit_per_host=PER_ENDPOINT * 4)
         gauges_at = scheduled_at = 0.0
+        self._ready = True
         try:
             while not stop.is_set():
                 try:
@@ -89,6 +95,7 @@ class Notifier:
                 # Attempts finishing together are claimed for in one query.
                 await asyncio.sleep(CLAIM_GATHER_SECONDS)
         finally:
+            self._ready = False
             # Attempts in flight end here; their leases expire and they run again.
             for task in list(self._tasks):
                 task.cancel()

@@ -4,7 +4,9 @@ A platform table (not the tenant's schema): a request names its key before
 anyone knows its tenant, and the key id is unique across tenants. Each change
 NOTIFYs :data:`eventfold.apikeys.APIKEY_CHANNEL` with the key id inside the
 batch transaction, so every API process drops its cached copy on commit
-(revocation reaches every instance within a second).
+(revocation reaches every instance within a second). Inside a rebuild the
+handlers write the shadow's copy of the table (:mod:`.platform`) and notify
+no one: the swap does, for the rows it changes.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from datetime import datetime
 import asyncpg
 from pydantic import ValidationError
 
+from consumers.projector import platform
 from consumers.projector.fold import APPLIED, Outcome
 from consumers.projector.handlers import handles
 from eventfold.apikeys import APIKEY_CHANNEL
@@ -31,7 +34,7 @@ async def key_created(
     except ValidationError as exc:
         return Outcome("rejected", f"invalid apikey.created data: {exc.error_count()} errors")
     inserted = await conn.fetchval(
-        "INSERT INTO eventfold.api_keys"
+        f"INSERT INTO {platform.table(tenant, 'api_keys')}"
         " (id, tenant, name, roles, secret_hash, created_at, event_id)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING RETURNING true",
         data.id,
@@ -44,8 +47,9 @@ async def key_created(
     )
     if not inserted:
         return Outcome("rejected", f"API key {data.id} exists already")
-    # A process may remember this id as unknown (a request that came too early).
-    await conn.execute("SELECT pg_notify($1, $2)", APIKEY_CHANNEL, data.id)
+    if not platform.in_rebuild(tenant):
+        # A process may remember this id as unknown (a request that came too early).
+        await conn.execute("SELECT pg_notify($1, $2)", APIKEY_CHANNEL, data.id)
     return APPLIED
 
 
@@ -59,7 +63,7 @@ async def key_revoked(
     except ValidationError as exc:
         return Outcome("rejected", f"invalid apikey.revoked data: {exc.error_count()} errors")
     revoked = await conn.fetchval(
-        "UPDATE eventfold.api_keys SET revoked_at = $3"
+        f"UPDATE {platform.table(tenant, 'api_keys')} SET revoked_at = $3"
         " WHERE id = $1 AND tenant = $2 AND revoked_at IS NULL RETURNING true",
         data.id,
         tenant,
@@ -67,5 +71,6 @@ async def key_revoked(
     )
     if not revoked:
         return Outcome("rejected", f"no unrevoked API key {data.id} in tenant {tenant}")
-    await conn.execute("SELECT pg_notify($1, $2)", APIKEY_CHANNEL, data.id)
+    if not platform.in_rebuild(tenant):
+        await conn.execute("SELECT pg_notify($1, $2)", APIKEY_CHANNEL, data.id)
     return APPLIED

@@ -5,6 +5,11 @@ an async handler for it with :func:`handles`; the batch calls it inside the
 batch transaction, so its writes commit atomically with the checkpoints.
 A handler returns the :class:`~consumers.projector.fold.Outcome` recorded in
 the tenant's event history. Add the module's import at the bottom of this file.
+
+A handler that keeps state in a platform table (schema ``eventfold``) names
+it through :func:`consumers.projector.platform.table` and registers it in
+:data:`consumers.projector.platform.TABLES`, so a rebuild folds into a copy
+of it and gives every event the outcome it got live.
 """
 
 from __future__ import annotations

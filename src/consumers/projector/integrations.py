@@ -2,6 +2,7 @@
 
 Only configuration is written here (sealed secrets included, as the event
 carries them); the sync runner owns the state columns (cursor, health, lease).
+Inside a rebuild the handlers write the shadow's copy of the table (:mod:`.platform`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from datetime import datetime
 import asyncpg
 from pydantic import ValidationError
 
+from consumers.projector import platform
 from consumers.projector.fold import APPLIED, Outcome
 from consumers.projector.handlers import PROJECTED_TOPIC, handles
 from eventfold.envelope import CloudEvent
@@ -31,8 +33,8 @@ async def integration_created(
     except ValidationError as exc:
         return Outcome("rejected", f"invalid integration.created data: {exc.error_count()} errors")
     inserted = await conn.fetchval(
-        "INSERT INTO eventfold.integrations (id, tenant, kind, config, headers_sealed,"
-        " webhook_secret_sealed, paused, created_at, event_id, state, topic)"
+        f"INSERT INTO {platform.table(tenant, 'integrations')} (id, tenant, kind, config,"
+        " headers_sealed, webhook_secret_sealed, paused, created_at, event_id, state, topic)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,"
         " CASE WHEN $7 THEN 'paused' ELSE 'ok' END, $10)"
         " ON CONFLICT (id) DO NOTHING RETURNING true",
@@ -63,7 +65,7 @@ async def integration_updated(
         return Outcome("rejected", f"invalid integration.updated data: {exc.error_count()} errors")
     config = data.config.model_dump(mode="json") if data.config is not None else None
     updated = await conn.fetchval(
-        "UPDATE eventfold.integrations SET"
+        f"UPDATE {platform.table(tenant, 'integrations')} SET"
         " config = COALESCE($3, config),"
         " headers_sealed = CASE WHEN $4::text IS NULL THEN headers_sealed"
         "   WHEN $4 = '' THEN NULL ELSE $4 END,"
@@ -95,7 +97,7 @@ async def integration_deleted(
     except ValidationError as exc:
         return Outcome("rejected", f"invalid integration.deleted data: {exc.error_count()} errors")
     deleted = await conn.fetchval(
-        "UPDATE eventfold.integrations SET deleted_at = $3"
+        f"UPDATE {platform.table(tenant, 'integrations')} SET deleted_at = $3"
         " WHERE id = $1 AND tenant = $2 AND deleted_at IS NULL RETURNING true",
         data.id,
         tenant,

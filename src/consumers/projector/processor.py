@@ -19,7 +19,14 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from consumers.kafka_loop import SeekToCheckpoints, start_with_retry
+from consumers import membership
+from consumers.kafka_loop import (
+    MemberLoop,
+    SeekToCheckpoints,
+    caught_up,
+    seek_to_stored,
+    start_with_retry,
+)
 from consumers.projector import parking, store
 from consumers.projector.batch import BatchResult, LogEvent, apply_batch, budget_sql
 from consumers.projector.hints import OffsetHints
@@ -40,7 +47,7 @@ log = logging.getLogger("eventfold.projector")
 _BACKLOG_RECORDS = 100
 
 
-class Projector:
+class Projector(MemberLoop):
     """Folds the events topic into the tenant projections, exactly once per event."""
 
     name = "projector"
@@ -60,6 +67,8 @@ class Projector:
         self.topic = topic or settings.events_topic
         self.group = group or f"{settings.consumer_group_prefix}.projector"
         self.caught_up = asyncio.Event()
+        #: Set while the projector holds its assignment and consumes (readiness).
+        self.ready = asyncio.Event()
         self._dlq: AIOKafkaProducer | None = None
         #: Tenants set aside as too slow; their events are deferred until a retry works.
         self.deferred: set[str] = set()
@@ -81,26 +90,21 @@ class Projector:
         """Position ``partitions`` at their stored checkpoints (the start when none)."""
         async with self.pool.acquire(timeout=10) as conn:
             stored = await fetch_checkpoints(conn, self.checkpoint_name, self.topic)
-        for tp in partitions:
-            if tp.partition in stored:
-                consumer.seek(tp, stored[tp.partition])
-            else:
-                await consumer.seek_to_beginning(tp)
+        seek_to_stored(consumer, partitions, stored)
         log.info(
             "partitions assigned",
             extra={"partitions": sorted(tp.partition for tp in partitions)},
         )
 
-    async def run(self, stop: asyncio.Event | None = None, *, burst: bool = False) -> None:
-        """Consume until ``stop`` is set (or, in ``burst`` mode, until caught up)."""
-        stop = stop or asyncio.Event()
+    async def _run(self, stop: asyncio.Event, burst: bool, member: membership.Member) -> None:
         consumer = make_consumer(
             self.settings,
             group=self.group,
             client_id=f"eventfold-{self.name}",
             max_poll_records=self.settings.projector_batch_size,
+            group_instance_id=member.instance_id,
         )
-        consumer.subscribe([self.topic], listener=SeekToCheckpoints(self, consumer))
+        consumer.subscribe([self.topic], listener=SeekToCheckpoints(self, consumer, self.ready))
         self._dlq = make_producer(self.settings, client_id=f"eventfold-{self.name}-dlq")
         await start_with_retry(self._dlq, stop)
         await start_with_retry(consumer, stop)
@@ -110,10 +114,11 @@ class Projector:
         ahead: asyncio.Task[list[LogEvent]] | None = None
         try:
             while not stop.is_set():
+                member.check()
                 events = await (ahead or self._read(consumer))
                 ahead = None
                 if not events:
-                    if await self._is_caught_up(consumer):
+                    if await caught_up(consumer):
                         self.caught_up.set()
                         if burst:
                             return
@@ -402,16 +407,6 @@ class Projector:
                 pos = result.positions.get(tp.partition)
                 if pos is not None:
                     m.consumer_lag.labels(self.name, str(tp.partition)).set(max(0, high - pos))
-
-    async def _is_caught_up(self, consumer: AIOKafkaConsumer) -> bool:
-        assigned = consumer.assignment()
-        if not assigned:
-            return False
-        ends = await consumer.end_offsets(list(assigned))
-        for tp in assigned:
-            if await consumer.position(tp) < ends[tp]:
-                return False
-        return True
 
 
 def _correlation(raw: bytes | None) -> str | None:

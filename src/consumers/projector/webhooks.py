@@ -2,7 +2,9 @@
 
 A platform table read by the notifier (which serves every tenant). The
 endpoint starts at the tenant's current history position: it is notified of
-events applied after its subscription, never of older ones.
+events applied after its subscription, never of older ones. Inside a rebuild
+the handlers write the shadow's copy of the table (:mod:`.platform`) and leave
+the notifier's position alone.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from datetime import datetime
 import asyncpg
 from pydantic import ValidationError
 
+from consumers.projector import platform
 from consumers.projector.fold import APPLIED, Outcome
 from consumers.projector.handlers import handles
 from eventfold.envelope import CloudEvent
@@ -33,9 +36,9 @@ async def webhook_created(
     )
     start, anchor = (int(last["seq"]), str(last["id"])) if last is not None else (0, None)
     inserted = await conn.fetchval(
-        "INSERT INTO eventfold.webhooks (id, tenant, url, types, secret_sealed, start_seq,"
-        " created_at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING"
-        " RETURNING true",
+        f"INSERT INTO {platform.table(tenant, 'webhooks')} (id, tenant, url, types,"
+        " secret_sealed, start_seq, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+        " ON CONFLICT (id) DO NOTHING RETURNING true",
         data.id,
         tenant,
         data.url,
@@ -46,6 +49,8 @@ async def webhook_created(
     )
     if not inserted:
         return Outcome("rejected", f"webhook {data.id} exists already")
+    if platform.in_rebuild(tenant):
+        return APPLIED  # the notifier's position is the live history's, not the fold's
     # The notifier's position starts here for a tenant's first endpoint.
     await conn.execute(
         "INSERT INTO eventfold.webhook_positions (tenant, seq, anchor) VALUES ($1, $2, $3)"
@@ -67,7 +72,7 @@ async def webhook_deleted(
     except ValidationError as exc:
         return Outcome("rejected", f"invalid webhook.deleted data: {exc.error_count()} errors")
     deleted = await conn.fetchval(
-        "UPDATE eventfold.webhooks SET deleted_at = $3"
+        f"UPDATE {platform.table(tenant, 'webhooks')} SET deleted_at = $3"
         " WHERE id = $1 AND tenant = $2 AND deleted_at IS NULL RETURNING true",
         data.id,
         tenant,

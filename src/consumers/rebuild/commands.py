@@ -175,7 +175,8 @@ def _run(settings: Settings, args: argparse.Namespace, *, compare_only: bool, ve
             print(
                 f"{r.tenant}: {what}; {r.events} events folded in {r.seconds:.1f}s; "
                 f"added {d.added}, changed {d.changed}, removed {d.removed}, "
-                f"history rows differing {d.history_differs}"
+                f"history rows differing {d.history_differs}, "
+                f"platform rows differing {d.platform_differs}"
             )
             if r.error:
                 print(f"{r.tenant}: not swapped: {r.error}", file=sys.stderr)
@@ -184,9 +185,24 @@ def _run(settings: Settings, args: argparse.Namespace, *, compare_only: bool, ve
                     f"  {rec['change']} {rec['collection']}/{rec['id']} "
                     f"live v{rec['live_version']} rebuilt v{rec['rebuilt_version']}"
                 )
+            for row in d.history:
+                print(
+                    f"  history {row['id']} {row['type']}: "
+                    f"live {_outcome(row['live_status'], row['live_reason'])}, "
+                    f"rebuilt {_outcome(row['rebuilt_status'], row['rebuilt_reason'])}"
+                )
+            for row in d.platform:
+                print(f"  {row['change']} {row['table']}/{row['id']}")
     if verify:
         return 0 if all(r.diff.equal for r in reports) else 1
     return 0 if compare_only or all(r.swapped for r in reports) else 1
+
+
+def _outcome(status: str | None, reason: str | None) -> str:
+    """A history row's status as verify prints it: ``rejected (why)``, or ``absent``."""
+    if status is None:
+        return "absent"
+    return f"{status} ({reason})" if reason else status
 
 
 async def _forget_cached(settings: Settings, tenants: set[str]) -> None:

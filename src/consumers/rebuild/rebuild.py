@@ -9,7 +9,10 @@ positions) is committed with each chunk in ``eventfold.rebuilds``: a re-run afte
 an interruption continues from there. The fold is the projector's own
 (:mod:`consumers.projector.batch`), pointed at the shadow through
 :data:`eventfold.ids.SCHEMA_REDIRECT`. Tenants rebuilt together share one read of
-the log (each has its own shadow, progress and swap).
+the log (each has its own shadow, progress and swap). Platform tables the
+handlers write (API keys, webhooks, integrations) are folded into copies inside
+the shadow and reconciled into the live tables at the swap (see
+:mod:`consumers.projector.platform`).
 """
 
 from __future__ import annotations
@@ -26,9 +29,9 @@ from typing import Any
 import asyncpg
 import orjson
 
-from consumers.projector import store
+from consumers.projector import platform, store
 from consumers.projector.batch import BatchResult, LogEvent, _apply_tenant
-from consumers.projector.handlers import HANDLERS
+from consumers.projector.handlers import HANDLERS, PROJECTED_TOPIC
 from consumers.rebuild import source
 from eventfold.ids import SCHEMA_REDIRECT, shadow_schema_name, tenant_schema
 from eventfold.replay import REPLAY_ATTRIBUTE
@@ -52,12 +55,25 @@ class Diff:
     changed: int = 0
     removed: int = 0
     history_differs: int = 0
+    #: Rows of the tenant's platform tables (API keys, webhooks, integrations).
+    platform_differs: int = 0
     records: list[dict[str, Any]] = field(default_factory=list)
+    #: Differing history rows (up to LIST_LIMIT): ``id``, ``type``, ``live_status``,
+    #: ``live_reason``, ``rebuilt_status``, ``rebuilt_reason`` (status None: no such row).
+    history: list[dict[str, Any]] = field(default_factory=list)
+    #: Differing platform rows (up to LIST_LIMIT): ``table``, ``id``, ``change``.
+    platform: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def equal(self) -> bool:
-        """No record and no history row differs."""
-        return not (self.added or self.changed or self.removed or self.history_differs)
+        """No record, no history row and no platform row differs."""
+        return not (
+            self.added
+            or self.changed
+            or self.removed
+            or self.history_differs
+            or self.platform_differs
+        )
 
 
 @dataclass(slots=True)
@@ -92,7 +108,10 @@ class Report:
             "changed": d.changed,
             "removed": d.removed,
             "history_differs": d.history_differs,
+            "platform_differs": d.platform_differs,
             "records": d.records,
+            "history": d.history,
+            "platform": d.platform,
         }
 
 
@@ -140,6 +159,18 @@ async def rebuild_many(
     the time from the start to that tenant's swap.
     """
     started = time.perf_counter()
+    topic = settings.events_topic
+    # Handlers record the topic they fold (an integration's); tasks started below inherit it.
+    topic_token = PROJECTED_TOPIC.set(topic)
+    try:
+        return await _rebuild_many(settings, pool, tenants, opts, started)
+    finally:
+        PROJECTED_TOPIC.reset(topic_token)
+
+
+async def _rebuild_many(
+    settings: Settings, pool: asyncpg.Pool, tenants: list[str], opts: Options, started: float
+) -> list[Report]:
     topic = settings.events_topic
     suffix = "verify" if opts.compare_only else "rebuild"
     replay_id = uuid.uuid4().hex
@@ -275,6 +306,8 @@ async def _finish(
             if not opts.compare_only:
                 await conn.execute("DELETE FROM eventfold.rebuilds WHERE tenant = $1", tenant)
         else:
+            await platform.reconcile(conn, tenant, f'"{shadow}"')
+            await conn.execute(platform.drop_copies_ddl(f'"{shadow}"'))
             old = shadow_schema_name(tenant, "old")
             live = tenant_schema(tenant)
             await conn.execute(f'DROP SCHEMA IF EXISTS "{old}" CASCADE')
@@ -311,10 +344,20 @@ async def compare(conn: asyncpg.Connection, tenant: str, shadow: str) -> Diff:
         setattr(diff, r["change"], r["n"])
     rows = await conn.fetch(f"{differing} ORDER BY 1, 2 LIMIT {LIST_LIMIT}")
     diff.records = [dict(r) for r in rows]
-    diff.history_differs = await conn.fetchval(
-        f"""SELECT count(*) FROM {live}.events o FULL JOIN "{shadow}".events n ON n.id = o.id
-            WHERE o.id IS NULL OR n.id IS NULL
-               OR (o.status, o.reason) IS DISTINCT FROM (n.status, n.reason)"""
+    history = f"""
+        SELECT coalesce(o.id, n.id) AS id, coalesce(o.type, n.type) AS type,
+               o.status AS live_status, o.reason AS live_reason,
+               n.status AS rebuilt_status, n.reason AS rebuilt_reason,
+               coalesce(o.seq, n.seq) AS seq
+        FROM {live}.events o FULL JOIN "{shadow}".events n ON n.id = o.id
+        WHERE o.id IS NULL OR n.id IS NULL
+           OR (o.status, o.reason) IS DISTINCT FROM (n.status, n.reason)"""
+    diff.history_differs = await conn.fetchval(f"SELECT count(*) FROM ({history}) h")
+    # In the live history's order (a row only the rebuild has: by its rebuilt place).
+    rows = await conn.fetch(f"SELECT * FROM ({history}) h ORDER BY seq, id LIMIT {LIST_LIMIT}")
+    diff.history = [{k: v for k, v in r.items() if k != "seq"} for r in rows]
+    diff.platform_differs, diff.platform = await platform.compare(
+        conn, tenant, f'"{shadow}"', LIST_LIMIT
     )
     return diff
 
@@ -342,12 +385,15 @@ async def _fresh_shadow(
 
 
 async def _shape(conn: asyncpg.Connection, tenant: str, shadow: str) -> None:
-    """Run the projector's DDL of ``tenant`` on ``shadow`` (creates what is missing)."""
+    """Run the projector's DDL of ``tenant`` on ``shadow``, with copies of the platform
+    tables (creates what is missing)."""
     token = SCHEMA_REDIRECT.set((tenant, shadow))
     try:
         await conn.execute(store.tenant_ddl(tenant))
     finally:
         SCHEMA_REDIRECT.reset(token)
+    # The handlers' platform tables, folded afresh (see consumers.projector.platform).
+    await conn.execute(platform.copies_ddl(f'"{shadow}"'))
 
 
 async def _resume(
@@ -364,7 +410,7 @@ async def _resume(
     if row is None or row["version"] != store.PROJECTION_VERSION or not row["positions"]:
         return None
     present = await conn.fetchval("SELECT count(*) FROM pg_namespace WHERE nspname = $1", shadow)
-    if not present:
+    if not present or not await platform.copies_present(conn, f'"{shadow}"'):
         return None
     raw = row["positions"]
     doc = orjson.loads(raw) if isinstance(raw, str | bytes) else raw

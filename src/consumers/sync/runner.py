@@ -123,6 +123,11 @@ class SyncRunner:
         #: is refused (fenced by ``lease_owner``), and its events are harmless.
         self.lease_seconds = max(s.sync_lease_seconds, s.sync_request_timeout + 5.0)
         self._running: set[asyncio.Task[None]] = set()
+        self._ready = False
+
+    def is_ready(self) -> bool:
+        """Whether the runner claims integrations (its publisher to Kafka started)."""
+        return self._ready
 
     async def run(self, stop: asyncio.Event | None = None, *, burst: bool = False) -> None:
         """Claim and run due integrations until ``stop`` (or once, in ``burst`` mode)."""
@@ -136,6 +141,7 @@ class SyncRunner:
         await _start(publisher, stop)
         allow = AllowList.parse(self.settings.webhook_allow_hosts)
         session = guarded_session(allow, limit=self.settings.sync_concurrency * 2)
+        self._ready = True
         try:
             while not stop.is_set():
                 free = self.settings.sync_concurrency - len(self._running)
@@ -151,6 +157,7 @@ class SyncRunner:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.settings.sync_tick_seconds)
         finally:
+            self._ready = False
             if self._running:
                 # Runs end at a page boundary soon; the lease covers the rest.
                 for task in self._running:
