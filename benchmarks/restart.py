@@ -33,13 +33,13 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
 
+from benchmarks import provenance
 from benchmarks.private import private_settings
 from eventfold.auth import issue_token
 from eventfold.infra import ensure_topics
@@ -191,8 +191,9 @@ if __name__ == "__main__":
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--label", default="", help="suffix of the results file")
     args = parser.parse_args()
+    prov = provenance.stamp()
     figures = asyncio.run(main(args.rounds, args.partitions))
-    RESULTS.mkdir(exist_ok=True)
-    name = f"{datetime.now(UTC):%Y-%m-%d}-restart{'-' + args.label if args.label else ''}.json"
-    (RESULTS / name).write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
-    print(f"written to {RESULTS / name}")
+    out = provenance.save(
+        {"provenance": prov, **figures}, f"restart{'-' + args.label if args.label else ''}"
+    )
+    print(f"written to {out}")
