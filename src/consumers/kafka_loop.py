@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -22,6 +21,7 @@ from aiokafka.errors import IllegalStateError, KafkaError
 
 from consumers import membership
 from consumers.membership import leave_on_stop
+from eventfold.backoff import Backoff
 from eventfold.settings import Settings
 
 log = logging.getLogger("eventfold.kafka")
@@ -169,7 +169,7 @@ async def start_with_retry(
     A consumer that is a static group member leaves its group when it stops
     (:func:`consumers.membership.leave_on_stop`).
     """
-    delay = 0.5
+    backoff = Backoff(0.5, 10.0)
     while True:
         try:
             await client.start()
@@ -180,5 +180,4 @@ async def start_with_retry(
             if stop.is_set():
                 raise
             log.warning("kafka not reachable, retrying", extra={"error": repr(exc)})
-            await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311
-            delay = min(delay * 2, 10.0)
+            await backoff.sleep()

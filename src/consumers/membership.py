@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.types import Array, Int16, Int32, Schema, String
 
 from eventfold import db
+from eventfold.backoff import Backoff
 from eventfold.errors import RetriableError
 
 log = logging.getLogger("eventfold.kafka")
@@ -125,7 +125,7 @@ async def _try_lock(conn: asyncpg.Connection, group: str, slot: int) -> bool:
 async def _connect(dsn: str, stop: asyncio.Event | None) -> asyncpg.Connection:
     """A connection for the slot lock, retried with backoff while PostgreSQL is away
     (until ``stop`` is set: then the last error is raised)."""
-    delay = 0.5
+    backoff = Backoff(0.5, 5.0)
     while True:
         try:
             return await db.connect(dsn)
@@ -135,13 +135,7 @@ async def _connect(dsn: str, stop: asyncio.Event | None) -> asyncpg.Connection:
             log.warning(
                 "postgres not reachable for the slot lock, retrying", extra={"error": repr(exc)}
             )
-            pause = delay * random.uniform(0.5, 1.5)  # noqa: S311
-            if stop is None:
-                await asyncio.sleep(pause)
-            else:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), pause)
-            delay = min(delay * 2, 5.0)
+            await backoff.sleep(stop)
 
 
 @contextlib.asynccontextmanager

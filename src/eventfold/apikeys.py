@@ -41,6 +41,7 @@ import asyncpg
 from aiohttp import web
 
 from eventfold.auth import Principal
+from eventfold.backoff import Backoff
 from eventfold.db import connect
 from eventfold.errors import Unauthorized
 
@@ -239,7 +240,7 @@ class ApiKeyDirectory:
         self.forget(payload)
 
     async def _listen_forever(self) -> None:
-        delay = 0.2
+        backoff = Backoff(0.2, 5.0)
         while True:
             conn: asyncpg.Connection | None = None
             try:
@@ -251,7 +252,7 @@ class ApiKeyDirectory:
                 # Anything revoked while not listening is forgotten now.
                 self.clear()
                 self._listening = True
-                delay = 0.2
+                backoff.reset()
                 while not lost.is_set():
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(lost.wait(), _PING_INTERVAL)
@@ -266,8 +267,7 @@ class ApiKeyDirectory:
                         await asyncio.wait_for(conn.close(), 1)
                     if not conn.is_closed():
                         conn.terminate()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            await backoff.sleep()
 
 
 def _remember(table: OrderedDict[str, Any], key: str, value: Any, limit: int) -> None:

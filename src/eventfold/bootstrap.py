@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from consumers.registry import PROCESSORS, Processor
 from eventfold import db, gctune, malloctrim
 from eventfold.auth import TokenVerifier
 from eventfold.authlimit import AUTH_LIMIT, AuthFailures, AuthLimit, trusted_networks
+from eventfold.backoff import Backoff
 from eventfold.cache import CACHE, RecordCache
 from eventfold.checkpoints import CheckpointWatcher
 from eventfold.cursors import CursorCodec
@@ -134,7 +134,7 @@ async def _restore_gc(app: web.Application) -> None:
 
 async def open_pool(settings: Settings, *, attempts: int = 30) -> asyncpg.Pool:
     """Connect to PostgreSQL (retrying while it starts) and run the platform migration."""
-    delay = 0.5
+    backoff = Backoff(0.5, 5.0)
     for attempt in range(1, attempts + 1):
         try:
             pool = await db.create_pool(
@@ -149,8 +149,7 @@ async def open_pool(settings: Settings, *, attempts: int = 30) -> asyncpg.Pool:
             if attempt == attempts:
                 raise
             log.warning("postgres not reachable, retrying", extra={"error": repr(exc)})
-            await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311
-            delay = min(delay * 2, 5.0)
+            await backoff.sleep()
     raise AssertionError("unreachable")
 
 
@@ -306,7 +305,7 @@ async def supervise(
     factory = PROCESSORS.get(name)
     if factory is None:
         raise ValueError(f"unknown processor {name!r}; known: {', '.join(PROCESSORS)}")
-    delay = 1.0
+    backoff = Backoff(1.0, 30.0)
     while not stop.is_set():
         started = time.monotonic()
         try:
@@ -317,17 +316,15 @@ async def supervise(
             return
         except Exception as exc:
             if time.monotonic() - started > _HEALTHY_RUN_SECONDS:
-                delay = 1.0  # it ran well for a while: this is a new incident
+                backoff.reset()  # it ran well for a while: this is a new incident
             if is_retriable(exc):
                 log.warning(
                     "processor lost a dependency, restarting",
-                    extra={"processor": name, "error": repr(exc), "delay": delay},
+                    extra={"processor": name, "error": repr(exc), "delay": backoff.current},
                 )
             else:
                 log.exception("processor failed, restarting", extra={"processor": name})
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay * random.uniform(0.5, 1.5))  # noqa: S311
-            delay = min(delay * 2, 30.0)
+            await backoff.sleep(stop)
 
 
 @essential

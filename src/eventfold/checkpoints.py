@@ -26,6 +26,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from eventfold.backoff import Backoff
 from eventfold.db import CHECKPOINT_CHANNEL, connect, deferred_tenants, fetch_checkpoints
 
 log = logging.getLogger("eventfold.checkpoints")
@@ -223,7 +224,7 @@ class CheckpointWatcher:
             self._advance({int(p): int(o) for p, o in doc["p"].items()})
 
     async def _listen_forever(self) -> None:
-        delay = 0.2
+        backoff = Backoff(0.2, 5.0)
         while not self._closing:
             conn: asyncpg.Connection | None = None
             try:
@@ -234,15 +235,14 @@ class CheckpointWatcher:
                     await conn.add_listener(CHECKPOINT_CHANNEL, self._on_notify)
                     await self._refresh()  # after LISTEN: nothing committed since is missed
                     await self._load_deferred()
-                delay = 0.2
+                backoff.reset()
                 await self._watch(conn, lost)
             except Exception as exc:  # the listener must outlive any failure: it reconnects
                 log.warning("checkpoint listener down, reconnecting", extra={"error": repr(exc)})
             # Notifications may be missed from here until the next LISTEN, which loads.
             self._distrust(reload=False)
             await _close(conn)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            await backoff.sleep()
 
     async def _watch(self, conn: asyncpg.Connection, lost: asyncio.Event) -> None:
         """Return when the connection is lost, or stops answering a ping in time.

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
-import random
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from eventfold.backoff import Backoff
 from eventfold.faults import is_retriable
 from eventfold.health import HEALTH
 from eventfold.kafka import INGEST_REQUEST_TIMEOUT_MS, make_producer
@@ -44,7 +43,7 @@ async def _publisher_ctx(app: web.Application) -> AsyncIterator[None]:
         policy=app.get(SEND_POLICY),
         on_acked=app[LOG_END].saw if LOG_END in app else None,
     )
-    delay = 0.5
+    backoff = Backoff(0.5, 5.0)
     for attempt in range(1, 31):
         try:
             await publisher.start()
@@ -53,8 +52,7 @@ async def _publisher_ctx(app: web.Application) -> AsyncIterator[None]:
             if attempt == 30 or not is_retriable(exc):
                 raise
             log.warning("kafka not reachable, retrying", extra={"error": repr(exc)})
-            await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311
-            delay = min(delay * 2, 5.0)
+            await backoff.sleep()
     app[routes.PUBLISHER] = publisher
     app[HEALTH].add("kafka", publisher.check, critical=True)
     try:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -36,6 +35,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from eventfold import consistency
+from eventfold.backoff import Backoff
 from eventfold.dedup import DEDUP_TTL_SECONDS, dedup_key
 from eventfold.envelope import CloudEvent
 from eventfold.errors import Unavailable
@@ -241,7 +241,7 @@ class Publisher:
             headers.append(("x-request-id", cid.encode()))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + policy.deadline
-        delay = policy.backoff
+        backoff = Backoff(min(policy.backoff, policy.backoff_cap), policy.backoff_cap)
         attempt = 0
         while True:
             attempt += 1
@@ -273,7 +273,7 @@ class Publisher:
                 unknown = send_outcome_unknown(exc)
                 if unknown and generation is not None:
                     self._renew(generation)
-                pause = min(delay, policy.backoff_cap) * random.uniform(0.5, 1.5)  # noqa: S311
+                pause = backoff.next()
                 left = deadline - loop.time()
                 extra = {"error": repr(exc), "tenant": tenant, "attempt": attempt}
                 if not unknown or attempt >= policy.max_attempts or left < pause + 0.5:
@@ -285,7 +285,6 @@ class Publisher:
                     ) from None
                 log.warning("send not acknowledged, retrying with a new producer", extra=extra)
                 await asyncio.sleep(pause)
-                delay *= 2
         for type_, n in Counter(ev.type for ev in events).items():
             self._metrics.events_published.labels(type_).inc(n)
         if self._on_acked is not None:

@@ -17,9 +17,7 @@ within the same window.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -46,6 +44,7 @@ from consumers.kafka_loop import (
     seek_to_stored,
     start_with_retry,
 )
+from eventfold.backoff import Backoff
 from eventfold.db import fetch_checkpoints
 from eventfold.faults import is_retriable
 from eventfold.infra import s3_client_config
@@ -286,7 +285,7 @@ class Archiver(MemberLoop):
 
     async def _retrying(self, call: Callable[[], Awaitable[Any]]) -> Any:
         """``call()`` with a deadline, retried with backoff while S3 answers "not now"."""
-        delay = 0.2
+        backoff = Backoff(0.2, 10.0)
         while True:
             try:
                 async with asyncio.timeout(S3_TIMEOUT):
@@ -296,13 +295,11 @@ class Archiver(MemberLoop):
                     raise
                 self.metrics.dependency_errors.labels("s3").inc()
                 log.warning("s3 call failed, retrying", extra={"error": repr(exc)})
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), delay * random.uniform(0.5, 1.5))  # noqa: S311
-            delay = min(delay * 2, 10.0)
+            await backoff.sleep(self._stop)
 
     async def _checkpoint(self, partition: int, next_offset: int) -> None:
         """Store ``next_offset`` (never moving backwards: a former owner may finish late)."""
-        delay = 0.2
+        backoff = Backoff(0.2, 10.0)
         while True:
             try:
                 async with self.pool.acquire(timeout=10) as conn:
@@ -325,8 +322,7 @@ class Archiver(MemberLoop):
                     raise
                 self.metrics.dependency_errors.labels("postgres").inc()
                 log.warning("archive checkpoint not written, retrying", extra={"error": repr(exc)})
-            await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311
-            delay = min(delay * 2, 10.0)
+            await backoff.sleep()
 
     def _report_lag(self, consumer: AIOKafkaConsumer) -> None:
         for tp in consumer.assignment():

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import cast
@@ -38,6 +37,7 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from consumers import membership
 from consumers.kafka_loop import MemberLoop, TrackAssignment, caught_up, start_with_retry
 from consumers.projector.fold import RECORD_TYPES
+from eventfold.backoff import Backoff
 from eventfold.cache import (
     HOLD_VERSION,
     HOT_TENANTS_KEY,
@@ -156,7 +156,7 @@ class CacheProcessor(MemberLoop):
                 return False
             await watcher.wait_for(required, 5.0)
         keys = _record_keys(msg.value for msgs in got.values() for msg in msgs)
-        delay = 0.2
+        backoff = Backoff(0.2, 10.0)
         while True:
             try:
                 await self.refresh(cache, keys)
@@ -165,10 +165,8 @@ class CacheProcessor(MemberLoop):
                 if not is_retriable(exc):
                     raise
                 log.warning("cache refresh failed, retrying", extra={"error": repr(exc)})
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay * random.uniform(0.5, 1.5))  # noqa: S311
+            if await backoff.sleep(stop):
                 return False
-            delay = min(delay * 2, 10.0)
 
     async def refresh(self, cache: RecordCache, keys: Mapping[str, Iterable[Key]]) -> int:
         """Write the committed state of ``keys`` (per tenant) to the cache; entries written."""

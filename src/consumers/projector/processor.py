@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Sequence
 
@@ -33,6 +32,7 @@ from consumers.projector.hints import OffsetHints
 from consumers.projector.live import LivePublisher
 from consumers.projector.parking import ParkedEvent
 from consumers.projector.redrive import redrive
+from eventfold.backoff import Backoff
 from eventfold.db import deferred_tenants, fetch_checkpoints
 from eventfold.envelope import decode_event
 from eventfold.faults import is_retriable
@@ -199,7 +199,7 @@ class Projector(MemberLoop):
         applied: the batch is applied again with one savepoint per event, and
         the failing events are parked instead of stopping the partition.
         """
-        delay = 0.2
+        backoff = Backoff(0.2, 10.0)
         careful = by_tenant = False
         budget = self.settings.projector_tenant_budget_ms
         while True:
@@ -244,12 +244,9 @@ class Projector(MemberLoop):
                     continue
                 self.metrics.dependency_errors.labels("postgres").inc()
                 log.warning("batch not applied, retrying", extra={"error": repr(exc)})
-                try:
-                    await asyncio.wait_for(stop.wait(), delay * random.uniform(0.5, 1.5))  # noqa: S311
+                if await backoff.sleep(stop):
                     return None
-                except TimeoutError:
-                    delay = min(delay * 2, 10.0)
-                    continue
+                continue
             self.metrics.projector_batch_seconds.observe(time.perf_counter() - started)
             if result.deferred:
                 log.warning(
@@ -284,10 +281,9 @@ class Projector(MemberLoop):
 
     async def _retry_deferred(self, stop: asyncio.Event) -> None:
         """Retry deferred tenants in the background, with backoff, in record order."""
-        delay = 1.0
+        backoff = Backoff(1.0, 30.0)
         while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
+            if await backoff.sleep(stop):
                 return
             try:
                 async with self.pool.acquire(timeout=5) as conn:
@@ -302,13 +298,12 @@ class Projector(MemberLoop):
                     )
                     self.deferred.discard(tenant)
                     log.info("deferred tenant caught up", extra={"tenant": tenant})
-                delay = 1.0
+                backoff.reset()
                 if waiting:
                     await self._refresh_parked_count()
             except Exception as exc:
                 if not is_retriable(exc):
                     log.exception("retrying deferred tenants failed")
-                delay = min(delay * 2, 30.0)
 
     async def _dead_letter(self, parked: Sequence[ParkedEvent]) -> None:
         """Send parked events to the dead-letter topic, with their error, before commit."""

@@ -35,7 +35,6 @@ import contextlib
 import functools
 import logging
 import os
-import random
 import socket
 import time
 import uuid
@@ -63,6 +62,7 @@ from consumers.sync.pages import (
     record_event,
     store_states,
 )
+from eventfold.backoff import Backoff, retry_delay
 from eventfold.egress import AllowList, guarded_session
 from eventfold.events.integration import PollConfig
 from eventfold.kafka import make_producer
@@ -231,8 +231,7 @@ class SyncRunner:
 
     def _backoff(self, failures: int) -> float:
         s = self.settings
-        base = min(s.sync_backoff_cap, s.sync_backoff_base * 2 ** max(0, failures - 1))
-        return float(base * random.uniform(0.5, 1.5))  # noqa: S311 - jitter, not crypto
+        return retry_delay(failures, s.sync_backoff_base, s.sync_backoff_cap)
 
     async def _sync(
         self, it: Claimed, publisher: Publisher, session: Any, allow: AllowList
@@ -370,12 +369,11 @@ class SyncRunner:
 
 
 async def _start(publisher: Publisher, stop: asyncio.Event) -> None:
-    delay = 0.5
+    backoff = Backoff(0.5, 5.0)
     while not stop.is_set():
         try:
             await publisher.start()
             return
         except Exception as exc:
             log.warning("kafka not reachable, retrying", extra={"error": repr(exc)})
-            await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311
-            delay = min(delay * 2, 5.0)
+            await backoff.sleep()

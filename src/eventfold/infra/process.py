@@ -21,6 +21,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
+from eventfold.backoff import Backoff
 from eventfold.infra.base import InfraError
 
 Probe = Callable[[], Awaitable[bool]]
@@ -238,7 +239,7 @@ async def wait_ready(
     off to a quarter second, which costs nothing next to a JVM start.
     """
     deadline = time.monotonic() + within
-    delay = 0.05
+    backoff = Backoff(0.05, 0.25)
     while True:
         if await probe():
             return
@@ -246,8 +247,7 @@ async def wait_ready(
             raise InfraError(f"{what} exited during start-up; see {log_path}")
         if time.monotonic() > deadline:
             raise InfraError(f"{what} did not become ready within {within:.0f} s; see {log_path}")
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 0.25)
+        await backoff.sleep()
 
 
 async def stop(pid: int, *, sig: signal.Signals, grace: float) -> str:
