@@ -15,7 +15,8 @@ an id is never answered as a duplicate on the strength of a publish still in
 flight (or one whose gateway died), since that publish may yet fail and the
 client would hold an acknowledgement for a write that is not in the log.
 Redis is an optimisation here, not the guarantee: when it is down or slow
-(a small circuit breaker skips it for a few seconds after a failure) the
+(a circuit breaker, :class:`eventfold.breaker.Breaker`, skips it for a few
+seconds after a failure) the
 event is published and the projector's dedup by event id keeps the effect single.
 """
 
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -36,6 +36,7 @@ from redis.exceptions import RedisError
 
 from eventfold import consistency
 from eventfold.backoff import Backoff
+from eventfold.breaker import Breaker
 from eventfold.dedup import DEDUP_TTL_SECONDS, dedup_key
 from eventfold.envelope import CloudEvent
 from eventfold.errors import Unavailable
@@ -138,7 +139,13 @@ class Publisher:
         self._generation = 0
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
-        self._redis_open_until = 0.0
+        #: Opens on a Redis failure: the dedup is skipped for ``redis_open_seconds``.
+        self._redis_breaker = Breaker(
+            failures=1,
+            cooldown=self._policy.redis_open_seconds,
+            name="dedup",
+            fallback="publishing without the dedup",
+        )
         #: How many producers were replaced (for tests and logs).
         self.renewals = 0
 
@@ -297,19 +304,19 @@ class Publisher:
     # -- the dedup memory (Redis, failing open) -------------------------------
 
     def _redis_usable(self) -> AutoPipeline | None:
-        if self._pipe is None or time.monotonic() < self._redis_open_until:
+        if self._pipe is None or not self._redis_breaker.allow():
             return None
         return self._pipe
 
     def _redis_failed(self, exc: BaseException, what: str) -> None:
         self._metrics.dependency_errors.labels("redis").inc()
-        self._redis_open_until = time.monotonic() + self._policy.redis_open_seconds
+        self._redis_breaker.failure()
         log.warning(what, extra={"error": repr(exc)})
 
     async def _lookup(self, tenant: str, events: Sequence[CloudEvent]) -> dict[str, Published]:
         """The events published before (confirmed in Redis), with their positions."""
-        pipe = self._redis_usable()
-        if pipe is None or not events:
+        pipe = self._redis_usable() if events else None
+        if pipe is None:
             return {}
         timeout = self._policy.redis_timeout
         try:
@@ -323,6 +330,7 @@ class Publisher:
         except (RedisError, OSError, TimeoutError) as exc:
             self._redis_failed(exc, "dedup unavailable, publishing without it")
             return {}
+        self._redis_breaker.success()
         known: dict[str, Published] = {}
         for ev, raw in zip(events, values, strict=True):
             doc = orjson.loads(raw) if raw else None
@@ -338,8 +346,8 @@ class Publisher:
         payloads: Sequence[bytes],
         landed: dict[str, Published],
     ) -> None:
-        pipe = self._redis_usable()
-        if pipe is None or not events:
+        pipe = self._redis_usable() if events else None
+        if pipe is None:
             return
         timeout = self._policy.redis_timeout
         # Queued together, the SETs go out in one pipeline (with other requests' commands).
@@ -357,6 +365,8 @@ class Publisher:
             await (replies[0] if len(replies) == 1 else asyncio.gather(*replies))
         except (RedisError, OSError, TimeoutError) as exc:
             self._redis_failed(exc, "dedup record not written")
+            return
+        self._redis_breaker.success()
 
 
 def dedup_record(partition: int, offset: int, envelope: bytes) -> bytes:
