@@ -29,8 +29,8 @@ from benchmarks import provenance
 from benchmarks.private import private_settings
 from consumers.analytics.processor import Analytics
 from consumers.analytics.windows import index_key, window_key, window_start
+from devstack import ensure_topics
 from eventfold.bootstrap import redis_client
-from eventfold.infra import ensure_topics
 from eventfold.metrics import Metrics
 
 

@@ -30,9 +30,9 @@ from benchmarks.private import private_settings
 from consumers.archiver.processor import Archiver
 from consumers.projector import store
 from consumers.rebuild.rebuild import Options, rebuild, rebuild_many
+from devstack import ensure_bucket, ensure_topics
 from eventfold import gctune
 from eventfold.bootstrap import open_pool
-from eventfold.infra import ensure_bucket, ensure_topics
 from eventfold.kafka import message_key
 from eventfold.metrics import Metrics
 from eventfold.settings import Settings

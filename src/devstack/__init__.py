@@ -7,10 +7,10 @@ until each answers, and provisions it (role and database, bucket, topics).
 Services named in ``settings.external`` are the user's own and only probed.
 """
 
-from eventfold.infra.base import InfraError, ServiceStatus
-from eventfold.infra.kafka import ensure_topics
-from eventfold.infra.s3 import ensure_bucket, s3_client_config
-from eventfold.infra.stack import (
+from devstack.base import InfraError, ServiceStatus
+from devstack.kafka import ensure_topics
+from devstack.s3 import ensure_bucket
+from devstack.stack import (
     down,
     down_async,
     status,
@@ -26,7 +26,6 @@ __all__ = [
     "down_async",
     "ensure_bucket",
     "ensure_topics",
-    "s3_client_config",
     "status",
     "status_async",
     "up",

@@ -16,8 +16,8 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from eventfold.infra.base import InfraError, Progress, as_root
-from eventfold.infra.process import run
+from devstack.base import InfraError, Progress, as_root
+from devstack.process import run
 
 POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
 CREATECLUSTER_CONF = Path("/etc/postgresql-common/createcluster.conf")

@@ -14,8 +14,8 @@ import shutil
 from pathlib import Path
 from typing import ClassVar
 
-from eventfold.infra.base import InfraError, Progress, Service
-from eventfold.infra.process import run
+from devstack.base import InfraError, Progress, Service
+from devstack.process import run
 
 #: Debian packages that must be in place before any jar can be fetched or run.
 JAVA_PACKAGES = frozenset({"openjdk-17-jre-headless", "maven"})

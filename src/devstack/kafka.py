@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
-from eventfold.infra.base import InfraError, Progress, oneline
-from eventfold.infra.java import JavaService
-from eventfold.infra.process import run, spawn, tcp_open, wait_ready
+from devstack.base import InfraError, Progress, oneline
+from devstack.java import JavaService
+from devstack.process import run, spawn, tcp_open, wait_ready
 from eventfold.settings import Settings
 
 TOPIC_ALREADY_EXISTS = 36

@@ -21,14 +21,14 @@ from pathlib import Path
 from typing import ClassVar
 from urllib.parse import unquote, urlsplit
 
-from eventfold.infra.base import InfraError, Progress, Service, as_root, oneline
-from eventfold.infra.process import run, spawn, wait_ready
+from devstack.base import InfraError, Progress, Service, as_root, oneline
+from devstack.process import run, spawn, wait_ready
 
 BIN = Path("/usr/lib/postgresql/15/bin")
 OS_USER = "postgres"
 
 CONFIG = """\
-# Written by `eventfold infra up` on every start; edit src/eventfold/infra/postgres.py.
+# Written by `eventfold infra up` on every start; edit src/devstack/postgres.py.
 listen_addresses = '{listen}'
 port = {port}
 unix_socket_directories = '{socket_dir}'
@@ -62,7 +62,7 @@ host    all   all   ::/0          scram-sha-256
 """
 
 #: The role and database of the application (a psql script; see its header).
-BOOTSTRAP_SQL = (resources.files("eventfold.infra") / "postgres_bootstrap.sql").read_text()
+BOOTSTRAP_SQL = (resources.files("devstack") / "postgres_bootstrap.sql").read_text()
 
 
 class Postgres(Service):

@@ -21,8 +21,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
+from devstack.base import InfraError
 from eventfold.backoff import Backoff
-from eventfold.infra.base import InfraError
 
 Probe = Callable[[], Awaitable[bool]]
 

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import ClassVar
 from urllib.parse import unquote, urlsplit
 
-from eventfold.infra.base import Progress, Service, oneline
-from eventfold.infra.process import spawn, wait_ready
+from devstack.base import Progress, Service, oneline
+from devstack.process import spawn, wait_ready
 from eventfold.secretfiles import write_private
 
 CONFIG = """\
-# Written by `eventfold infra up` on every start; edit src/eventfold/infra/redis.py.
+# Written by `eventfold infra up` on every start; edit src/devstack/redis.py.
 bind {host}
 port {port}
 protected-mode no

@@ -11,17 +11,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 from urllib.parse import urlsplit
 
-from eventfold.infra.base import InfraError, Progress, oneline
-from eventfold.infra.java import JavaService
-from eventfold.infra.process import spawn, wait_ready
+from devstack.base import InfraError, Progress, oneline
+from devstack.java import JavaService
+from devstack.process import spawn, wait_ready
+from eventfold.s3 import open_s3
 from eventfold.secretfiles import write_private
 from eventfold.settings import Settings
 
 PROPERTIES = """\
-# Written by `eventfold infra up` on every start; edit src/eventfold/infra/s3.py.
+# Written by `eventfold infra up` on every start; edit src/devstack/s3.py.
 s3proxy.endpoint=http://{host}:{port}
 s3proxy.authorization=aws-v2-or-v4
 s3proxy.identity={identity}
@@ -35,45 +36,11 @@ jclouds.regions={region}
 """
 
 
-def s3_client_config() -> Any:
-    """The botocore config for our S3 endpoints: path-style, classic checksums.
-
-    Path-style because a local endpoint has no wildcard DNS for bucket host
-    names; checksums only when required because botocore >= 1.36 otherwise
-    adds CRC32 trailers that not every S3-compatible server accepts.
-    """
-    from aiobotocore.config import AioConfig
-
-    return AioConfig(
-        s3={"addressing_style": "path"},
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-        connect_timeout=3,
-        read_timeout=10,
-        retries={"max_attempts": 2, "mode": "standard"},
-    )
-
-
-@contextlib.asynccontextmanager
-async def _client(settings: Settings) -> Any:
-    from aiobotocore.session import get_session
-
-    async with get_session().create_client(
-        "s3",
-        endpoint_url=settings.s3_endpoint,
-        region_name=settings.s3_region,
-        aws_access_key_id=settings.s3_access_key,
-        aws_secret_access_key=settings.s3_secret_key,
-        config=s3_client_config(),
-    ) as client:
-        yield client
-
-
 async def ensure_bucket(settings: Settings) -> bool:
     """Create ``settings.s3_bucket`` unless it exists; True when it was created."""
     from botocore.exceptions import ClientError  # type: ignore[import-untyped]
 
-    async with _client(settings) as client:
+    async with open_s3(settings) as client:
         try:
             await client.head_bucket(Bucket=settings.s3_bucket)
             return False
@@ -198,7 +165,7 @@ class S3Proxy(JavaService):
     async def probe(self) -> str | None:
         """HEAD the archive bucket with the configured credentials."""
         try:
-            async with _client(self.settings) as client:
+            async with open_s3(self.settings) as client:
                 await client.head_bucket(Bucket=self.settings.s3_bucket)
         except Exception as exc:
             return oneline(exc)

@@ -13,14 +13,14 @@ from __future__ import annotations
 import asyncio
 import time
 
-from eventfold.infra.apt import install
-from eventfold.infra.base import InfraError, Progress, Service, ServiceStatus
-from eventfold.infra.java import JAVA_PACKAGES
-from eventfold.infra.kafka import Kafka
-from eventfold.infra.postgres import Postgres
-from eventfold.infra.process import exclusive, live_pid, port_free, stop, tcp_open
-from eventfold.infra.redis import Redis
-from eventfold.infra.s3 import S3Proxy
+from devstack.apt import install
+from devstack.base import InfraError, Progress, Service, ServiceStatus
+from devstack.java import JAVA_PACKAGES
+from devstack.kafka import Kafka
+from devstack.postgres import Postgres
+from devstack.process import exclusive, live_pid, port_free, stop, tcp_open
+from devstack.redis import Redis
+from devstack.s3 import S3Proxy
 from eventfold.settings import Settings
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import os
 import signal
 import sys
@@ -202,7 +203,14 @@ def _process(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _infra(settings: Settings, args: argparse.Namespace) -> int:
-    from eventfold import infra
+    if importlib.util.find_spec("devstack") is None:
+        print(
+            "eventfold infra: the local stack is managed from a source checkout"
+            " (`make infra`); an installed package has no src/devstack",
+            file=sys.stderr,
+        )
+        return 2
+    import devstack as infra  # deferred: not in the wheel, only a checkout has it
 
     quiet = args.json or args.action == "status"
 

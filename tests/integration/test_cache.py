@@ -22,6 +22,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from consumers.cache.processor import CacheProcessor
+from devstack import ensure_topics
 from eventfold.bootstrap import create_app
 from eventfold.breaker import CLOSED, OPEN
 from eventfold.cache import (
@@ -33,7 +34,6 @@ from eventfold.cache import (
     decode_entry,
     record_key,
 )
-from eventfold.infra import ensure_topics
 from eventfold.settings import Settings
 from eventfold.web import METRICS, POOL
 from tests.conftest import _delete_topics

@@ -26,8 +26,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from consumers.projector.fold import Record, apply
+from devstack import ensure_topics
 from eventfold.bootstrap import open_pool
-from eventfold.infra import ensure_topics
 from eventfold.settings import Settings
 
 EVENTFOLD = str(Path(sys.executable).with_name("eventfold"))

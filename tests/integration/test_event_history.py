@@ -8,8 +8,8 @@ from typing import Any
 from aiohttp.test_utils import TestClient, TestServer
 
 from consumers.projector.processor import Projector
+from devstack import ensure_topics
 from eventfold.bootstrap import Parts, create_app, open_pool
-from eventfold.infra import ensure_topics
 from eventfold.metrics import Metrics
 from tests.integration.conftest import Api, TenantApi
 

@@ -22,8 +22,8 @@ import pytest_asyncio
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 
+from devstack import ensure_topics
 from eventfold.bootstrap import create_app
-from eventfold.infra import ensure_topics
 from eventfold.settings import Settings
 from eventfold.web import REQUEST_DEADLINE
 from producers.app import SEND_POLICY

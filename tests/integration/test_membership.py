@@ -27,9 +27,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from consumers import membership
 from consumers.projector.processor import Projector
+from devstack import ensure_topics
 from eventfold.auth import issue_token
 from eventfold.bootstrap import Parts
-from eventfold.infra import ensure_topics
 from eventfold.metrics import Metrics
 from eventfold.settings import Settings
 from tests.conftest import free_port, new_tenant_id, wait_until_ready

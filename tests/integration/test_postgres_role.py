@@ -18,10 +18,10 @@ import pytest
 import pytest_asyncio
 
 from consumers.projector import store
+from devstack.postgres import BIN, Postgres
+from devstack.process import live_pid, run, stop
 from eventfold.bootstrap import open_pool
 from eventfold.ids import tenant_schema
-from eventfold.infra.postgres import BIN, Postgres
-from eventfold.infra.process import live_pid, run, stop
 from eventfold.settings import Settings
 from eventfold.tenancy import tenant_connection, tenant_lock
 from tests.conftest import free_port, new_tenant_id

@@ -20,9 +20,9 @@ from aiokafka.structs import OffsetAndMetadata
 from consumers.projector.batch import BatchResult, LogEvent, apply_batch, apply_events
 from consumers.projector.hints import HINT_INTERVAL
 from consumers.projector.processor import Projector
+from devstack import ensure_topics
 from eventfold.bootstrap import open_pool
 from eventfold.envelope import CloudEvent
-from eventfold.infra import ensure_topics
 from eventfold.kafka import make_consumer
 from eventfold.metrics import Metrics
 from eventfold.settings import Settings

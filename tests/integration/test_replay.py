@@ -363,8 +363,8 @@ async def test_a_rebuild_from_the_archive_equals_the_original_after_kafka_lost_i
 
     from consumers.archiver.processor import Archiver
     from consumers.projector.processor import Projector
+    from devstack import ensure_bucket, ensure_topics
     from eventfold.bootstrap import open_pool
-    from eventfold.infra import ensure_bucket, ensure_topics
     from eventfold.metrics import Metrics
     from tests.conftest import new_tenant_id
 

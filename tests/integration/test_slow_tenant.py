@@ -16,8 +16,8 @@ from typing import Any
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
+from devstack import ensure_topics
 from eventfold.bootstrap import Parts, create_app, open_pool
-from eventfold.infra import ensure_topics
 from eventfold.settings import Settings
 from tests.integration.conftest import Api, TenantApi
 

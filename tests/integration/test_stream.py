@@ -25,8 +25,8 @@ from aiohttp import ClientResponse, ClientTimeout
 from aiohttp.test_utils import TestClient, TestServer
 from aiokafka import AIOKafkaProducer
 
+from devstack import ensure_topics
 from eventfold.bootstrap import Parts, create_app
-from eventfold.infra import ensure_topics
 from eventfold.kafka import message_key
 from eventfold.settings import Settings
 from eventfold.web import METRICS

@@ -47,9 +47,9 @@ from consumers.kafka_loop import (
 from eventfold.backoff import Backoff
 from eventfold.db import fetch_checkpoints
 from eventfold.faults import is_retriable
-from eventfold.infra import s3_client_config
 from eventfold.kafka import make_consumer
 from eventfold.metrics import Metrics
+from eventfold.s3 import open_s3
 from eventfold.settings import Settings
 
 log = logging.getLogger("eventfold.archiver")
@@ -138,8 +138,6 @@ class Archiver(MemberLoop):
         In burst mode the open segments are left open (not archived yet): closing
         them early would cut them where this run happened to stop.
         """
-        from aiobotocore.session import get_session
-
         self._stop = stop
 
         consumer = make_consumer(
@@ -153,15 +151,7 @@ class Archiver(MemberLoop):
             [self.topic],
             listener=SeekToCheckpoints(self, consumer, self.ready, on_revoked=self.forget),
         )
-        s = self.settings
-        async with get_session().create_client(
-            "s3",
-            endpoint_url=s.s3_endpoint,
-            region_name=s.s3_region,
-            aws_access_key_id=s.s3_access_key,
-            aws_secret_access_key=s.s3_secret_key,
-            config=s3_client_config(),
-        ) as client:
+        async with open_s3(self.settings) as client:
             self._s3 = client
             await start_with_retry(consumer, stop)
             try:

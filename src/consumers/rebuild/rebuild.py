@@ -35,6 +35,7 @@ from consumers.projector.handlers import HANDLERS, PROJECTED_TOPIC
 from consumers.rebuild import source
 from eventfold.ids import SCHEMA_REDIRECT, shadow_schema_name, tenant_schema
 from eventfold.replay import REPLAY_ATTRIBUTE
+from eventfold.s3 import open_s3
 from eventfold.settings import Settings
 
 #: ``(events folded, seconds, share of the log's offsets covered or None)``.
@@ -210,7 +211,7 @@ async def _rebuild_many(
         for job in fresh:
             job.positions = {}
         if opts.from_archive:
-            async with source.archive_client(settings) as s3, asyncio.TaskGroup() as tasks:
+            async with open_s3(settings) as s3, asyncio.TaskGroup() as tasks:
                 for job in fresh:
                     tasks.create_task(from_archive(job, s3))
         for job in fresh:
