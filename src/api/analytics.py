@@ -33,8 +33,9 @@ from consumers.analytics.windows import (
     window_key,
     window_start,
 )
+from eventfold.appkeys import CURSORS, REDIS
 from eventfold.errors import FieldError, Unavailable, ValidationFailed
-from eventfold.web import CURSORS, REDIS, authorize_tenant, json_response, query_int
+from eventfold.web import authorize_tenant, json_response, query_int
 
 _PATH = "/v1/tenants/{tenant}/analytics/events"
 _ACTIVITY_PATH = "/v1/tenants/{tenant}/analytics/activity"

@@ -34,17 +34,10 @@ from api.openapi import (
     register,
 )
 from consumers.projector import parking
+from eventfold.appkeys import CURSORS, POOL, SETTINGS
 from eventfold.envelope import pydantic_errors
 from eventfold.errors import FieldError, ValidationFailed
-from eventfold.web import (
-    CURSORS,
-    POOL,
-    SETTINGS,
-    authorize_tenant,
-    json_response,
-    query_int,
-    read_json,
-)
+from eventfold.web import authorize_tenant, json_response, query_int, read_json
 
 _PATH = "/v1/tenants/{tenant}/dead-letters"
 _KIND = "dead-letters"

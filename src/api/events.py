@@ -7,11 +7,12 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
+from eventfold.appkeys import CURSORS, POOL, REDIS
 from eventfold.dedup import pending_event
 from eventfold.errors import FieldError, NotFound, ValidationFailed
 from eventfold.ids import tenant_schema
 from eventfold.tenancy import tenant_connection
-from eventfold.web import CURSORS, POOL, REDIS, authorize_tenant, json_response, query_int
+from eventfold.web import authorize_tenant, json_response, query_int
 
 
 def _item(row: asyncpg.Record) -> dict[str, Any]:

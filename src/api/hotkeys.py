@@ -12,7 +12,8 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 
 from api.openapi import TENANT, TENANT_ERRORS, Operation, Param, Reply, register
-from eventfold.cache import CACHE, HOT_STORED
+from eventfold.appkeys import CACHE
+from eventfold.cache import HOT_STORED
 from eventfold.web import authorize_tenant, json_response, query_int
 
 DEFAULT_LIMIT = 20

@@ -26,9 +26,10 @@ from api.openapi import (
     Reply,
     register,
 )
+from eventfold.appkeys import CURSORS, POOL
 from eventfold.errors import NotFound
 from eventfold.events.integration import INTEGRATION_ID_PATTERN
-from eventfold.web import CURSORS, POOL, after_cursor, authorize_tenant, json_response, query_int
+from eventfold.web import after_cursor, authorize_tenant, json_response, query_int
 
 _KIND = "integrations"
 _BASE = "/v1/tenants/{tenant}/integrations"

@@ -25,9 +25,10 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 
 from api.openapi import AUTH_ERRORS, Operation, Reply, register
+from eventfold.appkeys import POOL, SETTINGS
 from eventfold.db import fetch_checkpoints
 from eventfold.settings import Settings
-from eventfold.web import POOL, SETTINGS, authenticate, json_response
+from eventfold.web import authenticate, json_response
 
 _PATH = "/v1/processors"
 #: One answer's Kafka round trips, together.

@@ -12,11 +12,12 @@ import orjson
 from aiohttp import web
 
 from eventfold import ids
-from eventfold.cache import CACHE, record_payload
+from eventfold.appkeys import CACHE, CURSORS, POOL
+from eventfold.cache import record_payload
 from eventfold.errors import FieldError, NotFound, ValidationFailed
 from eventfold.ids import tenant_schema
 from eventfold.tenancy import tenant_connection
-from eventfold.web import CURSORS, POOL, authorize_tenant, json_response, query_int
+from eventfold.web import authorize_tenant, json_response, query_int
 
 ORDERS = {
     "id": ("id", "ASC"),

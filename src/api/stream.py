@@ -35,20 +35,13 @@ from api.stream_hub import HUB, Frame, StreamHub, Subscriber
 from api.stream_slots import RENEW_SECONDS, StreamSlot, take_slot
 from consumers.projector.live import history_item
 from eventfold import faults
+from eventfold.appkeys import METRICS, POOL, REDIS, SETTINGS
 from eventfold.errors import BadRequest, FieldError, Unauthorized, ValidationFailed
 from eventfold.ids import tenant_schema
 from eventfold.logs import correlation_id
 from eventfold.replay import is_replay
 from eventfold.tenancy import tenant_connection
-from eventfold.web import (
-    METRICS,
-    POOL,
-    REDIS,
-    SETTINGS,
-    authenticate,
-    authorize_tenant,
-    unbounded,
-)
+from eventfold.web import authenticate, authorize_tenant, unbounded
 
 log = logging.getLogger("eventfold.stream")
 

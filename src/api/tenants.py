@@ -13,16 +13,9 @@ from pydantic import BaseModel, Field
 
 from api import models
 from api.openapi import AFTER, AUTH_ERRORS, LIMIT, Operation, Reply, register
+from eventfold.appkeys import CURSORS, POOL
 from eventfold.auth import ROLES
-from eventfold.web import (
-    CURSORS,
-    POOL,
-    after_cursor,
-    authenticate,
-    authorize_tenant,
-    json_response,
-    query_int,
-)
+from eventfold.web import after_cursor, authenticate, authorize_tenant, json_response, query_int
 
 _KIND = "tenants"
 

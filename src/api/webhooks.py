@@ -24,9 +24,10 @@ from api.openapi import (
     Reply,
     register,
 )
+from eventfold.appkeys import CURSORS, POOL
 from eventfold.errors import NotFound
 from eventfold.events.webhook import WEBHOOK_ID_PATTERN
-from eventfold.web import CURSORS, POOL, after_cursor, authorize_tenant, json_response, query_int
+from eventfold.web import after_cursor, authorize_tenant, json_response, query_int
 
 _HOOKS = "/v1/tenants/{tenant}/webhooks"
 

@@ -32,13 +32,11 @@ import re
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import asyncpg
-from aiohttp import web
 
 from eventfold.auth import Principal
 from eventfold.backoff import Backoff
@@ -276,34 +274,3 @@ def _remember(table: OrderedDict[str, Any], key: str, value: Any, limit: int) ->
     table.move_to_end(key)
     while len(table) > limit:
         table.popitem(last=False)
-
-
-#: This process's key directory (set when the app starts).
-API_KEYS = web.AppKey("api_keys", ApiKeyDirectory)
-_INSTALLED = web.AppKey("api_keys_installed", bool)
-
-
-def install(app: web.Application) -> None:
-    """Accept API keys, RS256 tokens and rate limits on ``app`` (once, whichever part asks).
-
-    Called by the read and the write routes' setup; both run in ``eventfold run``.
-    """
-    if app.get(_INSTALLED):
-        return
-    app[_INSTALLED] = True
-    from eventfold import ratelimit
-
-    app.cleanup_ctx.append(_directory_ctx)
-    ratelimit.install(app)
-
-
-async def _directory_ctx(app: web.Application) -> AsyncIterator[None]:
-    from eventfold.web import POOL, SETTINGS
-
-    directory = ApiKeyDirectory(app[SETTINGS].database_url, app[POOL])
-    await directory.start()
-    app[API_KEYS] = directory
-    try:
-        yield
-    finally:
-        await directory.stop()

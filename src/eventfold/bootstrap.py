@@ -22,33 +22,41 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from consumers.registry import PROCESSORS, Processor
-from eventfold import db, gctune, malloctrim
-from eventfold.auth import TokenVerifier
-from eventfold.authlimit import AUTH_LIMIT, AuthFailures, AuthLimit, trusted_networks
-from eventfold.backoff import Backoff
-from eventfold.cache import CACHE, RecordCache
-from eventfold.checkpoints import CheckpointWatcher
-from eventfold.cursors import CursorCodec
-from eventfold.faults import is_retriable
-from eventfold.health import HEALTH, Health
-from eventfold.logend import LogEnd
-from eventfold.metrics import Metrics
-from eventfold.settings import Settings
-from eventfold.tenancy import TenantDirectory, ensure_tenant_roles
-from eventfold.web import (
+from eventfold import db, gctune, malloctrim, ratelimit
+from eventfold.admission import Admission, WaitSlots
+from eventfold.apikeys import ApiKeyDirectory
+from eventfold.appkeys import (
     ADMISSION,
+    API_KEYS,
+    AUTH_LIMIT,
+    CACHE,
     CURSORS,
+    HEALTH,
     LOG_END,
     METRICS,
     POOL,
+    RATE_LIMITER,
     REDIS,
     SETTINGS,
     TENANTS,
     VERIFIER,
     WAIT_SLOTS,
     WATCHER,
-    Admission,
-    WaitSlots,
+)
+from eventfold.auth import TokenVerifier
+from eventfold.authlimit import AuthFailures, AuthLimit, trusted_networks
+from eventfold.backoff import Backoff
+from eventfold.cache import RecordCache
+from eventfold.checkpoints import CheckpointWatcher
+from eventfold.cursors import CursorCodec
+from eventfold.faults import is_retriable
+from eventfold.health import Health
+from eventfold.logend import LogEnd
+from eventfold.metrics import Metrics
+from eventfold.ratelimit import Limits, RateLimiter
+from eventfold.settings import Settings
+from eventfold.tenancy import TenantDirectory, ensure_tenant_roles
+from eventfold.web import (
     compression_middleware,
     cors_middleware,
     essential,
@@ -95,6 +103,11 @@ def create_app(settings: Settings, parts: Parts | None = None) -> web.Applicatio
     app.cleanup_ctx.append(_redis_ctx)
     app.cleanup_ctx.append(_watcher_ctx)
     app.cleanup_ctx.append(_malloc_trim_ctx)
+    if parts.ingest or parts.api:
+        # Either HTTP part accepts API keys and applies the tenants' rate limits.
+        app.cleanup_ctx.append(_api_keys_ctx)
+        app.cleanup_ctx.append(_rate_limiter_ctx)
+        app.on_response_prepare.append(ratelimit.add_headers)
     if parts.ingest:
         from producers.app import setup as setup_ingest
 
@@ -218,6 +231,23 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
         await cache.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(client.aclose(), 5)
+
+
+async def _api_keys_ctx(app: web.Application) -> AsyncIterator[None]:
+    directory = ApiKeyDirectory(app[SETTINGS].database_url, app[POOL])
+    await directory.start()
+    app[API_KEYS] = directory
+    try:
+        yield
+    finally:
+        await directory.stop()
+
+
+async def _rate_limiter_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    default = Limits(settings.rate_limit_default_rps, settings.rate_limit_default_burst)
+    app[RATE_LIMITER] = RateLimiter(app.get(REDIS), app[METRICS], default)
+    yield
 
 
 async def _malloc_trim_ctx(_app: web.Application) -> AsyncIterator[None]:

@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import orjson
-from aiohttp import web
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -464,6 +463,3 @@ def _split_members(rows: Iterable[tuple[bytes, float]]) -> Iterable[tuple[str, s
     for member, score in rows:
         collection, _, record_id = member.decode().partition("/")
         yield collection, record_id, round(float(score), 3)
-
-
-CACHE = web.AppKey("cache", RecordCache)

@@ -20,8 +20,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
-
 Check = Callable[[], Awaitable[Any]]
 CHECK_TIMEOUT = 1.0
 
@@ -88,6 +86,3 @@ async def _run(check: Check) -> str | None:
         return "timed out"
     except Exception as exc:
         return type(exc).__name__
-
-
-HEALTH = web.AppKey("health", Health)

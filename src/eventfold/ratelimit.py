@@ -29,7 +29,7 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -200,22 +200,3 @@ async def add_headers(request: web.Request, response: web.StreamResponse) -> Non
     if decision is not None:
         for name, value in decision.headers().items():
             response.headers.setdefault(name, value)
-
-
-#: This process's rate limiter (set when the app starts).
-RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
-
-
-def install(app: web.Application) -> None:
-    """Create the limiter at startup (after Redis) and add the headers to every answer."""
-    app.cleanup_ctx.append(_limiter_ctx)
-    app.on_response_prepare.append(add_headers)
-
-
-async def _limiter_ctx(app: web.Application) -> AsyncIterator[None]:
-    from eventfold.web import METRICS, REDIS, SETTINGS
-
-    settings = app[SETTINGS]
-    default = Limits(settings.rate_limit_default_rps, settings.rate_limit_default_burst)
-    app[RATE_LIMITER] = RateLimiter(app.get(REDIS), app[METRICS], default)
-    yield

@@ -8,17 +8,14 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from eventfold.appkeys import HEALTH, LOG_END, METRICS, PUBLISHER, REDIS, SEND_POLICY, SETTINGS
 from eventfold.backoff import Backoff
 from eventfold.faults import is_retriable
-from eventfold.health import HEALTH
 from eventfold.kafka import INGEST_REQUEST_TIMEOUT_MS, make_producer
-from eventfold.web import LOG_END, METRICS, REDIS, SETTINGS
+from eventfold.publisher import Publisher
 from producers import apikeys, integrations, routes, webhooks
-from producers.publisher import Publisher, SendPolicy
 
 log = logging.getLogger("eventfold.ingest")
-#: Overrides the publisher's deadlines and retries (tests set it before startup).
-SEND_POLICY = web.AppKey("send_policy", SendPolicy)
 
 
 def setup(app: web.Application) -> None:
@@ -53,7 +50,7 @@ async def _publisher_ctx(app: web.Application) -> AsyncIterator[None]:
                 raise
             log.warning("kafka not reachable, retrying", extra={"error": repr(exc)})
             await backoff.sleep()
-    app[routes.PUBLISHER] = publisher
+    app[PUBLISHER] = publisher
     app[HEALTH].add("kafka", publisher.check, critical=True)
     try:
         yield

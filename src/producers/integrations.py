@@ -44,6 +44,7 @@ from consumers.sync.pages import (
     store_states,
 )
 from eventfold import ids, signing
+from eventfold.appkeys import POOL, PUBLISHER, REDIS, SETTINGS, TENANTS
 from eventfold.egress import AllowList, EgressRefused, check_url
 from eventfold.envelope import CloudEvent, pydantic_errors
 from eventfold.errors import (
@@ -59,12 +60,9 @@ from eventfold.events.integration import (
     Kind,
     PollConfig,
 )
+from eventfold.publisher import consistency_token
 from eventfold.sealing import SealError, keyring
 from eventfold.web import (
-    POOL,
-    REDIS,
-    SETTINGS,
-    TENANTS,
     auth_failed,
     authorize_tenant,
     json_response,
@@ -74,8 +72,6 @@ from eventfold.web import (
     read_json,
 )
 from producers import commands
-from producers.publisher import consistency_token
-from producers.routes import PUBLISHER
 
 log = logging.getLogger("eventfold.integrations")
 

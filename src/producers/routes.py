@@ -9,6 +9,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from eventfold import ids
+from eventfold.appkeys import POOL, PUBLISHER, SETTINGS, TENANTS
 from eventfold.envelope import CloudEvent, EnvelopeInvalid, parse_event, pydantic_errors, stamp
 from eventfold.errors import (
     BadRequest,
@@ -22,22 +23,13 @@ from eventfold.events import validate_data
 from eventfold.events.tenant import TenantCreated
 from eventfold.ids import tenant_schema
 from eventfold.logs import correlation_id
+from eventfold.publisher import Published, consistency_token
 from eventfold.replay import REPLAY_ATTRIBUTE
 from eventfold.tenancy import tenant_connection
-from eventfold.web import (
-    POOL,
-    SETTINGS,
-    TENANTS,
-    authenticate,
-    authorize_tenant,
-    json_response,
-    read_json,
-)
+from eventfold.web import authenticate, authorize_tenant, json_response, read_json
 from producers import commands
 from producers.bodies import CreateRecordBody
-from producers.publisher import Published, Publisher, consistency_token
 
-PUBLISHER = web.AppKey("publisher", Publisher)
 _RECORD = "/v1/tenants/{tenant}/collections/{collection}/records"
 
 

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from api.openapi import BODY_ERRORS, TENANT, TENANT_ERRORS, Operation, Param, Reply, register
 from eventfold import signing
+from eventfold.appkeys import POOL, PUBLISHER, SETTINGS
 from eventfold.egress import AllowList, EgressRefused, check_url
 from eventfold.envelope import CloudEvent, pydantic_errors
 from eventfold.errors import FieldError, NotFound, ValidationFailed
@@ -34,11 +35,10 @@ from eventfold.events.webhook import (
     WebhookCreated,
     WebhookDeleted,
 )
+from eventfold.publisher import consistency_token
 from eventfold.sealing import keyring
-from eventfold.web import POOL, SETTINGS, authorize_tenant, json_response, read_json
+from eventfold.web import authorize_tenant, json_response, read_json
 from producers import commands
-from producers.publisher import consistency_token
-from producers.routes import PUBLISHER
 
 _HOOKS = "/v1/tenants/{tenant}/webhooks"
 _HOOK_ID = re.compile(WEBHOOK_ID_PATTERN)

@@ -23,19 +23,11 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from consumers.cache.processor import CacheProcessor
 from devstack import ensure_topics
+from eventfold.appkeys import CACHE, METRICS, POOL
 from eventfold.bootstrap import create_app
 from eventfold.breaker import CLOSED, OPEN
-from eventfold.cache import (
-    CACHE,
-    HOT_TENANTS_KEY,
-    Cached,
-    HotKeys,
-    RecordCache,
-    decode_entry,
-    record_key,
-)
+from eventfold.cache import HOT_TENANTS_KEY, Cached, HotKeys, RecordCache, decode_entry, record_key
 from eventfold.settings import Settings
-from eventfold.web import METRICS, POOL
 from tests.conftest import _delete_topics
 from tests.faultproxy import FaultProxy
 from tests.integration.conftest import SESSION_PARTS, Api, TenantApi

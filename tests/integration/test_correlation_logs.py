@@ -9,8 +9,8 @@ from typing import Any
 import orjson
 from prometheus_client import generate_latest
 
+from eventfold.appkeys import METRICS, POOL
 from eventfold.logs import JsonFormatter
-from eventfold.web import METRICS, POOL
 from tests.integration.conftest import TenantApi
 from tests.integration.test_parking import install_bug
 

@@ -26,10 +26,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from aiokafka import AIOKafkaProducer
 
 from devstack import ensure_topics
+from eventfold.appkeys import METRICS
 from eventfold.bootstrap import Parts, create_app
 from eventfold.kafka import message_key
 from eventfold.settings import Settings
-from eventfold.web import METRICS
 from tests.conftest import new_tenant_id
 from tests.integration.conftest import READ_API, Api, TenantApi, serving
 

@@ -67,9 +67,9 @@ from eventfold.egress import AllowList, guarded_session
 from eventfold.events.integration import PollConfig
 from eventfold.kafka import make_producer
 from eventfold.metrics import Metrics
+from eventfold.publisher import Publisher
 from eventfold.sealing import SealError, keyring
 from eventfold.settings import Settings
-from producers.publisher import Publisher
 
 log = logging.getLogger("eventfold.sync")
 
