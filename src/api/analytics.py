@@ -24,7 +24,6 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from api.openapi import AFTER, LIMIT, TENANT, TENANT_ERRORS, Operation, Param, Reply, register
 from consumers.analytics.windows import (
     SEP,
     WINDOWS,
@@ -35,6 +34,7 @@ from consumers.analytics.windows import (
 )
 from eventfold.appkeys import CURSORS, REDIS
 from eventfold.errors import FieldError, Unavailable, ValidationFailed
+from eventfold.openapi import AFTER, LIMIT, TENANT, TENANT_ERRORS, Operation, Param, Reply, register
 from eventfold.web import authorize_tenant, json_response, query_int
 
 _PATH = "/v1/tenants/{tenant}/analytics/events"

@@ -12,9 +12,18 @@ from datetime import datetime
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from api.openapi import AFTER, CONSISTENCY, LIMIT, TENANT, TENANT_ERRORS, Operation, Reply, register
 from eventfold.apikeys import stored_key
 from eventfold.appkeys import CURSORS, POOL
+from eventfold.openapi import (
+    AFTER,
+    CONSISTENCY,
+    LIMIT,
+    TENANT,
+    TENANT_ERRORS,
+    Operation,
+    Reply,
+    register,
+)
 from eventfold.web import after_cursor, authorize_tenant, json_response, query_int
 
 _KIND = "api-keys"

@@ -10,9 +10,18 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import BaseModel
 
-from api.openapi import AFTER, CONSISTENCY, LIMIT, TENANT, TENANT_ERRORS, Operation, Reply, register
 from eventfold.appkeys import CURSORS, POOL
 from eventfold.ids import tenant_schema
+from eventfold.openapi import (
+    AFTER,
+    CONSISTENCY,
+    LIMIT,
+    TENANT,
+    TENANT_ERRORS,
+    Operation,
+    Reply,
+    register,
+)
 from eventfold.tenancy import tenant_connection
 from eventfold.web import after_cursor, authorize_tenant, json_response, query_int
 

@@ -23,7 +23,11 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from api.openapi import (
+from consumers.projector import parking
+from eventfold.appkeys import CURSORS, POOL, SETTINGS
+from eventfold.envelope import pydantic_errors
+from eventfold.errors import FieldError, ValidationFailed
+from eventfold.openapi import (
     AFTER,
     BODY_ERRORS,
     LIMIT,
@@ -33,10 +37,6 @@ from api.openapi import (
     Reply,
     register,
 )
-from consumers.projector import parking
-from eventfold.appkeys import CURSORS, POOL, SETTINGS
-from eventfold.envelope import pydantic_errors
-from eventfold.errors import FieldError, ValidationFailed
 from eventfold.web import authorize_tenant, json_response, query_int, read_json
 
 _PATH = "/v1/tenants/{tenant}/dead-letters"

@@ -4,23 +4,60 @@ from __future__ import annotations
 
 from typing import Any
 
-import asyncpg
 from aiohttp import web
 
+from api import models
 from eventfold.appkeys import CURSORS, POOL, REDIS
 from eventfold.dedup import pending_event
 from eventfold.errors import FieldError, NotFound, ValidationFailed
 from eventfold.ids import tenant_schema
+from eventfold.livefeed import history_item
+from eventfold.openapi import (
+    AFTER,
+    CONSISTENCY,
+    LIMIT,
+    TENANT,
+    TENANT_ERRORS,
+    Operation,
+    Param,
+    Reply,
+    register,
+)
 from eventfold.tenancy import tenant_connection
 from eventfold.web import authorize_tenant, json_response, query_int
 
+register(
+    Operation(
+        "GET", "/v1/tenants/{tenant}/events", "The tenant's event history", "events",
+        params=(
+            TENANT,
+            Param("type", "query", {"type": "string", "minLength": 1, "maxLength": 512}),
+            Param("subject", "query", {"type": "string", "minLength": 1, "maxLength": 512}),
+            Param("order", "query", {"type": "string", "enum": ["seq", "-seq"], "default": "seq"},
+                  "`seq`: oldest first; `-seq`: newest first"),
+            AFTER, LIMIT, CONSISTENCY,
+        ),
+        replies=(Reply(200, "a page of events, oldest first (newest first with "
+                       "`order=-seq`)", models.EventPage),),
+        errors=TENANT_ERRORS,
+    ),
+    Operation(
+        "GET", "/v1/tenants/{tenant}/events/{id}", "One event with its status", "events",
+        params=(
+            TENANT,
+            Param("id", "path", {"type": "string", "minLength": 1, "maxLength": 256}),
+            CONSISTENCY,
+        ),
+        replies=(Reply(200, "the event", models.EventOut),),
+        errors=TENANT_ERRORS,
+    ),
+)  # fmt: skip
 
-def _item(row: asyncpg.Record) -> dict[str, Any]:
-    item: dict[str, Any] = dict(row["envelope"])
-    item["status"] = row["status"]
-    if row["reason"] is not None:
-        item["reason"] = row["reason"]
-    return item
+
+def setup(app: web.Application) -> None:
+    """Register the history routes."""
+    app.router.add_get("/v1/tenants/{tenant}/events", list_events)
+    app.router.add_get("/v1/tenants/{tenant}/events/{id}", get_event)
 
 
 #: ``order`` → (cursor kind, comparison past the cursor, SQL order). Each order has
@@ -74,7 +111,7 @@ async def list_events(request: web.Request) -> web.Response:
         rows = await conn.fetch(sql, *params)
     page = rows[:limit]
     next_cursor = request.app[CURSORS].encode(kind, page[-1]["seq"]) if len(rows) > limit else None
-    return json_response({"items": [_item(r) for r in page], "next": next_cursor})
+    return json_response({"items": [history_item(r) for r in page], "next": next_cursor})
 
 
 async def get_event(request: web.Request) -> web.Response:
@@ -89,7 +126,7 @@ async def get_event(request: web.Request) -> web.Response:
             event_id,
         )
     if row is not None:
-        return json_response(_item(row))
+        return json_response(history_item(row))
     pending = await pending_event(request.app.get(REDIS), tenant.id, event_id)
     if pending is None:
         raise NotFound(f"no event {event_id}")

@@ -24,9 +24,9 @@ import asyncpg
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from api.openapi import AUTH_ERRORS, Operation, Reply, register
 from eventfold.appkeys import POOL, SETTINGS
 from eventfold.db import fetch_checkpoints
+from eventfold.openapi import AUTH_ERRORS, Operation, Reply, register
 from eventfold.settings import Settings
 from eventfold.web import authenticate, json_response
 

@@ -11,11 +11,25 @@ import asyncpg
 import orjson
 from aiohttp import web
 
+from api import models
 from eventfold import ids
 from eventfold.appkeys import CACHE, CURSORS, POOL
 from eventfold.cache import record_payload
 from eventfold.errors import FieldError, NotFound, ValidationFailed
 from eventfold.ids import tenant_schema
+from eventfold.openapi import (
+    AFTER,
+    COLLECTION,
+    CONSISTENCY,
+    LIMIT,
+    RECORD_ID,
+    TENANT,
+    TENANT_ERRORS,
+    Operation,
+    Param,
+    Reply,
+    register,
+)
 from eventfold.tenancy import tenant_connection
 from eventfold.web import authorize_tenant, json_response, query_int
 
@@ -26,6 +40,50 @@ ORDERS = {
     "-updated_at": ("updated_at", "DESC"),
 }
 _COLUMNS = "id, collection, version, data, created_at, updated_at"
+
+
+_RECORDS = "/v1/tenants/{tenant}/collections/{collection}/records"
+_ORDER = {"type": "string", "enum": ["id", "-id", "updated_at", "-updated_at"], "default": "id"}
+
+register(
+    Operation(
+        "GET", _RECORDS, "List records (keyset pagination, filters)", "records",
+        params=(
+            TENANT, COLLECTION, LIMIT, AFTER,
+            Param("order", "query", _ORDER),
+            Param(
+                "filter", "query",
+                {
+                    "type": "object",
+                    "propertyNames": {"pattern": f"^{ids.FIELD_NAME.pattern}$"},
+                    "additionalProperties": {"type": "string"},
+                },
+                "`filter[FIELD]=VALUE`: records whose top-level `FIELD` equals VALUE "
+                "(as a string, a number or a boolean)",
+                style="deepObject",
+            ),
+            CONSISTENCY,
+        ),
+        replies=(Reply(200, "a page of records", models.RecordPage),),
+        errors=TENANT_ERRORS,
+    ),
+    Operation(
+        "GET", _RECORDS + "/{id}", "A record", "records",
+        params=(TENANT, COLLECTION, RECORD_ID, CONSISTENCY,
+                Param("If-None-Match", "header", {"type": "string"}, "a version ETag")),
+        replies=(
+            Reply(200, "the record", models.RecordOut, headers=("ETag",)),
+            Reply(304, "not modified: If-None-Match matches", headers=("ETag",)),
+        ),
+        errors=TENANT_ERRORS,
+    ),
+)  # fmt: skip
+
+
+def setup(app: web.Application) -> None:
+    """Register the record read routes."""
+    app.router.add_get(_RECORDS, list_records)
+    app.router.add_get(_RECORDS + "/{id}", get_record)
 
 
 def _record(row: asyncpg.Record) -> dict[str, Any]:

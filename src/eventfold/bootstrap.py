@@ -22,7 +22,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from consumers.registry import PROCESSORS, Processor
-from eventfold import db, gctune, malloctrim, ratelimit
+from eventfold import db, gctune, malloctrim, openapi, ratelimit
 from eventfold.admission import Admission, WaitSlots
 from eventfold.apikeys import ApiKeyDirectory
 from eventfold.appkeys import (
@@ -50,7 +50,7 @@ from eventfold.cache import RecordCache
 from eventfold.checkpoints import CheckpointWatcher
 from eventfold.cursors import CursorCodec
 from eventfold.faults import is_retriable
-from eventfold.health import Health
+from eventfold.health import Health, HealthOut
 from eventfold.logend import LogEnd
 from eventfold.metrics import Metrics
 from eventfold.ratelimit import Limits, RateLimiter
@@ -125,9 +125,7 @@ def create_app(settings: Settings, parts: Parts | None = None) -> web.Applicatio
     app.on_startup.append(_settle_gc)
     app.on_cleanup.append(_restore_gc)
     # Each shape documents the routes it has (built from the app's router on first call).
-    from api.openapi import install as install_openapi
-
-    install_openapi(app)
+    openapi.install(app)
     return app
 
 
@@ -372,3 +370,24 @@ async def _ready(request: web.Request) -> web.Response:
 async def _metrics(request: web.Request) -> web.Response:
     body = generate_latest(request.app[METRICS].registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+_HEALTH = "the state of each dependency"
+openapi.register(
+    openapi.Operation(
+        "GET", "/health/live", "Liveness", "operations", secured=False,
+        replies=(openapi.Reply(200, "the process is up", HealthOut),),
+    ),
+    openapi.Operation(
+        "GET", "/health/ready", "Readiness", "operations", secured=False,
+        replies=(
+            openapi.Reply(200, _HEALTH + ": ok or degraded", HealthOut),
+            openapi.Reply(503, _HEALTH + ": down", HealthOut),
+        ),
+    ),
+    openapi.Operation(
+        "GET", "/metrics", "Prometheus metrics", "operations", secured=False,
+        replies=(openapi.Reply(200, "text format 0.0.4", content_type="text/plain",
+                               schema={"type": "string"}),),
+    ),
+)  # fmt: skip

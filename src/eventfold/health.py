@@ -18,7 +18,9 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
 
 Check = Callable[[], Awaitable[Any]]
 CHECK_TIMEOUT = 1.0
@@ -86,3 +88,19 @@ async def _run(check: Check) -> str | None:
         return "timed out"
     except Exception as exc:
         return type(exc).__name__
+
+
+class CheckOut(BaseModel):
+    """One dependency's state."""
+
+    status: Literal["ok", "down"]
+    error: str | None = None
+
+
+class HealthOut(BaseModel):
+    """The process's state: ``down`` when a critical dependency is."""
+
+    model_config = ConfigDict(title="Health")
+
+    status: Literal["ok", "degraded", "down"]
+    checks: dict[str, CheckOut]

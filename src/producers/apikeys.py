@@ -17,12 +17,12 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from api.openapi import BODY_ERRORS, TENANT, TENANT_ERRORS, Operation, Param, Reply, register
 from eventfold import apikeys
 from eventfold.appkeys import POOL, PUBLISHER
 from eventfold.envelope import CloudEvent, pydantic_errors
 from eventfold.errors import NotFound, ValidationFailed
 from eventfold.events.apikey import KEY_ID_PATTERN, ApiKeyCreated, ApiKeyRevoked, KeyRole
+from eventfold.openapi import BODY_ERRORS, TENANT, TENANT_ERRORS, Operation, Param, Reply, register
 from eventfold.publisher import consistency_token
 from eventfold.web import authorize_tenant, json_response, read_json
 from producers import commands

@@ -33,7 +33,6 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.exceptions import RedisError
 
-from api.openapi import BODY_ERRORS, TENANT, TENANT_ERRORS, Operation, Param, Reply, register
 from consumers.sync.pages import (
     BadPage,
     PageSpec,
@@ -60,6 +59,7 @@ from eventfold.events.integration import (
     Kind,
     PollConfig,
 )
+from eventfold.openapi import BODY_ERRORS, TENANT, TENANT_ERRORS, Operation, Param, Reply, register
 from eventfold.publisher import consistency_token
 from eventfold.sealing import SealError, keyring
 from eventfold.web import (

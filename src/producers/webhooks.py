@@ -22,7 +22,6 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from api.openapi import BODY_ERRORS, TENANT, TENANT_ERRORS, Operation, Param, Reply, register
 from eventfold import signing
 from eventfold.appkeys import POOL, PUBLISHER, SETTINGS
 from eventfold.egress import AllowList, EgressRefused, check_url
@@ -35,6 +34,7 @@ from eventfold.events.webhook import (
     WebhookCreated,
     WebhookDeleted,
 )
+from eventfold.openapi import BODY_ERRORS, TENANT, TENANT_ERRORS, Operation, Param, Reply, register
 from eventfold.publisher import consistency_token
 from eventfold.sealing import keyring
 from eventfold.web import authorize_tenant, json_response, read_json

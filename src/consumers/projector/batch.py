@@ -24,11 +24,11 @@ import orjson
 from consumers.projector import parking, store
 from consumers.projector.fold import RECORD_TYPES, Outcome, Record, apply
 from consumers.projector.handlers import HANDLERS, PROJECTED_TOPIC
-from consumers.projector.live import LiveEvent
 from consumers.projector.parking import ParkedEvent
 from eventfold.envelope import CloudEvent
 from eventfold.faults import is_retriable
 from eventfold.ids import is_valid
+from eventfold.livefeed import LiveEvent
 from eventfold.replay import is_replay
 from eventfold.tenancy import tenant_lock
 

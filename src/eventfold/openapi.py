@@ -7,10 +7,11 @@ drift from the code. Only routes the running app has are described, so
 ``eventfold run``, ``serve api`` and ``serve ingest`` each document what they
 serve. ``HEAD`` (implied by ``GET``) and CORS preflights are not listed.
 
-Adding a route? Register its operation, from the module that adds the route
-(at import time) or in :func:`_builtin` below::
+The registry is here, below the gateway and the read API; each route module
+registers the operations of the routes it adds, at import time. Adding a
+route? Register its operation beside it::
 
-    from api.openapi import Operation, Param, Reply, register
+    from eventfold.openapi import Operation, Param, Reply, register
 
     register(Operation(
         "POST", "/v1/tenants/{tenant}/webhooks", "Subscribe a webhook", tag="webhooks",
@@ -27,22 +28,38 @@ the live server against the document.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiohttp import web
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from api import models
 from eventfold import ids
-from eventfold.envelope import CloudEvent
-from eventfold.events.tenant import TenantCreated
-from eventfold.web import essential
+from eventfold.web import PROBLEM_JSON, essential
 
-PROBLEM_JSON = "application/problem+json"
-_REF = "#/components/schemas/{model}"
+#: Where a component schema is referenced from.
+REF = "#/components/schemas/{model}"
+
+
+class FieldErrorOut(BaseModel):
+    """One validation failure: a JSON pointer into the input and what is wrong there."""
+
+    path: str
+    message: str
+
+
+class ProblemOut(BaseModel):
+    """An RFC 9457 problem document (``application/problem+json``)."""
+
+    model_config = ConfigDict(title="Problem")
+
+    type: str
+    title: str
+    status: int = Field(ge=400, le=599)
+    detail: str
+    instance: str | None = None
+    errors: list[FieldErrorOut] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,7 +298,7 @@ def _operation(op: Operation, schemas: dict[str, Any]) -> dict[str, Any]:
         schema = (
             op.body.schema(schemas)
             if isinstance(op.body, Raw)
-            else _schema(op.body, "validation", schemas)
+            else component_schema(op.body, "validation", schemas)
         )
         doc["requestBody"] = {
             "required": op.body_required,
@@ -292,7 +309,7 @@ def _operation(op: Operation, schemas: dict[str, Any]) -> dict[str, Any]:
         responses[str(reply.status)] = _reply(reply, schemas)
     for status in sorted(set(op.errors)):
         problem = Reply(
-            status, _ERROR_TEXT.get(status, "error"), models.ProblemOut, PROBLEM_JSON,
+            status, _ERROR_TEXT.get(status, "error"), ProblemOut, PROBLEM_JSON,
             headers=_ERROR_HEADERS.get(status, ()),
         )  # fmt: skip
         responses.setdefault(str(status), _reply(problem, schemas))
@@ -309,20 +326,20 @@ def _reply(reply: Reply, schemas: dict[str, Any]) -> dict[str, Any]:
     doc["headers"] = headers
     if reply.model is not None:
         doc["content"] = {
-            reply.content_type: {"schema": _schema(reply.model, "serialization", schemas)}
+            reply.content_type: {"schema": component_schema(reply.model, "serialization", schemas)}
         }
     elif reply.schema is not None:
         doc["content"] = {reply.content_type: {"schema": reply.schema}}
     return doc
 
 
-def _schema(kind: Any, mode: str, schemas: dict[str, Any]) -> dict[str, Any]:
+def component_schema(kind: Any, mode: str, schemas: dict[str, Any]) -> dict[str, Any]:
     """The JSON Schema of ``kind``; models go to components and are referenced."""
-    schema = TypeAdapter(kind).json_schema(mode=mode, ref_template=_REF)  # type: ignore[arg-type]
+    schema = TypeAdapter(kind).json_schema(mode=mode, ref_template=REF)  # type: ignore[arg-type]
     schemas.update(schema.pop("$defs", {}))
     if isinstance(kind, type) and issubclass(kind, BaseModel):
         schemas[kind.__name__] = schema
-        return {"$ref": _REF.format(model=kind.__name__)}
+        return {"$ref": REF.format(model=kind.__name__)}
     return schema
 
 
@@ -345,209 +362,12 @@ class Raw:
         return result
 
 
-def _events_body(schemas: dict[str, Any]) -> dict[str, Any]:
-    """One event or a batch: a CloudEvent whose ``data`` fits its registered type.
+#: A JSON object of any shape (answers not worth a model of their own).
+ANY_OBJECT: dict[str, Any] = {"type": "object", "additionalProperties": True}
 
-    The code validates the envelope with :class:`CloudEvent` and ``data`` with
-    the type's model from :data:`eventfold.events.REGISTRY`; this says both.
-    """
-    from eventfold.events import REGISTRY
-
-    envelope = _schema(CloudEvent, "validation", schemas)
-    variants = []
-    for etype in REGISTRY.values():
-        if not getattr(etype, "publishable", True):  # types only the gateway writes
-            continue
-        props: dict[str, Any] = {
-            "type": {"const": etype.name},
-            "data": _schema(etype.model, "validation", schemas),
-        }
-        required = ["type"]
-        if etype.subject == "record":
-            record = f"{ids.COLLECTION.pattern}/{ids.RECORD_ID.pattern}"
-            props["subject"] = {"type": "string", "pattern": f"^{record}$"}
-            required.append("subject")
-        variants.append(
-            {
-                "title": etype.name,
-                "allOf": [envelope, {"type": "object", "properties": props, "required": required}],
-                # CloudEvents extension attributes: lower-case names, scalar values.
-                "propertyNames": {"pattern": "^[a-z0-9]{1,20}$"},
-            }
-        )
-    one = {"oneOf": variants}
-    schemas["EventIn"] = one
-    ref = {"$ref": _REF.format(model="EventIn")}
-    return {"anyOf": [ref, {"type": "array", "items": ref, "minItems": 1, "maxItems": 1000}]}
-
-
-# The operations of the routes in src/producers, src/api and eventfold.bootstrap.
-_RECORDS = "/v1/tenants/{tenant}/collections/{collection}/records"
-_ANY_OBJECT: dict[str, Any] = {"type": "object", "additionalProperties": True}
-
-
-def _builtin() -> Iterable[Operation]:
-    yield Operation(
-        "POST", "/v1/tenants", "Create a tenant (platform-admin)", "tenants",
-        body=TenantCreated,
-        replies=(Reply(202, "accepted: `tenant.created` is published", models.TenantAccepted),),
-        errors=(*AUTH_ERRORS, 400, 409, 413, 415, 422),
-    )  # fmt: skip
-    yield Operation(
-        "GET", "/v1/tenants/{tenant}", "A tenant", "tenants",
-        params=(TENANT, CONSISTENCY),
-        replies=(Reply(200, "the tenant", models.TenantOut),),
-        errors=TENANT_ERRORS,
-    )  # fmt: skip
-    yield Operation(
-        "POST", "/v1/tenants/{tenant}/events", "Publish CloudEvents (writer)", "events",
-        description="One event object, or an array of 1 to 1000 (at most 1 MiB): all or "
-        "nothing. `data` must validate against the registered schema of its `type`.",
-        params=(TENANT,),
-        body=Raw(_events_body),
-        body_types=("application/json", "application/cloudevents+json"),
-        replies=(Reply(202, "accepted: every event is in the log", models.EventsAccepted),),
-        errors=BODY_ERRORS,
-    )  # fmt: skip
-    yield Operation(
-        "GET", "/v1/tenants/{tenant}/events", "The tenant's event history", "events",
-        params=(
-            TENANT,
-            Param("type", "query", {"type": "string", "minLength": 1, "maxLength": 512}),
-            Param("subject", "query", {"type": "string", "minLength": 1, "maxLength": 512}),
-            Param("order", "query", {"type": "string", "enum": ["seq", "-seq"], "default": "seq"},
-                  "`seq`: oldest first; `-seq`: newest first"),
-            AFTER, LIMIT, CONSISTENCY,
-        ),
-        replies=(Reply(200, "a page of events, oldest first (newest first with "
-                       "`order=-seq`)", models.EventPage),),
-        errors=TENANT_ERRORS,
-    )  # fmt: skip
-    yield Operation(
-        "GET", "/v1/tenants/{tenant}/events/{id}", "One event with its status", "events",
-        params=(
-            TENANT,
-            Param("id", "path", {"type": "string", "minLength": 1, "maxLength": 256}),
-            CONSISTENCY,
-        ),
-        replies=(Reply(200, "the event", models.EventOut),),
-        errors=TENANT_ERRORS,
-    )  # fmt: skip
-    order = {"type": "string", "enum": ["id", "-id", "updated_at", "-updated_at"], "default": "id"}
-    yield Operation(
-        "GET", _RECORDS, "List records (keyset pagination, filters)", "records",
-        params=(
-            TENANT, COLLECTION, LIMIT, AFTER,
-            Param("order", "query", order),
-            Param(
-                "filter", "query",
-                {
-                    "type": "object",
-                    "propertyNames": {"pattern": f"^{ids.FIELD_NAME.pattern}$"},
-                    "additionalProperties": {"type": "string"},
-                },
-                "`filter[FIELD]=VALUE`: records whose top-level `FIELD` equals VALUE "
-                "(as a string, a number or a boolean)",
-                style="deepObject",
-            ),
-            CONSISTENCY,
-        ),
-        replies=(Reply(200, "a page of records", models.RecordPage),),
-        errors=TENANT_ERRORS,
-    )  # fmt: skip
-    yield Operation(
-        "POST", _RECORDS, "Create a record (writer)", "records",
-        params=(TENANT, COLLECTION, IF_MATCH, IDEMPOTENCY_KEY),
-        body=_create_record_body(),
-        replies=(Reply(202, "accepted: `record.upserted` is published", models.CommandAccepted),),
-        errors=(*BODY_ERRORS, 412),
-    )  # fmt: skip
-    one = (TENANT, COLLECTION, RECORD_ID)
-    yield Operation(
-        "GET", _RECORDS + "/{id}", "A record", "records",
-        params=(*one, CONSISTENCY,
-                Param("If-None-Match", "header", {"type": "string"}, "a version ETag")),
-        replies=(
-            Reply(200, "the record", models.RecordOut, headers=("ETag",)),
-            Reply(304, "not modified: If-None-Match matches", headers=("ETag",)),
-        ),
-        errors=TENANT_ERRORS,
-    )  # fmt: skip
-    yield Operation(
-        "PUT", _RECORDS + "/{id}", "Create or replace a record (writer)", "records",
-        params=(*one, IF_MATCH, IDEMPOTENCY_KEY),
-        body=dict[str, Any],
-        replies=(Reply(202, "accepted: `record.upserted` is published", models.CommandAccepted),),
-        errors=(*BODY_ERRORS, 412),
-    )  # fmt: skip
-    yield Operation(
-        "PATCH", _RECORDS + "/{id}", "Merge-patch a record, RFC 7396 (writer)", "records",
-        params=(*one, IF_MATCH, IDEMPOTENCY_KEY),
-        body=dict[str, Any],
-        body_types=("application/merge-patch+json", "application/json"),
-        replies=(Reply(202, "accepted: `record.patched` is published", models.CommandAccepted),),
-        errors=(*BODY_ERRORS, 412),
-    )  # fmt: skip
-    yield Operation(
-        "DELETE", _RECORDS + "/{id}", "Delete a record (writer)", "records",
-        params=(*one, IF_MATCH, IDEMPOTENCY_KEY),
-        replies=(Reply(202, "accepted: `record.deleted` is published", models.CommandAccepted),),
-        errors=(*TENANT_ERRORS, 412),
-    )  # fmt: skip
-    keys = "/v1/tenants/{tenant}/api-keys"
-    yield Operation(
-        "POST", keys, "Create an API key (admin); the key is shown once", "api-keys",
-        params=(TENANT,),
-        body=dict[str, Any],
-        replies=(Reply(202, "created", schema=_ANY_OBJECT), Reply(201, "created",
-                 schema=_ANY_OBJECT)),
-        errors=BODY_ERRORS,
-    )  # fmt: skip
-    yield Operation(
-        "GET", keys, "List API keys (admin), without the keys", "api-keys",
-        params=(TENANT, LIMIT, AFTER, CONSISTENCY),
-        replies=(Reply(200, "a page of API keys", schema=_ANY_OBJECT),),
-        errors=TENANT_ERRORS,
-    )  # fmt: skip
-    yield Operation(
-        "DELETE", keys + "/{id}", "Revoke an API key (admin)", "api-keys",
-        params=(TENANT, Param("id", "path", {"type": "string", "minLength": 1})),
-        replies=(Reply(202, "revoked", schema=_ANY_OBJECT),),
-        errors=TENANT_ERRORS,
-    )  # fmt: skip
-    yield Operation(
-        "GET", "/v1/tenants/{tenant}/hot-keys", "The tenant's most read keys", "records",
-        params=(TENANT, LIMIT),
-        replies=(Reply(200, "the hot keys", schema=_ANY_OBJECT),),
-        errors=TENANT_ERRORS,
-    )  # fmt: skip
-    health = "the state of each dependency"
-    yield Operation(
-        "GET", "/health/live", "Liveness", "operations", secured=False,
-        replies=(Reply(200, "the process is up", models.HealthOut),),
-    )  # fmt: skip
-    yield Operation(
-        "GET", "/health/ready", "Readiness", "operations", secured=False,
-        replies=(
-            Reply(200, health + ": ok or degraded", models.HealthOut),
-            Reply(503, health + ": down", models.HealthOut),
-        ),
-    )  # fmt: skip
-    yield Operation(
-        "GET", "/metrics", "Prometheus metrics", "operations", secured=False,
-        replies=(Reply(200, "text format 0.0.4", content_type="text/plain",
-                       schema={"type": "string"}),),
-    )  # fmt: skip
-    yield Operation(
+register(
+    Operation(
         "GET", "/openapi.json", "This document", "operations", secured=False,
-        replies=(Reply(200, "OpenAPI 3.1", schema=_ANY_OBJECT),),
-    )  # fmt: skip
-
-
-def _create_record_body() -> Any:
-    from producers.bodies import CreateRecordBody
-
-    return CreateRecordBody
-
-
-register(*_builtin())
+        replies=(Reply(200, "OpenAPI 3.1", schema=ANY_OBJECT),),
+    )
+)  # fmt: skip
