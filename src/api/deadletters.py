@@ -1,14 +1,14 @@
-"""Dead letters over HTTP (admin): the tenant's parked events, and their redrive.
+"""Dead letters over HTTP (admin): the tenant's dead letters, and their redrive.
 
-The projector parks an event it cannot apply, with every later event of the
-same record behind it (:mod:`consumers.projector.parking`); ``eventfold dlq``
-shows and redrives them from a shell, these routes from a browser:
+The projector sets aside an event it cannot apply, with every later event of the
+same record behind it (:mod:`eventfold.deadletters`); ``eventfold dlq`` shows
+and redrives them from a shell, these routes from a browser:
 
 - ``GET /v1/tenants/{t}/dead-letters`` lists them, by record key and log
   position, each with its error, the event it waits behind, and its envelope;
 - ``POST /v1/tenants/{t}/dead-letters/redrive`` ``{"key"?}`` applies them again
   in order (all of the tenant's, or one record key's), as ``eventfold dlq
-  redrive --tenant`` does: what still fails stays parked, with its error.
+  redrive --tenant`` does: what still fails stays a dead letter, with its error.
 
 The redrive's fold is imported when a redrive runs, not when the API starts:
 the read API's process stays without the fold and Kafka clients until then.
@@ -23,8 +23,9 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from consumers.projector import parking
+from eventfold import deadletters
 from eventfold.appkeys import CURSORS, POOL, SETTINGS
+from eventfold.cachefill import refresh_after_redrive
 from eventfold.envelope import pydantic_errors
 from eventfold.errors import FieldError, ValidationFailed
 from eventfold.openapi import (
@@ -164,7 +165,7 @@ async def list_dead_letters(request: web.Request) -> web.Response:
     limit = query_int(request, "limit", 50, 1, 1000)
     after = _after(request)
     async with request.app[POOL].acquire(timeout=5) as conn:
-        rows = await parking.list_parked(
+        rows = await deadletters.list_letters(
             conn, _consumer(request), tenant=tenant.id, limit=limit + 1, after=after
         )
     page = rows[:limit]
@@ -177,7 +178,7 @@ async def list_dead_letters(request: web.Request) -> web.Response:
             "offset": r.offset,
             "error": r.error,
             "behind": r.behind,
-            "deferred": r.retry,
+            "deferred": r.deferred,
             "parked_at": r.parked_at,
             "event": _envelope(r.envelope),
         }
@@ -197,9 +198,7 @@ async def redrive_dead_letters(request: web.Request) -> web.Response:
         body = DeadLetterRedriveBody.model_validate(await read_json(request))
     except ValidationError as exc:
         raise ValidationFailed("invalid redrive", errors=pydantic_errors(exc)) from None
-    # Imported here: the fold (and the cache processor's Kafka client) load on first use.
-    from consumers.cache.processor import refresh_after_redrive
-    from consumers.projector.redrive import redrive
+    from eventfold.projection.redrive import redrive  # deferred: the fold loads on first use
 
     app = request.app
     report = await redrive(

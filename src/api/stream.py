@@ -32,10 +32,9 @@ from aiohttp import web
 
 from api.stream_hub import HUB, Frame, StreamHub, Subscriber
 from api.stream_slots import RENEW_SECONDS, StreamSlot, take_slot
-from eventfold import faults
+from eventfold import faults, readmodel
 from eventfold.appkeys import METRICS, POOL, REDIS, SETTINGS
 from eventfold.errors import BadRequest, FieldError, Unauthorized, ValidationFailed
-from eventfold.ids import tenant_schema
 from eventfold.livefeed import history_item
 from eventfold.logs import correlation_id
 from eventfold.openapi import TENANT, TENANT_ERRORS, Operation, Param, Reply, register
@@ -269,12 +268,7 @@ async def _write(
     if last is not None:
         while True:
             async with tenant_connection(app[POOL], tenant) as conn:
-                rows = await conn.fetch(
-                    f"SELECT seq, envelope, status, reason FROM {tenant_schema(tenant)}.events"
-                    " WHERE seq > $1 AND status = 'applied' ORDER BY seq LIMIT $2",
-                    last,
-                    _REPLAY_PAGE,
-                )
+                rows = await readmodel.applied_after(conn, tenant, last, _REPLAY_PAGE)
             for row in rows:
                 item = history_item(row)
                 last = int(row["seq"])

@@ -271,9 +271,9 @@ def _token(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _dlq(settings: Settings, args: argparse.Namespace) -> int:
-    from consumers.projector import parking
-    from consumers.projector.redrive import redrive
+    from eventfold import deadletters
     from eventfold.bootstrap import open_pool
+    from eventfold.projection.redrive import redrive
 
     consumer = f"{settings.consumer_group_prefix}.projector"
 
@@ -285,7 +285,7 @@ def _dlq(settings: Settings, args: argparse.Namespace) -> int:
                     pool, consumer, tenant=args.tenant, key=args.key, dry_run=args.dry_run
                 )
                 if report.applied and not args.dry_run:
-                    from consumers.cache.processor import refresh_after_redrive
+                    from eventfold.cachefill import refresh_after_redrive
 
                     await refresh_after_redrive(settings, pool, report.keys)
                 if args.json:
@@ -313,7 +313,7 @@ def _dlq(settings: Settings, args: argparse.Namespace) -> int:
                     )
                 return 1 if report.still_parked else 0
             async with pool.acquire(timeout=10) as conn:
-                rows = await parking.list_parked(
+                rows = await deadletters.list_letters(
                     conn,
                     consumer,
                     tenant=args.tenant,

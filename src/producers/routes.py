@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from eventfold import ids
+from eventfold import ids, readmodel
 from eventfold.appkeys import POOL, PUBLISHER, SETTINGS, TENANTS
 from eventfold.envelope import CloudEvent, EnvelopeInvalid, parse_event, pydantic_errors, stamp
 from eventfold.errors import (
@@ -21,7 +21,6 @@ from eventfold.errors import (
 )
 from eventfold.events import validate_data
 from eventfold.events.tenant import TenantCreated
-from eventfold.ids import tenant_schema
 from eventfold.logs import correlation_id
 from eventfold.openapi import (
     AUTH_ERRORS,
@@ -226,12 +225,7 @@ async def _refuse_hopeless_condition(
     events are applied, so it goes to the log and the projector decides.
     """
     async with tenant_connection(request.app[POOL], tenant) as conn:
-        current = await conn.fetchval(
-            f"SELECT version FROM {tenant_schema(tenant)}.records"
-            " WHERE collection = $1 AND id = $2",
-            collection,
-            record_id,
-        )
+        current = await readmodel.record_version(conn, tenant, collection, record_id)
     if current is not None and expected < current:
         raise PreconditionFailed(
             f'If-Match "{expected}" cannot match: {collection}/{record_id} is at version '

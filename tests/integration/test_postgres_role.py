@@ -17,9 +17,9 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from consumers.projector import store
 from devstack.postgres import BIN, Postgres
 from devstack.process import live_pid, run, stop
+from eventfold import readmodel
 from eventfold.bootstrap import open_pool
 from eventfold.ids import tenant_schema
 from eventfold.settings import Settings
@@ -107,9 +107,10 @@ async def test_eventfold_creates_and_reads_tenants_as_that_role(cluster: Postgre
         tenant = new_tenant_id()
         async with pool.acquire() as conn, conn.transaction():
             await tenant_lock(conn, tenant)
-            await store.create_tenant(
+            await readmodel.create_tenant(
                 conn,
                 tenant=tenant,
+                schema=readmodel.schema_of(tenant),
                 name="Role test",
                 limits={},
                 created_at=datetime.now(UTC),

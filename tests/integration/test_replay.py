@@ -478,7 +478,7 @@ async def test_a_rebuild_from_the_archive_equals_the_original_after_kafka_lost_i
 async def test_replay_outdated_rebuilds_schemas_of_another_projection_version(
     api: Api, tenant: TenantApi
 ) -> None:
-    from consumers.projector.store import PROJECTION_VERSION
+    from eventfold.readmodel import PROJECTION_VERSION
 
     token = await seed(tenant, 5)
     await tenant.read_json("/collections/items/records/r0", token)

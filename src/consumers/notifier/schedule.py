@@ -23,8 +23,8 @@ from typing import Any
 import asyncpg
 import orjson
 
+from eventfold import readmodel
 from eventfold.events.webhook import type_matches
-from eventfold.ids import tenant_schema
 from eventfold.replay import is_replay
 
 log = logging.getLogger("eventfold.notifier")
@@ -80,18 +80,13 @@ class Scheduler:
         """
         if anchor is None:
             return position
-        found = await conn.fetchval(
-            f"SELECT seq FROM {tenant_schema(tenant)}.events WHERE id = $1", anchor
-        )
+        found = await readmodel.seq_of(conn, tenant, anchor)
         if found is None:
             # The anchor is gone from the history (not expected): go on from the end
             # rather than re-walk a history whose numbering is unknown.
             log.warning("webhook position anchor lost", extra={"tenant": tenant})
-            latest = await conn.fetchval(
-                f"SELECT coalesce(max(seq), 0) FROM {tenant_schema(tenant)}.events"
-            )
-            return int(latest)
-        return int(found)
+            return await readmodel.last_seq(conn, tenant)
+        return found
 
     async def schedule_tenant(self, tenant: str) -> int:
         """Schedule the tenant's next page of history; returns deliveries created."""
@@ -115,12 +110,7 @@ class Scheduler:
                 )
             ]
             try:
-                rows = await conn.fetch(
-                    f"SELECT seq, id, type, subject, status, envelope"
-                    f" FROM {tenant_schema(tenant)}.events WHERE seq > $1 ORDER BY seq LIMIT $2",
-                    position,
-                    PAGE,
-                )
+                rows = await readmodel.events_after(conn, tenant, position, PAGE)
             except asyncpg.UndefinedTableError:
                 return 0
             new_position, new_anchor = position, stored["anchor"]

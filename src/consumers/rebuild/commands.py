@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
 
-from eventfold.ids import check, tenant_schema
+from eventfold import readmodel
+from eventfold.ids import check
 from eventfold.settings import Settings
 
 if TYPE_CHECKING:
@@ -125,8 +126,8 @@ def _run(settings: Settings, args: argparse.Namespace, *, compare_only: bool, ve
     # Imported here, not with the module: every CLI process builds the parser (which
     # imports this module), and the API and the gateway need neither the fold nor
     # aiokafka's consumer (~7 MB of RSS in a served process).
-    from consumers.projector.store import outdated_tenants
     from consumers.rebuild.rebuild import Options, all_tenants, rebuild_many
+    from eventfold.readmodel import outdated_tenants
 
     async def main() -> list[Report]:
         pool = await open_pool(settings, attempts=3)
@@ -248,20 +249,14 @@ def events_command(settings: Settings, args: argparse.Namespace) -> int:
         pool = await open_pool(settings, attempts=3)
         try:
             async with pool.acquire(timeout=10) as conn:
-                rows = await conn.fetch(
-                    f"""SELECT seq, id, type, subject, time, status, reason, partition,
-                               "offset", envelope
-                        FROM {tenant_schema(args.tenant)}.events
-                        WHERE ($1::text IS NULL OR type = $1)
-                          AND ($2::text IS NULL OR subject = $2)
-                          AND ($3::timestamptz IS NULL OR time >= $3)
-                          AND ($4::timestamptz IS NULL OR time < $4)
-                        ORDER BY seq LIMIT $5""",
-                    args.type,
-                    args.subject,
-                    args.since,
-                    args.until,
-                    limit,
+                rows = await readmodel.browse_history(
+                    conn,
+                    args.tenant,
+                    event_type=args.type,
+                    subject=args.subject,
+                    since=args.since,
+                    until=args.until,
+                    limit=limit,
                 )
         finally:
             await pool.close()

@@ -17,8 +17,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from consumers.archiver.segments import manifest_key
-from consumers.projector.batch import LogEvent
-from consumers.projector.processor import _to_log_event
+from eventfold.projection.batch import LogEvent, log_event
 from eventfold.settings import Settings
 
 #: Records fetched per Kafka call while rebuilding (big batches keep the rate up).
@@ -137,7 +136,7 @@ async def read_range(
                     positions[tp.partition] = m.offset + 1
                     if m.key is not None and m.key.partition(b"/")[0] not in keyed:
                         continue
-                    ev = _to_log_event(tp.partition, m.offset, m.timestamp, m.value)
+                    ev = log_event(tp.partition, m.offset, m.timestamp, m.value)
                     if ev.event is not None and ev.event.tenant in tenants:
                         chunk.append(ev)
             for p in list(open_parts):
@@ -189,7 +188,7 @@ async def read_archive(
                 # Lines are the log's envelopes; their own offsets are not kept, only the
                 # object's first and last: history rows number them from the first.
                 for n, line in enumerate(lines):
-                    event = _to_log_event(partition, first + n, 0, line)
+                    event = log_event(partition, first + n, 0, line)
                     if event.event is not None:
                         chunk.append(event)
                 positions[partition] = int(seg["last_offset"]) + 1

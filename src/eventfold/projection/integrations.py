@@ -12,28 +12,28 @@ from datetime import datetime
 import asyncpg
 from pydantic import ValidationError
 
-from consumers.projector import platform
-from consumers.projector.fold import APPLIED, Outcome
-from consumers.projector.handlers import PROJECTED_TOPIC, handles
 from eventfold.envelope import CloudEvent
 from eventfold.events.integration import (
     IntegrationCreated,
     IntegrationDeleted,
     IntegrationUpdated,
 )
+from eventfold.fold import APPLIED, Outcome
+from eventfold.projection import platform
+from eventfold.projection.target import Target
 
 
-@handles("integration.created")
 async def integration_created(
-    conn: asyncpg.Connection, tenant: str, ev: CloudEvent, at: datetime
+    conn: asyncpg.Connection, target: Target, ev: CloudEvent, at: datetime
 ) -> Outcome:
     """Register the integration; a second one with the same id is rejected."""
+    tenant = target.tenant
     try:
         data = IntegrationCreated.model_validate(ev.data)
     except ValidationError as exc:
         return Outcome("rejected", f"invalid integration.created data: {exc.error_count()} errors")
     inserted = await conn.fetchval(
-        f"INSERT INTO {platform.table(tenant, 'integrations')} (id, tenant, kind, config,"
+        f"INSERT INTO {platform.table(target, 'integrations')} (id, tenant, kind, config,"
         " headers_sealed, webhook_secret_sealed, paused, created_at, event_id, state, topic)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,"
         " CASE WHEN $7 THEN 'paused' ELSE 'ok' END, $10)"
@@ -47,25 +47,25 @@ async def integration_created(
         data.paused,
         at,
         ev.id,
-        PROJECTED_TOPIC.get(),
+        target.topic,
     )
     if not inserted:
         return Outcome("rejected", f"integration {data.id} exists already")
     return APPLIED
 
 
-@handles("integration.updated")
 async def integration_updated(
-    conn: asyncpg.Connection, tenant: str, ev: CloudEvent, at: datetime
+    conn: asyncpg.Connection, target: Target, ev: CloudEvent, at: datetime
 ) -> Outcome:
     """Replace the configuration / headers / pause flag of a live integration."""
+    tenant = target.tenant
     try:
         data = IntegrationUpdated.model_validate(ev.data)
     except ValidationError as exc:
         return Outcome("rejected", f"invalid integration.updated data: {exc.error_count()} errors")
     config = data.config.model_dump(mode="json") if data.config is not None else None
     updated = await conn.fetchval(
-        f"UPDATE {platform.table(tenant, 'integrations')} SET"
+        f"UPDATE {platform.table(target, 'integrations')} SET"
         " config = COALESCE($3, config),"
         " headers_sealed = CASE WHEN $4::text IS NULL THEN headers_sealed"
         "   WHEN $4 = '' THEN NULL ELSE $4 END,"
@@ -87,17 +87,17 @@ async def integration_updated(
     return APPLIED
 
 
-@handles("integration.deleted")
 async def integration_deleted(
-    conn: asyncpg.Connection, tenant: str, ev: CloudEvent, at: datetime
+    conn: asyncpg.Connection, target: Target, ev: CloudEvent, at: datetime
 ) -> Outcome:
     """Mark the integration deleted (kept as a tombstone so its id is never reused)."""
+    tenant = target.tenant
     try:
         data = IntegrationDeleted.model_validate(ev.data)
     except ValidationError as exc:
         return Outcome("rejected", f"invalid integration.deleted data: {exc.error_count()} errors")
     deleted = await conn.fetchval(
-        f"UPDATE {platform.table(tenant, 'integrations')} SET deleted_at = $3"
+        f"UPDATE {platform.table(target, 'integrations')} SET deleted_at = $3"
         " WHERE id = $1 AND tenant = $2 AND deleted_at IS NULL RETURNING true",
         data.id,
         tenant,

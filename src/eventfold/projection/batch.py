@@ -21,18 +21,19 @@ from typing import Any
 import asyncpg
 import orjson
 
-from consumers.projector import parking, store
-from consumers.projector.fold import RECORD_TYPES, Outcome, Record, apply
-from consumers.projector.handlers import HANDLERS, PROJECTED_TOPIC
-from consumers.projector.parking import ParkedEvent
-from eventfold.envelope import CloudEvent
+from eventfold import db, deadletters, readmodel
+from eventfold.deadletters import DeadLetter
+from eventfold.envelope import CloudEvent, decode_event
 from eventfold.faults import is_retriable
+from eventfold.fold import RECORD_TYPES, Outcome, Record, apply
 from eventfold.ids import is_valid
 from eventfold.livefeed import LiveEvent
+from eventfold.projection.handlers import HANDLERS
+from eventfold.projection.target import Target
 from eventfold.replay import is_replay
 from eventfold.tenancy import tenant_lock
 
-OnParked = Callable[[Sequence[ParkedEvent]], Awaitable[None]]
+OnDeadLetters = Callable[[Sequence[DeadLetter]], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +48,17 @@ class LogEvent:
     raw: bytes | None = None
 
 
+def log_event(partition: int, offset: int, timestamp_ms: int, value: bytes | None) -> LogEvent:
+    """A log record as the fold takes it: decoded when it can be (``event`` None otherwise)."""
+    try:
+        event = decode_event(value) if value else None
+    except ValueError:
+        event = None
+    return LogEvent(
+        partition=partition, offset=offset, timestamp_ms=timestamp_ms, event=event, raw=value
+    )
+
+
 @dataclass(slots=True)
 class BatchResult:
     """What a batch did, for metrics and logs."""
@@ -54,7 +66,7 @@ class BatchResult:
     applied: int = 0
     rejected: int = 0
     duplicates: int = 0
-    parked: list[ParkedEvent] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
     #: Tenants set aside by this batch because they were too slow to write.
     deferred: set[str] = field(default_factory=set)
     positions: dict[int, int] = field(default_factory=dict)
@@ -67,7 +79,7 @@ class BatchResult:
         self.applied += other.applied
         self.rejected += other.rejected
         self.duplicates += other.duplicates
-        self.parked += other.parked
+        self.dead_letters += other.dead_letters
         self.deferred |= other.deferred
         self.live += other.live
         if other.newest_event_time is not None and (
@@ -93,7 +105,7 @@ async def apply_batch(
     by_tenant: bool = False,
     deferred: frozenset[str] = frozenset(),
     budget_ms: int | None = None,
-    on_parked: OnParked | None = None,
+    on_dead_letters: OnDeadLetters | None = None,
     reads: asyncpg.Pool | None = None,
     budget_in_session: bool = False,
 ) -> BatchResult:
@@ -104,19 +116,18 @@ async def apply_batch(
     by its owner: one round trip less per batch). With
     ``by_tenant``, each tenant gets a savepoint, and one that runs out of that
     budget is deferred (see :func:`apply_events`) instead of failing the batch.
-    ``on_parked`` runs inside the transaction, before the commit, with the
-    dead letters of this batch (the processor sends them to the DLQ topic).
+    ``on_dead_letters`` runs inside the transaction, before the commit, with the
+    dead letters of this batch (the processor sends them to the dead-letter topic).
     A connection of ``reads`` reads the tenants' current state ahead of the
     writes (see :func:`apply_events`).
     """
     result = BatchResult()
     if not events:
         return result
-    PROJECTED_TOPIC.set(topic)
     async with conn.transaction():
         if budget_ms is not None and not budget_in_session:
             await conn.execute(budget_sql(budget_ms, local=True))
-        stored = await store.lock_checkpoints(
+        stored = await db.lock_checkpoints(
             conn, consumer, topic, sorted({e.partition for e in events})
         )
         fresh: list[LogEvent] = []
@@ -139,18 +150,19 @@ async def apply_batch(
             deferred=deferred,
             reads=reads,
             budget_ms=budget_ms,
+            topic=topic,
         )
-        if result.parked:
-            await parking.park(conn, consumer, result.parked)
-            letters = [p for p in result.parked if not p.retry]
-            if letters and on_parked is not None:
-                await on_parked(letters)
-        await store.save_checkpoints(
+        if result.dead_letters:
+            await deadletters.put(conn, consumer, result.dead_letters)
+            letters = [p for p in result.dead_letters if not p.deferred]
+            if letters and on_dead_letters is not None:
+                await on_dead_letters(letters)
+        await db.save_checkpoints(
             conn,
             consumer,
             topic,
             result.positions,
-            deferred={p.tenant for p in result.parked if p.retry},
+            deferred={p.tenant for p in result.dead_letters if p.deferred},
         )
     return result
 
@@ -164,15 +176,18 @@ async def apply_events(
     careful: bool = False,
     by_tenant: bool = False,
     deferred: frozenset[str] = frozenset(),
-    honour_parking: bool = True,
+    honour_dead_letters: bool = True,
     reads: asyncpg.Pool | None = None,
     budget_ms: int | None = None,
+    topic: str = "",
 ) -> None:
     """Fold ``items`` into the tenant projections (the caller owns the transaction).
 
-    Events whose record is parked are parked behind it. In ``careful`` mode each
-    event gets a savepoint, and an event that fails for any reason but a
-    retriable one is parked instead of failing the batch. With ``by_tenant``,
+    Each tenant's events are folded into its live schema (``topic`` is where they
+    come from). Events of a record holding dead letters are set aside behind
+    them. In ``careful`` mode each event gets a savepoint, and an event that
+    fails for any reason but a retriable one becomes a dead letter instead of
+    failing the batch. With ``by_tenant``,
     each tenant gets a savepoint: a tenant too slow to write (a lock or
     statement timeout) has its events deferred, and so has every tenant in
     ``deferred``: they are retried in the background, in order, while the
@@ -195,23 +210,29 @@ async def apply_events(
     for item in items:
         ev = item.event
         if ev is None or ev.tenant is None or not is_valid("tenant", ev.tenant):
-            result.parked.append(_parked(item, "", "undecodable envelope or no valid tenant"))
+            result.dead_letters.append(_dead(item, "", "undecodable envelope or no valid tenant"))
             continue
         groups[ev.tenant].append(item)
     for tenant in deferred & groups.keys():
-        result.parked += [
-            _parked(i, tenant, f"deferred: tenant {tenant} is being retried", retry=True)
+        result.dead_letters += [
+            _dead(i, tenant, f"deferred: tenant {tenant} is being retried", deferred=True)
             for i in groups.pop(tenant)
         ]
     if not groups:
         return
     registered, created = await _ensure_schemas(conn, list(groups))
-    blocked: dict[tuple[str, str], parking.Blocker] = {}
-    if honour_parking:
-        blocked = await parking.parked_keys(
+    targets = {t: Target.live(t, topic) for t in groups}
+    blocked: dict[tuple[str, str], deadletters.Blocker] = {}
+    if honour_dead_letters:
+        blocked = await deadletters.blocked_keys(
             conn,
             consumer,
-            [(t, parking.park_key(i.event)) for t, its in groups.items() for i in its if i.event],
+            [
+                (t, deadletters.order_key(i.event))
+                for t, its in groups.items()
+                for i in its
+                if i.event
+            ],
         )
     ahead = [t for t in groups if t not in created]
     # With one tenant there is nothing to overlap: its read on ``conn`` is one round
@@ -219,34 +240,35 @@ async def apply_events(
     if reads is not None and not careful and not by_tenant and len(ahead) > 1:
         # Parsed once, for the read and for the fold.
         looked = {t: _lookups(its) for t, its in groups.items()}
-        async with _read_ahead(reads, {t: looked[t] for t in ahead}, budget_ms) as states:
+        async with _read_ahead(reads, {targets[t]: looked[t] for t in ahead}, budget_ms) as states:
             for tenant, tenant_items in groups.items():
-                await _apply_tenant(
+                await fold_tenant(
                     conn,
-                    tenant,
+                    targets[tenant],
                     tenant_items,
                     registered,
                     blocked,
                     result,
                     lookups=looked[tenant],
-                    loaded=states.get(tenant),
+                    loaded=states.get(targets[tenant]),
                 )
         return
     for tenant, tenant_items in groups.items():
+        target = targets[tenant]
         if not by_tenant:
-            await _apply_group(conn, tenant, tenant_items, registered, blocked, result, careful)
+            await _apply_group(conn, target, tenant_items, registered, blocked, result, careful)
             continue
         step = BatchResult()
         known = set(registered)
         try:
             async with conn.transaction():
-                await _apply_group(conn, tenant, tenant_items, registered, blocked, step, careful)
+                await _apply_group(conn, target, tenant_items, registered, blocked, step, careful)
         except (asyncpg.QueryCanceledError, asyncpg.LockNotAvailableError) as exc:
             registered.clear()
             registered.update(known)
             step = BatchResult(deferred={tenant})
-            step.parked = [
-                _parked(i, tenant, f"deferred: {type(exc).__name__}: {exc}", retry=True)
+            step.dead_letters = [
+                _dead(i, tenant, f"deferred: {type(exc).__name__}: {exc}", deferred=True)
                 for i in tenant_items
             ]
         result.add(step)
@@ -254,51 +276,54 @@ async def apply_events(
 
 async def _apply_group(
     conn: asyncpg.Connection,
-    tenant: str,
+    target: Target,
     items: list[LogEvent],
     registered: set[str],
-    blocked: dict[tuple[str, str], parking.Blocker],
+    blocked: dict[tuple[str, str], deadletters.Blocker],
     result: BatchResult,
     careful: bool,
 ) -> None:
+    tenant = target.tenant
     if not careful:
-        await _apply_tenant(conn, tenant, items, registered, blocked, result)
+        await fold_tenant(conn, target, items, registered, blocked, result)
         return
     for item in items:
         step = BatchResult()
         known = set(registered)
         try:
             async with conn.transaction():  # a savepoint inside the batch
-                await _apply_tenant(conn, tenant, [item], registered, blocked, step)
+                await fold_tenant(conn, target, [item], registered, blocked, step)
         except Exception as exc:
             if is_retriable(exc):
                 raise
             registered.clear()
             registered.update(known)
             assert item.event is not None
-            blocked[(tenant, parking.park_key(item.event))] = parking.Blocker(
-                item.event.id, retry=False
+            blocked[(tenant, deadletters.order_key(item.event))] = deadletters.Blocker(
+                item.event.id, deferred=False
             )
-            step = BatchResult(parked=[_parked(item, tenant, f"{type(exc).__name__}: {exc}")])
+            step = BatchResult(dead_letters=[_dead(item, tenant, f"{type(exc).__name__}: {exc}")])
         result.add(step)
 
 
-def _parked(
-    item: LogEvent, tenant: str, error: str, behind: str | None = None, *, retry: bool = False
-) -> ParkedEvent:
+def _dead(
+    item: LogEvent, tenant: str, error: str, behind: str | None = None, *, deferred: bool = False
+) -> DeadLetter:
     ev = item.event
     raw = item.raw if item.raw is not None else (ev.to_json() if ev is not None else b"")
-    return ParkedEvent(
+    return DeadLetter(
         partition=item.partition,
         offset=item.offset,
         tenant=tenant,
-        key=parking.park_key(ev) if ev is not None else f"offset:{item.partition}:{item.offset}",
+        key=deadletters.order_key(ev)
+        if ev is not None
+        else f"offset:{item.partition}:{item.offset}",
         raw=raw,
         error=error[:2000],
         event_id=ev.id if ev is not None else None,
         event_type=ev.type if ev is not None else None,
         behind=behind,
-        retry=retry,
+        deferred=deferred,
     )
 
 
@@ -312,7 +337,7 @@ async def _ensure_schemas(
     partitions at different speeds), so the schema comes with the first event
     of any type; the tenant becomes visible when ``tenant.created`` registers it.
     """
-    status = await store.tenant_status(conn, tenants)
+    status = await readmodel.tenant_status(conn, tenants)
     missing = [t for t in tenants if t not in status]
     # Two processors creating one schema at once would collide in pg_namespace, so
     # each takes the tenant's lock; in one order for all, or two processors whose
@@ -320,10 +345,10 @@ async def _ensure_schemas(
     # projector processes catching up on one topic).
     for tenant in sorted(missing):
         await tenant_lock(conn, tenant)
-        await conn.execute(store.tenant_ddl(tenant))
+        await conn.execute(readmodel.tenant_ddl(tenant))
     registered = {t for t, known in status.items() if known}
     if missing:
-        registered |= await store.existing_tenants(conn, missing)
+        registered |= await readmodel.existing_tenants(conn, missing)
     return registered, set(missing)
 
 
@@ -344,18 +369,18 @@ def _lookups(items: Sequence[LogEvent]) -> Lookups:
 
 async def _load(
     conn: asyncpg.Connection,
-    tenant: str,
+    schema: str,
     ids: list[str],
     keys: list[tuple[str, str] | None],
-) -> store.TenantState:
+) -> readmodel.TenantState:
     wanted = list(dict.fromkeys(k for k in keys if k is not None))
-    return await store.load_state(conn, tenant, ids, wanted)
+    return await readmodel.load_state(conn, schema, ids, wanted)
 
 
 @contextlib.asynccontextmanager
 async def _read_ahead(
-    reads: asyncpg.Pool, groups: dict[str, Lookups], budget_ms: int | None
-) -> AsyncIterator[dict[str, asyncio.Future[store.TenantState]]]:
+    reads: asyncpg.Pool, groups: dict[Target, Lookups], budget_ms: int | None
+) -> AsyncIterator[dict[Target, asyncio.Future[readmodel.TenantState]]]:
     """Load each tenant's state on a connection of ``reads``, one after another, as futures.
 
     The reads run in a read-only transaction of their own, each statement and
@@ -373,8 +398,8 @@ async def _read_ahead(
             async with reads.acquire(timeout=10) as reader, reader.transaction(readonly=True):
                 if budget_ms is not None:
                     await reader.execute(budget_sql(budget_ms, local=True))
-                for tenant, (keys, ids) in groups.items():
-                    states[tenant].set_result(await _load(reader, tenant, ids, keys))
+                for target, (keys, ids) in groups.items():
+                    states[target].set_result(await _load(reader, target.schema, ids, keys))
         except Exception as exc:
             for future in states.values():
                 if not future.done():
@@ -398,23 +423,31 @@ async def _read_ahead(
                 future.cancel()
 
 
-async def _apply_tenant(
+async def fold_tenant(
     conn: asyncpg.Connection,
-    tenant: str,
+    target: Target,
     items: list[LogEvent],
     registered: set[str],
-    blocked: dict[tuple[str, str], parking.Blocker],
+    blocked: dict[tuple[str, str], deadletters.Blocker],
     result: BatchResult,
     *,
     lookups: Lookups | None = None,
-    loaded: Awaitable[store.TenantState] | None = None,
+    loaded: Awaitable[readmodel.TenantState] | None = None,
 ) -> None:
+    """Fold one tenant's decoded ``items`` into ``target`` (the caller's transaction).
+
+    ``registered`` holds the tenants whose ``tenant.created`` is applied (grown
+    by this fold); ``blocked`` the record keys holding dead letters, behind
+    which an event is set aside. The counts, dead letters and live events go to
+    ``result``. A rebuild calls it directly with a shadow target.
+    """
+    tenant = target.tenant
     keys, ids = lookups if lookups is not None else _lookups(items)
-    state_now = await (loaded if loaded is not None else _load(conn, tenant, ids, keys))
+    state_now = await (loaded if loaded is not None else _load(conn, target.schema, ids, keys))
     seen = state_now.seen
     state: dict[tuple[str, str], Record | None] = dict(state_now.records)
     changed: dict[tuple[str, str], tuple[Record, str]] = {}
-    history: list[store.HistoryRow] = []
+    history: list[readmodel.HistoryRow] = []
     #: Per history row: whether it goes to the live streams (applied, and not a
     #: replay's re-application), and whether its envelope has a ``status`` extension.
     pushed: list[tuple[bool, bool]] = []
@@ -424,21 +457,21 @@ async def _apply_tenant(
         if ev.id in seen:
             result.duplicates += 1
             continue
-        blocker = blocked.get((tenant, parking.park_key(ev)))
+        blocker = blocked.get((tenant, deadletters.order_key(ev)))
         if blocker is not None:
-            result.parked.append(
-                _parked(
+            result.dead_letters.append(
+                _dead(
                     item,
                     tenant,
                     f"waiting behind parked event {blocker.event_id}",
                     blocker.event_id,
-                    retry=blocker.retry,
+                    deferred=blocker.deferred,
                 )
             )
             continue
         seen.add(ev.id)
         at = ev.time or datetime.fromtimestamp(item.timestamp_ms / 1000, UTC)
-        outcome = await _apply_one(conn, tenant, ev, key, at, registered, state, changed)
+        outcome = await _apply_one(conn, target, ev, key, at, registered, state, changed)
         if outcome.status == "applied":
             result.applied += 1
         else:
@@ -446,7 +479,7 @@ async def _apply_tenant(
         if result.newest_event_time is None or at > result.newest_event_time:
             result.newest_event_time = at
         history.append(
-            store.HistoryRow(
+            readmodel.HistoryRow(
                 id=ev.id,
                 type=ev.type,
                 subject=ev.subject,
@@ -462,7 +495,7 @@ async def _apply_tenant(
         )
         extra = ev.model_extra or {}
         pushed.append((outcome.status == "applied" and not is_replay(ev), "status" in extra))
-    seqs = await store.save(conn, tenant, changed, history)
+    seqs = await readmodel.save(conn, target.schema, changed, history)
     result.live += [
         LiveEvent(tenant, seqs[row.id], row.type, row.envelope, has_status)
         for row, (live, has_status) in zip(history, pushed, strict=True)
@@ -472,7 +505,7 @@ async def _apply_tenant(
 
 async def _apply_one(
     conn: asyncpg.Connection,
-    tenant: str,
+    target: Target,
     ev: CloudEvent,
     key: tuple[str, str] | None,
     at: datetime,
@@ -480,15 +513,17 @@ async def _apply_one(
     state: dict[tuple[str, str], Record | None],
     changed: dict[tuple[str, str], tuple[Record, str]],
 ) -> Outcome:
+    tenant = target.tenant
     if ev.type == "tenant.created":
         data: dict[str, Any] = ev.data if isinstance(ev.data, dict) else {}
         if tenant in registered:
             return Outcome("rejected", f"tenant {tenant} exists already")
         if data.get("id") != tenant:
             return Outcome("rejected", "tenant.created data.id differs from the event's tenant")
-        await store.create_tenant(
+        await readmodel.create_tenant(
             conn,
             tenant=tenant,
+            schema=target.schema,
             name=str(data.get("name") or tenant),
             limits=dict(data.get("limits") or {}),
             created_at=at,
@@ -508,7 +543,7 @@ async def _apply_one(
         return outcome
     handler = HANDLERS.get(ev.type)
     if handler is not None:
-        return await handler(conn, tenant, ev, at)
+        return await handler(conn, target, ev, at)
     # Types with no projection of their own are kept in the history only.
     return Outcome("applied")
 

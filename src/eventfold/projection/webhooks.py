@@ -14,29 +14,27 @@ from datetime import datetime
 import asyncpg
 from pydantic import ValidationError
 
-from consumers.projector import platform
-from consumers.projector.fold import APPLIED, Outcome
-from consumers.projector.handlers import handles
+from eventfold import readmodel
 from eventfold.envelope import CloudEvent
 from eventfold.events.webhook import WebhookCreated, WebhookDeleted
-from eventfold.ids import tenant_schema
+from eventfold.fold import APPLIED, Outcome
+from eventfold.projection import platform
+from eventfold.projection.target import Target
 
 
-@handles("webhook.created")
 async def webhook_created(
-    conn: asyncpg.Connection, tenant: str, ev: CloudEvent, at: datetime
+    conn: asyncpg.Connection, target: Target, ev: CloudEvent, at: datetime
 ) -> Outcome:
     """Register the endpoint (secret sealed); a second one with the same id is rejected."""
+    tenant = target.tenant
     try:
         data = WebhookCreated.model_validate(ev.data)
     except ValidationError as exc:
         return Outcome("rejected", f"invalid webhook.created data: {exc.error_count()} errors")
-    last = await conn.fetchrow(
-        f"SELECT seq, id FROM {tenant_schema(tenant)}.events ORDER BY seq DESC LIMIT 1"
-    )
-    start, anchor = (int(last["seq"]), str(last["id"])) if last is not None else (0, None)
+    last = await readmodel.last_event(conn, target.schema)
+    start, anchor = last if last is not None else (0, None)
     inserted = await conn.fetchval(
-        f"INSERT INTO {platform.table(tenant, 'webhooks')} (id, tenant, url, types,"
+        f"INSERT INTO {platform.table(target, 'webhooks')} (id, tenant, url, types,"
         " secret_sealed, start_seq, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)"
         " ON CONFLICT (id) DO NOTHING RETURNING true",
         data.id,
@@ -49,7 +47,7 @@ async def webhook_created(
     )
     if not inserted:
         return Outcome("rejected", f"webhook {data.id} exists already")
-    if platform.in_rebuild(tenant):
+    if target.shadow:
         return APPLIED  # the notifier's position is the live history's, not the fold's
     # The notifier's position starts here for a tenant's first endpoint.
     await conn.execute(
@@ -62,17 +60,17 @@ async def webhook_created(
     return APPLIED
 
 
-@handles("webhook.deleted")
 async def webhook_deleted(
-    conn: asyncpg.Connection, tenant: str, ev: CloudEvent, at: datetime
+    conn: asyncpg.Connection, target: Target, ev: CloudEvent, at: datetime
 ) -> Outcome:
     """Mark the endpoint deleted; its pending deliveries are dropped by the notifier."""
+    tenant = target.tenant
     try:
         data = WebhookDeleted.model_validate(ev.data)
     except ValidationError as exc:
         return Outcome("rejected", f"invalid webhook.deleted data: {exc.error_count()} errors")
     deleted = await conn.fetchval(
-        f"UPDATE {platform.table(tenant, 'webhooks')} SET deleted_at = $3"
+        f"UPDATE {platform.table(target, 'webhooks')} SET deleted_at = $3"
         " WHERE id = $1 AND tenant = $2 AND deleted_at IS NULL RETURNING true",
         data.id,
         tenant,

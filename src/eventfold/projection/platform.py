@@ -8,9 +8,9 @@ folds the tenant's log from its start again: against the live tables, which
 already hold the end state, the same events would meet their own rows and be
 rejected ("webhook … exists already").
 
-So while a rebuild folds a tenant into its shadow schema
-(:data:`eventfold.ids.SCHEMA_REDIRECT`), the handlers write copies of these
-tables inside the shadow (:func:`table`): the fold starts from empty tables,
+So while a rebuild folds a tenant into its shadow schema (a
+:class:`~eventfold.projection.target.Target` with ``shadow`` set), the handlers
+write copies of these tables inside the shadow (:func:`table`): the fold starts from empty tables,
 as the live fold did, and every event meets the state its predecessors left,
 so it gets the outcome it got live. When the rebuild swaps the shadow in, the
 log-derived columns of the tenant's live rows are set from the copies
@@ -26,8 +26,9 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from eventfold import readmodel
 from eventfold.apikeys import APIKEY_CHANNEL
-from eventfold.ids import SCHEMA_REDIRECT, tenant_schema
+from eventfold.projection.target import Target
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,21 +79,15 @@ TABLES: dict[str, PlatformTable] = {
 _COPY_PREFIX = "platform_"
 
 
-def in_rebuild(tenant: str) -> bool:
-    """Whether ``tenant`` is being folded into a rebuild's shadow schema right now."""
-    redirect = SCHEMA_REDIRECT.get()
-    return redirect is not None and redirect[0] == tenant
+def table(target: Target, name: str) -> str:
+    """The table a handler folding into ``target`` writes for platform table ``name``.
 
-
-def table(tenant: str, name: str) -> str:
-    """The table a handler of ``tenant``'s events writes for platform table ``name``.
-
-    ``eventfold.<name>``, or inside a rebuild of ``tenant`` the shadow's copy of it.
+    ``eventfold.<name>``, or inside a rebuild's shadow the shadow's copy of it.
     """
     if name not in TABLES:
         raise ValueError(f"{name} is not a platform table")
-    if in_rebuild(tenant):
-        return _copy(tenant_schema(tenant), name)
+    if target.shadow:
+        return _copy(target.schema, name)
     return f"eventfold.{name}"
 
 
@@ -206,11 +201,12 @@ async def _position_at_end(conn: asyncpg.Connection, tenant: str, schema: str) -
     """Give the notifier a position in ``tenant``'s history if it has none (a restored
     endpoint's tenant): the end of the rebuilt history, so what the endpoint may have
     been sent before its row was lost is not sent again."""
+    last = await readmodel.last_event(conn, schema)
+    seq, anchor = last if last is not None else (0, None)
     await conn.execute(
-        f"""INSERT INTO eventfold.webhook_positions (tenant, seq, anchor)
-            SELECT $1, coalesce(max(seq), 0),
-                   (SELECT id FROM {schema}.events ORDER BY seq DESC LIMIT 1)
-            FROM {schema}.events
-            ON CONFLICT (tenant) DO NOTHING""",
+        "INSERT INTO eventfold.webhook_positions (tenant, seq, anchor) VALUES ($1, $2, $3)"
+        " ON CONFLICT (tenant) DO NOTHING",
         tenant,
+        seq,
+        anchor,
     )
