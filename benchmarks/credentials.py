@@ -25,9 +25,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from benchmarks.private import private_settings
 from devstack import ensure_topics
+from entrypoints.bootstrap import Parts, create_app
 from eventfold.appkeys import API_KEYS, RATE_LIMITER, VERIFIER
 from eventfold.auth import issue_token
-from eventfold.bootstrap import Parts, create_app
 
 
 def _summary(samples: list[float], unit: float, name: str) -> dict[str, Any]:

@@ -35,8 +35,8 @@ from benchmarks import provenance
 from benchmarks.private import private_settings
 from benchmarks.privatedb import private_database
 from devstack import ensure_topics
+from entrypoints.bootstrap import create_app
 from eventfold.auth import issue_token
-from eventfold.bootstrap import create_app
 from eventfold.settings import Settings
 
 

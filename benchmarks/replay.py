@@ -31,7 +31,7 @@ from consumers.archiver.processor import Archiver
 from consumers.rebuild.rebuild import Options, rebuild, rebuild_many
 from devstack import ensure_bucket, ensure_topics
 from eventfold import gctune, readmodel
-from eventfold.bootstrap import open_pool
+from eventfold.clients import open_pool
 from eventfold.kafka import message_key
 from eventfold.metrics import Metrics
 from eventfold.settings import Settings

@@ -34,7 +34,7 @@ from benchmarks.private import private_settings
 from consumers.projector.processor import Projector
 from devstack import ensure_topics
 from eventfold.auth import issue_token
-from eventfold.bootstrap import open_pool
+from eventfold.clients import open_pool
 from eventfold.metrics import Metrics
 from eventfold.settings import Settings
 

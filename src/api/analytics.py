@@ -24,7 +24,7 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from consumers.analytics.windows import (
+from eventfold.analytics_windows import (
     SEP,
     WINDOWS,
     index_key,

@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
 from devstack.base import InfraError, Progress, oneline
 from devstack.java import JavaService
 from devstack.process import run, spawn, tcp_open, wait_ready
@@ -44,8 +46,6 @@ def _quiet_aiokafka() -> Iterator[None]:
 
 @contextlib.asynccontextmanager
 async def _admin(settings: Settings, timeout_ms: int = 5000) -> Any:
-    from aiokafka.admin import AIOKafkaAdminClient
-
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.kafka_bootstrap,
         client_id="eventfold-infra",
@@ -65,8 +65,6 @@ async def ensure_topics(settings: Settings, *, replication_factor: int = 1) -> l
     returns the names it created. ``replication_factor`` is 1 for the local
     single-node broker; pass 3 against a real cluster.
     """
-    from aiokafka.admin import NewTopic
-
     wanted = {
         settings.events_topic: settings.topic_partitions,
         settings.dlq_topic: settings.topic_partitions,

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import ClassVar
 from urllib.parse import urlsplit
 
+from botocore.exceptions import ClientError  # type: ignore[import-untyped]
+
 from devstack.base import InfraError, Progress, oneline
 from devstack.java import JavaService
 from devstack.process import spawn, wait_ready
@@ -38,8 +40,6 @@ jclouds.regions={region}
 
 async def ensure_bucket(settings: Settings) -> bool:
     """Create ``settings.s3_bucket`` unless it exists; True when it was created."""
-    from botocore.exceptions import ClientError  # type: ignore[import-untyped]
-
     async with open_s3(settings) as client:
         try:
             await client.head_bucket(Bucket=settings.s3_bucket)

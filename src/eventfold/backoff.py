@@ -7,14 +7,22 @@ doubles from ``initial`` up to ``cap`` and each one is spread by a random factor
 back in lockstep. :meth:`Backoff.reset` starts over after a success.
 
 ``retry_delay(attempt, base, cap)`` is the same rule for a caller that stores the
-number of failures instead of a running pause (an integration's sync runs).
+number of failures instead of a running pause (an integration's sync runs), and
+:func:`retrying` the whole loop for a call to retry while its dependency is away
+(a client's start, a connection).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+log = logging.getLogger("eventfold.backoff")
+T = TypeVar("T")
 
 #: The spread of each pause: a uniform factor in this range.
 JITTER = (0.5, 1.5)
@@ -81,3 +89,30 @@ class Backoff:
             await asyncio.wait_for(stop.wait(), pause)
             return True
         return stop.is_set()
+
+
+async def retrying(
+    call: Callable[[], Awaitable[T]],
+    *,
+    retry_on: Callable[[BaseException], bool],
+    backoff: Backoff,
+    what: str,
+    stop: asyncio.Event | None = None,
+    attempts: int | None = None,
+) -> T:
+    """``await call()``, again after each failure ``retry_on`` accepts, with ``backoff``.
+
+    Gives up, raising the last error, on a failure ``retry_on`` refuses, once
+    ``attempts`` calls failed, or once ``stop`` is set. ``what`` names the call in
+    the warning each retry logs (``"kafka not reachable, retrying"``).
+    """
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return await call()
+        except Exception as exc:
+            if not retry_on(exc) or attempt == attempts or (stop is not None and stop.is_set()):
+                raise
+            log.warning(f"{what}, retrying", extra={"error": repr(exc), "attempt": attempt})
+        await backoff.sleep(stop)

@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaProducer
 from consumers.archiver.processor import Archiver
 from consumers.archiver.segments import UNREADABLE
 from devstack import ensure_bucket, ensure_topics
-from eventfold.bootstrap import open_pool
+from eventfold.clients import open_pool
 from eventfold.metrics import Metrics
 from eventfold.s3 import open_s3
 from eventfold.settings import Settings

@@ -23,8 +23,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from consumers.cache.processor import CacheProcessor
 from devstack import ensure_topics
+from entrypoints.bootstrap import create_app
 from eventfold.appkeys import CACHE, METRICS, POOL
-from eventfold.bootstrap import create_app
 from eventfold.breaker import CLOSED, OPEN
 from eventfold.cache import HOT_TENANTS_KEY, Cached, HotKeys, RecordCache, decode_entry, record_key
 from eventfold.settings import Settings

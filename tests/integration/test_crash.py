@@ -26,7 +26,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from devstack import ensure_topics
-from eventfold.bootstrap import open_pool
+from eventfold.clients import open_pool
 from eventfold.fold import Record, apply
 from eventfold.settings import Settings
 

@@ -9,7 +9,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from consumers.projector.processor import Projector
 from devstack import ensure_topics
-from eventfold.bootstrap import Parts, create_app, open_pool
+from entrypoints.bootstrap import Parts, create_app
+from eventfold.clients import open_pool
 from eventfold.metrics import Metrics
 from tests.integration.conftest import Api, TenantApi
 

@@ -23,8 +23,8 @@ from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 
 from devstack import ensure_topics
+from entrypoints.bootstrap import create_app
 from eventfold.appkeys import PUBLISHER, REQUEST_DEADLINE, SEND_POLICY
-from eventfold.bootstrap import create_app
 from eventfold.publisher import SendPolicy
 from eventfold.settings import Settings
 from tests.conftest import _delete_topics

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from eventfold.bootstrap import Parts, create_app
+from entrypoints.bootstrap import Parts, create_app
 from eventfold.events.tenant import TenantCreated
 from eventfold.openapi import OPERATIONS, build_document, served_routes, undocumented
 from eventfold.settings import Settings

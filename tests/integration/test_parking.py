@@ -16,7 +16,7 @@ import orjson
 import pytest_asyncio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from eventfold.bootstrap import open_pool
+from eventfold.clients import open_pool
 from eventfold.settings import Settings
 from tests.integration.conftest import Api, TenantApi
 

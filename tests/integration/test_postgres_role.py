@@ -20,7 +20,7 @@ import pytest_asyncio
 from devstack.postgres import BIN, Postgres
 from devstack.process import live_pid, run, stop
 from eventfold import readmodel
-from eventfold.bootstrap import open_pool
+from eventfold.clients import open_pool
 from eventfold.ids import tenant_schema
 from eventfold.settings import Settings
 from eventfold.tenancy import tenant_connection, tenant_lock

@@ -20,7 +20,7 @@ from aiokafka.structs import OffsetAndMetadata
 from consumers.projector.hints import HINT_INTERVAL
 from consumers.projector.processor import Projector
 from devstack import ensure_topics
-from eventfold.bootstrap import open_pool
+from eventfold.clients import open_pool
 from eventfold.envelope import CloudEvent
 from eventfold.kafka import make_consumer
 from eventfold.metrics import Metrics

@@ -30,7 +30,7 @@ from devstack.kafka import Kafka
 from devstack.postgres import Postgres
 from devstack.process import live_pid, port_free, stop
 from devstack.redis import Redis
-from eventfold.bootstrap import create_app
+from entrypoints.bootstrap import create_app
 from eventfold.settings import Settings
 from tests.conftest import free_port, session_settings
 from tests.integration.conftest import SESSION_PARTS, Api, TenantApi

@@ -17,7 +17,8 @@ import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
 from devstack import ensure_topics
-from eventfold.bootstrap import Parts, create_app, open_pool
+from entrypoints.bootstrap import Parts, create_app
+from eventfold.clients import open_pool
 from eventfold.settings import Settings
 from tests.integration.conftest import Api, TenantApi
 

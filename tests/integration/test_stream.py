@@ -26,8 +26,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from aiokafka import AIOKafkaProducer
 
 from devstack import ensure_topics
+from entrypoints.bootstrap import Parts, create_app
 from eventfold.appkeys import METRICS
-from eventfold.bootstrap import Parts, create_app
 from eventfold.kafka import message_key
 from eventfold.settings import Settings
 from tests.conftest import new_tenant_id

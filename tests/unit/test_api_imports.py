@@ -9,8 +9,8 @@ import sys
 # subcommand's options, the operators' replay among them), then the app.
 _PROGRAM = """
 import sys
-from eventfold.bootstrap import Parts, create_app
-from eventfold.cli import _parser
+from entrypoints.bootstrap import Parts, create_app
+from entrypoints.cli import _parser
 from eventfold.settings import Settings
 
 _parser().parse_args(["serve", "api"])

@@ -27,23 +27,23 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
 
-from consumers import membership
 from consumers.archiver.segments import (
     Segment,
     day_of,
-    manifest_key,
     merge_manifest,
     should_close,
     tenant_objects,
     to_line,
 )
-from consumers.kafka_loop import (
+from consumers.runtime import membership
+from consumers.runtime.kafka import (
     MemberLoop,
     SeekToCheckpoints,
     caught_up,
     seek_to_stored,
     start_with_retry,
 )
+from eventfold.archive import manifest_key
 from eventfold.backoff import Backoff
 from eventfold.db import fetch_checkpoints
 from eventfold.faults import is_retriable

@@ -35,8 +35,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
-from consumers import membership
-from consumers.kafka_loop import MemberLoop, TrackAssignment, caught_up, start_with_retry
+from consumers.runtime import membership
+from consumers.runtime.kafka import MemberLoop, TrackAssignment, caught_up, start_with_retry
 from eventfold import cachefill
 from eventfold.backoff import Backoff
 from eventfold.cache import (

@@ -1,11 +1,12 @@
 """Scheduling: each applied event becomes one delivery per matching endpoint, exactly once.
 
-The notifier follows each tenant's event history (``{schema}.events``, in
-``seq`` order; only the projector writes it, and only applied events count)
-from its stored position (``eventfold.webhook_positions``). The deliveries of
-a page of events and the new position commit in ONE transaction, under a lock
-on the position row: a crash before the commit schedules nothing, after it
-everything, and two notifiers never schedule the same event twice.
+The notifier follows each tenant's event history (read through
+:mod:`eventfold.readmodel`, in ``seq`` order; only the projector writes it, and
+only applied events count) from its stored position
+(``eventfold.webhook_positions``). The deliveries of a page of events and the
+new position commit in ONE transaction, under a lock on the position row: a
+crash before the commit schedules nothing, after it everything, and two
+notifiers never schedule the same event twice.
 
 ``seq`` is a sequence: a transaction that rolled back leaves a hole, and a
 concurrent one may commit a higher ``seq`` first. So the walk stops at a hole

@@ -18,16 +18,16 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from consumers import membership
-from consumers.kafka_loop import (
+from consumers.projector.hints import OffsetHints
+from consumers.projector.live import LivePublisher
+from consumers.runtime import membership
+from consumers.runtime.kafka import (
     MemberLoop,
     SeekToCheckpoints,
     caught_up,
     seek_to_stored,
     start_with_retry,
 )
-from consumers.projector.hints import OffsetHints
-from consumers.projector.live import LivePublisher
 from eventfold import deadletters, readmodel
 from eventfold.backoff import Backoff
 from eventfold.db import fetch_checkpoints

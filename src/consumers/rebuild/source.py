@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from consumers.archiver.segments import manifest_key
+from eventfold.archive import manifest_key
 from eventfold.projection.batch import LogEvent, log_event
 from eventfold.settings import Settings
 

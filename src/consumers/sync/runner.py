@@ -9,7 +9,7 @@ worker's lease expires (it is renewed with every page). Every later write of the
 run is fenced by ``lease_owner``.
 
 A run follows the connector's pages. Each page's items become ``record.*``
-events with deterministic ids (:mod:`consumers.sync.pages`), published with
+events with deterministic ids (:mod:`eventfold.syncpages`), published with
 acks=all; only then is the page's cursor stored. A crash repeats at most one
 page (same ids: no second effect) and loses none.
 
@@ -51,7 +51,15 @@ from consumers.sync.connectors import (
     SourceRateLimited,
     SourceRefusedCredentials,
 )
-from consumers.sync.pages import (
+from eventfold.backoff import Backoff, retry_delay
+from eventfold.egress import AllowList, guarded_session
+from eventfold.events.integration import PollConfig, headers_purpose
+from eventfold.kafka import make_producer
+from eventfold.metrics import Metrics
+from eventfold.publisher import Publisher
+from eventfold.sealing import SealError, keyring
+from eventfold.settings import Settings
+from eventfold.syncpages import (
     DELETED,
     BadPage,
     ItemStates,
@@ -62,14 +70,6 @@ from consumers.sync.pages import (
     record_event,
     store_states,
 )
-from eventfold.backoff import Backoff, retry_delay
-from eventfold.egress import AllowList, guarded_session
-from eventfold.events.integration import PollConfig
-from eventfold.kafka import make_producer
-from eventfold.metrics import Metrics
-from eventfold.publisher import Publisher
-from eventfold.sealing import SealError, keyring
-from eventfold.settings import Settings
 
 log = logging.getLogger("eventfold.sync")
 
@@ -239,8 +239,6 @@ class SyncRunner:
         s = self.settings
         headers: dict[str, str] = {}
         if it.headers_sealed:
-            from producers.integrations import headers_purpose
-
             opened = keyring(s).open(it.headers_sealed, purpose=headers_purpose(it.id))
             headers = orjson.loads(opened)
         connector = CONNECTORS[it.kind](it.config)

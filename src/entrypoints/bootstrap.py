@@ -1,8 +1,11 @@
-"""One bootstrap wiring settings, clients, routes and processors into an aiohttp app.
+"""The composition root: settings, clients, routes and processors wired into an aiohttp app.
 
-``eventfold run`` asks for every part; ``serve api``, ``serve ingest`` and
-``process NAME`` ask for one each. Every client is opened and closed in a
-``cleanup_ctx``.
+``eventfold run`` asks for every part; ``serve api`` and ``serve ingest`` for
+one each (``eventfold process NAME`` runs one processor with the operations
+routes alone, :mod:`entrypoints.process`). Every client is opened and closed
+in a ``cleanup_ctx``; each resource goes under its key of
+:mod:`eventfold.appkeys`, where the gateway's and the read API's routes find it.
+This package is the only one that knows every part: nothing imports it.
 """
 
 from __future__ import annotations
@@ -10,19 +13,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import asyncpg
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 
-from consumers.registry import PROCESSORS, Processor
-from eventfold import db, gctune, malloctrim, openapi, ratelimit
+from consumers.runtime.runner import Supervised
+from entrypoints.registry import PROCESSORS
+from eventfold import gctune, malloctrim, openapi, ratelimit
 from eventfold.admission import Admission, WaitSlots
 from eventfold.apikeys import ApiKeyDirectory
 from eventfold.appkeys import (
@@ -45,17 +45,16 @@ from eventfold.appkeys import (
 )
 from eventfold.auth import TokenVerifier
 from eventfold.authlimit import AuthFailures, AuthLimit, trusted_networks
-from eventfold.backoff import Backoff
 from eventfold.cache import RecordCache
 from eventfold.checkpoints import CheckpointWatcher
+from eventfold.clients import close_pool, open_pool, redis_client
 from eventfold.cursors import CursorCodec
-from eventfold.faults import is_retriable
 from eventfold.health import Health, HealthOut
 from eventfold.logend import LogEnd
 from eventfold.metrics import Metrics
 from eventfold.ratelimit import Limits, RateLimiter
 from eventfold.settings import Settings
-from eventfold.tenancy import TenantDirectory, ensure_tenant_roles
+from eventfold.tenancy import TenantDirectory
 from eventfold.web import (
     compression_middleware,
     cors_middleware,
@@ -65,8 +64,6 @@ from eventfold.web import (
 )
 
 log = logging.getLogger("eventfold")
-#: A processor that ran this long before failing starts its backoff afresh.
-_HEALTHY_RUN_SECONDS = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,18 +106,16 @@ def create_app(settings: Settings, parts: Parts | None = None) -> web.Applicatio
         app.cleanup_ctx.append(_rate_limiter_ctx)
         app.on_response_prepare.append(ratelimit.add_headers)
     if parts.ingest:
-        from producers.app import setup as setup_ingest
+        from producers.app import setup as setup_ingest  # deferred: only the parts served
 
         setup_ingest(app)
     if parts.api:
-        from api.app import setup as setup_api
+        from api.app import setup as setup_api  # deferred: only the parts served
 
         setup_api(app)
     for name in parts.processors:
         app.cleanup_ctx.append(_processor_ctx(name))
-    app.router.add_get("/health/live", _live)
-    app.router.add_get("/health/ready", _ready)
-    app.router.add_get("/metrics", _metrics)
+    add_operations(app)
     # After every startup context (on_startup runs once cleanup_ctx has started).
     app.on_startup.append(_settle_gc)
     app.on_cleanup.append(_restore_gc)
@@ -143,74 +138,15 @@ async def _restore_gc(app: web.Application) -> None:
         gctune.restore(thresholds)
 
 
-async def open_pool(settings: Settings, *, attempts: int = 30) -> asyncpg.Pool:
-    """Connect to PostgreSQL (retrying while it starts) and run the platform migration."""
-    backoff = Backoff(0.5, 5.0)
-    for attempt in range(1, attempts + 1):
-        try:
-            pool = await db.create_pool(
-                settings.database_url,
-                max_size=20,
-                statement_cache_size=settings.pg_statement_cache_size,
-            )
-            await db.migrate(pool)
-            await ensure_tenant_roles(pool)  # tenants created before they had roles
-            return pool
-        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-            if attempt == attempts:
-                raise
-            log.warning("postgres not reachable, retrying", extra={"error": repr(exc)})
-            await backoff.sleep()
-    raise AssertionError("unreachable")
-
-
-#: Connections per Redis client (per process and use): the gateway makes two calls
-#: per request, so this covers a few hundred requests in flight.
-REDIS_MAX_CONNECTIONS = 128
-
-
-def redis_client(settings: Settings) -> Redis:
-    """A Redis client whose calls fail fast instead of hanging.
-
-    1 s per socket operation and one quick retry (a pooled connection may be
-    stale after a Redis restart), not redis-py's default of three with backoff:
-    a call ends within about 2 s, and callers fail open when it does not answer.
-    """
-    # A blocking pool: past its connections a call waits (up to 1 s) for one to come
-    # back instead of failing at once; under a burst of concurrent requests the
-    # default pool raised MaxConnectionsError and callers failed open (no rate limit,
-    # no dedup) although Redis was fine.
-    pool = BlockingConnectionPool.from_url(
-        settings.redis_url,
-        max_connections=REDIS_MAX_CONNECTIONS,
-        timeout=1.0,
-        socket_timeout=1.0,
-        socket_connect_timeout=1.0,
-        health_check_interval=15,
-        retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
-    )
-    client: Redis = Redis.from_pool(pool)
-    return client
-
-
 async def _postgres_ctx(app: web.Application) -> AsyncIterator[None]:
     pool = await open_pool(app[SETTINGS])
     app[POOL] = pool
     app[TENANTS] = TenantDirectory(pool)
-    app[HEALTH].add("postgres", _check_postgres(pool), critical=True)
+    app[HEALTH].add("postgres", check_postgres(pool), critical=True)
     try:
         yield
     finally:
-        await _close_pool(pool)
-
-
-async def _close_pool(pool: asyncpg.Pool) -> None:
-    """Close gracefully within 10 s (connections in use get released), then terminate."""
-    try:
-        await asyncio.wait_for(pool.close(), 10)
-    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        log.warning("postgres pool not closed cleanly, terminating", extra={"error": repr(exc)})
-        pool.terminate()
+        await close_pool(pool)
 
 
 async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -273,7 +209,9 @@ async def _watcher_ctx(app: web.Application) -> AsyncIterator[None]:
         await watcher.stop()
 
 
-def _check_postgres(pool: asyncpg.Pool) -> Callable[[], object]:
+def check_postgres(pool: asyncpg.Pool) -> Callable[[], object]:
+    """The readiness check of PostgreSQL: a pooled connection answers within a second."""
+
     async def check() -> None:
         async with pool.acquire(timeout=1) as conn:
             await conn.fetchval("SELECT 1", timeout=1)
@@ -283,76 +221,22 @@ def _check_postgres(pool: asyncpg.Pool) -> Callable[[], object]:
 
 def _processor_ctx(name: str) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        stop = asyncio.Event()
-        running: list[Processor] = []  # the supervisor's current instance
-
-        def started(processor: Processor) -> None:
-            running[:] = [processor]
-
-        task = asyncio.create_task(
-            supervise(name, app[SETTINGS], app[POOL], app[METRICS], stop, on_start=started),
-            name=name,
-        )
-        app[HEALTH].add(name, lambda: _consuming(task, running), critical=True)
+        running = Supervised(name, PROCESSORS[name], app[SETTINGS], app[POOL], app[METRICS])
+        app[HEALTH].add(name, running.check, critical=True)
         try:
             yield
         finally:
-            stop.set()
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(task, 15)
+            await running.close()
 
     return ctx
 
 
-class NotConsuming(RuntimeError):
-    """A processor that is not doing its job yet (or any more): no assignment, rebalancing."""
-
-
-async def _consuming(task: asyncio.Task[None], running: list[Processor]) -> None:
-    """The readiness check of a processor: running, and doing its job (see ``is_ready``)."""
-    if task.done():
-        raise RuntimeError("processor stopped")
-    if not running or not running[0].is_ready():
-        raise NotConsuming("processor not consuming")
-
-
-async def supervise(
-    name: str,
-    settings: Settings,
-    pool: asyncpg.Pool,
-    metrics: Metrics,
-    stop: asyncio.Event,
-    *,
-    burst: bool = False,
-    on_start: Callable[[Processor], None] | None = None,
-) -> None:
-    """Run processor ``name`` until ``stop``, restarting it with backoff if it fails.
-
-    ``on_start`` is handed each instance as it starts (a restart makes a new one).
-    """
-    factory = PROCESSORS.get(name)
-    if factory is None:
-        raise ValueError(f"unknown processor {name!r}; known: {', '.join(PROCESSORS)}")
-    backoff = Backoff(1.0, 30.0)
-    while not stop.is_set():
-        started = time.monotonic()
-        try:
-            processor = factory(settings, pool, metrics)
-            if on_start is not None:
-                on_start(processor)
-            await processor.run(stop, burst=burst)
-            return
-        except Exception as exc:
-            if time.monotonic() - started > _HEALTHY_RUN_SECONDS:
-                backoff.reset()  # it ran well for a while: this is a new incident
-            if is_retriable(exc):
-                log.warning(
-                    "processor lost a dependency, restarting",
-                    extra={"processor": name, "error": repr(exc), "delay": backoff.current},
-                )
-            else:
-                log.exception("processor failed, restarting", extra={"processor": name})
-            await backoff.sleep(stop)
+def add_operations(app: web.Application) -> None:
+    """The operators' routes: ``/health/live``, ``/health/ready`` and ``/metrics`` (they read
+    ``app[HEALTH]`` and ``app[METRICS]``)."""
+    app.router.add_get("/health/live", _live)
+    app.router.add_get("/health/ready", _ready)
+    app.router.add_get("/metrics", _metrics)
 
 
 @essential

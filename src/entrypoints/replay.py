@@ -1,8 +1,13 @@
-"""``eventfold replay``, ``verify`` and ``events``: the operator's side of rebuilds."""
+"""``eventfold replay``, ``verify`` and ``events``: the operator's side of rebuilds.
+
+The rebuild itself is :mod:`consumers.rebuild.rebuild`; this module parses the
+options, runs it and prints its reports.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 import time
 from datetime import datetime
@@ -10,7 +15,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
 
-from eventfold import readmodel
+from eventfold import cachefill, gctune, readmodel
+from eventfold.clients import open_pool
 from eventfold.ids import check
 from eventfold.settings import Settings
 
@@ -115,19 +121,13 @@ def verify_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _run(settings: Settings, args: argparse.Namespace, *, compare_only: bool, verify: bool) -> int:
-    import asyncio
-
-    from eventfold import gctune
-    from eventfold.bootstrap import open_pool
-
     for tenant in args.tenant or ():
         check("tenant", tenant)
 
-    # Imported here, not with the module: every CLI process builds the parser (which
-    # imports this module), and the API and the gateway need neither the fold nor
-    # aiokafka's consumer (~7 MB of RSS in a served process).
+    # deferred: every CLI process builds the parser (which imports this module), and
+    # the API and the gateway need neither the fold nor aiokafka's consumer (~7 MB of
+    # RSS in a served process)
     from consumers.rebuild.rebuild import Options, all_tenants, rebuild_many
-    from eventfold.readmodel import outdated_tenants
 
     async def main() -> list[Report]:
         pool = await open_pool(settings, attempts=3)
@@ -137,7 +137,7 @@ def _run(settings: Settings, args: argparse.Namespace, *, compare_only: bool, ve
             tenants = list(dict.fromkeys(args.tenant)) if args.tenant else await all_tenants(pool)
             if getattr(args, "outdated", False):
                 async with pool.acquire(timeout=10) as conn:
-                    outdated = await outdated_tenants(conn)
+                    outdated = await readmodel.outdated_tenants(conn)
                 tenants = [t for t in tenants if t in outdated]
             if tenants:
                 # Every tenant in one pass over the log (each has its own shadow and swap).
@@ -151,7 +151,7 @@ def _run(settings: Settings, args: argparse.Namespace, *, compare_only: bool, ve
                 )
                 reports = await rebuild_many(settings, pool, tenants, opts)
                 bar.done()
-                await _forget_cached(settings, {r.tenant for r in reports if r.swapped})
+                await cachefill.forget_tenants(settings, {r.tenant for r in reports if r.swapped})
         finally:
             await pool.close()
         return reports
@@ -206,42 +206,8 @@ def _outcome(status: str | None, reason: str | None) -> str:
     return f"{status} ({reason})" if reason else status
 
 
-async def _forget_cached(settings: Settings, tenants: set[str]) -> None:
-    """Drop the tenants' cached records: the next read fills them from the new schema.
-
-    One pass over the keyspace for all of them: a SCAN visits every key whatever
-    its pattern, so a pass per tenant cost tenants x keys (with a few hundred
-    thousand keys in Redis, 20 of the 24 s of a 50-tenant rebuild).
-    """
-    from eventfold.cache import cache_client, record_key
-
-    if not tenants:
-        return
-    pattern = record_key(next(iter(tenants)) if len(tenants) == 1 else "*", "*", "*")
-    # Tenant ids hold no ':' (validated), so a key's tenant is its second field.
-    wanted = {t.encode() for t in tenants}
-    client = cache_client(settings)
-    try:
-        batch: list[bytes] = []
-        async for key in client.scan_iter(match=pattern, count=1000):
-            if key.split(b":", 2)[1] not in wanted:
-                continue
-            batch.append(key)
-            if len(batch) >= 1000:
-                await client.unlink(*batch)
-                batch.clear()
-        if batch:
-            await client.unlink(*batch)
-    finally:
-        await client.aclose()
-
-
 def events_command(settings: Settings, args: argparse.Namespace) -> int:
     """Print a tenant's event history, oldest first, filtered."""
-    import asyncio
-
-    from eventfold.bootstrap import open_pool
-
     check("tenant", args.tenant)
     limit = max(1, min(int(args.limit), 10_000))
 

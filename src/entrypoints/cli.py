@@ -1,25 +1,27 @@
-"""The ``eventfold`` command: run, serve, process, infra, token, dlq, replay, verify, events."""
+"""The ``eventfold`` command: run, serve, process, infra, token, dlq, replay, verify, events.
+
+Each command loads what it runs: serving imports the app and its clients, a
+stream processor only its own package (:mod:`entrypoints.registry`), ``token``
+and ``schemas`` neither. The function-level imports below are those, each
+marked ``deferred``.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import importlib.util
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
-
-from consumers.registry import PROCESSORS
+from entrypoints import dlq, replay
+from entrypoints.output import print_json
+from entrypoints.registry import PROCESSORS
+from eventfold.auth import issue_token
+from eventfold.logs import setup_logging
+from eventfold.schema_files import check_schemas, export_schemas
 from eventfold.settings import Settings, SettingsError
-
-
-def _print_json(doc: Any) -> None:
-    sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,26 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--subject", default="eventfold-cli")
     token.add_argument("--json", action="store_true")
 
-    dlq = sub.add_parser("dlq", help="events the projector parked (dead letters)")
-    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
-    for name, text in (
-        ("list", "list parked events, oldest first per record"),
-        ("show", "one parked event with its envelope"),
-        ("redrive", "apply parked events again, in order (after a fix)"),
-    ):
-        action = dlq_sub.add_parser(name, help=text)
-        action.add_argument("--tenant", help="only this tenant")
-        action.add_argument("--json", action="store_true", help="machine-readable output")
-        if name == "show":
-            action.add_argument("event_id", help="the parked event's id")
-        else:
-            action.add_argument("--key", help="only this record (collection/id)")
-        if name == "redrive":
-            action.add_argument("--dry-run", action="store_true", help="report, change nothing")
-
-    from consumers.rebuild.commands import add_parsers as add_rebuild_parsers
-
-    add_rebuild_parsers(sub)
+    dlq.add_parser(sub)
+    replay.add_parsers(sub)
 
     schemas = sub.add_parser("schemas", help="the JSON Schemas of the event types")
     schemas.add_argument("action", choices=["export", "check"])
@@ -90,10 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "infra": _infra,
         "token": _token,
         "schemas": _schemas,
-        "dlq": _dlq,
-        "replay": _replay,
-        "verify": _verify,
-        "events": _events,
+        "dlq": dlq.command,
+        "replay": replay.replay_command,
+        "verify": replay.verify_command,
+        "events": replay.events_command,
     }[args.command]
     try:
         return handler(settings, args)
@@ -101,27 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _replay(settings: Settings, args: argparse.Namespace) -> int:
-    from consumers.rebuild.commands import replay_command
-
-    return replay_command(settings, args)
-
-
-def _verify(settings: Settings, args: argparse.Namespace) -> int:
-    from consumers.rebuild.commands import verify_command
-
-    return verify_command(settings, args)
-
-
-def _events(settings: Settings, args: argparse.Namespace) -> int:
-    from consumers.rebuild.commands import events_command
-
-    return events_command(settings, args)
-
-
 def _run(settings: Settings, args: argparse.Namespace) -> int:
-    from eventfold.auth import issue_token
-    from eventfold.bootstrap import Parts
+    from entrypoints.bootstrap import Parts  # deferred: start-up cost (the app and its clients)
 
     url = f"http://{settings.http_host}:{settings.http_port}"
     lines = [f"eventfold: serving on {url} (API, ingest and processors in one process)"]
@@ -145,7 +110,7 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
-    from eventfold.bootstrap import Parts
+    from entrypoints.bootstrap import Parts  # deferred: start-up cost (the app and its clients)
 
     parts = Parts(api=args.part == "api", ingest=args.part == "ingest", processors=())
     url = f"http://{settings.http_host}:{settings.http_port}"
@@ -153,10 +118,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _serve_app(settings: Settings, parts: Any, banner: list[str]) -> int:
-    from aiohttp import web
+    from aiohttp import web  # deferred: start-up cost (the app and its clients)
 
-    from eventfold.bootstrap import create_app
-    from eventfold.logs import setup_logging
+    from entrypoints.bootstrap import create_app  # deferred: start-up cost
 
     setup_logging(settings.log_level)
 
@@ -176,30 +140,10 @@ def _serve_app(settings: Settings, parts: Any, banner: list[str]) -> int:
 
 
 def _process(settings: Settings, args: argparse.Namespace) -> int:
-    from eventfold import gctune, malloctrim
-    from eventfold.bootstrap import open_pool, supervise
-    from eventfold.logs import setup_logging
-    from eventfold.metrics import Metrics
+    from entrypoints import process  # deferred: start-up cost (the aiohttp app and its clients)
 
     setup_logging(settings.log_level)
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        pool = await open_pool(settings)
-        gctune.settle(gctune.GC_THRESHOLD_0_BATCH)  # the process's own: nothing to restore
-        try:
-            # Stream processors read sockets as served processes do: the same heap holes.
-            async with malloctrim.trimming():
-                await supervise(args.name, settings, pool, Metrics(), stop, burst=args.burst)
-        finally:
-            await pool.close()
-
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main())
-    return 0
+    return process.main(settings, args.name, burst=args.burst)
 
 
 def _infra(settings: Settings, args: argparse.Namespace) -> int:
@@ -229,7 +173,7 @@ def _infra(settings: Settings, args: argparse.Namespace) -> int:
         print(f"eventfold infra {args.action}: {exc}", file=sys.stderr)
         return 1
     if args.json:
-        _print_json([s.__dict__ if hasattr(s, "__dict__") else _as_dict(s) for s in statuses])
+        print_json([s.__dict__ if hasattr(s, "__dict__") else _as_dict(s) for s in statuses])
     else:
         for s in statuses:
             state = "up" if s.running else "down"
@@ -247,8 +191,6 @@ def _as_dict(obj: Any) -> dict[str, Any]:
 
 
 def _token(settings: Settings, args: argparse.Namespace) -> int:
-    from eventfold.auth import issue_token
-
     roles = [r.strip() for r in args.roles.split(",") if r.strip()]
     try:
         token = issue_token(
@@ -264,110 +206,25 @@ def _token(settings: Settings, args: argparse.Namespace) -> int:
         print(f"eventfold token: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        _print_json({"token": token, "tenant": args.tenant, "roles": roles, "ttl": args.ttl})
+        print_json({"token": token, "tenant": args.tenant, "roles": roles, "ttl": args.ttl})
     else:
         print(token)
     return 0
 
 
-def _dlq(settings: Settings, args: argparse.Namespace) -> int:
-    from eventfold import deadletters
-    from eventfold.bootstrap import open_pool
-    from eventfold.projection.redrive import redrive
-
-    consumer = f"{settings.consumer_group_prefix}.projector"
-
-    async def main() -> int:
-        pool = await open_pool(settings, attempts=3)
-        try:
-            if args.dlq_command == "redrive":
-                report = await redrive(
-                    pool, consumer, tenant=args.tenant, key=args.key, dry_run=args.dry_run
-                )
-                if report.applied and not args.dry_run:
-                    from eventfold.cachefill import refresh_after_redrive
-
-                    await refresh_after_redrive(settings, pool, report.keys)
-                if args.json:
-                    _print_json(
-                        {
-                            "applied": report.applied,
-                            "rejected": report.rejected,
-                            "still_parked": report.still_parked,
-                            "keys": report.keys,
-                            "dry_run": args.dry_run,
-                        }
-                    )
-                else:
-                    prefix = "would apply" if args.dry_run else "applied"
-                    for k in report.keys:
-                        left = k["still_parked"]
-                        state = f", still parked: {left} ({k['error']})" if left else ""
-                        print(
-                            f"{k['tenant']} {k['key']}: {prefix} {k['applied']}, "
-                            f"rejected {k['rejected']}{state}"
-                        )
-                    print(
-                        f"{prefix} {report.applied} events, {report.rejected} rejected, "
-                        f"{report.still_parked} still parked"
-                    )
-                return 1 if report.still_parked else 0
-            async with pool.acquire(timeout=10) as conn:
-                rows = await deadletters.list_letters(
-                    conn,
-                    consumer,
-                    tenant=args.tenant,
-                    key=getattr(args, "key", None),
-                    event_id=getattr(args, "event_id", None),
-                )
-        finally:
-            await pool.close()
-        if args.dlq_command == "show":
-            if not rows:
-                print(f"eventfold dlq show: no parked event {args.event_id}", file=sys.stderr)
-                return 1
-            row = rows[0]
-            try:
-                envelope: Any = orjson.loads(row.envelope)
-            except orjson.JSONDecodeError:
-                envelope = row.envelope.decode(errors="replace")
-            doc = {**row.summary(), "envelope": envelope}
-            if args.json:
-                _print_json(doc)
-            else:
-                for name, value in doc.items():
-                    print(f"{name:<10} {value}")
-            return 0
-        if args.json:
-            _print_json([r.summary() for r in rows])
-        else:
-            if not rows:
-                print("no parked events")
-            for r in rows:
-                print(
-                    f"{r.tenant} {r.key} {r.event_id} {r.event_type} "
-                    f"p{r.partition}@{r.offset} {r.error}"
-                )
-        return 0
-
-    return asyncio.run(main())
-
-
 def _schemas(settings: Settings, args: argparse.Namespace) -> int:
-    from eventfold.schema_files import check_schemas, export_schemas
-
     root = settings.home / "schemas"
     if args.action == "export":
         written = export_schemas(root)
         if args.json:
-            _print_json({"written": [str(p) for p in written]})
+            print_json({"written": [str(p) for p in written]})
         else:
             for path in written:
                 print(path)
         return 0
     drift = check_schemas(root)
     if args.json:
-        _print_json({"drift": drift})
+        print_json({"drift": drift})
     for line in drift:
         print(f"schema drift: {line}", file=sys.stderr)
     return 1 if drift else 0

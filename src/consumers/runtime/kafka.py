@@ -5,7 +5,7 @@ derived), not in Kafka's group offsets; so on every assignment each partition
 is sought to its stored checkpoint (:class:`SeekToCheckpoints`). A processor is
 ready (``/health/ready``) only while it holds its assignment
 (:class:`TrackAssignment`); its consumer is a static group member
-(:mod:`consumers.membership`), so a restarted process takes its partitions
+(:mod:`consumers.runtime.membership`), so a restarted process takes its partitions
 back at once.
 """
 
@@ -19,8 +19,8 @@ from typing import Protocol
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError
 
-from consumers import membership
-from consumers.membership import leave_on_stop
+from consumers.runtime import membership
+from consumers.runtime.membership import leave_on_stop
 from eventfold.backoff import Backoff
 from eventfold.settings import Settings
 
@@ -101,7 +101,7 @@ class SeekToCheckpoints(TrackAssignment):
 class MemberLoop:
     """The run loop of an aiokafka processor, as a static member of its consumer group.
 
-    :meth:`run` holds a slot of ``group`` (:mod:`consumers.membership`) while the
+    :meth:`run` holds a slot of ``group`` (:mod:`consumers.runtime.membership`) while the
     processor's :meth:`_run` consumes; ``ready`` is set by the processor's
     rebalance listener (:class:`TrackAssignment`) and cleared once the loop ends.
     """
@@ -167,7 +167,7 @@ async def start_with_retry(
     """Start a Kafka client, retrying with backoff while the broker is unreachable.
 
     A consumer that is a static group member leaves its group when it stops
-    (:func:`consumers.membership.leave_on_stop`).
+    (:func:`consumers.runtime.membership.leave_on_stop`).
     """
     backoff = Backoff(0.5, 10.0)
     while True:
