@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from eventfold.appkeys import HEALTH, LOG_END, METRICS, PUBLISHER, REDIS, SEND_POLICY, SETTINGS
-from eventfold.backoff import Backoff
+from eventfold.backoff import Backoff, retrying
 from eventfold.faults import is_retriable
 from eventfold.kafka import INGEST_REQUEST_TIMEOUT_MS, make_producer
 from eventfold.publisher import Publisher
@@ -40,16 +40,13 @@ async def _publisher_ctx(app: web.Application) -> AsyncIterator[None]:
         policy=app.get(SEND_POLICY),
         on_acked=app[LOG_END].saw if LOG_END in app else None,
     )
-    backoff = Backoff(0.5, 5.0)
-    for attempt in range(1, 31):
-        try:
-            await publisher.start()
-            break
-        except Exception as exc:
-            if attempt == 30 or not is_retriable(exc):
-                raise
-            log.warning("kafka not reachable, retrying", extra={"error": repr(exc)})
-            await backoff.sleep()
+    await retrying(
+        publisher.start,
+        retry_on=is_retriable,
+        backoff=Backoff(0.5, 5.0),
+        what="kafka not reachable",
+        attempts=30,
+    )
     app[PUBLISHER] = publisher
     app[HEALTH].add("kafka", publisher.check, critical=True)
     try:

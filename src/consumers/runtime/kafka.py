@@ -21,7 +21,7 @@ from aiokafka.errors import IllegalStateError, KafkaError
 
 from consumers.runtime import membership
 from consumers.runtime.membership import leave_on_stop
-from eventfold.backoff import Backoff
+from eventfold.backoff import Backoff, retrying
 from eventfold.settings import Settings
 
 log = logging.getLogger("eventfold.kafka")
@@ -169,15 +169,12 @@ async def start_with_retry(
     A consumer that is a static group member leaves its group when it stops
     (:func:`consumers.runtime.membership.leave_on_stop`).
     """
-    backoff = Backoff(0.5, 10.0)
-    while True:
-        try:
-            await client.start()
-            if isinstance(client, AIOKafkaConsumer):
-                leave_on_stop(client)
-            return
-        except KafkaError as exc:
-            if stop.is_set():
-                raise
-            log.warning("kafka not reachable, retrying", extra={"error": repr(exc)})
-            await backoff.sleep()
+    await retrying(
+        client.start,
+        retry_on=lambda exc: isinstance(exc, KafkaError),
+        backoff=Backoff(0.5, 10.0),
+        what="kafka not reachable",
+        stop=stop,
+    )
+    if isinstance(client, AIOKafkaConsumer):
+        leave_on_stop(client)

@@ -44,7 +44,7 @@ from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.types import Array, Int16, Int32, Schema, String
 
 from eventfold import db
-from eventfold.backoff import Backoff
+from eventfold.backoff import Backoff, retrying
 from eventfold.errors import RetriableError
 
 log = logging.getLogger("eventfold.kafka")
@@ -125,17 +125,14 @@ async def _try_lock(conn: asyncpg.Connection, group: str, slot: int) -> bool:
 async def _connect(dsn: str, stop: asyncio.Event | None) -> asyncpg.Connection:
     """A connection for the slot lock, retried with backoff while PostgreSQL is away
     (until ``stop`` is set: then the last error is raised)."""
-    backoff = Backoff(0.5, 5.0)
-    while True:
-        try:
-            return await db.connect(dsn)
-        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
-            if stop is not None and stop.is_set():
-                raise
-            log.warning(
-                "postgres not reachable for the slot lock, retrying", extra={"error": repr(exc)}
-            )
-            await backoff.sleep(stop)
+    conn: asyncpg.Connection = await retrying(
+        lambda: db.connect(dsn),
+        retry_on=lambda exc: isinstance(exc, OSError | TimeoutError | asyncpg.PostgresError),
+        backoff=Backoff(0.5, 5.0),
+        what="postgres not reachable for the slot lock",
+        stop=stop,
+    )
+    return conn
 
 
 @contextlib.asynccontextmanager

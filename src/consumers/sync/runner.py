@@ -51,7 +51,7 @@ from consumers.sync.connectors import (
     SourceRateLimited,
     SourceRefusedCredentials,
 )
-from eventfold.backoff import Backoff, retry_delay
+from eventfold.backoff import Backoff, retry_delay, retrying
 from eventfold.egress import AllowList, guarded_session
 from eventfold.events.integration import PollConfig, headers_purpose
 from eventfold.kafka import make_producer
@@ -367,11 +367,15 @@ class SyncRunner:
 
 
 async def _start(publisher: Publisher, stop: asyncio.Event) -> None:
-    backoff = Backoff(0.5, 5.0)
-    while not stop.is_set():
-        try:
-            await publisher.start()
-            return
-        except Exception as exc:
-            log.warning("kafka not reachable, retrying", extra={"error": repr(exc)})
-            await backoff.sleep()
+    """Start the publisher, retrying while Kafka is away (until ``stop``: then not at all)."""
+    try:
+        await retrying(
+            publisher.start,
+            retry_on=lambda exc: True,
+            backoff=Backoff(0.5, 5.0),
+            what="kafka not reachable",
+            stop=stop,
+        )
+    except Exception:
+        if not stop.is_set():
+            raise
