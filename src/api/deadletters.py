@@ -43,12 +43,12 @@ from eventfold.web import authorize_tenant, json_response, query_int, read_json
 _PATH = "/v1/tenants/{tenant}/dead-letters"
 _KIND = "dead-letters"
 #: Each record's redrive statement and lock wait, in milliseconds: a request ends in
-#: time, and a record that took longer stays parked for the next redrive.
+#: time, and a record that took longer keeps its dead letters for the next redrive.
 _REDRIVE_BUDGET_MS = 5_000
 
 
 class DeadLetterOut(BaseModel):
-    """One parked event."""
+    """One dead letter."""
 
     event_id: str | None = Field(description="null when the log held no readable event")
     type: str | None
@@ -64,7 +64,7 @@ class DeadLetterOut(BaseModel):
 
 
 class DeadLetterPage(BaseModel):
-    """A page of parked events, by key and log position."""
+    """A page of dead letters, by key and log position."""
 
     items: list[DeadLetterOut]
     next: str | None
@@ -88,7 +88,7 @@ class DeadLetterRedrivenKey(BaseModel):
     applied: int
     rejected: int
     still_parked: int
-    error: str | None = Field(description="why the first event still parked still fails")
+    error: str | None = Field(description="why the first dead letter left still fails")
 
 
 class DeadLetterRedriveOut(BaseModel):
@@ -102,23 +102,23 @@ class DeadLetterRedriveOut(BaseModel):
 
 register(
     Operation(
-        "GET", _PATH, "The tenant's dead letters: events the projector parked (admin)",
+        "GET", _PATH, "The tenant's dead letters: events the projector could not apply (admin)",
         "dead-letters",
         description="Events the projector could not apply, and the later events of the "
         "same record waiting behind them, oldest first per record.",
         params=(TENANT, LIMIT, AFTER),
-        replies=(Reply(200, "a page of parked events", DeadLetterPage),),
+        replies=(Reply(200, "a page of dead letters", DeadLetterPage),),
         errors=TENANT_ERRORS,
     ),
     Operation(
         "POST", _PATH + "/redrive", "Apply the tenant's dead letters again, in order (admin)",
         "dead-letters",
-        description="Each record's parked events are applied oldest first; the first one "
-        "that still fails stays parked with everything behind it. Run it once the cause is "
+        description="Each record's dead letters are applied oldest first; the first one "
+        "that still fails stays a dead letter with everything behind it. Run it once the cause is "
         "fixed; running it again applies nothing twice.",
         params=(TENANT,),
         body=DeadLetterRedriveBody,
-        replies=(Reply(200, "what was applied, rejected and is still parked",
+        replies=(Reply(200, "what was applied, rejected and is left (`still_parked`)",
                        DeadLetterRedriveOut),),
         errors=BODY_ERRORS,
     ),

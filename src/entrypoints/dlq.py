@@ -23,18 +23,18 @@ from eventfold.settings import Settings
 
 def add_parser(sub: Any) -> None:
     """Register ``dlq`` on the CLI's subparsers."""
-    dlq = sub.add_parser("dlq", help="events the projector parked (dead letters)")
+    dlq = sub.add_parser("dlq", help="the dead-letter queue: events the projector could not apply")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
     for name, text in (
-        ("list", "list parked events, oldest first per record"),
-        ("show", "one parked event with its envelope"),
-        ("redrive", "apply parked events again, in order (after a fix)"),
+        ("list", "list dead letters, oldest first per record"),
+        ("show", "one dead letter with its envelope"),
+        ("redrive", "apply dead letters again, in order (after a fix)"),
     ):
         action = dlq_sub.add_parser(name, help=text)
         action.add_argument("--tenant", help="only this tenant")
         action.add_argument("--json", action="store_true", help="machine-readable output")
         if name == "show":
-            action.add_argument("event_id", help="the parked event's id")
+            action.add_argument("event_id", help="the dead letter's event id")
         else:
             action.add_argument("--key", help="only this record (collection/id)")
         if name == "redrive":
@@ -70,14 +70,14 @@ def command(settings: Settings, args: argparse.Namespace) -> int:
                     prefix = "would apply" if args.dry_run else "applied"
                     for k in report.keys:
                         left = k["still_parked"]
-                        state = f", still parked: {left} ({k['error']})" if left else ""
+                        state = f", dead letters left: {left} ({k['error']})" if left else ""
                         print(
                             f"{k['tenant']} {k['key']}: {prefix} {k['applied']}, "
                             f"rejected {k['rejected']}{state}"
                         )
                     print(
                         f"{prefix} {report.applied} events, {report.rejected} rejected, "
-                        f"{report.still_parked} still parked"
+                        f"{report.still_parked} left as dead letters"
                     )
                 return 1 if report.still_parked else 0
             async with pool.acquire(timeout=10) as conn:
@@ -92,7 +92,7 @@ def command(settings: Settings, args: argparse.Namespace) -> int:
             await pool.close()
         if args.dlq_command == "show":
             if not rows:
-                print(f"eventfold dlq show: no parked event {args.event_id}", file=sys.stderr)
+                print(f"eventfold dlq show: no dead letter {args.event_id}", file=sys.stderr)
                 return 1
             row = rows[0]
             try:
@@ -110,7 +110,7 @@ def command(settings: Settings, args: argparse.Namespace) -> int:
             print_json([r.summary() for r in rows])
         else:
             if not rows:
-                print("no parked events")
+                print("no dead letters")
             for r in rows:
                 print(
                     f"{r.tenant} {r.key} {r.event_id} {r.event_type} "

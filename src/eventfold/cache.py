@@ -57,7 +57,7 @@ HOT_TTL_SECONDS = 7 * 24 * 3600
 HOT_MAX_TENANTS = 10_000
 
 #: The version of a *hold*: above every real version, so no fill can replace it, and
-#: read as a miss. The cache processor holds records with a parked event (a redrive
+#: read as a miss. The cache processor holds records with dead letters (a redrive
 #: applies it later, out of its sight) so their reads go to PostgreSQL meanwhile.
 HOLD_VERSION = 2**53 - 1
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from eventfold.projection import platform
-from eventfold.projection.target import Target
+from eventfold.readmodel import Target
 
 
 def test_handlers_write_the_live_table_outside_a_rebuild_and_the_copy_inside() -> None:

@@ -7,7 +7,7 @@ import pytest
 from eventfold import readmodel
 from eventfold.errors import ValidationFailed
 from eventfold.ids import shadow_schema_name, tenant_schema
-from eventfold.projection.target import Target
+from eventfold.readmodel import Target
 
 
 def test_a_rebuild_names_its_shadow_and_the_live_schema_stays_the_live_one() -> None:

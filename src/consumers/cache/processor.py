@@ -267,7 +267,7 @@ def _record_keys(values: Iterable[bytes | None]) -> dict[str, set[Key]]:
         try:
             doc = orjson.loads(value)
         except orjson.JSONDecodeError:
-            continue  # the projector parks it; nothing of ours to refresh
+            continue  # the projector dead-letters it; nothing of ours to refresh
         if not isinstance(doc, dict) or doc.get("type") not in RECORD_TYPES:
             continue
         tenant, subject = doc.get("tenant"), doc.get("subject")

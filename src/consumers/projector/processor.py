@@ -333,7 +333,7 @@ class Projector(MemberLoop):
             token = correlation_id.set(_correlation(p.raw))
             try:
                 log.error(
-                    "event parked",
+                    "event dead-lettered",
                     extra={
                         "tenant": p.tenant,
                         "event_id": p.event_id,

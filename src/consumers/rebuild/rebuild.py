@@ -8,7 +8,7 @@ the schema, so the tenant's read role keeps reading). Progress (shadow schema +
 positions) is committed with each chunk in ``eventfold.rebuilds``: a re-run after
 an interruption continues from there. The fold is the projector's own
 (:func:`eventfold.projection.batch.fold_tenant`), handed the shadow as its
-:class:`~eventfold.projection.target.Target`; the shadow's tables, their
+:class:`~eventfold.readmodel.Target`; the shadow's tables, their
 comparison and the swap are the read model's (:mod:`eventfold.readmodel`).
 Tenants rebuilt together share one read of the log (each has its own shadow,
 progress and swap). Platform tables the handlers write (API keys, webhooks,
@@ -36,7 +36,7 @@ from eventfold.ids import shadow_schema_name
 from eventfold.projection import platform
 from eventfold.projection.batch import BatchResult, LogEvent, fold_tenant
 from eventfold.projection.handlers import HANDLERS
-from eventfold.projection.target import Target
+from eventfold.readmodel import Target
 from eventfold.replay import REPLAY_ATTRIBUTE
 from eventfold.s3 import open_s3
 from eventfold.settings import Settings

@@ -21,7 +21,7 @@ from eventfold.envelope import CloudEvent
 from eventfold.events.apikey import ApiKeyCreated, ApiKeyRevoked
 from eventfold.fold import APPLIED, Outcome
 from eventfold.projection import platform
-from eventfold.projection.target import Target
+from eventfold.readmodel import Target
 
 
 async def key_created(

@@ -3,7 +3,7 @@
 The batch's partition checkpoints are locked first and written last in the
 same transaction, so a batch is applied entirely or not at all, and never twice.
 When a batch fails on an event's data, it is applied again in *careful* mode:
-each event in its own savepoint, the failing one parked (with every later event
+each event in its own savepoint, the failing one a dead letter (with every later event
 of its record behind it) while the rest of the batch goes on.
 """
 
@@ -29,7 +29,7 @@ from eventfold.fold import RECORD_TYPES, Outcome, Record, apply
 from eventfold.ids import is_valid
 from eventfold.livefeed import LiveEvent
 from eventfold.projection.handlers import HANDLERS
-from eventfold.projection.target import Target
+from eventfold.readmodel import Target
 from eventfold.replay import is_replay
 from eventfold.tenancy import tenant_lock
 
@@ -463,7 +463,7 @@ async def fold_tenant(
                 _dead(
                     item,
                     tenant,
-                    f"waiting behind parked event {blocker.event_id}",
+                    f"waiting behind dead letter {blocker.event_id}",
                     blocker.event_id,
                     deferred=blocker.deferred,
                 )

@@ -24,7 +24,7 @@ import asyncpg
 from eventfold.envelope import CloudEvent
 from eventfold.fold import Outcome
 from eventfold.projection import apikeys, integrations, webhooks
-from eventfold.projection.target import Target
+from eventfold.readmodel import Target
 
 EventHandler = Callable[[asyncpg.Connection, Target, CloudEvent, datetime], Awaitable[Outcome]]
 

@@ -20,7 +20,7 @@ from eventfold.events.integration import (
 )
 from eventfold.fold import APPLIED, Outcome
 from eventfold.projection import platform
-from eventfold.projection.target import Target
+from eventfold.readmodel import Target
 
 
 async def integration_created(

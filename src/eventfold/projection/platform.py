@@ -9,7 +9,7 @@ already hold the end state, the same events would meet their own rows and be
 rejected ("webhook … exists already").
 
 So while a rebuild folds a tenant into its shadow schema (a
-:class:`~eventfold.projection.target.Target` with ``shadow`` set), the handlers
+:class:`~eventfold.readmodel.Target` with ``shadow`` set), the handlers
 write copies of these tables inside the shadow (:func:`table`): the fold starts from empty tables,
 as the live fold did, and every event meets the state its predecessors left,
 so it gets the outcome it got live. When the rebuild swaps the shadow in, the
@@ -28,7 +28,7 @@ import asyncpg
 
 from eventfold import readmodel
 from eventfold.apikeys import APIKEY_CHANNEL
-from eventfold.projection.target import Target
+from eventfold.readmodel import Target
 
 
 @dataclass(frozen=True, slots=True)

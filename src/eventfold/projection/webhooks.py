@@ -19,7 +19,7 @@ from eventfold.envelope import CloudEvent
 from eventfold.events.webhook import WebhookCreated, WebhookDeleted
 from eventfold.fold import APPLIED, Outcome
 from eventfold.projection import platform
-from eventfold.projection.target import Target
+from eventfold.readmodel import Target
 
 
 async def webhook_created(

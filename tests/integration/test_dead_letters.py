@@ -1,4 +1,4 @@
-"""Poison events: parked per record with every later event of it, dead-lettered, redriven."""
+"""Poison events: dead letters, with every later event of their record behind them, redriven."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ async def dead_letters(settings: Settings, tenant: str) -> list[tuple[bytes, dic
         await consumer.stop()
 
 
-async def test_poison_parks_its_record_and_a_redrive_applies_in_order(
+async def test_a_poison_event_holds_its_record_and_a_redrive_applies_in_order(
     api: Api, tenant: TenantApi, pool: asyncpg.Pool
 ) -> None:
     await install_bug(pool, tenant.id)
@@ -85,7 +85,7 @@ async def test_poison_parks_its_record_and_a_redrive_applies_in_order(
     behind = await tenant.write("PATCH", f"{R}/p1", json={"after": 1}, headers=MERGE)
     other = await tenant.write("PUT", f"{R}/p2", json={"n": 2})
 
-    # Parked events do not block their partition: p2, and p1's checkpoint, move on.
+    # Dead letters do not block their partition: p2, and p1's checkpoint, move on.
     assert (await tenant.read_json(f"{R}/p2", other["consistency_token"]))["version"] == 1
     p1 = await tenant.read_json(f"{R}/p1", behind["consistency_token"])
     assert (p1["version"], p1["data"]) == (1, {"n": 1})
@@ -136,12 +136,12 @@ async def test_poison_parks_its_record_and_a_redrive_applies_in_order(
     assert applied["status"] == "applied"
     assert json.loads(dlq(api.settings, "list", "--tenant", tenant.id, "--json").stdout) == []
 
-    # The record is unparked: the next write applies normally.
+    # The record has no dead letters left: the next write applies normally.
     nxt = await tenant.write("PATCH", f"{R}/p1", json={"n": 5}, headers=MERGE)
     assert (await tenant.read_json(f"{R}/p1", nxt["consistency_token"]))["version"] == 5
 
 
-async def test_undecodable_data_from_a_direct_producer_is_parked(
+async def test_undecodable_data_from_a_direct_producer_is_a_dead_letter(
     api: Api, tenant: TenantApi
 ) -> None:
     """An integration writing straight to Kafka: PostgreSQL cannot store a NUL character."""
