@@ -290,12 +290,17 @@ async def supervise(
     if factory is None:
         raise ValueError(f"unknown processor {name!r}; known: {', '.join(PROCESSORS)}")
     delay = 1.0
+    # The processor reports itself ready once it has its input; stopped or failed, it is not.
+    ready = metrics.processor_ready.labels(name)
+    ready.set(0)
     while not stop.is_set():
         started = time.monotonic()
         try:
             await factory(settings, pool, metrics).run(stop, burst=burst)
+            ready.set(0)
             return
         except Exception as exc:
+            ready.set(0)
             if time.monotonic() - started > _HEALTHY_RUN_SECONDS:
                 delay = 1.0  # it ran well for a while: this is a new incident
             if is_retriable(exc):

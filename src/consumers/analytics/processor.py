@@ -381,8 +381,10 @@ class Analytics:
         flusher = asyncio.create_task(self._flusher(redis, flush_stop))
         interval = self.app.conf.broker_commit_interval
         committed_at = time.monotonic()
+        ready = self.metrics.processor_ready.labels("analytics")
         try:
             while not stop.is_set():
+                ready.set(0 if self.app.rebalancing or not self.app.consumer.assignment() else 1)
                 if not self.app.rebalancing and time.monotonic() - committed_at >= interval:
                     committed_at = time.monotonic()
                     await self.commits.commit()

@@ -155,8 +155,10 @@ class Archiver:
         ) as client:
             self._s3 = client
             await start_with_retry(consumer, stop)
+            ready = self.metrics.processor_ready.labels(self.name)
             try:
                 while not stop.is_set():
+                    ready.set(1 if consumer.assignment() else 0)
                     got = await consumer.getmany(timeout_ms=500, max_records=BATCH_SIZE)
                     if got:
                         self.caught_up.clear()

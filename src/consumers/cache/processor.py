@@ -116,7 +116,9 @@ class CacheProcessor:
             await start_with_retry(consumer, stop)
             await self.warm(cache)
             rechecker = asyncio.create_task(self._recheck_parked(cache, stop), name="cache-parked")
+            ready = self.metrics.processor_ready.labels(self.name)
             while not stop.is_set():
+                ready.set(1 if consumer.assignment() else 0)
                 got = await consumer.getmany(timeout_ms=500, max_records=BATCH_SIZE)
                 if not got:
                     if await _caught_up(consumer):

@@ -166,8 +166,10 @@ class SyncRunner:
                     _CLAIM, self.owner, self.lease_seconds, limit, self.settings.events_topic
                 )
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            self.metrics.processor_ready.labels("sync").set(0)
             log.warning("could not claim integrations", extra={"error": repr(exc)})
             return []
+        self.metrics.processor_ready.labels("sync").set(1)
         now = time.time()
         out: list[Claimed] = []
         for r in rows:
