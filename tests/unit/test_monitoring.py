@@ -123,9 +123,17 @@ def test_every_processor_is_scraped_and_missed_when_absent() -> None:
     config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
     (job,) = config["scrape_configs"]
     targets = [t for group in job["static_configs"] for t in group["targets"]]
+    # Each on the port its Compose service listens on (the shared default until the
+    # service exists or sets its own).
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
-    port = compose["x-eventfold-env"]["EVENTFOLD_HTTP_PORT"]
-    assert sorted(targets) == sorted(f"{s}:{port}" for s in {*PROCESSORS, *HTTP_SERVICES})
+    default = str(compose.get("x-eventfold-env", {}).get("EVENTFOLD_HTTP_PORT", "8080"))
+
+    def port(service: str) -> str:
+        env = compose["services"].get(service, {}).get("environment", {})
+        return str(env.get("EVENTFOLD_HTTP_PORT", default) if isinstance(env, dict) else default)
+
+    expected = {f"{s}:{port(s)}" for s in {*PROCESSORS, *HTTP_SERVICES}}
+    assert sorted(targets) == sorted(expected)
     (missing,) = [a for a in alerts() if a["alert"] == "EventfoldProcessorMissing"]
     named = re.findall(r'absent\(eventfold_processor_ready\{processor="(\w+)"\}\)', missing["expr"])
     assert sorted(named) == sorted(PROCESSORS)
