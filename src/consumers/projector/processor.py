@@ -8,6 +8,7 @@ written as a hint for lag tools (:mod:`.hints`).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import random
@@ -45,6 +46,9 @@ log = logging.getLogger("eventfold.projector")
 
 #: A fetch answer at least this large means a backlog: worth waiting briefly for more.
 _BACKLOG_RECORDS = 100
+#: How often the parked count (``eventfold_dlq_size``) is read again while nothing parks:
+#: a redrive by another process (the API, ``eventfold dlq``) lowers it.
+PARKED_REFRESH_SECONDS = 30.0
 
 
 class Projector(MemberLoop):
@@ -78,6 +82,8 @@ class Projector(MemberLoop):
         self._hints = OffsetHints(self.topic)
         #: The connection batches are written on (see :meth:`_writer`).
         self._conn: asyncpg.Connection | None = None
+        #: What was read and not applied yet: ``eventfold_processor_lag_seconds``.
+        self._lag = metrics.lag_clock(self.name)
 
     @property
     def checkpoint_name(self) -> str:
@@ -91,6 +97,7 @@ class Projector(MemberLoop):
         async with self.pool.acquire(timeout=10) as conn:
             stored = await fetch_checkpoints(conn, self.checkpoint_name, self.topic)
         seek_to_stored(consumer, partitions, stored)
+        self._lag.assigned(tp.partition for tp in partitions)
         log.info(
             "partitions assigned",
             extra={"partitions": sorted(tp.partition for tp in partitions)},
@@ -181,6 +188,7 @@ class Projector(MemberLoop):
                 # checkpoint: records already in this batch must not come twice.
                 fresh = [m for m in msgs if m.offset > last.get(tp, -1)]
                 if fresh:
+                    self._lag.read(tp.partition, fresh[0].offset, fresh[0].timestamp)
                     batch.append((tp, fresh))
                     last[tp] = fresh[-1].offset
                     count += len(fresh)
@@ -283,8 +291,12 @@ class Projector(MemberLoop):
                 await self.pool.release(conn)
 
     async def _retry_deferred(self, stop: asyncio.Event) -> None:
-        """Retry deferred tenants in the background, with backoff, in record order."""
+        """Retry deferred tenants in the background, with backoff, in record order.
+
+        It also refreshes the parked count every :data:`PARKED_REFRESH_SECONDS`.
+        """
         delay = 1.0
+        counted_at = time.monotonic()
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
@@ -303,7 +315,8 @@ class Projector(MemberLoop):
                     self.deferred.discard(tenant)
                     log.info("deferred tenant caught up", extra={"tenant": tenant})
                 delay = 1.0
-                if waiting:
+                if waiting or time.monotonic() - counted_at >= PARKED_REFRESH_SECONDS:
+                    counted_at = time.monotonic()
                     await self._refresh_parked_count()
             except Exception as exc:
                 if not is_retriable(exc):
@@ -394,6 +407,9 @@ class Projector(MemberLoop):
         m.projector_events.labels("rejected").inc(result.rejected)
         m.projector_events.labels("duplicate").inc(result.duplicates)
         m.projector_events.labels("parked").inc(len(result.parked))
+        self._lag.applied(result.positions)
+        for tenant, count in collections.Counter(e.tenant for e in result.live).items():
+            m.top_tenant_events.add(tenant, count)
         if result.parked:
             await self._refresh_parked_count()
         if result.newest_event_time is not None:
