@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: help venv infra infra-down status run lint typecheck unit chromium test bench bench-tables soak clean screenshots
+.PHONY: help venv infra infra-down status run lint typecheck unit chromium promtool test bench bench-tables soak clean screenshots
 
 help:
 	@echo "make run        set up (venv, local Kafka/PostgreSQL/Redis/S3) and run Eventfold"
@@ -50,7 +50,7 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-unit: venv
+unit: venv promtool
 	$(BIN)/pytest tests/unit -q $(PYTEST_ARGS)
 
 # The console's browser tests drive Debian's chromium (Playwright's own download cannot
@@ -58,7 +58,12 @@ unit: venv
 chromium:
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
-test: lint typecheck infra chromium
+# infra/prometheus is checked by promtool (Debian's prometheus package) from
+# tests/unit/test_monitoring.py: installed when missing, its server never left running.
+promtool:
+	@command -v promtool >/dev/null || sh infra/prometheus/install-promtool.sh
+
+test: lint typecheck infra chromium promtool
 	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 # The README's console screenshots (docs/screenshots/*.png), written by the browser tests.

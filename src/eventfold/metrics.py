@@ -1,15 +1,30 @@
 """Prometheus metrics, all in one object bound to the registry passed in.
 
-Labels never carry tenant ids (unbounded); routes are the route templates.
+Labels never carry tenant ids (unbounded); routes are the route templates. The one
+exception is :class:`TopTenants`: a tenant label on at most ``size`` series, the
+busiest tenants of the last window, replaced every window.
+
+``infra/prometheus`` (alert rules) and ``infra/grafana`` (dashboards) query these
+names; ``tests/unit/test_monitoring.py`` fails when one of them is not registered here.
 """
 
 from __future__ import annotations
 
+import collections
+import time
+from collections.abc import Iterable, Iterator, Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 _LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
+#: Tenants exported by each :class:`TopTenants` metric (per process).
+TOP_TENANTS = 10
+#: Seconds of activity each :class:`TopTenants` publication covers (at least).
+TOP_TENANTS_WINDOW = 60.0
 
 
 class Metrics:
@@ -243,3 +258,143 @@ class Metrics:
             "The record cache's circuit breaker: 0 closed, 1 half-open, 2 open.",
             registry=r,
         )
+        self.webhook_endpoints_disabled = Gauge(
+            "eventfold_webhook_endpoints_disabled",
+            "Webhook endpoints disabled (410 Gone, or too many failures in a row), not deleted.",
+            registry=r,
+        )
+        self.processor_ready = Gauge(
+            "eventfold_processor_ready",
+            "1 while a processor runs with its input (partitions assigned, or its PostgreSQL"
+            " polls answered); 0 while it starts, restarts after a failure or has none.",
+            ["processor"],
+            registry=r,
+        )
+        self.processor_lag_seconds = Gauge(
+            "eventfold_processor_lag_seconds",
+            "Age (log time) of the oldest event a processor has read but not applied yet;"
+            " 0 when it has applied everything it read.",
+            ["processor"],
+            registry=r,
+        )
+        self.top_tenant_events = TopTenants(
+            "eventfold_top_tenant_events_per_second",
+            f"Events applied per second by the projector over the last window, for the"
+            f" {TOP_TENANTS} busiest tenants of this process only.",
+            registry=r,
+        )
+        self.top_tenant_requests = TopTenants(
+            "eventfold_top_tenant_requests_per_second",
+            f"HTTP requests answered below 400 per second over the last window, for the"
+            f" {TOP_TENANTS} busiest tenants of this process only.",
+            registry=r,
+        )
+        self._lag_clocks: dict[str, LagClock] = {}
+
+    def lag_clock(self, processor: str) -> LagClock:
+        """The :class:`LagClock` behind ``eventfold_processor_lag_seconds{processor}``.
+
+        One per processor name and process: it outlives a processor restarted by the
+        supervisor, whose unapplied events are still unapplied.
+        """
+        clock = self._lag_clocks.get(processor)
+        if clock is None:
+            clock = self._lag_clocks[processor] = LagClock()
+            self.processor_lag_seconds.labels(processor).set_function(clock.seconds)
+        return clock
+
+
+class LagClock:
+    """How far behind the log a processor is, in seconds, read at scrape time.
+
+    The processor notes the first record of each partition it reads (:meth:`read`)
+    and the positions it commits (:meth:`applied`); the lag is the age of the
+    oldest record read but not committed. Computed when scraped, it keeps growing
+    while the processor is stuck (a dependency away, a batch retried), which a
+    value set at commit time cannot show.
+    """
+
+    def __init__(self) -> None:
+        #: partition → first offset of each read not yet applied → its log time (s).
+        self._unapplied: dict[int, dict[int, float]] = {}
+
+    def read(self, partition: int, offset: int, timestamp_ms: int) -> None:
+        """Records of ``partition`` from ``offset`` (log time ``timestamp_ms``) were read."""
+        self._unapplied.setdefault(partition, {}).setdefault(offset, timestamp_ms / 1000)
+
+    def applied(self, positions: Mapping[int, int]) -> None:
+        """Everything before ``positions[partition]`` (the next offset) is applied."""
+        for partition, position in positions.items():
+            reads = self._unapplied.get(partition)
+            if reads:
+                for offset in [o for o in reads if o < position]:
+                    del reads[offset]
+
+    def assigned(self, partitions: Iterable[int]) -> None:
+        """Only ``partitions`` are this processor's now: forget what others will apply."""
+        keep = set(partitions)
+        for partition in [p for p in self._unapplied if p not in keep]:
+            del self._unapplied[partition]
+
+    def seconds(self) -> float:
+        """The age of the oldest unapplied read, 0 when there is none."""
+        times = [t for reads in self._unapplied.values() for t in reads.values()]
+        return max(0.0, time.time() - min(times)) if times else 0.0
+
+
+class TopTenants(Collector):
+    """A per-tenant rate, exported for the busiest tenants only: bounded labels.
+
+    :meth:`add` counts in memory. The first scrape after ``window`` seconds
+    publishes the ``size`` largest counts as rates (per second over the window
+    that ended) and starts the next window: the label set is replaced each
+    window and never holds more than ``size`` tenants, so Prometheus stores a
+    series only for tenants that were among the busiest at some point. At most
+    ``max_tracked`` distinct tenants are counted per window (newcomers past that
+    are not), so requests naming made-up tenants cannot grow the memory.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        *,
+        registry: CollectorRegistry,
+        size: int = TOP_TENANTS,
+        window: float = TOP_TENANTS_WINDOW,
+        max_tracked: int = 10_000,
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.size = size
+        self.window = window
+        self.max_tracked = max_tracked
+        self._counts: collections.Counter[str] = collections.Counter()
+        self._started = time.monotonic()
+        self._published: list[tuple[str, float]] = []
+        registry.register(self)
+
+    def add(self, tenant: str, count: int = 1) -> None:
+        """Count ``count`` units of activity of ``tenant`` in the current window."""
+        counts = self._counts
+        if tenant in counts or len(counts) < self.max_tracked:
+            counts[tenant] += count
+
+    def describe(self) -> Iterator[Metric]:
+        """The metric's name and type, for the registry's duplicate check."""
+        yield GaugeMetricFamily(self.name, self.documentation, labels=["tenant"])
+
+    def collect(self) -> Iterator[Metric]:
+        """The last window's top tenants, publishing a new window once this one is over."""
+        now = time.monotonic()
+        elapsed = now - self._started
+        if elapsed >= self.window:
+            span = max(elapsed, 1e-9)
+            top = self._counts.most_common(self.size)
+            self._published = [(tenant, count / span) for tenant, count in top]
+            self._counts = collections.Counter()
+            self._started = now
+        family = GaugeMetricFamily(self.name, self.documentation, labels=["tenant"])
+        for tenant, rate in self._published:
+            family.add_metric([tenant], rate)
+        yield family

@@ -125,9 +125,14 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
         response.headers["X-Request-ID"] = rid
         resource = request.match_info.route.resource
         template = resource.canonical if resource is not None else "unmatched"
-        request.app[METRICS].http_requests.labels(
-            template, request.method, str(response.status)
-        ).observe(time.perf_counter() - started)
+        metrics = request.app[METRICS]
+        metrics.http_requests.labels(template, request.method, str(response.status)).observe(
+            time.perf_counter() - started
+        )
+        # Answered requests only: a made-up tenant in a refused request is not activity.
+        tenant = request.match_info.get("tenant")
+        if tenant and response.status < 400:
+            metrics.top_tenant_requests.add(tenant)
         return response
     finally:
         correlation_id.reset(token)

@@ -81,7 +81,9 @@ class Notifier:
                     if time.monotonic() - gauges_at > GAUGE_SECONDS:
                         gauges_at = time.monotonic()
                         await self._refresh_gauges()
+                    self._ready = True
                 except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+                    self._ready = False
                     log.warning("notifier round failed", extra={"error": repr(exc)})
                     created = started = 0
                     await _sleep_or_stop(stop, 1.0)
@@ -147,12 +149,15 @@ class Notifier:
         async with self._pool.acquire(timeout=5) as conn:
             row = await conn.fetchrow(
                 "SELECT count(*) FILTER (WHERE state = 'pending') AS pending,"
-                " count(*) FILTER (WHERE state = 'dead') AS dead"
+                " count(*) FILTER (WHERE state = 'dead') AS dead,"
+                " (SELECT count(*) FROM eventfold.webhooks"
+                "  WHERE disabled_at IS NOT NULL AND deleted_at IS NULL) AS disabled"
                 " FROM eventfold.webhook_deliveries WHERE state IN ('pending', 'dead')"
             )
         if row is not None:
             self._metrics.webhook_pending.set(row["pending"])
             self._metrics.webhook_dead.set(row["dead"])
+            self._metrics.webhook_endpoints_disabled.set(row["disabled"])
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

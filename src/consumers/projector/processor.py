@@ -8,6 +8,7 @@ written as a hint for lag tools (:mod:`.hints`).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -44,6 +45,9 @@ log = logging.getLogger("eventfold.projector")
 
 #: A fetch answer at least this large means a backlog: worth waiting briefly for more.
 _BACKLOG_RECORDS = 100
+#: How often the dead letter count (``eventfold_dlq_size``) is read again while none come:
+#: a redrive by another process (the API, ``eventfold dlq``) lowers it.
+DEAD_LETTER_REFRESH_SECONDS = 30.0
 
 
 class Projector(MemberLoop):
@@ -77,6 +81,8 @@ class Projector(MemberLoop):
         self._hints = OffsetHints(self.topic)
         #: The connection batches are written on (see :meth:`_writer`).
         self._conn: asyncpg.Connection | None = None
+        #: What was read and not applied yet: ``eventfold_processor_lag_seconds``.
+        self._lag = metrics.lag_clock(self.name)
 
     @property
     def checkpoint_name(self) -> str:
@@ -90,6 +96,7 @@ class Projector(MemberLoop):
         async with self.pool.acquire(timeout=10) as conn:
             stored = await fetch_checkpoints(conn, self.checkpoint_name, self.topic)
         seek_to_stored(consumer, partitions, stored)
+        self._lag.assigned(tp.partition for tp in partitions)
         log.info(
             "partitions assigned",
             extra={"partitions": sorted(tp.partition for tp in partitions)},
@@ -180,6 +187,7 @@ class Projector(MemberLoop):
                 # checkpoint: records already in this batch must not come twice.
                 fresh = [m for m in msgs if m.offset > last.get(tp, -1)]
                 if fresh:
+                    self._lag.read(tp.partition, fresh[0].offset, fresh[0].timestamp)
                     batch.append((tp, fresh))
                     last[tp] = fresh[-1].offset
                     count += len(fresh)
@@ -279,8 +287,12 @@ class Projector(MemberLoop):
                 await self.pool.release(conn)
 
     async def _retry_deferred(self, stop: asyncio.Event) -> None:
-        """Retry deferred tenants in the background, with backoff, in record order."""
+        """Retry deferred tenants in the background, with backoff, in record order.
+
+        It also refreshes the dead letter count every :data:`DEAD_LETTER_REFRESH_SECONDS`.
+        """
         backoff = Backoff(1.0, 30.0)
+        counted_at = time.monotonic()
         while not stop.is_set():
             if await backoff.sleep(stop):
                 return
@@ -298,7 +310,8 @@ class Projector(MemberLoop):
                     self.deferred.discard(tenant)
                     log.info("deferred tenant caught up", extra={"tenant": tenant})
                 backoff.reset()
-                if waiting:
+                if waiting or time.monotonic() - counted_at >= DEAD_LETTER_REFRESH_SECONDS:
+                    counted_at = time.monotonic()
                     await self._refresh_dead_letter_count()
             except Exception as exc:
                 if not is_retriable(exc):
@@ -388,6 +401,9 @@ class Projector(MemberLoop):
         m.projector_events.labels("rejected").inc(result.rejected)
         m.projector_events.labels("duplicate").inc(result.duplicates)
         m.projector_events.labels("parked").inc(len(result.dead_letters))
+        self._lag.applied(result.positions)
+        for tenant, count in collections.Counter(e.tenant for e in result.live).items():
+            m.top_tenant_events.add(tenant, count)
         if result.dead_letters:
             await self._refresh_dead_letter_count()
         if result.newest_event_time is not None:

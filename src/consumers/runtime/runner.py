@@ -72,15 +72,22 @@ async def supervise(
     ``on_start`` is handed each instance as it starts (a restart makes a new one).
     """
     backoff = Backoff(1.0, 30.0)
+    # The gauge reads the running instance's own readiness at scrape time, so the
+    # metric and /health/ready never disagree; stopped or failed, it is 0.
+    ready = metrics.processor_ready.labels(name)
+    ready.set_function(lambda: 0.0)
     while not stop.is_set():
         started = time.monotonic()
         try:
             processor = factory(settings, pool, metrics)
+            ready.set_function(lambda p=processor: float(p.is_ready()))  # type: ignore[misc]
             if on_start is not None:
                 on_start(processor)
             await processor.run(stop, burst=burst)
+            ready.set_function(lambda: 0.0)
             return
         except Exception as exc:
+            ready.set_function(lambda: 0.0)
             if time.monotonic() - started > HEALTHY_RUN_SECONDS:
                 backoff.reset()  # it ran well for a while: this is a new incident
             if is_retriable(exc):

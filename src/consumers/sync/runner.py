@@ -173,8 +173,10 @@ class SyncRunner:
                     _CLAIM, self.owner, self.lease_seconds, limit, self.settings.events_topic
                 )
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            self._ready = False
             log.warning("could not claim integrations", extra={"error": repr(exc)})
             return []
+        self._ready = True
         now = time.time()
         out: list[Claimed] = []
         for r in rows:
