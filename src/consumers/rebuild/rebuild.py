@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 import uuid
 from collections.abc import Callable
@@ -50,19 +51,12 @@ FOLD_CONNECTIONS = 2
 
 
 @dataclass(slots=True)
-class Diff:
-    """How the rebuilt projection differs from the live one."""
+class Diff(readmodel.Differences):
+    """How the rebuilt projection differs from the live one: records and history rows
+    (:class:`eventfold.readmodel.Differences`), and the tenant's platform rows."""
 
-    added: int = 0
-    changed: int = 0
-    removed: int = 0
-    history_differs: int = 0
     #: Rows of the tenant's platform tables (API keys, webhooks, integrations).
     platform_differs: int = 0
-    records: list[dict[str, Any]] = field(default_factory=list)
-    #: Differing history rows (up to LIST_LIMIT): ``id``, ``type``, ``live_status``,
-    #: ``live_reason``, ``rebuilt_status``, ``rebuilt_reason`` (status None: no such row).
-    history: list[dict[str, Any]] = field(default_factory=list)
     #: Differing platform rows (up to LIST_LIMIT): ``table``, ``id``, ``change``.
     platform: list[dict[str, Any]] = field(default_factory=list)
 
@@ -311,14 +305,7 @@ async def compare(conn: asyncpg.Connection, tenant: str, shadow: str) -> Diff:
     """Records, history rows and platform rows of the rebuilt ``shadow`` (quoted) that
     differ from the live ones."""
     found = await readmodel.compare(conn, tenant, shadow, LIST_LIMIT)
-    diff = Diff(
-        added=found.added,
-        changed=found.changed,
-        removed=found.removed,
-        history_differs=found.history_differs,
-        records=found.records,
-        history=found.history,
-    )
+    diff = Diff(**{f.name: getattr(found, f.name) for f in dataclasses.fields(found)})
     diff.platform_differs, diff.platform = await platform.compare(conn, tenant, shadow, LIST_LIMIT)
     return diff
 
