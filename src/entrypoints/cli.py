@@ -24,7 +24,8 @@ from eventfold.schema_files import check_schemas, export_schemas
 from eventfold.settings import Settings, SettingsError
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
+    """The command's argument parser (every subcommand; building it imports no app)."""
     p = argparse.ArgumentParser(prog="eventfold", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -60,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
-    args = _parser().parse_args(argv)
+    args = parser().parse_args(argv)
     try:
         settings = Settings.from_env()
     except SettingsError as exc:

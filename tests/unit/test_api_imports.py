@@ -10,10 +10,10 @@ import sys
 _PROGRAM = """
 import sys
 from entrypoints.bootstrap import Parts, create_app
-from entrypoints.cli import _parser
+from entrypoints.cli import parser
 from eventfold.settings import Settings
 
-_parser().parse_args(["serve", "api"])
+parser().parse_args(["serve", "api"])
 create_app(Settings.from_env(), Parts(api=True, ingest=False, processors=()))
 heavy = (
     "aiokafka", "faust", "eventfold.projection", "consumers.projector", "consumers.rebuild.rebuild"
