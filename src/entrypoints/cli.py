@@ -26,7 +26,7 @@ from eventfold.settings import Settings, SettingsError
 
 def parser() -> argparse.ArgumentParser:
     """The command's argument parser (every subcommand; building it imports no app)."""
-    p = argparse.ArgumentParser(prog="eventfold", description=__doc__)
+    p = argparse.ArgumentParser(prog="eventfold", description=(__doc__ or "").split("\n", 1)[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="everything in one process: API, ingest and processors")
