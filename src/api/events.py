@@ -1,4 +1,8 @@
-"""The tenant's event history: the envelopes with their status (pending, applied, rejected)."""
+"""The tenant's event history: the envelopes with their status (pending, applied, rejected).
+
+Events of tenant types are served in their type's latest shape (upcast), with
+``dataschema`` naming that version.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from aiohttp import web
 
 from eventfold.dedup import pending_event
 from eventfold.errors import FieldError, NotFound, ValidationFailed
+from eventfold.eventtypes.definitions import EVENT_TYPES
 from eventfold.ids import tenant_schema
 from eventfold.tenancy import tenant_connection
 from eventfold.web import CURSORS, POOL, REDIS, authorize_tenant, json_response, query_int
@@ -73,7 +78,8 @@ async def list_events(request: web.Request) -> web.Response:
         rows = await conn.fetch(sql, *params)
     page = rows[:limit]
     next_cursor = request.app[CURSORS].encode(kind, page[-1]["seq"]) if len(rows) > limit else None
-    return json_response({"items": [_item(r) for r in page], "next": next_cursor})
+    items = await request.app[EVENT_TYPES].upcast(tenant.id, [_item(r) for r in page])
+    return json_response({"items": items, "next": next_cursor})
 
 
 async def get_event(request: web.Request) -> web.Response:
@@ -88,7 +94,8 @@ async def get_event(request: web.Request) -> web.Response:
             event_id,
         )
     if row is not None:
-        return json_response(_item(row))
+        [item] = await request.app[EVENT_TYPES].upcast(tenant.id, [_item(row)])
+        return json_response(item)
     pending = await pending_event(request.app.get(REDIS), tenant.id, event_id)
     if pending is None:
         raise NotFound(f"no event {event_id}")

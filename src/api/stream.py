@@ -36,6 +36,8 @@ from api.stream_slots import RENEW_SECONDS, StreamSlot, take_slot
 from consumers.projector.live import history_item
 from eventfold import faults
 from eventfold.errors import BadRequest, FieldError, Unauthorized, ValidationFailed
+from eventfold.eventtypes.definitions import EVENT_TYPES
+from eventfold.eventtypes.names import is_custom
 from eventfold.ids import tenant_schema
 from eventfold.logs import correlation_id
 from eventfold.replay import is_replay
@@ -270,6 +272,9 @@ async def _write(
 
     async def send(frame: Frame) -> None:
         if wanted is None or wanted.fullmatch(frame.type):
+            if is_custom(frame.type):  # a tenant type: its data in the latest version's shape
+                [item] = await app[EVENT_TYPES].upcast(tenant, [orjson.loads(frame.data)])
+                frame = Frame(frame.seq, frame.type, orjson.dumps(item))
             await response.write(_encode(frame))
             metrics.stream_events_sent.inc()
 

@@ -29,6 +29,7 @@ from eventfold.authlimit import AUTH_LIMIT, AuthFailures, AuthLimit, trusted_net
 from eventfold.cache import CACHE, RecordCache
 from eventfold.checkpoints import CheckpointWatcher
 from eventfold.cursors import CursorCodec
+from eventfold.eventtypes.definitions import EVENT_TYPES, Registry
 from eventfold.faults import is_retriable
 from eventfold.health import HEALTH, Health
 from eventfold.logend import LogEnd
@@ -187,6 +188,7 @@ async def _postgres_ctx(app: web.Application) -> AsyncIterator[None]:
     pool = await open_pool(app[SETTINGS])
     app[POOL] = pool
     app[TENANTS] = TenantDirectory(pool)
+    app[EVENT_TYPES] = Registry(pool)
     app[HEALTH].add("postgres", _check_postgres(pool), critical=True)
     try:
         yield

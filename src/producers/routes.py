@@ -20,6 +20,7 @@ from eventfold.errors import (
 )
 from eventfold.events import validate_data
 from eventfold.events.tenant import TenantCreated
+from eventfold.eventtypes.names import is_custom
 from eventfold.ids import tenant_schema
 from eventfold.logs import correlation_id
 from eventfold.replay import REPLAY_ATTRIBUTE
@@ -33,7 +34,7 @@ from eventfold.web import (
     json_response,
     read_json,
 )
-from producers import commands
+from producers import admission, commands
 from producers.bodies import CreateRecordBody
 from producers.publisher import Published, Publisher, consistency_token
 
@@ -95,6 +96,8 @@ async def publish_events(request: web.Request) -> web.Response:
     correlation = correlation_id.get()
     events: list[CloudEvent] = []
     errors: list[FieldError] = []
+    #: Events of tenant types: (index in ``events``, pointer in the body).
+    custom: list[tuple[int, str]] = []
     for i, raw in enumerate(raw_events):
         path = f"/{i}" if batch else ""
         if not isinstance(raw, dict):
@@ -114,11 +117,16 @@ async def publish_events(request: web.Request) -> web.Response:
                 raise EnvelopeInvalid(
                     [FieldError(f"{path}/{REPLAY_ATTRIBUTE}", "is reserved for replay tooling")]
                 )
-            validate_data(event, path=path)
+            if is_custom(event.type):
+                custom.append((len(events), path))  # validated below, once per type
+            else:
+                validate_data(event, path=path)
         except EnvelopeInvalid as exc:
             errors.extend(exc.errors)
             continue
         events.append(stamp(event, tenant=tenant.id, now=now, correlation=correlation))
+    if custom:
+        await admission.admit_events(request, tenant.id, custom, events, errors)
     if errors:
         which = "the event is invalid" if not batch else "invalid events; nothing was published"
         raise ValidationFailed(which, errors=errors)

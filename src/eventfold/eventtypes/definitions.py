@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+from aiohttp import web
 from pydantic import TypeAdapter
 
 from eventfold.eventtypes import names, schemas
@@ -143,7 +144,11 @@ async def type_exists(conn: asyncpg.Connection | asyncpg.Pool, tenant: str, type
 
 
 class Registry:
-    """A process's cache of tenant types in front of ``eventfold.event_types``."""
+    """A process's cache of tenant types in front of ``eventfold.event_types``.
+
+    Every HTTP process has one (:data:`EVENT_TYPES`): the gateway validates with
+    it, the read side upcasts the events it serves.
+    """
 
     def __init__(self, pool: asyncpg.Pool, *, ttl: float = LATEST_TTL_SECONDS) -> None:
         self._pool = pool
@@ -152,12 +157,19 @@ class Registry:
         self._known: OrderedDict[tuple[str, str], tuple[float, TypeHistory]] = OrderedDict()
 
     async def history(
-        self, tenant: str, type_name: str, *, fresh: bool = False, version: int | None = None
+        self,
+        tenant: str,
+        type_name: str,
+        *,
+        fresh: bool = False,
+        version: int | None = None,
+        conn: asyncpg.Connection | None = None,
     ) -> TypeHistory | None:
         """``type_name``'s versions, or None when ``tenant`` has not registered it.
 
         Re-read when older than the TTL, with ``fresh``, or when ``version`` is
-        above the latest known.
+        above the latest known; on ``conn`` when given (a caller holding one
+        inside a transaction), else on a connection of the pool.
         """
         key = (tenant, type_name)
         now = time.monotonic()
@@ -169,8 +181,11 @@ class Registry:
                 self._known.move_to_end(key)
                 return known
         known = hit[1] if hit is not None else TypeHistory(type_name)
-        async with asyncio.timeout(LOOKUP_TIMEOUT), self._pool.acquire() as conn:
+        if conn is not None:
             rows = await fetch(conn, tenant, type_name, known.latest)
+        else:
+            async with asyncio.timeout(LOOKUP_TIMEOUT), self._pool.acquire() as own:
+                rows = await fetch(own, tenant, type_name, known.latest)
         for row in rows:
             known.extend(row)
         if not known.latest:
@@ -182,23 +197,34 @@ class Registry:
         return known
 
     async def histories(
-        self, tenant: str, type_names: set[str], *, fresh: bool = False
+        self,
+        tenant: str,
+        type_names: set[str],
+        *,
+        fresh: bool = False,
+        conn: asyncpg.Connection | None = None,
     ) -> dict[str, TypeHistory]:
         """The registered ones of ``type_names`` (custom names only are looked up)."""
         out: dict[str, TypeHistory] = {}
         for name in sorted(type_names):
             if names.is_custom(name):
-                found = await self.history(tenant, name, fresh=fresh)
+                found = await self.history(tenant, name, fresh=fresh, conn=conn)
                 if found is not None:
                     out[name] = found
         return out
 
-    async def upcast(self, tenant: str, envelopes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def upcast(
+        self,
+        tenant: str,
+        envelopes: list[dict[str, Any]],
+        *,
+        conn: asyncpg.Connection | None = None,
+    ) -> list[dict[str, Any]]:
         """``envelopes`` (JSON-format CloudEvents) with custom types' data in the latest shape."""
         wanted = {str(e.get("type")) for e in envelopes if names.is_custom(str(e.get("type")))}
         if not wanted:
             return envelopes
-        found = await self.histories(tenant, wanted)
+        found = await self.histories(tenant, wanted, conn=conn)
         return [latest_shape(e, found.get(str(e.get("type"))), tenant) for e in envelopes]
 
 
@@ -227,6 +253,9 @@ def latest_shape(
     lifted["dataschema"] = names.schema_uri(tenant, history.type, history.latest)
     return lifted
 
+
+#: This process's registry (set with the PostgreSQL pool, see eventfold.bootstrap).
+EVENT_TYPES = web.AppKey("event_types", Registry)
 
 #: Versions the projector has read, per (tenant, type): never changed once registered.
 _FOLDED: OrderedDict[tuple[str, str], TypeHistory] = OrderedDict()
