@@ -19,6 +19,11 @@ from eventfold.tenancy import tenant_connection
 from eventfold.web import CURSORS, POOL, REDIS, authorize_tenant, json_response, query_int
 
 
+def _after_a_write(request: web.Request) -> bool:
+    """Whether the read carries a consistency token (it must see a version that write added)."""
+    return bool(request.headers.get("X-Consistency-Token"))
+
+
 def _item(row: asyncpg.Record) -> dict[str, Any]:
     item: dict[str, Any] = dict(row["envelope"])
     item["status"] = row["status"]
@@ -78,7 +83,9 @@ async def list_events(request: web.Request) -> web.Response:
         rows = await conn.fetch(sql, *params)
     page = rows[:limit]
     next_cursor = request.app[CURSORS].encode(kind, page[-1]["seq"]) if len(rows) > limit else None
-    items = await request.app[EVENT_TYPES].upcast(tenant.id, [_item(r) for r in page])
+    items = await request.app[EVENT_TYPES].upcast(
+        tenant.id, [_item(r) for r in page], fresh=_after_a_write(request)
+    )
     return json_response({"items": items, "next": next_cursor})
 
 
@@ -94,7 +101,9 @@ async def get_event(request: web.Request) -> web.Response:
             event_id,
         )
     if row is not None:
-        [item] = await request.app[EVENT_TYPES].upcast(tenant.id, [_item(row)])
+        [item] = await request.app[EVENT_TYPES].upcast(
+            tenant.id, [_item(row)], fresh=_after_a_write(request)
+        )
         return json_response(item)
     pending = await pending_event(request.app.get(REDIS), tenant.id, event_id)
     if pending is None:

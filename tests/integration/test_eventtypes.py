@@ -451,7 +451,11 @@ async def test_upcast_on_read_stream_and_webhooks(api: Api, tenant: TenantApi) -
         # Streamed (the replay from Last-Event-ID 0 and the live part alike).
         resp = await api.client.get(
             tenant.path("/stream?types=invoice.*"),
-            headers={**api.auth(tenant.id, "reader"), "Last-Event-ID": "0"},
+            headers={
+                **api.auth(tenant.id, "reader"),
+                "Last-Event-ID": "0",
+                "Accept": "text/event-stream",
+            },
             timeout=ClientTimeout(total=None, sock_read=None),
         )
         assert resp.status == 200, await resp.text()

@@ -218,13 +218,18 @@ class Registry:
         tenant: str,
         envelopes: list[dict[str, Any]],
         *,
+        fresh: bool = False,
         conn: asyncpg.Connection | None = None,
     ) -> list[dict[str, Any]]:
-        """``envelopes`` (JSON-format CloudEvents) with custom types' data in the latest shape."""
+        """``envelopes`` (JSON-format CloudEvents) with custom types' data in the latest shape.
+
+        ``fresh`` for a read carrying a consistency token: a version that token's
+        write added is used at once.
+        """
         wanted = {str(e.get("type")) for e in envelopes if names.is_custom(str(e.get("type")))}
         if not wanted:
             return envelopes
-        found = await self.histories(tenant, wanted, conn=conn)
+        found = await self.histories(tenant, wanted, fresh=fresh, conn=conn)
         return [latest_shape(e, found.get(str(e.get("type"))), tenant) for e in envelopes]
 
 
