@@ -234,22 +234,31 @@ class _Walk:
 
     def _combined(self, w: dict[str, Any], r: dict[str, Any], path: str, depth: int) -> bool:
         """Handle anyOf/oneOf/allOf; True when ``w`` and ``r`` need no further comparison."""
-        r_union = r.get("anyOf") or r.get("oneOf")
-        w_union = w.get("anyOf") or w.get("oneOf")
-        if isinstance(w_union, list) and not (isinstance(r_union, list) and r_union == w_union):
+        r_key = "anyOf" if "anyOf" in r else "oneOf"
+        w_key = "anyOf" if "anyOf" in w else "oneOf"
+        r_union = r.get(r_key)
+        w_union = w.get(w_key)
+        same_union = isinstance(r_union, list) and r_union == w_union
+        if isinstance(w_union, list) and not same_union:
             rest = {k: v for k, v in w.items() if k not in ("anyOf", "oneOf")}
             # Each alternative the writer allows (with its sibling keywords) must fit the reader.
             for i, branch in enumerate(w_union):
-                where = join(path, "anyOf" if "anyOf" in w else "oneOf", i)
+                where = join(path, w_key, i)
                 merged = {"allOf": [rest, branch]} if _constrains(rest) else branch
-                self.sub(merged, r, where, depth + 1)
+                if isinstance(r_union, list):
+                    if all(self._trial(merged, b, depth, where) for b in r_union):
+                        self.report(where, f"this branch of {self.w_name} fits none of the "
+                                    f"{r_key} branches of {self.r_name}")  # fmt: skip
+                    r_rest = {k: v for k, v in r.items() if k not in ("anyOf", "oneOf")}
+                    self.sub(merged, r_rest, where, depth + 1)
+                else:
+                    self.sub(merged, r, where, depth + 1)
             return True
-        if isinstance(r_union, list) and r_union != w_union:
-            keyword = "anyOf" if "anyOf" in r else "oneOf"
-            if not any(not self._trial(w, b, depth) for b in r_union):
+        if isinstance(r_union, list) and not same_union:
+            if all(self._trial(w, b, depth, path) for b in r_union):
                 self.report(
-                    join(path, keyword),
-                    f"{keyword} narrowed: what {self.w_name} accepts fits none of its branches",
+                    join(path, r_key),
+                    f"{r_key} narrowed: what {self.w_name} accepts fits none of its branches",
                 )
             rest = {k: v for k, v in r.items() if k not in ("anyOf", "oneOf")}
             self.sub(w, rest, path, depth + 1)
@@ -260,21 +269,20 @@ class _Walk:
             self.sub(w, {k: v for k, v in r.items() if k != "allOf"}, path, depth + 1)
             return True
         if isinstance(w.get("allOf"), list) and w.get("allOf") != r.get("allOf"):
-            # The writer is the conjunction: it fits when one of its parts already does.
+            # The writer is the conjunction: it fits when one of its parts already does;
+            # otherwise report what keeps the closest part from fitting.
             parts = [*w["allOf"], {k: v for k, v in w.items() if k != "allOf"}]
-            if not any(not self._trial(p, r, depth) for p in parts):
-                self.report(
-                    join(path, "allOf"),
-                    f"allOf of {self.w_name} cannot be shown to fit {self.r_name}",
-                )
+            trials = [self._trial(p, r, depth, path) for p in parts]
+            best = min(trials, key=len)
+            self.found += best
             return True
         return False
 
-    def _trial(self, w: Any, r: Any, depth: int) -> list[Incompatibility]:
-        """The incompatibilities of ``w`` against ``r``, without reporting them."""
+    def _trial(self, w: Any, r: Any, depth: int, path: str) -> list[Incompatibility]:
+        """The incompatibilities of ``w`` against ``r`` at ``path``, without reporting them."""
         saved, self.found = self.found, []
         try:
-            self.sub(w, r, "", depth + 1)
+            self.sub(w, r, path, depth + 1)
             return self.found
         finally:
             self.found = saved
@@ -439,7 +447,7 @@ class _Walk:
 
 
 def _trial_fails(walk: _Walk, w: Any, r: Any, depth: int) -> bool:
-    return bool(walk._trial(w, r, depth))
+    return bool(walk._trial(w, r, depth, ""))
 
 
 def _values_fit(w: dict[str, Any], r_types: frozenset[str]) -> bool:
