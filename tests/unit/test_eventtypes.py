@@ -82,7 +82,7 @@ def test_dataschema_names_a_version_of_the_type() -> None:
         "/v1/tenants/t_acme/event-types/invoice.paid/versions/0",
         "https://schemas.example/invoice.json",
     ):
-        with pytest.raises(ValueError, match="version|type|tenant"):
+        with pytest.raises(ValueError, match=r"version|type|tenant"):
             names.dataschema_version(bad, "invoice.paid", T)
 
 
