@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 #: A value a pointer did not reach (distinct from JSON null).
 MISSING: Any = object()
 
 
-def parse(pointer: str) -> list[str]:
-    """The reference tokens of ``pointer`` (``""`` is the whole document); ValueError if bad."""
+@lru_cache(maxsize=4096)
+def parse(pointer: str) -> tuple[str, ...]:
+    """The reference tokens of ``pointer`` (``""`` is the whole document); ValueError if bad.
+
+    Cached: the same few pointers of a type's projection and upcast come with every event.
+    """
     if pointer == "":
-        return []
+        return ()
     if not pointer.startswith("/"):
         raise ValueError("a JSON pointer is empty or starts with /")
     parts = pointer[1:].split("/")
@@ -19,7 +25,7 @@ def parse(pointer: str) -> list[str]:
         rest = part.replace("~0", "").replace("~1", "")
         if "~" in rest:
             raise ValueError("~ must be followed by 0 or 1 in a JSON pointer")
-    return [p.replace("~1", "/").replace("~0", "~") for p in parts]
+    return tuple(p.replace("~1", "/").replace("~0", "~") for p in parts)
 
 
 def escape(token: str) -> str:
@@ -32,7 +38,7 @@ def join(base: str, *tokens: object) -> str:
     return base + "".join("/" + escape(str(t)) for t in tokens)
 
 
-def get(doc: Any, parts: list[str]) -> Any:
+def get(doc: Any, parts: Sequence[str]) -> Any:
     """The value at ``parts`` in ``doc``, or :data:`MISSING`."""
     node = doc
     for part in parts:

@@ -11,6 +11,7 @@ version adds as required with a ``default`` is filled with it as well.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -58,24 +59,27 @@ class Drop(_Step):
 Step = Annotated[Rename | Default | Drop, Field(discriminator="op")]
 
 
-def _parent(doc: Any, parts: list[str], *, create: bool) -> dict[str, Any] | None:
-    """The object holding the last token of ``parts`` (made on the way with ``create``)."""
+def _parent(doc: dict[str, Any], parts: Sequence[str], *, create: bool) -> dict[str, Any] | None:
+    """The object holding the last token of ``parts``, copied on the way down (``doc`` is
+    already a copy): the caller's data is never changed, and only the touched path is
+    copied (made on the way with ``create``)."""
     node = doc
     for part in parts[:-1]:
-        if not isinstance(node, dict):
-            return None
         child = node.get(part, MISSING)
         if child is MISSING and create:
-            child = node[part] = {}
+            child = {}
+        if not isinstance(child, dict):
+            return None
+        node[part] = child = dict(child)
         node = child
-    return node if isinstance(node, dict) else None
+    return node
 
 
 def apply(data: Any, steps: list[Rename | Default | Drop]) -> Any:
     """``data`` lifted by ``steps`` (a new value: ``data`` itself is left alone)."""
     if not steps or not isinstance(data, dict):
         return data
-    out = copy.deepcopy(data)
+    out = dict(data)
     for step in steps:
         if isinstance(step, Rename):
             source = parse(step.from_)
@@ -115,7 +119,7 @@ def implicit_defaults(previous: Any, new: Any) -> list[Rename | Default | Drop]:
     ]  # fmt: skip
 
 
-def _property_slot(schema: Any, parts: list[str], *, create: bool) -> dict[str, Any] | None:
+def _property_slot(schema: Any, parts: Sequence[str], *, create: bool) -> dict[str, Any] | None:
     """The ``properties``-holding object schema of the last token, through nested objects."""
     node = schema
     for part in parts[:-1]:
