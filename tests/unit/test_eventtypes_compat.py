@@ -221,3 +221,16 @@ def test_a_rename_with_an_upcast_is_backward_compatible() -> None:
     assert check(old3, old, "backward")
     lifted = upcast_schema(old3, [Drop(op="drop", path="/legacy")])
     assert check(old3, old, "backward", upcast_previous=lifted) == []
+
+
+def test_a_recursive_schema_is_compared_in_bounded_steps() -> None:
+    """Unions nested through a recursive $ref multiply the comparisons: they stop, reported."""
+    node = {"anyOf": [{"type": "object", "properties": {"x": {"$ref": "#/$defs/a"}}},
+                      {"type": "object", "properties": {"y": {"$ref": "#/$defs/a"}}}]}  # fmt: skip
+    other = {"anyOf": [{"type": "object", "properties": {"x": {"$ref": "#/$defs/a"}}},
+                       {"type": "string"}]}  # fmt: skip
+    previous = {"$defs": {"a": node}, "$ref": "#/$defs/a"}
+    new = {"$defs": {"a": other}, "$ref": "#/$defs/a"}
+    found = check(previous, new, "full")
+    assert found
+    assert check(previous, previous, "full") == []

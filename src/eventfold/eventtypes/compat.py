@@ -84,6 +84,9 @@ _HANDLED = frozenset(
 )
 #: How deep references are followed (a recursive schema compares up to here).
 _MAX_DEPTH = 64
+#: Comparisons one check may make: branches nested in branches multiply, and a
+#: registration must answer in bounded time whatever schema it is sent.
+_MAX_STEPS = 20_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +156,10 @@ def _show(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+class _TooComplex(Exception):
+    """The comparison ran out of steps."""
+
+
 class _Walk:
     """Whether every instance ``writer`` accepts is accepted by ``reader``, keyword by keyword."""
 
@@ -161,9 +168,13 @@ class _Walk:
         self.w_name = writer_name
         self.r_name = reader_name
         self.found: list[Incompatibility] = []
+        self.steps = 0
 
     def run(self, path: str) -> list[Incompatibility]:
-        self.sub(self.roots[0], self.roots[1], path, 0)
+        try:
+            self.sub(self.roots[0], self.roots[1], path, 0)
+        except _TooComplex:
+            return [Incompatibility(path, "the schemas are too complex to compare")]
         return self.found
 
     def report(self, path: str, message: str) -> None:
@@ -192,7 +203,11 @@ class _Walk:
 
     def sub(self, w: Any, r: Any, path: str, depth: int) -> None:
         """Report where an instance valid under ``w`` may be invalid under ``r``."""
+        self.steps += 1
+        if self.steps > _MAX_STEPS:
+            raise _TooComplex
         if depth > _MAX_DEPTH:
+            self.report(path, "nested too deep to compare")
             return
         w = self._deref(w, 0, depth)
         r = self._deref(r, 1, depth)
