@@ -115,7 +115,8 @@ def builtin_batch(raws: list[dict[str, Any]]) -> list[CloudEvent]:
 
 
 def custom_batch(raws: list[dict[str, Any]], histories: dict[str, TypeHistory]) -> list[CloudEvent]:
-    """The same loop for tenant types: parse, stamp, then admit per version (warm cache)."""
+    """The same loop for tenant types (``producers.admission``): parse, then validate per
+    version (warm cache) and stamp with the fold's attributes."""
     now = datetime.now(UTC)
     out = []
     pending = []
@@ -123,10 +124,14 @@ def custom_batch(raws: list[dict[str, Any]], histories: dict[str, TypeHistory]) 
         event = parse_event(raw, path=f"/{i}")
         if names.is_custom(event.type):
             pending.append((len(out), f"/{i}"))
+            out.append(event)
+            continue
         out.append(stamp_event(event, tenant=TENANT, now=now))
     found = {t: histories[t] for t in {out[i].type for i, _ in pending}}  # the registry's lookup
     for i, path in pending:
-        out[i] = ingest.admit(out[i], found[out[i].type], TENANT, path=path)
+        event = out[i]
+        extra = ingest.admission(event, found[event.type], TENANT, path=path)
+        out[i] = stamp_event(event, tenant=TENANT, now=now, extra=extra)
     return out
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from aiohttp import web
 
-from eventfold.envelope import CloudEvent, EnvelopeInvalid
+from eventfold.envelope import CloudEvent, EnvelopeInvalid, stamp
 from eventfold.errors import FieldError
 from eventfold.eventtypes import ingest
 from eventfold.eventtypes.definitions import EVENT_TYPES
@@ -16,9 +18,13 @@ async def admit_events(
     pending: list[tuple[int, str]],
     events: list[CloudEvent],
     errors: list[FieldError],
+    *,
+    now: datetime,
+    correlation: str | None,
 ) -> None:
     """Validate the batch's events of tenant types (``events[i]`` at body pointer ``path``
-    for each ``(i, path)`` of ``pending``) and stamp them for the fold, in place.
+    for each ``(i, path)`` of ``pending``, not stamped yet) and stamp them, for the
+    fold too, in place (one copy of each event, as for the built-in types).
 
     Each type is looked up once per batch; a request carrying a consistency
     token (say, the registration's) reads the versions afresh after its wait.
@@ -32,6 +38,7 @@ async def admit_events(
         try:
             if history is None:
                 raise ingest.unregistered(event.type, tenant, path)
-            events[i] = ingest.admit(event, history, tenant, path=path)
+            extra = ingest.admission(event, history, tenant, path=path)
+            events[i] = stamp(event, tenant=tenant, now=now, correlation=correlation, extra=extra)
         except EnvelopeInvalid as exc:
             errors.extend(exc.errors)

@@ -118,15 +118,18 @@ async def publish_events(request: web.Request) -> web.Response:
                     [FieldError(f"{path}/{REPLAY_ATTRIBUTE}", "is reserved for replay tooling")]
                 )
             if is_custom(event.type):
-                custom.append((len(events), path))  # validated below, once per type
-            else:
-                validate_data(event, path=path)
+                custom.append((len(events), path))  # validated and stamped below
+                events.append(event)
+                continue
+            validate_data(event, path=path)
         except EnvelopeInvalid as exc:
             errors.extend(exc.errors)
             continue
         events.append(stamp(event, tenant=tenant.id, now=now, correlation=correlation))
     if custom:
-        await admission.admit_events(request, tenant.id, custom, events, errors)
+        await admission.admit_events(
+            request, tenant.id, custom, events, errors, now=now, correlation=correlation
+        )
     if errors:
         which = "the event is invalid" if not batch else "invalid events; nothing was published"
         raise ValidationFailed(which, errors=errors)

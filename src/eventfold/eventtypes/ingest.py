@@ -36,6 +36,14 @@ def unregistered(type_name: str, tenant: str, path: str) -> EnvelopeInvalid:
 def admit(event: CloudEvent, history: TypeHistory, tenant: str, *, path: str = "") -> CloudEvent:
     """``event`` validated against its version and stamped for the fold; raises
     :class:`EnvelopeInvalid` (pointers under ``path``) when it does not fit."""
+    return event.model_copy(update=admission(event, history, tenant, path=path))
+
+
+def admission(
+    event: CloudEvent, history: TypeHistory, tenant: str, *, path: str = ""
+) -> dict[str, Any]:
+    """The attributes :func:`admit` sets on ``event`` (``dataschema``, :data:`FOLD_VERSION`,
+    ``subject`` when projected), for the gateway to set in the copy it stamps anyway."""
     latest = history.latest
     version = latest
     if event.dataschema is not None:
@@ -70,7 +78,7 @@ def admit(event: CloudEvent, history: TypeHistory, tenant: str, *, path: str = "
                 [FieldError(f"{path}/subject", f"must be {op.subject} (the record this type "
                             "projects into) or absent")]
             )  # fmt: skip
-    return event.model_copy(update=updates)
+    return updates
 
 
 def fold_version(event: CloudEvent, tenant: str) -> int:
