@@ -34,6 +34,8 @@ MAX_TYPES = 10_000
 #: A lookup's bound (PostgreSQL slow or down: the request fails instead of hanging).
 LOOKUP_TIMEOUT = 5.0
 _STEPS = TypeAdapter(list[Step])
+#: The extension naming the version an event was accepted (and is folded) as.
+FOLD_VERSION = "typeversion"
 _COLUMNS = "type, version, schema, compatibility, projection, upcast, created_at"
 
 
@@ -223,13 +225,27 @@ class Registry:
     ) -> list[dict[str, Any]]:
         """``envelopes`` (JSON-format CloudEvents) with custom types' data in the latest shape.
 
+        Never older than the version an event was accepted under (its
+        ``typeversion``: a version this process has not seen is read at once);
         ``fresh`` for a read carrying a consistency token: a version that token's
         write added is used at once.
         """
-        wanted = {str(e.get("type")) for e in envelopes if names.is_custom(str(e.get("type")))}
+        wanted: dict[str, int] = {}
+        for envelope in envelopes:
+            name = str(envelope.get("type"))
+            if names.is_custom(name):
+                stamped = envelope.get(FOLD_VERSION)
+                seen = stamped if isinstance(stamped, int) and not isinstance(stamped, bool) else 0
+                wanted[name] = max(wanted.get(name, 0), seen)
         if not wanted:
             return envelopes
-        found = await self.histories(tenant, wanted, fresh=fresh, conn=conn)
+        found: dict[str, TypeHistory] = {}
+        for name, version in sorted(wanted.items()):
+            history = await self.history(
+                tenant, name, fresh=fresh, version=version or None, conn=conn
+            )
+            if history is not None:
+                found[name] = history
         return [latest_shape(e, found.get(str(e.get("type"))), tenant) for e in envelopes]
 
 

@@ -17,11 +17,10 @@ from typing import Any
 from eventfold.envelope import CloudEvent, EnvelopeInvalid
 from eventfold.errors import FieldError
 from eventfold.eventtypes import names, schemas
-from eventfold.eventtypes.definitions import TypeHistory, data_version
+from eventfold.eventtypes.definitions import FOLD_VERSION, TypeHistory, data_version
 from eventfold.eventtypes.projection import ProjectionFailed, RecordOperation, record_operation
 
-#: The extension naming the version an event is folded as (set by the gateway only).
-FOLD_VERSION = "typeversion"
+__all__ = ["FOLD_VERSION", "admission", "admit", "fold_version", "operation", "unregistered"]
 
 
 def unregistered(type_name: str, tenant: str, path: str) -> EnvelopeInvalid:
