@@ -9,11 +9,13 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import orjson
 import pytest
 from aiohttp import ClientResponse, ClientTimeout, web
 
 from eventfold.bootstrap import Parts
+from eventfold.eventtypes.definitions import type_exists
 from tests.integration.conftest import Api, TenantApi, serving
 from tests.integration.test_replay import eventfold
 
@@ -476,7 +478,7 @@ async def test_upcast_on_read_stream_and_webhooks(api: Api, tenant: TenantApi) -
 # -- isolation ----------------------------------------------------------------------
 
 
-async def test_types_are_per_tenant(api: Api, tenant: TenantApi) -> None:
+async def test_types_are_per_tenant(api: Api, tenant: TenantApi, pool: asyncpg.Pool) -> None:
     other = TenantApi(api, (await api.create_tenant())["id"])
     mine = await register(tenant, type="invoice.paid", schema=INVOICE_V1)
     theirs = await register(other, type="invoice.paid", schema={"type": "string"})
@@ -492,6 +494,10 @@ async def test_types_are_per_tenant(api: Api, tenant: TenantApi) -> None:
     assert paths(await problem(resp, 422)) == ["/type"]
     assert (await third.read_json("/event-types"))["items"] == []
     assert (await third.read("/event-types/invoice.paid")).status == 404
+    # What workflow triggers ask (issue 23): does the tenant have this type?
+    assert await type_exists(pool, tenant.id, "invoice.paid") is True
+    assert await type_exists(pool, third.id, "invoice.paid") is False
+    assert await type_exists(pool, tenant.id, "invoice.sent") is False
     # Another tenant's credentials cannot read the type.
     resp = await api.client.get(
         tenant.path("/event-types/invoice.paid"), headers=api.auth(other.id, "reader")
