@@ -115,7 +115,7 @@ def builtin_batch(raws: list[dict[str, Any]]) -> list[CloudEvent]:
 
 
 def custom_batch(raws: list[dict[str, Any]], histories: dict[str, TypeHistory]) -> list[CloudEvent]:
-    """The same loop for tenant types (``producers.admission``): parse, then validate per
+    """The same loop for tenant types (``producers.custom_events``): parse, then validate per
     version (warm cache) and stamp with the fold's attributes."""
     now = datetime.now(UTC)
     out = []

@@ -37,8 +37,8 @@ from benchmarks.suite.histogram import Histogram
 from benchmarks.suite.procstat import ProcWatch, children_cpu
 from benchmarks.suite.progress import Progress
 from benchmarks.suite.workload import Workload
+from devstack import ensure_topics
 from eventfold.auth import issue_token
-from eventfold.infra import ensure_topics
 from eventfold.settings import Settings
 
 EXE = str(Path(sys.executable).with_name("eventfold"))

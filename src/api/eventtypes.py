@@ -17,7 +17,11 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from api.openapi import (
+from eventfold.appkeys import CURSORS, EVENT_TYPES, POOL
+from eventfold.errors import NotFound
+from eventfold.eventtypes import names
+from eventfold.eventtypes.definitions import TypeHistory
+from eventfold.openapi import (
     AFTER,
     CONSISTENCY,
     LIMIT,
@@ -28,10 +32,7 @@ from api.openapi import (
     Reply,
     register,
 )
-from eventfold.errors import NotFound
-from eventfold.eventtypes import names
-from eventfold.eventtypes.definitions import EVENT_TYPES, TypeHistory
-from eventfold.web import CURSORS, POOL, after_cursor, authorize_tenant, json_response, query_int
+from eventfold.web import after_cursor, authorize_tenant, json_response, query_int
 
 _TYPES = "/v1/tenants/{tenant}/event-types"
 _KIND = "event-types"

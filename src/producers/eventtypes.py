@@ -21,18 +21,18 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from api.openapi import BODY_ERRORS, TENANT, Operation, Param, Reply, register
+from eventfold.appkeys import EVENT_TYPES, PUBLISHER
 from eventfold.envelope import pydantic_errors
 from eventfold.errors import Conflict, FieldError, NotFound, ValidationFailed
 from eventfold.eventtypes import compat, names, schemas
 from eventfold.eventtypes.compat import Mode
-from eventfold.eventtypes.definitions import EVENT_TYPES, TypeHistory
+from eventfold.eventtypes.definitions import TypeHistory
 from eventfold.eventtypes.projection import Projection
 from eventfold.eventtypes.upcast import MAX_STEPS, Step, implicit_defaults, upcast_schema
+from eventfold.openapi import BODY_ERRORS, TENANT, Operation, Param, Reply, register
+from eventfold.publisher import consistency_token
 from eventfold.web import authorize_tenant, json_response, read_json
 from producers import commands
-from producers.publisher import consistency_token
-from producers.routes import PUBLISHER
 
 _TYPES = "/v1/tenants/{tenant}/event-types"
 TYPE_PARAM = Param(

@@ -14,7 +14,7 @@ import orjson
 import pytest
 from aiohttp import ClientResponse, ClientTimeout, web
 
-from eventfold.bootstrap import Parts
+from entrypoints.bootstrap import Parts
 from eventfold.eventtypes.definitions import LATEST_TTL_SECONDS, type_exists
 from tests.integration.conftest import Api, TenantApi, serving
 from tests.integration.test_replay import eventfold

@@ -9,7 +9,7 @@ worker's lease expires (it is renewed with every page). Every later write of the
 run is fenced by ``lease_owner``.
 
 A run follows the connector's pages. Each page's items become ``record.*``
-events with deterministic ids (:mod:`consumers.sync.pages`), published with
+events with deterministic ids (:mod:`eventfold.syncpages`), published with
 acks=all; only then is the page's cursor stored. A crash repeats at most one
 page (same ids: no second effect) and loses none.
 
@@ -35,7 +35,6 @@ import contextlib
 import functools
 import logging
 import os
-import random
 import socket
 import time
 import uuid
@@ -52,7 +51,15 @@ from consumers.sync.connectors import (
     SourceRateLimited,
     SourceRefusedCredentials,
 )
-from consumers.sync.pages import (
+from eventfold.backoff import Backoff, retry_delay, retrying
+from eventfold.egress import AllowList, guarded_session
+from eventfold.events.integration import PollConfig, headers_purpose
+from eventfold.kafka import make_producer
+from eventfold.metrics import Metrics
+from eventfold.publisher import Publisher
+from eventfold.sealing import SealError, keyring
+from eventfold.settings import Settings
+from eventfold.syncpages import (
     DELETED,
     BadPage,
     ItemStates,
@@ -63,13 +70,6 @@ from consumers.sync.pages import (
     record_event,
     store_states,
 )
-from eventfold.egress import AllowList, guarded_session
-from eventfold.events.integration import PollConfig
-from eventfold.kafka import make_producer
-from eventfold.metrics import Metrics
-from eventfold.sealing import SealError, keyring
-from eventfold.settings import Settings
-from producers.publisher import Publisher
 
 log = logging.getLogger("eventfold.sync")
 
@@ -233,8 +233,7 @@ class SyncRunner:
 
     def _backoff(self, failures: int) -> float:
         s = self.settings
-        base = min(s.sync_backoff_cap, s.sync_backoff_base * 2 ** max(0, failures - 1))
-        return float(base * random.uniform(0.5, 1.5))  # noqa: S311 - jitter, not crypto
+        return retry_delay(failures, s.sync_backoff_base, s.sync_backoff_cap)
 
     async def _sync(
         self, it: Claimed, publisher: Publisher, session: Any, allow: AllowList
@@ -242,8 +241,6 @@ class SyncRunner:
         s = self.settings
         headers: dict[str, str] = {}
         if it.headers_sealed:
-            from producers.integrations import headers_purpose
-
             opened = keyring(s).open(it.headers_sealed, purpose=headers_purpose(it.id))
             headers = orjson.loads(opened)
         connector = CONNECTORS[it.kind](it.config)
@@ -372,12 +369,15 @@ class SyncRunner:
 
 
 async def _start(publisher: Publisher, stop: asyncio.Event) -> None:
-    delay = 0.5
-    while not stop.is_set():
-        try:
-            await publisher.start()
-            return
-        except Exception as exc:
-            log.warning("kafka not reachable, retrying", extra={"error": repr(exc)})
-            await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311
-            delay = min(delay * 2, 5.0)
+    """Start the publisher, retrying while Kafka is away (until ``stop``: then not at all)."""
+    try:
+        await retrying(
+            publisher.start,
+            retry_on=lambda exc: True,
+            backoff=Backoff(0.5, 5.0),
+            what="kafka not reachable",
+            stop=stop,
+        )
+    except Exception:
+        if not stop.is_set():
+            raise

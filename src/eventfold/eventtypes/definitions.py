@@ -20,7 +20,6 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-from aiohttp import web
 from pydantic import TypeAdapter
 
 from eventfold.eventtypes import names, schemas
@@ -148,8 +147,9 @@ async def type_exists(conn: asyncpg.Connection | asyncpg.Pool, tenant: str, type
 class Registry:
     """A process's cache of tenant types in front of ``eventfold.event_types``.
 
-    Every HTTP process has one (:data:`EVENT_TYPES`): the gateway validates with
-    it, the read side upcasts the events it serves.
+    Every HTTP process has one (:data:`eventfold.appkeys.EVENT_TYPES`): the
+    gateway validates with it, the read side upcasts the events it serves; the
+    notifier keeps its own for the deliveries.
     """
 
     def __init__(self, pool: asyncpg.Pool, *, ttl: float = LATEST_TTL_SECONDS) -> None:
@@ -274,9 +274,6 @@ def latest_shape(
     lifted["dataschema"] = names.schema_uri(tenant, history.type, history.latest)
     return lifted
 
-
-#: This process's registry (set with the PostgreSQL pool, see eventfold.bootstrap).
-EVENT_TYPES = web.AppKey("event_types", Registry)
 
 #: Versions the projector has read, per (tenant, type): never changed once registered.
 _FOLDED: OrderedDict[tuple[str, str], TypeHistory] = OrderedDict()
