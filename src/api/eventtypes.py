@@ -5,8 +5,9 @@ CONTRACT.md list: ``items``/``next``, ``limit``/``after``), each with its latest
 version; ``GET …/event-types/{type}`` is one type with its latest schema and
 the list of its versions; ``GET …/event-types/{type}/versions/{n}`` is one
 version whole (schema, compatibility, projection, upcast): the document an
-event's ``dataschema`` names. Read from ``eventfold.event_types`` (filtered by
-the path's tenant), after the consistency wait, never from a cache.
+event's ``dataschema`` names. Read from ``eventfold.event_types`` through
+:mod:`eventfold.eventtypes.definitions` (filtered by the path's tenant), after
+the consistency wait, never from a cache.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pydantic import BaseModel, Field
 
 from eventfold.appkeys import CURSORS, EVENT_TYPES, POOL
 from eventfold.errors import NotFound
-from eventfold.eventtypes import names
+from eventfold.eventtypes import definitions, names
 from eventfold.eventtypes.definitions import TypeHistory
 from eventfold.openapi import (
     AFTER,
@@ -127,17 +128,7 @@ async def list_types(request: web.Request) -> web.Response:
     limit = query_int(request, "limit", 50, 1, 1000)
     after = after_cursor(request, _KIND, "")
     async with request.app[POOL].acquire(timeout=5) as conn:
-        rows = await conn.fetch(
-            """SELECT DISTINCT ON (e.type) e.type, e.version, e.compatibility,
-                      e.projection IS NOT NULL AS projected, e.created_at AS updated_at,
-                      (SELECT f.created_at FROM eventfold.event_types f
-                        WHERE f.tenant = $1 AND f.type = e.type AND f.version = 1) AS created_at
-               FROM eventfold.event_types e WHERE e.tenant = $1 AND e.type > $2
-               ORDER BY e.type, e.version DESC LIMIT $3""",
-            tenant.id,
-            after,
-            limit + 1,
-        )
+        rows = await definitions.latest_versions(conn, tenant.id, after, limit + 1)
     page = [
         {
             "type": r["type"],

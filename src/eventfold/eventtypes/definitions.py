@@ -1,12 +1,13 @@
 """The registered versions of tenant event types, read from their projection and cached.
 
 ``eventfold.event_types`` holds one row per version, folded from ``eventtype.*``
-events. A version never changes once registered, so a process keeps what it
-read; only *which version is the latest* can change. :class:`Registry`
-re-reads that at most every ``ttl`` seconds (0.5 s: a version added through one
-gateway is used by every other within a second) and at once when asked for a
-version it has not seen, or with ``fresh`` (a request carrying a consistency
-token): a miss always falls through to PostgreSQL, so the first event after a
+events (:mod:`eventfold.projection.eventtypes` writes it, this module reads
+it). A version never changes once registered, so a process keeps what it read;
+only *which version is the latest* can change. :class:`Registry` re-reads that
+at most every ``ttl`` seconds (0.5 s: a version added through one gateway is
+used by every other within a second) and at once when asked for a version it
+has not seen, or with ``fresh`` (a request carrying a consistency token): a
+miss always falls through to PostgreSQL, so the first event after a
 registration is never refused for a stale cache. Unknown types are not cached.
 """
 
@@ -130,6 +131,27 @@ async def fetch(
             tenant,
             type_name,
             after,
+        )
+    )
+
+
+async def latest_versions(
+    conn: asyncpg.Connection, tenant: str, after: str, limit: int
+) -> list[asyncpg.Record]:
+    """Up to ``limit`` of ``tenant``'s types named after ``after``, by name: each one's
+    latest version (``type, version, compatibility, projected, updated_at``) and when
+    its version 1 was registered (``created_at``)."""
+    return list(
+        await conn.fetch(
+            """SELECT DISTINCT ON (e.type) e.type, e.version, e.compatibility,
+                      e.projection IS NOT NULL AS projected, e.created_at AS updated_at,
+                      (SELECT f.created_at FROM eventfold.event_types f
+                        WHERE f.tenant = $1 AND f.type = e.type AND f.version = 1) AS created_at
+               FROM eventfold.event_types e WHERE e.tenant = $1 AND e.type > $2
+               ORDER BY e.type, e.version DESC LIMIT $3""",
+            tenant,
+            after,
+            limit,
         )
     )
 
