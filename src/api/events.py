@@ -26,7 +26,7 @@ from eventfold.openapi import (
     register,
 )
 from eventfold.tenancy import tenant_connection
-from eventfold.web import authorize_tenant, json_response, query_int
+from eventfold.web import after_a_write, authorize_tenant, json_response, query_int
 
 register(
     Operation(
@@ -60,11 +60,6 @@ def setup(app: web.Application) -> None:
     """Register the history routes."""
     app.router.add_get("/v1/tenants/{tenant}/events", list_events)
     app.router.add_get("/v1/tenants/{tenant}/events/{id}", get_event)
-
-
-def _after_a_write(request: web.Request) -> bool:
-    """Whether the read carries a consistency token (it must see a version that write added)."""
-    return bool(request.headers.get("X-Consistency-Token"))
 
 
 #: ``order`` → its cursor kind, and whether it lists newest first. Each order has its
@@ -117,7 +112,7 @@ async def list_events(request: web.Request) -> web.Response:
     page = rows[:limit]
     next_cursor = request.app[CURSORS].encode(kind, page[-1]["seq"]) if len(rows) > limit else None
     items = await request.app[EVENT_TYPES].upcast(
-        tenant.id, [history_item(r) for r in page], fresh=_after_a_write(request)
+        tenant.id, [history_item(r) for r in page], fresh=after_a_write(request)
     )
     return json_response({"items": items, "next": next_cursor})
 
@@ -132,7 +127,7 @@ async def get_event(request: web.Request) -> web.Response:
         row = await readmodel.history_event(conn, tenant.id, event_id)
     if row is not None:
         [item] = await request.app[EVENT_TYPES].upcast(
-            tenant.id, [history_item(row)], fresh=_after_a_write(request)
+            tenant.id, [history_item(row)], fresh=after_a_write(request)
         )
         return json_response(item)
     pending = await pending_event(request.app.get(REDIS), tenant.id, event_id)

@@ -10,6 +10,7 @@ from eventfold.appkeys import EVENT_TYPES
 from eventfold.envelope import CloudEvent, EnvelopeInvalid, stamp
 from eventfold.errors import FieldError
 from eventfold.eventtypes import ingest
+from eventfold.web import after_a_write
 
 
 async def admit_events(
@@ -29,7 +30,7 @@ async def admit_events(
     Each type is looked up once per batch; a request carrying a consistency
     token (say, the registration's) reads the versions afresh after its wait.
     """
-    fresh = bool(request.headers.get("X-Consistency-Token"))
+    fresh = after_a_write(request)
     wanted = {events[i].type for i, _ in pending}
     found = await request.app[EVENT_TYPES].histories(tenant, wanted, fresh=fresh)
     for i, path in pending:
