@@ -28,7 +28,7 @@ from eventfold.eventtypes import compat, names, schemas
 from eventfold.eventtypes.compat import Mode
 from eventfold.eventtypes.definitions import TypeHistory
 from eventfold.eventtypes.projection import Projection
-from eventfold.eventtypes.upcast import MAX_STEPS, Step, implicit_defaults, upcast_schema
+from eventfold.eventtypes.upcast import Steps, implicit_defaults, upcast_schema
 from eventfold.openapi import BODY_ERRORS, TENANT, Operation, Param, Reply, register
 from eventfold.publisher import consistency_token
 from eventfold.web import authorize_tenant, json_response, read_json
@@ -65,9 +65,8 @@ class AddVersionBody(BaseModel):
     projection: Projection | None = Field(
         default=None, description="absent: the previous version's; null: none"
     )
-    upcast: list[Step] = Field(
+    upcast: Steps = Field(
         default_factory=list,
-        max_length=MAX_STEPS,
         description="how data of the previous version is lifted: rename, default, drop",
     )
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from eventfold.eventtypes.compat import Mode
 from eventfold.eventtypes.names import MAX_TYPE_NAME, TYPE_NAME_RULE
 from eventfold.eventtypes.projection import Projection
-from eventfold.eventtypes.upcast import MAX_STEPS, Step
+from eventfold.eventtypes.upcast import Steps
 
 
 class EventTypeVersion(BaseModel):
@@ -29,8 +29,6 @@ class EventTypeVersion(BaseModel):
     projection: Projection | None = Field(
         default=None, description="how events of this version fold into a record"
     )
-    upcast: list[Step] = Field(
-        default_factory=list,
-        max_length=MAX_STEPS,
-        description="how data of the version before is lifted to this one",
+    upcast: Steps = Field(
+        default_factory=list, description="how data of the version before is lifted to this one"
     )

@@ -57,6 +57,8 @@ class Drop(_Step):
 
 
 Step = Annotated[Rename | Default | Drop, Field(discriminator="op")]
+#: A version's upcast: the steps lifting data of the version before to it.
+Steps = Annotated[list[Step], Field(max_length=MAX_STEPS)]
 
 
 def _parent(doc: dict[str, Any], parts: Sequence[str], *, create: bool) -> dict[str, Any] | None:
