@@ -11,6 +11,7 @@ from api import (
     console,
     deadletters,
     events,
+    eventtypes,
     hotkeys,
     integrations,
     processors,
@@ -33,6 +34,7 @@ def setup(app: web.Application) -> None:
     stream.setup(app)
     integrations.setup(app)
     webhooks.setup(app)
+    eventtypes.setup(app)
     analytics.setup(app)
     deadletters.setup(app)
     processors.setup(app)

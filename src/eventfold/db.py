@@ -181,6 +181,21 @@ CREATE TABLE IF NOT EXISTS eventfold.webhook_attempts (
 );
 CREATE INDEX IF NOT EXISTS webhook_attempts_by_webhook
     ON eventfold.webhook_attempts (webhook_id, id);
+-- Tenant event types, one row per version (projected from eventtype.* events);
+-- id = '{tenant}/{type}/{version}'. A version never changes once registered.
+CREATE TABLE IF NOT EXISTS eventfold.event_types (
+    id             text PRIMARY KEY,
+    tenant         text NOT NULL,
+    type           text NOT NULL,
+    version        integer NOT NULL,
+    schema         jsonb NOT NULL,
+    compatibility  text NOT NULL,
+    projection     jsonb,
+    upcast         jsonb NOT NULL DEFAULT '[]',
+    created_at     timestamptz NOT NULL,
+    event_id       text NOT NULL,
+    UNIQUE (tenant, type, version)
+);
 """
 #: Serialises concurrent migrations from processes starting at once.
 _MIGRATION_LOCK = 0x4576_466F  # "EvFo"

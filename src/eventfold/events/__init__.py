@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 from eventfold.envelope import CloudEvent, EnvelopeInvalid, pydantic_errors
 from eventfold.errors import FieldError
 from eventfold.events.apikey import ApiKeyCreated, ApiKeyRevoked
+from eventfold.events.eventtype import EventTypeVersion
 from eventfold.events.integration import (
     IntegrationCreated,
     IntegrationDeleted,
@@ -25,7 +26,7 @@ from eventfold.events.tenant import TenantCreated
 from eventfold.events.webhook import WebhookCreated, WebhookDeleted
 from eventfold.ids import is_valid
 
-SubjectRule = Literal["record", "tenant", "apikey", "integration", "webhook"]
+SubjectRule = Literal["record", "tenant", "apikey", "integration", "webhook", "eventtype"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +104,17 @@ REGISTRY: dict[str, EventType] = {
         EventType(
             "webhook.deleted", 1, WebhookDeleted, "webhook",
             "A webhook endpoint was removed; nothing more is delivered to it.",
+            publishable=False,
+        ),
+        EventType(
+            "eventtype.registered", 1, EventTypeVersion, "eventtype",
+            "A tenant registered an event type; data is its version 1 (schema, compatibility,"
+            " projection).",
+            publishable=False,
+        ),
+        EventType(
+            "eventtype.version_added", 1, EventTypeVersion, "eventtype",
+            "A tenant added a version to an event type, checked compatible with the one before.",
             publishable=False,
         ),
     )
