@@ -21,7 +21,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from consumers.projector import parking, store
+from consumers.projector import parking, store, workflows
 from consumers.projector.fold import RECORD_TYPES, Outcome, Record, apply
 from consumers.projector.handlers import HANDLERS, PROJECTED_TOPIC
 from consumers.projector.live import LiveEvent
@@ -418,6 +418,8 @@ async def _apply_tenant(
     #: Per history row: whether it goes to the live streams (applied, and not a
     #: replay's re-application), and whether its envelope has a ``status`` extension.
     pushed: list[tuple[bool, bool]] = []
+    #: Applied record events with their record right after them (workflow triggers).
+    triggered: list[workflows.Change] = []
     for item, key in zip(items, keys, strict=True):
         ev = item.event
         assert ev is not None  # filtered by apply_events
@@ -441,6 +443,8 @@ async def _apply_tenant(
         outcome = await _apply_one(conn, tenant, ev, key, at, registered, state, changed)
         if outcome.status == "applied":
             result.applied += 1
+            if key is not None and ev.type in RECORD_TYPES:
+                triggered.append((ev, key, state.get(key)))
         else:
             result.rejected += 1
         if result.newest_event_time is None or at > result.newest_event_time:
@@ -463,6 +467,7 @@ async def _apply_tenant(
         extra = ev.model_extra or {}
         pushed.append((outcome.status == "applied" and not is_replay(ev), "status" in extra))
     seqs = await store.save(conn, tenant, changed, history)
+    await workflows.enqueue_triggers(conn, tenant, triggered)
     result.live += [
         LiveEvent(tenant, seqs[row.id], row.type, row.envelope, has_status)
         for row, (live, has_status) in zip(history, pushed, strict=True)

@@ -47,4 +47,4 @@ def handles(*event_types: str) -> Callable[[EventHandler], EventHandler]:
 
 
 # Handler modules (each registers itself on import):
-from consumers.projector import apikeys, integrations, webhooks  # noqa: E402, F401
+from consumers.projector import apikeys, integrations, webhooks, workflows  # noqa: E402, F401

@@ -18,9 +18,10 @@ from consumers.projector.fold import Record
 from eventfold.db import CHECKPOINT_CHANNEL
 from eventfold.ids import tenant_schema
 from eventfold.tenancy import tenant_role_ddl
+from eventfold.workflows.tables import tenant_ddl as workflow_tables
 
 #: The projection's shape; bump it when the tables below change (replay rebuilds).
-PROJECTION_VERSION = 1
+PROJECTION_VERSION = 2
 #: A checkpoint notification longer than this names no deferred tenants ("*"):
 #: PostgreSQL refuses a NOTIFY payload of 8,000 bytes or more.
 NOTIFY_PAYLOAD_LIMIT = 7_000
@@ -70,6 +71,7 @@ def tenant_ddl(tenant: str) -> str:
     CREATE INDEX IF NOT EXISTS events_by_type ON {s}.events (type, seq);
     CREATE INDEX IF NOT EXISTS events_by_subject ON {s}.events (subject, seq);
     -- The shape this schema was built with (a rebuild sets it when it swaps in).
+    {workflow_tables(s)}
     INSERT INTO eventfold.projection_versions (tenant, version)
         VALUES ('{tenant}', {PROJECTION_VERSION}) ON CONFLICT (tenant) DO NOTHING;
     """ + tenant_role_ddl(tenant)

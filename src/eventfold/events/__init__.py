@@ -23,8 +23,9 @@ from eventfold.events.integration import (
 from eventfold.events.record import RecordDeleted, RecordPatched, RecordUpserted
 from eventfold.events.tenant import TenantCreated
 from eventfold.events.webhook import WebhookCreated, WebhookDeleted
+from eventfold.events.workflow import WORKFLOW_TYPES
 
-SubjectRule = Literal["record", "tenant", "apikey", "integration", "webhook"]
+SubjectRule = Literal["record", "tenant", "apikey", "integration", "webhook", "workflow", "run"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +107,10 @@ REGISTRY: dict[str, EventType] = {
         ),
     )
 }  # fmt: skip
+REGISTRY.update(
+    (name, EventType(name, 1, model, subject, description, publishable=False))  # type: ignore[arg-type]
+    for name, (model, subject, description) in WORKFLOW_TYPES.items()
+)
 
 
 def lookup(type_name: str) -> EventType | None:

@@ -1,0 +1,328 @@
+"""Projection of ``workflow.*`` events, and the workflow processor's inbox.
+
+Definitions fold into the tenant's ``workflows`` (the current version) and
+``workflow_versions`` (every version: a run finishes on the one it started
+with); a run's events fold into ``runs`` and ``run_steps``. All are tenant
+tables (:mod:`eventfold.workflows.tables`): a replay rebuilds them from the log,
+``eventfold verify`` compares them.
+
+The inbox (``eventfold.workflow_inbox``) is how the processor learns what to
+do, exactly once. :func:`enqueue_triggers` runs inside the batch transaction
+that applies record events: for each applied one whose record, as it stands
+right after that event, satisfies an enabled workflow's trigger, it writes a
+row (the event and that record). The commands a person gives a run (approve,
+reject, cancel) are written there by their handlers the same way. So a row
+exists if and only if the event was applied, whatever crashes: the batch
+commits the row, the history row and the checkpoint together; a redelivered
+batch is skipped by its checkpoint and a re-sent event by its id. A rebuild
+(``eventfold replay``) writes no row: it folds into a shadow schema, and
+:func:`~consumers.projector.platform.in_rebuild` says so; events carrying the
+replay marker write none either. A workflow created after an event was applied
+is not in the workflows table that event's batch reads, so it starts no run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+import asyncpg
+from pydantic import BaseModel, ValidationError
+
+from consumers.projector import platform
+from consumers.projector.fold import APPLIED, Outcome, Record
+from consumers.projector.handlers import PROJECTED_TOPIC, handles
+from eventfold.envelope import CloudEvent
+from eventfold.events.workflow import (
+    COMMANDS,
+    RunCommand,
+    RunFinished,
+    RunStarted,
+    StepCancelled,
+    StepFailed,
+    StepRetrying,
+    StepSkipped,
+    StepStarted,
+    StepSucceeded,
+    StepWaiting,
+    WorkflowDeleted,
+    WorkflowSaved,
+)
+from eventfold.ids import tenant_schema
+from eventfold.replay import is_replay
+from eventfold.workflows.conditions import holds
+
+#: An applied record event and the record as it stands right after it.
+Change = tuple[CloudEvent, tuple[str, str], Record | None]
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _parse(model: type[M], ev: CloudEvent) -> M | Outcome:
+    try:
+        return model.model_validate(ev.data)
+    except ValidationError as exc:
+        return Outcome("rejected", f"invalid {ev.type} data: {exc.error_count()} errors")
+
+
+# -- definitions --------------------------------------------------------------
+
+
+@handles("workflow.created", "workflow.updated")
+async def workflow_saved(
+    conn: asyncpg.Connection, tenant: str, ev: CloudEvent, at: datetime
+) -> Outcome:
+    """A new workflow (version 1), or the next version of a live one."""
+    data = _parse(WorkflowSaved, ev)
+    if isinstance(data, Outcome):
+        return data
+    s, d = tenant_schema(tenant), data.definition
+    doc = d.document()
+    current = await conn.fetchrow(
+        f"SELECT version, deleted_at FROM {s}.workflows WHERE id = $1", d.id
+    )
+    if ev.type == "workflow.created":
+        if current is not None or data.version != 1:
+            return Outcome("rejected", f"workflow {d.id} exists already")
+        await conn.execute(
+            f"INSERT INTO {s}.workflows (id, version, name, enabled, definition, created_at,"
+            " updated_at) VALUES ($1, 1, $2, $3, $4, $5, $5)",
+            d.id, d.name, d.enabled, doc, at,
+        )  # fmt: skip
+    else:
+        if current is None or current["deleted_at"] is not None:
+            return Outcome("rejected", f"no workflow {d.id}")
+        if data.version != current["version"] + 1:
+            return Outcome(
+                "rejected",
+                f"workflow {d.id} is at version {current['version']}, not {data.version - 1}",
+            )
+        await conn.execute(
+            f"UPDATE {s}.workflows SET version = $2, name = $3, enabled = $4, definition = $5,"
+            " updated_at = $6 WHERE id = $1",
+            d.id, data.version, d.name, d.enabled, doc, at,
+        )  # fmt: skip
+    await conn.execute(
+        f"INSERT INTO {s}.workflow_versions (id, version, definition, created_at)"
+        " VALUES ($1, $2, $3, $4)",
+        d.id, data.version, doc, at,
+    )  # fmt: skip
+    return APPLIED
+
+
+@handles("workflow.deleted")
+async def workflow_deleted(
+    conn: asyncpg.Connection, tenant: str, ev: CloudEvent, at: datetime
+) -> Outcome:
+    """No run starts any more (running runs finish on their version)."""
+    data = _parse(WorkflowDeleted, ev)
+    if isinstance(data, Outcome):
+        return data
+    done = await conn.fetchval(
+        f"UPDATE {tenant_schema(tenant)}.workflows SET deleted_at = $2, updated_at = $2"
+        " WHERE id = $1 AND deleted_at IS NULL RETURNING true",
+        data.id,
+        at,
+    )
+    return APPLIED if done else Outcome("rejected", f"no workflow {data.id}")
+
+
+# -- runs ---------------------------------------------------------------------
+
+
+@handles("workflow.run.started")
+async def run_started(
+    conn: asyncpg.Connection, tenant: str, ev: CloudEvent, at: datetime
+) -> Outcome:
+    """A run and its pending steps."""
+    data = _parse(RunStarted, ev)
+    if isinstance(data, Outcome):
+        return data
+    s = tenant_schema(tenant)
+    inserted = await conn.fetchval(
+        f"INSERT INTO {s}.runs (id, workflow, workflow_version, status, trigger_event, depth,"
+        " started_at) VALUES ($1, $2, $3, 'running', $4, $5, $6)"
+        " ON CONFLICT (id) DO NOTHING RETURNING true",
+        data.run, data.workflow, data.workflow_version, data.trigger_event, data.depth, data.at,
+    )  # fmt: skip
+    if not inserted:
+        return Outcome("rejected", f"run {data.run} exists already")
+    await conn.executemany(
+        f"INSERT INTO {s}.run_steps (run, position, id, kind, status) VALUES ($1, $2, $3, $4,"
+        " 'pending')",
+        [(data.run, i, step.id, step.kind) for i, step in enumerate(data.steps)],
+    )
+    return APPLIED
+
+
+_RUN_STATUS = {"workflow.step.started": "running", "workflow.step.waiting": "waiting",
+               "workflow.step.succeeded": "running"}  # fmt: skip
+
+
+async def _step(
+    conn: asyncpg.Connection, tenant: str, run: str, step: str, sets: str, *args: Any
+) -> bool:
+    done = await conn.fetchval(
+        f"UPDATE {tenant_schema(tenant)}.run_steps SET {sets}"
+        " WHERE run = $1 AND id = $2 RETURNING true",
+        run,
+        step,
+        *args,
+    )
+    return bool(done)
+
+
+@handles(
+    "workflow.step.started",
+    "workflow.step.waiting",
+    "workflow.step.retrying",
+    "workflow.step.succeeded",
+    "workflow.step.failed",
+    "workflow.step.skipped",
+    "workflow.step.cancelled",
+)
+async def step_changed(
+    conn: asyncpg.Connection, tenant: str, ev: CloudEvent, at: datetime
+) -> Outcome:
+    """A step's status, attempts, output or error; the run's status follows its step."""
+    models: dict[str, type[BaseModel]] = {
+        "workflow.step.started": StepStarted,
+        "workflow.step.waiting": StepWaiting,
+        "workflow.step.retrying": StepRetrying,
+        "workflow.step.succeeded": StepSucceeded,
+        "workflow.step.failed": StepFailed,
+        "workflow.step.skipped": StepSkipped,
+        "workflow.step.cancelled": StepCancelled,
+    }
+    data: Any = _parse(models[ev.type], ev)
+    if isinstance(data, Outcome):
+        return data
+    run, step, when = data.run, data.step, data.at
+    match ev.type:
+        case "workflow.step.started":
+            found = await _step(
+                conn, tenant, run, step, "status = 'running', attempts = 1, started_at = $3", when
+            )
+        case "workflow.step.waiting":
+            found = await _step(
+                conn, tenant, run, step, "status = 'waiting', attempts = 1, started_at = $3", when
+            )
+        case "workflow.step.retrying":
+            found = await _step(conn, tenant, run, step, "attempts = $3, error = $4",
+                                data.attempts, data.error)  # fmt: skip
+        case "workflow.step.succeeded":
+            found = await _step(
+                conn, tenant, run, step, "status = 'succeeded', attempts = $3, output = $4,"
+                " error = NULL, finished_at = $5", data.attempts, data.output, when,
+            )  # fmt: skip
+        case "workflow.step.failed":
+            found = await _step(
+                conn, tenant, run, step, "status = 'failed', attempts = $3, error = $4,"
+                " finished_at = $5", data.attempts, data.error, when,
+            )  # fmt: skip
+        case "workflow.step.skipped":
+            found = await _step(conn, tenant, run, step,
+                                "status = 'skipped', finished_at = $3", when)  # fmt: skip
+        case _:
+            found = await _step(conn, tenant, run, step,
+                                "status = 'cancelled', finished_at = $3", when)  # fmt: skip
+    if not found:
+        return Outcome("rejected", f"no step {step} in run {run}")
+    status = _RUN_STATUS.get(ev.type)
+    if status is not None:
+        await conn.execute(
+            f"UPDATE {tenant_schema(tenant)}.runs SET status = $2"
+            " WHERE id = $1 AND finished_at IS NULL",
+            run,
+            status,
+        )
+    return APPLIED
+
+
+@handles("workflow.run.succeeded", "workflow.run.failed", "workflow.run.cancelled")
+async def run_finished(
+    conn: asyncpg.Connection, tenant: str, ev: CloudEvent, at: datetime
+) -> Outcome:
+    """A run's end: its status, reason and time."""
+    data = _parse(RunFinished, ev)
+    if isinstance(data, Outcome):
+        return data
+    done = await conn.fetchval(
+        f"UPDATE {tenant_schema(tenant)}.runs SET status = $2, reason = $3, finished_at = $4"
+        " WHERE id = $1 AND finished_at IS NULL RETURNING true",
+        data.run,
+        ev.type.rsplit(".", 1)[1],
+        data.reason,
+        data.at,
+    )
+    return APPLIED if done else Outcome("rejected", f"run {data.run} is not running")
+
+
+@handles(*COMMANDS)
+async def run_command(
+    conn: asyncpg.Connection, tenant: str, ev: CloudEvent, at: datetime
+) -> Outcome:
+    """A person's command to a run: handed to the processor through the inbox."""
+    data = _parse(RunCommand, ev)
+    if isinstance(data, Outcome):
+        return data
+    if not platform.in_rebuild(tenant) and not is_replay(ev):
+        await conn.execute(
+            "INSERT INTO eventfold.workflow_inbox (key, tenant, topic, kind, run, step, event)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (key) DO NOTHING",
+            f"{tenant}/{ev.id}", tenant, PROJECTED_TOPIC.get(), COMMANDS[ev.type], data.run,
+            data.step, ev.to_dict(),
+        )  # fmt: skip
+    return APPLIED
+
+
+# -- triggers -----------------------------------------------------------------
+
+
+async def enqueue_triggers(
+    conn: asyncpg.Connection, tenant: str, changes: Sequence[Change]
+) -> None:
+    """Write an inbox row per (enabled workflow, applied event) whose trigger matches.
+
+    Runs in the batch transaction, after the records are saved; nothing in a
+    rebuild or for a replayed event (see the module docstring).
+    """
+    if not changes or platform.in_rebuild(tenant):
+        return
+    workflows = await conn.fetch(
+        f"SELECT id, version, definition->'trigger' AS trigger"
+        f" FROM {tenant_schema(tenant)}.workflows WHERE enabled AND deleted_at IS NULL"
+    )
+    if not workflows:
+        return
+    rows: list[tuple[Any, ...]] = []
+    topic = PROJECTED_TOPIC.get()
+    for ev, (collection, record_id), record in changes:
+        if is_replay(ev):
+            continue
+        doc = {
+            "id": record_id,
+            "collection": collection,
+            "version": record.version if record is not None else None,
+            "data": record.data if record is not None else None,
+        }
+        for wf in workflows:
+            trigger = wf["trigger"]
+            if (
+                ev.type in trigger["types"]
+                and collection == trigger["collection"]
+                and holds(trigger.get("when") or {}, doc, data="/data")
+            ):
+                rows.append(
+                    (f"{tenant}/trigger/{wf['id']}/{ev.id}", tenant, topic, wf["id"],
+                     wf["version"], ev.to_dict(), doc)
+                )  # fmt: skip
+    if rows:
+        await conn.executemany(
+            "INSERT INTO eventfold.workflow_inbox (key, tenant, topic, kind, workflow, version,"
+            " event, record) VALUES ($1, $2, $3, 'trigger', $4, $5, $6, $7)"
+            " ON CONFLICT (key) DO NOTHING",
+            rows,
+        )
