@@ -18,6 +18,7 @@ from api import (
     stream,
     tenants,
     webhooks,
+    workflows,
 )
 
 _RECORDS = "/v1/tenants/{tenant}/collections/{collection}/records"
@@ -36,6 +37,7 @@ def setup(app: web.Application) -> None:
     stream.setup(app)
     integrations.setup(app)
     webhooks.setup(app)
+    workflows.setup(app)
     analytics.setup(app)
     deadletters.setup(app)
     processors.setup(app)

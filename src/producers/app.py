@@ -14,7 +14,7 @@ from eventfold.faults import is_retriable
 from eventfold.health import HEALTH
 from eventfold.kafka import INGEST_REQUEST_TIMEOUT_MS, make_producer
 from eventfold.web import LOG_END, METRICS, REDIS, SETTINGS
-from producers import apikeys, integrations, routes, webhooks
+from producers import apikeys, integrations, routes, webhooks, workflows
 from producers.publisher import Publisher, SendPolicy
 
 log = logging.getLogger("eventfold.ingest")
@@ -28,6 +28,7 @@ def setup(app: web.Application) -> None:
     apikeys.setup(app)
     integrations.setup(app)
     webhooks.setup(app)
+    workflows.setup(app)
     app.cleanup_ctx.append(_publisher_ctx)
 
 
