@@ -74,7 +74,8 @@ def paid_order(base: str, **over: Any) -> dict[str, Any]:
             {"id": "mark", "kind": "record", "op": "patch", "collection": "orders",
              "record": "${/record/id}", "data": {"crm_id": {"$from": "/steps/crm/output/id"}}},
             {"id": "mail", "kind": "email", "to": ["ops@example.com"],
-             "subject": "Order ${/record/id} paid", "text": "Total ${/record/data/total}, crm ${/steps/crm/output/id}"},
+             "subject": "Order ${/record/id} paid",
+             "text": "Total ${/record/data/total}, crm ${/steps/crm/output/id}"},
             {"id": "wait", "kind": "delay", "seconds": 0.5},
             {"id": "ok", "kind": "approval", "timeout_seconds": 86400},
             {"id": "ship", "kind": "http", "url": f"{base}/ship",
@@ -159,7 +160,8 @@ async def test_conditions_decide_which_events_start_runs(
                                            "email": {"exists": True}, "age": {"gt": 17},
                                            "status": {"ne": "banned"}}},
          "steps": [{"id": "hello", "kind": "http", "url": f"{receiver.base}/vip",
-                    "body": {"who": {"$from": "/record/data/profile"}, "v": "${/record/version}"}}]},
+                    "body": {"who": {"$from": "/record/data/profile"},
+                             "v": "${/record/version}"}}]},
     )  # fmt: skip
     writes = {
         "c1": {"profile": {"tier": "gold"}, "email": "a@x", "age": 30},  # matches

@@ -92,7 +92,7 @@ class _Handler:
 
 
 class Mailbox:
-    """A real SMTP server on 127.0.0.1 (aiosmtpd); ``refuse`` answers DATA with those codes first."""
+    """A real SMTP server on 127.0.0.1 (aiosmtpd); ``refuse``: codes DATA gets first."""
 
     def __init__(self, port: int | None = None) -> None:
         self.received: list[email.message.Message] = []
