@@ -14,9 +14,11 @@ import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import asyncpg
 import pytest
 import pytest_asyncio
 
+from eventfold.ids import tenant_schema
 from eventfold.workflows.ids import run_id
 from tests.conftest import SMTP_PORT
 from tests.integration.conftest import Api, TenantApi
@@ -442,3 +444,21 @@ async def test_events_before_the_workflow_and_a_replay_start_nothing(
     assert len(receiver.to("/fresh")) == 1  # the replay executed nothing
     assert await tenant.read_json(f"/runs/{run['id']}") == before
     assert len(await runs_of(tenant, "fresh")) == 1
+    # verify covers the run tables: a drifted step is found, and a replay repairs it.
+    conn = await asyncpg.connect(api.settings.database_url)
+    try:
+        await conn.execute(
+            f"UPDATE {tenant_schema(tenant.id)}.run_steps SET status = 'failed' WHERE run = $1",
+            run["id"],
+        )
+    finally:
+        await conn.close()
+    status, doc, err = await eventfold(api.settings, "verify", "--tenant", tenant.id)
+    assert status != 0
+    [report] = doc["tenants"] if isinstance(doc, dict) and "tenants" in doc else doc
+    assert report["workflows_differs"] == 2, report
+    assert {w["table"] for w in report["workflows"]} == {"run_steps"}
+    status, doc, err = await eventfold(api.settings, "replay", "--tenant", tenant.id)
+    assert status == 0, err
+    assert await tenant.read_json(f"/runs/{run['id']}") == before
+    assert len(receiver.to("/fresh")) == 1

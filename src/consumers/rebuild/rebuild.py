@@ -36,6 +36,7 @@ from consumers.rebuild import source
 from eventfold.ids import SCHEMA_REDIRECT, shadow_schema_name, tenant_schema
 from eventfold.replay import REPLAY_ATTRIBUTE
 from eventfold.settings import Settings
+from eventfold.workflows import tables as workflow_tables
 
 #: ``(events folded, seconds, share of the log's offsets covered or None)``.
 Progress = Callable[[int, float, float | None], None]
@@ -63,16 +64,21 @@ class Diff:
     history: list[dict[str, Any]] = field(default_factory=list)
     #: Differing platform rows (up to LIST_LIMIT): ``table``, ``id``, ``change``.
     platform: list[dict[str, Any]] = field(default_factory=list)
+    #: Rows of the workflow tables (definitions, runs, steps) that differ, and up to
+    #: LIST_LIMIT of them: ``table``, ``key``, ``change``.
+    workflows_differs: int = 0
+    workflows: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def equal(self) -> bool:
-        """No record, no history row and no platform row differs."""
+        """No record, no history row, no platform row and no workflow row differs."""
         return not (
             self.added
             or self.changed
             or self.removed
             or self.history_differs
             or self.platform_differs
+            or self.workflows_differs
         )
 
 
@@ -112,6 +118,8 @@ class Report:
             "records": d.records,
             "history": d.history,
             "platform": d.platform,
+            "workflows_differs": d.workflows_differs,
+            "workflows": d.workflows,
         }
 
 
@@ -358,6 +366,9 @@ async def compare(conn: asyncpg.Connection, tenant: str, shadow: str) -> Diff:
     diff.history = [{k: v for k, v in r.items() if k != "seq"} for r in rows]
     diff.platform_differs, diff.platform = await platform.compare(
         conn, tenant, f'"{shadow}"', LIST_LIMIT
+    )
+    diff.workflows_differs, diff.workflows = await workflow_tables.compare(
+        conn, live, f'"{shadow}"', LIST_LIMIT
     )
     return diff
 

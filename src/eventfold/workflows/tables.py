@@ -7,6 +7,10 @@ like every tenant table, so ``eventfold replay`` rebuilds them and
 
 from __future__ import annotations
 
+from typing import Any
+
+import asyncpg
+
 
 def tenant_ddl(schema: str) -> str:
     """DDL of the workflow tables in the quoted tenant ``schema`` (idempotent)."""
@@ -64,3 +68,25 @@ TABLES = {
     "runs": ("id",),
     "run_steps": ("run", "position"),
 }
+
+
+async def compare(
+    conn: asyncpg.Connection, live: str, shadow: str, limit: int
+) -> tuple[int, list[dict[str, Any]]]:
+    """How many rows of the workflow tables differ between the quoted schemas ``live``
+    and ``shadow`` (a rebuild's), and up to ``limit`` of them (``{"table", "key", "change"}``)."""
+    parts = []
+    for name, key in TABLES.items():
+        on = " AND ".join(f"n.{c} = o.{c}" for c in key)
+        ident = " || '/' || ".join(f"coalesce(o.{c}, n.{c})::text" for c in key)
+        parts.append(
+            f"""SELECT '{name}' AS "table", {ident} AS key,
+                   CASE WHEN o.{key[0]} IS NULL THEN 'added' WHEN n.{key[0]} IS NULL
+                        THEN 'removed' ELSE 'changed' END AS change
+                FROM {live}.{name} o FULL JOIN {shadow}.{name} n ON {on}
+                WHERE o.{key[0]} IS NULL OR n.{key[0]} IS NULL OR to_jsonb(o) <> to_jsonb(n)"""
+        )
+    union = " UNION ALL ".join(parts)
+    count = await conn.fetchval(f"SELECT count(*) FROM ({union}) d")
+    rows = await conn.fetch(f"SELECT * FROM ({union}) d ORDER BY 1, 2 LIMIT {int(limit)}")
+    return int(count), [dict(r) for r in rows]
