@@ -39,6 +39,9 @@ class Receiver:
         self.calls: list[Call] = []
         self.decide: Callable[[str, int], tuple[int, Any]] = lambda _p, _n: (200, {"ok": True})
         self.delay = 0.0
+        #: Paths whose first call is recorded and then never answered (a hung third party).
+        self.hang_first: set[str] = set()
+        self.hung = asyncio.Event()
         self.changed = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.base = ""
@@ -58,6 +61,11 @@ class Receiver:
 
     async def _handle(self, request: web.Request) -> web.Response:
         raw = await request.read()
+        if request.path in self.hang_first:
+            self.hang_first.discard(request.path)
+            self.calls.append(Call(request.method, request.path, dict(request.headers), None, 0))
+            self.hung.set()
+            await asyncio.sleep(3600)
         if self.delay:
             await asyncio.sleep(self.delay)
         nth = 1 + sum(1 for c in self.calls if c.path == request.path)
