@@ -67,6 +67,10 @@ def _parser() -> argparse.ArgumentParser:
 
     add_rebuild_parsers(sub)
 
+    from consumers.workflows.commands import add_parsers as add_workflow_parsers
+
+    add_workflow_parsers(sub)
+
     schemas = sub.add_parser("schemas", help="the JSON Schemas of the event types")
     schemas.add_argument("action", choices=["export", "check"])
     schemas.add_argument("--json", action="store_true")
@@ -93,6 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "replay": _replay,
         "verify": _verify,
         "events": _events,
+        "workflows": _workflows,
     }[args.command]
     try:
         return handler(settings, args)
@@ -110,6 +115,12 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
     from consumers.rebuild.commands import verify_command
 
     return verify_command(settings, args)
+
+
+def _workflows(settings: Settings, args: argparse.Namespace) -> int:
+    from consumers.workflows.commands import workflows_command
+
+    return workflows_command(settings, args)
 
 
 def _events(settings: Settings, args: argparse.Namespace) -> int:

@@ -462,3 +462,35 @@ async def test_events_before_the_workflow_and_a_replay_start_nothing(
     assert status == 0, err
     assert await tenant.read_json(f"/runs/{run['id']}") == before
     assert len(receiver.to("/fresh")) == 1
+
+
+async def test_the_cli_lists_workflows_and_runs_and_shows_one(
+    api: Api, tenant: TenantApi, receiver: Receiver
+) -> None:
+    await define(
+        tenant,
+        {"id": "cli", "name": "From the CLI",
+         "trigger": {"types": ["record.upserted"], "collection": "c"},
+         "steps": [{"id": "s", "kind": "http", "url": f"{receiver.base}/cli"},
+                   {"id": "gate", "kind": "approval"}]},
+    )  # fmt: skip
+    await tenant.write("PUT", "/collections/c/records/r1", json={})
+    [run] = await wait_run(tenant, "cli", lambda r: r["status"] == "waiting")
+    status, doc, err = await eventfold(api.settings, "workflows", "list", "--tenant", tenant.id)
+    assert status == 0, err
+    assert [(w["id"], w["version"], w["name"]) for w in doc["items"]] == [
+        ("cli", 1, "From the CLI")
+    ]
+    status, doc, err = await eventfold(
+        api.settings, "workflows", "runs", "--tenant", tenant.id, "--workflow", "cli"
+    )
+    assert status == 0, err
+    assert [(r["id"], r["status"]) for r in doc["items"]] == [(run["id"], "waiting")]
+    status, doc, err = await eventfold(api.settings, "workflows", "show", run["id"])
+    assert status == 0, err
+    assert [(s["id"], s["status"]) for s in doc["steps"]] == [
+        ("s", "succeeded"), ("gate", "waiting")
+    ]  # fmt: skip
+    status, doc, err = await eventfold(api.settings, "workflows", "show", f"r{'0' * 24}")
+    assert status == 1
+    assert "no run" in err
