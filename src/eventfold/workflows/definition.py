@@ -146,13 +146,18 @@ def parse(body: Any, allow: AllowList) -> Definition:
         raise ValidationFailed("invalid workflow", errors=[FieldError("/", "must be an object")])
     errors: list[FieldError] = []
     try:
-        top = _Top.model_validate(body)
+        _Top.model_validate(body)
     except ValidationError as exc:
-        # Steps are checked one by one below, with pointers of their own.
-        errors += [e for e in pydantic_errors(exc) if not e.path.startswith("/steps/")]
-        top = None
-    if top is not None:
-        errors += _check_trigger(top.trigger)
+        # Steps and the trigger's own rules are checked below, with pointers of their own.
+        errors += [
+            e
+            for e in pydantic_errors(exc)
+            if not e.path.startswith(("/steps/", "/trigger/when", "/trigger/collection"))
+            and not (e.path.startswith("/trigger/types/") and e.path.count("/") == 3)
+        ]
+    trigger = body.get("trigger")
+    if isinstance(trigger, dict):
+        errors += _check_trigger(trigger)
     steps = body.get("steps")
     if isinstance(steps, list):
         errors += _check_steps(steps[:MAX_STEPS], allow)
@@ -161,20 +166,22 @@ def parse(body: Any, allow: AllowList) -> Definition:
     return Definition.model_validate(body)
 
 
-def _check_trigger(trigger: Trigger) -> list[FieldError]:
+def _check_trigger(trigger: dict[str, Any]) -> list[FieldError]:
     errors: list[FieldError] = []
-    for i, name in enumerate(trigger.types):
-        if name.startswith("workflow."):
-            errors.append(
-                FieldError(f"/trigger/types/{i}", "workflow events cannot start workflows")
-            )
+    types = trigger.get("types")
+    for i, name in enumerate(types if isinstance(types, list) else []):
+        at = f"/trigger/types/{i}"
+        if not isinstance(name, str):
+            errors.append(FieldError(at, "must be an event type"))
+        elif name.startswith("workflow."):
+            errors.append(FieldError(at, "workflow events cannot start workflows"))
         elif name not in TRIGGER_TYPES:
-            errors.append(
-                FieldError(f"/trigger/types/{i}", f"must be one of {', '.join(TRIGGER_TYPES)}")
-            )
-    if not is_valid("collection", trigger.collection):
-        errors.append(FieldError("/trigger/collection", "not a valid collection name"))
-    errors += conditions.check(trigger.when, "/trigger/when", pointers_only=False)
+            errors.append(FieldError(at, f"must be one of {', '.join(TRIGGER_TYPES)}"))
+    collection = trigger.get("collection")
+    if not isinstance(collection, str) or not is_valid("collection", collection):
+        errors.append(FieldError("/trigger/collection", "must be a valid collection name"))
+    if "when" in trigger:
+        errors += conditions.check(trigger["when"], "/trigger/when", pointers_only=False)
     return errors
 
 
