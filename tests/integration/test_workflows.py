@@ -494,3 +494,32 @@ async def test_the_cli_lists_workflows_and_runs_and_shows_one(
     status, doc, err = await eventfold(api.settings, "workflows", "show", f"r{'0' * 24}")
     assert status == 1
     assert "no run" in err
+
+
+async def test_a_runs_changes_arrive_on_the_sse_stream(
+    api: Api, tenant: TenantApi, receiver: Receiver
+) -> None:
+    from tests.integration.test_stream import next_event, open_stream
+
+    await define(
+        tenant,
+        {"id": "live", "trigger": {"types": ["record.upserted"], "collection": "c"},
+         "steps": [{"id": "s", "kind": "http", "url": f"{receiver.base}/live"},
+                   {"id": "n", "kind": "record", "op": "upsert", "collection": "other",
+                    "record": "x", "data": {}}]},
+    )  # fmt: skip
+    resp = await open_stream(api.client, tenant, "?types=workflow.*")
+    try:
+        await tenant.write("PUT", "/collections/c/records/r1", json={})
+        seen: list[tuple[str | None, str]] = []
+        while not seen or seen[-1][0] != "workflow.run.succeeded":
+            frame = await next_event(resp)
+            assert frame.data is not None
+            seen.append((frame.event, frame.data["data"].get("step", "")))
+    finally:
+        resp.close()
+    assert seen == [
+        ("workflow.run.started", ""), ("workflow.step.started", "s"),
+        ("workflow.step.succeeded", "s"), ("workflow.step.started", "n"),
+        ("workflow.step.succeeded", "n"), ("workflow.run.succeeded", ""),
+    ]  # fmt: skip
