@@ -523,3 +523,31 @@ async def test_a_runs_changes_arrive_on_the_sse_stream(
         ("workflow.step.succeeded", "s"), ("workflow.step.started", "n"),
         ("workflow.step.succeeded", "n"), ("workflow.run.succeeded", ""),
     ]  # fmt: skip
+
+
+async def test_one_tenants_backlog_does_not_hold_up_another(api: Api, receiver: Receiver) -> None:
+    busy = TenantApi(api, (await api.create_tenant())["id"])
+    quiet = TenantApi(api, (await api.create_tenant())["id"])
+    receiver.delays["/slow"] = 5.0
+    for t, path in ((busy, "/slow"), (quiet, "/fast")):
+        await define(
+            t,
+            {"id": "w", "trigger": {"types": ["record.upserted"], "collection": "c"},
+             "steps": [{"id": "s", "kind": "http", "url": f"{receiver.base}{path}"}]},
+        )  # fmt: skip
+    backlog = 300
+    events = [
+        {"specversion": "1.0", "id": f"e{i}", "source": "test", "type": "record.upserted",
+         "subject": f"c/r{i}", "data": {"i": i}}
+        for i in range(backlog)
+    ]  # fmt: skip
+    await busy.write("POST", "/events", json=events)
+    # The busy tenant has its share of runs in flight (each call answers after 5 s) and
+    # the rest of its backlog due: the quiet tenant's run goes ahead of that backlog.
+    per_tenant = api.settings.workflow_per_tenant
+    await receiver.wait_for(lambda: receiver.started.get("/slow", 0) >= per_tenant)
+    await quiet.write("PUT", "/collections/c/records/r1", json={})
+    [run] = await wait_run(quiet, "w", finished)
+    assert run["status"] == "succeeded"
+    assert receiver.to("/slow") == []  # not one busy call has been answered yet
+    assert receiver.started["/slow"] == per_tenant  # the busy tenant kept to its share

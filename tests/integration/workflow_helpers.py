@@ -39,6 +39,10 @@ class Receiver:
         self.calls: list[Call] = []
         self.decide: Callable[[str, int], tuple[int, Any]] = lambda _p, _n: (200, {"ok": True})
         self.delay = 0.0
+        #: Calls started per path (answered or not).
+        self.started: dict[str, int] = {}
+        #: Seconds each call to a path waits before its answer.
+        self.delays: dict[str, float] = {}
         #: Paths whose first call is recorded and then never answered (a hung third party).
         self.hang_first: set[str] = set()
         self.hung = asyncio.Event()
@@ -61,13 +65,15 @@ class Receiver:
 
     async def _handle(self, request: web.Request) -> web.Response:
         raw = await request.read()
+        self.started[request.path] = self.started.get(request.path, 0) + 1
+        self.changed.set()
         if request.path in self.hang_first:
             self.hang_first.discard(request.path)
             self.calls.append(Call(request.method, request.path, dict(request.headers), None, 0))
             self.hung.set()
             await asyncio.sleep(3600)
-        if self.delay:
-            await asyncio.sleep(self.delay)
+        if self.delay or request.path in self.delays:
+            await asyncio.sleep(self.delays.get(request.path, self.delay))
         nth = 1 + sum(1 for c in self.calls if c.path == request.path)
         status, answer = self.decide(request.path, nth)
         body = orjson.loads(raw) if raw else None

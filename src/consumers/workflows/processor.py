@@ -85,7 +85,11 @@ class WorkflowProcessor:
             topic=self.topic,
         )
         await _start(publisher, stop)
-        session = guarded_session(self.allow, limit=self.settings.workflow_concurrency)
+        # No cap per host below the processor's own: the caps per tenant keep one
+        # tenant's slow third party from taking every slot (aiohttp's default of 10
+        # per host queued every tenant calling a shared host behind each other).
+        concurrency = self.settings.workflow_concurrency
+        session = guarded_session(self.allow, limit=concurrency, limit_per_host=concurrency)
         heartbeat = asyncio.create_task(self._heartbeat(stop), name="workflow-leases")
         gauges_at = 0.0
         self._ready = True
