@@ -119,7 +119,7 @@ async def test_the_paid_order_runs_every_step_kind_once(
     [mail] = mailbox.of(run["id"])
     assert mail["Subject"] == "Order o1 paid"
     assert mail["Message-ID"] == f"<{run['id']}.mail@workflows.eventfold>"
-    assert "Total 150, crm crm-7" in mail.get_payload()
+    assert "Total 150, crm crm-7" in mail.get_payload(decode=True).decode()
     assert step(run, "wait")["status"] == "succeeded"
     assert receiver.to("/ship") == []
 

@@ -16,7 +16,7 @@ skipped; a cancelled run cancels its current step and skips the rest.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -71,8 +71,11 @@ class RunState:
     reason: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """The state as stored (JSON)."""
-        return asdict(self)
+        """The state as stored (JSON). Shallow: the context is shared, not copied (it
+        is serialised as it is; ``dataclasses.asdict`` deep-copied it on every step)."""
+        doc = {name: getattr(self, name) for name in _RUN_FIELDS}
+        doc["progress"] = [{n: getattr(p, n) for n in _STEP_FIELDS} for p in self.progress]
+        return doc
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> RunState:
@@ -89,6 +92,10 @@ class RunState:
     def current(self) -> StepState | None:
         """The step the run is at, None once past the last."""
         return self.progress[self.index] if self.index < len(self.progress) else None
+
+
+_RUN_FIELDS = tuple(f.name for f in fields(RunState))
+_STEP_FIELDS = tuple(f.name for f in fields(StepState))
 
 
 @dataclass(frozen=True, slots=True)
