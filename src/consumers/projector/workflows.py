@@ -23,7 +23,7 @@ is not in the workflows table that event's batch reads, so it starts no run.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -162,16 +162,43 @@ _RUN_STATUS = {"workflow.step.started": "running", "workflow.step.waiting": "wai
 
 
 async def _step(
-    conn: asyncpg.Connection, tenant: str, run: str, step: str, sets: str, *args: Any
+    conn: asyncpg.Connection,
+    tenant: str,
+    ev_type: str,
+    run: str,
+    step: str,
+    sets: str,
+    *args: Any,
 ) -> bool:
+    """Update the step (``sets`` numbers its parameters from ``$4``) and, when the
+    event moves the run (:data:`_RUN_STATUS`), the run's status: one round trip."""
+    s = tenant_schema(tenant)
     done = await conn.fetchval(
-        f"UPDATE {tenant_schema(tenant)}.run_steps SET {sets}"
-        " WHERE run = $1 AND id = $2 RETURNING true",
-        run,
-        step,
-        *args,
-    )
+        f"""WITH st AS (UPDATE {s}.run_steps SET {sets} WHERE run = $1 AND id = $2 RETURNING run),
+                 ru AS (UPDATE {s}.runs SET status = $3 WHERE $3::text IS NOT NULL
+                        AND id = $1 AND finished_at IS NULL AND EXISTS (SELECT 1 FROM st))
+            SELECT count(*) FROM st""",
+        run, step, _RUN_STATUS.get(ev_type), *args,
+    )  # fmt: skip
     return bool(done)
+
+
+#: Per step event: the columns it sets (parameters from ``$4``) and their values.
+_STEP_SETS: dict[str, Callable[[Any], tuple[str, tuple[Any, ...]]]] = {
+    "workflow.step.started": lambda d: (
+        "status = 'running', attempts = 1, started_at = $4", (d.at,)),
+    "workflow.step.waiting": lambda d: (
+        "status = 'waiting', attempts = 1, started_at = $4", (d.at,)),
+    "workflow.step.retrying": lambda d: ("attempts = $4, error = $5", (d.attempts, d.error)),
+    "workflow.step.succeeded": lambda d: (
+        "status = 'succeeded', attempts = $4, output = $5, error = NULL, finished_at = $6",
+        (d.attempts, d.output, d.at)),
+    "workflow.step.failed": lambda d: (
+        "status = 'failed', attempts = $4, error = $5, finished_at = $6",
+        (d.attempts, d.error, d.at)),
+    "workflow.step.skipped": lambda d: ("status = 'skipped', finished_at = $4", (d.at,)),
+    "workflow.step.cancelled": lambda d: ("status = 'cancelled', finished_at = $4", (d.at,)),
+}  # fmt: skip
 
 
 @handles(
@@ -199,45 +226,10 @@ async def step_changed(
     data: Any = _parse(models[ev.type], ev)
     if isinstance(data, Outcome):
         return data
-    run, step, when = data.run, data.step, data.at
-    match ev.type:
-        case "workflow.step.started":
-            found = await _step(
-                conn, tenant, run, step, "status = 'running', attempts = 1, started_at = $3", when
-            )
-        case "workflow.step.waiting":
-            found = await _step(
-                conn, tenant, run, step, "status = 'waiting', attempts = 1, started_at = $3", when
-            )
-        case "workflow.step.retrying":
-            found = await _step(conn, tenant, run, step, "attempts = $3, error = $4",
-                                data.attempts, data.error)  # fmt: skip
-        case "workflow.step.succeeded":
-            found = await _step(
-                conn, tenant, run, step, "status = 'succeeded', attempts = $3, output = $4,"
-                " error = NULL, finished_at = $5", data.attempts, data.output, when,
-            )  # fmt: skip
-        case "workflow.step.failed":
-            found = await _step(
-                conn, tenant, run, step, "status = 'failed', attempts = $3, error = $4,"
-                " finished_at = $5", data.attempts, data.error, when,
-            )  # fmt: skip
-        case "workflow.step.skipped":
-            found = await _step(conn, tenant, run, step,
-                                "status = 'skipped', finished_at = $3", when)  # fmt: skip
-        case _:
-            found = await _step(conn, tenant, run, step,
-                                "status = 'cancelled', finished_at = $3", when)  # fmt: skip
+    sets, args = _STEP_SETS[ev.type](data)
+    found = await _step(conn, tenant, ev.type, data.run, data.step, sets, *args)
     if not found:
-        return Outcome("rejected", f"no step {step} in run {run}")
-    status = _RUN_STATUS.get(ev.type)
-    if status is not None:
-        await conn.execute(
-            f"UPDATE {tenant_schema(tenant)}.runs SET status = $2"
-            " WHERE id = $1 AND finished_at IS NULL",
-            run,
-            status,
-        )
+        return Outcome("rejected", f"no step {data.step} in run {data.run}")
     return APPLIED
 
 
