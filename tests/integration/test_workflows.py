@@ -551,3 +551,32 @@ async def test_one_tenants_backlog_does_not_hold_up_another(api: Api, receiver: 
     assert run["status"] == "succeeded"
     assert receiver.to("/slow") == []  # not one busy call has been answered yet
     assert receiver.started["/slow"] == per_tenant  # the busy tenant kept to its share
+
+
+async def test_a_tenant_from_before_workflows_gets_the_tables_with_its_first(
+    api: Api, tenant: TenantApi, receiver: Receiver
+) -> None:
+    schema = tenant_schema(tenant.id)
+    conn = await asyncpg.connect(api.settings.database_url)
+    try:
+        await conn.execute(
+            f"DROP TABLE {schema}.workflows, {schema}.workflow_versions, {schema}.runs,"
+            f" {schema}.run_steps"
+        )
+    finally:
+        await conn.close()
+    # Its writes and reads go on as before; it has no workflows.
+    written = await tenant.write("PUT", "/collections/c/records/r0", json={})
+    assert await tenant.read_json("/collections/c/records/r0", written["consistency_token"])
+    assert (await tenant.read_json("/workflows"))["items"] == []
+    assert (await tenant.read(f"/runs/r{'0' * 24}")).status == 404
+    await define(
+        tenant,
+        {"id": "first", "trigger": {"types": ["record.upserted"], "collection": "c"},
+         "steps": [{"id": "s", "kind": "http", "url": f"{receiver.base}/first"}]},
+    )  # fmt: skip
+    await tenant.write("PUT", "/collections/c/records/r1", json={})
+    [run] = await wait_run(tenant, "first", finished)
+    assert run["status"] == "succeeded"
+    status, doc, err = await eventfold(api.settings, "verify", "--tenant", tenant.id)
+    assert status == 0, (doc, err)

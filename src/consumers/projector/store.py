@@ -21,7 +21,7 @@ from eventfold.tenancy import tenant_role_ddl
 from eventfold.workflows.tables import tenant_ddl as workflow_tables
 
 #: The projection's shape; bump it when the tables below change (replay rebuilds).
-PROJECTION_VERSION = 2
+PROJECTION_VERSION = 1
 #: A checkpoint notification longer than this names no deferred tenants ("*"):
 #: PostgreSQL refuses a NOTIFY payload of 8,000 bytes or more.
 NOTIFY_PAYLOAD_LIMIT = 7_000

@@ -51,8 +51,12 @@ from eventfold.events.workflow import (
 )
 from eventfold.ids import tenant_schema
 from eventfold.replay import is_replay
+from eventfold.tenancy import tenant_role_ddl
+from eventfold.workflows import tables
 from eventfold.workflows.conditions import holds
 
+#: Tenant schemas known to have the workflow tables (they keep them once they do).
+_WITH_TABLES: set[str] = set()
 #: An applied record event and the record as it stands right after it.
 Change = tuple[CloudEvent, tuple[str, str], Record | None]
 
@@ -79,6 +83,9 @@ async def workflow_saved(
     if isinstance(data, Outcome):
         return data
     s, d = tenant_schema(tenant), data.definition
+    if not await tables.present(conn, s):
+        # A tenant schema from before workflows: its tables come with its first one.
+        await conn.execute(tables.tenant_ddl(s) + tenant_role_ddl(tenant))
     doc = d.document()
     current = await conn.fetchrow(
         f"SELECT version, deleted_at FROM {s}.workflows WHERE id = $1", d.id
@@ -283,6 +290,11 @@ async def enqueue_triggers(
     """
     if not changes or platform.in_rebuild(tenant):
         return
+    schema = tenant_schema(tenant)
+    if schema not in _WITH_TABLES:
+        if not await tables.present(conn, schema):
+            return  # a schema from before workflows, none defined since
+        _WITH_TABLES.add(schema)
     workflows = await conn.fetch(
         f"SELECT id, version, definition->'trigger' AS trigger"
         f" FROM {tenant_schema(tenant)}.workflows WHERE enabled AND deleted_at IS NULL"

@@ -1,7 +1,9 @@
 """Reads of the workflow tables, shared by the API, the gateway's checks and the CLI.
 
 Each takes a connection that may read the tenant's schema (the API's is
-:func:`eventfold.tenancy.tenant_connection`, as the tenant's role).
+:func:`eventfold.tenancy.tenant_connection`, as the tenant's role). A schema
+from before workflows has no such tables until its first workflow
+(:mod:`.tables`): it reads as having none.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 import asyncpg
 
 from eventfold.ids import tenant_schema
+from eventfold.workflows import tables
 
 _RUN_COLUMNS = (
     "id, workflow, workflow_version, status, trigger_event, reason, started_at, finished_at"
@@ -28,10 +31,26 @@ def workflow_doc(row: asyncpg.Record) -> dict[str, Any]:
     }
 
 
+#: Tenant schemas known to have the workflow tables (once they do, they keep them).
+_PRESENT: set[str] = set()
+
+
+async def _ready(conn: asyncpg.Connection, tenant: str) -> bool:
+    schema = tenant_schema(tenant)
+    if schema in _PRESENT:
+        return True
+    if await tables.present(conn, schema):
+        _PRESENT.add(schema)
+        return True
+    return False
+
+
 async def list_workflows(
     conn: asyncpg.Connection, tenant: str, after: str, limit: int
 ) -> list[dict[str, Any]]:
     """Live workflows by id, after ``after``, at most ``limit``."""
+    if not await _ready(conn, tenant):
+        return []
     rows = await conn.fetch(
         f"SELECT id, version, definition, created_at, updated_at FROM {tenant_schema(tenant)}"
         ".workflows WHERE deleted_at IS NULL AND id > $1 ORDER BY id LIMIT $2",
@@ -45,6 +64,8 @@ async def get_workflow(
     conn: asyncpg.Connection, tenant: str, workflow: str
 ) -> dict[str, Any] | None:
     """One live workflow, or None."""
+    if not await _ready(conn, tenant):
+        return None
     row = await conn.fetchrow(
         f"SELECT id, version, definition, created_at, updated_at FROM {tenant_schema(tenant)}"
         ".workflows WHERE id = $1 AND deleted_at IS NULL",
@@ -57,6 +78,8 @@ async def workflow_state(
     conn: asyncpg.Connection, tenant: str, workflow: str
 ) -> tuple[int, bool] | None:
     """``(version, deleted)`` of a workflow ever defined, or None."""
+    if not await _ready(conn, tenant):
+        return None
     row = await conn.fetchrow(
         f"SELECT version, deleted_at IS NOT NULL AS deleted FROM {tenant_schema(tenant)}"
         ".workflows WHERE id = $1",
@@ -86,6 +109,8 @@ async def list_runs(
     limit: int,
 ) -> list[dict[str, Any]]:
     """Runs, newest first (of one workflow, or all), each with its steps."""
+    if not await _ready(conn, tenant):
+        return []
     s = tenant_schema(tenant)
     args: list[Any] = [limit]
     where = []
@@ -106,6 +131,8 @@ async def list_runs(
 
 async def get_run(conn: asyncpg.Connection, tenant: str, run: str) -> dict[str, Any] | None:
     """One run with its steps, or None."""
+    if not await _ready(conn, tenant):
+        return None
     row = await conn.fetchrow(
         f"SELECT {_RUN_COLUMNS} FROM {tenant_schema(tenant)}.runs WHERE id = $1", run
     )
