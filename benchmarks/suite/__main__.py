@@ -5,7 +5,7 @@ Order: tenants → ingest (batches, single events at saturation and fixed rates)
 consumer first: the headline comparison) → end-to-end write-to-visible: its own
 maximum (write+read pairs, closed loop), then 25/50/75 % of it → check → reads
 (open loop) → replay → check → webhooks (private database) → analytics →
-integrations (private database) → ``results/<date>-<sizes>.json``, ``.md``,
+integrations (private database) → workflows → ``results/<date>-<sizes>.json``, ``.md``,
 plots. Every result file names its commit and whether the tree was clean.
 ``make bench QUICK=1`` runs the quick sizes; ``--smoke`` checks the suite itself.
 """
@@ -25,7 +25,7 @@ from typing import Any
 
 import aiohttp
 
-from benchmarks import analytics, integrations, provenance, reads
+from benchmarks import analytics, integrations, provenance, reads, workflows
 from benchmarks.suite import check, peers, phases, report, webhooks
 
 
@@ -156,6 +156,11 @@ async def run(args: phases.Cli) -> dict[str, Any]:
     if "integrations" not in skip:
         _say("integrations (a private database)")
         await _optional(doc, "integrations", lambda: integrations.measure(sizes.integration_items))
+    if "workflows" not in skip:
+        _say("workflows (eventfold run, a topic of its own)")
+        await _optional(
+            doc, "workflows", lambda: workflows.measure(sizes.workflow_runs, sizes.fixed_seconds)
+        )
     doc["peer_table"] = peer_table(doc)
     doc["headline"] = headline(doc)
     doc["memory_peaks"] = memory_peaks(doc["memory"])

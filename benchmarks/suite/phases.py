@@ -74,6 +74,9 @@ class Sizes:
     #: Events through the analytics worker; items of the integration's initial sync.
     analytics_events: int
     integration_items: int
+    #: Runs of the 3-step workflow triggered at once (saturation); the latency phase
+    #: then runs ``fixed_seconds`` at half the rate reached.
+    workflow_runs: int
 
 
 #: In flight at once for single-event ingest at saturation; the eventsourcing peer
@@ -84,20 +87,20 @@ SINGLE_CONCURRENCY = 64
 #: (a re-sent one would take the gateway's cheaper duplicate path).
 QUICK = Sizes(
     "quick", 40_000, (5_000, 10_000), 2, 8_000, (500, 1000, 2000, 5000), 3, 3_000, 8, 5_000,
-    5_000, 5, 5_000, 20_000, 10_000,
+    5_000, 5, 5_000, 20_000, 10_000, 2_000,
 )  # fmt: skip
 FULL = Sizes(
     "full", 300_000, (10_000, 20_000), 10, 30_000, (1000, 2000, 5000), 15, 10_000, 20, 20_000,
-    20_000, 15, 20_000, 50_000, 20_000,
+    20_000, 15, 20_000, 50_000, 20_000, 10_000,
 )  # fmt: skip
 #: A run of a few minutes that exercises every code path (for changing the suite itself).
 SMOKE = Sizes(
-    "smoke", 5_000, (2_000,), 1, 500, (200,), 1, 200, 1, 300, 500, 1, 200, 1_000, 500,
+    "smoke", 5_000, (2_000,), 1, 500, (200,), 1, 200, 1, 300, 500, 1, 200, 1_000, 500, 200,
 )  # fmt: skip
 
 #: Phases a run may leave out (``--skip``); ingest and projection always run.
 OPTIONAL_PHASES = ("peers", "visible", "reads", "replay", "webhooks", "analytics",
-                   "integrations")  # fmt: skip
+                   "integrations", "workflows")  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

@@ -276,14 +276,32 @@ def replay_lines(doc: dict[str, Any]) -> list[str]:
 
 
 def extra_lines(doc: dict[str, Any]) -> list[str]:
-    """Analytics and integrations, when measured."""
+    """Analytics, integrations and workflows, when measured."""
     lines: list[str] = []
     if doc.get("analytics"):
         lines += analytics_lines(doc["analytics"])
     if doc.get("integrations"):
         lines += (["", *integrations_lines(doc["integrations"])] if lines
                   else integrations_lines(doc["integrations"]))  # fmt: skip
+    if doc.get("workflows"):
+        lines += (["", *workflows_lines(doc["workflows"])] if lines
+                  else workflows_lines(doc["workflows"]))  # fmt: skip
     return lines
+
+
+def workflows_lines(w: dict[str, Any]) -> list[str]:
+    """A 3-step workflow (http, record patch, email): runs/s at saturation, and trigger →
+    first step latency at half of it."""
+    sat, half = w["saturation"], w["latency_at_half"]
+    lat = half["trigger_to_first_step_ms"]
+    return ["## Workflows (http → record patch → email, one `eventfold run`)", "",
+            "| runs | runs/s (processed) | runs/s (projected) | failed |"
+            " at runs/s | first step p50 ms | p99 ms | failed |",
+            "|---|---|---|---|---|---|---|---|",
+            f"| {sat['runs']:,} | {fmt(sat['runs_per_second'])} |"
+            f" {fmt(sat.get('projected_runs_per_second'))} | {sat['failed']} |"
+            f" {fmt(half['rate_per_second'])} | {lat['p50']} | {lat['p99']} |"
+            f" {half['failed'] + half['write_errors']} |"]  # fmt: skip
 
 
 def analytics_lines(a: dict[str, Any]) -> list[str]:
