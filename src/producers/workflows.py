@@ -32,6 +32,7 @@ from eventfold.egress import AllowList
 from eventfold.envelope import pydantic_errors
 from eventfold.errors import Conflict, FieldError, NotFound, ValidationFailed
 from eventfold.events.workflow import RunCommand, WorkflowDeleted, WorkflowSaved
+from eventfold.sealing import keyring
 from eventfold.tenancy import tenant_connection
 from eventfold.web import (
     POOL,
@@ -43,7 +44,14 @@ from eventfold.web import (
     wait_for_consistency,
 )
 from eventfold.workflows import reads
-from eventfold.workflows.definition import STEP_ID_PATTERN, WORKFLOW_ID_PATTERN, Definition, parse
+from eventfold.workflows.definition import (
+    HEADERS_PURPOSE,
+    STEP_ID_PATTERN,
+    WORKFLOW_ID_PATTERN,
+    Definition,
+    parse,
+    seal_headers,
+)
 from eventfold.workflows.ids import RUN_ID_PATTERN
 from producers import commands
 from producers.publisher import consistency_token
@@ -145,8 +153,10 @@ register(
 
 
 def _definition(request: web.Request, body: Any) -> Definition:
-    allow = AllowList.parse(request.app[SETTINGS].webhook_allow_hosts)
-    return parse(body, allow)
+    settings = request.app[SETTINGS]
+    definition = parse(body, AllowList.parse(settings.webhook_allow_hosts))
+    ring = keyring(settings)
+    return seal_headers(definition, lambda raw: ring.seal(raw, purpose=HEADERS_PURPOSE))
 
 
 def _path_id(request: web.Request) -> str:

@@ -71,6 +71,7 @@ def paid_order(base: str, **over: Any) -> dict[str, Any]:
         },
         "steps": [
             {"id": "crm", "kind": "http", "method": "POST", "url": f"{base}/crm",
+             "headers": {"Authorization": "Bearer s3cret-${/record/id}"},
              "body": {"order": "${/record/id}", "total": {"$from": "/record/data/total"}},
              "retry": {"max_attempts": 3, "backoff_seconds": 0.2}},
             {"id": "mark", "kind": "record", "op": "patch", "collection": "orders",
@@ -113,6 +114,13 @@ async def test_the_paid_order_runs_every_step_kind_once(
     [crm] = receiver.to("/crm")
     assert crm.body == {"order": "o1", "total": 150}  # ${} is text, $from keeps the number
     assert crm.headers["Idempotency-Key"] == f"{run['id']}:crm"
+    assert crm.headers["Authorization"] == "Bearer s3cret-o1"
+    # The header's value is sealed: neither the log nor a read holds it in plain text.
+    served = await tenant.read_json("/workflows/paid-order")
+    assert served["steps"][0]["headers"] == {"Authorization": "(sealed)"}
+    assert "headers_sealed" not in served["steps"][0]
+    created = await tenant.read_json("/events/workflow.created:paid-order")
+    assert "s3cret" not in json.dumps(created)
     assert step(run, "crm")["output"] == {"id": "crm-7"}
     record = await tenant.read_json("/collections/orders/records/o1")
     assert record["data"]["crm_id"] == "crm-7"

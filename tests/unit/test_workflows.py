@@ -227,3 +227,18 @@ def test_ids_are_fixed_by_what_caused_them() -> None:
     t = _start([{"id": "h", "kind": "http", "url": "x"}])
     again = _start([{"id": "h", "kind": "http", "url": "x"}])
     assert [e.id for e in t.events] == [e.id for e in again.events]
+
+
+def test_headers_are_sealed_and_a_sealed_value_is_never_taken_from_a_client() -> None:
+    from eventfold.workflows.definition import seal_headers, served
+
+    step = {"id": "a", "kind": "http", "url": "https://example.com/a",
+            "headers": {"Authorization": "Bearer x"}}  # fmt: skip
+    d = seal_headers(parse(_definition(steps=[step]), AllowList.parse(())), lambda b: "S" + b.hex())
+    doc = d.document()
+    assert doc["steps"][0]["headers"] == {"Authorization": "(sealed)"}
+    assert doc["steps"][0]["headers_sealed"].startswith("S")
+    assert "headers_sealed" not in served(doc)["steps"][0]
+    with pytest.raises(ValidationFailed) as caught:
+        parse(_definition(steps=[{**step, "headers_sealed": "forged"}]), AllowList.parse(()))
+    assert [e.path for e in caught.value.errors] == ["/steps/0/headers_sealed"]

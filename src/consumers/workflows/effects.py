@@ -47,25 +47,33 @@ SOURCE = "eventfold/workflows"
 _RECORD_TYPES = {"upsert": "record.upserted", "patch": "record.patched", "delete": "record.deleted"}
 
 
-async def http(session: aiohttp.ClientSession, allow: AllowList, effect: Effect) -> Result:
-    """Call the step's URL with its Idempotency-Key; the JSON answer is the output."""
+async def http(
+    session: aiohttp.ClientSession,
+    allow: AllowList,
+    effect: Effect,
+    headers: dict[str, Any] | None = None,
+) -> Result:
+    """Call the step's URL with its Idempotency-Key; the JSON answer is the output.
+
+    ``headers`` (unsealed and rendered by the caller) replace the step's own, whose
+    values a stored definition only shows as ``(sealed)``."""
     spec = effect.spec
     url = str(spec.get("url", ""))
     try:
         check_url(url, allow)
     except EgressRefused as exc:
         return Result(ok=False, error=f"refused: {exc.public}")
-    headers = {str(k): str(v) for k, v in (spec.get("headers") or {}).items()}
-    headers["Idempotency-Key"] = ids.idempotency_key(effect.run, effect.step)
+    sent = {str(k): str(v) for k, v in (headers or {}).items()}
+    sent["Idempotency-Key"] = ids.idempotency_key(effect.run, effect.step)
     body = spec.get("body")
     data = None
     if body is not None:
         data = orjson.dumps(body)
-        headers.setdefault("Content-Type", "application/json")
+        sent.setdefault("Content-Type", "application/json")
     try:
         async with asyncio.timeout(float(spec.get("timeout_seconds", 10.0))):
             async with session.request(
-                str(spec.get("method", "POST")), url, data=data, headers=headers,
+                str(spec.get("method", "POST")), url, data=data, headers=sent,
                 allow_redirects=False,
             ) as resp:  # fmt: skip
                 raw = await read_capped(resp, RESPONSE_CAP)

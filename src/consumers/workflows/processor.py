@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import orjson
 
 from consumers.workflows import effects, store
 from consumers.workflows.store import Claimed, InboxRow
@@ -21,8 +22,11 @@ from eventfold.egress import AllowList, guarded_session
 from eventfold.envelope import CloudEvent
 from eventfold.kafka import make_producer
 from eventfold.metrics import Metrics
+from eventfold.sealing import SealError, keyring
 from eventfold.settings import Settings
 from eventfold.workflows import ids, machine
+from eventfold.workflows.context import render
+from eventfold.workflows.definition import HEADERS_PURPOSE
 from eventfold.workflows.machine import Effect, Emit, Result, RunState
 from producers.publisher import Publisher
 
@@ -65,6 +69,7 @@ class WorkflowProcessor:
         self.allow = AllowList.parse(settings.webhook_allow_hosts)
         self.smtp = effects.Smtp.parse(settings.smtp_url, settings.smtp_from)
         self.lease = settings.workflow_lease_seconds
+        self._keys = keyring(settings)
         self._definitions: dict[tuple[str, str, int], dict[str, Any]] = {}
         self._by_tenant: Counter[str] = Counter()
         self._driving: dict[str, asyncio.Task[None]] = {}
@@ -253,7 +258,7 @@ class WorkflowProcessor:
                 now = time.time()
                 effect = machine.next_effect(state, now)
                 if effect is not None:
-                    result = await self._perform(publisher, session, tenant, effect)
+                    result = await self._perform(publisher, session, tenant, effect, state)
                     t = machine.on_result(state, result, time.time())
                     self._observe_step(state, effect, result)
                 elif machine.timer_due(state, now):
@@ -295,11 +300,22 @@ class WorkflowProcessor:
         await publisher.publish(tenant, events)
 
     async def _perform(
-        self, publisher: Publisher, session: aiohttp.ClientSession, tenant: str, effect: Effect
+        self,
+        publisher: Publisher,
+        session: aiohttp.ClientSession,
+        tenant: str,
+        effect: Effect,
+        state: RunState,
     ) -> Result:
         started = time.perf_counter()
         if effect.kind == "http":
-            result = await effects.http(session, self.allow, effect)
+            try:
+                headers = self._headers(state)
+            except SealError:
+                # No key of this deployment opens them (a key removed from the ring).
+                headers, result = None, Result(ok=False, error="the headers cannot be unsealed")
+            if headers is not None or not state.steps[state.index].get("headers_sealed"):
+                result = await effects.http(session, self.allow, effect, headers)
         elif effect.kind == "email":
             result = await effects.email(self.smtp, effect)
         else:
@@ -308,6 +324,16 @@ class WorkflowProcessor:
             effect.kind, "ok" if result.ok else "retry" if result.retriable else "failed"
         ).observe(time.perf_counter() - started)
         return result
+
+    def _headers(self, state: RunState) -> dict[str, Any] | None:
+        """The current http step's headers, unsealed and rendered from the run context
+        (kept sealed at rest: in the log, the read model and the run's state)."""
+        sealed = state.steps[state.index].get("headers_sealed")
+        if not sealed:
+            return None
+        raw = self._keys.open(str(sealed), purpose=HEADERS_PURPOSE)
+        rendered: dict[str, Any] = render(orjson.loads(raw), state.context)
+        return rendered
 
     def _observe_step(self, state: RunState, effect: Effect, result: Result) -> None:
         step = state.progress[state.index - 1] if result.ok else state.current

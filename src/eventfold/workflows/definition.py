@@ -11,8 +11,10 @@ step runs), and every schema violation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from eventfold.egress import AllowList, EgressRefused, check_url
@@ -59,13 +61,22 @@ class _Step(_Strict):
     if_: Conditions | None = Field(default=None, alias="if")
 
 
+#: The sealing purpose of an http step's headers (they may carry credentials).
+HEADERS_PURPOSE = "workflow.headers"
+#: What a sealed header's value reads as in a stored or served definition.
+SEALED = "(sealed)"
+
+
 class HttpStep(_Step):
     """Calls a URL with ``Idempotency-Key: <run id>:<step id>``."""
 
     kind: Literal["http"]
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
     url: str = Field(min_length=8, max_length=2048)
-    headers: dict[str, str] | None = None
+    #: As sent; stored and served with every value :data:`SEALED` (see :func:`seal_headers`).
+    headers: dict[str, str] | None = Field(default=None, max_length=50)
+    #: The headers sealed (AES-GCM, :data:`HEADERS_PURPOSE`): set by the server only.
+    headers_sealed: str | None = Field(default=None, max_length=50_000)
     body: Any = None
     retry: Retry = Field(default_factory=Retry)
     timeout_seconds: float = Field(default=10.0, gt=0, le=120)
@@ -219,6 +230,8 @@ def _check_steps(steps: list[Any], allow: AllowList) -> list[FieldError]:
                 problem = check_reference(ref, earlier)
                 if problem:
                     errors.append(FieldError(path, problem))
+        if "headers_sealed" in raw:
+            errors.append(FieldError(f"{at}/headers_sealed", "is set by the server: send headers"))
         if kind == "http" and isinstance(raw.get("url"), str) and "${" not in raw["url"]:
             try:
                 check_url(raw["url"], allow)
@@ -242,3 +255,24 @@ def _check_names(raw: dict[str, Any], at: str) -> list[FieldError]:
 
 def _esc(token: str) -> str:
     return token.replace("~", "~0").replace("/", "~1")
+
+
+def seal_headers(definition: Definition, seal: Callable[[bytes], str]) -> Definition:
+    """``definition`` with each http step's headers sealed by ``seal`` into
+    ``headers_sealed`` and their values shown as :data:`SEALED`: a header may carry a
+    credential, and neither the log nor a read ever holds it in plain text."""
+    steps: list[Any] = []
+    for step in definition.steps:
+        if isinstance(step, HttpStep) and step.headers:
+            sealed = seal(orjson.dumps(step.headers))
+            step = step.model_copy(
+                update={"headers": dict.fromkeys(step.headers, SEALED), "headers_sealed": sealed}
+            )
+        steps.append(step)
+    return definition.model_copy(update={"steps": steps})
+
+
+def served(document: dict[str, Any]) -> dict[str, Any]:
+    """A stored definition as reads serve it: without the sealed headers."""
+    steps = [{k: v for k, v in s.items() if k != "headers_sealed"} for s in document["steps"]]
+    return {**document, "steps": steps}

@@ -15,6 +15,7 @@ import asyncpg
 
 from eventfold.ids import tenant_schema
 from eventfold.workflows import tables
+from eventfold.workflows.definition import served
 
 _RUN_COLUMNS = (
     "id, workflow, workflow_version, status, trigger_event, reason, started_at, finished_at"
@@ -24,7 +25,7 @@ _RUN_COLUMNS = (
 def workflow_doc(row: asyncpg.Record) -> dict[str, Any]:
     """A workflow as served: its definition with ``version`` and times."""
     return {
-        **dict(row["definition"]),
+        **served(dict(row["definition"])),
         "version": row["version"],
         "created_at": row["created_at"],
         "updated_at": row["updated_at"],
