@@ -221,6 +221,9 @@ CREATE INDEX IF NOT EXISTS workflow_runs_due
     ON eventfold.workflow_runs (topic, tenant, wake_at) WHERE wake_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS workflow_runs_unfinished
     ON eventfold.workflow_runs (status) WHERE status IN ('running', 'waiting');
+CREATE INDEX IF NOT EXISTS workflow_runs_finished
+    ON eventfold.workflow_runs (topic, updated_at)
+    WHERE status IN ('succeeded', 'failed', 'cancelled');
 """
 #: Serialises concurrent migrations from processes starting at once.
 _MIGRATION_LOCK = 0x4576_466F  # "EvFo"

@@ -37,8 +37,12 @@ POLL_SECONDS = 0.1
 #: Inbox rows taken per transaction, and per tenant in it.
 INBOX_BATCH = 200
 INBOX_PER_TENANT = 50
-#: How often the gauges are refreshed.
+#: How often the gauges are refreshed (and finished runs past retention forgotten).
 GAUGE_SECONDS = 5.0
+#: Finished runs are kept this long in the processor's table (the read model keeps them).
+RETENTION_DAYS = 7.0
+#: Definitions cached (versions never change; the cache only bounds memory).
+DEFINITIONS_CACHED = 4096
 
 
 def envelope(tenant: str, run: str, emit: Emit) -> dict[str, Any]:
@@ -164,6 +168,8 @@ class WorkflowProcessor:
             if definition is None:
                 log.warning("workflow version missing", extra={"workflow": row.workflow})
                 return
+            if len(self._definitions) >= DEFINITIONS_CACHED:
+                self._definitions.clear()
             self._definitions[key] = definition  # versions never change
         run = ids.run_id(row.tenant, row.workflow, str(event.get("id", "")))
         t = machine.start(
@@ -360,6 +366,7 @@ class WorkflowProcessor:
         self.metrics.workflow_timers_pending.set(timers)
         self.metrics.workflow_oldest_waiting_seconds.set(oldest)
         self.metrics.workflow_inbox.set(inbox)
+        await store.prune(self.pool, self.topic, RETENTION_DAYS, 1000)
 
 
 def _parse_time(value: Any) -> float | None:

@@ -245,3 +245,21 @@ async def gauges(pool: asyncpg.Pool, topic: str) -> tuple[int, float, int]:
         )
     assert row is not None
     return int(row["timers"]), float(row["oldest"]), int(row["inbox"])
+
+
+async def prune(pool: asyncpg.Pool, topic: str, older_than_days: float, limit: int) -> int:
+    """Forget up to ``limit`` runs of ``topic`` that finished before ``older_than_days``
+    (the read model keeps them; here they only served loop protection, whose
+    lookups come within moments of a run's writes)."""
+    async with pool.acquire(timeout=5) as conn:
+        deleted = await conn.fetchval(
+            "WITH gone AS (DELETE FROM eventfold.workflow_runs WHERE id IN ("
+            "  SELECT id FROM eventfold.workflow_runs WHERE topic = $1"
+            "  AND status IN ('succeeded', 'failed', 'cancelled')"
+            "  AND updated_at < now() - make_interval(days => $2) LIMIT $3)"
+            " RETURNING 1) SELECT count(*) FROM gone",
+            topic,
+            older_than_days,
+            limit,
+        )
+    return int(deleted)
