@@ -411,6 +411,7 @@ async def _apply_tenant(
 ) -> None:
     keys, ids = lookups if lookups is not None else _lookups(items)
     state_now = await (loaded if loaded is not None else _load(conn, tenant, ids, keys))
+    await workflows.begin_batch(conn, tenant, [i.event for i in items])
     seen = state_now.seen
     state: dict[tuple[str, str], Record | None] = dict(state_now.records)
     changed: dict[tuple[str, str], tuple[Record, str]] = {}
@@ -467,7 +468,7 @@ async def _apply_tenant(
         extra = ev.model_extra or {}
         pushed.append((outcome.status == "applied" and not is_replay(ev), "status" in extra))
     seqs = await store.save(conn, tenant, changed, history)
-    await workflows.enqueue_triggers(conn, tenant, triggered)
+    await workflows.end_batch(conn, tenant, triggered)
     result.live += [
         LiveEvent(tenant, seqs[row.id], row.type, row.envelope, has_status)
         for row, (live, has_status) in zip(history, pushed, strict=True)

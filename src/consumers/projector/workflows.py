@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 import asyncpg
 from pydantic import BaseModel, ValidationError
 
-from consumers.projector import platform
+from consumers.projector import platform, runfold
 from consumers.projector.fold import APPLIED, Outcome, Record
 from consumers.projector.handlers import PROJECTED_TOPIC, handles
 from eventfold.envelope import CloudEvent
@@ -147,20 +147,15 @@ async def run_started(
     data = _parse(RunStarted, ev)
     if isinstance(data, Outcome):
         return data
-    s = tenant_schema(tenant)
-    inserted = await conn.fetchval(
-        f"INSERT INTO {s}.runs (id, workflow, workflow_version, status, trigger_event, depth,"
-        " started_at) VALUES ($1, $2, $3, 'running', $4, $5, $6)"
-        " ON CONFLICT (id) DO NOTHING RETURNING true",
-        data.run, data.workflow, data.workflow_version, data.trigger_event, data.depth, data.at,
-    )  # fmt: skip
-    if not inserted:
+    fold, alone = await runfold.open_run(conn, tenant, data.run)
+    row = {
+        "id": data.run, "workflow": data.workflow, "workflow_version": data.workflow_version,
+        "trigger_event": data.trigger_event, "depth": data.depth, "started_at": data.at,
+    }  # fmt: skip
+    if not runfold.start(fold, row, [(step.id, step.kind) for step in data.steps]):
         return Outcome("rejected", f"run {data.run} exists already")
-    await conn.executemany(
-        f"INSERT INTO {s}.run_steps (run, position, id, kind, status) VALUES ($1, $2, $3, $4,"
-        " 'pending')",
-        [(data.run, i, step.id, step.kind) for i, step in enumerate(data.steps)],
-    )
+    if alone:
+        await runfold.flush(conn, tenant, fold)
     return APPLIED
 
 
@@ -168,43 +163,17 @@ _RUN_STATUS = {"workflow.step.started": "running", "workflow.step.waiting": "wai
                "workflow.step.succeeded": "running"}  # fmt: skip
 
 
-async def _step(
-    conn: asyncpg.Connection,
-    tenant: str,
-    ev_type: str,
-    run: str,
-    step: str,
-    sets: str,
-    *args: Any,
-) -> bool:
-    """Update the step (``sets`` numbers its parameters from ``$4``) and, when the
-    event moves the run (:data:`_RUN_STATUS`), the run's status: one round trip."""
-    s = tenant_schema(tenant)
-    done = await conn.fetchval(
-        f"""WITH st AS (UPDATE {s}.run_steps SET {sets} WHERE run = $1 AND id = $2 RETURNING run),
-                 ru AS (UPDATE {s}.runs SET status = $3 WHERE $3::text IS NOT NULL
-                        AND id = $1 AND finished_at IS NULL AND EXISTS (SELECT 1 FROM st))
-            SELECT count(*) FROM st""",
-        run, step, _RUN_STATUS.get(ev_type), *args,
-    )  # fmt: skip
-    return bool(done)
-
-
-#: Per step event: the columns it sets (parameters from ``$4``) and their values.
-_STEP_SETS: dict[str, Callable[[Any], tuple[str, tuple[Any, ...]]]] = {
-    "workflow.step.started": lambda d: (
-        "status = 'running', attempts = 1, started_at = $4", (d.at,)),
-    "workflow.step.waiting": lambda d: (
-        "status = 'waiting', attempts = 1, started_at = $4", (d.at,)),
-    "workflow.step.retrying": lambda d: ("attempts = $4, error = $5", (d.attempts, d.error)),
-    "workflow.step.succeeded": lambda d: (
-        "status = 'succeeded', attempts = $4, output = $5, error = NULL, finished_at = $6",
-        (d.attempts, d.output, d.at)),
-    "workflow.step.failed": lambda d: (
-        "status = 'failed', attempts = $4, error = $5, finished_at = $6",
-        (d.attempts, d.error, d.at)),
-    "workflow.step.skipped": lambda d: ("status = 'skipped', finished_at = $4", (d.at,)),
-    "workflow.step.cancelled": lambda d: ("status = 'cancelled', finished_at = $4", (d.at,)),
+#: Per step event: the columns of its step it sets.
+_STEP_CHANGES: dict[str, Callable[[Any], dict[str, Any]]] = {
+    "workflow.step.started": lambda d: {"status": "running", "attempts": 1, "started_at": d.at},
+    "workflow.step.waiting": lambda d: {"status": "waiting", "attempts": 1, "started_at": d.at},
+    "workflow.step.retrying": lambda d: {"attempts": d.attempts, "error": d.error},
+    "workflow.step.succeeded": lambda d: {"status": "succeeded", "attempts": d.attempts,
+                                          "output": d.output, "error": None, "finished_at": d.at},
+    "workflow.step.failed": lambda d: {"status": "failed", "attempts": d.attempts,
+                                       "error": d.error, "finished_at": d.at},
+    "workflow.step.skipped": lambda d: {"status": "skipped", "finished_at": d.at},
+    "workflow.step.cancelled": lambda d: {"status": "cancelled", "finished_at": d.at},
 }  # fmt: skip
 
 
@@ -233,8 +202,12 @@ async def step_changed(
     data: Any = _parse(models[ev.type], ev)
     if isinstance(data, Outcome):
         return data
-    sets, args = _STEP_SETS[ev.type](data)
-    found = await _step(conn, tenant, ev.type, data.run, data.step, sets, *args)
+    fold, alone = await runfold.open_run(conn, tenant, data.run)
+    found = runfold.change_step(
+        fold, data.run, data.step, _STEP_CHANGES[ev.type](data), _RUN_STATUS.get(ev.type)
+    )
+    if alone:
+        await runfold.flush(conn, tenant, fold)
     if not found:
         return Outcome("rejected", f"no step {data.step} in run {data.run}")
     return APPLIED
@@ -248,14 +221,10 @@ async def run_finished(
     data = _parse(RunFinished, ev)
     if isinstance(data, Outcome):
         return data
-    done = await conn.fetchval(
-        f"UPDATE {tenant_schema(tenant)}.runs SET status = $2, reason = $3, finished_at = $4"
-        " WHERE id = $1 AND finished_at IS NULL RETURNING true",
-        data.run,
-        ev.type.rsplit(".", 1)[1],
-        data.reason,
-        data.at,
-    )
+    fold, alone = await runfold.open_run(conn, tenant, data.run)
+    done = runfold.finish(fold, data.run, ev.type.rsplit(".", 1)[1], data.reason, data.at)
+    if alone:
+        await runfold.flush(conn, tenant, fold)
     return APPLIED if done else Outcome("rejected", f"run {data.run} is not running")
 
 
@@ -278,6 +247,20 @@ async def run_command(
 
 
 # -- triggers -----------------------------------------------------------------
+
+
+async def begin_batch(
+    conn: asyncpg.Connection, tenant: str, events: Sequence[CloudEvent | None]
+) -> None:
+    """Before one tenant's events of a batch are folded: read the runs they name."""
+    await runfold.begin(conn, tenant, events)
+
+
+async def end_batch(conn: asyncpg.Connection, tenant: str, changes: Sequence[Change]) -> None:
+    """After one tenant's events of a batch are folded and saved, in its transaction:
+    write the runs they changed, and the inbox rows of the triggers they match."""
+    await runfold.flush(conn, tenant)
+    await enqueue_triggers(conn, tenant, changes)
 
 
 async def enqueue_triggers(
