@@ -229,6 +229,9 @@ CREATE INDEX IF NOT EXISTS workflow_runs_finished
 _MIGRATION_LOCK = 0x4576_466F  # "EvFo"
 #: Channel the projector notifies on commit; readers waiting on a token listen.
 CHECKPOINT_CHANNEL = "eventfold_checkpoints"
+#: Channel the projector notifies (with the topic) when it hands the workflow processor
+#: a trigger or a command; the processor wakes at once instead of at its next poll.
+WORKFLOW_CHANNEL = "eventfold_workflows"
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ValidationError
 from consumers.projector import platform, runfold
 from consumers.projector.fold import APPLIED, Outcome, Record
 from consumers.projector.handlers import PROJECTED_TOPIC, handles
+from eventfold.db import WORKFLOW_CHANNEL
 from eventfold.envelope import CloudEvent
 from eventfold.events.workflow import (
     COMMANDS,
@@ -243,6 +244,7 @@ async def run_command(
             f"{tenant}/{ev.id}", tenant, PROJECTED_TOPIC.get(), COMMANDS[ev.type], data.run,
             data.step, ev.to_dict(),
         )  # fmt: skip
+        await conn.execute("SELECT pg_notify($1, $2)", WORKFLOW_CHANNEL, PROJECTED_TOPIC.get())
     return APPLIED
 
 
@@ -313,3 +315,4 @@ async def enqueue_triggers(
             " ON CONFLICT (key) DO NOTHING",
             rows,
         )
+        await conn.execute("SELECT pg_notify($1, $2)", WORKFLOW_CHANNEL, topic)

@@ -18,6 +18,7 @@ import orjson
 
 from consumers.workflows import effects, store
 from consumers.workflows.store import Claimed, InboxRow
+from eventfold.db import WORKFLOW_CHANNEL, connect
 from eventfold.egress import AllowList, guarded_session
 from eventfold.envelope import CloudEvent
 from eventfold.kafka import make_producer
@@ -100,6 +101,7 @@ class WorkflowProcessor:
         concurrency = self.settings.workflow_concurrency
         session = guarded_session(self.allow, limit=concurrency, limit_per_host=concurrency)
         heartbeat = asyncio.create_task(self._heartbeat(stop), name="workflow-leases")
+        listener = asyncio.create_task(self._listen(stop), name="workflow-inbox-listener")
         gauges_at = 0.0
         self._ready = True
         try:
@@ -125,11 +127,14 @@ class WorkflowProcessor:
         finally:
             self._ready = False
             heartbeat.cancel()
+            listener.cancel()
             # Runs in flight stop here; their leases run out and another processor
             # (or this one, restarted) goes on from their last recorded transition.
             for task in list(self._driving.values()):
                 task.cancel()
-            await asyncio.gather(heartbeat, *self._driving.values(), return_exceptions=True)
+            await asyncio.gather(
+                heartbeat, listener, *self._driving.values(), return_exceptions=True
+            )
             await session.close()
             await publisher.stop()
 
@@ -351,6 +356,35 @@ class WorkflowProcessor:
         at = _parse_time((doc.get("context") or {}).get("trigger", {}).get("time"))
         if at is not None:
             self.metrics.workflow_trigger_seconds.observe(max(0.0, time.time() - at))
+
+    async def _listen(self, stop: asyncio.Event) -> None:
+        """Wake the loop when the projector hands over work of this topic. Only an
+        optimisation: the loop polls every :data:`POLL_SECONDS` whatever happens here."""
+
+        def wake(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+            if payload == self.topic:
+                self._wake.set()
+
+        delay = 0.5
+        while not stop.is_set():
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await connect(self.settings.database_url)
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
+                await conn.add_listener(WORKFLOW_CHANNEL, wake)
+                delay = 0.5
+                while not stop.is_set() and not lost.is_set():
+                    await _sleep_or_stop(stop, 15.0)
+                    await conn.execute("SELECT 1", timeout=5)  # a stalled server tells no one
+            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+                log.info("workflow listener down, polling", extra={"error": repr(exc)})
+            finally:
+                if conn is not None and not conn.is_closed():
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(conn.close(), 2)
+            await _sleep_or_stop(stop, delay)
+            delay = min(delay * 2, 10.0)
 
     async def _heartbeat(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
