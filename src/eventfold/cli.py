@@ -285,8 +285,9 @@ def _dlq(settings: Settings, args: argparse.Namespace) -> int:
         try:
             if args.dlq_command == "redrive":
                 report = await redrive(
-                    pool, consumer, tenant=args.tenant, key=args.key, dry_run=args.dry_run
-                )
+                    pool, consumer, tenant=args.tenant, key=args.key, dry_run=args.dry_run,
+                    topic=settings.events_topic,
+                )  # fmt: skip
                 if report.applied and not args.dry_run:
                     from consumers.cache.processor import refresh_after_redrive
 

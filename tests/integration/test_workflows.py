@@ -588,3 +588,38 @@ async def test_a_tenant_from_before_workflows_gets_the_tables_with_its_first(
     assert run["status"] == "succeeded"
     status, doc, err = await eventfold(api.settings, "verify", "--tenant", tenant.id)
     assert status == 0, (doc, err)
+
+
+async def test_a_parked_trigger_starts_its_run_once_redriven(
+    api: Api, tenant: TenantApi, receiver: Receiver, pool: asyncpg.Pool
+) -> None:
+    import os
+    import subprocess
+
+    from tests.integration.test_parking import EVENTFOLD, install_bug
+
+    await define(
+        tenant,
+        {"id": "late", "trigger": {"types": ["record.upserted"], "collection": "orders"},
+         "steps": [{"id": "s", "kind": "http", "url": f"{receiver.base}/late"}]},
+    )  # fmt: skip
+    await install_bug(pool, tenant.id)
+    parked = await tenant.write("PUT", "/collections/orders/records/p1", json={"poison": 1})
+    await tenant.write("PUT", "/collections/orders/records/p2", json={"fine": 1})
+    await wait_run(tenant, "late", finished)  # p2's run; p1's event is parked
+    assert (await tenant.read_json(f"/events/{parked['event_id']}"))["status"] == "pending"
+    async with pool.acquire() as conn:
+        await conn.execute(f"DROP TRIGGER boom ON {tenant_schema(tenant.id)}.records")
+    env = {
+        **os.environ,
+        "EVENTFOLD_CONSUMER_GROUP_PREFIX": api.settings.consumer_group_prefix,
+        "EVENTFOLD_EVENTS_TOPIC": api.settings.events_topic,
+    }
+    fixed = subprocess.run(
+        [EVENTFOLD, "dlq", "redrive", "--tenant", tenant.id, "--json"],
+        capture_output=True, text=True, timeout=60, env=env, check=False,
+    )  # fmt: skip
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    runs = await wait_run(tenant, "late", finished, count=2)
+    assert {r["trigger_event"] for r in runs} >= {parked["event_id"]}
+    assert len(receiver.to("/late")) == 2

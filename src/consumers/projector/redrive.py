@@ -15,6 +15,7 @@ import orjson
 
 from consumers.projector import parking
 from consumers.projector.batch import BatchResult, LogEvent, apply_events, budget_sql
+from consumers.projector.handlers import PROJECTED_TOPIC
 from eventfold.db import CHECKPOINT_CHANNEL
 from eventfold.envelope import decode_event
 
@@ -38,13 +39,18 @@ async def redrive(
     dry_run: bool = False,
     deferred_only: bool = False,
     budget_ms: int | None = None,
+    topic: str = "",
 ) -> RedriveReport:
     """Apply the parked events of ``consumer`` (narrowed by tenant/key) in order.
 
     ``deferred_only`` takes only records holding deferred events (the automatic
     retry); ``budget_ms`` bounds each statement and lock wait, and a timeout
     leaves that record parked (the error is raised for the caller to retry).
+    ``topic`` is the log the events came from, for handlers that record it (the
+    workflow inbox is served per topic: an event applied here still starts its runs).
     """
+    if topic:
+        PROJECTED_TOPIC.set(topic)
     report = RedriveReport()
     async with pool.acquire(timeout=10) as conn:
         groups = await conn.fetch(
