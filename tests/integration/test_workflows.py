@@ -623,3 +623,35 @@ async def test_a_parked_trigger_starts_its_run_once_redriven(
     runs = await wait_run(tenant, "late", finished, count=2)
     assert {r["trigger_event"] for r in runs} >= {parked["event_id"]}
     assert len(receiver.to("/late")) == 2
+
+
+async def test_an_inbox_row_that_cannot_be_taken_holds_up_no_other(
+    api: Api, tenant: TenantApi, receiver: Receiver, pool: asyncpg.Pool
+) -> None:
+    await define(
+        tenant,
+        {"id": "ok", "trigger": {"types": ["record.upserted"], "collection": "c"},
+         "steps": [{"id": "s", "kind": "http", "url": f"{receiver.base}/ok"}]},
+    )  # fmt: skip
+    # A row no processor can take (its definition's steps are not a list): it stays.
+    async with pool.acquire() as conn:
+        await conn.execute(
+            f"INSERT INTO {tenant_schema(tenant.id)}.workflow_versions (id, version,"
+            " definition, created_at) VALUES ('broken', 1, $1, now())",
+            {"steps": 5},
+        )
+        await conn.execute(
+            "INSERT INTO eventfold.workflow_inbox (key, tenant, topic, kind, workflow, version,"
+            " event, record) VALUES ($1, $2, $3, 'trigger', 'broken', 1, $4, NULL)",
+            f"{tenant.id}/trigger/broken/x", tenant.id, api.settings.events_topic,
+            {"id": "x", "type": "record.upserted"},
+        )  # fmt: skip
+    await tenant.write("PUT", "/collections/c/records/r1", json={})
+    [run] = await wait_run(tenant, "ok", finished)
+    assert run["status"] == "succeeded"
+    async with pool.acquire() as conn:
+        left = await conn.fetchval(
+            "SELECT count(*) FROM eventfold.workflow_inbox WHERE tenant = $1", tenant.id
+        )
+        await conn.execute("DELETE FROM eventfold.workflow_inbox WHERE tenant = $1", tenant.id)
+    assert left == 1

@@ -140,19 +140,50 @@ class WorkflowProcessor:
 
     # -- the inbox ------------------------------------------------------------
 
-    async def _intake(self) -> int:
-        """Turn inbox rows into runs (or commands into transitions), in one transaction."""
-        async with self.pool.acquire(timeout=5) as conn, conn.transaction():
-            rows = await store.claim_inbox(conn, self.topic, INBOX_PER_TENANT, INBOX_BATCH)
-            if not rows:
-                return 0
-            for row in rows:
-                if row.kind == "trigger":
-                    await self._start_run(conn, row)
-                else:
-                    await self._command(conn, row)
-            await store.delete_inbox(conn, [r.id for r in rows])
-        return len(rows)
+    async def _intake(self, *, careful: bool = False) -> int:
+        """Turn inbox rows into runs (or commands into transitions), in one transaction.
+
+        A row that fails for a reason of its own would fail every batch it is in:
+        after a failed batch the rows are taken ``careful``ly, each in a savepoint,
+        and one that still fails stays in the inbox (logged, tried again next round)
+        while the others go on.
+        """
+        try:
+            async with self.pool.acquire(timeout=5) as conn, conn.transaction():
+                rows = await store.claim_inbox(conn, self.topic, INBOX_PER_TENANT, INBOX_BATCH)
+                done: list[int] = []
+                for row in rows:
+                    if not careful:
+                        await self._take(conn, row)
+                        done.append(row.id)
+                        continue
+                    try:
+                        async with conn.transaction():
+                            await self._take(conn, row)
+                        done.append(row.id)
+                    except (OSError, asyncpg.InterfaceError, TimeoutError):
+                        raise
+                    except Exception as exc:
+                        log.error(
+                            "workflow inbox row failed",
+                            extra={"row": row.id, "tenant": row.tenant, "error": repr(exc)},
+                        )
+                await store.delete_inbox(conn, done)
+        except (OSError, asyncpg.InterfaceError, TimeoutError):
+            raise
+        except Exception as exc:
+            if careful:
+                raise
+            log.warning("workflow inbox batch failed, taking it row by row",
+                        extra={"error": repr(exc)})  # fmt: skip
+            return await self._intake(careful=True)
+        return len(done)
+
+    async def _take(self, conn: asyncpg.Connection, row: InboxRow) -> None:
+        if row.kind == "trigger":
+            await self._start_run(conn, row)
+        else:
+            await self._command(conn, row)
 
     async def _start_run(self, conn: asyncpg.Connection, row: InboxRow) -> None:
         assert row.workflow is not None
