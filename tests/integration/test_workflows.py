@@ -655,3 +655,38 @@ async def test_an_inbox_row_that_cannot_be_taken_holds_up_no_other(
         )
         await conn.execute("DELETE FROM eventfold.workflow_inbox WHERE tenant = $1", tenant.id)
     assert left == 1
+
+
+async def test_two_processors_share_the_runs_and_do_each_effect_once(
+    api: Api, tenant: TenantApi, receiver: Receiver, pool: asyncpg.Pool
+) -> None:
+    from consumers.workflows.processor import WorkflowProcessor
+    from eventfold.metrics import Metrics
+
+    # A second processor beside the session app's, on the same topic and database.
+    stop = asyncio.Event()
+    second = asyncio.create_task(WorkflowProcessor(api.settings, pool, Metrics()).run(stop))
+    try:
+        await define(
+            tenant,
+            {"id": "shared", "trigger": {"types": ["record.upserted"], "collection": "c"},
+             "steps": [{"id": "a", "kind": "http", "url": f"{receiver.base}/a"},
+                       {"id": "d", "kind": "delay", "seconds": 0.2},
+                       {"id": "b", "kind": "http", "url": f"{receiver.base}/b"}]},
+        )  # fmt: skip
+        count = 60
+        events = [
+            {"specversion": "1.0", "id": f"e{i}", "source": "test", "type": "record.upserted",
+             "subject": f"c/r{i}", "data": {}}
+            for i in range(count)
+        ]  # fmt: skip
+        await tenant.write("POST", "/events", json=events)
+        runs = await wait_run(tenant, "shared", finished, count=count, within=60)
+    finally:
+        stop.set()
+        await second
+    assert len(runs) == count
+    assert all(r["status"] == "succeeded" for r in runs)
+    for path in ("/a", "/b"):
+        keys = [c.headers["Idempotency-Key"] for c in receiver.to(path)]
+        assert len(keys) == count == len(set(keys)), path  # each step's effect once
