@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -690,3 +691,29 @@ async def test_two_processors_share_the_runs_and_do_each_effect_once(
     for path in ("/a", "/b"):
         keys = [c.headers["Idempotency-Key"] for c in receiver.to(path)]
         assert len(keys) == count == len(set(keys)), path  # each step's effect once
+
+
+async def test_runs_and_steps_are_measured(api: Api, tenant: TenantApi, receiver: Receiver) -> None:
+    await define(
+        tenant,
+        {"id": "measured", "trigger": {"types": ["record.upserted"], "collection": "c"},
+         "steps": [{"id": "s", "kind": "http", "url": f"{receiver.base}/m"},
+                   {"id": "w", "kind": "delay", "seconds": 30}]},
+    )  # fmt: skip
+    await tenant.write("PUT", "/collections/c/records/r1", json={})
+    await wait_run(tenant, "measured", lambda r: r["status"] == "waiting")
+    text = ""
+    for _ in range(100):  # the gauges are refreshed every few seconds
+        text = await (await api.client.get("/metrics")).text()
+        if "eventfold_workflow_timers_pending " in text and not re.search(
+            r"^eventfold_workflow_timers_pending 0\.0$", text, re.M
+        ):
+            break
+        await asyncio.sleep(0.1)
+    assert re.search(r"^eventfold_workflow_runs_started_total [1-9]", text, re.M)
+    assert 'eventfold_workflow_step_duration_seconds_count{kind="http",outcome="ok"}' in text
+    assert 'eventfold_workflow_step_attempts_count{kind="http"}' in text
+    assert re.search(r"^eventfold_workflow_trigger_latency_seconds_count [1-9]", text, re.M)
+    assert re.search(r"^eventfold_workflow_timers_pending [1-9]", text, re.M)
+    assert "eventfold_workflow_oldest_waiting_step_seconds " in text
+    assert 'eventfold_processor_ready{processor="workflows"} 1.0' in text
