@@ -98,9 +98,13 @@ SMOKE = Sizes(
     "smoke", 5_000, (2_000,), 1, 500, (200,), 1, 200, 1, 300, 500, 1, 200, 1_000, 500, 200,
 )  # fmt: skip
 
-#: Phases a run may leave out (``--skip``); ingest and projection always run.
+#: Phases a run may leave out (``--skip``) or pick (``--only``); ingest and projection
+#: run whenever a picked phase builds on them (:data:`ON_THE_CORE`).
 OPTIONAL_PHASES = ("peers", "visible", "reads", "replay", "webhooks", "analytics",
                    "integrations", "workflows")  # fmt: skip
+#: Optional phases that read the topic and tables the core phases (tenants, ingest,
+#: projection) fill; the others set up their own database and topic.
+ON_THE_CORE = frozenset({"peers", "visible", "replay"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,11 +114,28 @@ class Cli:
     sizes: Sizes
     results: Path
     skip: frozenset[str]
+    #: The phases picked with ``--only`` (empty: every phase not skipped). Such a run
+    #: is partial: its parts are quoted, but it is not "the newest suite run".
+    only: frozenset[str] = frozenset()
+
+    @property
+    def core(self) -> bool:
+        """Whether tenants, ingest and projection run: always, unless ``--only`` picked
+        phases none of which builds on them."""
+        return not self.only or bool(self.only & ON_THE_CORE)
+
+
+def _phases(p: argparse.ArgumentParser, value: str) -> frozenset[str]:
+    names = frozenset(x for x in value.split(",") if x)
+    unknown = names - set(OPTIONAL_PHASES)
+    if unknown:
+        p.error(f"no such optional phase: {', '.join(sorted(unknown))}")
+    return names
 
 
 def cli(description: str | None, argv: list[str] | None = None, *, suite: bool = True) -> Cli:
     """``--quick`` / ``--smoke`` (else the full sizes), ``--results DIR``, and for the
-    whole ``suite`` ``--skip a,b``."""
+    whole ``suite`` ``--skip a,b`` or ``--only a,b``."""
     from benchmarks.provenance import RESULTS
 
     p = argparse.ArgumentParser(
@@ -125,14 +146,20 @@ def cli(description: str | None, argv: list[str] | None = None, *, suite: bool =
     p.add_argument("--results", type=Path, default=RESULTS, help="where result files go")
     if suite:
         optional = ",".join(OPTIONAL_PHASES)
-        p.add_argument("--skip", default="", help=f"phases to leave out: {optional}")
+        picks = p.add_mutually_exclusive_group()
+        picks.add_argument("--skip", default="", help=f"phases to leave out: {optional}")
+        picks.add_argument(
+            "--only", default="",
+            help="only these optional phases (and ingest and projection if one of them"
+            f" builds on them: {','.join(sorted(ON_THE_CORE))})",
+        )  # fmt: skip
     args = p.parse_args(argv)
-    skip = frozenset(x for x in getattr(args, "skip", "").split(",") if x)
-    unknown = skip - set(OPTIONAL_PHASES)
-    if unknown:
-        p.error(f"no such optional phase: {', '.join(sorted(unknown))}")
+    skip = _phases(p, getattr(args, "skip", ""))
+    only = _phases(p, getattr(args, "only", ""))
+    if only:
+        skip = frozenset(OPTIONAL_PHASES) - only
     sizes = SMOKE if args.smoke else QUICK if args.quick else FULL
-    return Cli(sizes, args.results, skip)
+    return Cli(sizes, args.results, skip, only)
 
 
 def run_alone(
