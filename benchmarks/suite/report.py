@@ -449,8 +449,12 @@ def plots(doc: dict[str, Any], out_dir: Path, stem: str) -> list[str]:
     ax.set_ylabel("fraction of requests")
     ax.set_title("Latency distributions")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    save(fig, "latency")
+    # A partial run (--only) may have none of these: no empty plot then.
+    if any(cdf for _, cdf in series):
+        ax.legend(fontsize=7)
+        save(fig, "latency")
+    else:
+        plt.close(fig)
 
     proj = doc.get("projection")
     if proj and len(proj["timeline"]) > 2:
@@ -484,8 +488,9 @@ def plots(doc: dict[str, Any], out_dir: Path, stem: str) -> list[str]:
     runs = {k: v["progress"] for k, v in rep.items() if isinstance(v, dict) and v.get("progress")}
     if runs:
         lines(runs, "seconds", "events folded", "Rebuild progress (eventfold replay)", "rebuild")
-    lines(doc.get("memory_samples", {}), "seconds into the phase", "RSS (MiB)",
-          "Memory of the processes under test", "memory")  # fmt: skip
+    if any(doc.get("memory_samples", {}).values()):
+        lines(doc["memory_samples"], "seconds into the phase", "RSS (MiB)",
+              "Memory of the processes under test", "memory")  # fmt: skip
 
     rows = doc.get("peer_table", [])
     if rows:
