@@ -44,6 +44,7 @@ run: infra
 lint: venv
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/lint-imports
 	$(BIN)/eventfold schemas check
 
 typecheck: venv

@@ -28,10 +28,8 @@ import asyncio
 import os
 import statistics
 import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -44,12 +42,10 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from benchmarks import provenance
 from benchmarks.private import private_settings
 from benchmarks.privatedb import PrivateDatabaseRefused, private_database
-from benchmarks.suite.phases import SMOKE
+from benchmarks.suite.phases import EXE, SMOKE, free_port, wait_ready
+from devstack import ensure_topics
 from eventfold.auth import issue_token
-from eventfold.infra import ensure_topics
 from eventfold.settings import Settings
-
-EVENTFOLD = str(Path(sys.executable).with_name("eventfold"))
 
 
 class _Mails:
@@ -59,15 +55,6 @@ class _Mails:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         self.count += 1
         return "250 OK"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _env(settings: Settings, port: int, smtp_port: int, per_tenant: int) -> dict[str, str]:
@@ -163,16 +150,16 @@ async def run(args: argparse.Namespace, run_id: str, database_url: str) -> dict[
     receiver.router.add_post("/crm", crm)
     rx = web.AppRunner(receiver, access_log=None)
     await rx.setup()
-    rx_port = _free_port()
+    rx_port = free_port()
     await web.TCPSite(rx, "127.0.0.1", rx_port).start()
     mails = _Mails()
-    smtp_port = _free_port()
+    smtp_port = free_port()
     smtp = Controller(mails, hostname="127.0.0.1", port=smtp_port)
     smtp.start()
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = await asyncio.create_subprocess_exec(
-        EVENTFOLD, "run", "--no-token", env=_env(settings, port, smtp_port, args.per_tenant),
+    proc = subprocess.Popen(  # noqa: ASYNC220 - started once, before the measurements
+        [EXE, "run", "--no-token"], env=_env(settings, port, smtp_port, args.per_tenant),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     tenant = f"wfbench{run_id}"
@@ -184,18 +171,8 @@ async def run(args: argparse.Namespace, run_id: str, database_url: str) -> dict[
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
     result: dict[str, Any] = {}
     try:
+        await wait_ready(base, proc)
         async with aiohttp.ClientSession() as http:
-            deadline = time.monotonic() + 90
-            while True:
-                try:
-                    async with http.get(f"{base}/health/ready") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    pass
-                if time.monotonic() > deadline or proc.returncode is not None:
-                    raise RuntimeError("eventfold run did not get ready")
-                await asyncio.sleep(0.2)
             async with http.post(f"{base}/v1/tenants", json={"id": tenant, "name": tenant},
                                  headers=admin) as r:  # fmt: skip
                 token = (await r.json())["consistency_token"]
@@ -291,9 +268,10 @@ async def run(args: argparse.Namespace, run_id: str, database_url: str) -> dict[
     finally:
         proc.terminate()
         try:
-            await asyncio.wait_for(proc.wait(), 30)
-        except TimeoutError:
+            await asyncio.to_thread(proc.wait, 30)
+        except subprocess.TimeoutExpired:
             proc.kill()
+            await asyncio.to_thread(proc.wait, 5)
         await pool.close()
         smtp.stop()
         await rx.cleanup()

@@ -74,7 +74,7 @@ def settings() -> Settings:
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def stack(settings: Settings) -> AsyncIterator[Settings]:
     """The local stack must answer; this session's topics exist for its duration."""
-    from eventfold.infra import ensure_topics, status_async
+    from devstack import ensure_topics, status_async
 
     down = [s for s in await status_async(settings) if not s.running]
     if down:

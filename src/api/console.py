@@ -21,8 +21,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from api.openapi import Operation, Param, Reply, register
 from eventfold.errors import NotFound
+from eventfold.openapi import Operation, Param, Reply, register
 
 ASSETS = Path(__file__).with_name("console_assets")
 _PATH = "/console"

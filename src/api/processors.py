@@ -25,10 +25,11 @@ import asyncpg
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from api.openapi import AUTH_ERRORS, Operation, Reply, register
+from eventfold.appkeys import POOL, SETTINGS
 from eventfold.db import fetch_checkpoints
+from eventfold.openapi import AUTH_ERRORS, Operation, Reply, register
 from eventfold.settings import Settings
-from eventfold.web import POOL, SETTINGS, authenticate, json_response
+from eventfold.web import authenticate, json_response
 
 _PATH = "/v1/processors"
 #: One answer's Kafka round trips, together.
@@ -51,7 +52,7 @@ class Source:
         return f"{settings.consumer_group_prefix}{self.suffix}" if self.suffix else ""
 
 
-#: Every processor of ``consumers.registry``; tests/unit/test_processor_positions.py
+#: Every processor of ``entrypoints.registry``; tests/unit/test_processor_positions.py
 #: checks these names against the processors' own.
 SOURCES = (
     Source("projector", "postgres", ".projector"),
@@ -115,6 +116,7 @@ class _Kafka:
         self.admin: Any = None
 
     async def open(self, settings: Settings) -> None:
+        # deferred: the read API's process starts without Kafka clients (module docstring)
         from aiokafka import AIOKafkaConsumer
         from aiokafka.admin import AIOKafkaAdminClient
 
@@ -170,7 +172,7 @@ class _Log:
 
 
 async def _read_log(kafka: _Kafka, settings: Settings, groups: list[str]) -> _Log:
-    from aiokafka import TopicPartition
+    from aiokafka import TopicPartition  # deferred: as in _Kafka.open
 
     async with kafka.lock:
         try:

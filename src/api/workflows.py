@@ -16,7 +16,9 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from api.openapi import (
+from eventfold.appkeys import CURSORS, POOL
+from eventfold.errors import FieldError, NotFound, ValidationFailed
+from eventfold.openapi import (
     AFTER,
     CONSISTENCY,
     LIMIT,
@@ -27,11 +29,8 @@ from api.openapi import (
     Reply,
     register,
 )
-from eventfold.errors import FieldError, NotFound, ValidationFailed
 from eventfold.tenancy import tenant_connection
 from eventfold.web import (
-    CURSORS,
-    POOL,
     after_cursor,
     authorize_tenant,
     json_response,

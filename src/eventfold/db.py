@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import asyncpg
@@ -322,9 +323,66 @@ async def fetch_checkpoints(conn: Any, consumer: str, topic: str) -> dict[int, i
     return {r["partition"]: r["next_offset"] for r in rows}
 
 
-async def deferred_tenants(conn: Any, consumer: str) -> set[str]:
-    """Tenants with events of ``consumer`` deferred, waiting for an automatic retry."""
+#: A checkpoint notification longer than this names no deferred tenants ("*"):
+#: PostgreSQL refuses a NOTIFY payload of 8,000 bytes or more.
+NOTIFY_PAYLOAD_LIMIT = 7_000
+
+
+async def lock_checkpoints(
+    conn: asyncpg.Connection, consumer: str, topic: str, partitions: Sequence[int]
+) -> dict[int, int]:
+    """Lock and read the checkpoints of ``partitions`` for this batch's transaction.
+
+    The row lock fences a processor that lost its partitions in a rebalance but
+    is still committing a batch: whichever commits second sees the first's
+    checkpoint and skips what is already applied.
+    """
+    # One statement: the no-op DO UPDATE locks an existing row like FOR UPDATE
+    # would, and RETURNING gives its stored offset (0 for a row just created).
+    # Rows are taken in partition order, so two batches never lock crosswise.
     rows = await conn.fetch(
-        "SELECT DISTINCT tenant FROM eventfold.parked WHERE consumer = $1 AND retry", consumer
+        """INSERT INTO eventfold.checkpoints AS c (consumer, topic, partition, next_offset)
+           SELECT $1, $2, p, 0 FROM unnest($3::integer[]) AS p ORDER BY p
+           ON CONFLICT (consumer, topic, partition)
+             DO UPDATE SET next_offset = c.next_offset
+           RETURNING partition, next_offset""",
+        consumer,
+        topic,
+        sorted(partitions),
     )
-    return {r["tenant"] for r in rows}
+    return {r["partition"]: r["next_offset"] for r in rows}
+
+
+async def save_checkpoints(
+    conn: asyncpg.Connection,
+    consumer: str,
+    topic: str,
+    positions: dict[int, int],
+    deferred: Collection[str] = (),
+) -> None:
+    """Store ``{partition: next_offset}`` and tell waiting readers, in one statement.
+
+    Within the batch's transaction: the notification on
+    :data:`CHECKPOINT_CHANNEL` is delivered at commit, so a reader
+    woken by it sees the batch. It also names the tenants whose events the batch
+    ``deferred`` (``"d"``; ``"*"`` when too many to list): readers then look for
+    deferred events only for those tenants (see :mod:`eventfold.checkpoints`).
+    """
+    doc: dict[str, object] = {"t": topic, "c": consumer, "p": positions, "d": sorted(deferred)}
+    payload = orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS).decode()
+    if len(payload) > NOTIFY_PAYLOAD_LIMIT:
+        payload = orjson.dumps({**doc, "d": "*"}, option=orjson.OPT_NON_STR_KEYS).decode()
+    await conn.execute(
+        """WITH saved AS (
+             UPDATE eventfold.checkpoints c SET next_offset = u.o, updated_at = now()
+             FROM unnest($3::integer[], $4::bigint[]) AS u(p, o)
+             WHERE c.consumer = $1 AND c.topic = $2 AND c.partition = u.p
+           )
+           SELECT pg_notify($5, $6)""",
+        consumer,
+        topic,
+        list(positions),
+        list(positions.values()),
+        CHECKPOINT_CHANNEL,
+        payload,
+    )

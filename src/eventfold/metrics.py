@@ -82,13 +82,14 @@ class Metrics:
         )
         self.projector_events = Counter(
             "eventfold_projector_events_total",
-            "Events seen by the projector, by outcome (applied, rejected, duplicate, parked).",
+            "Events seen by the projector, by outcome (applied, rejected, duplicate, parked: set"
+            " aside as dead letters).",
             ["outcome"],
             registry=r,
         )
         self.projector_parked = Gauge(
             "eventfold_projector_parked",
-            "Events parked by the projector (dead-lettered, or waiting behind one).",
+            "The projector's dead letters (failed, or waiting behind one; the name is older).",
             registry=r,
         )
         self.projection_outdated = Gauge(
@@ -98,7 +99,7 @@ class Metrics:
         )
         self.dlq_size = Gauge(
             "eventfold_dlq_size",
-            "Events a processor has parked: dead-lettered, or waiting behind one in order.",
+            "A processor's dead letters: events that failed, or wait behind one in order.",
             ["processor"],
             registry=r,
         )
@@ -231,7 +232,8 @@ class Metrics:
         )
         self.webhook_deliveries = Counter(
             "eventfold_webhook_deliveries_total",
-            "Webhook delivery attempts by outcome: delivered, failed, dead, gone, refused.",
+            "Webhook delivery attempts by outcome: delivered, failed, dead (retries exhausted),"
+            " gone, refused.",
             ["outcome"],
             registry=r,
         )
@@ -294,7 +296,7 @@ class Metrics:
         )
         self.webhook_dead = Gauge(
             "eventfold_webhook_dead",
-            "Webhook deliveries dead-lettered (redrive puts them back).",
+            "Webhook deliveries whose retries are exhausted (redrive puts them back).",
             registry=r,
         )
         self.cache_breaker_state = Gauge(

@@ -43,6 +43,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, FilePath, TypeAdapt
 
 import eventfold
 from eventfold.errors import PermanentError
+from eventfold.sealing import Keyring, SealError
 from eventfold.secretfiles import read_or_create
 
 EVENTS_TOPIC = "eventfold.events"
@@ -119,8 +120,6 @@ def _networks(value: tuple[str, ...]) -> tuple[str, ...]:
 
 def _keyring_spec(value: str) -> str:
     if value:
-        from eventfold.sealing import Keyring, SealError  # sealing reads Settings
-
         try:
             Keyring.parse(value)
         except SealError as exc:

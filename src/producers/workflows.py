@@ -27,16 +27,16 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from api.openapi import BODY_ERRORS, TENANT, Operation, Param, Reply, register
+from eventfold.appkeys import POOL, PUBLISHER, SETTINGS
 from eventfold.egress import AllowList
 from eventfold.envelope import pydantic_errors
 from eventfold.errors import Conflict, FieldError, NotFound, ValidationFailed
 from eventfold.events.workflow import RunCommand, WorkflowDeleted, WorkflowSaved
+from eventfold.openapi import BODY_ERRORS, TENANT, Operation, Param, Reply, register
+from eventfold.publisher import consistency_token
 from eventfold.sealing import keyring
 from eventfold.tenancy import tenant_connection
 from eventfold.web import (
-    POOL,
-    SETTINGS,
     authorize_tenant,
     json_response,
     parse_json,
@@ -54,8 +54,6 @@ from eventfold.workflows.definition import (
 )
 from eventfold.workflows.ids import RUN_ID_PATTERN
 from producers import commands
-from producers.publisher import consistency_token
-from producers.routes import PUBLISHER
 
 _FLOWS = "/v1/tenants/{tenant}/workflows"
 _RUN = "/v1/tenants/{tenant}/runs/{run}"

@@ -10,18 +10,16 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
-import pytest_asyncio
 
 from eventfold.auth import issue_token
 from eventfold.settings import Settings
 from tests.conftest import free_port, new_tenant_id, wait_until_ready
 from tests.e2e.test_end_to_end import env_for, process
-from tests.integration.workflow_helpers import Receiver
+from tests.integration.workflow_helpers import Receiver, receiver  # noqa: F401 - the fixture
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.usefixtures("stack")]
 
@@ -34,16 +32,6 @@ def workflow_env(settings: Settings, port: int) -> dict[str, str]:
         "EVENTFOLD_WORKFLOW_LEASE_SECONDS": "2",
         "EVENTFOLD_LOG_LEVEL": "WARNING",
     }
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def receiver() -> AsyncIterator[Receiver]:
-    r = Receiver()
-    await r.start()
-    try:
-        yield r
-    finally:
-        await r.stop()
 
 
 class Client:
@@ -106,7 +94,8 @@ class Client:
 
 
 async def test_kill_9_during_an_http_step_resumes_with_the_same_key(
-    settings: Settings, receiver: Receiver
+    settings: Settings,
+    receiver: Receiver,  # noqa: F811 - the imported fixture
 ) -> None:
     def decide(path: str, nth: int) -> tuple[int, Any]:
         return 200, {"path": path, "nth": nth}
@@ -149,7 +138,8 @@ async def test_kill_9_during_an_http_step_resumes_with_the_same_key(
 
 
 async def test_kill_9_of_the_workflows_process_during_a_delay(
-    settings: Settings, receiver: Receiver
+    settings: Settings,
+    receiver: Receiver,  # noqa: F811 - the imported fixture
 ) -> None:
     ingest, api = free_port(), free_port()
     delay = 4.0

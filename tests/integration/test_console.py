@@ -36,7 +36,7 @@ from api.console import CONTENT_SECURITY_POLICY
 from tests.integration.conftest import Api, TenantApi
 from tests.integration.test_analytics import Lane, lane  # noqa: F401 - the fixture
 from tests.integration.test_apikeys import create_key
-from tests.integration.test_parking import install_bug
+from tests.integration.test_dead_letters import install_bug
 from tests.integration.test_webhooks import Receiver
 
 CHROMIUM = "/usr/bin/chromium"
@@ -374,7 +374,7 @@ async def test_a_dead_letter_is_redriven_from_the_console(
         await conn.execute(f'DROP TRIGGER boom ON "t_{tenant.id}".records')
     await page.get_by_role("button", name="Redrive orders/p1").click()
     await expect(page.get_by_role("status").filter(has_text="Applied")).to_contain_text(
-        "Applied 1, rejected 0, still parked 0."
+        "Applied 1, rejected 0, left as dead letters 0."
     )
     await expect(page.locator(".paged tbody")).to_contain_text("No dead letters.")
     doc = await tenant.read_json(f"{R}/p1")
@@ -417,7 +417,7 @@ async def test_webhook_delivery_log_and_redrive(
         await expect(attempts.first).to_contain_text("HTTP 500")
 
         receiver.decide = lambda _id, _n: 200
-        await page.get_by_role("button", name="Redrive dead deliveries").click()
+        await page.get_by_role("button", name="Redrive exhausted deliveries").click()
         await expect(page.get_by_role("status").filter(has_text="scheduled")).to_contain_text(
             "1 delivery scheduled again."
         )

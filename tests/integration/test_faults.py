@@ -22,13 +22,11 @@ import pytest_asyncio
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 
-from eventfold.bootstrap import create_app
-from eventfold.infra import ensure_topics
+from devstack import ensure_topics
+from entrypoints.bootstrap import create_app
+from eventfold.appkeys import PUBLISHER, REQUEST_DEADLINE, SEND_POLICY
+from eventfold.publisher import SendPolicy
 from eventfold.settings import Settings
-from eventfold.web import REQUEST_DEADLINE
-from producers.app import SEND_POLICY
-from producers.publisher import SendPolicy
-from producers.routes import PUBLISHER
 from tests.conftest import _delete_topics
 from tests.faultproxy import FaultProxy
 from tests.integration.conftest import SESSION_PARTS, Api, TenantApi

@@ -9,7 +9,7 @@ import asyncpg
 
 from tests.integration.conftest import Api, TenantApi
 from tests.integration.test_apikeys import create_key
-from tests.integration.test_parking import install_bug
+from tests.integration.test_dead_letters import install_bug
 
 R = "/collections/orders/records"
 REDRIVE = "/dead-letters/redrive"

@@ -12,12 +12,11 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
 import pytest
-import pytest_asyncio
 
 from eventfold.ids import tenant_schema
 from eventfold.workflows.ids import run_id
@@ -47,16 +46,6 @@ def mailbox() -> Iterator[Mailbox]:
         yield box
     finally:
         box.stop()
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def receiver() -> AsyncIterator[Receiver]:
-    r = Receiver()
-    await r.start()
-    try:
-        yield r
-    finally:
-        await r.stop()
 
 
 def paid_order(base: str, **over: Any) -> dict[str, Any]:
@@ -591,13 +580,13 @@ async def test_a_tenant_from_before_workflows_gets_the_tables_with_its_first(
     assert status == 0, (doc, err)
 
 
-async def test_a_parked_trigger_starts_its_run_once_redriven(
+async def test_a_dead_lettered_trigger_starts_its_run_once_redriven(
     api: Api, tenant: TenantApi, receiver: Receiver, pool: asyncpg.Pool
 ) -> None:
     import os
     import subprocess
 
-    from tests.integration.test_parking import EVENTFOLD, install_bug
+    from tests.integration.test_dead_letters import EVENTFOLD, install_bug
 
     await define(
         tenant,
@@ -605,10 +594,10 @@ async def test_a_parked_trigger_starts_its_run_once_redriven(
          "steps": [{"id": "s", "kind": "http", "url": f"{receiver.base}/late"}]},
     )  # fmt: skip
     await install_bug(pool, tenant.id)
-    parked = await tenant.write("PUT", "/collections/orders/records/p1", json={"poison": 1})
+    dead = await tenant.write("PUT", "/collections/orders/records/p1", json={"poison": 1})
     await tenant.write("PUT", "/collections/orders/records/p2", json={"fine": 1})
-    await wait_run(tenant, "late", finished)  # p2's run; p1's event is parked
-    assert (await tenant.read_json(f"/events/{parked['event_id']}"))["status"] == "pending"
+    await wait_run(tenant, "late", finished)  # p2's run; p1's event is a dead letter
+    assert (await tenant.read_json(f"/events/{dead['event_id']}"))["status"] == "pending"
     async with pool.acquire() as conn:
         await conn.execute(f"DROP TRIGGER boom ON {tenant_schema(tenant.id)}.records")
     env = {
@@ -622,7 +611,7 @@ async def test_a_parked_trigger_starts_its_run_once_redriven(
     )  # fmt: skip
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     runs = await wait_run(tenant, "late", finished, count=2)
-    assert {r["trigger_event"] for r in runs} >= {parked["event_id"]}
+    assert {r["trigger_event"] for r in runs} >= {dead["event_id"]}
     assert len(receiver.to("/late")) == 2
 
 

@@ -9,16 +9,19 @@ import dataclasses
 import email
 import email.message
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
 
 import orjson
+import pytest_asyncio
 from aiohttp import web
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from tests.conftest import free_port
-from tests.integration.conftest import TenantApi
+
+if TYPE_CHECKING:  # the conftest imports this module for its fixture
+    from tests.integration.conftest import TenantApi
 
 
 @dataclasses.dataclass
@@ -90,6 +93,17 @@ class Receiver:
                 self.changed.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.changed.wait(), 0.5)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def receiver() -> AsyncIterator[Receiver]:
+    """A started :class:`Receiver` (the integration tests' conftest offers it)."""
+    r = Receiver()
+    await r.start()
+    try:
+        yield r
+    finally:
+        await r.stop()
 
 
 class _Handler:

@@ -14,7 +14,7 @@ from benchmarks.suite.peers import fold_sequence
 from benchmarks.suite.report import lookup, verdicts
 from benchmarks.suite.workload import Workload
 
-from consumers.projector.fold import Record, apply
+from eventfold.fold import Record, apply
 
 
 def test_histogram_quantiles_are_within_one_percent() -> None:

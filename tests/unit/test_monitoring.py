@@ -21,7 +21,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
-from consumers.registry import PROCESSORS
+from entrypoints.registry import PROCESSORS
 from eventfold.metrics import Metrics, TopTenants
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ from consumers.analytics.processor import app_id
 from consumers.archiver.processor import Archiver
 from consumers.cache.processor import CacheProcessor
 from consumers.projector.processor import Projector
-from consumers.registry import PROCESSORS
+from entrypoints.registry import PROCESSORS
 from eventfold.metrics import Metrics
 from eventfold.settings import Settings
 

@@ -2,7 +2,7 @@
 
 How it learns what to do, exactly once. The projector, in the batch transaction
 that applies an event, writes the processor's inbox (``eventfold.workflow_inbox``,
-see :mod:`consumers.projector.workflows`): one row per enabled workflow whose
+see :mod:`eventfold.projection.workflows`): one row per enabled workflow whose
 trigger the event matches, carrying the record as it stands right after that
 event (only the projector knows it: the record may change again in the same
 batch), and one row per command (approve, reject, cancel). The row commits with

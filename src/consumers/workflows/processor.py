@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import random
 import time
 from collections import Counter
 from datetime import datetime
@@ -16,20 +15,21 @@ import aiohttp
 import asyncpg
 import orjson
 
+from consumers.runtime.kafka import start_publisher
 from consumers.workflows import effects, store
 from consumers.workflows.store import Claimed, InboxRow
+from eventfold.backoff import Backoff
 from eventfold.db import WORKFLOW_CHANNEL, connect
 from eventfold.egress import AllowList, guarded_session
 from eventfold.envelope import CloudEvent
-from eventfold.kafka import make_producer
 from eventfold.metrics import Metrics
+from eventfold.publisher import Publisher
 from eventfold.sealing import SealError, keyring
 from eventfold.settings import Settings
 from eventfold.workflows import ids, machine
 from eventfold.workflows.context import render
 from eventfold.workflows.definition import HEADERS_PURPOSE
 from eventfold.workflows.machine import Effect, Emit, Result, RunState
-from producers.publisher import Publisher
 
 log = logging.getLogger("eventfold.workflows")
 
@@ -88,13 +88,9 @@ class WorkflowProcessor:
     async def run(self, stop: asyncio.Event | None = None, *, burst: bool = False) -> None:
         """Work until ``stop`` is set (or, in burst mode, until nothing is due)."""
         stop = stop or asyncio.Event()
-        publisher = Publisher(
-            functools.partial(make_producer, self.settings, client_id="eventfold-workflows"),
-            None,
-            self.metrics,
-            topic=self.topic,
+        publisher = await start_publisher(
+            self.settings, self.metrics, stop, client_id="eventfold-workflows"
         )
-        await _start(publisher, stop)
         # No cap per host below the processor's own: the caps per tenant keep one
         # tenant's slow third party from taking every slot (aiohttp's default of 10
         # per host queued every tenant calling a shared host behind each other).
@@ -103,6 +99,10 @@ class WorkflowProcessor:
         heartbeat = asyncio.create_task(self._heartbeat(stop), name="workflow-leases")
         listener = asyncio.create_task(self._listen(stop), name="workflow-inbox-listener")
         gauges_at = 0.0
+        # A round that loses PostgreSQL pauses here rather than failing the processor:
+        # the runs in flight go on (their effects are under way), and the supervisor's
+        # restart would cancel them.
+        backoff = Backoff(0.5, 5.0)
         self._ready = True
         try:
             while not stop.is_set():
@@ -113,10 +113,11 @@ class WorkflowProcessor:
                         gauges_at = time.monotonic()
                         await self._gauges()
                     self._ready = True
+                    backoff.reset()
                 except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
                     self._ready = False
                     log.warning("workflow round failed", extra={"error": repr(exc)})
-                    await _sleep_or_stop(stop, 1.0)
+                    await backoff.sleep(stop)
                     continue
                 if burst and not took and not claimed and not self._driving:
                     return
@@ -396,7 +397,7 @@ class WorkflowProcessor:
             if payload == self.topic:
                 self._wake.set()
 
-        delay = 0.5
+        backoff = Backoff(0.5, 10.0)
         while not stop.is_set():
             conn: asyncpg.Connection | None = None
             try:
@@ -404,7 +405,7 @@ class WorkflowProcessor:
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await conn.add_listener(WORKFLOW_CHANNEL, wake)
-                delay = 0.5
+                backoff.reset()
                 while not stop.is_set() and not lost.is_set():
                     await _sleep_or_stop(stop, 15.0)
                     await conn.execute("SELECT 1", timeout=5)  # a stalled server tells no one
@@ -414,8 +415,7 @@ class WorkflowProcessor:
                 if conn is not None and not conn.is_closed():
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(conn.close(), 2)
-            await _sleep_or_stop(stop, delay)
-            delay = min(delay * 2, 10.0)
+            await backoff.sleep(stop)
 
     async def _heartbeat(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -441,18 +441,6 @@ def _parse_time(value: Any) -> float | None:
         return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return None
-
-
-async def _start(publisher: Publisher, stop: asyncio.Event) -> None:
-    delay = 0.5
-    while not stop.is_set():
-        try:
-            await publisher.start()
-            return
-        except Exception as exc:
-            log.warning("kafka not reachable, retrying", extra={"error": repr(exc)})
-            await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311
-            delay = min(delay * 2, 5.0)
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

@@ -24,6 +24,7 @@ from eventfold.events.record import RecordDeleted, RecordPatched, RecordUpserted
 from eventfold.events.tenant import TenantCreated
 from eventfold.events.webhook import WebhookCreated, WebhookDeleted
 from eventfold.events.workflow import WORKFLOW_TYPES
+from eventfold.ids import is_valid
 
 SubjectRule = Literal["record", "tenant", "apikey", "integration", "webhook", "workflow", "run"]
 
@@ -123,9 +124,6 @@ def validate_data(event: CloudEvent, *, path: str = "") -> None:
 
     Raises :class:`EnvelopeInvalid` with JSON pointers under ``path``.
     """
-    # Imported here: ids imports errors only, but keep the registry import-light.
-    from eventfold.ids import is_valid
-
     etype = REGISTRY.get(event.type)
     if etype is None:
         known = ", ".join(sorted(REGISTRY))

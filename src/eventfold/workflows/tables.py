@@ -1,6 +1,6 @@
 """The tenant tables of workflows: definitions with their versions, runs and their steps.
 
-Folded by the projector from ``workflow.*`` events (``consumers.projector.workflows``)
+Folded by the projector from ``workflow.*`` events (:mod:`eventfold.projection.workflows`)
 like every tenant table, so ``eventfold replay`` rebuilds them and
 ``eventfold verify`` compares them. A schema made before these tables existed
 gets them with its first workflow (:func:`present`, the projector's
