@@ -19,6 +19,7 @@ from api import (
     stream,
     tenants,
     webhooks,
+    workflows,
 )
 
 
@@ -35,6 +36,7 @@ def setup(app: web.Application) -> None:
     integrations.setup(app)
     webhooks.setup(app)
     eventtypes.setup(app)
+    workflows.setup(app)
     analytics.setup(app)
     deadletters.setup(app)
     processors.setup(app)

@@ -243,6 +243,52 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
             registry=r,
         )
+        self.workflow_runs_started = Counter(
+            "eventfold_workflow_runs_started_total",
+            "Workflow runs started (a matching applied event, once per workflow).",
+            registry=r,
+        )
+        self.workflow_runs_finished = Counter(
+            "eventfold_workflow_runs_finished_total",
+            "Workflow runs finished, by status (succeeded, failed, cancelled).",
+            ["status"],
+            registry=r,
+        )
+        self.workflow_step_seconds = Histogram(
+            "eventfold_workflow_step_duration_seconds",
+            "One attempt of a workflow step's effect (http, record, email), by kind and outcome.",
+            ["kind", "outcome"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.workflow_step_attempts = Histogram(
+            "eventfold_workflow_step_attempts",
+            "Attempts a finished effect step took, by kind.",
+            ["kind"],
+            buckets=(1, 2, 3, 5, 10, 20),
+            registry=r,
+        )
+        self.workflow_trigger_seconds = Histogram(
+            "eventfold_workflow_trigger_latency_seconds",
+            "From the trigger event's time to its run's first step starting.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.workflow_timers_pending = Gauge(
+            "eventfold_workflow_timers_pending",
+            "Workflow timers set in the future (delays, approval timeouts, retry pauses).",
+            registry=r,
+        )
+        self.workflow_oldest_waiting_seconds = Gauge(
+            "eventfold_workflow_oldest_waiting_step_seconds",
+            "How long the oldest due run (next step, timer, retry) has waited for a processor.",
+            registry=r,
+        )
+        self.workflow_inbox = Gauge(
+            "eventfold_workflow_inbox",
+            "Triggers and commands applied but not yet taken by a workflow processor.",
+            registry=r,
+        )
         self.webhook_pending = Gauge(
             "eventfold_webhook_pending",
             "Webhook deliveries waiting (first attempt or retry).",

@@ -13,7 +13,7 @@ from eventfold.backoff import Backoff, retrying
 from eventfold.faults import is_retriable
 from eventfold.kafka import INGEST_REQUEST_TIMEOUT_MS, make_producer
 from eventfold.publisher import Publisher
-from producers import apikeys, eventtypes, integrations, routes, webhooks
+from producers import apikeys, eventtypes, integrations, routes, webhooks, workflows
 
 log = logging.getLogger("eventfold.ingest")
 
@@ -25,6 +25,7 @@ def setup(app: web.Application) -> None:
     eventtypes.setup(app)
     integrations.setup(app)
     webhooks.setup(app)
+    workflows.setup(app)
     app.cleanup_ctx.append(_publisher_ctx)
 
 

@@ -19,6 +19,7 @@ from eventfold.auth import issue_token
 from eventfold.clients import open_pool
 from eventfold.settings import Settings
 from tests.conftest import new_tenant_id
+from tests.integration.workflow_helpers import receiver  # noqa: F401 - the workflows tests' fixture
 
 
 @dataclass

@@ -24,9 +24,12 @@ from eventfold.events.integration import (
 from eventfold.events.record import RecordDeleted, RecordPatched, RecordUpserted
 from eventfold.events.tenant import TenantCreated
 from eventfold.events.webhook import WebhookCreated, WebhookDeleted
+from eventfold.events.workflow import WORKFLOW_TYPES
 from eventfold.ids import is_valid
 
-SubjectRule = Literal["record", "tenant", "apikey", "integration", "webhook", "eventtype"]
+SubjectRule = Literal[
+    "record", "tenant", "apikey", "integration", "webhook", "eventtype", "workflow", "run"
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +122,10 @@ REGISTRY: dict[str, EventType] = {
         ),
     )
 }  # fmt: skip
+REGISTRY.update(
+    (name, EventType(name, 1, model, subject, description, publishable=False))  # type: ignore[arg-type]
+    for name, (model, subject, description) in WORKFLOW_TYPES.items()
+)
 
 
 def lookup(type_name: str) -> EventType | None:

@@ -29,7 +29,7 @@ from eventfold.faults import is_retriable
 from eventfold.fold import RECORD_TYPES, Outcome, Record, apply
 from eventfold.ids import is_valid
 from eventfold.livefeed import LiveEvent
-from eventfold.projection import eventtypes
+from eventfold.projection import eventtypes, workflows
 from eventfold.projection.handlers import HANDLERS
 from eventfold.readmodel import Target
 from eventfold.replay import is_replay
@@ -446,6 +446,7 @@ async def fold_tenant(
     tenant = target.tenant
     keys, ids = lookups if lookups is not None else _lookups(items)
     state_now = await (loaded if loaded is not None else _load(conn, target.schema, ids, keys))
+    await workflows.begin_batch(conn, target, [i.event for i in items])
     seen = state_now.seen
     state: dict[tuple[str, str], Record | None] = dict(state_now.records)
     changed: dict[tuple[str, str], tuple[Record, str]] = {}
@@ -453,6 +454,8 @@ async def fold_tenant(
     #: Per history row: whether it goes to the live streams (applied, and not a
     #: replay's re-application), and whether its envelope has a ``status`` extension.
     pushed: list[tuple[bool, bool]] = []
+    #: Applied record events with their record right after them (workflow triggers).
+    triggered: list[workflows.Change] = []
     for item, key in zip(items, keys, strict=True):
         ev = item.event
         assert ev is not None  # filtered by apply_events
@@ -476,6 +479,8 @@ async def fold_tenant(
         outcome = await _apply_one(conn, target, ev, key, at, registered, state, changed)
         if outcome.status == "applied":
             result.applied += 1
+            if key is not None and ev.type in RECORD_TYPES:
+                triggered.append((ev, key, state.get(key)))
         else:
             result.rejected += 1
         if result.newest_event_time is None or at > result.newest_event_time:
@@ -498,6 +503,7 @@ async def fold_tenant(
         extra = ev.model_extra or {}
         pushed.append((outcome.status == "applied" and not is_replay(ev), "status" in extra))
     seqs = await readmodel.save(conn, target.schema, changed, history)
+    await workflows.end_batch(conn, target, triggered)
     result.live += [
         LiveEvent(tenant, seqs[row.id], row.type, row.envelope, has_status)
         for row, (live, has_status) in zip(history, pushed, strict=True)

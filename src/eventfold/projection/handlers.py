@@ -1,7 +1,7 @@
 """Projections of event types beyond ``tenant.created`` and ``record.*``: one registry.
 
 A module owning an event type (API keys, webhooks, integrations, tenant event
-types) defines an async handler for it; :data:`HANDLERS` below maps each type
+types, workflows) defines an async handler for it; :data:`HANDLERS` below maps each type
 to its handler, built here, in one place (no registration by import side
 effect). The batch calls a handler inside the batch transaction, so its writes
 commit atomically with the checkpoints, and records the
@@ -22,8 +22,9 @@ from datetime import datetime
 import asyncpg
 
 from eventfold.envelope import CloudEvent
+from eventfold.events.workflow import COMMANDS
 from eventfold.fold import Outcome
-from eventfold.projection import apikeys, eventtypes, integrations, webhooks
+from eventfold.projection import apikeys, eventtypes, integrations, webhooks, workflows
 from eventfold.readmodel import Target
 
 EventHandler = Callable[[asyncpg.Connection, Target, CloudEvent, datetime], Awaitable[Outcome]]
@@ -39,4 +40,13 @@ HANDLERS: dict[str, EventHandler] = {
     "integration.deleted": integrations.integration_deleted,
     "eventtype.registered": eventtypes.version_added,
     "eventtype.version_added": eventtypes.version_added,
+    "workflow.created": workflows.workflow_saved,
+    "workflow.updated": workflows.workflow_saved,
+    "workflow.deleted": workflows.workflow_deleted,
+    "workflow.run.started": workflows.run_started,
+    **dict.fromkeys(workflows.STEP_TYPES, workflows.step_changed),
+    "workflow.run.succeeded": workflows.run_finished,
+    "workflow.run.failed": workflows.run_finished,
+    "workflow.run.cancelled": workflows.run_finished,
+    **dict.fromkeys(COMMANDS, workflows.run_command),
 }
