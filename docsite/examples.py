@@ -32,6 +32,7 @@ conventions.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import re
@@ -56,7 +57,8 @@ SKIP_REASONS: dict[str, re.Pattern[str]] = {
 }
 #: At most this share of a document's example blocks may be marked not-run.
 MAX_SKIPPED_SHARE = 0.5
-_FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>`{3,}|~{3,})\s*(?P<info>[^`\s]*)[^`]*$")
+_FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>`{3,}|~{3,})\s*(?P<info>[^`\s]*)(?P<rest>[^`]*)$")
+_TITLE = re.compile(r'title="(?P<title>[^"]+)"')
 _SKIP = re.compile(r"^\s*<!--\s*not-run:\s*(?P<reason>[a-z-]+)(?P<why>[^>]*)-->\s*$")
 _ARROW = re.compile(r"^\s*#\s*→\s?(?P<spec>.*)$")
 _MORE = re.compile(r"^\s*#\s{3,}(?P<spec>\S.*)$")
@@ -75,6 +77,8 @@ class Block:
     #: The reason word of a ``not-run`` marker, and its explanation.
     skip: str | None = None
     skip_why: str = ""
+    #: ``title="receiver.py"``: the file a reader saves the block as (the runner too).
+    title: str | None = None
 
     @property
     def runnable(self) -> bool:
@@ -108,6 +112,7 @@ def blocks(path: Path, text: str | None = None) -> list[Block]:
             body.append(lines[j][indent:] if lines[j][:indent].isspace() else lines[j].lstrip())
             j += 1
         marker = _previous_marker(lines, i)
+        title = _TITLE.search(opening.group("rest"))
         out.append(
             Block(
                 path=path,
@@ -116,6 +121,7 @@ def blocks(path: Path, text: str | None = None) -> list[Block]:
                 code="\n".join(body) + "\n",
                 skip=marker.group("reason") if marker else None,
                 skip_why=marker.group("why").strip() if marker else "",
+                title=title.group("title") if title else None,
             )
         )
         i = j + 1
@@ -502,12 +508,16 @@ def run_block(
     workdir: Path,
     timeout: float = 120.0,
 ) -> Outcome:
-    """Run one example in bash from the repository's top folder and check its answers.
+    """Run one example in bash and check its answers.
 
-    ``workdir`` holds the page's shell state (exported variables carry over from
-    block to block) and the recorded answers.
+    It runs in ``workdir``, the page's scratch folder, which links ``.venv`` to the
+    checkout's and holds the page's titled blocks (:func:`save_files`), its shell
+    state (exported variables carry over from block to block) and the recorded
+    answers. Whatever the block leaves running in the background is ended after it.
     """
+    import os
     import shutil
+    import signal
     import subprocess
 
     code = prepare(block.code, port=port, tenant=tenant)
@@ -515,14 +525,17 @@ def run_block(
         wanted = expectations(code)
     except PatternError as exc:
         return Outcome(block, [str(exc)], "")
-    calls_dir = workdir / f"calls-{block.line}"
+    venv = workdir / ".venv"
+    if not venv.exists():
+        venv.symlink_to(REPO / ".venv")
+    calls_dir = workdir / f".calls-{block.line}"
     shutil.rmtree(calls_dir, ignore_errors=True)
     calls_dir.mkdir(parents=True)
     for expected in wanted:
         if expected.exit:
             (calls_dir / f"{expected.call}.want").write_text(str(expected.exit))
-    state = workdir / "state.sh"
-    script = workdir / f"block-{block.line}.sh"
+    state = workdir / ".state.sh"
+    script = workdir / f".block-{block.line}.sh"
     script.write_text(
         PRELUDE
         + f'[ -f "{state}" ] && . "{state}"\n'
@@ -530,26 +543,33 @@ def run_block(
         + code
         + f'\nexport -p > "{state}.new" && mv "{state}.new" "{state}"\n'
     )
+    proc = subprocess.Popen(
+        ["bash", str(script)],
+        cwd=workdir,
+        env={**env, "EF_CALLS": str(calls_dir)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
-        done = subprocess.run(
-            ["bash", str(script)],
-            cwd=REPO,
-            env={**env, "EF_CALLS": str(calls_dir)},
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        output, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        return Outcome(block, [f"did not finish within {timeout:.0f} s"], "")
-    output = (done.stdout + done.stderr)[-4000:]
+        output = ""
+        proc.kill()
+        proc.communicate()
+        return Outcome(block, [f"did not finish within {timeout:.0f} s"], output)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)  # a receiver it started in the background
+    output = output[-4000:]
     failures = []
-    if done.returncode != 0:
-        failures.append(f"the block exited with status {done.returncode}")
+    if proc.returncode != 0:
+        failures.append(f"the block exited with status {proc.returncode}")
     commands = commands_of(code)
     count_file = calls_dir / "n"
     ran = int(count_file.read_text()) if count_file.exists() else 0
-    if ran != len(commands) and done.returncode == 0:
+    if ran != len(commands) and proc.returncode == 0:
         failures.append(
             f"{ran} tracked command(s) ran, the text has {len(commands)}: no loops or "
             "conditionals around curl/eventfold in examples"
@@ -560,3 +580,12 @@ def run_block(
         problems = check(by_call.get(index), answer)
         failures += [f"command {index} ({command}): {p}" for p in problems]
     return Outcome(block, failures, output)
+
+
+def save_files(page_blocks: list[Block], workdir: Path, *, port: int, tenant: str) -> None:
+    """Write the page's titled blocks (``title="receiver.py"``) into ``workdir``."""
+    for block in page_blocks:
+        if block.title:
+            target = workdir / block.title
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(prepare(block.code, port=port, tenant=tenant))
