@@ -109,7 +109,8 @@ def blocks(path: Path, text: str | None = None) -> list[Block]:
         body: list[str] = []
         j = i + 1
         while j < len(lines) and not re.match(rf"^\s*{re.escape(fence)}\s*$", lines[j]):
-            body.append(lines[j][indent:] if lines[j][:indent].isspace() else lines[j].lstrip())
+            line = lines[j]
+            body.append(line[min(indent, len(line) - len(line.lstrip(" "))) :])
             j += 1
         marker = _previous_marker(lines, i)
         title = _TITLE.search(opening.group("rest"))
