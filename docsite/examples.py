@@ -52,6 +52,8 @@ SKIP_REASONS: dict[str, re.Pattern[str]] = {
     "machines": re.compile(r"\b[a-z0-9-]+\.(internal|example\.com)\b|\bkafka-\d\b"),
     # Opens a browser.
     "browser": re.compile(r"\bxdg-open\b|\bopen http"),
+    # Rebuilds or checks every tenant of a deployment (other people's, on a shared stack).
+    "all-tenants": re.compile(r"\beventfold (replay|verify)\b(?![^\n]*--tenant)"),
     # Long benchmark runs (minutes on a full machine).
     "benchmark": re.compile(r"\bmake (bench|soak)\b|\bbenchmarks\."),
 }

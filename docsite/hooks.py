@@ -31,6 +31,7 @@ COPIED = {
     "benchmarks.md": "BENCHMARKS.md",
     "operations/runbook.md": "infra/prometheus/README.md",
     "operations/dashboards.md": "infra/grafana/README.md",
+    "operations/local-stack.md": "infra/README.md",
 }
 _LINK = re.compile(r"(!?)\[([^\]]*)\]\(([^)\s]+)\)")
 
