@@ -25,6 +25,7 @@ import inspect
 import json
 import pkgutil
 import re
+import textwrap
 import typing
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -104,12 +105,16 @@ SETTING_GROUPS = {
 
 
 def _field_comments(cls: type) -> dict[str, str]:
-    """Field name → its ``#:`` comment; a field right after another shares its group's."""
+    """Field name → its ``#:`` comment.
+
+    A field without a comment of its own shares the one of the field right above it
+    when both names start with the same word (``rate_limit_default_rps`` and
+    ``rate_limit_default_burst``): a group. Any other field without one gets "".
+    """
     comments: dict[str, str] = {}
     pending: list[str] = []
-    previous = ""
-    in_group = False
-    for line in inspect.getsource(cls).splitlines():
+    owner = ""  # the field the running group's comment was written for
+    for line in textwrap.dedent(inspect.getsource(cls)).splitlines():
         stripped = line.strip()
         if line.startswith(("    def ", "    @")):
             break  # the fields are over
@@ -118,14 +123,15 @@ def _field_comments(cls: type) -> dict[str, str]:
             continue
         field_match = re.match(r"^    ([a-z_][a-z0-9_]*)\s*:", line)
         if field_match:
+            name = field_match.group(1)
             if pending:
-                previous, pending = " ".join(pending), []
-            elif not in_group:
-                previous = ""
-            comments[field_match.group(1)] = previous
-            in_group = True
+                comments[name], owner, pending = " ".join(pending), name, []
+            elif owner and owner.split("_")[0] == name.split("_")[0]:
+                comments[name] = comments[owner]
+            else:
+                comments[name], owner = "", ""
         elif not stripped:
-            in_group, pending = False, []
+            owner, pending = "", []
     return comments
 
 
@@ -442,7 +448,7 @@ def event_types(root: Path = REPO / "schemas") -> list[EventTypeDoc]:
 
 def _schema_type(schema: dict[str, Any]) -> str:
     if "$ref" in schema:
-        return "`" + schema["$ref"].rsplit("/", 1)[-1] + "`"
+        return "`" + str(schema["$ref"]).rsplit("/", 1)[-1] + "`"
     for key in ("anyOf", "oneOf"):
         if key in schema:
             return " or ".join(_schema_type(s) for s in schema[key])

@@ -62,6 +62,7 @@ def documented_default(text: str) -> Mapping[str, str]:
     """
     return {"default_doc": text}
 
+
 #: The JWT secret's least length in production (HS256 wants a key as long as its hash).
 MIN_SECRET_BYTES = 32
 #: Values once published as examples (docker-compose.yml before issue 21).
@@ -223,7 +224,9 @@ class Settings:
 
     #: Where ``var/`` (data, logs, pid files of the local stack) lives, and ``schemas/``
     #: for ``eventfold schemas``.
-    home: Path = field(metadata=documented_default("the source checkout, else ~/.local/share/eventfold"))
+    home: Path = field(
+        metadata=documented_default("the source checkout, else ~/.local/share/eventfold")
+    )
     #: ``dev`` generates missing secrets into ``var/``; ``production`` refuses to start
     #: without them. Built directly (tests), settings are production: safe by default.
     mode: Mode = field(
@@ -315,8 +318,9 @@ class Settings:
     #: How long a claimed run holds its integration without progress (renewed per
     #: page); a crashed worker's integration is free again after it.
     sync_lease_seconds: Seconds = 60.0
-    #: The events topic (the log of record) and the dead-letter topic.
+    #: The events topic: the log of record.
     events_topic: TopicName = EVENTS_TOPIC
+    #: The dead-letter topic: events the projector parked, with their error.
     dlq_topic: TopicName = DLQ_TOPIC
     #: Partitions of each topic when ``eventfold infra up`` creates them.
     topic_partitions: Positive = 8

@@ -27,7 +27,8 @@ async def test_the_reference_is_served_from_this_origin_and_revalidated(api: Api
     assert page.headers["X-Frame-Options"] == "DENY"
     html = await page.text()
     assert '<script src="/docs/vendor/swagger-ui-bundle.js" defer></script>' in html
-    assert "http://" not in html and "https://" not in html
+    assert "http://" not in html
+    assert "https://" not in html
 
     bundle = await api.client.get("/docs/vendor/swagger-ui-bundle.js")
     assert bundle.status == 200
@@ -46,7 +47,8 @@ async def test_the_reference_is_served_from_this_origin_and_revalidated(api: Api
 
 
 async def test_every_operation_of_the_document_renders_without_a_warning(
-    console: Console, api: Api
+    console: Console,  # noqa: F811 - the imported fixture
+    api: Api,
 ) -> None:
     document = await (await api.client.get("/openapi.json")).json()
     operations = sum(len(methods) for methods in document["paths"].values())
@@ -65,7 +67,9 @@ async def test_every_operation_of_the_document_renders_without_a_warning(
     assert any(url.endswith("/openapi.json") for url in log.requests)
 
 
-async def test_the_console_links_to_the_reference(console: Console, api: Api) -> None:
+async def test_the_console_links_to_the_reference(
+    console: Console,  # noqa: F811 - the imported fixture
+) -> None:
     page, _ = await console.page()
     await page.goto(f"{console.base}/console")
     await page.get_by_role("link", name="API reference").click()
