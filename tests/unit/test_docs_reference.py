@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from docsite import reference
-from docsite.hooks import COPIED, copied_page, rewrite_links
+from docsite.pages import COPIED, copied_page, rewrite_links
 from eventfold.errors import Problem
 from eventfold.events import REGISTRY
 from eventfold.metrics import Metrics, catalogue
