@@ -44,6 +44,8 @@ async def server(stack: Settings) -> AsyncIterator[tuple[int, dict[str, str]]]:
     port = free_port()
     env = {
         **env_for(stack, port),
+        # Consumer groups of its own: the e2e tests' processes use env_for's.
+        "EVENTFOLD_CONSUMER_GROUP_PREFIX": stack.consumer_group_prefix + ".docs",
         "PATH": VENV_BIN + os.pathsep + os.environ.get("PATH", ""),
         # The webhook guide subscribes a receiver the examples start on this machine.
         "EVENTFOLD_WEBHOOK_ALLOW_HOSTS": "127.0.0.1",
