@@ -17,37 +17,20 @@ from pathlib import Path
 
 from aiohttp import web
 
-from api.openapi import Operation, Param, Reply, register
 from api.static import SAME_ORIGIN_POLICY, StaticSite
 
 ASSETS = Path(__file__).with_name("apidocs_assets")
-_PATH = "/docs"
-
 CONTENT_SECURITY_POLICY = SAME_ORIGIN_POLICY
-SITE = StaticSite(_PATH, ASSETS, CONTENT_SECURITY_POLICY)
-
-register(
-    Operation(
-        "GET", _PATH, "The interactive API reference (a web page)", "docs", secured=False,
-        description="Swagger UI over `/openapi.json`, served from this origin.",
-        replies=(
-            Reply(200, "the reference's page", content_type="text/html",
-                  schema={"type": "string"}),
-            Reply(304, "not modified: If-None-Match matches"),
-        ),
-    ),
-    Operation(
-        "GET", _PATH + "/{path}", "A file of the API reference page", "docs", secured=False,
-        params=(Param("path", "path", {"type": "string"},
-                      "e.g. `init.js`, `vendor/swagger-ui-bundle.js`"),),
-        replies=(
-            Reply(200, "the file (JavaScript, CSS, …)", content_type="*/*",
-                  schema={"type": "string"}),
-            Reply(304, "not modified: If-None-Match matches"),
-        ),
-        errors=(404,),
-    ),
-)  # fmt: skip
+SITE = StaticSite(
+    "/docs",
+    ASSETS,
+    CONTENT_SECURITY_POLICY,
+    title="The interactive API reference",
+    tag="docs",
+    description="Swagger UI over `/openapi.json`, served from this origin.",
+    example_files="e.g. `init.js`, `vendor/swagger-ui-bundle.js`",
+)
+SITE.register_operations()
 
 
 def setup(app: web.Application) -> None:

@@ -17,37 +17,21 @@ from pathlib import Path
 
 from aiohttp import web
 
-from api.openapi import Operation, Param, Reply, register
 from api.static import SAME_ORIGIN_POLICY, StaticSite
 
 ASSETS = Path(__file__).with_name("console_assets")
-_PATH = "/console"
-
 CONTENT_SECURITY_POLICY = SAME_ORIGIN_POLICY
-SITE = StaticSite(_PATH, ASSETS, CONTENT_SECURITY_POLICY)
-
-register(
-    Operation(
-        "GET", _PATH, "The operator console (a web page)", "console", secured=False,
-        description="A single-page app using this API and its SSE stream; sign in with a "
-        "bearer token or an API key, or open `/console#token=<jwt>`.",
-        replies=(
-            Reply(200, "the console's page", content_type="text/html",
-                  schema={"type": "string"}),
-            Reply(304, "not modified: If-None-Match matches"),
-        ),
-    ),
-    Operation(
-        "GET", _PATH + "/{path}", "A file of the operator console", "console", secured=False,
-        params=(Param("path", "path", {"type": "string"}, "e.g. `app.js`, `vendor/uPlot.esm.js`"),),
-        replies=(
-            Reply(200, "the file (JavaScript, CSS, …)", content_type="*/*",
-                  schema={"type": "string"}),
-            Reply(304, "not modified: If-None-Match matches"),
-        ),
-        errors=(404,),
-    ),
-)  # fmt: skip
+SITE = StaticSite(
+    "/console",
+    ASSETS,
+    CONTENT_SECURITY_POLICY,
+    title="The operator console",
+    tag="console",
+    description="A single-page app using this API and its SSE stream; sign in with a "
+    "bearer token or an API key, or open `/console#token=<jwt>`.",
+    example_files="e.g. `app.js`, `vendor/uPlot.esm.js`",
+)
+SITE.register_operations()
 
 
 def setup(app: web.Application) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from api.openapi import Operation, Param, Reply, register
 from eventfold.errors import NotFound
 
 #: Only this origin, for everything; no inline script or style, no plugins, no framing.
@@ -68,6 +69,36 @@ class StaticSite:
     path: str
     root: Path
     content_security_policy: str
+    #: What the OpenAPI document says: the page's name, its tag, a description, and
+    #: an example of its files' paths.
+    title: str
+    tag: str
+    description: str
+    example_files: str
+
+    def register_operations(self) -> None:
+        """Describe the page and its files in the OpenAPI document (public, no credentials)."""
+        register(
+            Operation(
+                "GET", self.path, f"{self.title} (a web page)", self.tag, secured=False,
+                description=self.description,
+                replies=(
+                    Reply(200, "the page", content_type="text/html", schema={"type": "string"}),
+                    Reply(304, "not modified: If-None-Match matches"),
+                ),
+            ),
+            Operation(
+                "GET", self.path + "/{path}", f"A file of {self.title[:1].lower()}{self.title[1:]}",
+                self.tag, secured=False,
+                params=(Param("path", "path", {"type": "string"}, self.example_files),),
+                replies=(
+                    Reply(200, "the file (JavaScript, CSS, …)", content_type="*/*",
+                          schema={"type": "string"}),
+                    Reply(304, "not modified: If-None-Match matches"),
+                ),
+                errors=(404,),
+            ),
+        )  # fmt: skip
 
     def headers(self) -> dict[str, str]:
         """The headers of every answer: this origin only, never framed, revalidated."""
