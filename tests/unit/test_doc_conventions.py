@@ -46,6 +46,16 @@ def test_the_readme_is_short() -> None:
     assert size < 8 * 1024, f"README.md is {size} bytes: move detail into docs/"
 
 
+def test_the_readme_gives_the_two_commands_and_the_makefile_has_them() -> None:
+    # The first sets everything up and runs the system, the second runs the tests.
+    section = (REPO / "README.md").read_text().partition("## Two commands")[2]
+    section = section.partition("\n## ")[0]
+    assert re.search(r"^make run\s+# .*runs Eventfold$", section, re.M), section
+    assert re.search(r"^make test\s+# .*the whole test suite$", section, re.M), section
+    targets = set(re.findall(r"^([a-z]+):", (REPO / "Makefile").read_text(), re.M))
+    assert {"run", "test"} <= targets
+
+
 def test_the_readme_has_a_checked_walkthrough_and_links_to_the_site() -> None:
     readme = blocks(REPO / "README.md")
     run = [b for b in readme if b.runnable and not b.skip]
