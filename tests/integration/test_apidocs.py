@@ -15,10 +15,16 @@ from api.apidocs import CONTENT_SECURITY_POLICY
 from tests.integration.conftest import Api
 from tests.integration.test_console import (  # noqa: F401 - the fixtures
     WAIT_MS,
+    BrowserLog,
     Console,
     browser,
     console,
 )
+
+
+def elsewhere(log: BrowserLog) -> list[str]:
+    """The requests the page made to any origin but the server's (the test wants none)."""
+    return [url for url in log.requests if not url.startswith(log.origin + "/")]
 
 
 async def test_the_reference_is_served_from_this_origin_and_revalidated(api: Api) -> None:
@@ -89,7 +95,7 @@ async def test_every_operation_of_the_document_renders_without_a_warning(
         "/docs/init.js",
         "/openapi.json",
     } <= paths
-    assert [url for url in log.requests if not url.startswith(console.base + "/")] == []
+    assert elsewhere(log) == []
 
 
 async def test_try_it_out_asks_this_origin(
@@ -106,7 +112,7 @@ async def test_try_it_out_asks_this_origin(
     # The request URL the page shows, and the one the browser sent, are this origin's.
     await expect(live.locator(".request-url")).to_contain_text(f"{console.base}/health/live")
     assert f"{console.base}/health/live" in log.requests
-    assert [url for url in log.requests if not url.startswith(console.base + "/")] == []
+    assert elsewhere(log) == []
 
 
 async def test_the_console_links_to_the_reference(
@@ -122,4 +128,4 @@ async def test_the_console_links_to_the_reference(
     # And back: the reference's header links to the console.
     await page.get_by_role("link", name="Console", exact=True).click()
     await expect(page).to_have_url(f"{console.base}/console")
-    assert [url for url in log.requests if not url.startswith(console.base + "/")] == []
+    assert elsewhere(log) == []
