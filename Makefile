@@ -45,6 +45,7 @@ run: infra
 lint: venv
 	$(BIN)/ruff check src tests benchmarks docsite
 	$(BIN)/ruff format --check src tests benchmarks docsite
+	$(BIN)/lint-imports
 	$(BIN)/eventfold schemas check
 
 typecheck: venv

@@ -28,9 +28,9 @@ from aiokafka import AIOKafkaProducer
 from benchmarks import provenance
 from benchmarks.private import private_settings
 from consumers.analytics.processor import Analytics
-from consumers.analytics.windows import index_key, window_key, window_start
-from eventfold.bootstrap import redis_client
-from eventfold.infra import ensure_topics
+from devstack import ensure_topics
+from eventfold.analytics_windows import index_key, window_key, window_start
+from eventfold.clients import redis_client
 from eventfold.metrics import Metrics
 
 

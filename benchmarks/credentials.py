@@ -24,12 +24,10 @@ from typing import Any
 from aiohttp.test_utils import TestClient, TestServer
 
 from benchmarks.private import private_settings
-from eventfold.apikeys import API_KEYS
+from devstack import ensure_topics
+from entrypoints.bootstrap import Parts, create_app
+from eventfold.appkeys import API_KEYS, RATE_LIMITER, VERIFIER
 from eventfold.auth import issue_token
-from eventfold.bootstrap import Parts, create_app
-from eventfold.infra import ensure_topics
-from eventfold.ratelimit import RATE_LIMITER
-from eventfold.web import VERIFIER
 
 
 def _summary(samples: list[float], unit: float, name: str) -> dict[str, Any]:

@@ -34,9 +34,9 @@ from aiohttp import web
 from benchmarks import provenance
 from benchmarks.private import private_settings
 from benchmarks.privatedb import private_database
+from devstack import ensure_topics
+from entrypoints.bootstrap import create_app
 from eventfold.auth import issue_token
-from eventfold.bootstrap import create_app
-from eventfold.infra import ensure_topics
 from eventfold.settings import Settings
 
 

@@ -28,7 +28,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from benchmarks import provenance
 from benchmarks.private import private_settings
-from eventfold.infra import ensure_topics
+from devstack import ensure_topics
 from eventfold.kafka import make_producer, message_key
 from eventfold.kafkabatch import Record, send_batched
 

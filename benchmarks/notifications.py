@@ -32,9 +32,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from benchmarks import provenance
 from benchmarks.private import private_settings
+from devstack import ensure_topics
+from entrypoints.bootstrap import Parts, create_app
 from eventfold.auth import issue_token
-from eventfold.bootstrap import Parts, create_app
-from eventfold.infra import ensure_topics
 from eventfold.settings import Settings
 
 

@@ -53,8 +53,8 @@ from benchmarks.private import private_settings
 from benchmarks.suite import openloop
 from benchmarks.suite.procstat import ProcWatch
 from benchmarks.throughput import _free_port, _project, _wait_ready, make_event
+from devstack import ensure_topics
 from eventfold.auth import issue_token
-from eventfold.infra import ensure_topics
 from eventfold.settings import Settings
 
 EXE = str(Path(sys.executable).with_name("eventfold"))

@@ -28,11 +28,10 @@ from aiokafka import AIOKafkaProducer
 from benchmarks import provenance
 from benchmarks.private import private_settings
 from consumers.archiver.processor import Archiver
-from consumers.projector import store
 from consumers.rebuild.rebuild import Options, rebuild, rebuild_many
-from eventfold import gctune
-from eventfold.bootstrap import open_pool
-from eventfold.infra import ensure_bucket, ensure_topics
+from devstack import ensure_bucket, ensure_topics
+from eventfold import gctune, readmodel
+from eventfold.clients import open_pool
 from eventfold.kafka import message_key
 from eventfold.metrics import Metrics
 from eventfold.settings import Settings
@@ -105,7 +104,7 @@ async def mark_projected(settings: Settings, pool: Any, tenants: list[str]) -> N
         await consumer.stop()
     async with pool.acquire() as conn:
         for tenant in tenants:
-            await conn.execute(store.tenant_ddl(tenant))
+            await conn.execute(readmodel.tenant_ddl(tenant))
         await conn.executemany(
             "INSERT INTO eventfold.checkpoints (consumer, topic, partition, next_offset)"
             " VALUES ($1, $2, $3, $4) ON CONFLICT (consumer, topic, partition)"

@@ -41,8 +41,8 @@ import orjson
 
 from benchmarks import provenance
 from benchmarks.private import private_settings
+from devstack import ensure_topics
 from eventfold.auth import issue_token
-from eventfold.infra import ensure_topics
 from eventfold.settings import Settings
 
 EVENTFOLD = str(Path(sys.executable).with_name("eventfold"))

@@ -32,9 +32,9 @@ import orjson
 from benchmarks import provenance
 from benchmarks.private import private_settings
 from consumers.projector.processor import Projector
+from devstack import ensure_topics
 from eventfold.auth import issue_token
-from eventfold.bootstrap import open_pool
-from eventfold.infra import ensure_topics
+from eventfold.clients import open_pool
 from eventfold.metrics import Metrics
 from eventfold.settings import Settings
 

@@ -40,7 +40,7 @@ GENERATED_NOTE = (
     "not this page. -->\n\n"
 )
 #: The code's packages, imported whole to find every error type.
-PACKAGES = ("eventfold", "producers", "consumers", "api")
+PACKAGES = ("eventfold", "producers", "consumers", "api", "entrypoints", "devstack")
 
 
 def _md(text: str) -> str:
@@ -292,9 +292,9 @@ class CommandDoc:
 
 def _parser() -> argparse.ArgumentParser:
     """The ``eventfold`` command's parser, as the console script builds it."""
-    from eventfold import cli
+    from entrypoints import cli
 
-    return cli._parser()
+    return cli.parser()
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> Iterator[tuple[str, str, Any]]:
@@ -650,7 +650,7 @@ def errors_page() -> str:
 
 def routes_page() -> str:
     """``reference/http.md``: every route the OpenAPI registry describes."""
-    from api.openapi import OPERATIONS
+    from eventfold.openapi import OPERATIONS
 
     _import_all()
     by_tag: dict[str, list[Any]] = {}

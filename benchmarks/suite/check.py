@@ -2,7 +2,7 @@
 
 The log is read back from Kafka (every partition, start to end), events are
 deduplicated by id and folded per record in partition order with the
-projector's own pure fold (:func:`consumers.projector.fold.apply`); the result
+projector's own pure fold (:func:`eventfold.fold.apply`); the result
 is compared with Eventfold's tenant tables and with each peer's table. A fast
 wrong result therefore cannot pass.
 """
@@ -20,7 +20,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from consumers.projector.fold import RECORD_TYPES, Record, apply
+from eventfold.fold import RECORD_TYPES, Record, apply
 from eventfold.ids import tenant_schema
 
 #: (tenant, collection, id) → (version, data) of every live record.

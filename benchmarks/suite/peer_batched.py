@@ -40,7 +40,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 
 from benchmarks.suite.check import partitions
-from consumers.projector.fold import RECORD_TYPES, Record, apply
+from eventfold.fold import RECORD_TYPES, Record, apply
 from eventfold.ids import tenant_schema
 
 #: Events per transaction, as Eventfold's projector's largest batch.

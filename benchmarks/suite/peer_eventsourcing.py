@@ -37,7 +37,7 @@ from eventsourcing.postgres import PostgresTrackingRecorder
 from eventsourcing.projection import Projection, ProjectionRunner
 
 from benchmarks.suite.workload import Workload
-from consumers.projector.fold import Record, apply
+from eventfold.fold import Record, apply
 
 SCHEMA = "peer_es"
 VIEW_SCHEMA = "peer_es_view"

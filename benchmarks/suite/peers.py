@@ -146,7 +146,7 @@ def fold_sequence(workload: Workload, events: int) -> check.State:
     """The state ``events`` workload events leave when applied in order."""
     from datetime import UTC, datetime
 
-    from consumers.projector.fold import Record, apply
+    from eventfold.fold import Record, apply
 
     epoch = datetime.fromtimestamp(0, UTC)
     records: dict[tuple[str, str, str], Record | None] = {}

@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from consumers.projector.fold import RECORD_TYPES, Record, apply
+from eventfold.fold import RECORD_TYPES, Record, apply
 
 _EPOCH = datetime.fromtimestamp(0, UTC)
 

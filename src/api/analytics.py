@@ -24,8 +24,7 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from api.openapi import AFTER, LIMIT, TENANT, TENANT_ERRORS, Operation, Param, Reply, register
-from consumers.analytics.windows import (
+from eventfold.analytics_windows import (
     SEP,
     WINDOWS,
     index_key,
@@ -33,8 +32,10 @@ from consumers.analytics.windows import (
     window_key,
     window_start,
 )
+from eventfold.appkeys import CURSORS, REDIS
 from eventfold.errors import FieldError, Unavailable, ValidationFailed
-from eventfold.web import CURSORS, REDIS, authorize_tenant, json_response, query_int
+from eventfold.openapi import AFTER, LIMIT, TENANT, TENANT_ERRORS, Operation, Param, Reply, register
+from eventfold.web import authorize_tenant, json_response, query_int
 
 _PATH = "/v1/tenants/{tenant}/analytics/events"
 _ACTIVITY_PATH = "/v1/tenants/{tenant}/analytics/activity"

@@ -12,10 +12,19 @@ from datetime import datetime
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from api.openapi import AFTER, CONSISTENCY, LIMIT, TENANT, TENANT_ERRORS, Operation, Reply, register
-from eventfold import apikeys
 from eventfold.apikeys import stored_key
-from eventfold.web import CURSORS, POOL, after_cursor, authorize_tenant, json_response, query_int
+from eventfold.appkeys import CURSORS, POOL
+from eventfold.openapi import (
+    AFTER,
+    CONSISTENCY,
+    LIMIT,
+    TENANT,
+    TENANT_ERRORS,
+    Operation,
+    Reply,
+    register,
+)
+from eventfold.web import after_cursor, authorize_tenant, json_response, query_int
 
 _KIND = "api-keys"
 
@@ -49,9 +58,8 @@ register(
 
 
 def setup(app: web.Application) -> None:
-    """Register the API key read route (and API key, RS256 and rate limit support)."""
+    """Register the API key read route."""
     app.router.add_get("/v1/tenants/{tenant}/api-keys", list_api_keys)
-    apikeys.install(app)
 
 
 async def list_api_keys(request: web.Request) -> web.Response:

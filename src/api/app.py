@@ -12,6 +12,7 @@ from api import (
     console,
     deadletters,
     events,
+    eventtypes,
     hotkeys,
     integrations,
     processors,
@@ -19,24 +20,24 @@ from api import (
     stream,
     tenants,
     webhooks,
+    workflows,
 )
-
-_RECORDS = "/v1/tenants/{tenant}/collections/{collection}/records"
 
 
 def setup(app: web.Application) -> None:
-    """Register the read routes (the shared resources come from :mod:`eventfold.bootstrap`)."""
+    """Register the read routes; each module adds its own and documents them (the shared
+    resources are put under :mod:`eventfold.appkeys` by the bootstrap)."""
     tenants.setup(app)
     collections.setup(app)
-    app.router.add_get(_RECORDS, records.list_records)
-    app.router.add_get(_RECORDS + "/{id}", records.get_record)
-    app.router.add_get("/v1/tenants/{tenant}/events", events.list_events)
-    app.router.add_get("/v1/tenants/{tenant}/events/{id}", events.get_event)
+    records.setup(app)
+    events.setup(app)
     apikeys.setup(app)
-    app.router.add_get("/v1/tenants/{tenant}/hot-keys", hotkeys.list_hot_keys)
+    hotkeys.setup(app)
     stream.setup(app)
     integrations.setup(app)
     webhooks.setup(app)
+    eventtypes.setup(app)
+    workflows.setup(app)
     analytics.setup(app)
     deadletters.setup(app)
     processors.setup(app)

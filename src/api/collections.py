@@ -10,10 +10,20 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import BaseModel
 
-from api.openapi import AFTER, CONSISTENCY, LIMIT, TENANT, TENANT_ERRORS, Operation, Reply, register
-from eventfold.ids import tenant_schema
+from eventfold import readmodel
+from eventfold.appkeys import CURSORS, POOL
+from eventfold.openapi import (
+    AFTER,
+    CONSISTENCY,
+    LIMIT,
+    TENANT,
+    TENANT_ERRORS,
+    Operation,
+    Reply,
+    register,
+)
 from eventfold.tenancy import tenant_connection
-from eventfold.web import CURSORS, POOL, after_cursor, authorize_tenant, json_response, query_int
+from eventfold.web import after_cursor, authorize_tenant, json_response, query_int
 
 _PATH = "/v1/tenants/{tenant}/collections"
 _KIND = "collections"
@@ -53,24 +63,8 @@ async def list_collections(request: web.Request) -> web.Response:
     _, tenant = await authorize_tenant(request, "reader")
     limit = query_int(request, "limit", 50, 1, 1000)
     after = after_cursor(request, _KIND, "")
-    s = tenant_schema(tenant.id)
-    # The recursive part walks the distinct names in index order; the outer query
-    # pulls only as many as the page needs.
-    sql = f"""
-        WITH RECURSIVE c(name) AS (
-            (SELECT collection FROM {s}.records WHERE collection > $1
-             ORDER BY collection LIMIT 1)
-            UNION ALL
-            SELECT (SELECT collection FROM {s}.records WHERE collection > c.name
-                    ORDER BY collection LIMIT 1)
-            FROM c WHERE c.name IS NOT NULL
-        )
-        SELECT name FROM c
-        WHERE name IS NOT NULL
-          AND EXISTS (SELECT 1 FROM {s}.records r WHERE r.collection = c.name AND NOT r.deleted)
-        LIMIT $2"""
     async with tenant_connection(request.app[POOL], tenant.id) as conn:
-        rows = await conn.fetch(sql, after, limit + 1)
-    page = [{"name": r["name"]} for r in rows[:limit]]
-    nxt = request.app[CURSORS].encode(_KIND, page[-1]["name"]) if len(rows) > limit else None
+        names = await readmodel.list_collections(conn, tenant.id, after, limit + 1)
+    page = [{"name": name} for name in names[:limit]]
+    nxt = request.app[CURSORS].encode(_KIND, page[-1]["name"]) if len(names) > limit else None
     return json_response({"items": page, "next": nxt})

@@ -1,14 +1,14 @@
-"""Dead letters over HTTP (admin): the tenant's parked events, and their redrive.
+"""Dead letters over HTTP (admin): the tenant's dead letters, and their redrive.
 
-The projector parks an event it cannot apply, with every later event of the
-same record behind it (:mod:`consumers.projector.parking`); ``eventfold dlq``
-shows and redrives them from a shell, these routes from a browser:
+The projector sets aside an event it cannot apply, with every later event of the
+same record behind it (:mod:`eventfold.deadletters`); ``eventfold dlq`` shows
+and redrives them from a shell, these routes from a browser:
 
 - ``GET /v1/tenants/{t}/dead-letters`` lists them, by record key and log
   position, each with its error, the event it waits behind, and its envelope;
 - ``POST /v1/tenants/{t}/dead-letters/redrive`` ``{"key"?}`` applies them again
   in order (all of the tenant's, or one record key's), as ``eventfold dlq
-  redrive --tenant`` does: what still fails stays parked, with its error.
+  redrive --tenant`` does: what still fails stays a dead letter, with its error.
 
 The redrive's fold is imported when a redrive runs, not when the API starts:
 the read API's process stays without the fold and Kafka clients until then.
@@ -23,7 +23,12 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from api.openapi import (
+from eventfold import deadletters
+from eventfold.appkeys import CURSORS, POOL, SETTINGS
+from eventfold.cachefill import refresh_after_redrive
+from eventfold.envelope import pydantic_errors
+from eventfold.errors import FieldError, ValidationFailed
+from eventfold.openapi import (
     AFTER,
     BODY_ERRORS,
     LIMIT,
@@ -33,28 +38,17 @@ from api.openapi import (
     Reply,
     register,
 )
-from consumers.projector import parking
-from eventfold.envelope import pydantic_errors
-from eventfold.errors import FieldError, ValidationFailed
-from eventfold.web import (
-    CURSORS,
-    POOL,
-    SETTINGS,
-    authorize_tenant,
-    json_response,
-    query_int,
-    read_json,
-)
+from eventfold.web import authorize_tenant, json_response, query_int, read_json
 
 _PATH = "/v1/tenants/{tenant}/dead-letters"
 _KIND = "dead-letters"
 #: Each record's redrive statement and lock wait, in milliseconds: a request ends in
-#: time, and a record that took longer stays parked for the next redrive.
+#: time, and a record that took longer keeps its dead letters for the next redrive.
 _REDRIVE_BUDGET_MS = 5_000
 
 
 class DeadLetterOut(BaseModel):
-    """One parked event."""
+    """One dead letter."""
 
     event_id: str | None = Field(description="null when the log held no readable event")
     type: str | None
@@ -70,7 +64,7 @@ class DeadLetterOut(BaseModel):
 
 
 class DeadLetterPage(BaseModel):
-    """A page of parked events, by key and log position."""
+    """A page of dead letters, by key and log position."""
 
     items: list[DeadLetterOut]
     next: str | None
@@ -94,7 +88,7 @@ class DeadLetterRedrivenKey(BaseModel):
     applied: int
     rejected: int
     still_parked: int
-    error: str | None = Field(description="why the first event still parked still fails")
+    error: str | None = Field(description="why the first dead letter left still fails")
 
 
 class DeadLetterRedriveOut(BaseModel):
@@ -108,23 +102,23 @@ class DeadLetterRedriveOut(BaseModel):
 
 register(
     Operation(
-        "GET", _PATH, "The tenant's dead letters: events the projector parked (admin)",
+        "GET", _PATH, "The tenant's dead letters: events the projector could not apply (admin)",
         "dead-letters",
         description="Events the projector could not apply, and the later events of the "
         "same record waiting behind them, oldest first per record.",
         params=(TENANT, LIMIT, AFTER),
-        replies=(Reply(200, "a page of parked events", DeadLetterPage),),
+        replies=(Reply(200, "a page of dead letters", DeadLetterPage),),
         errors=TENANT_ERRORS,
     ),
     Operation(
         "POST", _PATH + "/redrive", "Apply the tenant's dead letters again, in order (admin)",
         "dead-letters",
-        description="Each record's parked events are applied oldest first; the first one "
-        "that still fails stays parked with everything behind it. Run it once the cause is "
+        description="Each record's dead letters are applied oldest first; the first one "
+        "that still fails stays a dead letter with everything behind it. Run it once the cause is "
         "fixed; running it again applies nothing twice.",
         params=(TENANT,),
         body=DeadLetterRedriveBody,
-        replies=(Reply(200, "what was applied, rejected and is still parked",
+        replies=(Reply(200, "what was applied, rejected and is left (`still_parked`)",
                        DeadLetterRedriveOut),),
         errors=BODY_ERRORS,
     ),
@@ -171,7 +165,7 @@ async def list_dead_letters(request: web.Request) -> web.Response:
     limit = query_int(request, "limit", 50, 1, 1000)
     after = _after(request)
     async with request.app[POOL].acquire(timeout=5) as conn:
-        rows = await parking.list_parked(
+        rows = await deadletters.list_letters(
             conn, _consumer(request), tenant=tenant.id, limit=limit + 1, after=after
         )
     page = rows[:limit]
@@ -184,7 +178,7 @@ async def list_dead_letters(request: web.Request) -> web.Response:
             "offset": r.offset,
             "error": r.error,
             "behind": r.behind,
-            "deferred": r.retry,
+            "deferred": r.deferred,
             "parked_at": r.parked_at,
             "event": _envelope(r.envelope),
         }
@@ -204,9 +198,7 @@ async def redrive_dead_letters(request: web.Request) -> web.Response:
         body = DeadLetterRedriveBody.model_validate(await read_json(request))
     except ValidationError as exc:
         raise ValidationFailed("invalid redrive", errors=pydantic_errors(exc)) from None
-    # Imported here: the fold (and the cache processor's Kafka client) load on first use.
-    from consumers.cache.processor import refresh_after_redrive
-    from consumers.projector.redrive import redrive
+    from eventfold.projection.redrive import redrive  # deferred: the fold loads on first use
 
     app = request.app
     report = await redrive(
@@ -215,6 +207,7 @@ async def redrive_dead_letters(request: web.Request) -> web.Response:
         tenant=tenant.id,
         key=body.key,
         budget_ms=_REDRIVE_BUDGET_MS,
+        topic=app[SETTINGS].events_topic,
     )
     if report.applied:
         # A read right after the redrive sees it (the cache processor would within seconds).

@@ -1,32 +1,72 @@
-"""The tenant's event history: the envelopes with their status (pending, applied, rejected)."""
+"""The tenant's event history: the envelopes with their status (pending, applied, rejected).
+
+Events of tenant types are served in their type's latest shape (upcast), with
+``dataschema`` naming that version.
+"""
 
 from __future__ import annotations
 
-from typing import Any
-
-import asyncpg
 from aiohttp import web
 
+from api import models
+from eventfold import readmodel
+from eventfold.appkeys import CURSORS, EVENT_TYPES, POOL, REDIS
 from eventfold.dedup import pending_event
 from eventfold.errors import FieldError, NotFound, ValidationFailed
-from eventfold.ids import tenant_schema
+from eventfold.livefeed import history_item
+from eventfold.openapi import (
+    AFTER,
+    CONSISTENCY,
+    LIMIT,
+    TENANT,
+    TENANT_ERRORS,
+    Operation,
+    Param,
+    Reply,
+    register,
+)
 from eventfold.tenancy import tenant_connection
-from eventfold.web import CURSORS, POOL, REDIS, authorize_tenant, json_response, query_int
+from eventfold.web import after_a_write, authorize_tenant, json_response, query_int
+
+register(
+    Operation(
+        "GET", "/v1/tenants/{tenant}/events", "The tenant's event history", "events",
+        params=(
+            TENANT,
+            Param("type", "query", {"type": "string", "minLength": 1, "maxLength": 512}),
+            Param("subject", "query", {"type": "string", "minLength": 1, "maxLength": 512}),
+            Param("order", "query", {"type": "string", "enum": ["seq", "-seq"], "default": "seq"},
+                  "`seq`: oldest first; `-seq`: newest first"),
+            AFTER, LIMIT, CONSISTENCY,
+        ),
+        replies=(Reply(200, "a page of events, oldest first (newest first with "
+                       "`order=-seq`)", models.EventPage),),
+        errors=TENANT_ERRORS,
+    ),
+    Operation(
+        "GET", "/v1/tenants/{tenant}/events/{id}", "One event with its status", "events",
+        params=(
+            TENANT,
+            Param("id", "path", {"type": "string", "minLength": 1, "maxLength": 256}),
+            CONSISTENCY,
+        ),
+        replies=(Reply(200, "the event", models.EventOut),),
+        errors=TENANT_ERRORS,
+    ),
+)  # fmt: skip
 
 
-def _item(row: asyncpg.Record) -> dict[str, Any]:
-    item: dict[str, Any] = dict(row["envelope"])
-    item["status"] = row["status"]
-    if row["reason"] is not None:
-        item["reason"] = row["reason"]
-    return item
+def setup(app: web.Application) -> None:
+    """Register the history routes."""
+    app.router.add_get("/v1/tenants/{tenant}/events", list_events)
+    app.router.add_get("/v1/tenants/{tenant}/events/{id}", get_event)
 
 
-#: ``order`` → (cursor kind, comparison past the cursor, SQL order). Each order has
-#: its own cursor kind, so a cursor of one cannot be passed to the other.
+#: ``order`` → its cursor kind, and whether it lists newest first. Each order has its
+#: own cursor kind, so a cursor of one cannot be passed to the other.
 ORDERS = {
-    "seq": ("events", ">", "ASC"),
-    "-seq": ("events-newest", "<", "DESC"),
+    "seq": ("events", False),
+    "-seq": ("events-newest", True),
 }
 
 
@@ -43,37 +83,38 @@ async def list_events(request: web.Request) -> web.Response:
         raise ValidationFailed(
             "bad order", errors=[FieldError("/order", "one of: " + ", ".join(ORDERS))]
         )
-    kind, past, direction = ORDERS[order]
-    params: list[Any] = []
-    where: list[str] = []
+    kind, newest_first = ORDERS[order]
+    narrowed: dict[str, str | None] = {}
     for name in ("type", "subject"):
         value = request.query.get(name)
-        if value is not None:
-            if not 0 < len(value) <= 512 or "\x00" in value:
-                raise ValidationFailed(
-                    f"bad {name}",
-                    errors=[FieldError(f"/{name}", "1 to 512 characters, no U+0000")],
-                )
-            params.append(value)
-            where.append(f"{name} = ${len(params)}")
+        if value is not None and (not 0 < len(value) <= 512 or "\x00" in value):
+            raise ValidationFailed(
+                f"bad {name}",
+                errors=[FieldError(f"/{name}", "1 to 512 characters, no U+0000")],
+            )
+        narrowed[name] = value
+    seq: int | None = None
     after = request.query.get("after")
     if after:
         seq = request.app[CURSORS].decode(kind, after)
         if not isinstance(seq, int):
             raise ValidationFailed("bad cursor", errors=[FieldError("/after", "invalid cursor")])
-        params.append(seq)
-        where.append(f"seq {past} ${len(params)}")
-    params.append(limit + 1)
-    sql = (
-        f"SELECT seq, envelope, status, reason FROM {tenant_schema(tenant.id)}.events"
-        f"{' WHERE ' + ' AND '.join(where) if where else ''}"
-        f" ORDER BY seq {direction} LIMIT ${len(params)}"
-    )
     async with tenant_connection(request.app[POOL], tenant.id) as conn:
-        rows = await conn.fetch(sql, *params)
+        rows = await readmodel.history_page(
+            conn,
+            tenant.id,
+            event_type=narrowed["type"],
+            subject=narrowed["subject"],
+            after=seq,
+            newest_first=newest_first,
+            limit=limit + 1,
+        )
     page = rows[:limit]
     next_cursor = request.app[CURSORS].encode(kind, page[-1]["seq"]) if len(rows) > limit else None
-    return json_response({"items": [_item(r) for r in page], "next": next_cursor})
+    items = await request.app[EVENT_TYPES].upcast(
+        tenant.id, [history_item(r) for r in page], fresh=after_a_write(request)
+    )
+    return json_response({"items": items, "next": next_cursor})
 
 
 async def get_event(request: web.Request) -> web.Response:
@@ -83,12 +124,12 @@ async def get_event(request: web.Request) -> web.Response:
     if not 0 < len(event_id) <= 256 or "\x00" in event_id:
         raise NotFound("no such event")
     async with tenant_connection(request.app[POOL], tenant.id) as conn:
-        row = await conn.fetchrow(
-            f"SELECT envelope, status, reason FROM {tenant_schema(tenant.id)}.events WHERE id = $1",
-            event_id,
-        )
+        row = await readmodel.history_event(conn, tenant.id, event_id)
     if row is not None:
-        return json_response(_item(row))
+        [item] = await request.app[EVENT_TYPES].upcast(
+            tenant.id, [history_item(row)], fresh=after_a_write(request)
+        )
+        return json_response(item)
     pending = await pending_event(request.app.get(REDIS), tenant.id, event_id)
     if pending is None:
         raise NotFound(f"no event {event_id}")

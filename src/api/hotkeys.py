@@ -11,8 +11,9 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from api.openapi import TENANT, TENANT_ERRORS, Operation, Param, Reply, register
-from eventfold.cache import CACHE, HOT_STORED
+from eventfold.appkeys import CACHE
+from eventfold.cache import HOT_STORED
+from eventfold.openapi import TENANT, TENANT_ERRORS, Operation, Param, Reply, register
 from eventfold.web import authorize_tenant, json_response, query_int
 
 DEFAULT_LIMIT = 20
@@ -31,6 +32,11 @@ class HotKeysPage(BaseModel):
 
     items: list[HotKeyOut]
     next: None = None
+
+
+def setup(app: web.Application) -> None:
+    """Register the route."""
+    app.router.add_get("/v1/tenants/{tenant}/hot-keys", list_hot_keys)
 
 
 async def list_hot_keys(request: web.Request) -> web.Response:

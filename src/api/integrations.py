@@ -15,7 +15,10 @@ import asyncpg
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from api.openapi import (
+from eventfold.appkeys import CURSORS, POOL
+from eventfold.errors import NotFound
+from eventfold.events.integration import INTEGRATION_ID_PATTERN
+from eventfold.openapi import (
     AFTER,
     CONSISTENCY,
     LIMIT,
@@ -26,9 +29,7 @@ from api.openapi import (
     Reply,
     register,
 )
-from eventfold.errors import NotFound
-from eventfold.events.integration import INTEGRATION_ID_PATTERN
-from eventfold.web import CURSORS, POOL, after_cursor, authorize_tenant, json_response, query_int
+from eventfold.web import after_cursor, authorize_tenant, json_response, query_int
 
 _KIND = "integrations"
 _BASE = "/v1/tenants/{tenant}/integrations"

@@ -1,11 +1,11 @@
-"""Pydantic models of the HTTP answers: what ``/openapi.json`` promises clients.
+"""Pydantic models of the read API's answers: what ``/openapi.json`` promises clients.
 
 The handlers build their answers as plain dicts (orjson on the hot path); these
 models describe those dicts for the OpenAPI document, and the Schemathesis run
-(tests/integration/test_schemathesis.py) checks every answer against them.
-Request bodies are described by the models the code validates with
-(:class:`eventfold.envelope.CloudEvent`, :class:`eventfold.events.tenant.TenantCreated`,
-:class:`producers.bodies.CreateRecordBody`).
+(tests/integration/test_schemathesis.py) checks every answer against them. The
+problem document is :class:`eventfold.openapi.ProblemOut`, the health report
+:class:`eventfold.health.HealthOut`, the gateway's answers are in
+:mod:`producers.models`.
 """
 
 from __future__ import annotations
@@ -16,59 +16,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from eventfold.events.tenant import TenantLimits
-
-_READ_YOUR_WRITE = "Pass it back as `X-Consistency-Token` to read this write."
-
-
-class FieldErrorOut(BaseModel):
-    """One validation failure: a JSON pointer into the input and what is wrong there."""
-
-    path: str
-    message: str
-
-
-class ProblemOut(BaseModel):
-    """An RFC 9457 problem document (``application/problem+json``)."""
-
-    model_config = ConfigDict(title="Problem")
-
-    type: str
-    title: str
-    status: int = Field(ge=400, le=599)
-    detail: str
-    instance: str | None = None
-    errors: list[FieldErrorOut] | None = None
-
-
-class TenantAccepted(BaseModel):
-    """``POST /v1/tenants`` accepted: the ``tenant.created`` event id."""
-
-    event_id: str
-    consistency_token: str = Field(description=_READ_YOUR_WRITE)
-
-
-class PublishedEventOut(BaseModel):
-    """Where one event landed in the log (``duplicate`` when it was there already)."""
-
-    id: str
-    partition: int | None
-    offset: int | None
-    duplicate: bool
-
-
-class EventsAccepted(BaseModel):
-    """``POST …/events`` accepted: one item per event, in request order."""
-
-    events: list[PublishedEventOut]
-    consistency_token: str = Field(description=_READ_YOUR_WRITE)
-
-
-class CommandAccepted(BaseModel):
-    """A record command accepted: the record id and the event that carries it."""
-
-    id: str
-    event_id: str
-    consistency_token: str = Field(description=_READ_YOUR_WRITE)
 
 
 class TenantOut(BaseModel):
@@ -121,19 +68,3 @@ class EventPage(BaseModel):
 
     items: list[EventOut]
     next: str | None
-
-
-class CheckOut(BaseModel):
-    """One dependency's state."""
-
-    status: Literal["ok", "down"]
-    error: str | None = None
-
-
-class HealthOut(BaseModel):
-    """The process's state: ``down`` when a critical dependency is."""
-
-    model_config = ConfigDict(title="Health")
-
-    status: Literal["ok", "degraded", "down"]
-    checks: dict[str, CheckOut]

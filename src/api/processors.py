@@ -6,7 +6,8 @@ their state), the cache and analytics processors as their Kafka consumer
 group's committed offsets. The lag of a partition is the log's end minus that
 position (the log's start when there is none yet). The notifier and the sync
 runner do not read the log by position; they report their ``backlog`` instead:
-webhook deliveries pending, integrations due to sync.
+webhook deliveries pending, integrations due to sync; so does the workflows
+processor: triggers and commands not yet taken, and runs due but not yet driven.
 
 The Kafka clients are opened on the first call and kept (this route is polled
 by the console); the read API's process starts without them.
@@ -24,10 +25,11 @@ import asyncpg
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from api.openapi import AUTH_ERRORS, Operation, Reply, register
+from eventfold.appkeys import POOL, SETTINGS
 from eventfold.db import fetch_checkpoints
+from eventfold.openapi import AUTH_ERRORS, Operation, Reply, register
 from eventfold.settings import Settings
-from eventfold.web import POOL, SETTINGS, authenticate, json_response
+from eventfold.web import authenticate, json_response
 
 _PATH = "/v1/processors"
 #: One answer's Kafka round trips, together.
@@ -50,7 +52,7 @@ class Source:
         return f"{settings.consumer_group_prefix}{self.suffix}" if self.suffix else ""
 
 
-#: Every processor of ``consumers.registry``; tests/unit/test_processor_positions.py
+#: Every processor of ``entrypoints.registry``; tests/unit/test_processor_positions.py
 #: checks these names against the processors' own.
 SOURCES = (
     Source("projector", "postgres", ".projector"),
@@ -59,6 +61,7 @@ SOURCES = (
     Source("sync", None),
     Source("notifier", None),
     Source("analytics", "kafka", "-analytics"),
+    Source("workflows", None),
 )
 
 
@@ -81,7 +84,7 @@ class ProcessorOut(BaseModel):
     partitions: list[PartitionLag]
     backlog: int | None = Field(
         description="work waiting outside the log: pending webhook deliveries (notifier), "
-        "integrations due to sync (sync)"
+        "integrations due to sync (sync), triggers and due runs not yet taken (workflows)"
     )
 
 
@@ -113,6 +116,7 @@ class _Kafka:
         self.admin: Any = None
 
     async def open(self, settings: Settings) -> None:
+        # deferred: the read API's process starts without Kafka clients (module docstring)
         from aiokafka import AIOKafkaConsumer
         from aiokafka.admin import AIOKafkaAdminClient
 
@@ -168,7 +172,7 @@ class _Log:
 
 
 async def _read_log(kafka: _Kafka, settings: Settings, groups: list[str]) -> _Log:
-    from aiokafka import TopicPartition
+    from aiokafka import TopicPartition  # deferred: as in _Kafka.open
 
     async with kafka.lock:
         try:
@@ -210,6 +214,13 @@ async def _backlog(conn: asyncpg.Connection, name: str) -> int | None:
             " AND NOT paused AND (sync_requested OR next_run_at <= now())"
         )
         return due
+    if name == "workflows":
+        waiting: int = await conn.fetchval(
+            "SELECT (SELECT count(*) FROM eventfold.workflow_inbox)"
+            " + (SELECT count(*) FROM eventfold.workflow_runs"
+            "    WHERE wake_at <= now() AND lease_until < now())"
+        )
+        return waiting
     return None
 
 

@@ -3,28 +3,75 @@
 from __future__ import annotations
 
 import hashlib
-import json
-from datetime import datetime
 from typing import Any
 
 import asyncpg
 import orjson
 from aiohttp import web
 
-from eventfold import ids
-from eventfold.cache import CACHE, record_payload
+from api import models
+from eventfold import ids, readmodel
+from eventfold.appkeys import CACHE, CURSORS, POOL
+from eventfold.cache import record_payload
 from eventfold.errors import FieldError, NotFound, ValidationFailed
-from eventfold.ids import tenant_schema
+from eventfold.openapi import (
+    AFTER,
+    COLLECTION,
+    CONSISTENCY,
+    LIMIT,
+    RECORD_ID,
+    TENANT,
+    TENANT_ERRORS,
+    Operation,
+    Param,
+    Reply,
+    register,
+)
 from eventfold.tenancy import tenant_connection
-from eventfold.web import CURSORS, POOL, authorize_tenant, json_response, query_int
+from eventfold.web import authorize_tenant, json_response, query_int
 
-ORDERS = {
-    "id": ("id", "ASC"),
-    "-id": ("id", "DESC"),
-    "updated_at": ("updated_at", "ASC"),
-    "-updated_at": ("updated_at", "DESC"),
-}
-_COLUMNS = "id, collection, version, data, created_at, updated_at"
+_RECORDS = "/v1/tenants/{tenant}/collections/{collection}/records"
+_ORDER = {"type": "string", "enum": ["id", "-id", "updated_at", "-updated_at"], "default": "id"}
+
+register(
+    Operation(
+        "GET", _RECORDS, "List records (keyset pagination, filters)", "records",
+        params=(
+            TENANT, COLLECTION, LIMIT, AFTER,
+            Param("order", "query", _ORDER),
+            Param(
+                "filter", "query",
+                {
+                    "type": "object",
+                    "propertyNames": {"pattern": f"^{ids.FIELD_NAME.pattern}$"},
+                    "additionalProperties": {"type": "string"},
+                },
+                "`filter[FIELD]=VALUE`: records whose top-level `FIELD` equals VALUE "
+                "(as a string, a number or a boolean)",
+                style="deepObject",
+            ),
+            CONSISTENCY,
+        ),
+        replies=(Reply(200, "a page of records", models.RecordPage),),
+        errors=TENANT_ERRORS,
+    ),
+    Operation(
+        "GET", _RECORDS + "/{id}", "A record", "records",
+        params=(TENANT, COLLECTION, RECORD_ID, CONSISTENCY,
+                Param("If-None-Match", "header", {"type": "string"}, "a version ETag")),
+        replies=(
+            Reply(200, "the record", models.RecordOut, headers=("ETag",)),
+            Reply(304, "not modified: If-None-Match matches", headers=("ETag",)),
+        ),
+        errors=TENANT_ERRORS,
+    ),
+)  # fmt: skip
+
+
+def setup(app: web.Application) -> None:
+    """Register the record read routes."""
+    app.router.add_get(_RECORDS, list_records)
+    app.router.add_get(_RECORDS + "/{id}", get_record)
 
 
 def _record(row: asyncpg.Record) -> dict[str, Any]:
@@ -60,12 +107,7 @@ async def get_record(request: web.Request) -> web.Response:
         version, body = cached.version, cached.body
     else:
         async with tenant_connection(request.app[POOL], tenant.id) as conn:
-            row = await conn.fetchrow(
-                f"SELECT {_COLUMNS}, deleted FROM {tenant_schema(tenant.id)}.records"
-                " WHERE collection = $1 AND id = $2",
-                collection,
-                record_id,
-            )
+            row = await readmodel.read_record(conn, tenant.id, collection, record_id)
         if row is None:  # never existed: not cached, so its creation shows at once
             raise NotFound(f"no record {collection}/{record_id}")
         version, body = row["version"], record_payload(row)
@@ -99,20 +141,22 @@ async def list_records(request: web.Request) -> web.Response:
     collection = ids.check("collection", request.match_info["collection"])
     limit = query_int(request, "limit", 50, 1, 1000)
     order = request.query.get("order", "id")
-    if order not in ORDERS:
+    if order not in readmodel.RECORD_ORDERS:
         raise ValidationFailed(
-            "unknown order", errors=[FieldError("/order", f"one of {', '.join(ORDERS)}")]
+            "unknown order",
+            errors=[FieldError("/order", f"one of {', '.join(readmodel.RECORD_ORDERS)}")],
         )
-    column = ORDERS[order][0]
+    column = readmodel.RECORD_ORDERS[order][0]
     filters = _filters(request)
     # The cursor is bound to this exact listing: another order or filter makes it invalid.
     shape = hashlib.sha256(orjson.dumps([collection, order, filters])).hexdigest()[:16]
     kind = f"records:{shape}"
     after = request.query.get("after")
     position = request.app[CURSORS].decode(kind, after) if after else None
-    sql, params = list_query(tenant.id, collection, order, filters, position, limit)
     async with tenant_connection(request.app[POOL], tenant.id) as conn:
-        rows = await conn.fetch(sql, *params)
+        rows = await readmodel.list_records(
+            conn, tenant.id, collection, order, filters, position, limit
+        )
     page = rows[:limit]
     next_cursor = None
     if len(rows) > limit:
@@ -120,82 +164,3 @@ async def list_records(request: web.Request) -> web.Response:
         key: Any = last["id"] if column == "id" else [last["updated_at"].isoformat(), last["id"]]
         next_cursor = request.app[CURSORS].encode(kind, key)
     return json_response({"items": [_record(r) for r in page], "next": next_cursor})
-
-
-def list_query(
-    tenant: str,
-    collection: str,
-    order: str,
-    filters: list[tuple[str, str]],
-    position: Any,
-    limit: int,
-) -> tuple[str, list[Any]]:
-    """The SQL and parameters of one page (``limit + 1`` rows: one more tells if there is a next).
-
-    ``position`` is the decoded cursor (None for the first page); ``order`` one of
-    :data:`ORDERS`, ``filters`` validated ``(field, text)`` pairs.
-    """
-    column, direction = ORDERS[order]
-    params: list[Any] = [collection]
-    where = ["collection = $1", "NOT deleted"]
-    for field, value in filters:
-        # Containment is what the GIN index (records_data) answers: one probe per JSON
-        # value the text may mean. The text comparison after it keeps the meaning exact
-        # (data->>field equals the text form: "3" matches 3, not 3.0; "true" matches true).
-        probes = []
-        for candidate in _filter_candidates(value):
-            # As text, cast in SQL: the pool's jsonb codec would encode a str once more.
-            params.append(json.dumps({field: candidate}))
-            probes.append(f"data @> ${len(params)}::text::jsonb")
-        params += [field, value]
-        where.append(f"({' OR '.join(probes)})")
-        where.append(f"data->>${len(params) - 1} = ${len(params)}")
-    cmp = ">" if direction == "ASC" else "<"
-    if position is not None:
-        if column == "id":
-            params.append(_str(position))
-            where.append(f"id {cmp} ${len(params)}")
-        else:
-            stamp, last_id = _pair(position)
-            params += [stamp, last_id]
-            where.append(f"(updated_at, id) {cmp} (${len(params) - 1}, ${len(params)})")
-    order_sql = f"id {direction}" if column == "id" else f"updated_at {direction}, id {direction}"
-    params.append(limit + 1)
-    sql = (
-        f"SELECT {_COLUMNS} FROM {tenant_schema(tenant)}.records"
-        f" WHERE {' AND '.join(where)} ORDER BY {order_sql} LIMIT ${len(params)}"
-    )
-    return sql, params
-
-
-def _filter_candidates(text: str) -> list[Any]:
-    """The JSON values whose text form may be ``text``: the string, and what it parses as."""
-    out: list[Any] = [text]
-    try:
-        # json (not orjson): integers of any size; NaN/Infinity are not JSON and stay strings.
-        parsed = json.loads(text, parse_constant=_no_constant)
-    except ValueError:
-        return out
-    if parsed is not None and not isinstance(parsed, str):
-        out.append(parsed)
-    return out
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(name)
-
-
-def _str(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValidationFailed("bad cursor", errors=[FieldError("/after", "invalid cursor")])
-    return value
-
-
-def _pair(value: Any) -> tuple[datetime, str]:
-    try:
-        stamp, last_id = value
-        return datetime.fromisoformat(stamp), _str(last_id)
-    except (TypeError, ValueError):
-        raise ValidationFailed(
-            "bad cursor", errors=[FieldError("/after", "invalid cursor")]
-        ) from None

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from api.openapi import Operation, Param, Reply, register
+from eventfold.openapi import Operation, Param, Reply, register
 from eventfold.errors import NotFound
 
 #: Only this origin, for everything; no inline script or style, no plugins, no framing.

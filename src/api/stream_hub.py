@@ -24,7 +24,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
-from consumers.projector.live import channel
+from eventfold.livefeed import channel
 
 log = logging.getLogger("eventfold.stream")
 

@@ -12,17 +12,20 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 
 from api import models
-from api.openapi import AFTER, AUTH_ERRORS, LIMIT, Operation, Reply, register
+from eventfold.appkeys import CURSORS, POOL
 from eventfold.auth import ROLES
-from eventfold.web import (
-    CURSORS,
-    POOL,
-    after_cursor,
-    authenticate,
-    authorize_tenant,
-    json_response,
-    query_int,
+from eventfold.openapi import (
+    AFTER,
+    AUTH_ERRORS,
+    CONSISTENCY,
+    LIMIT,
+    TENANT,
+    TENANT_ERRORS,
+    Operation,
+    Reply,
+    register,
 )
+from eventfold.web import after_cursor, authenticate, authorize_tenant, json_response, query_int
 
 _KIND = "tenants"
 
@@ -44,6 +47,12 @@ class MeOut(BaseModel):
 
 
 register(
+    Operation(
+        "GET", "/v1/tenants/{tenant}", "A tenant", "tenants",
+        params=(TENANT, CONSISTENCY),
+        replies=(Reply(200, "the tenant", models.TenantOut),),
+        errors=TENANT_ERRORS,
+    ),
     Operation(
         "GET", "/v1/tenants", "List tenants (platform-admin)", "tenants",
         params=(LIMIT, AFTER),

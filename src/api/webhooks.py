@@ -13,7 +13,10 @@ from datetime import datetime
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from api.openapi import (
+from eventfold.appkeys import CURSORS, POOL
+from eventfold.errors import NotFound
+from eventfold.events.webhook import WEBHOOK_ID_PATTERN
+from eventfold.openapi import (
     AFTER,
     CONSISTENCY,
     LIMIT,
@@ -24,9 +27,7 @@ from api.openapi import (
     Reply,
     register,
 )
-from eventfold.errors import NotFound
-from eventfold.events.webhook import WEBHOOK_ID_PATTERN
-from eventfold.web import CURSORS, POOL, after_cursor, authorize_tenant, json_response, query_int
+from eventfold.web import after_cursor, authorize_tenant, json_response, query_int
 
 _HOOKS = "/v1/tenants/{tenant}/webhooks"
 

@@ -32,15 +32,14 @@ import re
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import asyncpg
-from aiohttp import web
 
 from eventfold.auth import Principal
+from eventfold.backoff import Backoff
 from eventfold.db import connect
 from eventfold.errors import Unauthorized
 
@@ -239,7 +238,7 @@ class ApiKeyDirectory:
         self.forget(payload)
 
     async def _listen_forever(self) -> None:
-        delay = 0.2
+        backoff = Backoff(0.2, 5.0)
         while True:
             conn: asyncpg.Connection | None = None
             try:
@@ -251,7 +250,7 @@ class ApiKeyDirectory:
                 # Anything revoked while not listening is forgotten now.
                 self.clear()
                 self._listening = True
-                delay = 0.2
+                backoff.reset()
                 while not lost.is_set():
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(lost.wait(), _PING_INTERVAL)
@@ -266,8 +265,7 @@ class ApiKeyDirectory:
                         await asyncio.wait_for(conn.close(), 1)
                     if not conn.is_closed():
                         conn.terminate()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            await backoff.sleep()
 
 
 def _remember(table: OrderedDict[str, Any], key: str, value: Any, limit: int) -> None:
@@ -276,34 +274,3 @@ def _remember(table: OrderedDict[str, Any], key: str, value: Any, limit: int) ->
     table.move_to_end(key)
     while len(table) > limit:
         table.popitem(last=False)
-
-
-#: This process's key directory (set when the app starts).
-API_KEYS = web.AppKey("api_keys", ApiKeyDirectory)
-_INSTALLED = web.AppKey("api_keys_installed", bool)
-
-
-def install(app: web.Application) -> None:
-    """Accept API keys, RS256 tokens and rate limits on ``app`` (once, whichever part asks).
-
-    Called by the read and the write routes' setup; both run in ``eventfold run``.
-    """
-    if app.get(_INSTALLED):
-        return
-    app[_INSTALLED] = True
-    from eventfold import ratelimit
-
-    app.cleanup_ctx.append(_directory_ctx)
-    ratelimit.install(app)
-
-
-async def _directory_ctx(app: web.Application) -> AsyncIterator[None]:
-    from eventfold.web import POOL, SETTINGS
-
-    directory = ApiKeyDirectory(app[SETTINGS].database_url, app[POOL])
-    await directory.start()
-    app[API_KEYS] = directory
-    try:
-        yield
-    finally:
-        await directory.stop()

@@ -157,5 +157,3 @@ class AuthLimit:
 
 
 _ADDRESS = web.RequestKey("client_address", str)
-#: This process's limit of failed authentications (set by the bootstrap).
-AUTH_LIMIT = web.AppKey("auth_limit", AuthLimit)

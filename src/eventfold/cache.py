@@ -11,7 +11,7 @@ deleted record. Versions only grow (deleted records keep counting), which is
 what makes "higher wins" correct.
 
 Reads never wait on a sick Redis for long: every call has a short deadline,
-and a :class:`Breaker` stops calling Redis after a few consecutive failures,
+and a :class:`~eventfold.breaker.Breaker` stops calling Redis after a few consecutive failures,
 sending reads straight to PostgreSQL until a probe after the cooldown works.
 
 :class:`HotKeys` counts reads per tenant in a bounded in-process summary and
@@ -25,17 +25,17 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import orjson
-from aiohttp import web
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from eventfold.breaker import CLOSED, Breaker
 from eventfold.errors import RetriableError, Unavailable
 from eventfold.metrics import Metrics
 from eventfold.redispipe import AutoPipeline
@@ -56,11 +56,8 @@ HOT_TTL_SECONDS = 7 * 24 * 3600
 #: Tenants tracked between two flushes at most (memory stays bounded).
 HOT_MAX_TENANTS = 10_000
 
-CLOSED, HALF_OPEN, OPEN = 0, 1, 2
-_STATE_NAMES = {CLOSED: "closed", HALF_OPEN: "half-open", OPEN: "open"}
-
 #: The version of a *hold*: above every real version, so no fill can replace it, and
-#: read as a miss. The cache processor holds records with a parked event (a redrive
+#: read as a miss. The cache processor holds records with dead letters (a redrive
 #: applies it later, out of its sight) so their reads go to PostgreSQL meanwhile.
 HOLD_VERSION = 2**53 - 1
 
@@ -116,6 +113,8 @@ redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))
 return n
 """
 
+#: What reads do while the cache's breaker is open.
+_FALLBACK = "reads go to PostgreSQL"
 #: Failures that count against the breaker: an outage or a slow Redis, not a bug.
 _FAILURES = (RedisError, OSError, TimeoutError)
 
@@ -179,72 +178,6 @@ def decode_entry(raw: bytes) -> Cached | None:
     if not sep or not head.isdigit():
         return None
     return Cached(int(head), body or None)
-
-
-class Breaker:
-    """A circuit breaker: closed, open after ``failures`` in a row, half-open after a cooldown.
-
-    While open, :meth:`allow` says no at once (callers go to PostgreSQL). After
-    ``cooldown`` seconds one caller is let through as a probe: its success
-    closes the breaker, its failure opens it for another cooldown.
-    """
-
-    def __init__(
-        self,
-        *,
-        failures: int = 3,
-        cooldown: float = 2.0,
-        on_change: Callable[[int], None] | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.threshold = failures
-        self.cooldown = cooldown
-        self.state = CLOSED
-        self._failures = 0
-        self._opened_at = 0.0
-        self._probing = False
-        #: Called with the new state on every change (the metric follows it).
-        self.on_change = on_change
-        self._clock = clock
-
-    @property
-    def state_name(self) -> str:
-        """``closed``, ``half-open`` or ``open``."""
-        return _STATE_NAMES[self.state]
-
-    def allow(self) -> bool:
-        """Whether a call may go to Redis now (claims the probe when half-open)."""
-        if self.state == CLOSED:
-            return True
-        if self.state == OPEN and self._clock() - self._opened_at >= self.cooldown:
-            self._set(HALF_OPEN)
-        if self.state == HALF_OPEN and not self._probing:
-            self._probing = True
-            return True
-        return False
-
-    def success(self) -> None:
-        """A call worked: the breaker closes."""
-        self._failures = 0
-        self._probing = False
-        if self.state != CLOSED:
-            log.info("redis answers again, cache breaker closed")
-            self._set(CLOSED)
-
-    def failure(self) -> None:
-        """A call failed or timed out: count it, open past the threshold or a failed probe."""
-        self._failures += 1
-        self._probing = False
-        if self.state == HALF_OPEN or (self.state == CLOSED and self._failures >= self.threshold):
-            if self.state == CLOSED:
-                log.warning("redis failing, cache breaker open: reads go to PostgreSQL")
-            self._opened_at = self._clock()
-            self._set(OPEN)
-
-    def _set(self, state: int) -> None:
-        self.state = state
-        if self.on_change is not None:
-            self.on_change(state)
 
 
 @dataclass(slots=True)
@@ -317,7 +250,7 @@ class RecordCache:
         self.enabled = enabled
         self.ttl = ttl
         self.timeout = timeout
-        self.breaker = breaker or Breaker()
+        self.breaker = breaker or Breaker(name="cache", fallback=_FALLBACK)
         self.breaker.on_change = self._breaker_changed
         metrics.cache_breaker_state.set(self.breaker.state)
         self.hot = HotKeys()
@@ -338,6 +271,8 @@ class RecordCache:
             breaker=Breaker(
                 failures=settings.cache_breaker_failures,
                 cooldown=settings.cache_breaker_cooldown_seconds,
+                name="cache",
+                fallback=_FALLBACK,
             ),
         )
 
@@ -528,6 +463,3 @@ def _split_members(rows: Iterable[tuple[bytes, float]]) -> Iterable[tuple[str, s
     for member, score in rows:
         collection, _, record_id = member.decode().partition("/")
         yield collection, record_id, round(float(score), 3)
-
-
-CACHE = web.AppKey("cache", RecordCache)

@@ -26,7 +26,9 @@ from typing import Any
 import asyncpg
 import orjson
 
-from eventfold.db import CHECKPOINT_CHANNEL, connect, deferred_tenants, fetch_checkpoints
+from eventfold import deadletters
+from eventfold.backoff import Backoff
+from eventfold.db import CHECKPOINT_CHANNEL, connect, fetch_checkpoints
 
 log = logging.getLogger("eventfold.checkpoints")
 
@@ -140,30 +142,20 @@ class CheckpointWatcher:
             return False
         epoch = self._epoch
         async with asyncio.timeout(_READ_TIMEOUT), self._pool.acquire() as conn:
-            row = await conn.fetchrow(
-                """SELECT coalesce(bool_or(t.o IS NOT NULL), false) AS within,
-                          count(*) > 0 AS anything
-                   FROM eventfold.parked p
-                   LEFT JOIN unnest($3::integer[], $4::bigint[]) AS t(pa, o)
-                     ON p.partition = t.pa AND p."offset" <= t.o
-                   WHERE p.consumer = $1 AND p.tenant = $2 AND p.retry""",
-                self._consumer,
-                tenant,
-                list(required),
-                list(required.values()),
+            within, anything = await deadletters.deferred_within(
+                conn, self._consumer, tenant, required
             )
         # A deferral committed after this query's snapshot is notified after it was
         # sent, so it has moved the epoch (or comes after the discard and adds back).
-        if not row["anything"] and epoch == self._epoch:
+        if not anything and epoch == self._epoch:
             self._maybe_deferred.discard(tenant)
-        within: bool = row["within"]
         return within
 
     async def _load_deferred(self) -> None:
         """Add every tenant with deferred events to the set; trust it if nothing distrusted it."""
         distrusts = self._distrusts
         async with asyncio.timeout(_READ_TIMEOUT), self._pool.acquire() as conn:
-            found = await deferred_tenants(conn, self._consumer)
+            found = await deadletters.deferred_tenants(conn, self._consumer)
         self._maybe_deferred.update(found)
         # Deferrals committed after the read are notified: the listener adds them.
         if distrusts == self._distrusts:
@@ -223,7 +215,7 @@ class CheckpointWatcher:
             self._advance({int(p): int(o) for p, o in doc["p"].items()})
 
     async def _listen_forever(self) -> None:
-        delay = 0.2
+        backoff = Backoff(0.2, 5.0)
         while not self._closing:
             conn: asyncpg.Connection | None = None
             try:
@@ -234,15 +226,14 @@ class CheckpointWatcher:
                     await conn.add_listener(CHECKPOINT_CHANNEL, self._on_notify)
                     await self._refresh()  # after LISTEN: nothing committed since is missed
                     await self._load_deferred()
-                delay = 0.2
+                backoff.reset()
                 await self._watch(conn, lost)
             except Exception as exc:  # the listener must outlive any failure: it reconnects
                 log.warning("checkpoint listener down, reconnecting", extra={"error": repr(exc)})
             # Notifications may be missed from here until the next LISTEN, which loads.
             self._distrust(reload=False)
             await _close(conn)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            await backoff.sleep()
 
     async def _watch(self, conn: asyncpg.Connection, lost: asyncio.Event) -> None:
         """Return when the connection is lost, or stops answering a ping in time.

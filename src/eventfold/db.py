@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import asyncpg
@@ -180,11 +181,73 @@ CREATE TABLE IF NOT EXISTS eventfold.webhook_attempts (
 );
 CREATE INDEX IF NOT EXISTS webhook_attempts_by_webhook
     ON eventfold.webhook_attempts (webhook_id, id);
+-- Tenant event types, one row per version (projected from eventtype.* events);
+-- id = '{tenant}/{type}/{version}'. A version never changes once registered.
+CREATE TABLE IF NOT EXISTS eventfold.event_types (
+    id             text PRIMARY KEY,
+    tenant         text NOT NULL,
+    type           text NOT NULL,
+    version        integer NOT NULL,
+    schema         jsonb NOT NULL,
+    compatibility  text NOT NULL,
+    projection     jsonb,
+    upcast         jsonb NOT NULL DEFAULT '[]',
+    created_at     timestamptz NOT NULL,
+    event_id       text NOT NULL,
+    UNIQUE (tenant, type, version)
+);
+-- The workflow processor's inbox (consumers/workflows): written by the projector in
+-- the batch transaction that applies the event (a run to start: kind 'trigger' with
+-- the record as it stood after the event; a command: 'approve', 'reject', 'cancel'),
+-- deleted by the processor in the transaction that acts on it.
+CREATE TABLE IF NOT EXISTS eventfold.workflow_inbox (
+    id          bigserial PRIMARY KEY,
+    key         text NOT NULL UNIQUE,
+    tenant      text NOT NULL,
+    topic       text NOT NULL,
+    kind        text NOT NULL,
+    workflow    text,
+    version     integer,
+    run         text,
+    step        text,
+    event       jsonb NOT NULL,
+    record      jsonb,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS workflow_inbox_by_tenant ON eventfold.workflow_inbox (topic, tenant, id);
+-- Each run's state as the processor drives it: the events of its last transition
+-- (pending, published before anything else is done for the run), its timer
+-- (wake_at) and the lease of the processor driving it.
+CREATE TABLE IF NOT EXISTS eventfold.workflow_runs (
+    id           text PRIMARY KEY,
+    tenant       text NOT NULL,
+    topic        text NOT NULL,
+    workflow     text NOT NULL,
+    depth        integer NOT NULL,
+    status       text NOT NULL,
+    state        jsonb NOT NULL,
+    pending      jsonb NOT NULL DEFAULT '[]',
+    rev          bigint NOT NULL DEFAULT 0,
+    wake_at      timestamptz,
+    lease_until  timestamptz NOT NULL DEFAULT '-infinity',
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    updated_at   timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS workflow_runs_due
+    ON eventfold.workflow_runs (topic, tenant, wake_at) WHERE wake_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS workflow_runs_unfinished
+    ON eventfold.workflow_runs (status) WHERE status IN ('running', 'waiting');
+CREATE INDEX IF NOT EXISTS workflow_runs_finished
+    ON eventfold.workflow_runs (topic, updated_at)
+    WHERE status IN ('succeeded', 'failed', 'cancelled');
 """
 #: Serialises concurrent migrations from processes starting at once.
 _MIGRATION_LOCK = 0x4576_466F  # "EvFo"
 #: Channel the projector notifies on commit; readers waiting on a token listen.
 CHECKPOINT_CHANNEL = "eventfold_checkpoints"
+#: Channel the projector notifies (with the topic) when it hands the workflow processor
+#: a trigger or a command; the processor wakes at once instead of at its next poll.
+WORKFLOW_CHANNEL = "eventfold_workflows"
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -275,9 +338,66 @@ async def fetch_checkpoints(conn: Any, consumer: str, topic: str) -> dict[int, i
     return {r["partition"]: r["next_offset"] for r in rows}
 
 
-async def deferred_tenants(conn: Any, consumer: str) -> set[str]:
-    """Tenants with events of ``consumer`` deferred, waiting for an automatic retry."""
+#: A checkpoint notification longer than this names no deferred tenants ("*"):
+#: PostgreSQL refuses a NOTIFY payload of 8,000 bytes or more.
+NOTIFY_PAYLOAD_LIMIT = 7_000
+
+
+async def lock_checkpoints(
+    conn: asyncpg.Connection, consumer: str, topic: str, partitions: Sequence[int]
+) -> dict[int, int]:
+    """Lock and read the checkpoints of ``partitions`` for this batch's transaction.
+
+    The row lock fences a processor that lost its partitions in a rebalance but
+    is still committing a batch: whichever commits second sees the first's
+    checkpoint and skips what is already applied.
+    """
+    # One statement: the no-op DO UPDATE locks an existing row like FOR UPDATE
+    # would, and RETURNING gives its stored offset (0 for a row just created).
+    # Rows are taken in partition order, so two batches never lock crosswise.
     rows = await conn.fetch(
-        "SELECT DISTINCT tenant FROM eventfold.parked WHERE consumer = $1 AND retry", consumer
+        """INSERT INTO eventfold.checkpoints AS c (consumer, topic, partition, next_offset)
+           SELECT $1, $2, p, 0 FROM unnest($3::integer[]) AS p ORDER BY p
+           ON CONFLICT (consumer, topic, partition)
+             DO UPDATE SET next_offset = c.next_offset
+           RETURNING partition, next_offset""",
+        consumer,
+        topic,
+        sorted(partitions),
     )
-    return {r["tenant"] for r in rows}
+    return {r["partition"]: r["next_offset"] for r in rows}
+
+
+async def save_checkpoints(
+    conn: asyncpg.Connection,
+    consumer: str,
+    topic: str,
+    positions: dict[int, int],
+    deferred: Collection[str] = (),
+) -> None:
+    """Store ``{partition: next_offset}`` and tell waiting readers, in one statement.
+
+    Within the batch's transaction: the notification on
+    :data:`CHECKPOINT_CHANNEL` is delivered at commit, so a reader
+    woken by it sees the batch. It also names the tenants whose events the batch
+    ``deferred`` (``"d"``; ``"*"`` when too many to list): readers then look for
+    deferred events only for those tenants (see :mod:`eventfold.checkpoints`).
+    """
+    doc: dict[str, object] = {"t": topic, "c": consumer, "p": positions, "d": sorted(deferred)}
+    payload = orjson.dumps(doc, option=orjson.OPT_NON_STR_KEYS).decode()
+    if len(payload) > NOTIFY_PAYLOAD_LIMIT:
+        payload = orjson.dumps({**doc, "d": "*"}, option=orjson.OPT_NON_STR_KEYS).decode()
+    await conn.execute(
+        """WITH saved AS (
+             UPDATE eventfold.checkpoints c SET next_offset = u.o, updated_at = now()
+             FROM unnest($3::integer[], $4::bigint[]) AS u(p, o)
+             WHERE c.consumer = $1 AND c.topic = $2 AND c.partition = u.p
+           )
+           SELECT pg_notify($5, $6)""",
+        consumer,
+        topic,
+        list(positions),
+        list(positions.values()),
+        CHECKPOINT_CHANNEL,
+        payload,
+    )

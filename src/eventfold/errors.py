@@ -1,6 +1,6 @@
 """The one error root of Eventfold, split into retriable and permanent.
 
-Processors decide retry, park or fail from the class alone; the HTTP layer
+Processors decide retry, dead-letter or fail from the class alone; the HTTP layer
 turns a :class:`Problem` into an RFC 9457 ``application/problem+json`` answer.
 """
 
@@ -19,7 +19,7 @@ class RetriableError(EventfoldError):
 
 
 class PermanentError(EventfoldError):
-    """The same input will fail the same way: do not retry, report or park it."""
+    """The same input will fail the same way: do not retry, report or dead-letter it."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """Library exceptions sorted into Eventfold's retriable and permanent classes.
 
-Processors and routes decide retry, park or fail from :func:`is_retriable` and
+Processors and routes decide retry, dead-letter or fail from :func:`is_retriable` and
 :func:`is_poison`, never from an error's text. The ingest gateway asks
 :func:`send_outcome_unknown` whether a failed send may still have landed (then
 the producer is replaced and the same envelopes are sent again).

@@ -18,9 +18,9 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from aiohttp import web
+from pydantic import BaseModel, ConfigDict
 
 Check = Callable[[], Awaitable[Any]]
 CHECK_TIMEOUT = 1.0
@@ -90,4 +90,17 @@ async def _run(check: Check) -> str | None:
         return type(exc).__name__
 
 
-HEALTH = web.AppKey("health", Health)
+class CheckOut(BaseModel):
+    """One dependency's state."""
+
+    status: Literal["ok", "down"]
+    error: str | None = None
+
+
+class HealthOut(BaseModel):
+    """The process's state: ``down`` when a critical dependency is."""
+
+    model_config = ConfigDict(title="Health")
+
+    status: Literal["ok", "degraded", "down"]
+    checks: dict[str, CheckOut]

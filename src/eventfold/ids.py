@@ -4,7 +4,6 @@ Redis or S3."""
 from __future__ import annotations
 
 import re
-from contextvars import ContextVar
 
 from eventfold.errors import FieldError, ValidationFailed
 
@@ -60,15 +59,7 @@ def tenant_schema(tenant: str) -> str:
     braces: even ``pg_catalog`` as a tenant id becomes ``"t_pg_catalog"``.
     """
     check("tenant", tenant)
-    redirect = SCHEMA_REDIRECT.get()
-    if redirect is not None and redirect[0] == tenant:
-        return f'"{redirect[1]}"'
     return f'"t_{tenant}"'
-
-
-#: ``(tenant, schema)``: inside a rebuild, the tenant's projection code writes into
-#: a shadow schema instead of the live one (blue-green replay reuses the fold as is).
-SCHEMA_REDIRECT: ContextVar[tuple[str, str] | None] = ContextVar("schema_redirect", default=None)
 
 
 def shadow_schema_name(tenant: str, suffix: str) -> str:

@@ -55,7 +55,7 @@ def make_consumer(
     """A consumer whose positions the caller owns (no auto commit, starts at the beginning).
 
     With ``group_instance_id`` it is a static member of ``group`` (see
-    :mod:`consumers.membership`: the id must be unique among running members).
+    :mod:`consumers.runtime.membership`: the id must be unique among running members).
     """
     return AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap,

@@ -138,8 +138,8 @@ class LogEnd:
         return True
 
     async def _fetch(self) -> dict[int, int]:
-        # Imported on the first token past the known end: the read API's process
-        # otherwise loads no Kafka client at all (tests/unit/test_api_imports.py).
+        # deferred: imported on the first token past the known end, the read API's
+        # process otherwise loads no Kafka client at all (tests/unit/test_api_imports.py)
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
         consumer = self._consumer

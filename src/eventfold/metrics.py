@@ -84,13 +84,14 @@ class Metrics:
         )
         self.projector_events = Counter(
             "eventfold_projector_events_total",
-            "Events seen by the projector, by outcome (applied, rejected, duplicate, parked).",
+            "Events seen by the projector, by outcome (applied, rejected, duplicate, parked: set"
+            " aside as dead letters).",
             ["outcome"],
             registry=r,
         )
         self.projector_parked = Gauge(
             "eventfold_projector_parked",
-            "Events parked by the projector (dead-lettered, or waiting behind one).",
+            "The projector's dead letters (failed, or waiting behind one; the name is older).",
             registry=r,
         )
         self.projection_outdated = Gauge(
@@ -100,7 +101,7 @@ class Metrics:
         )
         self.dlq_size = Gauge(
             "eventfold_dlq_size",
-            "Events a processor has parked: dead-lettered, or waiting behind one in order.",
+            "A processor's dead letters: events that failed, or wait behind one in order.",
             ["processor"],
             registry=r,
         )
@@ -233,7 +234,8 @@ class Metrics:
         )
         self.webhook_deliveries = Counter(
             "eventfold_webhook_deliveries_total",
-            "Webhook delivery attempts by outcome: delivered, failed, dead, gone, refused.",
+            "Webhook delivery attempts by outcome: delivered, failed, dead (retries exhausted),"
+            " gone, refused.",
             ["outcome"],
             registry=r,
         )
@@ -243,6 +245,52 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
             registry=r,
         )
+        self.workflow_runs_started = Counter(
+            "eventfold_workflow_runs_started_total",
+            "Workflow runs started (a matching applied event, once per workflow).",
+            registry=r,
+        )
+        self.workflow_runs_finished = Counter(
+            "eventfold_workflow_runs_finished_total",
+            "Workflow runs finished, by status (succeeded, failed, cancelled).",
+            ["status"],
+            registry=r,
+        )
+        self.workflow_step_seconds = Histogram(
+            "eventfold_workflow_step_duration_seconds",
+            "One attempt of a workflow step's effect (http, record, email), by kind and outcome.",
+            ["kind", "outcome"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.workflow_step_attempts = Histogram(
+            "eventfold_workflow_step_attempts",
+            "Attempts a finished effect step took, by kind.",
+            ["kind"],
+            buckets=(1, 2, 3, 5, 10, 20),
+            registry=r,
+        )
+        self.workflow_trigger_seconds = Histogram(
+            "eventfold_workflow_trigger_latency_seconds",
+            "From the trigger event's time to its run's first step starting.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.workflow_timers_pending = Gauge(
+            "eventfold_workflow_timers_pending",
+            "Workflow timers set in the future (delays, approval timeouts, retry pauses).",
+            registry=r,
+        )
+        self.workflow_oldest_waiting_seconds = Gauge(
+            "eventfold_workflow_oldest_waiting_step_seconds",
+            "How long the oldest due run (next step, timer, retry) has waited for a processor.",
+            registry=r,
+        )
+        self.workflow_inbox = Gauge(
+            "eventfold_workflow_inbox",
+            "Triggers and commands applied but not yet taken by a workflow processor.",
+            registry=r,
+        )
         self.webhook_pending = Gauge(
             "eventfold_webhook_pending",
             "Webhook deliveries waiting (first attempt or retry).",
@@ -250,7 +298,7 @@ class Metrics:
         )
         self.webhook_dead = Gauge(
             "eventfold_webhook_dead",
-            "Webhook deliveries dead-lettered (redrive puts them back).",
+            "Webhook deliveries whose retries are exhausted (redrive puts them back).",
             registry=r,
         )
         self.cache_breaker_state = Gauge(

@@ -16,9 +16,10 @@ the fields of the IETF httpapi RateLimit header draft; a 429 adds
 ``Retry-After`` (seconds until one token is back).
 
 Redis down or slow must not take the API down with it: the check has a
-deadline, a few failures in a row open a small circuit breaker for a few
-seconds, and meanwhile requests are served unlimited (fail open), each one
-counted in ``eventfold_ratelimit_fail_open_total``. One slow answer under a
+deadline, a few failures in a row open a circuit breaker
+(:class:`eventfold.breaker.Breaker`) for a few seconds, and meanwhile requests
+are served unlimited (fail open), each one counted in
+``eventfold_ratelimit_fail_open_total``. One slow answer under a
 burst does not open it: that would lift the limits exactly when they matter.
 """
 
@@ -28,7 +29,7 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
 
+from eventfold.breaker import Breaker
 from eventfold.metrics import Metrics
 from eventfold.redispipe import AutoPipeline
 
@@ -143,11 +145,13 @@ class RateLimiter:
         #: Deadline of one check (a healthy Redis answers in well under a millisecond).
         self._timeout = timeout
         #: After this many failures in a row, Redis is left alone for ``open_seconds``
-        #: (no deadline paid per request meanwhile).
-        self._failures_to_open = failures_to_open
-        self._open_seconds = open_seconds
-        self._failures = 0
-        self._open_until = 0.0
+        #: (no deadline paid per request meanwhile), then one request probes it.
+        self._breaker = Breaker(
+            failures=failures_to_open,
+            cooldown=open_seconds,
+            name="rate limit",
+            fallback="requests served unlimited",
+        )
         #: Shared with the other Redis users of the process: concurrent requests' checks
         #: (and their dedup commands) go to Redis as one pipeline per event-loop pass.
         self._pipe = AutoPipeline.shared(redis) if redis is not None else None
@@ -171,21 +175,19 @@ class RateLimiter:
 
     async def check(self, tenant: str, limits: Mapping[str, Any]) -> Decision | None:
         """Take one token of ``tenant``'s bucket; None when Redis cannot say (fail open)."""
-        if self._pipe is None or time.monotonic() < self._open_until:
+        if self._pipe is None or not self._breaker.allow():
             self._metrics.ratelimit_fail_open.inc()
             return None
         shape = Limits.of(limits, self.default)
         try:
             allowed, tokens = await self._take(bucket_key(tenant), shape)
         except (RedisError, OSError, TimeoutError) as exc:
-            self._failures += 1
-            if self._failures >= self._failures_to_open:
-                self._open_until = time.monotonic() + self._open_seconds
+            self._breaker.failure()
             self._metrics.dependency_errors.labels("redis").inc()
             self._metrics.ratelimit_fail_open.inc()
             log.warning("rate limits unavailable, serving unlimited", extra={"error": repr(exc)})
             return None
-        self._failures = 0
+        self._breaker.success()
         decision = Decision(bool(allowed), shape, float(tokens))
         if not decision.allowed:
             self._metrics.ratelimit_refused.inc()
@@ -198,22 +200,3 @@ async def add_headers(request: web.Request, response: web.StreamResponse) -> Non
     if decision is not None:
         for name, value in decision.headers().items():
             response.headers.setdefault(name, value)
-
-
-#: This process's rate limiter (set when the app starts).
-RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
-
-
-def install(app: web.Application) -> None:
-    """Create the limiter at startup (after Redis) and add the headers to every answer."""
-    app.cleanup_ctx.append(_limiter_ctx)
-    app.on_response_prepare.append(add_headers)
-
-
-async def _limiter_ctx(app: web.Application) -> AsyncIterator[None]:
-    from eventfold.web import METRICS, REDIS, SETTINGS
-
-    settings = app[SETTINGS]
-    default = Limits(settings.rate_limit_default_rps, settings.rate_limit_default_burst)
-    app[RATE_LIMITER] = RateLimiter(app.get(REDIS), app[METRICS], default)
-    yield

@@ -21,13 +21,13 @@ import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from eventfold.errors import PermanentError
 from eventfold.secretfiles import read_or_create
-from eventfold.settings import Settings
 
 _KEY_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 _NONCE_BYTES = 12
@@ -108,7 +108,19 @@ def dev_keyring(home: Path) -> Keyring:
     return Keyring.parse(read_or_create(home / "var" / "secret-keys", lambda: new_key_spec("dev1")))
 
 
-def keyring(settings: Settings) -> Keyring:
+class KeySettings(Protocol):
+    """What :func:`keyring` reads of :class:`eventfold.settings.Settings` (which checks the
+    keys with :meth:`Keyring.parse` when it loads them: this module is below it)."""
+
+    @property
+    def secret_keys(self) -> str: ...
+    @property
+    def mode(self) -> str: ...
+    @property
+    def home(self) -> Path: ...
+
+
+def keyring(settings: KeySettings) -> Keyring:
     """The process's keyring: ``EVENTFOLD_SECRET_KEYS`` (or its file), else the dev key.
 
     Production never makes a key of its own: each process (container) would seal

@@ -45,6 +45,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, FilePath, TypeAdapt
 
 import eventfold
 from eventfold.errors import PermanentError
+from eventfold.sealing import Keyring, SealError
 from eventfold.secretfiles import read_or_create
 
 EVENTS_TOPIC = "eventfold.events"
@@ -132,8 +133,6 @@ def _networks(value: tuple[str, ...]) -> tuple[str, ...]:
 
 def _keyring_spec(value: str) -> str:
     if value:
-        from eventfold.sealing import Keyring, SealError  # sealing reads Settings
-
         try:
             Keyring.parse(value)
         except SealError as exc:
@@ -180,6 +179,9 @@ PostgresUrl = Annotated[
 ]
 RedisUrl = Annotated[
     str, _url_with("redis", "rediss", "unix"), Accepts("a redis://, rediss:// or unix:// URL")
+]
+SmtpUrl = Annotated[
+    str, _url_with("smtp", "smtps"), Accepts("an smtp://user:pass@host:port URL (?starttls=true)")
 ]
 HttpUrl = Annotated[str, _url_with("http", "https"), Accepts("an http:// or https:// URL")]
 Networks = Annotated[
@@ -286,6 +288,17 @@ class Settings:
     webhook_retry_schedule: RetrySchedule = (5, 30, 120, 600, 3600)
     #: Deadline of one webhook delivery attempt (connect, send, read the answer).
     webhook_timeout_seconds: Seconds = 10.0
+    #: The SMTP server of workflow email steps: ``smtp://user:pass@host:port``
+    #: (``?starttls=true`` to upgrade; ``smtps://`` for TLS from the start).
+    smtp_url: SmtpUrl = "smtp://127.0.0.1:1025"
+    #: The ``From`` address of workflow emails.
+    smtp_from: str = "eventfold@localhost"
+    #: The workflow processor: runs driven at once in one process and per tenant (the
+    #: rest wait their turn, tenants in turn), and how long a run's lease lasts
+    #: without renewal (a killed processor's runs are taken over after it).
+    workflow_concurrency: Positive = 256
+    workflow_per_tenant: Positive = 32
+    workflow_lease_seconds: Rate = 10.0
     #: Keys sealing secrets at rest (``id:base64key,...``, first seals; see
     #: eventfold.sealing), or ``EVENTFOLD_SECRET_KEYS_FILE``. Empty: a dev key
     #: file in ``var/`` (dev mode only).

@@ -97,14 +97,17 @@ class TenantDirectory:
 ACQUIRE_TIMEOUT = 5.0
 
 
-def tenant_role_ddl(tenant: str) -> str:
-    """The role and grants of one tenant whose schema exists (idempotent).
+def tenant_role_ddl(tenant: str, schema: str | None = None) -> str:
+    """The role and grants of one tenant whose ``schema`` exists (idempotent).
 
-    Runs as the login role inside the caller's transaction. Concurrent runs for
-    one tenant are serialised by the caller's advisory lock (:func:`tenant_lock`);
-    the exception handler covers a process that does not take it.
+    ``schema`` (quoted) is the tenant's live schema by default, or a rebuild's
+    shadow of it: grants belong to the schema and its tables, so they follow it
+    when the shadow is swapped in. Runs as the login role inside the caller's
+    transaction. Concurrent runs for one tenant are serialised by the caller's
+    advisory lock (:func:`tenant_lock`); the exception handler covers a process
+    that does not take it.
     """
-    schema, role = tenant_schema(tenant), tenant_role(tenant)
+    schema, role = schema or tenant_schema(tenant), tenant_role(tenant)
     name = role.strip('"')  # a validated tenant id: [a-z0-9_] only, safe as a literal
     return f"""
     DO $$
@@ -123,6 +126,17 @@ def tenant_role_ddl(tenant: str) -> str:
     REVOKE ALL ON ALL SEQUENCES IN SCHEMA {schema} FROM PUBLIC;
     GRANT USAGE ON SCHEMA {schema} TO {role};
     GRANT SELECT ON {schema}.records, {schema}.events TO {role};
+    -- The workflow tables (a schema built before them has none until it is rebuilt).
+    DO $$
+    DECLARE t text;
+    BEGIN
+        FOREACH t IN ARRAY ARRAY['workflows', 'workflow_versions', 'runs', 'run_steps'] LOOP
+            IF to_regclass(format('%s.%I', '{schema}', t)) IS NOT NULL THEN
+                EXECUTE format('GRANT SELECT ON %s.%I TO %s', '{schema}', t, '{role}');
+            END IF;
+        END LOOP;
+    END
+    $$;
     """
 
 

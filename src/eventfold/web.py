@@ -12,23 +12,32 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
-import asyncpg
 import orjson
 from aiohttp import web
 from aiohttp.typedefs import Middleware
-from redis.asyncio import Redis
 
 from eventfold import faults, ids
-from eventfold.apikeys import API_KEYS, UnknownApiKey
-from eventfold.auth import Principal, TokenVerifier
-from eventfold.authlimit import AUTH_LIMIT
-from eventfold.checkpoints import CheckpointWatcher
+from eventfold.apikeys import UnknownApiKey
+from eventfold.appkeys import (
+    ADMISSION,
+    API_KEYS,
+    AUTH_LIMIT,
+    CURSORS,
+    LOG_END,
+    METRICS,
+    RATE_LIMITER,
+    REQUEST_DEADLINE,
+    SETTINGS,
+    TENANTS,
+    VERIFIER,
+    WAIT_SLOTS,
+    WATCHER,
+)
+from eventfold.auth import Principal
 from eventfold.consistency import decode
-from eventfold.cursors import CursorCodec
 from eventfold.errors import (
     BadRequest,
     FieldError,
@@ -43,29 +52,12 @@ from eventfold.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
-from eventfold.logend import LogEnd
 from eventfold.logs import correlation_id
-from eventfold.metrics import Metrics
-from eventfold.ratelimit import DECISION_KEY, RATE_LIMITER
-from eventfold.settings import Settings
-from eventfold.tenancy import Tenant, TenantDirectory
+from eventfold.ratelimit import DECISION_KEY
+from eventfold.tenancy import Tenant
 
 log = logging.getLogger("eventfold.http")
 
-SETTINGS = web.AppKey("settings", Settings)
-METRICS = web.AppKey("metrics", Metrics)
-POOL = web.AppKey("pool", asyncpg.Pool)
-REDIS = web.AppKey("redis", Redis)
-VERIFIER = web.AppKey("verifier", TokenVerifier)
-TENANTS = web.AppKey("tenants", TenantDirectory)
-WATCHER = web.AppKey("watcher", CheckpointWatcher)
-LOG_END = web.AppKey("log_end", LogEnd)
-CURSORS = web.AppKey("cursors", CursorCodec)
-
-#: Every request ends within this many seconds (503 past it), unless its handler is
-#: marked :func:`unbounded`. Above the longest wait a handler makes on purpose: a
-#: consistency wait (5 s) plus a read, or a publish's own deadline plus Redis.
-REQUEST_DEADLINE = web.AppKey("request_deadline", float)
 DEFAULT_REQUEST_DEADLINE = 20.0
 
 PROBLEM_JSON = "application/problem+json"
@@ -87,63 +79,6 @@ def essential(handler: H) -> H:
     """Exempt a handler operators rely on under load (health, metrics) from the in-flight limit."""
     setattr(handler, _ESSENTIAL, True)
     return handler
-
-
-@dataclass(slots=True)
-class Admission:
-    """How many requests the process is answering, and how many it may (0: no limit).
-
-    Past the limit a request is answered 503 at once instead of queueing: under
-    an overload every queued request holds its buffers, tasks and waits, and its
-    answer comes too late to help anyone; the client's retry after
-    ``Retry-After`` does. Measured with 700 write+read pairs/s offered to a
-    machine that completes ~450: the API peaked at 117 MB without a limit,
-    87-91 MB at 512, 80-83 MB at 256 (the default), its read p50 1.9 s -> 0.6 s.
-    """
-
-    limit: int
-    in_flight: int = 0
-
-
-ADMISSION = web.AppKey("admission", Admission)
-
-
-@dataclass(slots=True)
-class WaitSlots:
-    """Consistency waits in flight per tenant, at most ``limit`` each (0: no limit).
-
-    A wait holds its request (and its in-flight slot) for up to
-    ``consistency_wait_seconds``: without a cap, one tenant's reads carrying
-    tokens the projection is slow to reach could hold every slot of the process.
-    Waits whose tenant is not known yet (an API key not projected yet) share the
-    entry ``""``.
-    """
-
-    limit: int
-    taken: dict[str, int] = field(default_factory=dict)
-
-    @contextlib.contextmanager
-    def take(self, tenant: str) -> Iterator[None]:
-        """Hold one of ``tenant``'s slots; :class:`TooManyRequests` when none is free."""
-        held = self.taken.get(tenant, 0)
-        if self.limit and held >= self.limit:
-            raise TooManyRequests(
-                f"{self.limit} reads of this tenant are already waiting for the projection; "
-                "retry shortly",
-                headers={"Retry-After": "1"},
-            )
-        self.taken[tenant] = held + 1
-        try:
-            yield
-        finally:
-            left = self.taken[tenant] - 1
-            if left:
-                self.taken[tenant] = left
-            else:
-                del self.taken[tenant]
-
-
-WAIT_SLOTS = web.AppKey("wait_slots", WaitSlots)
 
 
 def json_response(
@@ -356,7 +291,7 @@ async def authenticate(request: web.Request) -> Principal:
         directory = request.app.get(API_KEYS)
         if directory is None:
             raise Unauthorized("API keys are not accepted by this server")
-        if not request.headers.get("X-Consistency-Token"):
+        if not after_a_write(request):
             return await directory.authenticate(api_key)
         try:
             principal = await directory.authenticate(api_key)
@@ -419,6 +354,12 @@ async def rate_limit(request: web.Request, tenant: Tenant) -> None:
             f"({decision.limits.requests_per_second:g}/s, burst {decision.limits.burst})",
             headers=decision.headers(),
         )
+
+
+def after_a_write(request: web.Request) -> bool:
+    """Whether the request carries an ``X-Consistency-Token``: what it reads must include
+    that write's effects, so a cache filled before it is not trusted."""
+    return bool(request.headers.get("X-Consistency-Token"))
 
 
 async def wait_for_consistency(request: web.Request, tenant: str | None = None) -> None:

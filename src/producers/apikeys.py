@@ -17,15 +17,15 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from api.openapi import BODY_ERRORS, TENANT, TENANT_ERRORS, Operation, Param, Reply, register
 from eventfold import apikeys
+from eventfold.appkeys import POOL, PUBLISHER
 from eventfold.envelope import CloudEvent, pydantic_errors
 from eventfold.errors import NotFound, ValidationFailed
 from eventfold.events.apikey import KEY_ID_PATTERN, ApiKeyCreated, ApiKeyRevoked, KeyRole
-from eventfold.web import POOL, authorize_tenant, json_response, read_json
+from eventfold.openapi import BODY_ERRORS, TENANT, TENANT_ERRORS, Operation, Param, Reply, register
+from eventfold.publisher import consistency_token
+from eventfold.web import authorize_tenant, json_response, read_json
 from producers import commands
-from producers.publisher import consistency_token
-from producers.routes import PUBLISHER
 
 _KEYS = "/v1/tenants/{tenant}/api-keys"
 _KEY_ID = re.compile(KEY_ID_PATTERN)
@@ -67,10 +67,9 @@ class ApiKeyRevokedOut(BaseModel):
 
 
 def setup(app: web.Application) -> None:
-    """Register the API key write routes (and API key, RS256 and rate limit support)."""
+    """Register the API key write routes."""
     app.router.add_post(_KEYS, create_api_key)
     app.router.add_delete(_KEYS + "/{id}", revoke_api_key)
-    apikeys.install(app)
 
 
 register(

@@ -33,17 +33,8 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.exceptions import RedisError
 
-from api.openapi import BODY_ERRORS, TENANT, TENANT_ERRORS, Operation, Param, Reply, register
-from consumers.sync.pages import (
-    BadPage,
-    PageSpec,
-    item_ids,
-    load_states,
-    page_changes,
-    page_items,
-    store_states,
-)
 from eventfold import ids, signing
+from eventfold.appkeys import POOL, PUBLISHER, REDIS, SETTINGS, TENANTS
 from eventfold.egress import AllowList, EgressRefused, check_url
 from eventfold.envelope import CloudEvent, pydantic_errors
 from eventfold.errors import (
@@ -58,13 +49,22 @@ from eventfold.events.integration import (
     IntegrationUpdated,
     Kind,
     PollConfig,
+    headers_purpose,
+    secret_purpose,
 )
+from eventfold.openapi import BODY_ERRORS, TENANT, TENANT_ERRORS, Operation, Param, Reply, register
+from eventfold.publisher import consistency_token
 from eventfold.sealing import SealError, keyring
+from eventfold.syncpages import (
+    BadPage,
+    PageSpec,
+    item_ids,
+    load_states,
+    page_changes,
+    page_items,
+    store_states,
+)
 from eventfold.web import (
-    POOL,
-    REDIS,
-    SETTINGS,
-    TENANTS,
     auth_failed,
     authorize_tenant,
     json_response,
@@ -74,8 +74,6 @@ from eventfold.web import (
     read_json,
 )
 from producers import commands
-from producers.publisher import consistency_token
-from producers.routes import PUBLISHER
 
 log = logging.getLogger("eventfold.integrations")
 
@@ -90,16 +88,6 @@ _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _MAX_HEADERS_BYTES = 16 * 1024
 #: How long a webhook-id is remembered (the Standard Webhooks tolerance is 5 minutes).
 _WEBHOOK_DEDUP_SECONDS = 24 * 3600
-
-
-def headers_purpose(integration_id: str) -> str:
-    """The sealing purpose of an integration's headers (binds them to its id)."""
-    return f"integration-headers:{integration_id}"
-
-
-def secret_purpose(integration_id: str) -> str:
-    """The sealing purpose of an integration's webhook secret."""
-    return f"integration-webhook:{integration_id}"
 
 
 class CreateIntegrationBody(PollConfig):

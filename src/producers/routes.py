@@ -8,7 +8,8 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from eventfold import ids
+from eventfold import ids, readmodel
+from eventfold.appkeys import POOL, PUBLISHER, SETTINGS, TENANTS
 from eventfold.envelope import CloudEvent, EnvelopeInvalid, parse_event, pydantic_errors, stamp
 from eventfold.errors import (
     BadRequest,
@@ -20,25 +21,78 @@ from eventfold.errors import (
 )
 from eventfold.events import validate_data
 from eventfold.events.tenant import TenantCreated
-from eventfold.ids import tenant_schema
+from eventfold.eventtypes.names import is_custom
 from eventfold.logs import correlation_id
+from eventfold.openapi import (
+    AUTH_ERRORS,
+    BODY_ERRORS,
+    COLLECTION,
+    IDEMPOTENCY_KEY,
+    IF_MATCH,
+    RECORD_ID,
+    TENANT,
+    TENANT_ERRORS,
+    Operation,
+    Raw,
+    Reply,
+    register,
+)
+from eventfold.publisher import Published, consistency_token
 from eventfold.replay import REPLAY_ATTRIBUTE
 from eventfold.tenancy import tenant_connection
-from eventfold.web import (
-    POOL,
-    SETTINGS,
-    TENANTS,
-    authenticate,
-    authorize_tenant,
-    json_response,
-    read_json,
-)
-from producers import commands
-from producers.bodies import CreateRecordBody
-from producers.publisher import Published, Publisher, consistency_token
+from eventfold.web import authenticate, authorize_tenant, json_response, read_json
+from producers import commands, custom_events, models
+from producers.bodies import CreateRecordBody, events_body
 
-PUBLISHER = web.AppKey("publisher", Publisher)
 _RECORD = "/v1/tenants/{tenant}/collections/{collection}/records"
+_ONE = (TENANT, COLLECTION, RECORD_ID)
+
+register(
+    Operation(
+        "POST", "/v1/tenants", "Create a tenant (platform-admin)", "tenants",
+        body=TenantCreated,
+        replies=(Reply(202, "accepted: `tenant.created` is published", models.TenantAccepted),),
+        errors=(*AUTH_ERRORS, 400, 409, 413, 415, 422),
+    ),
+    Operation(
+        "POST", "/v1/tenants/{tenant}/events", "Publish CloudEvents (writer)", "events",
+        description="One event object, or an array of 1 to 1000 (at most 1 MiB): all or "
+        "nothing. `data` must validate against the registered schema of its `type`.",
+        params=(TENANT,),
+        body=Raw(events_body),
+        body_types=("application/json", "application/cloudevents+json"),
+        replies=(Reply(202, "accepted: every event is in the log", models.EventsAccepted),),
+        errors=BODY_ERRORS,
+    ),
+    Operation(
+        "POST", _RECORD, "Create a record (writer)", "records",
+        params=(TENANT, COLLECTION, IF_MATCH, IDEMPOTENCY_KEY),
+        body=CreateRecordBody,
+        replies=(Reply(202, "accepted: `record.upserted` is published", models.CommandAccepted),),
+        errors=(*BODY_ERRORS, 412),
+    ),
+    Operation(
+        "PUT", _RECORD + "/{id}", "Create or replace a record (writer)", "records",
+        params=(*_ONE, IF_MATCH, IDEMPOTENCY_KEY),
+        body=dict[str, Any],
+        replies=(Reply(202, "accepted: `record.upserted` is published", models.CommandAccepted),),
+        errors=(*BODY_ERRORS, 412),
+    ),
+    Operation(
+        "PATCH", _RECORD + "/{id}", "Merge-patch a record, RFC 7396 (writer)", "records",
+        params=(*_ONE, IF_MATCH, IDEMPOTENCY_KEY),
+        body=dict[str, Any],
+        body_types=("application/merge-patch+json", "application/json"),
+        replies=(Reply(202, "accepted: `record.patched` is published", models.CommandAccepted),),
+        errors=(*BODY_ERRORS, 412),
+    ),
+    Operation(
+        "DELETE", _RECORD + "/{id}", "Delete a record (writer)", "records",
+        params=(*_ONE, IF_MATCH, IDEMPOTENCY_KEY),
+        replies=(Reply(202, "accepted: `record.deleted` is published", models.CommandAccepted),),
+        errors=(*TENANT_ERRORS, 412),
+    ),
+)  # fmt: skip
 
 
 def setup_routes(app: web.Application) -> None:
@@ -95,6 +149,8 @@ async def publish_events(request: web.Request) -> web.Response:
     correlation = correlation_id.get()
     events: list[CloudEvent] = []
     errors: list[FieldError] = []
+    #: Events of tenant types: (index in ``events``, pointer in the body).
+    custom: list[tuple[int, str]] = []
     for i, raw in enumerate(raw_events):
         path = f"/{i}" if batch else ""
         if not isinstance(raw, dict):
@@ -114,11 +170,19 @@ async def publish_events(request: web.Request) -> web.Response:
                 raise EnvelopeInvalid(
                     [FieldError(f"{path}/{REPLAY_ATTRIBUTE}", "is reserved for replay tooling")]
                 )
+            if is_custom(event.type):
+                custom.append((len(events), path))  # validated and stamped below
+                events.append(event)
+                continue
             validate_data(event, path=path)
         except EnvelopeInvalid as exc:
             errors.extend(exc.errors)
             continue
         events.append(stamp(event, tenant=tenant.id, now=now, correlation=correlation))
+    if custom:
+        await custom_events.admit_events(
+            request, tenant.id, custom, events, errors, now=now, correlation=correlation
+        )
     if errors:
         which = "the event is invalid" if not batch else "invalid events; nothing was published"
         raise ValidationFailed(which, errors=errors)
@@ -172,12 +236,7 @@ async def _refuse_hopeless_condition(
     events are applied, so it goes to the log and the projector decides.
     """
     async with tenant_connection(request.app[POOL], tenant) as conn:
-        current = await conn.fetchval(
-            f"SELECT version FROM {tenant_schema(tenant)}.records"
-            " WHERE collection = $1 AND id = $2",
-            collection,
-            record_id,
-        )
+        current = await readmodel.record_version(conn, tenant, collection, record_id)
     if current is not None and expected < current:
         raise PreconditionFailed(
             f'If-Match "{expected}" cannot match: {collection}/{record_id} is at version '

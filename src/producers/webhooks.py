@@ -1,4 +1,4 @@
-"""Webhook subscription commands (admin): subscribe, delete, redrive dead letters.
+"""Webhook subscription commands (admin): subscribe, delete, redrive exhausted deliveries.
 
 ``POST /v1/tenants/{t}/webhooks`` ``{"url", "types", "secret"?}`` → 202 ``{"id",
 "secret", "consistency_token"}``: the URL is checked against the SSRF rules
@@ -7,9 +7,9 @@ address, or is not http(s)), the secret (``whsec_``; made when absent) is
 sealed and published inside ``webhook.created``: the log never holds it in
 plain text. ``DELETE …/webhooks/{id}`` publishes ``webhook.deleted`` (a fixed
 event id: deleting twice is one effect). ``POST …/webhooks/{id}/redrive``
-``{"since"}`` puts the endpoint's dead letters since that time back to
+``{"since"}`` puts the endpoint's exhausted deliveries since that time back to
 pending with a fresh schedule; running it twice redrives nothing more, since
-the first run left no dead letter behind (until they fail again).
+the first run left no exhausted delivery behind (until they fail again).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from api.openapi import BODY_ERRORS, TENANT, TENANT_ERRORS, Operation, Param, Reply, register
 from eventfold import signing
+from eventfold.appkeys import POOL, PUBLISHER, SETTINGS
 from eventfold.egress import AllowList, EgressRefused, check_url
 from eventfold.envelope import CloudEvent, pydantic_errors
 from eventfold.errors import FieldError, NotFound, ValidationFailed
@@ -34,11 +34,11 @@ from eventfold.events.webhook import (
     WebhookCreated,
     WebhookDeleted,
 )
+from eventfold.openapi import BODY_ERRORS, TENANT, TENANT_ERRORS, Operation, Param, Reply, register
+from eventfold.publisher import consistency_token
 from eventfold.sealing import keyring
-from eventfold.web import POOL, SETTINGS, authorize_tenant, json_response, read_json
+from eventfold.web import authorize_tenant, json_response, read_json
 from producers import commands
-from producers.publisher import consistency_token
-from producers.routes import PUBLISHER
 
 _HOOKS = "/v1/tenants/{tenant}/webhooks"
 _HOOK_ID = re.compile(WEBHOOK_ID_PATTERN)
@@ -97,11 +97,11 @@ class RedriveBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    since: datetime = Field(description="dead letters that died at or after this time")
+    since: datetime = Field(description="deliveries exhausted at or after this time")
 
 
 class RedriveOut(BaseModel):
-    """How many dead letters were put back to pending."""
+    """How many exhausted deliveries were put back to pending."""
 
     id: str
     redriven: int
@@ -130,10 +130,10 @@ register(
         errors=TENANT_ERRORS,
     ),
     Operation(
-        "POST", _HOOKS + "/{id}/redrive", "Redrive dead-lettered deliveries (admin)",
+        "POST", _HOOKS + "/{id}/redrive", "Redrive exhausted deliveries (admin)",
         "webhooks",
-        description="Dead letters that died since `since` are scheduled again (attempts "
-        "restart). Safe to run twice: the second run finds none left dead.",
+        description="Deliveries whose retries ran out since `since` are scheduled again "
+        "(attempts restart). Safe to run twice: the second run finds none left exhausted.",
         params=(TENANT, _HOOK_PARAM),
         body=RedriveBody,
         replies=(Reply(200, "the number of deliveries scheduled again", RedriveOut),),
@@ -224,7 +224,8 @@ async def delete_webhook(request: web.Request) -> web.Response:
 
 
 async def redrive_webhook(request: web.Request) -> web.Response:
-    """``POST /v1/tenants/{t}/webhooks/{id}/redrive`` (admin): dead letters back to pending."""
+    """``POST /v1/tenants/{t}/webhooks/{id}/redrive`` (admin): exhausted deliveries back to
+    pending."""
     _, tenant = await authorize_tenant(request, "admin")
     hook_id = _hook_id(request)
     try:
@@ -235,7 +236,7 @@ async def redrive_webhook(request: web.Request) -> web.Response:
     since = body.since if body.since.tzinfo else body.since.replace(tzinfo=UTC)
     async with request.app[POOL].acquire(timeout=5) as conn:
         # One UPDATE: a concurrent second run waits on the row locks, then finds
-        # the rows pending (no longer dead) and redrives nothing.
+        # the rows pending (no longer exhausted) and redrives nothing.
         count = await conn.fetchval(
             "WITH moved AS (UPDATE eventfold.webhook_deliveries"
             " SET state = 'pending', attempts = 0, next_attempt_at = now(),"

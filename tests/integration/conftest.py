@@ -13,11 +13,13 @@ import pytest_asyncio
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 
-from consumers.registry import PROCESSORS
+from entrypoints.bootstrap import Parts, create_app
+from entrypoints.registry import PROCESSORS
 from eventfold.auth import issue_token
-from eventfold.bootstrap import Parts, create_app, open_pool
+from eventfold.clients import open_pool
 from eventfold.settings import Settings
 from tests.conftest import new_tenant_id
+from tests.integration.workflow_helpers import receiver  # noqa: F401 - the workflows tests' fixture
 
 
 @dataclass

@@ -29,8 +29,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from consumers.analytics.processor import app_id
 from consumers.analytics.recovery import last_record_ends
-from consumers.analytics.windows import SETTLE_MARGIN, WINDOWS, collection_of, window_start
-from eventfold.infra import ensure_topics
+from devstack import ensure_topics
+from eventfold.analytics_windows import SETTLE_MARGIN, WINDOWS, collection_of, window_start
 from eventfold.settings import Settings
 from tests.conftest import free_port
 from tests.integration.conftest import Api

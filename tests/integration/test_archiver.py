@@ -20,14 +20,14 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest_asyncio
-from aiobotocore.session import get_session
 from aiokafka import AIOKafkaProducer
 
 from consumers.archiver.processor import Archiver
 from consumers.archiver.segments import UNREADABLE
-from eventfold.bootstrap import open_pool
-from eventfold.infra import ensure_bucket, ensure_topics, s3_client_config
+from devstack import ensure_bucket, ensure_topics
+from eventfold.clients import open_pool
 from eventfold.metrics import Metrics
+from eventfold.s3 import open_s3
 from eventfold.settings import Settings
 from tests.conftest import new_tenant_id
 
@@ -108,16 +108,8 @@ class Lane:
 
     async def objects(self, bucket: str, prefix: str) -> dict[str, bytes]:
         """Key → bytes of every object under ``prefix``."""
-        s = self.settings
         out: dict[str, bytes] = {}
-        async with get_session().create_client(
-            "s3",
-            endpoint_url=s.s3_endpoint,
-            region_name=s.s3_region,
-            aws_access_key_id=s.s3_access_key,
-            aws_secret_access_key=s.s3_secret_key,
-            config=s3_client_config(),
-        ) as client:
+        async with open_s3(self.settings) as client:
             paginator = client.get_paginator("list_objects_v2")
             async for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
                 for item in page.get("Contents", []):

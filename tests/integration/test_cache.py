@@ -22,22 +22,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from consumers.cache.processor import CacheProcessor
-from eventfold.bootstrap import create_app
-from eventfold.cache import (
-    CACHE,
-    CLOSED,
-    HOT_TENANTS_KEY,
-    OPEN,
-    Breaker,
-    Cached,
-    HotKeys,
-    RecordCache,
-    decode_entry,
-    record_key,
-)
-from eventfold.infra import ensure_topics
+from devstack import ensure_topics
+from entrypoints.bootstrap import create_app
+from eventfold.appkeys import CACHE, METRICS, POOL
+from eventfold.breaker import CLOSED, OPEN
+from eventfold.cache import HOT_TENANTS_KEY, Cached, HotKeys, RecordCache, decode_entry, record_key
 from eventfold.settings import Settings
-from eventfold.web import METRICS, POOL
 from tests.conftest import _delete_topics
 from tests.faultproxy import FaultProxy
 from tests.integration.conftest import SESSION_PARTS, Api, TenantApi
@@ -265,34 +255,6 @@ async def test_start_up_warms_the_hottest_keys(api: Api, tenant: TenantApi) -> N
 
 
 # -- pure parts --------------------------------------------------------------
-
-
-def test_breaker_opens_after_consecutive_failures_and_probes_after_the_cooldown() -> None:
-    now = [0.0]
-    changes: list[int] = []
-    breaker = Breaker(failures=3, cooldown=2.0, on_change=changes.append, clock=lambda: now[0])
-    breaker.failure()
-    breaker.failure()
-    breaker.success()  # not consecutive: starts counting again
-    breaker.failure()
-    breaker.failure()
-    assert breaker.allow()
-    assert breaker.state == CLOSED
-    breaker.failure()
-    assert breaker.state == OPEN
-    assert not breaker.allow()
-    now[0] = 2.5
-    assert breaker.allow()  # the probe
-    assert not breaker.allow()  # one probe at a time
-    breaker.failure()  # the probe failed: open for another cooldown
-    assert breaker.state == OPEN
-    assert not breaker.allow()
-    now[0] = 5.0
-    assert breaker.allow()
-    breaker.success()
-    assert breaker.state == CLOSED
-    assert breaker.allow()
-    assert changes == [OPEN, 1, OPEN, 1, CLOSED]
 
 
 def test_hot_keys_summary_stays_bounded_and_keeps_the_heavy_hitters() -> None:

@@ -17,10 +17,10 @@ from collections.abc import Callable
 import asyncpg
 import orjson
 
-from consumers.projector import parking, store
-from consumers.projector.parking import ParkedEvent
+from eventfold import db, deadletters
 from eventfold.checkpoints import CheckpointWatcher
 from eventfold.db import CHECKPOINT_CHANNEL
+from eventfold.deadletters import DeadLetter
 from eventfold.settings import Settings
 
 
@@ -32,9 +32,9 @@ async def until(condition: Callable[[], bool], what: str, within: float = 10.0) 
         await asyncio.sleep(0.01)
 
 
-def deferral(tenant: str, partition: int, offset: int) -> ParkedEvent:
-    return ParkedEvent(partition=partition, offset=offset, tenant=tenant, key="orders/a",
-                       raw=b"{}", error="deferred: test", retry=True)  # fmt: skip
+def deferral(tenant: str, partition: int, offset: int) -> DeadLetter:
+    return DeadLetter(partition=partition, offset=offset, tenant=tenant, key="orders/a",
+                       raw=b"{}", error="deferred: test", deferred=True)  # fmt: skip
 
 
 async def batch(
@@ -42,14 +42,14 @@ async def batch(
     consumer: str,
     topic: str,
     positions: dict[int, int],
-    parked: list[ParkedEvent],
+    parked: list[DeadLetter],
     deferred: set[str],
 ) -> None:
-    """What a projector batch commits: checkpoints, parked rows, one notification."""
+    """What a projector batch commits: checkpoints, dead letters, one notification."""
     async with pool.acquire() as conn, conn.transaction():
-        await store.lock_checkpoints(conn, consumer, topic, list(positions))
-        await parking.park(conn, consumer, parked)
-        await store.save_checkpoints(conn, consumer, topic, positions, deferred=deferred)
+        await db.lock_checkpoints(conn, consumer, topic, list(positions))
+        await deadletters.put(conn, consumer, parked)
+        await db.save_checkpoints(conn, consumer, topic, positions, deferred=deferred)
 
 
 async def test_deferred_tenants_are_known_from_the_listener(

@@ -16,10 +16,10 @@ import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient
 
+from eventfold.appkeys import LOG_END, WAIT_SLOTS
 from eventfold.consistency import decode, encode
 from eventfold.errors import BadRequest
 from eventfold.settings import Settings
-from eventfold.web import LOG_END, WAIT_SLOTS
 from tests.integration.conftest import READ_API, Api, TenantApi, serving
 
 R = "/collections/counters/records"

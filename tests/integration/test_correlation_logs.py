@@ -9,10 +9,10 @@ from typing import Any
 import orjson
 from prometheus_client import generate_latest
 
+from eventfold.appkeys import METRICS, POOL
 from eventfold.logs import JsonFormatter
-from eventfold.web import METRICS, POOL
 from tests.integration.conftest import TenantApi
-from tests.integration.test_parking import install_bug
+from tests.integration.test_dead_letters import install_bug
 
 R = "/collections/orders/records"
 
@@ -31,7 +31,7 @@ class _Lines(logging.Handler):
         self.changed.set()
 
 
-async def test_parked_event_log_line_carries_the_request_id(tenant: TenantApi) -> None:
+async def test_dead_letter_log_line_carries_the_request_id(tenant: TenantApi) -> None:
     app = tenant.api.client.server.app
     await install_bug(app[POOL], tenant.id)
     handler = _Lines()
@@ -56,7 +56,7 @@ async def test_parked_event_log_line_carries_the_request_id(tenant: TenantApi) -
         line = await asyncio.wait_for(parked_line(), 30)
     finally:
         logger.removeHandler(handler)
-    assert line["msg"] == "event parked"
+    assert line["msg"] == "event dead-lettered"
     assert line["correlation_id"] == f"req-{tenant.id}"
     assert line["tenant"] == tenant.id
     metrics = generate_latest(app[METRICS].registry).decode()

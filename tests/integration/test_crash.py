@@ -25,9 +25,9 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from consumers.projector.fold import Record, apply
-from eventfold.bootstrap import open_pool
-from eventfold.infra import ensure_topics
+from devstack import ensure_topics
+from eventfold.clients import open_pool
+from eventfold.fold import Record, apply
 from eventfold.settings import Settings
 
 EVENTFOLD = str(Path(sys.executable).with_name("eventfold"))

@@ -8,8 +8,9 @@ from typing import Any
 from aiohttp.test_utils import TestClient, TestServer
 
 from consumers.projector.processor import Projector
-from eventfold.bootstrap import Parts, create_app, open_pool
-from eventfold.infra import ensure_topics
+from devstack import ensure_topics
+from entrypoints.bootstrap import Parts, create_app
+from eventfold.clients import open_pool
 from eventfold.metrics import Metrics
 from tests.integration.conftest import Api, TenantApi
 

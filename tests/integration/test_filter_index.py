@@ -6,9 +6,9 @@ from typing import Any
 
 import orjson
 
-from api.records import list_query
+from eventfold.appkeys import POOL
 from eventfold.ids import tenant_schema
-from eventfold.web import POOL
+from eventfold.readmodel import list_query
 from tests.integration.conftest import TenantApi
 
 ROWS = 20_000

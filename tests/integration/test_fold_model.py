@@ -19,10 +19,10 @@ import hypothesis.strategies as st
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from consumers.projector.batch import LogEvent, apply_batch
 from eventfold import db
 from eventfold.envelope import CloudEvent
 from eventfold.mergepatch import merge_patch
+from eventfold.projection.batch import LogEvent, apply_batch
 from eventfold.settings import Settings
 
 KEYS = st.sampled_from(["a", "b"])

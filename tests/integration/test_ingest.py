@@ -7,9 +7,10 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from eventfold.appkeys import REDIS
 from eventfold.dedup import dedup_key, pending_event
 from eventfold.settings import Settings
-from eventfold.web import MAX_JSON_DEPTH, REDIS
+from eventfold.web import MAX_JSON_DEPTH
 from tests.integration.conftest import Api, TenantApi
 
 

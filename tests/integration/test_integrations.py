@@ -21,8 +21,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from consumers.sync.runner import SyncRunner
+from entrypoints.bootstrap import Parts, create_app
 from eventfold import signing
-from eventfold.bootstrap import Parts, create_app, open_pool
+from eventfold.clients import open_pool
 from eventfold.metrics import Metrics
 from eventfold.settings import Settings
 from tests.integration.conftest import SESSION_PROCESSORS, Api, TenantApi

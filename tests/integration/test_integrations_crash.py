@@ -15,7 +15,7 @@ import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from eventfold.bootstrap import Parts, create_app
+from entrypoints.bootstrap import Parts, create_app
 from eventfold.settings import Settings
 from tests.integration.conftest import Api, TenantApi
 from tests.integration.test_integrations import (

@@ -17,8 +17,7 @@ import pytest
 import pytest_asyncio
 from yarl import URL
 
-from consumers.projector import store
-from eventfold import db
+from eventfold import db, readmodel
 from eventfold.ids import tenant_role, tenant_schema
 from eventfold.settings import Settings
 from eventfold.tenancy import (
@@ -414,7 +413,7 @@ async def test_tenant_without_role_is_repaired_at_start_up(
 
 async def test_tenant_made_by_the_old_ddl_is_repaired(api: Api, pool: asyncpg.Pool) -> None:
     tid = f"t{uuid.uuid4().hex[:12]}"
-    old_ddl = store.tenant_ddl(tid).replace(tenant_role_ddl(tid), "")
+    old_ddl = readmodel.tenant_ddl(tid).replace(tenant_role_ddl(tid), "")
     assert "ROLE" not in old_ddl
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(old_ddl)

@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
+from entrypoints.bootstrap import Parts, create_app
 from eventfold.auth import issue_token
-from eventfold.bootstrap import Parts, create_app
 from eventfold.settings import Settings
 from tests.integration.conftest import TenantApi
 

@@ -25,11 +25,11 @@ import orjson
 import pytest_asyncio
 from aiokafka.admin import AIOKafkaAdminClient
 
-from consumers import membership
 from consumers.projector.processor import Projector
+from consumers.runtime import membership
+from devstack import ensure_topics
+from entrypoints.bootstrap import Parts
 from eventfold.auth import issue_token
-from eventfold.bootstrap import Parts
-from eventfold.infra import ensure_topics
 from eventfold.metrics import Metrics
 from eventfold.settings import Settings
 from tests.conftest import free_port, new_tenant_id, wait_until_ready
@@ -281,3 +281,42 @@ async def test_after_kill_9_a_write_made_when_ready_is_visible_with_its_token(
             except subprocess.TimeoutExpired:
                 proc.kill()
         output.close()
+
+
+async def test_a_processor_process_serves_its_health_and_metrics(lane: Settings) -> None:
+    """CONTRACT: ``eventfold process NAME`` serves /health/live, /health/ready and /metrics
+    on EVENTFOLD_HTTP_HOST:EVENTFOLD_HTTP_PORT like the HTTP processes do."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "EVENTFOLD_EVENTS_TOPIC": lane.events_topic,
+        "EVENTFOLD_DLQ_TOPIC": lane.dlq_topic,
+        "EVENTFOLD_CONSUMER_GROUP_PREFIX": lane.consumer_group_prefix,
+        "EVENTFOLD_HTTP_PORT": str(port),
+        "EVENTFOLD_LOG_LEVEL": "WARNING",
+    }
+    proc = subprocess.Popen([EVENTFOLD, "process", "projector"], env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            await wait_until_ready(session, base, proc)
+            async with session.get(f"{base}/health/ready") as r:
+                doc = await r.json()
+            assert r.status == 200
+            assert doc["checks"]["projector"] == {"status": "ok"}
+            assert doc["checks"]["postgres"] == {"status": "ok"}
+            async with session.get(f"{base}/health/live") as r:
+                assert r.status == 200
+            async with session.get(f"{base}/metrics") as r:
+                text = await r.text()
+            assert r.status == 200
+            assert "eventfold_projector_events_total" in text
+            # Only the operations routes: no API, no gateway in a processor's process.
+            async with session.get(f"{base}/v1/me") as r:
+                assert r.status == 404
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

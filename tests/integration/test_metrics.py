@@ -21,16 +21,18 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from consumers.projector import parking
 from consumers.projector import processor as projector_module
-from eventfold.bootstrap import open_pool, supervise
+from consumers.runtime.runner import supervise
+from entrypoints.registry import PROCESSORS
+from eventfold import deadletters
+from eventfold.appkeys import METRICS
+from eventfold.clients import open_pool
 from eventfold.metrics import Metrics
 from eventfold.settings import Settings
-from eventfold.web import METRICS
 from tests.faultproxy import FaultProxy
 from tests.integration.conftest import SESSION_PROCESSORS, Api, TenantApi
+from tests.integration.test_dead_letters import MERGE, install_bug
 from tests.integration.test_faults import host_port, with_port
-from tests.integration.test_parking import MERGE, install_bug
 from tests.integration.test_projector import Lane, created, lane, upsert  # noqa: F401 - the fixture
 from tests.integration.test_webhooks import Receiver, put, subscribe
 
@@ -105,7 +107,9 @@ async def test_a_processor_is_not_ready_while_postgres_is_away(
     pool = await open_pool(settings)
     metrics = Metrics()
     stop = asyncio.Event()
-    task = asyncio.create_task(supervise("notifier", settings, pool, metrics, stop))
+    task = asyncio.create_task(
+        supervise("notifier", PROCESSORS["notifier"], settings, pool, metrics, stop)
+    )
 
     async def ready_is(value: float) -> bool:
         return processor_ready(metrics, "notifier") == value
@@ -136,7 +140,9 @@ async def test_projector_lag_in_seconds_grows_while_it_cannot_apply(
     pool = await open_pool(settings)
     metrics = Metrics()
     stop = asyncio.Event()
-    task = asyncio.create_task(supervise("projector", settings, pool, metrics, stop))
+    task = asyncio.create_task(
+        supervise("projector", PROCESSORS["projector"], settings, pool, metrics, stop)
+    )
 
     def lag() -> float:
         text = generate_latest(metrics.registry).decode()
@@ -192,13 +198,13 @@ async def test_projector_lag_in_seconds_grows_while_it_cannot_apply(
 async def test_dead_letter_count_follows_a_redrive_by_the_api(
     api: Api, tenant: TenantApi, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The projector reads the count again every PARKED_REFRESH_SECONDS (30 s): quicker here.
-    monkeypatch.setattr(projector_module, "PARKED_REFRESH_SECONDS", 0.5)
+    # The projector reads the count again every DEAD_LETTER_REFRESH_SECONDS (30 s): quicker here.
+    monkeypatch.setattr(projector_module, "DEAD_LETTER_REFRESH_SECONDS", 0.5)
     consumer = f"{api.settings.consumer_group_prefix}.projector"
 
     async def stored() -> int:
         async with pool.acquire() as conn:
-            return await parking.count(conn, consumer)
+            return await deadletters.count(conn, consumer)
 
     async def reported() -> float | None:
         return sample(await scrape(api), "eventfold_dlq_size", processor="projector")

@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from api.openapi import OPERATIONS, build_document, served_routes, undocumented
-from eventfold.bootstrap import Parts, create_app
+from entrypoints.bootstrap import Parts, create_app
 from eventfold.events.tenant import TenantCreated
+from eventfold.openapi import OPERATIONS, build_document, served_routes, undocumented
 from eventfold.settings import Settings
 from producers.bodies import CreateRecordBody
 from tests.integration.conftest import Api

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
-from eventfold.health import HEALTH
+from eventfold.appkeys import HEALTH
 from eventfold.settings import Settings
 from tests.integration.conftest import READ_API, SESSION_PROCESSORS, Api, TenantApi, serving
 

@@ -10,8 +10,8 @@ from typing import Any
 import pytest_asyncio
 from aiohttp.test_utils import TestClient
 
+from eventfold.appkeys import ADMISSION, METRICS
 from eventfold.settings import Settings
-from eventfold.web import ADMISSION, METRICS
 from tests.integration.conftest import READ_API, TenantApi, serving
 
 

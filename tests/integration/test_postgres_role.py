@@ -17,11 +17,11 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from consumers.projector import store
-from eventfold.bootstrap import open_pool
+from devstack.postgres import BIN, Postgres
+from devstack.process import live_pid, run, stop
+from eventfold import readmodel
+from eventfold.clients import open_pool
 from eventfold.ids import tenant_schema
-from eventfold.infra.postgres import BIN, Postgres
-from eventfold.infra.process import live_pid, run, stop
 from eventfold.settings import Settings
 from eventfold.tenancy import tenant_connection, tenant_lock
 from tests.conftest import free_port, new_tenant_id
@@ -107,9 +107,10 @@ async def test_eventfold_creates_and_reads_tenants_as_that_role(cluster: Postgre
         tenant = new_tenant_id()
         async with pool.acquire() as conn, conn.transaction():
             await tenant_lock(conn, tenant)
-            await store.create_tenant(
+            await readmodel.create_tenant(
                 conn,
                 tenant=tenant,
+                schema=readmodel.schema_of(tenant),
                 name="Role test",
                 limits={},
                 created_at=datetime.now(UTC),

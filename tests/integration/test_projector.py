@@ -17,14 +17,14 @@ import pytest_asyncio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
-from consumers.projector.batch import BatchResult, LogEvent, apply_batch, apply_events
 from consumers.projector.hints import HINT_INTERVAL
 from consumers.projector.processor import Projector
-from eventfold.bootstrap import open_pool
+from devstack import ensure_topics
+from eventfold.clients import open_pool
 from eventfold.envelope import CloudEvent
-from eventfold.infra import ensure_topics
 from eventfold.kafka import make_consumer
 from eventfold.metrics import Metrics
+from eventfold.projection.batch import BatchResult, LogEvent, apply_batch, apply_events
 from eventfold.settings import Settings
 from tests.conftest import new_tenant_id
 

@@ -14,8 +14,8 @@ import pytest_asyncio
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 
+from entrypoints.bootstrap import Parts, create_app
 from eventfold import signing
-from eventfold.bootstrap import Parts, create_app
 from eventfold.settings import Settings
 from tests.faultproxy import FaultProxy
 from tests.integration.conftest import Api, TenantApi

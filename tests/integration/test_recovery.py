@@ -24,13 +24,13 @@ import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
-from eventfold.bootstrap import create_app
-from eventfold.infra import down_async, up_async
-from eventfold.infra.base import Service
-from eventfold.infra.kafka import Kafka
-from eventfold.infra.postgres import Postgres
-from eventfold.infra.process import live_pid, port_free, stop
-from eventfold.infra.redis import Redis
+from devstack import down_async, up_async
+from devstack.base import Service
+from devstack.kafka import Kafka
+from devstack.postgres import Postgres
+from devstack.process import live_pid, port_free, stop
+from devstack.redis import Redis
+from entrypoints.bootstrap import create_app
 from eventfold.settings import Settings
 from tests.conftest import free_port, session_settings
 from tests.integration.conftest import SESSION_PARTS, Api, TenantApi

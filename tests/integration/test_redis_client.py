@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from eventfold.bootstrap import REDIS_MAX_CONNECTIONS, redis_client
+from eventfold.clients import REDIS_MAX_CONNECTIONS, redis_client
 from eventfold.settings import Settings
 
 

@@ -15,7 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from eventfold import ratelimit
-from eventfold.bootstrap import redis_client
+from eventfold.clients import redis_client
 from eventfold.metrics import Metrics
 from eventfold.ratelimit import Limits, RateLimiter
 from eventfold.redispipe import AutoPipeline

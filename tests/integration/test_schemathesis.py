@@ -30,9 +30,9 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis import checks
 
+from devstack import ensure_topics
 from eventfold import signing
 from eventfold.auth import issue_token
-from eventfold.infra import ensure_topics
 from eventfold.settings import Settings
 from eventfold.web import MAX_JSON_DEPTH
 from tests.conftest import _delete_topics, free_port, new_tenant_id, wait_until_ready

@@ -16,8 +16,9 @@ from typing import Any
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
-from eventfold.bootstrap import Parts, create_app, open_pool
-from eventfold.infra import ensure_topics
+from devstack import ensure_topics
+from entrypoints.bootstrap import Parts, create_app
+from eventfold.clients import open_pool
 from eventfold.settings import Settings
 from tests.integration.conftest import Api, TenantApi
 

@@ -25,11 +25,11 @@ from aiohttp import ClientResponse, ClientTimeout
 from aiohttp.test_utils import TestClient, TestServer
 from aiokafka import AIOKafkaProducer
 
-from eventfold.bootstrap import Parts, create_app
-from eventfold.infra import ensure_topics
+from devstack import ensure_topics
+from entrypoints.bootstrap import Parts, create_app
+from eventfold.appkeys import METRICS
 from eventfold.kafka import message_key
 from eventfold.settings import Settings
-from eventfold.web import METRICS
 from tests.conftest import new_tenant_id
 from tests.integration.conftest import READ_API, Api, TenantApi, serving
 

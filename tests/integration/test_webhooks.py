@@ -33,7 +33,7 @@ from standardwebhooks import Webhook
 
 from consumers.notifier import delivery
 from consumers.notifier.processor import Notifier
-from eventfold.bootstrap import Parts, create_app
+from entrypoints.bootstrap import Parts, create_app
 from eventfold.egress import AllowList, guarded_session
 from eventfold.ids import tenant_schema
 from eventfold.kafka import message_key

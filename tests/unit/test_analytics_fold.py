@@ -17,7 +17,7 @@ import pytest
 
 from api.analytics import events_per_second
 from consumers.analytics.processor import Analytics, first_offset, is_first_record
-from consumers.analytics.windows import (
+from eventfold.analytics_windows import (
     SETTLE_MARGIN,
     CountKey,
     collection_of,

@@ -9,14 +9,16 @@ import sys
 # subcommand's options, the operators' replay among them), then the app.
 _PROGRAM = """
 import sys
-from eventfold.bootstrap import Parts, create_app
-from eventfold.cli import _parser
+from entrypoints.bootstrap import Parts, create_app
+from entrypoints.cli import parser
 from eventfold.settings import Settings
 
-_parser().parse_args(["serve", "api"])
+parser().parse_args(["serve", "api"])
 create_app(Settings.from_env(), Parts(api=True, ingest=False, processors=()))
-heavy = ("aiokafka", "faust", "consumers.projector.batch", "consumers.rebuild.rebuild")
-loaded = sorted(m for m in sys.modules if m in heavy or m.split(".")[0] in heavy)
+heavy = (
+    "aiokafka", "faust", "eventfold.projection", "consumers.projector", "consumers.rebuild.rebuild"
+)
+loaded = sorted(m for m in sys.modules if any(m == h or m.startswith(h + ".") for h in heavy))
 print(",".join(loaded))
 """
 

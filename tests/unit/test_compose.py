@@ -83,7 +83,7 @@ def test_eventfold_connects_as_its_own_role_made_by_the_bootstrap_script(
     init = compose["services"]["postgres-init"]
     assert init["environment"]["APP_ROLE"] == "eventfold"
     source = init["volumes"][0].split(":")[0]
-    assert (REPO / source).resolve() == REPO / "src/eventfold/infra/postgres_bootstrap.sql"
+    assert (REPO / source).resolve() == REPO / "src/devstack/postgres_bootstrap.sql"
     assert "POSTGRES_USER" not in compose["services"]["postgres"]["environment"]
     assert compose["x-eventfold-env"]["EVENTFOLD_DATABASE_URL"].startswith(
         "postgresql://eventfold:"

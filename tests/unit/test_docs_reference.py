@@ -133,7 +133,7 @@ def test_every_problem_type_and_error_class_has_an_entry() -> None:
 
 
 def test_every_registered_route_has_an_entry() -> None:
-    from api.openapi import OPERATIONS
+    from eventfold.openapi import OPERATIONS
 
     page = reference.routes_page()
     assert len(OPERATIONS) > 20

@@ -1,4 +1,4 @@
-"""The record fold (consumers.projector.fold): pure, deterministic, versioned."""
+"""The record fold (eventfold.fold): pure, deterministic, versioned."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumers.projector.fold import APPLIED, RECORD_TYPES, Record, apply, live_version
+from eventfold.fold import APPLIED, RECORD_TYPES, Record, apply, live_version
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 

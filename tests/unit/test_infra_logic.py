@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from eventfold.infra import InfraError
-from eventfold.infra.kafka import Kafka, random_cluster_id
-from eventfold.infra.postgres import Postgres
-from eventfold.infra.process import alive, is_ours, live_pid, read_pid, spawn, stop
-from eventfold.infra.redis import Redis
-from eventfold.infra.s3 import S3Proxy
-from eventfold.infra.stack import services
+from devstack import InfraError
+from devstack.kafka import Kafka, random_cluster_id
+from devstack.postgres import Postgres
+from devstack.process import alive, is_ours, live_pid, read_pid, spawn, stop
+from devstack.redis import Redis
+from devstack.s3 import S3Proxy
+from devstack.stack import services
 from eventfold.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]

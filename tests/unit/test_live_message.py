@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from consumers.projector.live import MESSAGE_EVENTS, LiveEvent, live_message, message, payloads
+from eventfold.livefeed import MESSAGE_EVENTS, LiveEvent, live_message, message, payloads
 
 ENVELOPE = {
     "specversion": "1.0",

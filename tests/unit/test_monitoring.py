@@ -19,7 +19,7 @@ import promql_parser
 import pytest
 import yaml
 
-from consumers.registry import PROCESSORS
+from entrypoints.registry import PROCESSORS
 from eventfold.metrics import catalogue
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ from consumers.analytics.processor import app_id
 from consumers.archiver.processor import Archiver
 from consumers.cache.processor import CacheProcessor
 from consumers.projector.processor import Projector
-from consumers.registry import PROCESSORS
+from entrypoints.registry import PROCESSORS
 from eventfold.metrics import Metrics
 from eventfold.settings import Settings
 
@@ -27,3 +27,4 @@ def test_every_processor_has_a_source_named_as_the_processor_names_its_position(
     assert by_name["cache"].group(settings) == CacheProcessor(settings, pool, metrics).group
     assert by_name["analytics"].group(settings) == app_id(settings)
     assert (by_name["notifier"].store, by_name["sync"].store) == (None, None)
+    assert by_name["workflows"].store is None

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from eventfold.infra.redis import Redis
-from eventfold.infra.s3 import S3Proxy
+from devstack.redis import Redis
+from devstack.s3 import S3Proxy
 from eventfold.sealing import dev_keyring
 from eventfold.secretfiles import read_or_create, write_private
 from eventfold.settings import Settings

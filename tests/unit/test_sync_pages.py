@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from consumers.sync.connectors import parse_retry_after
-from consumers.sync.pages import DELETED, BadPage, PageSpec, page_changes
+from eventfold.syncpages import DELETED, BadPage, PageSpec, page_changes
 
 SPEC = PageSpec("0123456789abcdef", "things", deleted_field="deleted")
 

@@ -26,7 +26,7 @@ revoked in a rebalance are committed before they go, so the local tables never
 hold more than their changelogs. Each partition is applied in offset order from
 its committed offset (a record faust dropped would otherwise be committed past:
 see ``recovery.py``), and the worker is a static member of its group
-(``consumers.membership``): restarted after a SIGKILL, it restores its tables
+(``consumers.runtime.membership``): restarted after a SIGKILL, it restores its tables
 (ended at each changelog's last committed record) and counts on within seconds.
 
 Served reads: a flush task copies the absolute value of every changed counter
@@ -53,10 +53,9 @@ from typing import Any
 import asyncpg
 import faust
 import orjson
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from redis.asyncio import Redis
 
-from consumers import membership
 from consumers.analytics.changelog import OwnedCommits, WriteBehindTable
 from consumers.analytics.recovery import (
     committed_positions,
@@ -64,7 +63,9 @@ from consumers.analytics.recovery import (
     restore_to_last_record,
     resume_streams_after_clear,
 )
-from consumers.analytics.windows import (
+from consumers.runtime import membership
+from consumers.runtime.membership import leave_on_stop
+from eventfold.analytics_windows import (
     WINDOWS,
     CountKey,
     collection_of,
@@ -75,8 +76,7 @@ from consumers.analytics.windows import (
     touched_key,
     window_key,
 )
-from consumers.membership import leave_on_stop
-from eventfold.bootstrap import redis_client
+from eventfold.clients import redis_client
 from eventfold.errors import RetriableError
 from eventfold.metrics import Metrics
 from eventfold.replay import REPLAY_ATTRIBUTE
@@ -423,8 +423,6 @@ class Analytics:
         await self.flush(redis, self._dirty, self._dirty_touched)
 
     async def _caught_up(self) -> bool:
-        from aiokafka import AIOKafkaConsumer, TopicPartition
-
         consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap)
         await consumer.start()
         try:
@@ -450,7 +448,7 @@ class Analytics:
     async def run(self, stop: asyncio.Event | None = None, *, burst: bool = False) -> None:
         """Run the faust app on this loop until ``stop`` (or, in burst mode, caught up)."""
         stop = stop or asyncio.Event()
-        # A static member of the app's group (see consumers.membership): restarted after
+        # A static member of the app's group (see consumers.runtime.membership): restarted after
         # a SIGKILL, the worker gets its partitions back without waiting for the session.
         async with membership.claim(self.settings.database_url, app_id(self.settings), stop) as m:
             self.app.conf.consumer_group_instance_id = m.instance_id

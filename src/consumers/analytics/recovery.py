@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 #: How many offsets before the end a changelog's tail is first read for its last record.
 TAIL_WINDOW = 64
@@ -46,8 +46,6 @@ async def last_record_ends(
     last stable offset, further back while it holds no committed record) on a
     consumer of its own.
     """
-    from aiokafka import AIOKafkaConsumer
-
     if not partitions:
         return {}
     reader = AIOKafkaConsumer(
@@ -84,8 +82,6 @@ async def beginning_offsets(
     bootstrap: str, partitions: list[TopicPartition]
 ) -> dict[TopicPartition, int]:
     """The first offset of each partition, asked on a consumer of its own."""
-    from aiokafka import AIOKafkaConsumer
-
     if not partitions:
         return {}  # aiokafka waits for its timeout when asked about none
     reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
@@ -167,8 +163,6 @@ async def committed_positions(
     bootstrap: str, group: str, partitions: list[TopicPartition]
 ) -> dict[TopicPartition, int]:
     """Where ``group`` resumes each partition: its committed offset, else the log's start."""
-    from aiokafka import AIOKafkaConsumer
-
     reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     await reader.start()
     try:
@@ -182,8 +176,6 @@ async def committed_positions(
 
 async def records_between(bootstrap: str, tp: TopicPartition, start: int, end: int) -> int:
     """How many committed records partition ``tp`` holds at offsets ``start`` to ``end - 1``."""
-    from aiokafka import AIOKafkaConsumer
-
     reader = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False
     )

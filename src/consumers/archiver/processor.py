@@ -17,9 +17,7 @@ within the same window.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -29,28 +27,29 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
 
-from consumers import membership
 from consumers.archiver.segments import (
     Segment,
     day_of,
-    manifest_key,
     merge_manifest,
     should_close,
     tenant_objects,
     to_line,
 )
-from consumers.kafka_loop import (
+from consumers.runtime import membership
+from consumers.runtime.kafka import (
     MemberLoop,
     SeekToCheckpoints,
     caught_up,
     seek_to_stored,
     start_with_retry,
 )
+from eventfold.archive import manifest_key
+from eventfold.backoff import Backoff
 from eventfold.db import fetch_checkpoints
 from eventfold.faults import is_retriable
-from eventfold.infra import s3_client_config
 from eventfold.kafka import make_consumer
 from eventfold.metrics import Metrics
+from eventfold.s3 import open_s3
 from eventfold.settings import Settings
 
 log = logging.getLogger("eventfold.archiver")
@@ -139,8 +138,6 @@ class Archiver(MemberLoop):
         In burst mode the open segments are left open (not archived yet): closing
         them early would cut them where this run happened to stop.
         """
-        from aiobotocore.session import get_session
-
         self._stop = stop
 
         consumer = make_consumer(
@@ -154,15 +151,7 @@ class Archiver(MemberLoop):
             [self.topic],
             listener=SeekToCheckpoints(self, consumer, self.ready, on_revoked=self.forget),
         )
-        s = self.settings
-        async with get_session().create_client(
-            "s3",
-            endpoint_url=s.s3_endpoint,
-            region_name=s.s3_region,
-            aws_access_key_id=s.s3_access_key,
-            aws_secret_access_key=s.s3_secret_key,
-            config=s3_client_config(),
-        ) as client:
+        async with open_s3(self.settings) as client:
             self._s3 = client
             await start_with_retry(consumer, stop)
             try:
@@ -286,7 +275,7 @@ class Archiver(MemberLoop):
 
     async def _retrying(self, call: Callable[[], Awaitable[Any]]) -> Any:
         """``call()`` with a deadline, retried with backoff while S3 answers "not now"."""
-        delay = 0.2
+        backoff = Backoff(0.2, 10.0)
         while True:
             try:
                 async with asyncio.timeout(S3_TIMEOUT):
@@ -296,13 +285,11 @@ class Archiver(MemberLoop):
                     raise
                 self.metrics.dependency_errors.labels("s3").inc()
                 log.warning("s3 call failed, retrying", extra={"error": repr(exc)})
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), delay * random.uniform(0.5, 1.5))  # noqa: S311
-            delay = min(delay * 2, 10.0)
+            await backoff.sleep(self._stop)
 
     async def _checkpoint(self, partition: int, next_offset: int) -> None:
         """Store ``next_offset`` (never moving backwards: a former owner may finish late)."""
-        delay = 0.2
+        backoff = Backoff(0.2, 10.0)
         while True:
             try:
                 async with self.pool.acquire(timeout=10) as conn:
@@ -325,8 +312,7 @@ class Archiver(MemberLoop):
                     raise
                 self.metrics.dependency_errors.labels("postgres").inc()
                 log.warning("archive checkpoint not written, retrying", extra={"error": repr(exc)})
-            await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311
-            delay = min(delay * 2, 10.0)
+            await backoff.sleep()
 
     def _report_lag(self, consumer: AIOKafkaConsumer) -> None:
         for tp in consumer.assignment():

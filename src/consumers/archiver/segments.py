@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 import orjson
 
+from eventfold.archive import object_key
 from eventfold.ids import is_valid
 
 #: Where events whose tenant cannot be read go (not a valid tenant id, so no clash).
@@ -114,16 +115,6 @@ def to_line(offset: int, value: bytes | None) -> Line | None:
     # The log's own bytes when they are one line already (the gateway writes compact JSON).
     text = value if b"\n" not in value and b"\r" not in value else orjson.dumps(doc)
     return Line(offset, tenant, text)
-
-
-def object_key(tenant: str, day: str, partition: int, first: int, last: int) -> str:
-    """``tenant=<id>/date=<day>/<partition>-<first>-<last>.jsonl.gz``, zero-padded to sort."""
-    return f"tenant={tenant}/date={day}/{partition:03d}-{first:020d}-{last:020d}.jsonl.gz"
-
-
-def manifest_key(tenant: str, partition: int) -> str:
-    """The manifest of ``tenant``'s segments from one partition."""
-    return f"tenant={tenant}/manifest/partition={partition:03d}.json"
 
 
 def tenant_objects(segment: Segment) -> list[TenantObject]:

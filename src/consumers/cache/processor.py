@@ -13,10 +13,11 @@ Its position is Kafka's committed offset, written after each batch: a batch
 seen twice (a crash, a rebalance) is written again harmlessly, because every
 write is guarded by version.
 
-An event the projector parked (dead-lettered, or deferred with a slow tenant)
-is applied later, by a redrive this processor does not see in the log: such a
-record's entry becomes a *hold* (reads go to PostgreSQL, fills are refused),
-and is refreshed once its events are no longer parked.
+A record holding dead letters (an event the projector could not apply, or
+deferred with a slow tenant) is applied later, by a redrive this processor
+does not see in the log: such a record's entry becomes a *hold* (reads go to
+PostgreSQL, fills are refused), and is refreshed once a redrive has applied
+them (:mod:`eventfold.cachefill`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import cast
@@ -35,25 +35,23 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
-from consumers import membership
-from consumers.kafka_loop import MemberLoop, TrackAssignment, caught_up, start_with_retry
-from consumers.projector.fold import RECORD_TYPES
+from consumers.runtime import membership
+from consumers.runtime.kafka import MemberLoop, TrackAssignment, caught_up, start_with_retry
+from eventfold import cachefill
+from eventfold.backoff import Backoff
 from eventfold.cache import (
-    HOLD_VERSION,
     HOT_TENANTS_KEY,
-    Entry,
     RecordCache,
     hot_key,
-    record_key,
-    record_payload,
 )
+from eventfold.cachefill import Key
 from eventfold.checkpoints import CheckpointWatcher
 from eventfold.faults import is_retriable
-from eventfold.ids import is_valid, tenant_schema
+from eventfold.fold import RECORD_TYPES
+from eventfold.ids import is_valid
 from eventfold.kafka import make_consumer
 from eventfold.metrics import Metrics
 from eventfold.settings import Settings
-from eventfold.tenancy import tenant_connection
 
 log = logging.getLogger("eventfold.cache")
 
@@ -62,11 +60,10 @@ BATCH_SIZE = 2000
 #: At start-up, the hottest keys warmed per tenant, and tenants looked at.
 WARM_KEYS = 100
 WARM_TENANTS = 1000
-#: How often keys refreshed while parked are looked at again, and how many are kept.
-PARKED_RECHECK_SECONDS = 2.0
-MAX_PARKED_KEYS = 10_000
+#: How often held keys (records with dead letters) are looked at again, and how many are kept.
+HELD_RECHECK_SECONDS = 2.0
+MAX_HELD_KEYS = 10_000
 
-Key = tuple[str, str]
 Batch = Mapping[TopicPartition, Sequence[ConsumerRecord[bytes, bytes]]]
 
 
@@ -96,8 +93,8 @@ class CacheProcessor(MemberLoop):
         #: Set while the processor holds its assignment and consumes (readiness).
         self.ready = asyncio.Event()
         self._cache = cache
-        #: Tenant → keys refreshed while one of their events was parked.
-        self._parked: dict[str, set[Key]] = defaultdict(set)
+        #: Tenant → keys held while they had dead letters.
+        self._held: dict[str, set[Key]] = defaultdict(set)
 
     async def _run(self, stop: asyncio.Event, burst: bool, member: membership.Member) -> None:
         """Refresh entries until ``stop`` is set (or, in ``burst`` mode, until caught up)."""
@@ -118,7 +115,7 @@ class CacheProcessor(MemberLoop):
         try:
             await start_with_retry(consumer, stop)
             await self.warm(cache)
-            rechecker = asyncio.create_task(self._recheck_parked(cache, stop), name="cache-parked")
+            rechecker = asyncio.create_task(self._recheck_held(cache, stop), name="cache-held")
             while not stop.is_set():
                 member.check()
                 got = await consumer.getmany(timeout_ms=500, max_records=BATCH_SIZE)
@@ -156,7 +153,7 @@ class CacheProcessor(MemberLoop):
                 return False
             await watcher.wait_for(required, 5.0)
         keys = _record_keys(msg.value for msgs in got.values() for msg in msgs)
-        delay = 0.2
+        backoff = Backoff(0.2, 10.0)
         while True:
             try:
                 await self.refresh(cache, keys)
@@ -165,82 +162,44 @@ class CacheProcessor(MemberLoop):
                 if not is_retriable(exc):
                     raise
                 log.warning("cache refresh failed, retrying", extra={"error": repr(exc)})
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay * random.uniform(0.5, 1.5))  # noqa: S311
+            if await backoff.sleep(stop):
                 return False
-            delay = min(delay * 2, 10.0)
 
     async def refresh(self, cache: RecordCache, keys: Mapping[str, Iterable[Key]]) -> int:
-        """Write the committed state of ``keys`` (per tenant) to the cache; entries written."""
-        entries: list[Entry] = []
-        for tenant, tenant_keys in keys.items():
-            wanted = sorted(set(tenant_keys))
-            if not wanted:
-                continue
-            parked = await self._parked_keys(tenant, wanted)
-            held = {record_key(tenant, c, i) for c, i in parked}
-            entries += [e for e in await self._entries(tenant, wanted) if e.key not in held]
-            entries += [Entry(k, HOLD_VERSION, None, hold=True) for k in sorted(held)]
-            if parked:
-                room = MAX_PARKED_KEYS - sum(len(v) for v in self._parked.values())
-                self._parked[tenant].update(sorted(parked)[: max(room, 0)])
-        return await cache.put_many(entries)
+        """Write the committed state of ``keys`` (per tenant) to the cache; entries written.
 
-    async def _entries(self, tenant: str, keys: Sequence[Key]) -> list[Entry]:
-        """The committed rows of ``keys`` as guarded cache writes (absent keys: none)."""
-        try:
-            async with tenant_connection(self.pool, tenant) as conn:
-                rows = await conn.fetch(
-                    "SELECT collection, id, version, data, created_at, updated_at, deleted"
-                    f" FROM {tenant_schema(tenant)}.records"
-                    " WHERE (collection, id) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
-                    [c for c, _ in keys],
-                    [i for _, i in keys],
-                )
-        except (asyncpg.InvalidSchemaNameError, asyncpg.UndefinedTableError):
-            return []  # a tenant with no projection (yet): nothing to cache
-        return [
-            Entry(record_key(tenant, r["collection"], r["id"]), r["version"], record_payload(r))
-            for r in rows
-        ]
+        Records holding dead letters are held, and remembered: they are refreshed
+        once a redrive has applied their events (:meth:`_recheck_held`).
+        """
+        written, held = await cachefill.refresh(self.pool, cache, self.projector, keys)
+        for tenant, tenant_held in held.items():
+            room = MAX_HELD_KEYS - sum(len(v) for v in self._held.values())
+            self._held[tenant].update(sorted(tenant_held)[: max(room, 0)])
+        return written
 
-    async def _parked_keys(self, tenant: str, keys: Sequence[Key]) -> set[Key]:
-        """Which of ``keys`` have an event the projector parked (applied later by a redrive)."""
-        async with self.pool.acquire(timeout=5) as conn:
-            rows = await conn.fetch(
-                "SELECT DISTINCT park_key FROM eventfold.parked"
-                " WHERE consumer = $1 AND tenant = $2 AND park_key = ANY($3::text[])",
-                self.projector,
-                tenant,
-                [f"{c}/{i}" for c, i in keys],
-            )
-        out: set[Key] = set()
-        for r in rows:
-            collection, _, record_id = r["park_key"].partition("/")
-            out.add((collection, record_id))
-        return out
-
-    async def _recheck_parked(self, cache: RecordCache, stop: asyncio.Event) -> None:
-        """Refresh remembered keys once their parked events are applied (or dropped)."""
+    async def _recheck_held(self, cache: RecordCache, stop: asyncio.Event) -> None:
+        """Refresh held keys once their dead letters are applied (or dropped)."""
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), PARKED_RECHECK_SECONDS)
+                await asyncio.wait_for(stop.wait(), HELD_RECHECK_SECONDS)
                 return
-            for tenant in list(self._parked):
-                keys = sorted(self._parked[tenant])
+            for tenant in list(self._held):
+                keys = sorted(self._held[tenant])
                 try:
-                    still = await self._parked_keys(tenant, keys)
+                    still = await cachefill.held_keys(self.pool, self.projector, tenant, keys)
                     done = [k for k in keys if k not in still]
                     if done:
-                        await cache.put_many(await self._entries(tenant, done))
+                        await cache.put_many(
+                            await cachefill.committed_entries(self.pool, tenant, done)
+                        )
                 except Exception as exc:
                     if not is_retriable(exc):
                         log.exception("refreshing redriven keys failed")
                     continue  # tried again next round
                 if still:
-                    self._parked[tenant] = still
+                    self._held[tenant] = still
                 else:
-                    del self._parked[tenant]
+                    del self._held[tenant]
 
     async def warm(self, cache: RecordCache, tenants: Sequence[str] | None = None) -> int:
         """Fill the hottest keys of the most recently read tenants (or of ``tenants``).
@@ -267,11 +226,13 @@ class CacheProcessor(MemberLoop):
                         hot = await pipe.execute()
                 keys: dict[str, list[Key]] = {}
                 for tenant, members in zip(chunk, hot, strict=True):
-                    parsed = [_split_member(m) for m in members]
+                    parsed = [cachefill.split_key(m) for m in members]
                     keys[tenant] = [k for k in parsed if k is not None]
                 for tenant, tenant_keys in keys.items():
                     if tenant_keys:
-                        written += await cache.put_many(await self._entries(tenant, tenant_keys))
+                        written += await cache.put_many(
+                            await cachefill.committed_entries(self.pool, tenant, tenant_keys)
+                        )
         except Exception as exc:
             if not is_retriable(exc):
                 log.exception("cache warming failed")
@@ -306,7 +267,7 @@ def _record_keys(values: Iterable[bytes | None]) -> dict[str, set[Key]]:
         try:
             doc = orjson.loads(value)
         except orjson.JSONDecodeError:
-            continue  # the projector parks it; nothing of ours to refresh
+            continue  # the projector dead-letters it; nothing of ours to refresh
         if not isinstance(doc, dict) or doc.get("type") not in RECORD_TYPES:
             continue
         tenant, subject = doc.get("tenant"), doc.get("subject")
@@ -314,46 +275,7 @@ def _record_keys(values: Iterable[bytes | None]) -> dict[str, set[Key]]:
             continue
         if not isinstance(subject, str):
             continue
-        key = _split_member(subject)
+        key = cachefill.split_key(subject)
         if key is not None:
             out[tenant].add(key)
     return out
-
-
-def _split_member(member: bytes | str) -> Key | None:
-    text = member.decode() if isinstance(member, bytes) else member
-    collection, sep, record_id = text.partition("/")
-    if sep and is_valid("collection", collection) and is_valid("id", record_id):
-        return collection, record_id
-    return None
-
-
-async def refresh_after_redrive(
-    settings: Settings, pool: asyncpg.Pool, keys: Iterable[Mapping[str, object]]
-) -> int:
-    """Refresh the entries of records a redrive just applied (``eventfold dlq redrive``).
-
-    ``keys`` are the redrive report's ``{"tenant", "key": "collection/id"}``. The
-    cache processor would refresh them within seconds; doing it here makes a read
-    right after the redrive see it. Best effort: a failure only delays the refresh.
-    Returns the entries written.
-    """
-    wanted: dict[str, set[Key]] = defaultdict(set)
-    for k in keys:
-        parsed = _split_member(str(k.get("key", "")))
-        tenant = str(k.get("tenant", ""))
-        if parsed is not None and is_valid("tenant", tenant):
-            wanted[tenant].add(parsed)
-    if not wanted:
-        return 0
-    metrics = Metrics()
-    cache = RecordCache.from_settings(settings, metrics)
-    try:
-        return await CacheProcessor(settings, pool, metrics, cache=cache).refresh(cache, wanted)
-    except Exception as exc:
-        if not is_retriable(exc):
-            raise
-        log.warning("cache not refreshed after the redrive", extra={"error": repr(exc)})
-        return 0
-    finally:
-        await cache.close()

@@ -1,1 +1,2 @@
-"""The notifier: signed webhook deliveries of applied events, with retries and dead letters."""
+"""The notifier: signed webhook deliveries of applied events, retried until delivered or
+exhausted (an operator redrives exhausted deliveries)."""

@@ -5,7 +5,7 @@ held over the HTTP call: a notifier that dies mid-attempt leaves a lease that
 expires, and the delivery is attempted again (same ``webhook-id``: the event
 id, so receivers deduplicate). Only the head of each (endpoint, subject) line
 is due: a later event of the same record waits until the earlier one is
-delivered or dead, so one record's events arrive in order. Claims are capped
+delivered or exhausted, so one record's events arrive in order. Claims are capped
 per endpoint and per tenant, so a slow endpoint holds only its own slots.
 """
 
@@ -188,7 +188,7 @@ async def record(
             )
         elif result.status == 410:
             outcome = "gone"
-            await _dead(conn, item.id, number)
+            await _exhausted(conn, item.id, number)
             await conn.execute(
                 "UPDATE eventfold.webhooks SET disabled_at = now(),"
                 " disabled_reason = '410 Gone: the endpoint asked to stop'"
@@ -197,8 +197,8 @@ async def record(
             )
         else:
             if number > len(schedule):
-                outcome = "dead"
-                await _dead(conn, item.id, number)
+                outcome = "dead"  # the metric's label for an exhausted delivery
+                await _exhausted(conn, item.id, number)
             else:
                 outcome = "failed"
                 delay = schedule[number - 1] * (1 + random.uniform(0, JITTER))  # noqa: S311
@@ -230,7 +230,10 @@ async def record(
     return outcome
 
 
-async def _dead(conn: asyncpg.Connection, delivery_id: int, number: int) -> None:
+async def _exhausted(conn: asyncpg.Connection, delivery_id: int, number: int) -> None:
+    """Retire a delivery for good: its retries ran out (or its endpoint is gone). Stored as
+    state ``'dead'`` (the name of the value, and of the metrics, predates ``exhausted``);
+    ``POST …/webhooks/{id}/redrive`` puts it back to pending."""
     await conn.execute(
         "UPDATE eventfold.webhook_deliveries SET state = 'dead', attempts = $2, done_at = now()"
         " WHERE id = $1",

@@ -37,7 +37,7 @@ PER_TENANT = 32
 POLL_SECONDS = 0.1
 #: A pause before each claim, so attempts finishing together free their slots in one claim.
 CLAIM_GATHER_SECONDS = 0.005
-#: How often the pending/dead gauges are refreshed.
+#: How often the pending/exhausted gauges are refreshed.
 GAUGE_SECONDS = 5.0
 
 

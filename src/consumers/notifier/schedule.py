@@ -1,11 +1,12 @@
 """Scheduling: each applied event becomes one delivery per matching endpoint, exactly once.
 
-The notifier follows each tenant's event history (``{schema}.events``, in
-``seq`` order; only the projector writes it, and only applied events count)
-from its stored position (``eventfold.webhook_positions``). The deliveries of
-a page of events and the new position commit in ONE transaction, under a lock
-on the position row: a crash before the commit schedules nothing, after it
-everything, and two notifiers never schedule the same event twice.
+The notifier follows each tenant's event history (read through
+:mod:`eventfold.readmodel`, in ``seq`` order; only the projector writes it, and
+only applied events count) from its stored position
+(``eventfold.webhook_positions``). The deliveries of a page of events and the
+new position commit in ONE transaction, under a lock on the position row: a
+crash before the commit schedules nothing, after it everything, and two
+notifiers never schedule the same event twice.
 
 ``seq`` is a sequence: a transaction that rolled back leaves a hole, and a
 concurrent one may commit a higher ``seq`` first. So the walk stops at a hole
@@ -23,8 +24,10 @@ from typing import Any
 import asyncpg
 import orjson
 
+from eventfold import readmodel
 from eventfold.events.webhook import type_matches
-from eventfold.ids import tenant_schema
+from eventfold.eventtypes.definitions import Registry
+from eventfold.eventtypes.names import is_custom
 from eventfold.replay import is_replay
 
 log = logging.getLogger("eventfold.notifier")
@@ -49,6 +52,8 @@ class Scheduler:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+        #: Tenant types' versions: deliveries carry custom events in their latest shape.
+        self._event_types = Registry(pool)
         self._gaps: dict[tuple[str, int], float] = {}
 
     async def run_once(self) -> int:
@@ -80,18 +85,13 @@ class Scheduler:
         """
         if anchor is None:
             return position
-        found = await conn.fetchval(
-            f"SELECT seq FROM {tenant_schema(tenant)}.events WHERE id = $1", anchor
-        )
+        found = await readmodel.seq_of(conn, tenant, anchor)
         if found is None:
             # The anchor is gone from the history (not expected): go on from the end
             # rather than re-walk a history whose numbering is unknown.
             log.warning("webhook position anchor lost", extra={"tenant": tenant})
-            latest = await conn.fetchval(
-                f"SELECT coalesce(max(seq), 0) FROM {tenant_schema(tenant)}.events"
-            )
-            return int(latest)
-        return int(found)
+            return await readmodel.last_seq(conn, tenant)
+        return found
 
     async def schedule_tenant(self, tenant: str) -> int:
         """Schedule the tenant's next page of history; returns deliveries created."""
@@ -115,12 +115,7 @@ class Scheduler:
                 )
             ]
             try:
-                rows = await conn.fetch(
-                    f"SELECT seq, id, type, subject, status, envelope"
-                    f" FROM {tenant_schema(tenant)}.events WHERE seq > $1 ORDER BY seq LIMIT $2",
-                    position,
-                    PAGE,
-                )
+                rows = await readmodel.events_after(conn, tenant, position, PAGE)
             except asyncpg.UndefinedTableError:
                 return 0
             new_position, new_anchor = position, stored["anchor"]
@@ -136,6 +131,10 @@ class Scheduler:
                 # Replays rebuild projections; they never notify anyone again.
                 if row["status"] != "applied" or is_replay(envelope):
                     continue
+                if is_custom(row["type"]) and any(
+                    type_matches(ep.types, row["type"]) for ep in endpoints
+                ):
+                    [envelope] = await self._event_types.upcast(tenant, [envelope], conn=conn)
                 body = orjson.dumps(envelope)
                 for ep in endpoints:
                     if seq > ep.start_seq and type_matches(ep.types, row["type"]):

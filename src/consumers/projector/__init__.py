@@ -1,6 +1,7 @@
 """The projector: folds the event log into per-tenant PostgreSQL projections.
 
-``fold`` is the pure logic (one record's state through its events), ``store``
-the SQL of one tenant schema, ``processor`` the Kafka loop that commits each
-batch together with its partition checkpoints.
+``processor`` is the Kafka loop that reads a batch, folds it with the kernel's
+projection (:mod:`eventfold.projection`) and commits it together with its
+partition checkpoints; ``live`` publishes each committed batch's applied
+events to the SSE streams, ``hints`` writes Kafka offsets for lag tools.
 """

@@ -11,7 +11,6 @@ import asyncio
 import collections
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Sequence
 
@@ -20,35 +19,35 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from consumers import membership
-from consumers.kafka_loop import (
+from consumers.projector.hints import OffsetHints
+from consumers.projector.live import LivePublisher
+from consumers.runtime import membership
+from consumers.runtime.kafka import (
     MemberLoop,
     SeekToCheckpoints,
     caught_up,
     seek_to_stored,
     start_with_retry,
 )
-from consumers.projector import parking, store
-from consumers.projector.batch import BatchResult, LogEvent, apply_batch, budget_sql
-from consumers.projector.hints import OffsetHints
-from consumers.projector.live import LivePublisher
-from consumers.projector.parking import ParkedEvent
-from consumers.projector.redrive import redrive
-from eventfold.db import deferred_tenants, fetch_checkpoints
-from eventfold.envelope import decode_event
+from eventfold import deadletters, readmodel
+from eventfold.backoff import Backoff
+from eventfold.db import fetch_checkpoints
+from eventfold.deadletters import DeadLetter
 from eventfold.faults import is_retriable
 from eventfold.kafka import make_consumer, make_producer
 from eventfold.logs import correlation_id
 from eventfold.metrics import Metrics
+from eventfold.projection.batch import BatchResult, LogEvent, apply_batch, budget_sql, log_event
+from eventfold.projection.redrive import redrive
 from eventfold.settings import Settings
 
 log = logging.getLogger("eventfold.projector")
 
 #: A fetch answer at least this large means a backlog: worth waiting briefly for more.
 _BACKLOG_RECORDS = 100
-#: How often the parked count (``eventfold_dlq_size``) is read again while nothing parks:
+#: How often the dead letter count (``eventfold_dlq_size``) is read again while none come:
 #: a redrive by another process (the API, ``eventfold dlq``) lowers it.
-PARKED_REFRESH_SECONDS = 30.0
+DEAD_LETTER_REFRESH_SECONDS = 30.0
 
 
 class Projector(MemberLoop):
@@ -115,7 +114,7 @@ class Projector(MemberLoop):
         self._dlq = make_producer(self.settings, client_id=f"eventfold-{self.name}-dlq")
         await start_with_retry(self._dlq, stop)
         await start_with_retry(consumer, stop)
-        await self._refresh_parked_count()
+        await self._refresh_dead_letter_count()
         await self._check_versions()
         retrier = asyncio.create_task(self._retry_deferred(stop), name="projector-deferred")
         ahead: asyncio.Task[list[LogEvent]] | None = None
@@ -157,7 +156,7 @@ class Projector(MemberLoop):
     async def _read(self, consumer: AIOKafkaConsumer) -> list[LogEvent]:
         """The next batch, decoded (empty when nothing came within the fetch wait)."""
         return [
-            _to_log_event(tp.partition, msg.offset, msg.timestamp, msg.value)
+            log_event(tp.partition, msg.offset, msg.timestamp, msg.value)
             for tp, msgs in await self._next_batch(consumer)
             for msg in msgs
         ]
@@ -205,9 +204,9 @@ class Projector(MemberLoop):
 
         A failure that is not retriable means some event in the batch cannot be
         applied: the batch is applied again with one savepoint per event, and
-        the failing events are parked instead of stopping the partition.
+        the failing events become dead letters instead of stopping the partition.
         """
-        delay = 0.2
+        backoff = Backoff(0.2, 10.0)
         careful = by_tenant = False
         budget = self.settings.projector_tenant_budget_ms
         while True:
@@ -224,7 +223,7 @@ class Projector(MemberLoop):
                         deferred=frozenset(self.deferred),
                         budget_ms=budget,
                         budget_in_session=True,
-                        on_parked=self._dead_letter,
+                        on_dead_letters=self._send_dead_letters,
                         # Tenants' state is read on a second connection while this one writes.
                         reads=None if careful or by_tenant else self.pool,
                     )
@@ -252,12 +251,9 @@ class Projector(MemberLoop):
                     continue
                 self.metrics.dependency_errors.labels("postgres").inc()
                 log.warning("batch not applied, retrying", extra={"error": repr(exc)})
-                try:
-                    await asyncio.wait_for(stop.wait(), delay * random.uniform(0.5, 1.5))  # noqa: S311
+                if await backoff.sleep(stop):
                     return None
-                except TimeoutError:
-                    delay = min(delay * 2, 10.0)
-                    continue
+                continue
             self.metrics.projector_batch_seconds.observe(time.perf_counter() - started)
             if result.deferred:
                 log.warning(
@@ -293,17 +289,16 @@ class Projector(MemberLoop):
     async def _retry_deferred(self, stop: asyncio.Event) -> None:
         """Retry deferred tenants in the background, with backoff, in record order.
 
-        It also refreshes the parked count every :data:`PARKED_REFRESH_SECONDS`.
+        It also refreshes the dead letter count every :data:`DEAD_LETTER_REFRESH_SECONDS`.
         """
-        delay = 1.0
+        backoff = Backoff(1.0, 30.0)
         counted_at = time.monotonic()
         while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
+            if await backoff.sleep(stop):
                 return
             try:
                 async with self.pool.acquire(timeout=5) as conn:
-                    waiting = await deferred_tenants(conn, self.checkpoint_name)
+                    waiting = await deadletters.deferred_tenants(conn, self.checkpoint_name)
                 for tenant in sorted(waiting):
                     await redrive(
                         self.pool,
@@ -311,23 +306,23 @@ class Projector(MemberLoop):
                         tenant=tenant,
                         deferred_only=True,
                         budget_ms=self.settings.projector_tenant_budget_ms,
+                        topic=self.topic,
                     )
                     self.deferred.discard(tenant)
                     log.info("deferred tenant caught up", extra={"tenant": tenant})
-                delay = 1.0
-                if waiting or time.monotonic() - counted_at >= PARKED_REFRESH_SECONDS:
+                backoff.reset()
+                if waiting or time.monotonic() - counted_at >= DEAD_LETTER_REFRESH_SECONDS:
                     counted_at = time.monotonic()
-                    await self._refresh_parked_count()
+                    await self._refresh_dead_letter_count()
             except Exception as exc:
                 if not is_retriable(exc):
                     log.exception("retrying deferred tenants failed")
-                delay = min(delay * 2, 30.0)
 
-    async def _dead_letter(self, parked: Sequence[ParkedEvent]) -> None:
-        """Send parked events to the dead-letter topic, with their error, before commit."""
+    async def _send_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        """Send dead letters to the dead-letter topic, with their error, before commit."""
         assert self._dlq is not None
         futures = []
-        for p in parked:
+        for p in letters:
             headers = [
                 ("eventfold-error", p.error.encode()),
                 ("eventfold-source", f"{self.topic}:{p.partition}:{p.offset}".encode()),
@@ -347,12 +342,12 @@ class Projector(MemberLoop):
                 )
             )
         await asyncio.wait_for(asyncio.gather(*futures), 30)
-        for p in parked:
+        for p in letters:
             # The line carries the request that published the event (its correlationid).
             token = correlation_id.set(_correlation(p.raw))
             try:
                 log.error(
-                    "event parked",
+                    "event dead-lettered",
                     extra={
                         "tenant": p.tenant,
                         "event_id": p.event_id,
@@ -372,7 +367,7 @@ class Projector(MemberLoop):
         """
         try:
             async with self.pool.acquire(timeout=10) as conn:
-                outdated = await store.outdated_tenants(conn)
+                outdated = await readmodel.outdated_tenants(conn)
         except Exception as exc:
             if not is_retriable(exc):
                 raise
@@ -386,32 +381,32 @@ class Projector(MemberLoop):
                 extra={
                     "tenants": sorted(outdated)[:50],
                     "count": len(outdated),
-                    "version": store.PROJECTION_VERSION,
+                    "version": readmodel.PROJECTION_VERSION,
                 },
             )
 
-    async def _refresh_parked_count(self) -> None:
+    async def _refresh_dead_letter_count(self) -> None:
         try:
             async with self.pool.acquire(timeout=5) as conn:
-                parked = await parking.count(conn, self.checkpoint_name)
-            self.metrics.projector_parked.set(parked)
-            self.metrics.dlq_size.labels(self.name).set(parked)
+                held = await deadletters.count(conn, self.checkpoint_name)
+            self.metrics.projector_parked.set(held)
+            self.metrics.dlq_size.labels(self.name).set(held)
         except Exception as exc:
             if not is_retriable(exc):
                 raise
-            log.info("parked count not refreshed", extra={"error": repr(exc)})
+            log.info("dead letter count not refreshed", extra={"error": repr(exc)})
 
     async def _after_batch(self, consumer: AIOKafkaConsumer, result: BatchResult) -> None:
         m = self.metrics
         m.projector_events.labels("applied").inc(result.applied)
         m.projector_events.labels("rejected").inc(result.rejected)
         m.projector_events.labels("duplicate").inc(result.duplicates)
-        m.projector_events.labels("parked").inc(len(result.parked))
+        m.projector_events.labels("parked").inc(len(result.dead_letters))
         self._lag.applied(result.positions)
         for tenant, count in collections.Counter(e.tenant for e in result.live).items():
             m.top_tenant_events.add(tenant, count)
-        if result.parked:
-            await self._refresh_parked_count()
+        if result.dead_letters:
+            await self._refresh_dead_letter_count()
         if result.newest_event_time is not None:
             m.projection_lag_seconds.set(
                 max(0.0, time.time() - result.newest_event_time.timestamp())
@@ -435,13 +430,3 @@ def _correlation(raw: bytes | None) -> str | None:
         return None
     value = doc.get("correlationid") if isinstance(doc, dict) else None
     return value if isinstance(value, str) else None
-
-
-def _to_log_event(partition: int, offset: int, timestamp: int, value: bytes | None) -> LogEvent:
-    try:
-        event = decode_event(value) if value else None
-    except ValueError:
-        event = None
-    return LogEvent(
-        partition=partition, offset=offset, timestamp_ms=timestamp, event=event, raw=value
-    )

@@ -7,18 +7,20 @@ the shadow, the shadow is compared, and the schemas are renamed (grants follow
 the schema, so the tenant's read role keeps reading). Progress (shadow schema +
 positions) is committed with each chunk in ``eventfold.rebuilds``: a re-run after
 an interruption continues from there. The fold is the projector's own
-(:mod:`consumers.projector.batch`), pointed at the shadow through
-:data:`eventfold.ids.SCHEMA_REDIRECT`. Tenants rebuilt together share one read of
-the log (each has its own shadow, progress and swap). Platform tables the
-handlers write (API keys, webhooks, integrations) are folded into copies inside
-the shadow and reconciled into the live tables at the swap (see
-:mod:`consumers.projector.platform`).
+(:func:`eventfold.projection.batch.fold_tenant`), handed the shadow as its
+:class:`~eventfold.readmodel.Target`; the shadow's tables, their
+comparison and the swap are the read model's (:mod:`eventfold.readmodel`).
+Tenants rebuilt together share one read of the log (each has its own shadow,
+progress and swap). Platform tables the handlers write (API keys, webhooks,
+integrations) are folded into copies inside the shadow and reconciled into the
+live tables at the swap (see :mod:`eventfold.projection.platform`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 import uuid
 from collections.abc import Callable
@@ -29,18 +31,20 @@ from typing import Any
 import asyncpg
 import orjson
 
-from consumers.projector import platform, store
-from consumers.projector.batch import BatchResult, LogEvent, _apply_tenant
-from consumers.projector.handlers import HANDLERS, PROJECTED_TOPIC
 from consumers.rebuild import source
-from eventfold.ids import SCHEMA_REDIRECT, shadow_schema_name, tenant_schema
+from eventfold import db, readmodel
+from eventfold.ids import shadow_schema_name
+from eventfold.projection import platform
+from eventfold.projection.batch import BatchResult, LogEvent, fold_tenant
+from eventfold.projection.handlers import HANDLERS
+from eventfold.readmodel import Target
 from eventfold.replay import REPLAY_ATTRIBUTE
+from eventfold.s3 import open_s3
 from eventfold.settings import Settings
+from eventfold.workflows import tables as workflow_tables
 
 #: ``(events folded, seconds, share of the log's offsets covered or None)``.
 Progress = Callable[[int, float, float | None], None]
-#: Indexes of the tenant schema (store.tenant_ddl) not needed while folding.
-SECONDARY_INDEXES = ("records_by_updated", "records_data", "events_by_type", "events_by_subject")
 #: Records listed per kind of difference in a report.
 LIST_LIMIT = 100
 #: Tenants folding a chunk at once, each on its own connection (the pool has 20).
@@ -48,31 +52,30 @@ FOLD_CONNECTIONS = 2
 
 
 @dataclass(slots=True)
-class Diff:
-    """How the rebuilt projection differs from the live one."""
+class Diff(readmodel.Differences):
+    """How the rebuilt projection differs from the live one: records and history rows
+    (:class:`eventfold.readmodel.Differences`), the tenant's platform rows and its workflow
+    rows."""
 
-    added: int = 0
-    changed: int = 0
-    removed: int = 0
-    history_differs: int = 0
     #: Rows of the tenant's platform tables (API keys, webhooks, integrations).
     platform_differs: int = 0
-    records: list[dict[str, Any]] = field(default_factory=list)
-    #: Differing history rows (up to LIST_LIMIT): ``id``, ``type``, ``live_status``,
-    #: ``live_reason``, ``rebuilt_status``, ``rebuilt_reason`` (status None: no such row).
-    history: list[dict[str, Any]] = field(default_factory=list)
     #: Differing platform rows (up to LIST_LIMIT): ``table``, ``id``, ``change``.
     platform: list[dict[str, Any]] = field(default_factory=list)
+    #: Rows of the workflow tables (definitions, runs, steps) that differ, and up to
+    #: LIST_LIMIT of them: ``table``, ``key``, ``change``.
+    workflows_differs: int = 0
+    workflows: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def equal(self) -> bool:
-        """No record, no history row and no platform row differs."""
+        """No record, no history row, no platform row and no workflow row differs."""
         return not (
             self.added
             or self.changed
             or self.removed
             or self.history_differs
             or self.platform_differs
+            or self.workflows_differs
         )
 
 
@@ -112,6 +115,8 @@ class Report:
             "records": d.records,
             "history": d.history,
             "platform": d.platform,
+            "workflows_differs": d.workflows_differs,
+            "workflows": d.workflows,
         }
 
 
@@ -133,8 +138,11 @@ class _Job:
     """One tenant's rebuild in progress: its shadow and how far its fold got."""
 
     tenant: str
+    #: The shadow schema's name (unquoted, as ``eventfold.rebuilds`` holds it).
     shadow: str
     report: Report
+    #: Where the fold goes: the shadow, quoted.
+    target: Target
     registered: set[str] = field(default_factory=set)
     #: Next offset to fold per partition (None until the start is known).
     positions: dict[int, int] | None = None
@@ -160,31 +168,20 @@ async def rebuild_many(
     """
     started = time.perf_counter()
     topic = settings.events_topic
-    # Handlers record the topic they fold (an integration's); tasks started below inherit it.
-    topic_token = PROJECTED_TOPIC.set(topic)
-    try:
-        return await _rebuild_many(settings, pool, tenants, opts, started)
-    finally:
-        PROJECTED_TOPIC.reset(topic_token)
-
-
-async def _rebuild_many(
-    settings: Settings, pool: asyncpg.Pool, tenants: list[str], opts: Options, started: float
-) -> list[Report]:
-    topic = settings.events_topic
     suffix = "verify" if opts.compare_only else "rebuild"
     replay_id = uuid.uuid4().hex
     jobs: list[_Job] = []
     async with pool.acquire(timeout=10) as conn:
         for tenant in tenants:
-            job = _Job(tenant, shadow_schema_name(tenant, suffix), Report(tenant))
+            name = shadow_schema_name(tenant, suffix)
+            job = _Job(tenant, name, Report(tenant), Target.rebuild(tenant, f'"{name}"', topic))
             if not opts.compare_only:
-                job.positions = await _resume(conn, tenant, job.shadow, topic)
+                job.positions = await _resume(conn, job, topic)
             if job.positions is not None:
                 job.report.resumed = True
-                job.registered = await _registered(conn, tenant, job.shadow)
+                job.registered = await _registered(conn, job)
             else:
-                await _fresh_shadow(conn, tenant, job.shadow, topic, persist=not opts.compare_only)
+                await _fresh_shadow(conn, job, topic, persist=not opts.compare_only)
             jobs.append(job)
     fresh = [j for j in jobs if j.positions is None]
     if fresh:
@@ -210,7 +207,7 @@ async def _rebuild_many(
         for job in fresh:
             job.positions = {}
         if opts.from_archive:
-            async with source.archive_client(settings) as s3, asyncio.TaskGroup() as tasks:
+            async with open_s3(settings) as s3, asyncio.TaskGroup() as tasks:
                 for job in fresh:
                     tasks.create_task(from_archive(job, s3))
         for job in fresh:
@@ -284,17 +281,17 @@ async def _finish(
     """Fold ``job``'s tail with the projector held at its checkpoints, compare, and swap."""
     topic = settings.events_topic
     projector = f"{settings.consumer_group_prefix}.projector"
-    tenant, shadow, report = job.tenant, job.shadow, job.report
+    tenant, schema, report = job.tenant, job.target.schema, job.report
     positions = _positions(job)
     async with pool.acquire(timeout=30) as conn:
-        await _shape(conn, tenant, shadow)  # the secondary indexes, before the swap
+        await _shape(conn, job)  # the secondary indexes, before the swap
     async with pool.acquire(timeout=30) as conn, conn.transaction():
-        target = await store.lock_checkpoints(conn, projector, topic, sorted(positions))
+        target = await db.lock_checkpoints(conn, projector, topic, sorted(positions))
         tail = source.read_range(settings, topic, {tenant}, positions, target)
         async for chunk, reached in tail:
-            report.events += await _fold_in(conn, tenant, shadow, chunk, job.registered, replay_id)
+            report.events += await _fold_in(conn, job, chunk, replay_id)
             positions.update(reached)
-        report.diff = await compare(conn, tenant, shadow)
+        report.diff = await compare(conn, tenant, schema)
         if not job.registered and opts.from_time is None:
             # The log read does not start at the tenant's creation (retention, or the
             # wrong topic): swapping would drop what only the old schema still holds.
@@ -302,140 +299,87 @@ async def _finish(
                 "the log read holds no tenant.created of this tenant (try --from-archive)"
             )
         if opts.compare_only or report.error:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{shadow}" CASCADE')
+            await readmodel.drop_schema(conn, schema)
             if not opts.compare_only:
                 await conn.execute("DELETE FROM eventfold.rebuilds WHERE tenant = $1", tenant)
         else:
-            await platform.reconcile(conn, tenant, f'"{shadow}"')
-            await conn.execute(platform.drop_copies_ddl(f'"{shadow}"'))
-            old = shadow_schema_name(tenant, "old")
-            live = tenant_schema(tenant)
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{old}" CASCADE')
-            await conn.execute(f'ALTER SCHEMA {live} RENAME TO "{old}"')
-            await conn.execute(f'ALTER SCHEMA "{shadow}" RENAME TO {live[1:-1]!s}')
-            await conn.execute(f'DROP SCHEMA "{old}" CASCADE')
+            await platform.reconcile(conn, tenant, schema)
+            await conn.execute(platform.drop_copies_ddl(schema))
+            await readmodel.swap(conn, tenant, schema)
             await conn.execute("DELETE FROM eventfold.rebuilds WHERE tenant = $1", tenant)
-            await conn.execute(
-                "INSERT INTO eventfold.projection_versions (tenant, version) VALUES ($1, $2)"
-                " ON CONFLICT (tenant) DO UPDATE SET version = $2, built_at = now()",
-                tenant,
-                store.PROJECTION_VERSION,
-            )
             report.swapped = True
 
 
 async def compare(conn: asyncpg.Connection, tenant: str, shadow: str) -> Diff:
-    """Records and history rows of the rebuilt ``shadow`` that differ from the live schema."""
-    live = tenant_schema(tenant)
-    differing = f"""
-        SELECT coalesce(n.collection, o.collection) AS collection, coalesce(n.id, o.id) AS id,
-               CASE WHEN o.id IS NULL OR o.deleted AND NOT n.deleted THEN 'added'
-                    WHEN n.id IS NULL OR n.deleted AND NOT o.deleted THEN 'removed'
-                    ELSE 'changed' END AS change,
-               o.version AS live_version, n.version AS rebuilt_version
-        FROM {live}.records o FULL JOIN "{shadow}".records n
-          ON n.collection = o.collection AND n.id = o.id
-        WHERE o.id IS NULL OR n.id IS NULL
-           OR (o.version, o.data, o.deleted, o.created_at, o.updated_at)
-              IS DISTINCT FROM (n.version, n.data, n.deleted, n.created_at, n.updated_at)"""
-    diff = Diff()
-    # Counted in SQL, listed up to LIST_LIMIT: memory stays bounded whatever differs.
-    for r in await conn.fetch(f"SELECT change, count(*) AS n FROM ({differing}) d GROUP BY 1"):
-        setattr(diff, r["change"], r["n"])
-    rows = await conn.fetch(f"{differing} ORDER BY 1, 2 LIMIT {LIST_LIMIT}")
-    diff.records = [dict(r) for r in rows]
-    history = f"""
-        SELECT coalesce(o.id, n.id) AS id, coalesce(o.type, n.type) AS type,
-               o.status AS live_status, o.reason AS live_reason,
-               n.status AS rebuilt_status, n.reason AS rebuilt_reason,
-               coalesce(o.seq, n.seq) AS seq
-        FROM {live}.events o FULL JOIN "{shadow}".events n ON n.id = o.id
-        WHERE o.id IS NULL OR n.id IS NULL
-           OR (o.status, o.reason) IS DISTINCT FROM (n.status, n.reason)"""
-    diff.history_differs = await conn.fetchval(f"SELECT count(*) FROM ({history}) h")
-    # In the live history's order (a row only the rebuild has: by its rebuilt place).
-    rows = await conn.fetch(f"SELECT * FROM ({history}) h ORDER BY seq, id LIMIT {LIST_LIMIT}")
-    diff.history = [{k: v for k, v in r.items() if k != "seq"} for r in rows]
-    diff.platform_differs, diff.platform = await platform.compare(
-        conn, tenant, f'"{shadow}"', LIST_LIMIT
+    """Records, history rows, platform rows and workflow rows of the rebuilt ``shadow``
+    (quoted) that differ from the live ones."""
+    found = await readmodel.compare(conn, tenant, shadow, LIST_LIMIT)
+    diff = Diff(**{f.name: getattr(found, f.name) for f in dataclasses.fields(found)})
+    diff.platform_differs, diff.platform = await platform.compare(conn, tenant, shadow, LIST_LIMIT)
+    diff.workflows_differs, diff.workflows = await workflow_tables.compare(
+        conn, readmodel.schema_of(tenant), shadow, LIST_LIMIT
     )
     return diff
 
 
-async def _fresh_shadow(
-    conn: asyncpg.Connection, tenant: str, shadow: str, topic: str, *, persist: bool
-) -> None:
-    """Drop any earlier shadow and create an empty one, shaped as the projector shapes it."""
+async def _fresh_shadow(conn: asyncpg.Connection, job: _Job, topic: str, *, persist: bool) -> None:
+    """Drop any earlier shadow of ``job`` and create an empty one, shaped as the projector
+    shapes a tenant (without the secondary indexes until the end), with empty copies of
+    the platform tables."""
     async with conn.transaction():
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{shadow}" CASCADE')
-        await _shape(conn, tenant, shadow)
-        # Secondary indexes are built once at the end (much cheaper than row by row).
-        for index in SECONDARY_INDEXES:
-            await conn.execute(f'DROP INDEX "{shadow}".{index}')
+        await readmodel.create_shadow(conn, job.tenant, job.target.schema)
+        # The handlers' platform tables, folded afresh (see eventfold.projection.platform).
+        await conn.execute(platform.copies_ddl(job.target.schema))
         if persist:
             await conn.execute(
                 "INSERT INTO eventfold.rebuilds (tenant, shadow, topic, positions, version)"
                 " VALUES ($1, $2, $3, '{}', $4) ON CONFLICT (tenant) DO UPDATE SET"
                 " shadow = $2, topic = $3, positions = '{}', version = $4, started_at = now()",
-                tenant,
-                shadow,
+                job.tenant,
+                job.shadow,
                 topic,
-                store.PROJECTION_VERSION,
+                readmodel.PROJECTION_VERSION,
             )
 
 
-async def _shape(conn: asyncpg.Connection, tenant: str, shadow: str) -> None:
-    """Run the projector's DDL of ``tenant`` on ``shadow``, with copies of the platform
-    tables (creates what is missing)."""
-    token = SCHEMA_REDIRECT.set((tenant, shadow))
-    try:
-        await conn.execute(store.tenant_ddl(tenant))
-    finally:
-        SCHEMA_REDIRECT.reset(token)
-    # The handlers' platform tables, folded afresh (see consumers.projector.platform).
-    await conn.execute(platform.copies_ddl(f'"{shadow}"'))
+async def _shape(conn: asyncpg.Connection, job: _Job) -> None:
+    """Give ``job``'s shadow what the tenant's DDL has and it lacks (its secondary indexes),
+    and the copies of the platform tables."""
+    await readmodel.add_indexes(conn, job.tenant, job.target.schema)
+    await conn.execute(platform.copies_ddl(job.target.schema))
 
 
-async def _resume(
-    conn: asyncpg.Connection, tenant: str, shadow: str, topic: str
-) -> dict[int, int] | None:
-    """The positions of an interrupted rebuild of ``tenant`` whose shadow is still there."""
+async def _resume(conn: asyncpg.Connection, job: _Job, topic: str) -> dict[int, int] | None:
+    """The positions of an interrupted rebuild of ``job``'s tenant whose shadow is still there."""
     row = await conn.fetchrow(
         "SELECT positions, version FROM eventfold.rebuilds WHERE tenant = $1 AND topic = $2"
         " AND shadow = $3",
-        tenant,
+        job.tenant,
         topic,
-        shadow,
+        job.shadow,
     )
-    if row is None or row["version"] != store.PROJECTION_VERSION or not row["positions"]:
+    if row is None or row["version"] != readmodel.PROJECTION_VERSION or not row["positions"]:
         return None
-    present = await conn.fetchval("SELECT count(*) FROM pg_namespace WHERE nspname = $1", shadow)
-    if not present or not await platform.copies_present(conn, f'"{shadow}"'):
+    schema = job.target.schema
+    if not await readmodel.schema_exists(conn, schema):
+        return None
+    if not await platform.copies_present(conn, schema):
         return None
     raw = row["positions"]
     doc = orjson.loads(raw) if isinstance(raw, str | bytes) else raw
     return {int(p): int(o) for p, o in doc.items()}
 
 
-async def _registered(conn: asyncpg.Connection, tenant: str, shadow: str) -> set[str]:
+async def _registered(conn: asyncpg.Connection, job: _Job) -> set[str]:
     """``{tenant}`` when the shadow has applied the tenant's ``tenant.created`` already."""
-    done = await conn.fetchval(
-        f"""SELECT count(*) FROM "{shadow}".events
-            WHERE type = 'tenant.created' AND status = 'applied'"""
-    )
-    return {tenant} if done else set()
+    done = await readmodel.registered_in(conn, job.target.schema)
+    return {job.tenant} if done else set()
 
 
 async def _checkpoints(
     conn: asyncpg.Connection, consumer: str, topic: str, partitions: list[int]
 ) -> dict[int, int]:
-    rows = await conn.fetch(
-        "SELECT partition, next_offset FROM eventfold.checkpoints"
-        " WHERE consumer = $1 AND topic = $2",
-        consumer,
-        topic,
-    )
-    found = {r["partition"]: r["next_offset"] for r in rows}
+    found = await db.fetch_checkpoints(conn, consumer, topic)
     return {p: found.get(p, 0) for p in partitions}
 
 
@@ -471,7 +415,7 @@ async def _fold(
         async with gate, pool.acquire(timeout=30) as conn, conn.transaction():
             # Losing the last commits in a crash loses shadow rows and progress together.
             await conn.execute("SET LOCAL synchronous_commit = off")
-            n = await _fold_in(conn, job.tenant, job.shadow, chunk, job.registered, replay_id)
+            n = await _fold_in(conn, job, chunk, replay_id)
             if job.tenant in saving:
                 await _save_progress(conn, [job])
         folded[job.tenant] = n
@@ -501,14 +445,9 @@ async def _save_progress(conn: asyncpg.Connection, jobs: list[_Job]) -> None:
 
 
 async def _fold_in(
-    conn: asyncpg.Connection,
-    tenant: str,
-    shadow: str,
-    chunk: list[LogEvent],
-    registered: set[str],
-    replay_id: str,
+    conn: asyncpg.Connection, job: _Job, chunk: list[LogEvent], replay_id: str
 ) -> int:
-    """Fold ``chunk`` into ``shadow`` with the projector's own code (caller's transaction)."""
+    """Fold ``chunk`` into ``job``'s shadow with the projector's own code (caller's transaction)."""
     if not chunk:
         return 0
     # Event types with side effects (handlers) see the replay marker.
@@ -524,11 +463,7 @@ async def _fold_in(
         else e
         for e in chunk
     ]
-    token = SCHEMA_REDIRECT.set((tenant, shadow))
-    try:
-        await _apply_tenant(conn, tenant, items, registered, {}, BatchResult())
-    finally:
-        SCHEMA_REDIRECT.reset(token)
+    await fold_tenant(conn, job.target, items, job.registered, {}, BatchResult())
     return len(items)
 
 

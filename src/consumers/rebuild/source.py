@@ -10,16 +10,14 @@ import asyncio
 import collections
 import contextlib
 import gzip
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, TypeVar
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from consumers.archiver.segments import manifest_key
-from consumers.projector.batch import LogEvent
-from consumers.projector.processor import _to_log_event
-from eventfold.infra import s3_client_config
+from eventfold.archive import manifest_key
+from eventfold.projection.batch import LogEvent, log_event
 from eventfold.settings import Settings
 
 #: Records fetched per Kafka call while rebuilding (big batches keep the rate up).
@@ -138,7 +136,7 @@ async def read_range(
                     positions[tp.partition] = m.offset + 1
                     if m.key is not None and m.key.partition(b"/")[0] not in keyed:
                         continue
-                    ev = _to_log_event(tp.partition, m.offset, m.timestamp, m.value)
+                    ev = log_event(tp.partition, m.offset, m.timestamp, m.value)
                     if ev.event is not None and ev.event.tenant in tenants:
                         chunk.append(ev)
             for p in list(open_parts):
@@ -153,26 +151,6 @@ async def read_range(
         await consumer.stop()
 
 
-@contextlib.asynccontextmanager
-async def archive_client(settings: Settings) -> AsyncIterator[Any]:
-    """One S3 client for every archive read of a rebuild.
-
-    Creating a client loads botocore's service descriptions (large JSON files):
-    per tenant, that cost more than reading the tenant's archive.
-    """
-    from aiobotocore.session import get_session
-
-    async with get_session().create_client(
-        "s3",
-        endpoint_url=settings.s3_endpoint,
-        aws_access_key_id=settings.s3_access_key,
-        aws_secret_access_key=settings.s3_secret_key,
-        region_name=settings.s3_region,
-        config=s3_client_config(),
-    ) as s3:
-        yield s3
-
-
 async def read_archive(
     settings: Settings, tenant: str, s3: Any
 ) -> AsyncGenerator[tuple[list[LogEvent], dict[int, int]], None]:
@@ -180,8 +158,9 @@ async def read_archive(
 
     The positions yielded are the next offsets after each segment, so Kafka can
     take over where the archive ends with no gap and no overlap. ``s3`` is a
-    client from :func:`archive_client`; up to ``ARCHIVE_FETCHES`` segments are
-    downloaded at once (a request's latency dominates a small segment's cost).
+    client from :func:`eventfold.s3.open_s3` (one per rebuild); up to
+    ``ARCHIVE_FETCHES`` segments are downloaded at once (a request's latency
+    dominates a small segment's cost).
     """
     listing = await s3.list_objects_v2(
         Bucket=settings.s3_bucket, Prefix=f"tenant={tenant}/manifest/"
@@ -209,7 +188,7 @@ async def read_archive(
                 # Lines are the log's envelopes; their own offsets are not kept, only the
                 # object's first and last: history rows number them from the first.
                 for n, line in enumerate(lines):
-                    event = _to_log_event(partition, first + n, 0, line)
+                    event = log_event(partition, first + n, 0, line)
                     if event.event is not None:
                         chunk.append(event)
                 positions[partition] = int(seg["last_offset"]) + 1

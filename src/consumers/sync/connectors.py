@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
 import aiohttp
 import orjson
 
-from consumers.sync.pages import BadPage, page_items
 from eventfold.egress import (
     AllowList,
     EgressRefused,
@@ -31,6 +32,7 @@ from eventfold.egress import (
 )
 from eventfold.errors import PermanentError, RetriableError
 from eventfold.events.integration import PollConfig
+from eventfold.syncpages import BadPage, page_items
 
 
 class SourceError(Exception):
@@ -107,14 +109,10 @@ def parse_retry_after(value: str | None) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         pass
-    from email.utils import parsedate_to_datetime
-
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    from datetime import UTC, datetime
-
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - datetime.now(UTC)).total_seconds())

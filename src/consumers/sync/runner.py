@@ -9,7 +9,7 @@ worker's lease expires (it is renewed with every page). Every later write of the
 run is fenced by ``lease_owner``.
 
 A run follows the connector's pages. Each page's items become ``record.*``
-events with deterministic ids (:mod:`consumers.sync.pages`), published with
+events with deterministic ids (:mod:`eventfold.syncpages`), published with
 acks=all; only then is the page's cursor stored. A crash repeats at most one
 page (same ids: no second effect) and loses none.
 
@@ -32,10 +32,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
-import random
 import socket
 import time
 import uuid
@@ -45,6 +43,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from consumers.runtime.kafka import start_publisher
 from consumers.sync.connectors import (
     CONNECTORS,
     SourceContext,
@@ -52,7 +51,14 @@ from consumers.sync.connectors import (
     SourceRateLimited,
     SourceRefusedCredentials,
 )
-from consumers.sync.pages import (
+from eventfold.backoff import retry_delay
+from eventfold.egress import AllowList, guarded_session
+from eventfold.events.integration import PollConfig, headers_purpose
+from eventfold.metrics import Metrics
+from eventfold.publisher import Publisher
+from eventfold.sealing import SealError, keyring
+from eventfold.settings import Settings
+from eventfold.syncpages import (
     DELETED,
     BadPage,
     ItemStates,
@@ -63,13 +69,6 @@ from consumers.sync.pages import (
     record_event,
     store_states,
 )
-from eventfold.egress import AllowList, guarded_session
-from eventfold.events.integration import PollConfig
-from eventfold.kafka import make_producer
-from eventfold.metrics import Metrics
-from eventfold.sealing import SealError, keyring
-from eventfold.settings import Settings
-from producers.publisher import Publisher
 
 log = logging.getLogger("eventfold.sync")
 
@@ -132,13 +131,9 @@ class SyncRunner:
     async def run(self, stop: asyncio.Event | None = None, *, burst: bool = False) -> None:
         """Claim and run due integrations until ``stop`` (or once, in ``burst`` mode)."""
         stop = stop or asyncio.Event()
-        publisher = Publisher(
-            functools.partial(make_producer, self.settings),
-            None,
-            self.metrics,
-            topic=self.settings.events_topic,
+        publisher = await start_publisher(
+            self.settings, self.metrics, stop, client_id="eventfold-sync"
         )
-        await _start(publisher, stop)
         allow = AllowList.parse(self.settings.webhook_allow_hosts)
         session = guarded_session(allow, limit=self.settings.sync_concurrency * 2)
         self._ready = True
@@ -233,8 +228,7 @@ class SyncRunner:
 
     def _backoff(self, failures: int) -> float:
         s = self.settings
-        base = min(s.sync_backoff_cap, s.sync_backoff_base * 2 ** max(0, failures - 1))
-        return float(base * random.uniform(0.5, 1.5))  # noqa: S311 - jitter, not crypto
+        return retry_delay(failures, s.sync_backoff_base, s.sync_backoff_cap)
 
     async def _sync(
         self, it: Claimed, publisher: Publisher, session: Any, allow: AllowList
@@ -242,8 +236,6 @@ class SyncRunner:
         s = self.settings
         headers: dict[str, str] = {}
         if it.headers_sealed:
-            from producers.integrations import headers_purpose
-
             opened = keyring(s).open(it.headers_sealed, purpose=headers_purpose(it.id))
             headers = orjson.loads(opened)
         connector = CONNECTORS[it.kind](it.config)
@@ -369,15 +361,3 @@ class SyncRunner:
         self.metrics.sync_state.labels(it.kind, state).inc()
         if error:
             log.info("sync run ended", extra={"integration": it.id, "state": state, "error": error})
-
-
-async def _start(publisher: Publisher, stop: asyncio.Event) -> None:
-    delay = 0.5
-    while not stop.is_set():
-        try:
-            await publisher.start()
-            return
-        except Exception as exc:
-            log.warning("kafka not reachable, retrying", extra={"error": repr(exc)})
-            await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311
-            delay = min(delay * 2, 5.0)

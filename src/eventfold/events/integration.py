@@ -71,3 +71,13 @@ class IntegrationDeleted(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(pattern=INTEGRATION_ID_PATTERN)
+
+
+def headers_purpose(integration_id: str) -> str:
+    """The sealing purpose of an integration's headers (binds them to its id)."""
+    return f"integration-headers:{integration_id}"
+
+
+def secret_purpose(integration_id: str) -> str:
+    """The sealing purpose of an integration's webhook secret."""
+    return f"integration-webhook:{integration_id}"

@@ -1,4 +1,4 @@
-// Dead letters: the events the projector parked, and their redrive once the cause is fixed.
+// Dead letters: the events the projector could not apply, and their redrive once the cause is fixed.
 
 import { tenantPath } from "../api.js";
 import { append, badge, clear, h, json, notice, pagedTable, problem, title } from "../dom.js";
@@ -15,7 +15,7 @@ export async function render(ctx, root) {
     try {
       const doc = await ctx.client.post(tenantPath(t, "/dead-letters/redrive"), key ? { key } : {});
       result.append(notice(
-        `Applied ${doc.applied}, rejected ${doc.rejected}, still parked ${doc.still_parked}.`,
+        `Applied ${doc.applied}, rejected ${doc.rejected}, left as dead letters ${doc.still_parked}.`,
         doc.keys.filter((k) => k.error).map((k) => h("div", { class: "small" }, h("code", {}, k.key), " still fails: ", k.error))));
       table.reload();
     } catch (err) {
@@ -27,7 +27,7 @@ export async function render(ctx, root) {
   const all = h("button", { type: "button", class: "primary", onclick: () => redrive(null) }, "Redrive all");
   buttons.push(all);
   table = pagedTable({
-    caption: "Parked events, by record and log position",
+    caption: "Dead letters, by record and log position",
     empty: "No dead letters.",
     fetchPage: (after) => ctx.client.get(tenantPath(t, "/dead-letters"), { limit: 25, after }),
     onPage: (doc) => { all.disabled = !doc.items.length; },

@@ -1,4 +1,4 @@
-// Webhooks: the endpoints, one endpoint's delivery log, and the redrive of its dead letters.
+// Webhooks: the endpoints, one endpoint's delivery log, and the redrive of its exhausted deliveries.
 
 import { tenantPath } from "../api.js";
 import { badge, clear, h, link, notice, pagedTable, problem, time, title } from "../dom.js";
@@ -42,11 +42,11 @@ function endpoint(ctx, id) {
   });
   const since = h("input", { id: "redrive-since", type: "datetime-local", required: true, value: localInput(new Date(Date.now() - 24 * 3600 * 1000)) });
   const result = h("div", { "aria-live": "polite" });
-  const button = h("button", { type: "submit", class: "primary" }, "Redrive dead deliveries");
+  const button = h("button", { type: "submit", class: "primary" }, "Redrive exhausted deliveries");
   const form = h("form", { class: "panel", "aria-labelledby": "redrive-title" },
     h("h2", { id: "redrive-title" }, "Redrive"),
     h("p", { class: "muted small" }, "Deliveries that exhausted their retries since this time are scheduled again."),
-    h("div", { class: "row" }, h("label", { for: "redrive-since" }, "Dead since", since), button),
+    h("div", { class: "row" }, h("label", { for: "redrive-since" }, "Exhausted since", since), button),
     result);
   form.addEventListener("submit", async (event) => {
     event.preventDefault();

@@ -1,0 +1,80 @@
+"""Every stream processor by name: what ``eventfold process NAME`` and ``eventfold run`` start.
+
+A processor is built from the settings, the PostgreSQL pool and the metrics
+object, and runs until its stop event is set (or, in burst mode, until it has
+caught up), under :func:`consumers.runtime.runner.supervise`. To add one: a
+package under ``src/consumers/`` and an entry here.
+
+Each factory imports its processor when it is called, not with this module: a
+process imports only what it runs (the read API neither aiokafka nor faust,
+``eventfold process sync`` no faust), and building the CLI's parser costs
+nothing.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+
+from consumers.runtime.runner import Processor, ProcessorFactory
+from eventfold.metrics import Metrics
+from eventfold.settings import Settings
+
+
+def _projector(settings: Settings, pool: asyncpg.Pool, metrics: Metrics) -> Processor:
+    # deferred: start-up cost (module docstring)
+    from consumers.projector.processor import Projector
+
+    return Projector(settings, pool, metrics)
+
+
+def _cache(settings: Settings, pool: asyncpg.Pool, metrics: Metrics) -> Processor:
+    # deferred: start-up cost (module docstring)
+    from consumers.cache.processor import CacheProcessor
+
+    return CacheProcessor(settings, pool, metrics)
+
+
+def _archiver(settings: Settings, pool: asyncpg.Pool, metrics: Metrics) -> Processor:
+    # deferred: start-up cost (module docstring)
+    from consumers.archiver.processor import Archiver
+
+    return Archiver(settings, pool, metrics)
+
+
+def _sync(settings: Settings, pool: asyncpg.Pool, metrics: Metrics) -> Processor:
+    # deferred: start-up cost (module docstring)
+    from consumers.sync.runner import SyncRunner
+
+    return SyncRunner(settings, pool, metrics)
+
+
+def _notifier(settings: Settings, pool: asyncpg.Pool, metrics: Metrics) -> Processor:
+    # deferred: start-up cost (module docstring)
+    from consumers.notifier.processor import Notifier
+
+    return Notifier(settings, pool, metrics)
+
+
+def _analytics(settings: Settings, pool: asyncpg.Pool, metrics: Metrics) -> Processor:
+    # deferred: start-up cost (module docstring)
+    from consumers.analytics.processor import Analytics
+
+    return Analytics(settings, pool, metrics)
+
+
+def _workflows(settings: Settings, pool: asyncpg.Pool, metrics: Metrics) -> Processor:
+    # deferred: start-up cost (module docstring)
+    from consumers.workflows.processor import WorkflowProcessor
+
+    return WorkflowProcessor(settings, pool, metrics)
+
+
+PROCESSORS: dict[str, ProcessorFactory] = {
+    "projector": _projector,
+    "cache": _cache,
+    "archiver": _archiver,
+    "sync": _sync,
+    "notifier": _notifier,
+    "analytics": _analytics,
+    "workflows": _workflows,
+}
