@@ -15,8 +15,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from eventfold.openapi import Operation, Param, Reply, register
 from eventfold.errors import NotFound
+from eventfold.openapi import Operation, Param, Reply, register
 
 #: Only this origin, for everything; no inline script or style, no plugins, no framing.
 SAME_ORIGIN_POLICY = (
