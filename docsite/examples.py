@@ -559,7 +559,9 @@ def run_block(
         output, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         output = ""
-        proc.kill()
+        # The whole group: a job the block left in the background holds the pipe open.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
         return Outcome(block, [f"did not finish within {timeout:.0f} s"], output)
     finally:
