@@ -493,8 +493,11 @@ def events_page(root: Path = REPO / "schemas") -> str:
         "[The log of record](../concepts/log-of-record.md)). Its `data` must validate",
         "against the JSON Schema of its `type`; the schemas live in `schemas/<type>/v<n>.json`,",
         "exported from the pydantic models by `eventfold schemas export` (a test fails",
-        "when they drift). Types marked *gateway only* carry credentials or configuration:",
-        "only the gateway's own routes publish them, `POST …/events` refuses them.",
+        "when they drift). Types marked *Eventfold only* carry credentials, configuration",
+        "or a workflow run's progress: only the gateway's own routes (and, for",
+        "`workflow.run.*` and `workflow.step.*`, the workflows processor) publish them,",
+        "`POST …/events` refuses them. A tenant's own types are registered through the",
+        "API, each with its JSON Schema: see [Tenant event types](../guides/event-types.md).",
         "",
         "| type | versions | who publishes it | what it means |",
         "|---|---|---|---|",
@@ -502,7 +505,9 @@ def events_page(root: Path = REPO / "schemas") -> str:
     for doc in docs:
         latest = doc.versions[max(doc.versions)]
         registered = REGISTRY.get(doc.name)
-        who = "anyone (writer)" if registered is None or registered.publishable else "gateway only"
+        who = (
+            "anyone (writer)" if registered is None or registered.publishable else "Eventfold only"
+        )
         versions = ", ".join(f"v{v}" for v in doc.versions)
         text = _cell(latest.get("description", ""))
         lines.append(f"| [`{doc.name}`](#{_slug(doc.name)}) | {versions} | {who} | {text} |")

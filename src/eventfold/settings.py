@@ -284,7 +284,7 @@ class Settings:
     #: loopback.
     webhook_allow_hosts: CommaList = ()
     #: Seconds before each retry of a failed webhook delivery; after the last, the
-    #: delivery is dead-lettered.
+    #: delivery is exhausted, until a redrive.
     webhook_retry_schedule: RetrySchedule = (5, 30, 120, 600, 3600)
     #: Deadline of one webhook delivery attempt (connect, send, read the answer).
     webhook_timeout_seconds: Seconds = 10.0
@@ -333,7 +333,8 @@ class Settings:
     sync_lease_seconds: Seconds = 60.0
     #: The events topic: the log of record.
     events_topic: TopicName = EVENTS_TOPIC
-    #: The dead-letter topic: events the projector parked, with their error.
+    #: The dead-letter topic: the dead letters (events the projector could not
+    #: apply), with their error.
     dlq_topic: TopicName = DLQ_TOPIC
     #: Partitions of each topic when ``eventfold infra up`` creates them.
     topic_partitions: Positive = 8

@@ -118,7 +118,7 @@ def test_every_event_type_has_an_entry() -> None:
     assert set(REGISTRY) <= folders
     for name in folders:
         assert f"## {name} {{#" in page, f"{name} has no entry"
-    assert "gateway only" in page  # apikey.created and friends
+    assert "Eventfold only" in page  # apikey.created and friends
 
 
 def test_every_problem_type_and_error_class_has_an_entry() -> None:
