@@ -119,6 +119,10 @@ class WorkflowProcessor:
         self._ready = True
         try:
             while not stop.is_set():
+                # Cleared before the round looks, not after: a trigger handed over (or a
+                # run ended) while the round's queries were under way wakes the next
+                # round at once instead of at the next poll.
+                self._wake.clear()
                 try:
                     took = await self._intake()
                     claimed = await self._claim(publisher, session)
@@ -135,7 +139,6 @@ class WorkflowProcessor:
                 if burst and not took and not claimed and not self._driving:
                     return
                 if not took and not claimed:
-                    self._wake.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
         finally:
@@ -168,14 +171,18 @@ class WorkflowProcessor:
             async with self.pool.acquire(timeout=5) as conn, conn.transaction():
                 rows = await store.claim_inbox(conn, self.topic, INBOX_PER_TENANT, INBOX_BATCH)
                 done: list[int] = []
+                # The new runs of the batch, inserted together (one statement, not one each).
+                new: list[store.NewRun] = []
                 for row in rows:
                     if not careful:
-                        await self._take(conn, row)
+                        await self._take(conn, row, new)
                         done.append(row.id)
                         continue
                     try:
                         async with conn.transaction():
-                            await self._take(conn, row)
+                            one: list[store.NewRun] = []
+                            await self._take(conn, row, one)
+                            await self._insert_runs(conn, one)
                         done.append(row.id)
                     except (OSError, asyncpg.InterfaceError, TimeoutError):
                         raise
@@ -184,6 +191,7 @@ class WorkflowProcessor:
                             "workflow inbox row failed",
                             extra={"row": row.id, "tenant": row.tenant, "error": repr(exc)},
                         )
+                await self._insert_runs(conn, new)
                 await store.delete_inbox(conn, done)
         except (OSError, asyncpg.InterfaceError, TimeoutError):
             raise
@@ -195,13 +203,22 @@ class WorkflowProcessor:
             return await self._intake(careful=True)
         return len(done)
 
-    async def _take(self, conn: asyncpg.Connection, row: InboxRow) -> None:
+    async def _take(self, conn: asyncpg.Connection, row: InboxRow, new: list[store.NewRun]) -> None:
         if row.kind == "trigger":
-            await self._start_run(conn, row)
+            await self._start_run(conn, row, new)
         else:
             await self._command(conn, row)
 
-    async def _start_run(self, conn: asyncpg.Connection, row: InboxRow) -> None:
+    async def _insert_runs(self, conn: asyncpg.Connection, new: list[store.NewRun]) -> None:
+        for run in await store.insert_runs(conn, new):
+            self.metrics.workflow_runs_started.inc()
+            if run.status in machine.FINISHED:
+                self.metrics.workflow_runs_finished.labels(run.status).inc()
+
+    async def _start_run(
+        self, conn: asyncpg.Connection, row: InboxRow, new: list[store.NewRun]
+    ) -> None:
+        """The run ``row`` starts, added to ``new`` (a trigger that starts none adds nothing)."""
         assert row.workflow is not None
         assert row.version is not None
         event = row.event
@@ -235,21 +252,18 @@ class WorkflowProcessor:
             depth=depth,
             now=time.time(),
         )
-        inserted = await store.insert_run(
-            conn,
-            run=run,
-            tenant=row.tenant,
-            topic=self.topic,
-            workflow=row.workflow,
-            depth=depth,
-            status=t.state.status,
-            state=t.state.to_json(),
-            pending=[envelope(row.tenant, run, e) for e in t.events],
+        new.append(
+            store.NewRun(
+                run=run,
+                tenant=row.tenant,
+                topic=self.topic,
+                workflow=row.workflow,
+                depth=depth,
+                status=t.state.status,
+                state=t.state.to_json(),
+                pending=[envelope(row.tenant, run, e) for e in t.events],
+            )
         )
-        if inserted:
-            self.metrics.workflow_runs_started.inc()
-            if t.state.finished:
-                self.metrics.workflow_runs_finished.labels(t.state.status).inc()
 
     async def _command(self, conn: asyncpg.Connection, row: InboxRow) -> None:
         if row.run is None:

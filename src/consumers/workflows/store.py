@@ -103,26 +103,46 @@ async def parent(conn: asyncpg.Connection, tenant: str, run: str) -> tuple[str, 
     return (row["workflow"], int(row["depth"])) if row is not None else None
 
 
-async def insert_run(
-    conn: asyncpg.Connection,
-    *,
-    run: str,
-    tenant: str,
-    topic: str,
-    workflow: str,
-    depth: int,
-    status: str,
-    state: dict[str, Any],
-    pending: list[dict[str, Any]],
-) -> bool:
-    """A new run, due now (so it is claimed, its events published); False if it exists."""
-    inserted = await conn.fetchval(
-        "INSERT INTO eventfold.workflow_runs (id, tenant, topic, workflow, depth, status, state,"
-        " pending, wake_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now())"
-        " ON CONFLICT (id) DO NOTHING RETURNING true",
-        run, tenant, topic, workflow, depth, status, state, pending,
-    )  # fmt: skip
-    return bool(inserted)
+@dataclass(frozen=True, slots=True)
+class NewRun:
+    """A run to start: due now, so it is claimed and its events published."""
+
+    run: str
+    tenant: str
+    topic: str
+    workflow: str
+    depth: int
+    status: str
+    state: dict[str, Any]
+    pending: list[dict[str, Any]]
+
+
+_INSERT_RUNS = """
+INSERT INTO eventfold.workflow_runs (id, tenant, topic, workflow, depth, status, state,
+    pending, wake_at)
+SELECT b.id, b.tenant, b.topic, b.workflow, b.depth, b.status, b.state, b.pending, now()
+FROM jsonb_to_recordset($1::jsonb) AS b(id text, tenant text, topic text, workflow text,
+    depth integer, status text, state jsonb, pending jsonb)
+ON CONFLICT (id) DO NOTHING RETURNING id
+"""
+
+
+async def insert_runs(conn: asyncpg.Connection, runs: Sequence[NewRun]) -> list[NewRun]:
+    """Insert new runs in one statement; those inserted (a run that exists is left be)."""
+    if not runs:
+        return []
+    docs = [
+        {"id": r.run, "tenant": r.tenant, "topic": r.topic, "workflow": r.workflow,
+         "depth": r.depth, "status": r.status, "state": r.state, "pending": r.pending}
+        for r in runs
+    ]  # fmt: skip
+    inserted = {row["id"] for row in await conn.fetch(_INSERT_RUNS, docs)}
+    out = []
+    for r in runs:
+        if r.run in inserted:
+            inserted.discard(r.run)  # one run twice in the batch: inserted once
+            out.append(r)
+    return out
 
 
 async def lock_run(
