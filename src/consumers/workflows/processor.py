@@ -80,6 +80,9 @@ class WorkflowProcessor:
         self._by_tenant: Counter[str] = Counter()
         self._driving: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
+        #: Whether the last claim may have left due runs for want of room (in all or
+        #: for a tenant at its cap): then a run that ends wakes the loop to claim them.
+        self._capped = False
         self._ready = False
         # Each run's transitions and releases, written together with other runs' (group
         # commit): one statement per event-loop pass instead of one per run.
@@ -192,7 +195,8 @@ class WorkflowProcessor:
                             extra={"row": row.id, "tenant": row.tenant, "error": repr(exc)},
                         )
                 await self._insert_runs(conn, new)
-                await store.delete_inbox(conn, done)
+                if done:
+                    await store.delete_inbox(conn, done)
         except (OSError, asyncpg.InterfaceError, TimeoutError):
             raise
         except Exception as exc:
@@ -289,15 +293,21 @@ class WorkflowProcessor:
     async def _claim(self, publisher: Publisher, session: aiohttp.ClientSession) -> int:
         room = self.settings.workflow_concurrency - len(self._driving)
         if room <= 0:
+            self._capped = True
             return 0
         per_tenant = self.settings.workflow_per_tenant
+        busy = [t for t, n in self._by_tenant.items() if n >= per_tenant]
         claimed = await store.claim_runs(
             self.pool,
             self.topic,
-            busy_tenants=[t for t, n in self._by_tenant.items() if n >= per_tenant],
+            busy_tenants=busy,
             per_tenant=per_tenant,
             limit=room,
             lease_seconds=self.lease,
+        )
+        took = Counter(item.tenant for item in claimed)
+        self._capped = (
+            bool(busy) or len(claimed) >= room or any(n >= per_tenant for n in took.values())
         )
         for item in claimed:
             if item.id in self._driving:
@@ -313,7 +323,10 @@ class WorkflowProcessor:
         self._by_tenant[item.tenant] -= 1
         if self._by_tenant[item.tenant] <= 0:
             del self._by_tenant[item.tenant]
-        self._wake.set()
+        if self._capped:
+            # Due runs may have been left for want of room: the next round claims them.
+            # Otherwise a round per ended run would only find nothing (hundreds a second).
+            self._wake.set()
 
     async def _drive(
         self, publisher: Publisher, session: aiohttp.ClientSession, item: Claimed
