@@ -36,13 +36,19 @@ MAX_IN_FLIGHT = 4
 
 
 class Batcher(Generic[T, R]):
-    """Queues items and writes each event-loop pass's queue with one call of ``many``."""
+    """Queues items and writes each event-loop pass's queue with one call of ``many``.
+
+    ``many`` answers each item in order (an exception for an item that failed on
+    its own); when it raises, each item is written alone with ``one``, or, without
+    ``one``, fails with that error. Items with the same ``key`` go in different
+    batches.
+    """
 
     def __init__(
         self,
-        many: Callable[[Sequence[T]], Awaitable[Sequence[R]]],
-        one: Callable[[T], Awaitable[R]],
-        key: Callable[[T], Hashable],
+        many: Callable[[Sequence[T]], Awaitable[Sequence[R | BaseException]]],
+        one: Callable[[T], Awaitable[R]] | None,
+        key: Callable[[T], Hashable] | None = None,
         *,
         max_batch: int = MAX_BATCH,
         max_in_flight: int = MAX_IN_FLIGHT,
@@ -105,8 +111,8 @@ class Batcher(Generic[T, R]):
         rest: list[tuple[T, asyncio.Future[R]]] = []
         seen: set[Hashable] = set()
         for entry in self._queue:
-            k = self._key(entry[0])
-            if len(batch) >= self._max_batch or k in seen:
+            k = self._key(entry[0]) if self._key is not None else None
+            if len(batch) >= self._max_batch or (k is not None and k in seen):
                 rest.append(entry)
             else:
                 seen.add(k)
@@ -116,23 +122,32 @@ class Batcher(Generic[T, R]):
 
     async def _write(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         items = [item for item, _ in batch]
+        one = self._one
         try:
-            answers = await self._many(items) if len(items) > 1 else [await self._one(items[0])]
+            answers = (
+                await self._many(items) if len(items) > 1 or one is None else [await one(items[0])]
+            )
         except Exception as exc:
-            if len(items) == 1:
-                _fail(batch[0][1], exc)
+            if len(items) == 1 or one is None:
+                for _, fut in batch:
+                    _fail(fut, exc)
                 return
             log.info("workflow batch failed, writing it item by item", extra={"error": repr(exc)})
             # One after another: a batch of hundreds sent at once would queue on the pool.
             for item, fut in batch:
-                await self._write_one(item, fut)
+                await self._write_one(one, item, fut)
             return
         for (_, fut), answer in zip(batch, answers, strict=True):
-            _resolve(fut, answer)
+            if isinstance(answer, BaseException):
+                _fail(fut, answer)
+            else:
+                _resolve(fut, answer)
 
-    async def _write_one(self, item: T, future: asyncio.Future[R]) -> None:
+    async def _write_one(
+        self, one: Callable[[T], Awaitable[R]], item: T, future: asyncio.Future[R]
+    ) -> None:
         try:
-            answer = await self._one(item)
+            answer = await one(item)
         except Exception as exc:
             _fail(future, exc)
         else:

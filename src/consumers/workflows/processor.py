@@ -18,13 +18,13 @@ import orjson
 from consumers.runtime.kafka import start_publisher
 from consumers.workflows import effects, store
 from consumers.workflows.batches import Batcher
+from consumers.workflows.publishing import GroupPublisher
 from consumers.workflows.store import Claimed, InboxRow, Release, Save
 from eventfold.backoff import Backoff
 from eventfold.db import WORKFLOW_CHANNEL, connect
 from eventfold.egress import AllowList, guarded_session
 from eventfold.envelope import CloudEvent
 from eventfold.metrics import Metrics
-from eventfold.publisher import Publisher
 from eventfold.sealing import SealError, keyring
 from eventfold.settings import Settings
 from eventfold.workflows import ids, machine
@@ -104,9 +104,10 @@ class WorkflowProcessor:
     async def run(self, stop: asyncio.Event | None = None, *, burst: bool = False) -> None:
         """Work until ``stop`` is set (or, in burst mode, until nothing is due)."""
         stop = stop or asyncio.Event()
-        publisher = await start_publisher(
+        kafka = await start_publisher(
             self.settings, self.metrics, stop, client_id="eventfold-workflows"
         )
+        publisher = GroupPublisher(kafka)
         # No cap per host below the processor's own: the caps per tenant keep one
         # tenant's slow third party from taking every slot (aiohttp's default of 10
         # per host queued every tenant calling a shared host behind each other).
@@ -157,8 +158,9 @@ class WorkflowProcessor:
             )
             await self._saves.close()
             await self._releases.close()
+            await publisher.close()
             await session.close()
-            await publisher.stop()
+            await kafka.stop()
 
     # -- the inbox ------------------------------------------------------------
 
@@ -290,7 +292,7 @@ class WorkflowProcessor:
 
     # -- driving runs -----------------------------------------------------------
 
-    async def _claim(self, publisher: Publisher, session: aiohttp.ClientSession) -> int:
+    async def _claim(self, publisher: GroupPublisher, session: aiohttp.ClientSession) -> int:
         room = self.settings.workflow_concurrency - len(self._driving)
         if room <= 0:
             self._capped = True
@@ -329,7 +331,7 @@ class WorkflowProcessor:
             self._wake.set()
 
     async def _drive(
-        self, publisher: Publisher, session: aiohttp.ClientSession, item: Claimed
+        self, publisher: GroupPublisher, session: aiohttp.ClientSession, item: Claimed
     ) -> None:
         """Publish the run's pending events, then act until it waits or ends."""
         run, tenant, rev, doc, pending = item.id, item.tenant, item.rev, item.state, item.pending
@@ -379,14 +381,14 @@ class WorkflowProcessor:
             log.warning("workflow run interrupted", extra={"run": run, "error": repr(exc)})
 
     async def _publish(
-        self, publisher: Publisher, tenant: str, pending: list[dict[str, Any]]
+        self, publisher: GroupPublisher, tenant: str, pending: list[dict[str, Any]]
     ) -> None:
         events = [CloudEvent.model_validate(e) for e in pending]
         await publisher.publish(tenant, events)
 
     async def _perform(
         self,
-        publisher: Publisher,
+        publisher: GroupPublisher,
         session: aiohttp.ClientSession,
         tenant: str,
         effect: Effect,
