@@ -80,12 +80,14 @@ class Batcher(Generic[T, R]):
         return await asyncio.shield(future)
 
     async def close(self) -> None:
-        """Wait for the batches under way."""
+        """Wait for the batches under way and those queued (the caller bounds the wait)."""
         while self._running or self._queue:
             if self._queue and not self._scheduled:
                 self._start()
-            await asyncio.gather(*self._running, return_exceptions=True)
-            await asyncio.sleep(0)
+            if self._running:
+                await asyncio.wait(set(self._running))
+            else:
+                await asyncio.sleep(0)  # a batch is about to start
 
     def _start(self) -> None:
         self._scheduled = False

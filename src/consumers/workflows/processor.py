@@ -43,6 +43,8 @@ INBOX_PER_TENANT = 50
 GAUGE_SECONDS = 5.0
 #: Finished runs are kept this long in the processor's table (the read model keeps them).
 RETENTION_DAYS = 7.0
+#: How long stopping waits for the writes and publishes under way.
+CLOSE_SECONDS = 10.0
 #: Definitions cached (versions never change; the cache only bounds memory).
 DEFINITIONS_CACHED = 4096
 
@@ -156,9 +158,12 @@ class WorkflowProcessor:
             await asyncio.gather(
                 heartbeat, listener, *self._driving.values(), return_exceptions=True
             )
-            await self._saves.close()
-            await self._releases.close()
-            await publisher.close()
+            # What the runs handed over before they stopped is written (or given up on).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CLOSE_SECONDS):
+                    await asyncio.gather(
+                        self._saves.close(), self._releases.close(), publisher.close()
+                    )
             await session.close()
             await kafka.stop()
 
