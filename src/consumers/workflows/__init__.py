@@ -36,6 +36,16 @@ same ids: the projector keeps one) and goes on from the recorded state. Only an
 effect that was under way when the process died runs again, with the same
 Idempotency-Key (http), Message-ID (email) or event id (record).
 
+Many runs are driven at once (``EVENTFOLD_WORKFLOW_CONCURRENCY``, and
+``EVENTFOLD_WORKFLOW_PER_TENANT`` each), and what they ask for in one pass of
+the event loop shares a round trip: their transitions and releases are one
+statement (:mod:`consumers.workflows.batches`, each still fenced by its own
+``rev``), their events one publish per tenant
+(:mod:`consumers.workflows.publishing`), and the runs an inbox batch starts one
+insert. Each run still waits for its own write to commit and its own events to
+be acknowledged before its next effect: joining changes the round trips, not
+the order of anything a run does.
+
 Timers are ``wake_at`` in that table (delays, approval timeouts, retry pauses):
 they survive restarts and are claimed within a poll (0.1 s) of their time.
 Claims take each tenant's due runs in turn, a few per tenant, with a cap of

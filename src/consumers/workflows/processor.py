@@ -17,13 +17,14 @@ import orjson
 
 from consumers.runtime.kafka import start_publisher
 from consumers.workflows import effects, store
-from consumers.workflows.store import Claimed, InboxRow
+from consumers.workflows.batches import Batcher
+from consumers.workflows.publishing import GroupPublisher
+from consumers.workflows.store import Claimed, InboxRow, Release, Save
 from eventfold.backoff import Backoff
 from eventfold.db import WORKFLOW_CHANNEL, connect
 from eventfold.egress import AllowList, guarded_session
 from eventfold.envelope import CloudEvent
 from eventfold.metrics import Metrics
-from eventfold.publisher import Publisher
 from eventfold.sealing import SealError, keyring
 from eventfold.settings import Settings
 from eventfold.workflows import ids, machine
@@ -42,6 +43,8 @@ INBOX_PER_TENANT = 50
 GAUGE_SECONDS = 5.0
 #: Finished runs are kept this long in the processor's table (the read model keeps them).
 RETENTION_DAYS = 7.0
+#: How long stopping waits for the writes and publishes under way.
+CLOSE_SECONDS = 10.0
 #: Definitions cached (versions never change; the cache only bounds memory).
 DEFINITIONS_CACHED = 4096
 
@@ -79,7 +82,22 @@ class WorkflowProcessor:
         self._by_tenant: Counter[str] = Counter()
         self._driving: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
+        #: Whether the last claim may have left due runs for want of room (in all or
+        #: for a tenant at its cap): then a run that ends wakes the loop to claim them.
+        self._capped = False
         self._ready = False
+        # Each run's transitions and releases, written together with other runs' (group
+        # commit): one statement per event-loop pass instead of one per run.
+        self._saves: Batcher[Save, int | None] = Batcher(
+            functools.partial(store.save_many, pool),
+            functools.partial(store.save, pool),
+            key=lambda s: s.run,
+        )
+        self._releases: Batcher[Release, bool] = Batcher(
+            functools.partial(store.release_many, pool),
+            functools.partial(store.release, pool),
+            key=lambda r: r.run,
+        )
 
     def is_ready(self) -> bool:
         """Whether it takes triggers and drives runs (PostgreSQL and Kafka answer)."""
@@ -88,9 +106,10 @@ class WorkflowProcessor:
     async def run(self, stop: asyncio.Event | None = None, *, burst: bool = False) -> None:
         """Work until ``stop`` is set (or, in burst mode, until nothing is due)."""
         stop = stop or asyncio.Event()
-        publisher = await start_publisher(
+        kafka = await start_publisher(
             self.settings, self.metrics, stop, client_id="eventfold-workflows"
         )
+        publisher = GroupPublisher(kafka)
         # No cap per host below the processor's own: the caps per tenant keep one
         # tenant's slow third party from taking every slot (aiohttp's default of 10
         # per host queued every tenant calling a shared host behind each other).
@@ -106,6 +125,10 @@ class WorkflowProcessor:
         self._ready = True
         try:
             while not stop.is_set():
+                # Cleared before the round looks, not after: a trigger handed over (or a
+                # run ended) while the round's queries were under way wakes the next
+                # round at once instead of at the next poll.
+                self._wake.clear()
                 try:
                     took = await self._intake()
                     claimed = await self._claim(publisher, session)
@@ -122,7 +145,6 @@ class WorkflowProcessor:
                 if burst and not took and not claimed and not self._driving:
                     return
                 if not took and not claimed:
-                    self._wake.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
         finally:
@@ -136,8 +158,14 @@ class WorkflowProcessor:
             await asyncio.gather(
                 heartbeat, listener, *self._driving.values(), return_exceptions=True
             )
+            # What the runs handed over before they stopped is written (or given up on).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CLOSE_SECONDS):
+                    await asyncio.gather(
+                        self._saves.close(), self._releases.close(), publisher.close()
+                    )
             await session.close()
-            await publisher.stop()
+            await kafka.stop()
 
     # -- the inbox ------------------------------------------------------------
 
@@ -153,14 +181,18 @@ class WorkflowProcessor:
             async with self.pool.acquire(timeout=5) as conn, conn.transaction():
                 rows = await store.claim_inbox(conn, self.topic, INBOX_PER_TENANT, INBOX_BATCH)
                 done: list[int] = []
+                # The new runs of the batch, inserted together (one statement, not one each).
+                new: list[store.NewRun] = []
                 for row in rows:
                     if not careful:
-                        await self._take(conn, row)
+                        await self._take(conn, row, new)
                         done.append(row.id)
                         continue
                     try:
                         async with conn.transaction():
-                            await self._take(conn, row)
+                            one: list[store.NewRun] = []
+                            await self._take(conn, row, one)
+                            await self._insert_runs(conn, one)
                         done.append(row.id)
                     except (OSError, asyncpg.InterfaceError, TimeoutError):
                         raise
@@ -169,7 +201,9 @@ class WorkflowProcessor:
                             "workflow inbox row failed",
                             extra={"row": row.id, "tenant": row.tenant, "error": repr(exc)},
                         )
-                await store.delete_inbox(conn, done)
+                await self._insert_runs(conn, new)
+                if done:
+                    await store.delete_inbox(conn, done)
         except (OSError, asyncpg.InterfaceError, TimeoutError):
             raise
         except Exception as exc:
@@ -180,13 +214,22 @@ class WorkflowProcessor:
             return await self._intake(careful=True)
         return len(done)
 
-    async def _take(self, conn: asyncpg.Connection, row: InboxRow) -> None:
+    async def _take(self, conn: asyncpg.Connection, row: InboxRow, new: list[store.NewRun]) -> None:
         if row.kind == "trigger":
-            await self._start_run(conn, row)
+            await self._start_run(conn, row, new)
         else:
             await self._command(conn, row)
 
-    async def _start_run(self, conn: asyncpg.Connection, row: InboxRow) -> None:
+    async def _insert_runs(self, conn: asyncpg.Connection, new: list[store.NewRun]) -> None:
+        for run in await store.insert_runs(conn, new):
+            self.metrics.workflow_runs_started.inc()
+            if run.status in machine.FINISHED:
+                self.metrics.workflow_runs_finished.labels(run.status).inc()
+
+    async def _start_run(
+        self, conn: asyncpg.Connection, row: InboxRow, new: list[store.NewRun]
+    ) -> None:
+        """The run ``row`` starts, added to ``new`` (a trigger that starts none adds nothing)."""
         assert row.workflow is not None
         assert row.version is not None
         event = row.event
@@ -220,21 +263,18 @@ class WorkflowProcessor:
             depth=depth,
             now=time.time(),
         )
-        inserted = await store.insert_run(
-            conn,
-            run=run,
-            tenant=row.tenant,
-            topic=self.topic,
-            workflow=row.workflow,
-            depth=depth,
-            status=t.state.status,
-            state=t.state.to_json(),
-            pending=[envelope(row.tenant, run, e) for e in t.events],
+        new.append(
+            store.NewRun(
+                run=run,
+                tenant=row.tenant,
+                topic=self.topic,
+                workflow=row.workflow,
+                depth=depth,
+                status=t.state.status,
+                state=t.state.to_json(),
+                pending=[envelope(row.tenant, run, e) for e in t.events],
+            )
         )
-        if inserted:
-            self.metrics.workflow_runs_started.inc()
-            if t.state.finished:
-                self.metrics.workflow_runs_finished.labels(t.state.status).inc()
 
     async def _command(self, conn: asyncpg.Connection, row: InboxRow) -> None:
         if row.run is None:
@@ -257,18 +297,24 @@ class WorkflowProcessor:
 
     # -- driving runs -----------------------------------------------------------
 
-    async def _claim(self, publisher: Publisher, session: aiohttp.ClientSession) -> int:
+    async def _claim(self, publisher: GroupPublisher, session: aiohttp.ClientSession) -> int:
         room = self.settings.workflow_concurrency - len(self._driving)
         if room <= 0:
+            self._capped = True
             return 0
         per_tenant = self.settings.workflow_per_tenant
+        busy = [t for t, n in self._by_tenant.items() if n >= per_tenant]
         claimed = await store.claim_runs(
             self.pool,
             self.topic,
-            busy_tenants=[t for t, n in self._by_tenant.items() if n >= per_tenant],
+            busy_tenants=busy,
             per_tenant=per_tenant,
             limit=room,
             lease_seconds=self.lease,
+        )
+        took = Counter(item.tenant for item in claimed)
+        self._capped = (
+            bool(busy) or len(claimed) >= room or any(n >= per_tenant for n in took.values())
         )
         for item in claimed:
             if item.id in self._driving:
@@ -284,10 +330,13 @@ class WorkflowProcessor:
         self._by_tenant[item.tenant] -= 1
         if self._by_tenant[item.tenant] <= 0:
             del self._by_tenant[item.tenant]
-        self._wake.set()
+        if self._capped:
+            # Due runs may have been left for want of room: the next round claims them.
+            # Otherwise a round per ended run would only find nothing (hundreds a second).
+            self._wake.set()
 
     async def _drive(
-        self, publisher: Publisher, session: aiohttp.ClientSession, item: Claimed
+        self, publisher: GroupPublisher, session: aiohttp.ClientSession, item: Claimed
     ) -> None:
         """Publish the run's pending events, then act until it waits or ends."""
         run, tenant, rev, doc, pending = item.id, item.tenant, item.rev, item.state, item.pending
@@ -307,7 +356,7 @@ class WorkflowProcessor:
                 elif machine.timer_due(state, now):
                     t = machine.on_timer(state, now)
                 else:
-                    if await store.release(self.pool, run, rev):
+                    if await self._releases.submit(Release(run, rev)):
                         return
                     fresh = await store.reload(self.pool, run)
                     if fresh is None:
@@ -315,10 +364,10 @@ class WorkflowProcessor:
                     rev, doc, pending = fresh.rev, fresh.state, fresh.pending
                     continue
                 events = [envelope(tenant, run, e) for e in t.events]
-                saved = await store.save(
-                    self.pool, run, rev, status=t.state.status, state=t.state.to_json(),
+                saved = await self._saves.submit(Save(
+                    run, rev, status=t.state.status, state=t.state.to_json(),
                     pending=events, wake_at=t.state.wake_at, lease_seconds=self.lease,
-                )  # fmt: skip
+                ))  # fmt: skip
                 if saved is None:
                     # A command (cancel, approve, reject) changed the run meanwhile: its
                     # state wins; what this effect did is not recorded.
@@ -337,14 +386,14 @@ class WorkflowProcessor:
             log.warning("workflow run interrupted", extra={"run": run, "error": repr(exc)})
 
     async def _publish(
-        self, publisher: Publisher, tenant: str, pending: list[dict[str, Any]]
+        self, publisher: GroupPublisher, tenant: str, pending: list[dict[str, Any]]
     ) -> None:
         events = [CloudEvent.model_validate(e) for e in pending]
         await publisher.publish(tenant, events)
 
     async def _perform(
         self,
-        publisher: Publisher,
+        publisher: GroupPublisher,
         session: aiohttp.ClientSession,
         tenant: str,
         effect: Effect,

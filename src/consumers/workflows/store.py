@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,26 +103,46 @@ async def parent(conn: asyncpg.Connection, tenant: str, run: str) -> tuple[str, 
     return (row["workflow"], int(row["depth"])) if row is not None else None
 
 
-async def insert_run(
-    conn: asyncpg.Connection,
-    *,
-    run: str,
-    tenant: str,
-    topic: str,
-    workflow: str,
-    depth: int,
-    status: str,
-    state: dict[str, Any],
-    pending: list[dict[str, Any]],
-) -> bool:
-    """A new run, due now (so it is claimed, its events published); False if it exists."""
-    inserted = await conn.fetchval(
-        "INSERT INTO eventfold.workflow_runs (id, tenant, topic, workflow, depth, status, state,"
-        " pending, wake_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now())"
-        " ON CONFLICT (id) DO NOTHING RETURNING true",
-        run, tenant, topic, workflow, depth, status, state, pending,
-    )  # fmt: skip
-    return bool(inserted)
+@dataclass(frozen=True, slots=True)
+class NewRun:
+    """A run to start: due now, so it is claimed and its events published."""
+
+    run: str
+    tenant: str
+    topic: str
+    workflow: str
+    depth: int
+    status: str
+    state: dict[str, Any]
+    pending: list[dict[str, Any]]
+
+
+_INSERT_RUNS = """
+INSERT INTO eventfold.workflow_runs (id, tenant, topic, workflow, depth, status, state,
+    pending, wake_at)
+SELECT b.id, b.tenant, b.topic, b.workflow, b.depth, b.status, b.state, b.pending, now()
+FROM jsonb_to_recordset($1::jsonb) AS b(id text, tenant text, topic text, workflow text,
+    depth integer, status text, state jsonb, pending jsonb)
+ON CONFLICT (id) DO NOTHING RETURNING id
+"""
+
+
+async def insert_runs(conn: asyncpg.Connection, runs: Sequence[NewRun]) -> list[NewRun]:
+    """Insert new runs in one statement; those inserted (a run that exists is left be)."""
+    if not runs:
+        return []
+    docs = [
+        {"id": r.run, "tenant": r.tenant, "topic": r.topic, "workflow": r.workflow,
+         "depth": r.depth, "status": r.status, "state": r.state, "pending": r.pending}
+        for r in runs
+    ]  # fmt: skip
+    inserted = {row["id"] for row in await conn.fetch(_INSERT_RUNS, docs)}
+    out = []
+    for r in runs:
+        if r.run in inserted:
+            inserted.discard(r.run)  # one run twice in the batch: inserted once
+            out.append(r)
+    return out
 
 
 async def lock_run(
@@ -173,39 +194,101 @@ async def claim_runs(
     ]
 
 
-async def save(
-    pool: asyncpg.Pool,
-    run: str,
-    rev: int,
-    *,
-    status: str,
-    state: dict[str, Any],
-    pending: list[dict[str, Any]],
-    wake_at: float | None,
-    lease_seconds: float,
-) -> int | None:
-    """Write a transition if the run is still at ``rev``; its new rev, or None (changed)."""
+@dataclass(frozen=True, slots=True)
+class Save:
+    """A transition to write if the run is still at ``rev`` (renewing its lease)."""
+
+    run: str
+    rev: int
+    status: str
+    state: dict[str, Any]
+    pending: list[dict[str, Any]]
+    wake_at: float | None
+    lease_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """Letting go of a run at ``rev`` whose events are published."""
+
+    run: str
+    rev: int
+
+
+# The rows are locked in the order of their ids, so two statements writing many runs
+# (saves, releases, the lease renewal) never wait on each other crosswise.
+_SAVE_MANY = """
+WITH b AS (
+    SELECT * FROM jsonb_to_recordset($1::jsonb) AS b(id text, rev bigint, status text,
+        state jsonb, pending jsonb, wake_at float8, lease float8)
+), l AS (
+    SELECT w.id FROM eventfold.workflow_runs w JOIN b ON w.id = b.id AND w.rev = b.rev
+    ORDER BY w.id FOR UPDATE OF w
+)
+UPDATE eventfold.workflow_runs w SET state = b.state, status = b.status, pending = b.pending,
+    wake_at = to_timestamp(b.wake_at), rev = w.rev + 1, updated_at = now(),
+    lease_until = now() + make_interval(secs => b.lease)
+FROM b, l WHERE w.id = l.id AND w.id = b.id AND w.rev = b.rev
+RETURNING w.id, w.rev
+"""
+
+_RELEASE_MANY = """
+WITH b AS (
+    SELECT * FROM unnest($1::text[], $2::bigint[]) AS b(id, rev)
+), l AS (
+    SELECT w.id FROM eventfold.workflow_runs w JOIN b ON w.id = b.id AND w.rev = b.rev
+    ORDER BY w.id FOR UPDATE OF w
+)
+UPDATE eventfold.workflow_runs w SET pending = '[]', lease_until = '-infinity'
+FROM b, l WHERE w.id = l.id AND w.id = b.id AND w.rev = b.rev
+RETURNING w.id
+"""
+
+
+async def save(pool: asyncpg.Pool, s: Save) -> int | None:
+    """Write a transition if the run is still at ``s.rev``; its new rev, or None (changed)."""
     async with pool.acquire(timeout=5) as conn:
         new = await conn.fetchval(
             "UPDATE eventfold.workflow_runs SET state = $3, status = $4, pending = $5,"
             " wake_at = to_timestamp($6), rev = rev + 1, updated_at = now(),"
             " lease_until = now() + make_interval(secs => $7)"
             " WHERE id = $1 AND rev = $2 RETURNING rev",
-            run, rev, state, status, pending, wake_at, lease_seconds,
+            s.run, s.rev, s.state, s.status, s.pending, s.wake_at, s.lease_seconds,
         )  # fmt: skip
     return int(new) if new is not None else None
 
 
-async def release(pool: asyncpg.Pool, run: str, rev: int) -> bool:
+async def save_many(pool: asyncpg.Pool, saves: Sequence[Save]) -> list[int | None]:
+    """:func:`save` of many runs (distinct) in one statement; per run, as :func:`save`."""
+    docs = [
+        {"id": s.run, "rev": s.rev, "status": s.status, "state": s.state,
+         "pending": s.pending, "wake_at": s.wake_at, "lease": s.lease_seconds}
+        for s in saves
+    ]  # fmt: skip
+    async with pool.acquire(timeout=5) as conn:
+        rows = await conn.fetch(_SAVE_MANY, docs)
+    revs = {r["id"]: int(r["rev"]) for r in rows}
+    return [revs.get(s.run) for s in saves]
+
+
+async def release(pool: asyncpg.Pool, r: Release) -> bool:
     """Let go of a run whose events are published (it waits or has finished)."""
     async with pool.acquire(timeout=5) as conn:
         done = await conn.fetchval(
             "UPDATE eventfold.workflow_runs SET pending = '[]', lease_until = '-infinity'"
             " WHERE id = $1 AND rev = $2 RETURNING true",
-            run,
-            rev,
+            r.run,
+            r.rev,
         )
     return bool(done)
+
+
+async def release_many(pool: asyncpg.Pool, releases: Sequence[Release]) -> list[bool]:
+    """:func:`release` of many runs (distinct) in one statement; per run, as :func:`release`."""
+    async with pool.acquire(timeout=5) as conn:
+        rows = await conn.fetch(_RELEASE_MANY, [r.run for r in releases], [r.rev for r in releases])
+    done = {row["id"] for row in rows}
+    return [r.run in done for r in releases]
 
 
 async def reload(pool: asyncpg.Pool, run: str) -> Claimed | None:
@@ -224,8 +307,9 @@ async def renew(pool: asyncpg.Pool, runs: list[str], lease_seconds: float) -> No
     """Extend the leases of the runs this processor is driving."""
     async with pool.acquire(timeout=5) as conn:
         await conn.execute(
-            "UPDATE eventfold.workflow_runs SET lease_until = now() + make_interval(secs => $2)"
-            " WHERE id = ANY($1::text[])",
+            "UPDATE eventfold.workflow_runs w SET lease_until = now() + make_interval(secs => $2)"
+            " FROM (SELECT id FROM eventfold.workflow_runs WHERE id = ANY($1::text[])"
+            " ORDER BY id FOR UPDATE) l WHERE w.id = l.id",
             runs,
             lease_seconds,
         )
