@@ -30,6 +30,7 @@ from tests.integration.workflow_helpers import (
     finished,
     runs_of,
     step,
+    wait_record,
     wait_run,
 )
 
@@ -112,7 +113,9 @@ async def test_the_paid_order_runs_every_step_kind_once(
     created = await tenant.read_json("/events/workflow.created:paid-order")
     assert "s3cret" not in json.dumps(created)
     assert step(run, "crm")["output"] == {"id": "crm-7"}
-    record = await tenant.read_json("/collections/orders/records/o1")
+    record = await wait_record(
+        tenant, "/collections/orders/records/o1", lambda r: "crm_id" in r["data"]
+    )
     assert record["data"]["crm_id"] == "crm-7"
     [mail] = mailbox.of(run["id"])
     assert mail["Subject"] == "Order o1 paid"
@@ -337,7 +340,7 @@ async def test_a_run_never_starts_its_own_workflow(tenant: TenantApi) -> None:
     await tenant.write("PUT", "/collections/items/records/i1", json={"n": 1})
     [run] = await wait_run(tenant, "self", finished)
     assert run["status"] == "succeeded"
-    record = await tenant.read_json("/collections/items/records/i1")
+    record = await wait_record(tenant, "/collections/items/records/i1", lambda r: r["version"] >= 2)
     assert record["data"] == {"n": 1, "touched": True}
     assert record["version"] == 2
     await asyncio.sleep(1.0)

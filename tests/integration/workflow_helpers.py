@@ -185,6 +185,27 @@ async def wait_run(
         await asyncio.sleep(0.1)
 
 
+async def wait_record(
+    tenant: TenantApi, path: str, done: Callable[[dict[str, Any]], bool], *, within: float = 30
+) -> dict[str, Any]:
+    """The record at ``path`` once ``done`` holds for it.
+
+    A step's record write is acknowledged by Kafka before its run goes on, and the
+    projector applies it a little later: a read right after the run is not a token read.
+    """
+    deadline = time.monotonic() + within
+    while True:
+        resp = await tenant.read(path)
+        if resp.status == 200:
+            record: dict[str, Any] = await resp.json()
+            if done(record):
+                return record
+        else:
+            record = {"status": resp.status}
+        assert time.monotonic() < deadline, f"the record never got there: {record}"
+        await asyncio.sleep(0.1)
+
+
 def finished(run: dict[str, Any]) -> bool:
     return run["status"] in ("succeeded", "failed", "cancelled")
 
