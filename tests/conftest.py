@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +25,8 @@ import pytest_asyncio
 from eventfold.settings import Settings
 
 RUN_ID = uuid.uuid4().hex[:8]
+#: The ``eventfold`` command of this environment.
+EVENTFOLD = str(Path(sys.executable).with_name("eventfold"))
 
 
 def free_port() -> int:
@@ -98,6 +104,26 @@ async def _delete_topics(settings: Settings, topics: list[str]) -> None:
 def new_tenant_id() -> str:
     """A tenant id no other test uses."""
     return f"t{uuid.uuid4().hex[:12]}"
+
+
+@contextmanager
+def process(*args: str, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    """``eventfold ARGS``, its stdout and stderr in one pipe; stopped with SIGTERM after."""
+    proc = subprocess.Popen(
+        [EVENTFOLD, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
 
 
 async def wait_until_ready(http: Any, base: str, proc: subprocess.Popen[bytes]) -> None:

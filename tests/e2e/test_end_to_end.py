@@ -5,11 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -19,9 +15,7 @@ from eventfold.auth import issue_token
 from eventfold.consistency import decode, encode
 from eventfold.sealing import new_key_spec
 from eventfold.settings import Settings
-from tests.conftest import free_port, new_tenant_id, wait_until_ready
-
-EVENTFOLD = str(Path(sys.executable).with_name("eventfold"))
+from tests.conftest import free_port, new_tenant_id, process, wait_until_ready
 
 
 def env_for(settings: Settings, port: int) -> dict[str, str]:
@@ -33,25 +27,6 @@ def env_for(settings: Settings, port: int) -> dict[str, str]:
         "EVENTFOLD_CONSUMER_GROUP_PREFIX": settings.consumer_group_prefix + ".e2e",
         "EVENTFOLD_JWT_SECRET": settings.jwt_secret,
     }
-
-
-@contextmanager
-def process(*args: str, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(
-        [EVENTFOLD, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stdout:
-            proc.stdout.close()
 
 
 @pytest.fixture

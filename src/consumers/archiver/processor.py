@@ -140,7 +140,7 @@ class Archiver(MemberLoop):
         """
         self._stop = stop
 
-        consumer = make_consumer(
+        self.consumer = consumer = make_consumer(
             self.settings,
             group=self.group,
             client_id=f"eventfold-{self.name}",

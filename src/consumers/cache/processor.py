@@ -102,7 +102,7 @@ class CacheProcessor(MemberLoop):
         watcher = CheckpointWatcher(
             self.settings.database_url, self.pool, consumer=self.projector, topic=self.topic
         )
-        consumer = make_consumer(
+        self.consumer = consumer = make_consumer(
             self.settings,
             group=self.group,
             client_id=f"eventfold-{self.name}",

@@ -103,7 +103,7 @@ class Projector(MemberLoop):
         )
 
     async def _run(self, stop: asyncio.Event, burst: bool, member: membership.Member) -> None:
-        consumer = make_consumer(
+        self.consumer = consumer = make_consumer(
             self.settings,
             group=self.group,
             client_id=f"eventfold-{self.name}",

@@ -126,7 +126,8 @@ class SyncRunner:
         self._ready = False
 
     def is_ready(self) -> bool:
-        """Whether the runner claims integrations (its publisher to Kafka started)."""
+        """Whether the runner claims integrations: its publisher to Kafka started and its
+        last look for due integrations (the first one included) answered."""
         return self._ready
 
     async def run(self, stop: asyncio.Event | None = None, *, burst: bool = False) -> None:
@@ -141,7 +142,6 @@ class SyncRunner:
         await _start(publisher, stop)
         allow = AllowList.parse(self.settings.webhook_allow_hosts)
         session = guarded_session(allow, limit=self.settings.sync_concurrency * 2)
-        self._ready = True
         try:
             while not stop.is_set():
                 free = self.settings.sync_concurrency - len(self._running)
