@@ -324,6 +324,9 @@ class Settings:
     analytics_flush_ms: Count = 200
     analytics_prune_seconds: Seconds = 60.0
     log_level: LogLevel = "INFO"
+    #: One JSON line per answered HTTP request (method, route template, status,
+    #: duration, tenant, request id) at INFO, logger ``eventfold.access``; false: none.
+    access_log: Flag = True
     #: Which services the user pointed at their own instance (infra skips those).
     external: frozenset[str] = field(default_factory=frozenset, metadata=INTERNAL)
 

@@ -15,7 +15,7 @@ from eventfold.auth import issue_token
 from eventfold.consistency import decode, encode
 from eventfold.sealing import new_key_spec
 from eventfold.settings import Settings
-from tests.conftest import free_port, new_tenant_id, process, wait_until_ready
+from tests.conftest import free_port, new_tenant_id, output, process, wait_until_ready
 
 
 def env_for(settings: Settings, port: int) -> dict[str, str]:
@@ -112,7 +112,7 @@ async def test_all_in_one_process(session: aiohttp.ClientSession, settings: Sett
         await scenario(session, settings, base, base)
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(proc.wait, 20) == 0
-        out = proc.stdout.read().decode() if proc.stdout else ""
+        out = output(proc)
     assert f"serving on {base}" in out
     assert "dev platform-admin token" in out
     # The secret came from the environment, so it is not echoed.
@@ -136,7 +136,7 @@ async def test_production_run_prints_no_credential(
         await wait_until_ready(session, base, proc)
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(proc.wait, 20) == 0
-        out = proc.stdout.read().decode() if proc.stdout else ""
+        out = output(proc)
     assert f"serving on {base}" in out
     # Logs are read by more people than may hold a platform-admin token.
     assert "platform-admin token" not in out

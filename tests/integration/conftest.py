@@ -5,17 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest_asyncio
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
@@ -25,6 +27,7 @@ from entrypoints.bootstrap import Parts, create_app
 from entrypoints.registry import PROCESSORS
 from eventfold.auth import issue_token
 from eventfold.clients import open_pool
+from eventfold.logs import JsonFormatter
 from eventfold.settings import Settings
 from tests.conftest import new_tenant_id
 
@@ -234,3 +237,32 @@ async def kill_9_after_assignment(settings: Settings, group: str) -> None:
     finally:
         dead.send_signal(signal.SIGKILL)
         dead.wait()
+
+
+class JsonLines(logging.Handler):
+    """Formats records as the process would (JSON) and wakes a waiter on each."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(JsonFormatter())
+        self.lines: list[dict[str, Any]] = []
+        self.changed = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(orjson.loads(self.format(record)))
+        self.changed.set()
+
+
+@contextlib.contextmanager
+def captured(name: str, level: int = logging.INFO) -> Iterator[JsonLines]:
+    """The JSON lines logger ``name`` writes at ``level`` or above, while in the block."""
+    logger = logging.getLogger(name)
+    handler, before = JsonLines(), logger.level
+    handler.setLevel(level)
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(before)

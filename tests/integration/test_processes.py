@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from consumers.runtime.kafka import lag_known
 from eventfold.settings import Settings
-from tests.conftest import free_port, process, wait_until_ready
+from tests.conftest import free_port, output, process, wait_until_ready
 from tests.integration.conftest import kill_9_after_assignment, process_env
 
 
@@ -120,8 +120,7 @@ async def test_a_taken_address_stops_the_process_with_one_line(lane: Settings) -
         port = taken.getsockname()[1]
         with process("process", "notifier", env=process_env(lane, port)) as proc:
             assert await asyncio.to_thread(proc.wait, 60) == 1
-            assert proc.stdout is not None
-            lines = proc.stdout.read().decode().splitlines()
+            lines = output(proc).splitlines()
     assert len(lines) == 1, lines
     assert lines[0].startswith(
         f"eventfold process notifier: cannot serve health and metrics on 127.0.0.1:{port}"

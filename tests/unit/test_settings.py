@@ -41,6 +41,7 @@ def test_defaults_from_the_contract(tmp_path: Path) -> None:
     assert s.external == frozenset()
     assert s.var_dir == tmp_path.resolve() / "var"
     assert s.mode == "dev"  # a source checkout
+    assert s.access_log is True
 
 
 def test_overrides(tmp_path: Path) -> None:
@@ -60,6 +61,7 @@ def test_overrides(tmp_path: Path) -> None:
             EVENTFOLD_JWT_AUDIENCE="aud",
             EVENTFOLD_WEBHOOK_ALLOW_HOSTS=" hooks.local , 10.0.0.0/8,,",
             EVENTFOLD_LOG_LEVEL="debug",
+            EVENTFOLD_ACCESS_LOG="off",
         )
     )
     assert (s.http_host, s.http_port) == ("0.0.0.0", 9999)
@@ -73,6 +75,7 @@ def test_overrides(tmp_path: Path) -> None:
     assert (s.jwt_issuer, s.jwt_audience) == ("iss", "aud")
     assert s.webhook_allow_hosts == ("hooks.local", "10.0.0.0/8")
     assert s.log_level == "DEBUG"
+    assert s.access_log is False
     assert s.external == frozenset({"kafka", "postgres", "redis", "s3"})
     assert not (tmp_path / "var" / "jwt-secret").exists()
 
