@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import AfterValidator, BeforeValidator, Field, FilePath, TypeAdapter, ValidationError
 
@@ -184,6 +184,21 @@ KeyringSpec = Annotated[
 ]
 
 
+def next_database(url: str) -> str:
+    """``url`` (a Redis URL) naming the next logical database of the same server.
+
+    ``redis://h:6379/0`` -> ``redis://h:6379/1`` (no database is 0), and a
+    ``unix://`` URL's ``?db=`` likewise; credentials and options stay.
+    """
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        query = dict(parse_qsl(parts.query))
+        query["db"] = str(int(query.get("db") or 0) + 1)
+        # Not urlunsplit: it drops the empty host of ``unix:///path``.
+        return f"{url.partition('?')[0]}?{urlencode(query)}"
+    return urlunsplit(parts._replace(path=f"/{int(parts.path.strip('/') or 0) + 1}"))
+
+
 def source_checkout() -> Path | None:
     """The source checkout this package runs from (an editable install), else None."""
     checkout = Path(eventfold.__file__).resolve().parents[2]
@@ -216,7 +231,13 @@ class Settings:
     http_port: Port = 8080
     kafka_bootstrap: BootstrapServers = "127.0.0.1:9092"
     database_url: PostgresUrl = "postgresql://eventfold:eventfold@127.0.0.1:5432/eventfold"
+    #: What must not vanish (rate-limit buckets, dedup keys, analytics windows, stream
+    #: slots): a server that never evicts (``maxmemory-policy noeviction``).
     redis_url: RedisUrl = "redis://127.0.0.1:6379/0"
+    #: The record cache (entries, tombstones, hot keys), which may be evicted: a server
+    #: with ``maxmemory-policy allkeys-lru`` of its own. Unset: the next database of
+    #: ``redis_url``'s server (``/0`` -> ``/1``), see :attr:`cache_url`.
+    cache_redis_url: RedisUrl = ""
     s3_endpoint: HttpUrl = "http://127.0.0.1:9000"
     s3_bucket: str = "eventfold-archive"
     s3_access_key: str = "eventfold"
@@ -334,6 +355,12 @@ class Settings:
     def var_dir(self) -> Path:
         """Data, logs and pid files of the local stack."""
         return self.home / "var"
+
+    @property
+    def cache_url(self) -> str:
+        """The record cache's Redis: ``cache_redis_url``, else the database after
+        ``redis_url``'s on the same server (keys apart, flushable apart)."""
+        return self.cache_redis_url or next_database(self.redis_url)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

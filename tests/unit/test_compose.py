@@ -73,8 +73,22 @@ def test_no_secret_has_a_default(text: str, compose: dict[str, Any]) -> None:
         key, sep, value = line.strip().partition(": ")
         if sep and re.search(r"PASSWORD|SECRET|_KEYS", key) and value:
             assert VARIABLE.search(value), line
-    for name in ("EVENTFOLD_DATABASE_URL", "EVENTFOLD_REDIS_URL"):
+    for name in ("EVENTFOLD_DATABASE_URL", "EVENTFOLD_REDIS_URL", "EVENTFOLD_CACHE_REDIS_URL"):
         assert VARIABLE.search(env[name]), name
+
+
+def test_the_cache_may_be_evicted_but_the_state_never(compose: dict[str, Any]) -> None:
+    """Redis sets its eviction policy per server: the state and the cache get one each."""
+    env = compose["x-eventfold-env"]
+    assert "@redis:6379/" in env["EVENTFOLD_REDIS_URL"]
+    assert "@redis-cache:6379/" in env["EVENTFOLD_CACHE_REDIS_URL"]
+
+    def policy(service: str) -> str:
+        command = compose["services"][service]["command"]
+        return str(command[command.index("--maxmemory-policy") + 1])
+
+    assert (policy("redis"), policy("redis-cache")) == ("noeviction", "allkeys-lru")
+    assert compose["x-eventfold-depends"]["redis-cache"] == {"condition": "service_healthy"}
 
 
 def test_eventfold_connects_as_its_own_role_made_by_the_bootstrap_script(
