@@ -36,6 +36,6 @@ RUN pip install --no-deps . \
 USER eventfold
 EXPOSE 8080
 
-# Health checks are per process (docker-compose.yml): not every process serves HTTP.
+# Every process answers /health/ready on 8080 (docker-compose.yml checks each with it).
 ENTRYPOINT ["eventfold"]
 CMD ["run"]

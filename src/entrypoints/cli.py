@@ -32,8 +32,13 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="everything in one process: API, ingest and processors")
     run.add_argument("--no-token", action="store_true", help="do not print a dev admin token")
 
-    serve = sub.add_parser("serve", help="serve one HTTP part alone")
-    serve.add_argument("part", choices=["api", "ingest"])
+    serve = sub.add_parser("serve", help="serve HTTP parts without the processors")
+    serve.add_argument(
+        "part",
+        nargs="+",
+        choices=["api", "ingest"],
+        help="api (reads), ingest (writes), or both on one port",
+    )
 
     process = sub.add_parser("process", help="run one stream processor alone")
     process.add_argument("name", choices=sorted(PROCESSORS))
@@ -113,9 +118,10 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from entrypoints.bootstrap import Parts  # deferred: start-up cost (the app and its clients)
 
-    parts = Parts(api=args.part == "api", ingest=args.part == "ingest", processors=())
+    named = [p for p in ("api", "ingest") if p in args.part]
+    parts = Parts(api="api" in named, ingest="ingest" in named, processors=())
     url = f"http://{settings.http_host}:{settings.http_port}"
-    return _serve_app(settings, parts, [f"eventfold: serving {args.part} on {url}"])
+    return _serve_app(settings, parts, [f"eventfold: serving {' and '.join(named)} on {url}"])
 
 
 def _serve_app(settings: Settings, parts: Any, banner: list[str]) -> int:

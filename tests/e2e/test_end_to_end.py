@@ -164,3 +164,26 @@ async def test_each_part_in_its_own_process(
         # The write route lives in the ingest process only (the API lists tenants).
         async with session.post(f"http://127.0.0.1:{api_port}/v1/tenants", json={}) as r:
             assert r.status == 405
+
+
+@pytest.mark.usefixtures("stack")
+async def test_one_http_process_for_reads_and_writes_beside_the_processors(
+    session: aiohttp.ClientSession, settings: Settings
+) -> None:
+    """docker-compose.yml's shape: `serve api ingest` is the one entry point (the README's
+    walkthrough all on one port); the processors run in processes of their own."""
+    port, projector_port = free_port(), free_port()
+    base = f"http://127.0.0.1:{port}"
+    with (
+        process("serve", "api", "ingest", env=env_for(settings, port)) as http,
+        process("process", "projector", env=env_for(settings, projector_port)) as projector,
+    ):
+        await wait_until_ready(session, base, http)
+        await wait_until_ready(session, f"http://127.0.0.1:{projector_port}", projector)
+        await scenario(session, settings, base, base)
+        async with session.get(f"{base}/health/ready") as r:
+            # No processor in the HTTP process: its readiness names none.
+            assert "projector" not in (await r.json())["checks"]
+        http.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(http.wait, 20) == 0
+        assert f"eventfold: serving api and ingest on {base}" in output(http)
