@@ -9,6 +9,12 @@ stdout and to ``benchmarks/results/<date>-throughput.json`` (with the commit).
 
     make bench                           # defaults below
     .venv/bin/python -m benchmarks.throughput --batch-events 200000 --single-requests 20000
+
+``--trace both`` measures what tracing costs: the same load twice on fresh topics, without
+and with OpenTelemetry on (gateway and projector; spans exported by the SDK's batch
+processor to the console exporter writing to /dev/null, so the spans' serialisation
+counts), and the CPU per event of each side by side (``tracing_overhead``). ``--trace
+on`` runs only the traced one.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from benchmarks import provenance
 from benchmarks.private import private_settings
 from consumers.projector.processor import Projector
 from devstack import ensure_topics
+from eventfold import tracing
 from eventfold.auth import issue_token
 from eventfold.clients import open_pool
 from eventfold.metrics import Metrics
@@ -97,6 +104,22 @@ async def _wait_ready(session: aiohttp.ClientSession, base: str) -> None:
     raise SystemExit(f"ingest process at {base} did not become ready")
 
 
+#: What turns tracing on in the processes under test (the console exporter's output is
+#: thrown away: the gateway's stdout is /dev/null, the projector's exporter writes there).
+TRACE_ENV = {"OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "eventfold-bench"}
+
+
+def _trace_in_process() -> None:
+    """Tracing on in this process (the projector's catch-up), spans dropped in /dev/null."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+    provider = TracerProvider()
+    devnull = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the provider
+    provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter(out=devnull)))
+    tracing.enable(provider)
+
+
 async def _project(settings: Settings, label: str) -> dict[str, Any]:
     pool = await open_pool(settings)
     try:
@@ -120,17 +143,51 @@ async def _project(settings: Settings, label: str) -> dict[str, Any]:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
+    """The load once per ``--trace`` choice; with both, the overhead beside them."""
+    if args.trace != "both":
+        return await run_once(args, traced=args.trace == "on")
+    print("== without tracing", flush=True)
+    untraced = await run_once(args, traced=False)
+    print("== with tracing", flush=True)
+    traced = await run_once(args, traced=True)
+    pairs = {
+        "gateway_cpu_ms_per_1000_batched_events": (
+            untraced["ingest_batches"]["gateway_cpu_ms_per_1000_events"],
+            traced["ingest_batches"]["gateway_cpu_ms_per_1000_events"],
+        ),
+        "gateway_cpu_ms_per_single_request": (
+            untraced["ingest_single"]["gateway_cpu_ms_per_request"],
+            traced["ingest_single"]["gateway_cpu_ms_per_request"],
+        ),
+        "projector_cpu_seconds_per_1000_events": (
+            untraced["projector_catch_up"]["projector_cpu_seconds_per_1000_events"],
+            traced["projector_catch_up"]["projector_cpu_seconds_per_1000_events"],
+        ),
+    }
+    overhead = {
+        name: {"off": off, "on": on, "percent": round(100 * (on - off) / off, 1) if off else None}
+        for name, (off, on) in pairs.items()
+    }
+    for name, o in overhead.items():
+        print(f"  {name}: {o['off']} -> {o['on']} ({o['percent']:+} %)", flush=True)
+    return {"untraced": untraced, "traced": traced, "tracing_overhead": overhead}
+
+
+async def run_once(args: argparse.Namespace, *, traced: bool) -> dict[str, Any]:
+    """One measurement on fresh private topics, with tracing on or off in the processes."""
     run_id = uuid.uuid4().hex[:6]
     settings = private_settings(run_id, partitions=args.partitions)
     await ensure_topics(settings)
     port = _free_port()
     env = {
-        **os.environ,
+        # Tracing as this run says, whatever OTEL_* the caller has set.
+        **{k: v for k, v in os.environ.items() if not k.startswith("OTEL_")},
         "EVENTFOLD_HTTP_PORT": str(port),
         "EVENTFOLD_EVENTS_TOPIC": settings.events_topic,
         "EVENTFOLD_DLQ_TOPIC": settings.dlq_topic,
         "EVENTFOLD_CONSUMER_GROUP_PREFIX": settings.consumer_group_prefix,
         "EVENTFOLD_LOG_LEVEL": "WARNING",
+        **(TRACE_ENV if traced else {}),
     }
     exe = str(Path(sys.executable).with_name("eventfold"))
     # The gateway under test runs in its own process, as in production.
@@ -185,7 +242,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         gateway.send_signal(signal.SIGTERM)
         gateway.wait(20)
     print("projector catch-up from an empty projection…", flush=True)
-    result["projector_catch_up"] = await _project(settings, "catch-up")
+    if traced:
+        _trace_in_process()
+    try:
+        result["projector_catch_up"] = await _project(settings, "catch-up")
+    finally:
+        tracing.shutdown()
     return result
 
 
@@ -316,6 +378,12 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--single-requests", type=int, default=10_000)
     p.add_argument("--single-concurrency", type=int, default=64)
+    p.add_argument(
+        "--trace",
+        choices=["off", "on", "both"],
+        default="off",
+        help="OpenTelemetry in the processes under test; both: the overhead (see above)",
+    )
     args = p.parse_args()
     prov = provenance.stamp()
     result = asyncio.run(run(args))

@@ -18,6 +18,7 @@ from typing import Any
 from entrypoints import dlq, replay
 from entrypoints.output import print_json
 from entrypoints.registry import PROCESSORS
+from eventfold import tracing
 from eventfold.auth import issue_token
 from eventfold.logs import setup_logging
 from eventfold.schema_files import check_schemas, export_schemas
@@ -73,6 +74,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A usage error like argparse's: one line, exit status 2, no traceback.
         print(f"eventfold: {exc}", file=sys.stderr)
         return 2
+    service = _traced_service(args)
+    if service is not None:
+        try:
+            tracing.configure(service)
+        except tracing.TracingError as exc:
+            print(f"eventfold: {exc}", file=sys.stderr)
+            return 2
     handler = {
         "run": _run,
         "serve": _serve,
@@ -89,6 +97,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(settings, args)
     except KeyboardInterrupt:
         return 130
+    finally:
+        tracing.shutdown()  # exports the spans still pending
+
+
+def _traced_service(args: argparse.Namespace) -> str | None:
+    """The default ``service.name`` of a command that serves or processes (None: no tracing)."""
+    if args.command == "run":
+        return "eventfold"
+    if args.command == "serve":
+        return "eventfold-" + "-".join(p for p in ("api", "ingest") if p in args.part)
+    if args.command == "process":
+        return f"eventfold-{args.name}"
+    return None
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:

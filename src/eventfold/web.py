@@ -19,7 +19,7 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from eventfold import faults, ids
+from eventfold import faults, ids, tracing
 from eventfold.apikeys import UnknownApiKey
 from eventfold.appkeys import (
     ADMISSION,
@@ -157,6 +157,28 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
         return response
     finally:
         correlation_id.reset(token)
+
+
+@web.middleware
+async def tracing_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The request's server span (:mod:`eventfold.tracing`), a child of its ``traceparent``
+    header; installed only while tracing is on. Named by the route template, as metrics."""
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    attributes = {"http.request.method": request.method, "http.route": route}
+    with tracing.server_span(request.headers, f"{request.method} {route}", attributes) as span:
+        response = await handler(request)
+        tracing.set_attributes(
+            span,
+            {
+                "http.response.status_code": response.status,
+                "eventfold.tenant": request.match_info.get("tenant"),
+                "eventfold.request_id": response.headers.get("X-Request-ID"),
+            },
+        )
+        if response.status >= 500:
+            tracing.failed(span, f"HTTP {response.status}")
+        return response
 
 
 #: Response headers a browser script may read across origins.

@@ -51,6 +51,7 @@ from consumers.sync.connectors import (
     SourceRateLimited,
     SourceRefusedCredentials,
 )
+from eventfold import tracing
 from eventfold.backoff import Backoff, retry_delay, retrying
 from eventfold.egress import AllowList, guarded_session
 from eventfold.events.integration import PollConfig, headers_purpose
@@ -107,6 +108,18 @@ class Claimed:
     cursor: str | None
     failures: int
     reconcile_due: bool
+
+
+def _poll_attributes(it: Claimed) -> dict[str, Any] | None:
+    """The integration poll span's attributes (None, and nothing built, when tracing is off)."""
+    if not tracing.enabled():
+        return None
+    return {
+        "eventfold.tenant": it.tenant,
+        "eventfold.integration.id": it.id,
+        "eventfold.integration.kind": it.kind,
+        "eventfold.integration.full_pass": it.reconcile_due,
+    }
 
 
 class SyncRunner:
@@ -197,7 +210,9 @@ class SyncRunner:
         self, it: Claimed, publisher: Publisher, session: Any, allow: AllowList
     ) -> None:
         try:
-            await self._sync(it, publisher, session, allow)
+            # A trace of its own: the events it publishes carry it on to the processors.
+            with tracing.span("integration poll", attributes=_poll_attributes(it)):
+                await self._sync(it, publisher, session, allow)
         except LeaseLost:
             log.warning("lease lost mid-run", extra={"integration": it.id})
         except SourceRefusedCredentials as exc:
