@@ -22,7 +22,11 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from eventfold import tracing
 from eventfold.settings import Settings
 
 RUN_ID = uuid.uuid4().hex[:8]
@@ -105,6 +109,20 @@ async def _delete_topics(settings: Settings, topics: list[str]) -> None:
 def new_tenant_id() -> str:
     """A tenant id no other test uses."""
     return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def span_exporter() -> Iterator[InMemorySpanExporter]:
+    """Tracing on (:mod:`eventfold.tracing`), every finished span kept in memory; off again
+    after the test. An app traces requests only if it was built while tracing was on."""
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    tracing.enable(provider)
+    try:
+        yield spans
+    finally:
+        tracing.shutdown()
 
 
 #: Each :func:`process`'s output file, by the process.

@@ -14,7 +14,7 @@ import asyncio
 import secrets
 import signal
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,12 +22,10 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from entrypoints.bootstrap import Parts
-from eventfold import tracing
 from eventfold.settings import Settings
 from tests.conftest import EVENTFOLD, free_port, output, process, wait_until_ready
 from tests.integration.conftest import Api, TenantApi, process_env, serving
@@ -39,20 +37,7 @@ PUT_ROUTE = "PUT /v1/tenants/{tenant}/collections/{collection}/records/{id}"
 
 
 @pytest.fixture
-def exporter() -> Iterator[InMemorySpanExporter]:
-    """Tracing on, every span kept in memory; off again after the test."""
-    spans = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(spans))
-    tracing.enable(provider)
-    try:
-        yield spans
-    finally:
-        tracing.shutdown()
-
-
-@pytest.fixture
-async def traced_api(lane: Settings, exporter: InMemorySpanExporter) -> AsyncIterator[Api]:
+async def traced_api(lane: Settings, span_exporter: InMemorySpanExporter) -> AsyncIterator[Api]:
     """API, gateway, projector, cache processor and notifier, built while tracing is on."""
     parts = Parts(processors=("projector", "cache", "notifier"))
     async with serving(lane, parts) as client:
@@ -123,7 +108,7 @@ def linked_to(span: ReadableSpan, target: ReadableSpan) -> bool:
 
 
 async def test_one_trace_from_the_http_request_to_the_webhook_delivery(
-    traced_api: Api, exporter: InMemorySpanExporter, lane: Settings
+    traced_api: Api, span_exporter: InMemorySpanExporter, lane: Settings
 ) -> None:
     tenant = TenantApi(traced_api, (await traced_api.create_tenant())["id"])
     trace_id, caller = secrets.randbits(128), secrets.randbits(64)
@@ -148,9 +133,9 @@ async def test_one_trace_from_the_http_request_to_the_webhook_delivery(
                     json={"since": since},
                 )  # fmt: skip
                 assert redrive.status == 200, await redrive.text()
-    (delivery,) = await until_span(exporter, "webhook delivery", trace_id)
-    (server,) = await until_span(exporter, PUT_ROUTE, trace_id)
-    (publish,) = await until_span(exporter, f"publish {lane.events_topic}", trace_id)
+    (delivery,) = await until_span(span_exporter, "webhook delivery", trace_id)
+    (server,) = await until_span(span_exporter, PUT_ROUTE, trace_id)
+    (publish,) = await until_span(span_exporter, f"publish {lane.events_topic}", trace_id)
 
     # HTTP -> publish -> (Kafka, the event) -> delivery: one trace, parent by parent.
     assert server.parent is not None
@@ -174,7 +159,7 @@ async def test_one_trace_from_the_http_request_to_the_webhook_delivery(
     # headers): linked to the publish span, each a child of it when alone in its batch.
     for name in ("projector batch", "cache refresh"):
         async with asyncio.timeout(30):
-            while not (batches := [s for s in await until_span(exporter, name)
+            while not (batches := [s for s in await until_span(span_exporter, name)
                                    if linked_to(s, publish)]):  # fmt: skip
                 await asyncio.sleep(0.05)
         batch = batches[0]  # (a refresh retried after a Redis failure is a second span)

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from eventfold import tracing
@@ -16,19 +14,6 @@ from eventfold.envelope import CloudEvent
 
 PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 OTHER = "00-11111111111111111111111111111111-2222222222222222-01"
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    """Tracing on, into memory; off again after the test."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing.enable(provider)
-    try:
-        yield exporter
-    finally:
-        tracing.shutdown()
 
 
 def event(n: int, **extensions: str) -> CloudEvent:
@@ -114,12 +99,12 @@ print(sorted(m for m in sys.modules if m.startswith("opentelemetry")))
 
 
 def test_published_events_carry_the_publish_span_but_keep_their_own(
-    spans: InMemorySpanExporter,
+    span_exporter: InMemorySpanExporter,
 ) -> None:
     with tracing.span("publish", kind="producer", parent={"traceparent": PARENT}) as current:
         assert current is not None
         fresh, own = tracing.stamped([event(1), event(2, traceparent=OTHER)])
-    publish = only(spans, "publish")
+    publish = only(span_exporter, "publish")
     assert publish.parent is not None
     assert publish.parent.span_id == int(PARENT[36:52], 16)
     expected = f"00-{publish.context.trace_id:032x}-{publish.context.span_id:016x}-01"
@@ -133,14 +118,14 @@ def test_published_events_carry_the_publish_span_but_keep_their_own(
 
 
 def test_a_batch_of_one_trace_is_its_child_and_of_many_its_own_root(
-    spans: InMemorySpanExporter,
+    span_exporter: InMemorySpanExporter,
 ) -> None:
     one = [{"traceparent": PARENT}, None, {"traceparent": PARENT}]
     with tracing.batch_span("one", one):
         pass
     with tracing.batch_span("many", [{"traceparent": PARENT}, {"traceparent": OTHER}]):
         pass
-    single, mixed = only(spans, "one"), only(spans, "many")
+    single, mixed = only(span_exporter, "one"), only(span_exporter, "many")
     assert single.context.trace_id == int(PARENT[3:35], 16)
     assert single.parent is not None
     assert single.parent.span_id == int(PARENT[36:52], 16)
