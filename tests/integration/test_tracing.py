@@ -2,15 +2,16 @@
 
 The request's W3C ``traceparent`` becomes the parent of its server span; the publish
 is its child and puts its own context into the event (the CloudEvents ``traceparent``
-extension) and the Kafka headers; the projector's batch and the cache refresh pick it
-up (linked, and the child when a batch is one trace's); the notifier's delivery is a
-child of the event's context and hands its own to the receiver. Spans are read from
-an in-memory exporter; the app runs on a private topic.
+extension) and the Kafka headers; the projector's batch, the cache refresh and the
+archived segment pick it up (linked, and the child when a batch is one trace's); the
+notifier's delivery is a child of the event's context and hands its own to the
+receiver. Spans are read from an in-memory exporter; the app runs on a private topic.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import signal
 import subprocess
@@ -38,13 +39,15 @@ PUT_ROUTE = "PUT /v1/tenants/{tenant}/collections/{collection}/records/{id}"
 
 @pytest.fixture
 async def traced_api(lane: Settings, span_exporter: InMemorySpanExporter) -> AsyncIterator[Api]:
-    """API, gateway, projector, cache processor and notifier, built while tracing is on."""
-    parts = Parts(processors=("projector", "cache", "notifier"))
-    async with serving(lane, parts) as client:
+    """API, gateway, projector, cache processor, notifier and archiver (closing segments at
+    the end of the log after a second), built while tracing is on."""
+    parts = Parts(processors=("projector", "cache", "notifier", "archiver"))
+    settings = dataclasses.replace(lane, archive_segment_seconds=1.0)
+    async with serving(settings, parts) as client:
         async with asyncio.timeout(60):
             while (await (await client.get("/health/ready")).json())["status"] != "ok":
                 await asyncio.sleep(0.1)
-        yield Api(client, lane)
+        yield Api(client, settings)
 
 
 class TracedReceiver:
@@ -156,8 +159,9 @@ async def test_one_trace_from_the_http_request_to_the_webhook_delivery(
     assert traceparent == _header(delivery)
 
     # The processors' batches picked the context up (from the envelope, from the Kafka
-    # headers): linked to the publish span, each a child of it when alone in its batch.
-    for name in ("projector batch", "cache refresh"):
+    # headers, from the archived line): linked to the publish span, each a child of it
+    # when alone in its batch.
+    for name in ("projector batch", "cache refresh", "archive segment"):
         async with asyncio.timeout(30):
             while not (batches := [s for s in await until_span(span_exporter, name)
                                    if linked_to(s, publish)]):  # fmt: skip
