@@ -10,8 +10,9 @@ not a smoke run, and rewrites the part of ``BENCHMARKS.md`` between
 2. the headline: the projector against the day-one batched peer, per run;
 3. the peers table, per run;
 4. every phase of the newest suite run (full if there is one, else quick);
-5. webhooks, analytics and integrations from the newest file holding them (a
-   suite run or the phase's own command), and the newest soak.
+5. webhooks, analytics, integrations and workflows from the newest file holding
+   them (a suite run, an ``--only`` run or the phase's own command), and the
+   newest soak.
 
 Each table says which file it comes from, that file's commit and whether the
 tree was clean. A table with no such file says "not measured yet": no figure
@@ -61,8 +62,14 @@ class Source:
 
     @property
     def sizes(self) -> str | None:
-        """``full``, ``quick``, ``smoke`` or None (a command without sizes)."""
+        """``full``, ``quick``, ``smoke`` or None (a command without sizes).
+
+        A phase's own command run with ``--smoke`` before it wrote ``sizes`` says so
+        in its arguments: it is a smoke run too.
+        """
         sizes = self.doc.get("sizes")
+        if sizes is None and (self.doc.get("args") or {}).get("smoke"):
+            return "smoke"
         return str(sizes) if sizes is not None else None
 
     def cite(self) -> str:
@@ -94,8 +101,10 @@ def newest(sources: list[Source], holds: Callable[[Source], bool]) -> Source | N
 
 
 def suite_run(sources: list[Source], sizes: str) -> Source | None:
-    """The newest suite run of ``sizes``."""
-    return newest(sources, lambda s: s.sizes == sizes and "targets" in s.doc)
+    """The newest whole suite run of ``sizes`` (a partial ``--only`` run is not one)."""
+    return newest(
+        sources, lambda s: s.sizes == sizes and "targets" in s.doc and not s.doc.get("only")
+    )
 
 
 def _section(part: dict[str, Any] | None, source: Source | None, title: str,
@@ -188,6 +197,7 @@ def generate(sources: list[Source]) -> str:
         ("webhooks", "Webhook delivery", report.webhook_lines),
         ("analytics", "Analytics (faust-streaming)", report.analytics_lines),
         ("integrations", "Integrations", report.integrations_lines),
+        ("workflows", "Workflows", report.workflows_lines),
     ):
         part, source = _part(sources, key)
         lines += [*_section(part, source, title, render), ""]

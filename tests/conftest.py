@@ -42,6 +42,10 @@ def free_port() -> int:
         return port
 
 
+#: The port of the session's SMTP server (workflow email steps).
+SMTP_PORT = free_port()
+
+
 def session_settings(**overrides: object) -> Settings:
     """Settings of this test session: own topics and group, local services."""
     base = Settings.from_env()
@@ -64,6 +68,9 @@ def session_settings(**overrides: object) -> Settings:
         "webhook_allow_hosts": ("127.0.0.1",),
         "webhook_retry_schedule": (0, 1, 1),
         "webhook_timeout_seconds": 2.0,
+        # Workflow email steps send to the session's SMTP server (tests/integration/
+        # workflow_helpers.Mailbox), on a port picked once per session.
+        "smtp_url": f"smtp://127.0.0.1:{SMTP_PORT}",
     }
     fields.update(overrides)
     return dataclasses.replace(base, **fields)  # type: ignore[arg-type]

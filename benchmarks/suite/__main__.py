@@ -1,12 +1,14 @@
-"""``python -m benchmarks.suite [--quick|--smoke] [--results DIR] [--skip a,b]``: every phase.
+"""``python -m benchmarks.suite [--quick|--smoke] [--results DIR] [--skip a,b | --only a,b]``.
 
 Order: tenants → ingest (batches, single events at saturation and fixed rates)
 → projection catch-up → check → peers on the same topic (the day-one batched
 consumer first: the headline comparison) → end-to-end write-to-visible: its own
 maximum (write+read pairs, closed loop), then 25/50/75 % of it → check → reads
 (open loop) → replay → check → webhooks (private database) → analytics →
-integrations (private database) → ``results/<date>-<sizes>.json``, ``.md``,
+integrations (private database) → workflows → ``results/<date>-<sizes>.json``, ``.md``,
 plots. Every result file names its commit and whether the tree was clean.
+``--only workflows`` runs one phase (and the core phases only when a picked phase
+builds on them); such a partial run is quoted for its phases, never as the suite run.
 ``make bench QUICK=1`` runs the quick sizes; ``--smoke`` checks the suite itself.
 """
 
@@ -25,7 +27,7 @@ from typing import Any
 
 import aiohttp
 
-from benchmarks import analytics, integrations, provenance, reads
+from benchmarks import analytics, integrations, provenance, reads, workflows
 from benchmarks.suite import check, peers, phases, report, webhooks
 
 
@@ -79,6 +81,24 @@ async def run(args: phases.Cli) -> dict[str, Any]:
     sizes, skip = args.sizes, args.skip
     doc: dict[str, Any] = {"sizes": sizes.name, "skipped": sorted(skip), "checks": {},
                            "memory_samples": {}, "memory": {}}  # fmt: skip
+    if args.only:
+        doc["only"] = sorted(args.only)
+    if args.core:
+        await _core(args, doc)
+    elif "reads" not in skip:
+        await _reads(doc, sizes)
+    await _beside(args, doc)
+    doc["peer_table"] = peer_table(doc)
+    doc["headline"] = headline(doc)
+    doc["memory_peaks"] = memory_peaks(doc["memory"])
+    doc["checks_different"] = checks_different(doc)
+    return doc
+
+
+async def _core(args: phases.Cli, doc: dict[str, Any]) -> None:
+    """Tenants, ingest, projection, and the phases on their topic and tables: peers,
+    write-to-visible, reads (in its place in the order), replay; each checked."""
+    sizes, skip = args.sizes, args.skip
     bench = await phases.Bench.create(tenants=50, partitions=8)
     try:
         _say("starting the ingest gateway, creating 50 tenants")
@@ -124,13 +144,7 @@ async def run(args: phases.Cli) -> dict[str, Any]:
         bench.stop("ingest")
 
         if "reads" not in skip:
-            _say("reads (open loop)")
-            read_args = argparse.Namespace(records=sizes.read_records, seconds=sizes.read_seconds,
-                                           connections=64, rates=[1000, 2000, 5000])  # fmt: skip
-            await _optional(doc, "reads", lambda: reads.run(read_args))
-            for kind in ("cached", "uncached", "lists"):
-                if "reads" in doc:
-                    doc["memory"][f"api (reads, {kind})"] = doc["reads"][kind]["api_peak_rss_mib"]
+            await _reads(doc, sizes)
 
         if "replay" not in skip:
             _say("replay")
@@ -140,6 +154,21 @@ async def run(args: phases.Cli) -> dict[str, Any]:
     finally:
         bench.stop_all()
 
+
+async def _reads(doc: dict[str, Any], sizes: phases.Sizes) -> None:
+    """The reads phase (its own records and API process)."""
+    _say("reads (open loop)")
+    read_args = argparse.Namespace(records=sizes.read_records, seconds=sizes.read_seconds,
+                                   connections=64, rates=[1000, 2000, 5000])  # fmt: skip
+    await _optional(doc, "reads", lambda: reads.run(read_args))
+    for kind in ("cached", "uncached", "lists"):
+        if "reads" in doc:
+            doc["memory"][f"api (reads, {kind})"] = doc["reads"][kind]["api_peak_rss_mib"]
+
+
+async def _beside(args: phases.Cli, doc: dict[str, Any]) -> None:
+    """The phases with a database or topic of their own, after the core ones."""
+    sizes, skip = args.sizes, args.skip
     if "webhooks" not in skip:
         _say("webhooks (a private database)")
         await _optional(doc, "webhooks", lambda: webhooks.run(sizes))
@@ -156,11 +185,11 @@ async def run(args: phases.Cli) -> dict[str, Any]:
     if "integrations" not in skip:
         _say("integrations (a private database)")
         await _optional(doc, "integrations", lambda: integrations.measure(sizes.integration_items))
-    doc["peer_table"] = peer_table(doc)
-    doc["headline"] = headline(doc)
-    doc["memory_peaks"] = memory_peaks(doc["memory"])
-    doc["checks_different"] = checks_different(doc)
-    return doc
+    if "workflows" not in skip:
+        _say("workflows (eventfold run, a topic of its own)")
+        await _optional(
+            doc, "workflows", lambda: workflows.measure(sizes.workflow_runs, sizes.fixed_seconds)
+        )
 
 
 async def _optional(
@@ -203,8 +232,11 @@ def memory_peaks(memory: dict[str, float]) -> dict[str, float]:
     return peaks
 
 
-def checks_different(doc: dict[str, Any]) -> int:
-    """Correctness checks that did not come out equal: Eventfold's after each phase, each peer's."""
+def checks_different(doc: dict[str, Any]) -> int | None:
+    """Correctness checks that did not come out equal: Eventfold's after each phase, each
+    peer's; None when none ran (an ``--only`` run of phases that check nothing)."""
+    if not doc.get("checks") and not doc.get("peers"):
+        return None
     verdicts = list(doc.get("checks", {}).values())
     verdicts += [p["check"] for p in doc.get("peers", {}).values() if "check" in p]
     missing = sum(1 for p in doc.get("peers", {}).values() if "check" not in p)
@@ -275,7 +307,9 @@ def main() -> None:
     doc["seconds"] = round(time.monotonic() - started, 1)
     doc["machine"] = _machine()
     doc["targets"] = report.verdicts(doc)
-    path = provenance.new_path(args.results, provenance.dated_stem(args.sizes.name))
+    # A partial run's file names its phases: ``<date>-smoke-workflows.json``.
+    name = "-".join([args.sizes.name, *sorted(args.only)])
+    path = provenance.new_path(args.results, provenance.dated_stem(name))
     stem = path.stem
     doc["plots"] = report.plots(doc, args.results, stem)
     report.write_json(doc, path)

@@ -74,6 +74,9 @@ class Sizes:
     #: Events through the analytics worker; items of the integration's initial sync.
     analytics_events: int
     integration_items: int
+    #: Runs of the 3-step workflow triggered at once (saturation); the latency phase
+    #: then runs ``fixed_seconds`` at half the rate reached.
+    workflow_runs: int
 
 
 #: In flight at once for single-event ingest at saturation; the eventsourcing peer
@@ -84,20 +87,24 @@ SINGLE_CONCURRENCY = 64
 #: (a re-sent one would take the gateway's cheaper duplicate path).
 QUICK = Sizes(
     "quick", 40_000, (5_000, 10_000), 2, 8_000, (500, 1000, 2000, 5000), 3, 3_000, 8, 5_000,
-    5_000, 5, 5_000, 20_000, 10_000,
+    5_000, 5, 5_000, 20_000, 10_000, 2_000,
 )  # fmt: skip
 FULL = Sizes(
     "full", 300_000, (10_000, 20_000), 10, 30_000, (1000, 2000, 5000), 15, 10_000, 20, 20_000,
-    20_000, 15, 20_000, 50_000, 20_000,
+    20_000, 15, 20_000, 50_000, 20_000, 10_000,
 )  # fmt: skip
 #: A run of a few minutes that exercises every code path (for changing the suite itself).
 SMOKE = Sizes(
-    "smoke", 5_000, (2_000,), 1, 500, (200,), 1, 200, 1, 300, 500, 1, 200, 1_000, 500,
+    "smoke", 5_000, (2_000,), 1, 500, (200,), 1, 200, 1, 300, 500, 1, 200, 1_000, 500, 200,
 )  # fmt: skip
 
-#: Phases a run may leave out (``--skip``); ingest and projection always run.
+#: Phases a run may leave out (``--skip``) or pick (``--only``); ingest and projection
+#: run whenever a picked phase builds on them (:data:`ON_THE_CORE`).
 OPTIONAL_PHASES = ("peers", "visible", "reads", "replay", "webhooks", "analytics",
-                   "integrations")  # fmt: skip
+                   "integrations", "workflows")  # fmt: skip
+#: Optional phases that read the topic and tables the core phases (tenants, ingest,
+#: projection) fill; the others set up their own database and topic.
+ON_THE_CORE = frozenset({"peers", "visible", "replay"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,11 +114,28 @@ class Cli:
     sizes: Sizes
     results: Path
     skip: frozenset[str]
+    #: The phases picked with ``--only`` (empty: every phase not skipped). Such a run
+    #: is partial: its parts are quoted, but it is not "the newest suite run".
+    only: frozenset[str] = frozenset()
+
+    @property
+    def core(self) -> bool:
+        """Whether tenants, ingest and projection run: always, unless ``--only`` picked
+        phases none of which builds on them."""
+        return not self.only or bool(self.only & ON_THE_CORE)
+
+
+def _phases(p: argparse.ArgumentParser, value: str) -> frozenset[str]:
+    names = frozenset(x for x in value.split(",") if x)
+    unknown = names - set(OPTIONAL_PHASES)
+    if unknown:
+        p.error(f"no such optional phase: {', '.join(sorted(unknown))}")
+    return names
 
 
 def cli(description: str | None, argv: list[str] | None = None, *, suite: bool = True) -> Cli:
     """``--quick`` / ``--smoke`` (else the full sizes), ``--results DIR``, and for the
-    whole ``suite`` ``--skip a,b``."""
+    whole ``suite`` ``--skip a,b`` or ``--only a,b``."""
     from benchmarks.provenance import RESULTS
 
     p = argparse.ArgumentParser(
@@ -122,14 +146,20 @@ def cli(description: str | None, argv: list[str] | None = None, *, suite: bool =
     p.add_argument("--results", type=Path, default=RESULTS, help="where result files go")
     if suite:
         optional = ",".join(OPTIONAL_PHASES)
-        p.add_argument("--skip", default="", help=f"phases to leave out: {optional}")
+        picks = p.add_mutually_exclusive_group()
+        picks.add_argument("--skip", default="", help=f"phases to leave out: {optional}")
+        picks.add_argument(
+            "--only", default="",
+            help="only these optional phases (and ingest and projection if one of them"
+            f" builds on them: {','.join(sorted(ON_THE_CORE))})",
+        )  # fmt: skip
     args = p.parse_args(argv)
-    skip = frozenset(x for x in getattr(args, "skip", "").split(",") if x)
-    unknown = skip - set(OPTIONAL_PHASES)
-    if unknown:
-        p.error(f"no such optional phase: {', '.join(sorted(unknown))}")
+    skip = _phases(p, getattr(args, "skip", ""))
+    only = _phases(p, getattr(args, "only", ""))
+    if only:
+        skip = frozenset(OPTIONAL_PHASES) - only
     sizes = SMOKE if args.smoke else QUICK if args.quick else FULL
-    return Cli(sizes, args.results, skip)
+    return Cli(sizes, args.results, skip, only)
 
 
 def run_alone(
@@ -249,12 +279,13 @@ class Bench:
 
 
 async def wait_ready(base: str, proc: subprocess.Popen[bytes]) -> None:
-    """Wait for ``/health/ready`` = ok; fail when the process exits."""
+    """Wait for ``/health/ready`` = ok; fail when the process exits (a RuntimeError: an
+    optional phase whose process does not start is reported, the suite goes on)."""
     deadline = time.monotonic() + 90
     async with aiohttp.ClientSession() as session:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise SystemExit(f"{proc.args} exited with {proc.returncode}")
+                raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
             try:
                 async with session.get(f"{base}/health/ready") as r:
                     if r.status == 200:
@@ -262,7 +293,7 @@ async def wait_ready(base: str, proc: subprocess.Popen[bytes]) -> None:
             except aiohttp.ClientConnectionError:
                 pass
             await asyncio.sleep(0.2)
-    raise SystemExit(f"{base} not ready within 90 s")
+    raise RuntimeError(f"{base} not ready within 90 s")
 
 
 async def project_burst(bench: Bench, label: str) -> dict[str, Any]:

@@ -6,11 +6,13 @@ from aiohttp import web
 
 from api import (
     analytics,
+    apidocs,
     apikeys,
     collections,
     console,
     deadletters,
     events,
+    eventtypes,
     hotkeys,
     integrations,
     processors,
@@ -18,6 +20,7 @@ from api import (
     stream,
     tenants,
     webhooks,
+    workflows,
 )
 
 
@@ -33,7 +36,10 @@ def setup(app: web.Application) -> None:
     stream.setup(app)
     integrations.setup(app)
     webhooks.setup(app)
+    eventtypes.setup(app)
+    workflows.setup(app)
     analytics.setup(app)
     deadletters.setup(app)
     processors.setup(app)
     console.setup(app)
+    apidocs.setup(app)

@@ -207,6 +207,7 @@ async def redrive_dead_letters(request: web.Request) -> web.Response:
         tenant=tenant.id,
         key=body.key,
         budget_ms=_REDRIVE_BUDGET_MS,
+        topic=app[SETTINGS].events_topic,
     )
     if report.applied:
         # A read right after the redrive sees it (the cache processor would within seconds).

@@ -1,4 +1,8 @@
-"""The tenant's event history: the envelopes with their status (pending, applied, rejected)."""
+"""The tenant's event history: the envelopes with their status (pending, applied, rejected).
+
+Events of tenant types are served in their type's latest shape (upcast), with
+``dataschema`` naming that version.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ from aiohttp import web
 
 from api import models
 from eventfold import readmodel
-from eventfold.appkeys import CURSORS, POOL, REDIS
+from eventfold.appkeys import CURSORS, EVENT_TYPES, POOL, REDIS
 from eventfold.dedup import pending_event
 from eventfold.errors import FieldError, NotFound, ValidationFailed
 from eventfold.livefeed import history_item
@@ -22,7 +26,7 @@ from eventfold.openapi import (
     register,
 )
 from eventfold.tenancy import tenant_connection
-from eventfold.web import authorize_tenant, json_response, query_int
+from eventfold.web import after_a_write, authorize_tenant, json_response, query_int
 
 register(
     Operation(
@@ -107,7 +111,10 @@ async def list_events(request: web.Request) -> web.Response:
         )
     page = rows[:limit]
     next_cursor = request.app[CURSORS].encode(kind, page[-1]["seq"]) if len(rows) > limit else None
-    return json_response({"items": [history_item(r) for r in page], "next": next_cursor})
+    items = await request.app[EVENT_TYPES].upcast(
+        tenant.id, [history_item(r) for r in page], fresh=after_a_write(request)
+    )
+    return json_response({"items": items, "next": next_cursor})
 
 
 async def get_event(request: web.Request) -> web.Response:
@@ -119,7 +126,10 @@ async def get_event(request: web.Request) -> web.Response:
     async with tenant_connection(request.app[POOL], tenant.id) as conn:
         row = await readmodel.history_event(conn, tenant.id, event_id)
     if row is not None:
-        return json_response(history_item(row))
+        [item] = await request.app[EVENT_TYPES].upcast(
+            tenant.id, [history_item(row)], fresh=after_a_write(request)
+        )
+        return json_response(item)
     pending = await pending_event(request.app.get(REDIS), tenant.id, event_id)
     if pending is None:
         raise NotFound(f"no event {event_id}")

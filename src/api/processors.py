@@ -6,7 +6,8 @@ their state), the cache and analytics processors as their Kafka consumer
 group's committed offsets. The lag of a partition is the log's end minus that
 position (the log's start when there is none yet). The notifier and the sync
 runner do not read the log by position; they report their ``backlog`` instead:
-webhook deliveries pending, integrations due to sync.
+webhook deliveries pending, integrations due to sync; so does the workflows
+processor: triggers and commands not yet taken, and runs due but not yet driven.
 
 The Kafka clients are opened on the first call and kept (this route is polled
 by the console); the read API's process starts without them.
@@ -60,6 +61,7 @@ SOURCES = (
     Source("sync", None),
     Source("notifier", None),
     Source("analytics", "kafka", "-analytics"),
+    Source("workflows", None),
 )
 
 
@@ -82,7 +84,7 @@ class ProcessorOut(BaseModel):
     partitions: list[PartitionLag]
     backlog: int | None = Field(
         description="work waiting outside the log: pending webhook deliveries (notifier), "
-        "integrations due to sync (sync)"
+        "integrations due to sync (sync), triggers and due runs not yet taken (workflows)"
     )
 
 
@@ -212,6 +214,13 @@ async def _backlog(conn: asyncpg.Connection, name: str) -> int | None:
             " AND NOT paused AND (sync_requested OR next_run_at <= now())"
         )
         return due
+    if name == "workflows":
+        waiting: int = await conn.fetchval(
+            "SELECT (SELECT count(*) FROM eventfold.workflow_inbox)"
+            " + (SELECT count(*) FROM eventfold.workflow_runs"
+            "    WHERE wake_at <= now() AND lease_until < now())"
+        )
+        return waiting
     return None
 
 

@@ -33,8 +33,9 @@ from aiohttp import web
 from api.stream_hub import HUB, Frame, StreamHub, Subscriber
 from api.stream_slots import RENEW_SECONDS, StreamSlot, take_slot
 from eventfold import faults, readmodel
-from eventfold.appkeys import METRICS, POOL, REDIS, SETTINGS
+from eventfold.appkeys import EVENT_TYPES, METRICS, POOL, REDIS, SETTINGS
 from eventfold.errors import BadRequest, FieldError, Unauthorized, ValidationFailed
+from eventfold.eventtypes.names import is_custom
 from eventfold.livefeed import history_item
 from eventfold.logs import correlation_id
 from eventfold.openapi import TENANT, TENANT_ERRORS, Operation, Param, Reply, register
@@ -262,6 +263,9 @@ async def _write(
 
     async def send(frame: Frame) -> None:
         if wanted is None or wanted.fullmatch(frame.type):
+            if is_custom(frame.type):  # a tenant type: its data in the latest version's shape
+                [item] = await app[EVENT_TYPES].upcast(tenant, [orjson.loads(frame.data)])
+                frame = Frame(frame.seq, frame.type, orjson.dumps(item))
             await response.write(_encode(frame))
             metrics.stream_events_sent.inc()
 

@@ -31,6 +31,7 @@ from eventfold.appkeys import (
     AUTH_LIMIT,
     CACHE,
     CURSORS,
+    EVENT_TYPES,
     HEALTH,
     LOG_END,
     METRICS,
@@ -49,6 +50,7 @@ from eventfold.cache import RecordCache
 from eventfold.checkpoints import CheckpointWatcher
 from eventfold.clients import close_pool, open_pool, redis_client
 from eventfold.cursors import CursorCodec
+from eventfold.eventtypes.definitions import Registry
 from eventfold.health import Health, HealthOut
 from eventfold.logend import LogEnd
 from eventfold.metrics import Metrics
@@ -146,6 +148,7 @@ async def _postgres_ctx(app: web.Application) -> AsyncIterator[None]:
     pool = await open_pool(app[SETTINGS])
     app[POOL] = pool
     app[TENANTS] = TenantDirectory(pool)
+    app[EVENT_TYPES] = Registry(pool)
     app[HEALTH].add("postgres", check_postgres(pool), critical=True)
     try:
         yield

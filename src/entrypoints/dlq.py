@@ -52,8 +52,9 @@ def command(settings: Settings, args: argparse.Namespace) -> int:
         try:
             if args.dlq_command == "redrive":
                 report = await redrive(
-                    pool, consumer, tenant=args.tenant, key=args.key, dry_run=args.dry_run
-                )
+                    pool, consumer, tenant=args.tenant, key=args.key, dry_run=args.dry_run,
+                    topic=settings.events_topic,
+                )  # fmt: skip
                 if report.applied and not args.dry_run:
                     await refresh_after_redrive(settings, pool, report.keys)
                 if args.json:

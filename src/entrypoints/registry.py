@@ -62,6 +62,13 @@ def _analytics(settings: Settings, pool: asyncpg.Pool, metrics: Metrics) -> Proc
     return Analytics(settings, pool, metrics)
 
 
+def _workflows(settings: Settings, pool: asyncpg.Pool, metrics: Metrics) -> Processor:
+    # deferred: start-up cost (module docstring)
+    from consumers.workflows.processor import WorkflowProcessor
+
+    return WorkflowProcessor(settings, pool, metrics)
+
+
 PROCESSORS: dict[str, ProcessorFactory] = {
     "projector": _projector,
     "cache": _cache,
@@ -69,4 +76,5 @@ PROCESSORS: dict[str, ProcessorFactory] = {
     "sync": _sync,
     "notifier": _notifier,
     "analytics": _analytics,
+    "workflows": _workflows,
 }

@@ -177,7 +177,8 @@ def _run(settings: Settings, args: argparse.Namespace, *, compare_only: bool, ve
                 f"{r.tenant}: {what}; {r.events} events folded in {r.seconds:.1f}s; "
                 f"added {d.added}, changed {d.changed}, removed {d.removed}, "
                 f"history rows differing {d.history_differs}, "
-                f"platform rows differing {d.platform_differs}"
+                f"platform rows differing {d.platform_differs}, "
+                f"workflow rows differing {d.workflows_differs}"
             )
             if r.error:
                 print(f"{r.tenant}: not swapped: {r.error}", file=sys.stderr)

@@ -23,6 +23,7 @@ from eventfold.authlimit import AuthLimit
 from eventfold.cache import RecordCache
 from eventfold.checkpoints import CheckpointWatcher
 from eventfold.cursors import CursorCodec
+from eventfold.eventtypes.definitions import Registry
 from eventfold.health import Health
 from eventfold.logend import LogEnd
 from eventfold.metrics import Metrics
@@ -48,6 +49,8 @@ HEALTH = web.AppKey("health", Health)
 CACHE = web.AppKey("cache", RecordCache)
 #: This process's API key directory (HTTP parts only).
 API_KEYS = web.AppKey("api_keys", ApiKeyDirectory)
+#: This process's cache of tenant event types (HTTP parts only).
+EVENT_TYPES = web.AppKey("event_types", Registry)
 #: This process's per-tenant rate limiter (HTTP parts only).
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
 #: This process's limit of failed authentications per client address.

@@ -181,11 +181,73 @@ CREATE TABLE IF NOT EXISTS eventfold.webhook_attempts (
 );
 CREATE INDEX IF NOT EXISTS webhook_attempts_by_webhook
     ON eventfold.webhook_attempts (webhook_id, id);
+-- Tenant event types, one row per version (projected from eventtype.* events);
+-- id = '{tenant}/{type}/{version}'. A version never changes once registered.
+CREATE TABLE IF NOT EXISTS eventfold.event_types (
+    id             text PRIMARY KEY,
+    tenant         text NOT NULL,
+    type           text NOT NULL,
+    version        integer NOT NULL,
+    schema         jsonb NOT NULL,
+    compatibility  text NOT NULL,
+    projection     jsonb,
+    upcast         jsonb NOT NULL DEFAULT '[]',
+    created_at     timestamptz NOT NULL,
+    event_id       text NOT NULL,
+    UNIQUE (tenant, type, version)
+);
+-- The workflow processor's inbox (consumers/workflows): written by the projector in
+-- the batch transaction that applies the event (a run to start: kind 'trigger' with
+-- the record as it stood after the event; a command: 'approve', 'reject', 'cancel'),
+-- deleted by the processor in the transaction that acts on it.
+CREATE TABLE IF NOT EXISTS eventfold.workflow_inbox (
+    id          bigserial PRIMARY KEY,
+    key         text NOT NULL UNIQUE,
+    tenant      text NOT NULL,
+    topic       text NOT NULL,
+    kind        text NOT NULL,
+    workflow    text,
+    version     integer,
+    run         text,
+    step        text,
+    event       jsonb NOT NULL,
+    record      jsonb,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS workflow_inbox_by_tenant ON eventfold.workflow_inbox (topic, tenant, id);
+-- Each run's state as the processor drives it: the events of its last transition
+-- (pending, published before anything else is done for the run), its timer
+-- (wake_at) and the lease of the processor driving it.
+CREATE TABLE IF NOT EXISTS eventfold.workflow_runs (
+    id           text PRIMARY KEY,
+    tenant       text NOT NULL,
+    topic        text NOT NULL,
+    workflow     text NOT NULL,
+    depth        integer NOT NULL,
+    status       text NOT NULL,
+    state        jsonb NOT NULL,
+    pending      jsonb NOT NULL DEFAULT '[]',
+    rev          bigint NOT NULL DEFAULT 0,
+    wake_at      timestamptz,
+    lease_until  timestamptz NOT NULL DEFAULT '-infinity',
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    updated_at   timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS workflow_runs_due
+    ON eventfold.workflow_runs (topic, tenant, wake_at) WHERE wake_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS workflow_runs_unfinished
+    ON eventfold.workflow_runs (status) WHERE status IN ('running', 'waiting');
+CREATE INDEX IF NOT EXISTS workflow_runs_finished
+    ON eventfold.workflow_runs (topic, updated_at)
+    WHERE status IN ('succeeded', 'failed', 'cancelled');
 """
 #: Serialises concurrent migrations from processes starting at once.
 _MIGRATION_LOCK = 0x4576_466F  # "EvFo"
 #: Channel the projector notifies on commit; readers waiting on a token listen.
 CHECKPOINT_CHANNEL = "eventfold_checkpoints"
+#: Channel the projector notifies (with the topic) when it hands the workflow processor
+#: a trigger or a command; the processor wakes at once instead of at its next poll.
+WORKFLOW_CHANNEL = "eventfold_workflows"
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

@@ -96,12 +96,14 @@ def stamp(
     tenant: str,
     now: datetime | None = None,
     correlation: str | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> CloudEvent:
     """Set the server-owned attributes: ``tenant`` from the path, ``time`` if absent.
 
-    With ``correlation``, also ``correlationid`` if absent (in the same copy).
+    With ``correlation``, also ``correlationid`` if absent; with ``extra``, those
+    attributes as well (all in the same copy).
     """
-    updates: dict[str, Any] = {"tenant": tenant}
+    updates: dict[str, Any] = {**(extra or {}), "tenant": tenant}
     if event.time is None:
         updates["time"] = now or datetime.now(UTC)
     if correlation and event.correlationid is None:

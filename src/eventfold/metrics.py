@@ -13,9 +13,11 @@ from __future__ import annotations
 import collections
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
 _LATENCY_BUCKETS = (
@@ -243,6 +245,52 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
             registry=r,
         )
+        self.workflow_runs_started = Counter(
+            "eventfold_workflow_runs_started_total",
+            "Workflow runs started (a matching applied event, once per workflow).",
+            registry=r,
+        )
+        self.workflow_runs_finished = Counter(
+            "eventfold_workflow_runs_finished_total",
+            "Workflow runs finished, by status (succeeded, failed, cancelled).",
+            ["status"],
+            registry=r,
+        )
+        self.workflow_step_seconds = Histogram(
+            "eventfold_workflow_step_duration_seconds",
+            "One attempt of a workflow step's effect (http, record, email), by kind and outcome.",
+            ["kind", "outcome"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.workflow_step_attempts = Histogram(
+            "eventfold_workflow_step_attempts",
+            "Attempts a finished effect step took, by kind.",
+            ["kind"],
+            buckets=(1, 2, 3, 5, 10, 20),
+            registry=r,
+        )
+        self.workflow_trigger_seconds = Histogram(
+            "eventfold_workflow_trigger_latency_seconds",
+            "From the trigger event's time to its run's first step starting.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.workflow_timers_pending = Gauge(
+            "eventfold_workflow_timers_pending",
+            "Workflow timers set in the future (delays, approval timeouts, retry pauses).",
+            registry=r,
+        )
+        self.workflow_oldest_waiting_seconds = Gauge(
+            "eventfold_workflow_oldest_waiting_step_seconds",
+            "How long the oldest due run (next step, timer, retry) has waited for a processor.",
+            registry=r,
+        )
+        self.workflow_inbox = Gauge(
+            "eventfold_workflow_inbox",
+            "Triggers and commands applied but not yet taken by a workflow processor.",
+            registry=r,
+        )
         self.webhook_pending = Gauge(
             "eventfold_webhook_pending",
             "Webhook deliveries waiting (first attempt or retry).",
@@ -399,3 +447,50 @@ class TopTenants(Collector):
         for tenant, rate in self._published:
             family.add_metric([tenant], rate)
         yield family
+
+
+@dataclass(frozen=True, slots=True)
+class MetricInfo:
+    """One metric family a :class:`Metrics` registers: what the reference lists."""
+
+    #: The family's name (a counter's samples add ``_total``).
+    name: str
+    #: ``counter``, ``gauge`` or ``histogram``.
+    kind: str
+    help: str
+    #: The labels its series carry (besides the ones Prometheus adds per target).
+    labels: tuple[str, ...]
+
+    def series(self) -> dict[str, tuple[str, ...]]:
+        """Each series name it exports → its labels (a histogram adds ``le`` to buckets)."""
+        if self.kind == "counter":
+            return {f"{self.name}_total": self.labels}
+        if self.kind == "histogram":
+            return {
+                f"{self.name}_bucket": (*self.labels, "le"),
+                f"{self.name}_count": self.labels,
+                f"{self.name}_sum": self.labels,
+            }
+        return {self.name: self.labels}
+
+
+def catalogue(metrics: Metrics | None = None) -> list[MetricInfo]:
+    """Every metric family of ``metrics`` (a fresh :class:`Metrics` by default), by name.
+
+    Labels come from the collectors themselves: a labelled metric without children
+    yet has no samples to read them from.
+    """
+    metrics = metrics or Metrics(CollectorRegistry())
+    labels: dict[str, tuple[str, ...]] = {}
+    for value in vars(metrics).values():
+        if isinstance(value, MetricWrapperBase):
+            labels[value._name] = tuple(value._labelnames)
+        elif isinstance(value, TopTenants):
+            labels[value.name] = ("tenant",)
+    return sorted(
+        (
+            MetricInfo(family.name, family.type, family.documentation, labels[family.name])
+            for family in metrics.registry.collect()
+        ),
+        key=lambda info: info.name,
+    )

@@ -9,6 +9,10 @@ write through it (:func:`tenant_ddl`, :func:`create_tenant`, :func:`load_state`,
 :func:`save`), the API, the gateway, the cache, the notifier and the CLI read
 through it, and ``eventfold verify`` compares through it (:func:`compare`).
 
+The schema also holds the workflow tables (definitions, versions, runs and their
+steps), whose shape and SQL are :mod:`eventfold.workflows.tables` (the workflow
+feature's kernel part); :func:`tenant_ddl` creates them with the rest.
+
 Every function that touches a tenant's tables takes the quoted schema it works
 on: :func:`schema_of` for the live one, or a rebuild's shadow
 (:func:`shadow_schema`), passed down explicitly; nothing redirects the names
@@ -31,6 +35,7 @@ from eventfold.errors import FieldError, ValidationFailed
 from eventfold.fold import Record
 from eventfold.ids import shadow_schema_name, tenant_schema
 from eventfold.tenancy import tenant_role_ddl
+from eventfold.workflows.tables import tenant_ddl as workflow_tables
 
 #: The projection's shape; bump it when the tables below change (replay rebuilds).
 PROJECTION_VERSION = 1
@@ -131,6 +136,7 @@ def tenant_ddl(tenant: str, schema: str | None = None) -> str:
     );
     CREATE INDEX IF NOT EXISTS events_by_type ON {s}.events (type, seq);
     CREATE INDEX IF NOT EXISTS events_by_subject ON {s}.events (subject, seq);
+    {workflow_tables(s)}
     -- The shape this schema was built with (a rebuild sets it when it swaps in).
     INSERT INTO eventfold.projection_versions (tenant, version)
         VALUES ('{tenant}', {PROJECTION_VERSION}) ON CONFLICT (tenant) DO NOTHING;

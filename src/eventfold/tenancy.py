@@ -126,6 +126,17 @@ def tenant_role_ddl(tenant: str, schema: str | None = None) -> str:
     REVOKE ALL ON ALL SEQUENCES IN SCHEMA {schema} FROM PUBLIC;
     GRANT USAGE ON SCHEMA {schema} TO {role};
     GRANT SELECT ON {schema}.records, {schema}.events TO {role};
+    -- The workflow tables (a schema built before them has none until it is rebuilt).
+    DO $$
+    DECLARE t text;
+    BEGIN
+        FOREACH t IN ARRAY ARRAY['workflows', 'workflow_versions', 'runs', 'run_steps'] LOOP
+            IF to_regclass(format('%s.%I', '{schema}', t)) IS NOT NULL THEN
+                EXECUTE format('GRANT SELECT ON %s.%I TO %s', '{schema}', t, '{role}');
+            END IF;
+        END LOOP;
+    END
+    $$;
     """
 
 

@@ -334,7 +334,7 @@ async def authenticate(request: web.Request) -> Principal:
         directory = request.app.get(API_KEYS)
         if directory is None:
             raise Unauthorized("API keys are not accepted by this server")
-        if not request.headers.get("X-Consistency-Token"):
+        if not after_a_write(request):
             return await directory.authenticate(api_key)
         try:
             principal = await directory.authenticate(api_key)
@@ -397,6 +397,12 @@ async def rate_limit(request: web.Request, tenant: Tenant) -> None:
             f"({decision.limits.requests_per_second:g}/s, burst {decision.limits.burst})",
             headers=decision.headers(),
         )
+
+
+def after_a_write(request: web.Request) -> bool:
+    """Whether the request carries an ``X-Consistency-Token``: what it reads must include
+    that write's effects, so a cache filled before it is not trusted."""
+    return bool(request.headers.get("X-Consistency-Token"))
 
 
 async def wait_for_consistency(request: web.Request, tenant: str | None = None) -> None:

@@ -13,7 +13,7 @@ from eventfold.backoff import Backoff, retrying
 from eventfold.faults import is_retriable
 from eventfold.kafka import INGEST_REQUEST_TIMEOUT_MS, make_producer
 from eventfold.publisher import Publisher
-from producers import apikeys, integrations, routes, webhooks
+from producers import apikeys, eventtypes, integrations, routes, webhooks, workflows
 
 log = logging.getLogger("eventfold.ingest")
 
@@ -22,8 +22,10 @@ def setup(app: web.Application) -> None:
     """Register the write routes and the publisher's lifetime."""
     routes.setup_routes(app)
     apikeys.setup(app)
+    eventtypes.setup(app)
     integrations.setup(app)
     webhooks.setup(app)
+    workflows.setup(app)
     app.cleanup_ctx.append(_publisher_ctx)
 
 

@@ -21,6 +21,7 @@ from eventfold.errors import (
 )
 from eventfold.events import validate_data
 from eventfold.events.tenant import TenantCreated
+from eventfold.eventtypes.names import is_custom
 from eventfold.logs import correlation_id
 from eventfold.openapi import (
     AUTH_ERRORS,
@@ -40,7 +41,7 @@ from eventfold.publisher import Published, consistency_token
 from eventfold.replay import REPLAY_ATTRIBUTE
 from eventfold.tenancy import tenant_connection
 from eventfold.web import authenticate, authorize_tenant, json_response, read_json
-from producers import commands, models
+from producers import commands, custom_events, models
 from producers.bodies import CreateRecordBody, events_body
 
 _RECORD = "/v1/tenants/{tenant}/collections/{collection}/records"
@@ -148,6 +149,8 @@ async def publish_events(request: web.Request) -> web.Response:
     correlation = correlation_id.get()
     events: list[CloudEvent] = []
     errors: list[FieldError] = []
+    #: Events of tenant types: (index in ``events``, pointer in the body).
+    custom: list[tuple[int, str]] = []
     for i, raw in enumerate(raw_events):
         path = f"/{i}" if batch else ""
         if not isinstance(raw, dict):
@@ -167,11 +170,19 @@ async def publish_events(request: web.Request) -> web.Response:
                 raise EnvelopeInvalid(
                     [FieldError(f"{path}/{REPLAY_ATTRIBUTE}", "is reserved for replay tooling")]
                 )
+            if is_custom(event.type):
+                custom.append((len(events), path))  # validated and stamped below
+                events.append(event)
+                continue
             validate_data(event, path=path)
         except EnvelopeInvalid as exc:
             errors.extend(exc.errors)
             continue
         events.append(stamp(event, tenant=tenant.id, now=now, correlation=correlation))
+    if custom:
+        await custom_events.admit_events(
+            request, tenant.id, custom, events, errors, now=now, correlation=correlation
+        )
     if errors:
         which = "the event is invalid" if not batch else "invalid events; nothing was published"
         raise ValidationFailed(which, errors=errors)

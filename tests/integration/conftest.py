@@ -30,6 +30,7 @@ from eventfold.clients import open_pool
 from eventfold.logs import JsonFormatter
 from eventfold.settings import Settings
 from tests.conftest import new_tenant_id
+from tests.integration.workflow_helpers import receiver  # noqa: F401 - the workflows tests' fixture
 
 
 @dataclass

@@ -10,7 +10,6 @@ README's screenshots to ``docs/screenshots/``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
 import time
@@ -444,18 +443,16 @@ async def test_platform_admin_picks_a_tenant_and_sees_lag_health_and_no_workflow
     # (tenants are never deleted), so this one is on the list's first page.
     tenant_id = f"a0{10**10 - int(time.time())}_{uuid.uuid4().hex[:6]}"
     await api.create_tenant(tenant_id)
-    page, log = await console.signed_in(api.token("*", "platform-admin"))
+    page, _ = await console.signed_in(api.token("*", "platform-admin"))
     await expect(page.locator("#view-title")).to_have_text("Tenants")
     await page.get_by_role("link", name=tenant_id).click()
     await expect(page.locator("#view-title")).to_have_text("Overview")
     await expect(page.locator("#context")).to_contain_text(tenant_id)
     await expect(page.locator("#events")).to_contain_text("tenant.created")
 
-    log.expect(404, f"/v1/tenants/{tenant_id}/workflows")
     await page.get_by_role("link", name="Workflows").click()
-    await expect(page.get_by_role("status").filter(has_text="Workflows")).to_have_text(
-        "Workflows are not available on this server."
-    )
+    await expect(page.locator("#view-title")).to_have_text("Workflows")
+    await expect(page.get_by_role("table", name="Workflows")).to_contain_text("No workflows.")
 
     await page.get_by_role("link", name="Processors & health").click()
     projector = page.locator('tr[data-processor="projector"]')
@@ -573,136 +570,55 @@ async def test_phone_width_dark_theme_and_every_control_labelled(
         assert unlabelled == [], route
 
 
-# --- workflows, against the contract's shapes ----------------------------------------
-
-
-@dataclass
-class FakeWorkflows:
-    """CONTRACT.md's workflow routes for one tenant and one run waiting for an approval.
-
-    The server's own workflow routes do not exist yet (issue 23); until they do, the
-    console's workflow view is driven against these answers, shaped as the contract
-    fixes them. Replace this with the real routes once they land.
-    """
-
-    tenant: str = "acme"
-    calls: list[tuple[str, str, Any]] = field(default_factory=list)
-    run: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        step = {"attempts": 1, "output": None, "error": None,
-                "started_at": "2026-01-01T10:00:00Z", "finished_at": None}  # fmt: skip
-        self.run = {
-            "id": "run-1", "workflow": "paid-order", "workflow_version": 2, "status": "waiting",
-            "trigger_event": "ev-1", "started_at": "2026-01-01T10:00:00Z", "finished_at": None,
-            "steps": [
-                {**step, "id": "crm", "kind": "http", "status": "succeeded", "output": {"id": 7},
-                 "finished_at": "2026-01-01T10:00:01Z"},
-                {**step, "id": "ok", "kind": "approval", "status": "waiting"},
-                {**step, "id": "ship", "kind": "http", "status": "pending", "attempts": 0},
-            ],
-        }  # fmt: skip
-
-    def app(self) -> Any:
-        from aiohttp import web
-
-        from api import console as console_routes
-
-        t = f"/v1/tenants/{self.tenant}"
-        workflow = {
-            "id": "paid-order", "name": "Paid order follow-up", "enabled": True, "version": 2,
-            "trigger": {"types": ["record.upserted"], "collection": "orders"},
-            "steps": [{"id": "ok", "kind": "approval"}],
-        }  # fmt: skip
-
-        def answer(doc: Any) -> Any:
-            async def handler(_: web.Request) -> web.Response:
-                return web.json_response(doc)
-
-            return handler
-
-        async def me(_: web.Request) -> web.Response:
-            return web.json_response({"subject": "u1", "tenant": self.tenant,
-                                      "roles": ["writer"], "platform_admin": False})  # fmt: skip
-
-        async def tenant(_: web.Request) -> web.Response:
-            return web.json_response({
-                "id": self.tenant, "name": "Acme", "status": "active", "limits": None,
-                "created_at": "2026-01-01T00:00:00Z",
-            })  # fmt: skip
-
-        async def stream(request: web.Request) -> web.StreamResponse:
-            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-            await resp.prepare(request)
-            with contextlib.suppress(ConnectionError, asyncio.CancelledError):
-                while True:
-                    await resp.write(b": heartbeat\n\n")
-                    await asyncio.sleep(1)
-            return resp
-
-        async def action(request: web.Request) -> web.Response:
-            body = await request.json()
-            self.calls.append((request.method, request.path, body))
-            if request.path.endswith("/approve"):
-                self.run["steps"][1].update(status="succeeded", finished_at="2026-01-01T10:05:00Z")
-                self.run["steps"][2].update(status="running")
-                self.run["status"] = "running"
-            elif request.path.endswith("/cancel"):
-                self.run["status"] = "cancelled"
-                self.run["steps"][2].update(status="cancelled")
-            return web.json_response({"consistency_token": "ct1.fake"}, status=202)
-
-        async def run(request: web.Request) -> web.Response:
-            assert request.headers.get("X-Consistency-Token") in (None, "ct1.fake")
-            return web.json_response(self.run)
-
-        app = web.Application()
-        console_routes.setup(app)
-        app.router.add_get("/v1/me", me)
-        app.router.add_get(t, tenant)
-        app.router.add_get(t + "/stream", stream)
-        app.router.add_get(t + "/events", answer({"items": [], "next": None}))
-        app.router.add_get(t + "/workflows", answer({"items": [workflow], "next": None}))
-        app.router.add_get(t + "/workflows/paid-order", answer(workflow))
-        app.router.add_get(
-            t + "/workflows/paid-order/runs", answer({"items": [self.run], "next": None})
-        )
-        app.router.add_get(t + "/runs/run-1", run)
-        app.router.add_post(t + "/runs/run-1/cancel", action)
-        app.router.add_post(t + "/runs/run-1/steps/{step}/{verb:approve|reject}", action)
-        return app
+# --- workflows ------------------------------------------------------------------------
 
 
 async def test_workflow_run_approved_then_cancelled_from_the_console(
-    api: Api, browser: Browser
+    console: Console, tenant: TenantApi
 ) -> None:
-    from aiohttp.test_utils import TestServer
+    from tests.integration.workflow_helpers import define, finished, step, wait_run
 
-    fake = FakeWorkflows()
-    server = TestServer(fake.app())
-    await server.start_server()
-    c = Console(api, browser, str(server.make_url("")).rstrip("/"))
-    try:
-        page, _ = await c.signed_in("a.fake.jwt", "/t/acme/workflows")
-        await page.get_by_role("link", name="paid-order").click()
-        await page.get_by_role("link", name="run-1").click()
-        await expect(page.locator("#view-title")).to_have_text("Run run-1")
-        waiting = page.locator('tr[data-step="ok"]')
-        await expect(waiting).to_contain_text("waiting")
-        await page.get_by_label("Comment on ok").fill("looks right")
-        await page.get_by_role("button", name="Approve step ok").click()
-        await expect(page.get_by_role("status").filter(has_text="approved")).to_have_text(
-            "Step ok approved."
-        )
-        await expect(waiting).to_contain_text("succeeded")
-        await expect(page.get_by_role("button", name="Approve step ok")).to_have_count(0)
-        await page.get_by_role("button", name="Cancel run").click()
-        await expect(page.locator('tr[data-step="ship"]')).to_contain_text("cancelled")
-        await expect(page.get_by_role("button", name="Cancel run")).to_have_count(0)
-        assert fake.calls == [
-            ("POST", "/v1/tenants/acme/runs/run-1/steps/ok/approve", {"comment": "looks right"}),
-            ("POST", "/v1/tenants/acme/runs/run-1/cancel", {}),
-        ]
-    finally:
-        await c.close()
-        await server.close()
+    await define(
+        tenant,
+        {"id": "paid-order", "name": "Paid order follow-up",
+         "trigger": {"types": ["record.upserted"], "collection": "orders",
+                     "when": {"status": {"eq": "paid"}}},
+         "steps": [{"id": "crm", "kind": "record", "op": "patch", "collection": "orders",
+                    "record": "${/record/id}", "data": {"seen": True}},
+                   {"id": "ok", "kind": "approval"},
+                   {"id": "hold", "kind": "approval"},
+                   {"id": "ship", "kind": "delay", "seconds": 0}]},
+    )  # fmt: skip
+    await tenant.write("PUT", f"{R}/o1", json={"status": "paid", "total": 150})
+    [run] = await wait_run(tenant, "paid-order", lambda r: step(r, "ok")["status"] == "waiting")
+    page, _ = await console.signed_in(
+        tenant.api.token(tenant.id, "writer"), f"/t/{tenant.id}/workflows"
+    )
+    await page.get_by_role("link", name="paid-order").click()
+    await page.get_by_role("link", name=run["id"]).click()
+    await expect(page.locator("#view-title")).to_have_text(f"Run {run['id']}")
+    waiting = page.locator('tr[data-step="ok"]')
+    await expect(waiting).to_contain_text("waiting", timeout=WAIT_MS)
+    await expect(page.locator('tr[data-step="crm"]')).to_contain_text("succeeded")
+    await page.get_by_label("Comment on ok").fill("looks right")
+    await page.get_by_role("button", name="Approve step ok").click()
+    await expect(page.get_by_role("status").filter(has_text="approved")).to_have_text(
+        "Step ok approved."
+    )
+    await expect(waiting).to_contain_text("succeeded", timeout=WAIT_MS)
+    await expect(page.locator('tr[data-step="hold"]')).to_contain_text("waiting", timeout=WAIT_MS)
+    await expect(page.get_by_role("button", name="Approve step ok")).to_have_count(0)
+    await page.get_by_role("button", name="Cancel run").click()
+    await expect(page.locator('tr[data-step="hold"]')).to_contain_text("cancelled", timeout=WAIT_MS)
+    await expect(page.locator('tr[data-step="ship"]')).to_contain_text("skipped")
+    await expect(page.get_by_role("button", name="Cancel run")).to_have_count(0)
+    [done] = await wait_run(tenant, "paid-order", finished)
+    assert done["status"] == "cancelled"
+    assert step(done, "ok")["output"] == {"approved": True, "comment": "looks right"}
+    history = await tenant.read_json(f"/events?subject=runs/{run['id']}&limit=1000")
+    commands = [e for e in history["items"] if e["type"] in
+                ("workflow.step.approved", "workflow.run.cancel_requested")]  # fmt: skip
+    assert [(e["type"], e["data"].get("comment")) for e in commands] == [
+        ("workflow.step.approved", "looks right"),
+        ("workflow.run.cancel_requested", None),
+    ]

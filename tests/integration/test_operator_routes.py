@@ -195,7 +195,9 @@ async def test_processor_lag_for_platform_admins(api: Api, tenant: TenantApi) ->
     assert resp.status == 200, await resp.text()
     doc = await resp.json()
     by_name = {p["name"]: p for p in doc["items"]}
-    assert set(by_name) == {"projector", "cache", "archiver", "analytics", "notifier", "sync"}
+    assert set(by_name) == {
+        "projector", "cache", "archiver", "analytics", "notifier", "sync", "workflows"
+    }  # fmt: skip
     assert doc["next"] is None
     prefix = api.settings.consumer_group_prefix
     projector = by_name["projector"]
@@ -208,7 +210,7 @@ async def test_processor_lag_for_platform_admins(api: Api, tenant: TenantApi) ->
     assert projector["lag"] == sum(p["lag"] for p in projector["partitions"])
     # The write above is projected: some partition's checkpoint is past it.
     assert any(p["position"] for p in projector["partitions"])
-    for name in ("notifier", "sync"):
+    for name in ("notifier", "sync", "workflows"):
         assert by_name[name]["lag"] is None
         assert by_name[name]["partitions"] == []
         assert isinstance(by_name[name]["backlog"], int)

@@ -173,6 +173,21 @@ def test_smoke_sizes_are_the_smallest_of_every_phase(tmp_path: Path) -> None:
         cli(None, ["--skip", "ingest"])  # ingest and projection always run
 
 
+def test_only_runs_the_picked_phases_and_the_core_only_when_one_builds_on_it() -> None:
+    from benchmarks.suite.phases import OPTIONAL_PHASES, cli
+
+    one = cli(None, ["--smoke", "--only", "workflows"])
+    assert one.only == {"workflows"}
+    assert one.skip == set(OPTIONAL_PHASES) - {"workflows"}
+    assert one.core is False  # workflows has a topic and database of its own
+    assert cli(None, ["--only", "workflows,replay"]).core is True  # replay reads the core's log
+    assert cli(None, []).core is True
+    with pytest.raises(SystemExit):
+        cli(None, ["--only", "ingest"])
+    with pytest.raises(SystemExit):
+        cli(None, ["--only", "workflows", "--skip", "reads"])  # one or the other
+
+
 async def test_closed_loop_counts_failures_with_their_reasons() -> None:
     from benchmarks.suite.phases import closed_loop
 
@@ -273,6 +288,50 @@ def test_tables_quote_only_files_that_name_their_commit(tmp_path: Path) -> None:
     assert "**2.00\u00d7**" in block
     assert "### Soak (memory over time)" in block
     assert tables.NOT_YET in block
+
+
+def _workflows(failures: int) -> dict[str, Any]:
+    """A workflows result as :func:`benchmarks.workflows.measure` writes it."""
+    return {
+        "saturation": {"runs": 200, "runs_per_second": 620.0, "projected_runs_per_second": 600.0,
+                       "failed": failures, "write_errors": 0, "failures": failures},
+        "latency_at_half": {"rate_per_second": 310.0, "failed": 0, "write_errors": 0,
+                            "failures": 0,
+                            "trigger_to_first_step_ms": {"p50": 20.0, "p99": 80.0}},
+    }  # fmt: skip
+
+
+def test_workflow_targets_are_judged_with_their_failures() -> None:
+    rows = {r["target"]: r for r in verdicts({"workflows": _workflows(0)})}
+    runs = rows["workflow runs/s at saturation (http, record patch, email)"]
+    p99 = rows["workflow trigger → first step p99 at half the saturation rate"]
+    assert (runs["measured"], runs["failures"], runs["met"]) == (620.0, 0, True)
+    assert (p99["measured"], p99["met"]) == (80.0, True)
+    rows = {r["target"]: r for r in verdicts({"workflows": _workflows(3)})}
+    runs = rows["workflow runs/s at saturation (http, record patch, email)"]
+    assert (runs["failures"], runs["met"]) == (3, False)
+
+
+def test_tables_quote_a_partial_run_for_its_phase_never_as_the_suite_run(tmp_path: Path) -> None:
+    from benchmarks import tables
+
+    results = tmp_path / "results"
+    results.mkdir()
+    empty = tables.generate(tables.load(results))
+    assert f"### Workflows\n\n{tables.NOT_YET}" in empty
+    partial = {"sizes": "quick", "only": ["workflows"], "targets": [], "workflows": _workflows(2),
+               "provenance": {"commit": "d" * 40, "clean": True,
+                              "recorded_at": "2026-12-07T00:00:00+00:00"}}  # fmt: skip
+    (results / "c-quick-workflows.json").write_bytes(orjson.dumps(partial))
+    (results / "b-quick.json").write_bytes(
+        orjson.dumps(_suite_doc("quick", "b" * 40, True, "2026-12-06T00:00:00+00:00"))
+    )
+    block = tables.generate(tables.load(results))
+    section = block.split("### Workflows (http → record patch → email", 1)[1]
+    assert "\n\nFrom `c-quick-workflows.json` (commit dddddddddd (clean)" in section
+    assert "| 200 | 620.0 | 600.0 | 2 | 310.0 | 20.00 | 80.00 | 0 |" in section
+    # The targets and every-phase tables still come from the whole quick run.
+    assert "- quick run: From `b-quick.json`" in block
 
 
 def test_tables_rewrite_only_between_the_markers_and_check_finds_a_stale_file(

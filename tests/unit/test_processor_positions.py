@@ -27,3 +27,4 @@ def test_every_processor_has_a_source_named_as_the_processor_names_its_position(
     assert by_name["cache"].group(settings) == CacheProcessor(settings, pool, metrics).group
     assert by_name["analytics"].group(settings) == app_id(settings)
     assert (by_name["notifier"].store, by_name["sync"].store) == (None, None)
+    assert by_name["workflows"].store is None

@@ -26,6 +26,8 @@ import orjson
 
 from eventfold import readmodel
 from eventfold.events.webhook import type_matches
+from eventfold.eventtypes.definitions import Registry
+from eventfold.eventtypes.names import is_custom
 from eventfold.replay import is_replay
 
 log = logging.getLogger("eventfold.notifier")
@@ -50,6 +52,8 @@ class Scheduler:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+        #: Tenant types' versions: deliveries carry custom events in their latest shape.
+        self._event_types = Registry(pool)
         self._gaps: dict[tuple[str, int], float] = {}
 
     async def run_once(self) -> int:
@@ -127,6 +131,10 @@ class Scheduler:
                 # Replays rebuild projections; they never notify anyone again.
                 if row["status"] != "applied" or is_replay(envelope):
                     continue
+                if is_custom(row["type"]) and any(
+                    type_matches(ep.types, row["type"]) for ep in endpoints
+                ):
+                    [envelope] = await self._event_types.upcast(tenant, [envelope], conn=conn)
                 body = orjson.dumps(envelope)
                 for ep in endpoints:
                     if seq > ep.start_seq and type_matches(ep.types, row["type"]):

@@ -311,6 +311,7 @@ class Projector(MemberLoop):
                         tenant=tenant,
                         deferred_only=True,
                         budget_ms=self.settings.projector_tenant_budget_ms,
+                        topic=self.topic,
                     )
                     self.deferred.discard(tenant)
                     log.info("deferred tenant caught up", extra={"tenant": tenant})

@@ -41,6 +41,7 @@ from eventfold.readmodel import Target
 from eventfold.replay import REPLAY_ATTRIBUTE
 from eventfold.s3 import open_s3
 from eventfold.settings import Settings
+from eventfold.workflows import tables as workflow_tables
 
 #: ``(events folded, seconds, share of the log's offsets covered or None)``.
 Progress = Callable[[int, float, float | None], None]
@@ -53,22 +54,28 @@ FOLD_CONNECTIONS = 2
 @dataclass(slots=True)
 class Diff(readmodel.Differences):
     """How the rebuilt projection differs from the live one: records and history rows
-    (:class:`eventfold.readmodel.Differences`), and the tenant's platform rows."""
+    (:class:`eventfold.readmodel.Differences`), the tenant's platform rows and its workflow
+    rows."""
 
     #: Rows of the tenant's platform tables (API keys, webhooks, integrations).
     platform_differs: int = 0
     #: Differing platform rows (up to LIST_LIMIT): ``table``, ``id``, ``change``.
     platform: list[dict[str, Any]] = field(default_factory=list)
+    #: Rows of the workflow tables (definitions, runs, steps) that differ, and up to
+    #: LIST_LIMIT of them: ``table``, ``key``, ``change``.
+    workflows_differs: int = 0
+    workflows: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def equal(self) -> bool:
-        """No record, no history row and no platform row differs."""
+        """No record, no history row, no platform row and no workflow row differs."""
         return not (
             self.added
             or self.changed
             or self.removed
             or self.history_differs
             or self.platform_differs
+            or self.workflows_differs
         )
 
 
@@ -108,6 +115,8 @@ class Report:
             "records": d.records,
             "history": d.history,
             "platform": d.platform,
+            "workflows_differs": d.workflows_differs,
+            "workflows": d.workflows,
         }
 
 
@@ -302,11 +311,14 @@ async def _finish(
 
 
 async def compare(conn: asyncpg.Connection, tenant: str, shadow: str) -> Diff:
-    """Records, history rows and platform rows of the rebuilt ``shadow`` (quoted) that
-    differ from the live ones."""
+    """Records, history rows, platform rows and workflow rows of the rebuilt ``shadow``
+    (quoted) that differ from the live ones."""
     found = await readmodel.compare(conn, tenant, shadow, LIST_LIMIT)
     diff = Diff(**{f.name: getattr(found, f.name) for f in dataclasses.fields(found)})
     diff.platform_differs, diff.platform = await platform.compare(conn, tenant, shadow, LIST_LIMIT)
+    diff.workflows_differs, diff.workflows = await workflow_tables.compare(
+        conn, readmodel.schema_of(tenant), shadow, LIST_LIMIT
+    )
     return diff
 
 

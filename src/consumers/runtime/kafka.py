@@ -13,6 +13,7 @@ back at once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -23,6 +24,9 @@ from aiokafka.errors import IllegalStateError, KafkaError
 from consumers.runtime import membership
 from consumers.runtime.membership import leave_on_stop
 from eventfold.backoff import Backoff, retrying
+from eventfold.kafka import make_producer
+from eventfold.metrics import Metrics
+from eventfold.publisher import Publisher
 from eventfold.settings import Settings
 
 log = logging.getLogger("eventfold.kafka")
@@ -176,6 +180,32 @@ async def caught_up(consumer: AIOKafkaConsumer) -> bool:
     except IllegalStateError:
         return False
     return True
+
+
+async def start_publisher(
+    settings: Settings, metrics: Metrics, stop: asyncio.Event, *, client_id: str
+) -> Publisher:
+    """A processor's :class:`~eventfold.publisher.Publisher` to the events topic, started:
+    retrying while Kafka is away, and not at all once ``stop`` is set (the caller's
+    loop then ends at once; it stops the publisher either way)."""
+    publisher = Publisher(
+        functools.partial(make_producer, settings, client_id=client_id),
+        None,
+        metrics,
+        topic=settings.events_topic,
+    )
+    try:
+        await retrying(
+            publisher.start,
+            retry_on=lambda exc: True,
+            backoff=Backoff(0.5, 5.0),
+            what="kafka not reachable",
+            stop=stop,
+        )
+    except Exception:
+        if not stop.is_set():
+            raise
+    return publisher
 
 
 async def start_with_retry(

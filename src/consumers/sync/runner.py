@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import socket
@@ -44,6 +43,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from consumers.runtime.kafka import start_publisher
 from consumers.sync.connectors import (
     CONNECTORS,
     SourceContext,
@@ -52,10 +52,9 @@ from consumers.sync.connectors import (
     SourceRefusedCredentials,
 )
 from eventfold import tracing
-from eventfold.backoff import Backoff, retry_delay, retrying
+from eventfold.backoff import retry_delay
 from eventfold.egress import AllowList, guarded_session
 from eventfold.events.integration import PollConfig, headers_purpose
-from eventfold.kafka import make_producer
 from eventfold.metrics import Metrics
 from eventfold.publisher import Publisher
 from eventfold.sealing import SealError, keyring
@@ -146,13 +145,9 @@ class SyncRunner:
     async def run(self, stop: asyncio.Event | None = None, *, burst: bool = False) -> None:
         """Claim and run due integrations until ``stop`` (or once, in ``burst`` mode)."""
         stop = stop or asyncio.Event()
-        publisher = Publisher(
-            functools.partial(make_producer, self.settings),
-            None,
-            self.metrics,
-            topic=self.settings.events_topic,
+        publisher = await start_publisher(
+            self.settings, self.metrics, stop, client_id="eventfold-sync"
         )
-        await _start(publisher, stop)
         allow = AllowList.parse(self.settings.webhook_allow_hosts)
         session = guarded_session(allow, limit=self.settings.sync_concurrency * 2)
         try:
@@ -381,18 +376,3 @@ class SyncRunner:
         self.metrics.sync_state.labels(it.kind, state).inc()
         if error:
             log.info("sync run ended", extra={"integration": it.id, "state": state, "error": error})
-
-
-async def _start(publisher: Publisher, stop: asyncio.Event) -> None:
-    """Start the publisher, retrying while Kafka is away (until ``stop``: then not at all)."""
-    try:
-        await retrying(
-            publisher.start,
-            retry_on=lambda exc: True,
-            backoff=Backoff(0.5, 5.0),
-            what="kafka not reachable",
-            stop=stop,
-        )
-    except Exception:
-        if not stop.is_set():
-            raise

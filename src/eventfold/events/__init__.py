@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 from eventfold.envelope import CloudEvent, EnvelopeInvalid, pydantic_errors
 from eventfold.errors import FieldError
 from eventfold.events.apikey import ApiKeyCreated, ApiKeyRevoked
+from eventfold.events.eventtype import EventTypeVersion
 from eventfold.events.integration import (
     IntegrationCreated,
     IntegrationDeleted,
@@ -23,9 +24,12 @@ from eventfold.events.integration import (
 from eventfold.events.record import RecordDeleted, RecordPatched, RecordUpserted
 from eventfold.events.tenant import TenantCreated
 from eventfold.events.webhook import WebhookCreated, WebhookDeleted
+from eventfold.events.workflow import WORKFLOW_TYPES
 from eventfold.ids import is_valid
 
-SubjectRule = Literal["record", "tenant", "apikey", "integration", "webhook"]
+SubjectRule = Literal[
+    "record", "tenant", "apikey", "integration", "webhook", "eventtype", "workflow", "run"
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,8 +109,23 @@ REGISTRY: dict[str, EventType] = {
             "A webhook endpoint was removed; nothing more is delivered to it.",
             publishable=False,
         ),
+        EventType(
+            "eventtype.registered", 1, EventTypeVersion, "eventtype",
+            "A tenant registered an event type; data is its version 1 (schema, compatibility,"
+            " projection).",
+            publishable=False,
+        ),
+        EventType(
+            "eventtype.version_added", 1, EventTypeVersion, "eventtype",
+            "A tenant added a version to an event type, checked compatible with the one before.",
+            publishable=False,
+        ),
     )
 }  # fmt: skip
+REGISTRY.update(
+    (name, EventType(name, 1, model, subject, description, publishable=False))  # type: ignore[arg-type]
+    for name, (model, subject, description) in WORKFLOW_TYPES.items()
+)
 
 
 def lookup(type_name: str) -> EventType | None:

@@ -24,10 +24,12 @@ import orjson
 from eventfold import db, deadletters, readmodel
 from eventfold.deadletters import DeadLetter
 from eventfold.envelope import CloudEvent, decode_event
+from eventfold.eventtypes.names import is_custom
 from eventfold.faults import is_retriable
 from eventfold.fold import RECORD_TYPES, Outcome, Record, apply
 from eventfold.ids import is_valid
 from eventfold.livefeed import LiveEvent
+from eventfold.projection import eventtypes, workflows
 from eventfold.projection.handlers import HANDLERS
 from eventfold.readmodel import Target
 from eventfold.replay import is_replay
@@ -360,7 +362,7 @@ def _lookups(items: Sequence[LogEvent]) -> Lookups:
     """Each item's record key (None for other types or a bad subject), and its event ids."""
     keys = [
         _record_key(i.event.subject or "")
-        if i.event is not None and i.event.type in RECORD_TYPES
+        if i.event is not None and (i.event.type in RECORD_TYPES or is_custom(i.event.type))
         else None
         for i in items
     ]
@@ -444,6 +446,7 @@ async def fold_tenant(
     tenant = target.tenant
     keys, ids = lookups if lookups is not None else _lookups(items)
     state_now = await (loaded if loaded is not None else _load(conn, target.schema, ids, keys))
+    await workflows.begin_batch(conn, target, [i.event for i in items])
     seen = state_now.seen
     state: dict[tuple[str, str], Record | None] = dict(state_now.records)
     changed: dict[tuple[str, str], tuple[Record, str]] = {}
@@ -451,6 +454,8 @@ async def fold_tenant(
     #: Per history row: whether it goes to the live streams (applied, and not a
     #: replay's re-application), and whether its envelope has a ``status`` extension.
     pushed: list[tuple[bool, bool]] = []
+    #: Applied record events with their record right after them (workflow triggers).
+    triggered: list[workflows.Change] = []
     for item, key in zip(items, keys, strict=True):
         ev = item.event
         assert ev is not None  # filtered by apply_events
@@ -474,6 +479,8 @@ async def fold_tenant(
         outcome = await _apply_one(conn, target, ev, key, at, registered, state, changed)
         if outcome.status == "applied":
             result.applied += 1
+            if key is not None and ev.type in RECORD_TYPES:
+                triggered.append((ev, key, state.get(key)))
         else:
             result.rejected += 1
         if result.newest_event_time is None or at > result.newest_event_time:
@@ -496,6 +503,7 @@ async def fold_tenant(
         extra = ev.model_extra or {}
         pushed.append((outcome.status == "applied" and not is_replay(ev), "status" in extra))
     seqs = await readmodel.save(conn, target.schema, changed, history)
+    await workflows.end_batch(conn, target, triggered)
     result.live += [
         LiveEvent(tenant, seqs[row.id], row.type, row.envelope, has_status)
         for row, (live, has_status) in zip(history, pushed, strict=True)
@@ -531,11 +539,23 @@ async def _apply_one(
         )
         registered.add(tenant)
         return Outcome("applied")
-    if ev.type in RECORD_TYPES:
+    record_type, payload = ev.type, ev.data
+    if ev.type not in RECORD_TYPES and is_custom(ev.type):
+        # A tenant type projected into a record folds as the record event it stands for.
+        op = await eventtypes.record_operation(conn, tenant, ev)
+        if op is None or isinstance(op, Outcome):
+            return op or Outcome("applied")
+        record_type, payload = op.event_type, op.data
+        if (op.collection, op.record_id) != key:
+            key = (op.collection, op.record_id)
+            if key not in state:  # not among the batch's keys read ahead (its subject differs)
+                loaded = await readmodel.load_state(conn, target.schema, [], [key])
+                state[key] = loaded.records.get(key)
+    if record_type in RECORD_TYPES:
         if key is None:
             return Outcome("rejected", "subject must be {collection}/{id}")
         new, outcome = apply(
-            state.get(key), ev.type, ev.data, at=at, expected_version=ev.expectedversion
+            state.get(key), record_type, payload, at=at, expected_version=ev.expectedversion
         )
         if outcome.status == "applied" and new is not None:
             state[key] = new

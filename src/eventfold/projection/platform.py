@@ -1,9 +1,10 @@
 """Platform tables the projector's handlers write, and a rebuild's copies of them.
 
-API keys, webhooks and integrations are folded from ``apikey.*``, ``webhook.*``
-and ``integration.*`` events into tables of the ``eventfold`` schema, shared
-by every tenant. A handler's outcome (``applied``, or ``rejected`` with a
-reason) depends on what those tables hold when its event is folded. A rebuild
+API keys, webhooks, integrations and tenant event types are folded from
+``apikey.*``, ``webhook.*``, ``integration.*`` and ``eventtype.*`` events into
+tables of the ``eventfold`` schema, shared by every tenant. A handler's
+outcome (``applied``, or ``rejected`` with a reason) depends on what those
+tables hold when its event is folded. A rebuild
 folds the tenant's log from its start again: against the live tables, which
 already hold the end state, the same events would meet their own rows and be
 rejected ("webhook … exists already").
@@ -70,6 +71,19 @@ TABLES: dict[str, PlatformTable] = {
                 "webhook_secret_sealed",
                 "created_at",
                 "deleted_at",
+                "event_id",
+            ),
+        ),
+        PlatformTable(
+            "event_types",
+            folded=(
+                "type",
+                "version",
+                "schema",
+                "compatibility",
+                "projection",
+                "upcast",
+                "created_at",
                 "event_id",
             ),
         ),

@@ -39,13 +39,16 @@ async def redrive(
     dry_run: bool = False,
     deferred_only: bool = False,
     budget_ms: int | None = None,
+    topic: str = "",
 ) -> RedriveReport:
     """Apply the dead letters of ``consumer`` (narrowed by tenant/key) in order.
 
     ``deferred_only`` takes only records holding deferred events (the automatic
     retry); ``budget_ms`` bounds each statement and lock wait, and a timeout
     leaves that record's dead letters in place (the error is raised for the
-    caller to retry).
+    caller to retry). ``topic`` is the log the events came from, for the handlers
+    that record it (the workflow inbox is served per topic: a trigger applied here
+    still starts its run; an integration is synced by the runner of its log).
     """
     report = RedriveReport()
     async with pool.acquire(timeout=10) as conn:
@@ -55,8 +58,9 @@ async def redrive(
     for group_tenant, group_key in keys:
         async with pool.acquire(timeout=10) as conn:
             outcome = await _redrive_key(
-                conn, consumer, group_tenant, group_key, dry_run=dry_run, budget_ms=budget_ms
-            )
+                conn, consumer, group_tenant, group_key,
+                dry_run=dry_run, budget_ms=budget_ms, topic=topic,
+            )  # fmt: skip
         report.applied += outcome.applied
         report.rejected += outcome.rejected
         report.still_parked += len(outcome.dead_letters)
@@ -81,6 +85,7 @@ async def _redrive_key(
     *,
     dry_run: bool,
     budget_ms: int | None,
+    topic: str,
 ) -> BatchResult:
     result = BatchResult()
     try:
@@ -98,6 +103,7 @@ async def _redrive_key(
                 result=result,
                 careful=True,
                 honour_dead_letters=False,
+                topic=topic,
             )
             await deadletters.put(conn, consumer, result.dead_letters)
             if dry_run:

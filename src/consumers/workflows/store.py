@@ -1,0 +1,265 @@
+"""SQL of the workflow processor: its inbox, its runs' state, leases and timers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from eventfold.ids import tenant_schema
+
+_CLAIM_INBOX = """
+SELECT i.id, i.tenant, i.kind, i.workflow, i.version, i.run, i.step, i.event, i.record
+FROM (SELECT DISTINCT tenant FROM eventfold.workflow_inbox WHERE topic = $1) t,
+LATERAL (SELECT * FROM eventfold.workflow_inbox x WHERE x.topic = $1 AND x.tenant = t.tenant
+         ORDER BY x.id LIMIT $2 FOR UPDATE SKIP LOCKED) i
+ORDER BY i.id
+LIMIT $3
+"""
+
+# Each tenant's due runs in turn (a few each), tenants in random order: one
+# tenant's backlog never fills a claim.
+_CLAIM_RUNS = """
+WITH t AS (
+    SELECT DISTINCT tenant FROM eventfold.workflow_runs
+    WHERE topic = $1 AND wake_at <= now() AND lease_until < now()
+      AND NOT (tenant = ANY($2::text[]))
+), picked AS (
+    SELECT r.id FROM (SELECT tenant FROM t ORDER BY random()) t2,
+    LATERAL (SELECT x.id FROM eventfold.workflow_runs x
+             WHERE x.topic = $1 AND x.tenant = t2.tenant AND x.wake_at <= now()
+               AND x.lease_until < now()
+             ORDER BY x.wake_at LIMIT $3 FOR UPDATE SKIP LOCKED) r
+    LIMIT $4
+)
+UPDATE eventfold.workflow_runs w SET lease_until = now() + make_interval(secs => $5)
+FROM picked WHERE w.id = picked.id
+RETURNING w.id, w.tenant, w.state, w.rev, w.pending
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class InboxRow:
+    """A trigger or a command the projector handed over."""
+
+    id: int
+    tenant: str
+    kind: str
+    workflow: str | None
+    version: int | None
+    run: str | None
+    step: str | None
+    event: dict[str, Any]
+    record: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A run this processor holds the lease of."""
+
+    id: str
+    tenant: str
+    state: dict[str, Any]
+    rev: int
+    pending: list[dict[str, Any]]
+
+
+async def claim_inbox(
+    conn: asyncpg.Connection, topic: str, per_tenant: int, limit: int
+) -> list[InboxRow]:
+    """Lock up to ``limit`` inbox rows of ``topic`` (oldest first, ``per_tenant`` each);
+    the caller's transaction deletes them with what it did about them."""
+    rows = await conn.fetch(_CLAIM_INBOX, topic, per_tenant, limit)
+    return [InboxRow(**dict(r)) for r in rows]
+
+
+async def delete_inbox(conn: asyncpg.Connection, ids: list[int]) -> None:
+    """Drop inbox rows that have been acted on."""
+    await conn.execute("DELETE FROM eventfold.workflow_inbox WHERE id = ANY($1::bigint[])", ids)
+
+
+async def definition(
+    conn: asyncpg.Connection, tenant: str, workflow: str, version: int
+) -> dict[str, Any] | None:
+    """The definition of ``workflow`` at ``version``."""
+    doc = await conn.fetchval(
+        f"SELECT definition FROM {tenant_schema(tenant)}.workflow_versions"
+        " WHERE id = $1 AND version = $2",
+        workflow,
+        version,
+    )
+    return dict(doc) if doc is not None else None
+
+
+async def parent(conn: asyncpg.Connection, tenant: str, run: str) -> tuple[str, int] | None:
+    """The workflow and depth of run ``run`` of ``tenant`` (the cause of an event), if any."""
+    row = await conn.fetchrow(
+        "SELECT workflow, depth FROM eventfold.workflow_runs WHERE id = $1 AND tenant = $2",
+        run,
+        tenant,
+    )
+    return (row["workflow"], int(row["depth"])) if row is not None else None
+
+
+async def insert_run(
+    conn: asyncpg.Connection,
+    *,
+    run: str,
+    tenant: str,
+    topic: str,
+    workflow: str,
+    depth: int,
+    status: str,
+    state: dict[str, Any],
+    pending: list[dict[str, Any]],
+) -> bool:
+    """A new run, due now (so it is claimed, its events published); False if it exists."""
+    inserted = await conn.fetchval(
+        "INSERT INTO eventfold.workflow_runs (id, tenant, topic, workflow, depth, status, state,"
+        " pending, wake_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now())"
+        " ON CONFLICT (id) DO NOTHING RETURNING true",
+        run, tenant, topic, workflow, depth, status, state, pending,
+    )  # fmt: skip
+    return bool(inserted)
+
+
+async def lock_run(
+    conn: asyncpg.Connection, tenant: str, run: str
+) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    """The state and pending events of ``run``, locked for the caller's transaction."""
+    row = await conn.fetchrow(
+        "SELECT state, pending FROM eventfold.workflow_runs WHERE id = $1 AND tenant = $2"
+        " FOR UPDATE",
+        run,
+        tenant,
+    )
+    return (dict(row["state"]), list(row["pending"])) if row is not None else None
+
+
+async def signal_run(
+    conn: asyncpg.Connection,
+    run: str,
+    status: str,
+    state: dict[str, Any],
+    pending: list[dict[str, Any]],
+) -> None:
+    """Write a command's transition (under :func:`lock_run`): due now, so its events go out."""
+    await conn.execute(
+        "UPDATE eventfold.workflow_runs SET state = $2, status = $3, pending = $4,"
+        " wake_at = now(), rev = rev + 1, updated_at = now() WHERE id = $1",
+        run,
+        state,
+        status,
+        pending,
+    )
+
+
+async def claim_runs(
+    pool: asyncpg.Pool,
+    topic: str,
+    *,
+    busy_tenants: list[str],
+    per_tenant: int,
+    limit: int,
+    lease_seconds: float,
+) -> list[Claimed]:
+    """Lease up to ``limit`` due runs, tenants in turn."""
+    async with pool.acquire(timeout=5) as conn:
+        rows = await conn.fetch(_CLAIM_RUNS, topic, busy_tenants, per_tenant, limit, lease_seconds)
+    return [
+        Claimed(r["id"], r["tenant"], dict(r["state"]), int(r["rev"]), list(r["pending"]))
+        for r in rows
+    ]
+
+
+async def save(
+    pool: asyncpg.Pool,
+    run: str,
+    rev: int,
+    *,
+    status: str,
+    state: dict[str, Any],
+    pending: list[dict[str, Any]],
+    wake_at: float | None,
+    lease_seconds: float,
+) -> int | None:
+    """Write a transition if the run is still at ``rev``; its new rev, or None (changed)."""
+    async with pool.acquire(timeout=5) as conn:
+        new = await conn.fetchval(
+            "UPDATE eventfold.workflow_runs SET state = $3, status = $4, pending = $5,"
+            " wake_at = to_timestamp($6), rev = rev + 1, updated_at = now(),"
+            " lease_until = now() + make_interval(secs => $7)"
+            " WHERE id = $1 AND rev = $2 RETURNING rev",
+            run, rev, state, status, pending, wake_at, lease_seconds,
+        )  # fmt: skip
+    return int(new) if new is not None else None
+
+
+async def release(pool: asyncpg.Pool, run: str, rev: int) -> bool:
+    """Let go of a run whose events are published (it waits or has finished)."""
+    async with pool.acquire(timeout=5) as conn:
+        done = await conn.fetchval(
+            "UPDATE eventfold.workflow_runs SET pending = '[]', lease_until = '-infinity'"
+            " WHERE id = $1 AND rev = $2 RETURNING true",
+            run,
+            rev,
+        )
+    return bool(done)
+
+
+async def reload(pool: asyncpg.Pool, run: str) -> Claimed | None:
+    """A run's current state (after a command changed it under its driver)."""
+    async with pool.acquire(timeout=5) as conn:
+        r = await conn.fetchrow(
+            "SELECT id, tenant, state, rev, pending FROM eventfold.workflow_runs WHERE id = $1",
+            run,
+        )
+    if r is None:
+        return None
+    return Claimed(r["id"], r["tenant"], dict(r["state"]), int(r["rev"]), list(r["pending"]))
+
+
+async def renew(pool: asyncpg.Pool, runs: list[str], lease_seconds: float) -> None:
+    """Extend the leases of the runs this processor is driving."""
+    async with pool.acquire(timeout=5) as conn:
+        await conn.execute(
+            "UPDATE eventfold.workflow_runs SET lease_until = now() + make_interval(secs => $2)"
+            " WHERE id = ANY($1::text[])",
+            runs,
+            lease_seconds,
+        )
+
+
+async def gauges(pool: asyncpg.Pool, topic: str) -> tuple[int, float, int]:
+    """Timers set in the future, how long the oldest due run has waited for a
+    processor (s), and the inbox rows not yet taken."""
+    async with pool.acquire(timeout=5) as conn:
+        row = await conn.fetchrow(
+            "SELECT count(*) FILTER (WHERE wake_at > now()) AS timers,"
+            " coalesce(extract(epoch FROM now() - min(wake_at)"
+            "   FILTER (WHERE wake_at <= now() AND lease_until < now())), 0) AS oldest,"
+            " (SELECT count(*) FROM eventfold.workflow_inbox WHERE topic = $1) AS inbox"
+            " FROM eventfold.workflow_runs WHERE topic = $1 AND status IN ('running', 'waiting')",
+            topic,
+        )
+    assert row is not None
+    return int(row["timers"]), float(row["oldest"]), int(row["inbox"])
+
+
+async def prune(pool: asyncpg.Pool, topic: str, older_than_days: float, limit: int) -> int:
+    """Forget up to ``limit`` runs of ``topic`` that finished before ``older_than_days``
+    (the read model keeps them; here they only served loop protection, whose
+    lookups come within moments of a run's writes)."""
+    async with pool.acquire(timeout=5) as conn:
+        deleted = await conn.fetchval(
+            "WITH gone AS (DELETE FROM eventfold.workflow_runs WHERE id IN ("
+            "  SELECT id FROM eventfold.workflow_runs WHERE topic = $1"
+            "  AND status IN ('succeeded', 'failed', 'cancelled')"
+            "  AND updated_at < now() - make_interval(days => $2) LIMIT $3)"
+            " RETURNING 1) SELECT count(*) FROM gone",
+            topic,
+            older_than_days,
+            limit,
+        )
+    return int(deleted)

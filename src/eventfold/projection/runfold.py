@@ -1,0 +1,198 @@
+"""The fold of a run's events into ``runs`` and ``run_steps``, a batch at a time.
+
+A run logs about ten events (started, each step's start and end, its end). Folded
+one statement each, the projector spent a round trip to PostgreSQL per event,
+which bounded runs per second. Here the batch reads the runs its events name
+once (:func:`begin`), each handler folds its event in memory and decides its
+outcome from that state (:func:`fold_run`), and :func:`flush` writes the changed rows in two
+pipelined statements before the batch saves its checkpoint. A handler called
+outside a batch (no :func:`begin` for its tenant) reads and writes its run itself.
+
+The fold lives for one :func:`~eventfold.projection.batch.fold_tenant` call (one
+tenant's events, or one event in careful mode): a savepoint rolled back for it
+discards it, since the next call begins a fresh one. It is held in a context
+variable because the handlers' signature (:data:`~eventfold.projection.handlers.EventHandler`)
+has no place for it; it caches rows of its :class:`~eventfold.readmodel.Target`
+(the schema is passed explicitly to every statement, nothing is redirected), and
+a handler of another target folds alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from eventfold.envelope import CloudEvent
+from eventfold.readmodel import Target
+
+#: The event types folded here (a run's own log).
+RUN_TYPES = frozenset({
+    "workflow.run.started", "workflow.run.succeeded", "workflow.run.failed",
+    "workflow.run.cancelled", "workflow.step.started", "workflow.step.waiting",
+    "workflow.step.retrying", "workflow.step.succeeded", "workflow.step.failed",
+    "workflow.step.skipped", "workflow.step.cancelled",
+})  # fmt: skip
+RUN_COLUMNS = (
+    "id", "workflow", "workflow_version", "status", "trigger_event", "depth", "reason",
+    "started_at", "finished_at",
+)  # fmt: skip
+STEP_COLUMNS = (
+    "run", "position", "id", "kind", "status", "attempts", "output", "error", "started_at",
+    "finished_at",
+)  # fmt: skip
+
+
+@dataclass(slots=True)
+class Fold:
+    """The runs one batch of one tenant touches, as they stand after its events so far."""
+
+    target: Target
+    runs: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    steps: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    dirty_runs: set[str] = field(default_factory=set)
+    dirty_steps: set[tuple[str, int]] = field(default_factory=set)
+
+    def step(self, run: str, step_id: str) -> dict[str, Any] | None:
+        """The step row ``step_id`` of ``run`` (loaded), or None."""
+        return next((s for s in self.steps.get(run, ()) if s["id"] == step_id), None)
+
+
+_CURRENT: ContextVar[Fold | None] = ContextVar("workflow_run_fold", default=None)
+
+
+async def _load(conn: asyncpg.Connection, fold: Fold, runs: Iterable[str]) -> None:
+    wanted = [r for r in dict.fromkeys(runs) if r not in fold.runs]
+    if not wanted:
+        return
+    s = fold.target.schema
+    for run in wanted:
+        fold.runs[run], fold.steps[run] = None, []
+    for row in await conn.fetch(
+        f"SELECT {', '.join(RUN_COLUMNS)} FROM {s}.runs WHERE id = ANY($1::text[])", wanted
+    ):
+        fold.runs[row["id"]] = dict(row)
+    for row in await conn.fetch(
+        f"SELECT {', '.join(STEP_COLUMNS)} FROM {s}.run_steps WHERE run = ANY($1::text[])"
+        " ORDER BY run, position",
+        wanted,
+    ):
+        fold.steps[row["run"]].append(dict(row))
+
+
+def _run_of(ev: CloudEvent) -> str | None:
+    subject = ev.subject or ""
+    return subject[5:] if subject.startswith("runs/") else None
+
+
+async def begin(
+    conn: asyncpg.Connection, target: Target, events: Iterable[CloudEvent | None]
+) -> None:
+    """Start the fold of one tenant's events: read every run they name, in two queries."""
+    runs = [r for ev in events if ev is not None and ev.type in RUN_TYPES and (r := _run_of(ev))]
+    if not runs:
+        _CURRENT.set(None)
+        return
+    fold = Fold(target)
+    await _load(conn, fold, runs)
+    _CURRENT.set(fold)
+
+
+async def _open_run(conn: asyncpg.Connection, target: Target, run: str) -> tuple[Fold, bool]:
+    """The fold holding ``run`` (loaded), and whether the caller must :func:`flush` it
+    itself (no batch fold of this target is open)."""
+    fold = _CURRENT.get()
+    alone = fold is None or fold.target != target
+    if alone:
+        fold = Fold(target)
+    assert fold is not None
+    await _load(conn, fold, [run])
+    return fold, alone
+
+
+async def fold_run(
+    conn: asyncpg.Connection, target: Target, run: str, change: Callable[[Fold], bool]
+) -> bool:
+    """Apply ``change`` to the fold holding ``run`` (the batch's, or one written at once
+    when no batch of this target is open); ``change``'s answer (whether it applied)."""
+    fold, alone = await _open_run(conn, target, run)
+    applied = change(fold)
+    if alone:
+        await flush(conn, target, fold)
+    return applied
+
+
+async def flush(conn: asyncpg.Connection, target: Target, fold: Fold | None = None) -> None:
+    """Write the rows the fold changed (two pipelined statements) and close it."""
+    if fold is None:
+        fold = _CURRENT.get()
+        _CURRENT.set(None)
+        if fold is None or fold.target != target:
+            return
+    s = target.schema
+    runs = [fold.runs[r] for r in sorted(fold.dirty_runs)]
+    if runs:
+        await conn.executemany(
+            f"INSERT INTO {s}.runs ({', '.join(RUN_COLUMNS)}) VALUES ($1, $2, $3, $4, $5, $6,"
+            " $7, $8, $9) ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status,"
+            " reason = EXCLUDED.reason, finished_at = EXCLUDED.finished_at",
+            [tuple(r[c] for c in RUN_COLUMNS) for r in runs if r is not None],
+        )
+    steps = [fold.steps[run][pos] for run, pos in sorted(fold.dirty_steps)]
+    if steps:
+        await conn.executemany(
+            f"INSERT INTO {s}.run_steps ({', '.join(STEP_COLUMNS)}) VALUES ($1, $2, $3, $4, $5,"
+            " $6, $7, $8, $9, $10) ON CONFLICT (run, position) DO UPDATE SET"
+            " status = EXCLUDED.status, attempts = EXCLUDED.attempts, output = EXCLUDED.output,"
+            " error = EXCLUDED.error, started_at = EXCLUDED.started_at,"
+            " finished_at = EXCLUDED.finished_at",
+            [tuple(st[c] for c in STEP_COLUMNS) for st in steps],
+        )
+    fold.dirty_runs.clear()
+    fold.dirty_steps.clear()
+
+
+def start(fold: Fold, row: dict[str, Any], steps: list[tuple[str, str]]) -> bool:
+    """Fold ``workflow.run.started``; False when the run exists already."""
+    run = row["id"]
+    if fold.runs.get(run) is not None:
+        return False
+    fold.runs[run] = {**row, "status": "running", "reason": None, "finished_at": None}
+    fold.steps[run] = [
+        {"run": run, "position": i, "id": step_id, "kind": kind, "status": "pending",
+         "attempts": 0, "output": None, "error": None, "started_at": None, "finished_at": None}
+        for i, (step_id, kind) in enumerate(steps)
+    ]  # fmt: skip
+    fold.dirty_runs.add(run)
+    fold.dirty_steps.update((run, i) for i in range(len(steps)))
+    return True
+
+
+def change_step(
+    fold: Fold, run: str, step_id: str, changes: dict[str, Any], run_status: str | None
+) -> bool:
+    """Fold a step event (and the run status it implies); False when there is no such step."""
+    step = fold.step(run, step_id)
+    if step is None:
+        return False
+    step.update(changes)
+    fold.dirty_steps.add((run, int(step["position"])))
+    row = fold.runs.get(run)
+    if run_status is not None and row is not None and row["finished_at"] is None:
+        row["status"] = run_status
+        fold.dirty_runs.add(run)
+    return True
+
+
+def finish(fold: Fold, run: str, status: str, reason: str | None, at: datetime) -> bool:
+    """Fold a run's end; False when the run is unknown or has ended already."""
+    row = fold.runs.get(run)
+    if row is None or row["finished_at"] is not None:
+        return False
+    row.update(status=status, reason=reason, finished_at=at)
+    fold.dirty_runs.add(run)
+    return True
