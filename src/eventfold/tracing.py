@@ -26,6 +26,11 @@ How the trace context travels (W3C Trace Context, CONTRACT "Operations"):
   a webhook delivery is a child of its event's context and sends its own context
   to the receiver as a ``traceparent`` header; an integration poll starts a trace,
   which the events it publishes carry on.
+- A workflow step is a child of its run's trigger event's context (the run keeps
+  the trigger event): an effect (``http``, ``record``, ``email``) is a span around
+  each attempt, an ``http`` step sends its context on as a ``traceparent`` header and
+  a ``record`` step's publish is its child; a wait (``delay``, ``approval``) is one
+  span from the step's start to its end, recorded when it ends (:func:`past_span`).
 """
 
 from __future__ import annotations
@@ -211,6 +216,32 @@ def batch_span(
     )
 
 
+def past_span(
+    name: str,
+    *,
+    start: float,
+    end: float,
+    parent: Carrier | None = None,
+    attributes: Mapping[str, Any] | None = None,
+    error: str | None = None,
+) -> None:
+    """Record a span that has already happened: from ``start`` to ``end`` (epoch
+    seconds), a child of ``parent``'s context, failed with ``error`` if given (a wait
+    that may outlive the process that began it, recorded by the one that ends it)."""
+    tracer = _tracer
+    if tracer is None:
+        return
+    ended = tracer.start_span(
+        name,
+        context=_extract(parent) if parent is not None else None,
+        attributes=dict(attributes) if attributes else None,
+        start_time=int(start * 1e9),
+    )
+    if error is not None:
+        failed(ended, error)
+    ended.end(end_time=int(max(end, start) * 1e9))
+
+
 def server_span(
     headers: Carrier, name: str, attributes: Mapping[str, Any]
 ) -> contextlib.AbstractContextManager[Span | None]:
@@ -270,6 +301,13 @@ def json_carrier(envelope: bytes) -> dict[str, str] | None:
     except orjson.JSONDecodeError:
         return None
     return _pick(doc) if isinstance(doc, dict) else None
+
+
+def doc_carrier(doc: Mapping[str, Any] | None) -> dict[str, str] | None:
+    """The trace context of an envelope as a dict (a stored trigger event), None without one."""
+    if _tracer is None or doc is None:
+        return None
+    return _pick(doc)
 
 
 def kafka_headers(event: CloudEvent) -> list[tuple[str, bytes]]:

@@ -97,7 +97,7 @@ async def test_a_projector_process_is_not_ready_until_it_holds_its_partitions(
         assert await processor_ready(http, base, "projector") == "1.0"
 
 
-@pytest.mark.parametrize("name", ["cache", "archiver", "notifier", "sync"])
+@pytest.mark.parametrize("name", ["cache", "archiver", "notifier", "sync", "workflows"])
 async def test_every_processor_serves_its_own_readiness(
     lane: Settings, http: aiohttp.ClientSession, name: str
 ) -> None:

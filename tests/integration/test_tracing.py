@@ -5,7 +5,8 @@ is its child and puts its own context into the event (the CloudEvents ``tracepar
 extension) and the Kafka headers; the projector's batch, the cache refresh and the
 archived segment pick it up (linked, and the child when a batch is one trace's); the
 notifier's delivery is a child of the event's context and hands its own to the
-receiver. Spans are read from an in-memory exporter; the app runs on a private topic.
+receiver; each workflow step of the run the write triggered is a child of it too.
+Spans are read from an in-memory exporter; the app runs on a private topic.
 """
 
 from __future__ import annotations
@@ -31,6 +32,14 @@ from eventfold.settings import Settings
 from tests.conftest import EVENTFOLD, free_port, output, process, wait_until_ready
 from tests.integration.conftest import Api, TenantApi, process_env, serving
 from tests.integration.test_webhooks import subscribe
+from tests.integration.workflow_helpers import (
+    Mailbox,
+    Receiver,
+    define,
+    finished,
+    step,
+    wait_run,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -170,6 +179,100 @@ async def test_one_trace_from_the_http_request_to_the_webhook_delivery(
         if len(batch.links) == 1:
             assert batch.parent is not None
             assert batch.parent.span_id == publish.context.span_id, name
+
+
+@pytest.fixture
+async def traced_workflows(
+    lane: Settings, span_exporter: InMemorySpanExporter
+) -> AsyncIterator[tuple[Api, Receiver, Mailbox]]:
+    """API, gateway, projector and workflows processor, built while tracing is on, with a
+    third party's HTTP server and an SMTP server of their own."""
+    receiver, mailbox = Receiver(), Mailbox()
+    await receiver.start()
+    mailbox.start()
+    settings = dataclasses.replace(lane, smtp_url=mailbox.url)
+    try:
+        async with serving(settings, Parts(processors=("projector", "workflows"))) as client:
+            async with asyncio.timeout(60):
+                while (await (await client.get("/health/ready")).json())["status"] != "ok":
+                    await asyncio.sleep(0.1)
+            yield Api(client, settings), receiver, mailbox
+    finally:
+        mailbox.stop()
+        await receiver.stop()
+
+
+async def test_every_workflow_step_joins_the_trigger_events_trace(
+    traced_workflows: tuple[Api, Receiver, Mailbox],
+    span_exporter: InMemorySpanExporter,
+    lane: Settings,
+) -> None:
+    api, receiver, mailbox = traced_workflows
+    tenant = TenantApi(api, (await api.create_tenant())["id"])
+    receiver.decide = lambda _path, _n: (200, {"id": "crm-1"})
+    await define(tenant, {
+        "id": "traced", "name": "Traced", "enabled": True,
+        "trigger": {"types": ["record.upserted"], "collection": "orders"},
+        "steps": [
+            {"id": "crm", "kind": "http", "url": f"{receiver.base}/crm", "body": {"n": 1}},
+            {"id": "note", "kind": "record", "op": "upsert", "collection": "notes",
+             "record": "${/record/id}", "data": {"crm": {"$from": "/steps/crm/output/id"}}},
+            {"id": "mail", "kind": "email", "to": ["ops@example.com"], "subject": "s",
+             "text": "t"},
+            {"id": "wait", "kind": "delay", "seconds": 0.2},
+            {"id": "ok", "kind": "approval", "timeout_seconds": 3600},
+        ],
+    })  # fmt: skip
+    trace_id, caller = secrets.randbits(128), secrets.randbits(64)
+    written = await tenant.write(
+        "PUT",
+        "/collections/orders/records/o1",
+        json={"total": 5},
+        headers={"traceparent": f"00-{trace_id:032x}-{caller:016x}-01"},
+    )
+    [run] = await wait_run(tenant, "traced", lambda r: step(r, "ok")["status"] == "waiting")
+    # Approved by a request of another trace: the step still belongs to the trigger's.
+    await tenant.write("POST", f"/runs/{run['id']}/steps/ok/approve", json={})
+    [run] = await wait_run(tenant, "traced", finished)
+    assert run["status"] == "succeeded", run
+
+    (server,) = await until_span(span_exporter, PUT_ROUTE, trace_id)
+    (publish,) = [
+        s
+        for s in await until_span(span_exporter, f"publish {lane.events_topic}", trace_id)
+        if s.parent is not None and s.parent.span_id == server.context.span_id
+    ]
+    steps = {}
+    for kind in ("http", "record", "email", "delay", "approval"):
+        (span,) = await until_span(span_exporter, f"workflow step {kind}", trace_id)
+        assert span.parent is not None
+        assert span.parent.span_id == publish.context.span_id, kind
+        attrs = _attrs(span)
+        assert attrs["eventfold.workflow.run"] == run["id"], kind
+        assert attrs["eventfold.workflow.step.kind"] == kind
+        assert attrs["eventfold.event.id"] == written["event_id"]
+        assert attrs["eventfold.tenant"] == tenant.id
+        steps[kind] = span
+    assert [_attrs(steps[k])["eventfold.workflow.step"] for k in steps] == [
+        "crm", "note", "mail", "wait", "ok",
+    ]  # fmt: skip
+    # A wait spans the step, from its start to its end: the delay at least its 0.2 s.
+    delay = steps["delay"]
+    assert delay.end_time is not None
+    assert delay.start_time is not None
+    assert delay.end_time - delay.start_time >= 0.2e9
+    assert _attrs(steps["approval"])["eventfold.workflow.step.status"] == "succeeded"
+    # The http step hands its context to the third party; the record step's publish is
+    # its child, and the note it wrote carries that publish's context on.
+    [crm] = receiver.to("/crm")
+    assert crm.headers["traceparent"] == _header(steps["http"])
+    noted = [
+        s
+        for s in await until_span(span_exporter, f"publish {lane.events_topic}", trace_id)
+        if s.parent is not None and s.parent.span_id == steps["record"].context.span_id
+    ]
+    assert len(noted) == 1
+    assert len(mailbox.of(run["id"])) == 1
 
 
 def _attrs(span: ReadableSpan) -> dict[str, Any]:
