@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from entrypoints import dlq, replay, workflows
+from entrypoints.listen import CannotListen, listen
 from entrypoints.output import print_json
 from entrypoints.registry import PROCESSORS
 from eventfold import tracing
@@ -138,7 +139,7 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
             ttl_seconds=86400,
         )
         lines.append(f"eventfold: dev platform-admin token (24 h): {dev}")
-    return _serve_app(settings, Parts(), lines)
+    return _serve_app(settings, Parts(), lines, "run")
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -147,28 +148,36 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     named = [p for p in ("api", "ingest") if p in args.part]
     parts = Parts(api="api" in named, ingest="ingest" in named, processors=())
     url = f"http://{settings.http_host}:{settings.http_port}"
-    return _serve_app(settings, parts, [f"eventfold: serving {' and '.join(named)} on {url}"])
+    banner = [f"eventfold: serving {' and '.join(named)} on {url}"]
+    return _serve_app(settings, parts, banner, "serve")
 
 
-def _serve_app(settings: Settings, parts: Any, banner: list[str]) -> int:
+def _serve_app(settings: Settings, parts: Any, banner: list[str], command: str) -> int:
+    """Serve ``parts`` until SIGINT/SIGTERM; exit status 1, with one line, when the
+    address is taken (bound before the app, its clients and processors start)."""
     from aiohttp import web  # deferred: start-up cost (the app and its clients)
 
     from entrypoints.bootstrap import create_app  # deferred: start-up cost
 
     setup_logging(settings.log_level)
+    try:
+        sock = listen(settings, "HTTP")
+    except CannotListen as exc:
+        print(f"eventfold {command}: {exc}", file=sys.stderr)
+        return 1
 
     def announce(_msg: str) -> None:
         for line in banner:
             print(line, flush=True)
 
-    web.run_app(
-        create_app(settings, parts),
-        host=settings.http_host,
-        port=settings.http_port,
-        print=announce,
-        access_log=None,
-        shutdown_timeout=10,
-    )
+    with sock:
+        web.run_app(
+            create_app(settings, parts),
+            sock=sock,
+            print=announce,
+            access_log=None,
+            shutdown_timeout=10,
+        )
     return 0
 
 

@@ -9,10 +9,10 @@ processor does its job: a Kafka processor holds its partitions and knows how
 far behind their ends it is, a PostgreSQL poller (notifier, sync) had its
 last poll answered, the analytics worker restored its tables.
 
-The address is bound before the processor starts: when it is taken, the
-command stops with exit status 1 and one line naming it (a second processor
-on one host needs a port of its own), as a processor nobody can probe or
-scrape is one nobody can tell from a dead one. ``--burst`` ends the process
+The address is bound before the processor starts (:mod:`entrypoints.listen`):
+when it is taken, the command stops with exit status 1 and one line naming it (a
+second processor on one host needs a port of its own), as a processor nobody can
+probe or scrape is one nobody can tell from a dead one. ``--burst`` ends the process
 once the processor has caught up.
 """
 
@@ -21,25 +21,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 import sys
 
 from aiohttp import web
 
 from consumers.runtime.runner import Supervised
 from entrypoints.bootstrap import add_operations, check_postgres
+from entrypoints.listen import CannotListen, listen
 from entrypoints.registry import PROCESSORS
 from eventfold import gctune, malloctrim
 from eventfold.appkeys import HEALTH, METRICS, SETTINGS
 from eventfold.clients import close_pool, open_pool
-from eventfold.errors import PermanentError
 from eventfold.health import Health
 from eventfold.metrics import Metrics
 from eventfold.settings import Settings
 from eventfold.web import request_middleware
-
-
-class CannotListen(PermanentError):
-    """The operations address cannot be bound (another process has it, or no such address)."""
 
 
 async def run(settings: Settings, name: str, *, burst: bool = False) -> None:
@@ -47,6 +44,11 @@ async def run(settings: Settings, name: str, *, burst: bool = False) -> None:
 
     Raises :class:`CannotListen` before the processor starts when its address cannot be bound.
     """
+    with listen(settings, "health and metrics") as sock:
+        await _run(settings, name, sock, burst=burst)
+
+
+async def _run(settings: Settings, name: str, sock: socket.socket, *, burst: bool) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -58,7 +60,7 @@ async def run(settings: Settings, name: str, *, burst: bool = False) -> None:
         metrics = Metrics()
         health = Health(max_age=settings.health_cache_seconds)
         health.add("postgres", check_postgres(pool), critical=True)
-        runner = await _serve_operations(settings, metrics, health)
+        runner = await _serve_operations(settings, metrics, health, sock)
         # No await between the start and the check's registration: no probe sees the
         # process without its processor.
         processor = Supervised(name, PROCESSORS[name], settings, pool, metrics, burst=burst)
@@ -77,8 +79,10 @@ async def run(settings: Settings, name: str, *, burst: bool = False) -> None:
         await close_pool(pool)
 
 
-async def _serve_operations(settings: Settings, metrics: Metrics, health: Health) -> web.AppRunner:
-    """Serve the operations routes (``health``, ``metrics``); :class:`CannotListen` if it cannot."""
+async def _serve_operations(
+    settings: Settings, metrics: Metrics, health: Health, sock: socket.socket
+) -> web.AppRunner:
+    """Serve the operations routes (``health``, ``metrics``) on ``sock``."""
     app = web.Application(middlewares=[request_middleware])
     app[SETTINGS] = settings
     app[METRICS] = metrics
@@ -86,15 +90,7 @@ async def _serve_operations(settings: Settings, metrics: Metrics, health: Health
     add_operations(app)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, settings.http_host, settings.http_port)
-    try:
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise CannotListen(
-            f"cannot serve health and metrics on {settings.http_host}:{settings.http_port}"
-            f" (EVENTFOLD_HTTP_HOST, EVENTFOLD_HTTP_PORT): {exc.strerror or exc}"
-        ) from exc
+    await web.SockSite(runner, sock).start()
     return runner
 
 

@@ -129,6 +129,26 @@ async def test_a_taken_address_stops_the_process_with_one_line(lane: Settings) -
     assert "in use" in lines[0]
 
 
+@pytest.mark.parametrize("command", [("serve", "api", "ingest"), ("run",)], ids=" ".join)
+async def test_a_taken_address_stops_serve_and_run_with_one_line(
+    lane: Settings, command: tuple[str, ...]
+) -> None:
+    """As ``process`` does: bound before the app and its processors start, no traceback."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with process(*command, env=process_env(lane, port)) as proc:
+            assert await asyncio.to_thread(proc.wait, 60) == 1
+            lines = output(proc).splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(
+        f"eventfold {command[0]}: cannot serve HTTP on 127.0.0.1:{port}"
+        " (EVENTFOLD_HTTP_HOST, EVENTFOLD_HTTP_PORT): "
+    ), lines
+    assert "in use" in lines[0]
+
+
 async def test_the_lag_is_known_once_a_fetch_has_answered_for_every_partition(
     lane: Settings,
 ) -> None:
