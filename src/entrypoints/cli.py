@@ -161,7 +161,7 @@ def _serve_app(settings: Settings, parts: Any, banner: list[str], command: str) 
 
     setup_logging(settings.log_level)
     try:
-        sock = listen(settings, "HTTP")
+        socks = listen(settings, "HTTP")
     except CannotListen as exc:
         print(f"eventfold {command}: {exc}", file=sys.stderr)
         return 1
@@ -170,14 +170,17 @@ def _serve_app(settings: Settings, parts: Any, banner: list[str], command: str) 
         for line in banner:
             print(line, flush=True)
 
-    with sock:
+    try:
         web.run_app(
             create_app(settings, parts),
-            sock=sock,
+            sock=socks,
             print=announce,
             access_log=None,
             shutdown_timeout=10,
         )
+    finally:
+        for sock in socks:
+            sock.close()
     return 0
 
 

@@ -23,23 +23,29 @@ class CannotListen(PermanentError):
     ``str()`` is one line naming it and the settings that chose it."""
 
 
-def listen(settings: Settings, what: str) -> socket.socket:
-    """A non-blocking socket listening on the settings' HTTP address, for serving ``what``.
+def listen(settings: Settings, what: str) -> list[socket.socket]:
+    """Non-blocking sockets listening on the settings' HTTP address (one per address the
+    host resolves to, as the server would bind them itself), for serving ``what``.
 
-    Raises :class:`CannotListen` when the address is taken or cannot be resolved.
+    Raises :class:`CannotListen` when an address is taken or the host cannot be resolved.
     """
     host, port = settings.http_host, settings.http_port
+    bound: list[socket.socket] = []
     try:
-        family, *_, address = socket.getaddrinfo(
+        found = socket.getaddrinfo(
             host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        # SO_REUSEADDR as asyncio's create_server sets it: a restart need not wait for
-        # the old process's connections in TIME_WAIT; a live listener still refuses.
-        sock = socket.create_server(address, family=family, backlog=BACKLOG)
+        )
+        for family, *_, address in dict.fromkeys((f, a) for f, *_, a in found):
+            # SO_REUSEADDR as asyncio's create_server sets it: a restart need not wait for
+            # the old process's connections in TIME_WAIT; a live listener still refuses.
+            bound.append(socket.create_server(address, family=family, backlog=BACKLOG))
     except OSError as exc:
+        for sock in bound:
+            sock.close()
         raise CannotListen(
             f"cannot serve {what} on {host}:{port} (EVENTFOLD_HTTP_HOST, EVENTFOLD_HTTP_PORT):"
             f" {exc.strerror or exc}"
         ) from exc
-    sock.setblocking(False)
-    return sock
+    for sock in bound:
+        sock.setblocking(False)
+    return bound

@@ -44,11 +44,15 @@ async def run(settings: Settings, name: str, *, burst: bool = False) -> None:
 
     Raises :class:`CannotListen` before the processor starts when its address cannot be bound.
     """
-    with listen(settings, "health and metrics") as sock:
-        await _run(settings, name, sock, burst=burst)
+    socks = listen(settings, "health and metrics")
+    try:
+        await _run(settings, name, socks, burst=burst)
+    finally:
+        for sock in socks:
+            sock.close()
 
 
-async def _run(settings: Settings, name: str, sock: socket.socket, *, burst: bool) -> None:
+async def _run(settings: Settings, name: str, socks: list[socket.socket], *, burst: bool) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -60,7 +64,7 @@ async def _run(settings: Settings, name: str, sock: socket.socket, *, burst: boo
         metrics = Metrics()
         health = Health(max_age=settings.health_cache_seconds)
         health.add("postgres", check_postgres(pool), critical=True)
-        runner = await _serve_operations(settings, metrics, health, sock)
+        runner = await _serve_operations(settings, metrics, health, socks)
         # No await between the start and the check's registration: no probe sees the
         # process without its processor.
         processor = Supervised(name, PROCESSORS[name], settings, pool, metrics, burst=burst)
@@ -80,9 +84,9 @@ async def _run(settings: Settings, name: str, sock: socket.socket, *, burst: boo
 
 
 async def _serve_operations(
-    settings: Settings, metrics: Metrics, health: Health, sock: socket.socket
+    settings: Settings, metrics: Metrics, health: Health, socks: list[socket.socket]
 ) -> web.AppRunner:
-    """Serve the operations routes (``health``, ``metrics``) on ``sock``."""
+    """Serve the operations routes (``health``, ``metrics``) on ``socks``."""
     app = web.Application(middlewares=[request_middleware])
     app[SETTINGS] = settings
     app[METRICS] = metrics
@@ -90,7 +94,8 @@ async def _serve_operations(
     add_operations(app)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.SockSite(runner, sock).start()
+    for sock in socks:
+        await web.SockSite(runner, sock).start()
     return runner
 
 
