@@ -30,14 +30,15 @@ How the trace context travels (W3C Trace Context, CONTRACT "Operations"):
   the trigger event): an effect (``http``, ``record``, ``email``) is a span around
   each attempt, an ``http`` step sends its context on as a ``traceparent`` header and
   a ``record`` step's publish is its child; a wait (``delay``, ``approval``) is one
-  span from the step's start to its end, recorded when it ends (:func:`past_span`).
+  span from the step's start to its end, recorded when it ends (:func:`past_span`);
+  the run's own events are published in the trigger's context (:func:`within`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -136,6 +137,7 @@ class _Otel:
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
         self.propagator = TraceContextTextMapPropagator()
+        self.context = context
         self.trace = trace
         self.empty_context = context.Context
 
@@ -214,6 +216,20 @@ def batch_span(
         links=[trace.Link(c) for c in _distinct(contexts)[:MAX_LINKS]],
         attributes={**(attributes or {}), "messaging.batch.message_count": len(contexts)},
     )
+
+
+@contextlib.contextmanager
+def within(parent: Carrier | None) -> Iterator[None]:
+    """Run the block in ``parent``'s context, without a span of its own: the spans it
+    starts (a publish) are children of ``parent``. Nothing when off or without one."""
+    if _tracer is None or parent is None:
+        yield
+        return
+    token = _otel.context.attach(_extract(parent))
+    try:
+        yield
+    finally:
+        _otel.context.detach(token)
 
 
 def past_span(

@@ -272,6 +272,11 @@ async def test_every_workflow_step_joins_the_trigger_events_trace(
         if s.parent is not None and s.parent.span_id == steps["record"].context.span_id
     ]
     assert len(noted) == 1
+    # The run's own events (workflow.run.started, workflow.step.*) join the trace too.
+    published = await until_span(span_exporter, f"publish {lane.events_topic}", trace_id)
+    assert any(
+        s.parent is not None and s.parent.span_id == publish.context.span_id for s in published
+    )
     assert len(mailbox.of(run["id"])) == 1
 
 

@@ -299,7 +299,9 @@ class WorkflowProcessor:
         try:
             while True:
                 if pending:
-                    await self._publish(publisher, tenant, pending)
+                    # The run's events join its trigger's trace (their publish its child).
+                    with tracing.within(_trigger_carrier(doc.get("context"))):
+                        await self._publish(publisher, tenant, pending)
                     if any(e.get("type") == "workflow.run.started" for e in pending):
                         self._observe_trigger(doc)
                 state = RunState.from_json(doc)
@@ -362,7 +364,7 @@ class WorkflowProcessor:
         with tracing.span(
             f"workflow step {effect.kind}",
             kind="internal" if effect.kind == "record" else "client",
-            parent=tracing.doc_carrier(state.context.get("trigger")),
+            parent=_trigger_carrier(state.context),
             attributes=_step_attributes(state, effect.step, effect.kind, effect.attempt),
         ) as span:
             result = await self._effect(publisher, session, tenant, effect, state)
@@ -461,6 +463,14 @@ class WorkflowProcessor:
         await store.prune(self.pool, self.topic, RETENTION_DAYS, 1000)
 
 
+def _trigger_carrier(context: dict[str, Any] | None) -> dict[str, str] | None:
+    """The trace context of a run's trigger event (``context``: the run's context)."""
+    if not tracing.enabled() or not context:
+        return None
+    trigger = context.get("trigger")
+    return tracing.doc_carrier(trigger if isinstance(trigger, dict) else None)
+
+
 def _step_attributes(state: RunState, step: str, kind: str, attempt: int) -> dict[str, Any] | None:
     """A step span's attributes (None, and nothing built, when tracing is off)."""
     if not tracing.enabled():
@@ -493,7 +503,7 @@ def _waited(state: RunState, step: StepState | None) -> None:
         f"workflow step {step.kind}",
         start=step.started_at,
         end=step.finished_at or time.time(),
-        parent=tracing.doc_carrier(state.context.get("trigger")),
+        parent=_trigger_carrier(state.context),
         attributes={
             **(_step_attributes(state, step.id, step.kind, step.attempts) or {}),
             "eventfold.workflow.step.status": step.status,
