@@ -259,15 +259,17 @@ class Settings:
     kafka_bootstrap: BootstrapServers = "127.0.0.1:9092"
     #: The PostgreSQL database of the projections (see the role it needs in Security).
     database_url: PostgresUrl = "postgresql://eventfold:eventfold@127.0.0.1:5432/eventfold"
-    #: Redis for what must not vanish (rate-limit buckets, dedup keys, analytics
-    #: windows, stream slots): a server that never evicts (``maxmemory-policy
-    #: noeviction``).
+    #: Redis for what must not vanish (rate-limit buckets, dedup keys, inbound webhook
+    #: ids, analytics windows, SSE stream slots): a server that never evicts
+    #: (``maxmemory-policy noeviction``).
     redis_url: RedisUrl = "redis://127.0.0.1:6379/0"
-    #: The record cache (entries, tombstones, hot keys), which may be evicted: a server
-    #: with ``maxmemory-policy allkeys-lru`` of its own. Unset: the next database of
-    #: ``redis_url``'s server (``/0`` -> ``/1``), see :attr:`cache_url`.
+    #: Redis for the record cache (entries, tombstones, hot keys), which may be
+    #: evicted: in production a server of its own with ``maxmemory-policy
+    #: allkeys-lru``. Unset: the next database of the first one's server (``/0`` ->
+    #: ``/1``, see ``Settings.cache_url``).
     cache_redis_url: RedisUrl = field(
-        default="", metadata=documented_default("the next database of EVENTFOLD_REDIS_URL")
+        default="",
+        metadata=documented_default("the next database of EVENTFOLD_REDIS_URL's server"),
     )
     #: The S3-compatible store of the event archive.
     s3_endpoint: HttpUrl = "http://127.0.0.1:9000"
