@@ -111,29 +111,20 @@ async def test_every_processor_serves_its_own_readiness(
         assert await processor_ready(http, base, name) == "1.0"
 
 
-async def test_a_taken_address_stops_the_process_with_one_line(lane: Settings) -> None:
-    """As an HTTP process cannot start on a taken port, neither does a processor: one that
-    nobody can probe or scrape would look like a dead one."""
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        with process("process", "notifier", env=process_env(lane, port)) as proc:
-            assert await asyncio.to_thread(proc.wait, 60) == 1
-            lines = output(proc).splitlines()
-    assert len(lines) == 1, lines
-    assert lines[0].startswith(
-        f"eventfold process notifier: cannot serve health and metrics on 127.0.0.1:{port}"
-        " (EVENTFOLD_HTTP_HOST, EVENTFOLD_HTTP_PORT): "
-    ), lines
-    assert "in use" in lines[0]
-
-
-@pytest.mark.parametrize("command", [("serve", "api", "ingest"), ("run",)], ids=" ".join)
-async def test_a_taken_address_stops_serve_and_run_with_one_line(
-    lane: Settings, command: tuple[str, ...]
+@pytest.mark.parametrize(
+    ("command", "says"),
+    [
+        (("process", "notifier"), "eventfold process notifier: cannot serve health and metrics"),
+        (("serve", "api", "ingest"), "eventfold serve: cannot serve HTTP"),
+        (("run",), "eventfold run: cannot serve HTTP"),
+    ],
+    ids=["process", "serve", "run"],
+)
+async def test_a_taken_address_stops_the_command_with_one_line(
+    lane: Settings, command: tuple[str, ...], says: str
 ) -> None:
-    """As ``process`` does: bound before the app and its processors start, no traceback."""
+    """The address is bound before anything starts: a processor nobody can probe or scrape
+    would look like a dead one, and an HTTP process would start its app for nothing."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -143,8 +134,7 @@ async def test_a_taken_address_stops_serve_and_run_with_one_line(
             lines = output(proc).splitlines()
     assert len(lines) == 1, lines
     assert lines[0].startswith(
-        f"eventfold {command[0]}: cannot serve HTTP on 127.0.0.1:{port}"
-        " (EVENTFOLD_HTTP_HOST, EVENTFOLD_HTTP_PORT): "
+        f"{says} on 127.0.0.1:{port} (EVENTFOLD_HTTP_HOST, EVENTFOLD_HTTP_PORT): "
     ), lines
     assert "in use" in lines[0]
 
