@@ -19,10 +19,11 @@ WORKDIR /app
 RUN groupadd --system eventfold && useradd --system --gid eventfold --home-dir /app eventfold
 
 # Dependencies first, so a source change does not reinstall them: install the
-# project's dependency list from pyproject.toml with an empty package.
+# project's dependency list from pyproject.toml with an empty package (and the OTLP
+# exporter: OTEL_TRACES_EXPORTER=otlp sends spans to a collector).
 COPY pyproject.toml README.md ./
 RUN mkdir -p src/eventfold && touch src/eventfold/__init__.py \
-    && pip install . \
+    && pip install '.[otlp]' \
     && pip uninstall -y eventfold \
     && rm -rf src build
 
@@ -36,6 +37,6 @@ RUN pip install --no-deps . \
 USER eventfold
 EXPOSE 8080
 
-# Health checks are per process (docker-compose.yml): not every process serves HTTP.
+# Every process answers /health/ready on 8080 (docker-compose.yml checks each with it).
 ENTRYPOINT ["eventfold"]
 CMD ["run"]

@@ -8,19 +8,30 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from eventfold import tracing
 from eventfold.settings import Settings
 
 RUN_ID = uuid.uuid4().hex[:8]
+#: The ``eventfold`` command of this environment.
+EVENTFOLD = str(Path(sys.executable).with_name("eventfold"))
 
 
 def free_port() -> int:
@@ -107,6 +118,53 @@ def new_tenant_id() -> str:
     return f"t{uuid.uuid4().hex[:12]}"
 
 
+@pytest.fixture
+def span_exporter() -> Iterator[InMemorySpanExporter]:
+    """Tracing on (:mod:`eventfold.tracing`), every finished span kept in memory; off again
+    after the test. An app traces requests only if it was built while tracing was on."""
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    tracing.enable(provider)
+    try:
+        yield spans
+    finally:
+        tracing.shutdown()
+
+
+#: Each :func:`process`'s output file, by the process.
+_OUTPUT: dict[int, Any] = {}
+
+
+@contextmanager
+def process(*args: str, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    """``eventfold ARGS``, its stdout and stderr in one file (:func:`output`); stopped with
+    SIGTERM after. A file, not a pipe: a pipe nobody reads fills up with the log (an access
+    log line per request), and the process then blocks writing to it."""
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen([EVENTFOLD, *args], env=env, stdout=out, stderr=subprocess.STDOUT)
+        _OUTPUT[proc.pid] = out
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            del _OUTPUT[proc.pid]
+
+
+def output(proc: subprocess.Popen[bytes]) -> str:
+    """What a :func:`process` has written so far (stdout and stderr)."""
+    out = _OUTPUT[proc.pid]
+    out.seek(0)
+    text: str = out.read().decode(errors="replace")
+    return text
+
+
 async def wait_until_ready(http: Any, base: str, proc: subprocess.Popen[bytes]) -> None:
     """Wait until a spawned ``eventfold`` process answers ``/health/ready`` with ok.
 
@@ -117,8 +175,11 @@ async def wait_until_ready(http: Any, base: str, proc: subprocess.Popen[bytes]) 
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            stream = proc.stdout or proc.stderr
-            out = stream.read().decode(errors="replace") if stream else ""
+            if proc.pid in _OUTPUT:
+                out = output(proc)
+            else:
+                stream = proc.stdout or proc.stderr
+                out = stream.read().decode(errors="replace") if stream else ""
             pytest.fail(f"eventfold exited with {proc.returncode}:\n{out[-3000:]}")
         try:
             async with http.get(f"{base}/health/ready") as resp:

@@ -1,7 +1,15 @@
 """Redis 7 from the Debian package, as our own instance under var/redis.
 
-Redis holds only derived, rebuildable state (the read cache), but append-only
-persistence stays on so a restart of the stack keeps the cache warm.
+Redis holds two kinds of keys, in two logical databases of this one server:
+state that must not vanish (rate-limit buckets, dedup keys, analytics windows,
+stream slots: ``EVENTFOLD_REDIS_URL``, database 0) and the record cache, which
+may (``settings.cache_url``: database 1). An eviction policy is the server's,
+not a database's, so the local server evicts nothing (``noeviction``): past
+``maxmemory`` a write fails, which the cache's breaker and the callers' fail-open
+paths handle, rather than losing state silently; every cache entry has a TTL.
+A deployment gives the cache a server of its own with ``allkeys-lru``
+(docker-compose.yml's ``redis-cache``). Append-only persistence stays on: the
+state survives a restart of the stack, and the cache stays warm.
 """
 
 from __future__ import annotations
@@ -29,7 +37,9 @@ appendfsync everysec
 # once a minute under load: write-to-visible p99 51-71 -> 23-34 ms without).
 save ""
 maxmemory 512mb
-maxmemory-policy allkeys-lru
+# Database 0 holds state that must not vanish: past maxmemory, writes fail instead
+# of evicting (the policy is the server's; the cache, in database 1, has TTLs).
+maxmemory-policy noeviction
 tcp-keepalive 60
 loglevel notice
 databases 16

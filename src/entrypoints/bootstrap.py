@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from consumers.runtime.runner import Supervised
 from entrypoints.registry import PROCESSORS
-from eventfold import gctune, malloctrim, openapi, ratelimit
+from eventfold import gctune, malloctrim, openapi, ratelimit, tracing
 from eventfold.admission import Admission, WaitSlots
 from eventfold.apikeys import ApiKeyDirectory
 from eventfold.appkeys import (
@@ -63,6 +63,7 @@ from eventfold.web import (
     essential,
     json_response,
     request_middleware,
+    tracing_middleware,
 )
 
 log = logging.getLogger("eventfold")
@@ -84,6 +85,9 @@ def create_app(settings: Settings, parts: Parts | None = None) -> web.Applicatio
     middlewares = [compression_middleware(settings.compress_min_bytes), request_middleware]
     if settings.cors_origins:
         middlewares.insert(0, cors_middleware(settings.cors_origins))
+    if tracing.enabled():
+        # Outermost: the server span covers everything the request costs.
+        middlewares.insert(0, tracing_middleware)
     app = web.Application(
         middlewares=middlewares, client_max_size=settings.max_body_bytes + 64 * 1024
     )

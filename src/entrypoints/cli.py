@@ -19,8 +19,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from entrypoints import dlq, replay, workflows
+from entrypoints.listen import CannotListen, listen
 from entrypoints.output import print_json
 from entrypoints.registry import PROCESSORS
+from eventfold import tracing
 from eventfold.auth import issue_token
 from eventfold.logs import setup_logging
 from eventfold.schema_files import check_schemas, export_schemas
@@ -35,8 +37,13 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="everything in one process: API, ingest and processors")
     run.add_argument("--no-token", action="store_true", help="do not print a dev admin token")
 
-    serve = sub.add_parser("serve", help="serve one HTTP part alone")
-    serve.add_argument("part", choices=["api", "ingest"])
+    serve = sub.add_parser("serve", help="serve HTTP parts without the processors")
+    serve.add_argument(
+        "part",
+        nargs="+",
+        choices=["api", "ingest"],
+        help="api (reads), ingest (writes), or both on one port",
+    )
 
     process = sub.add_parser("process", help="run one stream processor alone")
     process.add_argument("name", choices=sorted(PROCESSORS))
@@ -72,6 +79,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A usage error like argparse's: one line, exit status 2, no traceback.
         print(f"eventfold: {exc}", file=sys.stderr)
         return 2
+    service = _traced_service(args)
+    if service is not None:
+        try:
+            tracing.configure(service)
+        except tracing.TracingError as exc:
+            print(f"eventfold: {exc}", file=sys.stderr)
+            return 2
     handler = {
         "run": _run,
         "serve": _serve,
@@ -89,6 +103,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(settings, args)
     except KeyboardInterrupt:
         return 130
+    finally:
+        tracing.shutdown()  # exports the spans still pending
+
+
+def _traced_service(args: argparse.Namespace) -> str | None:
+    """The default ``service.name`` of a command that serves or processes (None: no tracing)."""
+    if args.command == "run":
+        return "eventfold"
+    if args.command == "serve":
+        return "eventfold-" + "-".join(p for p in ("api", "ingest") if p in args.part)
+    if args.command == "process":
+        return f"eventfold-{args.name}"
+    return None
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
@@ -112,36 +139,48 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
             ttl_seconds=86400,
         )
         lines.append(f"eventfold: dev platform-admin token (24 h): {dev}")
-    return _serve_app(settings, Parts(), lines)
+    return _serve_app(settings, Parts(), lines, "run")
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from entrypoints.bootstrap import Parts  # deferred: start-up cost (the app and its clients)
 
-    parts = Parts(api=args.part == "api", ingest=args.part == "ingest", processors=())
+    named = [p for p in ("api", "ingest") if p in args.part]
+    parts = Parts(api="api" in named, ingest="ingest" in named, processors=())
     url = f"http://{settings.http_host}:{settings.http_port}"
-    return _serve_app(settings, parts, [f"eventfold: serving {args.part} on {url}"])
+    banner = [f"eventfold: serving {' and '.join(named)} on {url}"]
+    return _serve_app(settings, parts, banner, "serve")
 
 
-def _serve_app(settings: Settings, parts: Any, banner: list[str]) -> int:
+def _serve_app(settings: Settings, parts: Any, banner: list[str], command: str) -> int:
+    """Serve ``parts`` until SIGINT/SIGTERM; exit status 1, with one line, when the
+    address is taken (bound before the app, its clients and processors start)."""
     from aiohttp import web  # deferred: start-up cost (the app and its clients)
 
     from entrypoints.bootstrap import create_app  # deferred: start-up cost
 
     setup_logging(settings.log_level)
+    try:
+        socks = listen(settings, "HTTP")
+    except CannotListen as exc:
+        print(f"eventfold {command}: {exc}", file=sys.stderr)
+        return 1
 
     def announce(_msg: str) -> None:
         for line in banner:
             print(line, flush=True)
 
-    web.run_app(
-        create_app(settings, parts),
-        host=settings.http_host,
-        port=settings.http_port,
-        print=announce,
-        access_log=None,
-        shutdown_timeout=10,
-    )
+    try:
+        web.run_app(
+            create_app(settings, parts),
+            sock=socks,
+            print=announce,
+            access_log=None,
+            shutdown_timeout=10,
+        )
+    finally:
+        for sock in socks:
+            sock.close()
     return 0
 
 

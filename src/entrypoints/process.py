@@ -4,24 +4,31 @@ The processor runs under :class:`consumers.runtime.runner.Supervised` (restarts
 with backoff, readiness), and the process answers ``/health/live``,
 ``/health/ready`` and ``/metrics`` on ``EVENTFOLD_HTTP_HOST``:``EVENTFOLD_HTTP_PORT``
 as the HTTP processes do (CONTRACT.md), so each processor of a deployment is
-probed and scraped like the rest. The operations routes are a convenience
-next to the processor's job: when the address is taken (two processors on one
-host with the same settings), the processor goes on without them and says so
-in the log. ``--burst`` ends the process once the processor has caught up.
+probed and scraped like the rest. ``/health/ready`` is ``ok`` only once the
+processor does its job: a Kafka processor holds its partitions and knows how
+far behind their ends it is, a PostgreSQL poller (notifier, sync) had its
+last poll answered, the analytics worker restored its tables.
+
+The address is bound before the processor starts (:mod:`entrypoints.listen`):
+when it is taken, the command stops with exit status 1 and one line naming it (a
+second processor on one host needs a port of its own), as a processor nobody can
+probe or scrape is one nobody can tell from a dead one. ``--burst`` ends the process
+once the processor has caught up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import signal
+import socket
+import sys
 
-import asyncpg
 from aiohttp import web
 
 from consumers.runtime.runner import Supervised
 from entrypoints.bootstrap import add_operations, check_postgres
+from entrypoints.listen import CannotListen, listen
 from entrypoints.registry import PROCESSORS
 from eventfold import gctune, malloctrim
 from eventfold.appkeys import HEALTH, METRICS, SETTINGS
@@ -31,64 +38,73 @@ from eventfold.metrics import Metrics
 from eventfold.settings import Settings
 from eventfold.web import request_middleware
 
-log = logging.getLogger("eventfold")
-
 
 async def run(settings: Settings, name: str, *, burst: bool = False) -> None:
-    """Run processor ``name`` until SIGINT/SIGTERM (or, with ``burst``, until caught up)."""
+    """Run processor ``name`` until SIGINT/SIGTERM (or, with ``burst``, until caught up).
+
+    Raises :class:`CannotListen` before the processor starts when its address cannot be bound.
+    """
+    socks = listen(settings, "health and metrics")
+    try:
+        await _run(settings, name, socks, burst=burst)
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+async def _run(settings: Settings, name: str, socks: list[socket.socket], *, burst: bool) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     pool = await open_pool(settings)
-    gctune.settle(gctune.GC_THRESHOLD_0_BATCH)  # the process's own: nothing to restore
-    metrics = Metrics()
-    processor = Supervised(name, PROCESSORS[name], settings, pool, metrics, burst=burst)
-    runner = await _serve_operations(settings, metrics, pool, name, processor)
+    runner: web.AppRunner | None = None
     try:
-        # Stream processors read sockets as served processes do: the same heap holes.
-        async with malloctrim.trimming():
-            stopped = asyncio.create_task(stop.wait())
-            await asyncio.wait({processor.task, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            stopped.cancel()
+        gctune.settle(gctune.GC_THRESHOLD_0_BATCH)  # the process's own: nothing to restore
+        metrics = Metrics()
+        health = Health(max_age=settings.health_cache_seconds)
+        health.add("postgres", check_postgres(pool), critical=True)
+        runner = await _serve_operations(settings, metrics, health, socks)
+        # No await between the start and the check's registration: no probe sees the
+        # process without its processor.
+        processor = Supervised(name, PROCESSORS[name], settings, pool, metrics, burst=burst)
+        health.add(name, processor.check, critical=True)
+        try:
+            # Stream processors read sockets as served processes do: the same heap holes.
+            async with malloctrim.trimming():
+                stopped = asyncio.create_task(stop.wait())
+                await asyncio.wait({processor.task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                stopped.cancel()
+        finally:
+            await processor.close()
     finally:
-        await processor.close()
         if runner is not None:
             await runner.cleanup()
         await close_pool(pool)
 
 
 async def _serve_operations(
-    settings: Settings, metrics: Metrics, pool: asyncpg.Pool, name: str, processor: Supervised
-) -> web.AppRunner | None:
-    """Serve the operations routes for ``processor``; None when the address is taken."""
+    settings: Settings, metrics: Metrics, health: Health, socks: list[socket.socket]
+) -> web.AppRunner:
+    """Serve the operations routes (``health``, ``metrics``) on ``socks``."""
     app = web.Application(middlewares=[request_middleware])
     app[SETTINGS] = settings
     app[METRICS] = metrics
-    app[HEALTH] = health = Health(max_age=settings.health_cache_seconds)
-    health.add("postgres", check_postgres(pool), critical=True)
-    health.add(name, processor.check, critical=True)
+    app[HEALTH] = health
     add_operations(app)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, settings.http_host, settings.http_port)
-    try:
-        await site.start()
-    except OSError as exc:
-        log.error(
-            "health and metrics not served: the address is taken",
-            extra={
-                "address": f"{settings.http_host}:{settings.http_port}",
-                "error": repr(exc),
-            },
-        )
-        await runner.cleanup()
-        return None
+    for sock in socks:
+        await web.SockSite(runner, sock).start()
     return runner
 
 
 def main(settings: Settings, name: str, *, burst: bool) -> int:
-    """The ``eventfold process`` command; its exit status."""
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run(settings, name, burst=burst))
+    """The ``eventfold process`` command; its exit status (1: its address cannot be bound)."""
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run(settings, name, burst=burst))
+    except CannotListen as exc:
+        print(f"eventfold process {name}: {exc}", file=sys.stderr)
+        return 1
     return 0

@@ -218,12 +218,14 @@ class HotKeys:
 def cache_client(settings: Settings) -> Redis:
     """A Redis client for the cache: short socket deadlines and no retries.
 
+    It talks to the cache's own server or database (``settings.cache_url``), apart
+    from the state that must not vanish, so evicting entries never evicts that.
     The breaker, not a retry, handles a failing Redis: a read waits at most one
     deadline before going to PostgreSQL.
     """
     timeout = settings.cache_timeout_ms / 1000
     client: Redis = Redis.from_url(
-        settings.redis_url,
+        settings.cache_url,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 0),

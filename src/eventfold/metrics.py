@@ -313,8 +313,9 @@ class Metrics:
         )
         self.processor_ready = Gauge(
             "eventfold_processor_ready",
-            "1 while a processor runs with its input (partitions assigned, or its PostgreSQL"
-            " polls answered); 0 while it starts, restarts after a failure or has none.",
+            "1 while a processor runs with its input (partitions assigned and their ends known,"
+            " or its PostgreSQL polls answered); 0 while it starts, restarts after a failure"
+            " or has none.",
             ["processor"],
             registry=r,
         )

@@ -39,7 +39,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import AfterValidator, BeforeValidator, Field, FilePath, TypeAdapter, ValidationError
 
@@ -200,6 +200,21 @@ KeyringSpec = Annotated[
 ]
 
 
+def next_database(url: str) -> str:
+    """``url`` (a Redis URL) naming the next logical database of the same server.
+
+    ``redis://h:6379/0`` -> ``redis://h:6379/1`` (no database is 0), and a
+    ``unix://`` URL's ``?db=`` likewise; credentials and options stay.
+    """
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        query = dict(parse_qsl(parts.query))
+        query["db"] = str(int(query.get("db") or 0) + 1)
+        # Not urlunsplit: it drops the empty host of ``unix:///path``.
+        return f"{url.partition('?')[0]}?{urlencode(query)}"
+    return urlunsplit(parts._replace(path=f"/{int(parts.path.strip('/') or 0) + 1}"))
+
+
 def source_checkout() -> Path | None:
     """The source checkout this package runs from (an editable install), else None."""
     checkout = Path(eventfold.__file__).resolve().parents[2]
@@ -244,8 +259,18 @@ class Settings:
     kafka_bootstrap: BootstrapServers = "127.0.0.1:9092"
     #: The PostgreSQL database of the projections (see the role it needs in Security).
     database_url: PostgresUrl = "postgresql://eventfold:eventfold@127.0.0.1:5432/eventfold"
-    #: Redis: record cache, rate limits, dedup, the live feed, analytics results.
+    #: Redis for what must not vanish (rate-limit buckets, dedup keys, inbound webhook
+    #: ids, analytics windows, SSE stream slots): a server that never evicts
+    #: (``maxmemory-policy noeviction``).
     redis_url: RedisUrl = "redis://127.0.0.1:6379/0"
+    #: Redis for the record cache (entries, tombstones, hot keys), which may be
+    #: evicted: in production a server of its own with ``maxmemory-policy
+    #: allkeys-lru``. Unset: the next database of the first one's server (``/0`` ->
+    #: ``/1``, see ``Settings.cache_url``).
+    cache_redis_url: RedisUrl = field(
+        default="",
+        metadata=documented_default("the next database of EVENTFOLD_REDIS_URL's server"),
+    )
     #: The S3-compatible store of the event archive.
     s3_endpoint: HttpUrl = "http://127.0.0.1:9000"
     #: The archive's bucket (``eventfold infra up`` creates it locally).
@@ -406,6 +431,9 @@ class Settings:
     analytics_prune_seconds: Seconds = 60.0
     #: The least level of the JSON log lines on stderr.
     log_level: LogLevel = "INFO"
+    #: One JSON line per answered HTTP request (method, route template, status,
+    #: duration, tenant, request id) at INFO, logger ``eventfold.access``; false: none.
+    access_log: Flag = True
     #: Which services the user pointed at their own instance (infra skips those).
     external: frozenset[str] = field(default_factory=frozenset, metadata=INTERNAL)
 
@@ -413,6 +441,12 @@ class Settings:
     def var_dir(self) -> Path:
         """Data, logs and pid files of the local stack."""
         return self.home / "var"
+
+    @property
+    def cache_url(self) -> str:
+        """The record cache's Redis: ``cache_redis_url``, else the database after
+        ``redis_url``'s on the same server (keys apart, flushable apart)."""
+        return self.cache_redis_url or next_database(self.redis_url)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -19,7 +19,7 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from eventfold import faults, ids
+from eventfold import faults, ids, tracing
 from eventfold.apikeys import UnknownApiKey
 from eventfold.appkeys import (
     ADMISSION,
@@ -57,6 +57,8 @@ from eventfold.ratelimit import DECISION_KEY
 from eventfold.tenancy import Tenant
 
 log = logging.getLogger("eventfold.http")
+#: One line per answered request (``EVENTFOLD_ACCESS_LOG``), see :func:`request_middleware`.
+access_log = logging.getLogger("eventfold.access")
 
 DEFAULT_REQUEST_DEADLINE = 20.0
 
@@ -115,7 +117,14 @@ def _from_http_exception(exc: web.HTTPException) -> Problem:
 
 @web.middleware
 async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Request id, problem+json for every error, and the latency histogram."""
+    """Request id, problem+json for every error, the latency histogram and the access log.
+
+    The access log line (logger ``eventfold.access``, INFO, unless
+    ``EVENTFOLD_ACCESS_LOG`` is off) names the method, the route template (never
+    the path: it holds ids), the status, the duration in milliseconds and the
+    path's tenant; the request id is the line's ``correlation_id``, as on every
+    other line the request logs. A stream is logged when it ends.
+    """
     given = request.headers.get("X-Request-ID", "")
     rid = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
     token = correlation_id.set(rid)
@@ -126,16 +135,50 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
         resource = request.match_info.route.resource
         template = resource.canonical if resource is not None else "unmatched"
         metrics = request.app[METRICS]
+        elapsed = time.perf_counter() - started
         metrics.http_requests.labels(template, request.method, str(response.status)).observe(
-            time.perf_counter() - started
+            elapsed
         )
         # Answered requests only: a made-up tenant in a refused request is not activity.
         tenant = request.match_info.get("tenant")
         if tenant and response.status < 400:
             metrics.top_tenant_requests.add(tenant)
+        if request.app[SETTINGS].access_log:
+            access_log.info(
+                "request",
+                extra={
+                    "method": request.method,
+                    "route": template,
+                    "status": response.status,
+                    "duration_ms": round(elapsed * 1000, 3),
+                    "tenant": tenant,
+                },
+            )
         return response
     finally:
         correlation_id.reset(token)
+
+
+@web.middleware
+async def tracing_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The request's server span (:mod:`eventfold.tracing`), a child of its ``traceparent``
+    header; installed only while tracing is on. Named by the route template, as metrics."""
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    attributes = {"http.request.method": request.method, "http.route": route}
+    with tracing.server_span(request.headers, f"{request.method} {route}", attributes) as span:
+        response = await handler(request)
+        tracing.set_attributes(
+            span,
+            {
+                "http.response.status_code": response.status,
+                "eventfold.tenant": request.match_info.get("tenant"),
+                "eventfold.request_id": response.headers.get("X-Request-ID"),
+            },
+        )
+        if response.status >= 500:
+            tracing.failed(span, f"HTTP {response.status}")
+        return response
 
 
 #: Response headers a browser script may read across origins.

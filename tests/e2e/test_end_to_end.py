@@ -5,11 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -19,9 +15,7 @@ from eventfold.auth import issue_token
 from eventfold.consistency import decode, encode
 from eventfold.sealing import new_key_spec
 from eventfold.settings import Settings
-from tests.conftest import free_port, new_tenant_id, wait_until_ready
-
-EVENTFOLD = str(Path(sys.executable).with_name("eventfold"))
+from tests.conftest import free_port, new_tenant_id, output, process, wait_until_ready
 
 
 def env_for(settings: Settings, port: int) -> dict[str, str]:
@@ -33,25 +27,6 @@ def env_for(settings: Settings, port: int) -> dict[str, str]:
         "EVENTFOLD_CONSUMER_GROUP_PREFIX": settings.consumer_group_prefix + ".e2e",
         "EVENTFOLD_JWT_SECRET": settings.jwt_secret,
     }
-
-
-@contextmanager
-def process(*args: str, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(
-        [EVENTFOLD, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stdout:
-            proc.stdout.close()
 
 
 @pytest.fixture
@@ -137,7 +112,7 @@ async def test_all_in_one_process(session: aiohttp.ClientSession, settings: Sett
         await scenario(session, settings, base, base)
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(proc.wait, 20) == 0
-        out = proc.stdout.read().decode() if proc.stdout else ""
+        out = output(proc)
     assert f"serving on {base}" in out
     assert "dev platform-admin token" in out
     # The secret came from the environment, so it is not echoed.
@@ -161,7 +136,7 @@ async def test_production_run_prints_no_credential(
         await wait_until_ready(session, base, proc)
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(proc.wait, 20) == 0
-        out = proc.stdout.read().decode() if proc.stdout else ""
+        out = output(proc)
     assert f"serving on {base}" in out
     # Logs are read by more people than may hold a platform-admin token.
     assert "platform-admin token" not in out
@@ -189,3 +164,26 @@ async def test_each_part_in_its_own_process(
         # The write route lives in the ingest process only (the API lists tenants).
         async with session.post(f"http://127.0.0.1:{api_port}/v1/tenants", json={}) as r:
             assert r.status == 405
+
+
+@pytest.mark.usefixtures("stack")
+async def test_one_http_process_for_reads_and_writes_beside_the_processors(
+    session: aiohttp.ClientSession, settings: Settings
+) -> None:
+    """docker-compose.yml's shape: `serve api ingest` is the one entry point (the README's
+    walkthrough all on one port); the processors run in processes of their own."""
+    port, projector_port = free_port(), free_port()
+    base = f"http://127.0.0.1:{port}"
+    with (
+        process("serve", "api", "ingest", env=env_for(settings, port)) as http,
+        process("process", "projector", env=env_for(settings, projector_port)) as projector,
+    ):
+        await wait_until_ready(session, base, http)
+        await wait_until_ready(session, f"http://127.0.0.1:{projector_port}", projector)
+        await scenario(session, settings, base, base)
+        async with session.get(f"{base}/health/ready") as r:
+            # No processor in the HTTP process: its readiness names none.
+            assert "projector" not in (await r.json())["checks"]
+        http.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(http.wait, 20) == 0
+        assert f"eventfold: serving api and ingest on {base}" in output(http)

@@ -4,19 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import dataclasses
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest_asyncio
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 
+from devstack import ensure_topics
 from entrypoints.bootstrap import Parts, create_app
 from entrypoints.registry import PROCESSORS
 from eventfold.auth import issue_token
 from eventfold.clients import open_pool
+from eventfold.logs import JsonFormatter
 from eventfold.settings import Settings
 from tests.conftest import new_tenant_id
 from tests.integration.workflow_helpers import receiver  # noqa: F401 - the workflows tests' fixture
@@ -160,3 +171,99 @@ async def tenant(api: Api) -> TenantApi:
     """A tenant created for this test alone."""
     doc = await api.create_tenant()
     return TenantApi(api, doc["id"])
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def lane(stack: Settings) -> Settings:
+    """Settings with a private topic and consumer groups (a module may define its own)."""
+    name = uuid.uuid4().hex[:8]
+    settings = dataclasses.replace(
+        stack,
+        events_topic=f"{stack.events_topic}.m-{name}",
+        dlq_topic=f"{stack.dlq_topic}.m-{name}",
+        consumer_group_prefix=f"{stack.consumer_group_prefix}.m-{name}",
+    )
+    await ensure_topics(settings)
+    return settings
+
+
+def process_env(settings: Settings, port: int, **extra: str) -> dict[str, str]:
+    """The environment of an ``eventfold`` process spawned with ``settings``' topics and
+    groups, serving HTTP on ``port``; ``extra`` adds variables."""
+    return {
+        **os.environ,
+        "EVENTFOLD_EVENTS_TOPIC": settings.events_topic,
+        "EVENTFOLD_DLQ_TOPIC": settings.dlq_topic,
+        "EVENTFOLD_CONSUMER_GROUP_PREFIX": settings.consumer_group_prefix,
+        "EVENTFOLD_TOPIC_PARTITIONS": str(settings.topic_partitions),
+        "EVENTFOLD_JWT_SECRET": settings.jwt_secret,
+        "EVENTFOLD_HTTP_PORT": str(port),
+        "EVENTFOLD_LOG_LEVEL": "WARNING",
+        **extra,
+    }
+
+
+_DEAD_MEMBER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from aiokafka import AIOKafkaConsumer
+
+    async def main():
+        consumer = AIOKafkaConsumer(
+            sys.argv[2], bootstrap_servers=sys.argv[1], group_id=sys.argv[3],
+            session_timeout_ms=10000, heartbeat_interval_ms=1000)
+        await consumer.start()
+        while not consumer.assignment():
+            await consumer.getmany(timeout_ms=100)
+        print("assigned", flush=True)
+        await asyncio.sleep(3600)
+
+    asyncio.run(main())
+    """
+)
+
+
+async def kill_9_after_assignment(settings: Settings, group: str) -> None:
+    """A consumer of ``group`` (not static) takes every partition of the events topic and is
+    killed with -9: the group's next rebalance waits for its 10 s session to time out."""
+    dead = subprocess.Popen(
+        [sys.executable, "-c", _DEAD_MEMBER, settings.kafka_bootstrap, settings.events_topic,
+         group],
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert dead.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(dead.stdout.readline), 60)
+        assert line == b"assigned\n"
+    finally:
+        dead.send_signal(signal.SIGKILL)
+        dead.wait()
+
+
+class JsonLines(logging.Handler):
+    """Formats records as the process would (JSON) and wakes a waiter on each."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(JsonFormatter())
+        self.lines: list[dict[str, Any]] = []
+        self.changed = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(orjson.loads(self.format(record)))
+        self.changed.set()
+
+
+@contextlib.contextmanager
+def captured(name: str, level: int = logging.INFO) -> Iterator[JsonLines]:
+    """The JSON lines logger ``name`` writes at ``level`` or above, while in the block."""
+    logger = logging.getLogger(name)
+    handler, before = JsonLines(), logger.level
+    handler.setLevel(level)
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(before)

@@ -29,7 +29,7 @@ from eventfold.clients import open_pool
 from eventfold.metrics import Metrics
 from eventfold.s3 import open_s3
 from eventfold.settings import Settings
-from tests.conftest import new_tenant_id
+from tests.conftest import free_port, new_tenant_id
 
 EVENTFOLD = str(Path(sys.executable).with_name("eventfold"))
 
@@ -246,6 +246,8 @@ async def test_sigkilled_archiver_rewrites_the_same_objects(lane: Lane) -> None:
         "EVENTFOLD_S3_BUCKET": lane.settings.s3_bucket,
         "EVENTFOLD_ARCHIVE_SEGMENT_BYTES": str(knobs["archive_segment_bytes"]),
         "EVENTFOLD_ARCHIVE_SEGMENT_SECONDS": str(knobs["archive_segment_seconds"]),
+        # Each process serves its health and metrics: a port of its own.
+        "EVENTFOLD_HTTP_PORT": str(free_port()),
         "EVENTFOLD_LOG_LEVEL": "WARNING",
     }
     name = f"{lane.settings.consumer_group_prefix}.archiver"

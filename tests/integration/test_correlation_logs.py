@@ -6,35 +6,19 @@ import asyncio
 import logging
 from typing import Any
 
-import orjson
 from prometheus_client import generate_latest
 
 from eventfold.appkeys import METRICS, POOL
-from eventfold.logs import JsonFormatter
-from tests.integration.conftest import TenantApi
+from tests.integration.conftest import JsonLines, TenantApi
 from tests.integration.test_dead_letters import install_bug
 
 R = "/collections/orders/records"
 
 
-class _Lines(logging.Handler):
-    """Formats records as the process would (JSON) and wakes a waiter on each."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.setFormatter(JsonFormatter())
-        self.lines: list[dict[str, Any]] = []
-        self.changed = asyncio.Event()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(orjson.loads(self.format(record)))
-        self.changed.set()
-
-
 async def test_dead_letter_log_line_carries_the_request_id(tenant: TenantApi) -> None:
     app = tenant.api.client.server.app
     await install_bug(app[POOL], tenant.id)
-    handler = _Lines()
+    handler = JsonLines()
     logger = logging.getLogger("eventfold.projector")
     logger.addHandler(handler)
     try:

@@ -29,6 +29,7 @@ from devstack import ensure_topics
 from eventfold.clients import open_pool
 from eventfold.fold import Record, apply
 from eventfold.settings import Settings
+from tests.conftest import free_port
 
 EVENTFOLD = str(Path(sys.executable).with_name("eventfold"))
 TOTAL = 50_000
@@ -152,6 +153,8 @@ async def test_sigkilled_projector_ends_exactly_equal_to_the_fold(settings: Sett
         "EVENTFOLD_DLQ_TOPIC": lane.dlq_topic,
         "EVENTFOLD_CONSUMER_GROUP_PREFIX": lane.consumer_group_prefix,
         "EVENTFOLD_PROJECTOR_BATCH_SIZE": "500",
+        # Each process serves its health and metrics: a port of its own.
+        "EVENTFOLD_HTTP_PORT": str(free_port()),
         "EVENTFOLD_LOG_LEVEL": "WARNING",
     }
     pool = await open_pool(lane)

@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from entrypoints.bootstrap import Parts, create_app
 from eventfold.settings import Settings
+from tests.conftest import free_port
 from tests.integration.conftest import Api, TenantApi
 from tests.integration.test_integrations import (
     Source,
@@ -72,6 +73,8 @@ def spawn(settings: Settings) -> subprocess.Popen[bytes]:
         "EVENTFOLD_SYNC_BACKOFF_BASE": "0.05",
         "EVENTFOLD_SYNC_REQUEST_TIMEOUT": "1",
         "EVENTFOLD_SYNC_LEASE_SECONDS": "3",
+        # Each process serves its health and metrics: a port of its own.
+        "EVENTFOLD_HTTP_PORT": str(free_port()),
         "EVENTFOLD_LOG_LEVEL": "WARNING",
     }
     return subprocess.Popen([EVENTFOLD, "process", "sync"], env=env)

@@ -8,13 +8,9 @@ work back without waiting for its dead predecessor's session to time out.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import os
 import signal
 import subprocess
 import sys
-import textwrap
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -27,29 +23,14 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from consumers.projector.processor import Projector
 from consumers.runtime import membership
-from devstack import ensure_topics
 from entrypoints.bootstrap import Parts
 from eventfold.auth import issue_token
 from eventfold.metrics import Metrics
 from eventfold.settings import Settings
 from tests.conftest import free_port, new_tenant_id, wait_until_ready
-from tests.integration.conftest import serving
+from tests.integration.conftest import kill_9_after_assignment, process_env, serving
 
 EVENTFOLD = str(Path(sys.executable).with_name("eventfold"))
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def lane(stack: Settings) -> Settings:
-    """Settings with a private topic and consumer groups."""
-    name = uuid.uuid4().hex[:8]
-    settings = dataclasses.replace(
-        stack,
-        events_topic=f"{stack.events_topic}.m-{name}",
-        dlq_topic=f"{stack.dlq_topic}.m-{name}",
-        consumer_group_prefix=f"{stack.consumer_group_prefix}.m-{name}",
-    )
-    await ensure_topics(settings)
-    return settings
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -144,41 +125,10 @@ async def test_two_projectors_are_distinct_static_members_and_a_clean_stop_leave
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-DEAD_MEMBER = textwrap.dedent(
-    """
-    import asyncio, sys
-    from aiokafka import AIOKafkaConsumer
-
-    async def main():
-        consumer = AIOKafkaConsumer(
-            sys.argv[2], bootstrap_servers=sys.argv[1], group_id=sys.argv[3],
-            session_timeout_ms=10000, heartbeat_interval_ms=1000)
-        await consumer.start()
-        while not consumer.assignment():
-            await consumer.getmany(timeout_ms=100)
-        print("assigned", flush=True)
-        await asyncio.sleep(3600)
-
-    asyncio.run(main())
-    """
-)
-
-
 async def test_ready_only_once_the_projector_has_its_partitions(lane: Settings) -> None:
     """A member killed with -9 holds the group's rebalance until its session times out:
     meanwhile the new process must not say it is ready (issue 21 item 7)."""
-    group = f"{lane.consumer_group_prefix}.projector"
-    dead = subprocess.Popen(
-        [sys.executable, "-c", DEAD_MEMBER, lane.kafka_bootstrap, lane.events_topic, group],
-        stdout=subprocess.PIPE,
-    )
-    try:
-        assert dead.stdout is not None
-        line = await asyncio.wait_for(asyncio.to_thread(dead.stdout.readline), 60)
-        assert line == b"assigned\n"
-    finally:
-        dead.send_signal(signal.SIGKILL)
-        dead.wait()
+    await kill_9_after_assignment(lane, f"{lane.consumer_group_prefix}.projector")
     tenant = new_tenant_id()
     admin_auth = {"Authorization": f"Bearer {_token(lane, '*', 'platform-admin')}"}
     async with serving(lane, Parts(processors=("projector",))) as client:
@@ -233,16 +183,7 @@ async def test_after_kill_9_a_write_made_when_ready_is_visible_with_its_token(
     restarted projector waited for its dead predecessor's session, the read 503'd)."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "EVENTFOLD_EVENTS_TOPIC": lane.events_topic,
-        "EVENTFOLD_DLQ_TOPIC": lane.dlq_topic,
-        "EVENTFOLD_CONSUMER_GROUP_PREFIX": lane.consumer_group_prefix,
-        "EVENTFOLD_TOPIC_PARTITIONS": str(lane.topic_partitions),
-        "EVENTFOLD_HTTP_PORT": str(port),
-        "EVENTFOLD_JWT_SECRET": lane.jwt_secret,
-        "EVENTFOLD_LOG_LEVEL": "WARNING",
-    }
+    env = process_env(lane, port)
     tenant = new_tenant_id()
     output = (tmp_path / "run.log").open("ab")
 
@@ -281,42 +222,3 @@ async def test_after_kill_9_a_write_made_when_ready_is_visible_with_its_token(
             except subprocess.TimeoutExpired:
                 proc.kill()
         output.close()
-
-
-async def test_a_processor_process_serves_its_health_and_metrics(lane: Settings) -> None:
-    """CONTRACT: ``eventfold process NAME`` serves /health/live, /health/ready and /metrics
-    on EVENTFOLD_HTTP_HOST:EVENTFOLD_HTTP_PORT like the HTTP processes do."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "EVENTFOLD_EVENTS_TOPIC": lane.events_topic,
-        "EVENTFOLD_DLQ_TOPIC": lane.dlq_topic,
-        "EVENTFOLD_CONSUMER_GROUP_PREFIX": lane.consumer_group_prefix,
-        "EVENTFOLD_HTTP_PORT": str(port),
-        "EVENTFOLD_LOG_LEVEL": "WARNING",
-    }
-    proc = subprocess.Popen([EVENTFOLD, "process", "projector"], env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        async with aiohttp.ClientSession() as session:
-            await wait_until_ready(session, base, proc)
-            async with session.get(f"{base}/health/ready") as r:
-                doc = await r.json()
-            assert r.status == 200
-            assert doc["checks"]["projector"] == {"status": "ok"}
-            assert doc["checks"]["postgres"] == {"status": "ok"}
-            async with session.get(f"{base}/health/live") as r:
-                assert r.status == 200
-            async with session.get(f"{base}/metrics") as r:
-                text = await r.text()
-            assert r.status == 200
-            assert "eventfold_projector_events_total" in text
-            # Only the operations routes: no API, no gateway in a processor's process.
-            async with session.get(f"{base}/v1/me") as r:
-                assert r.status == 404
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.to_thread(proc.wait, 30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()

@@ -7,7 +7,14 @@ import dataclasses
 
 from eventfold.appkeys import HEALTH
 from eventfold.settings import Settings
-from tests.integration.conftest import READ_API, SESSION_PROCESSORS, Api, TenantApi, serving
+from tests.integration.conftest import (
+    READ_API,
+    SESSION_PROCESSORS,
+    Api,
+    TenantApi,
+    captured,
+    serving,
+)
 
 
 async def test_health(api: Api) -> None:
@@ -79,3 +86,49 @@ async def test_readiness_is_served_from_a_cached_probe(stack: Settings) -> None:
             assert doc["checks"]["postgres"] == {"status": "ok"}
         # Thirty answers, one probe of each dependency (and one SELECT 1).
         assert calls == 1
+
+
+RECORD_ROUTE = "/v1/tenants/{tenant}/collections/{collection}/records/{id}"
+
+
+async def test_each_answered_request_has_one_access_log_line(tenant: TenantApi) -> None:
+    """On by default: method, route template (no ids), status, duration, tenant, request id."""
+    rid = f"acc-{tenant.id}"
+    with captured("eventfold.access") as access:
+        await tenant.write(
+            "PUT", "/collections/orders/records/o1", json={}, headers={"X-Request-ID": rid + "-1"}
+        )
+        missing = await tenant.call(
+            "GET", "/collections/orders/records/nope", headers={"X-Request-ID": rid + "-2"}
+        )
+        assert missing.status == 404
+        unmatched = await tenant.api.client.get("/nope", headers={"X-Request-ID": rid + "-3"})
+        assert unmatched.status == 404
+    mine = sorted(
+        (line for line in access.lines if line.get("correlation_id", "").startswith(rid)),
+        key=lambda line: line["correlation_id"],
+    )
+    for line in mine:
+        assert line["duration_ms"] > 0, line
+        assert (line["level"], line["logger"], line["msg"]) == (
+            "info",
+            "eventfold.access",
+            "request",
+        )
+    assert [
+        (line["correlation_id"], line["method"], line["route"], line["status"], line["tenant"])
+        for line in mine
+    ] == [
+        (rid + "-1", "PUT", RECORD_ROUTE, 202, tenant.id),
+        (rid + "-2", "GET", RECORD_ROUTE, 404, tenant.id),
+        (rid + "-3", "GET", "unmatched", 404, None),
+    ]
+    assert not any("o1" in str(line) or "nope" in str(line) for line in mine)  # no paths
+
+
+async def test_the_access_log_is_off_with_its_setting(stack: Settings) -> None:
+    async with serving(dataclasses.replace(stack, access_log=False), READ_API) as client:
+        with captured("eventfold.access") as access:
+            resp = await client.get("/health/live")
+            assert resp.status == 200
+    assert access.lines == []

@@ -414,6 +414,8 @@ async def test_sigkilled_notifier_delivers_everything_after_restart(
         "EVENTFOLD_WEBHOOK_ALLOW_HOSTS": "127.0.0.1",
         "EVENTFOLD_WEBHOOK_RETRY_SCHEDULE": "1,1,1",
         "EVENTFOLD_WEBHOOK_TIMEOUT_SECONDS": "2",
+        # Each process serves its health and metrics: a port of its own.
+        "EVENTFOLD_HTTP_PORT": str(free_port()),
         "EVENTFOLD_LOG_LEVEL": "WARNING",
     }
     proc = subprocess.Popen([EVENTFOLD, "process", "notifier"], env=env)

@@ -1,22 +1,36 @@
-"""docker-compose.yml is safe as shipped (checked without a Docker engine)."""
+"""docker-compose.yml runs every part and is safe as shipped (checked without a Docker engine).
+
+The file is validated against the Compose specification's JSON Schema (vendored:
+infra/compose/README.md), and every Eventfold command in it is parsed by the CLI's
+own parser, so a renamed command or flag fails here rather than in a deployment.
+"""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import hashlib
+import io
+import json
 import re
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 
+from entrypoints.cli import parser
+from entrypoints.registry import PROCESSORS
 from eventfold.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
+SPEC = REPO / "infra" / "compose" / "compose-spec.json"
 #: `${NAME}`, `${NAME:-default}`, `${NAME:?error}`: compose's interpolation.
 VARIABLE = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(:?[-?])?([^}]*)\}")
-#: Ports the Eventfold HTTP processes listen on; nothing else is published.
-HTTP = {"api": "8080", "ingest": "8081", "eventfold": "8090"}
+#: The one HTTP entry point and its published port; nothing else is published.
+HTTP = {"http": "8080"}
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +42,92 @@ def text() -> str:
 def compose(text: str) -> dict[str, Any]:
     doc: dict[str, Any] = yaml.safe_load(text)
     return doc
+
+
+def eventfold_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The services running the Eventfold image (built here)."""
+    return {n: s for n, s in compose["services"].items() if s.get("image") == "eventfold:local"}
+
+
+def parsed(command: list[str]) -> argparse.Namespace:
+    """``command`` as ``eventfold`` would parse it; a test failure if it would not."""
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            return parser().parse_args(command)
+    except SystemExit:
+        pytest.fail(f"`eventfold {' '.join(command)}` is no command: {err.getvalue()}")
+
+
+def test_the_file_follows_the_compose_specification(compose: dict[str, Any]) -> None:
+    schema = json.loads(SPEC.read_text())
+    recorded = re.search(r"sha256 `([0-9a-f]{64})`", (SPEC.parent / "README.md").read_text())
+    assert recorded is not None
+    assert hashlib.sha256(SPEC.read_bytes()).hexdigest() == recorded.group(1)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+              for e in validator.iter_errors(compose)]  # fmt: skip
+    assert errors == []
+    # The schema can fail: a misspelt key in a service is refused.
+    bad = {**compose, "services": {**compose["services"], "http": {**compose["services"]["http"],
+           "healthchek": {}}}}  # fmt: skip
+    assert not validator.is_valid(bad)
+
+
+def test_every_eventfold_command_is_a_real_cli_command() -> None:
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    services = eventfold_services(compose)
+    assert services
+    for name, service in services.items():
+        command = service["command"]
+        assert all(isinstance(arg, str) for arg in command), name
+        args = parsed(command)
+        assert args.command in {"serve", "process"}, f"{name}: {command}"
+    # The parser refuses what is not a command, so the check above can fail.
+    with pytest.raises(pytest.fail.Exception):
+        parsed(["process", "projector", "--no-such-flag"])
+
+
+def test_every_part_runs_once_behind_one_http_entry_point(compose: dict[str, Any]) -> None:
+    processes: dict[str, list[str]] = {}
+    http: list[str] = []
+    for name, service in eventfold_services(compose).items():
+        args = parsed(service["command"])
+        if args.command == "process":
+            processes.setdefault(args.name, []).append(name)
+            assert not args.burst, name
+            assert "ports" not in service, f"{name}: a processor is reached inside the network"
+        else:
+            http.append(name)
+            assert sorted(args.part) == ["api", "ingest"], name  # reads and writes on one port
+    assert {p: len(names) for p, names in processes.items()} == dict.fromkeys(PROCESSORS, 1)
+    # Each processor's service is named after it (infra/prometheus scrapes it by that name).
+    assert all(names == [p] for p, names in processes.items())
+    assert http == ["http"]
+    assert compose["services"]["http"]["ports"] == ["${PUBLISH_HOST:-127.0.0.1}:8080:8080"]
+    assert not [n for n, s in compose["services"].items() if s.get("profiles")]
+
+
+def test_every_eventfold_container_is_healthy_only_while_ready(compose: dict[str, Any]) -> None:
+    for name, service in eventfold_services(compose).items():
+        check = service["healthcheck"]["test"]
+        assert check[0] == "CMD", name
+        assert "http://127.0.0.1:8080/health/ready" in check[-1], name  # 503 (down) fails
+        assert service["environment"]["EVENTFOLD_HTTP_PORT"] == "8080", name
+        assert service["depends_on"]["kafka-init"] == {
+            "condition": "service_completed_successfully"
+        }
+
+
+def test_data_lives_in_named_volumes(compose: dict[str, Any]) -> None:
+    named = set(compose["volumes"])
+    mounted = {
+        volume.split(":")[0]
+        for service in compose["services"].values()
+        for volume in service.get("volumes", [])
+        if not volume.startswith((".", "/"))  # a file of this checkout, read only
+    }
+    assert mounted == named == {"kafka-data", "postgres-data", "redis-data", "minio-data"}
 
 
 def test_every_image_is_pinned_to_a_version(compose: dict[str, Any]) -> None:
@@ -73,8 +173,22 @@ def test_no_secret_has_a_default(text: str, compose: dict[str, Any]) -> None:
         key, sep, value = line.strip().partition(": ")
         if sep and re.search(r"PASSWORD|SECRET|_KEYS", key) and value:
             assert VARIABLE.search(value), line
-    for name in ("EVENTFOLD_DATABASE_URL", "EVENTFOLD_REDIS_URL"):
+    for name in ("EVENTFOLD_DATABASE_URL", "EVENTFOLD_REDIS_URL", "EVENTFOLD_CACHE_REDIS_URL"):
         assert VARIABLE.search(env[name]), name
+
+
+def test_the_cache_may_be_evicted_but_the_state_never(compose: dict[str, Any]) -> None:
+    """Redis sets its eviction policy per server: the state and the cache get one each."""
+    env = compose["x-eventfold-env"]
+    assert "@redis:6379/" in env["EVENTFOLD_REDIS_URL"]
+    assert "@redis-cache:6379/" in env["EVENTFOLD_CACHE_REDIS_URL"]
+
+    def policy(service: str) -> str:
+        command = compose["services"][service]["command"]
+        return str(command[command.index("--maxmemory-policy") + 1])
+
+    assert (policy("redis"), policy("redis-cache")) == ("noeviction", "allkeys-lru")
+    assert compose["x-eventfold-depends"]["redis-cache"] == {"condition": "service_healthy"}
 
 
 def test_eventfold_connects_as_its_own_role_made_by_the_bootstrap_script(

@@ -48,6 +48,18 @@ def test_addresses_come_from_settings(tmp_path: Path) -> None:
     assert s3.address == "127.0.0.1:19000"
 
 
+def test_the_local_redis_never_evicts_state(tmp_path: Path) -> None:
+    """Rate limits, dedup keys and analytics windows must not vanish under memory pressure:
+    the (server-wide) policy is noeviction; the cache lives in the next database."""
+    settings = Settings(home=tmp_path)
+    config = Redis(settings).write_config().read_text().splitlines()
+    assert "maxmemory-policy noeviction" in config
+    assert (settings.redis_url, settings.cache_url) == (
+        "redis://127.0.0.1:6379/0",
+        "redis://127.0.0.1:6379/1",
+    )
+
+
 def test_bad_bootstrap_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(InfraError, match="host:port"):
         _ = Kafka(Settings(home=tmp_path, kafka_bootstrap="nonsense")).port

@@ -32,8 +32,8 @@ TARGET_LABELS = frozenset({"job", "instance", "service", "role"})
 #: Series Prometheus makes itself for every target.
 SYNTHETIC = {"up": TARGET_LABELS}
 SEVERITIES = {"critical", "warning", "info"}
-#: The HTTP processes beside the processors (docker-compose.yml service names).
-HTTP_SERVICES = {"api", "ingest"}
+#: The HTTP process beside the processors (docker-compose.yml service names).
+HTTP_SERVICES = {"http"}
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:

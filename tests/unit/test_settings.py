@@ -9,7 +9,7 @@ import pytest
 
 from eventfold import settings as settings_module
 from eventfold.sealing import new_key_spec
-from eventfold.settings import Settings, SettingsError
+from eventfold.settings import Settings, SettingsError, next_database
 
 GOOD_SECRET = "3f9a1c0e6b7d48a2b5e4c1f0d9a8b7c6e5f4a3b2c1d0e9f8"
 
@@ -41,6 +41,21 @@ def test_defaults_from_the_contract(tmp_path: Path) -> None:
     assert s.external == frozenset()
     assert s.var_dir == tmp_path.resolve() / "var"
     assert s.mode == "dev"  # a source checkout
+    assert s.access_log is True
+
+
+def test_the_cache_has_its_own_redis_database_or_server(tmp_path: Path) -> None:
+    assert Settings.from_env(env(tmp_path)).cache_url == "redis://127.0.0.1:6379/1"
+    own = Settings.from_env(env(tmp_path, EVENTFOLD_CACHE_REDIS_URL="redis://lru:6379/0"))
+    assert (own.redis_url, own.cache_url) == ("redis://127.0.0.1:6379/0", "redis://lru:6379/0")
+    state = Settings.from_env(env(tmp_path, EVENTFOLD_REDIS_URL="rediss://:p%40w@r:6380/4?x=1"))
+    assert state.cache_url == "rediss://:p%40w@r:6380/5?x=1"  # same server and credentials
+    assert next_database("redis://r") == "redis://r/1"
+    assert next_database("unix:///run/redis.sock?db=2&password=p") == (
+        "unix:///run/redis.sock?db=3&password=p"
+    )
+    with pytest.raises(SettingsError, match="EVENTFOLD_CACHE_REDIS_URL"):
+        Settings.from_env(env(tmp_path, EVENTFOLD_CACHE_REDIS_URL="http://lru"))
 
 
 def test_overrides(tmp_path: Path) -> None:
@@ -60,6 +75,7 @@ def test_overrides(tmp_path: Path) -> None:
             EVENTFOLD_JWT_AUDIENCE="aud",
             EVENTFOLD_WEBHOOK_ALLOW_HOSTS=" hooks.local , 10.0.0.0/8,,",
             EVENTFOLD_LOG_LEVEL="debug",
+            EVENTFOLD_ACCESS_LOG="off",
         )
     )
     assert (s.http_host, s.http_port) == ("0.0.0.0", 9999)
@@ -73,6 +89,7 @@ def test_overrides(tmp_path: Path) -> None:
     assert (s.jwt_issuer, s.jwt_audience) == ("iss", "aud")
     assert s.webhook_allow_hosts == ("hooks.local", "10.0.0.0/8")
     assert s.log_level == "DEBUG"
+    assert s.access_log is False
     assert s.external == frozenset({"kafka", "postgres", "redis", "s3"})
     assert not (tmp_path / "var" / "jwt-secret").exists()
 

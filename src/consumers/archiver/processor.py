@@ -17,6 +17,7 @@ within the same window.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -43,6 +44,7 @@ from consumers.runtime.kafka import (
     seek_to_stored,
     start_with_retry,
 )
+from eventfold import tracing
 from eventfold.archive import manifest_key
 from eventfold.backoff import Backoff
 from eventfold.db import fetch_checkpoints
@@ -140,7 +142,7 @@ class Archiver(MemberLoop):
         """
         self._stop = stop
 
-        consumer = make_consumer(
+        self.consumer = consumer = make_consumer(
             self.settings,
             group=self.group,
             client_id=f"eventfold-{self.name}",
@@ -218,7 +220,27 @@ class Archiver(MemberLoop):
                 await self._write(seg)
 
     async def _write(self, seg: Segment) -> None:
-        """PUT a closed segment's objects, merge the manifests, then move the checkpoint."""
+        """PUT a closed segment's objects, merge the manifests, then move the checkpoint.
+
+        While tracing is on, a span linking the contexts of the segment's first events.
+        """
+        if not tracing.enabled():
+            return await self._write_segment(seg)
+        first = itertools.islice(seg.lines, tracing.MAX_LINKS)
+        attributes = {
+            "eventfold.partition": seg.partition,
+            "eventfold.segment.first_offset": seg.first_offset,
+            "eventfold.segment.last_offset": seg.last_offset,
+            "eventfold.segment.events": len(seg.lines),
+        }
+        with tracing.batch_span(
+            "archive segment",
+            (tracing.json_carrier(line.text) for line in first),
+            attributes=attributes,
+        ):
+            await self._write_segment(seg)
+
+    async def _write_segment(self, seg: Segment) -> None:
         epoch = self._epoch
         objects = tenant_objects(seg)
         for obj in objects:

@@ -37,7 +37,7 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from consumers.runtime import membership
 from consumers.runtime.kafka import MemberLoop, TrackAssignment, caught_up, start_with_retry
-from eventfold import cachefill
+from eventfold import cachefill, tracing
 from eventfold.backoff import Backoff
 from eventfold.cache import (
     HOT_TENANTS_KEY,
@@ -102,7 +102,7 @@ class CacheProcessor(MemberLoop):
         watcher = CheckpointWatcher(
             self.settings.database_url, self.pool, consumer=self.projector, topic=self.topic
         )
-        consumer = make_consumer(
+        self.consumer = consumer = make_consumer(
             self.settings,
             group=self.group,
             client_id=f"eventfold-{self.name}",
@@ -156,7 +156,12 @@ class CacheProcessor(MemberLoop):
         backoff = Backoff(0.2, 10.0)
         while True:
             try:
-                await self.refresh(cache, keys)
+                with tracing.batch_span(
+                    "cache refresh",
+                    (tracing.headers_carrier(m.headers) for msgs in got.values() for m in msgs),
+                    attributes={"messaging.consumer.group.name": self.group},
+                ):
+                    await self.refresh(cache, keys)
                 return True
             except Exception as exc:
                 if not is_retriable(exc):

@@ -21,6 +21,7 @@ from datetime import datetime
 import aiohttp
 import asyncpg
 
+from eventfold import tracing
 from eventfold.egress import AllowList, ResponseTooLarge, check_url, failure_text, read_capped
 from eventfold.events.webhook import SECRET_PURPOSE
 from eventfold.metrics import Metrics
@@ -123,7 +124,40 @@ async def attempt(
     item: Claimed,
     deadline: float,
 ) -> Result:
-    """POST the event once, signed; never raises (errors become the result)."""
+    """POST the event once, signed; never raises (errors become the result).
+
+    While tracing is on, the attempt is a client span, a child of the event's trace
+    context, and the receiver gets the span's own as a ``traceparent`` header.
+    """
+    if not tracing.enabled():
+        return await _post(session, keys, allow, item, deadline)
+    attributes = {
+        "http.request.method": "POST",
+        "eventfold.tenant": item.tenant,
+        "eventfold.webhook.id": item.webhook_id,
+        "eventfold.event.id": item.event_id,
+        "eventfold.delivery.attempt": item.attempts + 1,
+    }
+    parent = tracing.json_carrier(item.body)
+    with tracing.span(
+        "webhook delivery", kind="client", parent=parent, attributes=attributes
+    ) as span:
+        result = await _post(session, keys, allow, item, deadline)
+        tracing.set_attributes(
+            span, {"http.response.status_code": result.status, "error.type": result.error}
+        )
+        if not result.ok:
+            tracing.failed(span, result.error or f"HTTP {result.status}")
+    return result
+
+
+async def _post(
+    session: aiohttp.ClientSession,
+    keys: Keyring,
+    allow: AllowList,
+    item: Claimed,
+    deadline: float,
+) -> Result:
     started = time.monotonic()
     status: int | None = None
     error: str | None = None
@@ -133,6 +167,7 @@ async def attempt(
         # Signed per attempt (a fresh timestamp), always with the event id as webhook-id.
         headers = signed_headers(secret, item.event_id, item.body)
         headers["Content-Type"] = "application/json"
+        headers.update(tracing.current_carrier())
         async with asyncio.timeout(deadline):
             async with session.post(
                 item.url, data=item.body, headers=headers, allow_redirects=False

@@ -59,7 +59,9 @@ class Notifier:
         self._ready = False
 
     def is_ready(self) -> bool:
-        """Whether the notifier is scheduling and delivering (it reads PostgreSQL, not Kafka)."""
+        """Whether the notifier is scheduling and delivering (it reads PostgreSQL, not Kafka):
+        its last round answered, the first one included, which also counted its backlog
+        (``eventfold_webhook_pending``)."""
         return self._ready
 
     async def run(self, stop: asyncio.Event | None = None, *, burst: bool = False) -> None:
@@ -67,7 +69,6 @@ class Notifier:
         stop = stop or asyncio.Event()
         session = guarded_session(self._allow, limit=MAX_IN_FLIGHT, limit_per_host=PER_ENDPOINT * 4)
         gauges_at = scheduled_at = 0.0
-        self._ready = True
         try:
             while not stop.is_set():
                 try:

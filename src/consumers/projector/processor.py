@@ -29,7 +29,7 @@ from consumers.runtime.kafka import (
     seek_to_stored,
     start_with_retry,
 )
-from eventfold import deadletters, readmodel
+from eventfold import deadletters, readmodel, tracing
 from eventfold.backoff import Backoff
 from eventfold.db import fetch_checkpoints
 from eventfold.deadletters import DeadLetter
@@ -103,7 +103,7 @@ class Projector(MemberLoop):
         )
 
     async def _run(self, stop: asyncio.Event, burst: bool, member: membership.Member) -> None:
-        consumer = make_consumer(
+        self.consumer = consumer = make_consumer(
             self.settings,
             group=self.group,
             client_id=f"eventfold-{self.name}",
@@ -134,7 +134,12 @@ class Projector(MemberLoop):
                 # PostgreSQL. Safe across a rebalance: a batch locks its checkpoint
                 # rows and skips what another batch (or processor) applied already.
                 ahead = asyncio.create_task(self._read(consumer), name="projector-read-ahead")
-                result = await self._apply_until_done(events, stop)
+                with tracing.batch_span(
+                    "projector batch",
+                    (tracing.event_carrier(e.event) for e in events),
+                    attributes={"messaging.consumer.group.name": self.group},
+                ):
+                    result = await self._apply_until_done(events, stop)
                 if result is None:
                     return
                 await self._after_batch(consumer, result)

@@ -4,7 +4,8 @@ The processors keep their positions in PostgreSQL (committed with what they
 derived), not in Kafka's group offsets; so on every assignment each partition
 is sought to its stored checkpoint (:class:`SeekToCheckpoints`). A processor is
 ready (``/health/ready``) only while it holds its assignment
-(:class:`TrackAssignment`); its consumer is a static group member
+(:class:`TrackAssignment`) and knows its lag, the end of each of its
+partitions (:func:`lag_known`); its consumer is a static group member
 (:mod:`consumers.runtime.membership`), so a restarted process takes its partitions
 back at once.
 """
@@ -108,15 +109,19 @@ class MemberLoop:
     :meth:`run` holds a slot of ``group`` (:mod:`consumers.runtime.membership`) while the
     processor's :meth:`_run` consumes; ``ready`` is set by the processor's
     rebalance listener (:class:`TrackAssignment`) and cleared once the loop ends.
+    ``_run`` sets :attr:`consumer` to its consumer, whose fetches tell the lag.
     """
 
     settings: Settings
     group: str
     ready: asyncio.Event
+    #: The running loop's consumer (None while none runs): readiness reads its offsets.
+    consumer: AIOKafkaConsumer | None = None
 
     def is_ready(self) -> bool:
-        """Whether the processor holds its partitions and consumes."""
-        return self.ready.is_set()
+        """Whether the processor holds its partitions, consumes and knows its lag."""
+        consumer = self.consumer
+        return self.ready.is_set() and consumer is not None and lag_known(consumer)
 
     async def run(self, stop: asyncio.Event | None = None, *, burst: bool = False) -> None:
         """Consume until ``stop`` is set (or, in ``burst`` mode, until caught up)."""
@@ -126,10 +131,22 @@ class MemberLoop:
                 await self._run(stop, burst, member)
             finally:
                 self.ready.clear()
+                self.consumer = None
 
     async def _run(self, stop: asyncio.Event, burst: bool, member: membership.Member) -> None:
         """The processor's loop; its consumer joins as ``member.instance_id``."""
         raise NotImplementedError
+
+
+def lag_known(consumer: AIOKafkaConsumer) -> bool:
+    """Whether the end of every partition the consumer holds is known (its lag with it).
+
+    The end (high watermark) comes with each fetch answer, empty ones too, so
+    it is known within one fetch wait of an assignment; until then the
+    processor cannot say how far behind it is, and is not ready. A member with
+    no partitions knows all it needs to.
+    """
+    return all(consumer.highwater(tp) is not None for tp in consumer.assignment())
 
 
 def seek_to_stored(

@@ -51,6 +51,7 @@ from consumers.sync.connectors import (
     SourceRateLimited,
     SourceRefusedCredentials,
 )
+from eventfold import tracing
 from eventfold.backoff import retry_delay
 from eventfold.egress import AllowList, guarded_session
 from eventfold.events.integration import PollConfig, headers_purpose
@@ -108,6 +109,18 @@ class Claimed:
     reconcile_due: bool
 
 
+def _poll_attributes(it: Claimed) -> dict[str, Any] | None:
+    """The integration poll span's attributes (None, and nothing built, when tracing is off)."""
+    if not tracing.enabled():
+        return None
+    return {
+        "eventfold.tenant": it.tenant,
+        "eventfold.integration.id": it.id,
+        "eventfold.integration.kind": it.kind,
+        "eventfold.integration.full_pass": it.reconcile_due,
+    }
+
+
 class SyncRunner:
     """The ``sync`` processor: schedules and runs integration syncs."""
 
@@ -125,7 +138,8 @@ class SyncRunner:
         self._ready = False
 
     def is_ready(self) -> bool:
-        """Whether the runner claims integrations (its publisher to Kafka started)."""
+        """Whether the runner claims integrations: its publisher to Kafka started and its
+        last look for due integrations (the first one included) answered."""
         return self._ready
 
     async def run(self, stop: asyncio.Event | None = None, *, burst: bool = False) -> None:
@@ -136,7 +150,6 @@ class SyncRunner:
         )
         allow = AllowList.parse(self.settings.webhook_allow_hosts)
         session = guarded_session(allow, limit=self.settings.sync_concurrency * 2)
-        self._ready = True
         try:
             while not stop.is_set():
                 free = self.settings.sync_concurrency - len(self._running)
@@ -192,7 +205,9 @@ class SyncRunner:
         self, it: Claimed, publisher: Publisher, session: Any, allow: AllowList
     ) -> None:
         try:
-            await self._sync(it, publisher, session, allow)
+            # A trace of its own: the events it publishes carry it on to the processors.
+            with tracing.span("integration poll", attributes=_poll_attributes(it)):
+                await self._sync(it, publisher, session, allow)
         except LeaseLost:
             log.warning("lease lost mid-run", extra={"integration": it.id})
         except SourceRefusedCredentials as exc:

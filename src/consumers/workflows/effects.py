@@ -24,6 +24,7 @@ import aiohttp
 import aiosmtplib
 import orjson
 
+from eventfold import tracing
 from eventfold.egress import (
     AllowList,
     EgressRefused,
@@ -65,6 +66,8 @@ async def http(
         return Result(ok=False, error=f"refused: {exc.public}")
     sent = {str(k): str(v) for k, v in (headers or {}).items()}
     sent["Idempotency-Key"] = ids.idempotency_key(effect.run, effect.step)
+    # The step's span goes on at the receiver, as a webhook delivery's does.
+    sent.update(tracing.current_carrier())
     body = spec.get("body")
     data = None
     if body is not None:

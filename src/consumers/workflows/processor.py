@@ -20,6 +20,7 @@ from consumers.workflows import effects, store
 from consumers.workflows.batches import Batcher
 from consumers.workflows.publishing import GroupPublisher
 from consumers.workflows.store import Claimed, InboxRow, Release, Save
+from eventfold import tracing
 from eventfold.backoff import Backoff
 from eventfold.db import WORKFLOW_CHANNEL, connect
 from eventfold.egress import AllowList, guarded_session
@@ -30,7 +31,7 @@ from eventfold.settings import Settings
 from eventfold.workflows import ids, machine
 from eventfold.workflows.context import render
 from eventfold.workflows.definition import HEADERS_PURPOSE
-from eventfold.workflows.machine import Effect, Emit, Result, RunState
+from eventfold.workflows.machine import Effect, Emit, Result, RunState, StepState
 
 log = logging.getLogger("eventfold.workflows")
 
@@ -47,6 +48,8 @@ RETENTION_DAYS = 7.0
 CLOSE_SECONDS = 10.0
 #: Definitions cached (versions never change; the cache only bounds memory).
 DEFINITIONS_CACHED = 4096
+#: Kinds whose step waits (for a time, for a person) instead of performing an effect.
+WAIT_KINDS = ("delay", "approval")
 
 
 def envelope(tenant: str, run: str, emit: Emit) -> dict[str, Any]:
@@ -100,7 +103,8 @@ class WorkflowProcessor:
         )
 
     def is_ready(self) -> bool:
-        """Whether it takes triggers and drives runs (PostgreSQL and Kafka answer)."""
+        """Whether it takes triggers and drives runs: its publisher to Kafka started and
+        its last round on PostgreSQL (the first one included) answered."""
         return self._ready
 
     async def run(self, stop: asyncio.Event | None = None, *, burst: bool = False) -> None:
@@ -122,7 +126,6 @@ class WorkflowProcessor:
         # the runs in flight go on (their effects are under way), and the supervisor's
         # restart would cancel them.
         backoff = Backoff(0.5, 5.0)
-        self._ready = True
         try:
             while not stop.is_set():
                 # Cleared before the round looks, not after: a trigger handed over (or a
@@ -287,9 +290,11 @@ class WorkflowProcessor:
         data = row.event.get("data") or {}
         comment = data.get("comment") if isinstance(data, dict) else None
         signal: machine.Signal = row.kind  # type: ignore[assignment]
+        step = state.current
         t = machine.on_signal(state, signal, row.step, comment, time.time())
         if t is None:
             return  # finished already, or the step no longer waits
+        _waited(state, step)
         pending = pending + [envelope(row.tenant, row.run, e) for e in t.events]
         await store.signal_run(conn, row.run, t.state.status, t.state.to_json(), pending)
         if t.state.finished:
@@ -343,7 +348,9 @@ class WorkflowProcessor:
         try:
             while True:
                 if pending:
-                    await self._publish(publisher, tenant, pending)
+                    # The run's events join its trigger's trace (their publish its child).
+                    with tracing.within(_trigger_carrier(doc.get("context"))):
+                        await self._publish(publisher, tenant, pending)
                     if any(e.get("type") == "workflow.run.started" for e in pending):
                         self._observe_trigger(doc)
                 state = RunState.from_json(doc)
@@ -354,7 +361,9 @@ class WorkflowProcessor:
                     t = machine.on_result(state, result, time.time())
                     self._observe_step(state, effect, result)
                 elif machine.timer_due(state, now):
+                    step = state.current
                     t = machine.on_timer(state, now)
+                    _waited(state, step)
                 else:
                     if await self._releases.submit(Release(run, rev)):
                         return
@@ -399,7 +408,30 @@ class WorkflowProcessor:
         effect: Effect,
         state: RunState,
     ) -> Result:
+        """Perform ``effect`` once, in a span that is a child of the run's trigger event."""
         started = time.perf_counter()
+        with tracing.span(
+            f"workflow step {effect.kind}",
+            kind="internal" if effect.kind == "record" else "client",
+            parent=_trigger_carrier(state.context),
+            attributes=_step_attributes(state, effect.step, effect.kind, effect.attempt),
+        ) as span:
+            result = await self._effect(publisher, session, tenant, effect, state)
+            if not result.ok:
+                tracing.failed(span, result.error or "failed")
+        self.metrics.workflow_step_seconds.labels(
+            effect.kind, "ok" if result.ok else "retry" if result.retriable else "failed"
+        ).observe(time.perf_counter() - started)
+        return result
+
+    async def _effect(
+        self,
+        publisher: GroupPublisher,
+        session: aiohttp.ClientSession,
+        tenant: str,
+        effect: Effect,
+        state: RunState,
+    ) -> Result:
         if effect.kind == "http":
             try:
                 headers = self._headers(state)
@@ -412,9 +444,6 @@ class WorkflowProcessor:
             result = await effects.email(self.smtp, effect)
         else:
             result = await effects.record(publisher, tenant, effect, machine.iso(time.time()))
-        self.metrics.workflow_step_seconds.labels(
-            effect.kind, "ok" if result.ok else "retry" if result.retriable else "failed"
-        ).observe(time.perf_counter() - started)
         return result
 
     def _headers(self, state: RunState) -> dict[str, Any] | None:
@@ -481,6 +510,55 @@ class WorkflowProcessor:
         self.metrics.workflow_oldest_waiting_seconds.set(oldest)
         self.metrics.workflow_inbox.set(inbox)
         await store.prune(self.pool, self.topic, RETENTION_DAYS, 1000)
+
+
+def _trigger_carrier(context: dict[str, Any] | None) -> dict[str, str] | None:
+    """The trace context of a run's trigger event (``context``: the run's context)."""
+    if not tracing.enabled() or not context:
+        return None
+    trigger = context.get("trigger")
+    return tracing.doc_carrier(trigger if isinstance(trigger, dict) else None)
+
+
+def _step_attributes(state: RunState, step: str, kind: str, attempt: int) -> dict[str, Any] | None:
+    """A step span's attributes (None, and nothing built, when tracing is off)."""
+    if not tracing.enabled():
+        return None
+    return {
+        "eventfold.tenant": state.tenant,
+        "eventfold.event.id": state.trigger_event,
+        "eventfold.workflow.id": state.workflow,
+        "eventfold.workflow.version": state.version,
+        "eventfold.workflow.run": state.id,
+        "eventfold.workflow.step": step,
+        "eventfold.workflow.step.kind": kind,
+        "eventfold.workflow.step.attempt": attempt,
+    }
+
+
+def _waited(state: RunState, step: StepState | None) -> None:
+    """The span of a wait step (delay, approval) that a transition has just ended: from
+    the step's start to its end, a child of the run's trigger event (the wait may have
+    begun in another process, or before a restart)."""
+    if (
+        not tracing.enabled()
+        or step is None
+        or step.kind not in WAIT_KINDS
+        or step.status not in machine.FINISHED
+        or step.started_at is None
+    ):
+        return
+    tracing.past_span(
+        f"workflow step {step.kind}",
+        start=step.started_at,
+        end=step.finished_at or time.time(),
+        parent=_trigger_carrier(state.context),
+        attributes={
+            **(_step_attributes(state, step.id, step.kind, step.attempts) or {}),
+            "eventfold.workflow.step.status": step.status,
+        },
+        error=None if step.status == "succeeded" else step.error or step.status,
+    )
 
 
 def _parse_time(value: Any) -> float | None:

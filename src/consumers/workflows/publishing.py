@@ -19,6 +19,7 @@ import asyncio
 from collections.abc import Sequence
 
 from consumers.workflows.batches import Batcher
+from eventfold import tracing
 from eventfold.envelope import CloudEvent
 from eventfold.publisher import Published, Publisher
 
@@ -34,7 +35,14 @@ class GroupPublisher:
         self._batcher: Batcher[Item, list[Published]] = Batcher(self._many, None)
 
     async def publish(self, tenant: str, events: Sequence[CloudEvent]) -> list[Published]:
-        """Publish ``events`` of ``tenant``; one result per event, once Kafka acknowledged."""
+        """Publish ``events`` of ``tenant``; one result per event, once Kafka acknowledged.
+
+        While tracing is on each call publishes on its own: a joined publish runs in
+        the batcher's task, so its span would be no child of the run's step and the
+        events would carry another run's trace.
+        """
+        if tracing.enabled():
+            return await self._publisher.publish(tenant, events)
         return await self._batcher.submit((tenant, events))
 
     async def close(self) -> None:
