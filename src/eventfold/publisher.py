@@ -34,7 +34,7 @@ from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from eventfold import consistency
+from eventfold import actors, consistency
 from eventfold.backoff import Backoff
 from eventfold.breaker import Breaker
 from eventfold.dedup import DEDUP_TTL_SECONDS, dedup_key
@@ -211,12 +211,18 @@ class Publisher:
 
     # -- publishing ----------------------------------------------------------
 
-    async def publish(self, tenant: str, events: Sequence[CloudEvent]) -> list[Published]:
+    async def publish(
+        self, tenant: str, events: Sequence[CloudEvent], *, actor: str | None = None
+    ) -> list[Published]:
         """Publish ``events`` of ``tenant`` (all stamped); return one result per event.
 
+        Every event goes out carrying ``actor`` (:mod:`eventfold.actors`): the one
+        given, else the current request's; whatever an event said before is
+        replaced (:class:`~eventfold.actors.MissingActor` when no actor is known).
         Raises :class:`Unavailable` when Kafka did not acknowledge within the
         deadline; the caller may retry with the same ids without any second effect.
         """
+        events = with_actor(events, actors.resolve(actor))
         first_of: dict[str, int] = {}
         for i, ev in enumerate(events):
             first_of.setdefault(ev.id, i)
@@ -367,6 +373,17 @@ class Publisher:
             self._redis_failed(exc, "dedup record not written")
             return
         self._redis_breaker.success()
+
+
+def with_actor(events: Sequence[CloudEvent], actor: str) -> Sequence[CloudEvent]:
+    """``events``, each carrying ``actor`` (copied only where it differs: the
+    gateway's own stamp already set it on the hot path)."""
+    return [
+        ev
+        if (ev.model_extra or {}).get(actors.ATTRIBUTE) == actor
+        else ev.model_copy(update={actors.ATTRIBUTE: actor})
+        for ev in events
+    ]
 
 
 def dedup_record(partition: int, offset: int, envelope: bytes) -> bytes:

@@ -521,18 +521,28 @@ async def history_page(
     *,
     event_type: str | None = None,
     subject: str | None = None,
+    actor: str | None = None,
     after: int | None = None,
     newest_first: bool = False,
     limit: int = 50,
 ) -> list[asyncpg.Record]:
     """Up to ``limit`` history rows (``seq, envelope, status, reason``), oldest first (or newest
-    first), past the ``seq`` ``after``, narrowed by type and subject."""
+    first), past the ``seq`` ``after``, narrowed by type, subject and actor.
+
+    The actor is read from the envelope (no column of its own: schemas built
+    before it existed need no migration), so narrowing by it walks the history
+    in ``seq`` order until the page is full.
+    """
     params: list[Any] = []
     where: list[str] = []
-    for name, value in (("type", event_type), ("subject", subject)):
+    for column, value in (
+        ("type", event_type),
+        ("subject", subject),
+        ("envelope->>'actor'", actor),
+    ):
         if value is not None:
             params.append(value)
-            where.append(f"{name} = ${len(params)}")
+            where.append(f"{column} = ${len(params)}")
     if after is not None:
         params.append(after)
         where.append(f"seq {'<' if newest_first else '>'} ${len(params)}")

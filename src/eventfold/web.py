@@ -19,7 +19,7 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from eventfold import faults, ids
+from eventfold import actors, faults, ids
 from eventfold.apikeys import UnknownApiKey
 from eventfold.appkeys import (
     ADMISSION,
@@ -119,6 +119,9 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     given = request.headers.get("X-Request-ID", "")
     rid = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
     token = correlation_id.set(rid)
+    # No actor until this request's credentials are checked (a kept-alive
+    # connection serves its requests in one task, so one context).
+    acting = actors.current.set(None)
     started = time.perf_counter()
     try:
         response = await _admit(request, handler)
@@ -135,6 +138,7 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
             metrics.top_tenant_requests.add(tenant)
         return response
     finally:
+        actors.current.reset(acting)
         correlation_id.reset(token)
 
 
@@ -275,6 +279,14 @@ _RECHECK_KEY = web.RequestKey("recheck_api_key", str)
 
 
 async def authenticate(request: web.Request) -> Principal:
+    """The caller (see :func:`_caller`), who is from now on the request's actor: every
+    event the request publishes carries its ``actor`` (:mod:`eventfold.actors`)."""
+    principal = await _caller(request)
+    actors.current.set(principal.actor)
+    return principal
+
+
+async def _caller(request: web.Request) -> Principal:
     """The caller from ``Authorization: Bearer`` or ``X-API-Key``; 401 when missing or invalid.
 
     A bearer token wins when both are sent. Credentials are checked before any

@@ -51,6 +51,7 @@ from consumers.sync.connectors import (
     SourceRateLimited,
     SourceRefusedCredentials,
 )
+from eventfold import actors
 from eventfold.backoff import retry_delay
 from eventfold.egress import AllowList, guarded_session
 from eventfold.events.integration import PollConfig, headers_purpose
@@ -261,7 +262,7 @@ class SyncRunner:
                 known = await load_states(conn, it.id, item_ids(spec, page.items))
             changes = page_changes(it.tenant, spec, page.items, known)
             if changes.events:
-                await publisher.publish(it.tenant, changes.events)
+                await publisher.publish(it.tenant, changes.events, actor=actors.integration(it.id))
             if full_pass:
                 seen.update(changes.seen)
             await self._store_page(it, page.resume_cursor, changes.states)
@@ -317,7 +318,7 @@ class SyncRunner:
                 record_event(it.tenant, spec, item_id, "record.deleted", {}, seq, DELETED)
                 for item_id, (seq, _) in states.items()
             ]
-            await publisher.publish(it.tenant, events)
+            await publisher.publish(it.tenant, events, actor=actors.integration(it.id))
             await self._store_page(it, None, states, set_cursor=False)
             self.metrics.sync_items.labels(it.kind).inc(len(events))
 

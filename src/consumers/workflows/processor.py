@@ -18,6 +18,7 @@ import orjson
 from consumers.runtime.kafka import start_publisher
 from consumers.workflows import effects, store
 from consumers.workflows.store import Claimed, InboxRow
+from eventfold import actors
 from eventfold.backoff import Backoff
 from eventfold.db import WORKFLOW_CHANNEL, connect
 from eventfold.egress import AllowList, guarded_session
@@ -59,7 +60,7 @@ def envelope(tenant: str, run: str, emit: Emit) -> dict[str, Any]:
         "data": emit.data,
         "tenant": tenant,
         "causationid": run,
-        "actor": f"workflow:{run}",
+        "actor": actors.workflow(run),
     }
 
 
@@ -294,7 +295,7 @@ class WorkflowProcessor:
         try:
             while True:
                 if pending:
-                    await self._publish(publisher, tenant, pending)
+                    await self._publish(publisher, tenant, run, pending)
                     if any(e.get("type") == "workflow.run.started" for e in pending):
                         self._observe_trigger(doc)
                 state = RunState.from_json(doc)
@@ -337,10 +338,10 @@ class WorkflowProcessor:
             log.warning("workflow run interrupted", extra={"run": run, "error": repr(exc)})
 
     async def _publish(
-        self, publisher: Publisher, tenant: str, pending: list[dict[str, Any]]
+        self, publisher: Publisher, tenant: str, run: str, pending: list[dict[str, Any]]
     ) -> None:
         events = [CloudEvent.model_validate(e) for e in pending]
-        await publisher.publish(tenant, events)
+        await publisher.publish(tenant, events, actor=actors.workflow(run))
 
     async def _perform(
         self,
