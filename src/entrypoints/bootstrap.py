@@ -201,6 +201,8 @@ async def _watcher_ctx(app: web.Application) -> AsyncIterator[None]:
         consumer=f"{settings.consumer_group_prefix}.projector",
         topic=settings.events_topic,
     )
+    if TENANTS in app:
+        watcher.on_tenant_changed = app[TENANTS].forget
     await watcher.start()
     app[WATCHER] = watcher
     # Connects to Kafka on the first token past the known end, not before.

@@ -157,21 +157,30 @@ async def outdated_tenants(conn: asyncpg.Connection) -> dict[str, int]:
     return {r["id"]: r["version"] for r in rows}
 
 
-async def tenant_status(conn: asyncpg.Connection, tenants: Sequence[str]) -> dict[str, bool]:
-    """Which of ``tenants`` have a live schema, and whether each is registered.
+async def tenant_status(
+    conn: asyncpg.Connection, tenants: Sequence[str]
+) -> tuple[dict[str, bool], set[str]]:
+    """Which of ``tenants`` have a live schema (and whether each is registered), and
+    which were deleted.
 
-    Maps every tenant whose schema exists to whether it is registered (its
-    ``tenant.created`` applied); tenants missing from the answer have no schema.
+    The first part maps every tenant whose schema exists to whether it is
+    registered (its ``tenant.created`` applied); tenants missing from it have no
+    schema. The second holds the deleted ones (their schema is gone for good).
     One round trip for the whole batch.
     """
     rows = await conn.fetch(
-        """SELECT u.t AS tenant, (r.id IS NOT NULL) AS registered
+        """SELECT u.t AS tenant, (r.id IS NOT NULL) AS registered, n.oid IS NOT NULL AS schema,
+                  coalesce(r.status = 'deleted', false) AS deleted
            FROM unnest($1::text[]) AS u(t)
-           JOIN pg_namespace n ON n.nspname = 't_' || u.t
-           LEFT JOIN eventfold.tenants r ON r.id = u.t""",
+           LEFT JOIN pg_namespace n ON n.nspname = 't_' || u.t
+           LEFT JOIN eventfold.tenants r ON r.id = u.t
+           WHERE n.oid IS NOT NULL OR r.status = 'deleted'""",
         list(tenants),
     )
-    return {r["tenant"]: r["registered"] for r in rows}
+    return (
+        {r["tenant"]: r["registered"] for r in rows if r["schema"] and not r["deleted"]},
+        {r["tenant"] for r in rows if r["deleted"]},
+    )
 
 
 async def existing_tenants(conn: asyncpg.Connection, tenants: Iterable[str]) -> set[str]:

@@ -54,7 +54,7 @@ from eventfold.errors import (
 )
 from eventfold.logs import correlation_id
 from eventfold.ratelimit import DECISION_KEY
-from eventfold.tenancy import Tenant
+from eventfold.tenancy import DELETED, Tenant
 
 log = logging.getLogger("eventfold.http")
 
@@ -321,13 +321,18 @@ async def _caller(request: web.Request) -> Principal:
     return request.app[VERIFIER].verify(token.strip())
 
 
-async def authorize_tenant(request: web.Request, role: str) -> tuple[Principal, Tenant]:
+async def authorize_tenant(
+    request: web.Request, role: str, *, deleted_ok: bool = False
+) -> tuple[Principal, Tenant]:
     """Authenticate, check ``role`` for the path's tenant, and load that tenant.
 
     Order matters: credentials (401), then role and tenant match (403), then the
     identifier (422), then the tenant's rate limit (429, before any wait), then
     the consistency token (400, 429 past the tenant's waits, 503 past the wait),
-    then existence (404 for platform admins, 403 for others).
+    then existence (404 for platform admins, 403 for others), then its state: a
+    deleted tenant is 403 to its own credentials and 404 to platform admins
+    (unless ``deleted_ok``: its ``GET /v1/tenants/{t}``), and a write to a
+    suspended one is 403 naming the reason.
     """
     principal = await authenticate(request)
     tenant_id = request.match_info["tenant"]
@@ -341,12 +346,20 @@ async def authorize_tenant(request: web.Request, role: str) -> tuple[Principal, 
     if recheck is not None:
         principal = await request.app[API_KEYS].authenticate(recheck, fresh=True)
         principal.require(role, tenant_id)
-    if tenant is None:
-        tenant = await request.app[TENANTS].get(tenant_id)
+    if tenant is None or after_a_write(request):
+        # After a write: that write may have changed the tenant (suspended, deleted).
+        tenant = await request.app[TENANTS].get(tenant_id, fresh=tenant is not None)
     if tenant is None:
         if principal.is_platform_admin:
             raise NotFound(f"tenant {tenant_id} does not exist")
         raise Forbidden(f"tenant {tenant_id} is not available to these credentials")
+    if tenant.status == DELETED:
+        if not principal.is_platform_admin:
+            raise Forbidden(f"tenant {tenant_id} was deleted")
+        if not deleted_ok:
+            raise NotFound(f"tenant {tenant_id} was deleted")
+        return principal, tenant
+    tenant.check_method(request.method)
     return principal, tenant
 
 

@@ -39,7 +39,7 @@ from eventfold.openapi import (
 )
 from eventfold.publisher import Published, consistency_token
 from eventfold.replay import REPLAY_ATTRIBUTE
-from eventfold.tenancy import tenant_connection
+from eventfold.tenancy import DELETED, tenant_connection
 from eventfold.web import authenticate, authorize_tenant, json_response, read_json
 from producers import commands, custom_events, models
 from producers.bodies import CreateRecordBody, events_body
@@ -117,7 +117,10 @@ async def create_tenant(request: web.Request) -> web.Response:
         data = TenantCreated.model_validate(body)
     except ValidationError as exc:
         raise ValidationFailed("invalid tenant", errors=pydantic_errors(exc)) from None
-    if await request.app[TENANTS].get(data.id, fresh=True) is not None:
+    existing = await request.app[TENANTS].get(data.id, fresh=True)
+    if existing is not None and existing.status == DELETED:
+        raise Conflict(f"tenant {data.id} was deleted: a tenant id is never used again")
+    if existing is not None:
         raise Conflict(f"tenant {data.id} exists already")
     event = commands.gateway_event(
         tenant=data.id,
