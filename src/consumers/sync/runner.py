@@ -81,6 +81,9 @@ UPDATE eventfold.integrations SET
 WHERE id IN (
     SELECT id FROM eventfold.integrations
     WHERE deleted_at IS NULL AND NOT paused AND topic = $4
+      -- A suspended tenant's syncs wait until it is resumed.
+      AND NOT EXISTS (SELECT 1 FROM eventfold.tenants s
+                      WHERE s.id = integrations.tenant AND s.status <> 'active')
       AND (lease_until IS NULL OR lease_until < now())
       AND (sync_requested OR next_run_at IS NULL OR next_run_at <= now())
     ORDER BY next_run_at NULLS FIRST
