@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import asyncpg
 
 from eventfold import actors
 from eventfold.appkeys import PUBLISHER
+from eventfold.cache import cache_client
 from eventfold.envelope import CloudEvent
 from eventfold.publisher import consistency_token
 from tests.integration.conftest import Api, TenantApi
@@ -20,6 +22,14 @@ async def admin(api: Api, method: str, path: str, token: str | None = None, **kw
     """A platform admin's call; returns the response."""
     headers = {"X-Consistency-Token": token} if token else {}
     return await api.request(method, path, headers=headers, **kw)
+
+
+async def redis_keys(api: Api, pattern: str) -> list[bytes]:
+    redis = cache_client(api.settings)
+    try:
+        return [k async for k in redis.scan_iter(match=pattern, count=1000)]
+    finally:
+        await redis.aclose()
 
 
 async def accepted(api: Api, method: str, path: str, **kw: Any) -> dict[str, Any]:
@@ -110,6 +120,9 @@ async def test_a_deleted_tenant_is_gone_for_good(
     assert hook.status in (201, 202), await hook.text()
     hook_doc = await hook.json()
     await tenant.read_json(f"{R}/n1", hook_doc["consistency_token"])
+    async with asyncio.timeout(30):  # the cache processor fills the record's entry
+        while not await redis_keys(api, f"ef:{tenant.id}:rec:*"):
+            await asyncio.sleep(0.05)
 
     done = await accepted(api, "DELETE", base)
     token = done["consistency_token"]
@@ -146,6 +159,9 @@ async def test_a_deleted_tenant_is_gone_for_good(
     assert schema == 0
     assert left == dict.fromkeys(left, 0)
     assert role == 0
+    async with asyncio.timeout(30):  # every key of the tenant goes (cache, analytics, …)
+        while await redis_keys(api, f"ef:{tenant.id}:*"):
+            await asyncio.sleep(0.05)
 
     # An event of the tenant still on its way (another partition) brings nothing back.
     late = CloudEvent.model_validate(
