@@ -151,7 +151,7 @@ async def outdated_tenants(conn: asyncpg.Connection) -> dict[str, int]:
     rows = await conn.fetch(
         """SELECT t.id, coalesce(v.version, 1) AS version
            FROM eventfold.tenants t LEFT JOIN eventfold.projection_versions v ON v.tenant = t.id
-           WHERE coalesce(v.version, 1) <> $1 ORDER BY t.id""",
+           WHERE coalesce(v.version, 1) <> $1 AND t.status <> 'deleted' ORDER BY t.id""",
         PROJECTION_VERSION,
     )
     return {r["id"]: r["version"] for r in rows}
@@ -181,6 +181,15 @@ async def tenant_status(
         {r["tenant"]: r["registered"] for r in rows if r["schema"] and not r["deleted"]},
         {r["tenant"] for r in rows if r["deleted"]},
     )
+
+
+async def deleted_tenants(conn: asyncpg.Connection, tenants: Iterable[str]) -> set[str]:
+    """Which of ``tenants`` were deleted (their ids are never used again)."""
+    rows = await conn.fetch(
+        "SELECT id FROM eventfold.tenants WHERE id = ANY($1::text[]) AND status = 'deleted'",
+        list(tenants),
+    )
+    return {r["id"] for r in rows}
 
 
 async def existing_tenants(conn: asyncpg.Connection, tenants: Iterable[str]) -> set[str]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from tests.integration.conftest import Api, TenantApi
 from tests.integration.test_apikeys import create_key, with_key
+from tests.integration.test_replay import eventfold
 
 R = "/collections/notes/records"
 
@@ -66,3 +68,43 @@ async def test_history_filters_by_actor(api: Api, tenant: TenantApi) -> None:
     bad = await tenant.read("/events?actor=")
     assert bad.status == 422
     assert (await bad.json())["errors"][0]["path"] == "/actor"
+
+
+async def test_cli_actions_are_audited_as_their_operator(api: Api, tenant: TenantApi) -> None:
+    wrote = await tenant.write("PUT", "/collections/notes/records/n1", json={"x": 1})
+    await tenant.read_json("/collections/notes/records/n1", wrote["consistency_token"])
+    status, doc, err = await eventfold(
+        api.settings, "--operator", "ann", "verify", "--tenant", tenant.id
+    )
+    assert status == 0, err
+    assert doc["tenants"][0]["equal"] is True
+
+    async def audited() -> list[dict[str, Any]]:
+        page = await tenant.read_json("/events?actor=operator:ann")
+        items: list[dict[str, Any]] = page["items"]
+        return items
+
+    async with asyncio.timeout(30):  # published by the command, projected meanwhile
+        while not (items := await audited()):
+            await asyncio.sleep(0.1)
+    [event] = items
+    assert event["type"] == "operator.action"
+    assert event["data"]["action"] == "verify"
+    assert event["data"]["details"]["equal"] is True
+    assert event["subject"] == tenant.id
+
+
+async def test_a_deleted_tenant_is_not_replayed(api: Api) -> None:
+    gone = (await api.create_tenant())["id"]
+    resp = await api.request("DELETE", f"/v1/tenants/{gone}")
+    assert resp.status == 202, await resp.text()
+    seen = await api.request(
+        "GET",
+        f"/v1/tenants/{gone}",
+        headers={"X-Consistency-Token": (await resp.json())["consistency_token"]},
+    )
+    assert (await seen.json())["status"] == "deleted"
+    status, doc, err = await eventfold(api.settings, "replay", "--tenant", gone)
+    assert status == 0, err
+    assert f"tenant {gone} was deleted: skipped" in err
+    assert doc["tenants"] == []

@@ -23,6 +23,7 @@ from eventfold.events.integration import (
 )
 from eventfold.events.record import RecordDeleted, RecordPatched, RecordUpserted
 from eventfold.events.tenant import (
+    OperatorAction,
     TenantCreated,
     TenantDeleted,
     TenantResumed,
@@ -88,6 +89,12 @@ REGISTRY: dict[str, EventType] = {
             "tenant.deleted", 1, TenantDeleted, "tenant",
             "A platform admin deleted the tenant: every derived state goes, its credentials"
             " stop, its id is never reused.",
+            publishable=False,
+        ),
+        EventType(
+            "operator.action", 1, OperatorAction, "tenant",
+            "An operator acted on the tenant from the CLI (a replay, a verify, a dead-letter"
+            " redrive); the actor names the operator.",
             publishable=False,
         ),
         EventType(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from eventfold import ids
@@ -59,3 +61,13 @@ class TenantDeleted(BaseModel):
     """``tenant.deleted``: every derived state of the tenant goes; its id is never reused."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class OperatorAction(BaseModel):
+    """``operator.action``: what an operator did to the tenant from the CLI (the audit trail;
+    the envelope's ``actor`` names the operator)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: Literal["replay", "verify", "dead-letters.redrive"]
+    details: dict[str, Any] = Field(default_factory=dict, description="what it did, in figures")
