@@ -1,4 +1,4 @@
-"""The CLI's audit trail: an ``operator.action`` event per tenant an operator acted on.
+"""The CLI's audit trail: a ``tenant.operator_action`` event per tenant an operator acted on.
 
 ``eventfold replay``, ``verify`` and ``dlq redrive`` change (or compare) a
 tenant's projection without going through the gateway, so nothing in the log
@@ -30,14 +30,14 @@ SOURCE = "eventfold/cli"
 def events(
     action: str, details: Mapping[str, dict[str, Any]], *, operator: str
 ) -> list[CloudEvent]:
-    """One ``operator.action`` per tenant of ``details`` (tenant → its figures)."""
+    """One ``tenant.operator_action`` per tenant of ``details`` (tenant → its figures)."""
     now = datetime.now(UTC)
     return [
         CloudEvent(
             specversion="1.0",
             id=str(uuid.uuid4()),
             source=SOURCE,
-            type="operator.action",
+            type="tenant.operator_action",
             subject=tenant,
             time=now,
             datacontenttype="application/json",

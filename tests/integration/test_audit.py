@@ -88,7 +88,7 @@ async def test_cli_actions_are_audited_as_their_operator(api: Api, tenant: Tenan
         while not (items := await audited()):
             await asyncio.sleep(0.1)
     [event] = items
-    assert event["type"] == "operator.action"
+    assert (event["type"], event["status"]) == ("tenant.operator_action", "applied")
     assert event["data"]["action"] == "verify"
     assert event["data"]["details"]["equal"] is True
     assert event["subject"] == tenant.id

@@ -7,6 +7,8 @@ import pytest
 from eventfold import actors
 from eventfold.auth import Principal, TokenVerifier, issue_token
 from eventfold.envelope import CloudEvent, stamp
+from eventfold.events import REGISTRY
+from eventfold.eventtypes.names import is_custom
 from eventfold.publisher import with_actor
 
 SECRET = "s" * 32
@@ -58,3 +60,9 @@ def test_operator_defaults_to_the_os_user(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("LOGNAME", "ops-ann")
     assert actors.operator() == "operator:ops-ann"
     assert actors.operator("bob") == "operator:bob"
+
+
+def test_every_built_in_type_is_in_a_reserved_namespace() -> None:
+    # A built-in type outside them would be folded as a tenant's own (and rejected as
+    # unregistered): tenant.operator_action was operator.action once.
+    assert [name for name in REGISTRY if is_custom(name)] == []

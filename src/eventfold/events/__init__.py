@@ -92,7 +92,7 @@ REGISTRY: dict[str, EventType] = {
             publishable=False,
         ),
         EventType(
-            "operator.action", 1, OperatorAction, "tenant",
+            "tenant.operator_action", 1, OperatorAction, "tenant",
             "An operator acted on the tenant from the CLI (a replay, a verify, a dead-letter"
             " redrive); the actor names the operator.",
             publishable=False,

@@ -64,8 +64,8 @@ class TenantDeleted(BaseModel):
 
 
 class OperatorAction(BaseModel):
-    """``operator.action``: what an operator did to the tenant from the CLI (the audit trail;
-    the envelope's ``actor`` names the operator)."""
+    """``tenant.operator_action``: what an operator did to the tenant from the CLI (the
+    audit trail; the envelope's ``actor`` names the operator)."""
 
     model_config = ConfigDict(extra="forbid")
 
