@@ -339,7 +339,8 @@ async def authorize_tenant(
     principal.require(role, tenant_id)
     ids.check("tenant", tenant_id)
     tenant = await request.app[TENANTS].get(tenant_id)
-    if tenant is not None and principal.tenant == tenant.id:
+    if tenant is not None and principal.tenant == tenant.id and tenant.status != DELETED:
+        # (A deleted tenant's bucket went with its keys: refusals do not bring it back.)
         await rate_limit(request, tenant)
     await wait_for_consistency(request, tenant_id)
     recheck = request.get(_RECHECK_KEY)

@@ -85,29 +85,25 @@ async def _status(api: Api, tenant: TenantApi, action: str, **kw: Any) -> None:
     assert shown["status"] == ("suspended" if action == "suspend" else "active")
 
 
+async def _claimed(pool: asyncpg.Pool, tenant: str) -> dict[str, bool]:
+    """Due work of each kind for ``tenant``, and which claims take it (all rolled back)."""
+    async with pool.acquire() as conn:
+        tx = conn.transaction()
+        await tx.start()
+        try:
+            await _work(conn, tenant)
+            return await _claims(conn, tenant)
+        finally:
+            await tx.rollback()
+
+
+KINDS = ("webhook", "sync", "run", "inbox")
+
+
 async def test_a_suspended_tenants_work_waits_until_it_is_resumed(
     api: Api, tenant: TenantApi, pool: asyncpg.Pool
 ) -> None:
     await _status(api, tenant, "suspend", json={"reason": "maintenance"})
-    async with pool.acquire() as conn:
-        tx = conn.transaction()
-        await tx.start()
-        try:
-            await _work(conn, tenant.id)
-            assert await _claims(conn, tenant.id) == dict.fromkeys(
-                ("webhook", "sync", "run", "inbox"), False
-            )
-        finally:
-            await tx.rollback()
-
+    assert await _claimed(pool, tenant.id) == dict.fromkeys(KINDS, False)
     await _status(api, tenant, "resume")
-    async with pool.acquire() as conn:
-        tx = conn.transaction()
-        await tx.start()
-        try:
-            await _work(conn, tenant.id)
-            assert await _claims(conn, tenant.id) == dict.fromkeys(
-                ("webhook", "sync", "run", "inbox"), True
-            )
-        finally:
-            await tx.rollback()
+    assert await _claimed(pool, tenant.id) == dict.fromkeys(KINDS, True)
