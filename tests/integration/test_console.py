@@ -465,6 +465,21 @@ async def test_platform_admin_picks_a_tenant_and_sees_lag_health_and_no_workflow
     await shot(page, "processors")
 
 
+async def test_a_suspended_tenant_shows_its_reason_and_the_admins_act(
+    console: Console, api: Api, tenant: TenantApi
+) -> None:
+    resp = await api.request(
+        "POST", f"/v1/tenants/{tenant.id}/suspend", json={"reason": "invoice unpaid"}
+    )
+    assert resp.status == 202, await resp.text()
+    await tenant.read_json("", (await resp.json())["consistency_token"])
+    page, _ = await console.signed_in(admin_token(tenant))
+    await expect(page.locator("#view-title")).to_have_text("Overview")
+    await expect(page.locator("dl.props")).to_contain_text("suspended invoice unpaid")
+    row = page.locator("#events tr").filter(has_text="tenant.suspended")
+    await expect(row.locator('[data-col="actor"]')).to_have_text("user:eventfold-cli")
+
+
 # --- integrations --------------------------------------------------------------------
 
 

@@ -91,7 +91,7 @@ export async function render(ctx, root) {
     h("section", { class: "panel", "aria-label": "Tenant" },
       props([
         ["Tenant", `${tenant.name} (${tenant.id})`],
-        ["Status", badge(tenant.status)],
+        ["Status", tenant.reason ? [badge(tenant.status), " ", tenant.reason] : badge(tenant.status)],
         ["Created", time(tenant.created_at)],
         ["Rate limit", tenant.limits ? `${tenant.limits.requests_per_second}/s, burst ${tenant.limits.burst}` : "—"],
       ])),
