@@ -7,13 +7,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: help venv infra infra-down status run lint typecheck unit chromium promtool test bench bench-tables soak clean screenshots
+.PHONY: help venv infra infra-down status run lint typecheck unit docs chromium promtool test bench bench-tables soak clean screenshots
 
 help:
 	@echo "make run        set up (venv, local Kafka/PostgreSQL/Redis/S3) and run Eventfold"
 	@echo "make test       set up and run lint, type checks and the whole test suite"
 	@echo "make infra      start the local stack only      make infra-down   stop it"
 	@echo "make unit       fast unit tests only (no services)"
+	@echo "make docs       the documentation site (docs/, MkDocs, --strict) into build/site/"
 	@echo "make screenshots  the console's screenshots in docs/screenshots/ (browser tests)"
 	@echo "make bench      the benchmark suite with its peers, then BENCHMARKS.md's tables"
 	@echo "                (QUICK=1: the quick sizes; SMOKE=1: tiny, checks the suite, not quoted)"
@@ -24,7 +25,7 @@ help:
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,docs]'
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -42,8 +43,8 @@ run: infra
 	$(BIN)/eventfold run
 
 lint: venv
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks docsite
+	$(BIN)/ruff format --check src tests benchmarks docsite
 	$(BIN)/lint-imports
 	$(BIN)/eventfold schemas check
 
@@ -52,6 +53,11 @@ typecheck: venv
 
 unit: venv promtool
 	$(BIN)/pytest tests/unit -q $(PYTEST_ARGS)
+
+# The documentation site: docs/ plus the reference pages docsite/ generates from the
+# code at build time; --strict (mkdocs.yml) fails on any broken link or anchor.
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict
 
 # The console's browser tests drive Debian's chromium (Playwright's own download cannot
 # work here): installed when missing.
@@ -63,7 +69,7 @@ chromium:
 promtool:
 	@command -v promtool >/dev/null || sh infra/prometheus/install-promtool.sh
 
-test: lint typecheck infra chromium promtool
+test: lint typecheck docs infra chromium promtool
 	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 # The README's console screenshots (docs/screenshots/*.png), written by the browser tests.

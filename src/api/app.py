@@ -6,6 +6,7 @@ from aiohttp import web
 
 from api import (
     analytics,
+    apidocs,
     apikeys,
     collections,
     console,
@@ -41,3 +42,4 @@ def setup(app: web.Application) -> None:
     deadletters.setup(app)
     processors.setup(app)
     console.setup(app)
+    apidocs.setup(app)

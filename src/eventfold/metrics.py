@@ -13,9 +13,11 @@ from __future__ import annotations
 import collections
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
 _LATENCY_BUCKETS = (
@@ -444,3 +446,50 @@ class TopTenants(Collector):
         for tenant, rate in self._published:
             family.add_metric([tenant], rate)
         yield family
+
+
+@dataclass(frozen=True, slots=True)
+class MetricInfo:
+    """One metric family a :class:`Metrics` registers: what the reference lists."""
+
+    #: The family's name (a counter's samples add ``_total``).
+    name: str
+    #: ``counter``, ``gauge`` or ``histogram``.
+    kind: str
+    help: str
+    #: The labels its series carry (besides the ones Prometheus adds per target).
+    labels: tuple[str, ...]
+
+    def series(self) -> dict[str, tuple[str, ...]]:
+        """Each series name it exports → its labels (a histogram adds ``le`` to buckets)."""
+        if self.kind == "counter":
+            return {f"{self.name}_total": self.labels}
+        if self.kind == "histogram":
+            return {
+                f"{self.name}_bucket": (*self.labels, "le"),
+                f"{self.name}_count": self.labels,
+                f"{self.name}_sum": self.labels,
+            }
+        return {self.name: self.labels}
+
+
+def catalogue(metrics: Metrics | None = None) -> list[MetricInfo]:
+    """Every metric family of ``metrics`` (a fresh :class:`Metrics` by default), by name.
+
+    Labels come from the collectors themselves: a labelled metric without children
+    yet has no samples to read them from.
+    """
+    metrics = metrics or Metrics(CollectorRegistry())
+    labels: dict[str, tuple[str, ...]] = {}
+    for value in vars(metrics).values():
+        if isinstance(value, MetricWrapperBase):
+            labels[value._name] = tuple(value._labelnames)
+        elif isinstance(value, TopTenants):
+            labels[value.name] = ("tenant",)
+    return sorted(
+        (
+            MetricInfo(family.name, family.type, family.documentation, labels[family.name])
+            for family in metrics.registry.collect()
+        ),
+        key=lambda info: info.name,
+    )

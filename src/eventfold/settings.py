@@ -9,7 +9,9 @@ Every field is read from ``EVENTFOLD_<FIELD NAME>`` (fields marked
 type: a bad value raises :class:`SettingsError`, one line naming the variable
 and what it accepts, which the CLI prints before exiting with status 2. A new
 field needs nothing but its declaration; a constrained type (:data:`Port`,
-:data:`Seconds`, ...) also says what it accepts.
+:data:`Seconds`, ...) also says what it accepts. The ``#:`` comment above a field
+(or above the group of fields it starts) is its entry in the settings reference
+of the documentation site, generated from this class with its type, default and range.
 
 Why not ``pydantic_settings.BaseSettings``: it would turn Settings into a
 pydantic model, while the components and tests build and copy it as a plain
@@ -51,6 +53,17 @@ DLQ_TOPIC = "eventfold.events.dlq"
 PREFIX = "EVENTFOLD_"
 #: ``field(metadata=INTERNAL)``: a knob tests may set, not read from the environment.
 INTERNAL: Mapping[str, bool] = {"env": False}
+
+
+def documented_default(text: str) -> Mapping[str, str]:
+    """``field(metadata=...)``: the default in words, where the declared one is not it.
+
+    ``from_env`` fills these fields from the mode or the checkout; the settings
+    reference (docs, generated from this class) shows ``text`` instead of the value.
+    """
+    return {"default_doc": text}
+
+
 #: The JWT secret's least length in production (HS256 wants a key as long as its hash).
 MIN_SECRET_BYTES = 32
 #: Values once published as examples (docker-compose.yml before issue 21).
@@ -211,38 +224,67 @@ def project_home() -> Path:
 class Settings:
     """Every knob of an Eventfold process; see CONTRACT.md for the public ones."""
 
-    home: Path
+    #: Where ``var/`` (data, logs, pid files of the local stack) lives, and ``schemas/``
+    #: for ``eventfold schemas``.
+    home: Path = field(
+        metadata=documented_default("the source checkout, else ~/.local/share/eventfold")
+    )
     #: ``dev`` generates missing secrets into ``var/``; ``production`` refuses to start
     #: without them. Built directly (tests), settings are production: safe by default.
-    mode: Mode = "production"
+    mode: Mode = field(
+        default="production",
+        metadata=documented_default("dev in a source checkout, production when installed"),
+    )
+    #: The address the HTTP listener binds (API, ingest, or a processor's health and
+    #: metrics).
     http_host: str = "127.0.0.1"
+    #: The HTTP listener's port.
     http_port: Port = 8080
+    #: Kafka's bootstrap servers.
     kafka_bootstrap: BootstrapServers = "127.0.0.1:9092"
+    #: The PostgreSQL database of the projections (see the role it needs in Security).
     database_url: PostgresUrl = "postgresql://eventfold:eventfold@127.0.0.1:5432/eventfold"
+    #: Redis: record cache, rate limits, dedup, the live feed, analytics results.
     redis_url: RedisUrl = "redis://127.0.0.1:6379/0"
+    #: The S3-compatible store of the event archive.
     s3_endpoint: HttpUrl = "http://127.0.0.1:9000"
+    #: The archive's bucket (``eventfold infra up`` creates it locally).
     s3_bucket: str = "eventfold-archive"
+    #: The S3 credentials and region.
     s3_access_key: str = "eventfold"
     s3_secret_key: str = "eventfold-secret"  # noqa: S105 - local dev default only
     s3_region: str = "us-east-1"
-    jwt_secret: str = ""
+    #: The HS256 key of bearer tokens and list cursors; in production at least 32
+    #: random bytes (``openssl rand -hex 32``), in dev generated into ``var/jwt-secret``.
+    jwt_secret: str = field(
+        default="", metadata=documented_default("dev: generated into var/; production: required")
+    )
+    #: The ``iss`` and ``aud`` claims bearer tokens must carry, enforced when set.
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
-    #: RS256: a PEM public key, and/or a JWKS file (keys picked by ``kid``).
+    #: RS256: a PEM RSA public key; bearer tokens signed by its private key are accepted.
     jwt_public_key_file: KeyFile = None
+    #: RS256: a JWKS file; a token is checked with the key its ``kid`` names (the file
+    #: is read again when an unknown ``kid`` arrives and the file changed).
     jwt_jwks_file: KeyFile = None
     #: Clock skew tolerated on ``exp``/``iat``/``nbf``.
     jwt_leeway_seconds: Count = 30
-    #: A tenant's token bucket when its ``limits`` do not say.
+    #: Requests per second of a tenant's token bucket when its ``limits`` do not say.
     rate_limit_default_rps: Rate = 100.0
+    #: The size (burst) of a tenant's token bucket when its ``limits`` do not say.
     rate_limit_default_burst: Positive = 200
-    #: Failed authentications a client address may make at once, and per second after
-    #: that; past them its requests are 429 before any credential check (0: no limit).
+    #: Failed authentications a client address may make at once; past them (and the
+    #: refill) its requests are 429 before any credential check (0: no limit).
     auth_failure_burst: Count = 20
+    #: Failed authentications per second refilled into a client address's allowance.
     auth_failure_per_second: Rate = 1.0
     #: Proxies (addresses or CIDRs) whose ``X-Forwarded-For`` names the client address.
     trusted_proxies: Networks = ()
+    #: Hosts and CIDRs that webhooks and integrations may reach although private or
+    #: loopback.
     webhook_allow_hosts: CommaList = ()
+    #: Seconds before each retry of a failed webhook delivery; after the last, the
+    #: delivery is exhausted, until a redrive.
     webhook_retry_schedule: RetrySchedule = (5, 30, 120, 600, 3600)
     #: Deadline of one webhook delivery attempt (connect, send, read the answer).
     webhook_timeout_seconds: Seconds = 10.0
@@ -260,28 +302,43 @@ class Settings:
     #: Keys sealing secrets at rest (``id:base64key,...``, first seals; see
     #: eventfold.sealing), or ``EVENTFOLD_SECRET_KEYS_FILE``. Empty: a dev key
     #: file in ``var/`` (dev mode only).
-    secret_keys: KeyringSpec = ""
-    #: The sync runner (consumers/sync): how often it looks for due integrations,
-    #: backoff after a failure (base * 2^n, capped, with jitter), the failures in
-    #: a row that open the circuit and how long it stays open, and the bounds of
-    #: one request (seconds, bytes, items) and of one run (pages, seconds).
+    secret_keys: KeyringSpec = field(
+        default="", metadata=documented_default("dev: generated into var/; production: required")
+    )
+    #: How often the sync runner (consumers/sync) looks for integrations that are due.
     sync_tick_seconds: Seconds = 1.0
+    #: The first pause after a failed sync run; it doubles per failure in a row
+    #: (with jitter) up to ``sync_backoff_cap``.
     sync_backoff_base: Seconds = 2.0
+    #: The longest pause between failed sync runs.
     sync_backoff_cap: Seconds = 300.0
+    #: Failed runs in a row that open an integration's circuit (state ``circuit_open``).
     sync_circuit_failures: Positive = 5
+    #: How long an open circuit stays open before one half-open run.
     sync_circuit_seconds: Seconds = 120.0
+    #: Deadline of one request to a third-party API.
     sync_request_timeout: Seconds = 15.0
+    #: The largest third-party answer read; a larger one fails the run.
     sync_max_response_bytes: Positive = 8 * 1024 * 1024
+    #: The most items one page (polled or an inbound webhook) may carry.
     sync_max_page_items: Positive = 1000
+    #: Pages one run reads at most; the next run goes on from the stored cursor.
     sync_max_pages_per_run: Positive = 500
+    #: How long one run may read pages before it stops (and the next goes on).
     sync_max_run_seconds: Seconds = 120.0
+    #: Integrations one sync runner process syncs at once.
     sync_concurrency: Positive = 4
     #: How long a claimed run holds its integration without progress (renewed per
     #: page); a crashed worker's integration is free again after it.
     sync_lease_seconds: Seconds = 60.0
+    #: The events topic: the log of record.
     events_topic: TopicName = EVENTS_TOPIC
+    #: The dead-letter topic: the dead letters (events the projector could not
+    #: apply), with their error.
     dlq_topic: TopicName = DLQ_TOPIC
+    #: Partitions of each topic when ``eventfold infra up`` creates them.
     topic_partitions: Positive = 8
+    #: The prefix of every consumer group name (``<prefix>.projector``, ...).
     consumer_group_prefix: TopicName = "eventfold"
     max_body_bytes: int = field(default=1024 * 1024, metadata=INTERNAL)
     #: Requests one HTTP process answers at once; past it, 503 with ``Retry-After``
@@ -292,6 +349,7 @@ class Settings:
     cors_origins: CommaList = ()
     #: Responses at least this large are gzip-compressed for clients that accept it.
     compress_min_bytes: Count = 1024
+    #: Events per projector transaction at most.
     projector_batch_size: Positive = 2000
     #: Prepared statements kept per PostgreSQL connection. Each tenant's schema
     #: makes its own statement text, so this bounds how many tenants a batch can
@@ -312,31 +370,41 @@ class Settings:
     cache_ttl_seconds: Positive = 3600
     #: Deadline of each cache call to Redis; past it the call counts as a breaker failure.
     cache_timeout_ms: Positive = 250
-    #: Consecutive failures that open the cache's circuit breaker, and its cooldown.
+    #: Consecutive failures that open the cache's circuit breaker.
     cache_breaker_failures: int = field(default=3, metadata=INTERNAL)
+    #: How long the open cache breaker waits before it probes Redis again (reads go
+    #: to PostgreSQL meanwhile, readiness says ``degraded``).
     cache_breaker_cooldown_seconds: Seconds = 2.0
-    #: SSE ``/stream``: a heartbeat comment this often, and the events (and bytes) a
-    #: client may have waiting before it is disconnected as too slow.
+    #: A heartbeat comment on each idle SSE ``/stream`` this often.
     stream_heartbeat_seconds: Seconds = 15.0
+    #: Events an SSE client may fall behind before it is disconnected as too slow (it
+    #: resumes with ``Last-Event-ID``).
     stream_queue_max: Positive = 1000
+    #: Bytes of events an SSE client may fall behind before it is disconnected (one
+    #: event larger than this still goes to a client that keeps up).
     stream_queue_max_bytes: Positive = 4 * 1024 * 1024
     #: Streams one tenant may have open across every API instance (429 past it); 0: no cap.
     stream_max_per_tenant: Count = 100
     #: How often an open stream checks its credentials again (it ends once they are
     #: refused); a number > 0, as a rate's.
     stream_recheck_seconds: Rate = 1.0
-    #: An archive segment closes before it would pass this many (uncompressed) bytes,
-    #: or once its records span this many seconds (see src/consumers/archiver).
+    #: An archive segment closes before it would pass this many (uncompressed) bytes
+    #: (see src/consumers/archiver).
     archive_segment_bytes: Positive = 8 * 1024 * 1024
+    #: An archive segment closes once its records span this many seconds.
     archive_segment_seconds: Seconds = 300.0
-    #: Analytics (src/consumers/analytics): how long after a window closes a late event
-    #: still counts, how long window results are kept, the least time between two
-    #: copies to Redis, how often settled windows are pruned from the faust tables.
+    #: How long after an analytics window closes a late event still counts in it
+    #: (src/consumers/analytics); later it is dropped for that window.
     analytics_grace_seconds: Count = 60
+    #: How long served 1-minute window counts are kept in Redis.
     analytics_retention_1m_seconds: Positive = 2 * 86400
+    #: How long served 1-hour window counts are kept in Redis.
     analytics_retention_1h_seconds: Positive = 35 * 86400
+    #: The least time between two copies of changed counts to Redis under load.
     analytics_flush_ms: Count = 200
+    #: How often settled windows are pruned from the analytics tables.
     analytics_prune_seconds: Seconds = 60.0
+    #: The least level of the JSON log lines on stderr.
     log_level: LogLevel = "INFO"
     #: Which services the user pointed at their own instance (infra skips those).
     external: frozenset[str] = field(default_factory=frozenset, metadata=INTERNAL)
@@ -420,6 +488,16 @@ def _env_variables() -> dict[str, str]:
     }
 
 
+def variables() -> dict[str, str]:
+    """Field name -> the environment variable it is read from: every documented setting."""
+    return dict(_env_variables())
+
+
+def accepts(name: str) -> str:
+    """What the setting of field ``name`` accepts, in the words of its error line."""
+    return _accepts_by_field()[name]
+
+
 def _read_env(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
     """Raw values of the variables that are set (empty counts as unset), and their names."""
     values: dict[str, Any] = {}
@@ -452,7 +530,13 @@ def _adapter() -> TypeAdapter[Settings]:
 @functools.cache
 def _accepts_by_field() -> dict[str, str]:
     """What each field accepts: its type's :class:`Accepts`, else words for the plain type."""
-    plain = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}
+    plain = {
+        int: "a whole number",
+        float: "a number",
+        bool: "true or false",
+        str: "text",
+        Path: "a path",
+    }
     hints = typing.get_type_hints(Settings, include_extras=True)
     found: dict[str, str] = {}
     for name, hint in hints.items():

@@ -617,6 +617,7 @@ async def test_workflow_run_approved_then_cancelled_from_the_console(
     waiting = page.locator('tr[data-step="ok"]')
     await expect(waiting).to_contain_text("waiting", timeout=WAIT_MS)
     await expect(page.locator('tr[data-step="crm"]')).to_contain_text("succeeded")
+    await shot(page, "workflow-run")
     await page.get_by_label("Comment on ok").fill("looks right")
     await page.get_by_role("button", name="Approve step ok").click()
     await expect(page.get_by_role("status").filter(has_text="approved")).to_have_text(

@@ -154,12 +154,18 @@ def test_api_conforms_to_its_document(case: Any, live: Live, http: requests.Sess
     # A generated consistency token names offsets that never come: a 5 s wait each.
     if case.headers:
         case.headers.pop("X-Consistency-Token", None)
+    # /health/ready's 503 is its documented answer while a part is not doing its job
+    # (a processor rebalancing on a loaded machine), not a server error: its status,
+    # body and headers must still conform to the document.
+    case_checks = [
+        c for c in CHECKS if c is not checks.not_a_server_error or case.path != "/health/ready"
+    ]
     for token in live.tokens.values():  # each case as a platform admin and a tenant admin
         case.call_and_validate(
             base_url=live.base,
             session=http,
             headers={"Authorization": f"Bearer {token}"},
-            checks=CHECKS,
+            checks=case_checks,
             timeout=30,
         )
 

@@ -18,11 +18,9 @@ from typing import Any
 import promql_parser
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry
-from prometheus_client.metrics import MetricWrapperBase
 
 from entrypoints.registry import PROCESSORS
-from eventfold.metrics import Metrics, TopTenants
+from eventfold.metrics import catalogue
 
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS = REPO / "infra" / "prometheus"
@@ -143,31 +141,12 @@ def test_every_processor_is_scraped_and_missed_when_absent() -> None:
 
 
 def registered() -> dict[str, frozenset[str]]:
-    """Each series name a :class:`Metrics` can export → the labels it may carry.
-
-    Names come from the registry's metric families (a counter ``x`` exports
-    ``x_total``, a histogram ``x_bucket``, ``x_count`` and ``x_sum``), labels from
-    the collectors themselves (a labelled metric without children has no samples).
-    """
-    metrics = Metrics(CollectorRegistry())
-    labels: dict[str, frozenset[str]] = {}
-    for value in vars(metrics).values():
-        if isinstance(value, MetricWrapperBase):
-            labels[value._name] = frozenset(value._labelnames)
-        elif isinstance(value, TopTenants):
-            labels[value.name] = frozenset({"tenant"})
-    out: dict[str, frozenset[str]] = {}
-    for family in metrics.registry.collect():
-        own = labels[family.name] | TARGET_LABELS
-        if family.type == "counter":
-            out[f"{family.name}_total"] = own
-        elif family.type == "histogram":
-            out[f"{family.name}_bucket"] = own | {"le"}
-            out[f"{family.name}_count"] = own
-            out[f"{family.name}_sum"] = own
-        else:
-            out[family.name] = own
-    return out
+    """Each series name a :class:`Metrics` can export → the labels it may carry."""
+    return {
+        series: frozenset(labels) | TARGET_LABELS
+        for info in catalogue()
+        for series, labels in info.series().items()
+    }
 
 
 def recorded() -> set[str]:
