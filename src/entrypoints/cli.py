@@ -33,7 +33,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--operator",
         help="who acts, for the audit trail of replay, verify and dlq redrive (default: the "
-        "OS user); their events name actor operator:<name>",
+        "OS user); their events name the actor operator:NAME",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
