@@ -321,6 +321,11 @@ def _argument(action: argparse.Action) -> tuple[str, str]:
     return f"`{name}`", text
 
 
+def _general(action: argparse.Action) -> bool:
+    """An option of ``eventfold`` itself (not help, not the command name)."""
+    return not isinstance(action, argparse._HelpAction | argparse._SubParsersAction)
+
+
 def commands() -> list[CommandDoc]:
     """Every command and sub-command of ``eventfold``, depth first."""
     out: list[CommandDoc] = []
@@ -357,6 +362,15 @@ def cli_page() -> str:
         "first; a bad value stops it with exit status 2. Commands that report take",
         "`--json` for scripts.",
         "",
+    ]
+    general = [_argument(a) for a in _parser()._actions if _general(a)]
+    if general:
+        # Options of ``eventfold`` itself: they go before the command name.
+        lines += ["Options of every command (before its name, `eventfold --operator ann replay`):"]
+        lines += ["", "| option | meaning |", "|---|---|"]
+        lines += [f"| {name} | {_cell(text)} |" for name, text in general]
+        lines.append("")
+    lines += [
         "| command | what it does |",
         "|---|---|",
     ]

@@ -35,6 +35,9 @@ register(
             TENANT,
             Param("type", "query", {"type": "string", "minLength": 1, "maxLength": 512}),
             Param("subject", "query", {"type": "string", "minLength": 1, "maxLength": 512}),
+            Param("actor", "query", {"type": "string", "minLength": 1, "maxLength": 512},
+                  "only events written by this actor (`user:<sub>`, `apikey:<id>`, "
+                  "`integration:<id>`, `workflow:<run id>`, `operator:<name>`)"),
             Param("order", "query", {"type": "string", "enum": ["seq", "-seq"], "default": "seq"},
                   "`seq`: oldest first; `-seq`: newest first"),
             AFTER, LIMIT, CONSISTENCY,
@@ -71,7 +74,7 @@ ORDERS = {
 
 
 async def list_events(request: web.Request) -> web.Response:
-    """``GET /v1/tenants/{t}/events?type=&subject=&after=&limit=&order=``.
+    """``GET /v1/tenants/{t}/events?type=&subject=&actor=&after=&limit=&order=``.
 
     Oldest first by default; ``order=-seq`` lists newest first (the console's
     overview, a record's latest changes).
@@ -85,7 +88,7 @@ async def list_events(request: web.Request) -> web.Response:
         )
     kind, newest_first = ORDERS[order]
     narrowed: dict[str, str | None] = {}
-    for name in ("type", "subject"):
+    for name in ("type", "subject", "actor"):
         value = request.query.get(name)
         if value is not None and (not 0 < len(value) <= 512 or "\x00" in value):
             raise ValidationFailed(
@@ -105,6 +108,7 @@ async def list_events(request: web.Request) -> web.Response:
             tenant.id,
             event_type=narrowed["type"],
             subject=narrowed["subject"],
+            actor=narrowed["actor"],
             after=seq,
             newest_first=newest_first,
             limit=limit + 1,

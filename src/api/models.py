@@ -25,9 +25,10 @@ class TenantOut(BaseModel):
 
     id: str
     name: str
-    status: str
+    status: Literal["active", "suspended", "deleted"]
     limits: TenantLimits | dict[str, Any]
     created_at: datetime
+    reason: str | None = Field(default=None, description="why it is suspended (only then)")
 
 
 class RecordOut(BaseModel):

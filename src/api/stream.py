@@ -12,7 +12,7 @@ disconnected (it resumes by id), never buffered without bound; a comment every
 
 A stream lives no longer than its credentials: they are checked again every
 ``stream_recheck_seconds``, and once a new request with them would be refused
-(an API key revoked, a token expired) the stream ends. A tenant has at most
+(an API key revoked, a token expired, its tenant deleted) the stream ends. A tenant has at most
 ``stream_max_per_tenant`` streams open across every instance
 (:mod:`api.stream_slots`; 429 past it). Whenever the server ends a stream, its
 last frame says why (:func:`end_frame`).
@@ -33,14 +33,14 @@ from aiohttp import web
 from api.stream_hub import HUB, Frame, StreamHub, Subscriber
 from api.stream_slots import RENEW_SECONDS, StreamSlot, take_slot
 from eventfold import faults, readmodel
-from eventfold.appkeys import EVENT_TYPES, METRICS, POOL, REDIS, SETTINGS
+from eventfold.appkeys import EVENT_TYPES, METRICS, POOL, REDIS, SETTINGS, TENANTS
 from eventfold.errors import BadRequest, FieldError, Unauthorized, ValidationFailed
 from eventfold.eventtypes.names import is_custom
 from eventfold.livefeed import history_item
 from eventfold.logs import correlation_id
 from eventfold.openapi import TENANT, TENANT_ERRORS, Operation, Param, Reply, register
 from eventfold.replay import is_replay
-from eventfold.tenancy import tenant_connection
+from eventfold.tenancy import DELETED, tenant_connection
 from eventfold.web import authenticate, authorize_tenant, unbounded
 
 log = logging.getLogger("eventfold.stream")
@@ -145,12 +145,17 @@ async def _guard(request: web.Request, slot: StreamSlot) -> None:
         await asyncio.sleep(every)
         try:
             await authenticate(request)
+            tenant = await request.app[TENANTS].get(request.match_info["tenant"])
         except Unauthorized as exc:
             raise _StreamEnds(CREDENTIALS_ENDED, exc.detail) from None
         except Exception as exc:
             if not faults.is_retriable(exc):
                 raise
             log.info("stream credentials not checked", extra={"error": repr(exc)})
+        else:
+            if tenant is None or tenant.status == DELETED:
+                tenant_id = request.match_info["tenant"]
+                raise _StreamEnds(CREDENTIALS_ENDED, f"tenant {tenant_id} was deleted")
         if loop.time() >= renew_at:
             await slot.renew()
             renew_at = loop.time() + RENEW_SECONDS

@@ -78,7 +78,7 @@ def setup(app: web.Application) -> None:
 
 async def get_tenant(request: web.Request) -> web.Response:
     """The tenant's id, name, status, limits and creation time (reader)."""
-    _, tenant = await authorize_tenant(request, "reader")
+    _, tenant = await authorize_tenant(request, "reader", deleted_ok=True)
     return json_response(tenant.as_dict())
 
 

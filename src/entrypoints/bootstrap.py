@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -197,6 +198,14 @@ async def _malloc_trim_ctx(_app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+def _tenant_changed(app: web.Application, tenant: str | None) -> None:
+    """A tenant's row changed (or such news may have been missed: ``None``)."""
+    app[TENANTS].forget(tenant)
+    if tenant is not None and CACHE in app:
+        # A deleted tenant's read counts must not reach Redis after its keys went.
+        app[CACHE].hot.drain(tenant)
+
+
 async def _watcher_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     watcher = CheckpointWatcher(
@@ -205,6 +214,8 @@ async def _watcher_ctx(app: web.Application) -> AsyncIterator[None]:
         consumer=f"{settings.consumer_group_prefix}.projector",
         topic=settings.events_topic,
     )
+    if TENANTS in app:
+        watcher.on_tenant_changed = functools.partial(_tenant_changed, app)
     await watcher.start()
     app[WATCHER] = watcher
     # Connects to Kafka on the first token past the known end, not before.

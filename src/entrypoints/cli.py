@@ -32,6 +32,11 @@ from eventfold.settings import Settings, SettingsError
 def parser() -> argparse.ArgumentParser:
     """The command's argument parser (every subcommand; building it imports no app)."""
     p = argparse.ArgumentParser(prog="eventfold", description=(__doc__ or "").split("\n", 1)[0])
+    p.add_argument(
+        "--operator",
+        help="who acts, for the audit trail of replay, verify and dlq redrive (default: the "
+        "OS user); their events name the actor operator:NAME",
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="everything in one process: API, ingest and processors")

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from entrypoints import audit
 from entrypoints.output import print_json
 from eventfold import deadletters
 from eventfold.cachefill import refresh_after_redrive
@@ -41,6 +42,17 @@ def add_parser(sub: Any) -> None:
             action.add_argument("--dry-run", action="store_true", help="report, change nothing")
 
 
+def _figures(keys: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """A redrive's figures per tenant (its audit event's details)."""
+    out: dict[str, dict[str, Any]] = {}
+    for k in keys:
+        figures = out.setdefault(str(k["tenant"]), {"applied": 0, "rejected": 0, "keys": 0})
+        figures["applied"] += int(k["applied"])
+        figures["rejected"] += int(k["rejected"])
+        figures["keys"] += 1
+    return out
+
+
 def command(settings: Settings, args: argparse.Namespace) -> int:
     """``eventfold dlq list|show|redrive``; its exit status (1: something is left)."""
     from eventfold.projection.redrive import redrive  # deferred: the fold, for this command only
@@ -57,6 +69,13 @@ def command(settings: Settings, args: argparse.Namespace) -> int:
                 )  # fmt: skip
                 if report.applied and not args.dry_run:
                     await refresh_after_redrive(settings, pool, report.keys)
+                if (report.applied or report.rejected) and not args.dry_run:
+                    await audit.record(
+                        settings,
+                        "dead-letters.redrive",
+                        _figures(report.keys),
+                        operator=audit.operator_of(args.operator),
+                    )
                 if args.json:
                     print_json(
                         {

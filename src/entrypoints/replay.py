@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import orjson
 
+from entrypoints import audit
 from eventfold import cachefill, gctune, readmodel
 from eventfold.clients import open_pool
 from eventfold.ids import check
@@ -61,6 +62,13 @@ def add_parsers(sub: Any) -> None:
     events.add_argument("--until", type=_iso)
     events.add_argument("--limit", type=int, default=100)
     events.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _figures(report: dict[str, Any]) -> dict[str, Any]:
+    """A rebuild report's figures (its audit event's details): scalars only, no tenant."""
+    return {
+        k: v for k, v in report.items() if k != "tenant" and isinstance(v, str | int | float | bool)
+    }
 
 
 def _iso(text: str) -> datetime:
@@ -135,6 +143,12 @@ def _run(settings: Settings, args: argparse.Namespace, *, compare_only: bool, ve
         reports: list[Report] = []
         try:
             tenants = list(dict.fromkeys(args.tenant)) if args.tenant else await all_tenants(pool)
+            if args.tenant:
+                async with pool.acquire(timeout=10) as conn:
+                    gone = await readmodel.deleted_tenants(conn, tenants)
+                for tenant in sorted(gone):
+                    print(f"eventfold: tenant {tenant} was deleted: skipped", file=sys.stderr)
+                tenants = [t for t in tenants if t not in gone]
             if getattr(args, "outdated", False):
                 async with pool.acquire(timeout=10) as conn:
                     outdated = await readmodel.outdated_tenants(conn)
@@ -152,6 +166,11 @@ def _run(settings: Settings, args: argparse.Namespace, *, compare_only: bool, ve
                 reports = await rebuild_many(settings, pool, tenants, opts)
                 bar.done()
                 await cachefill.forget_tenants(settings, {r.tenant for r in reports if r.swapped})
+                figures = {r.tenant: _figures(r.as_dict()) for r in reports}
+                action = "verify" if compare_only else "replay"
+                await audit.record(
+                    settings, action, figures, operator=audit.operator_of(args.operator)
+                )
         finally:
             await pool.close()
         return reports

@@ -38,6 +38,7 @@ from typing import Any
 
 import asyncpg
 
+from eventfold import actors
 from eventfold.auth import Principal
 from eventfold.backoff import Backoff
 from eventfold.db import connect
@@ -193,7 +194,10 @@ class ApiKeyDirectory:
         if found.revoked_at is not None:
             raise refused("the API key was revoked")
         return Principal(
-            subject=f"apikey:{found.id}", tenant=found.tenant, roles=frozenset(found.roles)
+            subject=actors.apikey(found.id),
+            tenant=found.tenant,
+            roles=frozenset(found.roles),
+            kind="apikey",
         )
 
     async def lookup(self, key_id: str, *, fresh: bool = False) -> StoredKey | None:

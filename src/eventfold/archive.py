@@ -15,6 +15,11 @@ archive (``consumers/rebuild``) reads it; both name its keys through here.
 from __future__ import annotations
 
 
+def tenant_prefix(tenant: str) -> str:
+    """Where every archived object of ``tenant`` lives (its segments and manifests)."""
+    return f"tenant={tenant}/"
+
+
 def object_key(tenant: str, day: str, partition: int, first: int, last: int) -> str:
     """``tenant=<id>/date=<day>/<partition>-<first>-<last>.jsonl.gz``, zero-padded to sort."""
     return f"tenant={tenant}/date={day}/{partition:03d}-{first:020d}-{last:020d}.jsonl.gz"

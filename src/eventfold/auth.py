@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from jwt.algorithms import RSAAlgorithm
 
+from eventfold import actors
 from eventfold.errors import Forbidden, Unauthorized
 
 if TYPE_CHECKING:
@@ -53,6 +54,13 @@ class Principal:
     subject: str
     tenant: str
     roles: frozenset[str]
+    #: What authenticated the caller: ``user`` (a bearer token) or ``apikey``.
+    kind: str = "user"
+
+    @property
+    def actor(self) -> str:
+        """The ``actor`` its events carry: ``user:<sub>``, or the API key's ``apikey:<id>``."""
+        return self.subject if self.kind == "apikey" else actors.user(self.subject)
 
     @property
     def is_platform_admin(self) -> bool:

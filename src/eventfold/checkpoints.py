@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import asyncpg
@@ -28,7 +28,7 @@ import orjson
 
 from eventfold import deadletters
 from eventfold.backoff import Backoff
-from eventfold.db import CHECKPOINT_CHANNEL, connect, fetch_checkpoints
+from eventfold.db import CHECKPOINT_CHANNEL, TENANT_CHANGED, connect, fetch_checkpoints
 
 log = logging.getLogger("eventfold.checkpoints")
 
@@ -67,6 +67,9 @@ class CheckpointWatcher:
         #: outlasted may miss a tenant, so it does not make the set trusted.
         self._distrusts = 0
         self._reload: asyncio.Task[None] | None = None
+        #: Called with a tenant whose row changed, or None when such news may have
+        #: been missed (the listener was down): the tenant directory's ``forget``.
+        self.on_tenant_changed: Callable[[str | None], None] | None = None
 
     async def start(self) -> None:
         """Begin listening (in the background, reconnecting when the connection drops)."""
@@ -200,6 +203,11 @@ class CheckpointWatcher:
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         doc = orjson.loads(payload)
+        changed = doc.get(TENANT_CHANGED)
+        if changed is not None:
+            if self.on_tenant_changed is not None:
+                self.on_tenant_changed(str(changed))
+            return
         if doc.get("redriven") and doc.get("c") == self._consumer:
             woken = self._redriven.pop(str(doc.get("tenant")), None)
             if woken is not None:
@@ -232,6 +240,8 @@ class CheckpointWatcher:
                 log.warning("checkpoint listener down, reconnecting", extra={"error": repr(exc)})
             # Notifications may be missed from here until the next LISTEN, which loads.
             self._distrust(reload=False)
+            if self.on_tenant_changed is not None:
+                self.on_tenant_changed(None)
             await _close(conn)
             await backoff.sleep()
 

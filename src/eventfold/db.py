@@ -19,6 +19,9 @@ CREATE TABLE IF NOT EXISTS eventfold.tenants (
     created_at  timestamptz NOT NULL,
     event_id    text NOT NULL
 );
+-- tenant.suspended's reason; tenant.deleted's time (the row stays: the id is never reused).
+ALTER TABLE eventfold.tenants ADD COLUMN IF NOT EXISTS status_reason text;
+ALTER TABLE eventfold.tenants ADD COLUMN IF NOT EXISTS deleted_at timestamptz;
 -- The input position each processor's derived state reflects, written in the
 -- same transaction as that state (Kafka's committed offsets are only a hint).
 CREATE TABLE IF NOT EXISTS eventfold.checkpoints (
@@ -245,6 +248,9 @@ CREATE INDEX IF NOT EXISTS workflow_runs_finished
 _MIGRATION_LOCK = 0x4576_466F  # "EvFo"
 #: Channel the projector notifies on commit; readers waiting on a token listen.
 CHECKPOINT_CHANNEL = "eventfold_checkpoints"
+#: The key of a :data:`CHECKPOINT_CHANNEL` notification naming a tenant whose row
+#: changed (suspended, resumed, deleted): each process's tenant cache forgets it.
+TENANT_CHANGED = "tenant_changed"
 #: Channel the projector notifies (with the topic) when it hands the workflow processor
 #: a trigger or a command; the processor wakes at once instead of at its next poll.
 WORKFLOW_CHANNEL = "eventfold_workflows"

@@ -97,13 +97,17 @@ def stamp(
     now: datetime | None = None,
     correlation: str | None = None,
     extra: dict[str, Any] | None = None,
+    actor: str | None = None,
 ) -> CloudEvent:
     """Set the server-owned attributes: ``tenant`` from the path, ``time`` if absent.
 
-    With ``correlation``, also ``correlationid`` if absent; with ``extra``, those
-    attributes as well (all in the same copy).
+    With ``correlation``, also ``correlationid`` if absent; with ``actor``, the
+    ``actor`` extension, replacing any the client sent (:mod:`eventfold.actors`);
+    with ``extra``, those attributes as well (all in the same copy).
     """
     updates: dict[str, Any] = {**(extra or {}), "tenant": tenant}
+    if actor is not None:
+        updates["actor"] = actor
     if event.time is None:
         updates["time"] = now or datetime.now(UTC)
     if correlation and event.correlationid is None:

@@ -34,7 +34,7 @@ from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from eventfold import consistency, tracing
+from eventfold import actors, consistency, tracing
 from eventfold.backoff import Backoff
 from eventfold.breaker import Breaker
 from eventfold.dedup import DEDUP_TTL_SECONDS, dedup_key
@@ -211,14 +211,36 @@ class Publisher:
 
     # -- publishing ----------------------------------------------------------
 
-    async def publish(self, tenant: str, events: Sequence[CloudEvent]) -> list[Published]:
+    async def publish(
+        self, tenant: str, events: Sequence[CloudEvent], *, actor: str | None = None
+    ) -> list[Published]:
         """Publish ``events`` of ``tenant`` (all stamped); return one result per event.
 
+        Every event goes out carrying ``actor`` (:mod:`eventfold.actors`): the one
+        given, else the current request's; whatever an event said before is
+        replaced (:class:`~eventfold.actors.MissingActor` when no actor is known).
         Raises :class:`Unavailable` when Kafka did not acknowledge within the
         deadline; the caller may retry with the same ids without any second effect.
         While tracing is on, the publish is a producer span whose context each event
         carries on (:func:`eventfold.tracing.stamped`, and in its Kafka headers).
         """
+        return await self._traced(tenant, with_actor(events, actors.resolve(actor)))
+
+    async def publish_stamped(self, tenant: str, events: Sequence[CloudEvent]) -> list[Published]:
+        """Publish events this process built, each already carrying its own actor.
+
+        For a joined publish of several workflow runs (each run its own actor), which
+        :meth:`publish` would give one actor. Never for events from a client: their
+        actor is what :meth:`publish` replaces. Raises
+        :class:`~eventfold.actors.MissingActor` when an event names none.
+        """
+        if any(not (ev.model_extra or {}).get(actors.ATTRIBUTE) for ev in events):
+            raise actors.MissingActor("an event of a joined publish names no actor")
+        return await self._traced(tenant, events)
+
+    async def _traced(self, tenant: str, events: Sequence[CloudEvent]) -> list[Published]:
+        """:meth:`_publish`, in a producer span whose context the events carry while
+        tracing is on."""
         if not tracing.enabled():
             return await self._publish(tenant, events)
         attributes = {
@@ -384,6 +406,17 @@ class Publisher:
             self._redis_failed(exc, "dedup record not written")
             return
         self._redis_breaker.success()
+
+
+def with_actor(events: Sequence[CloudEvent], actor: str) -> Sequence[CloudEvent]:
+    """``events``, each carrying ``actor`` (copied only where it differs: the
+    gateway's own stamp already set it on the hot path)."""
+    return [
+        ev
+        if (ev.model_extra or {}).get(actors.ATTRIBUTE) == actor
+        else ev.model_copy(update={actors.ATTRIBUTE: actor})
+        for ev in events
+    ]
 
 
 def dedup_record(partition: int, offset: int, envelope: bytes) -> bytes:

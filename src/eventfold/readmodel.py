@@ -151,27 +151,45 @@ async def outdated_tenants(conn: asyncpg.Connection) -> dict[str, int]:
     rows = await conn.fetch(
         """SELECT t.id, coalesce(v.version, 1) AS version
            FROM eventfold.tenants t LEFT JOIN eventfold.projection_versions v ON v.tenant = t.id
-           WHERE coalesce(v.version, 1) <> $1 ORDER BY t.id""",
+           WHERE coalesce(v.version, 1) <> $1 AND t.status <> 'deleted' ORDER BY t.id""",
         PROJECTION_VERSION,
     )
     return {r["id"]: r["version"] for r in rows}
 
 
-async def tenant_status(conn: asyncpg.Connection, tenants: Sequence[str]) -> dict[str, bool]:
-    """Which of ``tenants`` have a live schema, and whether each is registered.
+async def tenant_status(
+    conn: asyncpg.Connection, tenants: Sequence[str]
+) -> tuple[dict[str, bool], set[str]]:
+    """Which of ``tenants`` have a live schema (and whether each is registered), and
+    which were deleted.
 
-    Maps every tenant whose schema exists to whether it is registered (its
-    ``tenant.created`` applied); tenants missing from the answer have no schema.
+    The first part maps every tenant whose schema exists to whether it is
+    registered (its ``tenant.created`` applied); tenants missing from it have no
+    schema. The second holds the deleted ones (their schema is gone for good).
     One round trip for the whole batch.
     """
     rows = await conn.fetch(
-        """SELECT u.t AS tenant, (r.id IS NOT NULL) AS registered
+        """SELECT u.t AS tenant, (r.id IS NOT NULL) AS registered, n.oid IS NOT NULL AS schema,
+                  coalesce(r.status = 'deleted', false) AS deleted
            FROM unnest($1::text[]) AS u(t)
-           JOIN pg_namespace n ON n.nspname = 't_' || u.t
-           LEFT JOIN eventfold.tenants r ON r.id = u.t""",
+           LEFT JOIN pg_namespace n ON n.nspname = 't_' || u.t
+           LEFT JOIN eventfold.tenants r ON r.id = u.t
+           WHERE n.oid IS NOT NULL OR r.status = 'deleted'""",
         list(tenants),
     )
-    return {r["tenant"]: r["registered"] for r in rows}
+    return (
+        {r["tenant"]: r["registered"] for r in rows if r["schema"] and not r["deleted"]},
+        {r["tenant"] for r in rows if r["deleted"]},
+    )
+
+
+async def deleted_tenants(conn: asyncpg.Connection, tenants: Iterable[str]) -> set[str]:
+    """Which of ``tenants`` were deleted (their ids are never used again)."""
+    rows = await conn.fetch(
+        "SELECT id FROM eventfold.tenants WHERE id = ANY($1::text[]) AND status = 'deleted'",
+        list(tenants),
+    )
+    return {r["id"] for r in rows}
 
 
 async def existing_tenants(conn: asyncpg.Connection, tenants: Iterable[str]) -> set[str]:
@@ -521,18 +539,28 @@ async def history_page(
     *,
     event_type: str | None = None,
     subject: str | None = None,
+    actor: str | None = None,
     after: int | None = None,
     newest_first: bool = False,
     limit: int = 50,
 ) -> list[asyncpg.Record]:
     """Up to ``limit`` history rows (``seq, envelope, status, reason``), oldest first (or newest
-    first), past the ``seq`` ``after``, narrowed by type and subject."""
+    first), past the ``seq`` ``after``, narrowed by type, subject and actor.
+
+    The actor is read from the envelope (no column of its own: schemas built
+    before it existed need no migration), so narrowing by it walks the history
+    in ``seq`` order until the page is full.
+    """
     params: list[Any] = []
     where: list[str] = []
-    for name, value in (("type", event_type), ("subject", subject)):
+    for column, value in (
+        ("type", event_type),
+        ("subject", subject),
+        ("envelope->>'actor'", actor),
+    ):
         if value is not None:
             params.append(value)
-            where.append(f"{name} = ${len(params)}")
+            where.append(f"{column} = ${len(params)}")
     if after is not None:
         params.append(after)
         where.append(f"seq {'<' if newest_first else '>'} ${len(params)}")

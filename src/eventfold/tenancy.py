@@ -31,12 +31,19 @@ from typing import Any
 import asyncpg
 from asyncpg.transaction import Transaction
 
+from eventfold.errors import Forbidden
 from eventfold.ids import tenant_role, tenant_schema
 
 log = logging.getLogger("eventfold.tenancy")
 
-#: Tenants are never deleted in v1, so a positive answer may be reused briefly.
+#: A found tenant is reused this long. A change of its status (suspended, resumed,
+#: deleted) evicts it at once in every process that listens for the projector's
+#: commits (:meth:`TenantDirectory.forget`, wired to the checkpoint watcher).
 _POSITIVE_TTL = 30.0
+#: The tenant states: only ``active`` takes writes; ``deleted`` is final.
+ACTIVE, SUSPENDED, DELETED = "active", "suspended", "deleted"
+#: Methods that read: a suspended tenant still answers them.
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,16 +55,29 @@ class Tenant:
     status: str
     limits: dict[str, Any]
     created_at: datetime
+    #: Why it is suspended (None unless it is).
+    reason: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The tenant resource of ``GET /v1/tenants/{t}``."""
-        return {
+        doc: dict[str, Any] = {
             "id": self.id,
             "name": self.name,
             "status": self.status,
             "limits": self.limits,
             "created_at": self.created_at,
         }
+        if self.status == SUSPENDED:
+            doc["reason"] = self.reason
+        return doc
+
+    def check_method(self, method: str) -> None:
+        """Raise 403 for a write (any ``method`` but a read) to a suspended or deleted tenant."""
+        if self.status == ACTIVE or (self.status == SUSPENDED and method in _READS):
+            return
+        if self.status == SUSPENDED:
+            raise Forbidden(f"tenant {self.id} is suspended: {self.reason}")
+        raise Forbidden(f"tenant {self.id} was deleted")
 
 
 class TenantDirectory:
@@ -74,7 +94,8 @@ class TenantDirectory:
             return hit[1]
         async with self._pool.acquire(timeout=5) as conn:
             row = await conn.fetchrow(
-                "SELECT id, name, status, limits, created_at FROM eventfold.tenants WHERE id = $1",
+                "SELECT id, name, status, limits, created_at, status_reason"
+                " FROM eventfold.tenants WHERE id = $1",
                 tenant_id,
             )
         if row is None:
@@ -86,11 +107,21 @@ class TenantDirectory:
             status=row["status"],
             limits=row["limits"],
             created_at=row["created_at"],
+            reason=row["status_reason"],
         )
         if len(self._cache) > 10_000:
             self._cache.clear()  # bounded: a simple reset beats an LRU for this size
         self._cache[tenant_id] = (time.monotonic(), tenant)
         return tenant
+
+    def forget(self, tenant_id: str | None = None) -> None:
+        """Drop ``tenant_id`` from memory (every tenant when None): its next lookup reads
+        PostgreSQL. Called when a tenant's state changes, or when such news may have
+        been missed (the listener reconnected)."""
+        if tenant_id is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(tenant_id, None)
 
 
 #: Seconds to wait for a pooled connection before a read gives up.

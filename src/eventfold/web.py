@@ -19,7 +19,7 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from eventfold import faults, ids, tracing
+from eventfold import actors, faults, ids, tracing
 from eventfold.apikeys import UnknownApiKey
 from eventfold.appkeys import (
     ADMISSION,
@@ -54,7 +54,7 @@ from eventfold.errors import (
 )
 from eventfold.logs import correlation_id
 from eventfold.ratelimit import DECISION_KEY
-from eventfold.tenancy import Tenant
+from eventfold.tenancy import DELETED, Tenant
 
 log = logging.getLogger("eventfold.http")
 #: One line per answered request (``EVENTFOLD_ACCESS_LOG``), see :func:`request_middleware`.
@@ -128,6 +128,9 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
     given = request.headers.get("X-Request-ID", "")
     rid = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
     token = correlation_id.set(rid)
+    # No actor until this request's credentials are checked (a kept-alive
+    # connection serves its requests in one task, so one context).
+    acting = actors.current.set(None)
     started = time.perf_counter()
     try:
         response = await _admit(request, handler)
@@ -156,6 +159,7 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
             )
         return response
     finally:
+        actors.current.reset(acting)
         correlation_id.reset(token)
 
 
@@ -318,6 +322,14 @@ _RECHECK_KEY = web.RequestKey("recheck_api_key", str)
 
 
 async def authenticate(request: web.Request) -> Principal:
+    """The caller (see :func:`_caller`), who is from now on the request's actor: every
+    event the request publishes carries its ``actor`` (:mod:`eventfold.actors`)."""
+    principal = await _caller(request)
+    actors.current.set(principal.actor)
+    return principal
+
+
+async def _caller(request: web.Request) -> Principal:
     """The caller from ``Authorization: Bearer`` or ``X-API-Key``; 401 when missing or invalid.
 
     A bearer token wins when both are sent. Credentials are checked before any
@@ -352,32 +364,46 @@ async def authenticate(request: web.Request) -> Principal:
     return request.app[VERIFIER].verify(token.strip())
 
 
-async def authorize_tenant(request: web.Request, role: str) -> tuple[Principal, Tenant]:
+async def authorize_tenant(
+    request: web.Request, role: str, *, deleted_ok: bool = False
+) -> tuple[Principal, Tenant]:
     """Authenticate, check ``role`` for the path's tenant, and load that tenant.
 
     Order matters: credentials (401), then role and tenant match (403), then the
     identifier (422), then the tenant's rate limit (429, before any wait), then
     the consistency token (400, 429 past the tenant's waits, 503 past the wait),
-    then existence (404 for platform admins, 403 for others).
+    then existence (404 for platform admins, 403 for others), then its state: a
+    deleted tenant is 403 to its own credentials and 404 to platform admins
+    (unless ``deleted_ok``: its ``GET /v1/tenants/{t}``), and a write to a
+    suspended one is 403 naming the reason.
     """
     principal = await authenticate(request)
     tenant_id = request.match_info["tenant"]
     principal.require(role, tenant_id)
     ids.check("tenant", tenant_id)
     tenant = await request.app[TENANTS].get(tenant_id)
-    if tenant is not None and principal.tenant == tenant.id:
+    if tenant is not None and principal.tenant == tenant.id and tenant.status != DELETED:
+        # (A deleted tenant's bucket went with its keys: refusals do not bring it back.)
         await rate_limit(request, tenant)
     await wait_for_consistency(request, tenant_id)
     recheck = request.get(_RECHECK_KEY)
     if recheck is not None:
         principal = await request.app[API_KEYS].authenticate(recheck, fresh=True)
         principal.require(role, tenant_id)
-    if tenant is None:
-        tenant = await request.app[TENANTS].get(tenant_id)
+    if tenant is None or after_a_write(request):
+        # After a write: that write may have changed the tenant (suspended, deleted).
+        tenant = await request.app[TENANTS].get(tenant_id, fresh=tenant is not None)
     if tenant is None:
         if principal.is_platform_admin:
             raise NotFound(f"tenant {tenant_id} does not exist")
         raise Forbidden(f"tenant {tenant_id} is not available to these credentials")
+    if tenant.status == DELETED:
+        if not principal.is_platform_admin:
+            raise Forbidden(f"tenant {tenant_id} was deleted")
+        if not deleted_ok:
+            raise NotFound(f"tenant {tenant_id} was deleted")
+        return principal, tenant
+    tenant.check_method(request.method)
     return principal, tenant
 
 

@@ -13,7 +13,7 @@ from eventfold.backoff import Backoff, retrying
 from eventfold.faults import is_retriable
 from eventfold.kafka import INGEST_REQUEST_TIMEOUT_MS, make_producer
 from eventfold.publisher import Publisher
-from producers import apikeys, eventtypes, integrations, routes, webhooks, workflows
+from producers import apikeys, eventtypes, integrations, routes, tenants, webhooks, workflows
 
 log = logging.getLogger("eventfold.ingest")
 
@@ -21,6 +21,7 @@ log = logging.getLogger("eventfold.ingest")
 def setup(app: web.Application) -> None:
     """Register the write routes and the publisher's lifetime."""
     routes.setup_routes(app)
+    tenants.setup(app)
     apikeys.setup(app)
     eventtypes.setup(app)
     integrations.setup(app)

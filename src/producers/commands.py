@@ -99,8 +99,9 @@ def record_event(
     data: Any,
     expected_version: int | None,
     correlation: str | None,
+    actor: str,
 ) -> CloudEvent:
-    """A stamped ``record.*`` envelope for a command."""
+    """A stamped ``record.*`` envelope for a command, written by ``actor``."""
     return CloudEvent(
         specversion="1.0",
         id=event_id,
@@ -113,4 +114,5 @@ def record_event(
         tenant=tenant,
         correlationid=correlation,
         expectedversion=expected_version,
+        actor=actor,
     )

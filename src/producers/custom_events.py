@@ -22,6 +22,7 @@ async def admit_events(
     *,
     now: datetime,
     correlation: str | None,
+    actor: str,
 ) -> None:
     """Validate the batch's events of tenant types (``events[i]`` at body pointer ``path``
     for each ``(i, path)`` of ``pending``, not stamped yet) and stamp them, for the
@@ -40,6 +41,8 @@ async def admit_events(
             if history is None:
                 raise ingest.unregistered(event.type, tenant, path)
             extra = ingest.admission(event, history, tenant, path=path)
-            events[i] = stamp(event, tenant=tenant, now=now, correlation=correlation, extra=extra)
+            events[i] = stamp(
+                event, tenant=tenant, now=now, correlation=correlation, extra=extra, actor=actor
+            )
         except EnvelopeInvalid as exc:
             errors.extend(exc.errors)

@@ -33,7 +33,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.exceptions import RedisError
 
-from eventfold import ids, signing
+from eventfold import actors, ids, signing
 from eventfold.appkeys import POOL, PUBLISHER, REDIS, SETTINGS, TENANTS
 from eventfold.egress import AllowList, EgressRefused, check_url
 from eventfold.envelope import CloudEvent, pydantic_errors
@@ -423,7 +423,9 @@ async def inbound_webhook(request: web.Request) -> web.Response:
         known = await load_states(conn, row["id"], ids_)
     changes = page_changes(tenant, spec, items, known)
     if changes.events:
-        await request.app[PUBLISHER].publish(tenant, changes.events)
+        await request.app[PUBLISHER].publish(
+            tenant, changes.events, actor=actors.integration(row["id"])
+        )
         async with pool.acquire(timeout=5) as conn, conn.transaction():
             await store_states(conn, row["id"], changes.states)
             await conn.execute(

@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from eventfold import ids, readmodel
+from eventfold import actors, ids, readmodel
 from eventfold.appkeys import POOL, PUBLISHER, SETTINGS, TENANTS
 from eventfold.envelope import CloudEvent, EnvelopeInvalid, parse_event, pydantic_errors, stamp
 from eventfold.errors import (
@@ -39,7 +39,7 @@ from eventfold.openapi import (
 )
 from eventfold.publisher import Published, consistency_token
 from eventfold.replay import REPLAY_ATTRIBUTE
-from eventfold.tenancy import tenant_connection
+from eventfold.tenancy import DELETED, tenant_connection
 from eventfold.web import authenticate, authorize_tenant, json_response, read_json
 from producers import commands, custom_events, models
 from producers.bodies import CreateRecordBody, events_body
@@ -117,7 +117,10 @@ async def create_tenant(request: web.Request) -> web.Response:
         data = TenantCreated.model_validate(body)
     except ValidationError as exc:
         raise ValidationFailed("invalid tenant", errors=pydantic_errors(exc)) from None
-    if await request.app[TENANTS].get(data.id, fresh=True) is not None:
+    existing = await request.app[TENANTS].get(data.id, fresh=True)
+    if existing is not None and existing.status == DELETED:
+        raise Conflict(f"tenant {data.id} was deleted: a tenant id is never used again")
+    if existing is not None:
         raise Conflict(f"tenant {data.id} exists already")
     event = commands.gateway_event(
         tenant=data.id,
@@ -134,7 +137,8 @@ async def create_tenant(request: web.Request) -> web.Response:
 
 async def publish_events(request: web.Request) -> web.Response:
     """``POST /v1/tenants/{t}/events`` (writer): one event or an all-or-nothing batch."""
-    _, tenant = await authorize_tenant(request, "writer")
+    principal, tenant = await authorize_tenant(request, "writer")
+    actor = principal.actor
     body = await read_json(request)
     settings = request.app[SETTINGS]
     batch = isinstance(body, list)
@@ -178,15 +182,22 @@ async def publish_events(request: web.Request) -> web.Response:
         except EnvelopeInvalid as exc:
             errors.extend(exc.errors)
             continue
-        events.append(stamp(event, tenant=tenant.id, now=now, correlation=correlation))
+        events.append(stamp(event, tenant=tenant.id, now=now, correlation=correlation, actor=actor))
     if custom:
         await custom_events.admit_events(
-            request, tenant.id, custom, events, errors, now=now, correlation=correlation
+            request,
+            tenant.id,
+            custom,
+            events,
+            errors,
+            now=now,
+            correlation=correlation,
+            actor=actor,
         )
     if errors:
         which = "the event is invalid" if not batch else "invalid events; nothing was published"
         raise ValidationFailed(which, errors=errors)
-    results = await request.app[PUBLISHER].publish(tenant.id, events)
+    results = await request.app[PUBLISHER].publish(tenant.id, events, actor=actor)
     return _accepted(results, {"events": [r.as_dict() for r in results]})
 
 
@@ -218,6 +229,7 @@ async def _command(
         data=data,
         expected_version=expected_version,
         correlation=correlation_id.get(),
+        actor=actors.resolve(None),
     )
     if expected_version:
         await _refuse_hopeless_condition(request, tenant, collection, record_id, expected_version)

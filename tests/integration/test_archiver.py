@@ -286,3 +286,35 @@ async def test_sigkilled_archiver_rewrites_the_same_objects(lane: Lane) -> None:
         assert sorted(actual) == sorted(expected), "a duplicate or missing segment after kills"
         for key, body in expected.items():
             assert actual[key] == body, f"{key} differs from the clean run's"
+
+
+async def test_a_deleted_tenants_archive_goes_and_nothing_of_it_is_archived_later(
+    lane: Lane,
+) -> None:
+    gone, kept = new_tenant_id(), new_tenant_id()
+    base = int(time.time() * 1000) - 60_000
+    before = await lane.produce([gone, kept], 40, base_ms=base)
+    await lane.archive_all(lane.archiver(archive_segment_seconds=30), len(before))
+    assert await lane.objects(lane.settings.s3_bucket, f"tenant={gone}/")
+
+    producer = AIOKafkaProducer(bootstrap_servers=lane.settings.kafka_bootstrap)
+    await producer.start()
+    try:
+        deletion = {
+            "specversion": "1.0", "id": f"tenant.deleted:{gone}", "source": "test",
+            "type": "tenant.deleted", "subject": gone, "tenant": gone, "data": {},
+        }  # fmt: skip
+        await producer.send_and_wait(
+            lane.settings.events_topic, orjson.dumps(deletion), key=gone.encode(),
+            timestamp_ms=base + 1000,
+        )  # fmt: skip
+    finally:
+        await producer.stop()
+    # Later events of the deleted tenant (on every partition) and of another.
+    after = await lane.produce([gone, kept], 40, base_ms=base + 2000)
+    await lane.archive_all(lane.archiver(archive_segment_seconds=30), len(before) + 1 + len(after))
+
+    assert await lane.objects(lane.settings.s3_bucket, f"tenant={gone}/") == {}
+    stored = await lane.objects(lane.settings.s3_bucket, f"tenant={kept}/")
+    archived = [line for k, b in stored.items() if k.endswith(".gz") for line in lines(b)]
+    assert sorted(archived) == sorted(v for _, _, t, v in before + after if t == kept)

@@ -262,6 +262,7 @@ async def test_fragment_sign_in_opens_the_tenant_and_a_write_appears_live(
     await expect(row).to_be_visible(timeout=WAIT_MS)
     await expect(row).to_contain_text("record.patched")
     await expect(row).to_contain_text("orders/o1")
+    await expect(row.locator('[data-col="actor"]')).to_have_text("user:eventfold-cli")
     # Newest first, and it came over the stream: no reload, no second history read.
     first_row = page.locator("#events tbody tr").first
     await expect(first_row).to_have_attribute("data-event-id", second["event_id"])
@@ -348,6 +349,7 @@ async def test_records_page_through_filter_and_show_a_records_history(
     history = page.locator(".paged tbody tr")
     await expect(history).to_have_count(2)
     await expect(history.first).to_contain_text("record.patched")
+    await expect(history.first).to_contain_text("user:eventfold-cli")
     await expect(history.nth(1)).to_contain_text("record.upserted")
     await expect(page.locator("pre.json")).to_contain_text('"paid"')
 
@@ -461,6 +463,21 @@ async def test_platform_admin_picks_a_tenant_and_sees_lag_health_and_no_workflow
     readiness = page.locator("caption").filter(has_text="Readiness")
     await expect(readiness).to_have_text(re.compile(r"Readiness of this process: (ok|degraded)"))
     await shot(page, "processors")
+
+
+async def test_a_suspended_tenant_shows_its_reason_and_the_admins_act(
+    console: Console, api: Api, tenant: TenantApi
+) -> None:
+    resp = await api.request(
+        "POST", f"/v1/tenants/{tenant.id}/suspend", json={"reason": "invoice unpaid"}
+    )
+    assert resp.status == 202, await resp.text()
+    await tenant.read_json("", (await resp.json())["consistency_token"])
+    page, _ = await console.signed_in(admin_token(tenant))
+    await expect(page.locator("#view-title")).to_have_text("Overview")
+    await expect(page.locator("dl.props")).to_contain_text("suspended invoice unpaid")
+    row = page.locator("#events tr").filter(has_text="tenant.suspended")
+    await expect(row.locator('[data-col="actor"]')).to_have_text("user:eventfold-cli")
 
 
 # --- integrations --------------------------------------------------------------------

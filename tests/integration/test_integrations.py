@@ -292,6 +292,9 @@ async def test_initial_sync_through_faults_equals_the_source(
                for r in caplog.records)  # fmt: skip
     created_ev = [e for e in events if e["type"] == "integration.created"]
     assert created_ev
+    # The integration is the actor of what it syncs; its creation, its creator's.
+    assert {e["actor"] for e in events if e["type"].startswith("record.")} == {f"integration:{iid}"}
+    assert created_ev[0]["actor"] == "user:eventfold-cli"
     assert "sk_live" not in orjson.dumps(created_ev).decode()
 
 
@@ -404,8 +407,10 @@ async def test_inbound_webhook_verified_and_deduplicated(
         return set(await records(stenant)) == {"w2"}
 
     await eventually(deleted, 30)
-    ids = [e["id"] for e in await history(stenant)]
+    events = await history(stenant)
+    ids = [e["id"] for e in events]
     assert len(ids) == len(set(ids))
+    assert {e["actor"] for e in events if e["type"].startswith("record.")} == {f"integration:{iid}"}
 
 
 async def test_configuration_is_validated_and_secrets_are_never_returned(

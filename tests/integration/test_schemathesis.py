@@ -133,6 +133,10 @@ def http() -> Iterator[requests.Session]:
 schema = schemathesis.pytest.from_fixture("api_schema")
 
 
+#: Operations that would end the live tenant's writes for every case after them.
+_ENDS_THE_TENANT = {("DELETE", "/v1/tenants/{tenant}"), ("POST", "/v1/tenants/{tenant}/suspend")}
+
+
 @schema.parametrize()
 @settings(
     max_examples=10,
@@ -143,6 +147,10 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 def test_api_conforms_to_its_document(case: Any, live: Live, http: requests.Session) -> None:
     if "tenant" in (case.path_parameters or {}):
         case.path_parameters["tenant"] = live.tenant
+        if (case.method, case.path) in _ENDS_THE_TENANT:
+            # Deleting or suspending the one live tenant would end every case after it:
+            # these go to a tenant that does not exist (their 404 is checked all the same).
+            case.path_parameters["tenant"] = "fzmissing" + live.tenant[9:]
     # A generated consistency token names offsets that never come: a 5 s wait each.
     if case.headers:
         case.headers.pop("X-Consistency-Token", None)

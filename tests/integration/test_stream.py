@@ -460,3 +460,28 @@ async def test_a_slow_client_is_cut_by_the_bytes_it_holds_up(api: Api, tenant: T
                     pass
         finally:
             writer.close()
+
+
+async def test_a_stream_ends_when_its_tenant_is_deleted(
+    api: Api, tenant: TenantApi, strict: TestClient[Any, Any]
+) -> None:
+    # Open on another instance: the deletion reaches it through PostgreSQL, at the commit.
+    resp = await strict.get(
+        tenant.path("/stream"),
+        headers={**api.auth(tenant.id, "reader"), "Accept": SSE},
+        timeout=ClientTimeout(total=None, sock_read=None),
+    )
+    try:
+        assert resp.status == 200, await resp.text()
+        deleted = await api.request("DELETE", f"/v1/tenants/{tenant.id}")
+        assert deleted.status == 202, await deleted.text()
+        assert await end_of(resp) == {
+            "reason": "credentials_ended",
+            "detail": f"tenant {tenant.id} was deleted",
+        }
+    finally:
+        resp.close()
+    again = await strict.get(
+        tenant.path("/stream"), headers={**api.auth(tenant.id, "reader"), "Accept": SSE}
+    )
+    assert again.status == 403

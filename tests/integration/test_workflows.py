@@ -151,6 +151,10 @@ async def test_the_paid_order_runs_every_step_kind_once(
     assert all(e["status"] == "applied" for e in history["items"])
     patch_event = await tenant.read_json(f"/events/{run['id']}:mark:record")
     assert patch_event["causationid"] == run["id"]
+    # The run is the actor of what it writes; the approval, its approver's.
+    assert patch_event["actor"] == f"workflow:{run['id']}"
+    assert {e["actor"] for e in history["items"]} <= {f"workflow:{run['id']}", "user:eventfold-cli"}
+    assert history["items"][0]["actor"] == f"workflow:{run['id']}"
 
 
 async def test_conditions_decide_which_events_start_runs(

@@ -111,8 +111,10 @@ def test_record_event_builds_a_stamped_record_envelope() -> None:
         data={"a": None},
         expected_version=3,
         correlation="corr-1",
+        actor="user:alice",
     )
     assert ev.subject == "orders/o-1"
+    assert ev.model_extra == {"actor": "user:alice"}
     assert ev.tenant == "acme"
     assert ev.expectedversion == 3
     assert ev.correlationid == "corr-1"

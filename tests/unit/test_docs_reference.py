@@ -98,6 +98,17 @@ def test_every_command_has_an_entry_with_its_help() -> None:
         assert text, f"eventfold {command}: give its sub-parser a help="
 
 
+def test_the_options_of_eventfold_itself_are_documented() -> None:
+    # Options before the command name (--operator) are no sub-command's: the page
+    # lists them apart.
+    page = reference.cli_page()
+    general = [a for a in reference._parser()._actions if reference._general(a)]
+    assert any("--operator" in a.option_strings for a in general)
+    for action in general:
+        name, _ = reference._argument(action)
+        assert f"| {name} | {action.help}" in page, f"{name} has no entry"
+
+
 def test_every_metric_has_an_entry_with_its_labels() -> None:
     page = reference.metrics_page()
     metrics = Metrics()

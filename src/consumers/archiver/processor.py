@@ -7,6 +7,11 @@ Segment boundaries come from the log itself (:mod:`consumers.archiver.segments`)
 so a crash between the PUTs and the checkpoint makes the next run rewrite the
 same objects with the same bytes, never a second copy.
 
+A deleted tenant's archive goes: the segment holding its ``tenant.deleted``
+removes every object under its prefix once written, and no later segment
+writes any of its events (the tenants deleted are known from the segments
+seen, and from ``eventfold.tenants`` after a restart).
+
 A segment whose partition went quiet closes once the newest end of the log is
 ``archive_segment_seconds`` past its first record, by the wall clock: the only
 clock-driven cut, and it happens only at the end of the log, where a re-run
@@ -45,7 +50,7 @@ from consumers.runtime.kafka import (
     start_with_retry,
 )
 from eventfold import tracing
-from eventfold.archive import manifest_key
+from eventfold.archive import manifest_key, tenant_prefix
 from eventfold.backoff import Backoff
 from eventfold.db import fetch_checkpoints
 from eventfold.faults import is_retriable
@@ -106,6 +111,8 @@ class Archiver(MemberLoop):
         self._epoch = 0
         self._stop = asyncio.Event()
         self._s3: Any = None
+        #: Tenants whose ``tenant.deleted`` this process archived: none of theirs is kept.
+        self._deleted: set[str] = set()
 
     @property
     def checkpoint_name(self) -> str:
@@ -242,7 +249,10 @@ class Archiver(MemberLoop):
 
     async def _write_segment(self, seg: Segment) -> None:
         epoch = self._epoch
-        objects = tenant_objects(seg)
+        ended = {line.tenant for line in seg.lines if line.ends_tenant}
+        self._deleted |= ended
+        gone = self._deleted | await self._deleted_of({line.tenant for line in seg.lines})
+        objects = [obj for obj in tenant_objects(seg) if obj.tenant not in gone]
         for obj in objects:
             await self._s3_call(
                 "put_object",
@@ -264,6 +274,8 @@ class Archiver(MemberLoop):
                     Body=body,
                     ContentType="application/json",
                 )
+        for tenant in sorted(ended):
+            await self._purge(tenant)
         await self._checkpoint(seg.partition, seg.last_offset + 1)
         if self._epoch == epoch:
             self._open.pop(seg.partition, None)
@@ -276,6 +288,52 @@ class Archiver(MemberLoop):
                 "last_offset": seg.last_offset,
             },
         )
+
+    async def _deleted_of(self, tenants: set[str]) -> set[str]:
+        """Which of ``tenants`` were deleted (one query; retried while PostgreSQL is away)."""
+        backoff = Backoff(0.2, 10.0)
+        while True:
+            try:
+                async with self.pool.acquire(timeout=10) as conn:
+                    rows = await conn.fetch(
+                        "SELECT id FROM eventfold.tenants"
+                        " WHERE id = ANY($1::text[]) AND status = 'deleted'",
+                        sorted(tenants),
+                    )
+                found = {r["id"] for r in rows}
+                self._deleted |= found
+                return found
+            except Exception as exc:
+                if not is_retriable(exc) or self._stop.is_set():
+                    raise
+                log.warning("tenants not readable, retrying", extra={"error": repr(exc)})
+            await backoff.sleep(self._stop)
+
+    async def _purge(self, tenant: str) -> None:
+        """Delete every archived object of ``tenant`` (its segments and manifests)."""
+        prefix = tenant_prefix(tenant)
+        removed = 0
+        while True:
+            listed = await self._s3_call(
+                "list_objects_v2", Bucket=self.settings.s3_bucket, Prefix=prefix, MaxKeys=1000
+            )
+            keys = [{"Key": obj["Key"]} for obj in listed.get("Contents", [])]
+            if not keys:
+                break
+            answer = await self._s3_call(
+                "delete_objects",
+                Bucket=self.settings.s3_bucket,
+                Delete={"Objects": keys, "Quiet": True},
+            )
+            if answer.get("Errors"):
+                # Listed again, they would be tried forever: left to the operator (logged).
+                log.error(
+                    "deleted tenant's archive not removed",
+                    extra={"tenant": tenant, "errors": answer["Errors"][:5]},
+                )
+                return
+            removed += len(keys)
+        log.info("deleted tenant's archive removed", extra={"tenant": tenant, "objects": removed})
 
     async def _get_or_none(self, key: str) -> bytes | None:
         async def get() -> bytes | None:

@@ -29,6 +29,8 @@ class Line:
     offset: int
     tenant: str
     text: bytes
+    #: The line is its tenant's ``tenant.deleted``: the tenant's archive goes.
+    ends_tenant: bool = False
 
 
 @dataclass(slots=True)
@@ -114,7 +116,7 @@ def to_line(offset: int, value: bytes | None) -> Line | None:
         tenant = UNREADABLE
     # The log's own bytes when they are one line already (the gateway writes compact JSON).
     text = value if b"\n" not in value and b"\r" not in value else orjson.dumps(doc)
-    return Line(offset, tenant, text)
+    return Line(offset, tenant, text, ends_tenant=doc.get("type") == "tenant.deleted")
 
 
 def tenant_objects(segment: Segment) -> list[TenantObject]:

@@ -152,7 +152,11 @@ class CacheProcessor(MemberLoop):
             if stop.is_set():
                 return False
             await watcher.wait_for(required, 5.0)
-        keys = _record_keys(msg.value for msgs in got.values() for msg in msgs)
+        values = [msg.value for msgs in got.values() for msg in msgs]
+        keys = _record_keys(values)
+        deleted = _deleted_tenants(values)
+        for tenant in deleted:
+            keys.pop(tenant, None)  # its schema is gone: nothing to refresh
         backoff = Backoff(0.2, 10.0)
         while True:
             try:
@@ -162,6 +166,8 @@ class CacheProcessor(MemberLoop):
                     attributes={"messaging.consumer.group.name": self.group},
                 ):
                     await self.refresh(cache, keys)
+                # A deleted tenant's keys go, whatever wrote them (records, analytics, …).
+                await cachefill.purge_tenants(self.settings, deleted)
                 return True
             except Exception as exc:
                 if not is_retriable(exc):
@@ -261,6 +267,25 @@ class CacheProcessor(MemberLoop):
             if high is not None and msgs:
                 lag = max(0, high - msgs[-1].offset - 1)
                 self.metrics.consumer_lag.labels(self.name, str(tp.partition)).set(lag)
+
+
+def _deleted_tenants(values: Iterable[bytes | None]) -> set[str]:
+    """The tenants whose ``tenant.deleted`` is among raw log values (a cheap byte test
+    first: most batches hold none)."""
+    out: set[str] = set()
+    for value in values:
+        if not value or b"tenant.deleted" not in value:
+            continue
+        try:
+            doc = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            continue
+        if not isinstance(doc, dict) or doc.get("type") != "tenant.deleted":
+            continue
+        tenant = doc.get("tenant")
+        if isinstance(tenant, str) and is_valid("tenant", tenant):
+            out.add(tenant)
+    return out
 
 
 def _record_keys(values: Iterable[bytes | None]) -> dict[str, set[Key]]:

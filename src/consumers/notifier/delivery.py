@@ -46,6 +46,9 @@ WITH candidates AS (
     JOIN eventfold.webhooks w ON w.id = d.webhook_id
     WHERE d.state = 'pending' AND d.next_attempt_at <= now() AND d.lease_until < now()
       AND w.deleted_at IS NULL AND w.disabled_at IS NULL
+      -- A suspended tenant's deliveries wait (they go out once it is resumed).
+      AND NOT EXISTS (SELECT 1 FROM eventfold.tenants s
+                      WHERE s.id = d.tenant AND s.status <> 'active')
       AND NOT (d.webhook_id = ANY($1::text[])) AND NOT (d.tenant = ANY($2::text[]))
       AND NOT EXISTS (
           SELECT 1 FROM eventfold.webhook_deliveries p

@@ -479,7 +479,9 @@ async def _throttle(events: int, started: float, opts: Options, share: float | N
 
 
 async def all_tenants(pool: asyncpg.Pool) -> list[str]:
-    """Every registered tenant."""
+    """Every registered tenant but the deleted ones (nothing of theirs is rebuilt)."""
     async with pool.acquire(timeout=10) as conn:
-        rows = await conn.fetch("SELECT id FROM eventfold.tenants ORDER BY id")
+        rows = await conn.fetch(
+            "SELECT id FROM eventfold.tenants WHERE status <> 'deleted' ORDER BY id"
+        )
     return [r["id"] for r in rows]

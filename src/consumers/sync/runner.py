@@ -51,7 +51,7 @@ from consumers.sync.connectors import (
     SourceRateLimited,
     SourceRefusedCredentials,
 )
-from eventfold import tracing
+from eventfold import actors, tracing
 from eventfold.backoff import retry_delay
 from eventfold.egress import AllowList, guarded_session
 from eventfold.events.integration import PollConfig, headers_purpose
@@ -81,6 +81,9 @@ UPDATE eventfold.integrations SET
 WHERE id IN (
     SELECT id FROM eventfold.integrations
     WHERE deleted_at IS NULL AND NOT paused AND topic = $4
+      -- A suspended tenant's syncs wait until it is resumed.
+      AND NOT EXISTS (SELECT 1 FROM eventfold.tenants s
+                      WHERE s.id = integrations.tenant AND s.status <> 'active')
       AND (lease_until IS NULL OR lease_until < now())
       AND (sync_requested OR next_run_at IS NULL OR next_run_at <= now())
     ORDER BY next_run_at NULLS FIRST
@@ -276,7 +279,7 @@ class SyncRunner:
                 known = await load_states(conn, it.id, item_ids(spec, page.items))
             changes = page_changes(it.tenant, spec, page.items, known)
             if changes.events:
-                await publisher.publish(it.tenant, changes.events)
+                await publisher.publish(it.tenant, changes.events, actor=actors.integration(it.id))
             if full_pass:
                 seen.update(changes.seen)
             await self._store_page(it, page.resume_cursor, changes.states)
@@ -332,7 +335,7 @@ class SyncRunner:
                 record_event(it.tenant, spec, item_id, "record.deleted", {}, seq, DELETED)
                 for item_id, (seq, _) in states.items()
             ]
-            await publisher.publish(it.tenant, events)
+            await publisher.publish(it.tenant, events, actor=actors.integration(it.id))
             await self._store_page(it, None, states, set_cursor=False)
             self.metrics.sync_items.labels(it.kind).inc(len(events))
 

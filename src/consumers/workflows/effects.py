@@ -24,7 +24,7 @@ import aiohttp
 import aiosmtplib
 import orjson
 
-from eventfold import tracing
+from eventfold import actors, tracing
 from eventfold.egress import (
     AllowList,
     EgressRefused,
@@ -115,7 +115,7 @@ def record_event(tenant: str, effect: Effect, at: str) -> CloudEvent:
             "data": data,
             "tenant": tenant,
             "causationid": effect.run,
-            "actor": f"workflow:{effect.run}",
+            "actor": actors.workflow(effect.run),
         }
     )
 
@@ -131,7 +131,7 @@ async def record(publisher: Any, tenant: str, effect: Effect, at: str) -> Result
     except ValueError as exc:
         return Result(ok=False, error=f"invalid record event: {exc}"[:500])
     try:
-        [published] = await publisher.publish(tenant, [event])
+        [published] = await publisher.publish(tenant, [event], actor=actors.workflow(effect.run))
     except Exception as exc:
         if isinstance(exc, RetriableError) or is_retriable(exc):
             return Result(ok=False, error="the event log did not acknowledge", retriable=True)

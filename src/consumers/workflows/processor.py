@@ -20,7 +20,7 @@ from consumers.workflows import effects, store
 from consumers.workflows.batches import Batcher
 from consumers.workflows.publishing import GroupPublisher
 from consumers.workflows.store import Claimed, InboxRow, Release, Save
-from eventfold import tracing
+from eventfold import actors, tracing
 from eventfold.backoff import Backoff
 from eventfold.db import WORKFLOW_CHANNEL, connect
 from eventfold.egress import AllowList, guarded_session
@@ -65,7 +65,7 @@ def envelope(tenant: str, run: str, emit: Emit) -> dict[str, Any]:
         "data": emit.data,
         "tenant": tenant,
         "causationid": run,
-        "actor": f"workflow:{run}",
+        "actor": actors.workflow(run),
     }
 
 
@@ -350,7 +350,7 @@ class WorkflowProcessor:
                 if pending:
                     # The run's events join its trigger's trace (their publish its child).
                     with tracing.within(_trigger_carrier(doc.get("context"))):
-                        await self._publish(publisher, tenant, pending)
+                        await self._publish(publisher, tenant, run, pending)
                     if any(e.get("type") == "workflow.run.started" for e in pending):
                         self._observe_trigger(doc)
                 state = RunState.from_json(doc)
@@ -395,10 +395,10 @@ class WorkflowProcessor:
             log.warning("workflow run interrupted", extra={"run": run, "error": repr(exc)})
 
     async def _publish(
-        self, publisher: GroupPublisher, tenant: str, pending: list[dict[str, Any]]
+        self, publisher: GroupPublisher, tenant: str, run: str, pending: list[dict[str, Any]]
     ) -> None:
         events = [CloudEvent.model_validate(e) for e in pending]
-        await publisher.publish(tenant, events)
+        await publisher.publish(tenant, events, actor=actors.workflow(run))
 
     async def _perform(
         self,

@@ -10,7 +10,8 @@ same ids and keys, acknowledged by Kafka (acks=all) before any caller goes on.
 A run's events keep their order (a run has one publish under way at a time,
 and its events stay in order within the joined call); a tenant whose publish
 fails fails only its own callers, who go on as after a failed publish of their
-own.
+own. Each caller's events carry its own actor (its run) before they are joined,
+and the joined call publishes them as stamped.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Sequence
 from consumers.workflows.batches import Batcher
 from eventfold import tracing
 from eventfold.envelope import CloudEvent
-from eventfold.publisher import Published, Publisher
+from eventfold.publisher import Published, Publisher, with_actor
 
 #: A tenant and the events one caller publishes.
 Item = tuple[str, Sequence[CloudEvent]]
@@ -34,16 +35,19 @@ class GroupPublisher:
         self._publisher = publisher
         self._batcher: Batcher[Item, list[Published]] = Batcher(self._many, None)
 
-    async def publish(self, tenant: str, events: Sequence[CloudEvent]) -> list[Published]:
-        """Publish ``events`` of ``tenant``; one result per event, once Kafka acknowledged.
+    async def publish(
+        self, tenant: str, events: Sequence[CloudEvent], *, actor: str
+    ) -> list[Published]:
+        """Publish ``events`` of ``tenant`` as ``actor``; one result per event, once
+        Kafka acknowledged.
 
         While tracing is on each call publishes on its own: a joined publish runs in
         the batcher's task, so its span would be no child of the run's step and the
         events would carry another run's trace.
         """
         if tracing.enabled():
-            return await self._publisher.publish(tenant, events)
-        return await self._batcher.submit((tenant, events))
+            return await self._publisher.publish(tenant, events, actor=actor)
+        return await self._batcher.submit((tenant, with_actor(events, actor)))
 
     async def close(self) -> None:
         """Wait for the publishes under way."""
@@ -56,7 +60,7 @@ class GroupPublisher:
         tenants = list(by_tenant)
         results = await asyncio.gather(
             *(
-                self._publisher.publish(t, [ev for i in by_tenant[t] for ev in items[i][1]])
+                self._publisher.publish_stamped(t, [ev for i in by_tenant[t] for ev in items[i][1]])
                 for t in tenants
             ),
             return_exceptions=True,

@@ -10,9 +10,13 @@ import asyncpg
 
 from eventfold.ids import tenant_schema
 
+# A suspended tenant's inbox and runs wait (the NOT EXISTS on eventfold.tenants) until
+# it is resumed.
 _CLAIM_INBOX = """
 SELECT i.id, i.tenant, i.kind, i.workflow, i.version, i.run, i.step, i.event, i.record
-FROM (SELECT DISTINCT tenant FROM eventfold.workflow_inbox WHERE topic = $1) t,
+FROM (SELECT DISTINCT tenant FROM eventfold.workflow_inbox x WHERE topic = $1
+      AND NOT EXISTS (SELECT 1 FROM eventfold.tenants s
+                      WHERE s.id = x.tenant AND s.status <> 'active')) t,
 LATERAL (SELECT * FROM eventfold.workflow_inbox x WHERE x.topic = $1 AND x.tenant = t.tenant
          ORDER BY x.id LIMIT $2 FOR UPDATE SKIP LOCKED) i
 ORDER BY i.id
@@ -26,6 +30,8 @@ WITH t AS (
     SELECT DISTINCT tenant FROM eventfold.workflow_runs
     WHERE topic = $1 AND wake_at <= now() AND lease_until < now()
       AND NOT (tenant = ANY($2::text[]))
+      AND NOT EXISTS (SELECT 1 FROM eventfold.tenants s
+                      WHERE s.id = workflow_runs.tenant AND s.status <> 'active')
 ), picked AS (
     SELECT r.id FROM (SELECT tenant FROM t ORDER BY random()) t2,
     LATERAL (SELECT x.id FROM eventfold.workflow_runs x

@@ -22,7 +22,14 @@ from eventfold.events.integration import (
     IntegrationUpdated,
 )
 from eventfold.events.record import RecordDeleted, RecordPatched, RecordUpserted
-from eventfold.events.tenant import TenantCreated
+from eventfold.events.tenant import (
+    OperatorAction,
+    TenantCreated,
+    TenantDeleted,
+    TenantResumed,
+    TenantSuspended,
+    TenantUpdated,
+)
 from eventfold.events.webhook import WebhookCreated, WebhookDeleted
 from eventfold.events.workflow import WORKFLOW_TYPES
 from eventfold.ids import is_valid
@@ -61,6 +68,34 @@ REGISTRY: dict[str, EventType] = {
         EventType(
             "tenant.created", 1, TenantCreated, "tenant",
             "A tenant was created; its projection schema is made when this is applied.",
+        ),
+        EventType(
+            "tenant.updated", 1, TenantUpdated, "tenant",
+            "A platform admin changed the tenant's name or limits.",
+            publishable=False,
+        ),
+        EventType(
+            "tenant.suspended", 1, TenantSuspended, "tenant",
+            "A platform admin suspended the tenant: writes refused, reads answer, webhooks,"
+            " syncs and runs pause.",
+            publishable=False,
+        ),
+        EventType(
+            "tenant.resumed", 1, TenantResumed, "tenant",
+            "A platform admin resumed a suspended tenant.",
+            publishable=False,
+        ),
+        EventType(
+            "tenant.deleted", 1, TenantDeleted, "tenant",
+            "A platform admin deleted the tenant: every derived state goes, its credentials"
+            " stop, its id is never reused.",
+            publishable=False,
+        ),
+        EventType(
+            "tenant.operator_action", 1, OperatorAction, "tenant",
+            "An operator acted on the tenant from the CLI (a replay, a verify, a dead-letter"
+            " redrive); the actor names the operator.",
+            publishable=False,
         ),
         EventType(
             "record.upserted", 1, RecordUpserted, "record",

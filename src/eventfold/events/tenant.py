@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from eventfold import ids
@@ -29,3 +31,43 @@ class TenantCreated(BaseModel):
     )
     name: str = Field(min_length=1, max_length=200)
     limits: TenantLimits = Field(default_factory=TenantLimits)
+
+
+class TenantUpdated(BaseModel):
+    """``tenant.updated``: a new display name and/or limits (what is absent stays)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    limits: TenantLimits | None = None
+
+
+class TenantSuspended(BaseModel):
+    """``tenant.suspended``: writes are refused (403 naming ``reason``); reads still answer;
+    webhooks, syncs and workflow runs pause."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class TenantResumed(BaseModel):
+    """``tenant.resumed``: a suspended tenant is active again (no data)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class TenantDeleted(BaseModel):
+    """``tenant.deleted``: every derived state of the tenant goes; its id is never reused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class OperatorAction(BaseModel):
+    """``tenant.operator_action``: what an operator did to the tenant from the CLI (the
+    audit trail; the envelope's ``actor`` names the operator)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: Literal["replay", "verify", "dead-letters.redrive"]
+    details: dict[str, Any] = Field(default_factory=dict, description="what it did, in figures")

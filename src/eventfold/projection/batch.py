@@ -29,7 +29,7 @@ from eventfold.faults import is_retriable
 from eventfold.fold import RECORD_TYPES, Outcome, Record, apply
 from eventfold.ids import is_valid
 from eventfold.livefeed import LiveEvent
-from eventfold.projection import eventtypes, workflows
+from eventfold.projection import eventtypes, tenants, workflows
 from eventfold.projection.handlers import HANDLERS
 from eventfold.readmodel import Target
 from eventfold.replay import is_replay
@@ -68,6 +68,8 @@ class BatchResult:
     applied: int = 0
     rejected: int = 0
     duplicates: int = 0
+    #: Events of deleted tenants: folded into nothing (their tenant is gone for good).
+    discarded: int = 0
     dead_letters: list[DeadLetter] = field(default_factory=list)
     #: Tenants set aside by this batch because they were too slow to write.
     deferred: set[str] = field(default_factory=set)
@@ -81,6 +83,7 @@ class BatchResult:
         self.applied += other.applied
         self.rejected += other.rejected
         self.duplicates += other.duplicates
+        self.discarded += other.discarded
         self.dead_letters += other.dead_letters
         self.deferred |= other.deferred
         self.live += other.live
@@ -222,7 +225,13 @@ async def apply_events(
         ]
     if not groups:
         return
-    registered, created = await _ensure_schemas(conn, list(groups))
+    registered, created, deleted = await _ensure_schemas(conn, list(groups))
+    for tenant in deleted:
+        # Events of a deleted tenant still in the log (other partitions, a late
+        # producer): there is nothing to fold them into, now or ever.
+        result.discarded += len(groups.pop(tenant))
+    if not groups:
+        return
     targets = {t: Target.live(t, topic) for t in groups}
     blocked: dict[tuple[str, str], deadletters.Blocker] = {}
     if honour_dead_letters:
@@ -331,16 +340,17 @@ def _dead(
 
 async def _ensure_schemas(
     conn: asyncpg.Connection, tenants: list[str]
-) -> tuple[set[str], set[str]]:
-    """Create missing tenant schemas; return the registered tenants and those created.
+) -> tuple[set[str], set[str], set[str]]:
+    """Create missing tenant schemas; return the registered tenants, those created, and
+    the deleted ones (whose events are folded no more: nothing of theirs comes back).
 
     Record events of a tenant can reach the projector before its
     ``tenant.created`` (they sit on other partitions, and a replay reads
     partitions at different speeds), so the schema comes with the first event
     of any type; the tenant becomes visible when ``tenant.created`` registers it.
     """
-    status = await readmodel.tenant_status(conn, tenants)
-    missing = [t for t in tenants if t not in status]
+    status, deleted = await readmodel.tenant_status(conn, tenants)
+    missing = [t for t in tenants if t not in status and t not in deleted]
     # Two processors creating one schema at once would collide in pg_namespace, so
     # each takes the tenant's lock; in one order for all, or two processors whose
     # batches meet the same new tenants in different orders deadlock (seen with two
@@ -351,7 +361,7 @@ async def _ensure_schemas(
     registered = {t for t, known in status.items() if known}
     if missing:
         registered |= await readmodel.existing_tenants(conn, missing)
-    return registered, set(missing)
+    return registered, set(missing), deleted
 
 
 #: Each item's record key (None for other types or a bad subject), and the event ids.
@@ -456,7 +466,7 @@ async def fold_tenant(
     pushed: list[tuple[bool, bool]] = []
     #: Applied record events with their record right after them (workflow triggers).
     triggered: list[workflows.Change] = []
-    for item, key in zip(items, keys, strict=True):
+    for n, (item, key) in enumerate(zip(items, keys, strict=True)):
         ev = item.event
         assert ev is not None  # filtered by apply_events
         if ev.id in seen:
@@ -477,6 +487,14 @@ async def fold_tenant(
         seen.add(ev.id)
         at = ev.time or datetime.fromtimestamp(item.timestamp_ms / 1000, UTC)
         outcome = await _apply_one(conn, target, ev, key, at, registered, state, changed)
+        if ev.type == "tenant.deleted" and outcome.status == "applied" and not target.shadow:
+            # The tenant is gone: its schema (with this batch's history of it) goes
+            # now, and its events after this one are folded into nothing.
+            await tenants.forget_tenant(conn, tenant)
+            registered.discard(tenant)
+            result.applied += 1
+            result.discarded += len(items) - n - 1
+            return
         if outcome.status == "applied":
             result.applied += 1
             if key is not None and ev.type in RECORD_TYPES:

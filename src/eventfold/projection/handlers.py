@@ -1,10 +1,10 @@
 """Projections of event types beyond ``tenant.created`` and ``record.*``: one registry.
 
-A module owning an event type (API keys, webhooks, integrations, tenant event
-types, workflows) defines an async handler for it; :data:`HANDLERS` below maps each type
-to its handler, built here, in one place (no registration by import side
-effect). The batch calls a handler inside the batch transaction, so its writes
-commit atomically with the checkpoints, and records the
+A module owning an event type (the tenant lifecycle, API keys, webhooks,
+integrations, tenant event types, workflows) defines an async handler for it;
+:data:`HANDLERS` below maps each type to its handler, built here, in one
+place (no registration by import side effect). The batch calls a handler
+inside the batch transaction, so its writes commit atomically with the checkpoints, and records the
 :class:`~eventfold.fold.Outcome` it returns in the tenant's event history. To
 add a type: its handler in a module of this package, and its line below.
 
@@ -24,13 +24,17 @@ import asyncpg
 from eventfold.envelope import CloudEvent
 from eventfold.events.workflow import COMMANDS
 from eventfold.fold import Outcome
-from eventfold.projection import apikeys, eventtypes, integrations, webhooks, workflows
+from eventfold.projection import apikeys, eventtypes, integrations, tenants, webhooks, workflows
 from eventfold.readmodel import Target
 
 EventHandler = Callable[[asyncpg.Connection, Target, CloudEvent, datetime], Awaitable[Outcome]]
 
 #: Event type → its projection handler.
 HANDLERS: dict[str, EventHandler] = {
+    "tenant.updated": tenants.tenant_updated,
+    "tenant.suspended": tenants.tenant_suspended,
+    "tenant.resumed": tenants.tenant_resumed,
+    "tenant.deleted": tenants.tenant_deleted,
     "apikey.created": apikeys.key_created,
     "apikey.revoked": apikeys.key_revoked,
     "webhook.created": webhooks.webhook_created,

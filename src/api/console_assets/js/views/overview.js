@@ -31,6 +31,7 @@ export async function render(ctx, root) {
       h("td", { class: "mono" }, event.type),
       h("td", {}, subjectCell(tenant.id, event.subject)),
       h("td", {}, badge(event.status ?? "applied"), event.reason ? h("div", { class: "small muted" }, event.reason) : null),
+      h("td", { class: "mono", "data-col": "actor" }, event.actor ?? "—"),
       h("td", { class: "mono hide-narrow" }, event.id));
   }
 
@@ -90,7 +91,7 @@ export async function render(ctx, root) {
     h("section", { class: "panel", "aria-label": "Tenant" },
       props([
         ["Tenant", `${tenant.name} (${tenant.id})`],
-        ["Status", badge(tenant.status)],
+        ["Status", tenant.reason ? [badge(tenant.status), " ", tenant.reason] : badge(tenant.status)],
         ["Created", time(tenant.created_at)],
         ["Rate limit", tenant.limits ? `${tenant.limits.requests_per_second}/s, burst ${tenant.limits.burst}` : "—"],
       ])),
@@ -101,13 +102,14 @@ export async function render(ctx, root) {
         h("thead", {}, h("tr", {},
           h("th", { scope: "col" }, "Time"), h("th", { scope: "col" }, "Type"),
           h("th", { scope: "col" }, "Subject"), h("th", { scope: "col" }, "Status"),
+          h("th", { scope: "col" }, "Actor"),
           h("th", { scope: "col", class: "hide-narrow" }, "Event id"))),
         tbody)),
     h("div", { class: "pager" }, more),
     errors);
   await loadPage();
   if (!rows.size) {
-    tbody.append(h("tr", { class: "empty-row" }, h("td", { colspan: 5, class: "empty" }, "No events yet.")));
+    tbody.append(h("tr", { class: "empty-row" }, h("td", { colspan: 6, class: "empty" }, "No events yet.")));
   }
   ready = true;
   for (const event of early.splice(0)) live(event);

@@ -101,6 +101,7 @@ function recordDetail(ctx, collection, id) {
       { label: "Time", class: "nowrap", cell: (e) => time(e.time) },
       { label: "Type", class: "mono", cell: (e) => e.type },
       { label: "Status", cell: (e) => [badge(e.status), e.reason ? h("div", { class: "small muted" }, e.reason) : null] },
+      { label: "Actor", class: "mono", cell: (e) => e.actor ?? "—" },
       { label: "Data", class: "mono wrap", cell: (e) => (e.data === undefined ? "—" : preview(e.data)) },
       { label: "Event id", class: "mono hide-narrow", cell: (e) => e.id },
     ],
