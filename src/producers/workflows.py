@@ -32,6 +32,8 @@ from eventfold.egress import AllowList
 from eventfold.envelope import pydantic_errors
 from eventfold.errors import Conflict, FieldError, NotFound, ValidationFailed
 from eventfold.events.workflow import RunCommand, WorkflowDeleted, WorkflowSaved
+from eventfold.eventtypes.definitions import type_exists
+from eventfold.eventtypes.names import REGISTRATION_ROUTE, is_custom
 from eventfold.openapi import BODY_ERRORS, TENANT, Operation, Param, Reply, register
 from eventfold.publisher import consistency_token
 from eventfold.sealing import keyring
@@ -150,11 +152,40 @@ register(
 )  # fmt: skip
 
 
-def _definition(request: web.Request, body: Any) -> Definition:
+async def _definition(request: web.Request, tenant: str, body: Any) -> Definition:
+    """The definition in ``body``, its headers sealed; every error in one 422, an
+    unregistered tenant type named as a trigger among them."""
     settings = request.app[SETTINGS]
-    definition = parse(body, AllowList.parse(settings.webhook_allow_hosts))
+    unknown = await _unregistered_types(request, tenant, body)
+    try:
+        definition = parse(body, AllowList.parse(settings.webhook_allow_hosts))
+    except ValidationFailed as exc:
+        raise ValidationFailed(exc.detail, errors=[*exc.errors, *unknown]) from None
+    if unknown:
+        raise ValidationFailed("invalid workflow definition", errors=unknown)
     ring = keyring(settings)
     return seal_headers(definition, lambda raw: ring.seal(raw, purpose=HEADERS_PURPOSE))
+
+
+async def _unregistered_types(request: web.Request, tenant: str, body: Any) -> list[FieldError]:
+    """An error per trigger type that is a tenant type this tenant has not registered
+    (a registration just made is seen once its consistency token is waited for)."""
+    trigger = body.get("trigger") if isinstance(body, dict) else None
+    types = trigger.get("types") if isinstance(trigger, dict) else None
+    errors: list[FieldError] = []
+    for i, name in enumerate(types if isinstance(types, list) else []):
+        registered = not (isinstance(name, str) and is_custom(name)) or await type_exists(
+            request.app[POOL], tenant, name
+        )
+        if not registered:
+            errors.append(
+                FieldError(
+                    f"/trigger/types/{i}",
+                    f"no event type {name} in this tenant: register it first"
+                    f" ({REGISTRATION_ROUTE})",
+                )
+            )
+    return errors
 
 
 def _path_id(request: web.Request) -> str:
@@ -189,7 +220,8 @@ async def create_workflow(request: web.Request) -> web.Response:
     body = parse_json(await read_body(request))
     if isinstance(body, dict) and "id" not in body:
         body = {**body, "id": f"wf-{uuid.uuid4().hex[:12]}"}
-    definition = _definition(request, body)
+    await wait_for_consistency(request, tenant.id)
+    definition = await _definition(request, tenant.id, body)
     if await _state(request, tenant.id, definition.id) is not None:
         raise Conflict(f"workflow {definition.id} exists (or existed): choose another id")
     return await _publish_saved(
@@ -207,8 +239,8 @@ async def replace_workflow(request: web.Request) -> web.Response:
             "invalid workflow definition",
             errors=[FieldError("/id", "must be the id in the path (or absent)")],
         )
-    definition = _definition(request, body)
     await wait_for_consistency(request, tenant.id)
+    definition = await _definition(request, tenant.id, body)
     state = await _state(request, tenant.id, workflow)
     if state is None or state[1]:
         raise NotFound(f"no workflow {workflow} in tenant {tenant.id}")

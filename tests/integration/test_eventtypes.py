@@ -18,6 +18,7 @@ from entrypoints.bootstrap import Parts
 from eventfold.eventtypes.definitions import LATEST_TTL_SECONDS, type_exists
 from tests.integration.conftest import Api, TenantApi, serving
 from tests.integration.test_replay import eventfold
+from tests.integration.workflow_helpers import finished, runs_of, wait_record, wait_run
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -505,3 +506,44 @@ async def test_types_are_per_tenant(api: Api, tenant: TenantApi, pool: asyncpg.P
         tenant.path("/event-types/invoice.paid"), headers=api.auth(other.id, "reader")
     )
     assert resp.status == 403
+
+
+async def test_a_tenant_type_triggers_workflows(tenant: TenantApi) -> None:
+    projection = {"collection": "invoices", "id": "/invoice_id", "op": "upsert",
+                  "fields": {"status": {"const": "paid"}, "amount": "/amount"}}  # fmt: skip
+    trigger = {"types": ["invoice.paid"], "collection": "invoices",
+               "when": {"amount": {"gte": 100}}}  # fmt: skip
+    steps = [{"id": "mark", "kind": "record", "op": "patch", "collection": "invoices",
+              "record": "${/record/id}", "data": {"followed_up": True}}]  # fmt: skip
+    # Before the type is registered, a trigger naming it is refused with its pointer.
+    early = await tenant.call(
+        "POST", "/workflows", roles=ADMIN, json={"id": "paid", "trigger": trigger, "steps": steps}
+    )
+    problem_doc = await problem(early, 422)
+    assert paths(problem_doc) == ["/trigger/types/0"]
+    assert "register it first" in problem_doc["errors"][0]["message"]
+
+    doc = await register(tenant, type="invoice.paid", schema=INVOICE_V1, projection=projection)
+    # The registration's token makes the definition wait for it (never a stale 422).
+    created = await tenant.call(
+        "POST", "/workflows", roles=ADMIN,
+        json={"id": "paid", "trigger": trigger, "steps": steps},
+        headers={"X-Consistency-Token": doc["consistency_token"]},
+    )  # fmt: skip
+    assert created.status == 202, await created.text()
+    await tenant.read_json("/workflows/paid", (await created.json())["consistency_token"])
+
+    batch = await accepted(await publish(tenant, [
+        event("invoice.paid", {"invoice_id": "small", "amount": 5}),
+        event("invoice.paid", {"invoice_id": "big", "amount": 150}),
+    ]))  # fmt: skip
+    [run] = await wait_run(tenant, "paid", finished)
+    assert run["status"] == "succeeded", run
+    assert run["trigger_event"] == batch["events"][1]["id"]
+    record = await wait_record(
+        tenant, "/collections/invoices/records/big", lambda r: r["version"] >= 2
+    )
+    assert record["data"] == {"status": "paid", "amount": 150, "followed_up": True}
+    small = await tenant.read_json("/collections/invoices/records/small")
+    assert small["data"] == {"status": "paid", "amount": 5}
+    assert len(await runs_of(tenant, "paid")) == 1

@@ -497,7 +497,7 @@ async def fold_tenant(
             return
         if outcome.status == "applied":
             result.applied += 1
-            if key is not None and ev.type in RECORD_TYPES:
+            if key is not None and (ev.type in RECORD_TYPES or is_custom(ev.type)):
                 triggered.append((ev, key, state.get(key)))
         else:
             result.rejected += 1

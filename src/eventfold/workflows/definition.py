@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from eventfold.egress import AllowList, EgressRefused, check_url
 from eventfold.envelope import pydantic_errors
 from eventfold.errors import FieldError, ValidationFailed
+from eventfold.eventtypes.names import is_custom
 from eventfold.ids import is_valid
 from eventfold.workflows import conditions
 from eventfold.workflows.context import check_reference, references
@@ -28,7 +29,8 @@ from eventfold.workflows.context import check_reference, references
 WORKFLOW_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 #: A step id.
 STEP_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
-#: The types a trigger may name: record events.
+#: The built-in types a trigger may name: record events. A tenant's own registered
+#: types may start runs too (whether one is registered is the route's to check).
 TRIGGER_TYPES = ("record.upserted", "record.patched", "record.deleted")
 #: Step kinds and whether their effect is retried per ``retry``.
 KINDS = ("http", "record", "email", "delay", "approval")
@@ -49,7 +51,7 @@ class Retry(_Strict):
 
 
 class Trigger(_Strict):
-    """Which applied record events start a run."""
+    """Which applied record events (or events of the tenant's own types) start a run."""
 
     types: list[str] = Field(min_length=1, max_length=3)
     collection: str = Field(min_length=1, max_length=63)
@@ -186,8 +188,14 @@ def _check_trigger(trigger: dict[str, Any]) -> list[FieldError]:
             errors.append(FieldError(at, "must be an event type"))
         elif name.startswith("workflow."):
             errors.append(FieldError(at, "workflow events cannot start workflows"))
-        elif name not in TRIGGER_TYPES:
-            errors.append(FieldError(at, f"must be one of {', '.join(TRIGGER_TYPES)}"))
+        elif name not in TRIGGER_TYPES and not is_custom(name):
+            errors.append(
+                FieldError(
+                    at,
+                    f"must be one of {', '.join(TRIGGER_TYPES)}, or a tenant event type"
+                    " (dotted lower-case, registered)",
+                )
+            )
     collection = trigger.get("collection")
     if not isinstance(collection, str) or not is_valid("collection", collection):
         errors.append(FieldError("/trigger/collection", "must be a valid collection name"))
