@@ -198,6 +198,7 @@ def generate(sources: list[Source]) -> str:
         ("analytics", "Analytics (faust-streaming)", report.analytics_lines),
         ("integrations", "Integrations", report.integrations_lines),
         ("workflows", "Workflows", report.workflows_lines),
+        ("tracing", "Tracing overhead", report.tracing_lines),
     ):
         part, source = _part(sources, key)
         lines += [*_section(part, source, title, render), ""]

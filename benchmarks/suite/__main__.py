@@ -27,7 +27,7 @@ from typing import Any
 
 import aiohttp
 
-from benchmarks import analytics, integrations, provenance, reads, workflows
+from benchmarks import analytics, integrations, provenance, reads, throughput, workflows
 from benchmarks.suite import check, peers, phases, report, webhooks
 
 
@@ -190,6 +190,27 @@ async def _beside(args: phases.Cli, doc: dict[str, Any]) -> None:
         await _optional(
             doc, "workflows", lambda: workflows.measure(sizes.workflow_runs, sizes.fixed_seconds)
         )
+    if "tracing" not in skip:
+        _say("tracing (the same ingest and projection with OpenTelemetry off, then on)")
+        await _optional(doc, "tracing", lambda: _tracing(sizes))
+
+
+async def _tracing(sizes: phases.Sizes) -> dict[str, Any]:
+    """What OpenTelemetry costs: CPU per event of the gateway and the projector, off then
+    on (spans exported to a sink in the process), on fresh topics each."""
+    args = argparse.Namespace(
+        tenants=5, partitions=8, batch_events=sizes.batch_events // 2, batch_size=500,
+        concurrency=8, single_requests=sizes.single_saturation // 2,
+        single_concurrency=phases.SINGLE_CONCURRENCY, trace="both",
+    )  # fmt: skip
+    both = await throughput.run(args)
+    failures = sum(
+        both[side][part]["failures"]
+        for side in ("untraced", "traced")
+        for part in ("ingest_batches", "ingest_single")
+    )
+    return {"batch_events": args.batch_events, "single_requests": args.single_requests,
+            "failures": failures, "overhead": both["tracing_overhead"]}  # fmt: skip
 
 
 async def _optional(

@@ -281,16 +281,12 @@ def replay_lines(doc: dict[str, Any]) -> list[str]:
 
 
 def extra_lines(doc: dict[str, Any]) -> list[str]:
-    """Analytics, integrations and workflows, when measured."""
+    """Analytics, integrations, workflows and tracing, when measured."""
     lines: list[str] = []
-    if doc.get("analytics"):
-        lines += analytics_lines(doc["analytics"])
-    if doc.get("integrations"):
-        lines += (["", *integrations_lines(doc["integrations"])] if lines
-                  else integrations_lines(doc["integrations"]))  # fmt: skip
-    if doc.get("workflows"):
-        lines += (["", *workflows_lines(doc["workflows"])] if lines
-                  else workflows_lines(doc["workflows"]))  # fmt: skip
+    for key, render in (("analytics", analytics_lines), ("integrations", integrations_lines),
+                        ("workflows", workflows_lines), ("tracing", tracing_lines)):  # fmt: skip
+        if doc.get(key):
+            lines += ["", *render(doc[key])] if lines else render(doc[key])
     return lines
 
 
@@ -309,6 +305,27 @@ def workflows_lines(w: dict[str, Any]) -> list[str]:
             f" {_failures(half)} |", "",
             "A failure is a trigger the gateway did not accept or a run that ended failed or"
             " cancelled; a row with failures does not meet its target."]  # fmt: skip
+
+
+def tracing_lines(t: dict[str, Any]) -> list[str]:
+    """OpenTelemetry's cost: CPU per unit of work with tracing off and on."""
+    labels = {
+        "gateway_cpu_ms_per_1000_batched_events": "gateway CPU ms per 1,000 batched events",
+        "gateway_cpu_ms_per_single_request": "gateway CPU ms per single-event request",
+        "projector_cpu_seconds_per_1000_events": "projector CPU s per 1,000 events",
+    }
+    rows = [
+        f"| {labels.get(name, name)} | {o['off']} | {o['on']} | {_percent(o['percent'])} |"
+        for name, o in t["overhead"].items()
+    ]
+    return ["## Tracing overhead (OpenTelemetry off, then on)", "",
+            f"{t['batch_events']:,} batched events and {t['single_requests']:,} single-event"
+            f" requests each way; failed requests: {t['failures']:,}.", "",
+            "| CPU per unit of work | off | on | change |", "|---|---|---|---|", *rows]  # fmt: skip
+
+
+def _percent(value: float | None) -> str:
+    return "—" if value is None else f"{value:+} %"
 
 
 def _failures(row: dict[str, Any]) -> str:
