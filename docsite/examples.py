@@ -546,27 +546,31 @@ def run_block(
         + code
         + f'\nexport -p > "{state}.new" && mv "{state}.new" "{state}"\n'
     )
-    proc = subprocess.Popen(
-        ["bash", str(script)],
-        cwd=workdir,
-        env={**env, "EF_CALLS": str(calls_dir)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        output, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        output = ""
-        # The whole group: a job the block left in the background holds the pipe open.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        return Outcome(block, [f"did not finish within {timeout:.0f} s"], output)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)  # a receiver it started in the background
+    # Output to a file, not a pipe: a job the block leaves in the background (a
+    # receiver) would hold a pipe open after the block ended, and the block would seem
+    # to hang; the file also keeps what a block printed before it timed out.
+    log = workdir / f".block-{block.line}.out"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            ["bash", str(script)],
+            cwd=workdir,
+            env={**env, "EF_CALLS": str(calls_dir)},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            output = log.read_text(errors="replace")[-4000:]
+            return Outcome(block, [f"did not finish within {timeout:.0f} s"], output)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)  # a receiver it started in the background
+    output = log.read_text(errors="replace")
     output = output[-4000:]
     failures = []
     if proc.returncode != 0:

@@ -1,6 +1,6 @@
 """Every shell example of the README and the documentation runs, and answers as documented.
 
-One real ``eventfold run`` (this session's topics, a free port) serves every page;
+One real ``eventfold run`` (topics of its own, a free port) serves every page;
 each page's blocks run in order in bash, as a reader would paste them, against a
 fresh tenant in place of ``acme``. The conventions are in :mod:`docsite.examples`;
 ``tests/unit/test_doc_conventions.py`` checks that the pages follow them.
@@ -8,6 +8,7 @@ fresh tenant in place of ``acme``. The conventions are in :mod:`docsite.examples
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -16,9 +17,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from devstack import ensure_topics
 from docsite.examples import REPO, Block, blocks, documents, run_block, save_files
 from eventfold.settings import Settings
-from tests.conftest import free_port, new_tenant_id, wait_until_ready
+from tests.conftest import _delete_topics, free_port, new_tenant_id, wait_until_ready
 from tests.e2e.test_end_to_end import env_for, process
 
 pytestmark = pytest.mark.integration
@@ -40,10 +42,19 @@ PAGES = runnable_pages()
 
 @pytest.fixture(scope="module")
 async def server(stack: Settings) -> AsyncIterator[tuple[int, dict[str, str]]]:
-    """``eventfold run`` on a free port, and the environment the examples run with."""
+    """``eventfold run`` on a free port, and the environment the examples run with.
+
+    Topics of its own: on the session's, its new consumer groups would first go
+    through every event the tests before it wrote (and their webhooks), and a page's
+    delivery would wait behind them.
+    """
+    own = dataclasses.replace(
+        stack, events_topic=stack.events_topic + ".docs", dlq_topic=stack.dlq_topic + ".docs"
+    )
+    await ensure_topics(own)
     port = free_port()
     env = {
-        **env_for(stack, port),
+        **env_for(own, port),
         # Consumer groups of its own: the e2e tests' processes use env_for's.
         "EVENTFOLD_CONSUMER_GROUP_PREFIX": stack.consumer_group_prefix + ".docs",
         "PATH": VENV_BIN + os.pathsep + os.environ.get("PATH", ""),
@@ -51,10 +62,13 @@ async def server(stack: Settings) -> AsyncIterator[tuple[int, dict[str, str]]]:
         "EVENTFOLD_WEBHOOK_ALLOW_HOSTS": "127.0.0.1",
         "EVENTFOLD_WEBHOOK_RETRY_SCHEDULE": "0.2,0.5",
     }
-    with process("run", "--no-token", env=env) as proc:
-        async with aiohttp.ClientSession() as http:
-            await wait_until_ready(http, f"http://127.0.0.1:{port}", proc)
-        yield port, env
+    try:
+        with process("run", "--no-token", env=env) as proc:
+            async with aiohttp.ClientSession() as http:
+                await wait_until_ready(http, f"http://127.0.0.1:{port}", proc)
+            yield port, env
+    finally:
+        await _delete_topics(own, [own.events_topic, own.dlq_topic])
 
 
 def test_there_are_examples_to_run() -> None:
