@@ -194,6 +194,21 @@ async def wait_until_ready(http: Any, base: str, proc: subprocess.Popen[bytes]) 
 _EXIT_STATUS: dict[str, int] = {}
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The documentation's examples run first, before this session's in-process app.
+
+    They run against an ``eventfold run`` of their own, and in CI its webhook example's
+    delivery missed its wait once the session's app (whose notifier claims deliveries
+    of every tenant in the shared database) had been running for a while; alone they
+    pass. Until the notifiers' competition is understood and fixed, the examples are
+    not put behind it.
+    """
+    first = [i for i in items if i.nodeid.startswith("tests/integration/test_doc_examples.py")]
+    if first:
+        rest = [i for i in items if i not in first]
+        items[:] = first + rest
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Remember the run's status for :func:`pytest_unconfigure`."""
     _EXIT_STATUS["status"] = int(exitstatus)
