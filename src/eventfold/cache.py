@@ -40,6 +40,7 @@ from eventfold.errors import RetriableError, Unavailable
 from eventfold.metrics import Metrics
 from eventfold.redispipe import AutoPipeline
 from eventfold.settings import Settings
+from eventfold.tenancy import DELETED_TENANTS_KEY
 
 log = logging.getLogger("eventfold.cache")
 
@@ -81,6 +82,7 @@ return 1
 #: pairs. Scores decay by elapsed time (Redis's clock), so many API processes
 #: flushing into one set do not decay it faster.
 _HOT_SCRIPT = """
+if redis.call('SISMEMBER', KEYS[4], ARGV[4]) == 1 then return 0 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local last = tonumber(redis.call('GET', KEYS[2]) or now)
@@ -376,7 +378,8 @@ class RecordCache:
                         args: list[Any] = [HOT_HALF_LIFE_SECONDS, HOT_STORED, HOT_TTL_SECONDS, t]
                         for member, count in counts.items():
                             args += [member, count]
-                        keys = [hot_key(t), hot_key(t) + ":at", HOT_TENANTS_KEY]
+                        keys = [hot_key(t), hot_key(t) + ":at", HOT_TENANTS_KEY,
+                                DELETED_TENANTS_KEY]  # fmt: skip
                         await self._hot(keys=keys, args=args, client=pipe)
                     await pipe.execute()
         except _FAILURES as exc:

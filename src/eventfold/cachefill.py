@@ -36,7 +36,7 @@ from eventfold.faults import is_retriable
 from eventfold.ids import is_valid
 from eventfold.metrics import Metrics
 from eventfold.settings import Settings
-from eventfold.tenancy import tenant_connection
+from eventfold.tenancy import DELETED_TENANTS_KEY, tenant_connection
 
 log = logging.getLogger("eventfold.cache")
 
@@ -149,12 +149,18 @@ async def forget_tenants(settings: Settings, tenants: set[str]) -> None:
 async def purge_tenants(settings: Settings, tenants: set[str]) -> None:
     """Drop every key of deleted tenants: cached records and hot keys in the cache's
     Redis; analytics windows, rate limit buckets, stream slots and dedup memory in
-    the state's (all of them live under ``ef:<tenant>:``)."""
+    the state's (all of them live under ``ef:<tenant>:``).
+
+    Each Redis first records the tenants in :data:`DELETED_TENANTS_KEY`, which the
+    writers that may lag behind the deletion check atomically with their writes.
+    """
     if not tenants:
         return
     one = next(iter(tenants)) if len(tenants) == 1 else "*"
     for client in (cache_client(settings), redis_client(settings)):
         try:
+            # Marked first: a lagging writer's next write sees it (and writes nothing).
+            await client.sadd(DELETED_TENANTS_KEY, *sorted(tenants))
             await _unlink(client, f"ef:{one}:*", tenants)
         finally:
             await client.aclose()

@@ -34,6 +34,12 @@ from asyncpg.transaction import Transaction
 from eventfold.errors import Forbidden
 from eventfold.ids import tenant_role, tenant_schema
 
+#: Tenants deleted for good (ids are never used again), in each Redis (cache and state):
+#: writers that may lag behind a deletion (the hot-key flush of every API process, the
+#: analytics worker) check it in the same atomic step as their write, so a tenant's
+#: keys, once purged, are not written again.
+DELETED_TENANTS_KEY = "ef:_platform:deleted-tenants"
+
 log = logging.getLogger("eventfold.tenancy")
 
 #: A found tenant is reused this long. A change of its status (suspended, resumed,

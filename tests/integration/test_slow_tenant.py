@@ -100,8 +100,20 @@ async def test_a_locked_tenant_is_deferred_and_caught_up_in_order(quick: Api) ->
         await pool.release(locker)
         await pool.close()
 
-    # Lock gone: the background retry applies both patches, in order; the token read waits.
-    doc = await slow.read_json(f"{R}/a", second["consistency_token"])
+    # Lock gone: the background retry applies both patches, in order. Its backoff may
+    # outlast one token read's wait: the read is repeated as a client does on 503.
+    doc = await read_when_caught_up(slow, f"{R}/a", second["consistency_token"])
     assert (doc["version"], doc["data"]) == (3, {"n": 2, "late": True})
     history = await slow.read_json("/events?subject=orders/a")
     assert [e["status"] for e in history["items"]] == ["applied"] * 3
+
+
+async def read_when_caught_up(tenant: TenantApi, rest: str, token: str) -> Any:
+    """Read with ``token``, following ``Retry-After`` on 503 (for up to a minute)."""
+    async with asyncio.timeout(60):
+        while True:
+            resp = await tenant.read(rest, token)
+            if resp.status != 503:
+                assert resp.status == 200, await resp.text()
+                return await resp.json()
+            await asyncio.sleep(float(resp.headers["Retry-After"]))

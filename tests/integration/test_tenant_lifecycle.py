@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import asyncpg
+import orjson
 
-from eventfold import actors
-from eventfold.appkeys import PUBLISHER
-from eventfold.cache import cache_client
+from consumers.analytics.processor import Analytics
+from eventfold import actors, cachefill
+from eventfold.appkeys import CACHE, PUBLISHER
+from eventfold.cache import HOT_TENANTS_KEY, cache_client, hot_key
 from eventfold.clients import redis_client
 from eventfold.envelope import CloudEvent
+from eventfold.metrics import Metrics
 from eventfold.publisher import consistency_token
 from tests.integration.conftest import Api, TenantApi
 from tests.integration.test_apikeys import create_key, with_key
@@ -163,11 +167,13 @@ async def test_a_deleted_tenant_is_gone_for_good(
     assert schema == 0
     assert left == dict.fromkeys(left, 0)
     assert role == 0
-    async with asyncio.timeout(30):  # every key of the tenant goes (cache, analytics, …)
-        while await redis_keys(api, f"ef:{tenant.id}:*") or await redis_keys(
-            api, f"ef:{tenant.id}:*", state=True
-        ):
-            await asyncio.sleep(0.05)
+    # Every key of the tenant goes (cache, analytics, …), and stays gone.
+    deadline = asyncio.get_running_loop().time() + 30
+    while left := await redis_keys(api, f"ef:{tenant.id}:*") + await redis_keys(
+        api, f"ef:{tenant.id}:*", state=True
+    ):
+        assert asyncio.get_running_loop().time() < deadline, f"keys left: {sorted(left)[:20]}"
+        await asyncio.sleep(0.05)
 
     # An event of the tenant still on its way (another partition) brings nothing back.
     late = CloudEvent.model_validate(
@@ -183,3 +189,37 @@ async def test_a_deleted_tenant_is_gone_for_good(
         assert not await conn.fetchval(
             "SELECT count(*) FROM pg_namespace WHERE nspname = $1", f"t_{tenant.id}"
         )
+
+
+async def test_writers_that_lag_behind_a_deletion_do_not_write_its_keys_again(
+    api: Api, tenant: TenantApi
+) -> None:
+    """An API process's hot-key flush and the analytics worker's copy come after the purge."""
+    gone = tenant
+    kept = TenantApi(api, (await api.create_tenant())["id"])
+    worker = Analytics(api.settings, None, Metrics())
+    for n, who in enumerate((gone, kept)):
+        wrote = await who.write("PUT", f"{R}/n1", json={"v": 1})
+        await who.read_json(f"{R}/n1", wrote["consistency_token"])  # counted as a hot key
+        event = {"id": wrote["event_id"], "tenant": who.id, "type": "record.upserted",
+                 "subject": "notes/n1"}  # fmt: skip
+        assert worker._count(orjson.dumps(event), 0, n, time.time()) == "counted"
+
+    await cachefill.purge_tenants(api.settings, {gone.id})  # what the deletion's purge does
+    await api.client.server.app[CACHE].flush_hot()
+    state = redis_client(api.settings)
+    try:
+        await worker.flush(state, worker._dirty, worker._dirty_touched)
+    finally:
+        await state.aclose()
+
+    assert await redis_keys(api, f"ef:{gone.id}:*") == []
+    assert await redis_keys(api, f"ef:{gone.id}:*", state=True) == []
+    cache = cache_client(api.settings)
+    try:
+        assert await cache.zscore(HOT_TENANTS_KEY, gone.id) is None
+        assert await cache.zscore(HOT_TENANTS_KEY, kept.id) is not None
+    finally:
+        await cache.aclose()
+    assert await redis_keys(api, hot_key(kept.id))
+    assert await redis_keys(api, f"ef:{kept.id}:analytics:*", state=True)

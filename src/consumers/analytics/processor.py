@@ -55,6 +55,7 @@ import faust
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from redis.asyncio import Redis
+from redis.exceptions import WatchError
 
 from consumers.analytics.changelog import OwnedCommits, WriteBehindTable
 from consumers.analytics.recovery import (
@@ -81,6 +82,7 @@ from eventfold.errors import RetriableError
 from eventfold.metrics import Metrics
 from eventfold.replay import REPLAY_ATTRIBUTE
 from eventfold.settings import Settings
+from eventfold.tenancy import DELETED_TENANTS_KEY
 
 log = logging.getLogger(__name__)
 
@@ -340,42 +342,69 @@ class Analytics:
         return dropped
 
     async def flush(self, redis: Redis, keys: set[str], touched: set[str]) -> None:
-        """Copy the counters ``keys`` and the ``touched`` records to Redis (idempotent)."""
+        """Copy the counters ``keys`` and the ``touched`` records to Redis (idempotent).
+
+        Deleted tenants are skipped: one transaction, watching the set of deleted
+        tenants, so a copy that lags behind a tenant's deletion (its events on
+        other partitions) cannot write its keys back after the purge.
+        """
         if not keys and not touched:
             return
-        retention = {
-            "1m": self.settings.analytics_retention_1m_seconds,
-            "1h": self.settings.analytics_retention_1h_seconds,
-        }
-        async with redis.pipeline(transaction=False) as pipe:
-            windows: set[tuple[str, str, int]] = set()
-            for raw in keys:
-                current = self.counts.get(raw)
-                if current is None:
-                    continue  # pruned: a settled window, its copy in Redis is final
-                key = CountKey.decode(raw)
-                hkey = window_key(key.tenant, key.window, key.start)
-                pipe.hset(hkey, key.field, int(current[0]))
-                windows.add((key.tenant, key.window, key.start))
-            for raw in touched:
-                tenant, window, start, collection, subject = decode_touched(raw)
-                rkey = records_key(tenant, window, start, collection)
-                pipe.sadd(rkey, subject)
-                pipe.expireat(rkey, start + WINDOWS[window] + retention[window])
-            for tenant, window, start in windows:
-                expire_at = start + WINDOWS[window] + retention[window]
-                pipe.expireat(window_key(tenant, window, start), expire_at)
-                pipe.zadd(index_key(tenant, window), {str(start): start})
-                pipe.zremrangebyscore(
-                    index_key(tenant, window), "-inf", time.time() - retention[window]
-                )
-            await pipe.execute()
+        counts = [(raw, CountKey.decode(raw)) for raw in keys]
+        records = [decode_touched(raw) for raw in touched]
+        tenants = sorted({k.tenant for _, k in counts} | {r[0] for r in records})
+        async with redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(DELETED_TENANTS_KEY)
+                    flags = await pipe.smismember(DELETED_TENANTS_KEY, tenants)
+                    deleted = {t for t, gone in zip(tenants, flags, strict=True) if gone}
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    self._copy(pipe, counts, records, deleted)
+                    await pipe.execute()
+                    break
+                except WatchError:
+                    continue  # a tenant was deleted meanwhile: look again
         if self._newest_log_ms:
             self.metrics.analytics_lag_seconds.set(
                 max(0.0, time.time() - self._newest_log_ms / 1000)
             )
         for name, table in self.tables().items():
             self.metrics.analytics_table_keys.labels(name).set(len(table))
+
+    def _copy(
+        self,
+        pipe: Any,
+        counts: list[tuple[str, CountKey]],
+        records: list[tuple[str, str, int, str, str]],
+        deleted: set[str],
+    ) -> None:
+        """Queue the writes of :meth:`flush` on ``pipe``, leaving out ``deleted`` tenants."""
+        retention = {
+            "1m": self.settings.analytics_retention_1m_seconds,
+            "1h": self.settings.analytics_retention_1h_seconds,
+        }
+        windows: set[tuple[str, str, int]] = set()
+        for raw, key in counts:
+            current = self.counts.get(raw)
+            if current is None or key.tenant in deleted:
+                continue  # pruned (a settled window, its copy in Redis is final), or gone
+            pipe.hset(window_key(key.tenant, key.window, key.start), key.field, int(current[0]))
+            windows.add((key.tenant, key.window, key.start))
+        for tenant, window, start, collection, subject in records:
+            if tenant in deleted:
+                continue
+            rkey = records_key(tenant, window, start, collection)
+            pipe.sadd(rkey, subject)
+            pipe.expireat(rkey, start + WINDOWS[window] + retention[window])
+        for tenant, window, start in windows:
+            pipe.expireat(
+                window_key(tenant, window, start), start + WINDOWS[window] + retention[window]
+            )
+            pipe.zadd(index_key(tenant, window), {str(start): start})
+            pipe.zremrangebyscore(
+                index_key(tenant, window), "-inf", time.time() - retention[window]
+            )
 
     async def _flusher(self, redis: Redis, stop: asyncio.Event) -> None:
         # Copies start as soon as a count changes and are at least ``flush_ms`` apart:

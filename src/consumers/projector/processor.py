@@ -48,6 +48,10 @@ _BACKLOG_RECORDS = 100
 #: How often the dead letter count (``eventfold_dlq_size``) is read again while none come:
 #: a redrive by another process (the API, ``eventfold dlq``) lowers it.
 DEAD_LETTER_REFRESH_SECONDS = 30.0
+#: The longest pause between two retries of deferred tenants: what holds a tenant back
+#: (a lock, a long statement) gives no signal when it goes, so its events wait at most
+#: this long after it. A retry of a still-stuck tenant costs one time budget.
+DEFERRED_RETRY_CAP_SECONDS = 5.0
 
 
 class Projector(MemberLoop):
@@ -296,7 +300,7 @@ class Projector(MemberLoop):
 
         It also refreshes the dead letter count every :data:`DEAD_LETTER_REFRESH_SECONDS`.
         """
-        backoff = Backoff(1.0, 30.0)
+        backoff = Backoff(1.0, DEFERRED_RETRY_CAP_SECONDS)
         counted_at = time.monotonic()
         while not stop.is_set():
             if await backoff.sleep(stop):
