@@ -33,3 +33,16 @@ class RecordDeleted(RootModel[dict[str, Any] | None]):
         if value:
             raise ValueError("record.deleted carries no data")
         return value
+
+
+class RecordErased(RootModel[dict[str, Any] | None]):
+    """``record.erased``: no data; the record's data keys are destroyed (crypto-shredding)."""
+
+    model_config = ConfigDict(json_schema_extra=_no_properties)
+
+    @field_validator("root")
+    @classmethod
+    def _empty(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value:
+            raise ValueError("record.erased carries no data")
+        return value
