@@ -258,14 +258,16 @@ async def run_once(
                     f"{base}/v1/tenants", json={"id": t, "name": t, "limits": limits}, headers=admin
                 ) as r:
                     assert r.status == 202, await r.text()
-                if personal:
+            print("projecting the tenants…", flush=True)
+            await _project(settings, "tenant creation")
+            if personal:
+                for t in tenants:
                     async with session.patch(
                         f"{base}/v1/tenants/{t}", json={"personal_collections": ["orders"]},
                         headers=admin,
                     ) as r:  # fmt: skip
                         assert r.status == 202, await r.text()
-            print("projecting the tenants…", flush=True)
-            await _project(settings, "tenant creation")
+                await _project(settings, "personal collections")
             tokens = {
                 t: {
                     "Authorization": "Bearer "
