@@ -54,6 +54,9 @@ ERASED = "record.erased"
 _NONCE_BYTES = 12
 #: Keys kept in memory per process (a key is 32 bytes; an id ~30).
 _CACHE_SIZE = 100_000
+#: Rounds of "make the missing keys, lock them" before giving up (an erasure between
+#: the two makes a round miss its key).
+_ATTEMPTS = 3
 
 
 class DataKeyError(PermanentError):
@@ -111,47 +114,38 @@ def erased(event: CloudEvent) -> CloudEvent:
     return event.model_copy(update={"data": None})
 
 
-async def lock_keys(
-    pool: asyncpg.Pool,
-    conn: asyncpg.Connection,
-    keyring: Keyring,
-    tenant: str,
-    subjects: Sequence[str],
+async def locked_keys(
+    conn: asyncpg.Connection, keyring: Keyring, tenant: str, subjects: Sequence[str]
 ) -> dict[str, DataKey]:
-    """Each record's live key, made on its first write, locked ``FOR SHARE`` until the
-    caller's transaction ends (publish the events before it does: see the module doc).
+    """The live keys of ``subjects`` that exist, locked ``FOR SHARE`` until the caller's
+    transaction ends (publish the events before it does: see the module doc)."""
+    rows = await conn.fetch(
+        "SELECT id, subject, sealed FROM eventfold.data_keys WHERE tenant = $1"
+        " AND subject = ANY($2::text[]) AND destroyed_at IS NULL ORDER BY subject FOR SHARE",
+        tenant,
+        sorted(set(subjects)),  # one order for every writer: no deadlock between them
+    )
+    return {
+        r["subject"]: DataKey(r["id"], keyring.open(r["sealed"], purpose=_purpose(tenant)))
+        for r in rows
+    }
 
-    A missing key is made in a transaction of its own, committed before anything
-    is encrypted with it: a publish that fails after Kafka took the event (a
-    timeout) must never leave an event whose key was rolled back.
-    """
-    wanted = sorted(set(subjects))  # one order for every writer: no deadlock between them
-    keys: dict[str, DataKey] = {}
-    for _ in range(3):
-        rows = await conn.fetch(
-            "SELECT id, subject, sealed FROM eventfold.data_keys WHERE tenant = $1"
-            " AND subject = ANY($2::text[]) AND destroyed_at IS NULL ORDER BY subject FOR SHARE",
-            tenant,
-            wanted,
-        )
-        for r in rows:
-            keys[r["subject"]] = DataKey(
-                r["id"], keyring.open(r["sealed"], purpose=_purpose(tenant))
-            )
-        missing = [s for s in wanted if s not in keys]
-        if not missing:
-            return keys
-        async with pool.acquire(timeout=5) as free:  # committed on its own (see above)
-            await free.execute(
-                "INSERT INTO eventfold.data_keys (id, tenant, subject, sealed)"
-                " SELECT i, $1, s, k FROM unnest($2::text[], $3::text[], $4::text[]) AS u(i, s, k)"
-                " ON CONFLICT (tenant, subject) WHERE destroyed_at IS NULL DO NOTHING",
-                tenant,
-                ["dk_" + secrets.token_urlsafe(16) for _ in missing],
-                missing,
-                [keyring.seal(secrets.token_bytes(32), purpose=_purpose(tenant)) for _ in missing],
-            )
-    raise DataKeyError(f"no data keys for {tenant}: {missing[:3]}")  # pragma: no cover
+
+async def make_keys(
+    conn: asyncpg.Connection, keyring: Keyring, tenant: str, subjects: Sequence[str]
+) -> None:
+    """Make a live key for each of ``subjects`` that has none (outside any transaction:
+    a key is committed before anything is encrypted with it, so a publish that fails
+    after Kafka took the event, a timeout, never leaves an event without its key)."""
+    await conn.execute(
+        "INSERT INTO eventfold.data_keys (id, tenant, subject, sealed)"
+        " SELECT i, $1, s, k FROM unnest($2::text[], $3::text[], $4::text[]) AS u(i, s, k)"
+        " ON CONFLICT (tenant, subject) WHERE destroyed_at IS NULL DO NOTHING",
+        tenant,
+        ["dk_" + secrets.token_urlsafe(16) for _ in subjects],
+        list(subjects),
+        [keyring.seal(secrets.token_bytes(32), purpose=_purpose(tenant)) for _ in subjects],
+    )
 
 
 async def destroy(conn: asyncpg.Connection, tenant: str, subject: str) -> int:
@@ -205,13 +199,21 @@ class Sealer:
             yield list(events)
             return
         out = list(events)
-        async with self._pool.acquire(timeout=5) as conn, conn.transaction():
-            keys = await lock_keys(
-                self._pool, conn, self.keyring, tenant, [str(out[n].subject) for n in which]
-            )
-            for n in which:
-                out[n] = encrypt(out[n], keys[str(out[n].subject)])
-            yield out
+        subjects = sorted({str(out[n].subject) for n in which})
+        # One connection: a second one per publish could wait for a pool that the
+        # publishes holding their first have emptied.
+        async with self._pool.acquire(timeout=5) as conn:
+            for _ in range(_ATTEMPTS):
+                async with conn.transaction():
+                    keys = await locked_keys(conn, self.keyring, tenant, subjects)
+                    missing = [s for s in subjects if s not in keys]
+                    if not missing:
+                        for n in which:
+                            out[n] = encrypt(out[n], keys[str(out[n].subject)])
+                        yield out
+                        return
+                await make_keys(conn, self.keyring, tenant, missing)
+        raise DataKeyError(f"no data keys for {tenant}: {missing[:3]}")
 
 
 class KeyCache:
