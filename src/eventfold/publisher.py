@@ -243,12 +243,10 @@ class Publisher:
         return await self._sealed(tenant, events)
 
     async def _sealed(self, tenant: str, events: Sequence[CloudEvent]) -> list[Published]:
-        """:meth:`_traced`, with the data of personal records encrypted (their keys held
-        until the log has the events)."""
+        """:meth:`_traced`, with the data of personal records encrypted."""
         if self._sealer is None:
             return await self._traced(tenant, events)
-        async with self._sealer.sealed(tenant, events) as sealed:
-            return await self._traced(tenant, sealed)
+        return await self._traced(tenant, await self._sealer.seal(tenant, events))
 
     async def _traced(self, tenant: str, events: Sequence[CloudEvent]) -> list[Published]:
         """:meth:`_publish`, in a producer span whose context the events carry while

@@ -2,7 +2,8 @@
 
 The record's data keys are destroyed (:mod:`eventfold.datakeys`) and a
 ``record.erased`` event is published in the same PostgreSQL transaction: if
-the publish fails, the keys stay and the client retries; once it is in the
+the publish fails, the keys stay and the client retries; at the commit every
+listening process drops the tenant's keys it held; once the event is in the
 log, the projector folds it (the record becomes a tombstone without data, its
 history and webhook deliveries lose their data, the cache entry goes), and
 every event of the record before it is unreadable wherever it is kept.
@@ -14,10 +15,11 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from eventfold import datakeys, ids
-from eventfold.appkeys import POOL, PUBLISHER
+from eventfold.appkeys import POOL, PUBLISHER, TENANTS
 from eventfold.envelope import pydantic_errors
 from eventfold.errors import Conflict, ValidationFailed
 from eventfold.openapi import AUTH_ERRORS, IDEMPOTENCY_KEY, TENANT, Operation, Reply, register
+from eventfold.projection.tenants import notify_changed
 from eventfold.publisher import consistency_token
 from eventfold.web import authorize_tenant, json_response, read_json
 from producers import commands
@@ -91,10 +93,12 @@ async def erase(request: web.Request) -> web.Response:
         data=None,
     )
     async with request.app[POOL].acquire(timeout=5) as conn, conn.transaction():
-        # Waits for writes of the record still holding its key: their events are in the
-        # log before this one (see eventfold.datakeys).
         destroyed = await datakeys.destroy(conn, tenant.id, body.subject)
+        # At the commit, every listening process reads the tenant again and so drops the
+        # keys it held for it (eventfold.datakeys).
+        await notify_changed(conn, tenant.id)
         [result] = await request.app[PUBLISHER].publish(tenant.id, [event])
+    request.app[TENANTS].forget(tenant.id)
     return json_response(
         {
             "subject": body.subject,

@@ -177,7 +177,9 @@ async def test_keys_rotate_reseals_the_data_keys_and_they_still_open(
                 "SELECT id, sealed FROM eventfold.data_keys WHERE tenant = $1", tenant.id
             )
         assert row["sealed"].split(".")[1] == "rot2"
-        key = new.open(row["sealed"], purpose=f"datakey:{tenant.id}")
+        key = datakeys.DataKey.of(
+            row["id"], new.open(row["sealed"], purpose=f"datakey:{tenant.id}")
+        )
         assert datakeys.decrypt(
             CloudEvent.model_validate(await logged(api, wrote["consistency_token"])), key
         ).data == {"n": 1}

@@ -18,7 +18,7 @@ from eventfold.datakeys import (
 )
 from eventfold.envelope import CloudEvent
 
-KEY = DataKey("dk_test", secrets.token_bytes(32))
+KEY = DataKey.of("dk_test", secrets.token_bytes(32))
 
 
 def event(**changes: object) -> CloudEvent:
@@ -44,7 +44,7 @@ def test_encrypted_data_names_its_key_and_opens_to_the_same_document() -> None:
         "acme",
     )
     assert (sealed.model_extra or {})["actor"] == "user:ann"
-    assert decrypt(CloudEvent.model_validate(orjson.loads(sealed.to_json())), KEY.key).data == {
+    assert decrypt(CloudEvent.model_validate(orjson.loads(sealed.to_json())), KEY).data == {
         "name": "Ada",
         "n": [1, 2],
     }
@@ -58,18 +58,18 @@ def test_a_ciphertext_moved_to_another_event_does_not_open(moved: dict[str, str]
     sealed = encrypt(event(), KEY)
     elsewhere = sealed.model_copy(update=moved)
     with pytest.raises(DataKeyError, match="does not open"):
-        decrypt(elsewhere, KEY.key)
+        decrypt(elsewhere, KEY)
 
 
 def test_a_wrong_key_or_tampered_data_does_not_open() -> None:
     sealed = encrypt(event(), KEY)
     with pytest.raises(DataKeyError):
-        decrypt(sealed, secrets.token_bytes(32))
+        decrypt(sealed, DataKey.of("dk_other", secrets.token_bytes(32)))
     assert isinstance(sealed.data, str)
     with pytest.raises(DataKeyError):
-        decrypt(sealed.model_copy(update={"data": sealed.data[:-2] + "xx"}), KEY.key)
+        decrypt(sealed.model_copy(update={"data": sealed.data[:-2] + "xx"}), KEY)
     with pytest.raises(DataKeyError, match="not a string"):
-        decrypt(sealed.model_copy(update={"data": {"a": 1}}), KEY.key)
+        decrypt(sealed.model_copy(update={"data": {"a": 1}}), KEY)
 
 
 def test_an_erased_event_keeps_everything_but_its_data() -> None:

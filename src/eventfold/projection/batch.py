@@ -522,7 +522,7 @@ async def fold_tenant(
                 offset=item.offset,
                 envelope=item.raw.decode()
                 if item.raw is not None and ev.time is not None
-                else orjson.dumps(ev.to_dict()).decode(),
+                else ev.to_json().decode(),
             )
         )
         extra = ev.model_extra or {}
@@ -597,18 +597,18 @@ async def _apply_one(
 
 async def _opened(conn: asyncpg.Connection, tenant: str, items: list[LogEvent]) -> list[LogEvent]:
     """``items`` with encrypted data opened, or left out where the record was erased
-    (:mod:`eventfold.datakeys`); the history keeps what is folded (raw: re-serialised)."""
+    (:mod:`eventfold.datakeys`); the history keeps what is folded."""
     if not any(i.event is not None and datakeys.is_encrypted(i.event) for i in items):
         return items
-    events = [i.event for i in items if i.event is not None]
-    opened = iter(await datakeys.cache().open_all(conn, tenant, events))
+    pairs = [(i.event, i.raw) for i in items if i.event is not None]
+    opened = iter(await datakeys.cache().open_all(conn, tenant, pairs))
     out: list[LogEvent] = []
     for item in items:
         if item.event is None:
             out.append(item)
             continue
-        ev = next(opened)
-        out.append(item if ev is item.event else dataclasses.replace(item, event=ev, raw=None))
+        ev, raw = next(opened)
+        out.append(item if ev is item.event else dataclasses.replace(item, event=ev, raw=raw))
     return out
 
 
@@ -630,6 +630,9 @@ async def _erase(
         gone = Record(record.version + 1, None, record.created_at, at)
         state[key] = gone
         changed[key] = (gone, ev.id)
+    # What comes after this in the log reads the record's keys again (destroyed), as a
+    # replay does: a process that still held them would fold it otherwise.
+    datakeys.cache().forget(target.tenant, ev.subject)
     await readmodel.erase_history_data(conn, target.schema, ev.subject)
     if not target.shadow:
         await webhooks.erase_delivery_data(conn, target.tenant, ev.subject)
