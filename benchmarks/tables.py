@@ -199,6 +199,7 @@ def generate(sources: list[Source]) -> str:
         ("integrations", "Integrations", report.integrations_lines),
         ("workflows", "Workflows", report.workflows_lines),
         ("tracing", "Tracing overhead", report.tracing_lines),
+        ("encryption", "Encryption overhead", report.encryption_lines),
     ):
         part, source = _part(sources, key)
         lines += [*_section(part, source, title, render), ""]

@@ -10,6 +10,9 @@ stdout and to ``benchmarks/results/<date>-throughput.json`` (with the commit).
     make bench                           # defaults below
     .venv/bin/python -m benchmarks.throughput --batch-events 200000 --single-requests 20000
 
+``--personal both`` measures what encrypting personal data costs the same way: the
+tenants' ``orders`` a plain collection, then a personal one (``encryption_overhead``).
+
 ``--trace both`` measures what tracing costs: the same load twice on fresh topics, without
 and with OpenTelemetry on in the gateway and the projector, and the CPU per event of each
 side by side (``tracing_overhead``); ``--trace on`` runs only the traced one. The spans go
@@ -167,38 +170,57 @@ async def _project(settings: Settings, label: str) -> dict[str, Any]:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    """The load once per ``--trace`` choice; with both, the overhead beside them."""
-    if args.trace != "both":
-        return await run_once(args, traced=args.trace == "on")
-    print("== without tracing", flush=True)
-    untraced = await run_once(args, traced=False)
-    print("== with tracing", flush=True)
-    traced = await run_once(args, traced=True)
+    """The load once per ``--trace``/``--personal`` choice; with both, the overhead beside them."""
+    personal = getattr(args, "personal", "off")
+    if args.trace == "both":
+        print("== without tracing", flush=True)
+        untraced = await run_once(args, traced=False)
+        print("== with tracing", flush=True)
+        traced = await run_once(args, traced=True)
+        return {
+            "untraced": untraced,
+            "traced": traced,
+            "tracing_overhead": overhead(untraced, traced),
+        }
+    if personal == "both":
+        print("== plain collection", flush=True)
+        plain = await run_once(args, traced=args.trace == "on")
+        print("== personal collection (data encrypted per record)", flush=True)
+        sealed = await run_once(args, traced=args.trace == "on", personal=True)
+        return {"plain": plain, "personal": sealed, "encryption_overhead": overhead(plain, sealed)}
+    return await run_once(args, traced=args.trace == "on", personal=personal == "on")
+
+
+def overhead(off: dict[str, Any], on: dict[str, Any]) -> dict[str, Any]:
+    """CPU per unit of work of two runs side by side, with the change in per cent."""
     pairs = {
         "gateway_cpu_ms_per_1000_batched_events": (
-            untraced["ingest_batches"]["gateway_cpu_ms_per_1000_events"],
-            traced["ingest_batches"]["gateway_cpu_ms_per_1000_events"],
+            off["ingest_batches"]["gateway_cpu_ms_per_1000_events"],
+            on["ingest_batches"]["gateway_cpu_ms_per_1000_events"],
         ),
         "gateway_cpu_ms_per_single_request": (
-            untraced["ingest_single"]["gateway_cpu_ms_per_request"],
-            traced["ingest_single"]["gateway_cpu_ms_per_request"],
+            off["ingest_single"]["gateway_cpu_ms_per_request"],
+            on["ingest_single"]["gateway_cpu_ms_per_request"],
         ),
         "projector_cpu_seconds_per_1000_events": (
-            untraced["projector_catch_up"]["projector_cpu_seconds_per_1000_events"],
-            traced["projector_catch_up"]["projector_cpu_seconds_per_1000_events"],
+            off["projector_catch_up"]["projector_cpu_seconds_per_1000_events"],
+            on["projector_catch_up"]["projector_cpu_seconds_per_1000_events"],
         ),
     }
-    overhead = {
-        name: {"off": off, "on": on, "percent": round(100 * (on - off) / off, 1) if off else None}
-        for name, (off, on) in pairs.items()
+    out = {
+        name: {"off": a, "on": b, "percent": round(100 * (b - a) / a, 1) if a else None}
+        for name, (a, b) in pairs.items()
     }
-    for name, o in overhead.items():
+    for name, o in out.items():
         print(f"  {name}: {o['off']} -> {o['on']} ({o['percent']:+} %)", flush=True)
-    return {"untraced": untraced, "traced": traced, "tracing_overhead": overhead}
+    return out
 
 
-async def run_once(args: argparse.Namespace, *, traced: bool) -> dict[str, Any]:
-    """One measurement on fresh private topics, with tracing on or off in the processes."""
+async def run_once(
+    args: argparse.Namespace, *, traced: bool, personal: bool = False
+) -> dict[str, Any]:
+    """One measurement on fresh private topics, with tracing on or off in the processes;
+    with ``personal``, the tenants' ``orders`` are a personal collection (encrypted)."""
     run_id = uuid.uuid4().hex[:6]
     settings = private_settings(run_id, partitions=args.partitions)
     await ensure_topics(settings)
@@ -238,6 +260,14 @@ async def run_once(args: argparse.Namespace, *, traced: bool) -> dict[str, Any]:
                     assert r.status == 202, await r.text()
             print("projecting the tenants…", flush=True)
             await _project(settings, "tenant creation")
+            if personal:
+                for t in tenants:
+                    async with session.patch(
+                        f"{base}/v1/tenants/{t}", json={"personal_collections": ["orders"]},
+                        headers=admin,
+                    ) as r:  # fmt: skip
+                        assert r.status == 202, await r.text()
+                await _project(settings, "personal collections")
             tokens = {
                 t: {
                     "Authorization": "Bearer "
@@ -408,6 +438,12 @@ def main() -> None:
         choices=["off", "on", "both"],
         default="off",
         help="OpenTelemetry in the processes under test; both: the overhead (see above)",
+    )
+    p.add_argument(
+        "--personal",
+        choices=["off", "on", "both"],
+        default="off",
+        help="the events' collection personal (data encrypted per record); both: the overhead",
     )
     args = p.parse_args()
     prov = provenance.stamp()

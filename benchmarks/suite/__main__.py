@@ -193,24 +193,45 @@ async def _beside(args: phases.Cli, doc: dict[str, Any]) -> None:
     if "tracing" not in skip:
         _say("tracing (the same ingest and projection with OpenTelemetry off, then on)")
         await _optional(doc, "tracing", lambda: _tracing(sizes))
+    if "encryption" not in skip:
+        _say("encryption (the same ingest and projection in a plain, then a personal collection)")
+        await _optional(doc, "encryption", lambda: _encryption(sizes))
 
 
 async def _tracing(sizes: phases.Sizes) -> dict[str, Any]:
     """What OpenTelemetry costs: CPU per event of the gateway and the projector, off then
     on (spans exported to a sink in the process), on fresh topics each."""
+    return await _paired(sizes, ("untraced", "traced"), "tracing_overhead", trace="both")
+
+
+async def _encryption(sizes: phases.Sizes) -> dict[str, Any]:
+    """What crypto-shredding costs: CPU per event of the gateway and the projector when
+    the events' collection is personal (data encrypted per record), on fresh topics."""
+    return await _paired(sizes, ("plain", "personal"), "encryption_overhead", personal="both")
+
+
+async def _paired(
+    sizes: phases.Sizes,
+    sides: tuple[str, str],
+    key: str,
+    *,
+    trace: str = "off",
+    personal: str = "off",
+) -> dict[str, Any]:
+    """The throughput load twice (``sides``), and what changed between them (``key``)."""
     args = argparse.Namespace(
         tenants=5, partitions=8, batch_events=sizes.batch_events // 2, batch_size=500,
         concurrency=8, single_requests=sizes.single_saturation // 2,
-        single_concurrency=phases.SINGLE_CONCURRENCY, trace="both",
+        single_concurrency=phases.SINGLE_CONCURRENCY, trace=trace, personal=personal,
     )  # fmt: skip
     both = await throughput.run(args)
     failures = sum(
         both[side][part]["failures"]
-        for side in ("untraced", "traced")
+        for side in sides
         for part in ("ingest_batches", "ingest_single")
     )
     return {"batch_events": args.batch_events, "single_requests": args.single_requests,
-            "failures": failures, "overhead": both["tracing_overhead"]}  # fmt: skip
+            "failures": failures, "overhead": both[key]}  # fmt: skip
 
 
 async def _optional(

@@ -101,7 +101,7 @@ SMOKE = Sizes(
 #: Phases a run may leave out (``--skip``) or pick (``--only``); ingest and projection
 #: run whenever a picked phase builds on them (:data:`ON_THE_CORE`).
 OPTIONAL_PHASES = ("peers", "visible", "reads", "replay", "webhooks", "analytics",
-                   "integrations", "workflows", "tracing")  # fmt: skip
+                   "integrations", "workflows", "tracing", "encryption")  # fmt: skip
 #: Optional phases that read the topic and tables the core phases (tenants, ingest,
 #: projection) fill; the others set up their own database and topic.
 ON_THE_CORE = frozenset({"peers", "visible", "replay"})

@@ -281,10 +281,11 @@ def replay_lines(doc: dict[str, Any]) -> list[str]:
 
 
 def extra_lines(doc: dict[str, Any]) -> list[str]:
-    """Analytics, integrations, workflows and tracing, when measured."""
+    """Analytics, integrations, workflows, tracing and encryption, when measured."""
     lines: list[str] = []
     for key, render in (("analytics", analytics_lines), ("integrations", integrations_lines),
-                        ("workflows", workflows_lines), ("tracing", tracing_lines)):  # fmt: skip
+                        ("workflows", workflows_lines), ("tracing", tracing_lines),
+                        ("encryption", encryption_lines)):  # fmt: skip
         if doc.get(key):
             lines += ["", *render(doc[key])] if lines else render(doc[key])
     return lines
@@ -307,21 +308,37 @@ def workflows_lines(w: dict[str, Any]) -> list[str]:
             " cancelled; a row with failures does not meet its target."]  # fmt: skip
 
 
-def tracing_lines(t: dict[str, Any]) -> list[str]:
-    """OpenTelemetry's cost: CPU per unit of work with tracing off and on."""
-    labels = {
-        "gateway_cpu_ms_per_1000_batched_events": "gateway CPU ms per 1,000 batched events",
-        "gateway_cpu_ms_per_single_request": "gateway CPU ms per single-event request",
-        "projector_cpu_seconds_per_1000_events": "projector CPU s per 1,000 events",
-    }
+_CPU_LABELS = {
+    "gateway_cpu_ms_per_1000_batched_events": "gateway CPU ms per 1,000 batched events",
+    "gateway_cpu_ms_per_single_request": "gateway CPU ms per single-event request",
+    "projector_cpu_seconds_per_1000_events": "projector CPU s per 1,000 events",
+}
+
+
+def _overhead_lines(t: dict[str, Any], title: str, off: str, on: str) -> list[str]:
+    """CPU per unit of work of two runs of the same load, side by side."""
     rows = [
-        f"| {labels.get(name, name)} | {o['off']} | {o['on']} | {_percent(o['percent'])} |"
+        f"| {_CPU_LABELS.get(name, name)} | {o['off']} | {o['on']} | {_percent(o['percent'])} |"
         for name, o in t["overhead"].items()
     ]
-    return ["## Tracing overhead (OpenTelemetry off, then on)", "",
+    return [title, "",
             f"{t['batch_events']:,} batched events and {t['single_requests']:,} single-event"
             f" requests each way; failed requests: {t['failures']:,}.", "",
-            "| CPU per unit of work | off | on | change |", "|---|---|---|---|", *rows]  # fmt: skip
+            f"| CPU per unit of work | {off} | {on} | change |", "|---|---|---|---|",
+            *rows]  # fmt: skip
+
+
+def tracing_lines(t: dict[str, Any]) -> list[str]:
+    """OpenTelemetry's cost: CPU per unit of work with tracing off and on."""
+    return _overhead_lines(t, "## Tracing overhead (OpenTelemetry off, then on)", "off", "on")
+
+
+def encryption_lines(t: dict[str, Any]) -> list[str]:
+    """Crypto-shredding's cost: CPU per event in a plain, then a personal collection."""
+    return _overhead_lines(
+        t, "## Encryption overhead (a plain collection, then a personal one; goal ≤ 20 %)",
+        "plain", "personal",
+    )  # fmt: skip
 
 
 def _percent(value: float | None) -> str:

@@ -28,6 +28,10 @@ class TenantOut(BaseModel):
     status: Literal["active", "suspended", "deleted"]
     limits: TenantLimits | dict[str, Any]
     created_at: datetime
+    personal_collections: list[str] = Field(
+        default_factory=list,
+        description="collections whose events' data is encrypted with a key per record",
+    )
     reason: str | None = Field(default=None, description="why it is suspended (only then)")
 
 

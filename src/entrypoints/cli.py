@@ -1,7 +1,7 @@
 """The ``eventfold`` command: run, serve, process, replay, verify, workflows and the rest.
 
 Every subcommand: run, serve, process, infra, token, dlq, replay, verify, events,
-workflows, schemas.
+workflows, schemas, keys.
 
 Each command loads what it runs: serving imports the app and its clients, a
 stream processor only its own package (:mod:`entrypoints.registry`), ``token``
@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from entrypoints import dlq, replay, workflows
+from entrypoints import dlq, keys, replay, workflows
 from entrypoints.listen import CannotListen, listen
 from entrypoints.output import print_json
 from entrypoints.registry import PROCESSORS
@@ -68,6 +68,7 @@ def parser() -> argparse.ArgumentParser:
     dlq.add_parser(sub)
     replay.add_parsers(sub)
     workflows.add_parser(sub)
+    keys.add_parser(sub)
 
     schemas = sub.add_parser("schemas", help="the JSON Schemas of the event types")
     schemas.add_argument("action", choices=["export", "check"])
@@ -103,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "verify": replay.verify_command,
         "events": replay.events_command,
         "workflows": workflows.command,
+        "keys": keys.command,
     }[args.command]
     try:
         return handler(settings, args)

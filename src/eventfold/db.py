@@ -184,6 +184,21 @@ CREATE TABLE IF NOT EXISTS eventfold.webhook_attempts (
 );
 CREATE INDEX IF NOT EXISTS webhook_attempts_by_webhook
     ON eventfold.webhook_attempts (webhook_id, id);
+-- Data keys of personal records (eventfold.datakeys): sealed by the keyring, NULL
+-- once destroyed by an erasure; a record has at most one live key.
+CREATE TABLE IF NOT EXISTS eventfold.data_keys (
+    id            text PRIMARY KEY,
+    tenant        text NOT NULL,
+    subject       text NOT NULL,
+    sealed        text,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    destroyed_at  timestamptz
+);
+CREATE UNIQUE INDEX IF NOT EXISTS data_keys_live
+    ON eventfold.data_keys (tenant, subject) WHERE destroyed_at IS NULL;
+-- Collections whose events' data the gateway encrypts (one key per record).
+ALTER TABLE eventfold.tenants ADD COLUMN IF NOT EXISTS personal_collections text[]
+    NOT NULL DEFAULT '{}';
 -- Tenant event types, one row per version (projected from eventtype.* events);
 -- id = '{tenant}/{type}/{version}'. A version never changes once registered.
 CREATE TABLE IF NOT EXISTS eventfold.event_types (

@@ -37,6 +37,7 @@ from redis.exceptions import RedisError
 from eventfold import actors, consistency, tracing
 from eventfold.backoff import Backoff
 from eventfold.breaker import Breaker
+from eventfold.datakeys import Sealer
 from eventfold.dedup import DEDUP_TTL_SECONDS, dedup_key
 from eventfold.envelope import CloudEvent
 from eventfold.errors import Unavailable
@@ -126,8 +127,11 @@ class Publisher:
         topic: str,
         policy: SendPolicy | None = None,
         on_acked: AckListener | None = None,
+        sealer: Sealer | None = None,
     ) -> None:
         self._factory = factory
+        #: Encrypts events of personal collections (eventfold.datakeys) before they go out.
+        self._sealer = sealer
         #: Learns where the log reaches (eventfold.logend), without asking Kafka.
         self._on_acked = on_acked
         #: Dedup commands share the process's pipeline with other requests' commands.
@@ -224,7 +228,7 @@ class Publisher:
         While tracing is on, the publish is a producer span whose context each event
         carries on (:func:`eventfold.tracing.stamped`, and in its Kafka headers).
         """
-        return await self._traced(tenant, with_actor(events, actors.resolve(actor)))
+        return await self._sealed(tenant, with_actor(events, actors.resolve(actor)))
 
     async def publish_stamped(self, tenant: str, events: Sequence[CloudEvent]) -> list[Published]:
         """Publish events this process built, each already carrying its own actor.
@@ -236,7 +240,13 @@ class Publisher:
         """
         if any(not (ev.model_extra or {}).get(actors.ATTRIBUTE) for ev in events):
             raise actors.MissingActor("an event of a joined publish names no actor")
-        return await self._traced(tenant, events)
+        return await self._sealed(tenant, events)
+
+    async def _sealed(self, tenant: str, events: Sequence[CloudEvent]) -> list[Published]:
+        """:meth:`_traced`, with the data of personal records encrypted."""
+        if self._sealer is None:
+            return await self._traced(tenant, events)
+        return await self._traced(tenant, await self._sealer.seal(tenant, events))
 
     async def _traced(self, tenant: str, events: Sequence[CloudEvent]) -> list[Published]:
         """:meth:`_publish`, in a producer span whose context the events carry while

@@ -293,6 +293,15 @@ async def load_state(
     return state
 
 
+async def erase_history_data(conn: asyncpg.Connection, schema: str, subject: str) -> None:
+    """Drop the ``data`` of every history row of ``subject`` in ``schema`` (an erasure)."""
+    await conn.execute(
+        f"UPDATE {schema}.events SET envelope = (envelope::jsonb - 'data')::json"
+        " WHERE subject = $1 AND (envelope::jsonb) ? 'data'",
+        subject,
+    )
+
+
 async def save(
     conn: asyncpg.Connection,
     schema: str,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 import secrets
 from dataclasses import dataclass
@@ -31,6 +32,12 @@ from eventfold.secretfiles import read_or_create
 
 _KEY_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 _NONCE_BYTES = 12
+
+
+@functools.lru_cache(maxsize=16)
+def _cipher(key: bytes) -> AESGCM:
+    # Made once per key: the data keys of personal records are opened by the thousand.
+    return AESGCM(key)
 
 
 class SealError(PermanentError):
@@ -72,7 +79,7 @@ class Keyring:
         """Encrypt ``plaintext`` for ``purpose`` with the current key."""
         key_id, key = self.keys[0]
         nonce = secrets.token_bytes(_NONCE_BYTES)
-        sealed = AESGCM(key).encrypt(nonce, plaintext, purpose.encode())
+        sealed = _cipher(key).encrypt(nonce, plaintext, purpose.encode())
         return f"v1.{key_id}." + base64.urlsafe_b64encode(nonce + sealed).decode().rstrip("=")
 
     def open(self, value: str, *, purpose: str) -> bytes:
@@ -86,7 +93,7 @@ class Keyring:
             raise SealError(f"no key {key_id!r} configured (was it rotated out too early?)")
         try:
             raw = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
-            return AESGCM(key).decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], purpose.encode())
+            return _cipher(key).decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], purpose.encode())
         except (binascii.Error, ValueError, InvalidTag):
             raise SealError("the sealed value does not open (wrong key or tampered)") from None
 

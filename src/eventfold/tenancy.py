@@ -63,6 +63,8 @@ class Tenant:
     created_at: datetime
     #: Why it is suspended (None unless it is).
     reason: str | None = None
+    #: Collections whose events' data the gateway encrypts (:mod:`eventfold.datakeys`).
+    personal_collections: frozenset[str] = frozenset()
 
     def as_dict(self) -> dict[str, Any]:
         """The tenant resource of ``GET /v1/tenants/{t}``."""
@@ -72,6 +74,7 @@ class Tenant:
             "status": self.status,
             "limits": self.limits,
             "created_at": self.created_at,
+            "personal_collections": sorted(self.personal_collections),
         }
         if self.status == SUSPENDED:
             doc["reason"] = self.reason
@@ -100,7 +103,7 @@ class TenantDirectory:
             return hit[1]
         async with self._pool.acquire(timeout=5) as conn:
             row = await conn.fetchrow(
-                "SELECT id, name, status, limits, created_at, status_reason"
+                "SELECT id, name, status, limits, created_at, status_reason, personal_collections"
                 " FROM eventfold.tenants WHERE id = $1",
                 tenant_id,
             )
@@ -114,6 +117,7 @@ class TenantDirectory:
             limits=row["limits"],
             created_at=row["created_at"],
             reason=row["status_reason"],
+            personal_collections=frozenset(row["personal_collections"]),
         )
         if len(self._cache) > 10_000:
             self._cache.clear()  # bounded: a simple reset beats an LRU for this size

@@ -8,12 +8,33 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from eventfold.appkeys import HEALTH, LOG_END, METRICS, PUBLISHER, REDIS, SEND_POLICY, SETTINGS
+from eventfold.appkeys import (
+    HEALTH,
+    LOG_END,
+    METRICS,
+    POOL,
+    PUBLISHER,
+    REDIS,
+    SEND_POLICY,
+    SETTINGS,
+    TENANTS,
+)
 from eventfold.backoff import Backoff, retrying
+from eventfold.datakeys import Sealer
 from eventfold.faults import is_retriable
 from eventfold.kafka import INGEST_REQUEST_TIMEOUT_MS, make_producer
 from eventfold.publisher import Publisher
-from producers import apikeys, eventtypes, integrations, routes, tenants, webhooks, workflows
+from eventfold.sealing import keyring
+from producers import (
+    apikeys,
+    erasure,
+    eventtypes,
+    integrations,
+    routes,
+    tenants,
+    webhooks,
+    workflows,
+)
 
 log = logging.getLogger("eventfold.ingest")
 
@@ -23,6 +44,7 @@ def setup(app: web.Application) -> None:
     routes.setup_routes(app)
     tenants.setup(app)
     apikeys.setup(app)
+    erasure.setup(app)
     eventtypes.setup(app)
     integrations.setup(app)
     webhooks.setup(app)
@@ -42,6 +64,7 @@ async def _publisher_ctx(app: web.Application) -> AsyncIterator[None]:
         topic=settings.events_topic,
         policy=app.get(SEND_POLICY),
         on_acked=app[LOG_END].saw if LOG_END in app else None,
+        sealer=Sealer(app[POOL], app[TENANTS], keyring(settings)),
     )
     await retrying(
         publisher.start,

@@ -53,7 +53,8 @@ class SuspendBody(BaseModel):
 _ACCEPTED = Reply(202, "accepted: the `tenant.*` event is published", models.TenantAccepted)
 register(
     Operation(
-        "PATCH", _ONE, "Change a tenant's name or limits (platform-admin)", "tenants",
+        "PATCH", _ONE, "Change a tenant's name, limits or personal collections (platform-admin)",
+        "tenants",
         params=(TENANT, IDEMPOTENCY_KEY),
         body=TenantUpdated,
         replies=(_ACCEPTED,),
@@ -138,12 +139,14 @@ def _body(model: type[BaseModel], raw: Any, what: str) -> Any:
 
 
 async def update_tenant(request: web.Request) -> web.Response:
-    """``PATCH /v1/tenants/{t}`` ``{"name"?, "limits"?}``: publish ``tenant.updated``."""
+    """``PATCH /v1/tenants/{t}`` ``{"name"?, "limits"?, "personal_collections"?}``: publish
+    ``tenant.updated``."""
     tenant = await _tenant(request)
     body: TenantUpdated = _body(TenantUpdated, await read_json(request), "tenant change")
-    if body.name is None and body.limits is None:
+    if body.name is None and body.limits is None and body.personal_collections is None:
         raise ValidationFailed(
-            "nothing to change", errors=[FieldError("/", "send name, limits or both")]
+            "nothing to change",
+            errors=[FieldError("/", "send name, limits, personal_collections or several")],
         )
     return await _publish(request, tenant, "tenant.updated", body, _command_id(request, tenant))
 

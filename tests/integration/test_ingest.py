@@ -191,7 +191,8 @@ async def test_tenant_with_limits(api: Api) -> None:
     body = await resp.json()
     assert body["limits"] == {"requests_per_second": 5.0, "burst": 10}
     assert body["status"] == "active"
-    assert set(body) == {"id", "name", "status", "limits", "created_at"}
+    assert set(body) == {"id", "name", "status", "limits", "created_at", "personal_collections"}
+    assert body["personal_collections"] == []
 
 
 async def test_events_nested_past_the_depth_limit_are_refused_and_not_published(

@@ -19,6 +19,7 @@ from eventfold.metrics import Metrics
 from eventfold.publisher import consistency_token
 from tests.integration.conftest import Api, TenantApi
 from tests.integration.test_apikeys import create_key, with_key
+from tests.integration.test_erasure import make_personal
 
 R = "/collections/notes/records"
 
@@ -116,6 +117,8 @@ async def test_a_deleted_tenant_is_gone_for_good(
     api: Api, tenant: TenantApi, pool: asyncpg.Pool
 ) -> None:
     base = f"/v1/tenants/{tenant.id}"
+    # Its notes are personal: their data keys go with the tenant (the log unreadable).
+    await make_personal(api, tenant, "notes")
     wrote = await tenant.write("PUT", f"{R}/n1", json={"v": 1})
     key = await create_key(tenant, "bot", ("writer",))
     hook = await tenant.call(
@@ -131,6 +134,12 @@ async def test_a_deleted_tenant_is_gone_for_good(
             await asyncio.sleep(0.05)
     # The write left state behind too (its dedup memory), in the state's Redis.
     assert await redis_keys(api, f"ef:{tenant.id}:*", state=True)
+
+    async with pool.acquire() as conn:
+        keys_before = await conn.fetchval(
+            "SELECT count(*) FROM eventfold.data_keys WHERE tenant = $1", tenant.id
+        )
+    assert keys_before == 1
 
     done = await accepted(api, "DELETE", base)
     token = done["consistency_token"]
@@ -159,7 +168,13 @@ async def test_a_deleted_tenant_is_gone_for_good(
             table: await conn.fetchval(
                 f"SELECT count(*) FROM eventfold.{table} WHERE tenant = $1", tenant.id
             )
-            for table in ("api_keys", "webhooks", "webhook_positions", "projection_versions")
+            for table in (
+                "api_keys",
+                "webhooks",
+                "webhook_positions",
+                "projection_versions",
+                "data_keys",
+            )
         }
         role = await conn.fetchval(
             "SELECT count(*) FROM pg_roles WHERE rolname = $1", f"ef_t_{tenant.id}"

@@ -46,6 +46,7 @@ from eventfold.cache import (
 )
 from eventfold.cachefill import Key
 from eventfold.checkpoints import CheckpointWatcher
+from eventfold.datakeys import ERASED
 from eventfold.faults import is_retriable
 from eventfold.fold import RECORD_TYPES
 from eventfold.ids import is_valid
@@ -298,7 +299,9 @@ def _record_keys(values: Iterable[bytes | None]) -> dict[str, set[Key]]:
             doc = orjson.loads(value)
         except orjson.JSONDecodeError:
             continue  # the projector dead-letters it; nothing of ours to refresh
-        if not isinstance(doc, dict) or doc.get("type") not in RECORD_TYPES:
+        if not isinstance(doc, dict) or (
+            doc.get("type") not in RECORD_TYPES and doc.get("type") != ERASED
+        ):
             continue
         tenant, subject = doc.get("tenant"), doc.get("subject")
         if not isinstance(tenant, str) or not is_valid("tenant", tenant):

@@ -24,6 +24,7 @@ from aiokafka.errors import IllegalStateError, KafkaError
 from consumers.runtime import membership
 from consumers.runtime.membership import leave_on_stop
 from eventfold.backoff import Backoff, retrying
+from eventfold.datakeys import Sealer
 from eventfold.kafka import make_producer
 from eventfold.metrics import Metrics
 from eventfold.publisher import Publisher
@@ -183,16 +184,23 @@ async def caught_up(consumer: AIOKafkaConsumer) -> bool:
 
 
 async def start_publisher(
-    settings: Settings, metrics: Metrics, stop: asyncio.Event, *, client_id: str
+    settings: Settings,
+    metrics: Metrics,
+    stop: asyncio.Event,
+    *,
+    client_id: str,
+    sealer: Sealer | None = None,
 ) -> Publisher:
     """A processor's :class:`~eventfold.publisher.Publisher` to the events topic, started:
     retrying while Kafka is away, and not at all once ``stop`` is set (the caller's
-    loop then ends at once; it stops the publisher either way)."""
+    loop then ends at once; it stops the publisher either way). A processor that may
+    write records passes a ``sealer`` (:class:`~eventfold.datakeys.Sealer`)."""
     publisher = Publisher(
         functools.partial(make_producer, settings, client_id=client_id),
         None,
         metrics,
         topic=settings.events_topic,
+        sealer=sealer,
     )
     try:
         await retrying(

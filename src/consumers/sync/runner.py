@@ -53,6 +53,7 @@ from consumers.sync.connectors import (
 )
 from eventfold import actors, tracing
 from eventfold.backoff import retry_delay
+from eventfold.datakeys import Sealer
 from eventfold.egress import AllowList, guarded_session
 from eventfold.events.integration import PollConfig, headers_purpose
 from eventfold.metrics import Metrics
@@ -70,6 +71,7 @@ from eventfold.syncpages import (
     record_event,
     store_states,
 )
+from eventfold.tenancy import TenantDirectory
 
 log = logging.getLogger("eventfold.sync")
 
@@ -140,6 +142,10 @@ class SyncRunner:
         self._running: set[asyncio.Task[None]] = set()
         self._ready = False
 
+    def _sealer(self) -> Sealer:
+        """Encrypts what this processor writes into personal collections."""
+        return Sealer(self.pool, TenantDirectory(self.pool), keyring(self.settings))
+
     def is_ready(self) -> bool:
         """Whether the runner claims integrations: its publisher to Kafka started and its
         last look for due integrations (the first one included) answered."""
@@ -149,7 +155,7 @@ class SyncRunner:
         """Claim and run due integrations until ``stop`` (or once, in ``burst`` mode)."""
         stop = stop or asyncio.Event()
         publisher = await start_publisher(
-            self.settings, self.metrics, stop, client_id="eventfold-sync"
+            self.settings, self.metrics, stop, client_id="eventfold-sync", sealer=self._sealer()
         )
         allow = AllowList.parse(self.settings.webhook_allow_hosts)
         session = guarded_session(allow, limit=self.settings.sync_concurrency * 2)

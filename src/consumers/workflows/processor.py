@@ -22,12 +22,14 @@ from consumers.workflows.publishing import GroupPublisher
 from consumers.workflows.store import Claimed, InboxRow, Release, Save
 from eventfold import actors, tracing
 from eventfold.backoff import Backoff
+from eventfold.datakeys import Sealer
 from eventfold.db import WORKFLOW_CHANNEL, connect
 from eventfold.egress import AllowList, guarded_session
 from eventfold.envelope import CloudEvent
 from eventfold.metrics import Metrics
 from eventfold.sealing import SealError, keyring
 from eventfold.settings import Settings
+from eventfold.tenancy import TenantDirectory
 from eventfold.workflows import ids, machine
 from eventfold.workflows.context import render
 from eventfold.workflows.definition import HEADERS_PURPOSE
@@ -102,6 +104,10 @@ class WorkflowProcessor:
             key=lambda r: r.run,
         )
 
+    def _sealer(self) -> Sealer:
+        """Encrypts what this processor writes into personal collections."""
+        return Sealer(self.pool, TenantDirectory(self.pool), keyring(self.settings))
+
     def is_ready(self) -> bool:
         """Whether it takes triggers and drives runs: its publisher to Kafka started and
         its last round on PostgreSQL (the first one included) answered."""
@@ -111,7 +117,11 @@ class WorkflowProcessor:
         """Work until ``stop`` is set (or, in burst mode, until nothing is due)."""
         stop = stop or asyncio.Event()
         kafka = await start_publisher(
-            self.settings, self.metrics, stop, client_id="eventfold-workflows"
+            self.settings,
+            self.metrics,
+            stop,
+            client_id="eventfold-workflows",
+            sealer=self._sealer(),
         )
         publisher = GroupPublisher(kafka)
         # No cap per host below the processor's own: the caps per tenant keep one

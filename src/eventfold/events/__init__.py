@@ -21,7 +21,7 @@ from eventfold.events.integration import (
     IntegrationDeleted,
     IntegrationUpdated,
 )
-from eventfold.events.record import RecordDeleted, RecordPatched, RecordUpserted
+from eventfold.events.record import RecordDeleted, RecordErased, RecordPatched, RecordUpserted
 from eventfold.events.tenant import (
     OperatorAction,
     TenantCreated,
@@ -108,6 +108,13 @@ REGISTRY: dict[str, EventType] = {
         EventType(
             "record.deleted", 1, RecordDeleted, "record",
             "A record was deleted; data is absent or an empty object.",
+        ),
+        EventType(
+            "record.erased", 1, RecordErased, "record",
+            "A tenant admin erased a personal record: its data keys are destroyed, so its"
+            " events in the log and the archive are unreadable; the record reads 404 and its"
+            " history keeps no data.",
+            publishable=False,
         ),
         EventType(
             "apikey.created", 1, ApiKeyCreated, "apikey",

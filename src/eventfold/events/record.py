@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import ConfigDict, RootModel, field_validator
 
@@ -22,14 +22,28 @@ def _no_properties(schema: dict[str, Any]) -> None:
             branch["maxProperties"] = 0
 
 
-class RecordDeleted(RootModel[dict[str, Any] | None]):
-    """``record.deleted``: no data (absent, null or an empty object)."""
+class _NoData(RootModel[dict[str, Any] | None]):
+    """An event with no data (absent, null or an empty object)."""
 
     model_config = ConfigDict(json_schema_extra=_no_properties)
+    #: The event type, for the error message.
+    event_type: ClassVar[str]
 
     @field_validator("root")
     @classmethod
     def _empty(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         if value:
-            raise ValueError("record.deleted carries no data")
+            raise ValueError(f"{cls.event_type} carries no data")
         return value
+
+
+class RecordDeleted(_NoData):
+    """``record.deleted``: no data (absent, null or an empty object)."""
+
+    event_type = "record.deleted"
+
+
+class RecordErased(_NoData):
+    """``record.erased``: no data; the record's data keys are destroyed (crypto-shredding)."""
+
+    event_type = "record.erased"

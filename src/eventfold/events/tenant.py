@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from eventfold import ids
+
+#: A collection's name, as in record paths.
+CollectionName = Annotated[
+    str, Field(pattern=f"^{ids.COLLECTION.pattern}$", min_length=1, max_length=63)
+]
 
 
 class TenantLimits(BaseModel):
@@ -34,12 +39,19 @@ class TenantCreated(BaseModel):
 
 
 class TenantUpdated(BaseModel):
-    """``tenant.updated``: a new display name and/or limits (what is absent stays)."""
+    """``tenant.updated``: a new display name, limits and/or personal collections (what is
+    absent stays)."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str | None = Field(default=None, min_length=1, max_length=200)
     limits: TenantLimits | None = None
+    personal_collections: list[CollectionName] | None = Field(
+        default=None,
+        max_length=100,
+        description="collections whose events' data is encrypted with a key per record, "
+        "so an erasure can make the log forget one (the whole list; [] for none)",
+    )
 
 
 class TenantSuspended(BaseModel):

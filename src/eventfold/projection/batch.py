@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,8 @@ from typing import Any
 import asyncpg
 import orjson
 
-from eventfold import db, deadletters, readmodel
+from eventfold import datakeys, db, deadletters, readmodel
+from eventfold.datakeys import ERASED
 from eventfold.deadletters import DeadLetter
 from eventfold.envelope import CloudEvent, decode_event
 from eventfold.eventtypes.names import is_custom
@@ -29,7 +31,7 @@ from eventfold.faults import is_retriable
 from eventfold.fold import RECORD_TYPES, Outcome, Record, apply
 from eventfold.ids import is_valid
 from eventfold.livefeed import LiveEvent
-from eventfold.projection import eventtypes, tenants, workflows
+from eventfold.projection import eventtypes, tenants, webhooks, workflows
 from eventfold.projection.handlers import HANDLERS
 from eventfold.readmodel import Target
 from eventfold.replay import is_replay
@@ -372,7 +374,8 @@ def _lookups(items: Sequence[LogEvent]) -> Lookups:
     """Each item's record key (None for other types or a bad subject), and its event ids."""
     keys = [
         _record_key(i.event.subject or "")
-        if i.event is not None and (i.event.type in RECORD_TYPES or is_custom(i.event.type))
+        if i.event is not None
+        and (i.event.type in RECORD_TYPES or i.event.type == ERASED or is_custom(i.event.type))
         else None
         for i in items
     ]
@@ -454,6 +457,7 @@ async def fold_tenant(
     ``result``. A rebuild calls it directly with a shadow target.
     """
     tenant = target.tenant
+    items = await _opened(conn, tenant, items)
     keys, ids = lookups if lookups is not None else _lookups(items)
     state_now = await (loaded if loaded is not None else _load(conn, target.schema, ids, keys))
     await workflows.begin_batch(conn, target, [i.event for i in items])
@@ -487,6 +491,9 @@ async def fold_tenant(
         seen.add(ev.id)
         at = ev.time or datetime.fromtimestamp(item.timestamp_ms / 1000, UTC)
         outcome = await _apply_one(conn, target, ev, key, at, registered, state, changed)
+        if ev.type == ERASED and outcome.status == "applied" and ev.subject is not None:
+            # This batch's history of the record is not written yet: it goes without data too.
+            history = [h if h.subject != ev.subject else _without_data(h) for h in history]
         if ev.type == "tenant.deleted" and outcome.status == "applied" and not target.shadow:
             # The tenant is gone: its schema (with this batch's history of it) goes
             # now, and its events after this one are folded into nothing.
@@ -515,7 +522,7 @@ async def fold_tenant(
                 offset=item.offset,
                 envelope=item.raw.decode()
                 if item.raw is not None and ev.time is not None
-                else orjson.dumps(ev.to_dict()).decode(),
+                else ev.to_json().decode(),
             )
         )
         extra = ev.model_extra or {}
@@ -557,6 +564,8 @@ async def _apply_one(
         )
         registered.add(tenant)
         return Outcome("applied")
+    if ev.type == ERASED:
+        return await _erase(conn, target, ev, key, at, state, changed)
     record_type, payload = ev.type, ev.data
     if ev.type not in RECORD_TYPES and is_custom(ev.type):
         # A tenant type projected into a record folds as the record event it stands for.
@@ -584,6 +593,55 @@ async def _apply_one(
         return await handler(conn, target, ev, at)
     # Types with no projection of their own are kept in the history only.
     return Outcome("applied")
+
+
+async def _opened(conn: asyncpg.Connection, tenant: str, items: list[LogEvent]) -> list[LogEvent]:
+    """``items`` with encrypted data opened, or left out where the record was erased
+    (:mod:`eventfold.datakeys`); the history keeps what is folded."""
+    if not any(i.event is not None and datakeys.is_encrypted(i.event) for i in items):
+        return items
+    pairs = [(i.event, i.raw) for i in items if i.event is not None]
+    opened = iter(await datakeys.cache().open_all(conn, tenant, pairs))
+    out: list[LogEvent] = []
+    for item in items:
+        if item.event is None:
+            out.append(item)
+            continue
+        ev, raw = next(opened)
+        out.append(item if ev is item.event else dataclasses.replace(item, event=ev, raw=raw))
+    return out
+
+
+async def _erase(
+    conn: asyncpg.Connection,
+    target: Target,
+    ev: CloudEvent,
+    key: tuple[str, str] | None,
+    at: datetime,
+    state: dict[tuple[str, str], Record | None],
+    changed: dict[tuple[str, str], tuple[Record, str]],
+) -> Outcome:
+    """``record.erased``: the record becomes a tombstone without data (a version up, so a
+    cached copy is replaced), its history and its webhook deliveries lose their data."""
+    if key is None or ev.subject is None:
+        return Outcome("rejected", "subject must be {collection}/{id}")
+    record = state.get(key)
+    if record is not None:
+        gone = Record(record.version + 1, None, record.created_at, at)
+        state[key] = gone
+        changed[key] = (gone, ev.id)
+    # What comes after this in the log reads the record's keys again (destroyed), as a
+    # replay does: a process that still held them would fold it otherwise.
+    datakeys.cache().forget(target.tenant, ev.subject)
+    await readmodel.erase_history_data(conn, target.schema, ev.subject)
+    if not target.shadow:
+        await webhooks.erase_delivery_data(conn, target.tenant, ev.subject)
+    return Outcome("applied")
+
+
+def _without_data(row: readmodel.HistoryRow) -> readmodel.HistoryRow:
+    doc = orjson.loads(row.envelope)
+    return dataclasses.replace(row, envelope=orjson.dumps(datakeys.strip_data(doc)).decode())
 
 
 @lru_cache(maxsize=16_384)

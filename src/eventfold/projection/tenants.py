@@ -47,6 +47,9 @@ _TENANT_ROWS = (
     ),
     ("integrations", "tenant = $1"),
     ("api_keys", "tenant = $1"),
+    # Its records' data keys: the tenant's encrypted data in the log and the archive
+    # can never be read again.
+    ("data_keys", "tenant = $1"),
     ("event_types", "tenant = $1"),
     ("workflow_inbox", "tenant = $1"),
     ("workflow_runs", "tenant = $1"),
@@ -78,7 +81,7 @@ async def _set(
 async def tenant_updated(
     conn: asyncpg.Connection, target: Target, ev: CloudEvent, at: datetime
 ) -> Outcome:
-    """Set the name and/or limits the event carries."""
+    """Set the name, limits and/or personal collections the event carries."""
     try:
         data = TenantUpdated.model_validate(ev.data)
     except ValidationError as exc:
@@ -87,10 +90,12 @@ async def tenant_updated(
         conn,
         target,
         ev,
-        "UPDATE eventfold.tenants SET name = coalesce($2, name), limits = coalesce($3, limits)"
+        "UPDATE eventfold.tenants SET name = coalesce($2, name), limits = coalesce($3, limits),"
+        " personal_collections = coalesce($4, personal_collections)"
         " WHERE id = $1 AND status <> 'deleted' RETURNING true",
         data.name,
         None if data.limits is None else data.limits.model_dump(mode="json"),
+        None if data.personal_collections is None else sorted(set(data.personal_collections)),
     )
 
 

@@ -79,3 +79,15 @@ async def webhook_deleted(
     if not deleted:
         return Outcome("rejected", f"no webhook {data.id} in tenant {tenant}")
     return APPLIED
+
+
+async def erase_delivery_data(conn: asyncpg.Connection, tenant: str, subject: str) -> None:
+    """Drop the ``data`` of the stored bodies of ``subject``'s deliveries (an erasure):
+    pending ones go out without it, a redrive of dead ones too."""
+    await conn.execute(
+        "UPDATE eventfold.webhook_deliveries"
+        " SET body = convert_to((convert_from(body, 'UTF8')::jsonb - 'data')::text, 'UTF8')"
+        " WHERE tenant = $1 AND subject = $2",
+        tenant,
+        subject,
+    )

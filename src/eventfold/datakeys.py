@@ -1,0 +1,337 @@
+"""Crypto-shredding: one data key per personal record, so the immutable log can forget it.
+
+Kafka and the S3 archive never change what they hold, so a person's data in
+them is made unreadable instead of removed. A tenant marks collections as
+personal (``PATCH /v1/tenants/{t}`` ``{"personal_collections": [...]}``);
+every publisher (the gateway, the workflow and sync processors) then encrypts
+the ``data`` of each event whose subject is in one of them with that record's
+key (AES-256-GCM) before Kafka has it (:class:`Sealer`). The envelope keeps
+everything else in clear (type, subject, time, actor) and names its key in the
+``datakey`` extension; ``data`` becomes the base64url string of
+``nonce || ciphertext || tag``, bound to the tenant, subject, event id and type
+(associated data), so a ciphertext cannot be moved to another event.
+
+Keys live in ``eventfold.data_keys``, sealed by the process keyring
+(:mod:`eventfold.sealing`, re-sealed by ``eventfold keys rotate``). The fold
+opens an event's data with its key (:class:`KeyCache`); once the key is
+destroyed it folds the event without data, the same live, in a redrive and in
+a replay. An erasure (``POST /v1/tenants/{t}/erasure``) destroys the record's
+keys and publishes ``record.erased``, which makes the record a tombstone and
+removes the data the projection already held. Deleting a tenant destroys every
+key it had.
+
+Publishers keep the keys they used in memory, per tenant, for as long as their
+tenant directory keeps the tenant: an erasure notifies every process that
+listens (the API and gateway processes forget the tenant at its commit), the
+others read the tenant again within the directory's lifetime (30 s). A write
+that races with the erasure of its record inside that window is encrypted with
+the destroyed key: it is folded without its data, like the record's earlier
+events (the erasure wins). The fold forgets a record's keys when it folds its
+``record.erased``, so what comes after it in the log is folded the same live
+and in a replay.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import orjson
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from eventfold.envelope import CloudEvent
+from eventfold.errors import PermanentError
+from eventfold.sealing import Keyring, SealError, keyring
+from eventfold.settings import Settings
+from eventfold.tenancy import DELETED, Tenant, TenantDirectory
+
+#: The extension naming the key an event's ``data`` is encrypted with.
+KEY_EXTENSION = "datakey"
+#: The event an erasure publishes (its subject is the erased record).
+ERASED = "record.erased"
+_NONCE_BYTES = 12
+#: Keys kept in memory per process, by a publisher and by the fold.
+_CACHE_SIZE = 100_000
+#: Rounds of "make the missing keys" before giving up (another process making the
+#: same record's key at once makes a round miss it).
+_ATTEMPTS = 3
+
+
+class DataKeyError(PermanentError):
+    """An encrypted event that cannot be opened although its key exists (tampered, or
+    sealed with a key the keyring no longer has): a dead letter, never dropped data."""
+
+
+@dataclass(frozen=True, slots=True)
+class DataKey:
+    """A record's key: its id (in events) and the cipher made from its 32 bytes."""
+
+    id: str
+    cipher: AESGCM
+
+    @classmethod
+    def of(cls, key_id: str, key: bytes) -> DataKey:
+        """The key ``key_id`` with the bytes ``key``."""
+        return cls(key_id, AESGCM(key))
+
+
+def is_encrypted(event: CloudEvent) -> bool:
+    """Whether ``event``'s data is encrypted with a data key."""
+    return KEY_EXTENSION in (event.model_extra or {})
+
+
+def _purpose(tenant: str) -> str:
+    # A key sealed for one tenant does not open as another's.
+    return f"datakey:{tenant}"
+
+
+def _associated(event: CloudEvent) -> bytes:
+    return "\x1f".join((event.tenant or "", event.subject or "", event.id, event.type)).encode()
+
+
+def encrypt(event: CloudEvent, key: DataKey) -> CloudEvent:
+    """``event`` with its ``data`` encrypted with ``key`` and the key named in ``datakey``.
+
+    The event must carry its tenant (stamped) and its final id.
+    """
+    nonce = secrets.token_bytes(_NONCE_BYTES)
+    sealed = key.cipher.encrypt(nonce, orjson.dumps(event.data), _associated(event))
+    text = base64.urlsafe_b64encode(nonce + sealed).decode().rstrip("=")
+    return event.model_copy(update={"data": text, KEY_EXTENSION: key.id})
+
+
+def decrypt_bytes(event: CloudEvent, key: DataKey) -> bytes:
+    """The JSON of ``event``'s data, decrypted; :class:`DataKeyError` when it does not open."""
+    if not isinstance(event.data, str):
+        raise DataKeyError(f"event {event.id}: encrypted data is not a string")
+    try:
+        raw = base64.urlsafe_b64decode(event.data + "=" * (-len(event.data) % 4))
+        return key.cipher.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], _associated(event))
+    except (binascii.Error, ValueError, InvalidTag):
+        raise DataKeyError(f"event {event.id}: its data does not open with its key") from None
+
+
+def decrypt(event: CloudEvent, key: DataKey) -> CloudEvent:
+    """``event`` with its ``data`` in clear again (the ``datakey`` extension stays)."""
+    return event.model_copy(update={"data": orjson.loads(decrypt_bytes(event, key))})
+
+
+def erased(event: CloudEvent) -> CloudEvent:
+    """``event`` as it is folded once its key is destroyed: everything but its data."""
+    return event.model_copy(update={"data": None})
+
+
+async def live_keys(
+    conn: asyncpg.Connection, keyring: Keyring, tenant: str, subjects: Sequence[str]
+) -> dict[str, DataKey]:
+    """The live key of each of ``subjects``, made for those that have none (one statement;
+    committed before anything is encrypted with it, so no event outlives its key)."""
+    wanted = sorted(set(subjects))
+    keys: dict[str, DataKey] = {}
+    for _ in range(_ATTEMPTS):
+        fresh = {s: secrets.token_bytes(32) for s in wanted if s not in keys}
+        ids = {s: "dk_" + secrets.token_urlsafe(16) for s in fresh}
+        rows = await conn.fetch(
+            """WITH wanted (s, i, k) AS (
+                 SELECT * FROM unnest($2::text[], $3::text[], $4::text[])
+               ), made AS (
+                 INSERT INTO eventfold.data_keys (id, tenant, subject, sealed)
+                 SELECT i, $1, s, k FROM wanted
+                 ON CONFLICT (tenant, subject) WHERE destroyed_at IS NULL DO NOTHING
+                 RETURNING subject, id, sealed
+               )
+               SELECT subject, id, sealed FROM made
+               UNION ALL
+               SELECT d.subject, d.id, d.sealed FROM eventfold.data_keys d
+               JOIN wanted w ON d.subject = w.s
+               WHERE d.tenant = $1 AND d.destroyed_at IS NULL""",
+            tenant,
+            list(fresh),
+            [ids[s] for s in fresh],
+            [keyring.seal(k, purpose=_purpose(tenant)) for k in fresh.values()],
+        )
+        for r in rows:
+            made = ids.get(r["subject"]) == r["id"]
+            key = (
+                fresh[r["subject"]] if made else keyring.open(r["sealed"], purpose=_purpose(tenant))
+            )
+            keys[r["subject"]] = DataKey.of(r["id"], key)
+        if len(keys) == len(wanted):
+            return keys
+        # Another process made one of them after this statement's snapshot: read it next.
+    raise DataKeyError(f"no data keys for {tenant}: {[s for s in wanted if s not in keys][:3]}")
+
+
+async def destroy(conn: asyncpg.Connection, tenant: str, subject: str) -> int:
+    """Destroy the record's live keys; how many there were."""
+    done: str = await conn.execute(
+        "UPDATE eventfold.data_keys SET sealed = NULL, destroyed_at = now()"
+        " WHERE tenant = $1 AND subject = $2 AND destroyed_at IS NULL",
+        tenant,
+        subject,
+    )
+    return int(done.split()[-1])
+
+
+class Sealer:
+    """Encrypts the personal events of a publish (given to every process's
+    :class:`~eventfold.publisher.Publisher`: whoever writes into a personal collection,
+    its data reaches the log encrypted)."""
+
+    def __init__(self, pool: asyncpg.Pool, tenants: TenantDirectory, keyring: Keyring) -> None:
+        self._pool = pool
+        self._tenants = tenants
+        self.keyring = keyring
+        #: Per tenant: the directory's entry the keys were used under, and the keys.
+        #: A new entry (the tenant read again: changed, erased, or its lifetime over)
+        #: starts afresh, so a destroyed key is not used past it.
+        self._keys: dict[str, tuple[Tenant, dict[str, DataKey]]] = {}
+        self._held = 0
+
+    async def seal(self, tenant: str, events: Sequence[CloudEvent]) -> list[CloudEvent]:
+        """``events`` with the data of those in personal collections encrypted."""
+        out = list(events)
+        candidates = [
+            n
+            for n, ev in enumerate(out)
+            if ev.data is not None and ev.subject and "/" in ev.subject and not is_encrypted(ev)
+        ]
+        if not candidates:
+            return out
+        found = await self._tenants.get(tenant)
+        # A deleted tenant's events are folded into nothing: no key is made for them.
+        if found is None or found.status == DELETED or not found.personal_collections:
+            return out
+        personal = found.personal_collections
+        which = [n for n in candidates if str(out[n].subject).split("/", 1)[0] in personal]
+        if not which:
+            return out
+        keys = await self._keys_for(found, {str(out[n].subject) for n in which})
+        for n in which:
+            out[n] = encrypt(out[n], keys[str(out[n].subject)])
+        return out
+
+    async def _keys_for(self, tenant: Tenant, subjects: set[str]) -> dict[str, DataKey]:
+        held = self._keys.get(tenant.id)
+        if held is None or held[0] is not tenant:
+            if held is not None:
+                self._held -= len(held[1])
+            held = self._keys[tenant.id] = (tenant, {})
+        keys = held[1]
+        missing = [s for s in subjects if s not in keys]
+        if missing:
+            async with self._pool.acquire(timeout=5) as conn:
+                found = await live_keys(conn, self.keyring, tenant.id, missing)
+            if self._held + len(found) > _CACHE_SIZE:
+                self._keys = {tenant.id: held}  # bounded: a reset beats an LRU for this
+                self._held = len(keys)
+            keys.update(found)
+            self._held += len(found)
+        return keys
+
+
+class KeyCache:
+    """Opened keys by id, for the fold (``None``: destroyed, or not this tenant's)."""
+
+    def __init__(self, keyring: Keyring) -> None:
+        self.keyring = keyring
+        self._keys: OrderedDict[str, DataKey | None] = OrderedDict()
+        #: (tenant, subject) -> the ids loaded for it, to forget them on its erasure.
+        self._by_subject: dict[tuple[str, str], set[str]] = {}
+
+    async def load(self, conn: asyncpg.Connection, tenant: str, ids: set[str]) -> None:
+        """Read the keys of ``ids`` not in memory (unknown ids count as destroyed)."""
+        missing = [i for i in ids if i not in self._keys]
+        if not missing:
+            return
+        rows = await conn.fetch(
+            "SELECT id, tenant, subject, sealed FROM eventfold.data_keys"
+            " WHERE id = ANY($1::text[])",
+            missing,
+        )
+        found = {r["id"]: r for r in rows}
+        for key_id in missing:
+            row = found.get(key_id)
+            # A key of another tenant is no key of this one (an event cannot borrow it).
+            if row is None or row["sealed"] is None or row["tenant"] != tenant:
+                self._put(key_id, None)
+                continue
+            try:
+                key = self.keyring.open(row["sealed"], purpose=_purpose(tenant))
+            except SealError as exc:
+                raise DataKeyError(f"data key {key_id}: {exc}") from None
+            self._put(key_id, DataKey.of(key_id, key))
+            self._by_subject.setdefault((tenant, row["subject"]), set()).add(key_id)
+
+    def forget(self, tenant: str, subject: str) -> None:
+        """Drop the record's keys (its erasure is folded: what follows reads them again)."""
+        for key_id in self._by_subject.pop((tenant, subject), ()):
+            self._keys.pop(key_id, None)
+
+    def _put(self, key_id: str, key: DataKey | None) -> None:
+        self._keys[key_id] = key
+        if len(self._keys) > _CACHE_SIZE:
+            self._keys.popitem(last=False)
+            if len(self._by_subject) > _CACHE_SIZE:
+                self._by_subject.clear()  # only a hint for forget(): its keys are gone too
+
+    async def open_all(
+        self,
+        conn: asyncpg.Connection,
+        tenant: str,
+        items: Sequence[tuple[CloudEvent, bytes | None]],
+    ) -> list[tuple[CloudEvent, bytes | None]]:
+        """Each ``(event, raw envelope)`` with its data decrypted, or removed where the key
+        is destroyed; the raw envelope in clear when it can be made by replacing the
+        ciphertext with the plain JSON (else None: the caller serialises the event)."""
+        wanted = {str((e.model_extra or {})[KEY_EXTENSION]) for e, _ in items if is_encrypted(e)}
+        if not wanted:
+            return list(items)
+        await self.load(conn, tenant, wanted)
+        out: list[tuple[CloudEvent, bytes | None]] = []
+        for ev, raw in items:
+            if not is_encrypted(ev):
+                out.append((ev, raw))
+                continue
+            key = self._keys.get(str((ev.model_extra or {})[KEY_EXTENSION]))
+            if key is None:
+                out.append((erased(ev), None))
+                continue
+            plain = decrypt_bytes(ev, key)
+            opened = ev.model_copy(update={"data": orjson.loads(plain)})
+            needle = b'"data":"' + str(ev.data).encode() + b'"'
+            clear = raw.replace(needle, b'"data":' + plain) if raw and needle in raw else None
+            out.append((opened, clear))
+        return out
+
+
+_cache: KeyCache | None = None
+
+
+def configure(keyring: Keyring) -> KeyCache:
+    """Use ``keyring`` to open data keys in this process (:func:`cache` falls back to the
+    environment's settings)."""
+    global _cache
+    _cache = KeyCache(keyring)
+    return _cache
+
+
+def cache() -> KeyCache:
+    """The process's key cache for the fold (configured from the environment on first use)."""
+    if _cache is None:
+        return configure(keyring(Settings.from_env()))
+    return _cache
+
+
+def strip_data(envelope: Any) -> Any:
+    """An envelope (dict) without its ``data``: what history keeps of an erased record."""
+    if isinstance(envelope, dict):
+        return {k: v for k, v in envelope.items() if k != "data"}
+    return envelope
