@@ -25,6 +25,7 @@ from eventfold.openapi import (
     Reply,
     register,
 )
+from eventfold.tenancy import TENANT_COLUMNS, Tenant
 from eventfold.web import after_cursor, authenticate, authorize_tenant, json_response, query_int
 
 _KIND = "tenants"
@@ -83,18 +84,18 @@ async def get_tenant(request: web.Request) -> web.Response:
 
 
 async def list_tenants(request: web.Request) -> web.Response:
-    """``{"items": [{"id", "name", "status", "limits", "created_at"}], "next"}``, by id."""
+    """``{"items": [tenant, …], "next"}`` by id; each item as ``GET /v1/tenants/{t}``."""
     (await authenticate(request)).require("platform-admin")
     limit = query_int(request, "limit", 50, 1, 1000)
     after = after_cursor(request, _KIND, "")
     async with request.app[POOL].acquire(timeout=5) as conn:
         rows = await conn.fetch(
-            "SELECT id, name, status, limits, created_at FROM eventfold.tenants"
-            " WHERE id > $1 ORDER BY id LIMIT $2",
+            f"SELECT {TENANT_COLUMNS} FROM eventfold.tenants WHERE id > $1 ORDER BY id LIMIT $2",
             after,
             limit + 1,
         )
-    page = [dict(r) for r in rows[:limit]]
+    # The same resource as GET /v1/tenants/{t}, each of them.
+    page = [Tenant.from_row(r).as_dict() for r in rows[:limit]]
     nxt = request.app[CURSORS].encode(_KIND, page[-1]["id"]) if len(rows) > limit else None
     return json_response({"items": page, "next": nxt})
 

@@ -7,7 +7,7 @@ every publisher (the gateway, the workflow and sync processors) then encrypts
 the ``data`` of each event whose subject is in one of them with that record's
 key (AES-256-GCM) before Kafka has it (:class:`Sealer`). The envelope keeps
 everything else in clear (type, subject, time, actor) and names its key in the
-``datakey`` extension; ``data`` becomes the base64url string of
+``datakey`` extension; ``data`` becomes the base64 string of
 ``nonce || ciphertext || tag``, bound to the tenant, subject, event id and type
 (associated data), so a ciphertext cannot be moved to another event.
 
@@ -33,7 +33,6 @@ and in a replay.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import secrets
 from collections import OrderedDict
@@ -48,6 +47,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from eventfold.envelope import CloudEvent
 from eventfold.errors import PermanentError
+from eventfold.groupcommit import Batcher
 from eventfold.sealing import Keyring, SealError, keyring
 from eventfold.settings import Settings
 from eventfold.tenancy import DELETED, Tenant, TenantDirectory
@@ -103,7 +103,7 @@ def encrypt(event: CloudEvent, key: DataKey) -> CloudEvent:
     """
     nonce = secrets.token_bytes(_NONCE_BYTES)
     sealed = key.cipher.encrypt(nonce, orjson.dumps(event.data), _associated(event))
-    text = base64.urlsafe_b64encode(nonce + sealed).decode().rstrip("=")
+    text = binascii.b2a_base64(nonce + sealed, newline=False).decode()
     return event.model_copy(update={"data": text, KEY_EXTENSION: key.id})
 
 
@@ -112,7 +112,7 @@ def decrypt_bytes(event: CloudEvent, key: DataKey) -> bytes:
     if not isinstance(event.data, str):
         raise DataKeyError(f"event {event.id}: encrypted data is not a string")
     try:
-        raw = base64.urlsafe_b64decode(event.data + "=" * (-len(event.data) % 4))
+        raw = binascii.a2b_base64(event.data, strict_mode=True)
         return key.cipher.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], _associated(event))
     except (binascii.Error, ValueError, InvalidTag):
         raise DataKeyError(f"event {event.id}: its data does not open with its key") from None
@@ -194,6 +194,10 @@ class Sealer:
         #: starts afresh, so a destroyed key is not used past it.
         self._keys: dict[str, tuple[Tenant, dict[str, DataKey]]] = {}
         self._held = 0
+        #: Keys that concurrent publishes need made go out together (group commit).
+        self._maker: Batcher[tuple[str, tuple[str, ...]], dict[str, DataKey]] = Batcher(
+            self._make_many, None, name="data-keys"
+        )
 
     async def seal(self, tenant: str, events: Sequence[CloudEvent]) -> list[CloudEvent]:
         """``events`` with the data of those in personal collections encrypted."""
@@ -227,14 +231,26 @@ class Sealer:
         keys = held[1]
         missing = [s for s in subjects if s not in keys]
         if missing:
-            async with self._pool.acquire(timeout=5) as conn:
-                found = await live_keys(conn, self.keyring, tenant.id, missing)
+            found = await self._maker.submit((tenant.id, tuple(missing)))
             if self._held + len(found) > _CACHE_SIZE:
                 self._keys = {tenant.id: held}  # bounded: a reset beats an LRU for this
                 self._held = len(keys)
             keys.update(found)
             self._held += len(found)
         return keys
+
+    async def _make_many(
+        self, asks: Sequence[tuple[str, tuple[str, ...]]]
+    ) -> list[dict[str, DataKey]]:
+        """The keys each ``(tenant, subjects)`` asks for: one statement per tenant."""
+        wanted: dict[str, set[str]] = {}
+        for tenant, subjects in asks:
+            wanted.setdefault(tenant, set()).update(subjects)
+        async with self._pool.acquire(timeout=5) as conn:
+            found = {
+                t: await live_keys(conn, self.keyring, t, sorted(s)) for t, s in wanted.items()
+            }
+        return [{s: found[t][s] for s in subjects} for t, subjects in asks]
 
 
 class KeyCache:
@@ -306,8 +322,13 @@ class KeyCache:
                 continue
             plain = decrypt_bytes(ev, key)
             opened = ev.model_copy(update={"data": orjson.loads(plain)})
-            needle = b'"data":"' + str(ev.data).encode() + b'"'
-            clear = raw.replace(needle, b'"data":' + plain) if raw and needle in raw else None
+            clear = None
+            if raw is not None:
+                needle = b'"data":"' + str(ev.data).encode() + b'"'
+                spliced = raw.replace(needle, b'"data":' + plain, 1)
+                # The ciphertext's base64 is longer than the plain JSON: a length that did
+                # not change is a needle not found (an envelope written another way).
+                clear = spliced if len(spliced) != len(raw) else None
             out.append((opened, clear))
         return out
 

@@ -52,6 +52,10 @@ ACTIVE, SUSPENDED, DELETED = "active", "suspended", "deleted"
 _READS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
+#: The columns of ``eventfold.tenants`` a :class:`Tenant` is made of.
+TENANT_COLUMNS = "id, name, status, limits, created_at, status_reason, personal_collections"
+
+
 @dataclass(frozen=True, slots=True)
 class Tenant:
     """A registered tenant as the API shows it."""
@@ -65,6 +69,19 @@ class Tenant:
     reason: str | None = None
     #: Collections whose events' data the gateway encrypts (:mod:`eventfold.datakeys`).
     personal_collections: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_row(cls, row: Any) -> Tenant:
+        """The tenant of an ``eventfold.tenants`` row (:data:`TENANT_COLUMNS`)."""
+        return cls(
+            id=row["id"],
+            name=row["name"],
+            status=row["status"],
+            limits=row["limits"],
+            created_at=row["created_at"],
+            reason=row["status_reason"],
+            personal_collections=frozenset(row["personal_collections"]),
+        )
 
     def as_dict(self) -> dict[str, Any]:
         """The tenant resource of ``GET /v1/tenants/{t}``."""
@@ -103,22 +120,12 @@ class TenantDirectory:
             return hit[1]
         async with self._pool.acquire(timeout=5) as conn:
             row = await conn.fetchrow(
-                "SELECT id, name, status, limits, created_at, status_reason, personal_collections"
-                " FROM eventfold.tenants WHERE id = $1",
-                tenant_id,
+                f"SELECT {TENANT_COLUMNS} FROM eventfold.tenants WHERE id = $1", tenant_id
             )
         if row is None:
             self._cache.pop(tenant_id, None)
             return None
-        tenant = Tenant(
-            id=row["id"],
-            name=row["name"],
-            status=row["status"],
-            limits=row["limits"],
-            created_at=row["created_at"],
-            reason=row["status_reason"],
-            personal_collections=frozenset(row["personal_collections"]),
-        )
+        tenant = Tenant.from_row(row)
         if len(self._cache) > 10_000:
             self._cache.clear()  # bounded: a simple reset beats an LRU for this size
         self._cache[tenant_id] = (time.monotonic(), tenant)

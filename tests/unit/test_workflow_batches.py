@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from consumers.workflows.batches import Batcher
+from eventfold.groupcommit import Batcher
 
 
 class Store:

@@ -39,7 +39,7 @@ Idempotency-Key (http), Message-ID (email) or event id (record).
 Many runs are driven at once (``EVENTFOLD_WORKFLOW_CONCURRENCY``, and
 ``EVENTFOLD_WORKFLOW_PER_TENANT`` each), and what they ask for in one pass of
 the event loop shares a round trip: their transitions and releases are one
-statement (:mod:`consumers.workflows.batches`, each still fenced by its own
+statement (:mod:`eventfold.groupcommit`, each still fenced by its own
 ``rev``), their events one publish per tenant
 (:mod:`consumers.workflows.publishing`), and the runs an inbox batch starts one
 insert. Each run still waits for its own write to commit and its own events to

@@ -17,7 +17,6 @@ import orjson
 
 from consumers.runtime.kafka import start_publisher
 from consumers.workflows import effects, store
-from consumers.workflows.batches import Batcher
 from consumers.workflows.publishing import GroupPublisher
 from consumers.workflows.store import Claimed, InboxRow, Release, Save
 from eventfold import actors, tracing
@@ -26,6 +25,7 @@ from eventfold.datakeys import Sealer
 from eventfold.db import WORKFLOW_CHANNEL, connect
 from eventfold.egress import AllowList, guarded_session
 from eventfold.envelope import CloudEvent
+from eventfold.groupcommit import Batcher
 from eventfold.metrics import Metrics
 from eventfold.sealing import SealError, keyring
 from eventfold.settings import Settings
@@ -97,11 +97,13 @@ class WorkflowProcessor:
             functools.partial(store.save_many, pool),
             functools.partial(store.save, pool),
             key=lambda s: s.run,
+            name="workflow-saves",
         )
         self._releases: Batcher[Release, bool] = Batcher(
             functools.partial(store.release_many, pool),
             functools.partial(store.release, pool),
             key=lambda r: r.run,
+            name="workflow-releases",
         )
 
     def _sealer(self) -> Sealer:

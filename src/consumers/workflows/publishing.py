@@ -19,9 +19,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from consumers.workflows.batches import Batcher
 from eventfold import tracing
 from eventfold.envelope import CloudEvent
+from eventfold.groupcommit import Batcher
 from eventfold.publisher import Published, Publisher, with_actor
 
 #: A tenant and the events one caller publishes.
@@ -33,7 +33,9 @@ class GroupPublisher:
 
     def __init__(self, publisher: Publisher) -> None:
         self._publisher = publisher
-        self._batcher: Batcher[Item, list[Published]] = Batcher(self._many, None)
+        self._batcher: Batcher[Item, list[Published]] = Batcher(
+            self._many, None, name="workflow-publishes"
+        )
 
     async def publish(
         self, tenant: str, events: Sequence[CloudEvent], *, actor: str

@@ -1,10 +1,11 @@
-"""Group commit: the writes many runs ask for in one event-loop pass share one round trip.
+"""Group commit: the writes many callers ask for in one event-loop pass share one round trip.
 
-Hundreds of runs in flight each write a transition (or let go of their lease)
-every few milliseconds. Sent one by one, each write takes a pooled connection
-and a round trip of its own, and the pool (shared with the projector and the
-API in ``eventfold run``) queues them: the runs wait on each other and the
-projector waits on them. Here every write submitted during one pass of the
+Hundreds of workflow runs in flight each write a transition (or let go of their
+lease) every few milliseconds, and concurrent requests each need their records'
+data keys made (:mod:`eventfold.datakeys`). Sent one by one, each write takes a
+pooled connection and a round trip of its own, and the pool (shared with the
+projector and the API in ``eventfold run``) queues them: the callers wait on
+each other and the projector waits on them. Here every write submitted during one pass of the
 event loop is queued and the queue goes out, at the end of that pass, as one
 statement; a write submitted while a statement is under way joins the next
 one. Nothing waits for a batch to fill: a lone write goes out at once.
@@ -24,7 +25,7 @@ import logging
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Generic, TypeVar
 
-log = logging.getLogger("eventfold.workflows")
+log = logging.getLogger("eventfold.groupcommit")
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -41,7 +42,7 @@ class Batcher(Generic[T, R]):
     ``many`` answers each item in order (an exception for an item that failed on
     its own); when it raises, each item is written alone with ``one``, or, without
     ``one``, fails with that error. Items with the same ``key`` go in different
-    batches.
+    batches. ``name`` names the batches' tasks and log lines.
     """
 
     def __init__(
@@ -52,7 +53,9 @@ class Batcher(Generic[T, R]):
         *,
         max_batch: int = MAX_BATCH,
         max_in_flight: int = MAX_IN_FLIGHT,
+        name: str = "group-commit",
     ) -> None:
+        self._name = name
         self._many = many
         self._one = one
         self._key = key
@@ -93,7 +96,7 @@ class Batcher(Generic[T, R]):
         self._scheduled = False
         if not self._queue:
             return
-        task = asyncio.create_task(self._drain(), name="workflow-batch")
+        task = asyncio.create_task(self._drain(), name=self._name)
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
@@ -134,7 +137,10 @@ class Batcher(Generic[T, R]):
                 for _, fut in batch:
                     _fail(fut, exc)
                 return
-            log.info("workflow batch failed, writing it item by item", extra={"error": repr(exc)})
+            log.info(
+                "batch failed, writing it item by item",
+                extra={"batch": self._name, "error": repr(exc)},
+            )
             # One after another: a batch of hundreds sent at once would queue on the pool.
             for item, fut in batch:
                 await self._write_one(one, item, fut)
