@@ -54,7 +54,7 @@ async def test_state_keys_land_in_the_state_database_and_cache_keys_in_the_cache
     written = await tenant.write("PUT", "/collections/orders/records/o1", json={"n": 1})
     await tenant.read_json("/collections/orders/records/o1", written["consistency_token"])
     entry = record_key(tenant.id, "orders", "o1")
-    async with asyncio.timeout(20):  # filled by the read, or refreshed by the cache processor
+    async with asyncio.timeout(90):  # filled by the read, or refreshed by the cache processor
         while not await cache.exists(entry):
             await asyncio.sleep(0.05)
     for _ in range(3):  # reads through the cache: counted as hot keys
