@@ -18,6 +18,7 @@ import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import ConsumerRecord
+from redis.exceptions import RedisError
 
 from consumers.projector.hints import OffsetHints
 from consumers.projector.live import LivePublisher
@@ -29,7 +30,7 @@ from consumers.runtime.kafka import (
     seek_to_stored,
     start_with_retry,
 )
-from eventfold import deadletters, readmodel, tracing
+from eventfold import cachefill, deadletters, readmodel, tracing
 from eventfold.backoff import Backoff
 from eventfold.db import fetch_checkpoints
 from eventfold.deadletters import DeadLetter
@@ -148,6 +149,8 @@ class Projector(MemberLoop):
                     return
                 await self._after_batch(consumer, result)
                 await self.live.submit(result.live)
+                if result.deleted:
+                    await self._purge(result.deleted)
         finally:
             for task in (retrier, ahead):
                 if task is not None:
@@ -270,6 +273,19 @@ class Projector(MemberLoop):
                 )
                 self.deferred |= result.deferred
             return result
+
+    async def _purge(self, tenants: set[str]) -> None:
+        """Drop the Redis keys of tenants this batch deleted, once it has committed.
+
+        The cache processor purges them too when it reaches ``tenant.deleted``; done
+        here as well, the keys go with the deletion's commit whatever that processor's
+        state (it was seen far behind on a loaded machine). Best effort: a Redis that is
+        away leaves the purge to the cache processor.
+        """
+        try:
+            await cachefill.purge_tenants(self.settings, tenants)
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("deleted tenants' keys not purged", extra={"error": repr(exc)})
 
     async def _writer(self, budget_ms: int) -> asyncpg.Connection:
         """The connection batches are written on, kept from one batch to the next.

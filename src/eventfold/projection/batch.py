@@ -79,6 +79,8 @@ class BatchResult:
     newest_event_time: datetime | None = None
     #: Applied events to push to the live streams once the batch commits.
     live: list[LiveEvent] = field(default_factory=list)
+    #: Tenants whose ``tenant.deleted`` this batch applied (their Redis keys go after it).
+    deleted: set[str] = field(default_factory=set)
 
     def add(self, other: BatchResult) -> None:
         """Fold the counts of ``other`` (one careful step) into this result."""
@@ -89,6 +91,7 @@ class BatchResult:
         self.dead_letters += other.dead_letters
         self.deferred |= other.deferred
         self.live += other.live
+        self.deleted |= other.deleted
         if other.newest_event_time is not None and (
             self.newest_event_time is None or other.newest_event_time > self.newest_event_time
         ):
@@ -499,6 +502,7 @@ async def fold_tenant(
             # now, and its events after this one are folded into nothing.
             await tenants.forget_tenant(conn, tenant)
             registered.discard(tenant)
+            result.deleted.add(tenant)
             result.applied += 1
             result.discarded += len(items) - n - 1
             return
