@@ -17,7 +17,7 @@ from aiohttp import ClientResponse, ClientTimeout, web
 from entrypoints.bootstrap import Parts
 from eventfold.eventtypes.definitions import LATEST_TTL_SECONDS, type_exists
 from tests.integration.conftest import Api, TenantApi, serving
-from tests.integration.test_replay import eventfold
+from tests.integration.test_replay import verify_replay_verify
 from tests.integration.workflow_helpers import finished, runs_of, wait_record, wait_run
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -360,12 +360,7 @@ async def test_projection_folds_like_record_events(tenant: TenantApi) -> None:
 
     # Replay and verify agree with the live fold (types and records).
     settings = tenant.api.settings
-    status, report, err = await eventfold(settings, "verify", "--tenant", tenant.id)
-    assert status == 0, (report, err)
-    status, report, err = await eventfold(settings, "replay", "--tenant", tenant.id)
-    assert status == 0, (report, err)
-    status, report, err = await eventfold(settings, "verify", "--tenant", tenant.id)
-    assert status == 0, (report, err)
+    await verify_replay_verify(settings, tenant.id)
     after = await tenant.read_json("/collections/invoices/records/inv-1")
     assert after["data"] == {"status": "paid", "amount": 40, "paid_amount": 40}
     assert (await tenant.read_json("/event-types/invoice.paid"))["latest_version"] == 2

@@ -51,6 +51,14 @@ async def eventfold(settings: Settings, *args: str) -> tuple[int, Any, str]:
     return proc.returncode, doc, err.decode()
 
 
+async def verify_replay_verify(settings: Settings, tenant: str) -> None:
+    """``verify``, ``replay`` and ``verify`` of ``tenant`` from the log: each exits 0 (the
+    rebuilt projection equals the live one before and after the swap)."""
+    for command in ("verify", "replay", "verify"):
+        status, report, err = await eventfold(settings, command, "--tenant", tenant)
+        assert status == 0, (command, report, err)
+
+
 async def seed(tenant: TenantApi, count: int) -> str:
     """``count`` records (some patched, one deleted); the last write's token."""
     for i in range(count):
