@@ -225,14 +225,25 @@ class Bench:
         return env
 
     async def start(self, name: str, *argv: str, http: bool = True) -> None:
-        """Start ``eventfold *argv`` as ``name`` and wait until it is ready."""
-        port = free_port() if http else None
+        """Start ``eventfold *argv`` as ``name``; with ``http``, wait until it is ready.
+
+        Every process gets a free port of its own: stream processors serve health
+        and metrics too, and two of them on the default port would collide (the
+        second one exits).
+        """
+        port = free_port()
         self.procs[name] = subprocess.Popen(  # noqa: ASYNC220 - started between phases
             [EXE, *argv], env=self.env(port), stdout=subprocess.DEVNULL
         )
-        if port is not None:
-            self.ports[name] = port
+        self.ports[name] = port
+        if http:
             await wait_ready(f"http://127.0.0.1:{port}", self.procs[name])
+
+    def running(self, name: str) -> None:
+        """Raise if process ``name`` has exited: a phase waiting on its work would wait in vain."""
+        code = self.procs[name].poll()
+        if code is not None:
+            raise RuntimeError(f"eventfold process {name!r} exited with {code}")
 
     def stop(self, name: str) -> None:
         """Stop one process (TERM, then KILL after 20 s)."""
