@@ -168,6 +168,12 @@ CREATE INDEX IF NOT EXISTS webhook_deliveries_due
     ON eventfold.webhook_deliveries (next_attempt_at) WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS webhook_deliveries_order
     ON eventfold.webhook_deliveries (webhook_id, subject, seq) WHERE state = 'pending';
+-- head: the delivery is the first pending one of its (endpoint, subject) line, so the
+-- notifier's claim reads the heads only, not every pending delivery behind them.
+ALTER TABLE eventfold.webhook_deliveries
+    ADD COLUMN IF NOT EXISTS head boolean NOT NULL DEFAULT false;
+CREATE INDEX IF NOT EXISTS webhook_deliveries_heads
+    ON eventfold.webhook_deliveries (next_attempt_at, seq) WHERE state = 'pending' AND head;
 CREATE INDEX IF NOT EXISTS webhook_deliveries_dead
     ON eventfold.webhook_deliveries (webhook_id, done_at) WHERE state = 'dead';
 -- Every attempt, for GET …/webhooks/{id}/deliveries.

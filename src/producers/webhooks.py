@@ -236,11 +236,12 @@ async def redrive_webhook(request: web.Request) -> web.Response:
     since = body.since if body.since.tzinfo else body.since.replace(tzinfo=UTC)
     async with request.app[POOL].acquire(timeout=5) as conn:
         # One UPDATE: a concurrent second run waits on the row locks, then finds
-        # the rows pending (no longer exhausted) and redrives nothing.
+        # the rows pending (no longer exhausted) and redrives nothing. Each is marked a
+        # head at once: the claim still holds back one behind an earlier pending one.
         count = await conn.fetchval(
             "WITH moved AS (UPDATE eventfold.webhook_deliveries"
             " SET state = 'pending', attempts = 0, next_attempt_at = now(),"
-            " lease_until = '-infinity', done_at = NULL"
+            " lease_until = '-infinity', done_at = NULL, head = true"
             " WHERE webhook_id = $1 AND tenant = $2 AND state = 'dead' AND done_at >= $3"
             " RETURNING 1) SELECT count(*) FROM moved",
             hook_id,

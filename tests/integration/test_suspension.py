@@ -47,7 +47,7 @@ async def _work(conn: asyncpg.Connection, tenant: str) -> None:
     )
     await conn.execute(
         "INSERT INTO eventfold.webhook_deliveries (webhook_id, tenant, event_id, subject, seq,"
-        " body, next_attempt_at) VALUES ($1, $2, 'e1', 's', 1, '\\x7b7d', $3)",
+        " body, next_attempt_at, head) VALUES ($1, $2, 'e1', 's', 1, '\\x7b7d', $3, true)",
         f"wh-{tenant}",
         tenant,
         LONG_AGO,

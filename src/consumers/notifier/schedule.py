@@ -38,6 +38,22 @@ GAP_SETTLE_SECONDS = 5.0
 PAGE = 500
 
 
+#: A page's deliveries in one statement. The first of a line (endpoint, subject) with no
+#: pending delivery yet is its head (:mod:`consumers.notifier.delivery`); a line whose
+#: head is being delivered as this commits is found by the notifier's sweep.
+_INSERT = """
+INSERT INTO eventfold.webhook_deliveries (webhook_id, tenant, event_id, subject, seq, body, head)
+SELECT u.webhook_id, u.tenant, u.event_id, u.subject, u.seq, u.body,
+       u.seq = min(u.seq) OVER (PARTITION BY u.webhook_id, u.subject)
+       AND NOT EXISTS (SELECT 1 FROM eventfold.webhook_deliveries p
+                       WHERE p.webhook_id = u.webhook_id AND p.subject = u.subject
+                         AND p.state = 'pending')
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bytea[])
+     AS u(webhook_id, tenant, event_id, subject, seq, body)
+ON CONFLICT (webhook_id, event_id) DO NOTHING
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     """An active endpoint as the scheduler sees it."""
@@ -142,12 +158,8 @@ class Scheduler:
                             (ep.id, tenant, row["id"], row["subject"] or "", seq, body)
                         )
             if deliveries:
-                await conn.executemany(
-                    "INSERT INTO eventfold.webhook_deliveries"
-                    " (webhook_id, tenant, event_id, subject, seq, body)"
-                    " VALUES ($1, $2, $3, $4, $5, $6)"
-                    " ON CONFLICT (webhook_id, event_id) DO NOTHING",
-                    deliveries,
+                await conn.execute(
+                    _INSERT, *(list(column) for column in zip(*deliveries, strict=True))
                 )
             if new_position != stored["seq"]:
                 await conn.execute(
