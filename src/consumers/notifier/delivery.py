@@ -25,9 +25,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 
 import aiohttp
 import asyncpg
+from yarl import URL
 
 from eventfold import tracing
 from eventfold.egress import AllowList, ResponseTooLarge, check_url, failure_text, read_capped
@@ -82,16 +84,31 @@ RETURNING d.id, d.webhook_id, d.tenant, d.event_id, d.subject, d.body, d.attempt
           d.created_at, w.url, w.secret_sealed
 """
 
-#: The next delivery of each given line becomes its head (the one before it is done).
-_PROMOTE = """
-UPDATE eventfold.webhook_deliveries d SET head = true
-FROM (SELECT DISTINCT ON (p.webhook_id, p.subject) p.id
-      FROM eventfold.webhook_deliveries p
-      JOIN unnest($1::text[], $2::text[]) AS l(webhook_id, subject)
-        ON p.webhook_id = l.webhook_id AND p.subject = l.subject
-      WHERE p.state = 'pending'
-      ORDER BY p.webhook_id, p.subject, p.seq) n
-WHERE d.id = n.id AND NOT d.head
+#: One statement for the attempts of a batch that ended their deliveries: the delivered
+#: ones marked so; the next delivery of each ended line its head (the ended ones are
+#: still pending in this statement's snapshot, hence left out by id); and the endpoints
+#: that answered at zero failures in a row (after the batch's failures, written before:
+#: an endpoint that answered in the batch ends it at zero, whatever the order in it).
+_DONE = """
+WITH delivered AS (
+    UPDATE eventfold.webhook_deliveries d SET state = 'delivered', attempts = u.attempts,
+                                              done_at = now()
+    FROM unnest($1::bigint[], $2::int[]) AS u(id, attempts) WHERE d.id = u.id
+    RETURNING d.id
+), next AS (
+    SELECT DISTINCT ON (p.webhook_id, p.subject) p.id, p.head
+    FROM eventfold.webhook_deliveries p
+    JOIN unnest($3::text[], $4::text[]) AS l(webhook_id, subject)
+      ON p.webhook_id = l.webhook_id AND p.subject = l.subject
+    WHERE p.state = 'pending' AND NOT (p.id = ANY($5::bigint[]))
+    ORDER BY p.webhook_id, p.subject, p.seq
+), promoted AS (
+    UPDATE eventfold.webhook_deliveries d SET head = true
+    FROM next WHERE d.id = next.id AND NOT next.head
+    RETURNING d.id
+)
+UPDATE eventfold.webhooks SET failures_in_row = 0
+WHERE id = ANY($6::text[]) AND failures_in_row <> 0
 """
 
 #: Every line's first pending delivery marked as its head (what a race left unmarked).
@@ -152,6 +169,12 @@ async def claim(
     return [Claimed(**dict(r)) for r in rows]
 
 
+@lru_cache(maxsize=4096)
+def _checked(url: str, allow: AllowList) -> URL:
+    """:func:`check_url`, once per endpoint URL (a refusal raises each time, uncached)."""
+    return check_url(url, allow)
+
+
 async def sweep(conn: asyncpg.Connection) -> int:
     """Mark each line's first pending delivery as its head where it is not; returns how many.
 
@@ -208,7 +231,7 @@ async def _post(
     status: int | None = None
     error: str | None = None
     try:
-        check_url(item.url, allow)
+        target = _checked(item.url, allow)
         secret = keys.open(item.secret_sealed, purpose=SECRET_PURPOSE).decode()
         # Signed per attempt (a fresh timestamp), always with the event id as webhook-id.
         headers = signed_headers(secret, item.event_id, item.body)
@@ -216,7 +239,7 @@ async def _post(
         headers.update(tracing.current_carrier())
         async with asyncio.timeout(deadline):
             async with session.post(
-                item.url, data=item.body, headers=headers, allow_redirects=False
+                target, data=item.body, headers=headers, allow_redirects=False
             ) as response:
                 status = response.status
                 # The status is the answer; an endless body is not read.
@@ -291,14 +314,6 @@ class Recorder:
                     "delivered" if result.ok else await self._failed(conn, item, result)
                 )
             done = [item for (item, result) in entries if result.ok]
-            if done:
-                await conn.execute(
-                    "UPDATE eventfold.webhook_deliveries d SET state = 'delivered',"
-                    " attempts = u.attempts, done_at = now()"
-                    " FROM unnest($1::bigint[], $2::int[]) AS u(id, attempts) WHERE d.id = u.id",
-                    [item.id for item in done],
-                    [item.attempts + 1 for item in done],
-                )
             # A delivery done (delivered or exhausted) hands its line to the next one.
             ended = [
                 item
@@ -307,16 +322,12 @@ class Recorder:
             ]
             if ended:
                 await conn.execute(
-                    _PROMOTE,
+                    _DONE,
+                    [item.id for item in done],
+                    [item.attempts + 1 for item in done],
                     [item.webhook_id for item in ended],
                     [item.subject for item in ended],
-                )
-            if done:
-                # After the failures above: an endpoint that answered in this batch ends
-                # it at zero failures in a row, whatever the order of its attempts in it.
-                await conn.execute(
-                    "UPDATE eventfold.webhooks SET failures_in_row = 0"
-                    " WHERE id = ANY($1::text[]) AND failures_in_row <> 0",
+                    [item.id for item in ended],
                     sorted({item.webhook_id for item in done}),
                 )
         return outcomes
