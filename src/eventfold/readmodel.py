@@ -635,6 +635,22 @@ async def last_seq(conn: asyncpg.Connection, tenant: str) -> int:
     return int(await conn.fetchval(f"SELECT coalesce(max(seq), 0) FROM {schema_of(tenant)}.events"))
 
 
+async def last_seqs(conn: asyncpg.Connection, tenants: Sequence[str]) -> dict[str, int]:
+    """The newest ``seq`` of each tenant's history (0 when empty), in one round trip.
+
+    Raises ``UndefinedTableError`` when a tenant has no schema (never created, or deleted).
+    """
+    if not tenants:
+        return {}
+    parts = [
+        f"SELECT ${n}::text AS tenant,"
+        f" (SELECT seq FROM {schema_of(t)}.events ORDER BY seq DESC LIMIT 1) AS seq"
+        for n, t in enumerate(tenants, start=1)
+    ]
+    rows = await conn.fetch(" UNION ALL ".join(parts), *tenants)
+    return {r["tenant"]: int(r["seq"] or 0) for r in rows}
+
+
 async def browse_history(
     conn: asyncpg.Connection,
     tenant: str,

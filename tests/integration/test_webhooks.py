@@ -35,6 +35,7 @@ from standardwebhooks import Webhook
 
 from consumers.notifier import delivery
 from consumers.notifier.processor import Notifier
+from consumers.notifier.schedule import Scheduler
 from entrypoints.bootstrap import Parts, create_app
 from eventfold.egress import AllowList, guarded_session
 from eventfold.ids import tenant_schema
@@ -280,6 +281,41 @@ async def test_a_batch_with_many_events_per_record_arrives_in_order_once(
     await receiver.wait_for(lambda: len({h.webhook_id for h in receiver.delivered()}) >= total)
     assert _arrival_orders(receiver, sent) == sent
     assert len(receiver.delivered()) == total  # none twice
+
+
+class CountingScheduler(Scheduler):
+    """A scheduler that remembers which tenants each round visited."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        super().__init__(pool)
+        self.visited: list[str] = []
+
+    async def schedule_tenant(self, tenant: str) -> int:
+        self.visited.append(tenant)
+        return await super().schedule_tenant(tenant)
+
+
+async def test_a_round_visits_only_tenants_with_new_history(
+    tenant: TenantApi, receiver: Receiver, pool: asyncpg.Pool
+) -> None:
+    """An idle subscribed tenant costs a round nothing; a new event brings it back."""
+    await subscribe(tenant, receiver.url, ["record.upserted"])
+    scheduler = CountingScheduler(pool)
+    async with asyncio.timeout(60):
+        while await scheduler.run_once() or tenant.id in scheduler.visited:
+            scheduler.visited.clear()  # until a round finds nothing new of this tenant
+    await scheduler.run_once()
+    assert tenant.id not in scheduler.visited
+    event_id = await put(tenant, "idle", 1)
+    async with asyncio.timeout(60):
+        while not await pool.fetchval(
+            "SELECT count(*) FROM eventfold.webhook_deliveries WHERE event_id = $1", event_id
+        ):
+            scheduler.visited.clear()
+            await scheduler.run_once()
+            if tenant.id not in scheduler.visited:
+                await asyncio.sleep(0.05)  # the projector has not written the event yet
+    assert tenant.id in scheduler.visited
 
 
 async def test_a_line_whose_head_mark_was_lost_is_claimed_after_the_sweep(
