@@ -635,20 +635,29 @@ async def last_seq(conn: asyncpg.Connection, tenant: str) -> int:
     return int(await conn.fetchval(f"SELECT coalesce(max(seq), 0) FROM {schema_of(tenant)}.events"))
 
 
+#: Tenants per statement in :func:`last_seqs`.
+LAST_SEQS_CHUNK = 100
+
+
 async def last_seqs(conn: asyncpg.Connection, tenants: Sequence[str]) -> dict[str, int]:
     """The newest ``seq`` of each tenant's history (0 when empty), in one round trip.
 
     Raises ``UndefinedTableError`` when a tenant has no schema (never created, or deleted).
     """
-    if not tenants:
-        return {}
-    parts = [
-        f"SELECT ${n}::text AS tenant,"
-        f" (SELECT seq FROM {schema_of(t)}.events ORDER BY seq DESC LIMIT 1) AS seq"
-        for n, t in enumerate(tenants, start=1)
-    ]
-    rows = await conn.fetch(" UNION ALL ".join(parts), *tenants)
-    return {r["tenant"]: int(r["seq"] or 0) for r in rows}
+    newest: dict[str, int] = {}
+    # In statements of LAST_SEQS_CHUNK tenants: asyncpg keeps a prepared statement only
+    # up to 15 kB of text, and one over every tenant would be parsed and planned anew on
+    # each call (a poller calls it ten times a second).
+    for start in range(0, len(tenants), LAST_SEQS_CHUNK):
+        chunk = tenants[start : start + LAST_SEQS_CHUNK]
+        parts = [
+            f"SELECT ${n}::text AS tenant,"
+            f" (SELECT seq FROM {schema_of(t)}.events ORDER BY seq DESC LIMIT 1) AS seq"
+            for n, t in enumerate(chunk, start=1)
+        ]
+        rows = await conn.fetch(" UNION ALL ".join(parts), *chunk)
+        newest.update((r["tenant"], int(r["seq"] or 0)) for r in rows)
+    return newest
 
 
 async def browse_history(
