@@ -33,7 +33,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from aiokafka import AIOKafkaProducer
 from standardwebhooks import Webhook
 
-from consumers.notifier import delivery
+from consumers.notifier import delivery, schedule
 from consumers.notifier.processor import Notifier
 from consumers.notifier.schedule import Scheduler
 from entrypoints.bootstrap import Parts, create_app
@@ -316,6 +316,62 @@ async def test_a_round_visits_only_tenants_with_new_history(
             if tenant.id not in scheduler.visited:
                 await asyncio.sleep(0.05)  # the projector has not written the event yet
     assert tenant.id in scheduler.visited
+
+
+async def test_a_hole_left_by_a_rollback_is_stepped_over_once_it_has_ended(
+    tenant: TenantApi,
+    receiver: Receiver,
+    pool: asyncpg.Pool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A ``seq`` taken by a transaction that rolled back is a hole in the history for
+    good: the walk steps over it once the transactions running when it saw the hole
+    have ended, not after a fixed wait (here an hour, so only that can pass it)."""
+    monkeypatch.setattr(schedule, "GAP_SETTLE_SECONDS", 3600.0)
+    await subscribe(tenant, receiver.url, ["record.upserted"])
+    scheduler = Scheduler(pool)
+    before = await put(tenant, "hole", 1)
+    await _scheduled(pool, scheduler, tenant, before)
+    schema = tenant_schema(tenant.id)
+    async with pool.acquire() as conn:
+        tx = conn.transaction()
+        await tx.start()
+        # A projector batch: its transaction id first (its checkpoints), then a seq; the
+        # next batch commits the seq after it meanwhile.
+        await conn.fetchval("SELECT pg_current_xact_id()")
+        await conn.fetchval(f"SELECT nextval(pg_get_serial_sequence('{schema}.events', 'seq'))")
+        after = await put(tenant, "hole", 2)
+        await _history_has(pool, schema, after)
+        for _ in range(2):  # the hole seen, then seen again while it may yet be committed
+            await scheduler.schedule_tenant(tenant.id)
+            assert not await _delivery_of(pool, after)
+        await tx.rollback()
+    await _scheduled(pool, scheduler, tenant, after)
+
+
+async def _history_has(pool: asyncpg.Pool, schema: str, event_id: str) -> None:
+    async with asyncio.timeout(60):
+        while not await pool.fetchval(
+            f"SELECT count(*) FROM {schema}.events WHERE id = $1", event_id
+        ):
+            await asyncio.sleep(0.05)  # the projector has not written it yet
+
+
+async def _delivery_of(pool: asyncpg.Pool, event_id: str) -> int:
+    count = await pool.fetchval(
+        "SELECT count(*) FROM eventfold.webhook_deliveries WHERE event_id = $1", event_id
+    )
+    return int(count)
+
+
+async def _scheduled(
+    pool: asyncpg.Pool, scheduler: Scheduler, tenant: TenantApi, event_id: str
+) -> None:
+    """Run ``scheduler``'s rounds for ``tenant`` until ``event_id`` has its delivery."""
+    async with asyncio.timeout(60):
+        while not await _delivery_of(pool, event_id):
+            if not await scheduler.schedule_tenant(tenant.id):
+                await asyncio.sleep(0.05)  # not projected yet, or a transaction still running
 
 
 async def test_a_line_whose_head_mark_was_lost_is_claimed_after_the_sweep(

@@ -10,8 +10,13 @@ notifiers never schedule the same event twice.
 
 ``seq`` is a sequence: a transaction that rolled back leaves a hole, and a
 concurrent one may commit a higher ``seq`` first. So the walk stops at a hole
-until it has been seen for :data:`GAP_SETTLE_SECONDS` (no projector batch
-stays open that long), then steps over it.
+until every transaction that was running when the hole was first seen has
+ended (PostgreSQL's snapshot: the oldest running transaction id has passed the
+newest one of then), and then steps over it: the transaction that took the
+missing ``seq`` had begun by then (the projector's batch writes its checkpoints
+first), so the hole is a rollback. A projector batch rolled back used to hold
+the tenant's webhooks for :data:`GAP_SETTLE_SECONDS`; that stays the bound
+when other transactions keep the horizon back.
 """
 
 from __future__ import annotations
@@ -70,7 +75,8 @@ class Scheduler:
         self._pool = pool
         #: Tenant types' versions: deliveries carry custom events in their latest shape.
         self._event_types = Registry(pool)
-        self._gaps: dict[tuple[str, int], float] = {}
+        #: Per tenant, the holes seen: when first, and the snapshot's ``xmax`` then.
+        self._gaps: dict[str, dict[int, tuple[float, int]]] = {}
 
     async def run_once(self) -> int:
         """One round over the tenants with an active endpoint whose history moved past
@@ -99,12 +105,33 @@ class Scheduler:
                 created += await self.schedule_tenant(tenant)
         return created
 
-    def _gap_settled(self, tenant: str, seq: int) -> bool:
-        first = self._gaps.setdefault((tenant, seq), time.monotonic())
-        if time.monotonic() - first >= GAP_SETTLE_SECONDS:
-            del self._gaps[(tenant, seq)]
+    async def _gap_settled(self, conn: asyncpg.Connection, tenant: str, seq: int) -> bool:
+        """Whether the hole at ``seq`` is a rollback (see the module docstring)."""
+        holes = self._gaps.setdefault(tenant, {})
+        seen = holes.get(seq)
+        if seen is None:
+            xmax = await conn.fetchval(
+                "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
+            )
+            holes[seq] = (time.monotonic(), int(xmax))
+            return False
+        first, xmax = seen
+        if time.monotonic() - first >= GAP_SETTLE_SECONDS or await conn.fetchval(
+            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint >= $1", xmax
+        ):
+            log.info("history gap stepped over", extra={"tenant": tenant, "seq": seq})
+            del holes[seq]
             return True
         return False
+
+    def _forget_gaps(self, tenant: str, position: int) -> None:
+        """Holes at or before ``position`` are behind the walk (filled, or stepped over)."""
+        holes = self._gaps.get(tenant)
+        if holes:
+            for seq in [s for s in holes if s <= position]:
+                del holes[seq]
+            if not holes:
+                del self._gaps[tenant]
 
     async def _anchored(
         self, conn: asyncpg.Connection, tenant: str, position: int, anchor: str | None
@@ -153,7 +180,9 @@ class Scheduler:
             deliveries: list[tuple[Any, ...]] = []
             for row in rows:
                 seq = int(row["seq"])
-                if seq != new_position + 1 and not self._gap_settled(tenant, new_position + 1):
+                if seq != new_position + 1 and not await self._gap_settled(
+                    conn, tenant, new_position + 1
+                ):
                     break  # a transaction may still commit the missing seq
                 new_position, new_anchor = seq, row["id"]
                 envelope = row["envelope"]
@@ -176,6 +205,7 @@ class Scheduler:
                 await conn.execute(
                     _INSERT, *(list(column) for column in zip(*deliveries, strict=True))
                 )
+            self._forget_gaps(tenant, new_position)
             if new_position != stored["seq"]:
                 await conn.execute(
                     "UPDATE eventfold.webhook_positions SET seq = $2, anchor = $3"
