@@ -30,6 +30,7 @@ import statistics
 import subprocess
 import time
 import uuid
+from collections import Counter
 from typing import Any
 
 import aiohttp
@@ -236,6 +237,7 @@ async def run(args: argparse.Namespace, run_id: str, database_url: str) -> dict[
             count = max(1, int(target * args.seconds))
             loop_started = time.perf_counter()
             errors = 0
+            reasons: Counter[str] = Counter()
 
             async def one(i: int) -> None:
                 nonlocal errors
@@ -246,8 +248,11 @@ async def run(args: argparse.Namespace, run_id: str, database_url: str) -> dict[
                                         headers=auth) as r:  # fmt: skip
                         if r.status != 202:
                             errors += 1
-                except aiohttp.ClientError:
+                            problem = (await r.text())[:120]
+                            reasons[f"HTTP {r.status}: {problem}"] += 1
+                except aiohttp.ClientError as exc:
                     errors += 1
+                    reasons[type(exc).__name__] += 1
 
             await asyncio.gather(*(one(i) for i in range(count)))
             await _wait_finished(pool, tenant, started_runs + count - errors, limit=600)
@@ -256,7 +261,8 @@ async def run(args: argparse.Namespace, run_id: str, database_url: str) -> dict[
             sample = await _first_step_latencies(pool, tenant, "l")
             result["latency_at_half"] = {
                 "rate_per_second": round(target, 1), "seconds": args.seconds, "runs": count,
-                "write_errors": errors, "failed": failed2 - failed,
+                "write_errors": errors, "write_error_reasons": dict(reasons.most_common(5)),
+                "failed": failed2 - failed,
                 "failures": errors + failed2 - failed,
                 "trigger_to_first_step_ms": {
                     "samples": len(sample),
