@@ -79,12 +79,21 @@ class Scheduler:
         self._gaps: dict[str, dict[int, tuple[float, int]]] = {}
 
     async def run_once(self) -> int:
-        """One round over the tenants with an active endpoint whose history moved past
-        their position; returns deliveries created.
+        """One round over the tenants with new history (:meth:`due_tenants`); returns
+        deliveries created."""
+        created = 0
+        for tenant in await self.due_tenants():
+            created += await self.schedule_tenant(tenant)
+        return created
 
-        Which tenants moved is read in one statement (each history's newest ``seq``
-        beside the stored position): a round used to take a transaction per
-        subscribed tenant, ten times a second, with or without new events.
+    async def due_tenants(self) -> list[str]:
+        """The tenants with an active endpoint whose history moved past their position.
+
+        Read in one statement per hundred tenants (each history's newest ``seq`` beside
+        the stored position): a round used to take a transaction per subscribed tenant,
+        ten times a second, with or without new events. A position past the newest (a
+        rebuild renumbered the history) is due too: :meth:`schedule_tenant` finds its
+        anchor again.
         """
         async with self._pool.acquire(timeout=5) as conn:
             rows = await conn.fetch(
@@ -97,13 +106,11 @@ class Scheduler:
                 newest = await readmodel.last_seqs(conn, list(positions))
             except asyncpg.UndefinedTableError:
                 newest = {}  # a tenant without a schema (just deleted): visit each one
-        created = 0
-        for tenant, position in positions.items():
-            # A position past the newest (a rebuild renumbered the history) is visited too:
-            # schedule_tenant finds its anchor again.
-            if position is None or tenant not in newest or newest[tenant] != position:
-                created += await self.schedule_tenant(tenant)
-        return created
+        return [
+            tenant
+            for tenant, position in positions.items()
+            if position is None or tenant not in newest or newest[tenant] != position
+        ]
 
     async def _gap_settled(self, conn: asyncpg.Connection, tenant: str, seq: int) -> bool:
         """Whether the hole at ``seq`` is a rollback (see the module docstring)."""
