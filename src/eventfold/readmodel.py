@@ -632,7 +632,7 @@ async def seq_of(conn: asyncpg.Connection, tenant: str, event_id: str) -> int | 
 
 async def last_seq(conn: asyncpg.Connection, tenant: str) -> int:
     """The newest ``seq`` of the tenant's history (0 when empty)."""
-    return int(await conn.fetchval(f"SELECT coalesce(max(seq), 0) FROM {schema_of(tenant)}.events"))
+    return (await last_seqs(conn, [tenant]))[tenant]
 
 
 #: Tenants per statement in :func:`last_seqs`.

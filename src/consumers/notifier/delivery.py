@@ -94,7 +94,6 @@ WITH delivered AS (
     UPDATE eventfold.webhook_deliveries d SET state = 'delivered', attempts = u.attempts,
                                               done_at = now()
     FROM unnest($1::bigint[], $2::int[]) AS u(id, attempts) WHERE d.id = u.id
-    RETURNING d.id
 ), next AS (
     SELECT DISTINCT ON (p.webhook_id, p.subject) p.id, p.head
     FROM eventfold.webhook_deliveries p
@@ -105,7 +104,6 @@ WITH delivered AS (
 ), promoted AS (
     UPDATE eventfold.webhook_deliveries d SET head = true
     FROM next WHERE d.id = next.id AND NOT next.head
-    RETURNING d.id
 )
 UPDATE eventfold.webhooks SET failures_in_row = 0
 WHERE id = ANY($6::text[]) AND failures_in_row <> 0
