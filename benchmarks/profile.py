@@ -1,8 +1,8 @@
 """Where the CPU goes: py-spy over ``benchmarks.throughput`` (gateway and projector).
 
 Runs ``py-spy record --subprocesses --format raw`` around
-``python -m benchmarks.throughput`` (the ingest gateway is its child process;
-the projector's catch-up runs inside the benchmark process), then folds the
+``python -m benchmarks.throughput`` (the ingest gateway and the projector's
+catch-up are its child processes), then folds the
 collapsed stacks into, per process, the frames with the most samples of their
 own (self) and the Eventfold functions with the most samples under them
 (inclusive). Idle time is not sampled: these are shares of CPU time.
