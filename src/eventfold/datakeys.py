@@ -33,8 +33,10 @@ and in a replay.
 
 from __future__ import annotations
 
+import base64
 import binascii
-import secrets
+import contextlib
+import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,7 +47,7 @@ import orjson
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from eventfold.envelope import CloudEvent
+from eventfold.envelope import CloudEvent, replaced
 from eventfold.errors import PermanentError
 from eventfold.groupcommit import Batcher
 from eventfold.sealing import Keyring, SealError, keyring
@@ -93,39 +95,51 @@ def _purpose(tenant: str) -> str:
 
 
 def _associated(event: CloudEvent) -> bytes:
-    return "\x1f".join((event.tenant or "", event.subject or "", event.id, event.type)).encode()
+    return _bound(event.tenant, event.subject, event.id, event.type)
 
 
-def encrypt(event: CloudEvent, key: DataKey) -> CloudEvent:
+def _bound(tenant: str | None, subject: str | None, event_id: Any, event_type: Any) -> bytes:
+    """The associated data a ciphertext is bound to (see the module's docstring)."""
+    return "\x1f".join((tenant or "", subject or "", str(event_id), str(event_type))).encode()
+
+
+def encrypt(event: CloudEvent, key: DataKey, nonce: bytes | None = None) -> CloudEvent:
     """``event`` with its ``data`` encrypted with ``key`` and the key named in ``datakey``.
 
-    The event must carry its tenant (stamped) and its final id.
+    The event must carry its tenant (stamped) and its final id. ``nonce``: 12 random
+    bytes never used before with ``key`` (drawn here when not given; a publish draws
+    the nonces of all its events at once, see :func:`nonces`).
     """
-    nonce = secrets.token_bytes(_NONCE_BYTES)
+    if nonce is None:
+        nonce = os.urandom(_NONCE_BYTES)
     sealed = key.cipher.encrypt(nonce, orjson.dumps(event.data), _associated(event))
     text = binascii.b2a_base64(nonce + sealed, newline=False).decode()
-    return event.model_copy(update={"data": text, KEY_EXTENSION: key.id})
+    return replaced(event, text, **{KEY_EXTENSION: key.id})
+
+
+def nonces(count: int) -> list[bytes]:
+    """``count`` random nonces from one read of the system's random source (one system
+    call per publish instead of one per event). Random, not counted: several processes
+    encrypt with one record's key, and only random nonces cannot collide between them."""
+    pool = os.urandom(_NONCE_BYTES * count)
+    return [pool[n : n + _NONCE_BYTES] for n in range(0, len(pool), _NONCE_BYTES)]
 
 
 def decrypt_bytes(event: CloudEvent, key: DataKey) -> bytes:
     """The JSON of ``event``'s data, decrypted; :class:`DataKeyError` when it does not open."""
     if not isinstance(event.data, str):
         raise DataKeyError(f"event {event.id}: encrypted data is not a string")
-    try:
-        raw = binascii.a2b_base64(event.data, strict_mode=True)
-        return key.cipher.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], _associated(event))
-    except (binascii.Error, ValueError, InvalidTag):
-        raise DataKeyError(f"event {event.id}: its data does not open with its key") from None
+    return _decrypt(event, event.data, key)
 
 
 def decrypt(event: CloudEvent, key: DataKey) -> CloudEvent:
     """``event`` with its ``data`` in clear again (the ``datakey`` extension stays)."""
-    return event.model_copy(update={"data": orjson.loads(decrypt_bytes(event, key))})
+    return replaced(event, orjson.loads(decrypt_bytes(event, key)))
 
 
 def erased(event: CloudEvent) -> CloudEvent:
     """``event`` as it is folded once its key is destroyed: everything but its data."""
-    return event.model_copy(update={"data": None})
+    return replaced(event, None)
 
 
 async def live_keys(
@@ -136,8 +150,11 @@ async def live_keys(
     wanted = sorted(set(subjects))
     keys: dict[str, DataKey] = {}
     for _ in range(_ATTEMPTS):
-        fresh = {s: secrets.token_bytes(32) for s in wanted if s not in keys}
-        ids = {s: "dk_" + secrets.token_urlsafe(16) for s in fresh}
+        todo = [s for s in wanted if s not in keys]
+        # One read of the random source for every key and id of the statement.
+        random = os.urandom(48 * len(todo))
+        fresh = {s: random[48 * n : 48 * n + 32] for n, s in enumerate(todo)}
+        ids = {s: _key_id(random[48 * n + 32 : 48 * n + 48]) for n, s in enumerate(todo)}
         rows = await conn.fetch(
             """WITH wanted (s, i, k) AS (
                  SELECT * FROM unnest($2::text[], $3::text[], $4::text[])
@@ -169,6 +186,11 @@ async def live_keys(
     raise DataKeyError(f"no data keys for {tenant}: {[s for s in wanted if s not in keys][:3]}")
 
 
+def _key_id(random: bytes) -> str:
+    # The form secrets.token_urlsafe(16) gives, from bytes drawn with the key's.
+    return "dk_" + base64.urlsafe_b64encode(random).rstrip(b"=").decode()
+
+
 async def destroy(conn: asyncpg.Connection, tenant: str, subject: str) -> int:
     """Destroy the record's live keys; how many there were."""
     done: str = await conn.execute(
@@ -194,10 +216,13 @@ class Sealer:
         #: starts afresh, so a destroyed key is not used past it.
         self._keys: dict[str, tuple[Tenant, dict[str, DataKey]]] = {}
         self._held = 0
-        #: Keys that concurrent publishes need made go out together (group commit).
+        #: Keys that concurrent publishes need made go out together (group commit), one
+        #: statement at a time on a connection kept for it: a pooled connection's reset
+        #: on release cost as much client CPU as the statement (see :meth:`_connection`).
         self._maker: Batcher[tuple[str, tuple[str, ...]], dict[str, DataKey]] = Batcher(
-            self._make_many, None, name="data-keys"
+            self._make_many, None, max_in_flight=1, name="data-keys"
         )
+        self._conn: asyncpg.Connection | None = None
 
     async def seal(self, tenant: str, events: Sequence[CloudEvent]) -> list[CloudEvent]:
         """``events`` with the data of those in personal collections encrypted."""
@@ -218,9 +243,14 @@ class Sealer:
         if not which:
             return out
         keys = await self._keys_for(found, {str(out[n].subject) for n in which})
-        for n in which:
-            out[n] = encrypt(out[n], keys[str(out[n].subject)])
+        for n, nonce in zip(which, nonces(len(which)), strict=True):
+            out[n] = encrypt(out[n], keys[str(out[n].subject)], nonce)
         return out
+
+    async def close(self) -> None:
+        """Wait for the keys being made, then give the maker's connection back."""
+        await self._maker.close()
+        await self._drop_connection()
 
     async def _keys_for(self, tenant: Tenant, subjects: set[str]) -> dict[str, DataKey]:
         held = self._keys.get(tenant.id)
@@ -246,11 +276,30 @@ class Sealer:
         wanted: dict[str, set[str]] = {}
         for tenant, subjects in asks:
             wanted.setdefault(tenant, set()).update(subjects)
-        async with self._pool.acquire(timeout=5) as conn:
+        conn = await self._connection()
+        try:
             found = {
                 t: await live_keys(conn, self.keyring, t, sorted(s)) for t, s in wanted.items()
             }
+        except BaseException:
+            # Whatever failed (the server, a cancellation mid-statement), the next
+            # statement starts on a fresh connection.
+            await self._drop_connection()
+            raise
         return [{s: found[t][s] for s in subjects} for t, subjects in asks]
+
+    async def _connection(self) -> asyncpg.Connection:
+        """The maker's connection, taken from the pool once and kept (one statement at a
+        time uses it: the maker's batches go one after another)."""
+        if self._conn is None:
+            self._conn = await self._pool.acquire(timeout=5)
+        return self._conn
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):  # a broken one is terminated by the pool
+                await self._pool.release(conn)
 
 
 class KeyCache:
@@ -286,6 +335,29 @@ class KeyCache:
             self._put(key_id, DataKey.of(key_id, key))
             self._by_subject.setdefault((tenant, row["subject"]), set()).add(key_id)
 
+    async def load_named(self, pool: asyncpg.Pool, docs: Sequence[Any]) -> None:
+        """Read the keys that the encrypted envelopes among ``docs`` (parsed JSON, as read
+        from the log) name and that are not in memory: one statement per tenant."""
+        wanted: dict[str, set[str]] = {}
+        for doc in docs:
+            key_id = sealed_with(doc)
+            if key_id is not None and key_id not in self._keys:
+                wanted.setdefault(doc["tenant"], set()).add(key_id)
+        if wanted:
+            async with pool.acquire(timeout=10) as conn:
+                for tenant, ids in wanted.items():
+                    await self.load(conn, tenant, ids)
+
+    def usable(self, doc: Any) -> DataKey | None:
+        """The key in memory that opens ``doc``'s data (None: not encrypted, or the key
+        is destroyed or not loaded)."""
+        key_id = sealed_with(doc)
+        return self._keys.get(key_id) if key_id is not None else None
+
+    def live(self, key_id: str) -> bool:
+        """Whether the key ``key_id`` is in memory and not destroyed."""
+        return self._keys.get(key_id) is not None
+
     def forget(self, tenant: str, subject: str) -> None:
         """Drop the record's keys (its erasure is folded: what follows reads them again)."""
         for key_id in self._by_subject.pop((tenant, subject), ()):
@@ -313,24 +385,75 @@ class KeyCache:
         await self.load(conn, tenant, wanted)
         out: list[tuple[CloudEvent, bytes | None]] = []
         for ev, raw in items:
-            if not is_encrypted(ev):
+            extra = ev.model_extra
+            key_id = extra.get(KEY_EXTENSION) if extra else None
+            if key_id is None:
                 out.append((ev, raw))
                 continue
-            key = self._keys.get(str((ev.model_extra or {})[KEY_EXTENSION]))
-            if key is None:
-                out.append((erased(ev), None))
-                continue
-            plain = decrypt_bytes(ev, key)
-            opened = ev.model_copy(update={"data": orjson.loads(plain)})
-            clear = None
-            if raw is not None:
-                needle = b'"data":"' + str(ev.data).encode() + b'"'
-                spliced = raw.replace(needle, b'"data":' + plain, 1)
-                # The ciphertext's base64 is longer than the plain JSON: a length that did
-                # not change is a needle not found (an envelope written another way).
-                clear = spliced if len(spliced) != len(raw) else None
-            out.append((opened, clear))
+            key = self._keys.get(str(key_id))
+            out.append(_open(ev, raw, key) if key is not None else (erased(ev), None))
         return out
+
+
+#: Where an envelope's encrypted data starts, as publishers serialise it.
+_DATA = b'"data":"'
+
+
+def sealed_with(doc: Any) -> str | None:
+    """The key id an envelope read as JSON names for its encrypted data (None if none)."""
+    if not isinstance(doc, dict):
+        return None
+    key_id = doc.get(KEY_EXTENSION)
+    if isinstance(key_id, str) and isinstance(doc.get("data"), str):
+        return key_id if isinstance(doc.get("tenant"), str) else None
+    return None
+
+
+def open_doc(doc: dict[str, Any], raw: bytes, key: DataKey) -> bytes | None:
+    """Open an envelope's data in ``doc`` (parsed from ``raw``) before it is validated:
+    one validation of the opened envelope instead of one of the sealed envelope and a
+    copy. Returns ``raw`` with the plain JSON in place of the ciphertext (None when it
+    is not found there); :class:`DataKeyError` when the data does not open."""
+    text: str = doc["data"]
+    sealed = text.encode()
+    associated = _bound(doc.get("tenant"), doc.get("subject"), doc.get("id"), doc.get("type"))
+    try:
+        opened = binascii.a2b_base64(sealed, strict_mode=True)
+        plain = key.cipher.decrypt(opened[:_NONCE_BYTES], opened[_NONCE_BYTES:], associated)
+    except (binascii.Error, ValueError, InvalidTag):
+        raise DataKeyError(f"event {doc.get('id')}: its data does not open with its key") from None
+    doc["data"] = orjson.loads(plain)
+    return _splice(raw, sealed, plain)
+
+
+def _splice(raw: bytes, sealed: bytes, plain: bytes) -> bytes | None:
+    # By position, not by bytes.replace: searching for the ~1 KiB ciphertext cost more
+    # than decrypting it. The bytes at the position must be the ciphertext.
+    start = raw.find(_DATA) + len(_DATA)
+    end = start + len(sealed)
+    if start < len(_DATA) or raw[end : end + 1] != b'"' or raw[start:end] != sealed:
+        return None
+    return b"".join((raw[: start - 1], plain, raw[end + 1 :]))
+
+
+def _open(event: CloudEvent, raw: bytes | None, key: DataKey) -> tuple[CloudEvent, bytes | None]:
+    """``event`` with its data decrypted, and ``raw`` with the plain JSON in place of the
+    ciphertext (None when the ciphertext is not found in it as publishers write it)."""
+    text = event.data
+    if not isinstance(text, str):
+        raise DataKeyError(f"event {event.id}: encrypted data is not a string")
+    sealed = text.encode()
+    plain = _decrypt(event, sealed, key)
+    opened = replaced(event, orjson.loads(plain))
+    return opened, _splice(raw, sealed, plain) if raw is not None else None
+
+
+def _decrypt(event: CloudEvent, sealed: bytes | str, key: DataKey) -> bytes:
+    try:
+        raw = binascii.a2b_base64(sealed, strict_mode=True)
+        return key.cipher.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], _associated(event))
+    except (binascii.Error, ValueError, InvalidTag):
+        raise DataKeyError(f"event {event.id}: its data does not open with its key") from None
 
 
 _cache: KeyCache | None = None

@@ -166,6 +166,8 @@ class Publisher:
             self._retire(producer)
         if self._retiring:
             await asyncio.wait(set(self._retiring), timeout=self._policy.stop_timeout + 1)
+        if self._sealer is not None:
+            await self._sealer.close()
 
     async def check(self) -> None:
         """Readiness: the current producer gets cluster metadata (raises otherwise)."""

@@ -20,11 +20,18 @@ from aiokafka.structs import OffsetAndMetadata
 from consumers.projector.hints import HINT_INTERVAL
 from consumers.projector.processor import Projector
 from devstack import ensure_topics
+from eventfold import datakeys
 from eventfold.clients import open_pool
 from eventfold.envelope import CloudEvent
 from eventfold.kafka import make_consumer
 from eventfold.metrics import Metrics
-from eventfold.projection.batch import BatchResult, LogEvent, apply_batch, apply_events
+from eventfold.projection.batch import (
+    BatchResult,
+    LogEvent,
+    apply_batch,
+    apply_events,
+    read_events,
+)
 from eventfold.settings import Settings
 from tests.conftest import new_tenant_id
 
@@ -357,3 +364,57 @@ async def test_records_before_tenant_created_and_junk_on_the_topic(lane: Lane) -
     ] * 2
     assert await lane.scalar(f'SELECT count(*) FROM "t_{t}".records') == 2
     assert await lane.scalar(f"SELECT name FROM eventfold.tenants WHERE id = '{t}'") == "lane"
+
+
+async def test_personal_data_opened_as_it_is_read_is_folded_only_while_its_key_lives(
+    lane: Lane,
+) -> None:
+    """The projector opens encrypted data as it reads a batch, ahead of its fold: an
+    erasure folded in between (the key destroyed and forgotten) leaves the data out, as
+    a replay would; a dead letter carries the envelope as the log holds it (sealed)."""
+    t, topic, cache = lane.tenant, lane.settings.events_topic, datakeys.cache()
+    async with lane.pool.acquire() as conn:
+        await apply_batch(conn, consumer="opened", topic=topic, events=_log([created(t)]))
+        keys = await datakeys.live_keys(conn, cache.keyring, t, ["k/1", "k/2"])
+
+    def sealed(i: int, key: int, name: str) -> bytes:
+        ev = CloudEvent.model_validate(upsert(t, i, key, name=name))
+        return datakeys.encrypt(ev, keys[f"k/{key}"]).to_json()
+
+    kay, kay_again = sealed(1, 1, "Kay"), sealed(2, 1, "Kay K.")
+    [item] = await read_events([(0, 1, 0, kay)], cache, lane.pool)
+    [later] = await read_events([(0, 2, 0, kay_again)], cache, lane.pool)
+    assert item.event is not None
+    assert item.event.data == {"i": 1, "name": "Kay"}
+    assert later.event is not None
+    assert later.event.data == {"i": 2, "name": "Kay K."}
+    assert (item.sealed, item.logged) == (kay, kay)  # the log's envelope: ciphertext
+    assert orjson.loads(item.raw or b"") == {**orjson.loads(kay), "data": item.event.data}
+    async with lane.pool.acquire() as conn:
+        first = await apply_batch(conn, consumer="opened", topic=topic, events=[item])
+        # The record's erasure, as folding its record.erased does it: key destroyed, forgotten.
+        assert await datakeys.destroy(conn, t, "k/1") == 1
+        cache.forget(t, "k/1")
+        second = await apply_batch(conn, consumer="opened", topic=topic, events=[later])
+        rows = await conn.fetch(
+            f'SELECT id, envelope FROM "t_{t}".events WHERE subject = $1 ORDER BY seq', "k/1"
+        )
+    assert (first.applied, second.applied + second.rejected) == (1, 1)
+    history = {r["id"]: r["envelope"] for r in rows}
+    assert history["u-1"]["data"] == {"i": 1, "name": "Kay"}
+    assert "data" not in history["u-2"], history["u-2"]
+
+    # An event parked behind another (whose data does not open) is parked as the log has it.
+    forged = orjson.loads(sealed(3, 2, "Ray"))
+    forged["data"] = forged["data"][:-4] + "AAAA"
+    ray = sealed(4, 2, "Ray")
+    batch = await read_events([(0, 3, 0, orjson.dumps(forged)), (0, 4, 0, ray)], cache, lane.pool)
+    assert batch[0].sealed is None
+    assert batch[1].sealed == ray
+    async with lane.pool.acquire() as conn:
+        parked = await apply_batch(conn, consumer="opened", topic=topic, events=batch, careful=True)
+    assert [(p.event_id, p.raw) for p in parked.dead_letters] == [
+        ("u-3", orjson.dumps(forged)),
+        ("u-4", ray),
+    ]
+    assert "does not open" in parked.dead_letters[0].error

@@ -14,6 +14,7 @@ from eventfold.datakeys import (
     encrypt,
     erased,
     is_encrypted,
+    nonces,
     strip_data,
 )
 from eventfold.envelope import CloudEvent
@@ -78,3 +79,15 @@ def test_an_erased_event_keeps_everything_but_its_data() -> None:
     assert "data" not in gone.to_dict()
     assert gone.to_dict()["datakey"] == "dk_test"
     assert strip_data({"id": "e1", "data": {"x": 1}}) == {"id": "e1"}
+
+
+def test_a_publish_draws_a_distinct_nonce_per_event() -> None:
+    drawn = nonces(1000)
+    assert len(drawn) == 1000
+    assert {len(n) for n in drawn} == {12}
+    assert len(set(drawn)) == 1000
+    assert nonces(0) == []
+    # Given nonces are the ones used: the same nonce twice makes the same ciphertext.
+    one, other = encrypt(event(), KEY, drawn[0]), encrypt(event(), KEY, drawn[0])
+    assert one.data == other.data != encrypt(event(), KEY, drawn[1]).data
+    assert decrypt(one, KEY).data == {"name": "Ada", "n": [1, 2]}

@@ -16,6 +16,7 @@ from eventfold.envelope import (
     decode_event,
     is_known_attribute,
     parse_event,
+    replaced,
     stamp,
 )
 from eventfold.errors import FieldError
@@ -293,3 +294,30 @@ def test_to_json_writes_the_bytes_of_the_dict_form(
     at = datetime(2024, 5, 6, 7, 8, 9, micros, tzinfo=timezone(timedelta(minutes=offset_minutes)))
     ev = parse_event(minimal(data=data, subject=subject, time=at.isoformat(), trace="x", n=2))
     assert ev.to_json() == orjson.dumps(ev.to_dict())
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    data=_json_values,
+    new_data=_json_values,
+    extensions=st.dictionaries(
+        st.from_regex(r"[a-z0-9]{1,20}", fullmatch=True), st.text(), max_size=3
+    ),
+    subject=st.none() | st.just("c/1"),
+)
+def test_replaced_makes_what_model_copy_makes(
+    data: Any, new_data: Any, extensions: dict[str, str], subject: str | None
+) -> None:
+    # replaced() builds the copy pydantic's model_copy builds, without its cost; this
+    # holds them equal (a pydantic upgrade that changes the model's inner state fails here).
+    extensions = {k: v for k, v in extensions.items() if not is_known_attribute(k)}
+    ev = parse_event(minimal(data=data, subject=subject, trace="x", n=2))
+    ours = replaced(ev, new_data, **extensions)
+    theirs = ev.model_copy(update={"data": new_data, **extensions})
+    assert ours == theirs
+    assert ours.to_json() == theirs.to_json()
+    assert ours.model_extra == theirs.model_extra
+    assert ours.model_fields_set == theirs.model_fields_set
+    assert ev.data == data  # the original is left as it was
+    with pytest.raises(ValueError, match="frozen"):
+        ours.id = "other"  # type: ignore[misc]

@@ -30,7 +30,7 @@ from consumers.runtime.kafka import (
     seek_to_stored,
     start_with_retry,
 )
-from eventfold import cachefill, deadletters, readmodel, tracing
+from eventfold import cachefill, datakeys, deadletters, readmodel, tracing
 from eventfold.backoff import Backoff
 from eventfold.db import fetch_checkpoints
 from eventfold.deadletters import DeadLetter
@@ -38,7 +38,7 @@ from eventfold.faults import is_retriable
 from eventfold.kafka import make_consumer, make_producer
 from eventfold.logs import correlation_id
 from eventfold.metrics import Metrics
-from eventfold.projection.batch import BatchResult, LogEvent, apply_batch, budget_sql, log_event
+from eventfold.projection.batch import BatchResult, LogEvent, apply_batch, budget_sql, read_events
 from eventfold.projection.redrive import redrive
 from eventfold.settings import Settings
 
@@ -166,12 +166,14 @@ class Projector(MemberLoop):
                 await self._dlq.stop()
 
     async def _read(self, consumer: AIOKafkaConsumer) -> list[LogEvent]:
-        """The next batch, decoded (empty when nothing came within the fetch wait)."""
-        return [
-            log_event(tp.partition, msg.offset, msg.timestamp, msg.value)
+        """The next batch, decoded and personal data opened (empty when nothing came
+        within the fetch wait)."""
+        records = [
+            (tp.partition, msg.offset, msg.timestamp, msg.value)
             for tp, msgs in await self._next_batch(consumer)
             for msg in msgs
         ]
+        return await read_events(records, datakeys.cache(), self.pool) if records else []
 
     async def _next_batch(
         self, consumer: AIOKafkaConsumer

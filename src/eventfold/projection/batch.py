@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ import asyncpg
 import orjson
 
 from eventfold import datakeys, db, deadletters, readmodel
-from eventfold.datakeys import ERASED
+from eventfold.datakeys import ERASED, KeyCache
 from eventfold.deadletters import DeadLetter
 from eventfold.envelope import CloudEvent, decode_event
 from eventfold.eventtypes.names import is_custom
@@ -37,6 +38,8 @@ from eventfold.readmodel import Target
 from eventfold.replay import is_replay
 from eventfold.tenancy import tenant_lock
 
+log = logging.getLogger("eventfold.projection")
+
 OnDeadLetters = Callable[[Sequence[DeadLetter]], Awaitable[None]]
 
 
@@ -48,8 +51,17 @@ class LogEvent:
     offset: int
     timestamp_ms: int
     event: CloudEvent | None
-    #: The envelope as it is in the log; stored as is (no re-serialisation per event).
+    #: The envelope as history stores it (no re-serialisation per event): as it is in
+    #: the log, or with its data decrypted (then None where that cannot be spliced).
     raw: bytes | None = None
+    #: The envelope as it is in the log when ``raw`` holds its data decrypted: what a
+    #: dead letter carries, so a personal record's data never leaves unencrypted.
+    sealed: bytes | None = None
+
+    @property
+    def logged(self) -> bytes | None:
+        """The envelope as it is in the log (None when the record had no value)."""
+        return self.sealed if self.sealed is not None else self.raw
 
 
 def log_event(partition: int, offset: int, timestamp_ms: int, value: bytes | None) -> LogEvent:
@@ -61,6 +73,45 @@ def log_event(partition: int, offset: int, timestamp_ms: int, value: bytes | Non
     return LogEvent(
         partition=partition, offset=offset, timestamp_ms=timestamp_ms, event=event, raw=value
     )
+
+
+async def read_events(
+    records: Sequence[tuple[int, int, int, bytes | None]], keys: KeyCache, pool: asyncpg.Pool
+) -> list[LogEvent]:
+    """Log records ``(partition, offset, timestamp_ms, value)`` as the fold takes them,
+    the data of personal records opened already.
+
+    What :func:`log_event` makes, but each encrypted envelope is opened as parsed JSON,
+    before its one validation, with keys read here for those not in memory (the
+    projector reads its next batch while the last one is written). The fold checks
+    again that their keys are live (:func:`_opened`): an erasure folded meanwhile
+    forgets them. An envelope that does not open here is left sealed for the fold.
+    """
+    docs: list[Any] = []
+    for _, _, _, value in records:
+        try:
+            docs.append(orjson.loads(value) if value else None)
+        except orjson.JSONDecodeError:
+            docs.append(None)
+    try:
+        await keys.load_named(pool, docs)
+    except Exception as exc:
+        # Not fatal here: what stays sealed is opened by the fold, with its retries and
+        # dead letters (a database away, a key the keyring cannot open).
+        log.info("data keys not read ahead", extra={"error": repr(exc)})
+    out: list[LogEvent] = []
+    for (partition, offset, at, value), doc in zip(records, docs, strict=True):
+        raw, sealed = value, None
+        key = keys.usable(doc)
+        if key is not None and value is not None:
+            with contextlib.suppress(datakeys.DataKeyError):
+                raw, sealed = datakeys.open_doc(doc, value, key), value
+        try:
+            event = CloudEvent.model_validate(doc) if doc is not None else None
+        except ValueError:
+            event, raw, sealed = None, value, None
+        out.append(LogEvent(partition, offset, at, event, raw, sealed))
+    return out
 
 
 @dataclass(slots=True)
@@ -326,7 +377,8 @@ def _dead(
     item: LogEvent, tenant: str, error: str, behind: str | None = None, *, deferred: bool = False
 ) -> DeadLetter:
     ev = item.event
-    raw = item.raw if item.raw is not None else (ev.to_json() if ev is not None else b"")
+    logged = item.logged
+    raw = logged if logged is not None else (ev.to_json() if ev is not None else b"")
     return DeadLetter(
         partition=item.partition,
         offset=item.offset,
@@ -601,19 +653,41 @@ async def _apply_one(
 
 async def _opened(conn: asyncpg.Connection, tenant: str, items: list[LogEvent]) -> list[LogEvent]:
     """``items`` with encrypted data opened, or left out where the record was erased
-    (:mod:`eventfold.datakeys`); the history keeps what is folded."""
+    (:mod:`eventfold.datakeys`); the history keeps what is folded.
+
+    Items opened when they were read (:func:`read_events`) keep their data while their
+    key is live: one destroyed since (an erasure folded in between) leaves it out.
+    """
     if not any(i.event is not None and datakeys.is_encrypted(i.event) for i in items):
         return items
-    pairs = [(i.event, i.raw) for i in items if i.event is not None]
-    opened = iter(await datakeys.cache().open_all(conn, tenant, pairs))
+    cache = datakeys.cache()
+    pairs = [(i.event, i.raw) for i in items if i.event is not None and i.sealed is None]
+    opened = iter(await cache.open_all(conn, tenant, pairs))
+    read_open = {_key_id(i.event) for i in items if i.event is not None and i.sealed is not None}
+    await cache.load(conn, tenant, read_open)
     out: list[LogEvent] = []
     for item in items:
-        if item.event is None:
+        ev = item.event
+        if ev is None:
             out.append(item)
-            continue
-        ev, raw = next(opened)
-        out.append(item if ev is item.event else dataclasses.replace(item, event=ev, raw=raw))
+        elif item.sealed is not None:
+            if cache.live(_key_id(ev)):
+                out.append(item)
+            else:
+                out.append(_with(item, datakeys.erased(ev), None, item.sealed))
+        else:
+            opened_ev, raw = next(opened)
+            out.append(item if opened_ev is ev else _with(item, opened_ev, raw, item.raw))
     return out
+
+
+def _key_id(event: CloudEvent) -> str:
+    return str((event.model_extra or {}).get(datakeys.KEY_EXTENSION))
+
+
+def _with(item: LogEvent, event: CloudEvent, raw: bytes | None, sealed: bytes | None) -> LogEvent:
+    # Built directly: dataclasses.replace costs a microsecond per event more.
+    return LogEvent(item.partition, item.offset, item.timestamp_ms, event, raw, sealed)
 
 
 async def _erase(
