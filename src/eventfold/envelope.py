@@ -13,6 +13,18 @@ from eventfold.errors import FieldError
 
 _EXTENSION_NAME = re.compile(r"[a-z0-9]{1,20}")
 _PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
+#: Extension names seen valid (every event of a kind carries the same few; bounded).
+_VALID_NAMES: set[str] = set()
+
+
+def _valid_name(name: str) -> bool:
+    if not _EXTENSION_NAME.fullmatch(name):
+        return False
+    if len(_VALID_NAMES) < 1024:
+        _VALID_NAMES.add(name)
+    return True
+
+
 #: Attributes that are part of the envelope model itself.
 _KNOWN = frozenset(
     {
@@ -55,7 +67,7 @@ class CloudEvent(BaseModel):
     @model_validator(mode="after")
     def _extensions(self) -> CloudEvent:
         for name, value in (self.model_extra or {}).items():
-            if not _EXTENSION_NAME.fullmatch(name):
+            if name not in _VALID_NAMES and not _valid_name(name):
                 raise ValueError(f"extension attribute {name!r} must be [a-z0-9]{{1,20}}")
             if not isinstance(value, str | int | bool) or value is None:
                 raise ValueError(

@@ -230,7 +230,7 @@ class Publisher:
         While tracing is on, the publish is a producer span whose context each event
         carries on (:func:`eventfold.tracing.stamped`, and in its Kafka headers).
         """
-        return await self._sealed(tenant, with_actor(events, actors.resolve(actor)))
+        return await self._traced(tenant, with_actor(events, actors.resolve(actor)))
 
     async def publish_stamped(self, tenant: str, events: Sequence[CloudEvent]) -> list[Published]:
         """Publish events this process built, each already carrying its own actor.
@@ -242,19 +242,13 @@ class Publisher:
         """
         if any(not (ev.model_extra or {}).get(actors.ATTRIBUTE) for ev in events):
             raise actors.MissingActor("an event of a joined publish names no actor")
-        return await self._sealed(tenant, events)
-
-    async def _sealed(self, tenant: str, events: Sequence[CloudEvent]) -> list[Published]:
-        """:meth:`_traced`, with the data of personal records encrypted."""
-        if self._sealer is None:
-            return await self._traced(tenant, events)
-        return await self._traced(tenant, await self._sealer.seal(tenant, events))
+        return await self._traced(tenant, events)
 
     async def _traced(self, tenant: str, events: Sequence[CloudEvent]) -> list[Published]:
-        """:meth:`_publish`, in a producer span whose context the events carry while
+        """:meth:`_sealed`, in a producer span whose context the events carry while
         tracing is on."""
         if not tracing.enabled():
-            return await self._publish(tenant, events)
+            return await self._sealed(tenant, events)
         attributes = {
             "messaging.system": "kafka",
             "messaging.operation.type": "send",
@@ -263,17 +257,33 @@ class Publisher:
             "eventfold.tenant": tenant,
         }
         with tracing.span(f"publish {self._topic}", kind="producer", attributes=attributes):
-            return await self._publish(tenant, tracing.stamped(events))
+            return await self._sealed(tenant, tracing.stamped(events))
 
-    async def _publish(self, tenant: str, events: Sequence[CloudEvent]) -> list[Published]:
+    async def _sealed(self, tenant: str, events: Sequence[CloudEvent]) -> list[Published]:
+        """:meth:`_publish`, the data of personal records encrypted in what goes out."""
+        if self._sealer is None:
+            return await self._publish(tenant, events, None)
+        return await self._publish(tenant, events, await self._sealer.seal(tenant, events))
+
+    async def _publish(
+        self,
+        tenant: str,
+        events: Sequence[CloudEvent],
+        sealed: Sequence[bytes | None] | None,
+    ) -> list[Published]:
+        """Publish ``events``; ``sealed`` holds the log's bytes of those whose data is
+        encrypted (the others are serialised here)."""
         first_of: dict[str, int] = {}
         for i, ev in enumerate(events):
             first_of.setdefault(ev.id, i)
-        unique = [events[i] for i in sorted(first_of.values())]
-        known = await self._lookup(tenant, unique)
-        fresh = [ev for ev in unique if ev.id not in known]
+        firsts = sorted(first_of.values())
+        known = await self._lookup(tenant, [events[i] for i in firsts])
+        fresh_at = [i for i in firsts if events[i].id not in known]
+        fresh = [events[i] for i in fresh_at]
         # Serialised once: the log's record and the dedup memory hold the same bytes.
-        payloads = [ev.to_json() for ev in fresh]
+        payloads = [
+            (sealed[i] if sealed is not None else None) or events[i].to_json() for i in fresh_at
+        ]
         landed = await self._send(tenant, fresh, payloads)
         await self._remember(tenant, fresh, payloads, landed)
         self._metrics.events_duplicate.inc(len(events) - len(fresh))

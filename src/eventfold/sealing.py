@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import pybase64
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -38,6 +39,12 @@ _NONCE_BYTES = 12
 def _cipher(key: bytes) -> AESGCM:
     # Made once per key: the data keys of personal records are opened by the thousand.
     return AESGCM(key)
+
+
+@functools.lru_cache(maxsize=16)
+def _by_id(keys: tuple[tuple[str, bytes], ...]) -> dict[str, bytes]:
+    # A keyring's keys by id, made once: data keys are opened by the thousand.
+    return dict(keys)
 
 
 class SealError(PermanentError):
@@ -80,7 +87,7 @@ class Keyring:
         key_id, key = self.keys[0]
         nonce = secrets.token_bytes(_NONCE_BYTES)
         sealed = _cipher(key).encrypt(nonce, plaintext, purpose.encode())
-        return f"v1.{key_id}." + base64.urlsafe_b64encode(nonce + sealed).decode().rstrip("=")
+        return f"v1.{key_id}." + pybase64.urlsafe_b64encode(nonce + sealed).decode().rstrip("=")
 
     def open(self, value: str, *, purpose: str) -> bytes:
         """Decrypt a value sealed for ``purpose``; :class:`SealError` when it cannot."""
@@ -88,11 +95,11 @@ class Keyring:
         key_id, _, payload = rest.partition(".")
         if version != "v1" or not payload:
             raise SealError("not a sealed value")
-        key = dict(self.keys).get(key_id)
+        key = _by_id(self.keys).get(key_id)
         if key is None:
             raise SealError(f"no key {key_id!r} configured (was it rotated out too early?)")
         try:
-            raw = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+            raw = pybase64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
             return _cipher(key).decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], purpose.encode())
         except (binascii.Error, ValueError, InvalidTag):
             raise SealError("the sealed value does not open (wrong key or tampered)") from None

@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from eventfold import actors, ids, readmodel
+from eventfold import actors, datakeys, ids, readmodel
 from eventfold.appkeys import POOL, PUBLISHER, SETTINGS, TENANTS
 from eventfold.envelope import CloudEvent, EnvelopeInvalid, parse_event, pydantic_errors, stamp
 from eventfold.errors import (
@@ -173,6 +173,12 @@ async def publish_events(request: web.Request) -> web.Response:
                 # would silence the tenant's webhooks and streams for its event.
                 raise EnvelopeInvalid(
                     [FieldError(f"{path}/{REPLAY_ATTRIBUTE}", "is reserved for replay tooling")]
+                )
+            if datakeys.is_encrypted(event):
+                # The gateway encrypts (eventfold.datakeys), and skips what names a key:
+                # a client naming one would put a personal record's data in clear.
+                raise EnvelopeInvalid(
+                    [FieldError(f"{path}/{datakeys.KEY_EXTENSION}", "is set by the server")]
                 )
             if is_custom(event.type):
                 custom.append((len(events), path))  # validated and stamped below

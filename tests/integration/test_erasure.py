@@ -132,6 +132,28 @@ async def test_a_personal_record_is_encrypted_in_the_log_and_an_erasure_forgets_
     assert (await logged(api, again["consistency_token"]))["datakey"] != sealed["datakey"]
 
 
+async def test_a_client_cannot_name_a_data_key(api: Api, tenant: TenantApi) -> None:
+    """The gateway leaves an event that names a key as it is (it is encrypted already):
+    a client naming one would put a personal record's data in the log in clear."""
+    await make_personal(api, tenant, "customers")
+    event = {
+        "specversion": "1.0", "id": "named-key", "source": "test", "type": "record.upserted",
+        "subject": "customers/n1", "data": {"name": "Nell"}, "datakey": "dk_mine",
+    }  # fmt: skip
+    resp = await tenant.call("POST", "/events", json=event)
+    assert resp.status == 422, await resp.text()
+    assert [e["path"] for e in (await resp.json())["errors"]] == ["/datakey"]
+    clean = {k: v for k, v in event.items() if k != "datakey"}
+    batch = await tenant.call("POST", "/events", json=[{**clean, "id": "ok"}, event])
+    assert batch.status == 422
+    assert [e["path"] for e in (await batch.json())["errors"]] == ["/1/datakey"]
+    # Without it, the same event goes out encrypted with the record's own key.
+    published = await tenant.write("POST", "/events", json=clean)
+    sealed = await logged(api, published["consistency_token"])
+    assert sealed["datakey"].startswith("dk_")
+    assert "Nell" not in orjson.dumps(sealed).decode()
+
+
 async def test_a_tampered_ciphertext_is_a_dead_letter_not_data(
     api: Api, tenant: TenantApi, pool: asyncpg.Pool
 ) -> None:

@@ -15,6 +15,7 @@ from eventfold.datakeys import (
     erased,
     is_encrypted,
     nonces,
+    sealed_json,
     strip_data,
 )
 from eventfold.envelope import CloudEvent
@@ -91,3 +92,13 @@ def test_a_publish_draws_a_distinct_nonce_per_event() -> None:
     one, other = encrypt(event(), KEY, drawn[0]), encrypt(event(), KEY, drawn[0])
     assert one.data == other.data != encrypt(event(), KEY, drawn[1]).data
     assert decrypt(one, KEY).data == {"name": "Ada", "n": [1, 2]}
+
+
+def test_the_sealed_json_is_the_encrypted_event_serialised() -> None:
+    # The gateway writes the log's bytes without building the encrypted event.
+    nonce = nonces(1)[0]
+    made = sealed_json(event(), KEY, nonce)
+    assert orjson.loads(made) == orjson.loads(encrypt(event(), KEY, nonce).to_json())
+    logged = CloudEvent.model_validate(orjson.loads(made))
+    assert decrypt(logged, KEY).data == {"name": "Ada", "n": [1, 2]}
+    assert b"Ada" not in made

@@ -93,16 +93,17 @@ async def read_events(
             docs.append(orjson.loads(value) if value else None)
         except orjson.JSONDecodeError:
             docs.append(None)
+    named = [datakeys.sealed_with(doc) for doc in docs]
     try:
-        await keys.load_named(pool, docs)
+        await keys.load_named(pool, [n for n in named if n is not None])
     except Exception as exc:
         # Not fatal here: what stays sealed is opened by the fold, with its retries and
         # dead letters (a database away, a key the keyring cannot open).
         log.info("data keys not read ahead", extra={"error": repr(exc)})
     out: list[LogEvent] = []
-    for (partition, offset, at, value), doc in zip(records, docs, strict=True):
+    for (partition, offset, at, value), doc, name in zip(records, docs, named, strict=True):
         raw, sealed = value, None
-        key = keys.usable(doc)
+        key = keys.get(name[1]) if name is not None else None
         if key is not None and value is not None:
             with contextlib.suppress(datakeys.DataKeyError):
                 raw, sealed = datakeys.open_doc(doc, value, key), value
@@ -658,31 +659,31 @@ async def _opened(conn: asyncpg.Connection, tenant: str, items: list[LogEvent]) 
     Items opened when they were read (:func:`read_events`) keep their data while their
     key is live: one destroyed since (an erasure folded in between) leaves it out.
     """
-    if not any(i.event is not None and datakeys.is_encrypted(i.event) for i in items):
+    sealed: list[tuple[int, CloudEvent]] = []
+    read_open: list[tuple[int, CloudEvent, str]] = []
+    for n, item in enumerate(items):
+        ev = item.event
+        key_id = (ev.model_extra or {}).get(datakeys.KEY_EXTENSION) if ev is not None else None
+        if ev is None or key_id is None:
+            continue
+        if item.sealed is None:
+            sealed.append((n, ev))
+        else:
+            read_open.append((n, ev, str(key_id)))
+    if not sealed and not read_open:
         return items
     cache = datakeys.cache()
-    pairs = [(i.event, i.raw) for i in items if i.event is not None and i.sealed is None]
-    opened = iter(await cache.open_all(conn, tenant, pairs))
-    read_open = {_key_id(i.event) for i in items if i.event is not None and i.sealed is not None}
-    await cache.load(conn, tenant, read_open)
-    out: list[LogEvent] = []
-    for item in items:
-        ev = item.event
-        if ev is None:
-            out.append(item)
-        elif item.sealed is not None:
-            if cache.live(_key_id(ev)):
-                out.append(item)
-            else:
-                out.append(_with(item, datakeys.erased(ev), None, item.sealed))
-        else:
-            opened_ev, raw = next(opened)
-            out.append(item if opened_ev is ev else _with(item, opened_ev, raw, item.raw))
+    out = list(items)
+    if sealed:
+        opened = await cache.open_all(conn, tenant, [(ev, items[n].raw) for n, ev in sealed])
+        for (n, _), (ev, raw) in zip(sealed, opened, strict=True):
+            out[n] = _with(items[n], ev, raw, items[n].raw)
+    if read_open:
+        await cache.load(conn, tenant, {key_id for _, _, key_id in read_open})
+        for n, ev, key_id in read_open:
+            if cache.get(key_id) is None:
+                out[n] = _with(items[n], datakeys.erased(ev), None, items[n].sealed)
     return out
-
-
-def _key_id(event: CloudEvent) -> str:
-    return str((event.model_extra or {}).get(datakeys.KEY_EXTENSION))
 
 
 def _with(item: LogEvent, event: CloudEvent, raw: bytes | None, sealed: bytes | None) -> LogEvent:
