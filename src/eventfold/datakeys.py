@@ -101,7 +101,7 @@ def _associated(event: CloudEvent) -> bytes:
 
 def _bound(tenant: str | None, subject: str | None, event_id: Any, event_type: Any) -> bytes:
     """The associated data a ciphertext is bound to (see the module's docstring)."""
-    return "\x1f".join((tenant or "", subject or "", str(event_id), str(event_type))).encode()
+    return f"{tenant or ''}\x1f{subject or ''}\x1f{event_id}\x1f{event_type}".encode()
 
 
 def encrypt(event: CloudEvent, key: DataKey, nonce: bytes | None = None) -> CloudEvent:
@@ -160,45 +160,58 @@ def erased(event: CloudEvent) -> CloudEvent:
 async def live_keys(
     conn: asyncpg.Connection, keyring: Keyring, tenant: str, subjects: Sequence[str]
 ) -> dict[str, DataKey]:
-    """The live key of each of ``subjects``, made for those that have none (one statement;
-    committed before anything is encrypted with it, so no event outlives its key)."""
-    wanted = sorted(set(subjects))
-    keys: dict[str, DataKey] = {}
+    """The live key of each of ``subjects``, made for those that have none (see
+    :func:`live_keys_of`)."""
+    found = await live_keys_of(conn, keyring, {(tenant, s) for s in subjects})
+    return {subject: key for (_, subject), key in found.items()}
+
+
+async def live_keys_of(
+    conn: asyncpg.Connection, keyring: Keyring, records: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], DataKey]:
+    """The live key of each ``(tenant, subject)``, made for those that have none: one
+    statement for every tenant, committed before anything is encrypted with its keys
+    (so no event outlives its key)."""
+    # Sorted: two processes making keys for the same records insert them in one order.
+    wanted = sorted(set(records))
+    keys: dict[tuple[str, str], DataKey] = {}
     for _ in range(_ATTEMPTS):
-        todo = [s for s in wanted if s not in keys]
+        todo = [r for r in wanted if r not in keys]
         # One read of the random source for every key and id of the statement.
         random = os.urandom(48 * len(todo))
-        fresh = {s: random[48 * n : 48 * n + 32] for n, s in enumerate(todo)}
-        ids = {s: _key_id(random[48 * n + 32 : 48 * n + 48]) for n, s in enumerate(todo)}
+        fresh = {r: random[48 * n : 48 * n + 32] for n, r in enumerate(todo)}
+        ids = {r: _key_id(random[48 * n + 32 : 48 * n + 48]) for n, r in enumerate(todo)}
         rows = await conn.fetch(
-            """WITH wanted (s, i, k) AS (
-                 SELECT * FROM unnest($2::text[], $3::text[], $4::text[])
+            """WITH wanted (t, s, i, k) AS (
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])
                ), made AS (
                  INSERT INTO eventfold.data_keys (id, tenant, subject, sealed)
-                 SELECT i, $1, s, k FROM wanted
+                 SELECT i, t, s, k FROM wanted
                  ON CONFLICT (tenant, subject) WHERE destroyed_at IS NULL DO NOTHING
-                 RETURNING subject, id, sealed
+                 RETURNING tenant, subject, id
                )
-               SELECT subject, id, sealed FROM made
+               SELECT tenant, subject, id, NULL AS sealed FROM made
                UNION ALL
-               SELECT d.subject, d.id, d.sealed FROM eventfold.data_keys d
-               JOIN wanted w ON d.subject = w.s
-               WHERE d.tenant = $1 AND d.destroyed_at IS NULL""",
-            tenant,
-            list(fresh),
-            [ids[s] for s in fresh],
-            [keyring.seal(k, purpose=_purpose(tenant)) for k in fresh.values()],
+               SELECT d.tenant, d.subject, d.id, d.sealed FROM eventfold.data_keys d
+               JOIN wanted w ON d.tenant = w.t AND d.subject = w.s
+               WHERE d.destroyed_at IS NULL""",
+            [t for t, _ in todo],
+            [s for _, s in todo],
+            [ids[r] for r in todo],
+            [keyring.seal(fresh[r], purpose=_purpose(r[0])) for r in todo],
         )
-        for r in rows:
-            made = ids.get(r["subject"]) == r["id"]
-            key = (
-                fresh[r["subject"]] if made else keyring.open(r["sealed"], purpose=_purpose(tenant))
-            )
-            keys[r["subject"]] = DataKey.of(r["id"], key)
+        for row in rows:
+            record = (row["tenant"], row["subject"])
+            if ids.get(record) == row["id"]:
+                key = fresh[record]  # made by this statement: its bytes are here
+            else:
+                key = keyring.open(row["sealed"], purpose=_purpose(record[0]))
+            keys[record] = DataKey.of(row["id"], key)
         if len(keys) == len(wanted):
             return keys
         # Another process made one of them after this statement's snapshot: read it next.
-    raise DataKeyError(f"no data keys for {tenant}: {[s for s in wanted if s not in keys][:3]}")
+    missing = [r for r in wanted if r not in keys][:3]
+    raise DataKeyError(f"no data keys for {missing}")
 
 
 def _key_id(random: bytes) -> str:
@@ -288,21 +301,17 @@ class Sealer:
     async def _make_many(
         self, asks: Sequence[tuple[str, tuple[str, ...]]]
     ) -> list[dict[str, DataKey]]:
-        """The keys each ``(tenant, subjects)`` asks for: one statement per tenant."""
-        wanted: dict[str, set[str]] = {}
-        for tenant, subjects in asks:
-            wanted.setdefault(tenant, set()).update(subjects)
+        """The keys each ``(tenant, subjects)`` asks for: one statement for them all."""
+        wanted = {(tenant, subject) for tenant, subjects in asks for subject in subjects}
         conn = await self._connection()
         try:
-            found = {
-                t: await live_keys(conn, self.keyring, t, sorted(s)) for t, s in wanted.items()
-            }
+            found = await live_keys_of(conn, self.keyring, wanted)
         except BaseException:
             # Whatever failed (the server, a cancellation mid-statement), the next
             # statement starts on a fresh connection.
             await self._drop_connection()
             raise
-        return [{s: found[t][s] for s in subjects} for t, subjects in asks]
+        return [{s: found[(t, s)] for s in subjects} for t, subjects in asks]
 
     async def _connection(self) -> asyncpg.Connection:
         """The maker's connection, taken from the pool once and kept (one statement at a
@@ -430,7 +439,7 @@ def open_doc(doc: dict[str, Any], raw: bytes, key: DataKey) -> bytes | None:
     sealed = text.encode()
     associated = _bound(doc.get("tenant"), doc.get("subject"), doc.get("id"), doc.get("type"))
     try:
-        opened = pybase64.b64decode(sealed, validate=True)
+        opened = memoryview(pybase64.b64decode(sealed, validate=True))
         plain = key.cipher.decrypt(opened[:_NONCE_BYTES], opened[_NONCE_BYTES:], associated)
     except (binascii.Error, ValueError, InvalidTag):
         raise DataKeyError(f"event {doc.get('id')}: its data does not open with its key") from None

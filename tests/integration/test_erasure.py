@@ -9,6 +9,7 @@ replay and ``verify`` (another process, from the log) agree with the live fold.
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 import asyncpg
@@ -205,3 +206,32 @@ async def test_keys_rotate_reseals_the_data_keys_and_they_still_open(
         await reseal(pool, Keyring(dev.keys + new.keys[:1]), column)
     later = await tenant.write("PUT", f"{C}/r1", json={"n": 2})
     assert (await tenant.read_json(f"{C}/r1", later["consistency_token"]))["data"] == {"n": 2}
+
+
+async def test_keys_of_several_tenants_are_made_in_one_statement_and_found_again(
+    pool: asyncpg.Pool, api: Api
+) -> None:
+    ring = dev_keyring(api.settings.home)
+    a, b = f"lk_{secrets.token_hex(4)}", f"lk_{secrets.token_hex(4)}"
+    wanted = {(a, "customers/1"), (a, "customers/2"), (b, "customers/1")}
+    try:
+        async with pool.acquire() as conn:
+            made = await datakeys.live_keys_of(conn, ring, wanted)
+            again = await datakeys.live_keys_of(conn, ring, wanted | {(b, "customers/2")})
+            rows = await conn.fetch(
+                "SELECT tenant, subject, id FROM eventfold.data_keys WHERE tenant = ANY($1)",
+                [a, b],
+            )
+    finally:
+        async with pool.acquire() as conn:
+            await conn.execute("DELETE FROM eventfold.data_keys WHERE tenant = ANY($1)", [a, b])
+    assert set(made) == wanted
+    assert len({k.id for k in made.values()}) == 3  # a key per record, tenants apart
+    # Found again, not made again: the same ids, and keys that open each other's data.
+    assert {r: again[r].id for r in wanted} == {r: k.id for r, k in made.items()}
+    assert sorted((r["tenant"], r["subject"]) for r in rows) == sorted(
+        wanted | {(b, "customers/2")}
+    )
+    nonce = datakeys.nonces(1)[0]
+    sealed = made[(a, "customers/1")].cipher.encrypt(nonce, b"x", b"ad")
+    assert again[(a, "customers/1")].cipher.decrypt(nonce, sealed, b"ad") == b"x"

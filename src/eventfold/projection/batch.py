@@ -105,8 +105,10 @@ async def read_events(
         raw, sealed = value, None
         key = keys.get(name[1]) if name is not None else None
         if key is not None and value is not None:
-            with contextlib.suppress(datakeys.DataKeyError):
+            try:
                 raw, sealed = datakeys.open_doc(doc, value, key), value
+            except datakeys.DataKeyError:
+                raw, sealed = value, None  # left sealed: the fold parks it
         try:
             event = CloudEvent.model_validate(doc) if doc is not None else None
         except ValueError:
