@@ -29,6 +29,7 @@ import contextlib
 import os
 import resource
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -221,47 +222,68 @@ def _children_cpu() -> float:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     """The load once per ``--trace``/``--personal`` choice; with both, the overhead beside them."""
     personal = getattr(args, "personal", "off")
+    pairs = getattr(args, "pairs", 1)
     if args.trace == "both":
-        print("== without tracing", flush=True)
-        untraced = await run_once(args, traced=False)
-        print("== with tracing", flush=True)
-        traced = await run_once(args, traced=True)
+        untraced, traced = await _alternate(
+            args, pairs, ("without tracing", {"traced": False}), ("with tracing", {"traced": True})
+        )
         return {
             "untraced": untraced,
             "traced": traced,
             "tracing_overhead": overhead(untraced, traced),
         }
     if personal == "both":
-        print("== plain collection", flush=True)
-        plain = await run_once(args, traced=args.trace == "on")
-        print("== personal collection (data encrypted per record)", flush=True)
-        sealed = await run_once(args, traced=args.trace == "on", personal=True)
+        on = args.trace == "on"
+        plain, sealed = await _alternate(
+            args, pairs, ("plain collection", {"traced": on}),
+            ("personal collection (data encrypted per record)", {"traced": on, "personal": True}),
+        )  # fmt: skip
         return {"plain": plain, "personal": sealed, "encryption_overhead": overhead(plain, sealed)}
     return await run_once(args, traced=args.trace == "on", personal=personal == "on")
 
 
-def overhead(off: dict[str, Any], on: dict[str, Any]) -> dict[str, Any]:
-    """CPU per unit of work of two runs side by side, with the change in per cent."""
-    pairs = {
-        "gateway_cpu_ms_per_1000_batched_events": (
-            off["ingest_batches"]["gateway_cpu_ms_per_1000_events"],
-            on["ingest_batches"]["gateway_cpu_ms_per_1000_events"],
-        ),
-        "gateway_cpu_ms_per_single_request": (
-            off["ingest_single"]["gateway_cpu_ms_per_request"],
-            on["ingest_single"]["gateway_cpu_ms_per_request"],
-        ),
-        "projector_cpu_seconds_per_1000_events": (
-            off["projector_catch_up"]["projector_cpu_seconds_per_1000_events"],
-            on["projector_catch_up"]["projector_cpu_seconds_per_1000_events"],
-        ),
-    }
-    out = {
-        name: {"off": a, "on": b, "percent": round(100 * (b - a) / a, 1) if a else None}
-        for name, (a, b) in pairs.items()
-    }
-    for name, o in out.items():
-        print(f"  {name}: {o['off']} -> {o['on']} ({o['percent']:+} %)", flush=True)
+async def _alternate(
+    args: argparse.Namespace,
+    pairs: int,
+    off: tuple[str, dict[str, bool]],
+    on: tuple[str, dict[str, bool]],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``pairs`` runs of each side, one side then the other: what drifts on the machine
+    meanwhile (its load, its caches) falls on both sides alike."""
+    offs: list[dict[str, Any]] = []
+    ons: list[dict[str, Any]] = []
+    for n in range(pairs):
+        for (label, kwargs), runs in ((off, offs), (on, ons)):
+            print(f"== {label} ({n + 1} of {pairs})", flush=True)
+            runs.append(await run_once(args, **kwargs))
+    return offs, ons
+
+
+#: The CPU figures an overhead compares: (name, part of a run, key in it).
+_CPU_FIGURES = (
+    ("gateway_cpu_ms_per_1000_batched_events", "ingest_batches", "gateway_cpu_ms_per_1000_events"),
+    ("gateway_cpu_ms_per_single_request", "ingest_single", "gateway_cpu_ms_per_request"),
+    ("projector_cpu_seconds_per_1000_events", "projector_catch_up",
+     "projector_cpu_seconds_per_1000_events"),
+)  # fmt: skip
+
+
+def overhead(offs: list[dict[str, Any]], ons: list[dict[str, Any]]) -> dict[str, Any]:
+    """CPU per unit of work of runs side by side: each side's median over its runs, the
+    change between the medians in per cent, and each pair's own change (the spread)."""
+
+    def percent(a: float, b: float) -> float | None:
+        return round(100 * (b - a) / a, 1) if a else None
+
+    out: dict[str, Any] = {}
+    for name, part, key in _CPU_FIGURES:
+        off = [run[part][key] for run in offs]
+        on = [run[part][key] for run in ons]
+        a, b = statistics.median(off), statistics.median(on)
+        out[name] = {"off": a, "on": b, "percent": percent(a, b),
+                     "pairs": [percent(x, y) for x, y in zip(off, on, strict=True)]}  # fmt: skip
+        print(f"  {name}: {a} -> {b} ({out[name]['percent']:+} %; pairs"
+              f" {out[name]['pairs']})", flush=True)  # fmt: skip
     return out
 
 
@@ -488,6 +510,12 @@ def main() -> None:
         choices=["off", "on", "both"],
         default="off",
         help="the events' collection personal (data encrypted per record); both: the overhead",
+    )
+    p.add_argument(
+        "--pairs",
+        type=int,
+        default=1,
+        help="with --trace/--personal both: runs of each side, alternating (medians compared)",
     )
     args = p.parse_args()
     prov = provenance.stamp()

@@ -223,15 +223,22 @@ async def _paired(
         tenants=5, partitions=8, batch_events=sizes.batch_events // 2, batch_size=500,
         concurrency=8, single_requests=sizes.single_saturation // 2,
         single_concurrency=phases.SINGLE_CONCURRENCY, trace=trace, personal=personal,
+        pairs=OVERHEAD_PAIRS,
     )  # fmt: skip
     both = await throughput.run(args)
     failures = sum(
-        both[side][part]["failures"]
+        run[part]["failures"]
         for side in sides
+        for run in both[side]
         for part in ("ingest_batches", "ingest_single")
     )
     return {"batch_events": args.batch_events, "single_requests": args.single_requests,
-            "failures": failures, "overhead": both[key]}  # fmt: skip
+            "pairs": args.pairs, "failures": failures, "overhead": both[key]}  # fmt: skip
+
+
+#: Runs of each side of an overhead (alternating): one pair's change moved by ±6 points
+#: from run to run on this machine (the plain side's own CPU per event by as much).
+OVERHEAD_PAIRS = 3
 
 
 async def _optional(

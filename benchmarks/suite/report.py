@@ -319,13 +319,16 @@ def _overhead_lines(t: dict[str, Any], title: str, off: str, on: str) -> list[st
     """CPU per unit of work of two runs of the same load, side by side."""
     rows = [
         f"| {_CPU_LABELS.get(name, name)} | {o['off']} | {o['on']} | {_percent(o['percent'])} |"
+        f" {', '.join(_percent(p) for p in o.get('pairs', [o['percent']]))} |"
         for name, o in t["overhead"].items()
     ]
+    pairs = t.get("pairs", 1)
+    runs = f"{pairs} runs each way, alternating (medians)" if pairs > 1 else "one run each way"
     return [title, "",
             f"{t['batch_events']:,} batched events and {t['single_requests']:,} single-event"
-            f" requests each way; failed requests: {t['failures']:,}.", "",
-            f"| CPU per unit of work | {off} | {on} | change |", "|---|---|---|---|",
-            *rows]  # fmt: skip
+            f" requests per run, {runs}; failed requests: {t['failures']:,}.", "",
+            f"| CPU per unit of work | {off} | {on} | change | each pair |",
+            "|---|---|---|---|---|", *rows]  # fmt: skip
 
 
 def tracing_lines(t: dict[str, Any]) -> list[str]:
