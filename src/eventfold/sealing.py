@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import os
 import re
 import secrets
 from dataclasses import dataclass
@@ -85,7 +86,7 @@ class Keyring:
     def seal(self, plaintext: bytes, *, purpose: str) -> str:
         """Encrypt ``plaintext`` for ``purpose`` with the current key."""
         key_id, key = self.keys[0]
-        nonce = secrets.token_bytes(_NONCE_BYTES)
+        nonce = os.urandom(_NONCE_BYTES)
         sealed = _cipher(key).encrypt(nonce, plaintext, purpose.encode())
         return f"v1.{key_id}." + pybase64.urlsafe_b64encode(nonce + sealed).decode().rstrip("=")
 
