@@ -353,18 +353,21 @@ class KeyCache:
             ",".join(missing),
             tenant,
         )
-        found = {r["id"]: r for r in rows}
-        for key_id in missing:
-            row = found.get(key_id)
-            if row is None or row["sealed"] is None:
-                self._put(key_id, None)
-                continue
+        purpose, by_subject = _purpose(tenant), self._by_subject
+        opened: set[str] = set()
+        for key_id, subject, sealed in rows:
+            if sealed is None:
+                continue  # destroyed
             try:
-                key = self.keyring.open(row["sealed"], purpose=_purpose(tenant))
+                key = self.keyring.open(sealed, purpose=purpose)
             except SealError as exc:
                 raise DataKeyError(f"data key {key_id}: {exc}") from None
             self._put(key_id, DataKey.of(key_id, key))
-            self._by_subject.setdefault((tenant, row["subject"]), set()).add(key_id)
+            by_subject.setdefault((tenant, subject), set()).add(key_id)
+            opened.add(key_id)
+        for key_id in missing:
+            if key_id not in opened:
+                self._put(key_id, None)  # destroyed, unknown, or another tenant's
 
     async def load_named(self, pool: asyncpg.Pool, named: Iterable[tuple[str, str]]) -> None:
         """Read the keys ``(tenant, key id)`` not in memory (see :func:`sealed_with`): one

@@ -21,7 +21,7 @@ import functools
 import os
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -42,12 +42,6 @@ def _cipher(key: bytes) -> AESGCM:
     return AESGCM(key)
 
 
-@functools.lru_cache(maxsize=16)
-def _by_id(keys: tuple[tuple[str, bytes], ...]) -> dict[str, bytes]:
-    # A keyring's keys by id, made once: data keys are opened by the thousand.
-    return dict(keys)
-
-
 class SealError(PermanentError):
     """A sealed value that no configured key opens, or a malformed key setting."""
 
@@ -57,6 +51,8 @@ class Keyring:
     """The keys that open sealed values; ``keys[0]`` seals new ones."""
 
     keys: tuple[tuple[str, bytes], ...]
+    #: Each key's cipher by its id, made once: data keys are opened by the thousand.
+    _ciphers: dict[str, AESGCM] = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         if not self.keys:
@@ -66,6 +62,8 @@ class Keyring:
                 raise SealError(f"key id {key_id!r} must match {_KEY_ID.pattern}")
             if len(key) != 32:
                 raise SealError(f"key {key_id!r} must be 32 bytes (AES-256)")
+        ciphers = {key_id: _cipher(key) for key_id, key in self.keys}
+        object.__setattr__(self, "_ciphers", ciphers)  # frozen: set as dataclasses do
 
     @classmethod
     def parse(cls, spec: str) -> Keyring:
@@ -96,12 +94,12 @@ class Keyring:
         key_id, _, payload = rest.partition(".")
         if version != "v1" or not payload:
             raise SealError("not a sealed value")
-        key = _by_id(self.keys).get(key_id)
-        if key is None:
+        cipher = self._ciphers.get(key_id)
+        if cipher is None:
             raise SealError(f"no key {key_id!r} configured (was it rotated out too early?)")
         try:
             raw = pybase64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
-            return _cipher(key).decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], purpose.encode())
+            return cipher.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], purpose.encode())
         except (binascii.Error, ValueError, InvalidTag):
             raise SealError("the sealed value does not open (wrong key or tampered)") from None
 
