@@ -121,6 +121,24 @@ def _part(sources: list[Source], key: str) -> tuple[dict[str, Any] | None, Sourc
     return (source.doc[key], source) if source else (None, None)
 
 
+#: Phases whose figure depends on the run's size (the share of events that make a new
+#: record key, for encryption): the newest full and quick runs are both shown.
+BY_SIZE = frozenset({"encryption"})
+
+
+def _sections_by_size(
+    sources: list[Source], key: str, title: str, render: Callable[[Any], list[str]]
+) -> list[str]:
+    """The newest full run's section of ``key``, then the newest quick run's."""
+    lines: list[str] = []
+    for size in ("full", "quick"):
+        source = newest(sources, lambda s, size=size: s.sizes == size and bool(s.doc.get(key)))
+        if source is not None:
+            body = _section(source.doc[key], source, title, render)
+            lines += [f"{body[0]} — {size} sizes", *body[1:], ""]
+    return lines or [*_section(None, None, title, render), ""]
+
+
 def targets_table(full: Source | None, quick: Source | None) -> list[str]:
     """Every target, judged on the newest full and quick runs side by side."""
     runs = [(name, src, report.verdicts(src.doc) if src else None)
@@ -201,6 +219,9 @@ def generate(sources: list[Source]) -> str:
         ("tracing", "Tracing overhead", report.tracing_lines),
         ("encryption", "Encryption overhead", report.encryption_lines),
     ):
+        if key in BY_SIZE:
+            lines += _sections_by_size(sources, key, title, render)
+            continue
         part, source = _part(sources, key)
         lines += [*_section(part, source, title, render), ""]
     soak = newest(sources, lambda s: s.doc.get("benchmark") == "soak" or "samples" in s.doc)
