@@ -45,6 +45,7 @@ from benchmarks.private import private_settings
 from benchmarks.privatedb import PrivateDatabaseRefused, private_database
 from benchmarks.suite.phases import EXE, SMOKE, free_port, wait_ready
 from devstack import ensure_topics
+from entrypoints.registry import PROCESSORS
 from eventfold.auth import issue_token
 from eventfold.settings import Settings
 
@@ -159,10 +160,21 @@ async def run(args: argparse.Namespace, run_id: str, database_url: str) -> dict[
     smtp.start()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(  # noqa: ASYNC220 - started once, before the measurements
-        [EXE, "run", "--no-token"], env=_env(settings, port, smtp_port, args.per_tenant),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    # "one": every part in one `eventfold run`; "split": the HTTP parts in one process
+    # and each stream processor in one of its own, as a deployment on several cores.
+    commands = [["run", "--no-token"]] if args.layout == "one" else [
+        ["serve", "api", "ingest"], *(["process", name] for name in sorted(PROCESSORS))
+    ]  # fmt: skip
+    ports = [port, *(free_port() for _ in commands[1:])]
+    procs = [
+        subprocess.Popen(  # noqa: ASYNC220 - started once, before the measurements
+            [EXE, *command],
+            env=_env(settings, at, smtp_port, args.per_tenant),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for command, at in zip(commands, ports, strict=True)
+    ]
     tenant = f"wfbench{run_id}"
     secret = settings.jwt_secret
     admin = {
@@ -172,7 +184,8 @@ async def run(args: argparse.Namespace, run_id: str, database_url: str) -> dict[
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
     result: dict[str, Any] = {}
     try:
-        await wait_ready(base, proc)
+        for proc, at in zip(procs, ports, strict=True):
+            await wait_ready(f"http://127.0.0.1:{at}", proc)
         async with aiohttp.ClientSession() as http:
             # Limits far above the load, as the suite's tenants (a tenant running hundreds
             # of runs a second would have them raised; the default is 100 requests/s).
@@ -275,12 +288,14 @@ async def run(args: argparse.Namespace, run_id: str, database_url: str) -> dict[
                 },
             }  # fmt: skip
     finally:
-        proc.terminate()
-        try:
-            await asyncio.to_thread(proc.wait, 30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            await asyncio.to_thread(proc.wait, 5)
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                await asyncio.to_thread(proc.wait, 30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                await asyncio.to_thread(proc.wait, 5)
         await pool.close()
         smtp.stop()
         await rx.cleanup()
@@ -288,13 +303,17 @@ async def run(args: argparse.Namespace, run_id: str, database_url: str) -> dict[
 
 
 async def measure(
-    runs: int, seconds: float = 10.0, partitions: int = 4, per_tenant: int = 256
+    runs: int,
+    seconds: float = 10.0,
+    partitions: int = 4,
+    per_tenant: int = 256,
+    layout: str = "one",
 ) -> dict[str, Any]:
     """Both measurements, on a private database when one can be made, else on the
     shared one: a workflows processor serves only the inbox and runs of its own topic,
     and this run's topic is its own, so other people's processors never touch them."""
     args = argparse.Namespace(
-        runs=runs, seconds=seconds, partitions=partitions, per_tenant=per_tenant
+        runs=runs, seconds=seconds, partitions=partitions, per_tenant=per_tenant, layout=layout
     )
     run_id = uuid.uuid4().hex[:6]
     shared = Settings.from_env().database_url
@@ -307,7 +326,14 @@ async def measure(
         database = "shared (a topic of its own)"
     return {"runs": runs, "latency_seconds": seconds, "database": database,
             "workflow_per_tenant": per_tenant,
-            "process": "eventfold run (one process)", **result}  # fmt: skip
+            "process": LAYOUTS[layout], **result}  # fmt: skip
+
+
+#: What each ``--layout`` runs, as the result file names it.
+LAYOUTS = {
+    "one": "eventfold run (one process)",
+    "split": "eventfold serve api ingest, and eventfold process <name> for each processor",
+}
 
 
 def main() -> None:
@@ -323,6 +349,12 @@ def main() -> None:
         help="EVENTFOLD_WORKFLOW_PER_TENANT of the run (one tenant is measured)",
     )
     p.add_argument("--smoke", action="store_true", help="tiny sizes: checks the code itself")
+    p.add_argument(
+        "--layout",
+        choices=sorted(LAYOUTS),
+        default="one",
+        help="one: eventfold run; split: the HTTP parts and each processor in its own process",
+    )
     args = p.parse_args()
     doc: dict[str, Any] = {"benchmark": "workflows"}
     if args.smoke:
@@ -330,7 +362,9 @@ def main() -> None:
         args.runs, args.seconds = SMOKE.workflow_runs, SMOKE.fixed_seconds
         doc["sizes"] = SMOKE.name
     doc["provenance"] = provenance.stamp()
-    result = asyncio.run(measure(args.runs, args.seconds, args.partitions, args.per_tenant))
+    result = asyncio.run(
+        measure(args.runs, args.seconds, args.partitions, args.per_tenant, args.layout)
+    )
     doc.update(args=vars(args), workflows=result)
     out = provenance.save(doc, "workflows-smoke" if args.smoke else "workflows")
     print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
