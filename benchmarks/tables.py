@@ -139,6 +139,21 @@ def _sections_by_size(
     return lines or [*_section(None, None, title, render), ""]
 
 
+def _workflow_sections(
+    sources: list[Source], title: str, render: Callable[[Any], list[str]]
+) -> list[str]:
+    """The newest workflows run of each process layout, one process first."""
+    layouts: dict[str, Source] = {}
+    for source in sources:  # oldest first: the newest of a layout stays
+        part = source.doc.get("workflows")
+        if part:
+            layouts[str(part.get("process", "eventfold run (one process)"))] = source
+    lines: list[str] = []
+    for _, source in sorted(layouts.items(), key=lambda kv: not kv[0].startswith("eventfold run")):
+        lines += [*_section(source.doc["workflows"], source, title, render), ""]
+    return lines or [*_section(None, None, title, render), ""]
+
+
 def targets_table(full: Source | None, quick: Source | None) -> list[str]:
     """Every target, judged on the newest full and quick runs side by side."""
     runs = [(name, src, report.verdicts(src.doc) if src else None)
@@ -221,6 +236,9 @@ def generate(sources: list[Source]) -> str:
     ):
         if key in BY_SIZE:
             lines += _sections_by_size(sources, key, title, render)
+            continue
+        if key == "workflows":
+            lines += _workflow_sections(sources, title, render)
             continue
         part, source = _part(sources, key)
         lines += [*_section(part, source, title, render), ""]

@@ -296,7 +296,8 @@ def workflows_lines(w: dict[str, Any]) -> list[str]:
     first step latency at half of it."""
     sat, half = w["saturation"], w["latency_at_half"]
     lat = half["trigger_to_first_step_ms"]
-    return ["## Workflows (http → record patch → email, one `eventfold run`)", "",
+    process = w.get("process", "eventfold run (one process)")
+    return [f"## Workflows (http → record patch → email; {process})", "",
             "| runs | runs/s (processed) | runs/s (projected) | failures |"
             " at runs/s | first step p50 ms | p99 ms | failures |",
             "|---|---|---|---|---|---|---|---|",
