@@ -112,7 +112,8 @@ async def _seed(settings: Settings, tenant: str, records: int) -> None:
                 headers={"Authorization": f"Bearer {admin}"},
             ) as r:
                 assert r.status == 202, await r.text()
-            await _project(settings, "tenant")  # the gateway accepts events of known tenants
+            # The gateway accepts events of known tenants.
+            await _project(settings, _env(settings, port), "tenant")
             writer = issue_token(settings.jwt_secret, tenant=tenant, roles=["writer"])
             headers = {"Authorization": f"Bearer {writer}", "Content-Type": "application/json"}
             for start in range(0, records, 500):
@@ -127,7 +128,7 @@ async def _seed(settings: Settings, tenant: str, records: int) -> None:
                     assert r.status == 202, await r.text()
     finally:
         _stop(gateway)
-    await _project(settings, "seed")
+    await _project(settings, _env(settings, port), "seed")
 
 
 async def _metric(session: aiohttp.ClientSession, base: str, name: str) -> float:

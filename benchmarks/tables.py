@@ -132,7 +132,11 @@ def _sections_by_size(
     """The newest full run's section of ``key``, then the newest quick run's."""
     lines: list[str] = []
     for size in ("full", "quick"):
-        source = newest(sources, lambda s, size=size: s.sizes == size and bool(s.doc.get(key)))
+
+        def holds(s: Source, size: str = size) -> bool:
+            return s.sizes == size and bool(s.doc.get(key))
+
+        source = newest(sources, holds)
         if source is not None:
             body = _section(source.doc[key], source, title, render)
             lines += [f"{body[0]} — {size} sizes", *body[1:], ""]
