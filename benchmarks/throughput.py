@@ -44,9 +44,9 @@ import orjson
 from benchmarks import provenance
 from benchmarks.private import private_settings
 from devstack import ensure_topics
-from eventfold import tracing
+from eventfold import cachefill, tracing
 from eventfold.auth import issue_token
-from eventfold.clients import open_pool, redis_client
+from eventfold.clients import open_pool
 from eventfold.db import fetch_checkpoints
 from eventfold.settings import Settings
 
@@ -369,26 +369,16 @@ async def run_once(
         gateway.wait(20)
     print("projector catch-up from an empty projection…", flush=True)
     result["projector_catch_up"] = await _project(settings, env, "catch-up", traced=traced)
-    await _forget_run(settings, run_id)
+    await _forget_run(settings, tenants)
     return result
 
 
-async def _forget_run(settings: Settings, run_id: str) -> None:
-    """Drop the run's keys from Redis (its tenants' dedup memory above all): runs one
-    after another filled the development Redis (512 MB, no eviction), and a gateway
-    whose dedup writes fail skips them, so later runs measured less work."""
-    client = redis_client(settings)
-    try:
-        batch: list[str] = []
-        async for key in client.scan_iter(match=f"ef:bench_{run_id}_*", count=5000):
-            batch.append(key)
-            if len(batch) >= 5000:
-                await client.unlink(*batch)
-                batch.clear()
-        if batch:
-            await client.unlink(*batch)
-    finally:
-        await client.aclose()
+async def _forget_run(settings: Settings, tenants: list[str]) -> None:
+    """Drop the run's tenants from Redis (their dedup memory above all), as a deleted
+    tenant's: runs one after another filled the development Redis (512 MB, no
+    eviction), and a gateway whose dedup writes fail skips them, so later runs
+    measured less work."""
+    await cachefill.purge_tenants(settings, set(tenants))
 
 
 async def _batches(

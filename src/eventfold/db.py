@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Collection, Sequence
 from typing import Any
@@ -314,6 +315,45 @@ async def connect(dsn: str) -> asyncpg.Connection:
 
 #: Identifies this version of :data:`PLATFORM_DDL` in ``eventfold.migrations``.
 DDL_VERSION = hashlib.sha256(PLATFORM_DDL.encode()).hexdigest()[:16]
+
+
+class KeptConnection:
+    """One pooled connection kept from one use to the next, until :meth:`drop`.
+
+    A connection given back to the pool is reset (a round trip, and about as much
+    client CPU as a small statement) and loses its session settings: a loop that sends
+    one statement after another keeps one instead. ``setup`` runs once on each
+    connection taken. For one user at a time.
+    """
+
+    def __init__(
+        self, pool: asyncpg.Pool, setup: str | None = None, *, timeout: float = 10
+    ) -> None:
+        self._pool = pool
+        self._setup = setup
+        self._timeout = timeout
+        #: The connection kept (None until :meth:`get`, and after :meth:`drop`).
+        self.conn: asyncpg.Connection | None = None
+
+    async def get(self) -> asyncpg.Connection:
+        """The kept connection, taken from the pool (and set up) if there is none."""
+        if self.conn is None:
+            conn: asyncpg.Connection = await self._pool.acquire(timeout=self._timeout)
+            if self._setup:
+                try:
+                    await conn.execute(self._setup)
+                except BaseException:
+                    await self._pool.release(conn)
+                    raise
+            self.conn = conn
+        return self.conn
+
+    async def drop(self) -> None:
+        """Give the connection back to the pool (which resets it, or discards it)."""
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):  # a broken one is terminated by the pool
+                await self._pool.release(conn)
 
 
 async def migrate(pool: asyncpg.Pool) -> None:

@@ -208,7 +208,7 @@ async def test_its_kept_connection_killed_between_batches_heals(lane: Lane) -> N
     task = asyncio.create_task(projector.run())
     try:
         await asyncio.wait_for(projector.caught_up.wait(), 60)
-        writer = projector._conn
+        writer = projector._writer.conn
         assert writer is not None  # kept between batches, with the budget on its session
         assert await writer.fetchval("SHOW lock_timeout") == "2s"
         async with lane.pool.acquire() as conn:
@@ -220,7 +220,7 @@ async def test_its_kept_connection_killed_between_batches_heals(lane: Lane) -> N
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-    assert projector._conn is None  # given back when the projector stopped
+    assert projector._writer.conn is None  # given back when the projector stopped
     assert await lane.scalar(f'SELECT sum(version) FROM "t_{t}".records') == 150
     assert await lane.scalar(f'SELECT count(DISTINCT id) FROM "t_{t}".events') == 151
 

@@ -32,7 +32,7 @@ from consumers.runtime.kafka import (
 )
 from eventfold import cachefill, datakeys, deadletters, readmodel, tracing
 from eventfold.backoff import Backoff
-from eventfold.db import fetch_checkpoints
+from eventfold.db import KeptConnection, fetch_checkpoints
 from eventfold.deadletters import DeadLetter
 from eventfold.faults import is_retriable
 from eventfold.kafka import make_consumer, make_producer
@@ -84,8 +84,13 @@ class Projector(MemberLoop):
         self.live = LivePublisher(settings)
         #: Kafka's committed offsets, written for lag tools (see :mod:`.hints`).
         self._hints = OffsetHints(self.topic)
-        #: The connection batches are written on (see :meth:`_writer`).
-        self._conn: asyncpg.Connection | None = None
+        #: The connection batches are written on, kept from one batch to the next: a
+        #: pooled connection is reset on release (a round trip) and would need the
+        #: budget set again in every batch (another), two of the ~10 round trips of a
+        #: small batch of live traffic. Kept, its session carries the budget once.
+        self._writer = KeptConnection(
+            pool, budget_sql(settings.projector_tenant_budget_ms, local=False)
+        )
         #: What was read and not applied yet: ``eventfold_processor_lag_seconds``.
         self._lag = metrics.lag_clock(self.name)
 
@@ -159,7 +164,7 @@ class Projector(MemberLoop):
                         await task
             with contextlib.suppress(asyncio.CancelledError):
                 await self._hints.finish(consumer)
-            await self._drop_writer()
+            await self._writer.drop()
             await consumer.stop()
             await self.live.close()
             if self._dlq is not None:
@@ -228,7 +233,7 @@ class Projector(MemberLoop):
             try:
                 try:
                     result = await apply_batch(
-                        await self._writer(budget),
+                        await self._writer.get(),
                         consumer=self.checkpoint_name,
                         topic=self.topic,
                         events=events,
@@ -242,7 +247,7 @@ class Projector(MemberLoop):
                         reads=None if careful or by_tenant else self.pool,
                     )
                 except BaseException:
-                    await self._drop_writer()  # whatever failed, the next attempt starts afresh
+                    await self._writer.drop()  # whatever failed, the next attempt starts afresh
                     raise
             except (asyncpg.QueryCanceledError, asyncpg.LockNotAvailableError) as exc:
                 if by_tenant:
@@ -288,30 +293,6 @@ class Projector(MemberLoop):
             await cachefill.purge_tenants(self.settings, tenants)
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning("deleted tenants' keys not purged", extra={"error": repr(exc)})
-
-    async def _writer(self, budget_ms: int) -> asyncpg.Connection:
-        """The connection batches are written on, kept from one batch to the next.
-
-        A pooled connection is reset on release (a round trip) and would need the
-        budget set again in every batch (another): two of the ~10 round trips of
-        a small batch of live traffic. Kept, its session carries the budget once.
-        """
-        if self._conn is None:
-            conn: asyncpg.Connection = await self.pool.acquire(timeout=10)
-            try:
-                await conn.execute(budget_sql(budget_ms, local=False))
-            except BaseException:
-                await self.pool.release(conn)
-                raise
-            self._conn = conn
-        return self._conn
-
-    async def _drop_writer(self) -> None:
-        """Give the batch connection back to the pool (which resets it, or discards it)."""
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):  # a broken one is terminated by the pool
-                await self.pool.release(conn)
 
     async def _retry_deferred(self, stop: asyncio.Event) -> None:
         """Retry deferred tenants in the background, with backoff, in record order.
