@@ -173,6 +173,48 @@ async def test_offset_hints_go_out_at_most_every_interval_and_once_at_the_end(
     assert sum(c or 0 for c in committed) == stored == 60
 
 
+async def test_a_batch_read_ahead_takes_in_what_came_since_and_nothing_twice(lane: Lane) -> None:
+    """The read-ahead batch is topped up with what was fetched after it, up to the batch
+    size, and a partition sought back (as a rebalance does) gives nothing twice."""
+    t = lane.tenant
+    projector = lane.projector(batch_size=6)
+    consumer = make_consumer(
+        lane.settings, group=projector.group, client_id="t", max_poll_records=6
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(lane.settings.events_topic, p) for p in range(4)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        # One record key: every event on one partition, in this order.
+        await lane.produce([upsert(t, i, 1) for i in range(3)])
+        ahead: list[LogEvent] = []
+        while len(ahead) < 3:
+            ahead += await projector._read(consumer)
+
+        async def topped_up(events: list[LogEvent], count: int) -> list[LogEvent]:
+            deadline = time.monotonic() + 20
+            while len(events) < count and time.monotonic() < deadline:
+                events = await projector._topped_up(consumer, events)
+                await asyncio.sleep(0.02)  # getmany(timeout_ms=0) does not wait for a fetch
+            return events
+
+        await lane.produce([upsert(t, i, 1) for i in range(3, 8)])
+        batch = await topped_up(ahead, 6)
+        assert [e.event.id for e in batch if e.event] == [f"u-{i}" for i in range(6)]
+        # Full: nothing more is taken in, the rest waits for the next batch.
+        assert await projector._topped_up(consumer, batch) == batch
+
+        # Sought back to the start, the partition delivers u-0 … u-7 again: a batch
+        # holding u-0 … u-3 takes in u-4 and u-5, not its own events a second time.
+        for tp in tps:
+            consumer.seek(tp, 0)
+        again = await topped_up(batch[:4], 6)
+        assert [e.event.id for e in again if e.event] == [f"u-{i}" for i in range(6)]
+    finally:
+        await consumer.stop()
+
+
 async def test_cancelled_midway_then_restarted_applies_each_event_once(lane: Lane) -> None:
     t = lane.tenant
     await lane.produce([created(t)] + [upsert(t, i, i % 25) for i in range(2000)])
