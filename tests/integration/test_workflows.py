@@ -715,3 +715,50 @@ async def test_runs_and_steps_are_measured(api: Api, tenant: TenantApi, receiver
     assert re.search(r"^eventfold_workflow_timers_pending [1-9]", text, re.M)
     assert "eventfold_workflow_oldest_waiting_step_seconds " in text
     assert 'eventfold_processor_ready{processor="workflows"} 1.0' in text
+
+
+async def test_new_runs_are_leased_to_their_processor_as_far_as_it_has_room(
+    pool: asyncpg.Pool,
+) -> None:
+    """A processor inserts the runs it has room for leased to itself (it drives them
+    without a claim); the others wait for a claim, by it or another processor. The
+    inbox rows go in the same statement."""
+    from consumers.workflows import store
+    from tests.conftest import new_tenant_id
+
+    tenant, topic = new_tenant_id(), f"leases-{new_tenant_id()}"
+
+    def new(run: str, lease: float | None) -> store.NewRun:
+        return store.NewRun(
+            run=run, tenant=tenant, topic=topic, workflow="w", depth=1, status="running",
+            state={"id": run}, pending=[], lease_seconds=lease,
+        )  # fmt: skip
+
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            handled = [
+                await conn.fetchval(
+                    "INSERT INTO eventfold.workflow_inbox (key, tenant, topic, kind, event)"
+                    " VALUES ($1, $2, $3, 'trigger', '{}') RETURNING id",
+                    f"{tenant}/{n}",
+                    tenant,
+                    topic,
+                )
+                for n in range(2)
+            ]
+            inserted = await store.insert_runs(
+                conn, [new("driven", 60.0), new("waiting", None)], handled
+            )
+        assert [r.run for r in inserted] == ["driven", "waiting"]
+        assert not await pool.fetchval(
+            "SELECT count(*) FROM eventfold.workflow_inbox WHERE topic = $1", topic
+        )
+        claimed = await store.claim_runs(
+            pool, topic, busy_tenants=[], per_tenant=10, limit=10, lease_seconds=60
+        )
+        assert [c.id for c in claimed] == ["waiting"]
+        # Inserted again (a trigger taken twice): left as it is, not leased anew.
+        async with pool.acquire() as conn:
+            assert await store.insert_runs(conn, [new("driven", 60.0)]) == []
+    finally:
+        await pool.execute("DELETE FROM eventfold.workflow_runs WHERE topic = $1", topic)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import time
@@ -145,7 +146,8 @@ class WorkflowProcessor:
                 # round at once instead of at the next poll.
                 self._wake.clear()
                 try:
-                    took = await self._intake()
+                    took, leased = await self._intake()
+                    self._start(publisher, session, leased)
                     claimed = await self._claim(publisher, session)
                     if time.monotonic() - gauges_at > GAUGE_SECONDS:
                         gauges_at = time.monotonic()
@@ -184,14 +186,16 @@ class WorkflowProcessor:
 
     # -- the inbox ------------------------------------------------------------
 
-    async def _intake(self, *, careful: bool = False) -> int:
-        """Turn inbox rows into runs (or commands into transitions), in one transaction.
+    async def _intake(self, *, careful: bool = False) -> tuple[int, list[Claimed]]:
+        """Turn inbox rows into runs (or commands into transitions), in one transaction;
+        the rows taken, and the new runs leased to this processor to drive at once.
 
         A row that fails for a reason of its own would fail every batch it is in:
         after a failed batch the rows are taken ``careful``ly, each in a savepoint,
         and one that still fails stays in the inbox (logged, tried again next round)
         while the others go on.
         """
+        leased: list[Claimed] = []
         try:
             async with self.pool.acquire(timeout=5) as conn, conn.transaction():
                 rows = await store.claim_inbox(conn, self.topic, INBOX_PER_TENANT, INBOX_BATCH)
@@ -207,7 +211,7 @@ class WorkflowProcessor:
                         async with conn.transaction():
                             one: list[store.NewRun] = []
                             await self._take(conn, row, one)
-                            await self._insert_runs(conn, one)
+                            leased += await self._insert_runs(conn, one, leased)
                         done.append(row.id)
                     except (OSError, asyncpg.InterfaceError, TimeoutError):
                         raise
@@ -216,9 +220,7 @@ class WorkflowProcessor:
                             "workflow inbox row failed",
                             extra={"row": row.id, "tenant": row.tenant, "error": repr(exc)},
                         )
-                await self._insert_runs(conn, new)
-                if done:
-                    await store.delete_inbox(conn, done)
+                leased += await self._insert_runs(conn, new, leased, handled=done)
         except (OSError, asyncpg.InterfaceError, TimeoutError):
             raise
         except Exception as exc:
@@ -227,7 +229,7 @@ class WorkflowProcessor:
             log.warning("workflow inbox batch failed, taking it row by row",
                         extra={"error": repr(exc)})  # fmt: skip
             return await self._intake(careful=True)
-        return len(done)
+        return len(done), leased
 
     async def _take(self, conn: asyncpg.Connection, row: InboxRow, new: list[store.NewRun]) -> None:
         if row.kind == "trigger":
@@ -235,11 +237,36 @@ class WorkflowProcessor:
         else:
             await self._command(conn, row)
 
-    async def _insert_runs(self, conn: asyncpg.Connection, new: list[store.NewRun]) -> None:
-        for run in await store.insert_runs(conn, new):
+    async def _insert_runs(
+        self,
+        conn: asyncpg.Connection,
+        new: list[store.NewRun],
+        leased: list[Claimed],
+        handled: list[int] | None = None,
+    ) -> list[Claimed]:
+        """Insert ``new`` (and drop the ``handled`` inbox rows), those there is room for
+        leased to this processor (beside the runs it drives and the ``leased`` of this
+        intake so far); the leased ones inserted, to drive once the intake commits. A
+        trigger's first step then waits for no claim; the others are claimed when there
+        is room, tenants in turn (:meth:`_claim`)."""
+        room = self.settings.workflow_concurrency - len(self._driving) - len(leased)
+        per_tenant = self.settings.workflow_per_tenant
+        taken = Counter(self._by_tenant) + Counter(c.tenant for c in leased)
+        leasing: list[store.NewRun] = []
+        for run in new:
+            if room > 0 and taken[run.tenant] < per_tenant:
+                room -= 1
+                taken[run.tenant] += 1
+                run = dataclasses.replace(run, lease_seconds=self.lease)
+            leasing.append(run)
+        out: list[Claimed] = []
+        for run in await store.insert_runs(conn, leasing, handled or ()):
             self.metrics.workflow_runs_started.inc()
             if run.status in machine.FINISHED:
                 self.metrics.workflow_runs_finished.labels(run.status).inc()
+            if run.lease_seconds is not None:
+                out.append(Claimed(run.run, run.tenant, run.state, 0, run.pending))
+        return out
 
     async def _start_run(
         self, conn: asyncpg.Connection, row: InboxRow, new: list[store.NewRun]
@@ -333,14 +360,20 @@ class WorkflowProcessor:
         self._capped = (
             bool(busy) or len(claimed) >= room or any(n >= per_tenant for n in took.values())
         )
-        for item in claimed:
+        self._start(publisher, session, claimed)
+        return len(claimed)
+
+    def _start(
+        self, publisher: GroupPublisher, session: aiohttp.ClientSession, runs: list[Claimed]
+    ) -> None:
+        """Drive each of ``runs`` (leased to this processor) in a task of its own."""
+        for item in runs:
             if item.id in self._driving:
                 continue  # still ending here (its lease was re-taken): leave it be
             self._by_tenant[item.tenant] += 1
             task = asyncio.create_task(self._drive(publisher, session, item), name=f"run-{item.id}")
             self._driving[item.id] = task
             task.add_done_callback(functools.partial(self._done, item))
-        return len(claimed)
 
     def _done(self, item: Claimed, _: asyncio.Task[None]) -> None:
         self._driving.pop(item.id, None)

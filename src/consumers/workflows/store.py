@@ -81,11 +81,6 @@ async def claim_inbox(
     return [InboxRow(**dict(r)) for r in rows]
 
 
-async def delete_inbox(conn: asyncpg.Connection, ids: list[int]) -> None:
-    """Drop inbox rows that have been acted on."""
-    await conn.execute("DELETE FROM eventfold.workflow_inbox WHERE id = ANY($1::bigint[])", ids)
-
-
 async def definition(
     conn: asyncpg.Connection, tenant: str, workflow: str, version: int
 ) -> dict[str, Any] | None:
@@ -121,28 +116,39 @@ class NewRun:
     status: str
     state: dict[str, Any]
     pending: list[dict[str, Any]]
+    #: Leased for this long to the processor inserting it, which drives it at once
+    #: (no claim between); None: left for a claim (the processor had no room for it).
+    lease_seconds: float | None = None
 
 
+# The inbox rows acted on go in the same statement (one round trip of the intake less).
 _INSERT_RUNS = """
+WITH handled AS (DELETE FROM eventfold.workflow_inbox WHERE id = ANY($2::bigint[]))
 INSERT INTO eventfold.workflow_runs (id, tenant, topic, workflow, depth, status, state,
-    pending, wake_at)
-SELECT b.id, b.tenant, b.topic, b.workflow, b.depth, b.status, b.state, b.pending, now()
+    pending, wake_at, lease_until)
+SELECT b.id, b.tenant, b.topic, b.workflow, b.depth, b.status, b.state, b.pending, now(),
+    CASE WHEN b.lease IS NULL THEN '-infinity'::timestamptz
+         ELSE now() + make_interval(secs => b.lease) END
 FROM jsonb_to_recordset($1::jsonb) AS b(id text, tenant text, topic text, workflow text,
-    depth integer, status text, state jsonb, pending jsonb)
+    depth integer, status text, state jsonb, pending jsonb, lease float8)
 ON CONFLICT (id) DO NOTHING RETURNING id
 """
 
 
-async def insert_runs(conn: asyncpg.Connection, runs: Sequence[NewRun]) -> list[NewRun]:
-    """Insert new runs in one statement; those inserted (a run that exists is left be)."""
-    if not runs:
+async def insert_runs(
+    conn: asyncpg.Connection, runs: Sequence[NewRun], handled: Sequence[int] = ()
+) -> list[NewRun]:
+    """Insert new runs and drop the ``handled`` inbox rows, in one statement; the runs
+    inserted (a run that exists is left be)."""
+    if not runs and not handled:
         return []
     docs = [
         {"id": r.run, "tenant": r.tenant, "topic": r.topic, "workflow": r.workflow,
-         "depth": r.depth, "status": r.status, "state": r.state, "pending": r.pending}
+         "depth": r.depth, "status": r.status, "state": r.state, "pending": r.pending,
+         "lease": r.lease_seconds}
         for r in runs
     ]  # fmt: skip
-    inserted = {row["id"] for row in await conn.fetch(_INSERT_RUNS, docs)}
+    inserted = {row["id"] for row in await conn.fetch(_INSERT_RUNS, docs, list(handled))}
     out = []
     for r in runs:
         if r.run in inserted:
