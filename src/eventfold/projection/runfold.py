@@ -4,8 +4,9 @@ A run logs about ten events (started, each step's start and end, its end). Folde
 one statement each, the projector spent a round trip to PostgreSQL per event,
 which bounded runs per second. Here the batch reads the runs its events name
 once (:func:`begin`), each handler folds its event in memory and decides its
-outcome from that state (:func:`fold_run`), and :func:`flush` writes the changed rows in two
-pipelined statements before the batch saves its checkpoint. A handler called
+outcome from that state (:func:`fold_run`), and :func:`flush` writes the changed rows in one
+statement before the batch saves its checkpoint: a run's two tables are read together
+and written together, one round trip each way. A handler called
 outside a batch (no :func:`begin` for its tenant) reads and writes its run itself.
 
 The fold lives for one :func:`~eventfold.projection.batch.fold_tenant` call (one
@@ -26,6 +27,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+import orjson
 
 from eventfold.envelope import CloudEvent
 from eventfold.readmodel import Target
@@ -45,6 +47,47 @@ STEP_COLUMNS = (
     "run", "position", "id", "kind", "status", "attempts", "output", "error", "started_at",
     "finished_at",
 )  # fmt: skip
+#: Each column's type, for the arrays :func:`flush` writes from.
+_RUN_TYPES = ("text", "text", "int", "text", "text", "int", "text", "timestamptz", "timestamptz")
+_STEP_TYPES = (
+    "text", "int", "text", "text", "text", "int", "jsonb", "text", "timestamptz", "timestamptz"
+)  # fmt: skip
+#: A run's steps as they are read with it (``output`` as text: inside an anonymous
+#: record jsonb comes in the binary format the pool's codec does not read).
+_STEP_FIELDS = (
+    "position", "id", "kind", "status", "attempts", "output::text", "error", "started_at",
+    "finished_at",
+)  # fmt: skip
+
+
+def _load_sql(schema: str) -> str:
+    runs = ", ".join(f"r.{c}" for c in RUN_COLUMNS)
+    steps = ", ".join(f"s.{c}" for c in _STEP_FIELDS)
+    return (
+        f"SELECT {runs}, array(SELECT ({steps}) FROM {schema}.run_steps s"
+        f" WHERE s.run = r.id ORDER BY s.position) AS steps"
+        f" FROM {schema}.runs r WHERE r.id = ANY($1::text[])"
+    )
+
+
+def _flush_sql(schema: str) -> str:
+    def source(types: tuple[str, ...], first: int) -> str:
+        arrays = ", ".join(f"${first + i}::{t}[]" for i, t in enumerate(types))
+        return f"SELECT * FROM unnest({arrays})"
+
+    return (
+        f"WITH run_rows AS (INSERT INTO {schema}.runs ({', '.join(RUN_COLUMNS)})"
+        f" {source(_RUN_TYPES, 1)}"
+        " ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status,"
+        " reason = EXCLUDED.reason, finished_at = EXCLUDED.finished_at),"
+        f" step_rows AS (INSERT INTO {schema}.run_steps ({', '.join(STEP_COLUMNS)})"
+        f" {source(_STEP_TYPES, len(_RUN_TYPES) + 1)}"
+        " ON CONFLICT (run, position) DO UPDATE SET"
+        " status = EXCLUDED.status, attempts = EXCLUDED.attempts, output = EXCLUDED.output,"
+        " error = EXCLUDED.error, started_at = EXCLUDED.started_at,"
+        " finished_at = EXCLUDED.finished_at)"
+        " SELECT 1"
+    )
 
 
 @dataclass(slots=True)
@@ -69,19 +112,18 @@ async def _load(conn: asyncpg.Connection, fold: Fold, runs: Iterable[str]) -> No
     wanted = [r for r in dict.fromkeys(runs) if r not in fold.runs]
     if not wanted:
         return
-    s = fold.target.schema
     for run in wanted:
         fold.runs[run], fold.steps[run] = None, []
-    for row in await conn.fetch(
-        f"SELECT {', '.join(RUN_COLUMNS)} FROM {s}.runs WHERE id = ANY($1::text[])", wanted
-    ):
-        fold.runs[row["id"]] = dict(row)
-    for row in await conn.fetch(
-        f"SELECT {', '.join(STEP_COLUMNS)} FROM {s}.run_steps WHERE run = ANY($1::text[])"
-        " ORDER BY run, position",
-        wanted,
-    ):
-        fold.steps[row["run"]].append(dict(row))
+    for row in await conn.fetch(_load_sql(fold.target.schema), wanted):
+        run = row["id"]
+        fold.runs[run] = {c: row[c] for c in RUN_COLUMNS}
+        fold.steps[run] = [
+            {"run": run, "position": position, "id": step_id, "kind": kind, "status": status,
+             "attempts": attempts, "output": orjson.loads(output) if output is not None else None,
+             "error": error, "started_at": started_at, "finished_at": finished_at}
+            for position, step_id, kind, status, attempts, output, error, started_at, finished_at
+            in row["steps"]
+        ]  # fmt: skip
 
 
 def _run_of(ev: CloudEvent) -> str | None:
@@ -127,30 +169,19 @@ async def fold_run(
 
 
 async def flush(conn: asyncpg.Connection, target: Target, fold: Fold | None = None) -> None:
-    """Write the rows the fold changed (two pipelined statements) and close it."""
+    """Write the rows the fold changed (one statement) and close it."""
     if fold is None:
         fold = _CURRENT.get()
         _CURRENT.set(None)
         if fold is None or fold.target != target:
             return
-    s = target.schema
-    runs = [fold.runs[r] for r in sorted(fold.dirty_runs)]
-    if runs:
-        await conn.executemany(
-            f"INSERT INTO {s}.runs ({', '.join(RUN_COLUMNS)}) VALUES ($1, $2, $3, $4, $5, $6,"
-            " $7, $8, $9) ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status,"
-            " reason = EXCLUDED.reason, finished_at = EXCLUDED.finished_at",
-            [tuple(r[c] for c in RUN_COLUMNS) for r in runs if r is not None],
-        )
+    runs = [r for r in (fold.runs[r] for r in sorted(fold.dirty_runs)) if r is not None]
     steps = [fold.steps[run][pos] for run, pos in sorted(fold.dirty_steps)]
-    if steps:
-        await conn.executemany(
-            f"INSERT INTO {s}.run_steps ({', '.join(STEP_COLUMNS)}) VALUES ($1, $2, $3, $4, $5,"
-            " $6, $7, $8, $9, $10) ON CONFLICT (run, position) DO UPDATE SET"
-            " status = EXCLUDED.status, attempts = EXCLUDED.attempts, output = EXCLUDED.output,"
-            " error = EXCLUDED.error, started_at = EXCLUDED.started_at,"
-            " finished_at = EXCLUDED.finished_at",
-            [tuple(st[c] for c in STEP_COLUMNS) for st in steps],
+    if runs or steps:
+        await conn.execute(
+            _flush_sql(target.schema),
+            *([r[c] for r in runs] for c in RUN_COLUMNS),
+            *([st[c] for st in steps] for c in STEP_COLUMNS),
         )
     fold.dirty_runs.clear()
     fold.dirty_steps.clear()

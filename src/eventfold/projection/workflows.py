@@ -285,7 +285,7 @@ async def enqueue_triggers(
     )
     if not workflows:
         return
-    rows: list[tuple[Any, ...]] = []
+    rows: list[dict[str, Any]] = []
     topic = target.topic
     for ev, (collection, record_id), record in changes:
         if is_replay(ev):
@@ -304,14 +304,25 @@ async def enqueue_triggers(
                 and holds(trigger.get("when") or {}, doc, data="/data")
             ):
                 rows.append(
-                    (f"{tenant}/trigger/{wf['id']}/{ev.id}", tenant, topic, wf["id"],
-                     wf["version"], ev.to_dict(), doc)
+                    {"key": f"{tenant}/trigger/{wf['id']}/{ev.id}", "workflow": wf["id"],
+                     "version": wf["version"], "event": ev.to_dict(), "record": doc}
                 )  # fmt: skip
     if rows:
-        await conn.executemany(
-            "INSERT INTO eventfold.workflow_inbox (key, tenant, topic, kind, workflow, version,"
-            " event, record) VALUES ($1, $2, $3, 'trigger', $4, $5, $6, $7)"
-            " ON CONFLICT (key) DO NOTHING",
-            rows,
-        )
-        await conn.execute("SELECT pg_notify($1, $2)", WORKFLOW_CHANNEL, topic)
+        await conn.execute(_HAND_OVER_TRIGGERS, rows, tenant, topic, WORKFLOW_CHANNEL)
+
+
+# The rows and the processor's wake-up in one round trip (the data-modifying CTE runs
+# whatever the SELECT reads); inbox ids follow the rows' order.
+_HAND_OVER_TRIGGERS = """
+WITH handed AS (
+    INSERT INTO eventfold.workflow_inbox (key, tenant, topic, kind, workflow, version, event,
+        record)
+    SELECT b.key, $2, $3, 'trigger', b.workflow, b.version, b.event, b.record
+    FROM ROWS FROM (jsonb_to_recordset($1::jsonb)
+        AS (key text, workflow text, version integer, event jsonb, record jsonb))
+        WITH ORDINALITY AS b(key, workflow, version, event, record, n)
+    ORDER BY b.n
+    ON CONFLICT (key) DO NOTHING
+)
+SELECT pg_notify($4, $3)
+"""
