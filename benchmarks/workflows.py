@@ -44,6 +44,7 @@ from benchmarks import provenance
 from benchmarks.private import private_settings
 from benchmarks.privatedb import PrivateDatabaseRefused, private_database
 from benchmarks.suite.phases import EXE, SMOKE, free_port, wait_ready
+from benchmarks.suite.procstat import cpu_seconds
 from devstack import ensure_topics
 from entrypoints.registry import PROCESSORS
 from eventfold.auth import issue_token
@@ -77,6 +78,13 @@ def _env(settings: Settings, port: int, smtp_port: int, per_tenant: int) -> dict
         # One tenant here: its cap of runs in flight would bound the rate, not the engine.
         "EVENTFOLD_WORKFLOW_PER_TENANT": str(per_tenant),
     }
+
+
+def _cpu(commands: list[list[str]], procs: list[subprocess.Popen[bytes]]) -> dict[str, float]:
+    """CPU-seconds used so far by each Eventfold process (by its command) and by this one."""
+    out = {" ".join(c): cpu_seconds(p.pid) for c, p in zip(commands, procs, strict=True)}
+    out["load generator and third parties"] = sum(os.times()[:2])
+    return out
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -119,11 +127,17 @@ async def _wait_projected(pool: asyncpg.Pool, tenant: str, total: int, limit: fl
     raise TimeoutError(f"runs were not projected within {limit} s")
 
 
-async def _first_step_latencies(pool: asyncpg.Pool, tenant: str, prefix: str) -> list[float]:
-    """Per run whose trigger record's id starts with ``prefix``: trigger time → first step."""
+async def _first_step_latencies(
+    pool: asyncpg.Pool, tenant: str, prefix: str
+) -> tuple[list[float], list[float]]:
+    """Per run whose trigger record's id starts with ``prefix``: trigger time → first step,
+    and trigger time → its run created by the workflow processor (the part of it spent
+    on the way through the gateway, Kafka and the projector's batch; the rest is the
+    processor's)."""
     rows = await pool.fetch(
         "SELECT state->'context'->'trigger'->>'time' AS at,"
-        " (state->'progress'->0->>'started_at')::float AS first"
+        " (state->'progress'->0->>'started_at')::float AS first,"
+        " extract(epoch FROM created_at)::float AS created"
         " FROM eventfold.workflow_runs WHERE tenant = $1"
         " AND state->'context'->'record'->>'id' LIKE $2",
         tenant,
@@ -131,12 +145,23 @@ async def _first_step_latencies(pool: asyncpg.Pool, tenant: str, prefix: str) ->
     )
     from datetime import datetime
 
-    out = []
+    first, created = [], []
     for r in rows:
         if r["at"] and r["first"] is not None:
             at = datetime.fromisoformat(r["at"].replace("Z", "+00:00")).timestamp()
-            out.append(max(0.0, r["first"] - at))
-    return out
+            first.append(max(0.0, r["first"] - at))
+            created.append(max(0.0, r["created"] - at))
+    return first, created
+
+
+def _ms(sample: list[float]) -> dict[str, Any]:
+    """p50 / p99 / max of ``sample`` (seconds) in milliseconds."""
+    return {
+        "samples": len(sample),
+        "p50": round(statistics.median(sample) * 1000, 1) if sample else None,
+        "p99": round(_percentile(sample, 0.99) * 1000, 1) if sample else None,
+        "max": round(max(sample) * 1000, 1) if sample else None,
+    }
 
 
 async def run(args: argparse.Namespace, run_id: str, database_url: str) -> dict[str, Any]:
@@ -217,6 +242,7 @@ async def run(args: argparse.Namespace, run_id: str, database_url: str) -> dict[
 
             # 1. saturation: every trigger at once, in batches; a batch the gateway does
             # not accept is counted (its runs never start), the rest go on.
+            cpu_before = _cpu(commands, procs)
             started = time.perf_counter()
             refused = 0
             for first in range(0, args.runs, 500):
@@ -236,6 +262,7 @@ async def run(args: argparse.Namespace, run_id: str, database_url: str) -> dict[
             done = await _wait_finished(pool, tenant, started_runs, limit=600)
             _ok, failed = await _finished(pool, tenant)
             projected = await _wait_projected(pool, tenant, started_runs, limit=600)
+            cpu_after = _cpu(commands, procs)
             seconds = done - started
             rate = started_runs / seconds
             result["saturation"] = {
@@ -246,6 +273,9 @@ async def run(args: argparse.Namespace, run_id: str, database_url: str) -> dict[
                 # Until every run event is folded into the read model too.
                 "projected_seconds": round(projected - started, 3),
                 "projected_runs_per_second": round(started_runs / (projected - started), 1),
+                # CPU-seconds of each process from the first write until every run is
+                # projected (PostgreSQL and Kafka take the rest of the two cores).
+                "cpu_seconds": {k: round(cpu_after[k] - cpu_before[k], 2) for k in cpu_before},
             }  # fmt: skip
 
             # 2. latency at half the saturation rate: one PUT per trigger, open loop.
@@ -274,18 +304,14 @@ async def run(args: argparse.Namespace, run_id: str, database_url: str) -> dict[
             await _wait_finished(pool, tenant, started_runs + count - errors, limit=600)
             _ok2, failed2 = await _finished(pool, tenant)
             # Only the latency phase's runs (their triggers are the l* records).
-            sample = await _first_step_latencies(pool, tenant, "l")
+            sample, created = await _first_step_latencies(pool, tenant, "l")
             result["latency_at_half"] = {
                 "rate_per_second": round(target, 1), "seconds": args.seconds, "runs": count,
                 "write_errors": errors, "write_error_reasons": dict(reasons.most_common(5)),
                 "failed": failed2 - failed,
                 "failures": errors + failed2 - failed,
-                "trigger_to_first_step_ms": {
-                    "samples": len(sample),
-                    "p50": round(statistics.median(sample) * 1000, 1) if sample else None,
-                    "p99": round(_percentile(sample, 0.99) * 1000, 1) if sample else None,
-                    "max": round(max(sample) * 1000, 1) if sample else None,
-                },
+                "trigger_to_first_step_ms": _ms(sample),
+                "trigger_to_run_created_ms": _ms(created),
             }  # fmt: skip
     finally:
         for proc in procs:
