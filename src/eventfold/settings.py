@@ -318,6 +318,9 @@ class Settings:
     smtp_url: SmtpUrl = "smtp://127.0.0.1:1025"
     #: The ``From`` address of workflow emails.
     smtp_from: str = "eventfold@localhost"
+    #: SMTP connections a workflow processor keeps open and sends on at once (mail
+    #: beyond them waits for a free one).
+    smtp_connections: Positive = 16
     #: The workflow processor: runs driven at once in one process and per tenant (the
     #: rest wait their turn, tenants in turn), and how long a run's lease lasts
     #: without renewal (a killed processor's runs are taken over after it).

@@ -10,6 +10,7 @@ parties are a real aiohttp receiver on 127.0.0.1 (allowed through
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 from collections.abc import Iterator
@@ -261,6 +262,50 @@ async def test_email_retries_a_temporary_refusal(tenant: TenantApi, mailbox: Mai
     assert mail["Subject"] == "Hi there"
     assert mail["To"] == "a@example.com, b@example.com"
     assert step(run, "m")["output"]["message_id"] == mail["Message-ID"]
+
+
+async def test_mail_goes_over_kept_connections_and_a_closed_one_is_replaced() -> None:
+    from email.mime.text import MIMEText
+
+    import aiosmtplib
+
+    from consumers.workflows.effects import Mailer, Smtp
+
+    first = Mailbox()
+    first.start()
+    mailer = Mailer(Smtp.parse(first.url, "wf@example.com"), size=2)
+
+    def mail(n: int) -> MIMEText:
+        msg = MIMEText(f"mail {n}")
+        msg["From"], msg["To"], msg["Message-ID"] = "wf@example.com", "a@example.com", f"<{n}@t>"
+        return msg
+
+    second: Mailbox | None = None
+    try:
+        for n in range(5):
+            await mailer.send(mail(n))
+        assert len(first.received) == 5
+        assert len(set(first.peers)) == 1  # one connection for all five
+        # The server goes away and another takes its port: the kept connection is dead,
+        # the next mail goes on a new one.
+        first.stop()
+        second = Mailbox(first.port)
+        second.start()
+        await mailer.send(mail(5))
+        assert [m["Message-ID"] for m in second.received] == ["<5@t>"]
+        # A refused mail's connection is not kept: the next one opens another.
+        second.refuse.append(451)
+        with pytest.raises(aiosmtplib.SMTPResponseException):
+            await mailer.send(mail(6))
+        await mailer.send(mail(7))
+        assert [m["Message-ID"] for m in second.received] == ["<5@t>", "<7@t>"]
+        assert len(set(second.peers)) == 2
+    finally:
+        await mailer.close()
+        for box in (first, second):
+            if box is not None:
+                with contextlib.suppress(Exception):
+                    box.stop()
 
 
 async def test_approve_reject_timeout_and_cancel(tenant: TenantApi, receiver: Receiver) -> None:

@@ -107,11 +107,15 @@ async def receiver() -> AsyncIterator[Receiver]:
 
 
 class _Handler:
-    def __init__(self, inbox: list[email.message.Message], refuse: list[int]) -> None:
+    def __init__(
+        self, inbox: list[email.message.Message], refuse: list[int], peers: list[Any]
+    ) -> None:
         self.inbox = inbox
         self.refuse = refuse
+        self.peers = peers
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.peers.append(session.peer)
         if self.refuse:
             return f"{self.refuse.pop(0)} try again later"
         content = envelope.content if isinstance(envelope.content, bytes) else b""
@@ -125,9 +129,11 @@ class Mailbox:
     def __init__(self, port: int | None = None) -> None:
         self.received: list[email.message.Message] = []
         self.refuse: list[int] = []
+        #: The client address of each mail's connection (one per DATA, refused or not).
+        self.peers: list[Any] = []
         self.port = port or free_port()
         self._controller = Controller(
-            _Handler(self.received, self.refuse), hostname="127.0.0.1", port=self.port
+            _Handler(self.received, self.refuse, self.peers), hostname="127.0.0.1", port=self.port
         )
 
     @property

@@ -81,7 +81,9 @@ class WorkflowProcessor:
         self.metrics = metrics
         self.topic = settings.events_topic
         self.allow = AllowList.parse(settings.webhook_allow_hosts)
-        self.smtp = effects.Smtp.parse(settings.smtp_url, settings.smtp_from)
+        self.mailer = effects.Mailer(
+            effects.Smtp.parse(settings.smtp_url, settings.smtp_from), settings.smtp_connections
+        )
         self.lease = settings.workflow_lease_seconds
         self._keys = keyring(settings)
         self._definitions: dict[tuple[str, str, int], dict[str, Any]] = {}
@@ -182,6 +184,7 @@ class WorkflowProcessor:
                         self._saves.close(), self._releases.close(), publisher.close()
                     )
             await session.close()
+            await self.mailer.close()
             await kafka.stop()
 
     # -- the inbox ------------------------------------------------------------
@@ -486,7 +489,7 @@ class WorkflowProcessor:
             if headers is not None or not state.steps[state.index].get("headers_sealed"):
                 result = await effects.http(session, self.allow, effect, headers)
         elif effect.kind == "email":
-            result = await effects.email(self.smtp, effect)
+            result = await effects.email(self.mailer, effect)
         else:
             result = await effects.record(publisher, tenant, effect, machine.iso(time.time()))
         return result
