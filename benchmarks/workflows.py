@@ -44,7 +44,7 @@ from benchmarks import provenance
 from benchmarks.private import private_settings
 from benchmarks.privatedb import PrivateDatabaseRefused, private_database
 from benchmarks.suite.phases import EXE, SMOKE, free_port, wait_ready
-from benchmarks.suite.procstat import cpu_seconds
+from benchmarks.suite.procstat import cpu_seconds, machine_busy_seconds
 from devstack import ensure_topics
 from entrypoints.registry import PROCESSORS
 from eventfold.auth import issue_token
@@ -84,6 +84,8 @@ def _cpu(commands: list[list[str]], procs: list[subprocess.Popen[bytes]]) -> dic
     """CPU-seconds used so far by each Eventfold process (by its command) and by this one."""
     out = {" ".join(c): cpu_seconds(p.pid) for c, p in zip(commands, procs, strict=True)}
     out["load generator and third parties"] = sum(os.times()[:2])
+    # The rest of the machine's busy time is PostgreSQL's, Kafka's and the S3 server's.
+    out["whole machine"] = machine_busy_seconds()
     return out
 
 

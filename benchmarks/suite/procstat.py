@@ -25,6 +25,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def machine_busy_seconds() -> float:
+    """CPU-seconds the whole machine has spent busy (all cores, every process) so far."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal ...: busy is all but idle and iowait.
+    return (sum(fields[:8]) - fields[3] - fields[4]) / _TICK
+
+
 def rss_mib(pid: int) -> tuple[float, float]:
     """(current RSS, peak RSS) of ``pid`` in MiB."""
     now = peak = 0.0
