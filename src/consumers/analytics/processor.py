@@ -146,6 +146,11 @@ class Analytics:
             # come back has its partitions moved on after 10 s, not faust's default minute.
             broker_session_timeout=10.0,
             broker_heartbeat_interval=3.0,
+            # The tables' changelog writes go out at commit, thousands at once: with no
+            # linger the producer sent nearly one request per write (16,591 sends for
+            # 20,000 events), its CPU more than the counting's. 5 ms gathers them into
+            # a few requests; a commit waits for them anyway.
+            producer_linger=0.005,
         )
         # faust turns exactly_once (transactions) on only inside its own Worker, which
         # we do not use (see the module docstring): this app is the worker's app.
