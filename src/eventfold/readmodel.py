@@ -314,8 +314,81 @@ async def save(
     the SSE id) by event id. The records are upserted by a data-modifying CTE,
     which PostgreSQL runs exactly once whether or not the outer insert reads it.
     """
-    if not history:
-        return {}
+    [seqs] = await save_many(conn, [(schema, changed, history)])
+    return seqs
+
+
+#: What :func:`save_many` writes for one tenant: its schema, changed records, history.
+TenantWrites = tuple[str, dict[tuple[str, str], tuple[Record, str]], Sequence[HistoryRow]]
+#: Parameters per tenant in :func:`save_many`'s statement (8 record columns, 9 history).
+_SAVE_PARAMS = 17
+#: Tenants per statement (3,400 parameters; PostgreSQL takes 65,535): a bound on its size.
+_SAVE_TENANTS = 200
+
+
+async def save_many(
+    conn: asyncpg.Connection, writes: Sequence[TenantWrites]
+) -> list[dict[str, int]]:
+    """:func:`save` for several tenants in one statement: per tenant, the ``seq`` of
+    each appended event by id (empty for a tenant with no history).
+
+    A batch touches dozens of tenants, each in a schema of its own: one statement
+    for all of them instead of one each (~1 ms of fixed cost per statement and a
+    pass of the event loop) is about a fifth of the projector's time. Each tenant
+    keeps its own pair of data-modifying CTEs; the statement's text depends on the
+    schemas, so the tenants come in the order given (the batch's, stable).
+    """
+    out: list[dict[str, int]] = [{} for _ in writes]
+    todo = [n for n, (_, _, history) in enumerate(writes) if history]
+    for first in range(0, len(todo), _SAVE_TENANTS):
+        part = todo[first : first + _SAVE_TENANTS]
+        ctes: list[str] = []
+        selects: list[str] = []
+        args: list[Any] = []
+        for k, n in enumerate(part):
+            schema, changed, history = writes[n]
+            b = k * _SAVE_PARAMS
+            ctes.append(_save_ctes(schema, k, b))
+            selects.append(f"SELECT {k} AS k, seq, id FROM e{k}")
+            args += _save_args(changed, history)
+        rows = await conn.fetch(f"WITH {', '.join(ctes)} {' UNION ALL '.join(selects)}", *args)
+        for r in rows:
+            out[part[r["k"]]][r["id"]] = r["seq"]
+    return out
+
+
+def _save_ctes(schema: str, k: int, b: int) -> str:
+    """The two CTEs writing one tenant (``r{k}``, ``e{k}``), from parameters past ``b``."""
+    p = [f"${b + i}" for i in range(1, _SAVE_PARAMS + 1)]
+    return f"""r{k} AS (
+          INSERT INTO {schema}.records AS r
+            (collection, id, version, data, created_at, updated_at, deleted, last_event_id)
+          SELECT c, i, v, d::jsonb, ca, ua, del, e
+          FROM unnest({p[0]}::text[], {p[1]}::text[], {p[2]}::bigint[], {p[3]}::text[],
+                      {p[4]}::timestamptz[], {p[5]}::timestamptz[], {p[6]}::boolean[],
+                      {p[7]}::text[])
+               AS u(c, i, v, d, ca, ua, del, e)
+          ON CONFLICT (collection, id) DO UPDATE SET
+            version = EXCLUDED.version, data = EXCLUDED.data,
+            created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at,
+            deleted = EXCLUDED.deleted, last_event_id = EXCLUDED.last_event_id
+        ), e{k} AS (
+          INSERT INTO {schema}.events
+            (id, type, subject, time, status, reason, partition, "offset", envelope)
+          SELECT i, t, s, tm, st, rs, p, o, env::json
+          FROM unnest({p[8]}::text[], {p[9]}::text[], {p[10]}::text[], {p[11]}::timestamptz[],
+                      {p[12]}::text[], {p[13]}::text[], {p[14]}::integer[], {p[15]}::bigint[],
+                      {p[16]}::text[])
+               WITH ORDINALITY AS u(i, t, s, tm, st, rs, p, o, env, n)
+          ORDER BY n
+          RETURNING seq, id
+        )"""
+
+
+def _save_args(
+    changed: dict[tuple[str, str], tuple[Record, str]], history: Sequence[HistoryRow]
+) -> list[list[Any]]:
+    """The 17 array parameters of one tenant's CTEs (records, then history)."""
     cols: list[list[Any]] = [[], [], [], [], [], [], [], []]
     for (collection, record_id), (rec, event_id) in changed.items():
         for col, value in zip(
@@ -333,27 +406,7 @@ async def save(
             strict=True,
         ):
             col.append(value)
-    rows = await conn.fetch(
-        f"""WITH saved AS (
-              INSERT INTO {schema}.records AS r
-                (collection, id, version, data, created_at, updated_at, deleted, last_event_id)
-              SELECT c, i, v, d::jsonb, ca, ua, del, e
-              FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[],
-                          $5::timestamptz[], $6::timestamptz[], $7::boolean[], $8::text[])
-                   AS u(c, i, v, d, ca, ua, del, e)
-              ON CONFLICT (collection, id) DO UPDATE SET
-                version = EXCLUDED.version, data = EXCLUDED.data,
-                created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at,
-                deleted = EXCLUDED.deleted, last_event_id = EXCLUDED.last_event_id
-            )
-            INSERT INTO {schema}.events
-              (id, type, subject, time, status, reason, partition, "offset", envelope)
-            SELECT i, t, s, tm, st, rs, p, o, env::json
-            FROM unnest($9::text[], $10::text[], $11::text[], $12::timestamptz[], $13::text[],
-                        $14::text[], $15::integer[], $16::bigint[], $17::text[])
-                 WITH ORDINALITY AS u(i, t, s, tm, st, rs, p, o, env, n)
-            ORDER BY n
-            RETURNING seq, id""",
+    return [
         *cols,
         [r.id for r in history],
         [r.type for r in history],
@@ -364,8 +417,7 @@ async def save(
         [r.partition for r in history],
         [r.offset for r in history],
         [r.envelope for r in history],
-    )
-    return {r["id"]: r["seq"] for r in rows}
+    ]
 
 
 async def last_event(conn: asyncpg.Connection, schema: str) -> tuple[int, str] | None:

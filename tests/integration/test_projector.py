@@ -292,6 +292,42 @@ async def test_a_batch_applied_twice_has_one_effect(lane: Lane) -> None:
     assert await lane.scalar(f'SELECT version FROM "t_{t}".records') == 2
 
 
+async def test_a_batch_writes_its_tenants_in_one_statement_each_with_its_own_history(
+    lane: Lane,
+) -> None:
+    a, b = new_tenant_id(), new_tenant_id()
+    topic = lane.settings.events_topic
+    async with lane.pool.acquire() as conn:
+        await apply_batch(conn, consumer="many", topic=topic, events=_log([created(a), created(b)]))
+        statements: list[str] = []
+        conn.add_query_logger(lambda q: statements.append(q.query))
+        batch = _log(
+            [upsert(a, 1, 1), upsert(b, 2, 1), upsert(a, 3, 2), upsert(b, 4, 1), upsert(a, 5, 1)],
+            start=2,
+        )
+        result = await apply_batch(
+            conn, consumer="many", topic=topic, events=batch, reads=lane.pool
+        )
+    assert result.applied == 5
+    writes = [q for q in statements if "INSERT INTO" in q and ".records" in q]
+    assert len(writes) == 1  # one statement for both tenants
+    assert f'"t_{a}".records' in writes[0]
+    assert f'"t_{b}".records' in writes[0]
+    for tenant, ids, versions in ((a, ["u-1", "u-3", "u-5"], [("1", 2), ("2", 1)]),
+                                  (b, ["u-2", "u-4"], [("1", 2)])):  # fmt: skip
+        async with lane.pool.acquire() as conn:
+            history = await conn.fetch(
+                f'SELECT seq, id FROM "t_{tenant}".events WHERE type = $1 ORDER BY seq',
+                "record.upserted",
+            )
+            records = await conn.fetch(f'SELECT id, version FROM "t_{tenant}".records ORDER BY id')
+        assert [r["id"] for r in history] == ids
+        assert [(r["id"], r["version"]) for r in records] == versions
+        # The live streams get each event with its own tenant's seq.
+        live = {e.seq for e in result.live if e.tenant == tenant}
+        assert live == {r["seq"] for r in history}
+
+
 def _log(envelopes: list[dict[str, Any]], start: int = 0) -> list[LogEvent]:
     return [
         LogEvent(0, start + i, 0, CloudEvent.model_validate(env)) for i, env in enumerate(envelopes)

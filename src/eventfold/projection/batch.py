@@ -268,7 +268,9 @@ async def apply_events(
     is a batch with one tenant to read (nothing to overlap: the small batches
     of live traffic take no extra round trips). The reads are bound by
     ``budget_ms`` as ``conn``'s statements are (a lock held too long fails the
-    batch with the same error, so the processor isolates tenants alike).
+    batch with the same error, so the processor isolates tenants alike). On
+    that path the tenants' records and history are then written in one
+    statement, and their workflow triggers in two (:func:`_write_folded`).
     """
     groups: dict[str, list[LogEvent]] = defaultdict(list)
     for item in items:
@@ -310,6 +312,7 @@ async def apply_events(
     if reads is not None and not careful and not by_tenant and len(ahead) > 1:
         # Parsed once, for the read and for the fold.
         looked = {t: _lookups(its) for t, its in groups.items()}
+        folded: list[Folded] = []
         async with _read_ahead(reads, {targets[t]: looked[t] for t in ahead}, budget_ms) as states:
             for tenant, tenant_items in groups.items():
                 await fold_tenant(
@@ -321,7 +324,9 @@ async def apply_events(
                     result,
                     lookups=looked[tenant],
                     loaded=states.get(targets[tenant]),
+                    folded=folded,
                 )
+        await _write_folded(conn, folded, result)
         return
     for tenant, tenant_items in groups.items():
         target = targets[tenant]
@@ -496,6 +501,45 @@ async def _read_ahead(
                 future.cancel()
 
 
+@dataclass(slots=True)
+class Folded:
+    """One tenant's fold whose records, history and triggers are still to be written."""
+
+    target: Target
+    changed: dict[tuple[str, str], tuple[Record, str]]
+    history: list[readmodel.HistoryRow]
+    #: Per history row: whether it goes to the live streams, whether it has a ``status``.
+    pushed: list[tuple[bool, bool]]
+    triggered: list[workflows.Change]
+
+
+async def _write_folded(
+    conn: asyncpg.Connection, folded: Sequence[Folded], result: BatchResult
+) -> None:
+    """Write the folds of a batch's tenants: their records and history in one statement,
+    their workflow triggers in two (:func:`readmodel.save_many`, :func:`workflows.enqueue_many`)."""
+    seqs = await readmodel.save_many(
+        conn, [(f.target.schema, f.changed, f.history) for f in folded]
+    )
+    await workflows.enqueue_many(conn, [(f.target, f.triggered) for f in folded])
+    for f, tenant_seqs in zip(folded, seqs, strict=True):
+        result.live += _live(f.target.tenant, f.history, f.pushed, tenant_seqs)
+
+
+def _live(
+    tenant: str,
+    history: Sequence[readmodel.HistoryRow],
+    pushed: Sequence[tuple[bool, bool]],
+    seqs: dict[str, int],
+) -> list[LiveEvent]:
+    """The history rows that go to the tenant's live streams, with their ``seq``."""
+    return [
+        LiveEvent(tenant, seqs[row.id], row.type, row.envelope, has_status)
+        for row, (live, has_status) in zip(history, pushed, strict=True)
+        if live and row.id in seqs
+    ]
+
+
 async def fold_tenant(
     conn: asyncpg.Connection,
     target: Target,
@@ -506,13 +550,16 @@ async def fold_tenant(
     *,
     lookups: Lookups | None = None,
     loaded: Awaitable[readmodel.TenantState] | None = None,
+    folded: list[Folded] | None = None,
 ) -> None:
     """Fold one tenant's decoded ``items`` into ``target`` (the caller's transaction).
 
     ``registered`` holds the tenants whose ``tenant.created`` is applied (grown
     by this fold); ``blocked`` the record keys holding dead letters, behind
     which an event is set aside. The counts, dead letters and live events go to
-    ``result``. A rebuild calls it directly with a shadow target.
+    ``result``. A rebuild calls it directly with a shadow target. With ``folded``,
+    the records, history and workflow triggers are not written here but added
+    to it, for the batch to write with the other tenants' (:func:`_write_folded`).
     """
     tenant = target.tenant
     items = await _opened(conn, tenant, items)
@@ -586,13 +633,13 @@ async def fold_tenant(
         )
         extra = ev.model_extra or {}
         pushed.append((outcome.status == "applied" and not is_replay(ev), "status" in extra))
+    if folded is not None:
+        await workflows.end_runs(conn, target)
+        folded.append(Folded(target, changed, history, pushed, triggered))
+        return
     seqs = await readmodel.save(conn, target.schema, changed, history)
     await workflows.end_batch(conn, target, triggered)
-    result.live += [
-        LiveEvent(tenant, seqs[row.id], row.type, row.envelope, has_status)
-        for row, (live, has_status) in zip(history, pushed, strict=True)
-        if live and row.id in seqs
-    ]
+    result.live += _live(tenant, history, pushed, seqs)
 
 
 async def _apply_one(

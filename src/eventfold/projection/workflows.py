@@ -23,7 +23,8 @@ Every row names the topic its event came from (``Target.topic``): a workflows
 processor serves the inbox of its own log.
 
 The handlers are listed in :data:`eventfold.projection.handlers.HANDLERS`; the
-batch calls :func:`begin_batch` and :func:`end_batch` around each tenant's fold.
+batch calls :func:`begin_batch` and :func:`end_batch` around each tenant's fold
+(or :func:`end_runs`, and :func:`enqueue_many` for all its tenants at once).
 """
 
 from __future__ import annotations
@@ -260,8 +261,14 @@ async def begin_batch(
 async def end_batch(conn: asyncpg.Connection, target: Target, changes: Sequence[Change]) -> None:
     """After one tenant's events of a batch are folded and saved, in its transaction:
     write the runs they changed, and the inbox rows of the triggers they match."""
-    await runfold.flush(conn, target)
+    await end_runs(conn, target)
     await enqueue_triggers(conn, target, changes)
+
+
+async def end_runs(conn: asyncpg.Connection, target: Target) -> None:
+    """Write the runs one tenant's events of a batch changed (its triggers are left to
+    :func:`enqueue_many`, with other tenants')."""
+    await runfold.flush(conn, target)
 
 
 async def enqueue_triggers(
@@ -272,21 +279,49 @@ async def enqueue_triggers(
     Runs in the batch transaction, after the records are saved; nothing in a
     rebuild or for a replayed event (see the module docstring).
     """
-    if not changes or target.shadow:
+    await enqueue_many(conn, [(target, changes)])
+
+
+async def enqueue_many(
+    conn: asyncpg.Connection, changes: Sequence[tuple[Target, Sequence[Change]]]
+) -> None:
+    """:func:`enqueue_triggers` for several tenants: their enabled workflows read in one
+    statement, the inbox rows (and the processor's wake-up) written in another."""
+    wanted: list[tuple[Target, Sequence[Change]]] = []
+    for target, tenant_changes in changes:
+        if not tenant_changes or target.shadow:
+            continue
+        if target.schema not in _WITH_TABLES:
+            if not await tables.present(conn, target.schema):
+                continue  # a schema from before workflows, none defined since
+            _WITH_TABLES.add(target.schema)
+        wanted.append((target, tenant_changes))
+    if not wanted:
         return
-    tenant, schema = target.tenant, target.schema
-    if schema not in _WITH_TABLES:
-        if not await tables.present(conn, schema):
-            return  # a schema from before workflows, none defined since
-        _WITH_TABLES.add(schema)
-    workflows = await conn.fetch(
-        f"SELECT id, version, definition->'trigger' AS trigger"
-        f" FROM {schema}.workflows WHERE enabled AND deleted_at IS NULL"
-    )
-    if not workflows:
-        return
+    defined: dict[int, list[asyncpg.Record]] = {}
+    for row in await conn.fetch(
+        " UNION ALL ".join(
+            f"SELECT {k} AS k, id, version, definition->'trigger' AS trigger"
+            f" FROM {target.schema}.workflows WHERE enabled AND deleted_at IS NULL"
+            for k, (target, _) in enumerate(wanted)
+        )
+    ):
+        defined.setdefault(row["k"], []).append(row)
     rows: list[dict[str, Any]] = []
-    topic = target.topic
+    for k, (target, tenant_changes) in enumerate(wanted):
+        if k in defined:
+            rows += _matches(target, tenant_changes, defined[k])
+    if rows:
+        topics = sorted({r["topic"] for r in rows})
+        await conn.execute(_HAND_OVER_TRIGGERS, rows, WORKFLOW_CHANNEL, topics)
+
+
+def _matches(
+    target: Target, changes: Sequence[Change], workflows: Sequence[asyncpg.Record]
+) -> list[dict[str, Any]]:
+    """The inbox rows of ``changes`` (one tenant's) that start one of its ``workflows``."""
+    rows: list[dict[str, Any]] = []
+    tenant, topic = target.tenant, target.topic
     for ev, (collection, record_id), record in changes:
         if is_replay(ev):
             continue
@@ -304,25 +339,26 @@ async def enqueue_triggers(
                 and holds(trigger.get("when") or {}, doc, data="/data")
             ):
                 rows.append(
-                    {"key": f"{tenant}/trigger/{wf['id']}/{ev.id}", "workflow": wf["id"],
-                     "version": wf["version"], "event": ev.to_dict(), "record": doc}
+                    {"key": f"{tenant}/trigger/{wf['id']}/{ev.id}", "tenant": tenant,
+                     "topic": topic, "workflow": wf["id"], "version": wf["version"],
+                     "event": ev.to_dict(), "record": doc}
                 )  # fmt: skip
-    if rows:
-        await conn.execute(_HAND_OVER_TRIGGERS, rows, tenant, topic, WORKFLOW_CHANNEL)
+    return rows
 
 
-# The rows and the processor's wake-up in one round trip (the data-modifying CTE runs
+# The rows and the processors' wake-up in one round trip (the data-modifying CTE runs
 # whatever the SELECT reads); inbox ids follow the rows' order.
 _HAND_OVER_TRIGGERS = """
 WITH handed AS (
     INSERT INTO eventfold.workflow_inbox (key, tenant, topic, kind, workflow, version, event,
         record)
-    SELECT b.key, $2, $3, 'trigger', b.workflow, b.version, b.event, b.record
+    SELECT b.key, b.tenant, b.topic, 'trigger', b.workflow, b.version, b.event, b.record
     FROM ROWS FROM (jsonb_to_recordset($1::jsonb)
-        AS (key text, workflow text, version integer, event jsonb, record jsonb))
-        WITH ORDINALITY AS b(key, workflow, version, event, record, n)
+        AS (key text, tenant text, topic text, workflow text, version integer, event jsonb,
+            record jsonb))
+        WITH ORDINALITY AS b(key, tenant, topic, workflow, version, event, record, n)
     ORDER BY b.n
     ON CONFLICT (key) DO NOTHING
 )
-SELECT pg_notify($4, $3)
+SELECT pg_notify($2, t) FROM unnest($3::text[]) AS t
 """
