@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import weakref
 from collections.abc import Collection, Sequence
 from typing import Any
 
@@ -290,6 +291,34 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
+#: Pooled connections whose session state their user changed (a ``SET`` of the session):
+#: reset on release. See :func:`_reset_on_release`.
+_SESSION_CHANGED: weakref.WeakSet[asyncpg.Connection] = weakref.WeakSet()
+
+
+def session_changed(conn: asyncpg.Connection) -> None:
+    """Note that ``conn`` (pooled) had its session settings changed: the pool resets it
+    when it is given back, before another user takes it."""
+    # A pool hands out a proxy; the pool's reset sees the connection under it.
+    _SESSION_CHANGED.add(getattr(conn, "_con", None) or conn)
+
+
+async def _reset_on_release(conn: asyncpg.Connection) -> None:
+    """What the pool does to a connection given back, past ending its transaction and
+    dropping its listeners (asyncpg does that first, with no round trip).
+
+    asyncpg's default sends ``RESET ALL; UNLISTEN *; CLOSE ALL`` and an advisory unlock
+    on every release: a round trip for every pooled use, as many as the statement
+    itself for an API read. Eventfold changes a pooled session in one way only,
+    session settings, and says so (:func:`session_changed`); LISTEN and session
+    locks have connections of their own (:func:`connect`), cursors live in
+    transactions. So only the connections marked are reset.
+    """
+    if conn in _SESSION_CHANGED:
+        _SESSION_CHANGED.discard(conn)
+        await conn.execute(conn.get_reset_query())
+
+
 async def create_pool(
     dsn: str, *, min_size: int = 1, max_size: int = 10, statement_cache_size: int = 100
 ) -> asyncpg.Pool:
@@ -300,6 +329,7 @@ async def create_pool(
         max_size=max_size,
         statement_cache_size=statement_cache_size,
         init=_init_connection,
+        reset=_reset_on_release,
         timeout=10,
         command_timeout=15,
     )
@@ -340,6 +370,7 @@ class KeptConnection:
         if self.conn is None:
             conn: asyncpg.Connection = await self._pool.acquire(timeout=self._timeout)
             if self._setup:
+                session_changed(conn)  # the pool resets it when it goes back
                 try:
                     await conn.execute(self._setup)
                 except BaseException:

@@ -186,6 +186,30 @@ async def _get_raw(api: Api, raw_path: str, headers: dict[str, str]) -> tuple[in
         return resp.status, await resp.text()
 
 
+async def test_a_pooled_session_changed_is_reset_on_release_and_only_that_one(
+    stack: Settings,
+) -> None:
+    """A kept connection's session settings never reach the pool's next user; a pooled
+    use that marks no change goes back without a reset round trip."""
+    one = await db.create_pool(stack.database_url, max_size=1)
+    try:
+        kept = db.KeptConnection(one, "SET statement_timeout = 4321")
+        conn = await kept.get()
+        assert await conn.fetchval("SHOW statement_timeout") == "4321ms"
+        await kept.drop()
+        async with one.acquire() as conn:
+            assert await conn.fetchval("SHOW statement_timeout") != "4321ms"
+            # A use that marks nothing goes back as it is: no reset is sent.
+            await conn.execute("SET application_name = 'unmarked'")
+        async with one.acquire() as conn:
+            assert await conn.fetchval("SHOW application_name") == "unmarked"
+            db.session_changed(conn)
+        async with one.acquire() as conn:
+            assert await conn.fetchval("SHOW application_name") != "unmarked"
+    finally:
+        await one.close()
+
+
 async def test_other_tenants_paths_with_my_token_are_403(api: Api, pair: Pair) -> None:
     headers = _reader(api, pair.a.id)
     for rest in ("", R, f"{R}/o1", "/events", f"/events/{pair.b_event_id}"):
