@@ -82,15 +82,16 @@ class Breaker:
             log.info(f"{self.name} breaker closed", extra={"breaker": self.name})
             self._set(CLOSED)
 
-    def failure(self) -> None:
-        """A call failed or timed out: count it, open past the threshold or a failed probe."""
+    def failure(self, error: BaseException | None = None) -> None:
+        """A call failed or timed out (with ``error``): count it, open past the threshold
+        or a failed probe. The line saying it opened names the error that opened it."""
         self._failures += 1
         self._probing = False
         if self.state == HALF_OPEN or (self.state == CLOSED and self._failures >= self.threshold):
             if self.state == CLOSED:
                 log.warning(
                     f"{self.name} breaker open" + (f": {self.fallback}" if self.fallback else ""),
-                    extra={"breaker": self.name},
+                    extra={"breaker": self.name, "error": repr(error) if error else None},
                 )
             self._opened_at = self._clock()
             self._set(OPEN)

@@ -455,7 +455,7 @@ class RecordCache:
             raise CacheBreakerOpen(f"cache breaker {self.breaker.state_name}")
 
     def _failed(self, operation: str, exc: BaseException) -> None:
-        self.breaker.failure()
+        self.breaker.failure(exc)
         self.metrics.dependency_errors.labels("redis").inc()
         log.debug("cache call failed", extra={"operation": operation, "error": repr(exc)})
 

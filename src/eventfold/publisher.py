@@ -371,7 +371,7 @@ class Publisher:
 
     def _redis_failed(self, exc: BaseException, what: str) -> None:
         self._metrics.dependency_errors.labels("redis").inc()
-        self._redis_breaker.failure()
+        self._redis_breaker.failure(exc)
         log.warning(what, extra={"error": repr(exc)})
 
     async def _lookup(self, tenant: str, events: Sequence[CloudEvent]) -> dict[str, Published]:

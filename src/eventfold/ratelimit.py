@@ -182,7 +182,7 @@ class RateLimiter:
         try:
             allowed, tokens = await self._take(bucket_key(tenant), shape)
         except (RedisError, OSError, TimeoutError) as exc:
-            self._breaker.failure()
+            self._breaker.failure(exc)
             self._metrics.dependency_errors.labels("redis").inc()
             self._metrics.ratelimit_fail_open.inc()
             log.warning("rate limits unavailable, serving unlimited", extra={"error": repr(exc)})

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
+import pytest
+
 from eventfold.breaker import CLOSED, HALF_OPEN, OPEN, Breaker
 
 
@@ -46,3 +50,15 @@ def test_a_probe_that_never_reports_is_given_up_after_a_cooldown() -> None:
     assert breaker.allow()  # another caller probes
     breaker.success()
     assert breaker.state == CLOSED
+
+
+def test_the_line_saying_it_opened_names_the_error_that_opened_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    breaker = Breaker(failures=2, name="cache", fallback="reads go to PostgreSQL")
+    with caplog.at_level(logging.WARNING, logger="eventfold.breaker"):
+        breaker.failure(ConnectionError("first"))
+        breaker.failure(TimeoutError("redis did not answer"))
+    [line] = caplog.records
+    assert line.getMessage() == "cache breaker open: reads go to PostgreSQL"
+    assert line.__dict__["error"] == "TimeoutError('redis did not answer')"
