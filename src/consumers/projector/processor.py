@@ -44,6 +44,8 @@ from eventfold.settings import Settings
 
 log = logging.getLogger("eventfold.projector")
 
+#: A log record as the fold takes it: ``(partition, offset, timestamp_ms, value)``.
+RawRecord = tuple[int, int, int, bytes | None]
 #: A fetch answer at least this large means a backlog: worth waiting briefly for more.
 _BACKLOG_RECORDS = 100
 #: How often the dead letter count (``eventfold_dlq_size``) is read again while none come:
@@ -85,9 +87,9 @@ class Projector(MemberLoop):
         #: Kafka's committed offsets, written for lag tools (see :mod:`.hints`).
         self._hints = OffsetHints(self.topic)
         #: The connection batches are written on, kept from one batch to the next: a
-        #: pooled connection is reset on release (a round trip) and would need the
-        #: budget set again in every batch (another), two of the ~10 round trips of a
-        #: small batch of live traffic. Kept, its session carries the budget once.
+        #: pooled one would need the budget set again in every batch (a round trip) and,
+        #: its session changed, a reset when given back (another), two of the ~10 round
+        #: trips of a small batch of live traffic. Kept, its session carries the budget.
         self._writer = KeptConnection(
             pool, budget_sql(settings.projector_tenant_budget_ms, local=False)
         )
@@ -176,11 +178,7 @@ class Projector(MemberLoop):
     async def _read(self, consumer: AIOKafkaConsumer) -> list[LogEvent]:
         """The next batch, decoded and personal data opened (empty when nothing came
         within the fetch wait)."""
-        records = [
-            (tp.partition, msg.offset, msg.timestamp, msg.value)
-            for tp, msgs in await self._next_batch(consumer)
-            for msg in msgs
-        ]
+        records = await self._next_batch(consumer)
         return await read_events(records, datakeys.cache(), self.pool) if records else []
 
     async def _topped_up(
@@ -197,26 +195,30 @@ class Projector(MemberLoop):
         if room <= 0:
             return events
         got = await consumer.getmany(timeout_ms=0, max_records=room)
-        if not got:
-            return events
         last: dict[int, int] = {}
         for e in events:
             last[e.partition] = max(last.get(e.partition, -1), e.offset)
-        # A rebalance since the read-ahead may have sought a partition back to its
-        # checkpoint: what the read-ahead holds already must not come twice.
-        records: list[tuple[int, int, int, bytes | None]] = []
-        for tp, msgs in got.items():
-            fresh = [m for m in msgs if m.offset > last.get(tp.partition, -1)]
-            if fresh:
-                self._lag.read(tp.partition, fresh[0].offset, fresh[0].timestamp)
-                records += [(tp.partition, m.offset, m.timestamp, m.value) for m in fresh]
+        records = self._fresh(got, last)
         if not records:
             return events
         return events + await read_events(records, datakeys.cache(), self.pool)
 
-    async def _next_batch(
-        self, consumer: AIOKafkaConsumer
-    ) -> list[tuple[TopicPartition, list[ConsumerRecord[bytes, bytes]]]]:
+    def _fresh(
+        self, got: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]], last: dict[int, int]
+    ) -> list[RawRecord]:
+        """The records of ``got`` past ``last`` (partition → last offset a batch holds,
+        updated). A rebalance between two fetches may seek a partition back to its
+        checkpoint: records already in a batch must not come twice."""
+        out: list[RawRecord] = []
+        for tp, msgs in got.items():
+            fresh = [m for m in msgs if m.offset > last.get(tp.partition, -1)]
+            if fresh:
+                self._lag.read(tp.partition, fresh[0].offset, fresh[0].timestamp)
+                last[tp.partition] = fresh[-1].offset
+                out += [(tp.partition, m.offset, m.timestamp, m.value) for m in fresh]
+        return out
+
+    async def _next_batch(self, consumer: AIOKafkaConsumer) -> list[RawRecord]:
         """Up to ``projector_batch_size`` records, from every partition with data.
 
         ``getmany`` hands back whatever the prefetch buffer holds, often a
@@ -226,26 +228,16 @@ class Projector(MemberLoop):
         way to readable, so the batch goes as it is.
         """
         limit = self.settings.projector_batch_size
-        batch: list[tuple[TopicPartition, list[ConsumerRecord[bytes, bytes]]]] = []
-        last: dict[TopicPartition, int] = {}
-        count = 0
+        batch: list[RawRecord] = []
+        last: dict[int, int] = {}
         timeout_ms, deadline = 250, time.monotonic() + 0.27
-        while count < limit and time.monotonic() < deadline:
-            got = await consumer.getmany(timeout_ms=timeout_ms, max_records=limit - count)
+        while len(batch) < limit and time.monotonic() < deadline:
+            got = await consumer.getmany(timeout_ms=timeout_ms, max_records=limit - len(batch))
             if not got:
                 break
-            got_count = 0
-            for tp, msgs in got.items():
-                # A rebalance between two calls may seek a partition back to its
-                # checkpoint: records already in this batch must not come twice.
-                fresh = [m for m in msgs if m.offset > last.get(tp, -1)]
-                if fresh:
-                    self._lag.read(tp.partition, fresh[0].offset, fresh[0].timestamp)
-                    batch.append((tp, fresh))
-                    last[tp] = fresh[-1].offset
-                    count += len(fresh)
-                    got_count += len(fresh)
-            if got_count < _BACKLOG_RECORDS:
+            fresh = self._fresh(got, last)
+            batch += fresh
+            if len(fresh) < _BACKLOG_RECORDS:
                 break
             timeout_ms, deadline = 5, min(deadline, time.monotonic() + 0.02)
         return batch
