@@ -6,7 +6,7 @@ of each record, tombstones included) and ``events`` (the tenant's event
 history, each event with its status and, via ``seq``, its place: the SSE id).
 This module is the only one that names them: the projector and the rebuild
 write through it (:func:`tenant_ddl`, :func:`create_tenant`, :func:`load_state`,
-:func:`save`), the API, the gateway, the cache, the notifier and the CLI read
+:func:`save_many`), the API, the gateway, the cache, the notifier and the CLI read
 through it, and ``eventfold verify`` compares through it (:func:`compare`).
 
 The schema also holds the workflow tables (definitions, versions, runs and their
@@ -302,22 +302,6 @@ async def erase_history_data(conn: asyncpg.Connection, schema: str, subject: str
     )
 
 
-async def save(
-    conn: asyncpg.Connection,
-    schema: str,
-    changed: dict[tuple[str, str], tuple[Record, str]],
-    history: Sequence[HistoryRow],
-) -> dict[str, int]:
-    """Write the changed records and append ``history`` (in order) in one statement.
-
-    Returns each appended event's ``seq`` (its place in the tenant's history,
-    the SSE id) by event id. The records are upserted by a data-modifying CTE,
-    which PostgreSQL runs exactly once whether or not the outer insert reads it.
-    """
-    [seqs] = await save_many(conn, [(schema, changed, history)])
-    return seqs
-
-
 #: What :func:`save_many` writes for one tenant: its schema, changed records, history.
 TenantWrites = tuple[str, dict[tuple[str, str], tuple[Record, str]], Sequence[HistoryRow]]
 #: Parameters per tenant in :func:`save_many`'s statement (8 record columns, 9 history).
@@ -329,8 +313,11 @@ _SAVE_TENANTS = 200
 async def save_many(
     conn: asyncpg.Connection, writes: Sequence[TenantWrites]
 ) -> list[dict[str, int]]:
-    """:func:`save` for several tenants in one statement: per tenant, the ``seq`` of
-    each appended event by id (empty for a tenant with no history).
+    """Write each tenant's changed records and append its history (in order), all in
+    one statement; per tenant, the ``seq`` of each appended event (its place in the
+    tenant's history, the SSE id) by id, empty for a tenant with no history. The
+    records are upserted by data-modifying CTEs, which PostgreSQL runs exactly once
+    whether or not the statement reads them.
 
     A batch touches dozens of tenants, each in a schema of its own: one statement
     for all of them instead of one each (~1 ms of fixed cost per statement and a

@@ -516,28 +516,19 @@ class Folded:
 async def _write_folded(
     conn: asyncpg.Connection, folded: Sequence[Folded], result: BatchResult
 ) -> None:
-    """Write the folds of a batch's tenants: their records and history in one statement,
-    their workflow triggers in two (:func:`readmodel.save_many`, :func:`workflows.enqueue_many`)."""
+    """Write the folds of tenants (one, or a batch's): their records and history in one
+    statement, their workflow triggers in two (:func:`readmodel.save_many`,
+    :func:`workflows.enqueue_many`); their applied events go to ``result.live``."""
     seqs = await readmodel.save_many(
         conn, [(f.target.schema, f.changed, f.history) for f in folded]
     )
     await workflows.enqueue_many(conn, [(f.target, f.triggered) for f in folded])
     for f, tenant_seqs in zip(folded, seqs, strict=True):
-        result.live += _live(f.target.tenant, f.history, f.pushed, tenant_seqs)
-
-
-def _live(
-    tenant: str,
-    history: Sequence[readmodel.HistoryRow],
-    pushed: Sequence[tuple[bool, bool]],
-    seqs: dict[str, int],
-) -> list[LiveEvent]:
-    """The history rows that go to the tenant's live streams, with their ``seq``."""
-    return [
-        LiveEvent(tenant, seqs[row.id], row.type, row.envelope, has_status)
-        for row, (live, has_status) in zip(history, pushed, strict=True)
-        if live and row.id in seqs
-    ]
+        result.live += [
+            LiveEvent(f.target.tenant, tenant_seqs[row.id], row.type, row.envelope, has_status)
+            for row, (live, has_status) in zip(f.history, f.pushed, strict=True)
+            if live and row.id in tenant_seqs
+        ]
 
 
 async def fold_tenant(
@@ -633,13 +624,12 @@ async def fold_tenant(
         )
         extra = ev.model_extra or {}
         pushed.append((outcome.status == "applied" and not is_replay(ev), "status" in extra))
-    if folded is not None:
-        await workflows.end_runs(conn, target)
-        folded.append(Folded(target, changed, history, pushed, triggered))
-        return
-    seqs = await readmodel.save(conn, target.schema, changed, history)
-    await workflows.end_batch(conn, target, triggered)
-    result.live += _live(tenant, history, pushed, seqs)
+    await workflows.end_runs(conn, target)
+    done = Folded(target, changed, history, pushed, triggered)
+    if folded is None:
+        await _write_folded(conn, [done], result)
+    else:
+        folded.append(done)
 
 
 async def _apply_one(

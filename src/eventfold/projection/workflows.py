@@ -7,7 +7,7 @@ tables (:mod:`eventfold.workflows.tables`): a replay rebuilds them from the log,
 ``eventfold verify`` compares them.
 
 The inbox (``eventfold.workflow_inbox``) is how the processor learns what to
-do, exactly once. :func:`enqueue_triggers` runs inside the batch transaction
+do, exactly once. :func:`enqueue_many` runs inside the batch transaction
 that applies record events: for each applied one whose record, as it stands
 right after that event, satisfies an enabled workflow's trigger, it writes a
 row (the event and that record). The commands a person gives a run (approve,
@@ -23,8 +23,8 @@ Every row names the topic its event came from (``Target.topic``): a workflows
 processor serves the inbox of its own log.
 
 The handlers are listed in :data:`eventfold.projection.handlers.HANDLERS`; the
-batch calls :func:`begin_batch` and :func:`end_batch` around each tenant's fold
-(or :func:`end_runs`, and :func:`enqueue_many` for all its tenants at once).
+batch calls :func:`begin_batch` and :func:`end_runs` around each tenant's fold, and
+:func:`enqueue_many` once its tenants' records are saved.
 """
 
 from __future__ import annotations
@@ -258,35 +258,22 @@ async def begin_batch(
     await runfold.begin(conn, target, events)
 
 
-async def end_batch(conn: asyncpg.Connection, target: Target, changes: Sequence[Change]) -> None:
-    """After one tenant's events of a batch are folded and saved, in its transaction:
-    write the runs they changed, and the inbox rows of the triggers they match."""
-    await end_runs(conn, target)
-    await enqueue_triggers(conn, target, changes)
-
-
 async def end_runs(conn: asyncpg.Connection, target: Target) -> None:
-    """Write the runs one tenant's events of a batch changed (its triggers are left to
-    :func:`enqueue_many`, with other tenants')."""
+    """After one tenant's events of a batch are folded, in its transaction: write the
+    runs they changed (the batch hands its triggers over with :func:`enqueue_many`)."""
     await runfold.flush(conn, target)
-
-
-async def enqueue_triggers(
-    conn: asyncpg.Connection, target: Target, changes: Sequence[Change]
-) -> None:
-    """Write an inbox row per (enabled workflow, applied event) whose trigger matches.
-
-    Runs in the batch transaction, after the records are saved; nothing in a
-    rebuild or for a replayed event (see the module docstring).
-    """
-    await enqueue_many(conn, [(target, changes)])
 
 
 async def enqueue_many(
     conn: asyncpg.Connection, changes: Sequence[tuple[Target, Sequence[Change]]]
 ) -> None:
-    """:func:`enqueue_triggers` for several tenants: their enabled workflows read in one
-    statement, the inbox rows (and the processor's wake-up) written in another."""
+    """Write an inbox row per (enabled workflow, applied event) whose trigger matches,
+    for each tenant's ``changes``: their workflows read in one statement, the rows (and
+    the processors' wake-up) written in another.
+
+    Runs in the batch transaction, after the records are saved; nothing in a
+    rebuild or for a replayed event (see the module docstring).
+    """
     wanted: list[tuple[Target, Sequence[Change]]] = []
     for target, tenant_changes in changes:
         if not tenant_changes or target.shadow:
