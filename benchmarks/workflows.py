@@ -9,7 +9,7 @@ and plays both third parties. Measures:
 1. **saturation**: ``runs`` triggers written at once (batches of 500 record
    events); runs/s from the first write until every run has finished;
 2. **latency at half of it**: triggers at half that rate (one ``PUT`` each, open
-   loop) for ``seconds``; per run, from the trigger event's time to its first
+   loop) for ``seconds``; per run, from its trigger's scheduled start to its first
    step starting (the step's ``started_at``), p50 / p99.
 
 Both count their ``failures``: triggers the gateway did not accept and runs that
@@ -130,27 +130,26 @@ async def _wait_projected(pool: asyncpg.Pool, tenant: str, total: int, limit: fl
 
 
 async def _first_step_latencies(
-    pool: asyncpg.Pool, tenant: str, prefix: str
+    pool: asyncpg.Pool, tenant: str, scheduled: dict[str, float]
 ) -> tuple[list[float], list[float]]:
-    """Per run whose trigger record's id starts with ``prefix``: trigger time → first step,
-    and trigger time → its run created by the workflow processor (the part of it spent
-    on the way through the gateway, Kafka and the projector's batch; the rest is the
-    processor's)."""
+    """Per run whose trigger record is a key of ``scheduled`` (its trigger's scheduled
+    start, epoch seconds): scheduled start → first step, and scheduled start → its run
+    created by the workflow processor (the part spent on the way through the gateway,
+    Kafka and the projector's batch; the rest is the processor's). Open loop: a trigger
+    the gateway was slow to take counts that wait too."""
     rows = await pool.fetch(
-        "SELECT state->'context'->'trigger'->>'time' AS at,"
+        "SELECT state->'context'->'record'->>'id' AS record,"
         " (state->'progress'->0->>'started_at')::float AS first,"
         " extract(epoch FROM created_at)::float AS created"
         " FROM eventfold.workflow_runs WHERE tenant = $1"
-        " AND state->'context'->'record'->>'id' LIKE $2",
+        " AND state->'context'->'record'->>'id' = ANY($2::text[])",
         tenant,
-        prefix + "%",
+        list(scheduled),
     )
-    from datetime import datetime
-
     first, created = [], []
     for r in rows:
-        if r["at"] and r["first"] is not None:
-            at = datetime.fromisoformat(r["at"].replace("Z", "+00:00")).timestamp()
+        if r["first"] is not None:
+            at = scheduled[r["record"]]
             first.append(max(0.0, r["first"] - at))
             created.append(max(0.0, r["created"] - at))
     return first, created
@@ -283,7 +282,7 @@ async def run(args: argparse.Namespace, run_id: str, database_url: str) -> dict[
             # 2. latency at half the saturation rate: one PUT per trigger, open loop.
             target = max(1.0, rate / 2)
             count = max(1, int(target * args.seconds))
-            loop_started = time.perf_counter()
+            loop_started, wall_started = time.perf_counter(), time.time()
             errors = 0
             reasons: Counter[str] = Counter()
 
@@ -306,7 +305,9 @@ async def run(args: argparse.Namespace, run_id: str, database_url: str) -> dict[
             await _wait_finished(pool, tenant, started_runs + count - errors, limit=600)
             _ok2, failed2 = await _finished(pool, tenant)
             # Only the latency phase's runs (their triggers are the l* records).
-            sample, created = await _first_step_latencies(pool, tenant, "l")
+            sample, created = await _first_step_latencies(
+                pool, tenant, {f"l{i}": wall_started + i / target for i in range(count)}
+            )
             result["latency_at_half"] = {
                 "rate_per_second": round(target, 1), "seconds": args.seconds, "runs": count,
                 "write_errors": errors, "write_error_reasons": dict(reasons.most_common(5)),
