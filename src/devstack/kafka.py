@@ -1,9 +1,13 @@
-"""Apache Kafka 4 (the real broker, KRaft combined mode, one node) from Maven Central.
+"""Apache Kafka 4 (the real broker, KRaft combined mode) from Maven Central.
 
 The jars come from infra/kafka/pom.xml, the configuration from the template
-infra/kafka/server.properties. Storage is formatted once (``StorageTool format
---standalone``, a dynamic single-voter quorum); after that a start is just
-``java kafka.Kafka server.properties``. Readiness is a real Kafka metadata
+infra/kafka/server.properties. By default one node (``kafka``), its storage
+formatted once with ``StorageTool format --standalone`` (a dynamic single-voter
+quorum). With ``settings.kafka_brokers`` = n > 1 the stack runs n nodes instead
+(``kafka-1`` ... ``kafka-n``, each broker and controller, a static n-voter
+quorum, data in var/kafka/cluster/node-i), every topic replicated
+``settings.kafka_replication_factor`` times. After the format a start is just
+``java kafka.Kafka node.properties``. Readiness is a real Kafka metadata
 round-trip, not an open port: the broker listens a moment before it serves.
 """
 
@@ -22,7 +26,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from devstack.base import InfraError, Progress, oneline
 from devstack.java import JavaService
-from devstack.process import run, spawn, tcp_open, wait_ready
+from devstack.process import live_pid, run, spawn, tcp_open, wait_ready
 from eventfold.settings import Settings
 
 TOPIC_ALREADY_EXISTS = 36
@@ -45,9 +49,9 @@ def _quiet_aiokafka() -> Iterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def _admin(settings: Settings, timeout_ms: int = 5000) -> Any:
+async def _admin(settings: Settings, timeout_ms: int = 5000, *, bootstrap: str = "") -> Any:
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap,
+        bootstrap_servers=bootstrap or settings.kafka_bootstrap,
         client_id="eventfold-infra",
         request_timeout_ms=timeout_ms,
     )
@@ -58,12 +62,21 @@ async def _admin(settings: Settings, timeout_ms: int = 5000) -> Any:
         await admin.close()
 
 
-async def ensure_topics(settings: Settings, *, replication_factor: int = 1) -> list[str]:
+def topic_configs(settings: Settings) -> dict[str, str]:
+    """The topic-level settings of the events log and its dead-letter topic."""
+    return {
+        **TOPIC_CONFIGS,
+        "min.insync.replicas": str(settings.kafka_min_insync_replicas),
+    }
+
+
+async def ensure_topics(settings: Settings) -> list[str]:
     """Create the events topic and its dead-letter topic when missing.
 
-    Idempotent (an existing topic is left as it is, partition count included);
-    returns the names it created. ``replication_factor`` is 1 for the local
-    single-node broker; pass 3 against a real cluster.
+    Idempotent (an existing topic is left as it is, partition count and
+    replicas included); returns the names it created. Each gets
+    ``settings.kafka_replication_factor`` replicas and ``min.insync.replicas``
+    one less (see :func:`topic_configs`).
     """
     wanted = {
         settings.events_topic: settings.topic_partitions,
@@ -79,8 +92,8 @@ async def ensure_topics(settings: Settings, *, replication_factor: int = 1) -> l
                 NewTopic(
                     name,
                     num_partitions=wanted[name],
-                    replication_factor=replication_factor,
-                    topic_configs=dict(TOPIC_CONFIGS),
+                    replication_factor=settings.kafka_replication_factor,
+                    topic_configs=topic_configs(settings),
                 )
                 for name in missing
             ],
@@ -108,7 +121,12 @@ def random_cluster_id() -> str:
 
 
 class Kafka(JavaService):
-    """The Kafka broker + controller, data in var/kafka/data."""
+    """One Kafka node (broker + controller): the single node, or node i of a cluster.
+
+    ``node`` None is the default stack's one node (``kafka``, data in
+    var/kafka/data); ``node`` i of ``settings.kafka_brokers`` is ``kafka-i`` with
+    data in var/kafka/cluster/node-i, listening two ports further per node.
+    """
 
     name: ClassVar[str] = "kafka"
     env_var: ClassVar[str] = "EVENTFOLD_KAFKA_BOOTSTRAP"
@@ -118,6 +136,14 @@ class Kafka(JavaService):
     # Controlled shutdown of a single node is quick, but flushing logs may not be.
     stop_timeout: ClassVar[float] = 45.0
     start_timeout: ClassVar[float] = 90.0
+
+    def __init__(self, settings: Settings, node: int | None = None) -> None:
+        super().__init__(settings)
+        self.node = node
+        if node is not None:
+            # An instance attribute shadows the class's: pid file, log and status
+            # line are per node.
+            self.name = f"kafka-{node}"  # type: ignore[misc]
 
     @property
     def _bootstrap(self) -> tuple[str, int]:
@@ -134,8 +160,9 @@ class Kafka(JavaService):
 
     @property
     def port(self) -> int:
-        """The PLAINTEXT listener's port; the controller listens on the next one."""
-        return self._bootstrap[1]
+        """The PLAINTEXT listener's port (the first bootstrap address's, two further per
+        node of a cluster); the controller listens on the next one."""
+        return self._bootstrap[1] + 2 * ((self.node or 1) - 1)
 
     @property
     def ports(self) -> tuple[int, ...]:
@@ -143,14 +170,23 @@ class Kafka(JavaService):
         return (self.port, self.port + 1)
 
     @property
+    def cluster_dir(self) -> Path:
+        """var/kafka/cluster: the nodes of a cluster and its id."""
+        return self.root / "cluster"
+
+    @property
     def data_dir(self) -> Path:
         """log.dirs and the KRaft metadata log."""
-        return self.root / "data"
+        if self.node is None:
+            return self.root / "data"
+        return self.cluster_dir / f"node-{self.node}"
 
     @property
     def properties(self) -> Path:
         """The generated server.properties."""
-        return self.root / "server.properties"
+        if self.node is None:
+            return self.root / "server.properties"
+        return self.cluster_dir / f"node-{self.node}.properties"
 
     @property
     def markers(self) -> tuple[str, ...]:
@@ -158,45 +194,73 @@ class Kafka(JavaService):
         return (self.main_class, str(self.properties))
 
     def _jvm_extra(self) -> tuple[str, ...]:
-        logs = self.var / "log" / "kafka"
+        logs = self.var / "log" / self.name
         logs.mkdir(parents=True, exist_ok=True)
         return (
             f"-Dlog4j2.configurationFile={self.infra_dir / 'log4j2.properties'}",
             f"-Dkafka.logs.dir={logs}",
         )
 
+    def _quorum(self) -> str:
+        if self.node is None:
+            # The single node's quorum is dynamic (formatted --standalone).
+            return f"controller.quorum.bootstrap.servers={self.host}:{self.port + 1}"
+        voters = ",".join(
+            f"{peer.node}@{peer.host}:{peer.port + 1}" for peer in cluster(self.settings)
+        )
+        return f"controller.quorum.voters={voters}"
+
     def _write_properties(self) -> None:
         template = string.Template((self.infra_dir / "server.properties").read_text())
         self.properties.write_text(
             template.substitute(
+                node_id=self.node or 1,
+                quorum=self._quorum(),
                 host=self.host,
                 port=self.port,
                 controller_host=self.host,
                 controller_port=self.port + 1,
                 log_dirs=self.data_dir,
                 partitions=self.settings.topic_partitions,
+                replicas=self.settings.kafka_replication_factor,
+                min_isr=self.settings.kafka_min_insync_replicas,
             )
         )
 
+    def _cluster_id(self) -> str:
+        """The id every node of this stack's Kafka is formatted with (one per cluster)."""
+        if self.node is None:
+            return random_cluster_id()
+        path = self.cluster_dir / "cluster.id"
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            cluster_id = random_cluster_id()
+            path.write_text(cluster_id + "\n")
+            return cluster_id
+
     async def start(self, progress: Progress) -> int:
         """Write server.properties, format storage on first run, launch the broker."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.properties.parent.mkdir(parents=True, exist_ok=True)
         self._write_properties()
         if not (self.data_dir / "meta.properties").exists():
-            progress(f"kafka: formatting storage in {self.data_dir}")
+            progress(f"{self.name}: formatting storage in {self.data_dir}")
+            # The single node's quorum is formatted as a standalone dynamic one; a
+            # cluster's voters are the static list in its properties.
+            quorum = ["--standalone"] if self.node is None else []
             java = self.java_argv(
                 "format",
-                "--standalone",
+                *quorum,
                 "--ignore-formatted",
                 "--cluster-id",
-                random_cluster_id(),
+                self._cluster_id(),
                 "--config",
                 str(self.properties),
                 extra=self._jvm_extra(),
             )
             java[java.index(self.main_class)] = "kafka.tools.StorageTool"
-            await run(java, what="kafka: StorageTool format", log_path=self.log_path)
-        progress(f"kafka: starting broker on {self.address}")
+            await run(java, what=f"{self.name}: StorageTool format", log_path=self.log_path)
+        progress(f"{self.name}: starting broker on {self.address}")
         return spawn(
             self.java_argv(str(self.properties), extra=self._jvm_extra()),
             log_path=self.log_path,
@@ -209,34 +273,76 @@ class Kafka(JavaService):
             return False
         return await self.probe() is None
 
+    async def _whole(self) -> bool:
+        """Every node of the cluster is registered (topics with n replicas can be made)."""
+        try:
+            with _quiet_aiokafka():
+                async with _admin(self.settings, timeout_ms=3000) as admin:
+                    found = await admin.describe_cluster()
+        except Exception:
+            return False
+        return len(found.get("brokers") or ()) >= self.settings.kafka_brokers
+
     async def ready(self, pid: int | None, progress: Progress) -> None:
-        """Wait for a metadata answer, then create the topics if missing."""
+        """Wait for a metadata answer, then create the topics if missing.
+
+        On a cluster only the last node creates them, once every node is
+        registered (a topic cannot have more replicas than live brokers).
+        """
+        logs = self.var / "log" / self.name / "server.log"
         await wait_ready(
-            self._serving,
-            what="kafka",
-            within=self.start_timeout,
-            pid=pid,
-            log_path=self.var / "log" / "kafka" / "server.log",
+            self._serving, what=self.name, within=self.start_timeout, pid=pid, log_path=logs
         )
+        if self.node is not None:
+            if self.node != self.settings.kafka_brokers:
+                return
+            await wait_ready(
+                self._whole, what="kafka cluster", within=self.start_timeout, pid=pid, log_path=logs
+            )
         try:
             created = await ensure_topics(self.settings)
         except InfraError:
             raise
         except Exception as exc:
             raise InfraError(
-                f"kafka: could not create topics: {oneline(exc)}; see {self.var / 'log' / 'kafka'}"
+                f"kafka: could not create topics: {oneline(exc)}; see {logs.parent}"
             ) from None
         for name in created:
             progress(f"kafka: created topic {name}")
 
     async def probe(self) -> str | None:
-        """A metadata request: the broker answers and knows its controller."""
+        """A metadata request to this node: it answers and knows its controller."""
         try:
             with _quiet_aiokafka():
-                async with _admin(self.settings, timeout_ms=3000) as admin:
-                    cluster = await admin.describe_cluster()
+                # A node of our cluster answers for itself; the single node (or the
+                # user's own cluster) through the configured bootstrap servers.
+                own = self.address if self.node is not None else ""
+                async with _admin(self.settings, timeout_ms=3000, bootstrap=own) as admin:
+                    found = await admin.describe_cluster()
         except Exception as exc:
             return oneline(exc)
-        if not cluster.get("brokers"):
+        if not found.get("brokers"):
             return "no brokers in metadata"
         return None
+
+
+def cluster(settings: Settings) -> list[Kafka]:
+    """The Kafka nodes of the stack: the single node, or ``kafka-1`` ... ``kafka-n``.
+
+    A user's own Kafka (``EVENTFOLD_KAFKA_BOOTSTRAP`` set) is one entry, only probed.
+    """
+    if settings.kafka_brokers == 1 or "kafka" in settings.external:
+        return [Kafka(settings)]
+    return [Kafka(settings, node) for node in range(1, settings.kafka_brokers + 1)]
+
+
+def strays(settings: Settings) -> list[Kafka]:
+    """Kafka nodes eventfold started that the settings do not name (the other layout:
+    the single node while a cluster is configured, or a cluster's nodes, of any size)."""
+    wanted = {node.name for node in cluster(settings)}
+    found = [Kafka(settings)] + [Kafka(settings, node) for node in range(1, 10)]
+    return [
+        node
+        for node in found
+        if node.name not in wanted and live_pid(node.pid_path, node.markers) is not None
+    ]

@@ -16,7 +16,7 @@ import time
 from devstack.apt import install
 from devstack.base import InfraError, Progress, Service, ServiceStatus
 from devstack.java import JAVA_PACKAGES
-from devstack.kafka import Kafka
+from devstack.kafka import cluster, strays
 from devstack.postgres import Postgres
 from devstack.process import exclusive, live_pid, port_free, stop, tcp_open
 from devstack.redis import Redis
@@ -26,7 +26,7 @@ from eventfold.settings import Settings
 
 def services(settings: Settings) -> list[Service]:
     """The stack in start order (Kafka last: slowest, and nothing waits on it)."""
-    return [Postgres(settings), Redis(settings), S3Proxy(settings), Kafka(settings)]
+    return [Postgres(settings), Redis(settings), S3Proxy(settings), *cluster(settings)]
 
 
 async def _status_of(service: Service) -> ServiceStatus:
@@ -89,6 +89,12 @@ async def _up(settings: Settings, progress: Progress) -> list[ServiceStatus]:
 
     # Phase 1: refuse early when a port we need belongs to someone else; checking
     # every port before anything is installed or started avoids half a stack.
+    for stray in strays(settings):
+        raise InfraError(
+            f"{stray.name} (another Kafka layout than EVENTFOLD_KAFKA_BROKERS="
+            f"{settings.kafka_brokers} asks for) is running: stop the stack with"
+            " `eventfold infra down` first; each layout keeps its own data"
+        )
     running = {service.name: live_pid(service.pid_path, service.markers) for service in managed}
     for service in managed:
         if running[service.name] is None:
@@ -179,7 +185,9 @@ async def down_async(settings: Settings, *, progress: Progress = print) -> list[
         return ServiceStatus(service.name, service.address, True, False, how)
 
     # Reverse start order only matters for the progress lines; stops run together.
-    stack = list(reversed(services(settings)))
+    # Kafka nodes of the other layout (a cluster while one node is configured, or the
+    # reverse) are stopped as well: down leaves nothing of ours running.
+    stack = list(reversed([*services(settings), *strays(settings)]))
     async with exclusive(settings.var_dir / "run" / "infra.lock"):
         found = await asyncio.gather(*(halt(service) for service in stack))
     return list(reversed(found))

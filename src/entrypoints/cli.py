@@ -12,6 +12,7 @@ marked ``deferred``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import os
 import sys
@@ -26,7 +27,7 @@ from eventfold import tracing
 from eventfold.auth import issue_token
 from eventfold.logs import setup_logging
 from eventfold.schema_files import check_schemas, export_schemas
-from eventfold.settings import Settings, SettingsError
+from eventfold.settings import Settings, SettingsError, cluster_bootstrap
 
 
 def parser() -> argparse.ArgumentParser:
@@ -57,6 +58,13 @@ def parser() -> argparse.ArgumentParser:
     infra = sub.add_parser("infra", help="the local stack: Kafka, PostgreSQL, Redis, S3")
     infra.add_argument("action", choices=["up", "down", "status"])
     infra.add_argument("--json", action="store_true", help="machine-readable output")
+    infra.add_argument(
+        "--brokers",
+        type=int,
+        choices=range(1, 10),
+        metavar="N",
+        help="Kafka nodes to run (1-9; default EVENTFOLD_KAFKA_BROKERS, else 1)",
+    )
 
     token = sub.add_parser("token", help="print a signed bearer token (JWT)")
     token.add_argument("--tenant", required=True, help="tenant id, or * for platform admins")
@@ -209,6 +217,19 @@ def _infra(settings: Settings, args: argparse.Namespace) -> int:
     import devstack as infra  # deferred: not in the wheel, only a checkout has it
 
     quiet = args.json or args.action == "status"
+    if args.brokers is not None:
+        if "kafka" in settings.external:
+            print(
+                "eventfold infra: --brokers sizes the local Kafka; EVENTFOLD_KAFKA_BOOTSTRAP"
+                " points at your own",
+                file=sys.stderr,
+            )
+            return 2
+        settings = dataclasses.replace(
+            settings,
+            kafka_brokers=args.brokers,
+            kafka_bootstrap=cluster_bootstrap(settings.kafka_bootstrap, args.brokers),
+        )
 
     def progress(msg: str) -> None:
         if not quiet:

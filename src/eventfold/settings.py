@@ -190,6 +190,7 @@ Networks = Annotated[
     AfterValidator(_networks),
     Accepts("IP addresses or CIDRs, comma-separated"),
 ]
+BrokerCount = Annotated[int, Field(ge=1, le=9), Accepts("a whole number from 1 to 9")]
 BootstrapServers = Annotated[
     str, AfterValidator(_bootstrap_servers), Accepts("host[:port] pairs, comma-separated")
 ]
@@ -213,6 +214,14 @@ def next_database(url: str) -> str:
         # Not urlunsplit: it drops the empty host of ``unix:///path``.
         return f"{url.partition('?')[0]}?{urlencode(query)}"
     return urlunsplit(parts._replace(path=f"/{int(parts.path.strip('/') or 0) + 1}"))
+
+
+def cluster_bootstrap(first: str, brokers: int) -> str:
+    """The client addresses of a local ``brokers``-node Kafka cluster whose first node is
+    ``first`` (``host:port``): each node takes two ports (client, controller), so node i
+    listens on ``port + 2 * (i - 1)``."""
+    host, _, port = first.split(",")[0].strip().rpartition(":")
+    return ",".join(f"{host}:{int(port) + 2 * i}" for i in range(brokers))
 
 
 def source_checkout() -> Path | None:
@@ -256,7 +265,17 @@ class Settings:
     #: The HTTP listener's port.
     http_port: Port = 8080
     #: Kafka's bootstrap servers.
-    kafka_bootstrap: BootstrapServers = "127.0.0.1:9092"
+    kafka_bootstrap: BootstrapServers = field(
+        default="127.0.0.1:9092",
+        metadata=documented_default(
+            "127.0.0.1:9092; with EVENTFOLD_KAFKA_BROKERS=n, every local node (9092, 9094, ...)"
+        ),
+    )
+    #: Brokers of the Kafka cluster: ``eventfold infra up`` runs that many locally
+    #: (all controller voters); topics get min(n, 3) replicas and
+    #: ``min.insync.replicas`` one less (2 of 3), so a write acknowledged with acks=all
+    #: survives the loss of any one broker.
+    kafka_brokers: BrokerCount = 1
     #: The PostgreSQL database of the projections (see the role it needs in Security).
     database_url: PostgresUrl = "postgresql://eventfold:eventfold@127.0.0.1:5432/eventfold"
     #: Redis for what must not vanish (rate-limit buckets, dedup keys, inbound webhook
@@ -446,6 +465,16 @@ class Settings:
         return self.home / "var"
 
     @property
+    def kafka_replication_factor(self) -> int:
+        """Replicas of each topic Eventfold creates: one per broker, at most 3."""
+        return min(self.kafka_brokers, 3)
+
+    @property
+    def kafka_min_insync_replicas(self) -> int:
+        """Copies an acks=all write waits for: all but one replica (at least 1)."""
+        return max(1, self.kafka_replication_factor - 1)
+
+    @property
     def cache_url(self) -> str:
         """The record cache's Redis: ``cache_redis_url``, else the database after
         ``redis_url``'s on the same server (keys apart, flushable apart)."""
@@ -477,6 +506,11 @@ class Settings:
         except ValidationError as exc:
             raise _first_error(exc, values, origin) from None
         settings = dataclasses.replace(settings, home=settings.home.resolve())
+        if settings.kafka_brokers > 1 and not env.get("EVENTFOLD_KAFKA_BOOTSTRAP"):
+            settings = dataclasses.replace(
+                settings,
+                kafka_bootstrap=cluster_bootstrap(settings.kafka_bootstrap, settings.kafka_brokers),
+            )
         if not settings.jwt_secret:
             if settings.mode != "dev":
                 raise SettingsError(

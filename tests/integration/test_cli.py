@@ -53,6 +53,31 @@ def test_infra_up_is_idempotent_on_a_running_stack(stack: Settings) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def test_infra_brokers_names_the_cluster_layout_and_refuses_to_mix_layouts(
+    stack: Settings,
+) -> None:
+    out = run("infra", "status", "--brokers", "3", "--json")
+    nodes = [s for s in json.loads(out.stdout) if s["name"].startswith("kafka")]
+    assert [(s["name"], s["address"]) for s in nodes] == [
+        ("kafka-1", "127.0.0.1:9092"),
+        ("kafka-2", "127.0.0.1:9094"),
+        ("kafka-3", "127.0.0.1:9096"),
+    ]
+    # The session's single node holds 9092: not a node of the cluster.
+    assert nodes[0]["detail"] == "port taken by a process not started by us"
+    assert out.returncode == 3
+    mixed = run("infra", "up", "--brokers", "3")
+    assert mixed.returncode == 1
+    assert "kafka (another Kafka layout than EVENTFOLD_KAFKA_BROKERS=3" in mixed.stderr
+    assert "eventfold infra down" in mixed.stderr
+    own = run(
+        "infra", "up", "--brokers", "3", env={**os.environ, "EVENTFOLD_KAFKA_BOOTSTRAP": "k:1"}
+    )
+    assert own.returncode == 2
+    assert "--brokers sizes the local Kafka" in own.stderr
+    assert run("infra", "status", "--brokers", "0").returncode == 2
+
+
 def test_schemas_are_in_step() -> None:
     out = run("schemas", "check")
     assert out.returncode == 0, out.stderr

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 
 from devstack import InfraError
-from devstack.kafka import Kafka, random_cluster_id
+from devstack.kafka import Kafka, cluster, random_cluster_id
 from devstack.postgres import Postgres
 from devstack.process import alive, is_ours, live_pid, read_pid, spawn, stop
 from devstack.redis import Redis
 from devstack.s3 import S3Proxy
 from devstack.stack import services
-from eventfold.settings import Settings
+from eventfold.settings import Settings, cluster_bootstrap
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -72,16 +72,19 @@ def test_start_order_and_external(tmp_path: Path) -> None:
     assert [s.external for s in stack] == [False, True, False, False]
 
 
+def _properties(path: Path) -> dict[str, str]:
+    """A Java properties file's settings (no comments, no continuations: ours has none)."""
+    return dict(
+        line.split("=", 1) for line in path.read_text().splitlines() if line and line[0] != "#"
+    )
+
+
 def test_kafka_properties_render(tmp_path: Path) -> None:
     shutil.copytree(REPO / "infra" / "kafka", tmp_path / "infra" / "kafka")
     kafka = Kafka(Settings(home=tmp_path, topic_partitions=5))
     kafka.root.mkdir(parents=True)
     kafka._write_properties()
-    props = dict(
-        line.split("=", 1)
-        for line in kafka.properties.read_text().splitlines()
-        if line and not line.startswith("#")
-    )
+    props = _properties(kafka.properties)
     assert props["process.roles"] == "broker,controller"
     assert props["listeners"] == "PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093"
     assert props["advertised.listeners"] == "PLAINTEXT://127.0.0.1:9092"
@@ -90,6 +93,55 @@ def test_kafka_properties_render(tmp_path: Path) -> None:
     assert props["num.partitions"] == "5"
     assert props["offsets.topic.replication.factor"] == "1"
     assert props["group.initial.rebalance.delay.ms"] == "0"
+
+
+def test_a_cluster_node_renders_its_own_ports_data_and_the_static_voters(
+    tmp_path: Path,
+) -> None:
+    shutil.copytree(REPO / "infra" / "kafka", tmp_path / "infra" / "kafka")
+    settings = Settings(
+        home=tmp_path, kafka_brokers=3, kafka_bootstrap=cluster_bootstrap("127.0.0.1:19092", 3)
+    )
+    nodes = cluster(settings)
+    assert [(n.name, n.ports) for n in nodes] == [
+        ("kafka-1", (19092, 19093)),
+        ("kafka-2", (19094, 19095)),
+        ("kafka-3", (19096, 19097)),
+    ]
+    assert [s.name for s in services(settings)] == [
+        "postgres",
+        "redis",
+        "s3",
+        "kafka-1",
+        "kafka-2",
+        "kafka-3",
+    ]
+    second = nodes[1]
+    second.properties.parent.mkdir(parents=True)
+    second._write_properties()
+    props = _properties(second.properties)
+    assert props["node.id"] == "2"
+    assert props["controller.quorum.voters"] == (
+        "1@127.0.0.1:19093,2@127.0.0.1:19095,3@127.0.0.1:19097"
+    )
+    assert "controller.quorum.bootstrap.servers" not in props
+    assert props["listeners"] == "PLAINTEXT://127.0.0.1:19094,CONTROLLER://127.0.0.1:19095"
+    assert props["log.dirs"] == str(tmp_path / "var" / "kafka" / "cluster" / "node-2")
+    assert props["offsets.topic.replication.factor"] == "3"
+    assert props["transaction.state.log.min.isr"] == "2"
+    assert props["min.insync.replicas"] == "2"
+    # Each node has its own pid file and marker, so status and down tell them apart.
+    assert len({n.pid_path for n in nodes}) == len({n.markers for n in nodes}) == 3
+    # One cluster id for every node, kept across starts.
+    second.cluster_dir.mkdir(parents=True, exist_ok=True)
+    assert nodes[0]._cluster_id() == nodes[2]._cluster_id()
+
+
+def test_a_users_own_kafka_cluster_is_one_probed_entry(tmp_path: Path) -> None:
+    settings = Settings(
+        home=tmp_path, kafka_brokers=3, kafka_bootstrap="k1:9092", external=frozenset({"kafka"})
+    )
+    assert [(n.name, n.external) for n in cluster(settings)] == [("kafka", True)]
 
 
 def test_pid_files(tmp_path: Path) -> None:

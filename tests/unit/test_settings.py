@@ -159,6 +159,8 @@ def test_retry_schedule_parsing(tmp_path: Path, value: str, schedule: tuple[floa
         ("EVENTFOLD_REDIS_URL", "localhost:6379", "a redis://"),
         ("EVENTFOLD_S3_ENDPOINT", "ftp://s3", "an http:// or https:// URL"),
         ("EVENTFOLD_KAFKA_BOOTSTRAP", "k1:port", "host[:port] pairs"),
+        ("EVENTFOLD_KAFKA_BROKERS", "0", "a whole number from 1 to 9"),
+        ("EVENTFOLD_KAFKA_BROKERS", "10", "a whole number from 1 to 9"),
         ("EVENTFOLD_EVENTS_TOPIC", "no spaces", "a Kafka topic or group name"),
         ("EVENTFOLD_JWT_JWKS_FILE", "/no/such/jwks.json", "the path of an existing file"),
         ("EVENTFOLD_SECRET_KEYS", "k1:not-base64", "id:base64key"),
@@ -268,3 +270,23 @@ def test_settings_are_frozen(tmp_path: Path) -> None:
     s = Settings.from_env(env(tmp_path, EVENTFOLD_JWT_SECRET="x"))
     with pytest.raises(AttributeError):
         s.http_port = 1  # type: ignore[misc]
+
+
+def test_a_kafka_cluster_replicates_three_times_and_bootstraps_from_every_local_node(
+    tmp_path: Path,
+) -> None:
+    one = Settings.from_env(env(tmp_path))
+    assert (one.kafka_bootstrap, one.kafka_replication_factor) == ("127.0.0.1:9092", 1)
+    assert one.kafka_min_insync_replicas == 1
+    three = Settings.from_env(env(tmp_path, EVENTFOLD_KAFKA_BROKERS="3"))
+    assert three.kafka_bootstrap == "127.0.0.1:9092,127.0.0.1:9094,127.0.0.1:9096"
+    assert (three.kafka_replication_factor, three.kafka_min_insync_replicas) == (3, 2)
+    five = Settings.from_env(env(tmp_path, EVENTFOLD_KAFKA_BROKERS="5"))
+    assert (five.kafka_replication_factor, five.kafka_min_insync_replicas) == (3, 2)
+    two = Settings.from_env(env(tmp_path, EVENTFOLD_KAFKA_BROKERS="2"))
+    assert (two.kafka_replication_factor, two.kafka_min_insync_replicas) == (2, 1)
+    # The user's own cluster: its bootstrap servers as given, the replicas as configured.
+    own = Settings.from_env(
+        env(tmp_path, EVENTFOLD_KAFKA_BROKERS="3", EVENTFOLD_KAFKA_BOOTSTRAP="k1:9092")
+    )
+    assert (own.kafka_bootstrap, own.kafka_replication_factor) == ("k1:9092", 3)

@@ -141,7 +141,7 @@ class Analytics:
             web_enabled=False,
             datadir=str(settings.var_dir / "faust" / app_id(settings)),
             # Changelog topics are compacted; the table state is the compacted log.
-            topic_replication_factor=1,
+            topic_replication_factor=settings.kafka_replication_factor,
             # As the other processors (eventfold.kafka): a crashed worker that does not
             # come back has its partitions moved on after 10 s, not faust's default minute.
             broker_session_timeout=10.0,
