@@ -57,6 +57,11 @@ def parser() -> argparse.ArgumentParser:
     infra = sub.add_parser("infra", help="the local stack: Kafka, PostgreSQL, Redis, S3")
     infra.add_argument("action", choices=["up", "down", "status"])
     infra.add_argument("--json", action="store_true", help="machine-readable output")
+    infra.add_argument(
+        "--redis-sentinel",
+        action="store_true",
+        help="with a Redis replica and three sentinels (remembered for later commands)",
+    )
 
     token = sub.add_parser("token", help="print a signed bearer token (JWT)")
     token.add_argument("--tenant", required=True, help="tenant id, or * for platform admins")
@@ -207,6 +212,9 @@ def _infra(settings: Settings, args: argparse.Namespace) -> int:
         )
         return 2
     import devstack as infra  # deferred: not in the wheel, only a checkout has it
+
+    if args.redis_sentinel:
+        settings = infra.with_sentinels(settings)
 
     quiet = args.json or args.action == "status"
 

@@ -286,12 +286,15 @@ def test_redis_sentinels_are_parsed_and_name_the_server_they_replace(tmp_path: P
     assert s.sentinel_addresses == [("s1", 26379), ("::1", 26380), ("10.0.0.3", 26381)]
     assert s.redis_sentinel_service == "main-redis"
     # The cache's database follows the same master, an own cache server does not.
-    assert s.through_sentinel(s.redis_url) and s.through_sentinel(s.cache_url)
-    assert s.through_sentinel("redis://r/9") and not s.through_sentinel("redis://lru:6379/0")
+    assert s.through_sentinel(s.redis_url)
+    assert s.through_sentinel(s.cache_url)
+    assert s.through_sentinel("redis://r/9")
+    assert not s.through_sentinel("redis://lru:6379/0")
     own = Settings.from_env(
         env(tmp_path, EVENTFOLD_REDIS_SENTINELS="s1:26379", EVENTFOLD_CACHE_REDIS_URL="redis://lru")
     )
-    assert own.through_sentinel(own.redis_url) and not own.through_sentinel(own.cache_url)
+    assert own.through_sentinel(own.redis_url)
+    assert not own.through_sentinel(own.cache_url)
     # Sentinels alone leave the local Redis managed (infra starts them beside it).
     assert own.external == frozenset()
 
