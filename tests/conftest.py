@@ -26,6 +26,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from devstack.process import port_free
 from eventfold import tracing
 from eventfold.settings import Settings
 
@@ -40,6 +41,15 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def free_port_pair() -> int:
+    """A port p with p and p + 1 free (Kafka's two listeners; a Redis and its replica)."""
+    for _ in range(50):
+        port = free_port()
+        if port < 65000 and port_free("127.0.0.1", port + 1):
+            return port
+    raise RuntimeError("no two consecutive free ports")
 
 
 #: The port of the session's SMTP server (workflow email steps).

@@ -77,6 +77,11 @@ def sentinel_master(settings: Settings) -> tuple[str, int] | None:
     return None if best is None else best[1]
 
 
+def missing_redis() -> list[str]:
+    """The Debian package of redis-server (also Sentinel's program) unless it is on the PATH."""
+    return [] if shutil.which("redis-server") else ["redis-server"]
+
+
 def same_server(a: tuple[str, int], b: tuple[str, int]) -> bool:
     """Whether two addresses name one server (sentinels write IPs, settings may not)."""
     if a[1] != b[1]:
@@ -111,6 +116,11 @@ class Redis(Service):
         return self._url[1]
 
     @property
+    def password(self) -> str:
+        """The password of ``settings.redis_url`` (empty: none)."""
+        return self._url[2]
+
+    @property
     def root(self) -> Path:
         """var/redis: config, append-only file and snapshots."""
         return self.var / "redis"
@@ -136,13 +146,13 @@ class Redis(Service):
         return ("redis-server",)
 
     def missing_packages(self) -> list[str]:
-        """redis-server unless it is on the PATH."""
-        return [] if shutil.which("redis-server") else ["redis-server"]
+        """redis-server unless it is on the PATH (it runs the sentinels too)."""
+        return missing_redis()
 
     def write_config(self) -> Path:
         """var/redis/redis.conf, private from its creation: it may hold the password."""
         self.root.mkdir(parents=True, exist_ok=True)
-        password = self._url[2]
+        password = self.password
         master = self.master()
         replication = ""
         if master is not None:

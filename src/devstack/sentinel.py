@@ -25,11 +25,11 @@ import functools
 import shutil
 from pathlib import Path
 from typing import Any, ClassVar
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from devstack.base import InfraError, Progress, Service, oneline
 from devstack.process import spawn, wait_ready
-from devstack.redis import SENTINEL_DIR, Redis, same_server, sentinel_master
+from devstack.redis import SENTINEL_DIR, Redis, missing_redis, same_server, sentinel_master
 from eventfold.settings import Settings
 
 #: Where ``--redis-sentinel`` puts the sentinels unless EVENTFOLD_REDIS_SENTINELS says.
@@ -118,7 +118,7 @@ class RedisReplica(Redis):
         """The master the sentinels last named, else (before they ran) the primary."""
         found = sentinel_master(self.settings)
         if found is None:
-            return self._url[0], self._url[1]
+            return self.host, self._url[1]
         return None if same_server(found, (self.host, self.port)) else found
 
 
@@ -160,7 +160,7 @@ class RedisSentinel(Service):
 
     def missing_packages(self) -> list[str]:
         """redis-server (it runs the sentinels too) unless it is on the PATH."""
-        return [] if shutil.which("redis-server") else ["redis-server"]
+        return missing_redis()
 
     def write_config(self) -> Path:
         """The first config, monitoring the current master; an existing one is the sentinel's."""
@@ -168,10 +168,9 @@ class RedisSentinel(Service):
         if config.exists():
             return config
         self.root.mkdir(parents=True, exist_ok=True)
-        parts = urlsplit(self.settings.redis_url)
-        primary = (parts.hostname or "127.0.0.1", parts.port or 6379)
-        master = sentinel_master(self.settings) or primary
-        password = unquote(parts.password or "")
+        primary = Redis(self.settings)
+        master = sentinel_master(self.settings) or (primary.host, primary.port)
+        password = primary.password
         service = self.settings.redis_sentinel_service
         config.write_text(
             CONFIG.format(

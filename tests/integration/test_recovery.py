@@ -28,11 +28,11 @@ from devstack import down_async, up_async
 from devstack.base import Service
 from devstack.kafka import Kafka
 from devstack.postgres import Postgres
-from devstack.process import live_pid, port_free, stop
+from devstack.process import live_pid, stop
 from devstack.redis import Redis
 from entrypoints.bootstrap import create_app
 from eventfold.settings import Settings
-from tests.conftest import free_port, session_settings
+from tests.conftest import free_port, free_port_pair, session_settings
 from tests.integration.conftest import SESSION_PARTS, Api, TenantApi
 
 pytestmark = pytest.mark.integration
@@ -41,15 +41,6 @@ BOUND = 30.0
 
 def _quiet(_line: str) -> None:
     """Infra progress lines are noise in a test log."""
-
-
-def _kafka_ports() -> int:
-    """A port p with p and p + 1 free (the broker's client and controller listeners)."""
-    for _ in range(50):
-        port = free_port()
-        if port < 65000 and port_free("127.0.0.1", port + 1):
-            return port
-    raise RuntimeError("no two consecutive free ports")
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -65,7 +56,7 @@ async def private_stack() -> AsyncIterator[Settings]:
     settings = dataclasses.replace(
         shared,
         home=home,
-        kafka_bootstrap=f"127.0.0.1:{_kafka_ports()}",
+        kafka_bootstrap=f"127.0.0.1:{free_port_pair()}",
         database_url=f"postgresql://eventfold:eventfold@127.0.0.1:{free_port()}/eventfold",
         redis_url=f"redis://127.0.0.1:{free_port()}/0",
         external=frozenset({"s3"}),  # not used here; the shared one is only probed

@@ -26,13 +26,13 @@ from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis as Client
 
 from devstack import down_async, ensure_topics, status_async, up_async, with_sentinels
-from devstack.process import live_pid, port_free
+from devstack.process import live_pid
 from devstack.redis import Redis
 from devstack.sentinel import RedisReplica
 from entrypoints.bootstrap import create_app
 from eventfold.clients import redis_client
 from eventfold.settings import Settings
-from tests.conftest import free_port
+from tests.conftest import free_port, free_port_pair
 from tests.integration.conftest import SESSION_PARTS, Api, TenantApi
 
 pytestmark = [pytest.mark.integration, pytest.mark.recovery]
@@ -46,15 +46,6 @@ def _quiet(_line: str) -> None:
     """Infra progress lines are noise in a test log."""
 
 
-def _two_ports() -> int:
-    """A port p with p and p + 1 free (the primary and its replica)."""
-    for _ in range(50):
-        port = free_port()
-        if port < 65000 and port_free("127.0.0.1", port + 1):
-            return port
-    raise RuntimeError("no two consecutive free ports")
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def sentinel_stack(stack: Settings) -> AsyncIterator[Settings]:
     """The session's settings with a private Redis under Sentinel; torn down even on failure."""
@@ -63,7 +54,7 @@ async def sentinel_stack(stack: Settings) -> AsyncIterator[Settings]:
     settings = dataclasses.replace(
         stack,
         home=home,
-        redis_url=f"redis://127.0.0.1:{_two_ports()}/0",
+        redis_url=f"redis://127.0.0.1:{free_port_pair()}/0",
         redis_sentinels=tuple(f"127.0.0.1:{free_port()}" for _ in range(3)),
         redis_sentinel_service=f"ef-{run}",
         external=frozenset({"kafka", "postgres", "s3"}),  # the session's, only probed
