@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import random
 import signal
 import socket
 import subprocess
@@ -26,6 +27,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from devstack.process import port_free
 from eventfold import tracing
 from eventfold.settings import Settings
 
@@ -40,6 +42,21 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+#: Where :func:`free_ports` looks: below the kernel's ephemeral range (32768 and up on
+#: Linux), so no outgoing connection takes a port between its check and a server's bind.
+_LISTEN_PORTS = range(20000, 32000)
+
+
+def free_ports(count: int) -> int:
+    """A port p with p ... p + count - 1 free (a Kafka node's two listeners, each node of
+    a cluster; a Redis and its replica), for servers that bind it a while later."""
+    for _ in range(200):
+        port = random.randrange(_LISTEN_PORTS.start, _LISTEN_PORTS.stop - count)
+        if all(port_free("127.0.0.1", port + i) for i in range(count)):
+            return port
+    raise RuntimeError(f"no {count} consecutive free ports")
 
 
 #: The port of the session's SMTP server (workflow email steps).

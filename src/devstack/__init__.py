@@ -10,6 +10,7 @@ Services named in ``settings.external`` are the user's own and only probed.
 from devstack.base import InfraError, ServiceStatus
 from devstack.kafka import ensure_topics
 from devstack.s3 import ensure_bucket
+from devstack.sentinel import with_sentinels
 from devstack.stack import (
     down,
     down_async,
@@ -30,4 +31,5 @@ __all__ = [
     "status_async",
     "up",
     "up_async",
+    "with_sentinels",
 ]

@@ -21,12 +21,17 @@ from devstack.postgres import Postgres
 from devstack.process import exclusive, live_pid, port_free, stop, tcp_open
 from devstack.redis import Redis
 from devstack.s3 import S3Proxy
+from devstack.sentinel import sentinel_services
 from eventfold.settings import Settings
 
 
 def services(settings: Settings) -> list[Service]:
-    """The stack in start order (Kafka last: slowest, and nothing waits on it)."""
-    return [Postgres(settings), Redis(settings), S3Proxy(settings), *cluster(settings)]
+    """The stack in start order (Kafka last: slowest, and nothing waits on it).
+
+    With Redis Sentinel, a Redis replica and the sentinels follow (devstack.sentinel).
+    """
+    stack = [Postgres(settings), Redis(settings), S3Proxy(settings), *cluster(settings)]
+    return stack + sentinel_services(settings)
 
 
 async def _status_of(service: Service) -> ServiceStatus:

@@ -65,6 +65,11 @@ def parser() -> argparse.ArgumentParser:
         metavar="N",
         help="Kafka nodes to run (1-9; default EVENTFOLD_KAFKA_BROKERS, else 1)",
     )
+    infra.add_argument(
+        "--redis-sentinel",
+        action="store_true",
+        help="with a Redis replica and three sentinels (remembered for later commands)",
+    )
 
     token = sub.add_parser("token", help="print a signed bearer token (JWT)")
     token.add_argument("--tenant", required=True, help="tenant id, or * for platform admins")
@@ -215,6 +220,9 @@ def _infra(settings: Settings, args: argparse.Namespace) -> int:
         )
         return 2
     import devstack as infra  # deferred: not in the wheel, only a checkout has it
+
+    if args.redis_sentinel:
+        settings = infra.with_sentinels(settings)
 
     quiet = args.json or args.action == "status"
     if args.brokers is not None:

@@ -36,6 +36,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from eventfold.breaker import CLOSED, Breaker
+from eventfold.clients import open_redis
 from eventfold.errors import RetriableError, Unavailable
 from eventfold.metrics import Metrics
 from eventfold.redispipe import AutoPipeline
@@ -226,14 +227,14 @@ def cache_client(settings: Settings) -> Redis:
     deadline before going to PostgreSQL.
     """
     timeout = settings.cache_timeout_ms / 1000
-    client: Redis = Redis.from_url(
+    return open_redis(
+        settings,
         settings.cache_url,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 0),
         max_connections=256,
     )
-    return client
 
 
 class RecordCache:

@@ -1,18 +1,23 @@
-"""Opening the stores every process talks to: the PostgreSQL pool and the Redis client.
+"""Opening the stores every process talks to: the PostgreSQL pool and the Redis clients.
 
 Each opener is the one way a process gets its client, with the deadlines and
 retries that make a call fail fast instead of hanging (a caller that cannot
 reach a dependency fails open or answers 503; it never waits without end).
+Every Redis client comes from :func:`open_redis`, which honours Redis Sentinel
+(``EVENTFOLD_REDIS_SENTINELS``): connections go to the master the sentinels name.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import asyncpg
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
+from redis.asyncio.connection import SSLConnection, parse_url
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 
 from eventfold import db
@@ -71,14 +76,74 @@ def redis_client(settings: Settings) -> Redis:
     # back instead of failing at once; under a burst of concurrent requests the
     # default pool raised MaxConnectionsError and callers failed open (no rate limit,
     # no dedup) although Redis was fine.
-    pool = BlockingConnectionPool.from_url(
+    return open_redis(
+        settings,
         settings.redis_url,
+        pool_timeout=1.0,
         max_connections=REDIS_MAX_CONNECTIONS,
-        timeout=1.0,
         socket_timeout=1.0,
         socket_connect_timeout=1.0,
         health_check_interval=15,
         retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), 1),
     )
-    client: Redis = Redis.from_pool(pool)
+
+
+def open_redis(
+    settings: Settings, url: str, *, pool_timeout: float | None = None, **options: Any
+) -> Redis:
+    """A client of the Redis ``url`` names, its connections made with ``options``.
+
+    ``pool_timeout`` set: a blocking pool (past ``max_connections`` a call waits that
+    long for a free connection); None: one that raises at once. When
+    ``settings.through_sentinel(url)``, every new connection goes to the master the
+    sentinels name at that moment (``url`` still gives the database, credentials
+    and TLS): a connection that fails, or meets a read-only replica (the old master
+    demoted), is dropped and the next one asks the sentinels again, so a failover is
+    followed without a restart. Commands fail fast meanwhile (no master: the
+    connection is refused, or the sentinels name none), as with a Redis that is down.
+    """
+    if not settings.through_sentinel(url):
+        pool_class = ConnectionPool if pool_timeout is None else BlockingConnectionPool
+        extra = {} if pool_timeout is None else {"timeout": pool_timeout}
+        return Redis.from_pool(pool_class.from_url(url, **extra, **options))
+    target: dict[str, Any] = {k: v for k, v in parse_url(url).items() if k not in ("host", "port")}
+    if target.pop("connection_class", None) is SSLConnection:
+        target["ssl"] = True  # the sentinel pool picks its own (TLS) connection class
+    # The sentinels are asked with the same socket deadlines, and without retries:
+    # discovery moves on to the next sentinel instead.
+    sentinels = Sentinel(
+        settings.sentinel_addresses,
+        sentinel_kwargs={k: v for k, v in options.items() if k.startswith("socket_")},
+    )
+    if pool_timeout is not None:
+        target["timeout"] = pool_timeout
+    client: Redis = sentinels.master_for(
+        settings.redis_sentinel_service,
+        connection_pool_class=_SentinelPool if pool_timeout is None else _BlockingSentinelPool,
+        **target,
+        **options,
+    )
     return client
+
+
+class _SentinelPool(SentinelConnectionPool):
+    """redis-py's pool of a Sentinel-named master that also closes the sentinel clients.
+
+    redis-py leaves the sentinels' own clients to their creator; here the pool is
+    their only owner, so closing the client (a full disconnect) closes them too.
+    """
+
+    async def disconnect(self, inuse_connections: bool = True) -> None:
+        """Close the connections; on a full disconnect, the sentinels' ones as well."""
+        await super().disconnect(inuse_connections)
+        if inuse_connections:
+            await self.sentinel_manager.aclose()
+
+
+class _BlockingSentinelPool(_SentinelPool, BlockingConnectionPool):
+    """The Sentinel pool that waits for a free connection, as ``redis_client``'s does.
+
+    The Sentinel pool adds master discovery to connecting and checks of ownership
+    on release; the blocking pool replaces taking and returning connections. The
+    two override different methods, so together they do both.
+    """

@@ -125,6 +125,21 @@ def _bootstrap_servers(value: str) -> str:
     return value
 
 
+def _host_port(value: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` too) split; ValueError unless both are there."""
+    host, sep, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("host:port,...")
+    return host, int(port)
+
+
+def _host_ports(value: tuple[str, ...]) -> tuple[str, ...]:
+    for address in value:
+        _host_port(address)
+    return value
+
+
 def _networks(value: tuple[str, ...]) -> tuple[str, ...]:
     for spec in value:
         ipaddress.ip_network(spec, strict=False)  # ValueError names the bad one
@@ -182,6 +197,17 @@ RedisUrl = Annotated[
 ]
 SmtpUrl = Annotated[
     str, _url_with("smtp", "smtps"), Accepts("an smtp://user:pass@host:port URL (?starttls=true)")
+]
+SentinelAddresses = Annotated[
+    tuple[str, ...],
+    BeforeValidator(_comma_list),
+    AfterValidator(_host_ports),
+    Accepts("host:port pairs of Redis Sentinels, comma-separated"),
+]
+SentinelService = Annotated[
+    str,
+    Field(pattern=r"^[A-Za-z0-9._-]{1,64}$"),
+    Accepts("a Sentinel master name: letters, digits, '.', '_', '-'"),
 ]
 HttpUrl = Annotated[str, _url_with("http", "https"), Accepts("an http:// or https:// URL")]
 Networks = Annotated[
@@ -290,6 +316,16 @@ class Settings:
         default="",
         metadata=documented_default("the next database of EVENTFOLD_REDIS_URL's server"),
     )
+    #: Redis Sentinel: the sentinels' ``host:port`` addresses, comma-separated; empty:
+    #: no Sentinel. Set, every client asks them for the current master of
+    #: ``redis_sentinel_service`` and follows a failover without a restart; the host
+    #: and port of ``EVENTFOLD_REDIS_URL`` are then not dialled (its database,
+    #: password and scheme still count), nor are those of the cache's Redis unless
+    #: ``EVENTFOLD_CACHE_REDIS_URL`` names another server. ``eventfold infra up``
+    #: starts a replica and these sentinels locally (see ``--redis-sentinel``).
+    redis_sentinels: SentinelAddresses = ()
+    #: The name under which the sentinels monitor the master.
+    redis_sentinel_service: SentinelService = "eventfold"
     #: The S3-compatible store of the event archive.
     s3_endpoint: HttpUrl = "http://127.0.0.1:9000"
     #: The archive's bucket (``eventfold infra up`` creates it locally).
@@ -480,6 +516,20 @@ class Settings:
         ``redis_url``'s on the same server (keys apart, flushable apart)."""
         return self.cache_redis_url or next_database(self.redis_url)
 
+    @property
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        """``redis_sentinels`` as (host, port) pairs."""
+        return [_host_port(address) for address in self.redis_sentinels]
+
+    def through_sentinel(self, url: str) -> bool:
+        """Whether a client of ``url`` reaches the master the sentinels name.
+
+        So it does when sentinels are set and ``url`` names ``redis_url``'s server
+        (``cache_url`` by default does: the next database); a URL naming another
+        server (an own cache server) is dialled as it stands.
+        """
+        return bool(self.redis_sentinels) and _server(url) == _server(self.redis_url)
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Build and check settings from ``env`` (default: the process environment).
@@ -519,7 +569,21 @@ class Settings:
             settings = dataclasses.replace(settings, jwt_secret=_dev_jwt_secret(settings.home))
         if settings.mode == "production":
             _check_production(settings)
+        if settings.redis_sentinels and urlsplit(settings.redis_url).scheme == "unix":
+            raise SettingsError(
+                "EVENTFOLD_REDIS_URL",
+                "a unix:// URL, while EVENTFOLD_REDIS_SENTINELS is set",
+                "a redis:// or rediss:// URL with Sentinel (its database and password are used)",
+            )
         return settings
+
+
+def _server(url: str) -> tuple[str, int | str]:
+    """The server a Redis URL names: host and port, or a unix socket's path."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return "", parts.path
+    return (parts.hostname or "127.0.0.1"), parts.port or 6379
 
 
 _SECRET_ACCEPTS = (

@@ -25,12 +25,12 @@ from typing import Any
 import aiohttp
 from aiohttp.test_utils import TestClient, TestServer
 
-from devstack import down_async, up_async
+from devstack import InfraError, down_async, up_async
 from devstack.base import Service
-from devstack.process import live_pid, port_free, stop
+from devstack.process import live_pid, stop
 from entrypoints.bootstrap import create_app
 from eventfold.settings import Settings, cluster_bootstrap
-from tests.conftest import free_port, session_settings
+from tests.conftest import free_ports, session_settings
 from tests.integration.conftest import SESSION_PARTS, Api, TenantApi
 
 #: Seconds one request (or one wait for a record) may take before the test calls it hung.
@@ -39,16 +39,6 @@ BOUND = 30.0
 
 def quiet(_line: str) -> None:
     """Infra progress lines are noise in a test log."""
-
-
-def kafka_ports(brokers: int = 1) -> int:
-    """A port p with p ... p + 2 * brokers - 1 free (each node's client and controller
-    listeners, as ``cluster_bootstrap`` lays them out)."""
-    for _ in range(50):
-        port = free_port()
-        if port < 65000 and all(port_free("127.0.0.1", port + i) for i in range(1, 2 * brokers)):
-            return port
-    raise RuntimeError(f"no {2 * brokers} consecutive free ports")
 
 
 @contextlib.asynccontextmanager
@@ -61,11 +51,11 @@ async def private_stack(*, kafka_brokers: int = 1, **overrides: Any) -> AsyncIte
     (home / "infra").symlink_to(shared.home / "infra")
     (home / "var" / "kafka").mkdir(parents=True)
     (home / "var" / "kafka" / "libs").symlink_to(shared.var_dir / "kafka" / "libs")
-    kafka = kafka_ports(kafka_brokers)
+    kafka = free_ports(2 * kafka_brokers)  # each node: client and controller
     # Nothing listens on the Kafka ports yet: keep the others out of their range.
-    postgres, redis = free_port(), free_port()
+    postgres, redis = free_ports(1), free_ports(1)
     while {postgres, redis} & set(range(kafka, kafka + 2 * kafka_brokers)) or postgres == redis:
-        postgres, redis = free_port(), free_port()
+        postgres, redis = free_ports(1), free_ports(1)
     settings = dataclasses.replace(
         shared,
         home=home,
@@ -77,11 +67,24 @@ async def private_stack(*, kafka_brokers: int = 1, **overrides: Any) -> AsyncIte
         **overrides,
     )
     try:
-        await up_async(settings, progress=quiet)
+        try:
+            await up_async(settings, progress=quiet)
+        except InfraError as exc:
+            # The logs are in the temporary home, gone after the test: show their ends.
+            raise AssertionError(f"{exc}\n{_log_tails(settings.var_dir / 'log')}") from None
         yield settings
     finally:
         await down_async(settings, progress=quiet)
         shutil.rmtree(home, ignore_errors=True)
+
+
+def _log_tails(folder: Path, lines: int = 15) -> str:
+    """The last ``lines`` lines of every log under ``folder``."""
+    tails = []
+    for path in sorted(folder.rglob("*.log")):
+        text = path.read_text(errors="replace").splitlines()[-lines:]
+        tails.append(f"--- {path.relative_to(folder)}\n" + "\n".join(text))
+    return "\n".join(tails)
 
 
 async def halt(service: Service, *, kill: bool = False) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import os
 import shutil
 import signal
@@ -191,3 +192,42 @@ def test_spawn_reports_exec_failure(tmp_path: Path) -> None:
         )
     assert time.monotonic() - started < 5
     assert not (tmp_path / "x.pid").exists()
+
+
+def test_sentinel_layout_is_opt_in_and_remembered(tmp_path: Path) -> None:
+    from devstack.sentinel import DEFAULT_SENTINELS, with_sentinels
+
+    plain = Settings(home=tmp_path)
+    assert [s.name for s in services(plain)] == ["postgres", "redis", "s3", "kafka"]
+    assert "replicaof" not in Redis(plain).write_config().read_text()
+    sentinel = with_sentinels(plain)
+    assert sentinel.redis_sentinels == DEFAULT_SENTINELS
+    stack = services(sentinel)
+    names = ["redis-replica", "redis-sentinel-1", "redis-sentinel-2", "redis-sentinel-3"]
+    assert [s.name for s in stack][4:] == names
+    replica = stack[4]
+    assert (replica.port, [s.port for s in stack[5:]]) == (6380, [26379, 26380, 26381])
+    assert "replicaof 127.0.0.1 6379" in replica.write_config().read_text()  # type: ignore[attr-defined]
+    # Once a sentinel was started here, later commands see the layout without the flag.
+    (tmp_path / "var" / "redis-sentinel").mkdir(parents=True)
+    (tmp_path / "var" / "redis-sentinel" / "sentinels").write_text("127.0.0.1:26379\n")
+    assert [s.name for s in services(plain)][4:] == ["redis-replica", "redis-sentinel-1"]
+    # A Redis of the user's own brings its own replicas and sentinels.
+    assert len(services(dataclasses.replace(sentinel, external=frozenset({"redis"})))) == 4
+
+
+def test_after_a_failover_the_servers_restart_under_the_sentinels_master(tmp_path: Path) -> None:
+    """The old primary comes back as a replica of the promoted one, never as a second master."""
+    from devstack.sentinel import RedisReplica
+
+    settings = Settings(home=tmp_path, redis_url="redis://:pw@127.0.0.1:16379/0")
+    for port, epoch, master in ((26379, 0, 16379), (26380, 3, 16380), (26381, 2, 16379)):
+        folder = tmp_path / "var" / "redis-sentinel" / str(port)
+        folder.mkdir(parents=True)
+        (folder / "sentinel.conf").write_text(
+            f"port {port}\nsentinel monitor eventfold 127.0.0.1 {master} 2\n"
+            f"sentinel config-epoch eventfold {epoch}\n"
+        )
+    primary = Redis(settings).write_config().read_text()
+    assert 'replicaof 127.0.0.1 16380\nmasterauth "pw"\n' in primary
+    assert "replicaof" not in RedisReplica(settings).write_config().read_text()

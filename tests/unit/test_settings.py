@@ -290,3 +290,63 @@ def test_a_kafka_cluster_replicates_three_times_and_bootstraps_from_every_local_
         env(tmp_path, EVENTFOLD_KAFKA_BROKERS="3", EVENTFOLD_KAFKA_BOOTSTRAP="k1:9092")
     )
     assert (own.kafka_bootstrap, own.kafka_replication_factor) == ("k1:9092", 3)
+
+
+def test_redis_sentinels_are_parsed_and_name_the_server_they_replace(tmp_path: Path) -> None:
+    plain = Settings.from_env(env(tmp_path))
+    assert (plain.redis_sentinels, plain.redis_sentinel_service) == ((), "eventfold")
+    assert not plain.through_sentinel(plain.redis_url)
+    s = Settings.from_env(
+        env(
+            tmp_path,
+            EVENTFOLD_REDIS_SENTINELS=" s1:26379, [::1]:26380,,10.0.0.3:26381 ",
+            EVENTFOLD_REDIS_SENTINEL_SERVICE="main-redis",
+            EVENTFOLD_REDIS_URL="redis://:pw@r:6379/4",
+        )
+    )
+    assert s.redis_sentinels == ("s1:26379", "[::1]:26380", "10.0.0.3:26381")
+    assert s.sentinel_addresses == [("s1", 26379), ("::1", 26380), ("10.0.0.3", 26381)]
+    assert s.redis_sentinel_service == "main-redis"
+    # The cache's database follows the same master, an own cache server does not.
+    assert s.through_sentinel(s.redis_url)
+    assert s.through_sentinel(s.cache_url)
+    assert s.through_sentinel("redis://r/9")
+    assert not s.through_sentinel("redis://lru:6379/0")
+    own = Settings.from_env(
+        env(tmp_path, EVENTFOLD_REDIS_SENTINELS="s1:26379", EVENTFOLD_CACHE_REDIS_URL="redis://lru")
+    )
+    assert own.through_sentinel(own.redis_url)
+    assert not own.through_sentinel(own.cache_url)
+    # Sentinels alone leave the local Redis managed (infra starts them beside it).
+    assert own.external == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("EVENTFOLD_REDIS_SENTINELS", "s1"),
+        ("EVENTFOLD_REDIS_SENTINELS", "s1:26379,s2"),
+        ("EVENTFOLD_REDIS_SENTINELS", ":26379"),
+        ("EVENTFOLD_REDIS_SENTINELS", "s1:70000"),
+        ("EVENTFOLD_REDIS_SENTINELS", "s1:0"),
+        ("EVENTFOLD_REDIS_SENTINEL_SERVICE", "my master"),
+    ],
+)
+def test_bad_sentinel_settings_name_the_variable(tmp_path: Path, variable: str, value: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(env(tmp_path, **{variable: value}))
+    assert caught.value.variable == variable
+    assert str(caught.value).startswith(f"{variable}: {value!r} is not valid; it accepts ")
+
+
+def test_sentinels_need_a_tcp_redis_url(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(
+            env(
+                tmp_path,
+                EVENTFOLD_REDIS_SENTINELS="s1:26379",
+                EVENTFOLD_REDIS_URL="unix:///run/redis.sock",
+            )
+        )
+    assert caught.value.variable == "EVENTFOLD_REDIS_URL"
+    assert "EVENTFOLD_REDIS_SENTINELS" in caught.value.problem

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 from redis.asyncio import Redis
 
+from eventfold.clients import redis_client
 from eventfold.livefeed import LiveEvent, channel, payloads
 from eventfold.settings import Settings
 
@@ -40,9 +41,7 @@ class LivePublisher:
 
     def _client(self) -> Redis:
         if self._redis is None:
-            self._redis = Redis.from_url(
-                self._settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0
-            )
+            self._redis = redis_client(self._settings)
         return self._redis
 
     async def submit(self, events: Sequence[LiveEvent]) -> None:
