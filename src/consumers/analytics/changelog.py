@@ -99,21 +99,24 @@ class WriteBehindTable:
             if pending[0] in partitions:
                 dirty[key] = self._dirty.pop(key)
         topic = self.table.changelog_topic
+        name = topic.get_topic_name()
+        # In a transaction (exactly_once) faust's producer is the transaction manager:
+        # it picks the partition's transactional producer.
+        producer = await topic.app.maybe_start_producer()
+        key_serializer, value_serializer = self.table.key_serializer, self.table.value_serializer
         acks: list[tuple[int, Awaitable[Any]]] = []
         for key, (partition, value) in dirty.items():
-            acks.append(
-                (
-                    partition,
-                    await topic.send(
-                        key=key,
-                        value=value,
-                        partition=partition,
-                        key_serializer=self.table.key_serializer,
-                        value_serializer="raw" if value is None else self.table.value_serializer,
-                        force=True,  # never attached to an event: sent now, in this transaction
-                    ),
-                )
+            # The bytes Topic.send(force=True) sends (its serialisers, no headers), handed
+            # to the producer directly: its FutureMessage, sensors and callbacks per
+            # message were a fifth of the worker's CPU with one write per event.
+            key_bytes, headers = topic.prepare_key(key, key_serializer, None, {})
+            value_bytes = None
+            if value is not None:
+                value_bytes, headers = topic.prepare_value(value, value_serializer, None, headers)
+            ack = await producer.send(
+                name, key_bytes, value_bytes, partition, None, headers or None
             )
+            acks.append((partition, ack))
         return acks
 
 
