@@ -256,10 +256,12 @@ def _infra(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         print_json([s.__dict__ if hasattr(s, "__dict__") else _as_dict(s) for s in statuses])
     else:
+        # Columns as wide as their longest entry (kafka-3, redis-sentinel-2, ...).
+        width = max((len(s.name) for s in statuses), default=0)
         for s in statuses:
             state = "up" if s.running else "down"
             kind = "managed" if s.managed else "external"
-            print(f"{s.name:<9} {state:<5} {s.address:<28} {kind:<9} {s.detail}")
+            print(f"{s.name:<{width}} {state:<5} {s.address:<28} {kind:<9} {s.detail}")
     if args.action == "up" and not all(s.running for s in statuses):
         return 1
     if args.action == "status" and not all(s.running for s in statuses):
