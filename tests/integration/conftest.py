@@ -19,7 +19,7 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest_asyncio
-from aiohttp import ClientResponse
+from aiohttp import ClientResponse, ClientSession
 from aiohttp.test_utils import TestClient, TestServer
 
 from devstack import ensure_topics
@@ -35,9 +35,13 @@ from tests.integration.workflow_helpers import receiver  # noqa: F401 - the work
 
 @dataclass
 class Api:
-    """A test client with the session's secret, speaking the contract's routes."""
+    """A test client with the session's secret, speaking the contract's routes.
 
-    client: TestClient[Any, Any]
+    ``client`` is an in-process app's test client, or a client session whose
+    ``base_url`` names a spawned HTTP process.
+    """
+
+    client: TestClient[Any, Any] | ClientSession
     settings: Settings
 
     def token(self, tenant: str, *roles: str, ttl: int = 600) -> str:
