@@ -56,10 +56,14 @@ def _free_port() -> int:
 
 
 class Run:
-    """One ``eventfold run`` process at a time, on the benchmark's topic and port."""
+    """One ``eventfold run`` process at a time (or ``eventfold COMMAND...``), on the
+    benchmark's topic and port."""
 
-    def __init__(self, settings: Settings, home: Path, port: int) -> None:
+    def __init__(
+        self, settings: Settings, home: Path, port: int, command: tuple[str, ...] = ("run",)
+    ) -> None:
         self.settings = settings
+        self.command = command
         self.base = f"http://127.0.0.1:{port}"
         self.env = {
             **os.environ,
@@ -72,13 +76,13 @@ class Run:
             "EVENTFOLD_HTTP_PORT": str(port),
             "EVENTFOLD_LOG_LEVEL": "WARNING",
         }
-        self.log = open(home / "run.log", "ab")  # noqa: SIM115 - closed in stop()
+        self.log = open(home / f"{'-'.join(command)}.log", "ab")  # noqa: SIM115 - closed in stop()
         self.proc: subprocess.Popen[bytes] | None = None
 
     def spawn(self) -> None:
-        """Start ``eventfold run``."""
+        """Start ``eventfold run`` (or the command)."""
         self.proc = subprocess.Popen(
-            [EVENTFOLD, "run"], env=self.env, stdout=self.log, stderr=self.log
+            [EVENTFOLD, *self.command], env=self.env, stdout=self.log, stderr=self.log
         )
 
     def kill(self) -> None:
@@ -105,7 +109,7 @@ class Run:
         """Poll ``/health/ready`` every 20 ms; the monotonic time it first said ok."""
         while time.monotonic() < deadline:
             assert self.proc is not None
-            assert self.proc.poll() is None, "eventfold run exited"
+            assert self.proc.poll() is None, f"eventfold {' '.join(self.command)} exited"
             try:
                 async with http.get(f"{self.base}/health/ready") as resp:
                     if resp.status == 200 and (await resp.json())["status"] == "ok":
