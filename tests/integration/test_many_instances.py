@@ -10,10 +10,9 @@ with a bucket of its own): the notifier, sync and workflows processors claim the
 work of every tenant in their database, so on the shared one they would compete
 with the session's app. Every part runs twice as a spawned process (``eventfold
 process NAME`` for each processor, ``eventfold serve api ingest`` for HTTP); writers
-alternate between the two HTTP processes. One of each (analytics aside, see
-:data:`KILLED`) is then SIGKILLed at the same moment: the harshest case, each
-consumer group rebalancing and each lease expiring while the others do too (and the
-shortest test). The writers go on through the
+alternate between the two HTTP processes. One of each is then SIGKILLed at the same
+moment: the harshest case, each consumer group rebalancing and each lease expiring
+while the others do too (and the shortest test). The writers go on through the
 surviving HTTP process; every outcome is then checked against what was acknowledged
 and against the log.
 """
@@ -55,12 +54,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.recovery]
 
 #: Each HTTP process's part name: ``eventfold serve api ingest``.
 HTTP = "http"
-#: The parts one process of which is killed: every one but analytics. An analytics
-#: worker killed before its first commit since its assignment leaves the survivor
-#: counting short for good (test_analytics.py::
-#: test_a_worker_killed_beside_another_leaves_its_partitions_counted_exactly); both
-#: analytics workers still run and their counts are checked.
-KILLED = (*(name for name in PROCESSORS if name != "analytics"), HTTP)
 #: The workflow every written record with ``i == 0`` (the first of each batch) starts.
 WORKFLOW_ID = "first-of-batch"
 #: How long every outcome may take to be complete once the writers stopped (the killed
@@ -254,7 +247,7 @@ async def check_everything(
         await load.more_acks(300)
         await receiver.wait_for(lambda: bool(receiver.to("/hook")) and bool(receiver.to("/wf")))
         # The second of each: the first HTTP process (``tenant``'s) survives.
-        victims = [[p for p in parts if p.name == name][-1] for name in KILLED]
+        victims = [[p for p in parts if p.name == name][-1] for name in (*PROCESSORS, HTTP)]
         for victim in victims:
             victim.proc.send_signal(signal.SIGKILL)
         killed_at = time.monotonic()
