@@ -199,13 +199,7 @@ async def scenario(sig: signal.Signals, rate: float, seconds: float, kill_at: fl
                 proc.spawn()
             for proc in procs:
                 await proc.ready(http, time.monotonic() + 120)
-            async with http.post(
-                f"{gateway.base}/v1/tenants",
-                data=orjson.dumps({"id": tenant, "name": "rebalance benchmark"}),
-                headers=gateway.headers("*", "platform-admin"),
-            ) as resp:
-                assert resp.status == 202, await resp.text()
-                token = (await resp.json())["consistency_token"]
+            token = await gateway.create_tenant(http, tenant, "rebalance benchmark")
             async with http.get(f"{gateway.base}/v1/tenants/{tenant}", headers=gateway.headers(
                 "*", "platform-admin", **{"X-Consistency-Token": token})) as resp:  # fmt: skip
                 assert resp.status == 200, await resp.text()

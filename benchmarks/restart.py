@@ -105,6 +105,17 @@ class Run:
         token = issue_token(self.settings.jwt_secret, tenant=tenant, roles=roles, ttl_seconds=3600)
         return {"Authorization": f"Bearer {token}", **extra}
 
+    async def create_tenant(self, http: aiohttp.ClientSession, tenant: str, name: str) -> str:
+        """Create ``tenant`` as the platform admin; the answer's consistency token."""
+        async with http.post(
+            f"{self.base}/v1/tenants",
+            data=orjson.dumps({"id": tenant, "name": name}),
+            headers=self.headers("*", "platform-admin"),
+        ) as resp:
+            assert resp.status == 202, await resp.text()
+            token: str = (await resp.json())["consistency_token"]
+            return token
+
     async def ready(self, http: aiohttp.ClientSession, deadline: float) -> float:
         """Poll ``/health/ready`` every 20 ms; the monotonic time it first said ok."""
         while time.monotonic() < deadline:
@@ -153,12 +164,7 @@ async def main(rounds: int, partitions: int) -> dict[str, Any]:
         try:
             run.spawn()
             await run.ready(http, time.monotonic() + 120)
-            async with http.post(
-                f"{run.base}/v1/tenants",
-                data=orjson.dumps({"id": tenant, "name": "restart benchmark"}),
-                headers=run.headers("*", "platform-admin"),
-            ) as resp:
-                assert resp.status == 202, await resp.text()
+            await run.create_tenant(http, tenant, "restart benchmark")
             await asyncio.sleep(2)  # projected: the first write below must not be a 403
             await run.write_and_read(http, tenant, 0)
             for i in range(1, rounds + 1):

@@ -36,7 +36,6 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from devstack import ensure_bucket, ensure_topics
 from entrypoints.registry import PROCESSORS
@@ -46,7 +45,7 @@ from eventfold.s3 import open_s3
 from eventfold.sealing import new_key_spec
 from eventfold.settings import Settings
 from tests.conftest import free_port, process, wait_until_ready
-from tests.integration.conftest import Api, TenantApi
+from tests.integration.conftest import Api, TenantApi, topic_records
 from tests.integration.private_stack import Load, private_env, private_stack, verify_exactly_once
 from tests.integration.workflow_helpers import Receiver
 
@@ -129,24 +128,8 @@ async def read_pages(tenant: TenantApi, rest: str, roles: tuple[str, ...]) -> li
 
 async def tenant_log(settings: Settings, tenant: str) -> list[bytes]:
     """Every record of ``tenant`` in the events topic, from the start to the end now."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,
-                                enable_auto_commit=False)  # fmt: skip
-    await consumer.start()
-    try:
-        parts = [TopicPartition(settings.events_topic, p) for p in range(settings.topic_partitions)]
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        ends = await consumer.end_offsets(parts)
-        values: list[bytes] = []
-        async with asyncio.timeout(60):
-            while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
-                for records in (await consumer.getmany(timeout_ms=500)).values():
-                    for rec in records:
-                        if rec.offset < ends[TopicPartition(rec.topic, rec.partition)]:
-                            values.append(rec.value)
-    finally:
-        await consumer.stop()
-    return [v for v in values if orjson.loads(v).get("tenant") == tenant]
+    records = await topic_records(settings, settings.events_topic)
+    return [m.value for m in records if orjson.loads(m.value).get("tenant") == tenant]
 
 
 async def archived(settings: Settings, tenant: str) -> list[bytes]:
