@@ -105,11 +105,14 @@ class Run:
         token = issue_token(self.settings.jwt_secret, tenant=tenant, roles=roles, ttl_seconds=3600)
         return {"Authorization": f"Bearer {token}", **extra}
 
-    async def create_tenant(self, http: aiohttp.ClientSession, tenant: str, name: str) -> str:
-        """Create ``tenant`` as the platform admin; the answer's consistency token."""
+    async def create_tenant(
+        self, http: aiohttp.ClientSession, tenant: str, name: str, **body: Any
+    ) -> str:
+        """Create ``tenant`` (``body``: more fields, e.g. ``limits``) as the platform admin;
+        the answer's consistency token."""
         async with http.post(
             f"{self.base}/v1/tenants",
-            data=orjson.dumps({"id": tenant, "name": name}),
+            data=orjson.dumps({"id": tenant, "name": name, **body}),
             headers=self.headers("*", "platform-admin"),
         ) as resp:
             assert resp.status == 202, await resp.text()
