@@ -56,10 +56,14 @@ def _free_port() -> int:
 
 
 class Run:
-    """One ``eventfold run`` process at a time, on the benchmark's topic and port."""
+    """One ``eventfold run`` process at a time (or ``eventfold COMMAND...``), on the
+    benchmark's topic and port."""
 
-    def __init__(self, settings: Settings, home: Path, port: int) -> None:
+    def __init__(
+        self, settings: Settings, home: Path, port: int, command: tuple[str, ...] = ("run",)
+    ) -> None:
         self.settings = settings
+        self.command = command
         self.base = f"http://127.0.0.1:{port}"
         self.env = {
             **os.environ,
@@ -72,13 +76,13 @@ class Run:
             "EVENTFOLD_HTTP_PORT": str(port),
             "EVENTFOLD_LOG_LEVEL": "WARNING",
         }
-        self.log = open(home / "run.log", "ab")  # noqa: SIM115 - closed in stop()
+        self.log = open(home / f"{'-'.join(command)}.log", "ab")  # noqa: SIM115 - closed in stop()
         self.proc: subprocess.Popen[bytes] | None = None
 
     def spawn(self) -> None:
-        """Start ``eventfold run``."""
+        """Start ``eventfold run`` (or the command)."""
         self.proc = subprocess.Popen(
-            [EVENTFOLD, "run"], env=self.env, stdout=self.log, stderr=self.log
+            [EVENTFOLD, *self.command], env=self.env, stdout=self.log, stderr=self.log
         )
 
     def kill(self) -> None:
@@ -101,11 +105,25 @@ class Run:
         token = issue_token(self.settings.jwt_secret, tenant=tenant, roles=roles, ttl_seconds=3600)
         return {"Authorization": f"Bearer {token}", **extra}
 
+    async def create_tenant(
+        self, http: aiohttp.ClientSession, tenant: str, name: str, **body: Any
+    ) -> str:
+        """Create ``tenant`` (``body``: more fields, e.g. ``limits``) as the platform admin;
+        the answer's consistency token."""
+        async with http.post(
+            f"{self.base}/v1/tenants",
+            data=orjson.dumps({"id": tenant, "name": name, **body}),
+            headers=self.headers("*", "platform-admin"),
+        ) as resp:
+            assert resp.status == 202, await resp.text()
+            token: str = (await resp.json())["consistency_token"]
+            return token
+
     async def ready(self, http: aiohttp.ClientSession, deadline: float) -> float:
         """Poll ``/health/ready`` every 20 ms; the monotonic time it first said ok."""
         while time.monotonic() < deadline:
             assert self.proc is not None
-            assert self.proc.poll() is None, "eventfold run exited"
+            assert self.proc.poll() is None, f"eventfold {' '.join(self.command)} exited"
             try:
                 async with http.get(f"{self.base}/health/ready") as resp:
                     if resp.status == 200 and (await resp.json())["status"] == "ok":
@@ -149,12 +167,7 @@ async def main(rounds: int, partitions: int) -> dict[str, Any]:
         try:
             run.spawn()
             await run.ready(http, time.monotonic() + 120)
-            async with http.post(
-                f"{run.base}/v1/tenants",
-                data=orjson.dumps({"id": tenant, "name": "restart benchmark"}),
-                headers=run.headers("*", "platform-admin"),
-            ) as resp:
-                assert resp.status == 202, await resp.text()
+            await run.create_tenant(http, tenant, "restart benchmark")
             await asyncio.sleep(2)  # projected: the first write below must not be a 403
             await run.write_and_read(http, tenant, 0)
             for i in range(1, rounds + 1):

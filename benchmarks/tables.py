@@ -10,9 +10,9 @@ not a smoke run, and rewrites the part of ``BENCHMARKS.md`` between
 2. the headline: the projector against the day-one batched peer, per run;
 3. the peers table, per run;
 4. every phase of the newest suite run (full if there is one, else quick);
-5. webhooks, analytics, integrations and workflows from the newest file holding
-   them (a suite run, an ``--only`` run or the phase's own command), and the
-   newest soak.
+5. webhooks, analytics, integrations, workflows and a rebalance from the newest
+   file holding them (a suite run, an ``--only`` run or the phase's own command),
+   and the newest soak.
 
 Each table says which file it comes from, that file's commit and whether the
 tree was clean. A table with no such file says "not measured yet": no figure
@@ -237,6 +237,7 @@ def generate(sources: list[Source]) -> str:
         ("workflows", "Workflows", report.workflows_lines),
         ("tracing", "Tracing overhead", report.tracing_lines),
         ("encryption", "Encryption overhead", report.encryption_lines),
+        ("rebalance", "A rebalance", report.rebalance_lines),
     ):
         if key in BY_SIZE:
             lines += _sections_by_size(sources, key, title, render)

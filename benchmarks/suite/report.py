@@ -376,6 +376,23 @@ def integrations_lines(i: dict[str, Any]) -> list[str]:
             f" {change['max']} |"]  # fmt: skip
 
 
+def rebalance_lines(r: dict[str, Any]) -> list[str]:
+    """One of two projectors stopped under an open-loop write load (benchmarks/rebalance.py)."""
+    lines = ["## A rebalance: one of two projectors stopped under load", "",
+             f"{r['process']}, {r['partitions']} partitions, {r['rate_per_s']:g} writes/s;"
+             f" one projector stopped {r['kill_at_s']:g} s into {r['seconds']:g} s."
+             " Write → visible from each write's scheduled start to its projection's commit.",
+             "",
+             "| stop | before: p50 ms | p99 ms | pause (longest after the stop) s |"
+             " p99 back within 2x after s | failed writes |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for sc in r["scenarios"]:
+        back = sc["back_within_2x_p99_after_s"]
+        lines.append(f"| {sc['signal']} | {sc['baseline_p50_ms']} | {sc['baseline_p99_ms']} |"
+                     f" {sc['pause_s']} | {'never' if back is None else back} |"
+                     f" {sc['failed']:,} of {sc['writes']:,} |")  # fmt: skip
+    return lines
+
+
 def _cpu(row: dict[str, Any], proc: str) -> str:
     return fmt(row.get("processes", {}).get(proc, {}).get("cpu_seconds_per_1000_events"))
 

@@ -19,8 +19,10 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest_asyncio
-from aiohttp import ClientResponse
+from aiohttp import ClientResponse, ClientSession
 from aiohttp.test_utils import TestClient, TestServer
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import ConsumerRecord
 
 from devstack import ensure_topics
 from entrypoints.bootstrap import Parts, create_app
@@ -35,9 +37,13 @@ from tests.integration.workflow_helpers import receiver  # noqa: F401 - the work
 
 @dataclass
 class Api:
-    """A test client with the session's secret, speaking the contract's routes."""
+    """A test client with the session's secret, speaking the contract's routes.
 
-    client: TestClient[Any, Any]
+    ``client`` is an in-process app's test client, or a client session whose
+    ``base_url`` names a spawned HTTP process.
+    """
+
+    client: TestClient[Any, Any] | ClientSession
     settings: Settings
 
     def token(self, tenant: str, *roles: str, ttl: int = 600) -> str:
@@ -201,6 +207,28 @@ def process_env(settings: Settings, port: int, **extra: str) -> dict[str, str]:
         "EVENTFOLD_LOG_LEVEL": "WARNING",
         **extra,
     }
+
+
+async def topic_records(settings: Settings, topic: str) -> list[ConsumerRecord[Any, Any]]:
+    """Every record of ``topic`` (``settings.topic_partitions`` partitions), from each
+    partition's start to its end when asked."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(settings.topic_partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        out = []
+        async with asyncio.timeout(60):
+            while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+                for tp, msgs in (await consumer.getmany(timeout_ms=500)).items():
+                    out += [m for m in msgs if m.offset < ends[tp]]
+        return out
+    finally:
+        await consumer.stop()
 
 
 _DEAD_MEMBER = textwrap.dedent(

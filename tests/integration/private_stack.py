@@ -31,7 +31,7 @@ from devstack.process import live_pid, stop
 from entrypoints.bootstrap import create_app
 from eventfold.settings import Settings, cluster_bootstrap
 from tests.conftest import free_ports, session_settings
-from tests.integration.conftest import SESSION_PARTS, Api, TenantApi
+from tests.integration.conftest import SESSION_PARTS, Api, TenantApi, process_env
 
 #: Seconds one request (or one wait for a record) may take before the test calls it hung.
 BOUND = 30.0
@@ -78,6 +78,40 @@ async def private_stack(*, kafka_brokers: int = 1, **overrides: Any) -> AsyncIte
         shutil.rmtree(home, ignore_errors=True)
 
 
+def private_env(settings: Settings, port: int, home: Path, **extra: str) -> dict[str, str]:
+    """The environment of an ``eventfold`` process on a private stack's services.
+
+    Beside :func:`~tests.integration.conftest.process_env`'s topics, groups and
+    secret: the services, the webhook and workflow settings of the session, and a
+    home of its own (``var/``: faust's data). ``settings.secret_keys`` must be set:
+    processes with homes of their own would each make a dev key, and none could
+    open what another sealed (a webhook's secret).
+    """
+    assert settings.secret_keys, "processes with homes of their own need shared sealing keys"
+    return process_env(
+        settings,
+        port,
+        EVENTFOLD_HOME=str(home),
+        EVENTFOLD_KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
+        EVENTFOLD_KAFKA_BROKERS=str(settings.kafka_brokers),
+        EVENTFOLD_DATABASE_URL=settings.database_url,
+        EVENTFOLD_REDIS_URL=settings.redis_url,
+        EVENTFOLD_S3_ENDPOINT=settings.s3_endpoint,
+        EVENTFOLD_S3_BUCKET=settings.s3_bucket,
+        EVENTFOLD_SECRET_KEYS=settings.secret_keys,
+        EVENTFOLD_RATE_LIMIT_DEFAULT_RPS=str(settings.rate_limit_default_rps),
+        EVENTFOLD_RATE_LIMIT_DEFAULT_BURST=str(settings.rate_limit_default_burst),
+        EVENTFOLD_AUTH_FAILURE_BURST=str(settings.auth_failure_burst),
+        EVENTFOLD_HEALTH_CACHE_SECONDS=str(settings.health_cache_seconds),
+        EVENTFOLD_WEBHOOK_ALLOW_HOSTS=",".join(settings.webhook_allow_hosts),
+        EVENTFOLD_WEBHOOK_RETRY_SCHEDULE=",".join(map(str, settings.webhook_retry_schedule)),
+        EVENTFOLD_WEBHOOK_TIMEOUT_SECONDS=str(settings.webhook_timeout_seconds),
+        EVENTFOLD_WORKFLOW_LEASE_SECONDS=str(settings.workflow_lease_seconds),
+        EVENTFOLD_ARCHIVE_SEGMENT_SECONDS=str(settings.archive_segment_seconds),
+        **extra,
+    )
+
+
 def _log_tails(folder: Path, lines: int = 15) -> str:
     """The last ``lines`` lines of every log under ``folder``."""
     tails = []
@@ -122,6 +156,11 @@ class Load:
     """Writers sending batches with fixed ids, retrying each until it is accepted."""
 
     tenant: TenantApi
+    #: Where the attempts go, in turn (several HTTP processes); empty: ``tenant`` alone.
+    #: A test may change it while the writers run (a gateway killed).
+    gateways: list[TenantApi] = field(default_factory=list)
+    #: Seconds a writer waits between two batches.
+    pause: float = 0.05
     acked: dict[str, str] = field(default_factory=dict)  # event id -> consistency token
     answers: dict[int, int] = field(default_factory=dict)  # status -> count
     #: (first sent, acknowledged) monotonic times of each batch, in order of acknowledgement.
@@ -130,15 +169,16 @@ class Load:
 
     async def writer(self, name: str) -> None:
         """Write batches of five until ``stop``: each one again, same ids, until a 202."""
-        n = 0
+        n = attempt = 0
         while not self.stop.is_set():
             events = upserts(f"{name}-{n}", 5)
             first_sent = time.monotonic()
             while True:  # the same batch, same ids, until acknowledged
+                gateways = self.gateways or [self.tenant]
+                route = gateways[attempt % len(gateways)]
+                attempt += 1
                 try:
-                    resp = await asyncio.wait_for(
-                        self.tenant.call("POST", "/events", json=events), BOUND
-                    )
+                    resp = await asyncio.wait_for(route.call("POST", "/events", json=events), BOUND)
                     status = resp.status
                     body = await resp.json()
                 except (aiohttp.ClientError, TimeoutError):
@@ -154,7 +194,7 @@ class Load:
                     return
                 await asyncio.sleep(0.3)
             n += 1
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(self.pause)
 
     def longest_wait(self, since: float) -> float:
         """The longest a batch sent or acknowledged after ``since`` took to be acknowledged
@@ -185,7 +225,9 @@ async def verify_exactly_once(tenant: TenantApi, acked: dict[str, str]) -> None:
                     doc = await resp.json()
                     assert doc["version"] == 1, doc
                     return
-                assert resp.status == 503, await resp.text()
+                # Read in full: a client session's connection is freed only then.
+                text = await resp.text()
+                assert resp.status == 503, text
                 assert time.monotonic() < deadline, f"{event_id} never became readable"
                 await asyncio.sleep(0.5)
 

@@ -14,11 +14,11 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest_asyncio
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from eventfold.clients import open_pool
 from eventfold.settings import Settings
-from tests.integration.conftest import Api, TenantApi
+from tests.integration.conftest import Api, TenantApi, topic_records
 
 R = "/collections/orders/records"
 EVENTFOLD = str(Path(sys.executable).with_name("eventfold"))
@@ -56,24 +56,11 @@ async def install_bug(pool: asyncpg.Pool, tenant: str) -> None:
 
 
 async def dead_letters(settings: Settings, tenant: str) -> list[tuple[bytes, dict[str, bytes]]]:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        tps = [TopicPartition(settings.dlq_topic, p) for p in range(settings.topic_partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        out = []
-        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
-            for msgs in (await consumer.getmany(timeout_ms=500)).values():
-                for m in msgs:
-                    if m.key and m.key.startswith(f"{tenant}/".encode()) and m.value is not None:
-                        out.append((m.value, dict(m.headers)))
-        return out
-    finally:
-        await consumer.stop()
+    return [
+        (m.value, dict(m.headers))
+        for m in await topic_records(settings, settings.dlq_topic)
+        if m.key and m.key.startswith(f"{tenant}/".encode()) and m.value is not None
+    ]
 
 
 async def test_a_poison_event_holds_its_record_and_a_redrive_applies_in_order(

@@ -496,7 +496,7 @@ class Analytics:
         flush_stop = asyncio.Event()
         self.commits.install(self.app.consumer)
         restore_to_last_record(self.app.consumer, self.settings.kafka_bootstrap)
-        resume_streams_after_clear(self.app)
+        resume_streams_after_clear(self.app, self.settings.kafka_bootstrap)
         await self.app.start()
         # faust's aiokafka consumer, started with the app: it leaves the group on stop.
         consumer: Any = self.app.consumer

@@ -113,12 +113,17 @@ def restore_to_last_record(consumer: Any, bootstrap: str) -> None:
     thread.earliest_offsets = earliest
 
 
-def resume_streams_after_clear(app: Any) -> None:
+def resume_streams_after_clear(app: Any, bootstrap: str) -> None:
     """Replace the end of faust's recovery on ``app``: clear the stream queues, seek the
     source partitions to their committed offsets, and only then resume them.
 
     faust's ``Recovery.on_recovery_completed`` with its steps reordered (the
-    rest is as faust has it); set before the app starts.
+    rest is as faust has it); set before the app starts. faust's seek
+    (aiokafka's ``seek_to_committed``) leaves a partition with no committed
+    offset (or offset 0) where its fetch is: a partition the group never
+    committed (taken over from a worker killed before its first commit) is sought
+    to the log's start here, or the records prefetched during the restore, cleared
+    with the queues, would never be read again.
     """
     recovery = app.tables.recovery
 
@@ -146,6 +151,11 @@ def resume_streams_after_clear(app: Any) -> None:
         if assignment:
             recovery.log.info("Seek stream partitions to committed offsets.")
             await recovery._wait(consumer.perform_seek(), timeout=app.conf.broker_request_timeout)
+            sources = [TopicPartition(tp.topic, tp.partition) for tp in assignment
+                       if not recovery._is_changelog_tp(tp)]  # fmt: skip
+            starts = await committed_positions(bootstrap, app.conf.id, sources)
+            for tp, offset in starts.items():
+                await consumer.seek(tp, offset)
         consumer.resume_partitions({tp for tp in assignment if not recovery._is_changelog_tp(tp)})
         recovery.completed.set()
         consumer.resume_flow()
