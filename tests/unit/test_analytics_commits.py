@@ -1,8 +1,8 @@
 """What an analytics transaction commits: the positions applied, with every write they need.
 
-The faust table and consumer are replaced by small fakes of the two methods the
-write-behind tables and :class:`OwnedCommits` use (a changelog ``send`` and a
-transaction ``commit``); the integration tests run them against Kafka.
+The faust table and consumer are replaced by small fakes of what the write-behind
+tables and :class:`OwnedCommits` use (the changelog topic's serialisers and producer
+``send``, a transaction ``commit``); the integration tests run them against Kafka.
 """
 
 from __future__ import annotations
@@ -21,11 +21,34 @@ TOPIC = "events"
 
 @dataclass
 class FakeChangelog:
-    """A changelog topic that records each send and acknowledges it at once."""
+    """A changelog topic whose producer records each send and acknowledges it at once.
+
+    The surface the write-behind table uses: the topic's name, its serialisers
+    (identity here) and the app's producer (faust's transaction manager).
+    """
 
     sent: list[tuple[Any, Any, int]] = field(default_factory=list)
 
-    async def send(self, *, key: Any, value: Any, partition: int, **_: Any) -> asyncio.Future[None]:
+    @property
+    def app(self) -> FakeChangelog:
+        return self
+
+    async def maybe_start_producer(self) -> FakeChangelog:
+        return self
+
+    def get_topic_name(self) -> str:
+        return "analytics-changelog"
+
+    def prepare_key(self, key: Any, serializer: Any, schema: Any, headers: Any) -> Any:
+        return key, headers
+
+    def prepare_value(self, value: Any, serializer: Any, schema: Any, headers: Any) -> Any:
+        return value, headers
+
+    async def send(
+        self, topic: str, key: Any, value: Any, partition: int, *_: Any
+    ) -> asyncio.Future[None]:
+        assert topic == "analytics-changelog"
         self.sent.append((key, value, partition))
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.set_result(None)
