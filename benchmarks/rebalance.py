@@ -248,6 +248,9 @@ async def main(rate: float, seconds: float, kill_at: float, partitions: int) -> 
             "kill_at_s": kill_at,
             "partitions": partitions,
             "process": "2 x eventfold process projector, 1 x eventfold serve api ingest",
+            # The processes get the environment's settings: a killed member keeps its
+            # partitions for this long (EVENTFOLD_KAFKA_SESSION_TIMEOUT_SECONDS).
+            "session_timeout_s": Settings.from_env().kafka_session_timeout_seconds,
             "scenarios": runs,
         }
     }

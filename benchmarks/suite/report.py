@@ -380,7 +380,8 @@ def rebalance_lines(r: dict[str, Any]) -> list[str]:
     """One of two projectors stopped under an open-loop write load (benchmarks/rebalance.py)."""
     lines = ["## A rebalance: one of two projectors stopped under load", "",
              f"{r['process']}, {r['partitions']} partitions, {r['rate_per_s']:g} writes/s;"
-             f" one projector stopped {r['kill_at_s']:g} s into {r['seconds']:g} s."
+             f" one projector stopped {r['kill_at_s']:g} s into {r['seconds']:g} s;"
+             f" Kafka session {r.get('session_timeout_s', 10.0):g} s."
              " Write → visible from each write's scheduled start to its projection's commit.",
              "",
              "| stop | before: p50 ms | p99 ms | pause (longest after the stop) s |"

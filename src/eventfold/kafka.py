@@ -71,10 +71,16 @@ def make_consumer(
         fetch_max_bytes=4 * 1024 * 1024,
         max_partition_fetch_bytes=1024 * 1024,
         request_timeout_ms=REQUEST_TIMEOUT_MS + 5_000,
-        session_timeout_ms=10_000,
-        heartbeat_interval_ms=1_000,
+        session_timeout_ms=int(settings.kafka_session_timeout_seconds * 1000),
+        heartbeat_interval_ms=heartbeat_ms(settings),
         isolation_level="read_committed",
     )
+
+
+def heartbeat_ms(settings: Settings) -> int:
+    """A consumer's heartbeat interval: a tenth of its session (a missed beat or two is
+    no loss of the session), at most a second."""
+    return min(1_000, int(settings.kafka_session_timeout_seconds * 100))
 
 
 def message_key(tenant: str, subject: str | None, event_id: str) -> bytes:

@@ -216,6 +216,11 @@ Networks = Annotated[
     AfterValidator(_networks),
     Accepts("IP addresses or CIDRs, comma-separated"),
 ]
+SessionTimeout = Annotated[
+    float,
+    Field(ge=1, le=1800, allow_inf_nan=False),
+    Accepts("seconds from 1 to 1800 (fractions allowed)"),
+]
 BrokerCount = Annotated[int, Field(ge=1, le=9), Accepts("a whole number from 1 to 9")]
 BootstrapServers = Annotated[
     str, AfterValidator(_bootstrap_servers), Accepts("host[:port] pairs, comma-separated")
@@ -423,6 +428,13 @@ class Settings:
     topic_partitions: Positive = 8
     #: The prefix of every consumer group name (``<prefix>.projector``, ...).
     consumer_group_prefix: TopicName = "eventfold"
+    #: How long a Kafka processor that stopped heartbeating (killed, hung, cut off)
+    #: keeps its partitions before its group hands them to the others: the pause a
+    #: crash causes. Lower takes over sooner but a process whose event loop stalls
+    #: that long (a long batch, swapping) is thrown out and rejoins. At least the
+    #: broker's ``group.min.session.timeout.ms`` (6 s by default; 1 s on the local
+    #: stack). A clean stop leaves its group at once, whatever this is.
+    kafka_session_timeout_seconds: SessionTimeout = 10.0
     max_body_bytes: int = field(default=1024 * 1024, metadata=INTERNAL)
     #: Requests one HTTP process answers at once; past it, 503 with ``Retry-After``
     #: at once (streams, health and metrics exempt). 0: no limit.

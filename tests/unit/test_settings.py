@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from eventfold import settings as settings_module
+from eventfold.kafka import heartbeat_ms, make_consumer
 from eventfold.sealing import new_key_spec
 from eventfold.settings import Settings, SettingsError, next_database
 
@@ -160,6 +161,7 @@ def test_retry_schedule_parsing(tmp_path: Path, value: str, schedule: tuple[floa
         ("EVENTFOLD_S3_ENDPOINT", "ftp://s3", "an http:// or https:// URL"),
         ("EVENTFOLD_KAFKA_BOOTSTRAP", "k1:port", "host[:port] pairs"),
         ("EVENTFOLD_KAFKA_BROKERS", "0", "a whole number from 1 to 9"),
+        ("EVENTFOLD_KAFKA_SESSION_TIMEOUT_SECONDS", "0.5", "seconds from 1 to 1800"),
         ("EVENTFOLD_KAFKA_BROKERS", "10", "a whole number from 1 to 9"),
         ("EVENTFOLD_EVENTS_TOPIC", "no spaces", "a Kafka topic or group name"),
         ("EVENTFOLD_JWT_JWKS_FILE", "/no/such/jwks.json", "the path of an existing file"),
@@ -350,3 +352,12 @@ def test_sentinels_need_a_tcp_redis_url(tmp_path: Path) -> None:
         )
     assert caught.value.variable == "EVENTFOLD_REDIS_URL"
     assert "EVENTFOLD_REDIS_SENTINELS" in caught.value.problem
+
+
+async def test_the_kafka_session_sets_the_consumers_session_and_heartbeat(tmp_path: Path) -> None:
+    default = Settings.from_env(env(tmp_path))
+    assert (default.kafka_session_timeout_seconds, heartbeat_ms(default)) == (10.0, 1000)
+    short = Settings.from_env(env(tmp_path, EVENTFOLD_KAFKA_SESSION_TIMEOUT_SECONDS="3"))
+    assert heartbeat_ms(short) == 300
+    consumer = make_consumer(short, group="g", client_id="c", max_poll_records=10)
+    assert (consumer._session_timeout_ms, consumer._heartbeat_interval_ms) == (3000, 300)

@@ -79,6 +79,7 @@ from eventfold.analytics_windows import (
 )
 from eventfold.clients import redis_client
 from eventfold.errors import RetriableError
+from eventfold.kafka import heartbeat_ms
 from eventfold.metrics import Metrics
 from eventfold.replay import REPLAY_ATTRIBUTE
 from eventfold.settings import Settings
@@ -143,9 +144,10 @@ class Analytics:
             # Changelog topics are compacted; the table state is the compacted log.
             topic_replication_factor=settings.kafka_replication_factor,
             # As the other processors (eventfold.kafka): a crashed worker that does not
-            # come back has its partitions moved on after 10 s, not faust's default minute.
-            broker_session_timeout=10.0,
-            broker_heartbeat_interval=3.0,
+            # come back has its partitions moved on after the session (10 s by default),
+            # not faust's default minute.
+            broker_session_timeout=settings.kafka_session_timeout_seconds,
+            broker_heartbeat_interval=heartbeat_ms(settings) / 1000,
             # The tables' changelog writes go out at commit, thousands at once: with no
             # linger the producer sent nearly one request per write (16,591 sends for
             # 20,000 events), its CPU more than the counting's. 5 ms gathers them into
