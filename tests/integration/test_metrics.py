@@ -75,14 +75,23 @@ async def until(check: Callable[[], Awaitable[Any]], within: float = 60) -> Any:
 
 
 async def test_every_running_processor_reports_ready(api: Api) -> None:
+    waiting: dict[str, float | None] = {}
+
     async def all_ready() -> bool:
         text = await scrape(api)
-        return all(
-            sample(text, "eventfold_processor_ready", processor=p) == 1.0
-            for p in SESSION_PROCESSORS
-        )
+        found = {
+            p: sample(text, "eventfold_processor_ready", processor=p) for p in SESSION_PROCESSORS
+        }
+        waiting.clear()
+        waiting.update({p: v for p, v in found.items() if v != 1.0})
+        return not waiting
 
-    await until(all_ready)
+    try:
+        await until(all_ready)
+    except TimeoutError:
+        # Which processor, and what its readiness says, is what a failure needs to show.
+        ready = await (await api.client.get("/health/ready")).json()
+        pytest.fail(f"not ready after 60 s: {waiting}; /health/ready: {ready}")
     # Processors the app does not run are not reported at all.
     text = await scrape(api)
     assert sample(text, "eventfold_processor_ready", processor="analytics") is None

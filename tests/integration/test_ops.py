@@ -22,8 +22,7 @@ async def test_health(api: Api) -> None:
     assert (live.status, (await live.json())["status"]) == (200, "ok")
     ready = await api.client.get("/health/ready")
     doc = await ready.json()
-    assert ready.status == 200
-    assert doc["status"] == "ok"
+    assert (ready.status, doc["status"]) == (200, "ok"), doc
     # Every processor the app runs reports its own check.
     assert set(doc["checks"]) == {
         "postgres",
