@@ -30,6 +30,7 @@ from urllib.parse import urlsplit, urlunsplit
 from devstack.base import InfraError, Progress, Service, oneline
 from devstack.process import spawn, wait_ready
 from devstack.redis import SENTINEL_DIR, Redis, missing_redis, same_server, sentinel_master
+from eventfold.secretfiles import write_private
 from eventfold.settings import Settings
 
 #: Where ``--redis-sentinel`` puts the sentinels unless EVENTFOLD_REDIS_SENTINELS says.
@@ -172,7 +173,9 @@ class RedisSentinel(Service):
         master = sentinel_master(self.settings) or (primary.host, primary.port)
         password = primary.password
         service = self.settings.redis_sentinel_service
-        config.write_text(
+        # Private from its creation (as redis.py's): it may hold the password.
+        write_private(
+            config,
             CONFIG.format(
                 host=self.host,
                 port=self.port,
@@ -184,9 +187,8 @@ class RedisSentinel(Service):
                 down_after=DOWN_AFTER_MS,
                 failover_timeout=FAILOVER_TIMEOUT_MS,
                 auth=f'sentinel auth-pass {service} "{password}"\n' if password else "",
-            )
+            ),
         )
-        config.chmod(0o600)  # it may hold the password
         return config
 
     async def start(self, progress: Progress) -> int:
