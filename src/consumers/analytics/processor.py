@@ -58,6 +58,7 @@ from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
 from consumers.analytics.changelog import OwnedCommits, WriteBehindTable
+from consumers.analytics.delivery import deliver_eagerly
 from consumers.analytics.recovery import (
     committed_positions,
     records_between,
@@ -497,6 +498,7 @@ class Analytics:
         redis = redis_client(self.settings)
         flush_stop = asyncio.Event()
         self.commits.install(self.app.consumer)
+        deliver_eagerly(self.app.consumer)
         restore_to_last_record(self.app.consumer, self.settings.kafka_bootstrap)
         resume_streams_after_clear(self.app, self.settings.kafka_bootstrap)
         await self.app.start()
