@@ -14,6 +14,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+from faust.types import TP
+from faust.types.tuples import Message
 
 from api.analytics import events_per_second
 from consumers.analytics.processor import Analytics, first_offset, is_first_record
@@ -156,3 +158,12 @@ def test_events_per_second_over_the_elapsed_part_of_an_open_window() -> None:
     assert events_per_second(120, 0, 60, 600) == 2.0
     assert events_per_second(30, 0, 60, 15) == 2.0
     assert events_per_second(5, 0, 60, 0.2) == 5.0  # at least one second
+
+
+async def test_records_reach_the_agent_as_the_log_holds_them(worker: Analytics) -> None:
+    """The topic's schema hands keys and values over as bytes, through no codec."""
+    value = b'{"tenant": "t", "id": "e1", "type": "record.upserted"}'
+    msg = Message("events", 0, 7, 0.0, 0, None, b"t/orders/1", value, None, tp=TP("events", 0))
+    event = await worker.topic.schema.decode(worker.app, msg)
+    assert event.key == b"t/orders/1"
+    assert event.value is value

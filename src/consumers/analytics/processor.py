@@ -128,6 +128,23 @@ def is_first_record(seen: Any, partition: int, offset: int) -> bool:
     return first_offset(seen) == offset
 
 
+class RawSchema(faust.Schema[Any, Any]):
+    """Keys and values as the log holds them: bytes, handed over without a codec.
+
+    With ``key_serializer="raw"`` faust still looked each record's key and value up
+    in its codec registry (a few microseconds each, per record); the processor
+    reads the record's bytes itself (:meth:`Analytics.count`).
+    """
+
+    def loads_key(self, app: Any, message: Any, **_: Any) -> Any:
+        """The record's key bytes."""
+        return message.key
+
+    def loads_value(self, app: Any, message: Any, **_: Any) -> Any:
+        """The record's value bytes."""
+        return message.value
+
+
 class Analytics:
     """Counts each tenant's events in 1-minute and 1-hour tumbling windows."""
 
@@ -161,10 +178,7 @@ class Analytics:
         # faust creates its data dir without parents (the memory store keeps nothing there).
         Path(self.app.conf.datadir).mkdir(parents=True, exist_ok=True)
         self.topic = self.app.topic(
-            settings.events_topic,
-            key_serializer="raw",
-            value_serializer="raw",
-            partitions=settings.topic_partitions,
+            settings.events_topic, schema=RawSchema(), partitions=settings.topic_partitions
         )
         partitions = settings.topic_partitions
         self.counts = WriteBehindTable(self.app.Table("counts", partitions=partitions))
