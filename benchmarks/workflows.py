@@ -105,12 +105,28 @@ async def _finished(pool: asyncpg.Pool, tenant: str) -> tuple[int, int]:
     return int(row["ok"]), int(row["failed"])
 
 
-async def _wait_finished(pool: asyncpg.Pool, tenant: str, total: int, limit: float) -> float:
+async def _wait_finished(
+    pool: asyncpg.Pool, tenant: str, total: int, limit: float, mails: _Mails
+) -> float:
+    """When ``total`` runs of ``tenant`` have ended (``perf_counter``).
+
+    Every run ends with its email step, so the SMTP server's count says when the end
+    is near: until it has a mail for every run not failed, PostgreSQL is asked once a
+    second (for runs that failed, which send none); from then on every 50 ms. Asking
+    every 50 ms throughout, as before, cost PostgreSQL ~4 ms a count
+    (pg_stat_statements): about 5 % of the machine during saturation, taken from the
+    system measured.
+    """
     deadline = time.monotonic() + limit
+    failed = 0
+    looked_at = -1.0
     while time.monotonic() < deadline:
-        ok, failed = await _finished(pool, tenant)
-        if ok + failed >= total:
-            return time.perf_counter()
+        near = mails.count + failed >= total
+        if near or time.monotonic() - looked_at >= 1.0:
+            looked_at = time.monotonic()
+            ok, failed = await _finished(pool, tenant)
+            if ok + failed >= total:
+                return time.perf_counter()
         await asyncio.sleep(0.05)
     raise TimeoutError(f"runs did not finish within {limit} s")
 
@@ -260,7 +276,7 @@ async def run(args: argparse.Namespace, run_id: str, database_url: str) -> dict[
                 except aiohttp.ClientError:
                     refused += len(batch)
             started_runs = args.runs - refused
-            done = await _wait_finished(pool, tenant, started_runs, limit=600)
+            done = await _wait_finished(pool, tenant, started_runs, 600, mails)
             _ok, failed = await _finished(pool, tenant)
             projected = await _wait_projected(pool, tenant, started_runs, limit=600)
             cpu_after = _cpu(commands, procs)
@@ -302,7 +318,7 @@ async def run(args: argparse.Namespace, run_id: str, database_url: str) -> dict[
                     reasons[type(exc).__name__] += 1
 
             await asyncio.gather(*(one(i) for i in range(count)))
-            await _wait_finished(pool, tenant, started_runs + count - errors, limit=600)
+            await _wait_finished(pool, tenant, started_runs + count - errors, 600, mails)
             _ok2, failed2 = await _finished(pool, tenant)
             # Only the latency phase's runs (their triggers are the l* records).
             sample, created = await _first_step_latencies(
