@@ -807,3 +807,46 @@ async def test_new_runs_are_leased_to_their_processor_as_far_as_it_has_room(
             assert await store.insert_runs(conn, [new("driven", 60.0)]) == []
     finally:
         await pool.execute("DELETE FROM eventfold.workflow_runs WHERE topic = $1", topic)
+
+
+async def test_a_claim_visits_every_tenant_with_a_claimable_run(pool: asyncpg.Pool) -> None:
+    """The claim finds the tenants with a due, unleased run (skipping through the due
+    index a tenant at a time), leaves out busy ones, and takes up to ``per_tenant`` each.
+
+    Written and claimed in one transaction that is rolled back: no processor sees them.
+    """
+    from consumers.workflows import store
+    from tests.conftest import new_tenant_id
+
+    topic = f"claims-{new_tenant_id()}"
+    a, b, c, d, e = sorted(new_tenant_id() for _ in range(5))
+    rows = [  # (run, tenant, due, leased)
+        ("a1", a, True, False), ("a2", a, True, False), ("a3", a, True, False),
+        ("b1", b, True, False),                        # b is busy: left out
+        ("c1", c, True, True), ("c2", c, False, False),  # leased; not due yet
+        ("d1", d, True, True), ("d2", d, True, False),   # the first leased, the next due
+        ("e1", e, True, False),
+    ]  # fmt: skip
+    async with pool.acquire() as conn:
+        tx = conn.transaction()
+        await tx.start()
+        try:
+            for run, tenant, due, leased in rows:
+                await conn.execute(
+                    "INSERT INTO eventfold.workflow_runs (id, tenant, topic, workflow, depth,"
+                    " status, state, wake_at, lease_until) VALUES ($1, $2, $3, 'w', 1,"
+                    " 'running', '{}', now() + $4 * interval '1 hour',"
+                    " now() + $5 * interval '1 hour')",
+                    f"{topic}-{run}", tenant, topic, 0 if due else 1, 1 if leased else -1,
+                )  # fmt: skip
+            claimed = await conn.fetch(store._CLAIM_RUNS, topic, [b], 2, 100, 30.0)
+            taken = sorted(r["id"].removeprefix(f"{topic}-") for r in claimed)
+            assert taken[:2] in (["a1", "a2"], ["a1", "a3"], ["a2", "a3"])
+            assert taken[2:] == ["d2", "e1"]
+            # Each tenant's share is ``per_tenant`` (2), whatever order the tenants came in.
+            again = await conn.fetch(store._CLAIM_RUNS, topic, [b], 2, 100, 30.0)
+            assert sorted(r["id"].removeprefix(f"{topic}-") for r in again) == sorted(
+                {"a1", "a2", "a3"} - set(taken[:2])
+            )
+        finally:
+            await tx.rollback()
