@@ -31,25 +31,18 @@ from eventfold.settings import Settings
 
 #: The statement ``store._CLAIM_RUNS`` replaced (f4e6b33 and before): the tenants
 #: with a claimable run found by a DISTINCT over all of them.
-DISTINCT_CLAIM = """
+DISTINCT_CLAIM = (
+    """
 WITH t AS (
     SELECT DISTINCT tenant FROM eventfold.workflow_runs
     WHERE topic = $1 AND wake_at <= now() AND lease_until < now()
       AND NOT (tenant = ANY($2::text[]))
       AND NOT EXISTS (SELECT 1 FROM eventfold.tenants s
                       WHERE s.id = workflow_runs.tenant AND s.status <> 'active')
-), picked AS (
-    SELECT r.id FROM (SELECT tenant FROM t ORDER BY random()) t2,
-    LATERAL (SELECT x.id FROM eventfold.workflow_runs x
-             WHERE x.topic = $1 AND x.tenant = t2.tenant AND x.wake_at <= now()
-               AND x.lease_until < now()
-             ORDER BY x.wake_at LIMIT $3 FOR UPDATE SKIP LOCKED) r
-    LIMIT $4
-)
-UPDATE eventfold.workflow_runs w SET lease_until = now() + make_interval(secs => $5)
-FROM picked WHERE w.id = picked.id
-RETURNING w.id, w.tenant, w.state, w.rev, w.pending
 """
+    # The picking and leasing that follow are the processor's own, unchanged.
+    + store._CLAIM_RUNS[store._CLAIM_RUNS.index("), picked AS (") :]
+)
 
 STATEMENTS = {
     "skip scan (store._CLAIM_RUNS)": store._CLAIM_RUNS,
