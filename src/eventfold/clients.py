@@ -22,7 +22,8 @@ from redis.backoff import ExponentialBackoff
 
 from eventfold import db
 from eventfold.backoff import Backoff, retrying
-from eventfold.settings import Settings
+from eventfold.placement import Directory, Placement
+from eventfold.settings import HOME_SERVER, Settings
 from eventfold.tenancy import ensure_tenant_roles
 
 log = logging.getLogger("eventfold")
@@ -54,6 +55,27 @@ async def open_pool(settings: Settings, *, attempts: int = 30) -> asyncpg.Pool:
         attempts=attempts,
     )
     return pool
+
+
+async def open_placement(settings: Settings, main: asyncpg.Pool) -> Placement:
+    """Pools on every database server (``main``'s is ``main``) and the directory."""
+    pools = {HOME_SERVER: main}
+    try:
+        for name in list(settings.server_urls)[1:]:
+            pools[name] = await open_pool(settings.on_server(name))
+    except BaseException:
+        for name, pool in pools.items():
+            if name != HOME_SERVER:
+                await close_pool(pool)
+        raise
+    return Placement(Directory(settings, main), pools)
+
+
+async def close_placement(placed: Placement) -> None:
+    """Close the pools :func:`open_placement` opened (not ``main``'s)."""
+    for name, pool in placed.pools.items():
+        if name != HOME_SERVER:
+            await close_pool(pool)
 
 
 async def close_pool(pool: asyncpg.Pool) -> None:

@@ -266,6 +266,12 @@ CREATE INDEX IF NOT EXISTS workflow_runs_unfinished
 CREATE INDEX IF NOT EXISTS workflow_runs_finished
     ON eventfold.workflow_runs (topic, updated_at)
     WHERE status IN ('succeeded', 'failed', 'cancelled');
+-- Tenant -> database server (eventfold.placement); read on the first server only.
+CREATE TABLE IF NOT EXISTS eventfold.tenant_placement (
+    tenant     text PRIMARY KEY,
+    server     text NOT NULL,
+    placed_at  timestamptz NOT NULL DEFAULT now()
+);
 """
 #: Serialises concurrent migrations from processes starting at once.
 _MIGRATION_LOCK = 0x4576_466F  # "EvFo"

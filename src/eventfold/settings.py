@@ -33,6 +33,7 @@ import dataclasses
 import functools
 import ipaddress
 import os
+import re
 import secrets
 import typing
 from collections.abc import Mapping
@@ -140,6 +141,28 @@ def _host_ports(value: tuple[str, ...]) -> tuple[str, ...]:
     return value
 
 
+#: A database server's name in ``EVENTFOLD_DATABASE_SERVERS`` (``main`` is the first one's).
+SERVER_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,30}$")
+#: The name of the server of ``EVENTFOLD_DATABASE_URL``: the placement directory's home.
+HOME_SERVER = "main"
+
+
+def _database_servers(value: tuple[str, ...]) -> tuple[str, ...]:
+    seen = {HOME_SERVER}
+    for spec in value:
+        name, sep, url = spec.partition("=")
+        name = name.strip()
+        if not sep or not SERVER_NAME.match(name):
+            raise ValueError(f"{spec!r} is not name=postgresql://...")
+        if name in seen:
+            raise ValueError(f"server name {name!r} given twice (main is EVENTFOLD_DATABASE_URL)")
+        seen.add(name)
+        parts = urlsplit(url.strip())
+        if parts.scheme not in ("postgresql", "postgres") or not parts.netloc:
+            raise ValueError(f"{name}: not a postgresql:// URL")
+    return tuple(spec.strip() for spec in value)
+
+
 def _networks(value: tuple[str, ...]) -> tuple[str, ...]:
     for spec in value:
         ipaddress.ip_network(spec, strict=False)  # ValueError names the bad one
@@ -208,6 +231,15 @@ SentinelService = Annotated[
     str,
     Field(pattern=r"^[A-Za-z0-9._-]{1,64}$"),
     Accepts("a Sentinel master name: letters, digits, '.', '_', '-'"),
+]
+DatabaseServers = Annotated[
+    tuple[str, ...],
+    BeforeValidator(_comma_list),
+    AfterValidator(_database_servers),
+    Accepts(
+        "name=postgresql://user:password@host:port/db pairs, comma-separated"
+        " (names: a-z, 0-9, '_', '-', not main)"
+    ),
 ]
 HttpUrl = Annotated[str, _url_with("http", "https"), Accepts("an http:// or https:// URL")]
 Networks = Annotated[
@@ -309,6 +341,18 @@ class Settings:
     kafka_brokers: BrokerCount = 1
     #: The PostgreSQL database of the projections (see the role it needs in Security).
     database_url: PostgresUrl = "postgresql://eventfold:eventfold@127.0.0.1:5432/eventfold"
+    #: More PostgreSQL servers tenants are placed on, ``name=postgresql://...``,
+    #: comma-separated. The server of ``EVENTFOLD_DATABASE_URL`` is ``main``: it holds
+    #: the placement directory (tenant → server) and every tenant placed before the
+    #: others were added. A new tenant goes to the server with the fewest tenants
+    #: (``eventfold tenants placement`` lists them). ``eventfold infra up`` starts a
+    #: local cluster for each one on 127.0.0.1.
+    database_servers: DatabaseServers = ()
+    #: The server this process's pool is on when a processor runs once per server
+    #: (``eventfold run``); empty: ``main``.
+    database_server: str = field(default="", metadata=INTERNAL)
+    #: ``main``'s URL when ``database_url`` was scoped to another server.
+    home_database_url: str = field(default="", metadata=INTERNAL)
     #: Redis for what must not vanish (rate-limit buckets, dedup keys, inbound webhook
     #: ids, analytics windows, SSE stream slots): a server that never evicts
     #: (``maxmemory-policy noeviction``).
@@ -511,6 +555,32 @@ class Settings:
     def var_dir(self) -> Path:
         """Data, logs and pid files of the local stack."""
         return self.home / "var"
+
+    @property
+    def directory_url(self) -> str:
+        """The URL of ``main``, the server holding the placement directory."""
+        return self.home_database_url or self.database_url
+
+    @property
+    def server_urls(self) -> dict[str, str]:
+        """Every database server by name, ``main`` first."""
+        urls = {HOME_SERVER: self.directory_url}
+        for spec in self.database_servers:
+            name, _, url = spec.partition("=")
+            urls[name.strip()] = url.strip()
+        return urls
+
+    def on_server(self, name: str) -> Settings:
+        """These settings for a processor working on server ``name``'s tenants: its
+        pool connects there (``database_url``), the directory stays on ``main``."""
+        if name == HOME_SERVER:
+            return dataclasses.replace(self, database_server="")
+        return dataclasses.replace(
+            self,
+            database_url=self.server_urls[name],
+            database_server=name,
+            home_database_url=self.directory_url,
+        )
 
     @property
     def kafka_replication_factor(self) -> int:
