@@ -29,10 +29,10 @@ from aiohttp import web
 from consumers.runtime.runner import Supervised
 from entrypoints.bootstrap import add_operations, check_postgres
 from entrypoints.listen import CannotListen, listen
-from entrypoints.registry import PROCESSORS
-from eventfold import gctune, malloctrim
+from entrypoints.registry import PROCESSORS, instances
+from eventfold import gctune, malloctrim, placement
 from eventfold.appkeys import HEALTH, METRICS, SETTINGS
-from eventfold.clients import close_pool, open_pool
+from eventfold.clients import close_placement, close_pool, open_placement, open_pool
 from eventfold.health import Health
 from eventfold.metrics import Metrics
 from eventfold.settings import Settings
@@ -65,18 +65,42 @@ async def _run(settings: Settings, name: str, socks: list[socket.socket], *, bur
         health = Health(max_age=settings.health_cache_seconds)
         health.add("postgres", check_postgres(pool), critical=True)
         runner = await _serve_operations(settings, metrics, health, socks)
-        # No await between the start and the check's registration: no probe sees the
-        # process without its processor.
-        processor = Supervised(name, PROCESSORS[name], settings, pool, metrics, burst=burst)
-        health.add(name, processor.check, critical=True)
+        placed = await open_placement(settings, pool)
+        # One instance per database server for those working on a server's tenants.
+        # No await between the starts and the checks' registration: no probe sees the
+        # process without its processors.
+        running = [
+            Supervised(
+                label,
+                PROCESSORS[name],
+                settings.on_server(server),
+                placed.pools[server],
+                metrics,
+                burst=burst,
+            )
+            for label, server in instances(name, settings)
+        ]
+        for label, processor in zip(instances(name, settings), running, strict=True):
+            health.add(label[0], processor.check, critical=True)
         try:
             # Stream processors read sockets as served processes do: the same heap holes.
             async with malloctrim.trimming():
                 stopped = asyncio.create_task(stop.wait())
-                await asyncio.wait({processor.task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                # Burst: done once every instance caught up; otherwise one ending is news.
+                pending: set[asyncio.Task[None]] = {p.task for p in running}
+                while pending and not stopped.done():
+                    done, _ = await asyncio.wait(
+                        pending | {stopped}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    pending -= done
+                    if not burst:
+                        break
                 stopped.cancel()
         finally:
-            await processor.close()
+            for processor in running:
+                await processor.close()
+            await close_placement(placed)
+            await placement.close_directories()
     finally:
         if runner is not None:
             await runner.cleanup()

@@ -37,7 +37,7 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from consumers.runtime import membership
 from consumers.runtime.kafka import MemberLoop, TrackAssignment, caught_up, start_with_retry
-from eventfold import cachefill, tracing
+from eventfold import cachefill, placement, tracing
 from eventfold.backoff import Backoff
 from eventfold.cache import (
     HOT_TENANTS_KEY,
@@ -52,7 +52,7 @@ from eventfold.fold import RECORD_TYPES
 from eventfold.ids import is_valid
 from eventfold.kafka import make_consumer
 from eventfold.metrics import Metrics
-from eventfold.settings import Settings
+from eventfold.settings import HOME_SERVER, Settings
 
 log = logging.getLogger("eventfold.cache")
 
@@ -87,7 +87,13 @@ class CacheProcessor(MemberLoop):
         self.pool = pool
         self.metrics = metrics
         self.topic = topic or settings.events_topic
-        self.group = group or f"{settings.consumer_group_prefix}.cache"
+        #: The database server whose tenants' entries this processor refreshes; like
+        #: the projector, each server's reads the log in a Kafka group of its own.
+        self.server = settings.database_server or HOME_SERVER
+        self.group = (group or f"{settings.consumer_group_prefix}.cache") + (
+            f"-on-{settings.database_server}" if settings.database_server else ""
+        )
+        self._directory = placement.directory(settings)
         #: The projector whose checkpoints say what PostgreSQL has committed.
         self.projector = f"{settings.consumer_group_prefix}.projector"
         self.caught_up = asyncio.Event()
@@ -156,9 +162,22 @@ class CacheProcessor(MemberLoop):
         values = [msg.value for msgs in got.values() for msg in msgs]
         keys = _record_keys(values)
         deleted = _deleted_tenants(values)
+        backoff = Backoff(0.2, 10.0)
+        while True:
+            try:
+                mine = await self._mine(keys.keys() | deleted)
+                break
+            except Exception as exc:
+                if not is_retriable(exc):
+                    raise
+                log.warning("placement not read, retrying", extra={"error": repr(exc)})
+            if await backoff.sleep(stop):
+                return False
+        keys = {t: k for t, k in keys.items() if t in mine}
+        deleted &= mine
         for tenant in deleted:
             keys.pop(tenant, None)  # its schema is gone: nothing to refresh
-        backoff = Backoff(0.2, 10.0)
+        backoff.reset()
         while True:
             try:
                 with tracing.batch_span(
@@ -176,6 +195,11 @@ class CacheProcessor(MemberLoop):
                 log.warning("cache refresh failed, retrying", extra={"error": repr(exc)})
             if await backoff.sleep(stop):
                 return False
+
+    async def _mine(self, tenants: Iterable[str]) -> set[str]:
+        """Those of ``tenants`` placed on this processor's database server."""
+        servers = await self._directory.servers_of(tenants)
+        return {t for t, server in servers.items() if server == self.server}
 
     async def refresh(self, cache: RecordCache, keys: Mapping[str, Iterable[Key]]) -> int:
         """Write the committed state of ``keys`` (per tenant) to the cache; entries written.
@@ -228,7 +252,9 @@ class CacheProcessor(MemberLoop):
                         await cache.redis.zrevrange(HOT_TENANTS_KEY, 0, WARM_TENANTS - 1),
                     )
                 names = [t.decode() for t in recent]
-                tenants = [t for t in names if is_valid("tenant", t)]
+                valid = [t for t in names if is_valid("tenant", t)]
+                mine = await self._mine(valid)
+                tenants = [t for t in valid if t in mine]
             for start in range(0, len(tenants), 100):
                 chunk = tenants[start : start + 100]
                 async with asyncio.timeout(5):

@@ -30,7 +30,7 @@ from consumers.runtime.kafka import (
     seek_to_stored,
     start_with_retry,
 )
-from eventfold import cachefill, datakeys, deadletters, readmodel, tracing
+from eventfold import cachefill, datakeys, deadletters, placement, readmodel, tracing
 from eventfold.backoff import Backoff
 from eventfold.db import KeptConnection, fetch_checkpoints
 from eventfold.deadletters import DeadLetter
@@ -40,7 +40,7 @@ from eventfold.logs import correlation_id
 from eventfold.metrics import Metrics
 from eventfold.projection.batch import BatchResult, LogEvent, apply_batch, budget_sql, read_events
 from eventfold.projection.redrive import redrive
-from eventfold.settings import Settings
+from eventfold.settings import HOME_SERVER, Settings
 
 log = logging.getLogger("eventfold.projector")
 
@@ -75,7 +75,15 @@ class Projector(MemberLoop):
         self.pool = pool
         self.metrics = metrics
         self.topic = topic or settings.events_topic
-        self.group = group or f"{settings.consumer_group_prefix}.projector"
+        self._checkpoint_name = group or f"{settings.consumer_group_prefix}.projector"
+        #: The database server whose tenants this projector folds (``main`` alone
+        #: when there is one): each server's projector reads the whole log in a
+        #: Kafka group of its own and passes over the other servers' tenants.
+        self.server = settings.database_server or HOME_SERVER
+        self.group = self._checkpoint_name + (
+            f"-on-{settings.database_server}" if settings.database_server else ""
+        )
+        self._directory = placement.directory(settings)
         self.caught_up = asyncio.Event()
         #: Set while the projector holds its assignment and consumes (readiness).
         self.ready = asyncio.Event()
@@ -98,8 +106,9 @@ class Projector(MemberLoop):
 
     @property
     def checkpoint_name(self) -> str:
-        """The ``consumer`` column of this projector's checkpoint rows."""
-        return self.group
+        """The ``consumer`` column of this projector's checkpoint rows (the same on
+        every server: each server's rows are its own)."""
+        return self._checkpoint_name
 
     async def seek_to_checkpoints(
         self, consumer: AIOKafkaConsumer, partitions: Sequence[TopicPartition]
@@ -254,9 +263,12 @@ class Projector(MemberLoop):
         backoff = Backoff(0.2, 10.0)
         careful = by_tenant = False
         budget = self.settings.projector_tenant_budget_ms
+        elsewhere: frozenset[str] | None = None
         while True:
             started = time.perf_counter()
             try:
+                if elsewhere is None:
+                    elsewhere = await self._elsewhere(events)
                 try:
                     result = await apply_batch(
                         await self._writer.get(),
@@ -271,6 +283,8 @@ class Projector(MemberLoop):
                         on_dead_letters=self._send_dead_letters,
                         # Tenants' state is read on a second connection while this one writes.
                         reads=None if careful or by_tenant else self.pool,
+                        elsewhere=elsewhere,
+                        homeless_here=self.server == HOME_SERVER,
                     )
                 except BaseException:
                     await self._writer.drop()  # whatever failed, the next attempt starts afresh
@@ -306,6 +320,14 @@ class Projector(MemberLoop):
                 )
                 self.deferred |= result.deferred
             return result
+
+    async def _elsewhere(self, events: Sequence[LogEvent]) -> frozenset[str]:
+        """The batch's tenants placed on another database server than this projector's."""
+        if self._directory.single:
+            return frozenset()
+        tenants = {e.event.tenant for e in events if e.event is not None and e.event.tenant}
+        servers = await self._directory.servers_of(tenants)
+        return frozenset(t for t, server in servers.items() if server != self.server)
 
     async def _purge(self, tenants: set[str]) -> None:
         """Drop the Redis keys of tenants this batch deleted, once it has committed.

@@ -126,6 +126,8 @@ class BatchResult:
     duplicates: int = 0
     #: Events of deleted tenants: folded into nothing (their tenant is gone for good).
     discarded: int = 0
+    #: Events of tenants placed on another database server: that server's projector's.
+    elsewhere: int = 0
     dead_letters: list[DeadLetter] = field(default_factory=list)
     #: Tenants set aside by this batch because they were too slow to write.
     deferred: set[str] = field(default_factory=set)
@@ -142,6 +144,7 @@ class BatchResult:
         self.rejected += other.rejected
         self.duplicates += other.duplicates
         self.discarded += other.discarded
+        self.elsewhere += other.elsewhere
         self.dead_letters += other.dead_letters
         self.deferred |= other.deferred
         self.live += other.live
@@ -172,6 +175,8 @@ async def apply_batch(
     on_dead_letters: OnDeadLetters | None = None,
     reads: asyncpg.Pool | None = None,
     budget_in_session: bool = False,
+    elsewhere: frozenset[str] = frozenset(),
+    homeless_here: bool = True,
 ) -> BatchResult:
     """Fold ``events`` (in log order per partition) and checkpoint them atomically.
 
@@ -183,7 +188,10 @@ async def apply_batch(
     ``on_dead_letters`` runs inside the transaction, before the commit, with the
     dead letters of this batch (the processor sends them to the dead-letter topic).
     A connection of ``reads`` reads the tenants' current state ahead of the
-    writes (see :func:`apply_events`).
+    writes (see :func:`apply_events`). Events of tenants in ``elsewhere`` (placed on
+    another database server) are passed over; the checkpoints still move past them, and
+    so they do past events without a valid tenant unless ``homeless_here`` (they become
+    dead letters on one server only: ``main``).
     """
     result = BatchResult()
     if not events:
@@ -215,6 +223,8 @@ async def apply_batch(
             reads=reads,
             budget_ms=budget_ms,
             topic=topic,
+            elsewhere=elsewhere,
+            homeless_here=homeless_here,
         )
         if result.dead_letters:
             await deadletters.put(conn, consumer, result.dead_letters)
@@ -244,8 +254,14 @@ async def apply_events(
     reads: asyncpg.Pool | None = None,
     budget_ms: int | None = None,
     topic: str = "",
+    elsewhere: frozenset[str] = frozenset(),
+    homeless_here: bool = True,
 ) -> None:
     """Fold ``items`` into the tenant projections (the caller owns the transaction).
+
+    Tenants in ``elsewhere`` are placed on another database server
+    (:mod:`eventfold.placement`): their events are counted and left to it, and so are
+    events without a valid tenant unless ``homeless_here``.
 
     Each tenant's events are folded into its live schema (``topic`` is where they
     come from). Events of a record holding dead letters are set aside behind
@@ -276,9 +292,14 @@ async def apply_events(
     for item in items:
         ev = item.event
         if ev is None or ev.tenant is None or not is_valid("tenant", ev.tenant):
+            if not homeless_here:
+                result.elsewhere += 1
+                continue
             result.dead_letters.append(_dead(item, "", "undecodable envelope or no valid tenant"))
             continue
         groups[ev.tenant].append(item)
+    for tenant in elsewhere & groups.keys():
+        result.elsewhere += len(groups.pop(tenant))
     for tenant in deferred & groups.keys():
         result.dead_letters += [
             _dead(i, tenant, f"deferred: tenant {tenant} is being retried", deferred=True)
