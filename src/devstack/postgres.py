@@ -12,6 +12,7 @@ not hand out the whole cluster.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pwd
 import signal
@@ -23,6 +24,7 @@ from urllib.parse import unquote, urlsplit
 
 from devstack.base import InfraError, Progress, Service, as_root, oneline
 from devstack.process import run, spawn, wait_ready
+from eventfold.settings import Settings
 
 BIN = Path("/usr/lib/postgresql/15/bin")
 OS_USER = "postgres"
@@ -296,3 +298,44 @@ class Postgres(Service):
         except Exception as exc:
             return oneline(exc)
         return None
+
+
+class PostgresServer(Postgres):
+    """Another local cluster, for a server of ``EVENTFOLD_DATABASE_SERVERS``: its own
+    data under var/postgres-NAME, its port from that server's URL."""
+
+    env_var: ClassVar[str] = "EVENTFOLD_DATABASE_SERVERS"
+
+    @property
+    def root(self) -> Path:
+        """var/postgres-NAME: this cluster and its socket directory."""
+        return self.var / self.name
+
+    @property
+    def external(self) -> bool:
+        """A server's URL on another host is the user's own (we only probe it)."""
+        return urlsplit(self.settings.database_url).hostname not in _LOCAL_HOSTS
+
+
+_LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def server_clusters(settings: Settings) -> list[Service]:
+    """A :class:`PostgresServer` for each server past ``main`` in ``settings``, or, when
+    none is set, in the last ``up`` that had some (so ``down`` and ``status`` without
+    the setting still reach the clusters it started)."""
+    remembered = settings.var_dir / "postgres-servers"
+    if settings.database_servers:
+        remembered.parent.mkdir(parents=True, exist_ok=True)
+        remembered.write_text("\n".join(settings.database_servers) + "\n")
+    else:
+        try:
+            servers = tuple(remembered.read_text().split())
+        except FileNotFoundError:
+            servers = ()
+        settings = dataclasses.replace(settings, database_servers=servers)
+    out: list[Service] = []
+    for name, url in list(settings.server_urls.items())[1:]:
+        cls = type(f"PostgresServer_{name}", (PostgresServer,), {"name": f"postgres-{name}"})
+        out.append(cls(dataclasses.replace(settings, database_url=url)))
+    return out

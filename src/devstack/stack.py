@@ -17,7 +17,7 @@ from devstack.apt import install
 from devstack.base import InfraError, Progress, Service, ServiceStatus
 from devstack.java import JAVA_PACKAGES
 from devstack.kafka import cluster, strays
-from devstack.postgres import Postgres
+from devstack.postgres import Postgres, server_clusters
 from devstack.process import exclusive, live_pid, port_free, stop, tcp_open
 from devstack.redis import Redis
 from devstack.s3 import S3Proxy
@@ -28,9 +28,17 @@ from eventfold.settings import Settings
 def services(settings: Settings) -> list[Service]:
     """The stack in start order (Kafka last: slowest, and nothing waits on it).
 
-    With Redis Sentinel, a Redis replica and the sentinels follow (devstack.sentinel).
+    With more database servers (``EVENTFOLD_DATABASE_SERVERS``), a cluster for each
+    after ``main``'s; with Redis Sentinel, a Redis replica and the sentinels follow
+    (devstack.sentinel).
     """
-    stack = [Postgres(settings), Redis(settings), S3Proxy(settings), *cluster(settings)]
+    stack = [
+        Postgres(settings),
+        *server_clusters(settings),
+        Redis(settings),
+        S3Proxy(settings),
+        *cluster(settings),
+    ]
     return stack + sentinel_services(settings)
 
 
