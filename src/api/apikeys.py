@@ -13,7 +13,7 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 
 from eventfold.apikeys import stored_key
-from eventfold.appkeys import CURSORS, POOL
+from eventfold.appkeys import CURSORS, PLACEMENT
 from eventfold.openapi import (
     AFTER,
     CONSISTENCY,
@@ -67,7 +67,7 @@ async def list_api_keys(request: web.Request) -> web.Response:
     _, tenant = await authorize_tenant(request, "admin")
     limit = query_int(request, "limit", 50, 1, 1000)
     after = after_cursor(request, _KIND, "")
-    async with request.app[POOL].acquire(timeout=5) as conn:
+    async with request.app[PLACEMENT].acquire(tenant.id) as conn:
         rows = await conn.fetch(
             "SELECT id, tenant, name, roles, secret_hash, created_at, revoked_at"
             " FROM eventfold.api_keys WHERE tenant = $1 AND id > $2 ORDER BY id LIMIT $3",

@@ -11,7 +11,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from eventfold import readmodel
-from eventfold.appkeys import CURSORS, POOL
+from eventfold.appkeys import CURSORS, PLACEMENT
 from eventfold.openapi import (
     AFTER,
     CONSISTENCY,
@@ -63,7 +63,7 @@ async def list_collections(request: web.Request) -> web.Response:
     _, tenant = await authorize_tenant(request, "reader")
     limit = query_int(request, "limit", 50, 1, 1000)
     after = after_cursor(request, _KIND, "")
-    async with tenant_connection(request.app[POOL], tenant.id) as conn:
+    async with tenant_connection(request.app[PLACEMENT], tenant.id) as conn:
         names = await readmodel.list_collections(conn, tenant.id, after, limit + 1)
     page = [{"name": name} for name in names[:limit]]
     nxt = request.app[CURSORS].encode(_KIND, page[-1]["name"]) if len(names) > limit else None

@@ -24,7 +24,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from eventfold import deadletters
-from eventfold.appkeys import CURSORS, POOL, SETTINGS
+from eventfold.appkeys import CURSORS, PLACEMENT, SETTINGS
 from eventfold.cachefill import refresh_after_redrive
 from eventfold.envelope import pydantic_errors
 from eventfold.errors import FieldError, ValidationFailed
@@ -164,7 +164,7 @@ async def list_dead_letters(request: web.Request) -> web.Response:
     _, tenant = await authorize_tenant(request, "admin")
     limit = query_int(request, "limit", 50, 1, 1000)
     after = _after(request)
-    async with request.app[POOL].acquire(timeout=5) as conn:
+    async with request.app[PLACEMENT].acquire(tenant.id) as conn:
         rows = await deadletters.list_letters(
             conn, _consumer(request), tenant=tenant.id, limit=limit + 1, after=after
         )
@@ -201,8 +201,9 @@ async def redrive_dead_letters(request: web.Request) -> web.Response:
     from eventfold.projection.redrive import redrive  # deferred: the fold loads on first use
 
     app = request.app
+    pool = await app[PLACEMENT].pool_for(tenant.id)
     report = await redrive(
-        app[POOL],
+        pool,
         _consumer(request),
         tenant=tenant.id,
         key=body.key,
@@ -211,7 +212,7 @@ async def redrive_dead_letters(request: web.Request) -> web.Response:
     )
     if report.applied:
         # A read right after the redrive sees it (the cache processor would within seconds).
-        await refresh_after_redrive(app[SETTINGS], app[POOL], report.keys)
+        await refresh_after_redrive(app[SETTINGS], pool, report.keys)
     keys = [
         {
             "key": k["key"],

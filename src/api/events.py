@@ -10,7 +10,7 @@ from aiohttp import web
 
 from api import models
 from eventfold import readmodel
-from eventfold.appkeys import CURSORS, EVENT_TYPES, POOL, REDIS
+from eventfold.appkeys import CURSORS, EVENT_TYPES, PLACEMENT, REDIS
 from eventfold.dedup import pending_event
 from eventfold.errors import FieldError, NotFound, ValidationFailed
 from eventfold.livefeed import history_item
@@ -102,7 +102,7 @@ async def list_events(request: web.Request) -> web.Response:
         seq = request.app[CURSORS].decode(kind, after)
         if not isinstance(seq, int):
             raise ValidationFailed("bad cursor", errors=[FieldError("/after", "invalid cursor")])
-    async with tenant_connection(request.app[POOL], tenant.id) as conn:
+    async with tenant_connection(request.app[PLACEMENT], tenant.id) as conn:
         rows = await readmodel.history_page(
             conn,
             tenant.id,
@@ -127,7 +127,7 @@ async def get_event(request: web.Request) -> web.Response:
     event_id = request.match_info["id"]
     if not 0 < len(event_id) <= 256 or "\x00" in event_id:
         raise NotFound("no such event")
-    async with tenant_connection(request.app[POOL], tenant.id) as conn:
+    async with tenant_connection(request.app[PLACEMENT], tenant.id) as conn:
         row = await readmodel.history_event(conn, tenant.id, event_id)
     if row is not None:
         [item] = await request.app[EVENT_TYPES].upcast(

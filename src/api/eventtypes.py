@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from eventfold.appkeys import CURSORS, EVENT_TYPES, POOL
+from eventfold.appkeys import CURSORS, EVENT_TYPES, PLACEMENT
 from eventfold.errors import NotFound
 from eventfold.eventtypes import definitions, names
 from eventfold.eventtypes.definitions import TypeHistory
@@ -127,7 +127,7 @@ async def list_types(request: web.Request) -> web.Response:
     _, tenant = await authorize_tenant(request, "reader")
     limit = query_int(request, "limit", 50, 1, 1000)
     after = after_cursor(request, _KIND, "")
-    async with request.app[POOL].acquire(timeout=5) as conn:
+    async with request.app[PLACEMENT].acquire(tenant.id) as conn:
         rows = await definitions.latest_versions(conn, tenant.id, after, limit + 1)
     page = [
         {

@@ -15,7 +15,7 @@ import asyncpg
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from eventfold.appkeys import CURSORS, POOL
+from eventfold.appkeys import CURSORS, PLACEMENT
 from eventfold.errors import NotFound
 from eventfold.events.integration import INTEGRATION_ID_PATTERN
 from eventfold.openapi import (
@@ -103,7 +103,7 @@ async def get_integration(request: web.Request) -> web.Response:
     integration_id = request.match_info["id"]
     if _ID.fullmatch(integration_id) is None:
         raise NotFound(f"no integration {integration_id[:64]}")
-    async with request.app[POOL].acquire(timeout=5) as conn:
+    async with request.app[PLACEMENT].acquire(tenant.id) as conn:
         row = await conn.fetchrow(
             f"SELECT {_COLUMNS} FROM eventfold.integrations"
             " WHERE id = $1 AND tenant = $2 AND deleted_at IS NULL",
@@ -120,7 +120,7 @@ async def list_integrations(request: web.Request) -> web.Response:
     _, tenant = await authorize_tenant(request, "admin")
     limit = query_int(request, "limit", 50, 1, 1000)
     after = after_cursor(request, _KIND, "")
-    async with request.app[POOL].acquire(timeout=5) as conn:
+    async with request.app[PLACEMENT].acquire(tenant.id) as conn:
         rows = await conn.fetch(
             f"SELECT {_COLUMNS} FROM eventfold.integrations"
             " WHERE tenant = $1 AND deleted_at IS NULL AND id > $2 ORDER BY id LIMIT $3",

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from api import models
 from eventfold import ids, readmodel
-from eventfold.appkeys import CACHE, CURSORS, POOL
+from eventfold.appkeys import CACHE, CURSORS, PLACEMENT
 from eventfold.cache import record_payload
 from eventfold.errors import FieldError, NotFound, ValidationFailed
 from eventfold.openapi import (
@@ -106,7 +106,7 @@ async def get_record(request: web.Request) -> web.Response:
     if cached is not None:
         version, body = cached.version, cached.body
     else:
-        async with tenant_connection(request.app[POOL], tenant.id) as conn:
+        async with tenant_connection(request.app[PLACEMENT], tenant.id) as conn:
             row = await readmodel.read_record(conn, tenant.id, collection, record_id)
         if row is None:  # never existed: not cached, so its creation shows at once
             raise NotFound(f"no record {collection}/{record_id}")
@@ -153,7 +153,7 @@ async def list_records(request: web.Request) -> web.Response:
     kind = f"records:{shape}"
     after = request.query.get("after")
     position = request.app[CURSORS].decode(kind, after) if after else None
-    async with tenant_connection(request.app[POOL], tenant.id) as conn:
+    async with tenant_connection(request.app[PLACEMENT], tenant.id) as conn:
         rows = await readmodel.list_records(
             conn, tenant.id, collection, order, filters, position, limit
         )

@@ -33,7 +33,7 @@ from aiohttp import web
 from api.stream_hub import HUB, Frame, StreamHub, Subscriber
 from api.stream_slots import RENEW_SECONDS, StreamSlot, take_slot
 from eventfold import faults, readmodel
-from eventfold.appkeys import EVENT_TYPES, METRICS, POOL, REDIS, SETTINGS, TENANTS
+from eventfold.appkeys import EVENT_TYPES, METRICS, PLACEMENT, REDIS, SETTINGS, TENANTS
 from eventfold.errors import BadRequest, FieldError, Unauthorized, ValidationFailed
 from eventfold.eventtypes.names import is_custom
 from eventfold.livefeed import history_item
@@ -276,7 +276,7 @@ async def _write(
 
     if last is not None:
         while True:
-            async with tenant_connection(app[POOL], tenant) as conn:
+            async with tenant_connection(app[PLACEMENT], tenant) as conn:
                 rows = await readmodel.applied_after(conn, tenant, last, _REPLAY_PAGE)
             for row in rows:
                 item = history_item(row)

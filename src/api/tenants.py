@@ -8,11 +8,12 @@ client should not have to decode a token to learn its own.
 
 from __future__ import annotations
 
+import asyncpg
 from aiohttp import web
 from pydantic import BaseModel, Field
 
 from api import models
-from eventfold.appkeys import CURSORS, POOL
+from eventfold.appkeys import CURSORS, PLACEMENT
 from eventfold.auth import ROLES
 from eventfold.openapi import (
     AFTER,
@@ -88,12 +89,17 @@ async def list_tenants(request: web.Request) -> web.Response:
     (await authenticate(request)).require("platform-admin")
     limit = query_int(request, "limit", 50, 1, 1000)
     after = after_cursor(request, _KIND, "")
-    async with request.app[POOL].acquire(timeout=5) as conn:
-        rows = await conn.fetch(
-            f"SELECT {TENANT_COLUMNS} FROM eventfold.tenants WHERE id > $1 ORDER BY id LIMIT $2",
-            after,
-            limit + 1,
-        )
+    rows: list[asyncpg.Record] = []
+    # Every server's first page past the cursor, merged: a tenant's row is on its server.
+    for pool in request.app[PLACEMENT].pools.values():
+        async with pool.acquire(timeout=5) as conn:
+            rows += await conn.fetch(
+                f"SELECT {TENANT_COLUMNS} FROM eventfold.tenants"
+                " WHERE id > $1 ORDER BY id LIMIT $2",
+                after,
+                limit + 1,
+            )
+    rows = sorted(rows, key=lambda r: str(r["id"]))[: limit + 1]
     # The same resource as GET /v1/tenants/{t}, each of them.
     page = [Tenant.from_row(r).as_dict() for r in rows[:limit]]
     nxt = request.app[CURSORS].encode(_KIND, page[-1]["id"]) if len(rows) > limit else None

@@ -13,7 +13,7 @@ from datetime import datetime
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from eventfold.appkeys import CURSORS, POOL
+from eventfold.appkeys import CURSORS, PLACEMENT
 from eventfold.errors import NotFound
 from eventfold.events.webhook import WEBHOOK_ID_PATTERN
 from eventfold.openapi import (
@@ -96,7 +96,7 @@ async def list_webhooks(request: web.Request) -> web.Response:
     _, tenant = await authorize_tenant(request, "admin")
     limit = query_int(request, "limit", 50, 1, 1000)
     after = after_cursor(request, "webhooks", "")
-    async with request.app[POOL].acquire(timeout=5) as conn:
+    async with request.app[PLACEMENT].acquire(tenant.id) as conn:
         rows = await conn.fetch(
             "SELECT id, url, types, created_at, disabled_at, disabled_reason"
             " FROM eventfold.webhooks WHERE tenant = $1 AND deleted_at IS NULL AND id > $2"
@@ -116,7 +116,7 @@ async def list_deliveries(request: web.Request) -> web.Response:
     hook_id = request.match_info["id"]
     limit = query_int(request, "limit", 50, 1, 1000)
     after = after_cursor(request, "webhook-attempts", 2**62)
-    async with request.app[POOL].acquire(timeout=5) as conn:
+    async with request.app[PLACEMENT].acquire(tenant.id) as conn:
         found = await conn.fetchval(
             "SELECT true FROM eventfold.webhooks WHERE id = $1 AND tenant = $2",
             hook_id,

@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from eventfold.appkeys import CURSORS, POOL
+from eventfold.appkeys import CURSORS, PLACEMENT
 from eventfold.errors import FieldError, NotFound, ValidationFailed
 from eventfold.openapi import (
     AFTER,
@@ -144,7 +144,7 @@ async def list_workflows(request: web.Request) -> web.Response:
     limit = query_int(request, "limit", 50, 1, 1000)
     after = after_cursor(request, "workflows", "")
     await wait_for_consistency(request, tenant.id)
-    async with tenant_connection(request.app[POOL], tenant.id) as conn:
+    async with tenant_connection(request.app[PLACEMENT], tenant.id) as conn:
         items = await reads.list_workflows(conn, tenant.id, after, limit + 1)
     nxt = (
         request.app[CURSORS].encode("workflows", items[limit - 1]["id"])
@@ -159,7 +159,7 @@ async def get_workflow(request: web.Request) -> web.Response:
     _, tenant = await authorize_tenant(request, "reader")
     workflow = request.match_info["id"]
     await wait_for_consistency(request, tenant.id)
-    async with tenant_connection(request.app[POOL], tenant.id) as conn:
+    async with tenant_connection(request.app[PLACEMENT], tenant.id) as conn:
         doc = await reads.get_workflow(conn, tenant.id, workflow)
     if doc is None:
         raise NotFound(f"no workflow {workflow[:64]} in tenant {tenant.id}")
@@ -182,7 +182,7 @@ async def list_runs(request: web.Request) -> web.Response:
                 "bad cursor", errors=[FieldError("/after", "invalid cursor")]
             ) from None
     await wait_for_consistency(request, tenant.id)
-    async with tenant_connection(request.app[POOL], tenant.id) as conn:
+    async with tenant_connection(request.app[PLACEMENT], tenant.id) as conn:
         if after is None and await reads.workflow_state(conn, tenant.id, workflow) is None:
             raise NotFound(f"no workflow {workflow[:64]} in tenant {tenant.id}")
         items = await reads.list_runs(conn, tenant.id, workflow, after, limit + 1)
@@ -198,7 +198,7 @@ async def get_run(request: web.Request) -> web.Response:
     _, tenant = await authorize_tenant(request, "reader")
     run = request.match_info["run"]
     await wait_for_consistency(request, tenant.id)
-    async with tenant_connection(request.app[POOL], tenant.id) as conn:
+    async with tenant_connection(request.app[PLACEMENT], tenant.id) as conn:
         doc = await reads.get_run(conn, tenant.id, run)
     if doc is None:
         raise NotFound(f"no run {run[:64]} in tenant {tenant.id}")

@@ -22,8 +22,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from consumers.runtime.runner import Supervised
-from entrypoints.registry import PROCESSORS
-from eventfold import gctune, malloctrim, openapi, ratelimit, tracing
+from entrypoints.registry import PROCESSORS, instances
+from eventfold import gctune, malloctrim, openapi, placement, ratelimit, tracing
 from eventfold.admission import Admission, WaitSlots
 from eventfold.apikeys import ApiKeyDirectory
 from eventfold.appkeys import (
@@ -36,6 +36,7 @@ from eventfold.appkeys import (
     HEALTH,
     LOG_END,
     METRICS,
+    PLACEMENT,
     POOL,
     RATE_LIMITER,
     REDIS,
@@ -44,19 +45,26 @@ from eventfold.appkeys import (
     VERIFIER,
     WAIT_SLOTS,
     WATCHER,
+    WATCHERS,
 )
 from eventfold.auth import TokenVerifier
 from eventfold.authlimit import AuthFailures, AuthLimit, trusted_networks
 from eventfold.cache import RecordCache
 from eventfold.checkpoints import CheckpointWatcher
-from eventfold.clients import close_pool, open_pool, redis_client
+from eventfold.clients import (
+    close_placement,
+    close_pool,
+    open_placement,
+    open_pool,
+    redis_client,
+)
 from eventfold.cursors import CursorCodec
 from eventfold.eventtypes.definitions import Registry
 from eventfold.health import Health, HealthOut
 from eventfold.logend import LogEnd
 from eventfold.metrics import Metrics
 from eventfold.ratelimit import Limits, RateLimiter
-from eventfold.settings import Settings
+from eventfold.settings import HOME_SERVER, Settings
 from eventfold.tenancy import TenantDirectory
 from eventfold.web import (
     compression_middleware,
@@ -147,13 +155,23 @@ async def _restore_gc(app: web.Application) -> None:
 
 async def _postgres_ctx(app: web.Application) -> AsyncIterator[None]:
     pool = await open_pool(app[SETTINGS])
+    try:
+        placed = await open_placement(app[SETTINGS], pool)
+    except BaseException:
+        await close_pool(pool)
+        raise
     app[POOL] = pool
-    app[TENANTS] = TenantDirectory(pool)
-    app[EVENT_TYPES] = Registry(pool)
-    app[HEALTH].add("postgres", check_postgres(pool), critical=True)
+    app[PLACEMENT] = placed
+    app[TENANTS] = TenantDirectory(placed)
+    app[EVENT_TYPES] = Registry(placed)
+    for name, server_pool in placed.pools.items():
+        check = "postgres" if server_pool is pool else f"postgres@{name}"
+        app[HEALTH].add(check, check_postgres(server_pool), critical=True)
     try:
         yield
     finally:
+        await close_placement(placed)
+        await placement.close_directories()  # those the processors in this process opened
         await close_pool(pool)
 
 
@@ -176,7 +194,14 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _api_keys_ctx(app: web.Application) -> AsyncIterator[None]:
-    directory = ApiKeyDirectory(app[SETTINGS].database_url, app[POOL])
+    settings, placed = app[SETTINGS], app[PLACEMENT]
+    directory = ApiKeyDirectory(
+        settings.database_url,
+        app[POOL],
+        others=[
+            (settings.server_urls[n], p) for n, p in placed.pools.items() if p is not app[POOL]
+        ],
+    )
     await directory.start()
     app[API_KEYS] = directory
     try:
@@ -208,23 +233,28 @@ def _tenant_changed(app: web.Application, tenant: str | None) -> None:
 
 async def _watcher_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    watcher = CheckpointWatcher(
-        settings.database_url,
-        app[POOL],
-        consumer=f"{settings.consumer_group_prefix}.projector",
-        topic=settings.events_topic,
-    )
-    if TENANTS in app:
-        watcher.on_tenant_changed = functools.partial(_tenant_changed, app)
-    await watcher.start()
-    app[WATCHER] = watcher
+    # One per database server: each server's projector commits (and notifies) its own.
+    watchers: dict[str, CheckpointWatcher] = {}
+    for name, pool in app[PLACEMENT].pools.items():
+        watcher = watchers[name] = CheckpointWatcher(
+            settings.server_urls[name],
+            pool,
+            consumer=f"{settings.consumer_group_prefix}.projector",
+            topic=settings.events_topic,
+        )
+        if TENANTS in app:
+            watcher.on_tenant_changed = functools.partial(_tenant_changed, app)
+        await watcher.start()
+    app[WATCHER] = watchers[HOME_SERVER]
+    app[WATCHERS] = watchers
     # Connects to Kafka on the first token past the known end, not before.
     log_end = app[LOG_END] = LogEnd(settings, app[METRICS])
     try:
         yield
     finally:
         await log_end.close()
-        await watcher.stop()
+        for watcher in watchers.values():
+            await watcher.stop()
 
 
 def check_postgres(pool: asyncpg.Pool) -> Callable[[], object]:
@@ -239,12 +269,23 @@ def check_postgres(pool: asyncpg.Pool) -> Callable[[], object]:
 
 def _processor_ctx(name: str) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        running = Supervised(name, PROCESSORS[name], app[SETTINGS], app[POOL], app[METRICS])
-        app[HEALTH].add(name, running.check, critical=True)
+        settings, placed = app[SETTINGS], app[PLACEMENT]
+        running = []
+        for label, server in instances(name, settings):
+            instance = Supervised(
+                label,
+                PROCESSORS[name],
+                settings.on_server(server),
+                placed.pools[server],
+                app[METRICS],
+            )
+            app[HEALTH].add(label, instance.check, critical=True)
+            running.append(instance)
         try:
             yield
         finally:
-            await running.close()
+            for instance in running:
+                await instance.close()
 
     return ctx
 

@@ -89,6 +89,10 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+#: Commands that work on ``main``'s database alone (see eventfold.placement).
+ONE_SERVER_COMMANDS = frozenset({"dlq", "replay", "verify", "events", "workflows", "keys"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     args = parser().parse_args(argv)
@@ -119,6 +123,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "workflows": workflows.command,
         "keys": keys.command,
     }[args.command]
+    if settings.database_servers and args.command in ONE_SERVER_COMMANDS:
+        # Run on main alone they would miss (or, replayed, misplace) the others' tenants.
+        print(
+            f"eventfold {args.command}: not yet for tenants across several database"
+            " servers (EVENTFOLD_DATABASE_SERVERS is set); see"
+            " docs/guides/several-machines.md",
+            file=sys.stderr,
+        )
+        return 2
     try:
         return handler(settings, args)
     except KeyboardInterrupt:

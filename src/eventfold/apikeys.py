@@ -32,6 +32,7 @@ import re
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -147,9 +148,11 @@ class ApiKeyDirectory:
         watched_ttl: float = WATCHED_TTL,
         max_known: int = MAX_KNOWN,
         max_unknown: int = MAX_UNKNOWN,
+        others: Sequence[tuple[str, asyncpg.Pool]] = (),
     ) -> None:
-        self._dsn = dsn
-        self._pool = pool
+        #: Every database server's address and pool (a key is on its tenant's server;
+        #: ``others`` are the servers past the first, see :mod:`eventfold.placement`).
+        self._servers = [(dsn, pool), *others]
         self._watched_ttl = watched_ttl
         #: Looked-up keys (revoked ones too) and, apart, ids that named no key; each
         #: by the time of its lookup, oldest first.
@@ -157,20 +160,27 @@ class ApiKeyDirectory:
         self._unknown: OrderedDict[str, float] = OrderedDict()
         self._max_known = max_known
         self._max_unknown = max_unknown
-        self._listening = False
-        self._task: asyncio.Task[None] | None = None
-        self._conn: asyncpg.Connection | None = None
+        #: The servers whose key changes are heard now.
+        self._heard: set[str] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def _listening(self) -> bool:
+        return len(self._heard) == len(self._servers)
 
     async def start(self) -> None:
-        """Begin listening for key changes (in the background, reconnecting)."""
-        self._task = asyncio.create_task(self._listen_forever(), name="apikey-listener")
+        """Begin listening for key changes on every server (in the background, reconnecting)."""
+        self._tasks = [
+            asyncio.create_task(self._listen_forever(dsn), name="apikey-listener")
+            for dsn, _ in self._servers
+        ]
 
     async def stop(self) -> None:
-        """Stop listening and release the connection."""
-        if self._task is not None:
-            self._task.cancel()
+        """Stop listening and release the connections."""
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
 
     async def authenticate(self, key: str, *, fresh: bool = False) -> Principal:
         """The principal of a valid, unrevoked ``key``; 401 otherwise.
@@ -210,10 +220,16 @@ class ApiKeyDirectory:
             missed = self._unknown.get(key_id)
             if missed is not None and now - missed < _NEGATIVE_TTL:
                 return None
-        async with asyncio.timeout(_LOOKUP_TIMEOUT), self._pool.acquire() as conn:
-            row = await conn.fetchrow(
-                f"SELECT {_COLUMNS} FROM eventfold.api_keys WHERE id = $1", key_id
-            )
+        row = None
+        async with asyncio.timeout(_LOOKUP_TIMEOUT):
+            # The key's tenant (so its server) is known only once it is found.
+            for _, pool in self._servers:
+                async with pool.acquire() as conn:
+                    row = await conn.fetchrow(
+                        f"SELECT {_COLUMNS} FROM eventfold.api_keys WHERE id = $1", key_id
+                    )
+                if row is not None:
+                    break
         if row is None:
             self._known.pop(key_id, None)
             _remember(self._unknown, key_id, now, self._max_unknown)
@@ -241,19 +257,19 @@ class ApiKeyDirectory:
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         self.forget(payload)
 
-    async def _listen_forever(self) -> None:
+    async def _listen_forever(self, dsn: str) -> None:
         backoff = Backoff(0.2, 5.0)
         while True:
             conn: asyncpg.Connection | None = None
             try:
                 lost = asyncio.Event()
                 async with asyncio.timeout(10):
-                    conn = await connect(self._dsn)
+                    conn = await connect(dsn)
                     conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                     await conn.add_listener(APIKEY_CHANNEL, self._on_notify)
                 # Anything revoked while not listening is forgotten now.
                 self.clear()
-                self._listening = True
+                self._heard.add(dsn)
                 backoff.reset()
                 while not lost.is_set():
                     with contextlib.suppress(TimeoutError):
@@ -263,7 +279,7 @@ class ApiKeyDirectory:
             except Exception as exc:  # the listener must outlive any failure: it reconnects
                 log.warning("api key listener down, reconnecting", extra={"error": repr(exc)})
             finally:
-                self._listening = False
+                self._heard.discard(dsn)
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(conn.close(), 1)

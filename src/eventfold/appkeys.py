@@ -27,6 +27,7 @@ from eventfold.eventtypes.definitions import Registry
 from eventfold.health import Health
 from eventfold.logend import LogEnd
 from eventfold.metrics import Metrics
+from eventfold.placement import Placement
 from eventfold.ratelimit import RateLimiter
 from eventfold.settings import Settings
 from eventfold.tenancy import TenantDirectory
@@ -41,7 +42,12 @@ POOL = web.AppKey("pool", asyncpg.Pool)
 REDIS = web.AppKey("redis", Redis)
 VERIFIER = web.AppKey("verifier", TokenVerifier)
 TENANTS = web.AppKey("tenants", TenantDirectory)
+#: A pool on every database server and the tenant → server directory (``app[POOL]``
+#: is ``main``'s): tenant data is read through it.
+PLACEMENT = web.AppKey("placement", Placement)
 WATCHER = web.AppKey("watcher", CheckpointWatcher)
+#: Each database server's watcher (``WATCHER`` is ``main``'s).
+WATCHERS: web.AppKey[dict[str, CheckpointWatcher]] = web.AppKey("watchers")
 LOG_END = web.AppKey("log_end", LogEnd)
 CURSORS = web.AppKey("cursors", CursorCodec)
 HEALTH = web.AppKey("health", Health)

@@ -50,6 +50,7 @@ from eventfold.db import KeptConnection
 from eventfold.envelope import CloudEvent, replaced
 from eventfold.errors import PermanentError
 from eventfold.groupcommit import Batcher
+from eventfold.placement import Placement, pool_of
 from eventfold.sealing import Keyring, SealError, keyring
 from eventfold.settings import Settings
 from eventfold.tenancy import DELETED, Tenant, TenantDirectory
@@ -239,7 +240,10 @@ class Sealer:
     :class:`~eventfold.publisher.Publisher`: whoever writes into a personal collection,
     its data reaches the log encrypted)."""
 
-    def __init__(self, pool: asyncpg.Pool, tenants: TenantDirectory, keyring: Keyring) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool | Placement, tenants: TenantDirectory, keyring: Keyring
+    ) -> None:
+        #: One pool, or every server's: a tenant's keys are on its server.
         self._pool = pool
         self._tenants = tenants
         self.keyring = keyring
@@ -251,10 +255,7 @@ class Sealer:
         #: Keys that concurrent publishes need made go out together (group commit), one
         #: statement at a time (the batches go one after another) on a connection kept
         #: for it, with no acquire and release around each.
-        self._maker: Batcher[tuple[str, tuple[str, ...]], dict[str, DataKey]] = Batcher(
-            self._make_many, None, max_in_flight=1, name="data-keys"
-        )
-        self._conn = KeptConnection(pool, timeout=5)
+        self._makers: dict[int, _KeyMaker] = {}
 
     async def seal(self, tenant: str, events: Sequence[CloudEvent]) -> list[bytes | None]:
         """The envelope as the log is to hold it, data encrypted, of each of ``events`` in
@@ -281,9 +282,17 @@ class Sealer:
         return out
 
     async def close(self) -> None:
-        """Wait for the keys being made, then give the maker's connection back."""
-        await self._maker.close()
-        await self._conn.drop()
+        """Wait for the keys being made, then give the makers' connections back."""
+        for maker in self._makers.values():
+            await maker.close()
+
+    async def _maker_for(self, tenant: str) -> _KeyMaker:
+        """The key maker of ``tenant``'s database server."""
+        pool = await pool_of(self._pool, tenant)
+        maker = self._makers.get(id(pool))
+        if maker is None:
+            maker = self._makers[id(pool)] = _KeyMaker(pool, self.keyring)
+        return maker
 
     async def _keys_for(self, tenant: Tenant, subjects: set[str]) -> dict[str, DataKey]:
         held = self._keys.get(tenant.id)
@@ -294,13 +303,32 @@ class Sealer:
         keys = held[1]
         missing = [s for s in subjects if s not in keys]
         if missing:
-            found = await self._maker.submit((tenant.id, tuple(missing)))
+            maker = await self._maker_for(tenant.id)
+            found = await maker.batcher.submit((tenant.id, tuple(missing)))
             if self._held + len(found) > _CACHE_SIZE:
                 self._keys = {tenant.id: held}  # bounded: a reset beats an LRU for this
                 self._held = len(keys)
             keys.update(found)
             self._held += len(found)
         return keys
+
+
+class _KeyMaker:
+    """Makes the keys concurrent publishes need on one database server: together (group
+    commit), one statement at a time (the batches go one after another) on a connection
+    kept for it, with no acquire and release around each."""
+
+    def __init__(self, pool: asyncpg.Pool, keyring: Keyring) -> None:
+        self.keyring = keyring
+        self.batcher: Batcher[tuple[str, tuple[str, ...]], dict[str, DataKey]] = Batcher(
+            self._make_many, None, max_in_flight=1, name="data-keys"
+        )
+        self._conn = KeptConnection(pool, timeout=5)
+
+    async def close(self) -> None:
+        """Wait for the keys being made, then give the connection back."""
+        await self.batcher.close()
+        await self._conn.drop()
 
     async def _make_many(
         self, asks: Sequence[tuple[str, tuple[str, ...]]]

@@ -33,6 +33,7 @@ from asyncpg.transaction import Transaction
 
 from eventfold.errors import Forbidden
 from eventfold.ids import tenant_role, tenant_schema
+from eventfold.placement import Placement, pool_of
 
 #: Tenants deleted for good (ids are never used again), in each Redis (cache and state):
 #: writers that may lag behind a deletion (the hot-key flush of every API process, the
@@ -109,7 +110,8 @@ class Tenant:
 class TenantDirectory:
     """Looks tenants up in PostgreSQL, keeping found ones in memory for a while."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool | Placement) -> None:
+        #: One pool, or every server's (a tenant's row is on its server).
         self._pool = pool
         self._cache: dict[str, tuple[float, Tenant]] = {}
 
@@ -118,7 +120,8 @@ class TenantDirectory:
         hit = self._cache.get(tenant_id)
         if hit is not None and not fresh and time.monotonic() - hit[0] < _POSITIVE_TTL:
             return hit[1]
-        async with self._pool.acquire(timeout=5) as conn:
+        pool = await pool_of(self._pool, tenant_id)
+        async with pool.acquire(timeout=5) as conn:
             row = await conn.fetchrow(
                 f"SELECT {TENANT_COLUMNS} FROM eventfold.tenants WHERE id = $1", tenant_id
             )
@@ -254,9 +257,10 @@ async def _begin_as(conn: asyncpg.Connection, role: str) -> Transaction:
 
 @asynccontextmanager
 async def tenant_connection(
-    pool: asyncpg.Pool, tenant: str, *, acquire_timeout: float = ACQUIRE_TIMEOUT
+    pool: asyncpg.Pool | Placement, tenant: str, *, acquire_timeout: float = ACQUIRE_TIMEOUT
 ) -> AsyncIterator[asyncpg.Connection]:
-    """A pooled connection in a READ ONLY transaction running as the tenant's role.
+    """A pooled connection in a READ ONLY transaction running as the tenant's role
+    (on the tenant's database server when ``pool`` is a :class:`Placement`).
 
     ``SET LOCAL`` ends with the transaction, so the connection goes back to the
     pool as the login role whatever happens inside. A role that is missing or
@@ -264,7 +268,7 @@ async def tenant_connection(
     this process runs) is repaired once, then the read goes on.
     """
     role = tenant_role(tenant)
-    async with pool.acquire(timeout=acquire_timeout) as conn:
+    async with (await pool_of(pool, tenant)).acquire(timeout=acquire_timeout) as conn:
         try:
             tx = await _begin_as(conn, role)
         except (asyncpg.InvalidParameterValueError, asyncpg.InsufficientPrivilegeError):

@@ -28,6 +28,7 @@ from eventfold.appkeys import (
     CURSORS,
     LOG_END,
     METRICS,
+    PLACEMENT,
     RATE_LIMITER,
     REQUEST_DEADLINE,
     SETTINGS,
@@ -35,6 +36,7 @@ from eventfold.appkeys import (
     VERIFIER,
     WAIT_SLOTS,
     WATCHER,
+    WATCHERS,
 )
 from eventfold.auth import Principal
 from eventfold.consistency import decode
@@ -445,6 +447,9 @@ async def wait_for_consistency(request: web.Request, tenant: str | None = None) 
     required = decode(token)
     app = request.app
     watcher = app[WATCHER]
+    watchers = app.get(WATCHERS)
+    if tenant is not None and watchers is not None and len(watchers) > 1:
+        watcher = watchers[await app[PLACEMENT].directory.server_of(tenant)]
     within = app[SETTINGS].consistency_wait_seconds
     slots = app.get(WAIT_SLOTS)
     with slots.take(tenant or "") if slots is not None else contextlib.nullcontext():

@@ -18,7 +18,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from eventfold import apikeys
-from eventfold.appkeys import POOL, PUBLISHER
+from eventfold.appkeys import PLACEMENT, PUBLISHER
 from eventfold.envelope import CloudEvent, pydantic_errors
 from eventfold.errors import NotFound, ValidationFailed
 from eventfold.events.apikey import KEY_ID_PATTERN, ApiKeyCreated, ApiKeyRevoked, KeyRole
@@ -123,7 +123,7 @@ async def revoke_api_key(request: web.Request) -> web.Response:
     key_id = request.match_info["id"]
     if _KEY_ID.fullmatch(key_id) is None:
         raise NotFound(f"no API key {key_id[:64]}")
-    async with request.app[POOL].acquire(timeout=5) as conn:
+    async with request.app[PLACEMENT].acquire(tenant.id) as conn:
         found = await conn.fetchval(
             "SELECT true FROM eventfold.api_keys WHERE id = $1 AND tenant = $2",
             key_id,

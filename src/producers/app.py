@@ -12,7 +12,7 @@ from eventfold.appkeys import (
     HEALTH,
     LOG_END,
     METRICS,
-    POOL,
+    PLACEMENT,
     PUBLISHER,
     REDIS,
     SEND_POLICY,
@@ -64,7 +64,7 @@ async def _publisher_ctx(app: web.Application) -> AsyncIterator[None]:
         topic=settings.events_topic,
         policy=app.get(SEND_POLICY),
         on_acked=app[LOG_END].saw if LOG_END in app else None,
-        sealer=Sealer(app[POOL], app[TENANTS], keyring(settings)),
+        sealer=Sealer(app[PLACEMENT], app[TENANTS], keyring(settings)),
     )
     await retrying(
         publisher.start,

@@ -15,7 +15,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from eventfold import datakeys, ids
-from eventfold.appkeys import POOL, PUBLISHER, TENANTS
+from eventfold.appkeys import PLACEMENT, PUBLISHER, TENANTS
 from eventfold.envelope import pydantic_errors
 from eventfold.errors import Conflict, ValidationFailed
 from eventfold.openapi import AUTH_ERRORS, IDEMPOTENCY_KEY, TENANT, Operation, Reply, register
@@ -92,7 +92,7 @@ async def erase(request: web.Request) -> web.Response:
         subject=body.subject,
         data=None,
     )
-    async with request.app[POOL].acquire(timeout=5) as conn, conn.transaction():
+    async with request.app[PLACEMENT].acquire(tenant.id) as conn, conn.transaction():
         destroyed = await datakeys.destroy(conn, tenant.id, body.subject)
         # At the commit, every listening process reads the tenant again and so drops the
         # keys it held for it (eventfold.datakeys).

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.exceptions import RedisError
 
 from eventfold import actors, ids, signing
-from eventfold.appkeys import POOL, PUBLISHER, REDIS, SETTINGS, TENANTS
+from eventfold.appkeys import PLACEMENT, PUBLISHER, REDIS, SETTINGS, TENANTS
 from eventfold.egress import AllowList, EgressRefused, check_url
 from eventfold.envelope import CloudEvent, pydantic_errors
 from eventfold.errors import (
@@ -293,7 +293,7 @@ async def _stored(request: web.Request, tenant: str) -> asyncpg.Record:
     integration_id = request.match_info["id"]
     if _ID.fullmatch(integration_id) is None:
         raise NotFound(f"no integration {integration_id[:64]}")
-    async with request.app[POOL].acquire(timeout=5) as conn:
+    async with request.app[PLACEMENT].acquire(tenant) as conn:
         row: asyncpg.Record | None = await conn.fetchrow(
             "SELECT id, config, webhook_secret_sealed FROM eventfold.integrations"
             " WHERE id = $1 AND tenant = $2 AND deleted_at IS NULL",
@@ -370,7 +370,7 @@ async def request_sync(request: web.Request) -> web.Response:
     """
     _, tenant = await authorize_tenant(request, "admin")
     row = await _stored(request, tenant.id)
-    async with request.app[POOL].acquire(timeout=5) as conn:
+    async with request.app[PLACEMENT].acquire(tenant.id) as conn:
         await conn.execute(
             "UPDATE eventfold.integrations SET sync_requested = true WHERE id = $1", row["id"]
         )
@@ -418,7 +418,7 @@ async def inbound_webhook(request: web.Request) -> web.Response:
         raise ValidationFailed(
             "invalid webhook page", errors=[FieldError("/items", str(exc))]
         ) from None
-    pool = request.app[POOL]
+    pool = await request.app[PLACEMENT].pool_for(tenant)
     async with pool.acquire(timeout=5) as conn:
         known = await load_states(conn, row["id"], ids_)
     changes = page_changes(tenant, spec, items, known)

@@ -9,7 +9,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from eventfold import actors, datakeys, ids, readmodel
-from eventfold.appkeys import POOL, PUBLISHER, SETTINGS, TENANTS
+from eventfold.appkeys import PLACEMENT, PUBLISHER, SETTINGS, TENANTS
 from eventfold.envelope import CloudEvent, EnvelopeInvalid, parse_event, pydantic_errors, stamp
 from eventfold.errors import (
     BadRequest,
@@ -122,6 +122,9 @@ async def create_tenant(request: web.Request) -> web.Response:
         raise Conflict(f"tenant {data.id} was deleted: a tenant id is never used again")
     if existing is not None:
         raise Conflict(f"tenant {data.id} exists already")
+    # Placed before its first event is published: every server's projector that reads
+    # the event finds the entry (eventfold.placement).
+    await request.app[PLACEMENT].directory.place(data.id)
     event = commands.gateway_event(
         tenant=data.id,
         event_id=commands.tenant_created_event_id(data.id),
@@ -253,7 +256,7 @@ async def _refuse_hopeless_condition(
     never come back. Anything else (higher, or 0) may still match once pending
     events are applied, so it goes to the log and the projector decides.
     """
-    async with tenant_connection(request.app[POOL], tenant) as conn:
+    async with tenant_connection(request.app[PLACEMENT], tenant) as conn:
         current = await readmodel.record_version(conn, tenant, collection, record_id)
     if current is not None and expected < current:
         raise PreconditionFailed(

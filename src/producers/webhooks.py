@@ -23,7 +23,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from eventfold import signing
-from eventfold.appkeys import POOL, PUBLISHER, SETTINGS
+from eventfold.appkeys import PLACEMENT, PUBLISHER, SETTINGS
 from eventfold.egress import AllowList, EgressRefused, check_url
 from eventfold.envelope import CloudEvent, pydantic_errors
 from eventfold.errors import FieldError, NotFound, ValidationFailed
@@ -189,7 +189,7 @@ def _hook_id(request: web.Request) -> str:
 
 
 async def _require_hook(request: web.Request, tenant: str, hook_id: str) -> None:
-    async with request.app[POOL].acquire(timeout=5) as conn:
+    async with request.app[PLACEMENT].acquire(tenant) as conn:
         found = await conn.fetchval(
             "SELECT true FROM eventfold.webhooks WHERE id = $1 AND tenant = $2"
             " AND deleted_at IS NULL",
@@ -234,7 +234,7 @@ async def redrive_webhook(request: web.Request) -> web.Response:
         raise ValidationFailed("invalid redrive", errors=pydantic_errors(exc)) from None
     await _require_hook(request, tenant.id, hook_id)
     since = body.since if body.since.tzinfo else body.since.replace(tzinfo=UTC)
-    async with request.app[POOL].acquire(timeout=5) as conn:
+    async with request.app[PLACEMENT].acquire(tenant.id) as conn:
         # One UPDATE: a concurrent second run waits on the row locks, then finds
         # the rows pending (no longer exhausted) and redrives nothing. Each is marked a
         # head at once: the claim still holds back one behind an earlier pending one.

@@ -27,7 +27,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from eventfold.appkeys import POOL, PUBLISHER, SETTINGS
+from eventfold.appkeys import PLACEMENT, PUBLISHER, SETTINGS
 from eventfold.egress import AllowList
 from eventfold.envelope import pydantic_errors
 from eventfold.errors import Conflict, FieldError, NotFound, ValidationFailed
@@ -35,6 +35,7 @@ from eventfold.events.workflow import RunCommand, WorkflowDeleted, WorkflowSaved
 from eventfold.eventtypes.definitions import type_exists
 from eventfold.eventtypes.names import REGISTRATION_ROUTE, is_custom
 from eventfold.openapi import BODY_ERRORS, TENANT, Operation, Param, Reply, register
+from eventfold.placement import pool_of
 from eventfold.publisher import consistency_token
 from eventfold.sealing import keyring
 from eventfold.tenancy import tenant_connection
@@ -175,7 +176,7 @@ async def _unregistered_types(request: web.Request, tenant: str, body: Any) -> l
     errors: list[FieldError] = []
     for i, name in enumerate(types if isinstance(types, list) else []):
         registered = not (isinstance(name, str) and is_custom(name)) or await type_exists(
-            request.app[POOL], tenant, name
+            await pool_of(request.app[PLACEMENT], tenant), tenant, name
         )
         if not registered:
             errors.append(
@@ -196,7 +197,7 @@ def _path_id(request: web.Request) -> str:
 
 
 async def _state(request: web.Request, tenant: str, workflow: str) -> tuple[int, bool] | None:
-    async with tenant_connection(request.app[POOL], tenant) as conn:
+    async with tenant_connection(request.app[PLACEMENT], tenant) as conn:
         return await reads.workflow_state(conn, tenant, workflow)
 
 
@@ -287,7 +288,7 @@ async def _command(request: web.Request, kind: str, step: str | None) -> web.Res
         raise NotFound(f"no step {step[:64]} in run {run}")
     body = await _command_body(request)
     await wait_for_consistency(request, tenant.id)
-    async with tenant_connection(request.app[POOL], tenant.id) as conn:
+    async with tenant_connection(request.app[PLACEMENT], tenant.id) as conn:
         doc = await reads.get_run(conn, tenant.id, run)
     if doc is None:
         raise NotFound(f"no run {run} in tenant {tenant.id}")

@@ -26,6 +26,7 @@ from pydantic import TypeAdapter
 from eventfold.eventtypes import names, schemas
 from eventfold.eventtypes.projection import Projection
 from eventfold.eventtypes.upcast import Default, Drop, Rename, Step, apply, implicit_defaults
+from eventfold.placement import Placement, pool_of
 
 #: How long a process trusts that it knows a type's latest version.
 LATEST_TTL_SECONDS = 0.5
@@ -174,7 +175,8 @@ class Registry:
     notifier keeps its own for the deliveries.
     """
 
-    def __init__(self, pool: asyncpg.Pool, *, ttl: float = LATEST_TTL_SECONDS) -> None:
+    def __init__(self, pool: asyncpg.Pool | Placement, *, ttl: float = LATEST_TTL_SECONDS) -> None:
+        #: One pool, or every server's: a tenant's types are on its server.
         self._pool = pool
         self._ttl = ttl
         #: (tenant, type) -> (when the latest version was last checked, the history).
@@ -208,8 +210,10 @@ class Registry:
         if conn is not None:
             rows = await fetch(conn, tenant, type_name, known.latest)
         else:
-            async with asyncio.timeout(LOOKUP_TIMEOUT), self._pool.acquire() as own:
-                rows = await fetch(own, tenant, type_name, known.latest)
+            async with asyncio.timeout(LOOKUP_TIMEOUT):
+                pool = await pool_of(self._pool, tenant)
+                async with pool.acquire() as own:
+                    rows = await fetch(own, tenant, type_name, known.latest)
         for row in rows:
             known.extend(row)
         if not known.latest:

@@ -1,0 +1,122 @@
+"""Tenants placed across two PostgreSQL servers: each server's projector folds its own.
+
+A PRIVATE second cluster (``postgres-b`` on a free port, data in a temporary folder)
+started by ``devstack`` as ``infra up`` does for ``EVENTFOLD_DATABASE_SERVERS``; the
+session's cluster is ``main``. The app runs with its own topic and consumer groups.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+import pytest_asyncio
+
+from devstack import down_async, ensure_topics, up_async
+from eventfold.clients import open_pool
+from eventfold.ids import tenant_schema
+from eventfold.settings import Settings
+from tests.conftest import free_port
+from tests.integration.conftest import SESSION_PARTS, Api, TenantApi, serving
+
+pytestmark = [pytest.mark.integration]
+
+R = "/collections/things/records"
+
+
+def _quiet(_line: str) -> None:
+    """Infra progress lines are noise in a test log."""
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def two_servers(stack: Settings) -> AsyncIterator[Settings]:
+    """The session's settings with a private second server ``b``; torn down even on failure."""
+    home = Path(tempfile.mkdtemp(prefix="eventfold-placement-"))
+    run = uuid.uuid4().hex[:8]
+    b = f"postgresql://eventfold:eventfold@127.0.0.1:{free_port()}/eventfold"
+    settings = dataclasses.replace(
+        stack,
+        home=home,
+        database_servers=(f"b={b}",),
+        external=frozenset({"kafka", "postgres", "redis", "s3"}),  # the session's
+        events_topic=f"{stack.events_topic}.placement-{run}",
+        dlq_topic=f"{stack.dlq_topic}.placement-{run}",
+        consumer_group_prefix=f"{stack.consumer_group_prefix}-placement-{run}",
+    )
+    try:
+        await up_async(settings, progress=_quiet)
+        await ensure_topics(settings)
+        yield settings
+    finally:
+        await down_async(settings, progress=_quiet)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+async def _schemas(settings: Settings) -> dict[str, set[str]]:
+    """The tenant schemas on each server."""
+    out: dict[str, set[str]] = {}
+    for name, url in settings.server_urls.items():
+        conn = await asyncpg.connect(url)
+        try:
+            rows = await conn.fetch("SELECT nspname FROM pg_namespace")
+        finally:
+            await conn.close()
+        out[name] = {r["nspname"] for r in rows}
+    return out
+
+
+async def test_each_tenant_is_folded_on_its_server_and_read_from_it(
+    two_servers: Settings, api: Api
+) -> None:
+    # A tenant from before the second server (created by the session's one-server app).
+    old = TenantApi(api, (await api.create_tenant())["id"])
+    async with serving(two_servers, SESSION_PARTS) as client:
+        placed = Api(client, two_servers)
+        new = TenantApi(placed, (await placed.create_tenant())["id"])
+        old = TenantApi(placed, old.id)
+        main = await open_pool(two_servers)
+        try:
+            directory = dict(
+                await main.fetch(
+                    "SELECT tenant, server FROM eventfold.tenant_placement"
+                    " WHERE tenant = ANY($1::text[])",
+                    [old.id, new.id],
+                )
+            )
+        finally:
+            await main.close()
+        # The old tenant keeps main; the new one goes to b, which has none.
+        assert directory == {old.id: "main", new.id: "b"}
+
+        tokens = {}
+        for t in (old, new):
+            for n in range(3):
+                doc = await t.write("POST", R, json={"id": f"r{n}", "data": {"owner": t.id}})
+            tokens[t.id] = doc["consistency_token"]
+        for t in (old, new):
+            page = await t.read_json(R, tokens[t.id])
+            assert sorted(i["id"] for i in page["items"]) == ["r0", "r1", "r2"]
+            assert {i["data"]["owner"] for i in page["items"]} == {t.id}
+            one = await t.read_json(f"{R}/r1")
+            assert one["data"] == {"owner": t.id}
+            history = await t.read_json("/events", tokens[t.id])
+            assert sum(e["subject"].startswith("things/") for e in history["items"]) == 3, history
+
+        # Each tenant's schema is on its server only: folded once, where it lives.
+        schemas = await _schemas(two_servers)
+        new_schema, old_schema = (tenant_schema(t.id).strip('"') for t in (new, old))
+        assert new_schema in schemas["b"]
+        assert new_schema not in schemas["main"]
+        assert old_schema in schemas["main"]
+        assert old_schema not in schemas["b"]
+
+        # The platform admin's list merges both servers' tenants.
+        listed = await placed.request("GET", "/v1/tenants?limit=1000")
+        ids = {t["id"] for t in (await listed.json())["items"]}
+        assert {old.id, new.id} <= ids
