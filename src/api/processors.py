@@ -25,10 +25,11 @@ import asyncpg
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from eventfold.appkeys import POOL, SETTINGS
+from eventfold.appkeys import PLACEMENT, SETTINGS
 from eventfold.db import fetch_checkpoints
 from eventfold.openapi import AUTH_ERRORS, Operation, Reply, register
-from eventfold.settings import Settings
+from eventfold.placement import PER_SERVER_PROCESSORS, server_group
+from eventfold.settings import HOME_SERVER, Settings
 from eventfold.web import authenticate, json_response
 
 _PATH = "/v1/processors"
@@ -238,26 +239,42 @@ async def list_processors(request: web.Request) -> web.Response:
     """``{"items": [{"name", "group", "store", "lag", "partitions", "backlog"}], "next": null}``."""
     (await authenticate(request)).require("platform-admin")
     settings = request.app[SETTINGS]
-    kafka_groups = [s.group(settings) for s in SOURCES if s.store == "kafka"]
+    # Each processor working on one database server's tenants is listed once per server
+    # (``projector@b``: its checkpoints and backlog are that server's).
+    instances = [
+        (source, server, settings.on_server(server))
+        for server in request.app[PLACEMENT].pools
+        for source in SOURCES
+        if server == HOME_SERVER or source.name in PER_SERVER_PROCESSORS
+    ]
+    kafka_groups = [_group(s, scoped) for s, _, scoped in instances if s.store == "kafka"]
     log = await _read_log(request.app[_KAFKA], settings, kafka_groups)
     items = []
-    async with request.app[POOL].acquire(timeout=5) as conn:
-        for source in SOURCES:
-            group = source.group(settings)
-            positions: dict[int, int] = {}
+    for source, server, scoped in instances:
+        group = _group(source, scoped)
+        positions: dict[int, int] = {}
+        async with request.app[PLACEMENT].pools[server].acquire(timeout=5) as conn:
             if source.store == "postgres":
                 positions = await fetch_checkpoints(conn, group, settings.events_topic)
             elif source.store == "kafka":
                 positions = log.groups.get(group, {})
-            partitions = _partitions(log, positions) if source.store else []
-            items.append(
-                {
-                    "name": source.name,
-                    "group": group or None,
-                    "store": source.store,
-                    "lag": sum(p["lag"] for p in partitions) if source.store else None,
-                    "partitions": partitions,
-                    "backlog": await _backlog(conn, source.name),
-                }
-            )
+            backlog = await _backlog(conn, source.name)
+        partitions = _partitions(log, positions) if source.store else []
+        items.append(
+            {
+                "name": source.name if server == HOME_SERVER else f"{source.name}@{server}",
+                "group": group or None,
+                "store": source.store,
+                "lag": sum(p["lag"] for p in partitions) if source.store else None,
+                "partitions": partitions,
+                "backlog": backlog,
+            }
+        )
     return json_response({"items": items, "next": None})
+
+
+def _group(source: Source, scoped: Settings) -> str:
+    """The source's checkpoint name (the same on every server) or its Kafka group (one
+    per server)."""
+    group = source.group(scoped)
+    return server_group(group, scoped) if source.store == "kafka" and group else group

@@ -1,7 +1,7 @@
 """The ``eventfold`` command: run, serve, process, replay, verify, workflows and the rest.
 
 Every subcommand: run, serve, process, infra, token, dlq, replay, verify, events,
-workflows, schemas, keys.
+workflows, schemas, keys, tenants.
 
 Each command loads what it runs: serving imports the app and its clients, a
 stream processor only its own package (:mod:`entrypoints.registry`), ``token``
@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from entrypoints import dlq, keys, replay, workflows
+from entrypoints import dlq, keys, placement, replay, workflows
 from entrypoints.listen import CannotListen, listen
 from entrypoints.output import print_json
 from entrypoints.registry import PROCESSORS
@@ -82,15 +82,12 @@ def parser() -> argparse.ArgumentParser:
     replay.add_parsers(sub)
     workflows.add_parser(sub)
     keys.add_parser(sub)
+    placement.add_parser(sub)
 
     schemas = sub.add_parser("schemas", help="the JSON Schemas of the event types")
     schemas.add_argument("action", choices=["export", "check"])
     schemas.add_argument("--json", action="store_true")
     return p
-
-
-#: Commands that work on ``main``'s database alone (see eventfold.placement).
-ONE_SERVER_COMMANDS = frozenset({"dlq", "replay", "verify", "events", "workflows", "keys"})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -122,16 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "events": replay.events_command,
         "workflows": workflows.command,
         "keys": keys.command,
+        "tenants": placement.command,
     }[args.command]
-    if settings.database_servers and args.command in ONE_SERVER_COMMANDS:
-        # Run on main alone they would miss (or, replayed, misplace) the others' tenants.
-        print(
-            f"eventfold {args.command}: not yet for tenants across several database"
-            " servers (EVENTFOLD_DATABASE_SERVERS is set); see"
-            " docs/guides/several-machines.md",
-            file=sys.stderr,
-        )
-        return 2
     try:
         return handler(settings, args)
     except KeyboardInterrupt:

@@ -18,7 +18,7 @@ from entrypoints import audit
 from entrypoints.output import print_json
 from eventfold import deadletters
 from eventfold.cachefill import refresh_after_redrive
-from eventfold.clients import open_pool
+from eventfold.clients import close_placement, open_placement, open_pool
 from eventfold.settings import Settings
 
 
@@ -55,20 +55,32 @@ def _figures(keys: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def command(settings: Settings, args: argparse.Namespace) -> int:
     """``eventfold dlq list|show|redrive``; its exit status (1: something is left)."""
-    from eventfold.projection.redrive import redrive  # deferred: the fold, for this command only
+    # deferred: the fold, for this command only
+    from eventfold.projection.redrive import RedriveReport, redrive
 
     consumer = f"{settings.consumer_group_prefix}.projector"
 
     async def main() -> int:
         pool = await open_pool(settings, attempts=3)
+        placed = await open_placement(settings, pool)
         try:
+            # A tenant's dead letters are on its server; without --tenant, every server's.
+            pools = (
+                [await placed.pool_for(args.tenant)] if args.tenant else list(placed.pools.values())
+            )
             if args.dlq_command == "redrive":
-                report = await redrive(
-                    pool, consumer, tenant=args.tenant, key=args.key, dry_run=args.dry_run,
-                    topic=settings.events_topic,
-                )  # fmt: skip
-                if report.applied and not args.dry_run:
-                    await refresh_after_redrive(settings, pool, report.keys)
+                report = RedriveReport()
+                for server_pool in pools:
+                    part = await redrive(
+                        server_pool, consumer, tenant=args.tenant, key=args.key,
+                        dry_run=args.dry_run, topic=settings.events_topic,
+                    )  # fmt: skip
+                    if part.applied and not args.dry_run:
+                        await refresh_after_redrive(settings, server_pool, part.keys)
+                    report.applied += part.applied
+                    report.rejected += part.rejected
+                    report.still_parked += part.still_parked
+                    report.keys += part.keys
                 if (report.applied or report.rejected) and not args.dry_run:
                     await audit.record(
                         settings,
@@ -100,15 +112,18 @@ def command(settings: Settings, args: argparse.Namespace) -> int:
                         f"{report.still_parked} left as dead letters"
                     )
                 return 1 if report.still_parked else 0
-            async with pool.acquire(timeout=10) as conn:
-                rows = await deadletters.list_letters(
-                    conn,
-                    consumer,
-                    tenant=args.tenant,
-                    key=getattr(args, "key", None),
-                    event_id=getattr(args, "event_id", None),
-                )
+            rows = []
+            for server_pool in pools:
+                async with server_pool.acquire(timeout=10) as conn:
+                    rows += await deadletters.list_letters(
+                        conn,
+                        consumer,
+                        tenant=args.tenant,
+                        key=getattr(args, "key", None),
+                        event_id=getattr(args, "event_id", None),
+                    )
         finally:
+            await close_placement(placed)
             await pool.close()
         if args.dlq_command == "show":
             if not rows:

@@ -91,11 +91,16 @@ def command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _rotate(settings: Settings, ring: Keyring) -> dict[str, int]:
-    pool = await open_pool(settings)
-    try:
-        return {f"{c.table}.{c.column}": await reseal(pool, ring, c) for c in COLUMNS}
-    finally:
-        await pool.close()
+    """Re-seal on every database server (each holds its tenants' sealed values)."""
+    counts = {f"{c.table}.{c.column}": 0 for c in COLUMNS}
+    for server in settings.server_urls:
+        pool = await open_pool(settings.on_server(server))
+        try:
+            for c in COLUMNS:
+                counts[f"{c.table}.{c.column}"] += await reseal(pool, ring, c)
+        finally:
+            await pool.close()
+    return counts
 
 
 async def reseal(pool: asyncpg.Pool, ring: Keyring, column: SealedColumn) -> int:

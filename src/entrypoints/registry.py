@@ -17,6 +17,7 @@ import asyncpg
 
 from consumers.runtime.runner import Processor, ProcessorFactory
 from eventfold.metrics import Metrics
+from eventfold.placement import PER_SERVER_PROCESSORS
 from eventfold.settings import HOME_SERVER, Settings
 
 
@@ -69,16 +70,10 @@ def _workflows(settings: Settings, pool: asyncpg.Pool, metrics: Metrics) -> Proc
     return WorkflowProcessor(settings, pool, metrics)
 
 
-#: Processors that work on one database server's tenants (see
-#: :mod:`eventfold.placement`): with several servers, one instance runs per server, with
-#: its pool there. The others (the archive, analytics) run once, on ``main``.
-PER_SERVER = frozenset({"projector", "cache", "notifier", "workflows", "sync"})
-
-
 def instances(name: str, settings: Settings) -> list[tuple[str, str]]:
     """``(label, server)`` of each instance of processor ``name`` a process runs: the
     label is ``name`` on ``main``, ``name@server`` elsewhere."""
-    servers = list(settings.server_urls) if name in PER_SERVER else [HOME_SERVER]
+    servers = list(settings.server_urls) if name in PER_SERVER_PROCESSORS else [HOME_SERVER]
     return [(name if s == HOME_SERVER else f"{name}@{s}", s) for s in servers]
 
 

@@ -13,13 +13,14 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
+import asyncpg
 import orjson
 
 from entrypoints import audit
 from eventfold import cachefill, gctune, readmodel
-from eventfold.clients import open_pool
+from eventfold.clients import close_placement, open_placement, open_pool
 from eventfold.ids import check
-from eventfold.settings import Settings
+from eventfold.settings import HOME_SERVER, Settings
 
 if TYPE_CHECKING:
     from consumers.rebuild.rebuild import Report
@@ -137,34 +138,57 @@ def _run(settings: Settings, args: argparse.Namespace, *, compare_only: bool, ve
     # RSS in a served process)
     from consumers.rebuild.rebuild import Options, all_tenants, rebuild_many
 
+    async def on_server(server: str, pool: asyncpg.Pool, asked: list[str]) -> list[Report]:
+        """Rebuild (or compare) ``asked`` (every tenant when empty) on one database server."""
+        scoped = settings.on_server(server)
+        tenants = asked or await all_tenants(pool)
+        if asked:
+            async with pool.acquire(timeout=10) as conn:
+                gone = await readmodel.deleted_tenants(conn, tenants)
+            for tenant in sorted(gone):
+                print(f"eventfold: tenant {tenant} was deleted: skipped", file=sys.stderr)
+            tenants = [t for t in tenants if t not in gone]
+        if getattr(args, "outdated", False):
+            async with pool.acquire(timeout=10) as conn:
+                outdated = await readmodel.outdated_tenants(conn)
+            tenants = [t for t in tenants if t in outdated]
+        if not tenants:
+            return []
+        # Every tenant of the server in one pass over the log (each has its own shadow
+        # and swap).
+        label = tenants[0] if len(tenants) == 1 else f"{len(tenants)} tenants"
+        bar = ProgressLine(label if server == HOME_SERVER else f"{label} on {server}")
+        opts = Options(
+            from_time=args.from_time,
+            from_archive=args.from_archive,
+            compare_only=compare_only,
+            rate=args.rate,
+            progress=bar,  # stderr: stdout stays the JSON document
+        )
+        reports = await rebuild_many(scoped, pool, tenants, opts)
+        bar.done()
+        return reports
+
     async def main() -> list[Report]:
         pool = await open_pool(settings, attempts=3)
         gctune.settle()  # the process's own: nothing to restore
         reports: list[Report] = []
         try:
-            tenants = list(dict.fromkeys(args.tenant)) if args.tenant else await all_tenants(pool)
-            if args.tenant:
-                async with pool.acquire(timeout=10) as conn:
-                    gone = await readmodel.deleted_tenants(conn, tenants)
-                for tenant in sorted(gone):
-                    print(f"eventfold: tenant {tenant} was deleted: skipped", file=sys.stderr)
-                tenants = [t for t in tenants if t not in gone]
-            if getattr(args, "outdated", False):
-                async with pool.acquire(timeout=10) as conn:
-                    outdated = await readmodel.outdated_tenants(conn)
-                tenants = [t for t in tenants if t in outdated]
-            if tenants:
-                # Every tenant in one pass over the log (each has its own shadow and swap).
-                bar = ProgressLine(tenants[0] if len(tenants) == 1 else f"{len(tenants)} tenants")
-                opts = Options(
-                    from_time=args.from_time,
-                    from_archive=args.from_archive,
-                    compare_only=compare_only,
-                    rate=args.rate,
-                    progress=bar,  # stderr: stdout stays the JSON document
-                )
-                reports = await rebuild_many(settings, pool, tenants, opts)
-                bar.done()
+            placed = await open_placement(settings, pool)
+            try:
+                asked = list(dict.fromkeys(args.tenant or ()))
+                # Each server rebuilds its own tenants (eventfold.placement).
+                by_server: dict[str, list[str]] = {s: [] for s in placed.pools}
+                for tenant, server in (await placed.directory.servers_of(asked)).items():
+                    by_server[server].append(tenant)
+                for server, server_pool in placed.pools.items():
+                    if asked and not by_server[server]:
+                        continue
+                    mine = sorted(by_server[server], key=asked.index)
+                    reports += await on_server(server, server_pool, mine)
+            finally:
+                await close_placement(placed)
+            if reports:
                 await cachefill.forget_tenants(settings, {r.tenant for r in reports if r.swapped})
                 figures = {r.tenant: _figures(r.as_dict()) for r in reports}
                 action = "verify" if compare_only else "replay"
@@ -234,16 +258,20 @@ def events_command(settings: Settings, args: argparse.Namespace) -> int:
     async def main() -> list[dict[str, Any]]:
         pool = await open_pool(settings, attempts=3)
         try:
-            async with pool.acquire(timeout=10) as conn:
-                rows = await readmodel.browse_history(
-                    conn,
-                    args.tenant,
-                    event_type=args.type,
-                    subject=args.subject,
-                    since=args.since,
-                    until=args.until,
-                    limit=limit,
-                )
+            placed = await open_placement(settings, pool)
+            try:
+                async with placed.acquire(args.tenant) as conn:
+                    rows = await readmodel.browse_history(
+                        conn,
+                        args.tenant,
+                        event_type=args.type,
+                        subject=args.subject,
+                        since=args.since,
+                        until=args.until,
+                        limit=limit,
+                    )
+            finally:
+                await close_placement(placed)
         finally:
             await pool.close()
         return [dict(r) for r in rows]

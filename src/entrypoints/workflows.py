@@ -17,7 +17,7 @@ import asyncpg
 import orjson
 
 from entrypoints.output import print_json
-from eventfold.clients import open_pool
+from eventfold.clients import close_placement, open_placement, open_pool
 from eventfold.ids import check
 from eventfold.settings import Settings
 from eventfold.workflows import reads
@@ -109,7 +109,22 @@ def command(settings: Settings, args: argparse.Namespace) -> int:
     async def main() -> int:
         pool = await open_pool(settings, attempts=3)
         try:
-            return await _main(settings, args, pool)
+            placed = await open_placement(settings, pool)
+            try:
+                if args.tenant is not None:
+                    return await _main(settings, args, await placed.pool_for(args.tenant))
+                # ``show RUN`` without its tenant: the run's server is the one that has it
+                # (main's answers "no run" when none has).
+                for server_pool in placed.pools.values():
+                    async with server_pool.acquire(timeout=10) as conn:
+                        found = await conn.fetchval(
+                            "SELECT true FROM eventfold.workflow_runs WHERE id = $1", args.run
+                        )
+                    if found:
+                        return await _main(settings, args, server_pool)
+                return await _main(settings, args, placed.home)
+            finally:
+                await close_placement(placed)
         finally:
             await pool.close()
 

@@ -32,6 +32,18 @@ from eventfold.settings import HOME_SERVER, Settings
 _PLACEMENT_LOCK = 7_340_117
 
 
+#: Processors that work on one database server's tenants: with several servers, one
+#: instance runs per server, with its pool there. The others (the archive, analytics)
+#: run once, on ``main``.
+PER_SERVER_PROCESSORS = frozenset({"projector", "cache", "notifier", "workflows", "sync"})
+
+
+def server_group(group: str, settings: Settings) -> str:
+    """The Kafka consumer group of a log reader working on ``settings``' server: each
+    server's reads the whole log, so each needs a group of its own."""
+    return f"{group}-on-{settings.database_server}" if settings.database_server else group
+
+
 class UnknownServer(LookupError):
     """The directory names a server these settings do not configure."""
 
@@ -107,6 +119,20 @@ class Directory:
         """The server holding ``tenant``."""
         return (await self.servers_of([tenant]))[tenant]
 
+    async def counts(self) -> dict[str, int]:
+        """How many tenants the directory places on each server (every tenant is
+        ``main``'s with one server)."""
+        if self.single:
+            assert self._pool is not None
+            async with self._pool.acquire(timeout=10) as conn:
+                return {HOME_SERVER: await conn.fetchval("SELECT count(*) FROM eventfold.tenants")}
+        pool = await self._home()
+        async with pool.acquire(timeout=10) as conn:
+            rows = await conn.fetch(
+                "SELECT server, count(*) AS n FROM eventfold.tenant_placement GROUP BY server"
+            )
+        return {r["server"]: r["n"] for r in rows}
+
     async def place(self, tenant: str) -> str:
         """Place a new ``tenant`` on the server with the fewest tenants; idempotent
         (a tenant placed already keeps its server)."""
@@ -119,14 +145,10 @@ class Directory:
                 "SELECT server FROM eventfold.tenant_placement WHERE tenant = $1", tenant
             )
             if placed is None:
-                counts = dict.fromkeys(self.servers, 0)
-                for row in await conn.fetch(
+                rows = await conn.fetch(
                     "SELECT server, count(*) AS n FROM eventfold.tenant_placement GROUP BY server"
-                ):
-                    if row["server"] in counts:
-                        counts[row["server"]] = row["n"]
-                # Tenants from before the directory are main's too.
-                placed = choose_server(counts, self.servers)
+                )
+                placed = choose_server({r["server"]: r["n"] for r in rows}, self.servers)
                 await conn.execute(
                     "INSERT INTO eventfold.tenant_placement (tenant, server) VALUES ($1, $2)",
                     tenant,

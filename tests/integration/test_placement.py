@@ -7,12 +7,16 @@ session's cluster is ``main``. The app runs with its own topic and consumer grou
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import json
+import os
 import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -22,7 +26,7 @@ from devstack import down_async, ensure_topics, up_async
 from eventfold.clients import open_pool
 from eventfold.ids import tenant_schema
 from eventfold.settings import Settings
-from tests.conftest import free_port
+from tests.conftest import EVENTFOLD, free_port
 from tests.integration.conftest import SESSION_PARTS, Api, TenantApi, serving
 
 pytestmark = [pytest.mark.integration]
@@ -71,15 +75,14 @@ async def _schemas(settings: Settings) -> dict[str, set[str]]:
     return out
 
 
-async def test_each_tenant_is_folded_on_its_server_and_read_from_it(
-    two_servers: Settings, api: Api
-) -> None:
-    # A tenant from before the second server (created by the session's one-server app).
-    old = TenantApi(api, (await api.create_tenant())["id"])
+async def test_each_tenant_is_folded_on_its_server_and_read_from_it(two_servers: Settings) -> None:
+    # A tenant from before the second server: created while main was the only one.
+    async with serving(dataclasses.replace(two_servers, database_servers=()), SESSION_PARTS) as one:
+        old_id = (await Api(one, two_servers).create_tenant())["id"]
     async with serving(two_servers, SESSION_PARTS) as client:
         placed = Api(client, two_servers)
         new = TenantApi(placed, (await placed.create_tenant())["id"])
-        old = TenantApi(placed, old.id)
+        old = TenantApi(placed, old_id)
         main = await open_pool(two_servers)
         try:
             directory = dict(
@@ -120,3 +123,52 @@ async def test_each_tenant_is_folded_on_its_server_and_read_from_it(
         listed = await placed.request("GET", "/v1/tenants?limit=1000")
         ids = {t["id"] for t in (await listed.json())["items"]}
         assert {old.id, new.id} <= ids
+        # Each per-server processor is listed per server, with its own lag.
+        listed = await placed.request("GET", "/v1/processors")
+        names = {p["name"] for p in (await listed.json())["items"]}
+        assert {"projector", "projector@b", "cache@b", "workflows@b", "archiver"} <= names
+        assert "archiver@b" not in names
+
+        # The commands go to each tenant's server.
+        status, doc, err = await _eventfold(
+            two_servers, "tenants", "placement", "--tenant", old.id, "--tenant", new.id
+        )
+        assert (status, doc) == (0, {old.id: "main", new.id: "b"}), err
+        for t in (old, new):
+            status, doc, err = await _eventfold(two_servers, "events", "--tenant", t.id)
+            assert status == 0, err
+            assert sum(e["subject"].startswith("things/") for e in doc) == 3, doc
+        for command in ("verify", "replay", "verify"):
+            status, doc, err = await _eventfold(
+                two_servers, command, "--tenant", old.id, "--tenant", new.id
+            )
+            assert status == 0, (command, json.dumps(doc, indent=1, default=str), err)
+            assert sorted(r["tenant"] for r in doc["tenants"]) == sorted([old.id, new.id])
+        page = await new.read_json(R)
+        assert sorted(i["id"] for i in page["items"]) == ["r0", "r1", "r2"]
+        schemas = await _schemas(two_servers)
+        assert new_schema in schemas["b"]
+        assert new_schema not in schemas["main"]
+
+
+async def _eventfold(settings: Settings, *args: str) -> tuple[int, Any, str]:
+    """Run ``eventfold ARGS --json`` with ``settings``' servers and topics."""
+    env = {
+        **os.environ,
+        "EVENTFOLD_DATABASE_SERVERS": ",".join(settings.database_servers),
+        "EVENTFOLD_EVENTS_TOPIC": settings.events_topic,
+        "EVENTFOLD_DLQ_TOPIC": settings.dlq_topic,
+        "EVENTFOLD_CONSUMER_GROUP_PREFIX": settings.consumer_group_prefix,
+        "EVENTFOLD_LOG_LEVEL": "WARNING",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        EVENTFOLD,
+        *args,
+        "--json",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 180)
+    assert proc.returncode is not None
+    return proc.returncode, json.loads(out) if out.strip() else None, err.decode()

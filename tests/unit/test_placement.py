@@ -46,14 +46,3 @@ def test_a_bad_server_list_is_refused_naming_what_it_accepts(value: str) -> None
     assert text.startswith("EVENTFOLD_DATABASE_SERVERS: ")
     assert "name=postgresql://user:password@host:port/db pairs" in text
     assert "not main" in text
-
-
-def test_one_server_commands_stop_with_several_servers(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from entrypoints import cli
-
-    monkeypatch.setenv("EVENTFOLD_DATABASE_SERVERS", f"b={B}")
-    assert cli.main(["verify"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("eventfold verify: not yet for tenants across several database servers")

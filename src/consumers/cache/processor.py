@@ -90,8 +90,8 @@ class CacheProcessor(MemberLoop):
         #: The database server whose tenants' entries this processor refreshes; like
         #: the projector, each server's reads the log in a Kafka group of its own.
         self.server = settings.database_server or HOME_SERVER
-        self.group = (group or f"{settings.consumer_group_prefix}.cache") + (
-            f"-on-{settings.database_server}" if settings.database_server else ""
+        self.group = placement.server_group(
+            group or f"{settings.consumer_group_prefix}.cache", settings
         )
         self._directory = placement.directory(settings)
         #: The projector whose checkpoints say what PostgreSQL has committed.

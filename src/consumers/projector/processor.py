@@ -80,9 +80,7 @@ class Projector(MemberLoop):
         #: when there is one): each server's projector reads the whole log in a
         #: Kafka group of its own and passes over the other servers' tenants.
         self.server = settings.database_server or HOME_SERVER
-        self.group = self._checkpoint_name + (
-            f"-on-{settings.database_server}" if settings.database_server else ""
-        )
+        self.group = placement.server_group(self._checkpoint_name, settings)
         self._directory = placement.directory(settings)
         self.caught_up = asyncio.Event()
         #: Set while the projector holds its assignment and consumes (readiness).
