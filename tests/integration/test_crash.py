@@ -38,7 +38,7 @@ KEYS = 400
 KILLS = 5
 
 
-def workload(tenants: list[str], rng: random.Random) -> list[dict[str, Any]]:
+def workload(tenants: list[str], rng: random.Random, total: int = TOTAL) -> list[dict[str, Any]]:
     base = datetime(2024, 1, 1, tzinfo=UTC)
     events: list[dict[str, Any]] = [
         {
@@ -53,7 +53,7 @@ def workload(tenants: list[str], rng: random.Random) -> list[dict[str, Any]]:
         }
         for t in tenants
     ]
-    while len(events) < TOTAL:
+    while len(events) < total:
         i = len(events)
         if i > 100 and rng.random() < 0.03:
             events.append(events[rng.randrange(len(tenants), i)])  # a re-sent duplicate

@@ -11,7 +11,10 @@ import asyncio
 import dataclasses
 import json
 import os
+import random
 import shutil
+import signal
+import subprocess
 import tempfile
 import uuid
 from collections.abc import AsyncIterator
@@ -19,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 import pytest_asyncio
+from aiokafka import AIOKafkaProducer
 
 from devstack import down_async, ensure_topics, up_async
 from eventfold.clients import open_pool
@@ -28,6 +33,7 @@ from eventfold.ids import tenant_schema
 from eventfold.settings import Settings
 from tests.conftest import EVENTFOLD, free_port
 from tests.integration.conftest import SESSION_PARTS, Api, TenantApi, serving
+from tests.integration.test_crash import checksum, reference_fold, workload
 
 pytestmark = [pytest.mark.integration]
 
@@ -172,3 +178,113 @@ async def _eventfold(settings: Settings, *args: str) -> tuple[int, Any, str]:
     out, err = await asyncio.wait_for(proc.communicate(), 180)
     assert proc.returncode is not None
     return proc.returncode, json.loads(out) if out.strip() else None, err.decode()
+
+
+CRASH_TOTAL = 30_000
+CRASH_KILLS = 3
+
+
+async def test_sigkilled_projectors_of_two_servers_each_end_equal_to_the_fold(
+    two_servers: Settings,
+) -> None:
+    """One ``eventfold process projector`` (an instance per server) SIGKILLed mid-stream
+    and restarted: each server holds exactly its tenants, each equal to a fresh fold."""
+    rng = random.Random(20261207)
+    run = uuid.uuid4().hex[:6]
+    lane = dataclasses.replace(
+        two_servers,
+        events_topic=f"{two_servers.events_topic}.crash-{run}",
+        dlq_topic=f"{two_servers.dlq_topic}.crash-{run}",
+        consumer_group_prefix=f"{two_servers.consumer_group_prefix}.crash-{run}",
+    )
+    await ensure_topics(lane)
+    tenants = [f"crash{run}{n}" for n in range(4)]
+    where = {t: ("main", "b")[n % 2] for n, t in enumerate(tenants)}
+    pools = {name: await open_pool(lane.on_server(name)) for name in lane.server_urls}
+    try:
+        # Placed as POST /v1/tenants places them: before their first event.
+        async with pools["main"].acquire() as conn:
+            await conn.executemany(
+                "INSERT INTO eventfold.tenant_placement (tenant, server) VALUES ($1, $2)",
+                list(where.items()),
+            )
+        events = workload(tenants, rng, CRASH_TOTAL)
+        producer = AIOKafkaProducer(
+            bootstrap_servers=lane.kafka_bootstrap, enable_idempotence=True, linger_ms=20
+        )
+        await producer.start()
+        try:
+            futures = [
+                await producer.send(
+                    lane.events_topic,
+                    orjson.dumps(ev),
+                    key=f"{ev['tenant']}/{ev['subject']}".encode(),
+                )
+                for ev in events
+            ]
+            metas = await asyncio.gather(*futures)
+        finally:
+            await producer.stop()
+        log = [(m.partition, m.offset, ev) for m, ev in zip(metas, events, strict=True)]
+        env = {
+            **os.environ,
+            "EVENTFOLD_DATABASE_SERVERS": ",".join(lane.database_servers),
+            "EVENTFOLD_EVENTS_TOPIC": lane.events_topic,
+            "EVENTFOLD_DLQ_TOPIC": lane.dlq_topic,
+            "EVENTFOLD_CONSUMER_GROUP_PREFIX": lane.consumer_group_prefix,
+            "EVENTFOLD_PROJECTOR_BATCH_SIZE": "500",
+            "EVENTFOLD_HTTP_PORT": str(free_port()),
+            "EVENTFOLD_LOG_LEVEL": "WARNING",
+        }
+        consumer = f"{lane.consumer_group_prefix}.projector"
+
+        async def progress() -> int:
+            """The least of the servers' checkpoints (each server's projector reads all)."""
+            sums = []
+            for pool in pools.values():
+                async with pool.acquire() as conn:
+                    sums.append(
+                        await conn.fetchval(
+                            "SELECT coalesce(sum(next_offset), 0) FROM eventfold.checkpoints"
+                            " WHERE consumer = $1",
+                            consumer,
+                        )
+                    )
+            return int(min(sums))
+
+        targets = sorted(rng.sample(range(CRASH_TOTAL // 10, CRASH_TOTAL * 6 // 10), CRASH_KILLS))
+        for target in targets:
+            proc = subprocess.Popen([EVENTFOLD, "process", "projector"], env=env)
+            goal = max(target, await progress() + 100)  # fresh progress since the restart
+            while await progress() < goal:
+                assert proc.poll() is None, "the projector died by itself"
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(rng.uniform(0, 0.05))  # land anywhere inside a batch
+            proc.send_signal(signal.SIGKILL)
+            await asyncio.to_thread(proc.wait)
+            assert await progress() < CRASH_TOTAL, "a kill landed after the end"
+        proc = subprocess.Popen([EVENTFOLD, "process", "projector", "--burst"], env=env)
+        assert await asyncio.to_thread(proc.wait, 300) == 0
+        assert await progress() == CRASH_TOTAL
+
+        expected = reference_fold(log)
+        for t, server in where.items():
+            other = "b" if server == "main" else "main"
+            async with pools[other].acquire() as conn:
+                assert await conn.fetchval("SELECT to_regnamespace($1)", f"t_{t}") is None
+            async with pools[server].acquire() as conn:
+                rows = await conn.fetch(
+                    f'SELECT collection, id, version, data, deleted FROM "t_{t}".records'
+                )
+                history = await conn.fetchval(f'SELECT count(*) FROM "t_{t}".events')
+            actual = [
+                (r["collection"], r["id"], r["version"], r["data"], r["deleted"]) for r in rows
+            ]
+            want = [
+                (c, i, rec.version, rec.data, not rec.live) for (c, i), rec in expected[t].items()
+            ]
+            assert checksum(actual) == checksum(want), f"tenant {t} on {server} differs"
+            assert history == len({ev["id"] for ev in events if ev["tenant"] == t}), t
+    finally:
+        for pool in pools.values():
+            await pool.close()

@@ -160,26 +160,18 @@ class CacheProcessor(MemberLoop):
                 return False
             await watcher.wait_for(required, 5.0)
         values = [msg.value for msgs in got.values() for msg in msgs]
-        keys = _record_keys(values)
-        deleted = _deleted_tenants(values)
+        found = _record_keys(values)
+        found_deleted = _deleted_tenants(values)
         backoff = Backoff(0.2, 10.0)
         while True:
             try:
-                mine = await self._mine(keys.keys() | deleted)
-                break
-            except Exception as exc:
-                if not is_retriable(exc):
-                    raise
-                log.warning("placement not read, retrying", extra={"error": repr(exc)})
-            if await backoff.sleep(stop):
-                return False
-        keys = {t: k for t, k in keys.items() if t in mine}
-        deleted &= mine
-        for tenant in deleted:
-            keys.pop(tenant, None)  # its schema is gone: nothing to refresh
-        backoff.reset()
-        while True:
-            try:
+                # Only this server's tenants (eventfold.placement): the others' records
+                # are not in its database.
+                mine = await self._mine(found.keys() | found_deleted)
+                keys = {t: k for t, k in found.items() if t in mine}
+                deleted = found_deleted & mine
+                for tenant in deleted:
+                    keys.pop(tenant, None)  # its schema is gone: nothing to refresh
                 with tracing.batch_span(
                     "cache refresh",
                     (tracing.headers_carrier(m.headers) for msgs in got.values() for m in msgs),
