@@ -1,21 +1,29 @@
-"""``eventfold tenants placement``: which database server holds which tenants.
+"""``eventfold tenants placement|move``: which database server holds which tenants; moves.
 
 Without ``--tenant``, each server (``main`` first) with its URL's host and port and
 how many tenants the directory places there; with ``--tenant T`` (repeatable), the
 server of each. Each takes ``--json``. With one server every tenant is ``main``'s.
+``move T --to S`` moves a tenant while it is written and read
+(:mod:`eventfold.tenantmove`), with progress on stderr; exit status 1 when it cannot.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from entrypoints import audit
 from entrypoints.output import print_json
 from eventfold.clients import close_placement, open_placement, open_pool
 from eventfold.ids import check
+from eventfold.placement import ENTRY_SECONDS
 from eventfold.settings import Settings
+
+if TYPE_CHECKING:
+    from eventfold.tenantmove import MoveReport
 
 
 def add_parser(sub: Any) -> None:
@@ -25,6 +33,20 @@ def add_parser(sub: Any) -> None:
     placement = actions.add_parser("placement", help="each server's tenants, or a tenant's server")
     placement.add_argument("--tenant", action="append", help="this tenant's server (repeatable)")
     placement.add_argument("--json", action="store_true", help="machine-readable output")
+    move = actions.add_parser(
+        "move", help="move a tenant to another server while it is written and read"
+    )
+    move.add_argument("tenant")
+    move.add_argument("--to", required=True, metavar="SERVER", help="the server to move it to")
+    move.add_argument(
+        "--grace",
+        type=float,
+        default=3 * ENTRY_SECONDS,
+        metavar="SECONDS",
+        help="wait this long after the switch before the old copy goes"
+        f" (default {3 * ENTRY_SECONDS:g})",
+    )
+    move.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 async def _servers(settings: Settings) -> list[dict[str, Any]]:
@@ -58,8 +80,66 @@ async def _tenants(settings: Settings, tenants: list[str]) -> dict[str, str]:
         await pool.close()
 
 
+async def _move(settings: Settings, args: argparse.Namespace) -> MoveReport:
+    # deferred: every CLI process builds the parser (which imports this module), and a
+    # served process needs neither the fold nor the move
+    from eventfold.tenantmove import move_tenant
+
+    pool = await open_pool(settings, attempts=3)
+    try:
+        placed = await open_placement(settings, pool)
+        try:
+            report = await move_tenant(
+                settings,
+                placed,
+                args.tenant,
+                args.to,
+                grace=args.grace,
+                progress=lambda line: print(f"eventfold: {line}", file=sys.stderr, flush=True),
+            )
+        finally:
+            await close_placement(placed)
+    finally:
+        await pool.close()
+    figures = {
+        "from": report.source,
+        "to": report.target,
+        "rows": report.rows,
+        "seconds": round(report.seconds, 3),
+    }
+    await audit.record(
+        settings, "tenant.move", {report.tenant: figures}, operator=audit.operator_of(args.operator)
+    )
+    return report
+
+
 def command(settings: Settings, args: argparse.Namespace) -> int:
-    """Run ``eventfold tenants placement``; the exit status."""
+    """Run ``eventfold tenants placement|move``; the exit status (1: the move failed)."""
+    if args.tenants_command == "move":
+        from eventfold.tenantmove import MoveRefused, MoveStalled  # deferred: see _move
+
+        check("tenant", args.tenant)
+        try:
+            report = asyncio.run(_move(settings, args))
+        except (MoveRefused, MoveStalled) as exc:
+            print(f"eventfold tenants move: {exc}", file=sys.stderr)
+            return 1
+        doc = {
+            "tenant": report.tenant,
+            "from": report.source,
+            "to": report.target,
+            "handover": {str(p): o for p, o in sorted(report.handover.items())},
+            "rows": report.rows,
+            "seconds": round(report.seconds, 3),
+        }
+        if args.json:
+            print_json(doc)
+        else:
+            print(
+                f"{report.tenant}: moved from {report.source} to {report.target}"
+                f" ({report.rows} rows, {report.seconds:.1f} s)"
+            )
+        return 0
     if args.tenant:
         for tenant in args.tenant:
             check("tenant", tenant)

@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from eventfold.db import KeptConnection
 from eventfold.envelope import CloudEvent, replaced
-from eventfold.errors import PermanentError
+from eventfold.errors import PermanentError, Unavailable
 from eventfold.groupcommit import Batcher
 from eventfold.placement import Placement, pool_of
 from eventfold.sealing import Keyring, SealError, keyring
@@ -193,6 +193,8 @@ async def live_keys_of(
                ), made AS (
                  INSERT INTO eventfold.data_keys (id, tenant, subject, sealed)
                  SELECT i, t, s, k FROM wanted
+                 WHERE NOT EXISTS (SELECT 1 FROM eventfold.tenant_homes h
+                                   WHERE h.tenant = wanted.t AND h.state <> 'live')
                  ON CONFLICT (tenant, subject) WHERE destroyed_at IS NULL DO NOTHING
                  RETURNING id
                )
@@ -214,9 +216,18 @@ async def live_keys_of(
                 keys[record] = DataKey.of(row["id"], key)
         if len(keys) == len(wanted):
             return keys
-        # Another process made one of them after this statement's snapshot: read it next.
-    missing = [r for r in wanted if r not in keys][:3]
-    raise DataKeyError(f"no data keys for {missing}")
+        # Another process made one of them after this statement's snapshot, or the
+        # tenant is leaving this server (no key is made there: its new server would
+        # not have it): read again.
+    missing = [r for r in wanted if r not in keys]
+    moving = await conn.fetchval(
+        "SELECT tenant FROM eventfold.tenant_homes WHERE tenant = ANY($1::text[])"
+        " AND state <> 'live' LIMIT 1",
+        sorted({t for t, _ in missing}),
+    )
+    if moving is not None:
+        raise Unavailable(f"tenant {moving} is moving to another database server", retry_after=1)
+    raise DataKeyError(f"no data keys for {missing[:3]}")
 
 
 def _key_id(random: bytes) -> str:

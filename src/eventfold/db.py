@@ -266,6 +266,16 @@ CREATE INDEX IF NOT EXISTS workflow_runs_unfinished
 CREATE INDEX IF NOT EXISTS workflow_runs_finished
     ON eventfold.workflow_runs (topic, updated_at)
     WHERE status IN ('succeeded', 'failed', 'cancelled');
+-- A tenant moving to or from this server (eventfold.tenantmove): 'live' (arrived: its
+-- events from the handover positions `since` are folded here), 'leaving' (its side
+-- effects wait: deliveries, syncs, runs, new data keys), 'gone' (its events are passed
+-- over here).
+CREATE TABLE IF NOT EXISTS eventfold.tenant_homes (
+    tenant      text PRIMARY KEY,
+    state       text NOT NULL CHECK (state IN ('live', 'leaving', 'gone')),
+    since       jsonb NOT NULL DEFAULT '{}',
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
 -- Tenant -> database server (eventfold.placement); read on the first server only.
 CREATE TABLE IF NOT EXISTS eventfold.tenant_placement (
     tenant     text PRIMARY KEY,

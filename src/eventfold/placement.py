@@ -10,9 +10,9 @@ The directory (``eventfold.tenant_placement`` on ``main``) maps a tenant to its
 server. A tenant is placed when it is created (``POST /v1/tenants``), before its
 first event is published, on the server with the fewest tenants; a tenant the
 directory does not name (one created before other servers were configured) is
-on ``main`` (the first use of the directory gives each of them its entry). An
-entry never changes by itself, so one read is kept in memory for the life of the
-process.
+on ``main`` (the first use of the directory gives each of them its entry). An entry
+changes only when the tenant moves (``eventfold tenants move``); a process keeps what
+it read for :data:`ENTRY_SECONDS`.
 
 With one server nothing is looked up: every tenant is on ``main``.
 """
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Iterable
 
 import asyncpg
@@ -30,6 +31,9 @@ from eventfold.settings import HOME_SERVER, Settings
 
 #: Serialises placements, so concurrent creations count each other's tenants.
 _PLACEMENT_LOCK = 7_340_117
+#: How long a process trusts an entry it read: a tenant move changes an entry, and
+#: waits this long (and more) before the old server's copy goes (eventfold.tenantmove).
+ENTRY_SECONDS = 2.0
 
 
 #: Processors that work on one database server's tenants: with several servers, one
@@ -57,7 +61,8 @@ class Directory:
         self._pool = pool
         self._opened = False
         self._adopted = False
-        self._known: dict[str, str] = {}
+        #: tenant -> (when read, its server).
+        self._known: dict[str, tuple[float, str]] = {}
         self._lock = asyncio.Lock()
 
     @property
@@ -89,12 +94,18 @@ class Directory:
             await self._pool.close()
             self._pool, self._opened = None, False
 
-    async def servers_of(self, tenants: Iterable[str]) -> dict[str, str]:
-        """Each tenant's server (``main`` for a tenant the directory does not name)."""
+    async def servers_of(self, tenants: Iterable[str], *, fresh: bool = False) -> dict[str, str]:
+        """Each tenant's server (``main`` for a tenant the directory does not name);
+        read again when ``fresh``."""
         wanted = set(tenants)
         if self.single:
             return dict.fromkeys(wanted, HOME_SERVER)
-        missing = [t for t in wanted if t not in self._known]
+        now = time.monotonic()
+        missing = [
+            t
+            for t in wanted
+            if fresh or now - self._known.get(t, (-ENTRY_SECONDS, ""))[0] >= ENTRY_SECONDS
+        ]
         if missing:
             pool = await self._home()
             async with pool.acquire(timeout=10) as conn:
@@ -105,8 +116,10 @@ class Directory:
                 )
             # Only entries are kept: a tenant without one is not created yet (every
             # tenant from before the directory was adopted on main, see _home).
-            self._known.update((r["tenant"], r["server"]) for r in rows)
-        out = {t: self._known.get(t, HOME_SERVER) for t in wanted}
+            self._known.update((r["tenant"], (now, r["server"])) for r in rows)
+            if len(self._known) > 100_000:
+                self._known.clear()  # bounded: a reset beats an LRU for this size
+        out = {t: self._known.get(t, (now, HOME_SERVER))[1] for t in wanted}
         for tenant, server in out.items():
             if server not in self.servers:
                 raise UnknownServer(
@@ -154,7 +167,7 @@ class Directory:
                     tenant,
                     placed,
                 )
-        self._known[tenant] = placed
+        self._known[tenant] = (time.monotonic(), placed)
         return str(placed)
 
 

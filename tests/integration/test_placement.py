@@ -288,3 +288,110 @@ async def test_sigkilled_projectors_of_two_servers_each_end_equal_to_the_fold(
     finally:
         for pool in pools.values():
             await pool.close()
+
+
+async def test_a_tenant_moves_to_another_server_while_written_and_read(
+    two_servers: Settings,
+) -> None:
+    """``eventfold tenants move`` under a writer and a reader: no read fails, every
+    acknowledged write is on the new server once, and the old copy is gone."""
+    async with serving(two_servers, SESSION_PARTS) as client:
+        api = Api(client, two_servers)
+        t = TenantApi(api, (await api.create_tenant())["id"])
+        source = await _server_of(two_servers, t.id)
+        target = "main" if source == "b" else "b"
+        resp = await t.call(
+            "POST", "/api-keys", roles=("admin",), json={"name": "bot", "roles": ["reader"]}
+        )
+        assert resp.status == 201, await resp.text()
+        key_doc = await resp.json()
+        acked: dict[str, int] = {}
+        writes = 0
+        failed_writes: list[str] = []
+        failed_reads: list[str] = []
+        last_token = key_doc["consistency_token"]
+        stop = asyncio.Event()
+
+        async def write() -> None:
+            nonlocal last_token, writes
+            n = 0
+            while not stop.is_set():
+                rid = f"r{n % 40}"
+                resp = await t.call("PUT", f"{R}/{rid}", json={"n": n})
+                if resp.status == 202:
+                    acked[rid] = n
+                    writes += 1
+                    last_token = (await resp.json())["consistency_token"]
+                else:
+                    failed_writes.append(f"{resp.status} {await resp.text()}")
+                n += 1
+                await asyncio.sleep(0.01)
+
+        async def read() -> None:
+            while not stop.is_set():
+                for path in (R, "/events?limit=5"):
+                    resp = await t.read(path)
+                    if resp.status != 200:
+                        failed_reads.append(f"{path}: {resp.status} {await resp.text()}")
+                await asyncio.sleep(0.01)
+
+        tasks = [asyncio.create_task(write()), asyncio.create_task(read())]
+        try:
+            await asyncio.sleep(1.0)
+            status, doc, err = await _eventfold(
+                two_servers, "tenants", "move", t.id, "--to", target, "--grace", "4"
+            )
+            assert status == 0, err
+            assert (doc["from"], doc["to"]) == (source, target), doc
+            assert doc["rows"] > 0, doc
+            await asyncio.sleep(1.0)  # writes go on after the old copy is gone
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+        assert len(acked) == 40, acked
+        assert failed_writes == []
+        assert failed_reads == []
+
+        # Every acknowledged write is folded once, on the new server, and read back.
+        page = await t.read_json(f"{R}?limit=100", last_token)
+        assert {i["id"]: i["data"]["n"] for i in page["items"]} == acked
+        assert await _server_of(two_servers, t.id) == target
+        schemas = await _schemas(two_servers)
+        assert tenant_schema(t.id).strip('"') in schemas[target]
+        assert tenant_schema(t.id).strip('"') not in schemas[source]
+        target_pool = await open_pool(two_servers.on_server(target))
+        source_pool = await open_pool(two_servers.on_server(source))
+        try:
+            async with target_pool.acquire() as conn:
+                put_events = await conn.fetchval(
+                    f"SELECT count(*) FROM {tenant_schema(t.id)}.events WHERE type LIKE 'record.%'"
+                )
+                versions = await conn.fetchval(
+                    f"SELECT sum(version) FROM {tenant_schema(t.id)}.records"
+                )
+            async with source_pool.acquire() as conn:
+                left = await conn.fetchval(
+                    "SELECT (SELECT count(*) FROM eventfold.tenants WHERE id = $1)"
+                    " + (SELECT count(*) FROM eventfold.api_keys WHERE tenant = $1)",
+                    t.id,
+                )
+                state = await conn.fetchval(
+                    "SELECT state FROM eventfold.tenant_homes WHERE tenant = $1", t.id
+                )
+        finally:
+            await target_pool.close()
+            await source_pool.close()
+        # One history row and one version per acknowledged write: none twice, none lost.
+        assert put_events == versions == writes
+        assert left == 0
+        assert state == "gone"
+        # Its API key moved with it.
+        resp = await client.get(t.path(R), headers={"X-API-Key": key_doc["key"]})
+        assert resp.status == 200, await resp.text()
+
+
+async def _server_of(settings: Settings, tenant: str) -> str:
+    status, doc, err = await _eventfold(settings, "tenants", "placement", "--tenant", tenant)
+    assert status == 0, err
+    server: str = doc[tenant]
+    return server

@@ -58,9 +58,12 @@ WITH candidates AS (
     WHERE d.state = 'pending' AND d.head AND d.next_attempt_at <= now()
       AND d.lease_until < now()
       AND w.deleted_at IS NULL AND w.disabled_at IS NULL
-      -- A suspended tenant's deliveries wait (they go out once it is resumed).
+      -- A suspended tenant's deliveries wait (they go out once it is resumed); a
+      -- moving one's go out from its new server (eventfold.tenantmove).
       AND NOT EXISTS (SELECT 1 FROM eventfold.tenants s
                       WHERE s.id = d.tenant AND s.status <> 'active')
+      AND NOT EXISTS (SELECT 1 FROM eventfold.tenant_homes h
+                      WHERE h.tenant = d.tenant AND h.state <> 'live')
       AND NOT (d.webhook_id = ANY($1::text[])) AND NOT (d.tenant = ANY($2::text[]))
       AND NOT EXISTS (
           SELECT 1 FROM eventfold.webhook_deliveries p

@@ -283,6 +283,7 @@ class Projector(MemberLoop):
                         reads=None if careful or by_tenant else self.pool,
                         elsewhere=elsewhere,
                         homeless_here=self.server == HOME_SERVER,
+                        moves=not self._directory.single,
                     )
                 except BaseException:
                     await self._writer.drop()  # whatever failed, the next attempt starts afresh

@@ -83,9 +83,12 @@ UPDATE eventfold.integrations SET
 WHERE id IN (
     SELECT id FROM eventfold.integrations
     WHERE deleted_at IS NULL AND NOT paused AND topic = $4
-      -- A suspended tenant's syncs wait until it is resumed.
+      -- A suspended tenant's syncs wait until it is resumed; a moving one's until it
+      -- is on its new server (eventfold.tenantmove).
       AND NOT EXISTS (SELECT 1 FROM eventfold.tenants s
                       WHERE s.id = integrations.tenant AND s.status <> 'active')
+      AND NOT EXISTS (SELECT 1 FROM eventfold.tenant_homes h
+                      WHERE h.tenant = integrations.tenant AND h.state <> 'live')
       AND (lease_until IS NULL OR lease_until < now())
       AND (sync_requested OR next_run_at IS NULL OR next_run_at <= now())
     ORDER BY next_run_at NULLS FIRST

@@ -11,12 +11,15 @@ import asyncpg
 from eventfold.ids import tenant_schema
 
 # A suspended tenant's inbox and runs wait (the NOT EXISTS on eventfold.tenants) until
-# it is resumed.
+# it is resumed; a moving tenant's (eventfold.tenant_homes) until it is on its new
+# server (eventfold.tenantmove).
 _CLAIM_INBOX = """
 SELECT i.id, i.tenant, i.kind, i.workflow, i.version, i.run, i.step, i.event, i.record
 FROM (SELECT DISTINCT tenant FROM eventfold.workflow_inbox x WHERE topic = $1
       AND NOT EXISTS (SELECT 1 FROM eventfold.tenants s
-                      WHERE s.id = x.tenant AND s.status <> 'active')) t,
+                      WHERE s.id = x.tenant AND s.status <> 'active')
+      AND NOT EXISTS (SELECT 1 FROM eventfold.tenant_homes h
+                      WHERE h.tenant = x.tenant AND h.state <> 'live')) t,
 LATERAL (SELECT * FROM eventfold.workflow_inbox x WHERE x.topic = $1 AND x.tenant = t.tenant
          ORDER BY x.id LIMIT $2 FOR UPDATE SKIP LOCKED) i
 ORDER BY i.id
@@ -42,6 +45,8 @@ WITH RECURSIVE due(tenant) AS (
     WHERE due.tenant <> ''
       AND NOT EXISTS (SELECT 1 FROM eventfold.tenants s
                       WHERE s.id = due.tenant AND s.status <> 'active')
+      AND NOT EXISTS (SELECT 1 FROM eventfold.tenant_homes h
+                      WHERE h.tenant = due.tenant AND h.state <> 'live')
 ), picked AS (
     SELECT r.id FROM (SELECT tenant FROM t ORDER BY random()) t2,
     LATERAL (SELECT x.id FROM eventfold.workflow_runs x

@@ -81,5 +81,5 @@ class OperatorAction(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    action: Literal["replay", "verify", "dead-letters.redrive"]
+    action: Literal["replay", "verify", "dead-letters.redrive", "tenant.move"]
     details: dict[str, Any] = Field(default_factory=dict, description="what it did, in figures")

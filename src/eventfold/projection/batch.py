@@ -177,6 +177,7 @@ async def apply_batch(
     budget_in_session: bool = False,
     elsewhere: frozenset[str] = frozenset(),
     homeless_here: bool = True,
+    moves: bool = False,
 ) -> BatchResult:
     """Fold ``events`` (in log order per partition) and checkpoint them atomically.
 
@@ -191,7 +192,10 @@ async def apply_batch(
     writes (see :func:`apply_events`). Events of tenants in ``elsewhere`` (placed on
     another database server) are passed over; the checkpoints still move past them, and
     so they do past events without a valid tenant unless ``homeless_here`` (they become
-    dead letters on one server only: ``main``).
+    dead letters on one server only: ``main``). With ``moves`` (tenants placed across
+    servers), a tenant moving to or from this server is folded as its row in
+    ``eventfold.tenant_homes`` says, read under the checkpoint locks (see
+    :func:`moved_tenants`).
     """
     result = BatchResult()
     if not events:
@@ -212,6 +216,9 @@ async def apply_batch(
                 result.duplicates += 1  # applied by an earlier batch (a redelivery)
             else:
                 fresh.append(item)
+        if moves and fresh:
+            fresh, elsewhere, passed = await moved_tenants(conn, fresh, elsewhere)
+            result.elsewhere += passed
         await apply_events(
             conn,
             consumer=consumer,
@@ -239,6 +246,39 @@ async def apply_batch(
             deferred={p.tenant for p in result.dead_letters if p.deferred},
         )
     return result
+
+
+async def moved_tenants(
+    conn: asyncpg.Connection, items: list[LogEvent], elsewhere: frozenset[str]
+) -> tuple[list[LogEvent], frozenset[str], int]:
+    """``items`` and ``elsewhere`` as this server's ``eventfold.tenant_homes`` has them:
+    a tenant gone from here is elsewhere; a tenant that arrived is folded here, but for
+    its events before the handover positions (its copy holds them). Also the number of
+    events passed over.
+
+    Read in the batch's transaction, after its checkpoint locks: a move's handover
+    writes its row under the same locks (:mod:`eventfold.tenantmove`), so no batch
+    folds a tenant on both sides of it.
+    """
+    tenants = {i.event.tenant for i in items if i.event is not None and i.event.tenant}
+    rows = await conn.fetch(
+        "SELECT tenant, state, since FROM eventfold.tenant_homes WHERE tenant = ANY($1::text[])",
+        list(tenants),
+    )
+    if not rows:
+        return items, elsewhere, 0
+    gone = {r["tenant"] for r in rows if r["state"] == "gone"}
+    arrived = {
+        r["tenant"]: {int(p): int(o) for p, o in r["since"].items()}
+        for r in rows
+        if r["state"] == "live"
+    }
+    kept: list[LogEvent] = []
+    for item in items:
+        since = arrived.get(item.event.tenant) if item.event is not None else None
+        if since is None or item.offset >= since.get(item.partition, 0):
+            kept.append(item)
+    return kept, (elsewhere | gone) - arrived.keys(), len(items) - len(kept)
 
 
 async def apply_events(

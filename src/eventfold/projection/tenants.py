@@ -36,7 +36,7 @@ log = logging.getLogger("eventfold.projection.tenants")
 
 #: Platform rows of a tenant, removed when it is deleted: (table, key column).
 #: Deliveries and attempts hang off webhooks, sync state off integrations.
-_TENANT_ROWS = (
+TENANT_ROWS = (
     ("webhook_attempts", "webhook_id IN (SELECT id FROM eventfold.webhooks WHERE tenant = $1)"),
     ("webhook_deliveries", "tenant = $1"),
     ("webhook_positions", "tenant = $1"),
@@ -145,7 +145,7 @@ async def tenant_deleted(
     )
     if not found:
         return Outcome("rejected", f"tenant {target.tenant} does not exist")
-    for table, where in _TENANT_ROWS:
+    for table, where in TENANT_ROWS:
         await conn.execute(f"DELETE FROM eventfold.{table} WHERE {where}", target.tenant)
     await notify_changed(conn, target.tenant)
     return APPLIED
