@@ -131,6 +131,7 @@ def command(settings: Settings, args: argparse.Namespace) -> int:
             "handover": {str(p): o for p, o in sorted(report.handover.items())},
             "rows": report.rows,
             "seconds": round(report.seconds, 3),
+            "handover_seconds": round(report.handover_seconds, 3),
         }
         if args.json:
             print_json(doc)

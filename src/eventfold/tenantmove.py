@@ -72,6 +72,8 @@ class MoveReport:
     handover: dict[int, int]
     rows: int
     seconds: float
+    #: How long both servers' projectors waited for the handover (0 when resumed).
+    handover_seconds: float = 0.0
 
 
 async def move_tenant(
@@ -102,7 +104,7 @@ async def move_tenant(
                 await _drop_copy(placed.pools[name], tenant, state="gone")
                 return MoveReport(tenant, name, target, {}, 0, time.monotonic() - started)
         raise MoveRefused(f"tenant {tenant} is on {target} already")
-    copied = 0
+    copied, held = 0, 0.0
     handover: dict[int, int] = {}
     if await _state(dst, tenant) != "live":
         await _set_state(src, tenant, "leaving")
@@ -111,7 +113,7 @@ async def move_tenant(
             await _leases_lapsed(src, tenant, wait)
             await _drop_copy(dst, tenant, state=None)  # a failed attempt's, if any
             progress(f"{tenant}: handing over to {target}")
-            handover, copied = await _hand_over(settings, src, dst, tenant, wait)
+            handover, copied, held = await _hand_over(settings, src, dst, tenant, wait)
         except BaseException:
             await _clear_state(src, tenant)
             raise
@@ -126,7 +128,7 @@ async def move_tenant(
     progress(f"{tenant}: now on {target}; dropping {source}'s copy in {grace:.0f} s")
     await asyncio.sleep(grace)
     await _drop_copy(src, tenant, state="gone")
-    return MoveReport(tenant, source, target, handover, copied, time.monotonic() - started)
+    return MoveReport(tenant, source, target, handover, copied, time.monotonic() - started, held)
 
 
 def _positions(handover: dict[int, int]) -> str:
@@ -188,8 +190,9 @@ async def _leases_lapsed(pool: asyncpg.Pool, tenant: str, within: float) -> None
 
 async def _hand_over(
     settings: Settings, src: asyncpg.Pool, dst: asyncpg.Pool, tenant: str, within: float
-) -> tuple[dict[int, int], int]:
-    """Copy ``tenant`` to ``dst`` at the source projector's checkpoints (see step 2)."""
+) -> tuple[dict[int, int], int, float]:
+    """Copy ``tenant`` to ``dst`` at the source projector's checkpoints (see step 2); the
+    handover positions, the rows copied and how long the target's checkpoints were held."""
     consumer = f"{settings.consumer_group_prefix}.projector"
     topic = settings.events_topic
     async with src.acquire(timeout=10) as s, dst.acquire(timeout=10) as d:
@@ -198,6 +201,7 @@ async def _hand_over(
             set(await fetch_checkpoints(s, consumer, topic))
             | set(await fetch_checkpoints(d, consumer, topic))
         )
+        locked = time.monotonic()
         async with d.transaction():
             target_at = await lock_checkpoints(d, consumer, topic, partitions)
             # The source's projector must have folded at least what the target's passed
@@ -224,7 +228,7 @@ async def _hand_over(
                     tenant,
                     {str(p): o for p, o in handover.items()},
                 )
-    return handover, copied
+    return handover, copied, time.monotonic() - locked
 
 
 async def _copy(s: asyncpg.Connection, d: asyncpg.Connection, tenant: str) -> int:
