@@ -34,6 +34,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,8 @@ def phase(writes: list[Write]) -> dict[str, Any]:
     return {
         "writes": len(writes),
         "failed": len(writes) - len(ok),
+        # Each answer (1000 + a read's status: written, not read back as written; 0: none).
+        "answers": dict(Counter(str(w.status if w.readable is None else 200) for w in writes)),
         "p50_ms": round(percentile(ok, 0.5) * 1000, 1) if ok else None,
         "p99_ms": round(percentile(ok, 0.99) * 1000, 1) if ok else None,
         "max_ms": round(max(ok) * 1000, 1) if ok else None,

@@ -252,9 +252,10 @@ async def moved_tenants(
     conn: asyncpg.Connection, items: list[LogEvent], elsewhere: frozenset[str]
 ) -> tuple[list[LogEvent], frozenset[str], int]:
     """``items`` and ``elsewhere`` as this server's ``eventfold.tenant_homes`` has them:
-    a tenant gone from here is elsewhere; a tenant that arrived is folded here, but for
-    its events before the handover positions (its copy holds them). Also the number of
-    events passed over.
+    a tenant gone from here is elsewhere; a tenant leaving is still folded here (a
+    process that has not read its new directory entry yet still reads it here, until
+    its copy goes); a tenant that arrived is folded here, but for its events before the
+    handover positions (its copy holds them). Also the number of events passed over.
 
     Read in the batch's transaction, after its checkpoint locks: a move's handover
     writes its row under the same locks (:mod:`eventfold.tenantmove`), so no batch
@@ -273,12 +274,14 @@ async def moved_tenants(
         for r in rows
         if r["state"] == "live"
     }
+    leaving = {r["tenant"] for r in rows if r["state"] == "leaving"}
     kept: list[LogEvent] = []
     for item in items:
         since = arrived.get(item.event.tenant) if item.event is not None else None
         if since is None or item.offset >= since.get(item.partition, 0):
             kept.append(item)
-    return kept, (elsewhere | gone) - arrived.keys(), len(items) - len(kept)
+    here = (elsewhere | gone) - arrived.keys() - leaving
+    return kept, frozenset(here), len(items) - len(kept)
 
 
 async def apply_events(
