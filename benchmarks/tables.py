@@ -10,7 +10,7 @@ not a smoke run, and rewrites the part of ``BENCHMARKS.md`` between
 2. the headline: the projector against the day-one batched peer, per run;
 3. the peers table, per run;
 4. every phase of the newest suite run (full if there is one, else quick);
-5. webhooks, analytics, integrations, workflows and a rebalance from the newest
+5. webhooks, analytics, integrations, workflows, a rebalance and a tenant move from the newest
    file holding them (a suite run, an ``--only`` run or the phase's own command),
    and the newest soak.
 
@@ -238,6 +238,7 @@ def generate(sources: list[Source]) -> str:
         ("tracing", "Tracing overhead", report.tracing_lines),
         ("encryption", "Encryption overhead", report.encryption_lines),
         ("rebalance", "A rebalance", report.rebalance_lines),
+        ("tenant_move", "A tenant moved between database servers", report.tenant_move_lines),
     ):
         if key in BY_SIZE:
             lines += _sections_by_size(sources, key, title, render)

@@ -394,6 +394,28 @@ def rebalance_lines(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def tenant_move_lines(r: dict[str, Any]) -> list[str]:
+    """A tenant moved between database servers under open-loop writes
+    (benchmarks/tenant_move.py)."""
+    m = r["move"]
+    lines = ["## A tenant moved between database servers under load", "",
+             f"{r['process']}; {r['rate_per_s']:g} writes/s over three tenants for"
+             f" {r['seconds']:g} s; the moved tenant had {r['records']:,} records"
+             f" ({m['rows']:,} rows copied, {m['from']} → {m['to']}); the projectors of both"
+             f" servers waited {m['handover_seconds']:g} s for the handover; the move took"
+             f" {m['seconds']:g} s with its grace period. Write → readable: from each write's"
+             " scheduled start until a read with its consistency token returns it.",
+             "",
+             "| tenant | phase | writes | failed | p50 ms | p99 ms | max ms |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for t in r["tenants"].values():
+        for phase in ("before", "during", "after"):
+            f = t[phase]
+            lines.append(f"| {t['role']} | {phase} the move | {f['writes']:,} | {f['failed']:,} |"
+                         f" {f['p50_ms']} | {f['p99_ms']} | {f['max_ms']} |")  # fmt: skip
+    return lines
+
+
 def _cpu(row: dict[str, Any], proc: str) -> str:
     return fmt(row.get("processes", {}).get(proc, {}).get("cpu_seconds_per_1000_events"))
 
