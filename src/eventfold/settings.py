@@ -345,8 +345,8 @@ class Settings:
     #: comma-separated. The server of ``EVENTFOLD_DATABASE_URL`` is ``main``: it holds
     #: the placement directory (tenant → server) and every tenant placed before the
     #: others were added. A new tenant goes to the server with the fewest tenants
-    #: (``eventfold tenants placement`` counts them). ``eventfold infra up`` starts a
-    #: local cluster for each one on 127.0.0.1.
+    #: (``eventfold tenants placement`` counts them; ``eventfold tenants move`` moves
+    #: one). ``eventfold infra up`` starts a local cluster for each one on 127.0.0.1.
     database_servers: DatabaseServers = ()
     #: The server this process's pool is on when a processor runs once per server
     #: (``eventfold run``); empty: ``main``.

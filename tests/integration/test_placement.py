@@ -388,6 +388,9 @@ async def test_a_tenant_moves_to_another_server_while_written_and_read(
         # Its API key moved with it.
         resp = await client.get(t.path(R), headers={"X-API-Key": key_doc["key"]})
         assert resp.status == 200, await resp.text()
+        # The copy equals a fresh fold of the log, on the new server.
+        status, doc, err = await _eventfold(two_servers, "verify", "--tenant", t.id)
+        assert status == 0, (json.dumps(doc, default=str)[:2000], err)
 
 
 async def _server_of(settings: Settings, tenant: str) -> str:
