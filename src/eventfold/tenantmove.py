@@ -254,7 +254,7 @@ async def _copy(s: asyncpg.Connection, d: asyncpg.Connection, tenant: str) -> in
             columns,
         )
         # A serial column's sequence goes on after the copied values.
-        for column in await _serial_columns(d, schema.strip('"'), table):
+        for column in await _columns(d, schema.strip('"'), table, serial=True):
             await d.execute(
                 "SELECT setval(pg_get_serial_sequence($1, $2), greatest("
                 f"(SELECT max({_quote(column)}) FROM {schema}.{_quote(table)}), 1))",
@@ -341,22 +341,17 @@ async def _copy_text(
     return rows
 
 
-async def _columns(conn: asyncpg.Connection, schema: str, table: str) -> list[str]:
+async def _columns(
+    conn: asyncpg.Connection, schema: str, table: str, *, serial: bool = False
+) -> list[str]:
+    """The table's columns in order (``serial``: only those a sequence fills)."""
     rows = await conn.fetch(
         "SELECT column_name FROM information_schema.columns"
-        " WHERE table_schema = $1 AND table_name = $2 ORDER BY ordinal_position",
+        " WHERE table_schema = $1 AND table_name = $2"
+        " AND (NOT $3 OR column_default LIKE 'nextval(%') ORDER BY ordinal_position",
         schema,
         table,
-    )
-    return [r["column_name"] for r in rows]
-
-
-async def _serial_columns(conn: asyncpg.Connection, schema: str, table: str) -> list[str]:
-    rows = await conn.fetch(
-        "SELECT column_name FROM information_schema.columns WHERE table_schema = $1"
-        " AND table_name = $2 AND column_default LIKE 'nextval(%'",
-        schema,
-        table,
+        serial,
     )
     return [r["column_name"] for r in rows]
 

@@ -117,10 +117,8 @@ def checksum(rows: list[tuple[Any, ...]]) -> str:
     return hashlib.sha256(orjson.dumps(sorted(rows), option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-@pytest.mark.usefixtures("stack")
-async def test_sigkilled_projector_ends_exactly_equal_to_the_fold(settings: Settings) -> None:
-    rng = random.Random(20261122)
-    run = uuid.uuid4().hex[:6]
+async def crash_lane(settings: Settings, run: str) -> Settings:
+    """``settings`` on a topic and consumer groups of run ``run``'s own (created)."""
     lane = dataclasses.replace(
         settings,
         events_topic=f"{settings.events_topic}.crash-{run}",
@@ -128,9 +126,11 @@ async def test_sigkilled_projector_ends_exactly_equal_to_the_fold(settings: Sett
         consumer_group_prefix=f"{settings.consumer_group_prefix}.crash-{run}",
     )
     await ensure_topics(lane)
-    tenants = [f"crash{run}{n}" for n in range(TENANTS)]
-    events = workload(tenants, rng)
+    return lane
 
+
+async def produce(lane: Settings, events: list[dict[str, Any]]) -> list[tuple[int, int, Any]]:
+    """Send ``events`` to the lane's topic, keyed by record; ``(partition, offset, event)``."""
     producer = AIOKafkaProducer(
         bootstrap_servers=lane.kafka_bootstrap, enable_idempotence=True, linger_ms=20
     )
@@ -145,7 +145,17 @@ async def test_sigkilled_projector_ends_exactly_equal_to_the_fold(settings: Sett
         metas = await asyncio.gather(*futures)
     finally:
         await producer.stop()
-    log = [(m.partition, m.offset, ev) for m, ev in zip(metas, events, strict=True)]
+    return [(m.partition, m.offset, ev) for m, ev in zip(metas, events, strict=True)]
+
+
+@pytest.mark.usefixtures("stack")
+async def test_sigkilled_projector_ends_exactly_equal_to_the_fold(settings: Settings) -> None:
+    rng = random.Random(20261122)
+    run = uuid.uuid4().hex[:6]
+    lane = await crash_lane(settings, run)
+    tenants = [f"crash{run}{n}" for n in range(TENANTS)]
+    events = workload(tenants, rng)
+    log = await produce(lane, events)
 
     env = {
         **os.environ,

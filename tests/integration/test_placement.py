@@ -22,10 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import orjson
 import pytest
 import pytest_asyncio
-from aiokafka import AIOKafkaProducer
 
 from devstack import down_async, ensure_topics, up_async
 from eventfold.clients import open_pool
@@ -33,7 +31,13 @@ from eventfold.ids import tenant_schema
 from eventfold.settings import Settings
 from tests.conftest import EVENTFOLD, free_port
 from tests.integration.conftest import SESSION_PARTS, Api, TenantApi, serving
-from tests.integration.test_crash import checksum, reference_fold, workload
+from tests.integration.test_crash import (
+    checksum,
+    crash_lane,
+    produce,
+    reference_fold,
+    workload,
+)
 
 pytestmark = [pytest.mark.integration]
 
@@ -191,13 +195,7 @@ async def test_sigkilled_projectors_of_two_servers_each_end_equal_to_the_fold(
     and restarted: each server holds exactly its tenants, each equal to a fresh fold."""
     rng = random.Random(20261207)
     run = uuid.uuid4().hex[:6]
-    lane = dataclasses.replace(
-        two_servers,
-        events_topic=f"{two_servers.events_topic}.crash-{run}",
-        dlq_topic=f"{two_servers.dlq_topic}.crash-{run}",
-        consumer_group_prefix=f"{two_servers.consumer_group_prefix}.crash-{run}",
-    )
-    await ensure_topics(lane)
+    lane = await crash_lane(two_servers, run)
     tenants = [f"crash{run}{n}" for n in range(4)]
     where = {t: ("main", "b")[n % 2] for n, t in enumerate(tenants)}
     pools = {name: await open_pool(lane.on_server(name)) for name in lane.server_urls}
@@ -209,23 +207,7 @@ async def test_sigkilled_projectors_of_two_servers_each_end_equal_to_the_fold(
                 list(where.items()),
             )
         events = workload(tenants, rng, CRASH_TOTAL)
-        producer = AIOKafkaProducer(
-            bootstrap_servers=lane.kafka_bootstrap, enable_idempotence=True, linger_ms=20
-        )
-        await producer.start()
-        try:
-            futures = [
-                await producer.send(
-                    lane.events_topic,
-                    orjson.dumps(ev),
-                    key=f"{ev['tenant']}/{ev['subject']}".encode(),
-                )
-                for ev in events
-            ]
-            metas = await asyncio.gather(*futures)
-        finally:
-            await producer.stop()
-        log = [(m.partition, m.offset, ev) for m, ev in zip(metas, events, strict=True)]
+        log = await produce(lane, events)
         env = {
             **os.environ,
             "EVENTFOLD_DATABASE_SERVERS": ",".join(lane.database_servers),
