@@ -66,6 +66,7 @@ from consumers.analytics.recovery import (
     resume_streams_after_clear,
 )
 from consumers.runtime import membership
+from consumers.runtime.kafka import stop_client
 from consumers.runtime.membership import leave_on_stop
 from eventfold.analytics_windows import (
     WINDOWS,
@@ -91,6 +92,22 @@ log = logging.getLogger(__name__)
 
 class RecordsSkipped(RetriableError):
     """Records of the source never reached the processor: it must read them again."""
+
+
+def bounded_thread_stop(thread: Any) -> None:
+    """Make faust's consumer ``thread`` stop its aiokafka consumer through
+    :func:`~consumers.runtime.kafka.stop_client`.
+
+    Its ``on_thread_stop`` raising (aiokafka's stop does, with the broker gone) skips the
+    rest of the thread's shutdown, and the app then waits 15 s for a thread that never
+    says it stopped, with a traceback on stderr.
+    """
+    stop = thread.on_thread_stop
+
+    async def on_thread_stop() -> None:
+        await stop_client(stop, "analytics consumer")
+
+    thread.on_thread_stop = on_thread_stop
 
 
 def app_id(settings: Settings) -> str:
@@ -483,7 +500,7 @@ class Analytics:
             ]
             ends = await consumer.end_offsets(parts)
         finally:
-            await consumer.stop()
+            await stop_client(consumer.stop, "analytics end-offsets consumer")
         positions = self.commits.positions
         return all(positions.get(tp.partition, 0) >= end for tp, end in ends.items() if end)
 
@@ -519,6 +536,7 @@ class Analytics:
         # faust's aiokafka consumer, started with the app: it leaves the group on stop.
         consumer: Any = self.app.consumer
         leave_on_stop(consumer._thread._ensure_consumer())
+        bounded_thread_stop(consumer._thread)
         self._started = True
         flusher = asyncio.create_task(self._flusher(redis, flush_stop))
         interval = self.app.conf.broker_commit_interval

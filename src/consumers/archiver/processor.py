@@ -48,6 +48,7 @@ from consumers.runtime.kafka import (
     caught_up,
     seek_to_stored,
     start_with_retry,
+    stop_client,
 )
 from eventfold import tracing
 from eventfold.archive import manifest_key, tenant_prefix
@@ -178,7 +179,7 @@ class Archiver(MemberLoop):
                             return
             finally:
                 self._s3 = None
-                await consumer.stop()
+                await stop_client(consumer.stop, "archiver consumer")
 
     async def _take(self, got: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
         """Add a fetch to the open segments, writing every segment it closes."""

@@ -36,7 +36,13 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from consumers.runtime import membership
-from consumers.runtime.kafka import MemberLoop, TrackAssignment, caught_up, start_with_retry
+from consumers.runtime.kafka import (
+    MemberLoop,
+    TrackAssignment,
+    caught_up,
+    start_with_retry,
+    stop_client,
+)
 from eventfold import cachefill, placement, tracing
 from eventfold.backoff import Backoff
 from eventfold.cache import (
@@ -141,7 +147,7 @@ class CacheProcessor(MemberLoop):
                 rechecker.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await rechecker
-            await consumer.stop()
+            await stop_client(consumer.stop, "cache consumer")
             await watcher.stop()
             if self._cache is None:
                 await cache.close()

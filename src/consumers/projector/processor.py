@@ -29,6 +29,7 @@ from consumers.runtime.kafka import (
     caught_up,
     seek_to_stored,
     start_with_retry,
+    stop_client,
 )
 from eventfold import cachefill, datakeys, deadletters, placement, readmodel, tracing
 from eventfold.backoff import Backoff
@@ -177,7 +178,7 @@ class Projector(MemberLoop):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._hints.finish(consumer)
             await self._writer.drop()
-            await consumer.stop()
+            await stop_client(consumer.stop, "projector consumer")
             await self.live.close()
             if self._dlq is not None:
                 await self._dlq.stop()

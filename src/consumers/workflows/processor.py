@@ -16,7 +16,7 @@ import aiohttp
 import asyncpg
 import orjson
 
-from consumers.runtime.kafka import start_publisher
+from consumers.runtime.kafka import start_publisher, stop_client
 from consumers.workflows import effects, store
 from consumers.workflows.publishing import GroupPublisher
 from consumers.workflows.store import Claimed, InboxRow, Release, Save
@@ -185,7 +185,7 @@ class WorkflowProcessor:
                     )
             await session.close()
             await self.mailer.close()
-            await kafka.stop()
+            await stop_client(kafka.stop, "workflows producer")
 
     # -- the inbox ------------------------------------------------------------
 
