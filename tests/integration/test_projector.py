@@ -496,3 +496,75 @@ async def test_personal_data_opened_as_it_is_read_is_folded_only_while_its_key_l
         ("u-4", ray),
     ]
     assert "does not open" in parked.dead_letters[0].error
+
+
+async def test_a_large_batch_is_written_in_parts_behind_its_fold_with_the_same_outcome(
+    lane: Lane,
+) -> None:
+    tenants = [new_tenant_id() for _ in range(5)]
+    late = new_tenant_id()  # created by the batch itself: its fold waits for the writes
+    topic = lane.settings.events_topic
+    async with lane.pool.acquire() as conn:
+        await apply_batch(conn, consumer="behind", topic=topic, events=_log(
+            [created(t) for t in tenants]))  # fmt: skip
+        envelopes: list[dict[str, Any]] = []
+        for n, tenant in enumerate(tenants):
+            envelopes += [upsert(tenant, 1000 * n + i, i % 40) for i in range(120)]
+            if n == 2:  # between the parts: a fold that needs the connection
+                envelopes += [created(late), upsert(late, 9000, 1)]
+        statements: list[str] = []
+        conn.add_query_logger(lambda q: statements.append(q.query))
+        result = await apply_batch(
+            conn, consumer="behind", topic=topic, events=_log(envelopes, start=5), reads=lane.pool
+        )
+    assert (result.applied, result.duplicates) == (len(envelopes), 0)
+    assert result.positions == {0: 5 + len(envelopes)}
+    writes = [q for q in statements if "INSERT INTO" in q and ".records" in q]
+    assert len(writes) > 1, "written in one statement: nothing went behind the fold"
+    for n, tenant in enumerate(tenants):
+        async with lane.pool.acquire() as conn:
+            history = await conn.fetch(
+                f'SELECT seq, id FROM "t_{tenant}".events WHERE type = $1 ORDER BY seq',
+                "record.upserted",
+            )
+            records = await conn.fetch(
+                f'SELECT id, version, data FROM "t_{tenant}".records ORDER BY id::int'
+            )
+        assert [r["id"] for r in history] == [f"u-{1000 * n + i}" for i in range(120)]
+        assert [(r["id"], r["version"]) for r in records] == [(str(k), 3) for k in range(40)]
+        assert [orjson.loads(r["data"])["i"] for r in records] == [
+            1000 * n + 80 + k for k in range(40)
+        ]
+        assert {e.seq for e in result.live if e.tenant == tenant} == {r["seq"] for r in history}
+    assert await lane.scalar(f'SELECT version FROM "t_{late}".records') == 1
+
+
+async def test_a_write_failing_behind_the_fold_fails_the_whole_batch(lane: Lane) -> None:
+    first, second = new_tenant_id(), new_tenant_id()
+    topic = lane.settings.events_topic
+    async with lane.pool.acquire() as conn:
+        await apply_batch(
+            conn,
+            consumer="behind-fail",
+            topic=topic,
+            events=_log([created(first), created(second)]),
+        )
+        # The first tenant's part is written while the second folds, and PostgreSQL refuses it.
+        await conn.execute(
+            f"ALTER TABLE \"t_{first}\".records ADD CONSTRAINT refused CHECK (id <> '7')"
+        )
+        envelopes = [upsert(first, i, i) for i in range(250)]
+        envelopes += [upsert(second, 1000 + i, i) for i in range(250)]
+        batch = _log(envelopes, start=2)
+        with pytest.raises(asyncpg.CheckViolationError):
+            await apply_batch(conn, consumer="behind-fail", topic=topic, events=batch,
+                              reads=lane.pool)  # fmt: skip
+        for tenant in (first, second):
+            assert await lane.scalar(f'SELECT count(*) FROM "t_{tenant}".records') == 0
+        await conn.execute(f'ALTER TABLE "t_{first}".records DROP CONSTRAINT refused')
+        again = await apply_batch(
+            conn, consumer="behind-fail", topic=topic, events=batch, reads=lane.pool
+        )
+    assert (again.applied, again.duplicates) == (500, 0)
+    assert again.positions == {0: 502}
+    assert await lane.scalar(f'SELECT count(*) FROM "t_{second}".records') == 250
