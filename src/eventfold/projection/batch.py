@@ -518,38 +518,26 @@ def _lookups(items: Sequence[LogEvent]) -> Lookups:
     return keys, [i.event.id for i in items if i.event]
 
 
-def _reads(
-    schema: str, ids: list[str], keys: list[tuple[str, str] | None]
-) -> readmodel.TenantReads:
-    return schema, ids, list(dict.fromkeys(k for k in keys if k is not None))
-
-
 async def _load(
     conn: asyncpg.Connection,
     schema: str,
     ids: list[str],
     keys: list[tuple[str, str] | None],
 ) -> readmodel.TenantState:
-    return await readmodel.load_state(conn, *_reads(schema, ids, keys))
-
-
-#: Tenants in the first statement of :func:`_read_ahead`; each next one reads twice as many.
-FIRST_READS = 2
+    wanted = list(dict.fromkeys(k for k in keys if k is not None))
+    return await readmodel.load_state(conn, schema, ids, wanted)
 
 
 @contextlib.asynccontextmanager
 async def _read_ahead(
     reads: asyncpg.Pool, groups: dict[Target, Lookups], budget_ms: int | None
 ) -> AsyncIterator[dict[Target, asyncio.Future[readmodel.TenantState]]]:
-    """Load each tenant's state on a connection of ``reads``, in order, as futures.
+    """Load each tenant's state on a connection of ``reads``, one after another, as futures.
 
-    The tenants are read a few per statement (:func:`readmodel.load_states`): the
-    first :data:`FIRST_READS` alone, so the fold starts soon, then twice as many in
-    each next statement, sent as soon as the one before answers, while the fold
-    works through what came. The reads run in a read-only transaction of their own,
-    each statement and lock wait bound by ``budget_ms``; the connection goes back to
-    the pool as soon as they are done, while the writes go on. A failed read fails its
-    tenants' futures and every one after them (the caller's batch fails on the
+    The reads run in a read-only transaction of their own, each statement and
+    lock wait bound by ``budget_ms``; the connection goes back to the pool as
+    soon as they are done, while the writes go on. A failed read fails its
+    tenant's future and every one after it (the caller's batch fails on the
     first it awaits, as if it had read it itself); leaving the block on an
     error stops the reads.
     """
@@ -561,22 +549,14 @@ async def _read_ahead(
             async with reads.acquire(timeout=10) as reader, reader.transaction(readonly=True):
                 if budget_ms is not None:
                     await reader.execute(budget_sql(budget_ms, local=True))
-                todo, size = list(groups.items()), FIRST_READS
-                while todo:
-                    part, todo = todo[:size], todo[size:]
-                    size *= 2
-                    loaded = await readmodel.load_states(
-                        reader, [_reads(t.schema, ids, keys) for t, (keys, ids) in part]
-                    )
-                    for (target, _), state in zip(part, loaded, strict=True):
-                        states[target].set_result(state)
+                for target, (keys, ids) in groups.items():
+                    states[target].set_result(await _load(reader, target.schema, ids, keys))
         except Exception as exc:
             for future in states.values():
                 if not future.done():
                     future.set_exception(exc)
 
     task = asyncio.create_task(read_all(), name="projector-read-state")
-    await asyncio.sleep(0)  # the first read goes out now, not at the fold's first wait
     try:
         yield states
     except BaseException:
@@ -637,20 +617,17 @@ class WriteBehind:
 
     async def folded_one(self) -> None:
         """After a tenant's fold: start writing what is folded when it is enough and the
-        connection is free; then let the reads and the write in flight take their turn.
-
-        A fold is Python without a pause: the state reads and the write (each two round
-        trips, as a statement new to the connection is prepared first) would otherwise
-        go on only when the fold next waits for a tenant's state.
-        """
-        if self._task is not None and self._task.done():
+        connection is free."""
+        if self._task is not None:
+            if not self._task.done():
+                return
             await self.idle()  # raises the write's error, if any
-        if self._task is None and sum(len(f.history) for f in self.folded) >= self._part:
-            part, self.folded = self.folded, []
-            self._task = asyncio.create_task(
-                _write_folded(self.conn, part, self.result), name="projector-write-behind"
-            )
-        await asyncio.sleep(0)
+        if sum(len(f.history) for f in self.folded) < self._part:
+            return
+        part, self.folded = self.folded, []
+        self._task = asyncio.create_task(
+            _write_folded(self.conn, part, self.result), name="projector-write-behind"
+        )
 
     async def idle(self) -> None:
         """Wait until no write is in flight (raising its error)."""
