@@ -376,30 +376,21 @@ async def apply_events(
     if reads is not None and not careful and not by_tenant and len(ahead) > 1:
         # Parsed once, for the read and for the fold.
         looked = {t: _lookups(its) for t, its in groups.items()}
-        total = sum(len(its) for its in groups.values())
+        folded: list[Folded] = []
         async with _read_ahead(reads, {targets[t]: looked[t] for t in ahead}, budget_ms) as states:
-            behind = WriteBehind(conn, result, total)
-            try:
-                for tenant, tenant_items in groups.items():
-                    target = targets[tenant]
-                    if target not in states or not folds_alone(tenant_items):
-                        await behind.idle()  # this fold uses ``conn``: the write goes first
-                    await fold_tenant(
-                        conn,
-                        target,
-                        tenant_items,
-                        registered,
-                        blocked,
-                        result,
-                        lookups=looked[tenant],
-                        loaded=states.get(target),
-                        folded=behind.folded,
-                    )
-                    await behind.folded_one()
-                await behind.finish()
-            except BaseException:
-                await behind.abandon()
-                raise
+            for tenant, tenant_items in groups.items():
+                await fold_tenant(
+                    conn,
+                    targets[tenant],
+                    tenant_items,
+                    registered,
+                    blocked,
+                    result,
+                    lookups=looked[tenant],
+                    loaded=states.get(targets[tenant]),
+                    folded=folded,
+                )
+        await _write_folded(conn, folded, result)
         return
     for tenant, tenant_items in groups.items():
         target = targets[tenant]
@@ -572,82 +563,6 @@ async def _read_ahead(
                 future.exception()  # retrieved: a read the batch never awaited is no error
             else:
                 future.cancel()
-
-
-#: The fewest folded events :class:`WriteBehind` writes in one statement, and the
-#: share of a batch it aims for: a statement costs ~1 ms however small, and the
-#: overlap gained is the fold of what comes after the first part.
-WRITE_BEHIND_MIN_EVENTS = 200
-WRITE_BEHIND_PARTS = 4
-
-
-def folds_alone(items: Sequence[LogEvent]) -> bool:
-    """Whether folding ``items`` sends nothing on the batch's connection: record events
-    only (no tenant, workflow, erasure, tenant type or handler event) and no personal data
-    to open (its key may have to be read). Such a fold can run while a write is in flight."""
-    for item in items:
-        ev = item.event
-        if ev is None or ev.type not in RECORD_TYPES:
-            return False
-        extra = ev.model_extra
-        if extra and datakeys.KEY_EXTENSION in extra:
-            return False
-    return True
-
-
-class WriteBehind:
-    """Writes a batch's folded tenants in a few statements while the next ones fold.
-
-    The fold is Python, the write PostgreSQL: one after the other, each waits for the
-    other (about half the batch each while catching up). Tenants folded so far are sent
-    as one statement (:func:`_write_folded`) as soon as they hold a part of the batch and
-    no write is in flight, and the fold goes on meanwhile, on the same transaction's
-    data: each tenant's state was read before and its fold touches no row another
-    tenant's write does. A fold that needs the connection waits for the write first
-    (:meth:`idle`); an error of a write fails the batch at the next step.
-    """
-
-    def __init__(self, conn: asyncpg.Connection, result: BatchResult, total: int) -> None:
-        self.conn = conn
-        self.result = result
-        #: Folds not written yet, in the batch's order.
-        self.folded: list[Folded] = []
-        self._task: asyncio.Task[None] | None = None
-        self._part = max(WRITE_BEHIND_MIN_EVENTS, total // WRITE_BEHIND_PARTS)
-
-    async def folded_one(self) -> None:
-        """After a tenant's fold: start writing what is folded when it is enough and the
-        connection is free."""
-        if self._task is not None:
-            if not self._task.done():
-                return
-            await self.idle()  # raises the write's error, if any
-        if sum(len(f.history) for f in self.folded) < self._part:
-            return
-        part, self.folded = self.folded, []
-        self._task = asyncio.create_task(
-            _write_folded(self.conn, part, self.result), name="projector-write-behind"
-        )
-
-    async def idle(self) -> None:
-        """Wait until no write is in flight (raising its error)."""
-        task, self._task = self._task, None
-        if task is not None:
-            await task
-
-    async def finish(self) -> None:
-        """Write what is left: every fold of the batch is written on return."""
-        await self.idle()
-        if self.folded:
-            part, self.folded = self.folded, []
-            await _write_folded(self.conn, part, self.result)
-
-    async def abandon(self) -> None:
-        """The batch failed: let a write in flight end (its error is the batch's too),
-        so the connection is free for the rollback."""
-        task, self._task = self._task, None
-        if task is not None:
-            await asyncio.gather(task, return_exceptions=True)
 
 
 @dataclass(slots=True)
