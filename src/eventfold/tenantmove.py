@@ -97,11 +97,10 @@ async def move_tenant(
         raise MoveRefused(f"no tenant {tenant} on its server {source}")
     if source == target:
         # An earlier run may have switched and not dropped the old copy: drop it now.
-        left = [n for n, p in placed.pools.items() if n != target and await _state(p, tenant)]
-        for name in left:
-            if await _state(placed.pools[name], tenant) == "leaving":
+        for name, pool in placed.pools.items():
+            if name != target and await _state(pool, tenant) == "leaving":
                 progress(f"{tenant}: dropping {name}'s copy, left by an earlier move")
-                await _drop_copy(placed.pools[name], tenant, state="gone")
+                await _drop_copy(pool, tenant, state="gone")
                 return MoveReport(tenant, name, target, {}, 0, time.monotonic() - started)
         raise MoveRefused(f"tenant {tenant} is on {target} already")
     copied, held = 0, 0.0

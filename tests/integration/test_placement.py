@@ -130,8 +130,15 @@ async def test_each_tenant_is_folded_on_its_server_and_read_from_it(two_servers:
         assert old_schema not in schemas["b"]
 
         # The platform admin's list merges both servers' tenants.
-        listed = await placed.request("GET", "/v1/tenants?limit=1000")
-        ids = {t["id"] for t in (await listed.json())["items"]}
+        ids: set[str] = set()
+        after = ""
+        while True:  # every page: the shared stack holds other tests' tenants too
+            listed = await placed.request("GET", f"/v1/tenants?limit=1000{after}")
+            page = await listed.json()
+            ids |= {t["id"] for t in page["items"]}
+            if page["next"] is None:
+                break
+            after = f"&after={page['next']}"
         assert {old.id, new.id} <= ids
         # Each per-server processor is listed per server, with its own lag.
         listed = await placed.request("GET", "/v1/processors")
