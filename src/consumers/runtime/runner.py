@@ -141,7 +141,19 @@ class Supervised:
             raise NotConsuming("processor not consuming")
 
     async def close(self) -> None:
-        """Stop the processor and wait for it (at most :data:`STOP_SECONDS`)."""
+        """Stop the processor and wait for it: at most :data:`STOP_SECONDS`, then it is
+        cancelled, with a warning naming it.
+
+        A processor waiting on a dependency that is away (a Kafka producer waiting for
+        metadata after an outage) may not see ``stop`` for a while; the process must
+        still end, and cleanly: the other parts' cleanups run after this one.
+        """
         self.stop.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(self.task, STOP_SECONDS)
+        try:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(self.task, STOP_SECONDS)
+        except TimeoutError:
+            log.warning(
+                "processor did not stop in time, cancelled",
+                extra={"processor": self.name, "seconds": STOP_SECONDS},
+            )
