@@ -182,6 +182,14 @@ def output(proc: subprocess.Popen[bytes]) -> str:
     return text
 
 
+async def until_logged(proc: subprocess.Popen[bytes], needle: str, within: float = 60.0) -> None:
+    """Wait until a :func:`process`'s output contains ``needle`` (fails after ``within`` s)."""
+    deadline = time.monotonic() + within
+    while needle not in output(proc):
+        assert time.monotonic() < deadline, f"{needle!r} never logged"
+        await asyncio.sleep(0.2)
+
+
 async def wait_until_ready(http: Any, base: str, proc: subprocess.Popen[bytes]) -> None:
     """Wait until a spawned ``eventfold`` process answers ``/health/ready`` with ok.
 

@@ -32,7 +32,7 @@ from consumers.analytics.recovery import last_record_ends
 from devstack import ensure_topics
 from eventfold.analytics_windows import SETTLE_MARGIN, WINDOWS, collection_of, window_start
 from eventfold.settings import Settings
-from tests.conftest import free_port
+from tests.conftest import free_port, output, process, until_logged
 from tests.integration.conftest import Api
 
 EVENTFOLD = str(Path(sys.executable).with_name("eventfold"))
@@ -614,3 +614,19 @@ async def _stable_members(lane: Lane, count: int) -> None:
                 await asyncio.sleep(0.5)
     finally:
         await admin.close()
+
+
+async def test_a_worker_whose_redis_is_away_still_stops_on_sigterm(lane: Lane) -> None:
+    # Nothing listens there: every copy to Redis fails, the last one at the stop too.
+    redis_away = f"redis://127.0.0.1:{free_port()}/0"
+    with process("process", "analytics", env=lane.env(EVENTFOLD_REDIS_URL=redis_away)) as proc:
+        await lane.publish(f"t{uuid.uuid4().hex[:12]}", "record.upserted", "things/1", time.time())
+        await until_logged(proc, "analytics flush failed; retrying")
+        proc.send_signal(signal.SIGTERM)
+        # A faust app left running after its last flush failed kept the process alive.
+        code = await asyncio.to_thread(proc.wait, 30)
+        text = output(proc)
+    assert code == 0, text[-3000:]
+    assert "analytics last flush failed" in text, text[-3000:]
+    # Redis away is one JSON line a try, not a traceback each second.
+    assert "Traceback" not in text, text[-3000:]

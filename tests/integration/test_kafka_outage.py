@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
-import time
 from pathlib import Path
 
 import aiohttp
@@ -20,7 +18,7 @@ from devstack import ensure_topics
 from devstack.kafka import Kafka
 from eventfold.clients import open_pool
 from eventfold.sealing import new_key_spec
-from tests.conftest import free_port, output, process, wait_until_ready
+from tests.conftest import free_port, output, process, until_logged, wait_until_ready
 from tests.integration.private_stack import halt, private_env, private_stack, start
 
 pytestmark = [pytest.mark.integration, pytest.mark.recovery]
@@ -39,14 +37,6 @@ def kafka_client_lines(text: str) -> list[dict[str, object]]:
         if str(doc.get("logger", "")).startswith("aiokafka"):
             lines.append(doc)
     return lines
-
-
-async def until_logged(proc: subprocess.Popen[bytes], needle: str, within: float = 60.0) -> None:
-    """Wait until the process's output contains ``needle``."""
-    deadline = time.monotonic() + within
-    while needle not in output(proc):
-        assert time.monotonic() < deadline, f"{needle!r} never logged"
-        await asyncio.sleep(0.2)
 
 
 @pytest.mark.parametrize("kafka_at_sigterm", ["down", "back"])

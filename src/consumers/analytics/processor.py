@@ -81,6 +81,7 @@ from eventfold.analytics_windows import (
 )
 from eventfold.clients import redis_client
 from eventfold.errors import RetriableError
+from eventfold.faults import is_retriable
 from eventfold.kafka import heartbeat_ms
 from eventfold.metrics import Metrics
 from eventfold.replay import REPLAY_ATTRIBUTE
@@ -92,6 +93,15 @@ log = logging.getLogger(__name__)
 
 class RecordsSkipped(RetriableError):
     """Records of the source never reached the processor: it must read them again."""
+
+
+def _flush_failed(exc: Exception, msg: str) -> None:
+    """Log a failed copy to Redis: one line for Redis away (every second while it is),
+    the traceback for anything else."""
+    if is_retriable(exc):
+        log.warning(msg, extra={"error": repr(exc)})
+    else:
+        log.warning(msg, exc_info=exc)
 
 
 def bounded_thread_stop(thread: Any) -> None:
@@ -477,8 +487,8 @@ class Analytics:
             touched, self._dirty_touched = self._dirty_touched, set()
             try:
                 await self.flush(redis, keys, touched)
-            except Exception:  # Redis away: keep the keys, try again
-                log.warning("analytics flush failed; retrying", exc_info=True)
+            except Exception as exc:  # Redis away: keep the keys, try again
+                _flush_failed(exc, "analytics flush failed; retrying")
                 self._dirty |= keys
                 self._dirty_touched |= touched
             with contextlib.suppress(TimeoutError):
@@ -488,7 +498,12 @@ class Analytics:
             if pause > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), pause)
-        await self.flush(redis, self._dirty, self._dirty_touched)
+        try:
+            await self.flush(redis, self._dirty, self._dirty_touched)
+        except Exception as exc:
+            # Nothing is lost: the counts are in the tables (and their changelogs), and
+            # the next start copies every count to Redis once.
+            _flush_failed(exc, "analytics last flush failed; the next start copies all counts")
 
     async def _caught_up(self) -> bool:
         consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap)
@@ -560,6 +575,11 @@ class Analytics:
         finally:
             flush_stop.set()
             self._changed.set()  # wake an idle flusher for its last copy
-            await flusher
-            await self.app.stop()
-            await redis.aclose()
+            try:
+                await flusher
+            finally:
+                # Whatever the flusher raised: a faust app left running keeps its
+                # agents' supervisors restarting them on this loop, and the process
+                # never ends (seen with Redis away at SIGTERM).
+                await self.app.stop()
+                await redis.aclose()
