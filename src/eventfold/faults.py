@@ -97,12 +97,39 @@ def _kafka() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException]
     return _kafka_classes()
 
 
+#: S3 error codes that say "not now" (throttling, a server-side failure).
+_S3_TRANSIENT_CODES = frozenset(
+    {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling"}
+)
+
+
+def _s3_retriable(exc: BaseException) -> bool | None:
+    """Whether an S3 (botocore) failure may pass when tried again; None for other errors.
+
+    botocore is looked up, not imported, as aiokafka is (:func:`_kafka_classes`): the API
+    and the gateway never open an S3 client, and its import costs tens of MB.
+    """
+    errors = sys.modules.get("botocore.exceptions")
+    if errors is None:
+        return None
+    if isinstance(exc, errors.ClientError):
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        return status >= 500 or status == 429 or code in _S3_TRANSIENT_CODES
+    if isinstance(exc, errors.BotoCoreError):
+        return True  # connection, endpoint and read-timeout failures: the network, not us
+    return None
+
+
 def is_retriable(exc: BaseException) -> bool:
     """Whether trying the same operation again later may succeed."""
     if isinstance(exc, RetriableError):
         return True
     if isinstance(exc, PermanentError):
         return False
+    s3 = _s3_retriable(exc)
+    if s3 is not None:
+        return s3
     if isinstance(exc, RedisError):
         return isinstance(exc, _REDIS_TRANSIENT) or not isinstance(exc, _REDIS_PERMANENT)
     if isinstance(exc, _LOCAL_OS):

@@ -31,7 +31,7 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
-from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
+from botocore.exceptions import ClientError  # type: ignore[import-untyped]
 
 from consumers.archiver.segments import (
     Segment,
@@ -66,21 +66,6 @@ log = logging.getLogger("eventfold.archiver")
 BATCH_SIZE = 2000
 #: Deadline of each S3 call (connect and read timeouts are shorter, in the client config).
 S3_TIMEOUT = 30.0
-#: S3 error codes that say "not now" rather than "never".
-_S3_TRANSIENT_CODES = frozenset(
-    {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling"}
-)
-
-
-def s3_retriable(exc: BaseException) -> bool:
-    """Whether an S3 call that failed with ``exc`` may succeed when tried again."""
-    if isinstance(exc, ClientError):
-        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        return status >= 500 or status == 429 or code in _S3_TRANSIENT_CODES
-    if isinstance(exc, BotoCoreError):
-        return True  # connection, endpoint and read-timeout failures: the network, not us
-    return is_retriable(exc)
 
 
 class Archiver(MemberLoop):
@@ -362,7 +347,7 @@ class Archiver(MemberLoop):
                 async with asyncio.timeout(S3_TIMEOUT):
                     return await call()
             except Exception as exc:
-                if not s3_retriable(exc) or self._stop.is_set():
+                if not is_retriable(exc) or self._stop.is_set():
                     raise
                 self.metrics.dependency_errors.labels("s3").inc()
                 log.warning("s3 call failed, retrying", extra={"error": repr(exc)})

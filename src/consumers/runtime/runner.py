@@ -88,6 +88,13 @@ async def supervise(
             return
         except Exception as exc:
             ready.set_function(lambda: 0.0)
+            if stop.is_set() and is_retriable(exc):
+                # Stopping while a dependency is away (a write cut short): nothing to restart.
+                log.warning(
+                    "processor stopped while a dependency was away",
+                    extra={"processor": name, "error": repr(exc)},
+                )
+                return
             if time.monotonic() - started > HEALTHY_RUN_SECONDS:
                 backoff.reset()  # it ran well for a while: this is a new incident
             if is_retriable(exc):
