@@ -181,7 +181,7 @@ class Projector(MemberLoop):
             await stop_client(consumer.stop, "projector consumer")
             await self.live.close()
             if self._dlq is not None:
-                await stop_client(self._dlq.stop, "projector dead-letter producer")
+                await self._dlq.stop()
 
     async def _read(self, consumer: AIOKafkaConsumer) -> list[LogEvent]:
         """The next batch, decoded and personal data opened (empty when nothing came
