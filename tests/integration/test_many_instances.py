@@ -44,7 +44,7 @@ from eventfold.clients import open_pool
 from eventfold.s3 import open_s3
 from eventfold.sealing import new_key_spec
 from eventfold.settings import Settings
-from tests.conftest import free_port, process, wait_until_ready
+from tests.conftest import free_port, output, process, wait_until_ready
 from tests.integration.conftest import Api, TenantApi, topic_records
 from tests.integration.private_stack import Load, private_env, private_stack, verify_exactly_once
 from tests.integration.workflow_helpers import Receiver
@@ -84,6 +84,15 @@ def spawn_all(settings: Settings, home: Path) -> Iterator[list[Part]]:
             parts.append(Part(name, proc, f"http://127.0.0.1:{port}"))
         try:
             yield parts
+        except BaseException:
+            # Kept with the failure (pytest shows a failed test's stdout): why a part
+            # misbehaved is in its own log, and the temporary files go with the test.
+            for n, part in enumerate(parts):
+                text = output(part.proc)
+                (home / f"{part.name}-{n}.log").write_text(text)
+                print(f"--- {part.name}-{n} (status {part.proc.poll()}) ---")
+                print(text[-6000:])
+            raise
         finally:
             for part in parts:
                 if part.proc.poll() is None:
@@ -290,7 +299,8 @@ async def check_everything(
         runs = await read_pages(tenant, f"/workflows/{WORKFLOW_ID}/runs", ("reader",))
         done = [r for r in runs if r["status"] == "succeeded"]
         return len(done) == len(runs) and {r["trigger_event"] for r in runs} >= triggers, (
-            f"{len(runs)} runs, {len(done)} succeeded, {len(triggers)} triggers"
+            f"{len(runs)} runs, {len(done)} succeeded, {len(triggers)} triggers; not"
+            f" succeeded: {[r for r in runs if r['status'] != 'succeeded'][:3]}"
         )
 
     await eventually(ran, "workflow runs")
@@ -323,5 +333,7 @@ async def check_everything(
     for part in parts:
         if part.proc.returncode == -signal.SIGKILL:
             continue
-        assert part.proc.poll() is None, f"{part.name} exited"
+        assert part.proc.poll() is None, (
+            f"{part.name} exited with {part.proc.returncode}:\n{output(part.proc)[-5000:]}"
+        )
         await wait_until_ready(http, part.base, part.proc)
