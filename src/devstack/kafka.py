@@ -22,14 +22,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from devstack.base import InfraError, Progress, oneline
 from devstack.java import JavaService
 from devstack.process import live_pid, run, spawn, tcp_open, wait_ready
+from eventfold.kafka import TopicsNotReady, TopicSpec, create_missing_topics, wait_until_served
 from eventfold.settings import Settings
-
-TOPIC_ALREADY_EXISTS = 36
 
 #: Topic-level settings of the events log and its dead-letter topic. Kafka is the
 #: log of record (replay rebuilds everything from it), so nothing expires.
@@ -74,40 +74,22 @@ async def ensure_topics(settings: Settings) -> list[str]:
     """Create the events topic and its dead-letter topic when missing.
 
     Idempotent (an existing topic is left as it is, partition count and
-    replicas included); returns the names it created. Each gets
+    replicas included); returns the names it created, once every partition of
+    both has a leader. Each gets
     ``settings.kafka_replication_factor`` replicas and ``min.insync.replicas``
     one less (see :func:`topic_configs`).
     """
-    wanted = {
-        settings.events_topic: settings.topic_partitions,
-        settings.dlq_topic: settings.topic_partitions,
-    }
+    topics = [
+        TopicSpec(name, settings.topic_partitions, settings.kafka_replication_factor,
+                  topic_configs(settings))
+        for name in (settings.events_topic, settings.dlq_topic)
+    ]  # fmt: skip
     async with _admin(settings, timeout_ms=15000) as admin:
-        existing = set(await admin.list_topics())
-        missing = [name for name in wanted if name not in existing]
-        if not missing:
-            return []
-        response = await admin.create_topics(
-            [
-                NewTopic(
-                    name,
-                    num_partitions=wanted[name],
-                    replication_factor=settings.kafka_replication_factor,
-                    topic_configs=topic_configs(settings),
-                )
-                for name in missing
-            ],
-            timeout_ms=15000,
-        )
-    created = []
-    for topic_error in response.topic_errors:
-        name, code = topic_error[0], topic_error[1]
-        message = topic_error[2] if len(topic_error) > 2 else ""
-        if code == 0:
-            created.append(name)
-        elif code != TOPIC_ALREADY_EXISTS:
-            # Another process creating the same topic at once is fine; anything else is not.
-            raise InfraError(f"kafka: creating topic {name} failed: error {code} {message or ''}")
+        try:
+            created = await create_missing_topics(admin, topics)
+            await wait_until_served(admin, topics)
+        except (KafkaError, TopicsNotReady) as exc:
+            raise InfraError(f"kafka: {exc}") from exc
     return created
 
 

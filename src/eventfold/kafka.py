@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import random
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import for_code
 
+from eventfold.errors import RetriableError
 from eventfold.settings import Settings
 
 #: Every request to the broker has a deadline; nothing waits forever.
 REQUEST_TIMEOUT_MS = 15_000
+#: CreateTopics' answer for a topic that exists already (another client was first).
+TOPIC_ALREADY_EXISTS = 36
+
 #: The ingest producer's delivery deadline: waiting for metadata, a batch waiting to
 #: be sent, and each produce request. The publisher bounds a whole attempt a little
 #: above it and replaces the producer when it runs out.
@@ -138,3 +146,77 @@ def partition_for_key(
     if key is None:
         return random.choice(available or all_partitions)  # noqa: S311 - not a secret
     return all_partitions[_key_hash(key) % len(all_partitions)]
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """A topic to create: its name, partitions, replicas and topic-level settings."""
+
+    name: str
+    partitions: int
+    replicas: int
+    configs: Mapping[str, str] = field(default_factory=dict)
+
+
+class TopicsNotReady(RetriableError):
+    """Topics created but not yet served: a partition without a leader, or unknown still."""
+
+
+async def create_missing_topics(
+    admin: AIOKafkaAdminClient, topics: Sequence[TopicSpec], *, timeout_ms: int = 15_000
+) -> list[str]:
+    """Create those of ``topics`` that do not exist; the names created.
+
+    An existing topic is left as it is (partitions and settings included), and one
+    that another client creates at the same moment counts as existing; any other
+    refusal raises the :class:`aiokafka.errors.KafkaError` of its code.
+    """
+    existing = set(await admin.list_topics())
+    missing = [t for t in topics if t.name not in existing]
+    if not missing:
+        return []
+    response = await admin.create_topics(
+        [
+            NewTopic(t.name, t.partitions, t.replicas, topic_configs=dict(t.configs))
+            for t in missing
+        ],
+        timeout_ms=timeout_ms,
+    )
+    created = []
+    for topic_error in response.topic_errors:
+        name, code = topic_error[0], topic_error[1]
+        message = topic_error[2] if len(topic_error) > 2 else ""
+        if code == 0:
+            created.append(name)
+        elif code != TOPIC_ALREADY_EXISTS:
+            raise for_code(code)(f"creating topic {name} failed: {message or code}")
+    return created
+
+
+async def wait_until_served(
+    admin: AIOKafkaAdminClient, topics: Sequence[TopicSpec], *, within: float = 30.0
+) -> None:
+    """Wait until the broker's metadata has every partition of ``topics`` with a leader.
+
+    A topic is answered "unknown" or leaderless for a moment after its creation; a
+    consumer that reads the metadata then goes on without the topic until its next
+    metadata refresh (minutes). Raises :class:`TopicsNotReady` after ``within`` s.
+    """
+    wanted = {t.name: t.partitions for t in topics}
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        described = await admin.describe_topics(list(wanted))
+        lacking = sorted(set(wanted) - {d["topic"] for d in described if _served(d, wanted)})
+        if not lacking:
+            return
+        if asyncio.get_running_loop().time() >= deadline:
+            raise TopicsNotReady(f"topics not served {within:.0f} s after creation: {lacking}")
+        await asyncio.sleep(0.1)
+
+
+def _served(described: Mapping[str, object], wanted: Mapping[str, int]) -> bool:
+    partitions = described.get("partitions")
+    if described.get("error_code") or not isinstance(partitions, list):
+        return False
+    leaders = [p for p in partitions if not p.get("error_code") and p.get("leader", -1) >= 0]
+    return len(leaders) == wanted.get(str(described.get("topic")), -1)

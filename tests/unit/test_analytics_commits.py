@@ -82,10 +82,13 @@ class FakeConsumer:
     transactions: FakeTransactions = field(default_factory=FakeTransactions)
 
 
-def setup(assigned: set[int]) -> tuple[OwnedCommits, WriteBehindTable, FakeTable, FakeTransactions]:
+def setup(
+    assigned: set[int], rebalancing: list[bool] | None = None
+) -> tuple[OwnedCommits, WriteBehindTable, FakeTable, FakeTransactions]:
     raw = FakeTable()
     table = WriteBehindTable(raw)
-    commits = OwnedCommits(TOPIC, [table], lambda: assigned)
+    flag = rebalancing if rebalancing is not None else [False]
+    commits = OwnedCommits(TOPIC, [table], lambda: assigned, lambda: flag[0])
     consumer = FakeConsumer()
     commits.install(consumer)
     return commits, table, raw, consumer.transactions
@@ -175,3 +178,23 @@ def test_the_next_offset_to_apply_starts_at_the_assignment_and_follows_the_recor
     assert (commits.expected(0), commits.positions[0]) == (42, 42)
     commits.forget({0})
     assert commits.expected(0) is None
+
+
+async def test_no_commit_of_the_assigned_while_the_group_rebalances() -> None:
+    # Between the revocation's commit and the assignment a partition's producer is in
+    # no transaction: faust's periodic commit must send nothing then.
+    rebalancing = [True]
+    commits, table, raw, transactions = setup({0, 1}, rebalancing)
+    table.put("a", 1, 0)
+    commits.applied(0, 3)
+    assert not await commits.commit(offsets(p0=4))
+    assert transactions.commits == []
+    assert raw.changelog_topic.sent == []
+    # The revocation's own commit names its partitions: it goes through.
+    assert await commits.commit(partitions={0}, start_new_transaction=False)
+    assert transactions.commits == [offsets(p0=4)]
+    rebalancing[0] = False
+    table.put("b", 1, 1)
+    commits.applied(1, 0)
+    assert await commits.commit()
+    assert transactions.commits[-1] == offsets(p1=1)

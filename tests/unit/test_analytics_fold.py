@@ -18,7 +18,7 @@ from faust.types import TP
 from faust.types.tuples import Message
 
 from api.analytics import events_per_second
-from consumers.analytics.processor import Analytics, first_offset, is_first_record
+from consumers.analytics.processor import Analytics, WorkerCrashed, first_offset, is_first_record
 from eventfold.analytics_windows import (
     SETTLE_MARGIN,
     CountKey,
@@ -167,3 +167,22 @@ async def test_records_reach_the_agent_as_the_log_holds_them(worker: Analytics) 
     event = await worker.topic.schema.decode(worker.app, msg)
     assert event.key == b"t/orders/1"
     assert event.value is value
+
+
+def test_a_crashed_consumer_stops_the_worker_and_its_readiness(worker: Analytics) -> None:
+    # With no faust Worker around, a crash only marks the services: the processor's
+    # loop must notice, or the worker stays up counting nothing (seen after a rebalance).
+    worker._started = True
+    worker._recovered = lambda: True  # type: ignore[method-assign]
+    worker._check_not_crashed()
+    assert worker.is_ready()
+    worker.app.consumer.crash_reason = KeyError("eventfold.analytics-seen-changelog")
+    with pytest.raises(WorkerCrashed, match="seen-changelog"):
+        worker._check_not_crashed()
+    assert not worker.is_ready()
+
+
+def test_the_changelog_topics_are_the_apps_own(worker: Analytics) -> None:
+    # declare_changelogs creates these names; faust must then find them existing.
+    names = {t.table.changelog_topic.get_topic_name() for t in worker.tables().values()}
+    assert names == {f"{worker.app.conf.id}-{n}-changelog" for n in ("counts", "touched", "seen")}

@@ -148,11 +148,16 @@ class OwnedCommits:
     """
 
     def __init__(
-        self, topic: str, tables: list[WriteBehindTable], assigned: Callable[[], set[int]]
+        self,
+        topic: str,
+        tables: list[WriteBehindTable],
+        assigned: Callable[[], set[int]],
+        rebalancing: Callable[[], bool] = lambda: False,
     ) -> None:
         self.topic = topic
         self.tables = tables
         self.assigned = assigned
+        self.rebalancing = rebalancing
         #: partition -> next offset to apply: the offsets a commit may cover
         self.positions: dict[int, int] = {}
         #: partition -> the offset this worker last committed
@@ -206,8 +211,19 @@ class OwnedCommits:
         partitions: set[int] | None = None,
     ) -> bool:  # fmt: skip
         """Commit the applied positions of ``partitions`` (default: the assigned) with
-        every table write made so far; whether anything was committed."""
+        every table write made so far; whether anything was committed.
+
+        A commit of the assigned (faust's periodic one, the processor's timer) is
+        skipped while the group rebalances. The revocation's commit (``partitions``
+        given) ends those partitions' transactions without beginning new ones, and
+        only the assignment begins the kept partitions' next: in between, a
+        partition's producer is in no transaction, and faust's periodic commit sent
+        changelog writes to it and crashed the consumer (``IllegalOperation``). The
+        window lasts until the group's join ends: with a member killed, its session.
+        """
         async with self._lock:
+            if partitions is None and self.rebalancing():
+                return False
             scope = self.assigned() if partitions is None else partitions
             # Positions are taken before any dirty key is sent: every event they
             # cover has its writes in this flush.

@@ -54,6 +54,7 @@ import asyncpg
 import faust
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
@@ -82,7 +83,7 @@ from eventfold.analytics_windows import (
 from eventfold.clients import redis_client
 from eventfold.errors import RetriableError
 from eventfold.faults import is_retriable
-from eventfold.kafka import heartbeat_ms
+from eventfold.kafka import TopicSpec, create_missing_topics, heartbeat_ms, wait_until_served
 from eventfold.metrics import Metrics
 from eventfold.replay import REPLAY_ATTRIBUTE
 from eventfold.settings import Settings
@@ -93,6 +94,11 @@ log = logging.getLogger(__name__)
 
 class RecordsSkipped(RetriableError):
     """Records of the source never reached the processor: it must read them again."""
+
+
+class WorkerCrashed(RetriableError):
+    """faust stopped a service of the app (its consumer, an agent) on an error it raised:
+    the app counts nothing more, so the processor starts again (restoring its tables)."""
 
 
 def _flush_failed(exc: Exception, msg: str) -> None:
@@ -217,7 +223,10 @@ class Analytics:
         #: set when a count changed: an idle flusher copies it at once
         self._changed = asyncio.Event()
         self.commits = OwnedCommits(
-            settings.events_topic, list(self.tables().values()), self.assigned
+            settings.events_topic,
+            list(self.tables().values()),
+            self.assigned,
+            lambda: bool(self.app.rebalancing),
         )
         self._newest_log_ms = 0
         self._started = False
@@ -520,8 +529,66 @@ class Analytics:
         return all(positions.get(tp.partition, 0) >= end for tp, end in ends.items() if end)
 
     def is_ready(self) -> bool:
-        """Whether the worker consumes: assigned, its tables restored, not rebalancing."""
-        return self._started and not self.app.rebalancing and self._recovered()
+        """Whether the worker consumes: assigned, its tables restored, not rebalancing,
+        and no service of the app crashed."""
+        return (
+            self._started
+            and not self.app.rebalancing
+            and self._recovered()
+            and self._crash_reason() is None
+        )
+
+    def _crash_reason(self) -> BaseException | None:
+        """Why faust crashed the app or its consumer (None while neither did).
+
+        mode marks a crashed service and its parents and logs the reason, but with no
+        faust Worker around nothing stops the app: its consumer is gone and the loop
+        of :meth:`_run` would go on committing nothing, ready in name only.
+        """
+        for service in (self.app.consumer, self.app):
+            reason: BaseException | None = service.crash_reason
+            if reason is not None:
+                return reason
+        return None
+
+    def _check_not_crashed(self) -> None:
+        """Raise :class:`WorkerCrashed` once a service of the app crashed."""
+        reason = self._crash_reason()
+        if reason is not None:
+            raise WorkerCrashed(f"the faust app crashed: {reason!r}")
+
+    async def declare_changelogs(self) -> None:
+        """Create the tables' changelog topics and wait until they are served, before the
+        app subscribes to them.
+
+        faust creates them itself as it starts and subscribes right after: a worker
+        whose first metadata answer came before a new changelog was served went on
+        without it until its next metadata refresh, minutes later. Leading the group's
+        next rebalance, it assigned that changelog no topic group, and the next write
+        to it crashed faust's consumer (a ``KeyError`` in the assignor): seen when one
+        of two fresh workers was killed and the other took its partitions over.
+        """
+        s = self.settings
+        specs = [
+            # faust's settings for a table's changelog: compacted, as many partitions
+            # as the source, the app's replication factor.
+            TopicSpec(
+                table.table.changelog_topic.get_topic_name(),
+                s.topic_partitions,
+                s.kafka_replication_factor,
+                {"cleanup.policy": "compact"},
+            )
+            for table in self.tables().values()
+        ]
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=s.kafka_bootstrap, client_id="eventfold-analytics-topics"
+        )
+        await admin.start()
+        try:
+            await create_missing_topics(admin, specs)
+            await wait_until_served(admin, specs)
+        finally:
+            await admin.close()
 
     def _recovered(self) -> bool:
         """Whether faust's first recovery (table restore) has completed."""
@@ -547,6 +614,7 @@ class Analytics:
         deliver_eagerly(self.app.consumer)
         restore_to_last_record(self.app.consumer, self.settings.kafka_bootstrap)
         resume_streams_after_clear(self.app, self.settings.kafka_bootstrap)
+        await self.declare_changelogs()
         await self.app.start()
         # faust's aiokafka consumer, started with the app: it leaves the group on stop.
         consumer: Any = self.app.consumer
@@ -559,6 +627,7 @@ class Analytics:
         try:
             while not stop.is_set():
                 member.check()
+                self._check_not_crashed()
                 if self._halted:
                     first, delivered = next(iter(self._halted.values()))
                     raise RecordsSkipped(

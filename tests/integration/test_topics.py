@@ -1,0 +1,88 @@
+"""Topics a process creates for itself are served before anything subscribes to them.
+
+A consumer whose first metadata answer comes while a new topic is still unknown
+or leaderless goes on without it until its next refresh, minutes later: an
+analytics worker leading its group's rebalance then assigned one of its tables'
+changelogs no topic group, and faust's consumer crashed on the next write to it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError
+
+from consumers.analytics.processor import Analytics
+from eventfold.kafka import TopicSpec, create_missing_topics, wait_until_served
+from eventfold.metrics import Metrics
+from eventfold.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def admin(stack: Settings) -> AsyncIterator[AIOKafkaAdminClient]:
+    client = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+    await client.start()
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def first_metadata(settings: Settings, topics: list[str]) -> dict[str, int]:
+    """Partitions per topic in the first metadata answer of a new consumer of ``topics``."""
+    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=settings.kafka_bootstrap)
+    await consumer.start()
+    try:
+        return {t: len(consumer.partitions_for_topic(t) or ()) for t in topics}
+    finally:
+        await consumer.stop()
+
+
+async def test_created_topics_are_served_once_the_wait_returns(
+    stack: Settings, admin: AIOKafkaAdminClient
+) -> None:
+    name = f"eventfold-test-topics-{uuid.uuid4().hex[:8]}"
+    specs = [TopicSpec(f"{name}-{i}", 3, 1, {"cleanup.policy": "compact"}) for i in range(3)]
+    assert await create_missing_topics(admin, specs) == [s.name for s in specs]
+    await wait_until_served(admin, specs)
+    assert await first_metadata(stack, [s.name for s in specs]) == {s.name: 3 for s in specs}
+    # Idempotent: the second call creates nothing and leaves the settings as they are.
+    assert await create_missing_topics(admin, specs) == []
+    [described] = await admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, name + "-0")]
+    )
+    configs = {c[0]: c[1] for c in described.resources[0][4]}
+    assert configs["cleanup.policy"] == "compact"
+
+
+async def test_a_topic_the_broker_refuses_raises_its_kafka_error(
+    admin: AIOKafkaAdminClient,
+) -> None:
+    spec = TopicSpec(
+        f"eventfold-test-topics-{uuid.uuid4().hex[:8]}", 1, 1, {"cleanup.policy": "no"}
+    )
+    with pytest.raises(KafkaError, match=spec.name):
+        await create_missing_topics(admin, [spec])
+
+
+async def test_the_analytics_changelogs_exist_before_the_app_starts(stack: Settings) -> None:
+    name = uuid.uuid4().hex[:8]
+    settings = dataclasses.replace(
+        stack,
+        events_topic=f"{stack.events_topic}.tp-{name}",
+        consumer_group_prefix=f"{stack.consumer_group_prefix}.tp-{name}",
+        topic_partitions=2,
+    )
+    worker = Analytics(settings, None, Metrics())
+    await worker.declare_changelogs()
+    names = [t.table.changelog_topic.get_topic_name() for t in worker.tables().values()]
+    assert await first_metadata(settings, names) == {n: 2 for n in names}
