@@ -850,3 +850,53 @@ async def test_a_claim_visits_every_tenant_with_a_claimable_run(pool: asyncpg.Po
             )
         finally:
             await tx.rollback()
+
+
+async def test_a_run_that_finished_with_its_events_unpublished_is_claimed_for_them(
+    pool: asyncpg.Pool,
+) -> None:
+    """A processor killed between writing a run's last transition (finished: no timer)
+    and publishing its events: once the lease is out the run is due, so another claims
+    it and publishes them; released, it is due no more."""
+    from consumers.workflows import store
+    from tests.conftest import new_tenant_id
+
+    tenant, topic = new_tenant_id(), f"unpublished-{new_tenant_id()}"
+    run = f"{topic}-r"
+    events = [{"type": "workflow.run.succeeded", "id": f"{run}:succeeded"}]
+    try:
+        async with pool.acquire() as conn:
+            await store.insert_runs(conn, [store.NewRun(
+                run=run, tenant=tenant, topic=topic, workflow="w", depth=1, status="running",
+                state={"id": run}, pending=[], lease_seconds=60.0,
+            )])  # fmt: skip
+        # The last transition, written under a lease that has run out (the writer died).
+        rev = await store.save(pool, store.Save(
+            run, 0, status="succeeded", state={"id": run, "status": "succeeded"},
+            pending=events, wake_at=None, lease_seconds=-1.0,
+        ))  # fmt: skip
+        assert rev is not None
+
+        async def claim() -> list[store.Claimed]:
+            return await store.claim_runs(
+                pool, topic, busy_tenants=[], per_tenant=10, limit=10, lease_seconds=60
+            )
+
+        [claimed] = await claim()
+        assert (claimed.id, claimed.pending) == (run, events)
+        # Published and released: its timer is the state's again (none, finished).
+        assert await store.release(pool, store.Release(run, claimed.rev, None))
+        assert await claim() == []
+        # The batched statements do the same.
+        [rev] = await store.save_many(pool, [store.Save(
+            run, claimed.rev, status="succeeded", state={"id": run}, pending=events,
+            wake_at=None, lease_seconds=-1.0,
+        )])  # fmt: skip
+        assert rev is not None
+        [again] = await claim()
+        assert again.pending == events
+        assert await store.release_many(pool, [store.Release(run, again.rev, None)]) == [True]
+        assert await pool.fetchval("SELECT wake_at FROM eventfold.workflow_runs WHERE id = $1",
+                                   run) is None  # fmt: skip
+    finally:
+        await pool.execute("DELETE FROM eventfold.workflow_runs WHERE topic = $1", topic)

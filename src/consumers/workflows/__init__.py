@@ -32,7 +32,10 @@ transaction, fenced by the row's ``rev``, and the events are published (acked
 by Kafka) before the next effect starts. So a completed step's result is in
 PostgreSQL before its events are published and published before the next step
 starts: after a kill -9 the next processor republishes the pending events (the
-same ids: the projector keeps one) and goes on from the recorded state. Only an
+same ids: the projector keeps one) and goes on from the recorded state. A run
+holding unpublished events is due at once (``wake_at`` is its timer again once
+they are out), so a run that finished in its last transition is claimed for them
+too. Only an
 effect that was under way when the process died runs again, with the same
 Idempotency-Key (http), Message-ID (email) or event id (record).
 

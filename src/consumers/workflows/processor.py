@@ -413,7 +413,7 @@ class WorkflowProcessor:
                     t = machine.on_timer(state, now)
                     _waited(state, step)
                 else:
-                    if await self._releases.submit(Release(run, rev)):
+                    if await self._releases.submit(Release(run, rev, state.wake_at)):
                         return
                     fresh = await store.reload(self.pool, run)
                     if fresh is None:

@@ -223,7 +223,15 @@ async def claim_runs(
 
 @dataclass(frozen=True, slots=True)
 class Save:
-    """A transition to write if the run is still at ``rev`` (renewing its lease)."""
+    """A transition to write if the run is still at ``rev`` (renewing its lease).
+
+    While ``pending`` holds events the run is due at once, whatever its timer
+    (``wake_at``, None for a finished run): its lease keeps it with this processor,
+    and should the processor die before publishing them, the first claim after the
+    lease publishes them. With the timer alone, a run that finished in a transition
+    whose events were never published stayed "running" for good. :class:`Release`
+    sets the timer back once they are out.
+    """
 
     run: str
     rev: int
@@ -236,10 +244,12 @@ class Save:
 
 @dataclass(frozen=True, slots=True)
 class Release:
-    """Letting go of a run at ``rev`` whose events are published."""
+    """Letting go of a run at ``rev`` whose events are published; ``wake_at`` is its
+    timer (None: nothing to do until a command comes, or finished)."""
 
     run: str
     rev: int
+    wake_at: float | None
 
 
 # The rows are locked in the order of their ids, so two statements writing many runs
@@ -253,7 +263,8 @@ WITH b AS (
     ORDER BY w.id FOR UPDATE OF w
 )
 UPDATE eventfold.workflow_runs w SET state = b.state, status = b.status, pending = b.pending,
-    wake_at = to_timestamp(b.wake_at), rev = w.rev + 1, updated_at = now(),
+    wake_at = CASE WHEN b.pending <> '[]' THEN now() ELSE to_timestamp(b.wake_at) END,
+    rev = w.rev + 1, updated_at = now(),
     lease_until = now() + make_interval(secs => b.lease)
 FROM b, l WHERE w.id = l.id AND w.id = b.id AND w.rev = b.rev
 RETURNING w.id, w.rev
@@ -261,12 +272,13 @@ RETURNING w.id, w.rev
 
 _RELEASE_MANY = """
 WITH b AS (
-    SELECT * FROM unnest($1::text[], $2::bigint[]) AS b(id, rev)
+    SELECT * FROM unnest($1::text[], $2::bigint[], $3::float8[]) AS b(id, rev, wake_at)
 ), l AS (
     SELECT w.id FROM eventfold.workflow_runs w JOIN b ON w.id = b.id AND w.rev = b.rev
     ORDER BY w.id FOR UPDATE OF w
 )
-UPDATE eventfold.workflow_runs w SET pending = '[]', lease_until = '-infinity'
+UPDATE eventfold.workflow_runs w SET pending = '[]', lease_until = '-infinity',
+    wake_at = to_timestamp(b.wake_at)
 FROM b, l WHERE w.id = l.id AND w.id = b.id AND w.rev = b.rev
 RETURNING w.id
 """
@@ -277,7 +289,8 @@ async def save(pool: asyncpg.Pool, s: Save) -> int | None:
     async with pool.acquire(timeout=5) as conn:
         new = await conn.fetchval(
             "UPDATE eventfold.workflow_runs SET state = $3, status = $4, pending = $5,"
-            " wake_at = to_timestamp($6), rev = rev + 1, updated_at = now(),"
+            " wake_at = CASE WHEN $5::jsonb <> '[]' THEN now() ELSE to_timestamp($6) END,"
+            " rev = rev + 1, updated_at = now(),"
             " lease_until = now() + make_interval(secs => $7)"
             " WHERE id = $1 AND rev = $2 RETURNING rev",
             s.run, s.rev, s.state, s.status, s.pending, s.wake_at, s.lease_seconds,
@@ -302,10 +315,11 @@ async def release(pool: asyncpg.Pool, r: Release) -> bool:
     """Let go of a run whose events are published (it waits or has finished)."""
     async with pool.acquire(timeout=5) as conn:
         done = await conn.fetchval(
-            "UPDATE eventfold.workflow_runs SET pending = '[]', lease_until = '-infinity'"
-            " WHERE id = $1 AND rev = $2 RETURNING true",
+            "UPDATE eventfold.workflow_runs SET pending = '[]', lease_until = '-infinity',"
+            " wake_at = to_timestamp($3) WHERE id = $1 AND rev = $2 RETURNING true",
             r.run,
             r.rev,
+            r.wake_at,
         )
     return bool(done)
 
@@ -313,7 +327,12 @@ async def release(pool: asyncpg.Pool, r: Release) -> bool:
 async def release_many(pool: asyncpg.Pool, releases: Sequence[Release]) -> list[bool]:
     """:func:`release` of many runs (distinct) in one statement; per run, as :func:`release`."""
     async with pool.acquire(timeout=5) as conn:
-        rows = await conn.fetch(_RELEASE_MANY, [r.run for r in releases], [r.rev for r in releases])
+        rows = await conn.fetch(
+            _RELEASE_MANY,
+            [r.run for r in releases],
+            [r.rev for r in releases],
+            [r.wake_at for r in releases],
+        )
     done = {row["id"] for row in rows}
     return [r.run in done for r in releases]
 
