@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import random
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import for_code
+from aiokafka.errors import KafkaError, for_code
 
 from eventfold.errors import RetriableError
 from eventfold.settings import Settings
+
+log = logging.getLogger("eventfold.kafka")
 
 #: Every request to the broker has a deadline; nothing waits forever.
 REQUEST_TIMEOUT_MS = 15_000
@@ -220,3 +223,34 @@ def _served(described: Mapping[str, object], wanted: Mapping[str, int]) -> bool:
         return False
     leaders = [p for p in partitions if not p.get("error_code") and p.get("leader", -1) >= 0]
     return len(leaders) == wanted.get(str(described.get("topic")), -1)
+
+
+#: Seconds a Kafka client is given to stop (leave its group, close its connections).
+STOP_SECONDS = 5.0
+
+
+async def stop_client(
+    stop: Callable[[], Awaitable[None]], what: str, within: float = STOP_SECONDS
+) -> None:
+    """Run ``stop`` (a Kafka client's stop) for at most ``within`` seconds, whether or not
+    Kafka answers; ``what`` names the client in the log.
+
+    With the broker gone, aiokafka's consumer stop re-raises the cancellation of the
+    fetch tasks it cancels itself (its fetcher awaits them unguarded), and leaving the
+    group waits for a request timeout: either cut the caller's own shutdown short (the
+    dead-letter producer, the live feed, the pool left open; a faust thread's loop never
+    told the app it stopped). A cancellation aimed at the caller's task still propagates.
+    """
+    task = asyncio.current_task()
+    try:
+        await asyncio.wait_for(stop(), within)
+    except TimeoutError:
+        log.warning("kafka client not stopped in time, dropped", extra={"client": what})
+    except KafkaError as exc:
+        log.warning(
+            "kafka client stopped with an error", extra={"client": what, "error": repr(exc)}
+        )
+    except asyncio.CancelledError:
+        if task is not None and task.cancelling():
+            raise
+        log.warning("kafka client stopped with its requests cut off", extra={"client": what})

@@ -166,8 +166,10 @@ class LogEnd:
     async def _drop_consumer(self) -> None:
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(consumer.stop(), 2)
+            # deferred as in _fetch: eventfold.kafka imports aiokafka (loaded by now)
+            from eventfold.kafka import stop_client
+
+            await stop_client(consumer.stop, "log-end consumer", within=2.0)
 
     async def close(self) -> None:
         """Stop a refresh in flight and the Kafka client."""

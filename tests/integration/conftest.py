@@ -22,6 +22,7 @@ import pytest_asyncio
 from aiohttp import ClientResponse, ClientSession
 from aiohttp.test_utils import TestClient, TestServer
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import ConsumerRecord
 
 from devstack import ensure_topics
@@ -177,6 +178,17 @@ async def tenant(api: Api) -> TenantApi:
     """A tenant created for this test alone."""
     doc = await api.create_tenant()
     return TenantApi(api, doc["id"])
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def admin(stack: Settings) -> AsyncIterator[AIOKafkaAdminClient]:
+    """A Kafka admin client of the session's stack."""
+    client = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+    await client.start()
+    try:
+        yield client
+    finally:
+        await client.close()
 
 
 @pytest_asyncio.fixture(loop_scope="session")

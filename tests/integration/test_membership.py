@@ -11,14 +11,12 @@ import asyncio
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import asyncpg
 import orjson
-import pytest_asyncio
 from aiokafka.admin import AIOKafkaAdminClient
 
 from consumers.projector.processor import Projector
@@ -31,16 +29,6 @@ from tests.conftest import free_port, new_tenant_id, wait_until_ready
 from tests.integration.conftest import kill_9_after_assignment, process_env, serving
 
 EVENTFOLD = str(Path(sys.executable).with_name("eventfold"))
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def admin(stack: Settings) -> AsyncIterator[AIOKafkaAdminClient]:
-    client = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
-    await client.start()
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 async def members(admin: AIOKafkaAdminClient, group: str) -> list[str]:

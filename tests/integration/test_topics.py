@@ -8,12 +8,9 @@ changelogs no topic group, and faust's consumer crashed on the next write to it.
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
-import pytest_asyncio
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
@@ -25,16 +22,6 @@ from eventfold.metrics import Metrics
 from eventfold.settings import Settings
 
 pytestmark = pytest.mark.integration
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def admin(stack: Settings) -> AsyncIterator[AIOKafkaAdminClient]:
-    client = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
-    await client.start()
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 async def first_metadata(settings: Settings, topics: list[str]) -> dict[str, int]:
@@ -74,15 +61,9 @@ async def test_a_topic_the_broker_refuses_raises_its_kafka_error(
         await create_missing_topics(admin, [spec])
 
 
-async def test_the_analytics_changelogs_exist_before_the_app_starts(stack: Settings) -> None:
-    name = uuid.uuid4().hex[:8]
-    settings = dataclasses.replace(
-        stack,
-        events_topic=f"{stack.events_topic}.tp-{name}",
-        consumer_group_prefix=f"{stack.consumer_group_prefix}.tp-{name}",
-        topic_partitions=2,
-    )
-    worker = Analytics(settings, None, Metrics())
+async def test_the_analytics_changelogs_exist_before_the_app_starts(lane: Settings) -> None:
+    worker = Analytics(lane, None, Metrics())
     await worker.declare_changelogs()
     names = [t.table.changelog_topic.get_topic_name() for t in worker.tables().values()]
-    assert await first_metadata(settings, names) == {n: 2 for n in names}
+    partitions = lane.topic_partitions
+    assert await first_metadata(lane, names) == dict.fromkeys(names, partitions)

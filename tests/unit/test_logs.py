@@ -8,7 +8,7 @@ import logging
 import orjson
 import pytest
 
-from consumers.runtime.kafka import stop_client
+from eventfold.kafka import stop_client
 from eventfold.logs import JsonFormatter, RepeatFilter
 
 

@@ -67,7 +67,6 @@ from consumers.analytics.recovery import (
     resume_streams_after_clear,
 )
 from consumers.runtime import membership
-from consumers.runtime.kafka import stop_client
 from consumers.runtime.membership import leave_on_stop
 from eventfold.analytics_windows import (
     WINDOWS,
@@ -83,7 +82,13 @@ from eventfold.analytics_windows import (
 from eventfold.clients import redis_client
 from eventfold.errors import RetriableError
 from eventfold.faults import is_retriable
-from eventfold.kafka import TopicSpec, create_missing_topics, heartbeat_ms, wait_until_served
+from eventfold.kafka import (
+    TopicSpec,
+    create_missing_topics,
+    heartbeat_ms,
+    stop_client,
+    wait_until_served,
+)
 from eventfold.metrics import Metrics
 from eventfold.replay import REPLAY_ATTRIBUTE
 from eventfold.settings import Settings
@@ -112,7 +117,7 @@ def _flush_failed(exc: Exception, msg: str) -> None:
 
 def bounded_thread_stop(thread: Any) -> None:
     """Make faust's consumer ``thread`` stop its aiokafka consumer through
-    :func:`~consumers.runtime.kafka.stop_client`.
+    :func:`~eventfold.kafka.stop_client`.
 
     Its ``on_thread_stop`` raising (aiokafka's stop does, with the broker gone) skips the
     rest of the thread's shutdown, and the app then waits 15 s for a thread that never

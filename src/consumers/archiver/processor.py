@@ -48,14 +48,13 @@ from consumers.runtime.kafka import (
     caught_up,
     seek_to_stored,
     start_with_retry,
-    stop_client,
 )
 from eventfold import tracing
 from eventfold.archive import manifest_key, tenant_prefix
 from eventfold.backoff import Backoff
 from eventfold.db import fetch_checkpoints
 from eventfold.faults import is_retriable
-from eventfold.kafka import make_consumer
+from eventfold.kafka import make_consumer, stop_client
 from eventfold.metrics import Metrics
 from eventfold.s3 import open_s3
 from eventfold.settings import Settings

@@ -41,7 +41,6 @@ from consumers.runtime.kafka import (
     TrackAssignment,
     caught_up,
     start_with_retry,
-    stop_client,
 )
 from eventfold import cachefill, placement, tracing
 from eventfold.backoff import Backoff
@@ -56,7 +55,7 @@ from eventfold.datakeys import ERASED
 from eventfold.faults import is_retriable
 from eventfold.fold import RECORD_TYPES
 from eventfold.ids import is_valid
-from eventfold.kafka import make_consumer
+from eventfold.kafka import make_consumer, stop_client
 from eventfold.metrics import Metrics
 from eventfold.settings import HOME_SERVER, Settings
 

@@ -29,14 +29,13 @@ from consumers.runtime.kafka import (
     caught_up,
     seek_to_stored,
     start_with_retry,
-    stop_client,
 )
 from eventfold import cachefill, datakeys, deadletters, placement, readmodel, tracing
 from eventfold.backoff import Backoff
 from eventfold.db import KeptConnection, fetch_checkpoints
 from eventfold.deadletters import DeadLetter
 from eventfold.faults import is_retriable
-from eventfold.kafka import make_consumer, make_producer
+from eventfold.kafka import make_consumer, make_producer, stop_client
 from eventfold.logs import correlation_id
 from eventfold.metrics import Metrics
 from eventfold.projection.batch import BatchResult, LogEvent, apply_batch, budget_sql, read_events
@@ -181,7 +180,7 @@ class Projector(MemberLoop):
             await stop_client(consumer.stop, "projector consumer")
             await self.live.close()
             if self._dlq is not None:
-                await self._dlq.stop()
+                await stop_client(self._dlq.stop, "projector dead-letter producer")
 
     async def _read(self, consumer: AIOKafkaConsumer) -> list[LogEvent]:
         """The next batch, decoded and personal data opened (empty when nothing came

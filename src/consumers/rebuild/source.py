@@ -17,6 +17,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from eventfold.archive import manifest_key
+from eventfold.kafka import stop_client
 from eventfold.projection.batch import LogEvent, log_event
 from eventfold.settings import Settings
 
@@ -87,7 +88,7 @@ async def offsets_at(settings: Settings, topic: str, at_ms: int | None) -> dict[
             tp.partition: (found[tp].offset if found.get(tp) is not None else end[tp]) for tp in tps
         }
     finally:
-        await consumer.stop()
+        await stop_client(consumer.stop, "rebuild offsets consumer")
 
 
 async def read_range(
@@ -148,7 +149,7 @@ async def read_range(
                 yield chunk, dict(positions)
                 chunk = []
     finally:
-        await consumer.stop()
+        await stop_client(consumer.stop, "rebuild reader")
 
 
 async def read_archive(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -31,36 +31,6 @@ from eventfold.publisher import Publisher
 from eventfold.settings import Settings
 
 log = logging.getLogger("eventfold.kafka")
-
-#: Seconds a Kafka client is given to stop (leave its group, close its connections).
-STOP_SECONDS = 5.0
-
-
-async def stop_client(
-    stop: Callable[[], Awaitable[None]], what: str, within: float = STOP_SECONDS
-) -> None:
-    """Run ``stop`` (a Kafka client's stop) for at most ``within`` seconds, whether or not
-    Kafka answers; ``what`` names the client in the log.
-
-    With the broker gone, aiokafka's consumer stop re-raises the cancellation of the
-    fetch tasks it cancels itself (its fetcher awaits them unguarded), and leaving the
-    group waits for a request timeout: either cut the caller's own shutdown short (the
-    dead-letter producer, the live feed, the pool left open; a faust thread's loop never
-    told the app it stopped). A cancellation aimed at the caller's task still propagates.
-    """
-    task = asyncio.current_task()
-    try:
-        await asyncio.wait_for(stop(), within)
-    except TimeoutError:
-        log.warning("kafka client not stopped in time, dropped", extra={"client": what})
-    except KafkaError as exc:
-        log.warning(
-            "kafka client stopped with an error", extra={"client": what, "error": repr(exc)}
-        )
-    except asyncio.CancelledError:
-        if task is not None and task.cancelling():
-            raise
-        log.warning("kafka client stopped with its requests cut off", extra={"client": what})
 
 
 class CheckpointOwner(Protocol):

@@ -16,7 +16,7 @@ import aiohttp
 import asyncpg
 import orjson
 
-from consumers.runtime.kafka import start_publisher, stop_client
+from consumers.runtime.kafka import start_publisher
 from consumers.workflows import effects, store
 from consumers.workflows.publishing import GroupPublisher
 from consumers.workflows.store import Claimed, InboxRow, Release, Save
@@ -27,6 +27,7 @@ from eventfold.db import WORKFLOW_CHANNEL, connect
 from eventfold.egress import AllowList, guarded_session
 from eventfold.envelope import CloudEvent
 from eventfold.groupcommit import Batcher
+from eventfold.kafka import stop_client
 from eventfold.metrics import Metrics
 from eventfold.sealing import SealError, keyring
 from eventfold.settings import Settings
