@@ -16,6 +16,7 @@ from typing import Any
 
 import asyncpg
 import hypothesis.strategies as st
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
@@ -185,6 +186,11 @@ class FoldMachine(RuleBasedStateMachine):
             assert history == len(self.seen), tenant
 
 
+# The machine runs in a thread of its own while the session's processors go on in
+# the main one, drawing from the ``random`` module (backoff jitter, partition keys):
+# Hypothesis sees the shared global state move during a draw and takes it for the
+# strategy's doing. Nothing here draws from ``random``.
+@pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies")
 async def test_fold_state_machine(stack: Settings) -> None:
     FoldMachine.dsn = stack.database_url
     FoldMachine.TestCase.settings = settings(
