@@ -11,6 +11,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from aiokafka import TopicPartition
 from aiokafka.util import commit_structure_validate
 
@@ -198,3 +199,38 @@ async def test_no_commit_of_the_assigned_while_the_group_rebalances() -> None:
     commits.applied(1, 0)
     assert await commits.commit()
     assert transactions.commits[-1] == offsets(p1=1)
+
+
+async def test_a_flush_cut_short_leaves_no_unretrieved_ack_failure() -> None:
+    # The first send's ack fails after the flush gave up on the second send: it is
+    # never awaited, and asyncio must not log it as an exception never retrieved.
+    import gc
+
+    loop = asyncio.get_running_loop()
+    logged: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: logged.append(context))
+    pending: list[asyncio.Future[None]] = []
+
+    class Failing(FakeChangelog):
+        async def send(
+            self, topic: str, key: Any, value: Any, partition: int, *_: Any
+        ) -> asyncio.Future[None]:
+            if pending:
+                raise RuntimeError("producer in no transaction")
+            ack: asyncio.Future[None] = loop.create_future()
+            pending.append(ack)
+            return ack
+
+    try:
+        table = WriteBehindTable(FakeTable(changelog_topic=Failing()))
+        table.put("a", 1, 0)
+        table.put("b", 2, 0)
+        with pytest.raises(RuntimeError):
+            await table.send_dirty({0})
+        pending.pop().set_exception(RuntimeError("fenced"))
+        await asyncio.sleep(0)  # the done callbacks run
+        gc.collect()
+        assert not [c for c in logged if "never retrieved" in c.get("message", "")]
+    finally:
+        loop.set_exception_handler(previous)

@@ -116,8 +116,20 @@ class WriteBehindTable:
             ack = await producer.send(
                 name, key_bytes, value_bytes, partition, None, headers or None
             )
+            if isinstance(ack, asyncio.Future):
+                ack.add_done_callback(_seen)
             acks.append((partition, ack))
         return acks
+
+
+def _seen(ack: asyncio.Future[Any]) -> None:
+    """Mark a failed acknowledgement as seen. A flush cut short by an error (the worker
+    then starts again) never awaits the acks of the sends it made before it; each
+    failed later, when the new worker's producer fenced the old one, and asyncio
+    logged "Future exception was never retrieved" for every one. An ack that is
+    awaited still raises its error."""
+    if not ack.cancelled():
+        ack.exception()
 
 
 async def flush_tables(tables: list[WriteBehindTable], partitions: set[int]) -> set[int]:
