@@ -10,7 +10,6 @@ import asyncio
 import dataclasses
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,16 +36,19 @@ EVENTFOLD = str(Path(sys.executable).with_name("eventfold"))
 
 
 def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A TCP port nobody listens on right now, for a server that binds it a while later
+    (see :func:`free_ports`)."""
+    return free_ports(1)
 
 
 #: Where :func:`free_ports` looks: below the kernel's ephemeral range (32768 and up on
 #: Linux), so no outgoing connection takes a port between its check and a server's bind.
+#: (Port 0's pick is in that range: a spawned process once found its port taken by a
+#: client connection to Kafka opened in between.)
 _LISTEN_PORTS = range(20000, 32000)
+#: Every port handed out in this session: never twice, though the first taker may not
+#: have bound it yet (sixteen processes started at once drew the same port at random).
+_HANDED: set[int] = set()
 
 
 def free_ports(count: int) -> int:
@@ -54,7 +56,9 @@ def free_ports(count: int) -> int:
     a cluster; a Redis and its replica), for servers that bind it a while later."""
     for _ in range(200):
         port = random.randrange(_LISTEN_PORTS.start, _LISTEN_PORTS.stop - count)
-        if all(port_free("127.0.0.1", port + i) for i in range(count)):
+        wanted = range(port, port + count)
+        if not _HANDED.intersection(wanted) and all(port_free("127.0.0.1", p) for p in wanted):
+            _HANDED.update(wanted)
             return port
     raise RuntimeError(f"no {count} consecutive free ports")
 
