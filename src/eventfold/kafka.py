@@ -9,6 +9,7 @@ import random
 import struct
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -203,13 +204,15 @@ async def wait_until_served(
 
     A topic is answered "unknown" or leaderless for a moment after its creation; a
     consumer that reads the metadata then goes on without the topic until its next
-    metadata refresh (minutes). Raises :class:`TopicsNotReady` after ``within`` s.
+    metadata refresh (minutes). The partitions are those the broker lists: a topic
+    that existed before with another count is served as it is. Raises
+    :class:`TopicsNotReady` after ``within`` s.
     """
-    wanted = {t.name: t.partitions for t in topics}
+    names = [t.name for t in topics]
     deadline = asyncio.get_running_loop().time() + within
     while True:
-        described = await admin.describe_topics(list(wanted))
-        lacking = sorted(set(wanted) - {d["topic"] for d in described if _served(d, wanted)})
+        described = await admin.describe_topics(names)
+        lacking = sorted(set(names) - {d["topic"] for d in described if _served(d)})
         if not lacking:
             return
         if asyncio.get_running_loop().time() >= deadline:
@@ -217,12 +220,11 @@ async def wait_until_served(
         await asyncio.sleep(0.1)
 
 
-def _served(described: Mapping[str, object], wanted: Mapping[str, int]) -> bool:
+def _served(described: Mapping[str, Any]) -> bool:
     partitions = described.get("partitions")
-    if described.get("error_code") or not isinstance(partitions, list):
+    if described.get("error_code") or not partitions:
         return False
-    leaders = [p for p in partitions if not p.get("error_code") and p.get("leader", -1) >= 0]
-    return len(leaders) == wanted.get(str(described.get("topic")), -1)
+    return all(not p.get("error_code") and p.get("leader", -1) >= 0 for p in partitions)
 
 
 #: Seconds a Kafka client is given to stop (leave its group, close its connections).

@@ -51,6 +51,18 @@ async def test_created_topics_are_served_once_the_wait_returns(
     assert configs["cleanup.policy"] == "compact"
 
 
+async def test_a_topic_that_exists_with_another_partition_count_is_served_as_it_is(
+    admin: AIOKafkaAdminClient,
+) -> None:
+    # An operator raised EVENTFOLD_TOPIC_PARTITIONS after the topic was made: the
+    # topic is left as it is, and waiting for it must not wait for partitions it lacks.
+    name = f"eventfold-test-topics-{uuid.uuid4().hex[:8]}"
+    assert await create_missing_topics(admin, [TopicSpec(name, 1, 1)]) == [name]
+    wider = [TopicSpec(name, 3, 1)]
+    assert await create_missing_topics(admin, wider) == []
+    await wait_until_served(admin, wider, within=5.0)
+
+
 async def test_a_topic_the_broker_refuses_raises_its_kafka_error(
     admin: AIOKafkaAdminClient,
 ) -> None:

@@ -35,9 +35,8 @@ starts: after a kill -9 the next processor republishes the pending events (the
 same ids: the projector keeps one) and goes on from the recorded state. A run
 holding unpublished events is due at once (``wake_at`` is its timer again once
 they are out), so a run that finished in its last transition is claimed for them
-too. Only an
-effect that was under way when the process died runs again, with the same
-Idempotency-Key (http), Message-ID (email) or event id (record).
+too. Only an effect that was under way when the process died runs again, with the
+same Idempotency-Key (http), Message-ID (email) or event id (record).
 
 Many runs are driven at once (``EVENTFOLD_WORKFLOW_CONCURRENCY``, and
 ``EVENTFOLD_WORKFLOW_PER_TENANT`` each), and what they ask for in one pass of
